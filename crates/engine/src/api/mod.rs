@@ -1,0 +1,176 @@
+//! What a query author writes: operators, sinks and sources, and the
+//! [`QueryBuilder`] that connects them.
+//!
+//! Stateful operators never own their state: they declare a key and a state
+//! type, and the engine hands them `&mut State` for the key of each input.
+//! That is what lets the engine checkpoint, restore and partition state.
+
+mod query;
+mod registry;
+
+use std::hash::Hash;
+use std::time::Instant;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use query::{Edge, NodeKind, Query, QueryBuilder, Stream};
+pub(crate) use query::{Logic, ProcessLogic, SourceLogic, SourcePoll};
+pub use registry::{QueryFactory, QueryRegistry};
+
+use crate::hash::key_hash;
+use crate::stamp::Stamp;
+use crate::state::KeyRange;
+use crate::worker::output::Outbox;
+
+/// A value that can travel between workers: any serde type.
+pub trait Data: Serialize + DeserializeOwned + Send + 'static {}
+impl<T: Serialize + DeserializeOwned + Send + 'static> Data for T {}
+
+/// A key of a stateful operator: hashed (stably) for routing and partitioning.
+pub trait Key: Data + Hash + Eq + Clone {}
+impl<T: Data + Hash + Eq + Clone> Key for T {}
+
+/// An error raised by user operator code; it stops the job with this message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct OperatorError(pub String);
+
+impl OperatorError {
+    /// An error with a message for the user.
+    pub fn new(message: impl Into<String>) -> Self {
+        OperatorError(message.into())
+    }
+}
+
+impl From<std::io::Error> for OperatorError {
+    fn from(e: std::io::Error) -> Self {
+        OperatorError(e.to_string())
+    }
+}
+
+/// What a source did when asked for its next tuple.
+pub enum SourceStep<T> {
+    /// A tuple to send.
+    Emit(T),
+    /// Nothing is due before this instant (a paced source); the engine flushes
+    /// what it holds and asks again then.
+    WaitUntil(Instant),
+    /// The input is exhausted.
+    Done,
+}
+
+/// A source of tuples: reads a file, a socket or a generator.
+pub trait Source: Send + 'static {
+    /// The type of tuples it produces.
+    type Out: Data;
+    /// Produces the next step.
+    fn next(&mut self) -> Result<SourceStep<Self::Out>, OperatorError>;
+}
+
+/// A stateless operator: each input yields zero or more outputs.
+pub trait Operator: Send + 'static {
+    /// Input type.
+    type In: Data;
+    /// Output type.
+    type Out: Data;
+    /// Processes one input.
+    fn process(&mut self, input: Self::In, out: &mut Output<'_, Self::Out>)
+        -> Result<(), OperatorError>;
+}
+
+/// A stateful operator whose keyed state the engine owns.
+pub trait StatefulOperator: Send + 'static {
+    /// Input type.
+    type In: Data;
+    /// The partitioning key of an input.
+    type Key: Key;
+    /// The state kept per key; a new key starts from `Default`.
+    type State: Data + Default;
+    /// Output type.
+    type Out: Data;
+    /// The key an input belongs to. Upstreams call this to route, so it must
+    /// depend on the input alone.
+    fn key(input: &Self::In) -> Self::Key;
+    /// Processes one input with mutable access to its key's state.
+    fn process(
+        &mut self,
+        input: Self::In,
+        state: &mut Self::State,
+        out: &mut Output<'_, Self::Out>,
+    ) -> Result<(), OperatorError>;
+}
+
+/// The end of a query: writes results somewhere.
+pub trait Sink: Send + 'static {
+    /// Input type.
+    type In: Data;
+    /// Consumes one input.
+    fn write(&mut self, input: Self::In) -> Result<(), OperatorError>;
+    /// Called once when every input has ended: flush files here.
+    fn finish(&mut self) -> Result<(), OperatorError> {
+        Ok(())
+    }
+}
+
+/// Where an instance runs: handed to operator factories.
+#[derive(Clone, Debug)]
+pub struct InstanceContext {
+    /// The operator's name.
+    pub operator: String,
+    /// Globally unique instance id.
+    pub instance: u32,
+    /// Index among the operator's instances (0-based).
+    pub index: u32,
+    /// Number of instances of the operator at deployment.
+    pub parallelism: u32,
+    /// Key-hash range this instance owns (stateful operators).
+    pub key_range: KeyRange,
+}
+
+impl InstanceContext {
+    /// Whether `key` is routed to this instance: lets an operator load only
+    /// its share of reference data.
+    pub fn owns<K: Hash + ?Sized>(&self, key: &K) -> bool {
+        self.key_range.contains(key_hash(key))
+    }
+}
+
+/// The handle through which an operator emits its outputs. Every output
+/// carries the stamp of the input being processed.
+pub struct Output<'a, T> {
+    edges: &'a [Edge<T>],
+    outbox: &'a mut Outbox,
+}
+
+impl<'a, T: Data> Output<'a, T> {
+    pub(crate) fn new(edges: &'a [Edge<T>], outbox: &'a mut Outbox) -> Self {
+        Output { edges, outbox }
+    }
+
+    /// Sends `value` along every outgoing edge whose filter accepts it.
+    pub fn emit(&mut self, value: T) -> Result<(), OperatorError> {
+        let mut encoded = false;
+        for (i, edge) in self.edges.iter().enumerate() {
+            if !edge.accepts(&value) {
+                continue;
+            }
+            if !encoded {
+                self.outbox
+                    .encode(&value)
+                    .map_err(|e| OperatorError(format!("encoding output: {e}")))?;
+                encoded = true;
+            }
+            let hash = edge.route_hash(&value, self.outbox.stamp());
+            self.outbox
+                .send_encoded(i, hash)
+                .map_err(|e| OperatorError(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The stamp of the input being processed.
+    pub fn stamp(&self) -> Stamp {
+        self.outbox.stamp()
+    }
+}

@@ -1,0 +1,117 @@
+//! A local embedded cluster: this process is the coordinator and starts N
+//! worker processes (the same binary, `worker` subcommand) as children.
+//! Children never outlive the run: they are killed when the cluster is
+//! dropped, and on Linux also when this process dies (parent-death signal).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::api::QueryRegistry;
+use crate::coordinator::{Coordinator, JobConfig, JobSummary};
+use crate::error::EngineError;
+
+/// Worker child processes of this process.
+pub struct LocalCluster {
+    children: Vec<Child>,
+}
+
+impl LocalCluster {
+    /// Starts `n` workers by running `program worker --coordinator ADDR`.
+    pub fn spawn(n: usize, program: &Path, coordinator: &str) -> Result<Self, EngineError> {
+        let mut cluster = LocalCluster {
+            children: Vec::with_capacity(n),
+        };
+        for i in 0..n {
+            let mut command = Command::new(program);
+            command
+                .args(["worker", "--coordinator", coordinator])
+                .stdin(Stdio::null());
+            die_with_parent(&mut command);
+            let child = command.spawn().map_err(|e| {
+                EngineError::io(format!("starting worker {i} ({})", program.display()), e)
+            })?;
+            cluster.children.push(child);
+        }
+        Ok(cluster)
+    }
+
+    /// Fails if any worker process has exited.
+    pub fn check(&mut self) -> Result<(), EngineError> {
+        for (i, child) in self.children.iter_mut().enumerate() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(EngineError::WorkerFailed {
+                    worker: i as u32,
+                    reason: format!("its process exited ({status})"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// OS process ids of the workers, in worker order.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+
+    /// Waits up to `grace` for the workers to exit, then kills the rest.
+    pub fn shutdown(mut self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        for child in &mut self.children {
+            while Instant::now() < deadline {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        }
+        // Drop kills and reaps whatever is left.
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_command: &mut Command) {}
+
+/// Runs `config` on a fresh local cluster of `config.workers` processes of
+/// `program`, with the coordinator in this process on loopback.
+pub fn run_local(
+    registry: &QueryRegistry,
+    config: &JobConfig,
+    program: &Path,
+) -> Result<JobSummary, EngineError> {
+    let coordinator = Coordinator::bind("127.0.0.1:0")?;
+    let mut cluster = LocalCluster::spawn(config.workers, program, &coordinator.addr().to_string())?;
+    let result = coordinator.run(registry, config, &mut || cluster.check());
+    cluster.shutdown(Duration::from_secs(5));
+    result
+}
+
+/// The path of the running executable, to start workers from.
+pub fn current_program() -> Result<PathBuf, EngineError> {
+    std::env::current_exe().map_err(|e| EngineError::io("finding the spate executable", e))
+}

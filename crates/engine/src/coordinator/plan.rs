@@ -1,0 +1,153 @@
+//! The deployment plan: which instance of which operator runs on which
+//! worker, owning which key range. Built by the coordinator, shipped to every
+//! worker, from which each derives its routing tables and input channels.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{NodeKind, Query};
+use crate::error::EngineError;
+use crate::state::{KeyRange, RoutingTable};
+
+/// One instance's placement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstancePlan {
+    /// Globally unique instance id.
+    pub id: u32,
+    /// Index among its operator's instances.
+    pub index: u32,
+    /// Worker hosting it.
+    pub worker: u32,
+    /// Key-hash range it owns.
+    pub key_range: KeyRange,
+    /// For source instances, the slot in the stamp space.
+    pub source_slot: u32,
+}
+
+/// One operator's instances.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodePlan {
+    /// Operator name (checked against the query each worker builds).
+    pub name: String,
+    /// Its instances in key-range order.
+    pub instances: Vec<InstancePlan>,
+}
+
+/// The whole deployment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Data-channel address of each worker.
+    pub workers: Vec<String>,
+    /// Per query node, in query order.
+    pub nodes: Vec<NodePlan>,
+}
+
+impl Plan {
+    /// Places every operator's instances round-robin over the workers, with
+    /// key ranges split evenly. `partitions` overrides the parallelism of
+    /// named operators.
+    pub fn place(
+        query: &Query,
+        workers: Vec<String>,
+        partitions: &BTreeMap<String, u32>,
+    ) -> Result<Plan, EngineError> {
+        if workers.is_empty() {
+            return Err(EngineError::InvalidQuery("no workers to deploy on".into()));
+        }
+        for name in partitions.keys() {
+            if query.find(name).is_none() {
+                return Err(EngineError::InvalidQuery(format!(
+                    "--partitions names `{name}`, which is not an operator of the query"
+                )));
+            }
+        }
+        let mut next_id = 0u32;
+        let mut next_slot = 0u32;
+        let mut nodes = Vec::with_capacity(query.len());
+        for node in 0..query.len() {
+            let name = query.name(node).to_string();
+            let parallelism = partitions
+                .get(&name)
+                .copied()
+                .unwrap_or_else(|| query.parallelism(node));
+            if parallelism == 0 || parallelism > 1024 {
+                return Err(EngineError::InvalidQuery(format!(
+                    "operator `{name}` would get {parallelism} partitions; use 1..=1024"
+                )));
+            }
+            let is_source = query.kind(node) == NodeKind::Source;
+            let instances = KeyRange::FULL
+                .split_even(parallelism)
+                .into_iter()
+                .enumerate()
+                .map(|(index, key_range)| {
+                    let id = next_id;
+                    next_id += 1;
+                    let source_slot = if is_source {
+                        next_slot += 1;
+                        next_slot - 1
+                    } else {
+                        0
+                    };
+                    InstancePlan {
+                        id,
+                        index: index as u32,
+                        worker: id % workers.len() as u32,
+                        key_range,
+                        source_slot,
+                    }
+                })
+                .collect();
+            nodes.push(NodePlan { name, instances });
+        }
+        Ok(Plan { workers, nodes })
+    }
+
+    /// Checks that `query` (built by a worker) matches the plan's graph.
+    pub fn check_matches(&self, query: &Query) -> Result<(), EngineError> {
+        let names: Vec<&str> = (0..query.len()).map(|n| query.name(n)).collect();
+        let planned: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+        if names != planned {
+            return Err(EngineError::InvalidQuery(format!(
+                "the query built here has operators {names:?} but the plan has {planned:?}; \
+                 are all processes running the same spate build and parameters?"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Routing table of `node`: key-hash range -> instance id.
+    pub fn routing(&self, node: usize) -> Result<RoutingTable<u32>, EngineError> {
+        RoutingTable::new(
+            self.nodes[node]
+                .instances
+                .iter()
+                .map(|i| (i.key_range, i.id))
+                .collect(),
+        )
+        .map_err(EngineError::InvalidQuery)
+    }
+
+    /// Every instance, with its node index.
+    pub fn instances(&self) -> impl Iterator<Item = (usize, &InstancePlan)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(n, node)| node.instances.iter().map(move |i| (n, i)))
+    }
+
+    /// The instance with id `id`.
+    pub fn instance(&self, id: u32) -> Option<(usize, &InstancePlan)> {
+        self.instances().find(|(_, i)| i.id == id)
+    }
+
+    /// The ids of every instance feeding `node`.
+    pub fn upstream_instances(&self, query: &Query, node: usize) -> Vec<u32> {
+        query
+            .inputs(node)
+            .iter()
+            .flat_map(|&up| self.nodes[up].instances.iter().map(|i| i.id))
+            .collect()
+    }
+}

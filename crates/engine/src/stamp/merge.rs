@@ -1,0 +1,299 @@
+//! The stamp-ordered merge of an instance's input channels.
+//!
+//! Each channel (upstream instance -> this instance) is FIFO and carries
+//! tuples in non-decreasing stamp order plus progress marks ("nothing at or
+//! below m will follow"). The merge releases tuples only up to the smallest
+//! mark over all channels, in stamp order; tuples sharing a stamp (one input
+//! that fanned out) are released sorted by their encoded bytes. The order of
+//! processing is then a function of the inputs alone, not of the topology or
+//! of timing, so a replay, a recovery or a split reproduces it exactly.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+
+use super::Stamp;
+use crate::error::EngineError;
+
+/// Bytes of a tuple header inside a batch: stamp (u64) and length (u32).
+pub const TUPLE_HEADER: usize = 12;
+
+/// Reads the tuple at `pos` of a batch body: its stamp and payload range.
+pub fn read_tuple(body: &[u8], pos: usize) -> Result<(Stamp, Range<usize>), EngineError> {
+    let header = body
+        .get(pos..pos + TUPLE_HEADER)
+        .ok_or_else(|| EngineError::Protocol(format!("truncated tuple header at byte {pos}")))?;
+    let mut stamp = [0u8; 8];
+    stamp.copy_from_slice(&header[..8]);
+    let mut len = [0u8; 4];
+    len.copy_from_slice(&header[8..]);
+    let len = u32::from_le_bytes(len) as usize;
+    let start = pos + TUPLE_HEADER;
+    if body.len() - start < len {
+        return Err(EngineError::Protocol(format!(
+            "tuple at byte {pos} claims {len} bytes but the batch ends at {}",
+            body.len()
+        )));
+    }
+    Ok((Stamp(u64::from_le_bytes(stamp)), start..start + len))
+}
+
+/// Appends one tuple to a batch body.
+pub fn write_tuple(body: &mut Vec<u8>, stamp: Stamp, payload: &[u8]) {
+    body.extend_from_slice(&stamp.0.to_le_bytes());
+    body.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    body.extend_from_slice(payload);
+}
+
+#[derive(Default)]
+struct ChannelQueue {
+    /// Batch bodies (tuples only), each with the offset of its next tuple.
+    frames: VecDeque<(Vec<u8>, usize)>,
+    /// Everything at or below this stamp has arrived on the channel.
+    mark: Stamp,
+    /// The last stamp accepted, to check the FIFO stamp order.
+    last: Stamp,
+}
+
+impl ChannelQueue {
+    fn peek(&mut self) -> Option<(Stamp, Range<usize>)> {
+        loop {
+            let (body, pos) = self.frames.front()?;
+            if *pos < body.len() {
+                // Framing was checked when the batch was accepted.
+                return read_tuple(body, *pos).ok();
+            }
+            self.frames.pop_front();
+        }
+    }
+
+    fn advance(&mut self, to: usize) {
+        if let Some((_, pos)) = self.frames.front_mut() {
+            *pos = to;
+        }
+    }
+
+    fn front_body(&self) -> &[u8] {
+        self.frames.front().map_or(&[], |(b, _)| b)
+    }
+}
+
+/// Merges input channels into one deterministic, stamp-ordered stream.
+pub struct Merge {
+    channels: Vec<ChannelQueue>,
+    done: Stamp,
+    group: Vec<Range<usize>>,
+    scratch: Vec<u8>,
+}
+
+impl Merge {
+    /// A merge over `channels` inputs; tuples at or below `done` (a restored
+    /// checkpoint's frontier) are duplicates and will be dropped.
+    pub fn new(channels: usize, done: Stamp) -> Self {
+        Merge {
+            channels: (0..channels).map(|_| ChannelQueue::default()).collect(),
+            done,
+            group: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Accepts a batch body from `channel` followed by progress `mark`,
+    /// checking framing and stamp order so that a bad peer cannot corrupt
+    /// the merge.
+    pub fn push(&mut self, channel: usize, body: Vec<u8>, mark: Stamp) -> Result<(), EngineError> {
+        let queue = self
+            .channels
+            .get_mut(channel)
+            .ok_or_else(|| EngineError::Protocol(format!("no input channel {channel}")))?;
+        let mut pos = 0;
+        let mut last = queue.last;
+        while pos < body.len() {
+            let (stamp, payload) = read_tuple(&body, pos)?;
+            if stamp < last || stamp <= queue.mark {
+                return Err(EngineError::Protocol(format!(
+                    "channel {channel} sent stamp {} after stamp {} / mark {}",
+                    stamp.0, last.0, queue.mark.0
+                )));
+            }
+            last = stamp;
+            pos = payload.end;
+        }
+        queue.last = last;
+        queue.mark = queue.mark.max(mark);
+        if !body.is_empty() {
+            queue.frames.push_back((body, 0));
+        }
+        Ok(())
+    }
+
+    /// The stamp up to which every channel is complete.
+    pub fn frontier(&self) -> Stamp {
+        self.channels
+            .iter()
+            .map(|c| c.mark)
+            .min()
+            .unwrap_or(Stamp::END)
+    }
+
+    /// The progress mark of one channel.
+    pub fn mark(&self, channel: usize) -> Stamp {
+        self.channels.get(channel).map_or(Stamp::ZERO, |c| c.mark)
+    }
+
+    /// The stamp up to which tuples have been released.
+    pub fn done(&self) -> Stamp {
+        self.done
+    }
+
+    /// Number of batches waiting, for queue-length metrics.
+    pub fn queued_batches(&self) -> usize {
+        self.channels.iter().map(|c| c.frames.len()).sum()
+    }
+
+    /// Releases every tuple up to the current frontier to `f`, in order.
+    /// Returns the new `done` stamp.
+    pub fn drain(
+        &mut self,
+        mut f: impl FnMut(Stamp, &[u8]) -> Result<(), EngineError>,
+    ) -> Result<Stamp, EngineError> {
+        let limit = self.frontier();
+        loop {
+            let mut min: Option<Stamp> = None;
+            let mut holders = 0;
+            let mut holder = 0;
+            for (i, c) in self.channels.iter_mut().enumerate() {
+                let Some((s, _)) = c.peek() else { continue };
+                if s > limit {
+                    continue;
+                }
+                match min {
+                    Some(m) if s > m => {}
+                    Some(m) if s == m => holders += 1,
+                    _ => {
+                        min = Some(s);
+                        holders = 1;
+                        holder = i;
+                    }
+                }
+            }
+            let Some(stamp) = min else { break };
+            if stamp <= self.done {
+                // A replayed duplicate: drop every copy of this stamp.
+                for c in &mut self.channels {
+                    while let Some((_, r)) = c.peek().filter(|(s, _)| *s == stamp) {
+                        c.advance(r.end);
+                    }
+                }
+                continue;
+            }
+            if holders == 1 {
+                let c = &mut self.channels[holder];
+                let (_, range) = c.peek().expect("holder has a tuple");
+                let single = match read_tuple(c.front_body(), range.end) {
+                    Ok((next, _)) => next != stamp,
+                    Err(_) => true,
+                };
+                if single {
+                    f(stamp, &c.front_body()[range.clone()])?;
+                    c.advance(range.end);
+                    continue;
+                }
+            }
+            self.release_group(stamp, &mut f)?;
+        }
+        self.done = self.done.max(limit);
+        Ok(self.done)
+    }
+
+    /// Releases all tuples carrying `stamp`, sorted by their bytes.
+    fn release_group(
+        &mut self,
+        stamp: Stamp,
+        f: &mut impl FnMut(Stamp, &[u8]) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        self.group.clear();
+        self.scratch.clear();
+        for c in &mut self.channels {
+            while let Some((_, r)) = c.peek().filter(|(s, _)| *s == stamp) {
+                let start = self.scratch.len();
+                self.scratch.extend_from_slice(&c.front_body()[r.clone()]);
+                self.group.push(start..self.scratch.len());
+                c.advance(r.end);
+            }
+        }
+        let scratch = &self.scratch;
+        self.group
+            .sort_unstable_by(|a, b| scratch[a.clone()].cmp(&scratch[b.clone()]));
+        for r in &self.group {
+            f(stamp, &scratch[r.clone()])?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(tuples: &[(u64, &[u8])]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for (s, p) in tuples {
+            write_tuple(&mut b, Stamp(*s), p);
+        }
+        b
+    }
+
+    fn drain_all(m: &mut Merge) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        m.drain(|s, p| {
+            out.push((s.0, p.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn releases_in_stamp_order_up_to_the_frontier() {
+        let mut m = Merge::new(2, Stamp::ZERO);
+        m.push(0, batch(&[(1, b"a"), (4, b"d")]), Stamp(4)).unwrap();
+        m.push(1, batch(&[(2, b"b")]), Stamp(2)).unwrap();
+        let out = drain_all(&mut m);
+        assert_eq!(out, vec![(1, b"a".to_vec()), (2, b"b".to_vec())]);
+        m.push(1, Vec::new(), Stamp::END).unwrap();
+        assert_eq!(drain_all(&mut m), vec![(4, b"d".to_vec())]);
+        assert_eq!(m.done(), Stamp(4));
+        m.push(0, Vec::new(), Stamp::END).unwrap();
+        assert!(drain_all(&mut m).is_empty());
+        assert_eq!(m.done(), Stamp::END);
+    }
+
+    #[test]
+    fn equal_stamps_are_released_in_byte_order_whatever_the_channel() {
+        let mut a = Merge::new(2, Stamp::ZERO);
+        a.push(0, batch(&[(5, b"z"), (5, b"b")]), Stamp(5)).unwrap();
+        a.push(1, batch(&[(5, b"m")]), Stamp(5)).unwrap();
+        let mut b = Merge::new(1, Stamp::ZERO);
+        b.push(0, batch(&[(5, b"m"), (5, b"b"), (5, b"z")]), Stamp(5))
+            .unwrap();
+        assert_eq!(drain_all(&mut a), drain_all(&mut b));
+    }
+
+    #[test]
+    fn drops_duplicates_at_or_below_done() {
+        let mut m = Merge::new(1, Stamp(3));
+        m.push(0, batch(&[(2, b"x"), (3, b"y"), (4, b"z")]), Stamp(4))
+            .unwrap();
+        assert_eq!(drain_all(&mut m), vec![(4, b"z".to_vec())]);
+    }
+
+    #[test]
+    fn refuses_out_of_order_and_truncated_batches() {
+        let mut m = Merge::new(1, Stamp::ZERO);
+        assert!(m.push(0, batch(&[(5, b"a"), (4, b"b")]), Stamp(5)).is_err());
+        let mut truncated = batch(&[(1, b"abc")]);
+        truncated.pop();
+        assert!(m.push(0, truncated, Stamp(1)).is_err());
+        assert!(m.push(3, Vec::new(), Stamp(1)).is_err());
+    }
+}

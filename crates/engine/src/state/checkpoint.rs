@@ -1,0 +1,133 @@
+//! Checkpoints: the unit of backup, recovery and scale out.
+
+use serde::{Deserialize, Serialize};
+
+use super::buffer::OutputBuffer;
+use super::routing::KeyRange;
+use crate::error::EngineError;
+use crate::stamp::Stamp;
+
+/// One encoded `key -> value` pair with the key's routing hash, so that a
+/// checkpoint can be partitioned without knowing the operator's types.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateEntry {
+    /// The key's routing hash ([`crate::hash::key_hash`]).
+    pub hash: u64,
+    /// The encoded key.
+    pub key: Vec<u8>,
+    /// The encoded value.
+    pub value: Vec<u8>,
+}
+
+/// A consistent copy of one instance: its processing state, the input
+/// frontier that state reflects, and its output buffer.
+///
+/// The frontier is the instance's input vector: every input with a stamp at
+/// or below it, from every upstream, is reflected in `entries`; replay after a
+/// restore starts strictly above it, and duplicates at or below it are dropped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The operator this instance runs.
+    pub operator: String,
+    /// The key-hash range the instance owns.
+    pub key_range: KeyRange,
+    /// Everything at or below this stamp is reflected in the state.
+    pub frontier: Stamp,
+    /// Processing state, sorted by hash.
+    pub entries: Vec<StateEntry>,
+    /// Outputs not yet covered by downstream checkpoints.
+    pub output_buffer: OutputBuffer,
+}
+
+const MAGIC: &[u8; 4] = b"SPCK";
+const FORMAT_VERSION: u16 = 1;
+
+impl Checkpoint {
+    /// Serialises the checkpoint for backup on another worker.
+    pub fn encode(&self) -> Result<Vec<u8>, EngineError> {
+        let mut out = Vec::with_capacity(64 + self.entries.len() * 32);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bincode::serialize_into(&mut out, self)
+            .map_err(|e| EngineError::Checkpoint(format!("encode: {e}")))?;
+        Ok(out)
+    }
+
+    /// Reads a checkpoint written by [`Checkpoint::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Checkpoint, EngineError> {
+        if bytes.len() < 6 || &bytes[..4] != MAGIC {
+            return Err(EngineError::Checkpoint(
+                "not a Spate checkpoint (bad magic)".into(),
+            ));
+        }
+        let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+        if version != FORMAT_VERSION {
+            return Err(EngineError::Checkpoint(format!(
+                "checkpoint format version {version} is not supported (this build reads {FORMAT_VERSION})"
+            )));
+        }
+        bincode::deserialize(&bytes[6..])
+            .map_err(|e| EngineError::Checkpoint(format!("decode: {e}")))
+    }
+
+    /// Splits the checkpoint into one per range. The ranges must tile this
+    /// checkpoint's range in order. Every part inherits the frontier; the
+    /// output buffer stays with the first part (the instance that keeps
+    /// running on the old worker), which is responsible for replaying it.
+    pub fn partition(&self, ranges: &[KeyRange]) -> Result<Vec<Checkpoint>, EngineError> {
+        check_tiling(self.key_range, ranges)?;
+        let mut parts: Vec<Checkpoint> = ranges
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Checkpoint {
+                operator: self.operator.clone(),
+                key_range: *r,
+                frontier: self.frontier,
+                entries: Vec::new(),
+                output_buffer: if i == 0 {
+                    self.output_buffer.clone()
+                } else {
+                    OutputBuffer::default()
+                },
+            })
+            .collect();
+        for entry in &self.entries {
+            let i = ranges.partition_point(|r| r.end < entry.hash);
+            match parts.get_mut(i) {
+                Some(part) if part.key_range.contains(entry.hash) => {
+                    part.entries.push(entry.clone())
+                }
+                _ => {
+                    return Err(EngineError::Checkpoint(format!(
+                        "entry hash {:#x} lies outside the checkpoint's range {:?}",
+                        entry.hash, self.key_range
+                    )))
+                }
+            }
+        }
+        Ok(parts)
+    }
+}
+
+fn check_tiling(whole: KeyRange, ranges: &[KeyRange]) -> Result<(), EngineError> {
+    let bad = |why: &str| {
+        Err(EngineError::Checkpoint(format!(
+            "partition ranges {ranges:?} do not tile {whole:?}: {why}"
+        )))
+    };
+    let (Some(first), Some(last)) = (ranges.first(), ranges.last()) else {
+        return bad("no ranges given");
+    };
+    if first.start != whole.start || last.end != whole.end {
+        return bad("they do not start and end with it");
+    }
+    for pair in ranges.windows(2) {
+        if pair[0].end == u64::MAX || pair[0].end + 1 != pair[1].start {
+            return bad("they are not adjacent and in order");
+        }
+    }
+    if ranges.iter().any(|r| r.end < r.start) {
+        return bad("a range is empty");
+    }
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! Data channels: one TCP connection per (upstream instance, downstream
+//! instance), carrying batches of tuples each followed by a progress mark.
+//!
+//! Handshake: `b"SPTD"`, protocol version (u16), from instance (u32), to
+//! instance (u32). Frame: body length (u32), mark (u64), body (tuples as
+//! written by [`crate::stamp::merge::write_tuple`]).
+
+use std::io::{self, Read, Write};
+
+use super::{MAX_FRAME, PROTOCOL_VERSION};
+use crate::error::EngineError;
+use crate::stamp::Stamp;
+
+const MAGIC: &[u8; 4] = b"SPTD";
+
+/// Who is at each end of a data channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelHello {
+    /// Upstream instance id.
+    pub from: u32,
+    /// Downstream instance id.
+    pub to: u32,
+}
+
+/// Writes the handshake that opens a data channel.
+pub fn write_hello(w: &mut impl Write, hello: ChannelHello) -> io::Result<()> {
+    let mut buf = [0u8; 14];
+    buf[..4].copy_from_slice(MAGIC);
+    buf[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    buf[6..10].copy_from_slice(&hello.from.to_le_bytes());
+    buf[10..14].copy_from_slice(&hello.to.to_le_bytes());
+    w.write_all(&buf)
+}
+
+/// Reads and checks the handshake of a data channel.
+pub fn read_hello(r: &mut impl Read) -> Result<ChannelHello, EngineError> {
+    let mut buf = [0u8; 14];
+    r.read_exact(&mut buf)
+        .map_err(|e| EngineError::io("reading data channel handshake", e))?;
+    if &buf[..4] != MAGIC {
+        return Err(EngineError::Protocol(
+            "data channel handshake has a bad magic number (not a Spate worker?)".into(),
+        ));
+    }
+    let version = u16::from_le_bytes([buf[4], buf[5]]);
+    if version != PROTOCOL_VERSION {
+        return Err(EngineError::Protocol(format!(
+            "peer speaks protocol version {version}, this worker {PROTOCOL_VERSION}; run the same spate build everywhere"
+        )));
+    }
+    let word = |i: usize| u32::from_le_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
+    Ok(ChannelHello {
+        from: word(6),
+        to: word(10),
+    })
+}
+
+/// Bytes of a batch frame header: body length (u32) and mark (u64).
+pub const BATCH_HEADER: usize = 12;
+
+/// Fills the header of a frame whose body follows the first
+/// [`BATCH_HEADER`] bytes of `frame`, so a batch goes out in one write.
+pub fn seal_batch(frame: &mut [u8], mark: Stamp) {
+    let len = (frame.len() - BATCH_HEADER) as u32;
+    frame[..4].copy_from_slice(&len.to_le_bytes());
+    frame[4..BATCH_HEADER].copy_from_slice(&mark.0.to_le_bytes());
+}
+
+/// Writes one batch frame: `body` holds encoded tuples, `mark` the progress
+/// after them.
+pub fn write_batch(w: &mut impl Write, body: &[u8], mark: Stamp) -> io::Result<()> {
+    let mut frame = vec![0u8; BATCH_HEADER];
+    frame.extend_from_slice(body);
+    seal_batch(&mut frame, mark);
+    w.write_all(&frame)
+}
+
+/// Reads one batch frame; `Ok(None)` on a clean end of stream.
+pub fn read_batch(r: &mut impl Read) -> Result<Option<(Vec<u8>, Stamp)>, EngineError> {
+    let mut header = [0u8; 12];
+    match r.read_exact(&mut header[..1]) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(EngineError::io("reading data frame", e)),
+    }
+    r.read_exact(&mut header[1..])
+        .map_err(|e| EngineError::io("reading data frame header", e))?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if len > MAX_FRAME {
+        return Err(EngineError::Protocol(format!(
+            "data frame of {len} bytes exceeds the {MAX_FRAME}-byte limit"
+        )));
+    }
+    let mut mark = [0u8; 8];
+    mark.copy_from_slice(&header[4..]);
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)
+        .map_err(|e| EngineError::io("reading data frame body", e))?;
+    Ok(Some((body, Stamp(u64::from_le_bytes(mark)))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let mut buf = Vec::new();
+        write_hello(&mut buf, ChannelHello { from: 3, to: 9 }).unwrap();
+        write_batch(&mut buf, b"abc", Stamp(42)).unwrap();
+        let mut r = &buf[..];
+        assert_eq!(read_hello(&mut r).unwrap(), ChannelHello { from: 3, to: 9 });
+        assert_eq!(read_batch(&mut r).unwrap(), Some((b"abc".to_vec(), Stamp(42))));
+        assert_eq!(read_batch(&mut r).unwrap(), None);
+    }
+
+    #[test]
+    fn refuses_bad_magic_version_and_lengths() {
+        assert!(read_hello(&mut &b"XXXX\x01\x00\0\0\0\0\0\0\0\0"[..]).is_err());
+        assert!(read_hello(&mut &b"SPTD\x09\x00\0\0\0\0\0\0\0\0"[..]).is_err());
+        let mut huge = Vec::new();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        huge.extend_from_slice(&[0; 8]);
+        assert!(read_batch(&mut &huge[..]).is_err());
+        let mut short = Vec::new();
+        write_batch(&mut short, b"abcdef", Stamp(1)).unwrap();
+        short.truncate(15);
+        assert!(read_batch(&mut &short[..]).is_err());
+    }
+}

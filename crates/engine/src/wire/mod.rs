@@ -1,0 +1,13 @@
+//! The wire format: binary batch frames for tuples, length-prefixed control
+//! messages between coordinator and workers. Every connection starts with a
+//! versioned handshake and every length is checked before it is trusted.
+
+pub mod control;
+pub mod data;
+
+/// Bumped whenever a frame layout changes; peers of another version are refused.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Upper bound on any frame, so a corrupt length cannot make us allocate
+/// gigabytes.
+pub const MAX_FRAME: usize = 64 << 20;

@@ -1,0 +1,142 @@
+//! Property tests of the state primitives: checkpoint, restore, partition and
+//! routing after a split.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use spate_engine::hash::key_hash;
+use spate_engine::stamp::Stamp;
+use spate_engine::state::{Checkpoint, KeyRange, KeyedState, OutputBuffer, RoutingTable};
+
+fn state_of(pairs: &BTreeMap<u64, (String, i64)>) -> KeyedState<u64, (String, i64)> {
+    let mut state = KeyedState::default();
+    for (k, v) in pairs {
+        *state.get_or_default(*k) = v.clone();
+    }
+    state
+}
+
+fn checkpoint_of(pairs: &BTreeMap<u64, (String, i64)>, range: KeyRange) -> Checkpoint {
+    Checkpoint {
+        operator: "op".into(),
+        key_range: range,
+        frontier: Stamp(77),
+        entries: state_of(pairs).snapshot().unwrap(),
+        output_buffer: OutputBuffer::default(),
+    }
+}
+
+/// Sorted, distinct split points strictly inside the full range.
+fn cuts() -> impl Strategy<Value = Vec<u64>> {
+    prop::collection::btree_set(1u64..u64::MAX, 0..6).prop_map(|s| s.into_iter().collect())
+}
+
+fn ranges_from_cuts(cuts: &[u64]) -> Vec<KeyRange> {
+    let mut ranges = Vec::new();
+    let mut start = 0u64;
+    for &cut in cuts {
+        ranges.push(KeyRange { start, end: cut - 1 });
+        start = cut;
+    }
+    ranges.push(KeyRange { start, end: u64::MAX });
+    ranges
+}
+
+proptest! {
+    #[test]
+    fn checkpoint_encode_restore_round_trips(
+        pairs in prop::collection::btree_map(any::<u64>(), (".{0,8}", any::<i64>()), 0..200)
+    ) {
+        let checkpoint = checkpoint_of(&pairs, KeyRange::FULL);
+        let decoded = Checkpoint::decode(&checkpoint.encode().unwrap()).unwrap();
+        prop_assert_eq!(&decoded, &checkpoint);
+        let restored: KeyedState<u64, (String, i64)> =
+            KeyedState::restore(&decoded.entries, KeyRange::FULL).unwrap();
+        prop_assert_eq!(restored.len(), pairs.len());
+        for (k, v) in &pairs {
+            prop_assert_eq!(restored.get(k), Some(v));
+        }
+    }
+
+    #[test]
+    fn partition_then_restore_loses_and_duplicates_nothing(
+        pairs in prop::collection::btree_map(any::<u64>(), (".{0,8}", any::<i64>()), 0..300),
+        cuts in cuts(),
+    ) {
+        let ranges = ranges_from_cuts(&cuts);
+        let checkpoint = checkpoint_of(&pairs, KeyRange::FULL);
+        let parts = checkpoint.partition(&ranges).unwrap();
+        prop_assert_eq!(parts.len(), ranges.len());
+        let mut seen = BTreeMap::new();
+        for part in &parts {
+            prop_assert_eq!(part.frontier, checkpoint.frontier);
+            let restored: KeyedState<u64, (String, i64)> =
+                KeyedState::restore(&part.entries, part.key_range).unwrap();
+            prop_assert_eq!(restored.len(), part.entries.len());
+            for (k, v) in &pairs {
+                if let Some(found) = restored.get(k) {
+                    prop_assert!(seen.insert(*k, found.clone()).is_none(), "key {} twice", k);
+                    prop_assert_eq!(found, v);
+                }
+            }
+        }
+        prop_assert_eq!(seen, pairs);
+    }
+
+    #[test]
+    fn routing_after_a_split_reaches_the_part_holding_the_key(
+        keys in prop::collection::btree_set(any::<u64>(), 1..200),
+        cuts in cuts(),
+        extra_cut in any::<u64>(),
+    ) {
+        let ranges = ranges_from_cuts(&cuts);
+        let mut table = RoutingTable::new(ranges.iter().copied().zip(0usize..).collect()).unwrap();
+        // Split one more range where possible, as a scale out would.
+        let mut parts_ranges = ranges.clone();
+        let victim = ranges[(extra_cut as usize) % ranges.len()];
+        if let Some((lo, hi)) = victim.split_at(victim.midpoint()) {
+            let new_id = ranges.len();
+            let old_id = *table.route(victim.start);
+            table.split(victim, hi.start, old_id, new_id).unwrap();
+            let i = parts_ranges.iter().position(|r| *r == victim).unwrap();
+            parts_ranges[i] = lo;
+            parts_ranges.insert(i + 1, hi);
+        }
+        let pairs: BTreeMap<u64, (String, i64)> =
+            keys.iter().map(|k| (*k, (String::new(), *k as i64))).collect();
+        let parts = checkpoint_of(&pairs, KeyRange::FULL).partition(&parts_ranges).unwrap();
+        for key in &keys {
+            let owner = *table.route(key_hash(key));
+            let owner_range = table.entries().iter().find(|(_, t)| *t == owner).unwrap().0;
+            let holder = parts.iter().find(|p| p.key_range == owner_range).unwrap();
+            prop_assert!(holder.entries.iter().any(|e| e.hash == key_hash(key)));
+        }
+    }
+}
+
+#[test]
+fn partition_refuses_ranges_that_do_not_tile() {
+    let checkpoint = checkpoint_of(&BTreeMap::new(), KeyRange::FULL);
+    let gap = [
+        KeyRange { start: 0, end: 10 },
+        KeyRange { start: 12, end: u64::MAX },
+    ];
+    assert!(checkpoint.partition(&gap).is_err());
+    assert!(checkpoint.partition(&[]).is_err());
+}
+
+#[test]
+fn restore_refuses_keys_outside_the_range() {
+    let pairs: BTreeMap<u64, (String, i64)> = (0..50).map(|k| (k, (String::new(), 0))).collect();
+    let checkpoint = checkpoint_of(&pairs, KeyRange::FULL);
+    let half = KeyRange { start: 0, end: u64::MAX / 2 };
+    assert!(KeyedState::<u64, (String, i64)>::restore(&checkpoint.entries, half).is_err());
+}
+
+#[test]
+fn decode_refuses_garbage_and_other_versions() {
+    assert!(Checkpoint::decode(b"nope").is_err());
+    let mut bytes = checkpoint_of(&BTreeMap::new(), KeyRange::FULL).encode().unwrap();
+    bytes[4] = 99;
+    assert!(Checkpoint::decode(&bytes).is_err());
+}

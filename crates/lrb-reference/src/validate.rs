@@ -1,0 +1,1 @@
+//! Independent Linear Road reference validator.
