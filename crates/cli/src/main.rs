@@ -1,1 +1,221 @@
-fn main() {}
+//! `spate`: the one entry point. Runs local clusters, workers and
+//! coordinators, and the Linear Road benchmark.
+
+mod lrb;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use spate_engine::cluster::{current_program, run_local};
+use spate_engine::coordinator::{Coordinator, JobConfig, JobSummary};
+use spate_engine::worker::{run_worker, WorkerOptions};
+use spate_engine::QueryRegistry;
+
+#[derive(Parser)]
+#[command(
+    name = "spate",
+    version,
+    about = "Spate: elastic, fault-tolerant stream processing"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct JobArgs {
+    /// Registered query name (see `spate queries`).
+    query: String,
+    /// A query parameter, `key=value` (value parsed as JSON when it can be).
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    params: Vec<String>,
+    /// A JSON file of query parameters (merged under --param).
+    #[arg(long, value_name = "FILE")]
+    params_file: Option<PathBuf>,
+    /// Number of partitions of an operator, `OPERATOR=N` (repeatable).
+    #[arg(long = "partitions", value_name = "OPERATOR=N")]
+    partitions: Vec<String>,
+    /// Number of worker processes.
+    #[arg(long, default_value_t = 3)]
+    workers: usize,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a query on a local embedded cluster (coordinator here, workers as
+    /// child processes) until the end of its input.
+    Run(JobArgs),
+    /// Run a coordinator that waits for `--workers` workers started elsewhere.
+    Coordinator {
+        #[command(flatten)]
+        job: JobArgs,
+        /// Address to listen on for workers.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: String,
+    },
+    /// Run a worker that joins a coordinator.
+    Worker {
+        /// The coordinator's address.
+        #[arg(long)]
+        coordinator: String,
+        /// Address to accept data channels on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// Seconds to keep trying to reach the coordinator.
+        #[arg(long, default_value_t = 10)]
+        connect_timeout_secs: u64,
+    },
+    /// List the queries this binary can run.
+    Queries,
+    /// The Linear Road benchmark.
+    #[command(subcommand)]
+    Lrb(lrb::LrbCommand),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Every query this binary knows, so any worker can build any of them.
+pub(crate) fn registry() -> QueryRegistry {
+    let mut registry = QueryRegistry::new();
+    spate_examples::register(&mut registry);
+    spate_lrb::register(&mut registry);
+    registry
+}
+
+/// Turns Ctrl-C into a cancellation the coordinator notices.
+pub(crate) fn cancel_on_ctrl_c() -> Arc<AtomicBool> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = cancel.clone();
+    if let Err(e) = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)) {
+        tracing::warn!("cannot install the Ctrl-C handler: {e}");
+    }
+    cancel
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run(job) => {
+            let config = job_config(&job)?;
+            let summary = run_local(&registry(), &config, &current_program()?)?;
+            print_summary(&summary);
+            Ok(())
+        }
+        Command::Coordinator { job, listen } => {
+            let config = job_config(&job)?;
+            let coordinator = Coordinator::bind(&listen)?;
+            eprintln!(
+                "coordinator listening on {}; start {} workers with `spate worker --coordinator {}`",
+                coordinator.addr(),
+                config.workers,
+                coordinator.addr()
+            );
+            let summary = coordinator.run(&registry(), &config, &mut || Ok(()))?;
+            print_summary(&summary);
+            Ok(())
+        }
+        Command::Worker {
+            coordinator,
+            listen,
+            connect_timeout_secs,
+        } => {
+            let options = WorkerOptions {
+                listen,
+                connect_timeout: std::time::Duration::from_secs(connect_timeout_secs),
+                ..WorkerOptions::new(coordinator)
+            };
+            Ok(run_worker(&registry(), &options)?)
+        }
+        Command::Queries => {
+            for (name, description) in registry().list() {
+                println!("{name:<12} {description}");
+            }
+            Ok(())
+        }
+        Command::Lrb(command) => lrb::run(command),
+    }
+}
+
+fn job_config(job: &JobArgs) -> Result<JobConfig> {
+    if job.workers == 0 || job.workers > 256 {
+        bail!("--workers must be between 1 and 256, not {}", job.workers);
+    }
+    let mut params = match &job.params_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the parameters file {}", path.display()))?;
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid JSON", path.display()))?;
+            if !value.is_object() {
+                bail!("{} must hold a JSON object of parameters", path.display());
+            }
+            value
+        }
+        None => serde_json::json!({}),
+    };
+    for pair in &job.params {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--param `{pair}` is not KEY=VALUE"))?;
+        let value = serde_json::from_str(value)
+            .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+        params[key] = value;
+    }
+    let mut config = JobConfig::new(&job.query, params, job.workers);
+    config.partitions = parse_partitions(&job.partitions)?;
+    config.cancel = cancel_on_ctrl_c();
+    Ok(config)
+}
+
+pub(crate) fn parse_partitions(specs: &[String]) -> Result<BTreeMap<String, u32>> {
+    specs
+        .iter()
+        .map(|spec| {
+            let (name, n) = spec
+                .split_once('=')
+                .with_context(|| format!("--partitions `{spec}` is not OPERATOR=N"))?;
+            let n: u32 = n
+                .parse()
+                .with_context(|| format!("--partitions `{spec}`: `{n}` is not a number"))?;
+            Ok((name.to_string(), n))
+        })
+        .collect()
+}
+
+fn print_summary(summary: &JobSummary) {
+    println!(
+        "job finished in {:.2} s on {} workers",
+        summary.elapsed.as_secs_f64(),
+        summary.plan.workers.len()
+    );
+    println!(
+        "{:<20} {:>8} {:>6} {:>12} {:>12}",
+        "operator", "instance", "worker", "tuples in", "tuples out"
+    );
+    for i in &summary.instances {
+        println!(
+            "{:<20} {:>8} {:>6} {:>12} {:>12}",
+            i.operator, i.instance, i.worker, i.stats.tuples_in, i.stats.tuples_out
+        );
+    }
+}

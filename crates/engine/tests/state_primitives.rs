@@ -35,10 +35,16 @@ fn ranges_from_cuts(cuts: &[u64]) -> Vec<KeyRange> {
     let mut ranges = Vec::new();
     let mut start = 0u64;
     for &cut in cuts {
-        ranges.push(KeyRange { start, end: cut - 1 });
+        ranges.push(KeyRange {
+            start,
+            end: cut - 1,
+        });
         start = cut;
     }
-    ranges.push(KeyRange { start, end: u64::MAX });
+    ranges.push(KeyRange {
+        start,
+        end: u64::MAX,
+    });
     ranges
 }
 
@@ -119,7 +125,10 @@ fn partition_refuses_ranges_that_do_not_tile() {
     let checkpoint = checkpoint_of(&BTreeMap::new(), KeyRange::FULL);
     let gap = [
         KeyRange { start: 0, end: 10 },
-        KeyRange { start: 12, end: u64::MAX },
+        KeyRange {
+            start: 12,
+            end: u64::MAX,
+        },
     ];
     assert!(checkpoint.partition(&gap).is_err());
     assert!(checkpoint.partition(&[]).is_err());
@@ -129,14 +138,19 @@ fn partition_refuses_ranges_that_do_not_tile() {
 fn restore_refuses_keys_outside_the_range() {
     let pairs: BTreeMap<u64, (String, i64)> = (0..50).map(|k| (k, (String::new(), 0))).collect();
     let checkpoint = checkpoint_of(&pairs, KeyRange::FULL);
-    let half = KeyRange { start: 0, end: u64::MAX / 2 };
+    let half = KeyRange {
+        start: 0,
+        end: u64::MAX / 2,
+    };
     assert!(KeyedState::<u64, (String, i64)>::restore(&checkpoint.entries, half).is_err());
 }
 
 #[test]
 fn decode_refuses_garbage_and_other_versions() {
     assert!(Checkpoint::decode(b"nope").is_err());
-    let mut bytes = checkpoint_of(&BTreeMap::new(), KeyRange::FULL).encode().unwrap();
+    let mut bytes = checkpoint_of(&BTreeMap::new(), KeyRange::FULL)
+        .encode()
+        .unwrap();
     bytes[4] = 99;
     assert!(Checkpoint::decode(&bytes).is_err());
 }

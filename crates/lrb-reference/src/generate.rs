@@ -427,7 +427,12 @@ impl Traffic {
 
     /// Moves one car by one report interval and writes its report (and maybe
     /// a query). Returns true when this was the car's exit-ramp report.
-    fn report(&mut self, xw: &mut Expressway, car: &mut Car, t: u32) -> Result<bool, GenerateError> {
+    fn report(
+        &mut self,
+        xw: &mut Expressway,
+        car: &mut Car,
+        t: u32,
+    ) -> Result<bool, GenerateError> {
         let dir = usize::from(car.dir);
         let old_seg = car.seg();
         let mut exited = false;
@@ -858,6 +863,9 @@ mod tests {
         let err = generate(&opts, &mut |_| {}).unwrap_err();
         assert!(err.to_string().contains("pass 10800"), "{err}");
         opts.duration_secs = 0;
-        assert!(matches!(generate(&opts, &mut |_| {}), Err(GenerateError::BadDuration(0))));
+        assert!(matches!(
+            generate(&opts, &mut |_| {}),
+            Err(GenerateError::BadDuration(0))
+        ));
     }
 }

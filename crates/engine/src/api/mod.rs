@@ -75,8 +75,11 @@ pub trait Operator: Send + 'static {
     /// Output type.
     type Out: Data;
     /// Processes one input.
-    fn process(&mut self, input: Self::In, out: &mut Output<'_, Self::Out>)
-        -> Result<(), OperatorError>;
+    fn process(
+        &mut self,
+        input: Self::In,
+        out: &mut Output<'_, Self::Out>,
+    ) -> Result<(), OperatorError>;
 }
 
 /// A stateful operator whose keyed state the engine owns.

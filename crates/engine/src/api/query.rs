@@ -17,8 +17,11 @@ use crate::worker::output::Outbox;
 
 type Filter<T> = Arc<dyn Fn(&T) -> bool + Send + Sync>;
 type Router<T> = Arc<dyn Fn(&T) -> u64 + Send + Sync>;
-type NodeFactory =
-    Box<dyn Fn(&InstanceContext, &(dyn Any + Send + Sync)) -> Result<Logic, OperatorError> + Send + Sync>;
+type NodeFactory = Box<
+    dyn Fn(&InstanceContext, &(dyn Any + Send + Sync)) -> Result<Logic, OperatorError>
+        + Send
+        + Sync,
+>;
 
 /// A connection from an operator's output to a downstream operator: an
 /// optional filter and, for stateful targets, the key-hash router.
@@ -205,7 +208,11 @@ impl QueryBuilder {
     ) {
         let inputs = self.connect(inputs, None);
         self.add_node::<()>(name, NodeKind::Sink, parallelism, inputs, {
-            Box::new(move |ctx, _| Ok(Logic::Process(Box::new(SinkNode { sink: factory(ctx)? }))))
+            Box::new(move |ctx, _| {
+                Ok(Logic::Process(Box::new(SinkNode {
+                    sink: factory(ctx)?,
+                })))
+            })
         });
     }
 
@@ -355,7 +362,11 @@ impl Query {
         self.nodes.iter().position(|n| n.name == name)
     }
 
-    pub(crate) fn instantiate(&self, node: usize, ctx: &InstanceContext) -> Result<Logic, EngineError> {
+    pub(crate) fn instantiate(
+        &self,
+        node: usize,
+        ctx: &InstanceContext,
+    ) -> Result<Logic, EngineError> {
         let spec = &self.nodes[node];
         (spec.factory)(ctx, spec.edges.as_ref()).map_err(|e| EngineError::Operator {
             operator: spec.name.clone(),

@@ -28,8 +28,10 @@ impl QueryRegistry {
         description: &str,
         factory: impl Fn(&serde_json::Value) -> Result<Query, EngineError> + Send + Sync + 'static,
     ) -> &mut Self {
-        self.queries
-            .insert(name.to_string(), (description.to_string(), Box::new(factory)));
+        self.queries.insert(
+            name.to_string(),
+            (description.to_string(), Box::new(factory)),
+        );
         self
     }
 

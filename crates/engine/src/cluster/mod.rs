@@ -105,7 +105,8 @@ pub fn run_local(
     program: &Path,
 ) -> Result<JobSummary, EngineError> {
     let coordinator = Coordinator::bind("127.0.0.1:0")?;
-    let mut cluster = LocalCluster::spawn(config.workers, program, &coordinator.addr().to_string())?;
+    let mut cluster =
+        LocalCluster::spawn(config.workers, program, &coordinator.addr().to_string())?;
     let result = coordinator.run(registry, config, &mut || cluster.check());
     cluster.shutdown(Duration::from_secs(5));
     result

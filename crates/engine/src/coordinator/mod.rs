@@ -114,7 +114,7 @@ impl Coordinator {
         // Build once here so that bad parameters fail before any deployment.
         let query = registry.build(&config.query, &config.params)?;
         let (events_tx, events) = crossbeam_channel::unbounded();
-        let (links, data_addrs) = self.gather(config, &events_tx, supervise)?;
+        let (links, data_addrs) = self.gather(config, &events_tx, &events, supervise)?;
         let result = (|| {
             let plan = Plan::place(&query, data_addrs, &config.partitions)?;
             let params = config.params.to_string();
@@ -181,7 +181,8 @@ impl Coordinator {
     fn gather(
         &self,
         config: &JobConfig,
-        events: &Sender<Event>,
+        events_tx: &Sender<Event>,
+        events: &Receiver<Event>,
         supervise: &mut dyn FnMut() -> Result<(), EngineError>,
     ) -> Result<(Vec<WorkerLink>, Vec<String>), EngineError> {
         self.listener
@@ -193,6 +194,9 @@ impl Coordinator {
         while links.len() < config.workers {
             check_cancel(config)?;
             supervise()?;
+            if let Ok(Event::Lost(worker, reason)) = events.try_recv() {
+                return Err(EngineError::WorkerFailed { worker, reason });
+            }
             if Instant::now() > deadline {
                 return Err(EngineError::Timeout(format!(
                     "only {} of {} workers joined within {:?}",
@@ -213,7 +217,7 @@ impl Coordinator {
                 Ok((stream, data_addr, pid)) => {
                     let index = links.len() as u32;
                     tracing::info!(worker = index, pid, %data_addr, "worker joined");
-                    spawn_reader(index, &stream, events.clone())?;
+                    spawn_reader(index, &stream, events_tx.clone())?;
                     links.push(WorkerLink { stream });
                     addrs.push(data_addr);
                 }
@@ -302,7 +306,9 @@ fn next_event(
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                return Err(EngineError::Protocol("every worker connection closed".into()))
+                return Err(EngineError::Protocol(
+                    "every worker connection closed".into(),
+                ))
             }
         }
     }

@@ -51,7 +51,10 @@ impl KeyRange {
                 start: self.start,
                 end: at - 1,
             },
-            KeyRange { start: at, end: self.end },
+            KeyRange {
+                start: at,
+                end: self.end,
+            },
         ))
     }
 
@@ -148,7 +151,13 @@ mod tests {
     fn rejects_gaps_and_partial_cover() {
         let gap = vec![
             (KeyRange { start: 0, end: 9 }, 0),
-            (KeyRange { start: 11, end: u64::MAX }, 1),
+            (
+                KeyRange {
+                    start: 11,
+                    end: u64::MAX,
+                },
+                1,
+            ),
         ];
         assert!(RoutingTable::new(gap).is_err());
         assert!(RoutingTable::new(vec![(KeyRange { start: 0, end: 9 }, 0)]).is_err());

@@ -110,7 +110,10 @@ mod tests {
         write_batch(&mut buf, b"abc", Stamp(42)).unwrap();
         let mut r = &buf[..];
         assert_eq!(read_hello(&mut r).unwrap(), ChannelHello { from: 3, to: 9 });
-        assert_eq!(read_batch(&mut r).unwrap(), Some((b"abc".to_vec(), Stamp(42))));
+        assert_eq!(
+            read_batch(&mut r).unwrap(),
+            Some((b"abc".to_vec(), Stamp(42)))
+        );
         assert_eq!(read_batch(&mut r).unwrap(), None);
     }
 

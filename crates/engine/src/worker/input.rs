@@ -19,7 +19,11 @@ pub(crate) const INBOX_BATCHES: usize = 64;
 /// What arrives in an instance's inbox.
 pub(crate) enum InputEvent {
     /// A batch of tuples from upstream instance `from`, then its mark.
-    Batch { from: u32, body: Vec<u8>, mark: Stamp },
+    Batch {
+        from: u32,
+        body: Vec<u8>,
+        mark: Stamp,
+    },
     /// The channel from `from` ended; `error` says why if not cleanly.
     Closed { from: u32, error: Option<String> },
 }

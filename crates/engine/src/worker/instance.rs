@@ -133,7 +133,11 @@ fn run_process(
     }
 }
 
-fn accept(merge: &mut Merge, inputs: &HashMap<u32, usize>, event: InputEvent) -> Result<(), EngineError> {
+fn accept(
+    merge: &mut Merge,
+    inputs: &HashMap<u32, usize>,
+    event: InputEvent,
+) -> Result<(), EngineError> {
     match event {
         InputEvent::Batch { from, body, mark } => {
             let channel = *inputs.get(&from).ok_or_else(|| {

@@ -53,8 +53,12 @@ struct Deployment {
 
 /// Runs a worker until the coordinator shuts it down or goes away.
 pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(), EngineError> {
-    let listener = TcpListener::bind(&options.listen)
-        .map_err(|e| EngineError::io(format!("binding the data listener on {}", options.listen), e))?;
+    let listener = TcpListener::bind(&options.listen).map_err(|e| {
+        EngineError::io(
+            format!("binding the data listener on {}", options.listen),
+            e,
+        )
+    })?;
     let data_addr = listener
         .local_addr()
         .map_err(|e| EngineError::io("reading the data listener address", e))?
@@ -66,11 +70,10 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
     control::write_hello(&mut control)
         .map_err(|e| EngineError::io("greeting the coordinator", e))?;
     control::read_hello(&mut control)?;
-    let writer: ControlWriter = Arc::new(Mutex::new(
-        control
-            .try_clone()
-            .map_err(|e| EngineError::io("cloning the control connection", e))?,
-    ));
+    let writer: ControlWriter =
+        Arc::new(Mutex::new(control.try_clone().map_err(|e| {
+            EngineError::io("cloning the control connection", e)
+        })?));
     send(
         &writer,
         &ToCoordinator::Register {
@@ -111,7 +114,9 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
                     instances,
                 }) = deployment.take()
                 else {
-                    return Err(EngineError::Protocol("told to start before any deployment".into()));
+                    return Err(EngineError::Protocol(
+                        "told to start before any deployment".into(),
+                    ));
                 };
                 for instance in instances {
                     start_instance(instance, query.clone(), plan.clone(), writer.clone())?;
@@ -212,9 +217,9 @@ fn connect_outbox(query: &Query, plan: &Plan, from: u32) -> Result<Outbox, Engin
             if channel_of.contains_key(to) {
                 continue;
             }
-            let (_, placed) = plan
-                .instance(*to)
-                .ok_or_else(|| EngineError::InvalidQuery(format!("instance {to} is not in the plan")))?;
+            let (_, placed) = plan.instance(*to).ok_or_else(|| {
+                EngineError::InvalidQuery(format!("instance {to} is not in the plan"))
+            })?;
             let addr = &plan.workers[placed.worker as usize];
             channel_of.insert(*to, channels.len());
             channels.push(ChannelWriter::connect(from, *to, addr)?);
@@ -237,7 +242,10 @@ fn start_instance(
             let id = instance.id;
             let result = connect_outbox(&query, &plan, id).and_then(|outbox| instance.run(outbox));
             let report = match result {
-                Ok(stats) => ToCoordinator::InstanceFinished { instance: id, stats },
+                Ok(stats) => ToCoordinator::InstanceFinished {
+                    instance: id,
+                    stats,
+                },
                 Err(e) => {
                     tracing::error!(instance = id, "instance failed: {e}");
                     ToCoordinator::InstanceFailed {

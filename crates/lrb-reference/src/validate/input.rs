@@ -40,13 +40,9 @@ impl<R: BufRead> Lines<R> {
         self.number
     }
 
-    pub(super) fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The next non-blank line without surrounding whitespace, or `None` at
-    /// the end of the file.
-    pub(super) fn next_line(&mut self) -> Result<Option<&str>, ValidateError> {
+    /// The next non-blank line without surrounding whitespace, with its
+    /// number, or `None` at the end of the file.
+    pub(super) fn next_line(&mut self) -> Result<Option<(u64, &str)>, ValidateError> {
         loop {
             self.buf.clear();
             let read = self
@@ -65,7 +61,7 @@ impl<R: BufRead> Lines<R> {
             }
         }
         std::str::from_utf8(self.buf.trim_ascii())
-            .map(Some)
+            .map(|text| Some((self.number, text)))
             .map_err(|_| ValidateError::Input {
                 path: self.path.clone(),
                 line: self.number,
@@ -100,9 +96,21 @@ pub(super) struct PositionReport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Record {
     Position(PositionReport),
-    Balance { time: u32, vid: i64, qid: i64 },
-    Expenditure { time: u32, vid: i64, xway: u32, qid: i64, day: u32 },
-    TravelTime { time: u32 },
+    Balance {
+        time: u32,
+        vid: i64,
+        qid: i64,
+    },
+    Expenditure {
+        time: u32,
+        vid: i64,
+        xway: u32,
+        qid: i64,
+        day: u32,
+    },
+    TravelTime {
+        time: u32,
+    },
 }
 
 impl Record {
@@ -116,31 +124,27 @@ impl Record {
     }
 }
 
-/// Splits `text` into exactly `N` comma-separated integers; `names` label
-/// the fields in messages.
-pub(super) fn integers<const N: usize>(text: &str, names: &[&str; N]) -> Result<[i64; N], String> {
-    let mut values = [0i64; N];
+/// Splits `text` into exactly `names.len()` comma-separated integers, stored
+/// into `values` (of the same length); `names` label the fields in messages.
+pub(super) fn integers(text: &str, names: &[&str], values: &mut [i64]) -> Result<(), String> {
     let mut count = 0;
     for field in text.split(',') {
-        if count < N {
+        if let (Some(value), Some(name)) = (values.get_mut(count), names.get(count)) {
             let field = field.trim();
-            values[count] = field.parse().map_err(|_| {
-                format!(
-                    "field {} ({}) is not an integer: {field:?}",
-                    count + 1,
-                    names[count]
-                )
+            *value = field.parse().map_err(|_| {
+                format!("field {} ({name}) is not an integer: {field:?}", count + 1)
             })?;
         }
         count += 1;
     }
-    if count != N {
+    if count != names.len() {
         return Err(format!(
-            "expected {N} comma-separated fields ({}), found {count}",
+            "expected {} comma-separated fields ({}), found {count}",
+            names.len(),
             names.join(",")
         ));
     }
-    Ok(values)
+    Ok(())
 }
 
 /// Checks that field `index` lies in `min..=max` and narrows it.
@@ -163,13 +167,17 @@ fn non_negative(values: &[i64; 15], index: usize) -> Result<i64, String> {
     if v >= 0 {
         Ok(v)
     } else {
-        Err(format!("{} {v} is out of range: it must be >= 0", FIELDS[index]))
+        Err(format!(
+            "{} {v} is out of range: it must be >= 0",
+            FIELDS[index]
+        ))
     }
 }
 
 /// Parses and range-checks one input line (not yet its Time order).
 pub(super) fn parse_record(text: &str) -> Result<Record, String> {
-    let v = integers(text, &FIELDS)?;
+    let mut v = [0i64; 15];
+    integers(text, &FIELDS, &mut v)?;
     let time = in_range(&v, 1, 0, MAX_TIME)?;
     match v[0] {
         0 => {
@@ -224,7 +232,9 @@ pub(super) struct HistoryLine {
 
 /// Parses `VID,Day,XWay,Toll` with Day 1..=69 and Toll >= 0.
 pub(super) fn parse_history(text: &str) -> Result<HistoryLine, String> {
-    let [vid, day, xway, toll] = integers(text, &["VID", "Day", "XWay", "Toll"])?;
+    let mut fields = [0i64; 4];
+    integers(text, &["VID", "Day", "XWay", "Toll"], &mut fields)?;
+    let [vid, day, xway, toll] = fields;
     if !(1..=69).contains(&day) {
         return Err(format!("Day {day} is out of range: it must be in 1..=69"));
     }

@@ -109,7 +109,7 @@ pub(super) fn compute(
         history: load_history(&mut history)?,
         ..Rules::default()
     };
-    while let Some(text) = input.next_line()? {
+    while let Some((_, text)) = input.next_line()? {
         let record = parse_record(text).map_err(|m| input.error(m))?;
         let time = record.time();
         if let Some(previous) = rules.clock {
@@ -143,7 +143,7 @@ type History = HashMap<(i64, i64, i64), i64>;
 
 fn load_history(lines: &mut Lines<impl BufRead>) -> Result<History, ValidateError> {
     let mut history = History::new();
-    while let Some(text) = lines.next_line()? {
+    while let Some((_, text)) = lines.next_line()? {
         let h = parse_history(text).map_err(|m| lines.error(m))?;
         if history.insert((h.vid, h.day, h.xway), h.toll).is_some() {
             return Err(lines.error(format!(
@@ -314,7 +314,8 @@ impl Rules {
                 !stops.is_empty()
             });
             let m = minute(time);
-            self.active.retain(|&active_minute, _| active_minute + 1 >= m);
+            self.active
+                .retain(|&active_minute, _| active_minute + 1 >= m);
         }
     }
 
@@ -363,7 +364,8 @@ impl Rules {
         // NOV(m) and LAV(m) only use minutes before m, so this report counts
         // from the next minute on.
         segment.add(r.vid, r.spd);
-        self.cars.insert(r.vid, [Some(*r), previous[0], previous[1]]);
+        self.cars
+            .insert(r.vid, [Some(*r), previous[0], previous[1]]);
     }
 
     /// Spd is 0 and the car's three previous reports are at t-30, t-60 and
