@@ -1,12 +1,238 @@
 //! `spate lrb ...`: the Linear Road benchmark commands.
 
-use anyhow::Result;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
 use clap::Subcommand;
+use lrb_reference::generate::{generate, GenerateOptions, GenerateProgress};
+use lrb_reference::validate::{validate, ValidateOptions};
+use spate_engine::cluster::current_program;
+use spate_lrb::driver::{self, RunOptions, RunReport};
+use spate_lrb::query::LrbParams;
 
 /// Linear Road subcommands.
 #[derive(Subcommand)]
-pub enum LrbCommand {}
+pub enum LrbCommand {
+    /// Generate a deterministic input and historical tolls file.
+    Generate {
+        /// Number of expressways (L).
+        #[arg(long, default_value_t = 1)]
+        xways: u32,
+        /// Random seed: the same seed gives the same files.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Simulated seconds (10800 is the standard 3 hours).
+        #[arg(long, default_value_t = 10_800)]
+        duration_secs: u32,
+        /// Output directory (gets input.csv and historical-tolls.csv).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run the query on a local cluster and write the answer files and report.json.
+    Run {
+        /// Input file.
+        #[arg(long)]
+        input: PathBuf,
+        /// Historical tolls file.
+        #[arg(long)]
+        tolls: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replay S times faster than real time; 0 = as fast as possible.
+        #[arg(long, default_value_t = 1.0)]
+        speedup: f64,
+        /// Worker processes.
+        #[arg(long, default_value_t = 3)]
+        workers: usize,
+        /// Partitions of an operator, `OPERATOR=N` (repeatable). Operators:
+        /// forwarder, toll_calculator, toll_assessment.
+        #[arg(long = "partitions", value_name = "OPERATOR=N")]
+        partitions: Vec<String>,
+    },
+    /// Check a run's answers against an independent reference implementation.
+    Validate {
+        /// Input file the run read.
+        #[arg(long)]
+        input: PathBuf,
+        /// Historical tolls file the run read.
+        #[arg(long)]
+        tolls: PathBuf,
+        /// The run's output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// The run's speed-up, to turn Emit times into wall-clock latency
+        /// (use 1 for runs at speed-up 0).
+        #[arg(long, default_value_t = 1.0)]
+        speedup: f64,
+        /// Differences to show per kind.
+        #[arg(long, default_value_t = 10)]
+        max_differences: usize,
+    },
+}
 
 pub fn run(command: LrbCommand) -> Result<()> {
-    match command {}
+    match command {
+        LrbCommand::Generate {
+            xways,
+            seed,
+            duration_secs,
+            out,
+        } => {
+            let options = GenerateOptions {
+                xways,
+                seed,
+                duration_secs,
+                out_dir: out.clone(),
+            };
+            let started = Instant::now();
+            let mut progress = Progress::new("generating");
+            let summary = generate(&options, &mut |p: GenerateProgress| {
+                progress.update(
+                    f64::from(p.sim_second) / f64::from(p.duration_secs.max(1)),
+                    &format!("{} lines", p.lines),
+                )
+            })?;
+            progress.done();
+            println!(
+                "wrote {} lines ({} position reports, {} balance and {} expenditure queries, {} cars) and {} historical tolls to {} in {:.1} s",
+                summary.lines,
+                summary.position_reports,
+                summary.balance_queries,
+                summary.expenditure_queries,
+                summary.cars,
+                summary.history_lines,
+                out.display(),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        LrbCommand::Run {
+            input,
+            tolls,
+            out,
+            speedup,
+            workers,
+            partitions,
+        } => {
+            if workers == 0 || workers > 256 {
+                bail!("--workers must be between 1 and 256, not {workers}");
+            }
+            for file in [&input, &tolls] {
+                if !file.is_file() {
+                    bail!(
+                        "{} does not exist; create inputs with `spate lrb generate --out DIR`",
+                        file.display()
+                    );
+                }
+            }
+            let mut partitions = crate::parse_partitions(&partitions)?;
+            partitions.entry("toll_calculator".into()).or_insert(2);
+            let options = RunOptions {
+                params: LrbParams {
+                    input,
+                    tolls,
+                    out_dir: out.clone(),
+                    speedup,
+                    forwarders: 1,
+                    toll_calculators: 2,
+                    assessors: 1,
+                },
+                workers,
+                partitions,
+                cancel: crate::cancel_on_ctrl_c(),
+            };
+            eprintln!(
+                "running Linear Road at speed-up {speedup} on {workers} workers; answers go to {}",
+                out.display()
+            );
+            let report = driver::run(&crate::registry(), &current_program()?, &options)
+                .context("the Linear Road run failed")?;
+            print_report(&report);
+            println!("report: {}", out.join("report.json").display());
+            Ok(())
+        }
+        LrbCommand::Validate {
+            input,
+            tolls,
+            out,
+            speedup,
+            max_differences,
+        } => {
+            if !(speedup > 0.0 && speedup.is_finite()) {
+                bail!("--speedup must be a positive number (use 1 for runs at speed-up 0)");
+            }
+            let report = validate(&ValidateOptions {
+                input,
+                tolls,
+                out_dir: out,
+                speedup,
+                max_differences,
+            })?;
+            print!("{report}");
+            if !report.passed() {
+                bail!("the answers differ from the reference (see above)");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_report(r: &RunReport) {
+    println!(
+        "{} input lines in {:.1} s ({:.0}/s mean, {}/s peak), {} skipped as malformed; {} answers",
+        r.input_lines, r.elapsed_secs, r.input_rate, r.peak_input_rate, r.input_errors, r.answers
+    );
+    println!(
+        "{:<13} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "answers", "count", "p50 ms", "p99 ms", "max ms", "late"
+    );
+    for (kind, s) in &r.latency {
+        println!(
+            "{:<13} {:>10} {:>10.1} {:>10.1} {:>10.1} {:>8}",
+            kind, s.count, s.p50_ms, s.p99_ms, s.max_ms, s.deadline_misses
+        );
+    }
+}
+
+/// A one-line progress display on a terminal; silent otherwise.
+struct Progress {
+    what: &'static str,
+    started: Instant,
+    enabled: bool,
+}
+
+impl Progress {
+    fn new(what: &'static str) -> Self {
+        Progress {
+            what,
+            started: Instant::now(),
+            enabled: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn update(&mut self, fraction: f64, detail: &str) {
+        if !self.enabled {
+            return;
+        }
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let eta = if fraction > 0.0 {
+            elapsed * (1.0 - fraction) / fraction
+        } else {
+            0.0
+        };
+        eprint!(
+            "\r{} {:5.1}%  {detail}  ETA {eta:.0} s   ",
+            self.what,
+            fraction * 100.0
+        );
+    }
+
+    fn done(&self) {
+        if self.enabled {
+            eprintln!();
+        }
+    }
 }

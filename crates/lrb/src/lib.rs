@@ -1,6 +1,17 @@
-//! Linear Road on Spate.
+//! The Linear Road benchmark on Spate.
+//!
+//! - [`model`]: the tuples that flow through the query;
+//! - [`query`]: the query, written with the engine's public API as a user
+//!   would: feeder source, parser/forwarder, toll calculator (keyed by
+//!   segment), toll assessment (keyed by car), answer sinks;
+//! - [`driver`]: `spate lrb run`: runs the query on a local cluster and writes
+//!   the answer files and `report.json`.
+//!
+//! The input generator and the reference validator live in the separate
+//! `lrb-reference` crate, which shares no code with this one.
 
-use spate_engine::QueryRegistry;
+pub mod driver;
+pub mod model;
+pub mod query;
 
-/// Registers the Linear Road query.
-pub fn register(_registry: &mut QueryRegistry) {}
+pub use query::register;

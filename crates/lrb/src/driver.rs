@@ -1,0 +1,149 @@
+//! `spate lrb run`: runs the Linear Road query on a local cluster, then
+//! gathers the sinks' and the feeder's statistics into `report.json`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use spate_engine::cluster::run_local;
+use spate_engine::coordinator::JobConfig;
+use spate_engine::{EngineError, QueryRegistry};
+
+use crate::model::AnswerKind;
+use crate::query::{stats_dir, LrbParams, SinkStats, NAME};
+
+/// What `spate lrb run` was asked to do.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Query parameters (files, speed-up, default parallelism).
+    pub params: LrbParams,
+    /// Worker processes.
+    pub workers: usize,
+    /// Partitions per operator, overriding `params`.
+    pub partitions: BTreeMap<String, u32>,
+    /// Set to abort the run.
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// Per instance counters in the report.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InstanceLine {
+    /// Operator name.
+    pub operator: String,
+    /// Instance id.
+    pub instance: u32,
+    /// Hosting worker.
+    pub worker: u32,
+    /// Tuples processed.
+    pub tuples_in: u64,
+    /// Tuples sent.
+    pub tuples_out: u64,
+}
+
+/// `report.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunReport {
+    /// Input file.
+    pub input: PathBuf,
+    /// Replay speed-up (0: as fast as possible).
+    pub speedup: f64,
+    /// Worker processes.
+    pub workers: usize,
+    /// Wall-clock seconds from start to the last instance finishing.
+    pub elapsed_secs: f64,
+    /// Input lines read.
+    pub input_lines: u64,
+    /// Input lines skipped as malformed (see `input-errors.csv`).
+    pub input_errors: u64,
+    /// Mean input rate over the run, lines per second.
+    pub input_rate: f64,
+    /// Highest one-second input rate.
+    pub peak_input_rate: u64,
+    /// Input lines released in each wall-clock second.
+    pub input_per_second: Vec<u64>,
+    /// Tuples out of all answer sinks.
+    pub answers: u64,
+    /// Latency and deadline misses per answer kind.
+    pub latency: BTreeMap<String, SinkStats>,
+    /// Answers later than their deadline, all kinds.
+    pub deadline_misses: u64,
+    /// Partitions per operator.
+    pub partitions: BTreeMap<String, usize>,
+    /// Per instance counters.
+    pub instances: Vec<InstanceLine>,
+}
+
+/// Runs the query and writes `report.json` into the output directory.
+pub fn run(
+    registry: &QueryRegistry,
+    program: &Path,
+    options: &RunOptions,
+) -> Result<RunReport, EngineError> {
+    let params = &options.params;
+    let stats = stats_dir(&params.out_dir);
+    let _ = std::fs::remove_dir_all(&stats);
+    std::fs::create_dir_all(&stats)
+        .map_err(|e| EngineError::io(format!("creating {}", stats.display()), e))?;
+    let json = serde_json::to_value(params)
+        .map_err(|e| EngineError::InvalidQuery(format!("encoding parameters: {e}")))?;
+    let mut config = JobConfig::new(NAME, json, options.workers);
+    config.partitions = options.partitions.clone();
+    config.cancel = options.cancel.clone();
+    let summary = run_local(registry, &config, program)?;
+
+    let feeder: crate::query::FeederStats = read_json(&stats.join("feeder.json"))?;
+    let mut latency = BTreeMap::new();
+    for kind in AnswerKind::ALL {
+        let s: SinkStats = read_json(&stats.join(format!("{}.json", kind.name())))?;
+        latency.insert(kind.name().to_string(), s);
+    }
+    let input_errors = latency
+        .remove(AnswerKind::InputErrors.name())
+        .map_or(0, |s| s.count);
+    let mut partitions = BTreeMap::new();
+    for node in &summary.plan.nodes {
+        partitions.insert(node.name.clone(), node.instances.len());
+    }
+    let report = RunReport {
+        input: params.input.clone(),
+        speedup: params.speedup,
+        workers: options.workers,
+        elapsed_secs: summary.elapsed.as_secs_f64(),
+        input_lines: feeder.lines,
+        input_errors,
+        input_rate: feeder.lines as f64 / feeder.elapsed_secs.max(1e-9),
+        peak_input_rate: feeder.per_second.iter().copied().max().unwrap_or(0),
+        input_per_second: feeder.per_second,
+        answers: latency.values().map(|s| s.count).sum(),
+        deadline_misses: latency.values().map(|s| s.deadline_misses).sum(),
+        latency,
+        partitions,
+        instances: summary
+            .instances
+            .iter()
+            .map(|i| InstanceLine {
+                operator: i.operator.clone(),
+                instance: i.instance,
+                worker: i.worker,
+                tuples_in: i.stats.tuples_in,
+                tuples_out: i.stats.tuples_out,
+            })
+            .collect(),
+    };
+    let path = params.out_dir.join("report.json");
+    let text = serde_json::to_string_pretty(&report)
+        .map_err(|e| EngineError::InvalidQuery(format!("encoding the report: {e}")))?;
+    std::fs::write(&path, text)
+        .map_err(|e| EngineError::io(format!("writing {}", path.display()), e))?;
+    Ok(report)
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, EngineError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| EngineError::io(format!("reading run statistics {}", path.display()), e))?;
+    serde_json::from_str(&text).map_err(|e| {
+        EngineError::Protocol(format!("{} is not valid statistics: {e}", path.display()))
+    })
+}

@@ -1,0 +1,362 @@
+//! The tuples of the Linear Road query, and parsing of input lines.
+//!
+//! One message type for the whole query keeps operators connectable; edges
+//! filter by variant so each operator only receives what it needs.
+
+use serde::{Deserialize, Serialize};
+
+/// A segment of one direction of one expressway: the toll calculator's key.
+pub type SegmentKey = (u16, u8, u8);
+
+/// A position report, as parsed from the input.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// Simulation second.
+    pub time: u32,
+    /// Car id.
+    pub vid: u32,
+    /// Speed, mph.
+    pub spd: u8,
+    /// Expressway.
+    pub xway: u16,
+    /// Lane: 0 entrance ramp, 1..3 travel, 4 exit ramp.
+    pub lane: u8,
+    /// Direction: 0 east, 1 west.
+    pub dir: u8,
+    /// Segment 0..99.
+    pub seg: u8,
+    /// Position in feet.
+    pub pos: u32,
+}
+
+/// A message of the Linear Road query. `released_us` is the wall-clock
+/// instant (UNIX microseconds) at which the input line causing it was due,
+/// so sinks can measure each answer's latency.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Msg {
+    /// A raw input line, from the feeder.
+    Line {
+        /// 1-based line number, for error messages.
+        line_no: u64,
+        /// The line's text.
+        text: String,
+        /// When it was released.
+        released_us: u64,
+    },
+    /// A position report for its own segment's statistics and tolls.
+    Position {
+        /// The report.
+        report: Position,
+        /// Release instant.
+        released_us: u64,
+    },
+    /// A zero-speed report, sent to every segment whose accident zone
+    /// contains the report's place.
+    Stop {
+        /// The segment this copy is for.
+        target_seg: u8,
+        /// The report.
+        report: Position,
+    },
+    /// Type 2 query.
+    BalanceQuery {
+        /// Simulation second.
+        time: u32,
+        /// Car.
+        vid: u32,
+        /// Query id.
+        qid: u32,
+        /// Release instant.
+        released_us: u64,
+    },
+    /// Type 3 query (Day 1..69).
+    ExpenditureQuery {
+        /// Simulation second.
+        time: u32,
+        /// Car.
+        vid: u32,
+        /// Expressway.
+        xway: u16,
+        /// Query id.
+        qid: u32,
+        /// Day, 1 = yesterday.
+        day: u8,
+        /// Release instant.
+        released_us: u64,
+    },
+    /// Output type 0, also the charge to the car's account.
+    Toll {
+        /// Car.
+        vid: u32,
+        /// Input Time.
+        time: u32,
+        /// Latest average velocity.
+        lav: i32,
+        /// Toll charged.
+        toll: u32,
+        /// Release instant.
+        released_us: u64,
+    },
+    /// Output type 1.
+    Alert {
+        /// Input Time.
+        time: u32,
+        /// Car.
+        vid: u32,
+        /// Segment of the accident.
+        seg: u8,
+        /// Release instant.
+        released_us: u64,
+    },
+    /// Output type 2.
+    Balance {
+        /// Input Time.
+        time: u32,
+        /// Query id.
+        qid: u32,
+        /// Time the balance is as of.
+        result_time: u32,
+        /// Balance.
+        bal: u64,
+        /// Release instant.
+        released_us: u64,
+    },
+    /// Output type 3.
+    Expenditure {
+        /// Input Time.
+        time: u32,
+        /// Query id.
+        qid: u32,
+        /// Historical toll.
+        bal: u32,
+        /// Release instant.
+        released_us: u64,
+    },
+    /// An input line that was skipped.
+    InputError {
+        /// 1-based line number.
+        line_no: u64,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// The answer files and what each holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AnswerKind {
+    /// `tolls.csv`.
+    Tolls,
+    /// `accidents.csv`.
+    Accidents,
+    /// `balances.csv`.
+    Balances,
+    /// `expenditures.csv`.
+    Expenditures,
+    /// `input-errors.csv`: skipped input lines.
+    InputErrors,
+}
+
+impl AnswerKind {
+    /// All kinds, in report order.
+    pub const ALL: [AnswerKind; 5] = [
+        AnswerKind::Tolls,
+        AnswerKind::Accidents,
+        AnswerKind::Balances,
+        AnswerKind::Expenditures,
+        AnswerKind::InputErrors,
+    ];
+
+    /// Short name, used for sink operators and report keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            AnswerKind::Tolls => "tolls",
+            AnswerKind::Accidents => "accidents",
+            AnswerKind::Balances => "balances",
+            AnswerKind::Expenditures => "expenditures",
+            AnswerKind::InputErrors => "input-errors",
+        }
+    }
+
+    /// The deadline of an answer of this kind, seconds.
+    pub fn deadline_secs(self) -> f64 {
+        match self {
+            AnswerKind::Expenditures => 10.0,
+            _ => 5.0,
+        }
+    }
+
+    /// Whether `msg` belongs in this kind's file.
+    pub fn accepts(self, msg: &Msg) -> bool {
+        matches!(
+            (self, msg),
+            (AnswerKind::Tolls, Msg::Toll { .. })
+                | (AnswerKind::Accidents, Msg::Alert { .. })
+                | (AnswerKind::Balances, Msg::Balance { .. })
+                | (AnswerKind::Expenditures, Msg::Expenditure { .. })
+                | (AnswerKind::InputErrors, Msg::InputError { .. })
+        )
+    }
+}
+
+/// What the forwarder makes of one input line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// Type 0.
+    Position(Position),
+    /// Type 2.
+    Balance { time: u32, vid: u32, qid: u32 },
+    /// Type 3.
+    Expenditure {
+        time: u32,
+        vid: u32,
+        xway: u16,
+        qid: u32,
+        day: u8,
+    },
+    /// Type 4, or a Day 0 expenditure query: nothing to answer.
+    Ignored,
+}
+
+fn field<T: TryFrom<i64>>(
+    fields: &[i64; 15],
+    i: usize,
+    name: &str,
+    lo: i64,
+    hi: i64,
+) -> Result<T, String> {
+    let v = fields[i];
+    if v < lo || v > hi {
+        return Err(format!("{name} = {v} is out of range {lo}..={hi}"));
+    }
+    T::try_from(v).map_err(|_| format!("{name} = {v} does not fit"))
+}
+
+/// Parses one input line: 15 comma-separated integers.
+pub fn parse_line(text: &str) -> Result<Parsed, String> {
+    let mut fields = [0i64; 15];
+    let mut n = 0;
+    for part in text.trim_end_matches(['\r', '\n']).split(',') {
+        if n == 15 {
+            return Err("more than 15 fields".into());
+        }
+        fields[n] = part
+            .trim()
+            .parse()
+            .map_err(|_| format!("field {} (`{part}`) is not an integer", n + 1))?;
+        n += 1;
+    }
+    if n != 15 {
+        return Err(format!("{n} fields, expected 15"));
+    }
+    let time = field(&fields, 1, "Time", 0, 86_399)?;
+    let vid = field(&fields, 2, "VID", 0, i64::from(u32::MAX))?;
+    match fields[0] {
+        0 => {
+            let report = Position {
+                time,
+                vid,
+                spd: field(&fields, 3, "Spd", 0, 100)?,
+                xway: field(&fields, 4, "XWay", 0, 999)?,
+                lane: field(&fields, 5, "Lane", 0, 4)?,
+                dir: field(&fields, 6, "Dir", 0, 1)?,
+                seg: field(&fields, 7, "Seg", 0, 99)?,
+                pos: field(&fields, 8, "Pos", 0, 527_999)?,
+            };
+            if u32::from(report.seg) != report.pos / 5280 {
+                return Err(format!(
+                    "Seg = {} does not match Pos = {} (expected {})",
+                    report.seg,
+                    report.pos,
+                    report.pos / 5280
+                ));
+            }
+            Ok(Parsed::Position(report))
+        }
+        2 => Ok(Parsed::Balance {
+            time,
+            vid,
+            qid: field(&fields, 9, "QID", 0, i64::from(u32::MAX))?,
+        }),
+        3 => {
+            let day: u8 = field(&fields, 14, "Day", 0, 69)?;
+            if day == 0 {
+                return Ok(Parsed::Ignored);
+            }
+            Ok(Parsed::Expenditure {
+                time,
+                vid,
+                xway: field(&fields, 4, "XWay", 0, 999)?,
+                qid: field(&fields, 9, "QID", 0, i64::from(u32::MAX))?,
+                day,
+            })
+        }
+        4 => Ok(Parsed::Ignored),
+        t => Err(format!("Type = {t} is not 0, 2, 3 or 4")),
+    }
+}
+
+/// The Time field of a line, without parsing the rest (the feeder paces by it).
+pub fn line_time(text: &str) -> Option<u32> {
+    text.split(',').nth(1)?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_type() {
+        assert_eq!(
+            parse_line("0,0,107,32,0,0,0,10,53320,-1,-1,-1,-1,-1,-1"),
+            Ok(Parsed::Position(Position {
+                time: 0,
+                vid: 107,
+                spd: 32,
+                xway: 0,
+                lane: 0,
+                dir: 0,
+                seg: 10,
+                pos: 53320
+            }))
+        );
+        assert_eq!(
+            parse_line("3,10,231,-1,0,-1,-1,-1,-1,0,-1,-1,-1,-1,60"),
+            Ok(Parsed::Expenditure {
+                time: 10,
+                vid: 231,
+                xway: 0,
+                qid: 0,
+                day: 60
+            })
+        );
+        assert_eq!(
+            parse_line("2,5,9,-1,-1,-1,-1,-1,-1,4,-1,-1,-1,-1,-1"),
+            Ok(Parsed::Balance {
+                time: 5,
+                vid: 9,
+                qid: 4
+            })
+        );
+        assert_eq!(
+            parse_line("3,10,231,-1,0,-1,-1,-1,-1,0,-1,-1,-1,-1,0"),
+            Ok(Parsed::Ignored)
+        );
+    }
+
+    #[test]
+    fn explains_bad_lines() {
+        assert!(parse_line("0,0,1").unwrap_err().contains("3 fields"));
+        assert!(parse_line("0,0,107,320,0,0,0,10,53320,-1,-1,-1,-1,-1,-1")
+            .unwrap_err()
+            .contains("Spd"));
+        assert!(parse_line("0,0,107,32,0,0,0,11,53320,-1,-1,-1,-1,-1,-1")
+            .unwrap_err()
+            .contains("does not match"));
+        assert!(parse_line("x,0,107,32,0,0,0,10,53320,-1,-1,-1,-1,-1,-1")
+            .unwrap_err()
+            .contains("not an integer"));
+        assert!(parse_line("7,0,107,32,0,0,0,10,53320,-1,-1,-1,-1,-1,-1")
+            .unwrap_err()
+            .contains("Type"));
+    }
+}

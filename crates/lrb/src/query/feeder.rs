@@ -1,0 +1,137 @@
+//! The feeder: reads the input file and releases each line at its Time,
+//! scaled by the speed-up (or as fast as possible).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use spate_engine::{OperatorError, Source, SourceStep};
+
+use super::{stats_dir, LrbParams};
+use crate::model::{line_time, Msg};
+
+/// Input counters the run report needs.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FeederStats {
+    /// Lines read.
+    pub lines: u64,
+    /// Lines released in each wall-clock second of the run.
+    pub per_second: Vec<u64>,
+    /// Wall-clock seconds from the first to the last line.
+    pub elapsed_secs: f64,
+}
+
+/// Reads and paces the input.
+pub struct Feeder {
+    reader: BufReader<File>,
+    params: LrbParams,
+    line_no: u64,
+    last_time: u32,
+    pending: Option<(String, Option<u32>)>,
+    start: Option<(Instant, u64)>,
+    stats: FeederStats,
+}
+
+/// Microseconds since the UNIX epoch, the clock all processes share.
+pub fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+impl Feeder {
+    /// Opens the input file.
+    pub fn open(params: &LrbParams) -> Result<Self, OperatorError> {
+        let file = File::open(&params.input).map_err(|e| {
+            OperatorError::new(format!("cannot open input {}: {e}", params.input.display()))
+        })?;
+        Ok(Feeder {
+            reader: BufReader::with_capacity(1 << 20, file),
+            params: params.clone(),
+            line_no: 0,
+            last_time: 0,
+            pending: None,
+            start: None,
+            stats: FeederStats::default(),
+        })
+    }
+
+    fn read_line(&mut self) -> Result<Option<(String, Option<u32>)>, OperatorError> {
+        let mut text = String::new();
+        if self.reader.read_line(&mut text)? == 0 {
+            return Ok(None);
+        }
+        self.line_no += 1;
+        let len = text.trim_end_matches(['\n', '\r']).len();
+        text.truncate(len);
+        let time = line_time(&text);
+        Ok(Some((text, time)))
+    }
+
+    fn finish(&mut self) -> Result<(), OperatorError> {
+        if let Some((start, _)) = self.start {
+            self.stats.elapsed_secs = start.elapsed().as_secs_f64();
+        }
+        let dir = stats_dir(&self.params.out_dir);
+        std::fs::create_dir_all(&dir)?;
+        let file = BufWriter::new(File::create(dir.join("feeder.json"))?);
+        serde_json::to_writer(file, &self.stats)
+            .map_err(|e| OperatorError::new(format!("writing feeder statistics: {e}")))
+    }
+}
+
+impl Source for Feeder {
+    type Out = Msg;
+
+    fn next(&mut self) -> Result<SourceStep<Msg>, OperatorError> {
+        let (start, start_us) = *self
+            .start
+            .get_or_insert_with(|| (Instant::now(), unix_micros()));
+        let (text, time) = match self.pending.take() {
+            Some(line) => line,
+            None => match self.read_line()? {
+                Some(line) => line,
+                None => {
+                    self.finish()?;
+                    return Ok(SourceStep::Done);
+                }
+            },
+        };
+        let line_no = self.line_no;
+        if let Some(t) = time {
+            if t < self.last_time {
+                return Ok(SourceStep::Emit(Msg::InputError {
+                    line_no,
+                    message: format!(
+                        "Time {t} goes backwards (an earlier line has Time {}); the input must be in Time order",
+                        self.last_time
+                    ),
+                }));
+            }
+            self.last_time = t;
+        }
+        let released_us = match time {
+            Some(t) if self.params.speedup > 0.0 => {
+                let offset = Duration::from_secs_f64(f64::from(t) / self.params.speedup);
+                if start.elapsed() < offset {
+                    self.pending = Some((text, time));
+                    return Ok(SourceStep::WaitUntil(start + offset));
+                }
+                start_us + offset.as_micros() as u64
+            }
+            _ => unix_micros(),
+        };
+        self.stats.lines += 1;
+        let second = start.elapsed().as_secs() as usize;
+        if self.stats.per_second.len() <= second {
+            self.stats.per_second.resize(second + 1, 0);
+        }
+        self.stats.per_second[second] += 1;
+        Ok(SourceStep::Emit(Msg::Line {
+            line_no,
+            text,
+            released_us,
+        }))
+    }
+}

@@ -1,0 +1,91 @@
+//! The forwarder: parses lines and sends each kind of record where it is
+//! needed. Stateless, so it can run as many partitions as the parsing load
+//! needs.
+
+use spate_engine::{Operator, OperatorError, Output};
+
+use crate::model::{parse_line, Msg, Parsed};
+
+/// How far upstream of an accident its zone reaches, in segments.
+pub const ACCIDENT_ZONE: u8 = 4;
+
+/// Parses and routes input lines.
+pub struct Forwarder;
+
+/// The segments whose accident zone contains segment `seg` in direction
+/// `dir`: a stopped car in `seg` matters to cars approaching it.
+pub fn zone_targets(seg: u8, dir: u8) -> std::ops::RangeInclusive<u8> {
+    if dir == 0 {
+        seg.saturating_sub(ACCIDENT_ZONE)..=seg
+    } else {
+        seg..=seg.saturating_add(ACCIDENT_ZONE).min(99)
+    }
+}
+
+impl Operator for Forwarder {
+    type In = Msg;
+    type Out = Msg;
+
+    fn process(&mut self, input: Msg, out: &mut Output<'_, Msg>) -> Result<(), OperatorError> {
+        let Msg::Line {
+            line_no,
+            text,
+            released_us,
+        } = input
+        else {
+            // Input errors found by the feeder pass straight through.
+            return out.emit(input);
+        };
+        match parse_line(&text) {
+            Ok(Parsed::Position(report)) => {
+                if report.spd == 0 {
+                    for target_seg in zone_targets(report.seg, report.dir) {
+                        out.emit(Msg::Stop {
+                            target_seg,
+                            report: report.clone(),
+                        })?;
+                    }
+                }
+                out.emit(Msg::Position {
+                    report,
+                    released_us,
+                })
+            }
+            Ok(Parsed::Balance { time, vid, qid }) => out.emit(Msg::BalanceQuery {
+                time,
+                vid,
+                qid,
+                released_us,
+            }),
+            Ok(Parsed::Expenditure {
+                time,
+                vid,
+                xway,
+                qid,
+                day,
+            }) => out.emit(Msg::ExpenditureQuery {
+                time,
+                vid,
+                xway,
+                qid,
+                day,
+                released_us,
+            }),
+            Ok(Parsed::Ignored) => Ok(()),
+            Err(message) => out.emit(Msg::InputError { line_no, message }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zones_reach_upstream_of_the_accident() {
+        assert_eq!(zone_targets(10, 0), 6..=10);
+        assert_eq!(zone_targets(2, 0), 0..=2);
+        assert_eq!(zone_targets(10, 1), 10..=14);
+        assert_eq!(zone_targets(97, 1), 97..=99);
+    }
+}

@@ -1,0 +1,121 @@
+//! The Linear Road query, written with the engine's public API.
+//!
+//! ```text
+//! feeder -> forwarder -+-> toll_calculator (key: xway, dir, segment) -+-> tolls, accidents sinks
+//!                      |                                              |
+//!                      +-> toll_assessment (key: car) <--- tolls -----+
+//!                              +-> balances, expenditures sinks
+//! forwarder -> input-errors sink (skipped lines)
+//! ```
+
+mod feeder;
+mod forwarder;
+mod sink;
+mod toll_assessment;
+mod toll_calculator;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use spate_engine::{EngineError, Query, QueryBuilder, QueryRegistry};
+
+use crate::model::{AnswerKind, Msg};
+pub use feeder::{Feeder, FeederStats};
+pub use forwarder::Forwarder;
+pub use sink::{AnswerSink, SinkStats};
+pub use toll_assessment::TollAssessment;
+pub use toll_calculator::TollCalculator;
+
+/// The query's name in the registry.
+pub const NAME: &str = "linear-road";
+
+/// Parameters of the Linear Road query.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LrbParams {
+    /// The input file (15-field lines in Time order).
+    pub input: PathBuf,
+    /// The historical tolls file (`VID,Day,XWay,Toll`).
+    pub tolls: PathBuf,
+    /// Where the answer files and statistics go.
+    pub out_dir: PathBuf,
+    /// Replay speed: S times real time; 0 replays as fast as possible.
+    pub speedup: f64,
+    /// Parallelism of the forwarder.
+    #[serde(default = "one")]
+    pub forwarders: u32,
+    /// Parallelism of the toll calculator.
+    #[serde(default = "one")]
+    pub toll_calculators: u32,
+    /// Parallelism of the toll assessment.
+    #[serde(default = "one")]
+    pub assessors: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Where the query keeps per-run statistics inside `out_dir`.
+pub fn stats_dir(out_dir: &std::path::Path) -> PathBuf {
+    out_dir.join(".spate")
+}
+
+/// Registers the Linear Road query.
+pub fn register(registry: &mut QueryRegistry) {
+    registry.register(
+        NAME,
+        "the Linear Road benchmark (use `spate lrb run`)",
+        |params| {
+            let params: LrbParams = serde_json::from_value(params.clone()).map_err(|e| {
+                EngineError::InvalidQuery(format!("bad Linear Road parameters: {e}"))
+            })?;
+            build(&params)
+        },
+    );
+}
+
+/// Builds the query.
+pub fn build(params: &LrbParams) -> Result<Query, EngineError> {
+    if !(params.speedup >= 0.0 && params.speedup.is_finite()) {
+        return Err(EngineError::InvalidQuery(format!(
+            "speed-up must be a non-negative number, not {}",
+            params.speedup
+        )));
+    }
+    let mut q = QueryBuilder::new();
+    let p = params.clone();
+    let lines = q.source("feeder", 1, move |_| Feeder::open(&p));
+    let parsed = q.operator("forwarder", params.forwarders, &[lines], |_| Ok(Forwarder));
+    let reports = parsed.filter(|m| matches!(m, Msg::Position { .. } | Msg::Stop { .. }));
+    let calculated = q.stateful(
+        "toll_calculator",
+        params.toll_calculators,
+        &[reports],
+        |_| Ok(TollCalculator),
+    );
+    let charges = calculated.filter(|m| matches!(m, Msg::Toll { toll, .. } if *toll > 0));
+    let queries =
+        parsed.filter(|m| matches!(m, Msg::BalanceQuery { .. } | Msg::ExpenditureQuery { .. }));
+    let tolls = params.tolls.clone();
+    let answers = q.stateful(
+        "toll_assessment",
+        params.assessors,
+        &[queries, charges],
+        move |ctx| TollAssessment::load(&tolls, ctx),
+    );
+    for kind in AnswerKind::ALL {
+        let from = match kind {
+            AnswerKind::Tolls | AnswerKind::Accidents => &calculated,
+            AnswerKind::Balances | AnswerKind::Expenditures => &answers,
+            AnswerKind::InputErrors => &parsed,
+        };
+        let p = params.clone();
+        q.sink(
+            kind.name(),
+            1,
+            &[from.filter(move |m| kind.accepts(m))],
+            move |_| AnswerSink::create(kind, &p),
+        );
+    }
+    q.build()
+}

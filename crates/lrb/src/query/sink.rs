@@ -1,0 +1,151 @@
+//! Answer sinks: write one answer file in the column order of the 2004
+//! validator, and measure every answer's latency against its deadline.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use spate_engine::{OperatorError, Sink};
+
+use super::feeder::unix_micros;
+use super::{stats_dir, LrbParams};
+use crate::model::{AnswerKind, Msg};
+
+/// Latency figures of one answer kind, for the run report.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SinkStats {
+    /// Answers written.
+    pub count: u64,
+    /// Median latency, milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile latency, milliseconds.
+    pub p99_ms: f64,
+    /// Worst latency, milliseconds.
+    pub max_ms: f64,
+    /// Answers later than their deadline.
+    pub deadline_misses: u64,
+}
+
+/// Writes one kind of answer.
+pub struct AnswerSink {
+    kind: AnswerKind,
+    out: BufWriter<File>,
+    latency_us: Histogram<u64>,
+    written: u64,
+    misses: u64,
+    /// Simulation seconds per wall-clock second.
+    sim_rate: f64,
+    params: LrbParams,
+}
+
+impl AnswerSink {
+    /// Creates (truncates) the answer file.
+    pub fn create(kind: AnswerKind, params: &LrbParams) -> Result<Self, OperatorError> {
+        std::fs::create_dir_all(&params.out_dir)?;
+        let path = params.out_dir.join(format!("{}.csv", kind.name()));
+        let file = File::create(&path)
+            .map_err(|e| OperatorError::new(format!("cannot create {}: {e}", path.display())))?;
+        let latency_us = Histogram::new_with_bounds(1, 3_600_000_000, 3)
+            .map_err(|e| OperatorError::new(format!("latency histogram: {e}")))?;
+        Ok(AnswerSink {
+            kind,
+            out: BufWriter::with_capacity(1 << 20, file),
+            latency_us,
+            written: 0,
+            misses: 0,
+            sim_rate: if params.speedup > 0.0 {
+                params.speedup
+            } else {
+                1.0
+            },
+            params: params.clone(),
+        })
+    }
+
+    /// Records the latency of an answer and returns its Emit second.
+    fn emit_time(&mut self, time: u32, released_us: u64) -> u64 {
+        let latency_us = unix_micros().saturating_sub(released_us);
+        self.latency_us.saturating_record(latency_us.max(1));
+        if latency_us as f64 > self.kind.deadline_secs() * 1e6 {
+            self.misses += 1;
+        }
+        u64::from(time) + (latency_us as f64 / 1e6 * self.sim_rate) as u64
+    }
+}
+
+impl Sink for AnswerSink {
+    type In = Msg;
+
+    fn write(&mut self, msg: Msg) -> Result<(), OperatorError> {
+        match msg {
+            Msg::Toll {
+                vid,
+                time,
+                lav,
+                toll,
+                released_us,
+            } => {
+                let emit = self.emit_time(time, released_us);
+                writeln!(self.out, "0,{vid},{time},{emit},{lav},{toll}")?;
+            }
+            Msg::Alert {
+                time,
+                vid,
+                seg,
+                released_us,
+            } => {
+                let emit = self.emit_time(time, released_us);
+                writeln!(self.out, "1,{time},{emit},{vid},{seg}")?;
+            }
+            Msg::Balance {
+                time,
+                qid,
+                result_time,
+                bal,
+                released_us,
+            } => {
+                let emit = self.emit_time(time, released_us);
+                writeln!(self.out, "2,{time},{emit},{qid},{result_time},{bal}")?;
+            }
+            Msg::Expenditure {
+                time,
+                qid,
+                bal,
+                released_us,
+            } => {
+                let emit = self.emit_time(time, released_us);
+                writeln!(self.out, "3,{time},{emit},{qid},{bal}")?;
+            }
+            Msg::InputError { line_no, message } => {
+                writeln!(self.out, "{line_no},\"{}\"", message.replace('"', "'"))?;
+            }
+            other => {
+                return Err(OperatorError::new(format!(
+                    "the {} sink received an unexpected {other:?}",
+                    self.kind.name()
+                )))
+            }
+        }
+        self.written += 1;
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), OperatorError> {
+        self.out.flush()?;
+        let h = &self.latency_us;
+        let ms = |us: u64| us as f64 / 1000.0;
+        let stats = SinkStats {
+            count: self.written,
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
+            deadline_misses: self.misses,
+        };
+        let dir = stats_dir(&self.params.out_dir);
+        std::fs::create_dir_all(&dir)?;
+        let file = File::create(dir.join(format!("{}.json", self.kind.name())))?;
+        serde_json::to_writer(BufWriter::new(file), &stats)
+            .map_err(|e| OperatorError::new(format!("writing sink statistics: {e}")))
+    }
+}
