@@ -1,6 +1,7 @@
 //! `spate`: the one entry point. Runs local clusters, workers and
 //! coordinators, and the Linear Road benchmark.
 
+mod demo;
 mod lrb;
 
 use std::collections::BTreeMap;
@@ -70,6 +71,9 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         connect_timeout_secs: u64,
     },
+    /// The main job: generate a Linear Road input, run it on a local cluster,
+    /// validate every answer and print the report.
+    Demo(demo::DemoArgs),
     /// List the queries this binary can run.
     Queries,
     /// The Linear Road benchmark.
@@ -152,6 +156,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Demo(args) => demo::run(args),
         Command::Lrb(command) => lrb::run(command),
     }
 }

@@ -565,10 +565,14 @@ fn reports_per_second(t: u32, duration: u32) -> f64 {
         })
 }
 
-/// Free-flow speed falls with the number of cars in the segment: about 90 mph
-/// when empty, 40 mph around 360 cars and a crawl beyond.
+/// Speed falls with the number of cars in the segment: 90 mph when empty,
+/// 40 mph around 450 cars, 20 mph around 1260. Cars times speed keeps rising
+/// with the count, so a busy segment still drains and traffic does not lock
+/// up into an ever-growing jam.
 fn congestion_speed(cars_in_segment: u32) -> i32 {
-    (100 - (cars_in_segment / 6) as i32).clamp(10, 90)
+    let cars = i64::from(cars_in_segment);
+    // The quotient is at most 90, so the narrowing is lossless.
+    (32_400 / (360 + cars)).clamp(10, 90) as i32
 }
 
 /// Moving cars never report 0 (that would look like a stop) or above 100.

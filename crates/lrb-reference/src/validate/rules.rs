@@ -207,12 +207,12 @@ struct MinuteSummary {
     average: i64,
 }
 
-/// One segment's reports of its latest minute, per car as (sum of speeds,
-/// report count), and the summaries of the minutes before it.
+/// One segment's reports of its latest minute as (VID, Spd), and the
+/// summaries of the minutes before it.
 #[derive(Debug, Default)]
 struct Segment {
     minute: u32,
-    cars: HashMap<i64, (i64, i64)>,
+    reports: Vec<(i64, u32)>,
     finished: VecDeque<MinuteSummary>,
 }
 
@@ -222,15 +222,23 @@ impl Segment {
         if self.minute == m {
             return;
         }
-        if !self.cars.is_empty() {
-            let cars = self.cars.len() as i64;
-            let sum_of_car_means: i64 = self.cars.values().map(|&(sum, n)| sum / n).sum();
+        if !self.reports.is_empty() {
+            // Group the minute's reports by car: each car's integer mean
+            // speed, then A(m') = floor(sum of those means / cars).
+            self.reports.sort_unstable();
+            let mut cars = 0;
+            let mut sum_of_car_means = 0;
+            for car in self.reports.chunk_by(|a, b| a.0 == b.0) {
+                let speeds: i64 = car.iter().map(|&(_, spd)| i64::from(spd)).sum();
+                sum_of_car_means += speeds / car.len() as i64;
+                cars += 1;
+            }
             self.finished.push_back(MinuteSummary {
                 minute: self.minute,
-                cars: self.cars.len() as u64,
-                average: sum_of_car_means / cars,
+                cars,
+                average: sum_of_car_means / cars as i64,
             });
-            self.cars.clear();
+            self.reports.clear();
         }
         self.minute = m;
         while self.finished.front().is_some_and(|s| s.minute + 5 < m) {
@@ -255,12 +263,6 @@ impl Segment {
         }
         let sum: i64 = self.finished.iter().map(|s| s.average).sum();
         sum / self.finished.len() as i64
-    }
-
-    fn add(&mut self, vid: i64, spd: u32) {
-        let entry = self.cars.entry(vid).or_insert((0, 0));
-        entry.0 += i64::from(spd);
-        entry.1 += 1;
     }
 }
 
@@ -321,7 +323,9 @@ impl Rules {
 
     fn position_report(&mut self, r: &PositionReport) {
         let m = minute(r.time);
-        let previous = self.cars.get(&r.vid).copied().unwrap_or([None; 3]);
+        let recent = self.cars.entry(r.vid).or_insert([None; 3]);
+        let previous = *recent;
+        *recent = [Some(*r), previous[0], previous[1]];
         if self.is_stop_report(r, &previous) {
             self.record_stop(r);
         }
@@ -363,9 +367,7 @@ impl Rules {
         }
         // NOV(m) and LAV(m) only use minutes before m, so this report counts
         // from the next minute on.
-        segment.add(r.vid, r.spd);
-        self.cars
-            .insert(r.vid, [Some(*r), previous[0], previous[1]]);
+        segment.reports.push((r.vid, r.spd));
     }
 
     /// Spd is 0 and the car's three previous reports are at t-30, t-60 and

@@ -14,7 +14,7 @@ use crate::model::{line_time, Msg};
 /// Input counters the run report needs.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct FeederStats {
-    /// Lines read.
+    /// Lines read, including skipped ones.
     pub lines: u64,
     /// Lines released in each wall-clock second of the run.
     pub per_second: Vec<u64>,
@@ -70,6 +70,7 @@ impl Feeder {
     }
 
     fn finish(&mut self) -> Result<(), OperatorError> {
+        self.stats.lines = self.line_no;
         if let Some((start, _)) = self.start {
             self.stats.elapsed_secs = start.elapsed().as_secs_f64();
         }
@@ -122,7 +123,6 @@ impl Source for Feeder {
             }
             _ => unix_micros(),
         };
-        self.stats.lines += 1;
         let second = start.elapsed().as_secs() as usize;
         if self.stats.per_second.len() <= second {
             self.stats.per_second.resize(second + 1, 0);

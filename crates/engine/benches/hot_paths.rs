@@ -1,0 +1,264 @@
+//! Micro-benchmarks of the engine's per-tuple and per-checkpoint hot paths,
+//! through the public API only, so that a regression in any of them shows up
+//! without running a whole cluster.
+//!
+//! Run with `cargo bench -p spate-engine` (about two minutes on 2 cores);
+//! `docs/BENCH.md` has the figures measured so far.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use serde::{Deserialize, Serialize};
+use spate_engine::hash::key_hash;
+use spate_engine::stamp::merge::{read_tuple, write_tuple, Merge};
+use spate_engine::state::{Checkpoint, KeyRange, KeyedState, OutputBuffer, RoutingTable};
+use spate_engine::Stamp;
+
+/// Tuples per batch: the unit the per-tuple benchmarks process per iteration,
+/// so that timings read as "per batch" and throughput as "per tuple".
+const BATCH: usize = 1_000;
+
+/// Shaped like Linear Road's position report as it travels between
+/// operators, so that encoding costs are those of the real query.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct PositionReport {
+    time: u32,
+    vid: u32,
+    spd: u8,
+    xway: u16,
+    lane: u8,
+    dir: u8,
+    seg: u8,
+    pos: u32,
+    released_us: u64,
+}
+
+/// Shaped like a toll calculator's per-segment statistics.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct SegmentStats {
+    minute: u32,
+    cars: u32,
+    speed_sum: u64,
+    reports: u32,
+}
+
+/// A cheap deterministic sequence (SplitMix64) so that every run measures
+/// the same keys without depending on a random-number crate.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn reports(n: usize) -> Vec<PositionReport> {
+    let mut rng = 1;
+    (0..n)
+        .map(|i| {
+            let r = splitmix(&mut rng);
+            let pos = (r % 528_000) as u32;
+            PositionReport {
+                time: i as u32 / 100,
+                vid: (r >> 32) as u32 % 100_000,
+                spd: (r % 101) as u8,
+                xway: 0,
+                lane: (r >> 8) as u8 % 5,
+                dir: (r >> 16) as u8 % 2,
+                seg: (pos / 5_280) as u8,
+                pos,
+                released_us: 1_700_000_000_000_000 + i as u64,
+            }
+        })
+        .collect()
+}
+
+/// Tight settings so the whole suite stays within a couple of minutes on a
+/// small machine; the figures are for spotting large changes, not 1 % ones.
+fn quick(c: &mut Criterion) -> criterion::BenchmarkGroup<'_, criterion::measurement::WallTime> {
+    let mut g = c.benchmark_group("engine");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    g
+}
+
+fn tuple_codec(c: &mut Criterion) {
+    let input = reports(BATCH);
+    let mut body = Vec::new();
+    let mut scratch = Vec::new();
+    for (i, r) in input.iter().enumerate() {
+        scratch.clear();
+        bincode::serialize_into(&mut scratch, r).expect("encodes");
+        write_tuple(&mut body, Stamp(i as u64 + 1), &scratch);
+    }
+    let mut g = quick(c);
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function("tuple encode (bincode + write_tuple), 1k", |b| {
+        let mut out = Vec::with_capacity(body.len());
+        b.iter(|| {
+            out.clear();
+            for (i, r) in input.iter().enumerate() {
+                scratch.clear();
+                bincode::serialize_into(&mut scratch, r).expect("encodes");
+                write_tuple(&mut out, Stamp(i as u64 + 1), &scratch);
+            }
+            black_box(out.len())
+        })
+    });
+    g.bench_function("tuple decode (read_tuple + bincode), 1k", |b| {
+        b.iter(|| {
+            let mut pos = 0;
+            let mut sum = 0u64;
+            while pos < body.len() {
+                let (stamp, range) = read_tuple(&body, pos).expect("well framed");
+                let r: PositionReport =
+                    bincode::deserialize(&body[range.clone()]).expect("decodes");
+                sum = sum.wrapping_add(stamp.0 ^ u64::from(r.vid));
+                pos = range.end;
+            }
+            black_box(sum)
+        })
+    });
+    g.finish();
+}
+
+fn routing(c: &mut Criterion) {
+    let table = RoutingTable::new(
+        KeyRange::FULL
+            .split_even(8)
+            .into_iter()
+            .zip(0u32..)
+            .collect(),
+    )
+    .expect("an even split tiles the hash space");
+    let keys: Vec<(u16, u8, u8)> = reports(BATCH)
+        .iter()
+        .map(|r| (r.xway, r.dir, r.seg))
+        .collect();
+    let mut g = quick(c);
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function("route (key_hash + 8 ranges), 1k", |b| {
+        b.iter(|| {
+            let mut sum = 0u32;
+            for k in &keys {
+                sum = sum.wrapping_add(*table.route(key_hash(k)));
+            }
+            black_box(sum)
+        })
+    });
+    g.finish();
+}
+
+fn merge(c: &mut Criterion) {
+    const CHANNELS: usize = 4;
+    let payload = [7u8; 40];
+    // Channel c carries stamps c+1, c+1+4, ...: a round-robin interleaving,
+    // the worst case for the merge (the minimum moves channel every tuple).
+    let batches: Vec<(Vec<u8>, Stamp)> = (0..CHANNELS)
+        .map(|c| {
+            let mut body = Vec::new();
+            let mut last = Stamp::ZERO;
+            for i in 0..BATCH / CHANNELS {
+                last = Stamp((i * CHANNELS + c + 1) as u64);
+                write_tuple(&mut body, last, &payload);
+            }
+            (body, last)
+        })
+        .collect();
+    let mut g = quick(c);
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function("merge 4 channels (push + drain), 1k", |b| {
+        b.iter_batched(
+            || batches.clone(),
+            |batches| {
+                let mut m = Merge::new(CHANNELS, Stamp::ZERO);
+                for (channel, (body, mark)) in batches.into_iter().enumerate() {
+                    m.push(channel, body, mark).expect("valid batch");
+                }
+                let mut n = 0usize;
+                m.drain(|_, p| {
+                    n += p.len();
+                    Ok(())
+                })
+                .expect("drains");
+                black_box(n)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn keyed_state(c: &mut Criterion) {
+    const KEYS: u64 = 100_000;
+    let mut state: KeyedState<u64, SegmentStats> = KeyedState::default();
+    for k in 0..KEYS {
+        state.get_or_default(k).cars = 1;
+    }
+    let mut rng = 7;
+    let keys: Vec<u64> = (0..BATCH).map(|_| splitmix(&mut rng) % KEYS).collect();
+    let mut g = quick(c);
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function("keyed state update (100k keys), 1k", |b| {
+        b.iter(|| {
+            for &k in &keys {
+                let s = state.get_or_default(k);
+                s.reports += 1;
+                s.speed_sum += k & 63;
+            }
+        })
+    });
+    g.finish();
+}
+
+fn million_key_checkpoint() -> (KeyedState<u64, SegmentStats>, Checkpoint) {
+    let mut state: KeyedState<u64, SegmentStats> = KeyedState::default();
+    for k in 0..1_000_000u64 {
+        let s = state.get_or_default(k);
+        s.cars = k as u32 % 200;
+        s.speed_sum = k * 3;
+    }
+    let checkpoint = Checkpoint {
+        operator: "toll_assessment".into(),
+        key_range: KeyRange::FULL,
+        frontier: Stamp(1),
+        entries: state.snapshot().expect("snapshot"),
+        output_buffer: OutputBuffer::default(),
+    };
+    (state, checkpoint)
+}
+
+fn checkpoint(c: &mut Criterion) {
+    let (state, whole) = million_key_checkpoint();
+    let halves = KeyRange::FULL.split_even(2);
+    let mut g = quick(c);
+    g.throughput(Throughput::Elements(state.len() as u64));
+    g.bench_function("checkpoint 1M keys (snapshot + encode)", |b| {
+        b.iter(|| {
+            let checkpoint = Checkpoint {
+                operator: whole.operator.clone(),
+                key_range: whole.key_range,
+                frontier: whole.frontier,
+                entries: state.snapshot().expect("snapshot"),
+                output_buffer: OutputBuffer::default(),
+            };
+            black_box(checkpoint.encode().expect("encodes").len())
+        })
+    });
+    g.bench_function("partition 1M-key checkpoint into 2", |b| {
+        b.iter(|| black_box(whole.partition(&halves).expect("tiles").len()))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    tuple_codec,
+    routing,
+    merge,
+    keyed_state,
+    checkpoint
+);
+criterion_main!(benches);
