@@ -27,6 +27,8 @@ pub struct DemoArgs {
     /// Partitions of an operator, `OPERATOR=N` (repeatable).
     #[arg(long = "partitions", value_name = "OPERATOR=N")]
     partitions: Vec<String>,
+    #[command(flatten)]
+    fault_tolerance: lrb::FaultToleranceArgs,
     /// Where inputs and outputs go.
     #[arg(long, default_value = "lrb-data")]
     dir: PathBuf,
@@ -57,6 +59,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         speedup: args.speedup,
         workers: args.workers,
         partitions: args.partitions,
+        fault_tolerance: args.fault_tolerance,
     })?;
     lrb::run(LrbCommand::Validate {
         input,

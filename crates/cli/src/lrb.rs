@@ -12,6 +12,22 @@ use spate_engine::cluster::current_program;
 use spate_lrb::driver::{self, RunOptions, RunReport};
 use spate_lrb::query::LrbParams;
 
+/// Checkpointing, recovery and failure injection.
+#[derive(clap::Args, Clone, Debug)]
+pub struct FaultToleranceArgs {
+    /// Checkpoint interval of every instance, milliseconds; 0 turns fault
+    /// tolerance off.
+    #[arg(long, default_value_t = 1000)]
+    pub checkpoint_ms: u64,
+    /// Idle workers kept ready to take over failed ones.
+    #[arg(long, default_value_t = 1)]
+    pub pool: usize,
+    /// Kill the worker hosting an instance with SIGKILL, `AT_SECS:OPERATOR[:INSTANCE]`
+    /// (repeatable), to watch it recover.
+    #[arg(long, value_name = "AT_SECS:OPERATOR[:INSTANCE]")]
+    pub kill: Vec<spate_engine::coordinator::KillSpec>,
+}
+
 /// Linear Road subcommands.
 #[derive(Subcommand)]
 pub enum LrbCommand {
@@ -51,6 +67,8 @@ pub enum LrbCommand {
         /// forwarder, toll_calculator, toll_assessment.
         #[arg(long = "partitions", value_name = "OPERATOR=N")]
         partitions: Vec<String>,
+        #[command(flatten)]
+        fault_tolerance: FaultToleranceArgs,
     },
     /// Check a run's answers against an independent reference implementation.
     Validate {
@@ -70,6 +88,43 @@ pub enum LrbCommand {
         /// Differences to show per kind.
         #[arg(long, default_value_t = 10)]
         max_differences: usize,
+    },
+    /// Find the highest speed-up the query sustains: generate (or reuse) an
+    /// input, run it at increasing speed-ups, validate every run, and write
+    /// bench.json and bench.svg (see docs/BENCH.md).
+    Bench {
+        /// Number of expressways (L) of the generated input.
+        #[arg(long, default_value_t = 1)]
+        xways: u32,
+        /// Simulated seconds of the generated input.
+        #[arg(long, default_value_t = 1_200)]
+        duration_secs: u32,
+        /// Generator seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Input directory, reused when it holds an input generated with
+        /// the same options [default: OUT/input].
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Worker processes.
+        #[arg(long, default_value_t = 3)]
+        workers: usize,
+        /// Partitions of an operator, `OPERATOR=N` (repeatable).
+        #[arg(long = "partitions", value_name = "OPERATOR=N")]
+        partitions: Vec<String>,
+        /// Output directory: bench.json, bench.svg and one directory per run.
+        #[arg(long, default_value = "lrb-bench")]
+        out: PathBuf,
+        /// Speed-ups to try, lowest first; 0 = as fast as possible. The
+        /// sweep stops at the first failure.
+        #[arg(long, value_delimiter = ',', default_value = "25,50,100,200,400,800")]
+        speedups: Vec<f64>,
+        /// Bisection steps between the last passing and first failing speed-up.
+        #[arg(long, default_value_t = 2)]
+        bisect: u32,
+        /// Keep the answer files of passing runs.
+        #[arg(long)]
+        keep_answers: bool,
     },
 }
 
@@ -116,6 +171,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
             speedup,
             workers,
             partitions,
+            fault_tolerance,
         } => {
             if workers == 0 || workers > 256 {
                 bail!("--workers must be between 1 and 256, not {workers}");
@@ -142,6 +198,9 @@ pub fn run(command: LrbCommand) -> Result<()> {
                 },
                 workers,
                 partitions,
+                checkpoint_ms: fault_tolerance.checkpoint_ms,
+                pool: fault_tolerance.pool,
+                kills: fault_tolerance.kill,
                 cancel: crate::cancel_on_ctrl_c(),
             };
             eprintln!(
@@ -177,10 +236,71 @@ pub fn run(command: LrbCommand) -> Result<()> {
             }
             Ok(())
         }
+        LrbCommand::Bench {
+            xways,
+            duration_secs,
+            seed,
+            data,
+            workers,
+            partitions,
+            out,
+            speedups,
+            bisect,
+            keep_answers,
+        } => {
+            let mut partitions = crate::parse_partitions(&partitions)?;
+            partitions.entry("toll_calculator".into()).or_insert(2);
+            let options = spate_lrb::bench::BenchOptions {
+                xways,
+                duration_secs,
+                seed,
+                data_dir: data.unwrap_or_else(|| out.join("input")),
+                out_dir: out.clone(),
+                workers,
+                partitions,
+                speedups,
+                bisect,
+                keep_answers,
+                cancel: crate::cancel_on_ctrl_c(),
+            };
+            let summary = spate_lrb::bench::run(
+                &crate::registry(),
+                &current_program()?,
+                &options,
+                &mut std::io::stdout(),
+            )?;
+            match summary.best_run() {
+                Some(best) => println!(
+                    "highest passing speed-up {}: {:.0} tuples/s mean, {:.0}/s at the busiest second \
+                     ({}/s measured in one wall-clock second), L-equivalent {:.1}",
+                    best.speedup,
+                    best.achieved_rate,
+                    best.sustained_peak_rate,
+                    best.peak_rate,
+                    best.l_equivalent
+                ),
+                None => println!("no speed-up passed"),
+            }
+            println!("figures: {}", out.join("bench.json").display());
+            Ok(())
+        }
     }
 }
 
 fn print_report(r: &RunReport) {
+    for rec in &r.recoveries {
+        let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
+        println!(
+            "recovered {} (workers {:?}): killed {}, detected {} ms, restored {} ms, rewired {} ms, caught up {}",
+            rec.instances.join(", "),
+            rec.workers,
+            ms(rec.killed_ms),
+            rec.detected_ms,
+            rec.restored_ms,
+            rec.rewired_ms,
+            ms(rec.caught_up_ms)
+        );
+    }
     println!(
         "{} input lines in {:.1} s ({:.0}/s mean, {}/s peak), {} skipped as malformed; {} answers",
         r.input_lines, r.elapsed_secs, r.input_rate, r.peak_input_rate, r.input_errors, r.answers

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use spate_engine::cluster::{current_program, run_local};
+use spate_engine::cluster::{current_program, run_local, ExternalWorkers};
 use spate_engine::coordinator::{Coordinator, JobConfig, JobSummary};
 use spate_engine::worker::{run_worker, WorkerOptions};
 use spate_engine::QueryRegistry;
@@ -134,7 +134,7 @@ fn run(cli: Cli) -> Result<()> {
                 config.workers,
                 coordinator.addr()
             );
-            let summary = coordinator.run(&registry(), &config, &mut || Ok(()))?;
+            let summary = coordinator.run(&registry(), &config, &mut ExternalWorkers)?;
             print_summary(&summary);
             Ok(())
         }

@@ -226,6 +226,7 @@ fn million_key_checkpoint() -> (KeyedState<u64, SegmentStats>, Checkpoint) {
         frontier: Stamp(1),
         entries: state.snapshot().expect("snapshot"),
         output_buffer: OutputBuffer::default(),
+        operator_state: Vec::new(),
     };
     (state, checkpoint)
 }
@@ -234,6 +235,8 @@ fn checkpoint(c: &mut Criterion) {
     let (state, whole) = million_key_checkpoint();
     let halves = KeyRange::FULL.split_even(2);
     let mut g = quick(c);
+    // One iteration takes about a second here: ten of them need more time.
+    g.measurement_time(Duration::from_secs(10));
     g.throughput(Throughput::Elements(state.len() as u64));
     g.bench_function("checkpoint 1M keys (snapshot + encode)", |b| {
         b.iter(|| {
@@ -243,6 +246,7 @@ fn checkpoint(c: &mut Criterion) {
                 frontier: whole.frontier,
                 entries: state.snapshot().expect("snapshot"),
                 output_buffer: OutputBuffer::default(),
+                operator_state: Vec::new(),
             };
             black_box(checkpoint.encode().expect("encodes").len())
         })

@@ -23,6 +23,7 @@ fn checkpoint_of(pairs: &BTreeMap<u64, (String, i64)>, range: KeyRange) -> Check
         frontier: Stamp(77),
         entries: state_of(pairs).snapshot().unwrap(),
         output_buffer: OutputBuffer::default(),
+        operator_state: vec![1, 2, 3],
     }
 }
 

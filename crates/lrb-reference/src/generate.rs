@@ -44,6 +44,11 @@ const EXPENDITURE_QUERY_PPM: u32 = 1_000;
 /// Share, per million, of daily-expenditure queries asking for Day 0, which
 /// the rules say must be dropped.
 const DAY_ZERO_PPM: u32 = 25_000;
+/// Share, per million, of queries about the car that just reported; the
+/// others ask about a random car that is or was on the road.
+const QUERY_REPORTER_PPM: u32 = 750_000;
+/// Chance, per million reports, that a driving car changes lanes.
+const LANE_CHANGE_PPM: u32 = 100_000;
 /// Share, per million, of exiting cars that come back later.
 const REENTRY_PPM: u32 = 100_000;
 /// Off-road time of a re-entering car: at least this many seconds...
@@ -472,7 +477,7 @@ impl Traffic {
                 exited = true;
                 xw.counts[dir][old_seg as usize] -= 1;
             } else {
-                if car.lane == 0 || self.rng.chance(100_000) {
+                if car.lane == 0 || self.rng.chance(LANE_CHANGE_PPM) {
                     car.lane = 1 + self.rng.below(3) as u8;
                 }
                 move_count(&mut xw.counts[dir], old_seg, car.seg());
@@ -492,7 +497,7 @@ impl Traffic {
         if draw >= BALANCE_QUERY_PPM + EXPENDITURE_QUERY_PPM {
             return Ok(());
         }
-        let vid = if self.rng.chance(750_000) {
+        let vid = if self.rng.chance(QUERY_REPORTER_PPM) {
             reporter
         } else {
             self.rng.below(self.next_vid)
@@ -828,7 +833,8 @@ mod tests {
     #[test]
     fn congestion_slows_cars_below_the_toll_threshold() {
         assert_eq!(congestion_speed(0), 90);
-        assert!(congestion_speed(420) < 40);
+        assert_eq!(congestion_speed(450), 40);
+        assert_eq!(congestion_speed(1_260), 20);
         assert_eq!(congestion_speed(10_000), 10);
     }
 

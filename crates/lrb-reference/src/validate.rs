@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 pub use rules::{expected_answers, AlertRow, BalanceQuery, Expected, ExpenditureRow, TollRow};
 
 use input::Lines;
-use output::{read_output, BalanceAnswer, OutputFile, OutputKind, Row};
+use output::{read_output, BalanceAnswer, OutputFile, OutputKind};
 
 /// Deadline for tolls, accident alerts and account balances, in seconds.
 pub const DEADLINE_SECS: f64 = 5.0;
@@ -68,7 +68,8 @@ impl Latency {
     }
 
     fn record(&mut self, time: i64, emit: i64, speedup: f64) {
-        let secs = (emit - time) as f64 / speedup;
+        // In floating point: rows come from the run and may hold any i64.
+        let secs = (emit as f64 - time as f64) / speedup;
         self.max_secs = Some(self.max_secs.map_or(secs, |m| m.max(secs)));
         if secs > self.deadline_secs {
             self.over_deadline += 1;
@@ -95,15 +96,20 @@ pub struct KindReport {
 }
 
 impl KindReport {
-    fn new(expected: usize, deadline_secs: f64) -> Self {
-        KindReport {
+    /// Starts a kind's report with its counts, malformed rows and latency.
+    fn new<K>(expected: usize, file: &OutputFile<K>, limit: usize) -> Self {
+        let mut report = KindReport {
             expected: expected as u64,
-            actual: 0,
+            actual: (file.rows.len() + file.malformed.len()) as u64,
             missing: 0,
             unexpected: 0,
             differences: Vec::new(),
-            latency: Latency::new(deadline_secs),
+            latency: file.latency.clone(),
+        };
+        for m in &file.malformed {
+            report.unexpected(limit, || format!("malformed row at {m}"));
         }
+        report
     }
 
     fn note(&mut self, limit: usize, difference: impl FnOnce() -> String) {
@@ -255,6 +261,18 @@ pub fn validate(opts: &ValidateOptions) -> Result<ValidationReport, ValidateErro
     if !(opts.speedup > 0.0 && opts.speedup.is_finite()) {
         return Err(ValidateError::BadSpeedup(opts.speedup));
     }
+    // Checked first: computing the expected answers can take minutes.
+    for file in [
+        TollRow::FILE,
+        AlertRow::FILE,
+        BalanceAnswer::FILE,
+        ExpenditureRow::FILE,
+    ] {
+        let path = opts.out_dir.join(file);
+        if !path.is_file() {
+            return Err(ValidateError::MissingOutput { path });
+        }
+    }
     let expected = rules::compute(open_lines(&opts.input)?, open_lines(&opts.tolls)?)?;
     let limit = opts.max_differences;
     let s = opts.speedup;
@@ -262,9 +280,7 @@ pub fn validate(opts: &ValidateOptions) -> Result<ValidationReport, ValidateErro
         speedup: s,
         tolls: compare_multiset(
             expected.tolls,
-            read_output(&opts.out_dir)?,
-            DEADLINE_SECS,
-            s,
+            read_output(&opts.out_dir, s)?,
             limit,
             "toll notification",
             |r: &TollRow| {
@@ -276,19 +292,15 @@ pub fn validate(opts: &ValidateOptions) -> Result<ValidationReport, ValidateErro
         ),
         accidents: compare_multiset(
             expected.accidents,
-            read_output(&opts.out_dir)?,
-            DEADLINE_SECS,
-            s,
+            read_output(&opts.out_dir, s)?,
             limit,
             "accident alert",
             |r: &AlertRow| format!("Time {}, VID {}, Seg {}", r.time, r.vid, r.seg),
         ),
-        balances: compare_balances(&expected.balances, read_output(&opts.out_dir)?, s, limit),
+        balances: compare_balances(&expected.balances, read_output(&opts.out_dir, s)?, limit),
         expenditures: compare_multiset(
             expected.expenditures,
-            read_output(&opts.out_dir)?,
-            EXPENDITURE_DEADLINE_SECS,
-            s,
+            read_output(&opts.out_dir, s)?,
             limit,
             "daily expenditure",
             |r: &ExpenditureRow| format!("Time {}, QID {}, Bal {}", r.time, r.qid, r.bal),
@@ -304,40 +316,18 @@ fn open_lines(path: &Path) -> Result<Lines<BufReader<File>>, ValidateError> {
     Ok(Lines::new(BufReader::with_capacity(1 << 20, file), path))
 }
 
-/// Starts a kind's report with its malformed rows and latencies.
-fn begin_report<K>(
-    expected: usize,
-    file: &OutputFile<K>,
-    deadline_secs: f64,
-    speedup: f64,
-    limit: usize,
-) -> KindReport {
-    let mut report = KindReport::new(expected, deadline_secs);
-    report.actual = (file.rows.len() + file.malformed.len()) as u64;
-    for m in &file.malformed {
-        report.unexpected(limit, || format!("malformed row at {m}"));
-    }
-    for row in &file.rows {
-        report.latency.record(row.time, row.emit, speedup);
-    }
-    report
-}
-
 /// Compares the rows with the expected multiset: each expected row must
 /// appear exactly as often as expected, in any order. Both sides are sorted
 /// and walked together, so differences come out earliest Time first.
-fn compare_multiset<K: OutputKind + Ord + Copy>(
+fn compare_multiset<K: OutputKind + Ord>(
     mut expected: Vec<K>,
     file: OutputFile<K>,
-    deadline_secs: f64,
-    speedup: f64,
     limit: usize,
     what: &str,
     describe: impl Fn(&K) -> String,
 ) -> KindReport {
-    let mut report = begin_report(expected.len(), &file, deadline_secs, speedup, limit);
-    let mut actual: Vec<(K, u64)> = file.rows.iter().map(|r| (r.key, r.line)).collect();
-    drop(file);
+    let mut report = KindReport::new(expected.len(), &file, limit);
+    let mut actual = file.rows;
     expected.sort_unstable();
     actual.sort_unstable();
     let (mut i, mut j) = (0, 0);
@@ -378,16 +368,15 @@ fn compare_multiset<K: OutputKind + Ord + Copy>(
 fn compare_balances(
     queries: &[BalanceQuery],
     file: OutputFile<BalanceAnswer>,
-    speedup: f64,
     limit: usize,
 ) -> KindReport {
-    let mut report = begin_report(queries.len(), &file, DEADLINE_SECS, speedup, limit);
+    let mut report = KindReport::new(queries.len(), &file, limit);
     let mut by_qid: HashMap<i64, Vec<usize>> = HashMap::new();
     for (i, q) in queries.iter().enumerate() {
         by_qid.entry(q.qid).or_default().push(i);
     }
     let mut answered = vec![false; queries.len()];
-    for Row { key: a, line, .. } in &file.rows {
+    for (a, line) in &file.rows {
         let candidates = by_qid.get(&a.qid).map_or(&[][..], Vec::as_slice);
         let accepted = candidates.iter().copied().find(|&i| {
             !answered[i]

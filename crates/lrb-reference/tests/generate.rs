@@ -27,8 +27,28 @@ fn run(name: &str, xways: u32, seed: u64, duration_secs: u32) -> (PathBuf, Gener
     (dir, summary)
 }
 
-fn numbers(line: &str) -> Vec<i64> {
-    line.split(',').map(|f| f.parse().unwrap()).collect()
+/// The integers of a line, which must have exactly `N` fields. Hand-rolled
+/// and allocation-free: the tests read millions of lines in debug builds.
+fn numbers<const N: usize>(line: &str) -> [i64; N] {
+    let mut values = [0i64; N];
+    let mut count = 0;
+    let mut negative = false;
+    for &b in line.as_bytes().iter().chain(b",") {
+        match b {
+            b',' => {
+                if negative {
+                    values[count] = -values[count];
+                }
+                negative = false;
+                count += 1;
+            }
+            b'-' => negative = true,
+            b'0'..=b'9' => values[count] = values[count] * 10 + i64::from(b - b'0'),
+            _ => panic!("not an integer field in {line:?}"),
+        }
+    }
+    assert_eq!(count, N, "{line}");
+    values
 }
 
 /// A 20-minute, one-expressway run, shared by the tests that inspect it.
@@ -80,8 +100,7 @@ fn lines_are_well_formed_and_in_time_order() {
     let mut counts = [0u64; 4];
     let mut next_qid = 0;
     for line in run.input.lines() {
-        let v = numbers(line);
-        assert_eq!(v.len(), 15, "{line}");
+        let v = numbers::<15>(line);
         let (kind, time) = (v[0], v[1]);
         assert!(time >= previous_time && time < 1_200, "{line}");
         previous_time = time;
@@ -127,7 +146,11 @@ fn lines_are_well_formed_and_in_time_order() {
         "{expenditure_share}"
     );
     // The load rises to busy traffic: far more reports late than early.
-    let early = run.input.lines().take_while(|l| numbers(l)[1] < 60).count();
+    let early = run
+        .input
+        .lines()
+        .take_while(|l| numbers::<15>(l)[1] < 60)
+        .count();
     assert!(
         (150 * 60..300 * 60).contains(&early),
         "{early} lines in the first minute"
@@ -144,7 +167,7 @@ fn cars_enter_drive_and_exit_by_the_rules() {
     let mut last: HashMap<i64, Last> = HashMap::new();
     let (mut reentries, mut exits, mut stopped) = (0, 0, 0);
     for line in run.input.lines() {
-        let v = numbers(line);
+        let v = numbers::<15>(line);
         let (time, vid) = (v[1], v[2]);
         if v[0] != 0 {
             // Queries are about cars that are or were on the road.
@@ -154,7 +177,7 @@ fn cars_enter_drive_and_exit_by_the_rules() {
         let (spd, lane, dir, pos) = (v[3], v[5], v[6], v[8]);
         match last.get(&vid) {
             None => assert_eq!(lane, 0, "a car's first report is on the ramp: {line}"),
-            Some(&(t0, lane0, _, _)) if lane0 == 4 => {
+            Some(&(t0, 4, _, _)) => {
                 assert!(
                     time - t0 >= 180,
                     "re-entry after only {} s: {line}",
@@ -197,8 +220,7 @@ fn history_is_modest_unique_and_answers_every_query() {
     let run = twenty_minutes();
     let mut keys = HashSet::new();
     for line in run.history.lines() {
-        let v = numbers(line);
-        assert_eq!(v.len(), 4, "{line}");
+        let v = numbers::<4>(line);
         assert!(
             (1..=69).contains(&v[1]) && v[2] == 0 && (0..=99).contains(&v[3]),
             "{line}"
@@ -216,7 +238,7 @@ fn history_is_modest_unique_and_answers_every_query() {
     );
     let mut day_zero = 0;
     for line in run.input.lines().filter(|l| l.starts_with("3,")) {
-        let v = numbers(line);
+        let v = numbers::<15>(line);
         if v[14] == 0 {
             day_zero += 1;
         } else {
@@ -264,7 +286,7 @@ fn every_expressway_gets_its_own_cars() {
     let mut xway_of: HashMap<i64, i64> = HashMap::new();
     let mut per_xway = [0u64; 2];
     for line in input.lines().filter(|l| l.starts_with("0,")) {
-        let v = numbers(line);
+        let v = numbers::<15>(line);
         per_xway[v[4] as usize] += 1;
         assert_eq!(*xway_of.entry(v[2]).or_insert(v[4]), v[4], "{line}");
     }
@@ -275,7 +297,7 @@ fn every_expressway_gets_its_own_cars() {
     let expenditure_xways: HashSet<i64> = input
         .lines()
         .filter(|l| l.starts_with("3,"))
-        .map(|l| numbers(l)[4])
+        .map(|l| numbers::<15>(l)[4])
         .collect();
     assert_eq!(expenditure_xways, HashSet::from([0, 1]));
 }

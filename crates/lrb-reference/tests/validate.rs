@@ -99,6 +99,10 @@ fn the_correct_answers_pass() {
         text.contains("max 2.000 s, 0 over the 5 s deadline"),
         "{text}"
     );
+    // The CLI can print the report as JSON.
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["tolls"]["expected"], 65);
+    assert_eq!(json["expenditures"]["latency"]["deadline_secs"], 10.0);
 }
 
 #[test]
@@ -260,12 +264,15 @@ fn few_differences_are_kept_but_all_are_counted() {
 #[test]
 fn setup_problems_are_errors_that_say_what_to_do() {
     let opts = tiny_run("errors");
-    fs::remove_file(opts.out_dir.join("balances.csv")).unwrap();
+    let balances = opts.out_dir.join("balances.csv");
+    let kept = fs::read(&balances).unwrap();
+    fs::remove_file(&balances).unwrap();
     let err = validate(&opts).unwrap_err();
     assert!(
         matches!(&err, ValidateError::MissingOutput { path } if path.ends_with("balances.csv"))
     );
     assert!(err.to_string().contains("must write tolls.csv"), "{err}");
+    fs::write(&balances, kept).unwrap();
 
     let mut bad = opts.clone();
     bad.speedup = 0.0;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use spate_engine::cluster::run_local;
-use spate_engine::coordinator::JobConfig;
+use spate_engine::coordinator::{JobConfig, JobEvent, KillSpec, RecoveryTimeline};
 use spate_engine::{EngineError, QueryRegistry};
 
 use crate::model::AnswerKind;
@@ -23,6 +23,12 @@ pub struct RunOptions {
     pub workers: usize,
     /// Partitions per operator, overriding `params`.
     pub partitions: BTreeMap<String, u32>,
+    /// Checkpoint interval in milliseconds; 0 turns fault tolerance off.
+    pub checkpoint_ms: u64,
+    /// Idle workers kept ready for recovery.
+    pub pool: usize,
+    /// Failures to inject.
+    pub kills: Vec<KillSpec>,
     /// Set to abort the run.
     pub cancel: Arc<AtomicBool>,
 }
@@ -73,6 +79,14 @@ pub struct RunReport {
     pub partitions: BTreeMap<String, usize>,
     /// Per instance counters.
     pub instances: Vec<InstanceLine>,
+    /// Checkpoint interval, milliseconds (0: fault tolerance off).
+    pub checkpoint_ms: u64,
+    /// Checkpoints backed up during the run.
+    pub checkpoints: u64,
+    /// One timeline per failure recovered.
+    pub recoveries: Vec<RecoveryTimeline>,
+    /// Everything notable the coordinator did, in order.
+    pub events: Vec<JobEvent>,
 }
 
 /// Runs the query and writes `report.json` into the output directory.
@@ -91,6 +105,9 @@ pub fn run(
     let mut config = JobConfig::new(NAME, json, options.workers);
     config.partitions = options.partitions.clone();
     config.cancel = options.cancel.clone();
+    config.checkpoint_interval = std::time::Duration::from_millis(options.checkpoint_ms);
+    config.pool = options.pool;
+    config.kills = options.kills.clone();
     let summary = run_local(registry, &config, program)?;
 
     let feeder: crate::query::FeederStats = read_json(&stats.join("feeder.json"))?;
@@ -131,6 +148,10 @@ pub fn run(
                 tuples_out: i.stats.tuples_out,
             })
             .collect(),
+        checkpoint_ms: options.checkpoint_ms,
+        checkpoints: summary.checkpoints,
+        recoveries: summary.recoveries,
+        events: summary.events,
     };
     let path = params.out_dir.join("report.json");
     let text = serde_json::to_string_pretty(&report)

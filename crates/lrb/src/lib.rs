@@ -10,6 +10,7 @@
 //! The input generator and the reference validator live in the separate
 //! `lrb-reference` crate, which shares no code with this one.
 
+pub mod bench;
 pub mod driver;
 pub mod model;
 pub mod query;

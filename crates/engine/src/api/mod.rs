@@ -66,6 +66,23 @@ pub trait Source: Send + 'static {
     type Out: Data;
     /// Produces the next step.
     fn next(&mut self) -> Result<SourceStep<Self::Out>, OperatorError>;
+
+    /// The source's position, for a checkpoint: restoring it must make the
+    /// source produce exactly what it would have produced next. `None` (the
+    /// default) means "restart from the beginning on recovery", which is
+    /// correct for a deterministic source (replayed tuples are dropped by
+    /// stamp downstream), only slower.
+    fn checkpoint(&mut self) -> Result<Option<Vec<u8>>, OperatorError> {
+        Ok(None)
+    }
+
+    /// Moves the source to a position returned by [`Source::checkpoint`].
+    fn restore(&mut self, position: &[u8]) -> Result<(), OperatorError> {
+        let _ = position;
+        Err(OperatorError::new(
+            "this source returned a checkpoint position but cannot restore one",
+        ))
+    }
 }
 
 /// A stateless operator: each input yields zero or more outputs.
@@ -114,6 +131,22 @@ pub trait Sink: Send + 'static {
     fn finish(&mut self) -> Result<(), OperatorError> {
         Ok(())
     }
+
+    /// Makes everything written so far durable and returns what is needed to
+    /// return to this point (e.g. a file length). With the defaults a
+    /// recovered sink writes again what it wrote after its last checkpoint
+    /// (at-least-once); implement both methods for exactly-once output.
+    fn checkpoint(&mut self) -> Result<Vec<u8>, OperatorError> {
+        Ok(Vec::new())
+    }
+
+    /// Returns the output to the point of a [`Sink::checkpoint`] (e.g.
+    /// truncates a file). Called on a sink created with
+    /// [`InstanceContext::restoring`] set.
+    fn restore(&mut self, state: &[u8]) -> Result<(), OperatorError> {
+        let _ = state;
+        Ok(())
+    }
 }
 
 /// Where an instance runs: handed to operator factories.
@@ -129,6 +162,9 @@ pub struct InstanceContext {
     pub parallelism: u32,
     /// Key-hash range this instance owns (stateful operators).
     pub key_range: KeyRange,
+    /// The instance is being restored from a checkpoint (after a failure):
+    /// a sink must then keep its existing output for `restore` to trim.
+    pub restoring: bool,
 }
 
 impl InstanceContext {

@@ -391,6 +391,8 @@ pub(crate) enum SourcePoll {
 
 pub(crate) trait SourceLogic: Send {
     fn poll(&mut self, outbox: &mut Outbox) -> Result<SourcePoll, OperatorError>;
+    fn checkpoint(&mut self) -> Result<Option<Vec<u8>>, OperatorError>;
+    fn restore(&mut self, position: &[u8]) -> Result<(), OperatorError>;
 }
 
 pub(crate) trait ProcessLogic: Send {
@@ -399,12 +401,19 @@ pub(crate) trait ProcessLogic: Send {
         Ok(())
     }
     /// The processing state as checkpoint entries (empty when stateless).
-    #[allow(dead_code)]
     fn snapshot(&self) -> Result<Vec<StateEntry>, EngineError> {
         Ok(Vec::new())
     }
+    /// State outside keyed state (a sink's output position).
+    fn operator_state(&mut self) -> Result<Vec<u8>, OperatorError> {
+        Ok(Vec::new())
+    }
+    /// Restores what [`ProcessLogic::operator_state`] returned.
+    fn restore_operator_state(&mut self, state: &[u8]) -> Result<(), OperatorError> {
+        let _ = state;
+        Ok(())
+    }
     /// Replaces the processing state with checkpoint entries.
-    #[allow(dead_code)]
     fn restore(&mut self, entries: &[StateEntry], range: KeyRange) -> Result<(), EngineError> {
         if entries.is_empty() {
             Ok(())
@@ -436,6 +445,14 @@ impl<S: Source> SourceLogic for SourceNode<S> {
             SourceStep::WaitUntil(at) => SourcePoll::WaitUntil(at),
             SourceStep::Done => SourcePoll::Done,
         })
+    }
+
+    fn checkpoint(&mut self) -> Result<Option<Vec<u8>>, OperatorError> {
+        self.source.checkpoint()
+    }
+
+    fn restore(&mut self, position: &[u8]) -> Result<(), OperatorError> {
+        self.source.restore(position)
     }
 }
 
@@ -486,5 +503,13 @@ impl<S: Sink> ProcessLogic for SinkNode<S> {
 
     fn finish(&mut self) -> Result<(), OperatorError> {
         self.sink.finish()
+    }
+
+    fn operator_state(&mut self) -> Result<Vec<u8>, OperatorError> {
+        self.sink.checkpoint()
+    }
+
+    fn restore_operator_state(&mut self, state: &[u8]) -> Result<(), OperatorError> {
+        self.sink.restore(state)
     }
 }

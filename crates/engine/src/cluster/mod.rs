@@ -8,12 +8,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::api::QueryRegistry;
-use crate::coordinator::{Coordinator, JobConfig, JobSummary};
+use crate::coordinator::{Coordinator, JobConfig, JobSummary, Provisioner};
 use crate::error::EngineError;
 
 /// Worker child processes of this process.
 pub struct LocalCluster {
     children: Vec<Child>,
+    program: PathBuf,
+    coordinator: String,
 }
 
 impl LocalCluster {
@@ -21,32 +23,13 @@ impl LocalCluster {
     pub fn spawn(n: usize, program: &Path, coordinator: &str) -> Result<Self, EngineError> {
         let mut cluster = LocalCluster {
             children: Vec::with_capacity(n),
+            program: program.to_path_buf(),
+            coordinator: coordinator.to_string(),
         };
-        for i in 0..n {
-            let mut command = Command::new(program);
-            command
-                .args(["worker", "--coordinator", coordinator])
-                .stdin(Stdio::null());
-            die_with_parent(&mut command);
-            let child = command.spawn().map_err(|e| {
-                EngineError::io(format!("starting worker {i} ({})", program.display()), e)
-            })?;
-            cluster.children.push(child);
+        for _ in 0..n {
+            cluster.provision()?;
         }
         Ok(cluster)
-    }
-
-    /// Fails if any worker process has exited.
-    pub fn check(&mut self) -> Result<(), EngineError> {
-        for (i, child) in self.children.iter_mut().enumerate() {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(EngineError::WorkerFailed {
-                    worker: i as u32,
-                    reason: format!("its process exited ({status})"),
-                });
-            }
-        }
-        Ok(())
     }
 
     /// OS process ids of the workers, in worker order.
@@ -66,6 +49,33 @@ impl LocalCluster {
             }
         }
         // Drop kills and reaps whatever is left.
+    }
+}
+
+impl Provisioner for LocalCluster {
+    fn check(&mut self) -> Result<(), EngineError> {
+        for (i, child) in self.children.iter_mut().enumerate() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(EngineError::WorkerFailed {
+                    worker: i as u32,
+                    reason: format!("its process exited ({status})"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn provision(&mut self) -> Result<(), EngineError> {
+        let mut command = Command::new(&self.program);
+        command
+            .args(["worker", "--coordinator", &self.coordinator])
+            .stdin(Stdio::null());
+        die_with_parent(&mut command);
+        let child = command.spawn().map_err(|e| {
+            EngineError::io(format!("starting a worker ({})", self.program.display()), e)
+        })?;
+        self.children.push(child);
+        Ok(())
     }
 }
 
@@ -97,17 +107,21 @@ fn die_with_parent(command: &mut Command) {
 #[cfg(not(target_os = "linux"))]
 fn die_with_parent(_command: &mut Command) {}
 
-/// Runs `config` on a fresh local cluster of `config.workers` processes of
-/// `program`, with the coordinator in this process on loopback.
+/// Runs `config` on a fresh local cluster of `config.workers` (plus
+/// `config.pool` idle) processes of `program`, with the coordinator in this
+/// process on loopback.
 pub fn run_local(
     registry: &QueryRegistry,
     config: &JobConfig,
     program: &Path,
 ) -> Result<JobSummary, EngineError> {
     let coordinator = Coordinator::bind("127.0.0.1:0")?;
-    let mut cluster =
-        LocalCluster::spawn(config.workers, program, &coordinator.addr().to_string())?;
-    let result = coordinator.run(registry, config, &mut || cluster.check());
+    let mut cluster = LocalCluster::spawn(
+        config.workers + config.pool,
+        program,
+        &coordinator.addr().to_string(),
+    )?;
+    let result = coordinator.run(registry, config, &mut cluster);
     cluster.shutdown(Duration::from_secs(5));
     result
 }
@@ -115,4 +129,19 @@ pub fn run_local(
 /// The path of the running executable, to start workers from.
 pub fn current_program() -> Result<PathBuf, EngineError> {
     std::env::current_exe().map_err(|e| EngineError::io("finding the spate executable", e))
+}
+
+/// Workers started by hand (e.g. `spate worker` on other machines): the
+/// coordinator can only ask a person for more.
+pub struct ExternalWorkers;
+
+impl Provisioner for ExternalWorkers {
+    fn check(&mut self) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    fn provision(&mut self) -> Result<(), EngineError> {
+        tracing::warn!("a worker failed: start another `spate worker` to refill the pool");
+        Ok(())
+    }
 }

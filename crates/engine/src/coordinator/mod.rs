@@ -1,21 +1,74 @@
 //! The coordinator: gathers workers, deploys a query on them according to a
-//! [`plan::Plan`], supervises the run and shuts everything down.
+//! [`plan::Plan`], relays checkpoints to their backup holders, detects
+//! failures and drives recovery, and shuts everything down at the end.
+//!
+//! Each protocol lives in one module:
+//! - [`checkpoint`]: checkpoint -> backup on an upstream worker -> trim;
+//! - [`recovery`]: detect -> restore from backup on a new worker -> rewire
+//!   and replay.
 
+mod checkpoint;
 pub mod plan;
+mod recovery;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use serde::{Deserialize, Serialize};
 
-use crate::api::QueryRegistry;
+use crate::api::{Query, QueryRegistry};
 use crate::error::EngineError;
+use crate::stamp::Stamp;
 use crate::wire::control::{self, InstanceStats, ToCoordinator, ToWorker};
 use plan::Plan;
+
+/// An injected failure: kill the worker hosting `operator`'s instance
+/// `index` at `at` after the start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KillSpec {
+    /// When, after the job starts.
+    pub at: Duration,
+    /// Operator name.
+    pub operator: String,
+    /// Instance index within the operator.
+    pub index: u32,
+}
+
+impl std::str::FromStr for KillSpec {
+    type Err = String;
+
+    /// Parses `AT_SECS:OPERATOR[:INSTANCE]`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.split(':');
+        let (Some(at), Some(operator)) = (parts.next(), parts.next()) else {
+            return Err(format!("`{s}` is not AT_SECS:OPERATOR[:INSTANCE]"));
+        };
+        let at: f64 = at
+            .parse()
+            .ok()
+            .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+            .ok_or_else(|| format!("`{at}` in `{s}` is not a number of seconds"))?;
+        let index = match parts.next() {
+            Some(i) => i
+                .parse()
+                .map_err(|_| format!("`{i}` in `{s}` is not an instance index"))?,
+            None => 0,
+        };
+        if parts.next().is_some() {
+            return Err(format!("`{s}` is not AT_SECS:OPERATOR[:INSTANCE]"));
+        }
+        Ok(KillSpec {
+            at: Duration::from_secs_f64(at),
+            operator: operator.to_string(),
+            index,
+        })
+    }
+}
 
 /// What to run and on how many workers.
 #[derive(Clone, Debug)]
@@ -24,32 +77,54 @@ pub struct JobConfig {
     pub query: String,
     /// Parameters handed to the query builder on every process.
     pub params: serde_json::Value,
-    /// Number of workers to wait for.
+    /// Number of workers to place instances on.
     pub workers: usize,
+    /// Idle workers kept ready for recovery.
+    pub pool: usize,
     /// Parallelism overrides per operator name.
     pub partitions: BTreeMap<String, u32>,
-    /// How long workers have to join and deploy.
+    /// Checkpoint interval; zero turns fault tolerance off.
+    pub checkpoint_interval: Duration,
+    /// A worker silent for this long is declared failed.
+    pub heartbeat_timeout: Duration,
+    /// Failures to inject.
+    pub kills: Vec<KillSpec>,
+    /// How long workers have to join, deploy and restore.
     pub startup_timeout: Duration,
     /// Set (e.g. by a Ctrl-C handler) to abort the job.
     pub cancel: Arc<AtomicBool>,
 }
 
 impl JobConfig {
-    /// A job with default timeouts and no overrides.
+    /// A job with checkpoints every second and default timeouts.
     pub fn new(query: impl Into<String>, params: serde_json::Value, workers: usize) -> Self {
         JobConfig {
             query: query.into(),
             params,
             workers,
+            pool: 0,
             partitions: BTreeMap::new(),
+            checkpoint_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_millis(500),
+            kills: Vec::new(),
             startup_timeout: Duration::from_secs(30),
             cancel: Arc::new(AtomicBool::new(false)),
         }
     }
 }
 
+/// Starts worker processes and watches them (the local cluster does it with
+/// child processes; another provisioner could use ssh or a cloud API).
+pub trait Provisioner {
+    /// Fails if a worker process is known to have exited; called while
+    /// workers are joining.
+    fn check(&mut self) -> Result<(), EngineError>;
+    /// Starts one more worker that will join the coordinator.
+    fn provision(&mut self) -> Result<(), EngineError>;
+}
+
 /// One instance's outcome.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InstanceReport {
     /// Operator name.
     pub operator: String,
@@ -61,6 +136,36 @@ pub struct InstanceReport {
     pub stats: InstanceStats,
 }
 
+/// Something that happened during the job, for reports and dashboards.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobEvent {
+    /// Milliseconds since the job started.
+    pub at_ms: u64,
+    /// What kind of event (`kill`, `failure`, `restored`, ...).
+    pub kind: String,
+    /// Human-readable details.
+    pub detail: String,
+}
+
+/// The timeline of one recovery, in milliseconds since the job started.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RecoveryTimeline {
+    /// The failed workers.
+    pub workers: Vec<u32>,
+    /// The instances restored (`operator[index]`).
+    pub instances: Vec<String>,
+    /// When the failure was injected, if it was.
+    pub killed_ms: Option<u64>,
+    /// When the coordinator noticed.
+    pub detected_ms: u64,
+    /// When every instance ran again on its new worker.
+    pub restored_ms: u64,
+    /// When upstreams were told to reconnect and replay.
+    pub rewired_ms: u64,
+    /// When every restored instance had worked off its backlog.
+    pub caught_up_ms: Option<u64>,
+}
+
 /// The outcome of a job that ran to the end of its input.
 #[derive(Clone, Debug)]
 pub struct JobSummary {
@@ -68,8 +173,14 @@ pub struct JobSummary {
     pub instances: Vec<InstanceReport>,
     /// From start to the last instance finishing.
     pub elapsed: Duration,
-    /// The plan that ran.
+    /// The plan at the end.
     pub plan: Plan,
+    /// Everything notable, in order.
+    pub events: Vec<JobEvent>,
+    /// One per failure handled.
+    pub recoveries: Vec<RecoveryTimeline>,
+    /// Checkpoints backed up.
+    pub checkpoints: u64,
 }
 
 /// A bound coordinator, ready for workers to connect.
@@ -78,13 +189,58 @@ pub struct Coordinator {
     addr: SocketAddr,
 }
 
+/// The coordinator's end of one worker.
 struct WorkerLink {
     stream: TcpStream,
+    pid: u32,
+    alive: bool,
+    /// Milliseconds after [`epoch`] of the last message, kept by the reader
+    /// thread so that a busy coordinator never mistakes queued heartbeats
+    /// for silence.
+    last_heard: Arc<AtomicU64>,
+}
+
+/// The coordinator's clock origin for heartbeat bookkeeping.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
 }
 
 enum Event {
+    Joined(TcpStream, String, u32, Arc<AtomicU64>),
     Message(u32, ToCoordinator),
     Lost(u32, String),
+}
+
+/// The state of a running job.
+struct Job<'a> {
+    config: &'a JobConfig,
+    provisioner: &'a mut dyn Provisioner,
+    /// Instances have been started: a lost worker is now recovered.
+    running: bool,
+    query: Query,
+    plan: Plan,
+    links: Vec<WorkerLink>,
+    events_tx: Sender<Event>,
+    events: Receiver<Event>,
+    deferred: VecDeque<(u32, ToCoordinator)>,
+    started: Instant,
+    pool: VecDeque<u32>,
+    /// Instance -> (holder worker, frontier) of its latest stored backup.
+    backups: HashMap<u32, (u32, Stamp)>,
+    /// Instances whose only backup was lost with a failed holder.
+    unprotected: HashSet<u32>,
+    finished: BTreeMap<u32, InstanceReport>,
+    timeline: Vec<JobEvent>,
+    recoveries: Vec<RecoveryTimeline>,
+    kills: Vec<KillSpec>,
+    checkpoints: u64,
+    /// Restored instances that have not yet reported catching up.
+    awaiting_catch_up: HashSet<u32>,
 }
 
 impl Coordinator {
@@ -103,132 +259,133 @@ impl Coordinator {
         self.addr
     }
 
-    /// Runs `config` to completion. `supervise` is called a few times a
-    /// second and may fail the job (e.g. when a local worker process died).
+    /// Runs `config` to completion, recovering from worker failures.
     pub fn run(
         &self,
         registry: &QueryRegistry,
         config: &JobConfig,
-        supervise: &mut dyn FnMut() -> Result<(), EngineError>,
+        provisioner: &mut dyn Provisioner,
     ) -> Result<JobSummary, EngineError> {
         // Build once here so that bad parameters fail before any deployment.
         let query = registry.build(&config.query, &config.params)?;
-        let (events_tx, events) = crossbeam_channel::unbounded();
-        let (links, data_addrs) = self.gather(config, &events_tx, &events, supervise)?;
-        let result = (|| {
-            let plan = Plan::place(&query, data_addrs, &config.partitions)?;
-            let params = config.params.to_string();
-            for (w, link) in links.iter().enumerate() {
-                send(
-                    link,
-                    &ToWorker::Deploy {
-                        query: config.query.clone(),
-                        params: params.clone(),
-                        plan: plan.clone(),
-                        worker: w as u32,
-                    },
-                )?;
+        for kill in &config.kills {
+            if query.find(&kill.operator).is_none() {
+                return Err(EngineError::InvalidQuery(format!(
+                    "--kill names `{}`, which is not an operator of the query",
+                    kill.operator
+                )));
             }
-            let deadline = Instant::now() + config.startup_timeout;
-            let mut deployed = 0;
-            while deployed < links.len() {
-                match next_event(&events, config, supervise, Some(deadline), "deployment")? {
-                    (_, ToCoordinator::Deployed) => deployed += 1,
-                    (w, other) => unexpected(w, other, &plan)?,
-                }
-            }
-            let started = Instant::now();
-            for link in &links {
-                send(link, &ToWorker::Start)?;
-            }
-            tracing::info!(workers = links.len(), "job started");
-            let total = plan.instances().count();
-            let mut reports: BTreeMap<u32, InstanceReport> = BTreeMap::new();
-            while reports.len() < total {
-                match next_event(&events, config, supervise, None, "the job")? {
-                    (_, ToCoordinator::InstanceFinished { instance, stats }) => {
-                        let (node, placed) = plan.instance(instance).ok_or_else(|| {
-                            EngineError::Protocol(format!("unknown instance {instance} finished"))
-                        })?;
-                        tracing::info!(instance, operator = %plan.nodes[node].name, "instance finished");
-                        reports.insert(
-                            instance,
-                            InstanceReport {
-                                operator: plan.nodes[node].name.clone(),
-                                instance,
-                                worker: placed.worker,
-                                stats,
-                            },
-                        );
-                    }
-                    (w, other) => unexpected(w, other, &plan)?,
-                }
-            }
-            Ok(JobSummary {
-                instances: reports.into_values().collect(),
-                elapsed: started.elapsed(),
-                plan,
-            })
-        })();
-        for link in &links {
-            // Best effort: a worker that already died cannot be told.
-            let _ = send(link, &ToWorker::Shutdown);
         }
-        result
-    }
-
-    /// Waits for `config.workers` workers to connect and register.
-    fn gather(
-        &self,
-        config: &JobConfig,
-        events_tx: &Sender<Event>,
-        events: &Receiver<Event>,
-        supervise: &mut dyn FnMut() -> Result<(), EngineError>,
-    ) -> Result<(Vec<WorkerLink>, Vec<String>), EngineError> {
         self.listener
             .set_nonblocking(true)
             .map_err(|e| EngineError::io("configuring the coordinator socket", e))?;
-        let deadline = Instant::now() + config.startup_timeout;
-        let mut links = Vec::new();
-        let mut addrs = Vec::new();
-        while links.len() < config.workers {
-            check_cancel(config)?;
-            supervise()?;
-            if let Ok(Event::Lost(worker, reason)) = events.try_recv() {
-                return Err(EngineError::WorkerFailed { worker, reason });
-            }
-            if Instant::now() > deadline {
-                return Err(EngineError::Timeout(format!(
-                    "only {} of {} workers joined within {:?}",
-                    links.len(),
-                    config.workers,
-                    config.startup_timeout
-                )));
-            }
-            let stream = match self.listener.accept() {
-                Ok((stream, _)) => stream,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    thread::sleep(Duration::from_millis(10));
-                    continue;
-                }
-                Err(e) => return Err(EngineError::io("accepting a worker", e)),
-            };
-            match handshake(stream) {
-                Ok((stream, data_addr, pid)) => {
-                    let index = links.len() as u32;
-                    tracing::info!(worker = index, pid, %data_addr, "worker joined");
-                    spawn_reader(index, &stream, events_tx.clone())?;
-                    links.push(WorkerLink { stream });
-                    addrs.push(data_addr);
-                }
-                Err(e) => tracing::warn!("refused a connection: {e}"),
-            }
+        let acceptor = self
+            .listener
+            .try_clone()
+            .map_err(|e| EngineError::io("cloning the coordinator socket", e))?;
+        let (events_tx, events) = crossbeam_channel::unbounded();
+        spawn_acceptor(acceptor, events_tx.clone(), config.cancel.clone())?;
+        let mut job = Job {
+            config,
+            provisioner,
+            running: false,
+            query,
+            plan: Plan {
+                workers: Vec::new(),
+                nodes: Vec::new(),
+            },
+            links: Vec::new(),
+            events_tx,
+            events,
+            deferred: VecDeque::new(),
+            started: Instant::now(),
+            pool: VecDeque::new(),
+            backups: HashMap::new(),
+            unprotected: HashSet::new(),
+            finished: BTreeMap::new(),
+            timeline: Vec::new(),
+            recoveries: Vec::new(),
+            kills: config.kills.clone(),
+            checkpoints: 0,
+            awaiting_catch_up: HashSet::new(),
+        };
+        let result = job.run();
+        for link in job.links.iter().filter(|l| l.alive) {
+            // Best effort: a worker that already died cannot be told.
+            let _ = control::send(&mut &link.stream, &ToWorker::Shutdown);
         }
-        Ok((links, addrs))
+        result
     }
 }
 
-fn handshake(mut stream: TcpStream) -> Result<(TcpStream, String, u32), EngineError> {
+/// Accepts connections: a worker's control connection (`Register`) or its
+/// heartbeat connection (`Beat`), which only refreshes the worker's clock.
+fn spawn_acceptor(
+    listener: TcpListener,
+    events: Sender<Event>,
+    cancel: Arc<AtomicBool>,
+) -> Result<(), EngineError> {
+    let mut clocks: HashMap<String, Arc<AtomicU64>> = HashMap::new();
+    thread::Builder::new()
+        .name("spate-coord-accept".into())
+        .spawn(move || loop {
+            if cancel.load(Ordering::SeqCst) {
+                return;
+            }
+            match listener.accept() {
+                Ok((stream, _)) => match handshake(stream) {
+                    Ok((stream, ToCoordinator::Register { data_addr, pid })) => {
+                        let clock = Arc::new(AtomicU64::new(now_ms()));
+                        clocks.insert(data_addr.clone(), clock.clone());
+                        if events
+                            .send(Event::Joined(stream, data_addr, pid, clock))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok((stream, ToCoordinator::Beat { data_addr })) => match clocks.get(&data_addr)
+                    {
+                        Some(clock) => spawn_heartbeat_reader(stream, clock.clone()),
+                        None => tracing::warn!("heartbeats from unknown worker {data_addr}"),
+                    },
+                    Ok((_, other)) => {
+                        tracing::warn!("refused a connection that opened with {other:?}")
+                    }
+                    Err(e) => tracing::warn!("refused a connection: {e}"),
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => {
+                    tracing::warn!("accepting a worker failed: {e}");
+                    thread::sleep(Duration::from_millis(10));
+                }
+            }
+            if events.is_empty() && cancel.load(Ordering::SeqCst) {
+                return;
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| EngineError::io("starting the coordinator's accept thread", e))
+}
+
+fn spawn_heartbeat_reader(mut stream: TcpStream, clock: Arc<AtomicU64>) {
+    let spawned = thread::Builder::new()
+        .name("spate-coord-beat".into())
+        .spawn(move || {
+            while let Ok(Some(ToCoordinator::Heartbeat)) =
+                control::recv::<ToCoordinator>(&mut stream)
+            {
+                clock.store(now_ms(), Ordering::Relaxed);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start a heartbeat reader: {e}");
+    }
+}
+
+fn handshake(mut stream: TcpStream) -> Result<(TcpStream, ToCoordinator), EngineError> {
     let configure = |s: &TcpStream| -> std::io::Result<()> {
         s.set_nonblocking(false)?;
         s.set_nodelay(true)?;
@@ -238,19 +395,24 @@ fn handshake(mut stream: TcpStream) -> Result<(TcpStream, String, u32), EngineEr
     control::read_hello(&mut stream)?;
     control::write_hello(&mut stream).map_err(|e| EngineError::io("greeting a worker", e))?;
     match control::recv::<ToCoordinator>(&mut stream)? {
-        Some(ToCoordinator::Register { data_addr, pid }) => {
+        Some(first) => {
             stream
                 .set_read_timeout(None)
                 .map_err(|e| EngineError::io("configuring a worker connection", e))?;
-            Ok((stream, data_addr, pid))
+            Ok((stream, first))
         }
-        other => Err(EngineError::Protocol(format!(
-            "expected a worker registration, got {other:?}"
-        ))),
+        None => Err(EngineError::Protocol(
+            "a peer connected and closed without a word".into(),
+        )),
     }
 }
 
-fn spawn_reader(worker: u32, stream: &TcpStream, events: Sender<Event>) -> Result<(), EngineError> {
+fn spawn_reader(
+    worker: u32,
+    stream: &TcpStream,
+    events: Sender<Event>,
+    last_heard: Arc<AtomicU64>,
+) -> Result<(), EngineError> {
     let mut stream = stream
         .try_clone()
         .map_err(|e| EngineError::io("cloning a worker connection", e))?;
@@ -258,7 +420,10 @@ fn spawn_reader(worker: u32, stream: &TcpStream, events: Sender<Event>) -> Resul
         .name(format!("spate-coord-w{worker}"))
         .spawn(move || loop {
             let event = match control::recv::<ToCoordinator>(&mut stream) {
-                Ok(Some(message)) => Event::Message(worker, message),
+                Ok(Some(message)) => {
+                    last_heard.store(now_ms(), Ordering::Relaxed);
+                    Event::Message(worker, message)
+                }
                 Ok(None) => Event::Lost(worker, "it closed its control connection".into()),
                 Err(e) => Event::Lost(worker, e.to_string()),
             };
@@ -271,65 +436,304 @@ fn spawn_reader(worker: u32, stream: &TcpStream, events: Sender<Event>) -> Resul
         .map_err(|e| EngineError::io("starting a worker reader thread", e))
 }
 
-fn send(link: &WorkerLink, message: &ToWorker) -> Result<(), EngineError> {
-    control::send(&mut &link.stream, message)
-}
-
-fn check_cancel(config: &JobConfig) -> Result<(), EngineError> {
-    if config.cancel.load(Ordering::SeqCst) {
-        Err(EngineError::Interrupted)
-    } else {
-        Ok(())
+impl Job<'_> {
+    fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
-}
 
-fn next_event(
-    events: &Receiver<Event>,
-    config: &JobConfig,
-    supervise: &mut dyn FnMut() -> Result<(), EngineError>,
-    deadline: Option<Instant>,
-    what: &str,
-) -> Result<(u32, ToCoordinator), EngineError> {
-    loop {
-        check_cancel(config)?;
-        supervise()?;
-        if deadline.is_some_and(|d| Instant::now() > d) {
-            return Err(EngineError::Timeout(format!(
-                "workers did not complete {what} within {:?}",
-                config.startup_timeout
-            )));
-        }
-        match events.recv_timeout(Duration::from_millis(50)) {
-            Ok(Event::Message(w, message)) => return Ok((w, message)),
-            Ok(Event::Lost(worker, reason)) => {
-                return Err(EngineError::WorkerFailed { worker, reason })
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err(EngineError::Protocol(
-                    "every worker connection closed".into(),
-                ))
+    fn record(&mut self, kind: &str, detail: String) {
+        tracing::info!(kind, "{detail}");
+        let at_ms = self.elapsed_ms();
+        self.timeline.push(JobEvent {
+            at_ms,
+            kind: kind.to_string(),
+            detail,
+        });
+    }
+
+    fn send(&self, worker: u32, message: &ToWorker) -> Result<(), EngineError> {
+        let link = &self.links[worker as usize];
+        control::send(&mut &link.stream, message)
+    }
+
+    fn broadcast(&self, message: &ToWorker) {
+        for (w, link) in self.links.iter().enumerate() {
+            if link.alive {
+                if let Err(e) = self.send(w as u32, message) {
+                    tracing::warn!(worker = w, "cannot reach worker: {e}");
+                }
             }
         }
     }
-}
 
-fn unexpected(worker: u32, message: ToCoordinator, plan: &Plan) -> Result<(), EngineError> {
-    match message {
-        ToCoordinator::WorkerFailed { error } => Err(EngineError::WorkerFailed {
+    fn check_cancel(&self) -> Result<(), EngineError> {
+        if self.config.cancel.load(Ordering::SeqCst) {
+            Err(EngineError::Interrupted)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Registers a worker that joined; returns its index.
+    fn add_worker(
+        &mut self,
+        stream: TcpStream,
+        data_addr: String,
+        pid: u32,
+        last_heard: Arc<AtomicU64>,
+    ) -> Result<u32, EngineError> {
+        let index = self.links.len() as u32;
+        tracing::info!(worker = index, pid, %data_addr, "worker joined");
+        last_heard.store(now_ms(), Ordering::Relaxed);
+        spawn_reader(index, &stream, self.events_tx.clone(), last_heard.clone())?;
+        self.links.push(WorkerLink {
+            stream,
+            pid,
+            alive: true,
+            last_heard,
+        });
+        self.plan.workers.push(data_addr);
+        Ok(index)
+    }
+
+    fn run(&mut self) -> Result<JobSummary, EngineError> {
+        let wanted = self.config.workers + self.config.pool;
+        let deadline = Instant::now() + self.config.startup_timeout;
+        while self.links.len() < wanted {
+            self.check_cancel()?;
+            self.provisioner.check()?;
+            if Instant::now() > deadline {
+                return Err(EngineError::Timeout(format!(
+                    "only {} of {wanted} workers joined within {:?}",
+                    self.links.len(),
+                    self.config.startup_timeout
+                )));
+            }
+            match self.events.recv_timeout(Duration::from_millis(20)) {
+                Ok(Event::Joined(stream, addr, pid, clock)) => {
+                    self.add_worker(stream, addr, pid, clock)?;
+                }
+                Ok(Event::Lost(worker, reason)) => {
+                    return Err(EngineError::WorkerFailed { worker, reason })
+                }
+                Ok(Event::Message(..)) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(EngineError::Protocol(
+                        "the coordinator's event channel closed".into(),
+                    ))
+                }
+            }
+        }
+        let workers = std::mem::take(&mut self.plan.workers);
+        self.plan = Plan::place(
+            &self.query,
+            workers,
+            self.config.workers,
+            &self.config.partitions,
+        )?;
+        self.pool = (self.config.workers as u32..wanted as u32).collect();
+        for w in 0..self.links.len() as u32 {
+            self.deploy(w)?;
+        }
+        let deploy_deadline = Instant::now() + self.config.startup_timeout;
+        let mut deployed = 0;
+        while deployed < self.links.len() {
+            match self.wait("deployment", deploy_deadline)? {
+                (_, ToCoordinator::Deployed) => deployed += 1,
+                (w, other) => self.unexpected(w, other)?,
+            }
+        }
+        self.started = Instant::now();
+        self.running = true;
+        self.broadcast(&ToWorker::Start);
+        self.record(
+            "start",
+            format!(
+                "{} workers, {} in the pool",
+                self.config.workers, self.config.pool
+            ),
+        );
+        let total = self.plan.instances().count();
+        while self.finished.len() < total {
+            let (w, message) = self.wait("the job", far_future())?;
+            self.handle(w, message)?;
+        }
+        Ok(JobSummary {
+            instances: self.finished.values().cloned().collect(),
+            elapsed: self.started.elapsed(),
+            plan: self.plan.clone(),
+            events: std::mem::take(&mut self.timeline),
+            recoveries: std::mem::take(&mut self.recoveries),
+            checkpoints: self.checkpoints,
+        })
+    }
+
+    fn deploy(&self, worker: u32) -> Result<(), EngineError> {
+        self.send(
             worker,
-            reason: error,
-        }),
-        ToCoordinator::InstanceFailed { error, instance } => {
-            tracing::error!(worker, instance, ?plan.workers, "instance failed");
-            // The instance's error already names its operator and instance.
-            Err(EngineError::WorkerFailed {
+            &ToWorker::Deploy {
+                query: self.config.query.clone(),
+                params: self.config.params.to_string(),
+                plan: self.plan.clone(),
+                worker,
+                checkpoint_ms: self.config.checkpoint_interval.as_millis() as u64,
+            },
+        )
+    }
+
+    /// The next worker message, doing the periodic duties meanwhile: fire
+    /// injected kills, watch heartbeats, admit new pool workers, and turn a
+    /// lost worker into a recovery.
+    fn wait(&mut self, what: &str, deadline: Instant) -> Result<(u32, ToCoordinator), EngineError> {
+        loop {
+            if let Some(deferred) = self.deferred.pop_front() {
+                return Ok(deferred);
+            }
+            self.check_cancel()?;
+            if Instant::now() > deadline {
+                return Err(EngineError::Timeout(format!(
+                    "workers did not complete {what} within {:?}",
+                    self.config.startup_timeout
+                )));
+            }
+            self.fire_kills();
+            if let Some(silent) = self.silent_worker().filter(|_| self.running) {
+                self.failed(vec![silent], "it missed its heartbeats")?;
+                continue;
+            }
+            match self.events.recv_timeout(Duration::from_millis(20)) {
+                Ok(Event::Message(w, message)) => return Ok((w, message)),
+                Ok(Event::Joined(stream, addr, pid, clock)) => {
+                    let w = self.add_worker(stream, addr, pid, clock)?;
+                    self.deploy(w)?;
+                    self.pool.push_back(w);
+                    self.record("pool", format!("worker {w} (pid {pid}) joined the pool"));
+                }
+                Ok(Event::Lost(w, reason)) => {
+                    if self.links.get(w as usize).is_some_and(|l| l.alive) {
+                        if !self.running {
+                            return Err(EngineError::WorkerFailed { worker: w, reason });
+                        }
+                        self.failed(vec![w], &reason)?;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(EngineError::Protocol(
+                        "every worker connection closed".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    fn silent_worker(&self) -> Option<u32> {
+        let timeout = self.config.heartbeat_timeout.as_millis() as u64;
+        let now = now_ms();
+        self.links
+            .iter()
+            .position(|l| {
+                l.alive && now.saturating_sub(l.last_heard.load(Ordering::Relaxed)) > timeout
+            })
+            .map(|w| w as u32)
+    }
+
+    fn fire_kills(&mut self) {
+        let now = self.started.elapsed();
+        let due: Vec<KillSpec> = self.kills.iter().filter(|k| k.at <= now).cloned().collect();
+        self.kills.retain(|k| k.at > now);
+        for kill in due {
+            let worker = self
+                .query
+                .find(&kill.operator)
+                .and_then(|node| self.plan.nodes[node].instances.get(kill.index as usize))
+                .map(|i| i.worker);
+            match worker {
+                Some(w) if self.links[w as usize].alive => {
+                    kill_process(self.links[w as usize].pid);
+                    self.record(
+                        "kill",
+                        format!(
+                            "killed worker {w} (pid {}) hosting {}[{}]",
+                            self.links[w as usize].pid, kill.operator, kill.index
+                        ),
+                    );
+                }
+                _ => tracing::warn!(
+                    "--kill {}:{}: no such live instance",
+                    kill.operator,
+                    kill.index
+                ),
+            }
+        }
+    }
+
+    fn handle(&mut self, worker: u32, message: ToCoordinator) -> Result<(), EngineError> {
+        match message {
+            ToCoordinator::Checkpoint {
+                instance,
+                frontier,
+                bytes,
+            } => self.back_up(instance, frontier, bytes),
+            ToCoordinator::BackupStored { instance, frontier } => {
+                self.backup_stored(worker, instance, frontier);
+                Ok(())
+            }
+            ToCoordinator::InstanceFinished { instance, stats } => {
+                let (node, placed) = self.plan.instance(instance).ok_or_else(|| {
+                    EngineError::Protocol(format!("unknown instance {instance} finished"))
+                })?;
+                let operator = self.plan.nodes[node].name.clone();
+                tracing::info!(instance, %operator, "instance finished");
+                let report = InstanceReport {
+                    operator,
+                    instance,
+                    worker: placed.worker,
+                    stats,
+                };
+                self.finished.insert(instance, report);
+                Ok(())
+            }
+            ToCoordinator::CaughtUp { instance } => {
+                self.caught_up(instance);
+                Ok(())
+            }
+            ToCoordinator::Restored { .. }
+            | ToCoordinator::Backup { .. }
+            | ToCoordinator::Deployed => Ok(()),
+            other => self.unexpected(worker, other),
+        }
+    }
+
+    fn unexpected(&self, worker: u32, message: ToCoordinator) -> Result<(), EngineError> {
+        match message {
+            ToCoordinator::WorkerFailed { error } => Err(EngineError::WorkerFailed {
                 worker,
                 reason: error,
-            })
+            }),
+            // The instance's error already names its operator and instance.
+            ToCoordinator::InstanceFailed { error, .. } => Err(EngineError::WorkerFailed {
+                worker,
+                reason: error,
+            }),
+            other => Err(EngineError::Protocol(format!(
+                "worker {worker} sent {other:?} at an unexpected time"
+            ))),
         }
-        other => Err(EngineError::Protocol(format!(
-            "worker {worker} sent {other:?} at an unexpected time"
-        ))),
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 24 * 3600)
+}
+
+/// Kills a local worker process at once (SIGKILL), as a crash would.
+pub fn kill_process(pid: u32) {
+    #[cfg(unix)]
+    {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGKILL);
+        }
     }
 }

@@ -23,6 +23,8 @@ pub struct InstancePlan {
     pub key_range: KeyRange,
     /// For source instances, the slot in the stamp space.
     pub source_slot: u32,
+    /// How many times the instance has been restored after a failure.
+    pub incarnation: u32,
 }
 
 /// One operator's instances.
@@ -44,15 +46,17 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Places every operator's instances round-robin over the workers, with
-    /// key ranges split evenly. `partitions` overrides the parallelism of
-    /// named operators.
+    /// Places every operator's instances round-robin over the first `active`
+    /// workers (the others form the pool), with key ranges split evenly.
+    /// `partitions` overrides the parallelism of named operators.
     pub fn place(
         query: &Query,
         workers: Vec<String>,
+        active: usize,
         partitions: &BTreeMap<String, u32>,
     ) -> Result<Plan, EngineError> {
-        if workers.is_empty() {
+        let active = active.min(workers.len()) as u32;
+        if active == 0 {
             return Err(EngineError::InvalidQuery("no workers to deploy on".into()));
         }
         for name in partitions.keys() {
@@ -93,9 +97,10 @@ impl Plan {
                     InstancePlan {
                         id,
                         index: index as u32,
-                        worker: id % workers.len() as u32,
+                        worker: id % active,
                         key_range,
                         source_slot,
+                        incarnation: 0,
                     }
                 })
                 .collect();
@@ -140,6 +145,29 @@ impl Plan {
     /// The instance with id `id`.
     pub fn instance(&self, id: u32) -> Option<(usize, &InstancePlan)> {
         self.instances().find(|(_, i)| i.id == id)
+    }
+
+    /// The instance with id `id`, mutably (to move it during a recovery).
+    pub fn instance_mut(&mut self, id: u32) -> Option<&mut InstancePlan> {
+        self.nodes
+            .iter_mut()
+            .flat_map(|n| n.instances.iter_mut())
+            .find(|i| i.id == id)
+    }
+
+    /// The data address of the worker hosting instance `id`.
+    pub fn addr_of(&self, id: u32) -> Option<&str> {
+        let (_, placed) = self.instance(id)?;
+        self.workers.get(placed.worker as usize).map(String::as_str)
+    }
+
+    /// The ids of every instance fed by `node`'s instances.
+    pub fn downstream_instances(&self, query: &Query, node: usize) -> Vec<u32> {
+        query
+            .edge_targets(node)
+            .iter()
+            .flat_map(|&down| self.nodes[down].instances.iter().map(|i| i.id))
+            .collect()
     }
 
     /// The ids of every instance feeding `node`.

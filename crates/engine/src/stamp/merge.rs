@@ -101,6 +101,7 @@ impl Merge {
     /// checking framing and stamp order so that a bad peer cannot corrupt
     /// the merge.
     pub fn push(&mut self, channel: usize, body: Vec<u8>, mark: Stamp) -> Result<(), EngineError> {
+        let done = self.done;
         let queue = self
             .channels
             .get_mut(channel)
@@ -109,7 +110,10 @@ impl Merge {
         let mut last = queue.last;
         while pos < body.len() {
             let (stamp, payload) = read_tuple(&body, pos)?;
-            if stamp < last || stamp <= queue.mark {
+            // Stamps at or below `done` are replayed duplicates, dropped on
+            // release; anything newer must respect order and the channel's
+            // earlier marks.
+            if stamp < last || (stamp > done && stamp <= queue.mark) {
                 return Err(EngineError::Protocol(format!(
                     "channel {channel} sent stamp {} after stamp {} / mark {}",
                     stamp.0, last.0, queue.mark.0
@@ -124,6 +128,17 @@ impl Merge {
             queue.frames.push_back((body, 0));
         }
         Ok(())
+    }
+
+    /// Forgets what a channel's previous upstream incarnation sent but was not
+    /// yet released: its replacement (restored from a checkpoint) will send
+    /// it again, and releasing both would duplicate it.
+    pub fn reset_channel(&mut self, channel: usize) {
+        if let Some(queue) = self.channels.get_mut(channel) {
+            queue.frames.clear();
+            queue.last = Stamp::ZERO;
+            queue.mark = self.done;
+        }
     }
 
     /// The stamp up to which every channel is complete.
@@ -285,6 +300,23 @@ mod tests {
         m.push(0, batch(&[(2, b"x"), (3, b"y"), (4, b"z")]), Stamp(4))
             .unwrap();
         assert_eq!(drain_all(&mut m), vec![(4, b"z".to_vec())]);
+    }
+
+    #[test]
+    fn a_reset_channel_takes_a_replay_without_duplicates() {
+        let mut m = Merge::new(2, Stamp::ZERO);
+        m.push(0, batch(&[(1, b"a"), (3, b"c")]), Stamp(3)).unwrap();
+        m.push(1, batch(&[(2, b"b")]), Stamp(2)).unwrap();
+        assert_eq!(drain_all(&mut m).len(), 2);
+        // Upstream 0 fails; its replacement replays from stamp 1.
+        m.reset_channel(0);
+        m.push(0, batch(&[(1, b"a"), (3, b"c"), (4, b"d")]), Stamp(4))
+            .unwrap();
+        m.push(1, Vec::new(), Stamp(4)).unwrap();
+        assert_eq!(
+            drain_all(&mut m),
+            vec![(3, b"c".to_vec()), (4, b"d".to_vec())]
+        );
     }
 
     #[test]

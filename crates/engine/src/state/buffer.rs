@@ -1,5 +1,10 @@
 //! Output buffers: what an instance has sent downstream and must keep for
 //! replay until the downstream's checkpoint covers it.
+//!
+//! The buffer keeps whole batches exactly as they were sent (one copy per
+//! batch, none per tuple). Trimming drops the batches whose every tuple is
+//! covered by the downstream's checkpoint; a replay resends the rest, and
+//! the receiver drops what it has already processed by stamp.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -7,51 +12,53 @@ use serde::{Deserialize, Serialize};
 
 use crate::stamp::Stamp;
 
-/// One encoded output tuple kept for replay.
+/// One batch body kept for replay, with the highest stamp in it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BufferedTuple {
-    /// The tuple's stamp.
-    pub stamp: Stamp,
-    /// The tuple's encoded value.
-    pub payload: Vec<u8>,
+pub struct BufferedBatch {
+    /// The highest stamp in `body`.
+    pub last: Stamp,
+    /// Encoded tuples, as sent.
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
 }
 
-/// Per downstream instance, the tuples sent to it in stamp order.
+/// Per downstream instance, the batches sent to it, oldest first.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputBuffer {
-    channels: BTreeMap<u32, VecDeque<BufferedTuple>>,
+    channels: BTreeMap<u32, VecDeque<BufferedBatch>>,
+    bytes: usize,
 }
 
 impl OutputBuffer {
-    /// Records a tuple sent to downstream instance `to`.
-    pub fn push(&mut self, to: u32, stamp: Stamp, payload: &[u8]) {
+    /// Records a batch sent to downstream instance `to`.
+    pub fn push(&mut self, to: u32, last: Stamp, body: &[u8]) {
+        self.bytes += body.len();
         self.channels
             .entry(to)
             .or_default()
-            .push_back(BufferedTuple {
-                stamp,
-                payload: payload.to_vec(),
+            .push_back(BufferedBatch {
+                last,
+                body: body.to_vec(),
             });
     }
 
-    /// Drops the tuples to `to` that its checkpoint at `frontier` covers.
+    /// Drops the batches to `to` that its checkpoint at `frontier` covers.
     pub fn trim(&mut self, to: u32, frontier: Stamp) {
         if let Some(queue) = self.channels.get_mut(&to) {
-            while queue.front().is_some_and(|t| t.stamp <= frontier) {
-                queue.pop_front();
+            while queue.front().is_some_and(|b| b.last <= frontier) {
+                if let Some(batch) = queue.pop_front() {
+                    self.bytes -= batch.body.len();
+                }
             }
         }
     }
 
-    /// The tuples to resend to `to` after it restored a checkpoint at `frontier`.
-    pub fn replay(&self, to: u32, frontier: Stamp) -> impl Iterator<Item = &BufferedTuple> {
-        self.channels
-            .get(&to)
-            .into_iter()
-            .flat_map(move |q| q.iter().filter(move |t| t.stamp > frontier))
+    /// The batches to resend to `to`, oldest first.
+    pub fn replay(&self, to: u32) -> impl Iterator<Item = &BufferedBatch> {
+        self.channels.get(&to).into_iter().flatten()
     }
 
-    /// Number of tuples held over all channels.
+    /// Number of batches held over all channels.
     pub fn len(&self) -> usize {
         self.channels.values().map(VecDeque::len).sum()
     }
@@ -61,13 +68,9 @@ impl OutputBuffer {
         self.len() == 0
     }
 
-    /// Payload bytes held, for metrics and bounds.
+    /// Bytes held, for metrics and bounds.
     pub fn bytes(&self) -> usize {
-        self.channels
-            .values()
-            .flat_map(|q| q.iter())
-            .map(|t| t.payload.len() + 8)
-            .sum()
+        self.bytes
     }
 }
 
@@ -76,16 +79,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn trim_and_replay_follow_stamps() {
+    fn trim_keeps_batches_not_fully_covered() {
         let mut b = OutputBuffer::default();
-        for s in 1..=5 {
-            b.push(7, Stamp(s), &[s as u8]);
-        }
+        b.push(7, Stamp(2), &[1, 2]);
+        b.push(7, Stamp(5), &[3]);
         b.push(8, Stamp(3), &[0]);
-        b.trim(7, Stamp(2));
-        let replayed: Vec<u64> = b.replay(7, Stamp(3)).map(|t| t.stamp.0).collect();
-        assert_eq!(replayed, vec![4, 5]);
-        assert_eq!(b.len(), 4);
-        assert_eq!(b.replay(9, Stamp(0)).count(), 0);
+        b.trim(7, Stamp(4));
+        let left: Vec<u64> = b.replay(7).map(|t| t.last.0).collect();
+        assert_eq!(left, vec![5]);
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.bytes(), 2);
+        assert_eq!(b.replay(9).count(), 0);
     }
 }

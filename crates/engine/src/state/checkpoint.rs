@@ -14,8 +14,10 @@ pub struct StateEntry {
     /// The key's routing hash ([`crate::hash::key_hash`]).
     pub hash: u64,
     /// The encoded key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The encoded value.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
 }
 
@@ -37,6 +39,41 @@ pub struct Checkpoint {
     pub entries: Vec<StateEntry>,
     /// Outputs not yet covered by downstream checkpoints.
     pub output_buffer: OutputBuffer,
+    /// State the operator keeps outside keyed state: a source's input
+    /// position, a sink's output offset.
+    #[serde(with = "serde_bytes")]
+    pub operator_state: Vec<u8>,
+}
+
+/// A checkpoint's parts by reference, so an instance can encode one without
+/// copying its state or buffers first. Serialises exactly as [`Checkpoint`].
+#[derive(Serialize)]
+pub struct CheckpointParts<'a> {
+    /// See [`Checkpoint::operator`].
+    pub operator: &'a str,
+    /// See [`Checkpoint::key_range`].
+    pub key_range: KeyRange,
+    /// See [`Checkpoint::frontier`].
+    pub frontier: Stamp,
+    /// See [`Checkpoint::entries`].
+    pub entries: &'a [StateEntry],
+    /// See [`Checkpoint::output_buffer`].
+    pub output_buffer: &'a OutputBuffer,
+    /// See [`Checkpoint::operator_state`].
+    #[serde(with = "serde_bytes")]
+    pub operator_state: &'a [u8],
+}
+
+impl CheckpointParts<'_> {
+    /// Encodes the parts as [`Checkpoint::encode`] would encode the whole.
+    pub fn encode(&self) -> Result<Vec<u8>, EngineError> {
+        let mut out = Vec::with_capacity(64 + self.entries.len() * 32 + self.output_buffer.bytes());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bincode::serialize_into(&mut out, self)
+            .map_err(|e| EngineError::Checkpoint(format!("encode: {e}")))?;
+        Ok(out)
+    }
 }
 
 const MAGIC: &[u8; 4] = b"SPCK";
@@ -45,12 +82,15 @@ const FORMAT_VERSION: u16 = 1;
 impl Checkpoint {
     /// Serialises the checkpoint for backup on another worker.
     pub fn encode(&self) -> Result<Vec<u8>, EngineError> {
-        let mut out = Vec::with_capacity(64 + self.entries.len() * 32);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        bincode::serialize_into(&mut out, self)
-            .map_err(|e| EngineError::Checkpoint(format!("encode: {e}")))?;
-        Ok(out)
+        CheckpointParts {
+            operator: &self.operator,
+            key_range: self.key_range,
+            frontier: self.frontier,
+            entries: &self.entries,
+            output_buffer: &self.output_buffer,
+            operator_state: &self.operator_state,
+        }
+        .encode()
     }
 
     /// Reads a checkpoint written by [`Checkpoint::encode`].
@@ -72,8 +112,9 @@ impl Checkpoint {
 
     /// Splits the checkpoint into one per range. The ranges must tile this
     /// checkpoint's range in order. Every part inherits the frontier; the
-    /// output buffer stays with the first part (the instance that keeps
-    /// running on the old worker), which is responsible for replaying it.
+    /// output buffer and operator state stay with the first part (the
+    /// instance that keeps running on the old worker), which is responsible
+    /// for replaying the buffer.
     pub fn partition(&self, ranges: &[KeyRange]) -> Result<Vec<Checkpoint>, EngineError> {
         check_tiling(self.key_range, ranges)?;
         let mut parts: Vec<Checkpoint> = ranges
@@ -88,6 +129,11 @@ impl Checkpoint {
                     self.output_buffer.clone()
                 } else {
                     OutputBuffer::default()
+                },
+                operator_state: if i == 0 {
+                    self.operator_state.clone()
+                } else {
+                    Vec::new()
                 },
             })
             .collect();

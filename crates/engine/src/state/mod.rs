@@ -12,7 +12,7 @@ mod checkpoint;
 mod keyed;
 mod routing;
 
-pub use buffer::{BufferedTuple, OutputBuffer};
-pub use checkpoint::{Checkpoint, StateEntry};
+pub use buffer::{BufferedBatch, OutputBuffer};
+pub use checkpoint::{Checkpoint, CheckpointParts, StateEntry};
 pub use keyed::KeyedState;
 pub use routing::{KeyRange, RoutingTable};

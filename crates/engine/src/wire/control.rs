@@ -6,9 +6,10 @@ use std::io::{self, Read, Write};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{MAX_FRAME, PROTOCOL_VERSION};
+use super::{MAX_CONTROL_FRAME, PROTOCOL_VERSION};
 use crate::coordinator::plan::Plan;
 use crate::error::EngineError;
+use crate::stamp::Stamp;
 
 const MAGIC: &[u8; 4] = b"SPTC";
 
@@ -31,8 +32,51 @@ pub enum ToCoordinator {
         /// OS process id, for `kill` and diagnostics.
         pid: u32,
     },
+    /// The first message on a worker's heartbeat connection, a second
+    /// connection so that heartbeats never queue behind large checkpoints.
+    Beat {
+        /// The worker's data address, as in its `Register`.
+        data_addr: String,
+    },
     /// The worker created its instances and is ready to start.
     Deployed,
+    /// The worker is alive (sent every [`HEARTBEAT_EVERY`]).
+    Heartbeat,
+    /// One of the worker's instances took a checkpoint: back it up.
+    Checkpoint {
+        /// The instance.
+        instance: u32,
+        /// The checkpoint's frontier.
+        frontier: Stamp,
+        /// The encoded checkpoint.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// This worker now holds the backup of `instance` at `frontier`.
+    BackupStored {
+        /// The instance backed up.
+        instance: u32,
+        /// The backup's frontier.
+        frontier: Stamp,
+    },
+    /// The backup asked for with [`ToWorker::FetchBackup`].
+    Backup {
+        /// The instance.
+        instance: u32,
+        /// The encoded checkpoint, if this worker holds one.
+        #[serde(with = "serde_bytes")]
+        bytes: Option<Vec<u8>>,
+    },
+    /// A restored instance was created and started.
+    Restored {
+        /// The instance.
+        instance: u32,
+    },
+    /// A restored instance has worked off the backlog of its recovery.
+    CaughtUp {
+        /// The instance.
+        instance: u32,
+    },
     /// An instance reached the end of its input.
     InstanceFinished {
         /// Instance id.
@@ -54,10 +98,14 @@ pub enum ToCoordinator {
     },
 }
 
+/// How often workers send heartbeats.
+pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Coordinator to worker.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ToWorker {
-    /// Build the query and create this worker's instances.
+    /// Build the query and create this worker's instances (none for a pool
+    /// worker, which only gets ready for a later restore).
     Deploy {
         /// The registered query name.
         query: String,
@@ -67,9 +115,49 @@ pub enum ToWorker {
         plan: Plan,
         /// The receiving worker's index in the plan.
         worker: u32,
+        /// Checkpoint interval in milliseconds; 0 turns fault tolerance off.
+        checkpoint_ms: u64,
     },
     /// Every worker is deployed: open data channels and start processing.
     Start,
+    /// Hold this checkpoint as the backup of `instance`.
+    StoreBackup {
+        /// The instance it belongs to.
+        instance: u32,
+        /// Its frontier.
+        frontier: Stamp,
+        /// The encoded checkpoint.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// Send the backup of `instance` back to the coordinator.
+    FetchBackup {
+        /// The instance.
+        instance: u32,
+    },
+    /// Downstream instance `downstream` has a durable checkpoint at
+    /// `frontier`: upstreams may drop the outputs it covers.
+    Trim {
+        /// The checkpointed instance.
+        downstream: u32,
+        /// Its frontier.
+        frontier: Stamp,
+    },
+    /// Create and start these instances from their checkpoints (none: from
+    /// the beginning), as placed in `plan`.
+    Restore {
+        /// Instance ids and encoded checkpoints.
+        instances: Vec<(u32, Option<serde_bytes::ByteBuf>)>,
+        /// The plan after the recovery.
+        plan: Plan,
+    },
+    /// The plan changed: `replaced` instances moved; reconnect to them.
+    PlanUpdate {
+        /// The new plan.
+        plan: Plan,
+        /// Instances restored elsewhere.
+        replaced: Vec<u32>,
+    },
     /// The job is over (or aborted): exit.
     Shutdown,
 }
@@ -101,14 +189,31 @@ pub fn read_hello(r: &mut impl Read) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// Sends one control message.
-pub fn send<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), EngineError> {
-    let body = bincode::serialize(msg)
+/// Encodes one control message as a length-prefixed frame.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, EngineError> {
+    let mut frame = vec![0u8; 4];
+    bincode::serialize_into(&mut frame, msg)
         .map_err(|e| EngineError::Protocol(format!("encoding control message: {e}")))?;
-    w.write_all(&(body.len() as u32).to_le_bytes())
-        .and_then(|()| w.write_all(&body))
+    let len = (frame.len() - 4) as u32;
+    if len as usize > MAX_CONTROL_FRAME {
+        return Err(EngineError::Protocol(format!(
+            "control message of {len} bytes exceeds the {MAX_CONTROL_FRAME}-byte limit"
+        )));
+    }
+    frame[..4].copy_from_slice(&len.to_le_bytes());
+    Ok(frame)
+}
+
+/// Sends a frame made by [`encode`].
+pub fn send_encoded(w: &mut impl Write, frame: &[u8]) -> Result<(), EngineError> {
+    w.write_all(frame)
         .and_then(|()| w.flush())
         .map_err(|e| EngineError::io("sending control message", e))
+}
+
+/// Sends one control message.
+pub fn send<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), EngineError> {
+    send_encoded(w, &encode(msg)?)
 }
 
 /// Receives one control message; `Ok(None)` when the peer closed cleanly.
@@ -120,9 +225,9 @@ pub fn recv<T: DeserializeOwned>(r: &mut impl Read) -> Result<Option<T>, EngineE
         Err(e) => return Err(EngineError::io("receiving control message", e)),
     }
     let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME {
+    if len > MAX_CONTROL_FRAME {
         return Err(EngineError::Protocol(format!(
-            "control message of {len} bytes exceeds the {MAX_FRAME}-byte limit"
+            "control message of {len} bytes exceeds the {MAX_CONTROL_FRAME}-byte limit"
         )));
     }
     let mut body = vec![0u8; len];

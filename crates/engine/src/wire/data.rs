@@ -12,29 +12,34 @@ use crate::error::EngineError;
 use crate::stamp::Stamp;
 
 const MAGIC: &[u8; 4] = b"SPTD";
+const HELLO: usize = 18;
 
 /// Who is at each end of a data channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChannelHello {
     /// Upstream instance id.
     pub from: u32,
+    /// How many times the upstream instance has been restored: batches of an
+    /// older incarnation are stale.
+    pub incarnation: u32,
     /// Downstream instance id.
     pub to: u32,
 }
 
 /// Writes the handshake that opens a data channel.
 pub fn write_hello(w: &mut impl Write, hello: ChannelHello) -> io::Result<()> {
-    let mut buf = [0u8; 14];
+    let mut buf = [0u8; HELLO];
     buf[..4].copy_from_slice(MAGIC);
     buf[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
     buf[6..10].copy_from_slice(&hello.from.to_le_bytes());
-    buf[10..14].copy_from_slice(&hello.to.to_le_bytes());
+    buf[10..14].copy_from_slice(&hello.incarnation.to_le_bytes());
+    buf[14..18].copy_from_slice(&hello.to.to_le_bytes());
     w.write_all(&buf)
 }
 
 /// Reads and checks the handshake of a data channel.
 pub fn read_hello(r: &mut impl Read) -> Result<ChannelHello, EngineError> {
-    let mut buf = [0u8; 14];
+    let mut buf = [0u8; HELLO];
     r.read_exact(&mut buf)
         .map_err(|e| EngineError::io("reading data channel handshake", e))?;
     if &buf[..4] != MAGIC {
@@ -51,7 +56,8 @@ pub fn read_hello(r: &mut impl Read) -> Result<ChannelHello, EngineError> {
     let word = |i: usize| u32::from_le_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
     Ok(ChannelHello {
         from: word(6),
-        to: word(10),
+        incarnation: word(10),
+        to: word(14),
     })
 }
 
@@ -106,10 +112,15 @@ mod tests {
     #[test]
     fn frames_round_trip() {
         let mut buf = Vec::new();
-        write_hello(&mut buf, ChannelHello { from: 3, to: 9 }).unwrap();
+        let hello = ChannelHello {
+            from: 3,
+            incarnation: 2,
+            to: 9,
+        };
+        write_hello(&mut buf, hello).unwrap();
         write_batch(&mut buf, b"abc", Stamp(42)).unwrap();
         let mut r = &buf[..];
-        assert_eq!(read_hello(&mut r).unwrap(), ChannelHello { from: 3, to: 9 });
+        assert_eq!(read_hello(&mut r).unwrap(), hello);
         assert_eq!(
             read_batch(&mut r).unwrap(),
             Some((b"abc".to_vec(), Stamp(42)))
@@ -119,8 +130,8 @@ mod tests {
 
     #[test]
     fn refuses_bad_magic_version_and_lengths() {
-        assert!(read_hello(&mut &b"XXXX\x01\x00\0\0\0\0\0\0\0\0"[..]).is_err());
-        assert!(read_hello(&mut &b"SPTD\x09\x00\0\0\0\0\0\0\0\0"[..]).is_err());
+        assert!(read_hello(&mut &b"XXXX\x02\x00\0\0\0\0\0\0\0\0\0\0\0\0"[..]).is_err());
+        assert!(read_hello(&mut &b"SPTD\x09\x00\0\0\0\0\0\0\0\0\0\0\0\0"[..]).is_err());
         let mut huge = Vec::new();
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         huge.extend_from_slice(&[0; 8]);

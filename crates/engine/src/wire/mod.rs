@@ -6,8 +6,11 @@ pub mod control;
 pub mod data;
 
 /// Bumped whenever a frame layout changes; peers of another version are refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
-/// Upper bound on any frame, so a corrupt length cannot make us allocate
+/// Upper bound on a data frame, so a corrupt length cannot make us allocate
 /// gigabytes.
 pub const MAX_FRAME: usize = 64 << 20;
+
+/// Upper bound on a control message (checkpoints travel as control messages).
+pub const MAX_CONTROL_FRAME: usize = 1 << 30;

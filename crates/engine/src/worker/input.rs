@@ -16,11 +16,13 @@ use crate::wire::data::{read_batch, read_hello};
 /// Batches an inbox holds before readers block (and TCP pushes back upstream).
 pub(crate) const INBOX_BATCHES: usize = 64;
 
-/// What arrives in an instance's inbox.
+/// Data for an instance, from its upstreams' channels.
 pub(crate) enum InputEvent {
-    /// A batch of tuples from upstream instance `from`, then its mark.
+    /// A batch of tuples from incarnation `incarnation` of upstream instance
+    /// `from`, then its mark.
     Batch {
         from: u32,
+        incarnation: u32,
         body: Vec<u8>,
         mark: Stamp,
     },
@@ -28,26 +30,76 @@ pub(crate) enum InputEvent {
     Closed { from: u32, error: Option<String> },
 }
 
-/// Where readers deliver: instance id -> inbox.
+/// Control for an instance, from the coordinator through its worker. It has
+/// its own unbounded queue: the worker must never block on a busy instance.
+pub(crate) enum ControlEvent {
+    /// Downstream `to` checkpointed at `frontier`: trim the output buffer.
+    Trim { to: u32, frontier: Stamp },
+    /// Downstream `to` was restored at `addr`: reconnect and replay.
+    Rewire { to: u32, addr: String },
+}
+
+/// The receiving ends of an instance's queues.
+pub(crate) struct Inbox {
+    pub(crate) data: Receiver<InputEvent>,
+    pub(crate) control: Receiver<ControlEvent>,
+}
+
+#[derive(Clone)]
+struct InboxSenders {
+    data: Sender<InputEvent>,
+    control: Sender<ControlEvent>,
+}
+
+/// Where events are delivered: instance id -> queues.
 #[derive(Clone, Default)]
 pub(crate) struct Inboxes {
-    senders: Arc<Mutex<HashMap<u32, Sender<InputEvent>>>>,
+    senders: Arc<Mutex<HashMap<u32, InboxSenders>>>,
 }
 
 impl Inboxes {
-    /// Creates the inbox of `instance`.
-    pub(crate) fn create(&self, instance: u32) -> Receiver<InputEvent> {
-        let (tx, rx) = crossbeam_channel::bounded(INBOX_BATCHES);
-        self.lock().insert(instance, tx);
-        rx
+    /// Creates the queues of `instance` (replacing any earlier ones).
+    pub(crate) fn create(&self, instance: u32) -> Inbox {
+        let (data_tx, data) = crossbeam_channel::bounded(INBOX_BATCHES);
+        let (control_tx, control) = crossbeam_channel::unbounded();
+        self.lock().insert(
+            instance,
+            InboxSenders {
+                data: data_tx,
+                control: control_tx,
+            },
+        );
+        Inbox { data, control }
     }
 
-    fn get(&self, instance: u32) -> Option<Sender<InputEvent>> {
-        self.lock().get(&instance).cloned()
+    /// Sends `event` to every instance on this worker.
+    pub(crate) fn broadcast(&self, event: impl Fn() -> ControlEvent) {
+        for senders in self.lock().values() {
+            let _ = senders.control.send(event());
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Sender<InputEvent>>> {
-        // A poisoned map only means a reader panicked mid-insert; the map is
+    fn data(&self, instance: u32) -> Option<Sender<InputEvent>> {
+        self.lock().get(&instance).map(|s| s.data.clone())
+    }
+
+    /// Waits a little for `instance`'s inbox: during a deployment or a
+    /// recovery an upstream may connect before the instance is created.
+    fn wait_for(&self, instance: u32) -> Option<Sender<InputEvent>> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(inbox) = self.data(instance) {
+                return Some(inbox);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, InboxSenders>> {
+        // A poisoned map only means a thread panicked mid-insert; the map is
         // still consistent.
         self.senders.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -92,7 +144,7 @@ fn read_channel(mut stream: TcpStream, inboxes: &Inboxes) {
         }
     };
     let _ = stream.set_read_timeout(None);
-    let Some(inbox) = inboxes.get(hello.to) else {
+    let Some(inbox) = inboxes.wait_for(hello.to) else {
         tracing::warn!(
             "dropping data connection from {peer}: no instance {} here",
             hello.to
@@ -100,10 +152,16 @@ fn read_channel(mut stream: TcpStream, inboxes: &Inboxes) {
         return;
     };
     let from = hello.from;
+    let incarnation = hello.incarnation;
     let mut reader = std::io::BufReader::with_capacity(256 << 10, stream);
     loop {
         let event = match read_batch(&mut reader) {
-            Ok(Some((body, mark))) => InputEvent::Batch { from, body, mark },
+            Ok(Some((body, mark))) => InputEvent::Batch {
+                from,
+                incarnation,
+                body,
+                mark,
+            },
             Ok(None) => InputEvent::Closed { from, error: None },
             Err(e) => InputEvent::Closed {
                 from,

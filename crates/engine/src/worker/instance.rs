@@ -1,18 +1,21 @@
 //! One running instance: the loop that merges inputs in stamp order, runs the
 //! operator and flushes outputs with progress marks (or, for a source, polls
-//! the source and paces it).
+//! and paces the source), takes periodic checkpoints, and applies the
+//! coordinator's trims and rewirings.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::select;
 
-use super::input::InputEvent;
-use super::output::Outbox;
+use super::input::{ControlEvent, Inbox, InputEvent};
+use super::output::{Outbox, Sender};
 use crate::api::{Logic, OperatorError, ProcessLogic, SourceLogic, SourcePoll};
 use crate::error::EngineError;
 use crate::stamp::merge::Merge;
 use crate::stamp::Stamp;
+use crate::state::{Checkpoint, CheckpointParts, KeyRange, OutputBuffer};
 use crate::wire::control::InstanceStats;
 
 /// A source flushes at least this often while it is producing.
@@ -20,143 +23,409 @@ const SOURCE_FLUSH_EVERY: Duration = Duration::from_millis(5);
 /// Inbox events taken per round before running the operator.
 const EVENTS_PER_ROUND: usize = 256;
 
+/// What an instance tells its worker besides its outputs.
+pub(crate) enum Report {
+    /// A checkpoint to back up.
+    Checkpoint {
+        instance: u32,
+        frontier: Stamp,
+        bytes: Vec<u8>,
+    },
+    /// The instance reached the end of its input.
+    Finished { instance: u32, stats: InstanceStats },
+    /// A restored instance has drained the backlog its recovery built up.
+    CaughtUp { instance: u32 },
+}
+
 /// An instance ready to run on its own thread.
 pub(crate) struct Instance {
-    pub(crate) id: u32,
+    pub(crate) me: Sender,
     pub(crate) operator: String,
+    pub(crate) key_range: KeyRange,
     pub(crate) logic: Logic,
     /// Upstream instance id -> input channel index.
     pub(crate) inputs: HashMap<u32, usize>,
-    pub(crate) inbox: Receiver<InputEvent>,
+    pub(crate) inbox: Inbox,
     /// Source instances: their slot in the stamp space.
     pub(crate) source_slot: u32,
+    /// The checkpoint to start from, when recovering.
+    pub(crate) restore: Option<Checkpoint>,
+    /// How often to checkpoint; `None` turns fault tolerance off.
+    pub(crate) checkpoint_every: Option<Duration>,
+    pub(crate) reports: crossbeam_channel::Sender<Report>,
+}
+
+/// State shared by the source and operator loops.
+struct Runner {
+    me: Sender,
+    operator: String,
+    key_range: KeyRange,
+    inbox: Inbox,
+    checkpoint_every: Option<Duration>,
+    next_checkpoint: Instant,
+    checkpointed: Option<Stamp>,
+    reports: crossbeam_channel::Sender<Report>,
+    restored_at: Option<Stamp>,
 }
 
 impl Instance {
-    /// Runs to the end of the input.
-    pub(crate) fn run(self, outbox: Outbox) -> Result<InstanceStats, EngineError> {
-        let Instance {
-            id,
-            operator,
-            logic,
-            inputs,
-            inbox,
-            source_slot,
-        } = self;
-        let fail = |e: OperatorError| EngineError::Operator {
-            operator: operator.clone(),
-            instance: id,
-            message: e.0,
+    /// Runs to the end of the input, then keeps serving replays until the
+    /// worker shuts down (a downstream may still fail and need them).
+    pub(crate) fn run(self, outbox: Outbox) -> Result<(), EngineError> {
+        let runner = Runner {
+            me: self.me,
+            operator: self.operator,
+            key_range: self.key_range,
+            inbox: self.inbox,
+            checkpoint_every: self.checkpoint_every,
+            next_checkpoint: Instant::now() + self.checkpoint_every.unwrap_or_default(),
+            checkpointed: None,
+            reports: self.reports,
+            restored_at: self.restore.as_ref().map(|c| c.frontier),
         };
-        match logic {
-            Logic::Source(source) => run_source(source, source_slot, outbox, fail),
-            Logic::Process(process) => run_process(process, &inputs, &inbox, outbox, fail),
-        }
-    }
-}
-
-fn run_source(
-    mut source: Box<dyn SourceLogic>,
-    slot: u32,
-    mut outbox: Outbox,
-    fail: impl Fn(OperatorError) -> EngineError,
-) -> Result<InstanceStats, EngineError> {
-    let mut seq = 0u64;
-    let mut last_flush = Instant::now();
-    loop {
-        let next = Stamp::for_source(seq + 1, slot);
-        // Nothing at or below the stamp just before our next one will come.
-        let mark = Stamp(next.0 - 1);
-        outbox.set_stamp(next);
-        outbox.set_mark_floor(mark);
-        match source.poll(&mut outbox).map_err(&fail)? {
-            SourcePoll::Emitted => {
-                seq += 1;
-                if last_flush.elapsed() >= SOURCE_FLUSH_EVERY {
-                    outbox.flush(next)?;
-                    last_flush = Instant::now();
-                }
+        match self.logic {
+            Logic::Source(source) => {
+                runner.run_source(source, self.source_slot, outbox, self.restore)
             }
-            SourcePoll::WaitUntil(at) => {
-                outbox.flush(mark)?;
-                last_flush = Instant::now();
-                let now = Instant::now();
-                if at > now {
-                    std::thread::sleep(at - now);
-                }
-            }
-            SourcePoll::Done => {
-                outbox.flush(Stamp::END)?;
-                return Ok(InstanceStats {
-                    tuples_in: seq,
-                    tuples_out: outbox.tuples_out(),
-                });
+            Logic::Process(process) => {
+                runner.run_process(process, &self.inputs, outbox, self.restore)
             }
         }
     }
 }
 
-fn run_process(
-    mut logic: Box<dyn ProcessLogic>,
-    inputs: &HashMap<u32, usize>,
-    inbox: &Receiver<InputEvent>,
-    mut outbox: Outbox,
-    fail: impl Fn(OperatorError) -> EngineError,
-) -> Result<InstanceStats, EngineError> {
-    let mut merge = Merge::new(inputs.len(), Stamp::ZERO);
-    let mut tuples_in = 0u64;
-    loop {
-        let first = inbox.recv().map_err(|_| {
-            EngineError::Protocol("all input channels closed before the end of the stream".into())
-        })?;
-        accept(&mut merge, inputs, first)?;
-        for event in inbox.try_iter().take(EVENTS_PER_ROUND) {
-            accept(&mut merge, inputs, event)?;
+impl Runner {
+    fn fail(&self, e: OperatorError) -> EngineError {
+        EngineError::Operator {
+            operator: self.operator.clone(),
+            instance: self.me.instance,
+            message: e.0,
         }
-        if merge.frontier() <= merge.done() {
-            continue;
+    }
+
+    fn report(&self, report: Report) {
+        // The worker only drops its end when it is shutting down.
+        let _ = self.reports.send(report);
+    }
+
+    /// Applies a control event from the coordinator.
+    fn control(&self, event: ControlEvent, outbox: &mut Outbox) -> Result<(), EngineError> {
+        match event {
+            ControlEvent::Trim { to, frontier } => outbox.trim(to, frontier),
+            ControlEvent::Rewire { to, addr } => outbox.rewire(self.me, to, &addr)?,
         }
-        outbox.set_mark_floor(merge.done());
-        let done = merge.drain(|stamp, payload| {
-            outbox.set_stamp(stamp);
-            tuples_in += 1;
-            logic.process(payload, &mut outbox).map_err(&fail)
-        })?;
-        outbox.flush(done)?;
-        if done.is_end() {
-            logic.finish().map_err(&fail)?;
-            return Ok(InstanceStats {
-                tuples_in,
-                tuples_out: outbox.tuples_out(),
+        Ok(())
+    }
+
+    /// Applies every waiting control event.
+    fn control_pending(&self, outbox: &mut Outbox) -> Result<(), EngineError> {
+        for event in self.inbox.control.try_iter() {
+            self.control(event, outbox)?;
+        }
+        Ok(())
+    }
+
+    /// Turns a data event into a batch to merge, if it is one.
+    fn batch(&self, event: InputEvent) -> Option<Batch> {
+        match event {
+            InputEvent::Batch {
+                from,
+                incarnation,
+                body,
+                mark,
+            } => Some(Batch {
+                from,
+                incarnation,
+                body,
+                mark,
+            }),
+            InputEvent::Closed { from, error } => {
+                // Losing an upstream is the coordinator's business: it will
+                // restore it and a new incarnation will connect.
+                tracing::debug!(
+                    instance = self.me.instance,
+                    from,
+                    ?error,
+                    "input channel closed"
+                );
+                None
+            }
+        }
+    }
+
+    fn checkpoint_due(&self, frontier: Stamp) -> bool {
+        self.checkpoint_every.is_some()
+            && Instant::now() >= self.next_checkpoint
+            && self.checkpointed != Some(frontier)
+    }
+
+    /// Snapshots state, output buffer and operator state at `frontier`, and
+    /// hands the encoded checkpoint to the worker to back up.
+    fn checkpoint(
+        &mut self,
+        frontier: Stamp,
+        entries: &[crate::state::StateEntry],
+        operator_state: &[u8],
+        outbox: &Outbox,
+    ) -> Result<(), EngineError> {
+        let empty = OutputBuffer::default();
+        let bytes = CheckpointParts {
+            operator: &self.operator,
+            key_range: self.key_range,
+            frontier,
+            entries,
+            output_buffer: outbox.buffer().unwrap_or(&empty),
+            operator_state,
+        }
+        .encode()?;
+        tracing::debug!(
+            instance = self.me.instance,
+            frontier = frontier.0,
+            bytes = bytes.len(),
+            buffered = outbox.buffered_bytes(),
+            "checkpoint"
+        );
+        self.report(Report::Checkpoint {
+            instance: self.me.instance,
+            frontier,
+            bytes,
+        });
+        self.checkpointed = Some(frontier);
+        if let Some(every) = self.checkpoint_every {
+            self.next_checkpoint = Instant::now() + every;
+        }
+        Ok(())
+    }
+
+    /// After the end of input: serve trims and rewirings until shutdown.
+    fn linger(&self, outbox: &mut Outbox) -> Result<(), EngineError> {
+        loop {
+            select! {
+                recv(self.inbox.control) -> event => match event {
+                    Ok(event) => self.control(event, outbox)?,
+                    Err(_) => return Ok(()),
+                },
+                // Late data (a replay after our end) is already reflected.
+                recv(self.inbox.data) -> event => if event.is_err() {
+                    return Ok(());
+                },
+            }
+        }
+    }
+
+    fn run_source(
+        mut self,
+        mut source: Box<dyn SourceLogic>,
+        slot: u32,
+        mut outbox: Outbox,
+        restore: Option<Checkpoint>,
+    ) -> Result<(), EngineError> {
+        let mut seq = 0u64;
+        if let Some(checkpoint) = restore {
+            let (restored_seq, position): (u64, Option<Vec<u8>>) =
+                bincode::deserialize(&checkpoint.operator_state)
+                    .map_err(|e| EngineError::Checkpoint(format!("source position: {e}")))?;
+            // A source without a position restarts from the beginning and
+            // regenerates everything, its old buffer included.
+            if let Some(position) = position {
+                source.restore(&position).map_err(|e| self.fail(e))?;
+                seq = restored_seq;
+                let mark = Stamp(Stamp::for_source(seq + 1, slot).0 - 1);
+                outbox.restore_buffer(checkpoint.output_buffer, mark);
+            }
+            // A source has no backlog: it is caught up once it runs again.
+            self.report(Report::CaughtUp {
+                instance: self.me.instance,
             });
         }
+        let mut last_flush = Instant::now();
+        loop {
+            let next = Stamp::for_source(seq + 1, slot);
+            // Nothing at or below the stamp just before our next one will come.
+            let mark = Stamp(next.0 - 1);
+            self.control_pending(&mut outbox)?;
+            if self.checkpoint_due(mark) {
+                outbox.flush(mark);
+                let position = source.checkpoint().map_err(|e| self.fail(e))?;
+                let state = bincode::serialize(&(seq, position))
+                    .map_err(|e| EngineError::Checkpoint(format!("source position: {e}")))?;
+                self.checkpoint(mark, &[], &state, &outbox)?;
+            }
+            outbox.set_stamp(next);
+            outbox.set_mark_floor(mark);
+            match source.poll(&mut outbox).map_err(|e| self.fail(e))? {
+                SourcePoll::Emitted => {
+                    seq += 1;
+                    if last_flush.elapsed() >= SOURCE_FLUSH_EVERY {
+                        outbox.flush(next);
+                        last_flush = Instant::now();
+                    }
+                }
+                SourcePoll::WaitUntil(at) => {
+                    outbox.flush(mark);
+                    last_flush = Instant::now();
+                    self.wait_until(at, &mut outbox)?;
+                }
+                SourcePoll::Done => {
+                    outbox.flush(Stamp::END);
+                    if self.checkpoint_every.is_some() {
+                        let state = bincode::serialize(&(
+                            seq,
+                            source.checkpoint().map_err(|e| self.fail(e))?,
+                        ))
+                        .map_err(|e| EngineError::Checkpoint(format!("source position: {e}")))?;
+                        self.checkpoint(Stamp::END, &[], &state, &outbox)?;
+                    }
+                    self.report(Report::Finished {
+                        instance: self.me.instance,
+                        stats: InstanceStats {
+                            tuples_in: seq,
+                            tuples_out: outbox.tuples_out(),
+                        },
+                    });
+                    return self.linger(&mut outbox);
+                }
+            }
+        }
+    }
+
+    /// Sleeps until `at`, serving control events meanwhile.
+    fn wait_until(&self, at: Instant, outbox: &mut Outbox) -> Result<(), EngineError> {
+        loop {
+            let now = Instant::now();
+            if now >= at {
+                return Ok(());
+            }
+            select! {
+                recv(self.inbox.control) -> event => match event {
+                    Ok(event) => self.control(event, outbox)?,
+                    Err(_) => std::thread::sleep(at - now),
+                },
+                default(at - now) => return Ok(()),
+            }
+        }
+    }
+
+    fn run_process(
+        mut self,
+        mut logic: Box<dyn ProcessLogic>,
+        inputs: &HashMap<u32, usize>,
+        mut outbox: Outbox,
+        restore: Option<Checkpoint>,
+    ) -> Result<(), EngineError> {
+        let mut merge = match restore {
+            Some(checkpoint) => {
+                logic.restore(&checkpoint.entries, checkpoint.key_range)?;
+                logic
+                    .restore_operator_state(&checkpoint.operator_state)
+                    .map_err(|e| self.fail(e))?;
+                outbox.restore_buffer(checkpoint.output_buffer, checkpoint.frontier);
+                Merge::new(inputs.len(), checkpoint.frontier)
+            }
+            None => Merge::new(inputs.len(), Stamp::ZERO),
+        };
+        let mut incarnations: Vec<Option<u32>> = vec![None; inputs.len()];
+        let mut tuples_in = 0u64;
+        let mut finished = merge.done().is_end();
+        while !finished {
+            let timeout = self
+                .checkpoint_every
+                .map_or(Duration::from_secs(3600), |_| {
+                    self.next_checkpoint
+                        .saturating_duration_since(Instant::now())
+                });
+            let first = select! {
+                recv(self.inbox.control) -> event => {
+                    if let Ok(event) = event {
+                        self.control(event, &mut outbox)?;
+                    }
+                    None
+                },
+                recv(self.inbox.data) -> event => match event {
+                    Ok(event) => Some(event),
+                    Err(_) => return Ok(()),
+                },
+                default(timeout) => None,
+            };
+            self.control_pending(&mut outbox)?;
+            for event in first
+                .into_iter()
+                .chain(self.inbox.data.try_iter().take(EVENTS_PER_ROUND))
+            {
+                if let Some(batch) = self.batch(event) {
+                    accept(&mut merge, inputs, &mut incarnations, batch)?;
+                }
+            }
+            if merge.frontier() > merge.done() {
+                outbox.set_mark_floor(merge.done());
+                let done = merge.drain(|stamp, payload| {
+                    outbox.set_stamp(stamp);
+                    tuples_in += 1;
+                    logic
+                        .process(payload, &mut outbox)
+                        .map_err(|e| self.fail(e))
+                })?;
+                outbox.flush(done);
+                finished = done.is_end();
+            }
+            let done = merge.done();
+            if finished || self.checkpoint_due(done) {
+                if finished {
+                    logic.finish().map_err(|e| self.fail(e))?;
+                }
+                if self.checkpoint_every.is_some() {
+                    let entries = logic.snapshot()?;
+                    let state = logic.operator_state().map_err(|e| self.fail(e))?;
+                    self.checkpoint(done, &entries, &state, &outbox)?;
+                }
+            }
+            if let Some(from) = self.restored_at {
+                if done > from && self.inbox.data.is_empty() && merge.queued_batches() == 0 {
+                    self.report(Report::CaughtUp {
+                        instance: self.me.instance,
+                    });
+                    self.restored_at = None;
+                }
+            }
+        }
+        self.report(Report::Finished {
+            instance: self.me.instance,
+            stats: InstanceStats {
+                tuples_in,
+                tuples_out: outbox.tuples_out(),
+            },
+        });
+        self.linger(&mut outbox)
     }
 }
 
+/// A batch taken off the inbox.
+struct Batch {
+    from: u32,
+    incarnation: u32,
+    body: Vec<u8>,
+    mark: Stamp,
+}
+
+/// Feeds a batch to the merge, resetting the channel when it comes from a
+/// new incarnation of the upstream and dropping it when from an old one.
 fn accept(
     merge: &mut Merge,
     inputs: &HashMap<u32, usize>,
-    event: InputEvent,
+    incarnations: &mut [Option<u32>],
+    batch: Batch,
 ) -> Result<(), EngineError> {
-    match event {
-        InputEvent::Batch { from, body, mark } => {
-            let channel = *inputs.get(&from).ok_or_else(|| {
-                EngineError::Protocol(format!("batch from instance {from}, which is not an input"))
-            })?;
-            merge.push(channel, body, mark)
-        }
-        InputEvent::Closed { from, error } => {
-            let channel = inputs.get(&from).copied();
-            match error {
-                // A clean close after the end mark is how a channel ends.
-                None if channel.is_some_and(|c| merge.mark(c).is_end()) => Ok(()),
-                None => Err(EngineError::Protocol(format!(
-                    "upstream instance {from} closed its channel before the end of its stream (did its worker die?)"
-                ))),
-                Some(e) => Err(EngineError::Protocol(format!(
-                    "input channel from instance {from} broke: {e}"
-                ))),
-            }
-        }
+    let channel = *inputs.get(&batch.from).ok_or_else(|| {
+        EngineError::Protocol(format!(
+            "batch from instance {}, which is not an input",
+            batch.from
+        ))
+    })?;
+    match incarnations[channel].map(|known| batch.incarnation.cmp(&known)) {
+        Some(Ordering::Less) => return Ok(()),
+        Some(Ordering::Greater) => merge.reset_channel(channel),
+        Some(Ordering::Equal) | None => {}
     }
+    incarnations[channel] = Some(batch.incarnation);
+    merge.push(channel, batch.body, batch.mark)
 }

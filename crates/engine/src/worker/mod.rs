@@ -1,6 +1,7 @@
 //! The worker process: hosts operator instances, one thread each, and the
 //! data channels between them. It joins a coordinator, receives a plan,
-//! creates its instances, and runs them until told to shut down.
+//! creates and runs its instances, holds backups of other workers'
+//! checkpoints, and restores instances when the coordinator asks.
 
 mod input;
 mod instance;
@@ -15,10 +16,12 @@ use std::time::{Duration, Instant};
 use crate::api::{InstanceContext, Query, QueryRegistry};
 use crate::coordinator::plan::Plan;
 use crate::error::EngineError;
-use crate::wire::control::{self, ToCoordinator, ToWorker};
-use input::Inboxes;
-use instance::Instance;
-use output::{ChannelWriter, Outbox};
+use crate::stamp::Stamp;
+use crate::state::{Checkpoint, RoutingTable};
+use crate::wire::control::{self, ToCoordinator, ToWorker, HEARTBEAT_EVERY};
+use input::{ControlEvent, Inboxes};
+use instance::{Instance, Report};
+use output::{Outbox, Sender};
 
 /// How a worker finds its coordinator and where it listens.
 #[derive(Clone, Debug)]
@@ -44,11 +47,14 @@ impl WorkerOptions {
 
 type ControlWriter = Arc<Mutex<TcpStream>>;
 
-/// This worker's share of a deployed plan, waiting for `Start`.
+/// What a deployment gave this worker.
 struct Deployment {
     query: Arc<Query>,
     plan: Arc<Plan>,
-    instances: Vec<Instance>,
+    worker: u32,
+    checkpoint_every: Option<Duration>,
+    /// Created at deployment, started by `Start`.
+    pending: Vec<Instance>,
 }
 
 /// Runs a worker until the coordinator shuts it down or goes away.
@@ -82,8 +88,11 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
         },
     )?;
     tracing::info!(%data_addr, coordinator = %options.coordinator, "worker registered");
+    spawn_heartbeat(options, data_addr.clone())?;
+    let reports = spawn_reporter(writer.clone())?;
 
     let mut deployment: Option<Deployment> = None;
+    let mut backups: HashMap<u32, (Stamp, Vec<u8>)> = HashMap::new();
     loop {
         let Some(message) = control::recv::<ToWorker>(&mut control)? else {
             tracing::info!("coordinator closed the control connection; exiting");
@@ -95,32 +104,103 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
                 params,
                 plan,
                 worker,
-            } => match deploy(registry, &query, &params, plan, worker, &inboxes) {
-                Ok(deployed) => {
-                    deployment = Some(deployed);
-                    send(&writer, &ToCoordinator::Deployed)?;
+                checkpoint_ms,
+            } => {
+                let deployed = deploy(registry, &query, &params, plan, worker, checkpoint_ms)
+                    .and_then(|mut d| {
+                        let placed: Vec<u32> = d
+                            .plan
+                            .instances()
+                            .filter(|(_, i)| i.worker == worker)
+                            .map(|(_, i)| i.id)
+                            .collect();
+                        for id in placed {
+                            let instance = create_instance(&d, id, None, &inboxes, &reports)?;
+                            d.pending.push(instance);
+                        }
+                        Ok(d)
+                    });
+                match deployed {
+                    Ok(d) => {
+                        deployment = Some(d);
+                        reply(&writer, &ToCoordinator::Deployed);
+                    }
+                    Err(e) => reply(
+                        &writer,
+                        &ToCoordinator::WorkerFailed {
+                            error: e.to_string(),
+                        },
+                    ),
                 }
-                Err(e) => send(
-                    &writer,
-                    &ToCoordinator::WorkerFailed {
-                        error: e.to_string(),
-                    },
-                )?,
-            },
+            }
             ToWorker::Start => {
-                let Some(Deployment {
-                    query,
-                    plan,
-                    instances,
-                }) = deployment.take()
-                else {
-                    return Err(EngineError::Protocol(
-                        "told to start before any deployment".into(),
-                    ));
-                };
-                for instance in instances {
-                    start_instance(instance, query.clone(), plan.clone(), writer.clone())?;
+                let d = deployment.as_mut().ok_or_else(|| {
+                    EngineError::Protocol("told to start before any deployment".into())
+                })?;
+                for instance in std::mem::take(&mut d.pending) {
+                    start_instance(instance, d, writer.clone())?;
                 }
+            }
+            ToWorker::StoreBackup {
+                instance,
+                frontier,
+                bytes,
+            } => {
+                backups.insert(instance, (frontier, bytes));
+                reply(&writer, &ToCoordinator::BackupStored { instance, frontier });
+            }
+            ToWorker::FetchBackup { instance } => {
+                let bytes = backups.get(&instance).map(|(_, b)| b.clone());
+                reply(&writer, &ToCoordinator::Backup { instance, bytes });
+            }
+            ToWorker::Trim {
+                downstream,
+                frontier,
+            } => {
+                inboxes.broadcast(|| ControlEvent::Trim {
+                    to: downstream,
+                    frontier,
+                });
+            }
+            ToWorker::Restore { instances, plan } => {
+                let d = deployment.as_mut().ok_or_else(|| {
+                    EngineError::Protocol("told to restore before any deployment".into())
+                })?;
+                d.plan = Arc::new(plan);
+                for (id, bytes) in instances {
+                    let restored = bytes
+                        .map(|b| Checkpoint::decode(&b))
+                        .transpose()
+                        .and_then(|checkpoint| {
+                            create_instance(d, id, checkpoint, &inboxes, &reports)
+                        })
+                        .and_then(|instance| start_instance(instance, d, writer.clone()));
+                    match restored {
+                        Ok(()) => reply(&writer, &ToCoordinator::Restored { instance: id }),
+                        Err(e) => reply(
+                            &writer,
+                            &ToCoordinator::InstanceFailed {
+                                instance: id,
+                                error: format!("could not restore: {e}"),
+                            },
+                        ),
+                    }
+                }
+            }
+            ToWorker::PlanUpdate { plan, replaced } => {
+                let d = deployment.as_mut().ok_or_else(|| {
+                    EngineError::Protocol("plan update before any deployment".into())
+                })?;
+                for &to in &replaced {
+                    let Some(addr) = plan.addr_of(to) else {
+                        continue;
+                    };
+                    inboxes.broadcast(|| ControlEvent::Rewire {
+                        to,
+                        addr: addr.to_string(),
+                    });
+                }
+                d.plan = Arc::new(plan);
             }
             ToWorker::Shutdown => {
                 tracing::info!("shutdown requested; exiting");
@@ -152,110 +232,202 @@ fn connect_coordinator(options: &WorkerOptions) -> Result<TcpStream, EngineError
     }
 }
 
-fn send(writer: &ControlWriter, message: &ToCoordinator) -> Result<(), EngineError> {
-    let mut stream = writer.lock().unwrap_or_else(|p| p.into_inner());
-    control::send(&mut *stream, message)
+/// Sends from the control loop: when the coordinator is gone there is no one
+/// to tell, and the next read ends the loop cleanly.
+fn reply(writer: &ControlWriter, message: &ToCoordinator) {
+    if let Err(e) = send(writer, message) {
+        tracing::debug!("cannot reply to the coordinator: {e}");
+    }
 }
 
-/// Builds the query and this worker's instances; inboxes exist from here on
-/// so that data channels opened by faster workers find their target.
+fn send(writer: &ControlWriter, message: &ToCoordinator) -> Result<(), EngineError> {
+    // Encode before taking the lock: a large checkpoint must not hold up
+    // heartbeats longer than the write itself.
+    let frame = control::encode(message)?;
+    let mut stream = writer.lock().unwrap_or_else(|p| p.into_inner());
+    control::send_encoded(&mut *stream, &frame)
+}
+
+/// Heartbeats go on a connection of their own so that they never wait
+/// behind a large checkpoint on the control connection.
+fn spawn_heartbeat(options: &WorkerOptions, data_addr: String) -> Result<(), EngineError> {
+    let mut stream = connect_coordinator(options)?;
+    control::write_hello(&mut stream)
+        .map_err(|e| EngineError::io("greeting the coordinator", e))?;
+    control::read_hello(&mut stream)?;
+    control::send(&mut stream, &ToCoordinator::Beat { data_addr })?;
+    let beat = control::encode(&ToCoordinator::Heartbeat)?;
+    thread::Builder::new()
+        .name("spate-heartbeat".into())
+        .spawn(move || {
+            while control::send_encoded(&mut stream, &beat).is_ok() {
+                thread::sleep(HEARTBEAT_EVERY);
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| EngineError::io("starting the heartbeat thread", e))
+}
+
+/// Forwards instances' reports (checkpoints above all, which may be large)
+/// to the coordinator off the instances' threads.
+fn spawn_reporter(writer: ControlWriter) -> Result<crossbeam_channel::Sender<Report>, EngineError> {
+    let (tx, rx) = crossbeam_channel::unbounded::<Report>();
+    thread::Builder::new()
+        .name("spate-reporter".into())
+        .spawn(move || {
+            for report in rx {
+                let message = match report {
+                    Report::Checkpoint {
+                        instance,
+                        frontier,
+                        bytes,
+                    } => ToCoordinator::Checkpoint {
+                        instance,
+                        frontier,
+                        bytes,
+                    },
+                    Report::Finished { instance, stats } => {
+                        ToCoordinator::InstanceFinished { instance, stats }
+                    }
+                    Report::CaughtUp { instance } => ToCoordinator::CaughtUp { instance },
+                };
+                if let Err(e) = send(&writer, &message) {
+                    tracing::error!("cannot report to the coordinator: {e}");
+                    return;
+                }
+            }
+        })
+        .map_err(|e| EngineError::io("starting the reporter thread", e))?;
+    Ok(tx)
+}
+
+/// Builds the query so that instances can be created from it.
 fn deploy(
     registry: &QueryRegistry,
     query_name: &str,
     params: &str,
     plan: Plan,
     worker: u32,
-    inboxes: &Inboxes,
+    checkpoint_ms: u64,
 ) -> Result<Deployment, EngineError> {
     let params: serde_json::Value = serde_json::from_str(params)
         .map_err(|e| EngineError::InvalidQuery(format!("query parameters are not JSON: {e}")))?;
     let query = registry.build(query_name, &params)?;
     plan.check_matches(&query)?;
-    let mut instances = Vec::new();
-    for (node, placed) in plan.instances().filter(|(_, i)| i.worker == worker) {
-        let ctx = InstanceContext {
-            operator: query.name(node).to_string(),
-            instance: placed.id,
-            index: placed.index,
-            parallelism: plan.nodes[node].instances.len() as u32,
-            key_range: placed.key_range,
-        };
-        let logic = query.instantiate(node, &ctx)?;
-        let inputs: HashMap<u32, usize> = plan
-            .upstream_instances(&query, node)
-            .into_iter()
-            .enumerate()
-            .map(|(channel, id)| (id, channel))
-            .collect();
-        instances.push(Instance {
-            id: placed.id,
-            operator: ctx.operator,
-            logic,
-            inputs,
-            inbox: inboxes.create(placed.id),
-            source_slot: placed.source_slot,
-        });
-    }
     Ok(Deployment {
         query: Arc::new(query),
         plan: Arc::new(plan),
-        instances,
+        worker,
+        checkpoint_every: (checkpoint_ms > 0).then(|| Duration::from_millis(checkpoint_ms)),
+        pending: Vec::new(),
+    })
+}
+
+/// Creates instance `id` as placed in the deployment's plan; its inbox
+/// exists from here on so that data channels opened early find it.
+fn create_instance(
+    d: &Deployment,
+    id: u32,
+    restore: Option<Checkpoint>,
+    inboxes: &Inboxes,
+    reports: &crossbeam_channel::Sender<Report>,
+) -> Result<Instance, EngineError> {
+    let (node, placed) = d
+        .plan
+        .instance(id)
+        .ok_or_else(|| EngineError::InvalidQuery(format!("instance {id} is not in the plan")))?;
+    let ctx = InstanceContext {
+        operator: d.query.name(node).to_string(),
+        instance: id,
+        index: placed.index,
+        parallelism: d.plan.nodes[node].instances.len() as u32,
+        key_range: placed.key_range,
+        restoring: restore.is_some(),
+    };
+    let logic = d.query.instantiate(node, &ctx)?;
+    let inputs: HashMap<u32, usize> = d
+        .plan
+        .upstream_instances(&d.query, node)
+        .into_iter()
+        .enumerate()
+        .map(|(channel, id)| (id, channel))
+        .collect();
+    Ok(Instance {
+        me: Sender {
+            instance: id,
+            incarnation: placed.incarnation,
+        },
+        operator: ctx.operator,
+        key_range: placed.key_range,
+        logic,
+        inputs,
+        inbox: inboxes.create(id),
+        source_slot: placed.source_slot,
+        restore,
+        checkpoint_every: d.checkpoint_every,
+        reports: reports.clone(),
     })
 }
 
 /// Opens one channel per downstream instance and routing tables per edge.
-fn connect_outbox(query: &Query, plan: &Plan, from: u32) -> Result<Outbox, EngineError> {
-    let (node, _) = plan
-        .instance(from)
-        .ok_or_else(|| EngineError::InvalidQuery(format!("instance {from} is not in the plan")))?;
-    let mut channel_of: HashMap<u32, usize> = HashMap::new();
-    let mut channels = Vec::new();
-    let mut ports = Vec::new();
-    for &target in query.edge_targets(node) {
-        let table = plan.routing(target)?;
-        for (_, to) in table.entries() {
-            if channel_of.contains_key(to) {
-                continue;
+fn connect_outbox(d: &Deployment, me: Sender) -> Result<Outbox, EngineError> {
+    let (node, _) = d.plan.instance(me.instance).ok_or_else(|| {
+        EngineError::InvalidQuery(format!("instance {} is not in the plan", me.instance))
+    })?;
+    let targets: Vec<(u32, String)> = d
+        .plan
+        .downstream_instances(&d.query, node)
+        .into_iter()
+        .fold(Vec::new(), |mut seen, id| {
+            if !seen.iter().any(|(s, _)| *s == id) {
+                let addr = d.plan.addr_of(id).unwrap_or_default().to_string();
+                seen.push((id, addr));
             }
-            let (_, placed) = plan.instance(*to).ok_or_else(|| {
-                EngineError::InvalidQuery(format!("instance {to} is not in the plan"))
-            })?;
-            let addr = &plan.workers[placed.worker as usize];
-            channel_of.insert(*to, channels.len());
-            channels.push(ChannelWriter::connect(from, *to, addr)?);
-        }
-        ports.push(table.map(|to| channel_of[to]));
+            seen
+        });
+    let mut ports: Vec<RoutingTable<usize>> = Vec::new();
+    for &target in d.query.edge_targets(node) {
+        let table = d.plan.routing(target)?;
+        ports.push(table.map(|to| {
+            targets
+                .iter()
+                .position(|(id, _)| id == to)
+                .expect("every routed instance has a channel")
+        }));
     }
-    Ok(Outbox::new(ports, channels))
+    Outbox::connect(me, &targets, ports, d.checkpoint_every.is_some())
 }
 
 fn start_instance(
     instance: Instance,
-    query: Arc<Query>,
-    plan: Arc<Plan>,
+    d: &Deployment,
     writer: ControlWriter,
 ) -> Result<(), EngineError> {
-    let name = format!("spate-{}-{}", instance.operator, instance.id);
+    let name = format!("spate-{}-{}", instance.operator, instance.me.instance);
+    let me = instance.me;
+    let d = Deployment {
+        query: d.query.clone(),
+        plan: d.plan.clone(),
+        worker: d.worker,
+        checkpoint_every: d.checkpoint_every,
+        pending: Vec::new(),
+    };
     thread::Builder::new()
         .name(name)
         .spawn(move || {
-            let id = instance.id;
-            let result = connect_outbox(&query, &plan, id).and_then(|outbox| instance.run(outbox));
-            let report = match result {
-                Ok(stats) => ToCoordinator::InstanceFinished {
-                    instance: id,
-                    stats,
-                },
-                Err(e) => {
-                    tracing::error!(instance = id, "instance failed: {e}");
-                    ToCoordinator::InstanceFailed {
-                        instance: id,
-                        error: e.to_string(),
-                    }
+            let result = connect_outbox(&d, me).and_then(|outbox| instance.run(outbox));
+            if let Err(e) = result {
+                tracing::error!(instance = me.instance, "instance failed: {e}");
+                let failed = ToCoordinator::InstanceFailed {
+                    instance: me.instance,
+                    error: e.to_string(),
+                };
+                if let Err(e) = send(&writer, &failed) {
+                    tracing::error!(
+                        "cannot report instance {} to the coordinator: {e}",
+                        me.instance
+                    );
                 }
-            };
-            if let Err(e) = send(&writer, &report) {
-                tracing::error!("cannot report instance {id} to the coordinator: {e}");
             }
         })
         .map(|_| ())

@@ -7,17 +7,7 @@ use std::path::Path;
 
 use super::input::{integers, Lines};
 use super::rules::{AlertRow, ExpenditureRow, TollRow};
-use super::ValidateError;
-
-/// One parsed output row: what is compared, its Emit, and where it was.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Row<K> {
-    pub key: K,
-    /// The row's input Time, for the latency check.
-    pub time: i64,
-    pub emit: i64,
-    pub line: u64,
-}
+use super::{Latency, ValidateError, DEADLINE_SECS, EXPENDITURE_DEADLINE_SECS};
 
 /// An account-balance answer `2,Time,Emit,QID,ResultTime,Bal`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,10 +18,12 @@ pub(super) struct BalanceAnswer {
     pub bal: i64,
 }
 
-/// The rows of one output file, and the rows that did not parse as messages.
+/// One output file: its rows with their line numbers, the rows that did not
+/// parse (as messages), and the latency of the rows that did.
 pub(super) struct OutputFile<K> {
-    pub rows: Vec<Row<K>>,
+    pub rows: Vec<(K, u64)>,
     pub malformed: Vec<String>,
+    pub latency: Latency,
 }
 
 /// How one kind of output row is laid out.
@@ -40,6 +32,8 @@ pub(super) trait OutputKind: Sized {
     const FILE: &'static str;
     /// The Type value in the first column.
     const TYPE: i64;
+    /// The answer's deadline in wall-clock seconds.
+    const DEADLINE_SECS: f64;
     /// Column names (at most 6), for messages.
     const NAMES: &'static [&'static str];
     /// Builds the row from its columns (as many integers as `NAMES`);
@@ -54,6 +48,7 @@ fn time_u32(time: i64) -> Result<u32, String> {
 impl OutputKind for TollRow {
     const FILE: &'static str = "tolls.csv";
     const TYPE: i64 = 0;
+    const DEADLINE_SECS: f64 = DEADLINE_SECS;
     const NAMES: &'static [&'static str] = &["Type", "VID", "Time", "Emit", "LAV", "Toll"];
     fn from_columns(c: &[i64]) -> Result<(Self, i64, i64), String> {
         let lav = i32::try_from(c[4]).map_err(|_| format!("LAV {} is not a speed", c[4]))?;
@@ -70,6 +65,7 @@ impl OutputKind for TollRow {
 impl OutputKind for AlertRow {
     const FILE: &'static str = "accidents.csv";
     const TYPE: i64 = 1;
+    const DEADLINE_SECS: f64 = DEADLINE_SECS;
     const NAMES: &'static [&'static str] = &["Type", "Time", "Emit", "VID", "Seg"];
     fn from_columns(c: &[i64]) -> Result<(Self, i64, i64), String> {
         let seg = u32::try_from(c[4]).map_err(|_| format!("Seg {} is not a segment", c[4]))?;
@@ -85,6 +81,7 @@ impl OutputKind for AlertRow {
 impl OutputKind for BalanceAnswer {
     const FILE: &'static str = "balances.csv";
     const TYPE: i64 = 2;
+    const DEADLINE_SECS: f64 = DEADLINE_SECS;
     const NAMES: &'static [&'static str] = &["Type", "Time", "Emit", "QID", "ResultTime", "Bal"];
     fn from_columns(c: &[i64]) -> Result<(Self, i64, i64), String> {
         let row = BalanceAnswer {
@@ -100,6 +97,7 @@ impl OutputKind for BalanceAnswer {
 impl OutputKind for ExpenditureRow {
     const FILE: &'static str = "expenditures.csv";
     const TYPE: i64 = 3;
+    const DEADLINE_SECS: f64 = EXPENDITURE_DEADLINE_SECS;
     const NAMES: &'static [&'static str] = &["Type", "Time", "Emit", "QID", "Bal"];
     fn from_columns(c: &[i64]) -> Result<(Self, i64, i64), String> {
         let row = ExpenditureRow {
@@ -127,9 +125,13 @@ fn parse_row<K: OutputKind>(text: &str) -> Result<(K, i64, i64), String> {
     K::from_columns(columns)
 }
 
-/// Reads `dir/K::FILE`. A missing file is an error (the run did not finish
-/// or wrote elsewhere); malformed rows are collected as messages.
-pub(super) fn read_output<K: OutputKind>(dir: &Path) -> Result<OutputFile<K>, ValidateError> {
+/// Reads `dir/K::FILE`, recording each row's latency at speed-up `speedup`.
+/// A missing file is an error (the run did not finish or wrote elsewhere);
+/// malformed rows are collected as messages.
+pub(super) fn read_output<K: OutputKind>(
+    dir: &Path,
+    speedup: f64,
+) -> Result<OutputFile<K>, ValidateError> {
     let path = dir.join(K::FILE);
     let file = File::open(&path).map_err(|source| {
         if source.kind() == ErrorKind::NotFound {
@@ -145,6 +147,7 @@ pub(super) fn read_output<K: OutputKind>(dir: &Path) -> Result<OutputFile<K>, Va
     let mut out = OutputFile {
         rows: Vec::new(),
         malformed: Vec::new(),
+        latency: Latency::new(K::DEADLINE_SECS),
     };
     loop {
         // A line that is not UTF-8 is just another malformed row.
@@ -159,12 +162,10 @@ pub(super) fn read_output<K: OutputKind>(dir: &Path) -> Result<OutputFile<K>, Va
             Err(other) => return Err(other),
         };
         match parse_row::<K>(text) {
-            Ok((key, time, emit)) => out.rows.push(Row {
-                key,
-                time,
-                emit,
-                line,
-            }),
+            Ok((key, time, emit)) => {
+                out.latency.record(time, emit, speedup);
+                out.rows.push((key, line));
+            }
             Err(why) => {
                 let message = format!("{} line {line}: {why}: {text:?}", K::FILE);
                 out.malformed.push(message);

@@ -2,7 +2,7 @@
 //! scaled by the speed-up (or as fast as possible).
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter};
+use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -26,10 +26,23 @@ pub struct FeederStats {
 pub struct Feeder {
     reader: BufReader<File>,
     params: LrbParams,
+    /// Bytes of the input consumed so far.
+    offset: u64,
     line_no: u64,
     last_time: u32,
     pending: Option<(String, Option<u32>)>,
     start: Option<(Instant, u64)>,
+    stats: FeederStats,
+}
+
+/// Everything needed to resume the feeder exactly where a checkpoint left it.
+#[derive(Serialize, Deserialize)]
+struct Position {
+    offset: u64,
+    line_no: u64,
+    last_time: u32,
+    pending: Option<(String, Option<u32>)>,
+    start_unix_us: Option<u64>,
     stats: FeederStats,
 }
 
@@ -49,6 +62,7 @@ impl Feeder {
         Ok(Feeder {
             reader: BufReader::with_capacity(1 << 20, file),
             params: params.clone(),
+            offset: 0,
             line_no: 0,
             last_time: 0,
             pending: None,
@@ -59,9 +73,11 @@ impl Feeder {
 
     fn read_line(&mut self) -> Result<Option<(String, Option<u32>)>, OperatorError> {
         let mut text = String::new();
-        if self.reader.read_line(&mut text)? == 0 {
+        let read = self.reader.read_line(&mut text)?;
+        if read == 0 {
             return Ok(None);
         }
+        self.offset += read as u64;
         self.line_no += 1;
         let len = text.trim_end_matches(['\n', '\r']).len();
         text.truncate(len);
@@ -84,6 +100,37 @@ impl Feeder {
 
 impl Source for Feeder {
     type Out = Msg;
+
+    fn checkpoint(&mut self) -> Result<Option<Vec<u8>>, OperatorError> {
+        let position = Position {
+            offset: self.offset,
+            line_no: self.line_no,
+            last_time: self.last_time,
+            pending: self.pending.clone(),
+            start_unix_us: self.start.map(|(_, us)| us),
+            stats: self.stats.clone(),
+        };
+        serde_json::to_vec(&position)
+            .map(Some)
+            .map_err(|e| OperatorError::new(format!("encoding the feeder position: {e}")))
+    }
+
+    fn restore(&mut self, position: &[u8]) -> Result<(), OperatorError> {
+        let p: Position = serde_json::from_slice(position)
+            .map_err(|e| OperatorError::new(format!("decoding the feeder position: {e}")))?;
+        self.reader.seek(SeekFrom::Start(p.offset))?;
+        self.offset = p.offset;
+        self.line_no = p.line_no;
+        self.last_time = p.last_time;
+        self.pending = p.pending;
+        self.stats = p.stats;
+        // Keep the original schedule: the run's start is a wall-clock instant.
+        self.start = p.start_unix_us.map(|us| {
+            let behind = Duration::from_micros(unix_micros().saturating_sub(us));
+            (Instant::now() - behind, us)
+        });
+        Ok(())
+    }
 
     fn next(&mut self) -> Result<SourceStep<Msg>, OperatorError> {
         let (start, start_us) = *self

@@ -114,7 +114,7 @@ pub fn build(params: &LrbParams) -> Result<Query, EngineError> {
             kind.name(),
             1,
             &[from.filter(move |m| kind.accepts(m))],
-            move |_| AnswerSink::create(kind, &p),
+            move |ctx| AnswerSink::create(kind, &p, ctx),
         );
     }
     q.build()

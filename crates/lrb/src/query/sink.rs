@@ -2,11 +2,11 @@
 //! validator, and measure every answer's latency against its deadline.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use spate_engine::{OperatorError, Sink};
+use spate_engine::{InstanceContext, OperatorError, Sink};
 
 use super::feeder::unix_micros;
 use super::{stats_dir, LrbParams};
@@ -27,6 +27,15 @@ pub struct SinkStats {
     pub deadline_misses: u64,
 }
 
+/// Where a sink's output stood at a checkpoint.
+#[derive(Serialize, Deserialize)]
+struct SinkPosition {
+    offset: u64,
+    written: u64,
+    misses: u64,
+    latency_us: Vec<(u64, u64)>,
+}
+
 /// Writes one kind of answer.
 pub struct AnswerSink {
     kind: AnswerKind,
@@ -40,11 +49,20 @@ pub struct AnswerSink {
 }
 
 impl AnswerSink {
-    /// Creates (truncates) the answer file.
-    pub fn create(kind: AnswerKind, params: &LrbParams) -> Result<Self, OperatorError> {
+    /// Creates (truncates) the answer file; when restoring, opens it as it
+    /// is, for [`Sink::restore`] to cut back to the checkpoint.
+    pub fn create(
+        kind: AnswerKind,
+        params: &LrbParams,
+        ctx: &InstanceContext,
+    ) -> Result<Self, OperatorError> {
         std::fs::create_dir_all(&params.out_dir)?;
         let path = params.out_dir.join(format!("{}.csv", kind.name()));
-        let file = File::create(&path)
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(!ctx.restoring)
+            .open(&path)
             .map_err(|e| OperatorError::new(format!("cannot create {}: {e}", path.display())))?;
         let latency_us = Histogram::new_with_bounds(1, 3_600_000_000, 3)
             .map_err(|e| OperatorError::new(format!("latency histogram: {e}")))?;
@@ -128,6 +146,39 @@ impl Sink for AnswerSink {
             }
         }
         self.written += 1;
+        Ok(())
+    }
+
+    fn checkpoint(&mut self) -> Result<Vec<u8>, OperatorError> {
+        self.out.flush()?;
+        let state = SinkPosition {
+            offset: self.out.get_mut().stream_position()?,
+            written: self.written,
+            misses: self.misses,
+            latency_us: self
+                .latency_us
+                .iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                .collect(),
+        };
+        serde_json::to_vec(&state)
+            .map_err(|e| OperatorError::new(format!("encoding the sink position: {e}")))
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), OperatorError> {
+        let state: SinkPosition = serde_json::from_slice(state)
+            .map_err(|e| OperatorError::new(format!("decoding the sink position: {e}")))?;
+        let file = self.out.get_mut();
+        file.set_len(state.offset)?;
+        file.seek(SeekFrom::Start(state.offset))?;
+        self.written = state.written;
+        self.misses = state.misses;
+        self.latency_us.reset();
+        for (value, count) in state.latency_us {
+            self.latency_us
+                .record_n(value, count)
+                .map_err(|e| OperatorError::new(format!("restoring latencies: {e}")))?;
+        }
         Ok(())
     }
 
