@@ -96,8 +96,9 @@ pub enum LrbCommand {
         /// Number of expressways (L) of the generated input.
         #[arg(long, default_value_t = 1)]
         xways: u32,
-        /// Simulated seconds of the generated input.
-        #[arg(long, default_value_t = 1_200)]
+        /// Simulated seconds of the generated input (long enough that runs
+        /// at high speed-ups still last seconds).
+        #[arg(long, default_value_t = 3_600)]
         duration_secs: u32,
         /// Generator seed.
         #[arg(long, default_value_t = 0)]
@@ -117,7 +118,7 @@ pub enum LrbCommand {
         out: PathBuf,
         /// Speed-ups to try, lowest first; 0 = as fast as possible. The
         /// sweep stops at the first failure.
-        #[arg(long, value_delimiter = ',', default_value = "25,50,100,200,400,800")]
+        #[arg(long, value_delimiter = ',', default_value = "50,100,200,400,800,1600")]
         speedups: Vec<f64>,
         /// Bisection steps between the last passing and first failing speed-up.
         #[arg(long, default_value_t = 2)]
@@ -125,6 +126,10 @@ pub enum LrbCommand {
         /// Keep the answer files of passing runs.
         #[arg(long)]
         keep_answers: bool,
+        /// Checkpoint interval of every instance, milliseconds; 0 benches
+        /// without fault tolerance.
+        #[arg(long, default_value_t = 1000)]
+        checkpoint_ms: u64,
     },
 }
 
@@ -247,6 +252,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
             speedups,
             bisect,
             keep_answers,
+            checkpoint_ms,
         } => {
             let mut partitions = crate::parse_partitions(&partitions)?;
             partitions.entry("toll_calculator".into()).or_insert(2);
@@ -258,6 +264,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
                 out_dir: out.clone(),
                 workers,
                 partitions,
+                checkpoint_ms,
                 speedups,
                 bisect,
                 keep_answers,

@@ -60,6 +60,9 @@ pub struct BenchOptions {
     pub workers: usize,
     /// Partitions per operator.
     pub partitions: BTreeMap<String, u32>,
+    /// Checkpoint interval of every instance, milliseconds; 0 measures the
+    /// query without fault tolerance, so the two can be compared.
+    pub checkpoint_ms: u64,
     /// Speed-ups to try, in any order; 0 (as fast as possible) counts as the
     /// highest.
     pub speedups: Vec<f64>,
@@ -186,6 +189,8 @@ pub struct BenchRun {
     pub answers: u64,
     /// Answers later than their deadline.
     pub deadline_misses: u64,
+    /// Checkpoints backed up during the run.
+    pub checkpoints: u64,
     /// Latency per answer kind, as the sinks measured it.
     pub latency: BTreeMap<String, SinkStats>,
     /// Whether the answers validated exactly; `None` when the run failed
@@ -211,6 +216,8 @@ pub struct BenchSummary {
     pub workers: usize,
     /// Partitions per operator as asked (operators not named have 1).
     pub partitions: BTreeMap<String, u32>,
+    /// Checkpoint interval, milliseconds (0: fault tolerance off).
+    pub checkpoint_ms: u64,
     /// CPUs this machine offers.
     pub cpus: usize,
     /// Every run, in the order they ran.
@@ -241,6 +248,7 @@ pub fn run(
         input,
         workers: options.workers,
         partitions: options.partitions.clone(),
+        checkpoint_ms: options.checkpoint_ms,
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         runs: Vec::new(),
         best: None,
@@ -484,8 +492,8 @@ fn run_one(
         params: params.clone(),
         workers: options.workers,
         partitions: options.partitions.clone(),
-        // Measured as deployed: checkpoints every second, no failures.
-        checkpoint_ms: 1000,
+        checkpoint_ms: options.checkpoint_ms,
+        // No failures are injected, so a standby worker would only idle.
         pool: 0,
         kills: Vec::new(),
         cancel: options.cancel.clone(),
@@ -523,6 +531,7 @@ fn run_one(
         l_equivalent: 0.0,
         answers: 0,
         deadline_misses: 0,
+        checkpoints: 0,
         latency: BTreeMap::new(),
         valid: None,
         workers_usage,
@@ -574,6 +583,7 @@ fn judge(
     run.l_equivalent = run.sustained_peak_rate / input.peak_per_xway.max(1.0);
     run.answers = report.answers;
     run.deadline_misses = report.deadline_misses;
+    run.checkpoints = report.checkpoints;
     run.latency = report.latency.clone();
     let cpu = run.workers_usage.user_secs + run.workers_usage.sys_secs;
     run.cpu_us_per_tuple = cpu * 1e6 / report.input_lines.max(1) as f64;
@@ -691,7 +701,7 @@ fn usage(_who: Who) -> Usage {
 /// The progress table's header.
 pub fn table_header() -> String {
     format!(
-        "{:>8} {:>10} {:>10} {:>9} {:>6} {:>9} {:>9} {:>9} {:>6} {:>8} {:>8} {:>5}  verdict",
+        "{:>8} {:>10} {:>10} {:>9} {:>6} {:>9} {:>9} {:>9} {:>6} {:>5} {:>8} {:>8} {:>5}  verdict",
         "speedup",
         "offered/s",
         "achieved/s",
@@ -701,6 +711,7 @@ pub fn table_header() -> String {
         "p99 bal",
         "max ms",
         "late",
+        "ckpts",
         "cpu us/t",
         "rss MiB",
         "load",
@@ -722,7 +733,7 @@ pub fn table_line(run: &BenchRun) -> String {
         format!("FAIL: {}", run.failures.join("; "))
     };
     format!(
-        "{:>8} {:>10.0} {:>10.0} {:>9} {:>6.1} {:>9.1} {:>9.1} {:>9.1} {:>6} {:>8.1} {:>8.1} {:>5}  {}",
+        "{:>8} {:>10.0} {:>10.0} {:>9} {:>6.1} {:>9.1} {:>9.1} {:>9.1} {:>6} {:>5} {:>8.1} {:>8.1} {:>5}  {}",
         speedup,
         run.offered_rate,
         run.achieved_rate,
@@ -732,6 +743,7 @@ pub fn table_line(run: &BenchRun) -> String {
         p99("balances"),
         max_ms,
         run.deadline_misses,
+        run.checkpoints,
         run.cpu_us_per_tuple,
         run.workers_usage.max_rss_kib as f64 / 1024.0,
         run.load_average.map_or("-".to_string(), |l| format!("{l:.1}")),
@@ -775,8 +787,14 @@ pub fn plot(summary: &BenchSummary) -> String {
     let _ = writeln!(svg, r#"<rect width="1000" height="420" fill="white"/>"#);
     let _ = writeln!(
         svg,
-        r#"<text x="500" y="20" text-anchor="middle" font-size="14">Linear Road on Spate: L={} input, {} workers, {} CPUs (green: pass, red: fail)</text>"#,
-        summary.input.xways, summary.workers, summary.cpus
+        r#"<text x="500" y="20" text-anchor="middle" font-size="14">Linear Road on Spate: L={} input, {} workers, {} CPUs, {} (green: pass, red: fail)</text>"#,
+        summary.input.xways,
+        summary.workers,
+        summary.cpus,
+        match summary.checkpoint_ms {
+            0 => "no checkpoints".to_string(),
+            ms => format!("checkpoints every {ms} ms"),
+        }
     );
     let rate_chart = Chart {
         left: 80.0,
@@ -1074,6 +1092,7 @@ mod tests {
             l_equivalent: speedup,
             answers: 10,
             deadline_misses: 0,
+            checkpoints: 3,
             latency,
             valid: Some(passed),
             workers_usage: Usage::default(),
@@ -1093,6 +1112,7 @@ mod tests {
             out_dir: PathBuf::from("o"),
             workers: 1,
             partitions: BTreeMap::new(),
+            checkpoint_ms: 1000,
             speedups: vec![0.0, 200.0, 50.0, 50.0],
             bisect: 0,
             keep_answers: false,
@@ -1128,6 +1148,7 @@ mod tests {
             },
             workers: 3,
             partitions: BTreeMap::new(),
+            checkpoint_ms: 1000,
             cpus: 2,
             runs: vec![run_at(50.0, true), run_at(100.0, false), run_at(0.0, true)],
             best: Some(0),

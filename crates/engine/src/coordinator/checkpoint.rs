@@ -5,6 +5,9 @@
 //!    instance's own worker, so one failure cannot take both;
 //! 3. when the holder acknowledges, the backup is durable: the upstreams are
 //!    told to trim their output buffers up to the checkpoint's frontier.
+//!
+//! The coordinator also keeps the latest checkpoint of each instance, a second
+//! replica for failures that take an instance and its holder at once.
 
 use crate::error::EngineError;
 use crate::hash::mix64;

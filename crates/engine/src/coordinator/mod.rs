@@ -234,6 +234,10 @@ struct Job<'a> {
     backups: HashMap<u32, (u32, Stamp)>,
     /// Instances whose only backup was lost with a failed holder.
     unprotected: HashSet<u32>,
+    /// The latest checkpoint of each instance, kept here as a second copy so
+    /// that a failure that takes an instance and its holder together (two
+    /// workers at once) is still recoverable.
+    copies: HashMap<u32, (Stamp, Vec<u8>)>,
     finished: BTreeMap<u32, InstanceReport>,
     timeline: Vec<JobEvent>,
     recoveries: Vec<RecoveryTimeline>,
@@ -302,6 +306,7 @@ impl Coordinator {
             pool: VecDeque::new(),
             backups: HashMap::new(),
             unprotected: HashSet::new(),
+            copies: HashMap::new(),
             finished: BTreeMap::new(),
             timeline: Vec::new(),
             recoveries: Vec::new(),

@@ -16,6 +16,10 @@ use crate::wire::control::{ToCoordinator, ToWorker};
 
 use super::{kill_process, Event, Job, RecoveryTimeline};
 
+/// An instance and the encoded checkpoint to restore it from (none: start
+/// from the beginning).
+type Restorable = (u32, Option<Vec<u8>>);
+
 /// Failures this close together are recovered as one.
 const GATHER_FAILURES: Duration = Duration::from_millis(30);
 
@@ -184,21 +188,23 @@ impl Job<'_> {
     fn fetch_checkpoints(
         &mut self,
         failed: &[u32],
-    ) -> Result<Vec<(u32, Option<Vec<u8>>)>, EngineError> {
+    ) -> Result<Vec<Restorable>, EngineError> {
         let mut result = Vec::new();
         let mut asked = 0;
         for &id in failed {
-            if self.unprotected.contains(&id) {
-                return Err(EngineError::Checkpoint(format!(
-                    "cannot recover instance {id}: its latest checkpoint was lost with its backup holder and no newer one was taken"
-                )));
-            }
-            match self.backups.get(&id) {
-                Some(&(holder, _)) => {
+            match (self.backups.get(&id), self.copies.get(&id)) {
+                (Some(&(holder, _)), _) => {
                     self.send(holder, &ToWorker::FetchBackup { instance: id })?;
                     asked += 1;
                 }
-                None => result.push((id, None)),
+                // The holder failed too: use the coordinator's replica.
+                (None, Some((_, bytes))) => result.push((id, Some(bytes.clone()))),
+                (None, None) if self.unprotected.contains(&id) => {
+                    return Err(EngineError::Checkpoint(format!(
+                        "cannot recover instance {id}: its latest checkpoint was lost with its backup holder"
+                    )))
+                }
+                (None, None) => result.push((id, None)),
             }
         }
         let deadline = Instant::now() + self.config.startup_timeout;
