@@ -206,6 +206,8 @@ pub fn run(command: LrbCommand) -> Result<()> {
                 checkpoint_ms: fault_tolerance.checkpoint_ms,
                 pool: fault_tolerance.pool,
                 kills: fault_tolerance.kill,
+                view: None,
+                commands: None,
                 cancel: crate::cancel_on_ctrl_c(),
             };
             eprintln!(

@@ -496,6 +496,8 @@ fn run_one(
         // No failures are injected, so a standby worker would only idle.
         pool: 0,
         kills: Vec::new(),
+        view: None,
+        commands: None,
         cancel: options.cancel.clone(),
     };
     let load_average = std::fs::read_to_string("/proc/loadavg")

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use spate_engine::cluster::run_local;
+use spate_engine::coordinator::view::{HistoryPoint, JobCommand, SharedView};
 use spate_engine::coordinator::{JobConfig, JobEvent, KillSpec, RecoveryTimeline};
 use spate_engine::{EngineError, QueryRegistry};
 
@@ -29,6 +30,10 @@ pub struct RunOptions {
     pub pool: usize,
     /// Failures to inject.
     pub kills: Vec<KillSpec>,
+    /// Where to publish the cluster's state (the dashboard reads it).
+    pub view: Option<SharedView>,
+    /// Commands from the dashboard or CLI.
+    pub commands: Option<crossbeam_channel::Receiver<JobCommand>>,
     /// Set to abort the run.
     pub cancel: Arc<AtomicBool>,
 }
@@ -87,6 +92,8 @@ pub struct RunReport {
     pub recoveries: Vec<RecoveryTimeline>,
     /// Everything notable the coordinator did, in order.
     pub events: Vec<JobEvent>,
+    /// The cluster second by second: rates, utilisation, partitions, workers.
+    pub history: Vec<HistoryPoint>,
 }
 
 /// Runs the query and writes `report.json` into the output directory.
@@ -108,6 +115,8 @@ pub fn run(
     config.checkpoint_interval = std::time::Duration::from_millis(options.checkpoint_ms);
     config.pool = options.pool;
     config.kills = options.kills.clone();
+    config.view = options.view.clone();
+    config.commands = options.commands.clone();
     let summary = run_local(registry, &config, program)?;
 
     let feeder: crate::query::FeederStats = read_json(&stats.join("feeder.json"))?;
@@ -152,6 +161,7 @@ pub fn run(
         checkpoints: summary.checkpoints,
         recoveries: summary.recoveries,
         events: summary.events,
+        history: summary.history,
     };
     let path = params.out_dir.join("report.json");
     let text = serde_json::to_string_pretty(&report)

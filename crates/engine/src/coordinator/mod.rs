@@ -8,8 +8,10 @@
 //!   and replay.
 
 mod checkpoint;
+mod monitor;
 pub mod plan;
 mod recovery;
+pub mod view;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -93,6 +95,10 @@ pub struct JobConfig {
     pub startup_timeout: Duration,
     /// Set (e.g. by a Ctrl-C handler) to abort the job.
     pub cancel: Arc<AtomicBool>,
+    /// Where to publish the cluster's state (for an HTTP API), if anywhere.
+    pub view: Option<view::SharedView>,
+    /// Commands from outside (HTTP API, CLI), if any.
+    pub commands: Option<crossbeam_channel::Receiver<view::JobCommand>>,
 }
 
 impl JobConfig {
@@ -109,6 +115,8 @@ impl JobConfig {
             kills: Vec::new(),
             startup_timeout: Duration::from_secs(30),
             cancel: Arc::new(AtomicBool::new(false)),
+            view: None,
+            commands: None,
         }
     }
 }
@@ -181,6 +189,8 @@ pub struct JobSummary {
     pub recoveries: Vec<RecoveryTimeline>,
     /// Checkpoints backed up.
     pub checkpoints: u64,
+    /// The cluster second by second: rates, utilisation, partitions, workers.
+    pub history: Vec<view::HistoryPoint>,
 }
 
 /// A bound coordinator, ready for workers to connect.
@@ -245,6 +255,10 @@ struct Job<'a> {
     checkpoints: u64,
     /// Restored instances that have not yet reported catching up.
     awaiting_catch_up: HashSet<u32>,
+    rates: HashMap<u32, monitor::InstanceRates>,
+    history: Vec<view::HistoryPoint>,
+    last_history: Instant,
+    last_publish: Instant,
 }
 
 impl Coordinator {
@@ -313,8 +327,23 @@ impl Coordinator {
             kills: config.kills.clone(),
             checkpoints: 0,
             awaiting_catch_up: HashSet::new(),
+            rates: HashMap::new(),
+            history: Vec::new(),
+            last_history: Instant::now(),
+            last_publish: Instant::now(),
         };
         let result = job.run();
+        if let Some(view) = &config.view {
+            job.publish(true);
+            if let (Err(e), Ok(mut v)) = (&result, view.write()) {
+                v.state = "failed".into();
+                v.events.push(JobEvent {
+                    at_ms: job.elapsed_ms(),
+                    kind: "error".into(),
+                    detail: e.to_string(),
+                });
+            }
+        }
         for link in job.links.iter().filter(|l| l.alive) {
             // Best effort: a worker that already died cannot be told.
             let _ = control::send(&mut &link.stream, &ToWorker::Shutdown);
@@ -570,6 +599,7 @@ impl Job<'_> {
             events: std::mem::take(&mut self.timeline),
             recoveries: std::mem::take(&mut self.recoveries),
             checkpoints: self.checkpoints,
+            history: std::mem::take(&mut self.history),
         })
     }
 
@@ -601,7 +631,9 @@ impl Job<'_> {
                     self.config.startup_timeout
                 )));
             }
+            self.commands();
             self.fire_kills();
+            self.publish(false);
             if let Some(silent) = self.silent_worker().filter(|_| self.running) {
                 self.failed(vec![silent], "it missed its heartbeats")?;
                 continue;
@@ -697,6 +729,10 @@ impl Job<'_> {
                     stats,
                 };
                 self.finished.insert(instance, report);
+                Ok(())
+            }
+            ToCoordinator::Metrics(metrics) => {
+                self.metrics(metrics);
                 Ok(())
             }
             ToCoordinator::CaughtUp { instance } => {

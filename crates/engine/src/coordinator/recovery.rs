@@ -185,10 +185,7 @@ impl Job<'_> {
     /// Asks the holders for the failed instances' checkpoints (none: the
     /// instance never completed a backup and restarts from the beginning,
     /// which its upstreams can replay since they never trimmed for it).
-    fn fetch_checkpoints(
-        &mut self,
-        failed: &[u32],
-    ) -> Result<Vec<Restorable>, EngineError> {
+    fn fetch_checkpoints(&mut self, failed: &[u32]) -> Result<Vec<Restorable>, EngineError> {
         let mut result = Vec::new();
         let mut asked = 0;
         for &id in failed {

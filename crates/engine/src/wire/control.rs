@@ -22,6 +22,29 @@ pub struct InstanceStats {
     pub tuples_out: u64,
 }
 
+/// Cumulative counters of one instance, sent every [`METRICS_EVERY`]; the
+/// coordinator turns consecutive samples into rates and utilisation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct InstanceMetrics {
+    /// The instance.
+    pub instance: u32,
+    /// Tuples processed (sources: emitted) so far.
+    pub tuples_in: u64,
+    /// Tuples sent so far.
+    pub tuples_out: u64,
+    /// CPU seconds the instance's thread has used so far.
+    pub cpu_secs: f64,
+    /// Batches waiting in its inbox and merge.
+    pub queued_batches: u64,
+    /// Bytes held in its output buffer for replay.
+    pub buffered_bytes: u64,
+    /// Every input at or below this stamp is processed.
+    pub frontier: Stamp,
+}
+
+/// How often instances report metrics.
+pub const METRICS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Worker to coordinator.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ToCoordinator {
@@ -67,6 +90,8 @@ pub enum ToCoordinator {
         #[serde(with = "serde_bytes")]
         bytes: Option<Vec<u8>>,
     },
+    /// An instance's counters.
+    Metrics(InstanceMetrics),
     /// A restored instance was created and started.
     Restored {
         /// The instance.
@@ -158,6 +183,8 @@ pub enum ToWorker {
         /// Instances restored elsewhere.
         replaced: Vec<u32>,
     },
+    /// Every instance should checkpoint now (an operator asked).
+    CheckpointNow,
     /// The job is over (or aborted): exit.
     Shutdown,
 }

@@ -37,6 +37,8 @@ pub(crate) enum ControlEvent {
     Trim { to: u32, frontier: Stamp },
     /// Downstream `to` was restored at `addr`: reconnect and replay.
     Rewire { to: u32, addr: String },
+    /// Checkpoint at the next opportunity.
+    CheckpointNow,
 }
 
 /// The receiving ends of an instance's queues.

@@ -16,7 +16,7 @@ use crate::error::EngineError;
 use crate::stamp::merge::Merge;
 use crate::stamp::Stamp;
 use crate::state::{Checkpoint, CheckpointParts, KeyRange, OutputBuffer};
-use crate::wire::control::InstanceStats;
+use crate::wire::control::{InstanceMetrics, InstanceStats, METRICS_EVERY};
 
 /// A source flushes at least this often while it is producing.
 const SOURCE_FLUSH_EVERY: Duration = Duration::from_millis(5);
@@ -35,6 +35,22 @@ pub(crate) enum Report {
     Finished { instance: u32, stats: InstanceStats },
     /// A restored instance has drained the backlog its recovery built up.
     CaughtUp { instance: u32 },
+    /// Periodic counters.
+    Metrics(InstanceMetrics),
+}
+
+/// CPU time used by the calling thread, for utilisation metrics.
+fn thread_cpu_secs() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only into the timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 /// An instance ready to run on its own thread.
@@ -66,6 +82,7 @@ struct Runner {
     checkpointed: Option<Stamp>,
     reports: crossbeam_channel::Sender<Report>,
     restored_at: Option<Stamp>,
+    next_metrics: Instant,
 }
 
 impl Instance {
@@ -82,6 +99,7 @@ impl Instance {
             checkpointed: None,
             reports: self.reports,
             restored_at: self.restore.as_ref().map(|c| c.frontier),
+            next_metrics: Instant::now() + METRICS_EVERY,
         };
         match self.logic {
             Logic::Source(source) => {
@@ -109,17 +127,18 @@ impl Runner {
     }
 
     /// Applies a control event from the coordinator.
-    fn control(&self, event: ControlEvent, outbox: &mut Outbox) -> Result<(), EngineError> {
+    fn control(&mut self, event: ControlEvent, outbox: &mut Outbox) -> Result<(), EngineError> {
         match event {
             ControlEvent::Trim { to, frontier } => outbox.trim(to, frontier),
             ControlEvent::Rewire { to, addr } => outbox.rewire(self.me, to, &addr)?,
+            ControlEvent::CheckpointNow => self.next_checkpoint = Instant::now(),
         }
         Ok(())
     }
 
     /// Applies every waiting control event.
-    fn control_pending(&self, outbox: &mut Outbox) -> Result<(), EngineError> {
-        for event in self.inbox.control.try_iter() {
+    fn control_pending(&mut self, outbox: &mut Outbox) -> Result<(), EngineError> {
+        while let Ok(event) = self.inbox.control.try_recv() {
             self.control(event, outbox)?;
         }
         Ok(())
@@ -151,6 +170,33 @@ impl Runner {
                 None
             }
         }
+    }
+
+    /// Sends the periodic metrics when they are due.
+    fn metrics(&mut self, tuples_in: u64, queued_batches: usize, frontier: Stamp, outbox: &Outbox) {
+        let now = Instant::now();
+        if now < self.next_metrics {
+            return;
+        }
+        self.next_metrics = now + METRICS_EVERY;
+        self.report(Report::Metrics(InstanceMetrics {
+            instance: self.me.instance,
+            tuples_in,
+            tuples_out: outbox.tuples_out(),
+            cpu_secs: thread_cpu_secs(),
+            queued_batches: queued_batches as u64,
+            buffered_bytes: outbox.buffered_bytes() as u64,
+            frontier,
+        }));
+    }
+
+    /// How long to wait for input before a periodic duty is due.
+    fn idle_timeout(&self) -> Duration {
+        let next = match self.checkpoint_every {
+            Some(_) => self.next_checkpoint.min(self.next_metrics),
+            None => self.next_metrics,
+        };
+        next.saturating_duration_since(Instant::now())
     }
 
     fn checkpoint_due(&self, frontier: Stamp) -> bool {
@@ -198,7 +244,7 @@ impl Runner {
     }
 
     /// After the end of input: serve trims and rewirings until shutdown.
-    fn linger(&self, outbox: &mut Outbox) -> Result<(), EngineError> {
+    fn linger(&mut self, outbox: &mut Outbox) -> Result<(), EngineError> {
         loop {
             select! {
                 recv(self.inbox.control) -> event => match event {
@@ -253,6 +299,9 @@ impl Runner {
             }
             outbox.set_stamp(next);
             outbox.set_mark_floor(mark);
+            if seq % 1024 == 0 {
+                self.metrics(seq, 0, mark, &outbox);
+            }
             match source.poll(&mut outbox).map_err(|e| self.fail(e))? {
                 SourcePoll::Emitted => {
                     seq += 1;
@@ -264,6 +313,7 @@ impl Runner {
                 SourcePoll::WaitUntil(at) => {
                     outbox.flush(mark);
                     last_flush = Instant::now();
+                    self.metrics(seq, 0, mark, &outbox);
                     self.wait_until(at, &mut outbox)?;
                 }
                 SourcePoll::Done => {
@@ -290,7 +340,7 @@ impl Runner {
     }
 
     /// Sleeps until `at`, serving control events meanwhile.
-    fn wait_until(&self, at: Instant, outbox: &mut Outbox) -> Result<(), EngineError> {
+    fn wait_until(&mut self, at: Instant, outbox: &mut Outbox) -> Result<(), EngineError> {
         loop {
             let now = Instant::now();
             if now >= at {
@@ -328,12 +378,7 @@ impl Runner {
         let mut tuples_in = 0u64;
         let mut finished = merge.done().is_end();
         while !finished {
-            let timeout = self
-                .checkpoint_every
-                .map_or(Duration::from_secs(3600), |_| {
-                    self.next_checkpoint
-                        .saturating_duration_since(Instant::now())
-                });
+            let timeout = self.idle_timeout();
             let first = select! {
                 recv(self.inbox.control) -> event => {
                     if let Ok(event) = event {
@@ -379,6 +424,8 @@ impl Runner {
                     self.checkpoint(done, &entries, &state, &outbox)?;
                 }
             }
+            let queued = self.inbox.data.len() + merge.queued_batches();
+            self.metrics(tuples_in, queued, done, &outbox);
             if let Some(from) = self.restored_at {
                 if done > from && self.inbox.data.is_empty() && merge.queued_batches() == 0 {
                     self.report(Report::CaughtUp {

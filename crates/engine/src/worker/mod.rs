@@ -202,6 +202,7 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
                 }
                 d.plan = Arc::new(plan);
             }
+            ToWorker::CheckpointNow => inboxes.broadcast(|| ControlEvent::CheckpointNow),
             ToWorker::Shutdown => {
                 tracing::info!("shutdown requested; exiting");
                 return Ok(());
@@ -290,6 +291,7 @@ fn spawn_reporter(writer: ControlWriter) -> Result<crossbeam_channel::Sender<Rep
                         ToCoordinator::InstanceFinished { instance, stats }
                     }
                     Report::CaughtUp { instance } => ToCoordinator::CaughtUp { instance },
+                    Report::Metrics(metrics) => ToCoordinator::Metrics(metrics),
                 };
                 if let Err(e) = send(&writer, &message) {
                     tracing::error!("cannot report to the coordinator: {e}");

@@ -1,0 +1,131 @@
+//! What the coordinator shows the outside world: a snapshot of the cluster
+//! (workers, instances with their key ranges and metrics, events, recovery
+//! timelines, a per-second history) for the HTTP API and dashboard, and the
+//! commands they may send back.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use super::{JobEvent, RecoveryTimeline};
+
+/// The view, shared between the coordinator (writer) and servers (readers).
+pub type SharedView = Arc<RwLock<ClusterView>>;
+
+/// A snapshot of a running job.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// The query's registered name.
+    pub query: String,
+    /// `starting`, `running`, `finished` or `failed`.
+    pub state: String,
+    /// Milliseconds since the job started.
+    pub elapsed_ms: u64,
+    /// Checkpoint interval, milliseconds (0: fault tolerance off).
+    pub checkpoint_ms: u64,
+    /// Every worker that ever joined.
+    pub workers: Vec<WorkerView>,
+    /// The query graph: operators in query order with their instances.
+    pub operators: Vec<OperatorView>,
+    /// Operator-to-operator edges, by name.
+    pub edges: Vec<(String, String)>,
+    /// Everything notable, oldest first.
+    pub events: Vec<JobEvent>,
+    /// One timeline per recovery.
+    pub recoveries: Vec<RecoveryTimeline>,
+    /// Checkpoints backed up so far.
+    pub checkpoints: u64,
+    /// One point per second.
+    pub history: Vec<HistoryPoint>,
+}
+
+/// One worker process.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct WorkerView {
+    /// Index in the plan.
+    pub index: u32,
+    /// OS process id.
+    pub pid: u32,
+    /// Data-channel address.
+    pub addr: String,
+    /// Not failed.
+    pub alive: bool,
+    /// Idle, kept for recovery and scale out.
+    pub pool: bool,
+}
+
+/// One operator of the query.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct OperatorView {
+    /// Its name.
+    pub name: String,
+    /// `Source`, `Stateless`, `Stateful` or `Sink`.
+    pub kind: String,
+    /// Its instances, in key-range order.
+    pub instances: Vec<InstanceView>,
+}
+
+/// One instance and its latest metrics.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct InstanceView {
+    /// Instance id.
+    pub id: u32,
+    /// Index within the operator.
+    pub index: u32,
+    /// Hosting worker.
+    pub worker: u32,
+    /// First key hash owned.
+    pub key_start: u64,
+    /// Last key hash owned.
+    pub key_end: u64,
+    /// Times restored.
+    pub incarnation: u32,
+    /// CPU time over wall time in the last interval (1.0 = one core).
+    pub utilization: f64,
+    /// Tuples processed per second.
+    pub in_rate: f64,
+    /// Tuples sent per second.
+    pub out_rate: f64,
+    /// Batches waiting.
+    pub queued_batches: u64,
+    /// Bytes held for replay.
+    pub buffered_bytes: u64,
+    /// Tuples processed in all.
+    pub tuples_in: u64,
+    /// Tuples sent in all.
+    pub tuples_out: u64,
+    /// Reached the end of its input.
+    pub finished: bool,
+}
+
+/// The cluster at one second.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HistoryPoint {
+    /// Milliseconds since the job started.
+    pub at_ms: u64,
+    /// Live workers hosting instances.
+    pub workers: usize,
+    /// Per operator: tuples in per second, summed over instances.
+    pub in_rate: BTreeMap<String, f64>,
+    /// Per operator: highest instance utilisation.
+    pub utilization: BTreeMap<String, f64>,
+    /// Per operator: number of instances.
+    pub partitions: BTreeMap<String, usize>,
+}
+
+/// What an operator of the cluster (a person, through the API or CLI) can ask.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobCommand {
+    /// Kill a worker process (SIGKILL), to see it recover.
+    KillWorker(u32),
+    /// Kill the worker hosting an instance of an operator.
+    KillInstance {
+        /// Operator name.
+        operator: String,
+        /// Instance index.
+        index: u32,
+    },
+    /// Take a checkpoint of every instance now.
+    Checkpoint,
+}
