@@ -172,6 +172,7 @@ impl QueryBuilder {
                 Ok(Logic::Process(Box::new(StatelessNode {
                     op: factory(ctx)?,
                     edges: typed_edges::<O::Out>(edges)?,
+                    range: ctx.key_range,
                 })))
             })
         })
@@ -193,6 +194,7 @@ impl QueryBuilder {
                     op: factory(ctx)?,
                     edges: typed_edges::<O::Out>(edges)?,
                     state: KeyedState::default(),
+                    range: ctx.key_range,
                 })))
             })
         })
@@ -456,13 +458,22 @@ impl<S: Source> SourceLogic for SourceNode<S> {
     }
 }
 
+// Instances drop inputs they do not own. Routing never sends them any,
+// except just after a split, when upstreams replay the parent's buffered
+// inputs to both halves: each keeps only its own range.
+
 struct StatelessNode<O: Operator> {
     op: O,
     edges: Vec<Edge<O::Out>>,
+    /// Routed by stamp hash, as [`Edge::route_hash`] does.
+    range: KeyRange,
 }
 
 impl<O: Operator> ProcessLogic for StatelessNode<O> {
     fn process(&mut self, payload: &[u8], outbox: &mut Outbox) -> Result<(), OperatorError> {
+        if !self.range.contains(mix64(outbox.stamp().0)) {
+            return Ok(());
+        }
         self.op
             .process(decode(payload)?, &mut Output::new(&self.edges, outbox))
     }
@@ -472,12 +483,17 @@ struct StatefulNode<O: StatefulOperator> {
     op: O,
     edges: Vec<Edge<O::Out>>,
     state: KeyedState<O::Key, O::State>,
+    range: KeyRange,
 }
 
 impl<O: StatefulOperator> ProcessLogic for StatefulNode<O> {
     fn process(&mut self, payload: &[u8], outbox: &mut Outbox) -> Result<(), OperatorError> {
         let input: O::In = decode(payload)?;
-        let state = self.state.get_or_default(O::key(&input));
+        let key = O::key(&input);
+        if !self.range.contains(key_hash(&key)) {
+            return Ok(());
+        }
+        let state = self.state.get_or_default(key);
         self.op
             .process(input, state, &mut Output::new(&self.edges, outbox))
     }

@@ -709,9 +709,17 @@ impl Job<'_> {
         match message {
             ToCoordinator::Checkpoint {
                 instance,
+                incarnation,
                 frontier,
                 bytes,
-            } => self.back_up(instance, frontier, bytes),
+            } => {
+                let current = self.plan.instance(instance).map(|(_, p)| p.incarnation);
+                if current != Some(incarnation) {
+                    // From an incarnation that was replaced (split or restored).
+                    return Ok(());
+                }
+                self.back_up(instance, frontier, bytes)
+            }
             ToCoordinator::BackupStored { instance, frontier } => {
                 self.backup_stored(worker, instance, frontier);
                 Ok(())

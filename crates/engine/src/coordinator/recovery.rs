@@ -160,7 +160,7 @@ impl Job<'_> {
         // 4. Rewire upstreams and downstreams; replay follows.
         self.broadcast(&ToWorker::PlanUpdate {
             plan: self.plan.clone(),
-            replaced: failed.clone(),
+            added: Vec::new(),
         });
         let rewired_ms = self.elapsed_ms();
         let killed_ms = self

@@ -130,6 +130,16 @@ impl Merge {
         Ok(())
     }
 
+    /// Adds an input channel (a new upstream partition after a split) whose
+    /// upstream will send nothing at or below `mark`. Returns its index.
+    pub fn add_channel(&mut self, mark: Stamp) -> usize {
+        self.channels.push(ChannelQueue {
+            mark: mark.max(self.done),
+            ..ChannelQueue::default()
+        });
+        self.channels.len() - 1
+    }
+
     /// Forgets what a channel's previous upstream incarnation sent but was not
     /// yet released: its replacement (restored from a checkpoint) will send
     /// it again, and releasing both would duplicate it.

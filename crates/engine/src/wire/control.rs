@@ -10,6 +10,7 @@ use super::{MAX_CONTROL_FRAME, PROTOCOL_VERSION};
 use crate::coordinator::plan::Plan;
 use crate::error::EngineError;
 use crate::stamp::Stamp;
+use crate::worker::output::AddedInstance;
 
 const MAGIC: &[u8; 4] = b"SPTC";
 
@@ -69,6 +70,8 @@ pub enum ToCoordinator {
     Checkpoint {
         /// The instance.
         instance: u32,
+        /// Its incarnation: checkpoints of a replaced one are stale.
+        incarnation: u32,
         /// The checkpoint's frontier.
         frontier: Stamp,
         /// The encoded checkpoint.
@@ -176,12 +179,13 @@ pub enum ToWorker {
         /// The plan after the recovery.
         plan: Plan,
     },
-    /// The plan changed: `replaced` instances moved; reconnect to them.
+    /// The plan changed: instances were restored (a new incarnation) or
+    /// added by a split; reconnect and replay accordingly.
     PlanUpdate {
         /// The new plan.
         plan: Plan,
-        /// Instances restored elsewhere.
-        replaced: Vec<u32>,
+        /// Instances added by a split.
+        added: Vec<AddedInstance>,
     },
     /// Every instance should checkpoint now (an operator asked).
     CheckpointNow,

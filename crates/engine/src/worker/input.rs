@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::output::AddedInstance;
+use crate::coordinator::plan::Plan;
 use crate::error::EngineError;
 use crate::stamp::Stamp;
 use crate::wire::data::{read_batch, read_hello};
@@ -35,8 +37,14 @@ pub(crate) enum InputEvent {
 pub(crate) enum ControlEvent {
     /// Downstream `to` checkpointed at `frontier`: trim the output buffer.
     Trim { to: u32, frontier: Stamp },
-    /// Downstream `to` was restored at `addr`: reconnect and replay.
-    Rewire { to: u32, addr: String },
+    /// The plan changed (a recovery or a split): reconnect to restored
+    /// downstreams, connect to added ones, accept added upstreams.
+    Replan {
+        plan: Arc<Plan>,
+        added: Arc<Vec<AddedInstance>>,
+    },
+    /// A newer incarnation of this instance replaces it here: stop.
+    Stop,
     /// Checkpoint at the next opportunity.
     CheckpointNow,
 }
@@ -60,6 +68,13 @@ pub(crate) struct Inboxes {
 }
 
 impl Inboxes {
+    /// Tells a running instance to stop (it is being replaced here).
+    pub(crate) fn stop(&self, instance: u32) {
+        if let Some(senders) = self.lock().get(&instance) {
+            let _ = senders.control.send(ControlEvent::Stop);
+        }
+    }
+
     /// Creates the queues of `instance` (replacing any earlier ones).
     pub(crate) fn create(&self, instance: u32) -> Inbox {
         let (data_tx, data) = crossbeam_channel::bounded(INBOX_BATCHES);

@@ -5,13 +5,15 @@
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::select;
 
 use super::input::{ControlEvent, Inbox, InputEvent};
-use super::output::{Outbox, Sender};
-use crate::api::{Logic, OperatorError, ProcessLogic, SourceLogic, SourcePoll};
+use super::output::{AddedInstance, Outbox, Sender};
+use crate::api::{Logic, OperatorError, ProcessLogic, Query, SourceLogic, SourcePoll};
+use crate::coordinator::plan::Plan;
 use crate::error::EngineError;
 use crate::stamp::merge::Merge;
 use crate::stamp::Stamp;
@@ -28,6 +30,7 @@ pub(crate) enum Report {
     /// A checkpoint to back up.
     Checkpoint {
         instance: u32,
+        incarnation: u32,
         frontier: Stamp,
         bytes: Vec<u8>,
     },
@@ -56,6 +59,8 @@ fn thread_cpu_secs() -> f64 {
 /// An instance ready to run on its own thread.
 pub(crate) struct Instance {
     pub(crate) me: Sender,
+    pub(crate) query: Arc<Query>,
+    pub(crate) node: usize,
     pub(crate) operator: String,
     pub(crate) key_range: KeyRange,
     pub(crate) logic: Logic,
@@ -74,6 +79,8 @@ pub(crate) struct Instance {
 /// State shared by the source and operator loops.
 struct Runner {
     me: Sender,
+    query: Arc<Query>,
+    node: usize,
     operator: String,
     key_range: KeyRange,
     inbox: Inbox,
@@ -91,6 +98,8 @@ impl Instance {
     pub(crate) fn run(self, outbox: Outbox) -> Result<(), EngineError> {
         let runner = Runner {
             me: self.me,
+            query: self.query,
+            node: self.node,
             operator: self.operator,
             key_range: self.key_range,
             inbox: self.inbox,
@@ -106,7 +115,7 @@ impl Instance {
                 runner.run_source(source, self.source_slot, outbox, self.restore)
             }
             Logic::Process(process) => {
-                runner.run_process(process, &self.inputs, outbox, self.restore)
+                runner.run_process(process, self.inputs, outbox, self.restore)
             }
         }
     }
@@ -126,22 +135,35 @@ impl Runner {
         let _ = self.reports.send(report);
     }
 
-    /// Applies a control event from the coordinator.
-    fn control(&mut self, event: ControlEvent, outbox: &mut Outbox) -> Result<(), EngineError> {
+    /// Applies a control event from the coordinator; the outbox side of a
+    /// plan change is done here, the input side by the caller.
+    fn control(
+        &mut self,
+        event: ControlEvent,
+        outbox: &mut Outbox,
+    ) -> Result<Outcome, EngineError> {
         match event {
             ControlEvent::Trim { to, frontier } => outbox.trim(to, frontier),
-            ControlEvent::Rewire { to, addr } => outbox.rewire(self.me, to, &addr)?,
+            ControlEvent::Replan { plan, added } => {
+                outbox.reconcile(&plan, &self.query, self.node, &added)?;
+                return Ok(Outcome::Replanned(plan, added));
+            }
             ControlEvent::CheckpointNow => self.next_checkpoint = Instant::now(),
+            ControlEvent::Stop => return Ok(Outcome::Stop),
         }
-        Ok(())
+        Ok(Outcome::Continue)
     }
 
-    /// Applies every waiting control event.
-    fn control_pending(&mut self, outbox: &mut Outbox) -> Result<(), EngineError> {
+    /// Applies every waiting control event; the plan changes for the caller.
+    fn control_pending(&mut self, outbox: &mut Outbox) -> Result<Vec<Outcome>, EngineError> {
+        let mut outcomes = Vec::new();
         while let Ok(event) = self.inbox.control.try_recv() {
-            self.control(event, outbox)?;
+            match self.control(event, outbox)? {
+                Outcome::Continue => {}
+                other => outcomes.push(other),
+            }
         }
-        Ok(())
+        Ok(outcomes)
     }
 
     /// Turns a data event into a batch to merge, if it is one.
@@ -233,6 +255,7 @@ impl Runner {
         );
         self.report(Report::Checkpoint {
             instance: self.me.instance,
+            incarnation: self.me.incarnation,
             frontier,
             bytes,
         });
@@ -248,7 +271,9 @@ impl Runner {
         loop {
             select! {
                 recv(self.inbox.control) -> event => match event {
-                    Ok(event) => self.control(event, outbox)?,
+                    Ok(event) => if let Outcome::Stop = self.control(event, outbox)? {
+                        return Ok(());
+                    },
                     Err(_) => return Ok(()),
                 },
                 // Late data (a replay after our end) is already reflected.
@@ -289,7 +314,13 @@ impl Runner {
             let next = Stamp::for_source(seq + 1, slot);
             // Nothing at or below the stamp just before our next one will come.
             let mark = Stamp(next.0 - 1);
-            self.control_pending(&mut outbox)?;
+            if self
+                .control_pending(&mut outbox)?
+                .iter()
+                .any(|o| matches!(o, Outcome::Stop))
+            {
+                return Ok(());
+            }
             if self.checkpoint_due(mark) {
                 outbox.flush(mark);
                 let position = source.checkpoint().map_err(|e| self.fail(e))?;
@@ -314,7 +345,9 @@ impl Runner {
                     outbox.flush(mark);
                     last_flush = Instant::now();
                     self.metrics(seq, 0, mark, &outbox);
-                    self.wait_until(at, &mut outbox)?;
+                    if !self.wait_until(at, &mut outbox)? {
+                        return Ok(());
+                    }
                 }
                 SourcePoll::Done => {
                     outbox.flush(Stamp::END);
@@ -340,18 +373,21 @@ impl Runner {
     }
 
     /// Sleeps until `at`, serving control events meanwhile.
-    fn wait_until(&mut self, at: Instant, outbox: &mut Outbox) -> Result<(), EngineError> {
+    /// Returns false when told to stop.
+    fn wait_until(&mut self, at: Instant, outbox: &mut Outbox) -> Result<bool, EngineError> {
         loop {
             let now = Instant::now();
             if now >= at {
-                return Ok(());
+                return Ok(true);
             }
             select! {
                 recv(self.inbox.control) -> event => match event {
-                    Ok(event) => self.control(event, outbox)?,
+                    Ok(event) => if let Outcome::Stop = self.control(event, outbox)? {
+                        return Ok(false);
+                    },
                     Err(_) => std::thread::sleep(at - now),
                 },
-                default(at - now) => return Ok(()),
+                default(at - now) => return Ok(true),
             }
         }
     }
@@ -359,7 +395,7 @@ impl Runner {
     fn run_process(
         mut self,
         mut logic: Box<dyn ProcessLogic>,
-        inputs: &HashMap<u32, usize>,
+        mut inputs: HashMap<u32, usize>,
         mut outbox: Outbox,
         restore: Option<Checkpoint>,
     ) -> Result<(), EngineError> {
@@ -379,10 +415,11 @@ impl Runner {
         let mut finished = merge.done().is_end();
         while !finished {
             let timeout = self.idle_timeout();
+            let mut outcomes = Vec::new();
             let first = select! {
                 recv(self.inbox.control) -> event => {
                     if let Ok(event) = event {
-                        self.control(event, &mut outbox)?;
+                        outcomes.push(self.control(event, &mut outbox)?);
                     }
                     None
                 },
@@ -392,13 +429,30 @@ impl Runner {
                 },
                 default(timeout) => None,
             };
-            self.control_pending(&mut outbox)?;
+            outcomes.extend(self.control_pending(&mut outbox)?);
+            for outcome in outcomes {
+                match outcome {
+                    Outcome::Stop => return Ok(()),
+                    Outcome::Replanned(plan, added) => {
+                        // New upstream partitions become new input channels,
+                        // complete up to the frontier they inherited.
+                        let upstreams = plan.upstream_instances(&self.query, self.node);
+                        for a in added.iter().filter(|a| upstreams.contains(&a.id)) {
+                            if !inputs.contains_key(&a.id) {
+                                inputs.insert(a.id, merge.add_channel(a.frontier));
+                                incarnations.push(None);
+                            }
+                        }
+                    }
+                    Outcome::Continue => {}
+                }
+            }
             for event in first
                 .into_iter()
                 .chain(self.inbox.data.try_iter().take(EVENTS_PER_ROUND))
             {
                 if let Some(batch) = self.batch(event) {
-                    accept(&mut merge, inputs, &mut incarnations, batch)?;
+                    accept(&mut merge, &inputs, &mut incarnations, batch)?;
                 }
             }
             if merge.frontier() > merge.done() {
@@ -444,6 +498,13 @@ impl Runner {
         });
         self.linger(&mut outbox)
     }
+}
+
+/// What a control event asks of the instance's loop.
+enum Outcome {
+    Continue,
+    Replanned(Arc<Plan>, Arc<Vec<AddedInstance>>),
+    Stop,
 }
 
 /// A batch taken off the inbox.

@@ -17,7 +17,7 @@ use crate::api::{InstanceContext, Query, QueryRegistry};
 use crate::coordinator::plan::Plan;
 use crate::error::EngineError;
 use crate::stamp::Stamp;
-use crate::state::{Checkpoint, RoutingTable};
+use crate::state::Checkpoint;
 use crate::wire::control::{self, ToCoordinator, ToWorker, HEARTBEAT_EVERY};
 use input::{ControlEvent, Inboxes};
 use instance::{Instance, Report};
@@ -168,6 +168,9 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
                 })?;
                 d.plan = Arc::new(plan);
                 for (id, bytes) in instances {
+                    // A split restores the lower half in place of the running
+                    // instance: the old incarnation stops first.
+                    inboxes.stop(id);
                     let restored = bytes
                         .map(|b| Checkpoint::decode(&b))
                         .transpose()
@@ -187,20 +190,16 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
                     }
                 }
             }
-            ToWorker::PlanUpdate { plan, replaced } => {
+            ToWorker::PlanUpdate { plan, added } => {
                 let d = deployment.as_mut().ok_or_else(|| {
                     EngineError::Protocol("plan update before any deployment".into())
                 })?;
-                for &to in &replaced {
-                    let Some(addr) = plan.addr_of(to) else {
-                        continue;
-                    };
-                    inboxes.broadcast(|| ControlEvent::Rewire {
-                        to,
-                        addr: addr.to_string(),
-                    });
-                }
                 d.plan = Arc::new(plan);
+                let added = Arc::new(added);
+                inboxes.broadcast(|| ControlEvent::Replan {
+                    plan: d.plan.clone(),
+                    added: added.clone(),
+                });
             }
             ToWorker::CheckpointNow => inboxes.broadcast(|| ControlEvent::CheckpointNow),
             ToWorker::Shutdown => {
@@ -280,10 +279,12 @@ fn spawn_reporter(writer: ControlWriter) -> Result<crossbeam_channel::Sender<Rep
                 let message = match report {
                     Report::Checkpoint {
                         instance,
+                        incarnation,
                         frontier,
                         bytes,
                     } => ToCoordinator::Checkpoint {
                         instance,
+                        incarnation,
                         frontier,
                         bytes,
                     },
@@ -359,6 +360,8 @@ fn create_instance(
             instance: id,
             incarnation: placed.incarnation,
         },
+        query: d.query.clone(),
+        node,
         operator: ctx.operator,
         key_range: placed.key_range,
         logic,
@@ -376,28 +379,9 @@ fn connect_outbox(d: &Deployment, me: Sender) -> Result<Outbox, EngineError> {
     let (node, _) = d.plan.instance(me.instance).ok_or_else(|| {
         EngineError::InvalidQuery(format!("instance {} is not in the plan", me.instance))
     })?;
-    let targets: Vec<(u32, String)> = d
-        .plan
-        .downstream_instances(&d.query, node)
-        .into_iter()
-        .fold(Vec::new(), |mut seen, id| {
-            if !seen.iter().any(|(s, _)| *s == id) {
-                let addr = d.plan.addr_of(id).unwrap_or_default().to_string();
-                seen.push((id, addr));
-            }
-            seen
-        });
-    let mut ports: Vec<RoutingTable<usize>> = Vec::new();
-    for &target in d.query.edge_targets(node) {
-        let table = d.plan.routing(target)?;
-        ports.push(table.map(|to| {
-            targets
-                .iter()
-                .position(|(id, _)| id == to)
-                .expect("every routed instance has a channel")
-        }));
-    }
-    Outbox::connect(me, &targets, ports, d.checkpoint_every.is_some())
+    let mut outbox = Outbox::new(me, d.checkpoint_every.is_some());
+    outbox.reconcile(&d.plan, &d.query, node, &[])?;
+    Ok(outbox)
 }
 
 fn start_instance(

@@ -7,6 +7,8 @@ use std::net::TcpStream;
 
 use serde::Serialize;
 
+use crate::api::Query;
+use crate::coordinator::plan::Plan;
 use crate::error::EngineError;
 use crate::stamp::merge::write_tuple;
 use crate::stamp::Stamp;
@@ -50,8 +52,8 @@ fn connect(from: Sender, to: u32, addr: &str) -> Result<Box<dyn Write + Send>, E
 /// One outgoing data channel (this instance -> one downstream instance).
 struct ChannelWriter {
     to: u32,
-    /// Where the current connection goes.
-    addr: String,
+    /// The incarnation of `to` the current connection goes to.
+    incarnation: u32,
     /// `None` while the downstream is down: batches then only go to the
     /// output buffer, and are replayed when the channel is rewired.
     stream: Option<Box<dyn Write + Send>>,
@@ -61,10 +63,10 @@ struct ChannelWriter {
 }
 
 impl ChannelWriter {
-    fn new(to: u32, addr: &str, stream: Box<dyn Write + Send>) -> Self {
+    fn new(to: u32, incarnation: u32, stream: Box<dyn Write + Send>) -> Self {
         ChannelWriter {
             to,
-            addr: addr.to_string(),
+            incarnation,
             stream: Some(stream),
             frame: vec![0; BATCH_HEADER],
             frame_last: Stamp::ZERO,
@@ -107,6 +109,7 @@ impl ChannelWriter {
 /// writer per downstream instance, and (with fault tolerance on) the output
 /// buffer.
 pub struct Outbox {
+    me: Sender,
     stamp: Stamp,
     /// Mark sent with batches flushed because they were full: the frontier
     /// completed before the current round.
@@ -118,28 +121,115 @@ pub struct Outbox {
     tuples_out: u64,
 }
 
+/// A downstream instance that did not exist before a plan change: the
+/// upper half of a split `parent`, which inherits the parent's frontier.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AddedInstance {
+    /// The new instance.
+    pub id: u32,
+    /// The instance it was split from.
+    pub parent: u32,
+    /// The frontier of the checkpoint it was restored from.
+    pub frontier: Stamp,
+}
+
 impl Outbox {
-    /// Opens a channel to every downstream instance `(id, addr)`; `ports`
-    /// route each output edge's key hashes to indices of `targets`.
-    pub(crate) fn connect(
-        from: Sender,
-        targets: &[(u32, String)],
-        ports: Vec<RoutingTable<usize>>,
-        buffering: bool,
-    ) -> Result<Self, EngineError> {
-        let mut channels = Vec::with_capacity(targets.len());
-        for (to, addr) in targets {
-            channels.push(ChannelWriter::new(*to, addr, connect(from, *to, addr)?));
-        }
-        Ok(Outbox {
+    /// An outbox with no channels yet: [`Outbox::reconcile`] opens them.
+    pub(crate) fn new(me: Sender, buffering: bool) -> Self {
+        Outbox {
+            me,
             stamp: Stamp::ZERO,
             mark_floor: Stamp::ZERO,
-            ports,
-            channels,
+            ports: Vec::new(),
+            channels: Vec::new(),
             buffer: buffering.then(OutputBuffer::default),
             encoded: Vec::with_capacity(256),
             tuples_out: 0,
-        })
+        }
+    }
+
+    /// Brings the channels and routing in line with `plan`: opens channels
+    /// to new downstream instances (replaying their parent's buffered
+    /// batches: each half of a split keeps what it owns), reconnects to
+    /// restored ones (replaying their own), and rebuilds the routing tables.
+    pub(crate) fn reconcile(
+        &mut self,
+        plan: &Plan,
+        query: &Query,
+        node: usize,
+        added: &[AddedInstance],
+    ) -> Result<(), EngineError> {
+        let mut targets = plan.downstream_instances(query, node);
+        targets.dedup();
+        for to in targets {
+            let (_, placed) = plan.instance(to).ok_or_else(|| {
+                EngineError::InvalidQuery(format!("instance {to} is not in the plan"))
+            })?;
+            let incarnation = placed.incarnation;
+            let addr = plan.addr_of(to).unwrap_or_default().to_string();
+            match self.channels.iter().position(|c| c.to == to) {
+                None => {
+                    let stream = connect(self.me, to, &addr)?;
+                    self.channels
+                        .push(ChannelWriter::new(to, incarnation, stream));
+                    let i = self.channels.len() - 1;
+                    if let Some(parent) = added.iter().find(|a| a.id == to).map(|a| a.parent) {
+                        self.inherit(i, parent);
+                    }
+                }
+                Some(i)
+                    if self.channels[i].incarnation != incarnation
+                        || self.channels[i].stream.is_none() =>
+                {
+                    self.channels[i].stream = Some(connect(self.me, to, &addr)?);
+                    self.channels[i].incarnation = incarnation;
+                    self.replay(i, to);
+                    self.reannounce(i);
+                }
+                Some(_) => {}
+            }
+        }
+        self.ports = Vec::new();
+        for &target in query.edge_targets(node) {
+            let table = plan.routing(target)?;
+            let channels = &self.channels;
+            self.ports.push(table.map(|to| {
+                channels
+                    .iter()
+                    .position(|c| c.to == *to)
+                    .expect("every routed instance has a channel")
+            }));
+        }
+        Ok(())
+    }
+
+    /// A new channel `i` takes over the buffered batches of `parent`: they
+    /// are replayed to it and kept for it, in case it fails before its
+    /// first checkpoint.
+    fn inherit(&mut self, i: usize, parent: u32) {
+        let Some(buffer) = &mut self.buffer else {
+            return;
+        };
+        let to = self.channels[i].to;
+        let batches: Vec<_> = buffer.replay(parent).cloned().collect();
+        for batch in &batches {
+            buffer.push(to, batch.last, &batch.body);
+        }
+        self.replay(i, to);
+        let mark = self
+            .channels
+            .iter()
+            .find(|c| c.to == parent)
+            .map_or(Stamp::ZERO, |c| c.sent_mark);
+        self.channels[i].flush(mark, None);
+    }
+
+    /// Re-announces on a fresh connection the progress already promised.
+    fn reannounce(&mut self, i: usize) {
+        let channel = &mut self.channels[i];
+        let mark = channel.sent_mark;
+        channel.sent_mark = Stamp::ZERO;
+        channel.flush(mark, None);
     }
 
     /// The stamp outputs get: that of the input being processed.
@@ -212,38 +302,18 @@ impl Outbox {
     pub(crate) fn restore_buffer(&mut self, buffer: OutputBuffer, mark: Stamp) {
         self.buffer = Some(buffer);
         for i in 0..self.channels.len() {
-            self.replay(i);
+            let to = self.channels[i].to;
+            self.replay(i, to);
         }
         self.flush(mark);
     }
 
-    /// Downstream `to` was restored elsewhere: connect to its new incarnation
-    /// and resend everything still buffered for it.
-    pub(crate) fn rewire(&mut self, from: Sender, to: u32, addr: &str) -> Result<(), EngineError> {
-        let Some(i) = self.channels.iter().position(|c| c.to == to) else {
-            return Ok(());
-        };
-        if self.channels[i].stream.is_some() && self.channels[i].addr == addr {
-            // Already connected to the new incarnation (we were restored
-            // with it and connected from the new plan): nothing to redo.
-            return Ok(());
-        }
-        self.channels[i].stream = Some(connect(from, to, addr)?);
-        self.channels[i].addr = addr.to_string();
-        self.replay(i);
-        let channel = &mut self.channels[i];
-        let mark = channel.sent_mark;
-        // Re-announce the progress already promised to the old incarnation.
-        channel.sent_mark = Stamp::ZERO;
-        channel.flush(mark, None);
-        Ok(())
-    }
-
-    fn replay(&mut self, channel: usize) {
+    /// Resends on channel `channel` the batches buffered for instance `of`.
+    fn replay(&mut self, channel: usize, of: u32) {
         let Some(buffer) = &self.buffer else { return };
         let writer = &mut self.channels[channel];
         let mut frame = Vec::new();
-        for batch in buffer.replay(writer.to) {
+        for batch in buffer.replay(of) {
             frame.clear();
             frame.resize(BATCH_HEADER, 0);
             frame.extend_from_slice(&batch.body);
