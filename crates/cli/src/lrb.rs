@@ -26,6 +26,47 @@ pub struct FaultToleranceArgs {
     /// (repeatable), to watch it recover.
     #[arg(long, value_name = "AT_SECS:OPERATOR[:INSTANCE]")]
     pub kill: Vec<spate_engine::coordinator::KillSpec>,
+    /// Split hot instances onto pool workers automatically.
+    #[arg(long)]
+    pub autoscale: bool,
+    /// Utilisation (CPU share of one core) above which an instance is hot.
+    #[arg(long, default_value_t = 0.7)]
+    pub scale_threshold: f64,
+    /// Consecutive hot one-second reports before a split.
+    #[arg(long, default_value_t = 3)]
+    pub scale_reports: u32,
+    /// Force a scale out of an operator's busiest instance, `AT_SECS:OPERATOR`
+    /// (repeatable).
+    #[arg(long = "scale", value_name = "AT_SECS:OPERATOR", value_parser = parse_scale)]
+    pub scale_at: Vec<(std::time::Duration, String)>,
+    /// Limit each worker process to this many cores (a cgroup CPU quota), so
+    /// that workers behave like small VMs on one machine.
+    #[arg(long)]
+    pub worker_cpu: Option<f64>,
+}
+
+impl FaultToleranceArgs {
+    /// The autoscaling policy these options ask for, if any.
+    pub fn policy(&self) -> Option<spate_engine::coordinator::ScalePolicy> {
+        self.autoscale
+            .then(|| spate_engine::coordinator::ScalePolicy {
+                threshold: self.scale_threshold,
+                reports: self.scale_reports,
+                ..Default::default()
+            })
+    }
+}
+
+fn parse_scale(s: &str) -> Result<(std::time::Duration, String), String> {
+    let (at, operator) = s
+        .split_once(':')
+        .ok_or_else(|| format!("`{s}` is not AT_SECS:OPERATOR"))?;
+    let at: f64 = at
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| format!("`{at}` is not a number of seconds"))?;
+    Ok((std::time::Duration::from_secs_f64(at), operator.to_string()))
 }
 
 /// Linear Road subcommands.
@@ -205,6 +246,9 @@ pub fn run(command: LrbCommand) -> Result<()> {
                 partitions,
                 checkpoint_ms: fault_tolerance.checkpoint_ms,
                 pool: fault_tolerance.pool,
+                autoscale: fault_tolerance.policy(),
+                scale_at: fault_tolerance.scale_at.clone(),
+                worker_cpu: fault_tolerance.worker_cpu,
                 kills: fault_tolerance.kill,
                 view: None,
                 commands: None,
@@ -297,6 +341,12 @@ pub fn run(command: LrbCommand) -> Result<()> {
 }
 
 fn print_report(r: &RunReport) {
+    for e in &r.scale_events {
+        println!(
+            "scaled out {} at {} ms: {} -> {} partitions, pause {} ms ({})",
+            e.operator, e.decided_ms, e.partitions_before, e.partitions_after, e.pause_ms, e.reason
+        );
+    }
     for rec in &r.recoveries {
         let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
         println!(

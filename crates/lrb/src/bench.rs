@@ -496,6 +496,9 @@ fn run_one(
         // No failures are injected, so a standby worker would only idle.
         pool: 0,
         kills: Vec::new(),
+        autoscale: None,
+        scale_at: Vec::new(),
+        worker_cpu: None,
         view: None,
         commands: None,
         cancel: options.cancel.clone(),

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use spate_engine::cluster::run_local;
 use spate_engine::coordinator::view::{HistoryPoint, JobCommand, SharedView};
-use spate_engine::coordinator::{JobConfig, JobEvent, KillSpec, RecoveryTimeline};
+use spate_engine::coordinator::{
+    JobConfig, JobEvent, KillSpec, RecoveryTimeline, ScaleEvent, ScalePolicy,
+};
 use spate_engine::{EngineError, QueryRegistry};
 
 use crate::model::AnswerKind;
@@ -30,6 +32,12 @@ pub struct RunOptions {
     pub pool: usize,
     /// Failures to inject.
     pub kills: Vec<KillSpec>,
+    /// Split hot instances automatically.
+    pub autoscale: Option<ScalePolicy>,
+    /// Scale-outs to force: (after, operator).
+    pub scale_at: Vec<(std::time::Duration, String)>,
+    /// CPU quota per worker process, in cores.
+    pub worker_cpu: Option<f64>,
     /// Where to publish the cluster's state (the dashboard reads it).
     pub view: Option<SharedView>,
     /// Commands from the dashboard or CLI.
@@ -94,6 +102,8 @@ pub struct RunReport {
     pub events: Vec<JobEvent>,
     /// The cluster second by second: rates, utilisation, partitions, workers.
     pub history: Vec<HistoryPoint>,
+    /// Every split, with its pause.
+    pub scale_events: Vec<ScaleEvent>,
 }
 
 /// Runs the query and writes `report.json` into the output directory.
@@ -115,6 +125,9 @@ pub fn run(
     config.checkpoint_interval = std::time::Duration::from_millis(options.checkpoint_ms);
     config.pool = options.pool;
     config.kills = options.kills.clone();
+    config.autoscale = options.autoscale.clone();
+    config.scale_at = options.scale_at.clone();
+    config.worker_cpu = options.worker_cpu;
     config.view = options.view.clone();
     config.commands = options.commands.clone();
     let summary = run_local(registry, &config, program)?;
@@ -162,6 +175,7 @@ pub fn run(
         recoveries: summary.recoveries,
         events: summary.events,
         history: summary.history,
+        scale_events: summary.scale_events,
     };
     let path = params.out_dir.join("report.json");
     let text = serde_json::to_string_pretty(&report)

@@ -3,6 +3,8 @@
 //! Children never outlive the run: they are killed when the cluster is
 //! dropped, and on Linux also when this process dies (parent-death signal).
 
+mod cgroup;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,20 +13,33 @@ use crate::api::QueryRegistry;
 use crate::coordinator::{Coordinator, JobConfig, JobSummary, Provisioner};
 use crate::error::EngineError;
 
+pub use cgroup::CpuLimit;
+
 /// Worker child processes of this process.
 pub struct LocalCluster {
     children: Vec<Child>,
     program: PathBuf,
     coordinator: String,
+    /// CPU quota per worker, in cores.
+    worker_cpu: Option<f64>,
+    limits: Vec<CpuLimit>,
 }
 
 impl LocalCluster {
-    /// Starts `n` workers by running `program worker --coordinator ADDR`.
-    pub fn spawn(n: usize, program: &Path, coordinator: &str) -> Result<Self, EngineError> {
+    /// Starts `n` workers by running `program worker --coordinator ADDR`,
+    /// each limited to `worker_cpu` cores when given (and possible).
+    pub fn spawn(
+        n: usize,
+        program: &Path,
+        coordinator: &str,
+        worker_cpu: Option<f64>,
+    ) -> Result<Self, EngineError> {
         let mut cluster = LocalCluster {
             children: Vec::with_capacity(n),
             program: program.to_path_buf(),
             coordinator: coordinator.to_string(),
+            worker_cpu,
+            limits: Vec::new(),
         };
         for _ in 0..n {
             cluster.provision()?;
@@ -74,6 +89,17 @@ impl Provisioner for LocalCluster {
         let child = command.spawn().map_err(|e| {
             EngineError::io(format!("starting a worker ({})", self.program.display()), e)
         })?;
+        if let Some(cores) = self.worker_cpu {
+            match CpuLimit::apply(child.id(), cores) {
+                Ok(limit) => self.limits.push(limit),
+                Err(reason) => {
+                    if self.limits.is_empty() {
+                        tracing::warn!("--worker-cpu {cores}: cannot limit workers' CPU ({reason}); they run unlimited");
+                    }
+                    self.worker_cpu = None;
+                }
+            }
+        }
         self.children.push(child);
         Ok(())
     }
@@ -120,6 +146,7 @@ pub fn run_local(
         config.workers + config.pool,
         program,
         &coordinator.addr().to_string(),
+        config.worker_cpu,
     )?;
     let result = coordinator.run(registry, config, &mut cluster);
     cluster.shutdown(Duration::from_secs(5));

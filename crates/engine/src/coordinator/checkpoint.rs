@@ -21,9 +21,11 @@ impl Job<'_> {
     pub(super) fn back_up(
         &mut self,
         instance: u32,
+        incarnation: u32,
         frontier: Stamp,
         bytes: Vec<u8>,
     ) -> Result<(), EngineError> {
+        self.copies.insert(instance, (frontier, bytes.clone()));
         let Some(holder) = self.backup_holder(instance) else {
             tracing::warn!(instance, "no other live worker to hold its backup");
             return Ok(());
@@ -32,6 +34,7 @@ impl Job<'_> {
             holder,
             &ToWorker::StoreBackup {
                 instance,
+                incarnation,
                 frontier,
                 bytes,
             },
@@ -43,8 +46,19 @@ impl Job<'_> {
     }
 
     /// Step 3: the backup is durable; upstreams may trim.
-    pub(super) fn backup_stored(&mut self, holder: u32, instance: u32, frontier: Stamp) {
+    pub(super) fn backup_stored(
+        &mut self,
+        holder: u32,
+        instance: u32,
+        incarnation: u32,
+        frontier: Stamp,
+    ) {
         if !self.links.get(holder as usize).is_some_and(|l| l.alive) {
+            return;
+        }
+        if self.plan.instance(instance).map(|(_, p)| p.incarnation) != Some(incarnation) {
+            // A backup of a replaced incarnation (e.g. the whole range of an
+            // instance since split) must never be restored.
             return;
         }
         let newer = self

@@ -11,7 +11,10 @@ mod checkpoint;
 mod monitor;
 pub mod plan;
 mod recovery;
+mod scale;
 pub mod view;
+
+pub use scale::{ScaleEvent, ScalePolicy};
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -91,6 +94,12 @@ pub struct JobConfig {
     pub heartbeat_timeout: Duration,
     /// Failures to inject.
     pub kills: Vec<KillSpec>,
+    /// Split hot instances automatically (`None`: only on request).
+    pub autoscale: Option<ScalePolicy>,
+    /// Scale-outs to force: (after, operator).
+    pub scale_at: Vec<(Duration, String)>,
+    /// CPU quota per local worker process, in cores (emulated small VMs).
+    pub worker_cpu: Option<f64>,
     /// How long workers have to join, deploy and restore.
     pub startup_timeout: Duration,
     /// Set (e.g. by a Ctrl-C handler) to abort the job.
@@ -113,6 +122,9 @@ impl JobConfig {
             checkpoint_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_millis(500),
             kills: Vec::new(),
+            autoscale: None,
+            scale_at: Vec::new(),
+            worker_cpu: None,
             startup_timeout: Duration::from_secs(30),
             cancel: Arc::new(AtomicBool::new(false)),
             view: None,
@@ -191,6 +203,8 @@ pub struct JobSummary {
     pub checkpoints: u64,
     /// The cluster second by second: rates, utilisation, partitions, workers.
     pub history: Vec<view::HistoryPoint>,
+    /// Every split.
+    pub scale_events: Vec<ScaleEvent>,
 }
 
 /// A bound coordinator, ready for workers to connect.
@@ -256,6 +270,11 @@ struct Job<'a> {
     /// Restored instances that have not yet reported catching up.
     awaiting_catch_up: HashSet<u32>,
     rates: HashMap<u32, monitor::InstanceRates>,
+    /// Consecutive hot reports per instance, for the policy.
+    hot: HashMap<u32, u32>,
+    last_scale: Option<Instant>,
+    scale_events: Vec<ScaleEvent>,
+    scale_at: Vec<(Duration, String)>,
     history: Vec<view::HistoryPoint>,
     last_history: Instant,
     last_publish: Instant,
@@ -328,6 +347,10 @@ impl Coordinator {
             checkpoints: 0,
             awaiting_catch_up: HashSet::new(),
             rates: HashMap::new(),
+            hot: HashMap::new(),
+            last_scale: None,
+            scale_events: Vec::new(),
+            scale_at: config.scale_at.clone(),
             history: Vec::new(),
             last_history: Instant::now(),
             last_publish: Instant::now(),
@@ -587,8 +610,14 @@ impl Job<'_> {
                 self.config.workers, self.config.pool
             ),
         );
-        let total = self.plan.instances().count();
-        while self.finished.len() < total {
+
+        while self.finished.len() < self.plan.instances().count() {
+            let now = self.started.elapsed();
+            if let Some(i) = self.scale_at.iter().position(|(at, _)| *at <= now) {
+                let (_, operator) = self.scale_at.remove(i);
+                self.scale_operator(&operator, "requested")?;
+                continue;
+            }
             let (w, message) = self.wait("the job", far_future())?;
             self.handle(w, message)?;
         }
@@ -600,6 +629,7 @@ impl Job<'_> {
             recoveries: std::mem::take(&mut self.recoveries),
             checkpoints: self.checkpoints,
             history: std::mem::take(&mut self.history),
+            scale_events: std::mem::take(&mut self.scale_events),
         })
     }
 
@@ -718,10 +748,14 @@ impl Job<'_> {
                     // From an incarnation that was replaced (split or restored).
                     return Ok(());
                 }
-                self.back_up(instance, frontier, bytes)
+                self.back_up(instance, incarnation, frontier, bytes)
             }
-            ToCoordinator::BackupStored { instance, frontier } => {
-                self.backup_stored(worker, instance, frontier);
+            ToCoordinator::BackupStored {
+                instance,
+                incarnation,
+                frontier,
+            } => {
+                self.backup_stored(worker, instance, incarnation, frontier);
                 Ok(())
             }
             ToCoordinator::InstanceFinished { instance, stats } => {
@@ -741,7 +775,7 @@ impl Job<'_> {
             }
             ToCoordinator::Metrics(metrics) => {
                 self.metrics(metrics);
-                Ok(())
+                self.autoscale()
             }
             ToCoordinator::CaughtUp { instance } => {
                 self.caught_up(instance);

@@ -36,6 +36,17 @@ impl Job<'_> {
         }
         rates.sample = m;
         rates.at = Some(now);
+        let threshold = self
+            .config
+            .autoscale
+            .as_ref()
+            .map_or(f64::INFINITY, |p| p.threshold);
+        let hot = self.hot.entry(rates.sample.instance).or_default();
+        *hot = if rates.utilization > threshold {
+            *hot + 1
+        } else {
+            0
+        };
     }
 
     /// Appends a history point each second and refreshes the shared view.
@@ -189,6 +200,11 @@ impl Job<'_> {
                         operator,
                         index,
                     });
+                }
+                JobCommand::Scale { operator } => {
+                    if let Err(e) = self.scale_operator(&operator, "requested") {
+                        self.record("refused", format!("scale {operator}: {e}"));
+                    }
                 }
                 JobCommand::Checkpoint => {
                     self.broadcast(&ToWorker::CheckpointNow);

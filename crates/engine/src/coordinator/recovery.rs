@@ -225,7 +225,7 @@ impl Job<'_> {
 
     /// Waits for a message `want` accepts, handling checkpoint traffic and
     /// deferring everything else until the recovery is over.
-    fn wait_for(
+    pub(super) fn wait_for(
         &mut self,
         what: &str,
         deadline: Instant,

@@ -128,4 +128,9 @@ pub enum JobCommand {
     },
     /// Take a checkpoint of every instance now.
     Checkpoint,
+    /// Split the busiest instance of an operator in two.
+    Scale {
+        /// Operator name.
+        operator: String,
+    },
 }

@@ -82,6 +82,8 @@ pub enum ToCoordinator {
     BackupStored {
         /// The instance backed up.
         instance: u32,
+        /// The incarnation the backup belongs to.
+        incarnation: u32,
         /// The backup's frontier.
         frontier: Stamp,
     },
@@ -152,6 +154,8 @@ pub enum ToWorker {
     StoreBackup {
         /// The instance it belongs to.
         instance: u32,
+        /// The incarnation that took it.
+        incarnation: u32,
         /// Its frontier.
         frontier: Stamp,
         /// The encoded checkpoint.

@@ -143,11 +143,19 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
             }
             ToWorker::StoreBackup {
                 instance,
+                incarnation,
                 frontier,
                 bytes,
             } => {
                 backups.insert(instance, (frontier, bytes));
-                reply(&writer, &ToCoordinator::BackupStored { instance, frontier });
+                reply(
+                    &writer,
+                    &ToCoordinator::BackupStored {
+                        instance,
+                        incarnation,
+                        frontier,
+                    },
+                );
             }
             ToWorker::FetchBackup { instance } => {
                 let bytes = backups.get(&instance).map(|(_, b)| b.clone());

@@ -1,0 +1,303 @@
+//! The scale-out protocol: split one instance in two.
+//! 1. checkpoint the instance (a fresh checkpoint is requested);
+//! 2. choose the split point (the middle of its key range) and partition the
+//!    checkpoint there;
+//! 3. restore the lower half in place of the instance (a new incarnation on
+//!    the same worker) and the upper half, a new instance, on a pool worker;
+//! 4. update the plan everywhere: upstreams route by the new ranges, replay
+//!    their buffers to both halves (each keeps what it owns) and downstreams
+//!    accept the new instance as an input that inherits the parent's
+//!    frontier;
+//! 5. refill the pool.
+//!
+//! The autoscaling policy decides when, from the monitor's utilisation.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::NodeKind;
+use crate::error::EngineError;
+use crate::state::Checkpoint;
+use crate::wire::control::{ToCoordinator, ToWorker};
+use crate::worker::output::AddedInstance;
+
+use super::plan::InstancePlan;
+use super::Job;
+
+/// When to scale out on its own.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScalePolicy {
+    /// Utilisation (CPU seconds per second of an instance's thread) above
+    /// which an instance is hot.
+    pub threshold: f64,
+    /// Consecutive hot reports (one a second) before a split.
+    pub reports: u32,
+    /// Minimum time between two splits.
+    pub cooldown: Duration,
+    /// Never split an operator beyond this many partitions.
+    pub max_partitions: usize,
+}
+
+impl Default for ScalePolicy {
+    fn default() -> Self {
+        ScalePolicy {
+            threshold: 0.7,
+            reports: 3,
+            cooldown: Duration::from_secs(5),
+            max_partitions: 16,
+        }
+    }
+}
+
+/// One split, for reports and the dashboard.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ScaleEvent {
+    /// When it was decided, milliseconds since the job started.
+    pub decided_ms: u64,
+    /// Why (`policy: utilisation 0.93` or `requested`).
+    pub reason: String,
+    /// The operator.
+    pub operator: String,
+    /// The instance split.
+    pub instance: u32,
+    /// The new instance (upper half).
+    pub new_instance: u32,
+    /// The worker the new instance runs on.
+    pub worker: u32,
+    /// Partitions before and after.
+    pub partitions_before: usize,
+    /// Partitions after.
+    pub partitions_after: usize,
+    /// First key hash of the upper half.
+    pub split_at: u64,
+    /// Keys in the checkpoint split (lower, upper).
+    pub keys: (usize, usize),
+    /// From the decision until both halves run and everyone was rewired.
+    pub pause_ms: u64,
+}
+
+impl Job<'_> {
+    /// Splits `instance` in two; refuses (with an event, not an error) when it
+    /// cannot: no pool worker, a source or sink, a range too small.
+    pub(super) fn scale_out(&mut self, instance: u32, reason: &str) -> Result<(), EngineError> {
+        let started = Instant::now();
+        let decided_ms = self.elapsed_ms();
+        let Some((node, placed)) = self.plan.instance(instance).map(|(n, p)| (n, p.clone())) else {
+            return Ok(());
+        };
+        let operator = self.plan.nodes[node].name.clone();
+        if !matches!(
+            self.query.kind(node),
+            NodeKind::Stateful | NodeKind::Stateless
+        ) {
+            self.record(
+                "refused",
+                format!("scale {operator}: sources and sinks do not split"),
+            );
+            return Ok(());
+        }
+        let Some((lower, upper)) = placed.key_range.split_at(placed.key_range.midpoint()) else {
+            self.record(
+                "refused",
+                format!("scale {operator}: instance {instance}'s range is too small"),
+            );
+            return Ok(());
+        };
+        let Some(target) = self.pool.pop_front() else {
+            self.record(
+                "refused",
+                format!("scale {operator}: no idle worker in the pool (start with --pool N)"),
+            );
+            return Ok(());
+        };
+
+        // 1. A fresh checkpoint of the instance.
+        self.send(placed.worker, &ToWorker::CheckpointNow)?;
+        let deadline = Instant::now() + self.config.startup_timeout;
+        let incarnation = placed.incarnation;
+        let (frontier, bytes) = loop {
+            let (_, message) = self.wait_for("a checkpoint for a split", deadline, |m| {
+                matches!(m, ToCoordinator::Checkpoint { instance: i, incarnation: n, .. } if i == &instance && n == &incarnation)
+            })?;
+            if let ToCoordinator::Checkpoint {
+                frontier, bytes, ..
+            } = message
+            {
+                break (frontier, bytes);
+            }
+        };
+
+        // 2. Partition it.
+        let checkpoint = Checkpoint::decode(&bytes)?;
+        let parts = checkpoint.partition(&[lower, upper])?;
+        let keys = (parts[0].entries.len(), parts[1].entries.len());
+        let (low_bytes, high_bytes) = (parts[0].encode()?, parts[1].encode()?);
+
+        // 3. New plan: the lower half keeps the id, the upper is new.
+        let before = self.plan.nodes[node].instances.len();
+        let new_id = self.plan.instances().map(|(_, i)| i.id).max().unwrap_or(0) + 1;
+        let new_index = self.plan.nodes[node]
+            .instances
+            .iter()
+            .map(|i| i.index)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        {
+            let me = self
+                .plan
+                .instance_mut(instance)
+                .expect("instance is planned");
+            me.key_range = lower;
+            me.incarnation += 1;
+        }
+        let instances = &mut self.plan.nodes[node].instances;
+        instances.push(InstancePlan {
+            id: new_id,
+            index: new_index,
+            worker: target,
+            key_range: upper,
+            source_slot: 0,
+            incarnation: 0,
+        });
+        instances.sort_by_key(|i| i.key_range.start);
+        // Backups of the whole range must never be restored into a half.
+        self.backups.remove(&instance);
+        self.copies.insert(instance, (frontier, low_bytes.clone()));
+        self.copies.insert(new_id, (frontier, high_bytes.clone()));
+        for (worker, id, part) in [
+            (placed.worker, instance, low_bytes),
+            (target, new_id, high_bytes),
+        ] {
+            self.send(
+                worker,
+                &ToWorker::Restore {
+                    instances: vec![(id, Some(serde_bytes::ByteBuf::from(part)))],
+                    plan: self.plan.clone(),
+                },
+            )?;
+        }
+        let mut waiting = 2;
+        while waiting > 0 {
+            match self.wait_for("a split's restores", deadline, |m| {
+                matches!(
+                    m,
+                    ToCoordinator::Restored { .. } | ToCoordinator::InstanceFailed { .. }
+                )
+            })? {
+                (_, ToCoordinator::Restored { .. }) => waiting -= 1,
+                (w, other) => self.unexpected(w, other)?,
+            }
+        }
+
+        // 4. Rewire everyone.
+        self.broadcast(&ToWorker::PlanUpdate {
+            plan: self.plan.clone(),
+            added: vec![AddedInstance {
+                id: new_id,
+                parent: instance,
+                frontier,
+            }],
+        });
+
+        // 5. Refill the pool.
+        if self.config.pool > 0 {
+            self.provisioner.provision()?;
+        }
+        let event = ScaleEvent {
+            decided_ms,
+            reason: reason.to_string(),
+            operator: operator.clone(),
+            instance,
+            new_instance: new_id,
+            worker: target,
+            partitions_before: before,
+            partitions_after: before + 1,
+            split_at: upper.start,
+            keys,
+            pause_ms: started.elapsed().as_millis() as u64,
+        };
+        self.record(
+            "scale-out",
+            format!(
+                "{operator}: {before} -> {} partitions (instance {instance} split at {:#x}, {} + {} keys, new instance {new_id} on worker {target}) in {} ms; {reason}",
+                before + 1,
+                upper.start,
+                keys.0,
+                keys.1,
+                event.pause_ms
+            ),
+        );
+        self.scale_events.push(event);
+        Ok(())
+    }
+
+    /// Scales out `operator`'s busiest instance (a command or `--scale`).
+    pub(super) fn scale_operator(
+        &mut self,
+        operator: &str,
+        reason: &str,
+    ) -> Result<(), EngineError> {
+        let Some(node) = self.query.find(operator) else {
+            self.record("refused", format!("scale: no operator `{operator}`"));
+            return Ok(());
+        };
+        let busiest = self.plan.nodes[node]
+            .instances
+            .iter()
+            .max_by(|a, b| {
+                let ua = self.rates.get(&a.id).map_or(0.0, |r| r.utilization);
+                let ub = self.rates.get(&b.id).map_or(0.0, |r| r.utilization);
+                ua.total_cmp(&ub).then(
+                    (b.key_range.end - b.key_range.start)
+                        .cmp(&(a.key_range.end - a.key_range.start))
+                        .reverse(),
+                )
+            })
+            .map(|i| i.id);
+        match busiest {
+            Some(id) => self.scale_out(id, reason),
+            None => Ok(()),
+        }
+    }
+
+    /// The policy: split an instance hot for `reports` reports in a row.
+    pub(super) fn autoscale(&mut self) -> Result<(), EngineError> {
+        let Some(policy) = self.config.autoscale.clone() else {
+            return Ok(());
+        };
+        if self
+            .last_scale
+            .is_some_and(|t| t.elapsed() < policy.cooldown)
+            || self.pool.is_empty()
+        {
+            return Ok(());
+        }
+        let candidate = self
+            .plan
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(n, node)| {
+                matches!(
+                    self.query.kind(*n),
+                    NodeKind::Stateful | NodeKind::Stateless
+                ) && node.instances.len() < policy.max_partitions
+            })
+            .flat_map(|(_, node)| node.instances.iter())
+            .filter(|i| self.hot.get(&i.id).copied().unwrap_or(0) >= policy.reports)
+            .max_by(|a, b| {
+                let u = |id: u32| self.rates.get(&id).map_or(0.0, |r| r.utilization);
+                u(a.id).total_cmp(&u(b.id))
+            })
+            .map(|i| i.id);
+        if let Some(id) = candidate {
+            let utilization = self.rates.get(&id).map_or(0.0, |r| r.utilization);
+            self.hot.clear();
+            self.last_scale = Some(Instant::now());
+            self.scale_out(id, &format!("policy: utilisation {utilization:.2}"))?;
+        }
+        Ok(())
+    }
+}
