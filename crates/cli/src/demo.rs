@@ -29,6 +29,8 @@ pub struct DemoArgs {
     partitions: Vec<String>,
     #[command(flatten)]
     fault_tolerance: lrb::FaultToleranceArgs,
+    #[command(flatten)]
+    dashboard: crate::control::DashboardArgs,
     /// Where inputs and outputs go.
     #[arg(long, default_value = "lrb-data")]
     dir: PathBuf,
@@ -60,6 +62,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         workers: args.workers,
         partitions: args.partitions,
         fault_tolerance: args.fault_tolerance,
+        dashboard: args.dashboard,
     })?;
     lrb::run(LrbCommand::Validate {
         input,

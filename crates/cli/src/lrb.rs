@@ -110,6 +110,8 @@ pub enum LrbCommand {
         partitions: Vec<String>,
         #[command(flatten)]
         fault_tolerance: FaultToleranceArgs,
+        #[command(flatten)]
+        dashboard: crate::control::DashboardArgs,
     },
     /// Check a run's answers against an independent reference implementation.
     Validate {
@@ -218,6 +220,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
             workers,
             partitions,
             fault_tolerance,
+            dashboard,
         } => {
             if workers == 0 || workers > 256 {
                 bail!("--workers must be between 1 and 256, not {workers}");
@@ -232,7 +235,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
             }
             let mut partitions = crate::parse_partitions(&partitions)?;
             partitions.entry("toll_calculator".into()).or_insert(2);
-            let options = RunOptions {
+            let mut options = RunOptions {
                 params: LrbParams {
                     input,
                     tolls,
@@ -258,8 +261,13 @@ pub fn run(command: LrbCommand) -> Result<()> {
                 "running Linear Road at speed-up {speedup} on {workers} workers; answers go to {}",
                 out.display()
             );
-            let report = driver::run(&crate::registry(), &current_program()?, &options)
-                .context("the Linear Road run failed")?;
+            let cancel = options.cancel.clone();
+            let report = dashboard.around(&cancel, |view, commands| {
+                options.view = view;
+                options.commands = commands;
+                driver::run(&crate::registry(), &current_program()?, &options)
+                    .context("the Linear Road run failed")
+            })?;
             print_report(&report);
             println!("report: {}", out.join("report.json").display());
             Ok(())

@@ -1,6 +1,7 @@
 //! `spate`: the one entry point. Runs local clusters, workers and
 //! coordinators, and the Linear Road benchmark.
 
+mod control;
 mod demo;
 mod lrb;
 
@@ -44,6 +45,8 @@ struct JobArgs {
     /// Number of worker processes.
     #[arg(long, default_value_t = 3)]
     workers: usize,
+    #[command(flatten)]
+    dashboard: control::DashboardArgs,
 }
 
 #[derive(Subcommand)]
@@ -79,6 +82,15 @@ enum Command {
     /// The Linear Road benchmark.
     #[command(subcommand)]
     Lrb(lrb::LrbCommand),
+    /// Show a running job's workers, instances and recent events (the job
+    /// must run with `--dashboard`).
+    Status(control::AddrArgs),
+    /// Kill a worker of a running job (SIGKILL), to watch it recover.
+    Kill(control::KillArgs),
+    /// Ask a running job to checkpoint every instance now.
+    Checkpoint(control::AddrArgs),
+    /// Ask a running job to split an operator's busiest instance.
+    Scale(control::ScaleArgs),
 }
 
 fn main() -> ExitCode {
@@ -120,13 +132,18 @@ pub(crate) fn cancel_on_ctrl_c() -> Arc<AtomicBool> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(job) => {
-            let config = job_config(&job)?;
-            let summary = run_local(&registry(), &config, &current_program()?)?;
+            let mut config = job_config(&job)?;
+            let cancel = config.cancel.clone();
+            let summary = job.dashboard.around(&cancel, |view, commands| {
+                config.view = view;
+                config.commands = commands;
+                Ok(run_local(&registry(), &config, &current_program()?)?)
+            })?;
             print_summary(&summary);
             Ok(())
         }
         Command::Coordinator { job, listen } => {
-            let config = job_config(&job)?;
+            let mut config = job_config(&job)?;
             let coordinator = Coordinator::bind(&listen)?;
             eprintln!(
                 "coordinator listening on {}; start {} workers with `spate worker --coordinator {}`",
@@ -134,7 +151,12 @@ fn run(cli: Cli) -> Result<()> {
                 config.workers,
                 coordinator.addr()
             );
-            let summary = coordinator.run(&registry(), &config, &mut ExternalWorkers)?;
+            let cancel = config.cancel.clone();
+            let summary = job.dashboard.around(&cancel, |view, commands| {
+                config.view = view;
+                config.commands = commands;
+                Ok(coordinator.run(&registry(), &config, &mut ExternalWorkers)?)
+            })?;
             print_summary(&summary);
             Ok(())
         }
@@ -158,6 +180,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Demo(args) => demo::run(args),
         Command::Lrb(command) => lrb::run(command),
+        Command::Status(args) => control::status(&args),
+        Command::Kill(args) => control::kill(&args),
+        Command::Checkpoint(args) => control::checkpoint(&args),
+        Command::Scale(args) => control::scale(&args),
     }
 }
 

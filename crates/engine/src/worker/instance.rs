@@ -411,6 +411,9 @@ impl Runner {
             None => Merge::new(inputs.len(), Stamp::ZERO),
         };
         let mut incarnations: Vec<Option<u32>> = vec![None; inputs.len()];
+        // Batches from a new upstream partition that connected before the
+        // plan change announcing it reached us.
+        let mut early: Vec<Batch> = Vec::new();
         let mut tuples_in = 0u64;
         let mut finished = merge.done().is_end();
         while !finished {
@@ -443,6 +446,9 @@ impl Runner {
                                 incarnations.push(None);
                             }
                         }
+                        for batch in std::mem::take(&mut early) {
+                            accept(&mut merge, &inputs, &mut incarnations, batch, &mut early)?;
+                        }
                     }
                     Outcome::Continue => {}
                 }
@@ -452,7 +458,7 @@ impl Runner {
                 .chain(self.inbox.data.try_iter().take(EVENTS_PER_ROUND))
             {
                 if let Some(batch) = self.batch(event) {
-                    accept(&mut merge, &inputs, &mut incarnations, batch)?;
+                    accept(&mut merge, &inputs, &mut incarnations, batch, &mut early)?;
                 }
             }
             if merge.frontier() > merge.done() {
@@ -522,13 +528,13 @@ fn accept(
     inputs: &HashMap<u32, usize>,
     incarnations: &mut [Option<u32>],
     batch: Batch,
+    early: &mut Vec<Batch>,
 ) -> Result<(), EngineError> {
-    let channel = *inputs.get(&batch.from).ok_or_else(|| {
-        EngineError::Protocol(format!(
-            "batch from instance {}, which is not an input",
-            batch.from
-        ))
-    })?;
+    let Some(&channel) = inputs.get(&batch.from) else {
+        // Not an input yet: a new partition whose plan update is on its way.
+        early.push(batch);
+        return Ok(());
+    };
     match incarnations[channel].map(|known| batch.incarnation.cmp(&known)) {
         Some(Ordering::Less) => return Ok(()),
         Some(Ordering::Greater) => merge.reset_channel(channel),
