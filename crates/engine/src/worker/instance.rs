@@ -330,7 +330,7 @@ impl Runner {
             }
             outbox.set_stamp(next);
             outbox.set_mark_floor(mark);
-            if seq % 1024 == 0 {
+            if seq.is_multiple_of(1024) {
                 self.metrics(seq, 0, mark, &outbox);
             }
             match source.poll(&mut outbox).map_err(|e| self.fail(e))? {
@@ -441,8 +441,10 @@ impl Runner {
                         // complete up to the frontier they inherited.
                         let upstreams = plan.upstream_instances(&self.query, self.node);
                         for a in added.iter().filter(|a| upstreams.contains(&a.id)) {
-                            if !inputs.contains_key(&a.id) {
-                                inputs.insert(a.id, merge.add_channel(a.frontier));
+                            if let std::collections::hash_map::Entry::Vacant(slot) =
+                                inputs.entry(a.id)
+                            {
+                                slot.insert(merge.add_channel(a.frontier));
                                 incarnations.push(None);
                             }
                         }

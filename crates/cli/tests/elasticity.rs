@@ -1,0 +1,98 @@
+//! Elasticity end to end: forced scale outs (splits of each stateful
+//! operator, of a stateless one, of an already split partition, and during a
+//! recovery) must leave the answers exactly those of a static run.
+
+mod common;
+
+use common::lrb::unchanged;
+
+fn scale_events(report: &serde_json::Value) -> Vec<(String, u64, u64)> {
+    report["scale_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["operator"].as_str().unwrap().to_string(),
+                e["partitions_before"].as_u64().unwrap(),
+                e["partitions_after"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn splitting_each_stateful_operator_and_a_split_partition_changes_nothing() {
+    let report = unchanged(
+        "scale-stateful",
+        &[
+            "--pool",
+            "3",
+            "--scale",
+            "2:toll_calculator",
+            "--scale",
+            "3.5:toll_assessment",
+            "--scale",
+            "5:toll_calculator",
+        ],
+    );
+    assert_eq!(
+        scale_events(&report),
+        vec![
+            ("toll_calculator".to_string(), 2, 3),
+            ("toll_assessment".to_string(), 1, 2),
+            ("toll_calculator".to_string(), 3, 4),
+        ],
+        "{report}"
+    );
+    assert_eq!(report["partitions"]["toll_calculator"], 4);
+}
+
+#[test]
+fn splitting_a_stateless_operator_changes_nothing() {
+    let report = unchanged(
+        "scale-stateless",
+        &["--pool", "1", "--scale", "3:forwarder"],
+    );
+    assert_eq!(
+        scale_events(&report),
+        vec![("forwarder".to_string(), 1, 2)],
+        "{report}"
+    );
+}
+
+#[test]
+fn a_scale_out_while_a_failure_is_recovered_changes_nothing() {
+    let report = unchanged(
+        "scale-during-recovery",
+        &[
+            "--pool",
+            "2",
+            "--kill",
+            "3:toll_assessment",
+            "--scale",
+            "3:toll_calculator",
+        ],
+    );
+    assert_eq!(
+        report["recoveries"].as_array().unwrap().len(),
+        1,
+        "{report}"
+    );
+    assert_eq!(scale_events(&report).len(), 1, "{report}");
+}
+
+#[test]
+fn a_scale_out_without_a_pool_worker_is_refused_not_fatal() {
+    let report = unchanged(
+        "scale-no-pool",
+        &["--pool", "0", "--scale", "2:toll_calculator"],
+    );
+    assert!(scale_events(&report).is_empty());
+    let refused = report["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "refused");
+    assert!(refused, "{report}");
+}
