@@ -14,7 +14,8 @@ use super::{kill_process, Job, KillSpec};
 pub(super) struct InstanceRates {
     sample: InstanceMetrics,
     at: Option<Instant>,
-    /// CPU seconds per second over the last interval.
+    /// CPU seconds per second over the last interval, as a share of the
+    /// worker's CPU allowance.
     pub(super) utilization: f64,
     in_rate: f64,
     out_rate: f64,
@@ -30,7 +31,10 @@ impl Job<'_> {
         let rates = self.rates.entry(m.instance).or_default();
         if let Some(at) = rates.at {
             let dt = now.duration_since(at).as_secs_f64().max(1e-3);
-            rates.utilization = (m.cpu_secs - rates.sample.cpu_secs).max(0.0) / dt;
+            // Relative to what the instance's worker may use: a worker capped
+            // at a quarter core is saturated at 0.25 CPU seconds per second.
+            let capacity = self.config.worker_cpu.map_or(1.0, |c| c.min(1.0));
+            rates.utilization = (m.cpu_secs - rates.sample.cpu_secs).max(0.0) / dt / capacity;
             rates.in_rate = m.tuples_in.saturating_sub(rates.sample.tuples_in) as f64 / dt;
             rates.out_rate = m.tuples_out.saturating_sub(rates.sample.tuples_out) as f64 / dt;
         }

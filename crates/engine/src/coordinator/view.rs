@@ -81,7 +81,8 @@ pub struct InstanceView {
     pub key_end: u64,
     /// Times restored.
     pub incarnation: u32,
-    /// CPU time over wall time in the last interval (1.0 = one core).
+    /// CPU time over wall time in the last interval, as a share of the
+    /// worker's CPU allowance (1.0 = one core, or the whole `--worker-cpu` quota).
     pub utilization: f64,
     /// Tuples processed per second.
     pub in_rate: f64,
