@@ -32,9 +32,10 @@ pub struct DashboardArgs {
 impl DashboardArgs {
     /// Runs `job` with the dashboard attached when one was asked for: `job`
     /// gets the view to publish into and the commands to obey (`None` when
-    /// no dashboard runs). The dashboard stays up `--linger-secs` after the
-    /// job ends, successful or not (a failed run is worth looking at too),
-    /// unless `cancel` is set.
+    /// no dashboard runs), and should print its results itself so that they
+    /// are on screen while the dashboard lingers. The dashboard stays up
+    /// `--linger-secs` after the job ends, successful or not (a failed run
+    /// is worth looking at too), unless `cancel` is set.
     pub fn around<T>(
         &self,
         cancel: &AtomicBool,
@@ -168,7 +169,10 @@ impl Client {
     fn command(&self, path: &str) -> Result<()> {
         let answer = self.call("POST", path)?;
         let what = answer["message"].as_str().unwrap_or("command");
-        println!("accepted: {what} (follow it with `spate status --addr {}`)", self.base);
+        println!(
+            "accepted: {what} (follow it with `spate status --addr {}`)",
+            self.base
+        );
         Ok(())
     }
 }
@@ -280,8 +284,16 @@ fn render_status(view: &ClusterView) -> String {
     let _ = writeln!(
         out,
         "query {}  state {}  elapsed {}  checkpoints {}{}  recoveries {}",
-        if view.query.is_empty() { "-" } else { &view.query },
-        if view.state.is_empty() { "-" } else { &view.state },
+        if view.query.is_empty() {
+            "-"
+        } else {
+            &view.query
+        },
+        if view.state.is_empty() {
+            "-"
+        } else {
+            &view.state
+        },
         seconds(view.elapsed_ms),
         view.checkpoints,
         if view.checkpoint_ms > 0 {
@@ -339,9 +351,8 @@ fn render_status(view: &ClusterView) -> String {
     let _ = writeln!(out, "\noperators");
     let _ = writeln!(
         out,
-        "  {:<width$}  {:>4}  {:>6}  {:<9}  {:>6}  {:>5}  {:>7}  {:>7}  {:>5}  {:>9}  {}",
+        "  {:<width$}  {:>4}  {:>6}  {:<9}  {:>6}  {:>5}  {:>7}  {:>7}  {:>5}  {:>9}  state",
         "operator", "inst", "worker", "keys", "share", "util", "in/s", "out/s", "queue", "buffered",
-        "state"
     );
     for op in &view.operators {
         for i in &op.instances {
@@ -459,7 +470,10 @@ mod tests {
         assert!(text.contains("50.0%"), "{text}");
         assert!(text.contains("12k"), "{text}");
         assert!(text.contains("2.0 KiB"), "{text}");
-        assert!(text.contains("toll_calculator[0]"), "worker 0 hosts it: {text}");
+        assert!(
+            text.contains("toll_calculator[0]"),
+            "worker 0 hosts it: {text}"
+        );
         assert!(text.contains("pool"), "{text}");
         assert!(text.contains("kill        killed worker 2"), "{text}");
     }

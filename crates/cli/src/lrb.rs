@@ -26,6 +26,10 @@ pub struct FaultToleranceArgs {
     /// (repeatable), to watch it recover.
     #[arg(long, value_name = "AT_SECS:OPERATOR[:INSTANCE]")]
     pub kill: Vec<spate_engine::coordinator::KillSpec>,
+    /// Restore a failed stateful instance as this many partitions on as many
+    /// pool workers (parallel recovery).
+    #[arg(long, default_value_t = 1)]
+    pub recovery_parallelism: u32,
     /// Split hot instances onto pool workers automatically.
     #[arg(long)]
     pub autoscale: bool,
@@ -249,6 +253,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
                 partitions,
                 checkpoint_ms: fault_tolerance.checkpoint_ms,
                 pool: fault_tolerance.pool,
+                recovery_parallelism: fault_tolerance.recovery_parallelism,
                 autoscale: fault_tolerance.policy(),
                 scale_at: fault_tolerance.scale_at.clone(),
                 worker_cpu: fault_tolerance.worker_cpu,
@@ -262,15 +267,15 @@ pub fn run(command: LrbCommand) -> Result<()> {
                 out.display()
             );
             let cancel = options.cancel.clone();
-            let report = dashboard.around(&cancel, |view, commands| {
+            dashboard.around(&cancel, |view, commands| {
                 options.view = view;
                 options.commands = commands;
-                driver::run(&crate::registry(), &current_program()?, &options)
-                    .context("the Linear Road run failed")
-            })?;
-            print_report(&report);
-            println!("report: {}", out.join("report.json").display());
-            Ok(())
+                let report = driver::run(&crate::registry(), &current_program()?, &options)
+                    .context("the Linear Road run failed")?;
+                print_report(&report);
+                println!("report: {}", out.join("report.json").display());
+                Ok(())
+            })
         }
         LrbCommand::Validate {
             input,

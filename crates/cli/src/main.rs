@@ -134,13 +134,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run(job) => {
             let mut config = job_config(&job)?;
             let cancel = config.cancel.clone();
-            let summary = job.dashboard.around(&cancel, |view, commands| {
+            job.dashboard.around(&cancel, |view, commands| {
                 config.view = view;
                 config.commands = commands;
-                Ok(run_local(&registry(), &config, &current_program()?)?)
-            })?;
-            print_summary(&summary);
-            Ok(())
+                let summary = run_local(&registry(), &config, &current_program()?)?;
+                print_summary(&summary);
+                Ok(())
+            })
         }
         Command::Coordinator { job, listen } => {
             let mut config = job_config(&job)?;
@@ -152,13 +152,13 @@ fn run(cli: Cli) -> Result<()> {
                 coordinator.addr()
             );
             let cancel = config.cancel.clone();
-            let summary = job.dashboard.around(&cancel, |view, commands| {
+            job.dashboard.around(&cancel, |view, commands| {
                 config.view = view;
                 config.commands = commands;
-                Ok(coordinator.run(&registry(), &config, &mut ExternalWorkers)?)
-            })?;
-            print_summary(&summary);
-            Ok(())
+                let summary = coordinator.run(&registry(), &config, &mut ExternalWorkers)?;
+                print_summary(&summary);
+                Ok(())
+            })
         }
         Command::Worker {
             coordinator,

@@ -19,9 +19,11 @@
 //! | `POST /api/kill/worker/{n}` | kill worker `n` (202) |
 //! | `POST /api/kill/{operator}/{index}` | kill the worker hosting an instance (202) |
 //! | `POST /api/checkpoint` | checkpoint every instance now (202) |
-//! | `POST /api/scale/{operator}` | scale an operator out (501 until the engine can) |
+//! | `POST /api/scale/{operator}` | split the operator's busiest partition onto a pool worker (202) |
 //!
 //! Every error is a 4xx or 5xx status with a JSON body `{"error": "..."}`.
+
+#![warn(missing_docs)]
 
 mod metrics;
 mod routes;

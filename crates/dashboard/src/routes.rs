@@ -412,13 +412,28 @@ async fn scale(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(operator) = path?;
-    if !state.read().operators.iter().any(|o| o.name == operator) {
-        return Err(ApiError::not_found(format!("no operator `{operator}`")));
+    {
+        let view = state.read();
+        require_running(&view)?;
+        let Some(op) = view.operators.iter().find(|o| o.name == operator) else {
+            return Err(ApiError::not_found(format!("no operator `{operator}`")));
+        };
+        // The coordinator refuses these too, but only in its event list;
+        // saying so here gives the caller the reason directly.
+        if matches!(op.kind.as_str(), "Source" | "Sink") {
+            return Err(ApiError::conflict(format!(
+                "`{operator}` is a {}: sources and sinks do not split",
+                op.kind.to_lowercase()
+            )));
+        }
+        if !view.workers.iter().any(|w| w.alive && w.pool) {
+            return Err(ApiError::conflict(
+                "no idle worker in the pool to scale out onto (run with --pool N)",
+            ));
+        }
     }
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        format!("scaling `{operator}` out is not supported by this build yet"),
-    ))
+    let what = format!("split the busiest partition of {operator}");
+    send(&state, JobCommand::Scale { operator }, what)
 }
 
 #[cfg(test)]

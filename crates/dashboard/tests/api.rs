@@ -309,6 +309,15 @@ fn commands_are_queued_and_accepted() {
         })
     );
 
+    let answer = f.post("/api/scale/toll_calculator");
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(
+        f.commands.try_recv().ok(),
+        Some(JobCommand::Scale {
+            operator: "toll_calculator".into()
+        })
+    );
+
     let answer = f.post("/api/checkpoint");
     assert_eq!(answer.status, 202, "{}", answer.body);
     assert_eq!(answer.json()["accepted"], "Checkpoint");
@@ -343,8 +352,8 @@ fn bad_commands_are_refused_with_json_errors() {
     f.post("/api/view").assert_error(405);
     f.get("/no/such/page").assert_error(404);
     f.post("/api/scale/nope").assert_error(404);
-    let message = f.post("/api/scale/toll_calculator").assert_error(501);
-    assert!(message.contains("not supported"), "{message}");
+    let message = f.post("/api/scale/tolls").assert_error(409);
+    assert!(message.contains("do not split"), "{message}");
     f.no_command_sent();
 }
 
@@ -362,6 +371,10 @@ fn commands_need_a_running_job() {
     f.view.write().unwrap().state = "running".into();
     f.view.write().unwrap().checkpoint_ms = 0;
     f.post("/api/checkpoint").assert_error(409);
+    f.view.write().unwrap().checkpoint_ms = 1000;
+    f.view.write().unwrap().workers.retain(|w| !w.pool);
+    let message = f.post("/api/scale/toll_calculator").assert_error(409);
+    assert!(message.contains("pool"), "{message}");
     f.no_command_sent();
 }
 

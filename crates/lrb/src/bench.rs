@@ -17,7 +17,6 @@
 //! `bench.svg` plots them; see `docs/BENCH.md` for how to read them.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -31,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use spate_engine::QueryRegistry;
 
 use crate::driver::{self, RunOptions, RunReport};
+use crate::plot::{self, Anchor, Axis, Chart, Font, Pen, Svg};
 use crate::query::{LrbParams, SinkStats};
 
 /// How late, as a fraction of the scheduled replay time, the feeder may
@@ -496,6 +496,7 @@ fn run_one(
         // No failures are injected, so a standby worker would only idle.
         pool: 0,
         kills: Vec::new(),
+        recovery_parallelism: 1,
         autoscale: None,
         scale_at: Vec::new(),
         worker_cpu: None,
@@ -771,8 +772,8 @@ fn write_outputs(summary: &BenchSummary, out_dir: &Path) -> Result<(), BenchErro
 type Point = (f64, f64, bool);
 
 /// Two charts side by side: input rate against speed-up, and p99 latency
-/// against speed-up. Hand-written SVG keeps the bench free of plotting
-/// dependencies; runs at speed-up 0 have no x position and are left out.
+/// against speed-up, drawn with [`crate::plot`]'s SVG writer; runs at
+/// speed-up 0 have no x position and are left out.
 pub fn plot(summary: &BenchSummary) -> String {
     let paced: Vec<&BenchRun> = summary.runs.iter().filter(|r| r.speedup > 0.0).collect();
     let rate = |f: fn(&BenchRun) -> f64| -> Vec<Point> {
@@ -783,40 +784,39 @@ pub fn plot(summary: &BenchSummary) -> String {
     let achieved = rate(|r| r.achieved_rate);
     let offered = rate(|r| r.offered_rate);
     let kinds = ["tolls", "accidents", "balances", "expenditures"];
-    let colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"];
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="1000" height="420" font-family="sans-serif" font-size="12">"#
+    let colours = &plot::SERIES[..kinds.len()];
+    let mut svg = Svg::new(1000.0, 420.0);
+    svg.text(
+        (500.0, 20.0),
+        Font::new(14.0).anchor(Anchor::Middle),
+        &format!(
+            "Linear Road on Spate: L={} input, {} workers, {} CPUs, {} (green: pass, red: fail)",
+            summary.input.xways,
+            summary.workers,
+            summary.cpus,
+            match summary.checkpoint_ms {
+                0 => "no checkpoints".to_string(),
+                ms => format!("checkpoints every {ms} ms"),
+            }
+        ),
     );
-    let _ = writeln!(svg, r#"<rect width="1000" height="420" fill="white"/>"#);
-    let _ = writeln!(
-        svg,
-        r#"<text x="500" y="20" text-anchor="middle" font-size="14">Linear Road on Spate: L={} input, {} workers, {} CPUs, {} (green: pass, red: fail)</text>"#,
-        summary.input.xways,
-        summary.workers,
-        summary.cpus,
-        match summary.checkpoint_ms {
-            0 => "no checkpoints".to_string(),
-            ms => format!("checkpoints every {ms} ms"),
-        }
-    );
+    let speedups = || achieved.iter().map(|p| p.0);
     let rate_chart = Chart {
         left: 80.0,
         top: 50.0,
         width: 380.0,
         height: 300.0,
-        x: Axis::fit(&achieved, true, |p| p.0),
-        y: Axis::fit(
-            &[achieved.as_slice(), offered.as_slice()].concat(),
-            false,
-            |p| p.1,
-        ),
+        x: Axis::fit(speedups(), true),
+        y: Axis::fit(achieved.iter().chain(&offered).map(|p| p.1), false),
     };
     rate_chart.frame(&mut svg, "input rate, tuples/s", "speed-up");
-    rate_chart.series(&mut svg, &offered, "#999999", true);
-    rate_chart.series(&mut svg, &achieved, "#1f77b4", false);
-    rate_chart.legend(&mut svg, &[("offered", "#999999"), ("achieved", "#1f77b4")]);
+    series(&mut svg, &rate_chart, &offered, "#999999", true);
+    series(&mut svg, &rate_chart, &achieved, plot::SERIES[0], false);
+    legend(
+        &mut svg,
+        &rate_chart,
+        &[("offered", "#999999"), ("achieved", plot::SERIES[0])],
+    );
 
     let latency: Vec<Vec<Point>> = kinds
         .iter()
@@ -832,232 +832,47 @@ pub fn plot(summary: &BenchSummary) -> String {
             points
         })
         .collect();
-    let all: Vec<Point> = latency.iter().flatten().copied().collect();
-    let mut y = Axis::fit(&all, true, |p| p.1);
-    y.max = y.max.max(5_000.0 * 1.5);
     let latency_chart = Chart {
         left: 580.0,
         top: 50.0,
         width: 380.0,
         height: 300.0,
-        x: Axis::fit(&achieved, true, |p| p.0),
-        y,
+        x: Axis::fit(speedups(), true),
+        y: Axis::fit(latency.iter().flatten().map(|p| p.1), true).reaching(5_000.0 * 1.5),
     };
     latency_chart.frame(&mut svg, "p99 latency, ms", "speed-up");
     latency_chart.hline(&mut svg, 5_000.0, "5 s deadline");
     for (points, colour) in latency.iter().zip(colours) {
-        latency_chart.series(&mut svg, points, colour, false);
+        series(&mut svg, &latency_chart, points, colour, false);
     }
-    let legend: Vec<(&str, &str)> = kinds.iter().copied().zip(colours).collect();
-    latency_chart.legend(&mut svg, &legend);
-    svg.push_str("</svg>\n");
-    svg
+    let entries: Vec<(&str, &'static str)> =
+        kinds.iter().copied().zip(colours.iter().copied()).collect();
+    legend(&mut svg, &latency_chart, &entries);
+    svg.finish()
 }
 
-/// One axis of a chart, linear or logarithmic.
-struct Axis {
-    min: f64,
-    max: f64,
-    log: bool,
-}
-
-impl Axis {
-    fn fit(points: &[Point], log: bool, value: impl Fn(&Point) -> f64) -> Axis {
-        let values = points
-            .iter()
-            .map(value)
-            .filter(|v| v.is_finite() && (!log || *v > 0.0));
-        let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-            (lo.min(v), hi.max(v))
-        });
-        if !lo.is_finite() {
-            return Axis {
-                min: if log { 1.0 } else { 0.0 },
-                max: 10.0,
-                log,
-            };
+/// One series of runs: a line, and (unless dashed) a dot per run, green
+/// where it passed and red where it failed.
+fn series(svg: &mut Svg, chart: &Chart, points: &[Point], colour: &'static str, dashed: bool) {
+    let line: Vec<(f64, f64)> = points.iter().map(|(x, y, _)| (*x, *y)).collect();
+    let pen = Pen::new(colour, 2.0);
+    chart.line(svg, &line, if dashed { pen.dashed("6 4") } else { pen });
+    if !dashed {
+        for (x, y, passed) in points {
+            let fill = if *passed { plot::GREEN } else { plot::RED };
+            svg.circle(chart.px(*x, *y), 4.0, fill, colour);
         }
-        if log {
-            Axis {
-                min: lo / 1.5,
-                max: hi * 1.5,
-                log,
-            }
-        } else {
-            Axis {
-                min: 0.0,
-                max: if hi > 0.0 { hi * 1.1 } else { 1.0 },
-                log,
-            }
-        }
-    }
-
-    /// Position of `v` along the axis, 0..=1.
-    fn at(&self, v: f64) -> f64 {
-        if self.log {
-            (v.max(self.min).ln() - self.min.ln()) / (self.max.ln() - self.min.ln())
-        } else {
-            (v - self.min) / (self.max - self.min)
-        }
-    }
-
-    /// Tick values: 1-2-5 steps for log axes, about six round steps else.
-    fn ticks(&self) -> Vec<f64> {
-        let mut ticks = Vec::new();
-        if self.log {
-            let mut decade = 10f64.powf(self.min.log10().floor());
-            while decade <= self.max {
-                for m in [1.0, 2.0, 5.0] {
-                    let v = decade * m;
-                    if v >= self.min && v <= self.max {
-                        ticks.push(v);
-                    }
-                }
-                decade *= 10.0;
-            }
-        } else {
-            let raw = (self.max - self.min) / 6.0;
-            let magnitude = 10f64.powf(raw.log10().floor());
-            let step = [1.0, 2.0, 5.0, 10.0]
-                .iter()
-                .map(|m| m * magnitude)
-                .find(|s| *s >= raw)
-                .unwrap_or(raw);
-            let mut v = (self.min / step).ceil() * step;
-            while v <= self.max {
-                ticks.push(v);
-                v += step;
-            }
-        }
-        ticks
     }
 }
 
-fn label(v: f64) -> String {
-    if v >= 1e6 {
-        format!("{}M", v / 1e6)
-    } else if v >= 1e3 {
-        format!("{}k", v / 1e3)
-    } else {
-        format!("{v}")
-    }
-}
-
-struct Chart {
-    left: f64,
-    top: f64,
-    width: f64,
-    height: f64,
-    x: Axis,
-    y: Axis,
-}
-
-impl Chart {
-    fn px(&self, x: f64, y: f64) -> (f64, f64) {
-        (
-            self.left + self.x.at(x) * self.width,
-            self.top + (1.0 - self.y.at(y)) * self.height,
-        )
-    }
-
-    fn frame(&self, svg: &mut String, title: &str, x_label: &str) {
-        let (l, t, w, h) = (self.left, self.top, self.width, self.height);
-        let _ = writeln!(
-            svg,
-            r##"<rect x="{l}" y="{t}" width="{w}" height="{h}" fill="none" stroke="#333"/>"##
+/// A legend in one row under a chart.
+fn legend(svg: &mut Svg, chart: &Chart, entries: &[(&str, &'static str)]) {
+    for (i, (name, colour)) in entries.iter().enumerate() {
+        let at = (
+            chart.left + i as f64 * 95.0,
+            chart.top + chart.height + 52.0,
         );
-        let _ = writeln!(
-            svg,
-            r#"<text x="{}" y="{}" text-anchor="middle" font-size="13">{title}</text>"#,
-            l + w / 2.0,
-            t - 8.0
-        );
-        let _ = writeln!(
-            svg,
-            r#"<text x="{}" y="{}" text-anchor="middle">{x_label}</text>"#,
-            l + w / 2.0,
-            t + h + 36.0
-        );
-        for v in self.x.ticks() {
-            let (x, _) = self.px(v, self.y.min);
-            let _ = writeln!(
-                svg,
-                r##"<line x1="{x:.1}" y1="{t}" x2="{x:.1}" y2="{}" stroke="#eee"/><text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"##,
-                t + h,
-                t + h + 16.0,
-                label(v)
-            );
-        }
-        for v in self.y.ticks() {
-            let (_, y) = self.px(self.x.min, v);
-            let _ = writeln!(
-                svg,
-                r##"<line x1="{l}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
-                l + w,
-                l - 6.0,
-                y + 4.0,
-                label(v)
-            );
-        }
-    }
-
-    fn series(&self, svg: &mut String, points: &[Point], colour: &str, dashed: bool) {
-        if points.is_empty() {
-            return;
-        }
-        let path: Vec<String> = points
-            .iter()
-            .map(|(x, y, _)| {
-                let (px, py) = self.px(*x, *y);
-                format!("{px:.1},{py:.1}")
-            })
-            .collect();
-        let dash = if dashed {
-            r#" stroke-dasharray="6 4""#
-        } else {
-            ""
-        };
-        let _ = writeln!(
-            svg,
-            r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>"#,
-            path.join(" ")
-        );
-        if !dashed {
-            for (x, y, passed) in points {
-                let (px, py) = self.px(*x, *y);
-                let fill = if *passed { "#2ca02c" } else { "#d62728" };
-                let _ = writeln!(
-                    svg,
-                    r#"<circle cx="{px:.1}" cy="{py:.1}" r="4" fill="{fill}" stroke="{colour}"/>"#
-                );
-            }
-        }
-    }
-
-    fn hline(&self, svg: &mut String, value: f64, text: &str) {
-        let (_, y) = self.px(self.x.min, value);
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#d62728" stroke-dasharray="4 3"/><text x="{}" y="{:.1}" text-anchor="end" fill="#d62728">{text}</text>"##,
-            self.left,
-            self.left + self.width,
-            self.left + self.width - 4.0,
-            y - 4.0
-        );
-    }
-
-    fn legend(&self, svg: &mut String, entries: &[(&str, &str)]) {
-        for (i, (name, colour)) in entries.iter().enumerate() {
-            let y = self.top + self.height + 52.0;
-            let x = self.left + i as f64 * 95.0;
-            let _ = writeln!(
-                svg,
-                r#"<line x1="{x}" y1="{y}" x2="{}" y2="{y}" stroke="{colour}" stroke-width="3"/><text x="{}" y="{}">{name}</text>"#,
-                x + 18.0,
-                x + 22.0,
-                y + 4.0
-            );
-        }
+        plot::legend_entry(svg, at, name, Pen::new(colour, 3.0));
     }
 }
 

@@ -32,6 +32,8 @@ pub struct RunOptions {
     pub pool: usize,
     /// Failures to inject.
     pub kills: Vec<KillSpec>,
+    /// Restore a failed stateful instance as this many partitions.
+    pub recovery_parallelism: u32,
     /// Split hot instances automatically.
     pub autoscale: Option<ScalePolicy>,
     /// Scale-outs to force: (after, operator).
@@ -125,6 +127,7 @@ pub fn run(
     config.checkpoint_interval = std::time::Duration::from_millis(options.checkpoint_ms);
     config.pool = options.pool;
     config.kills = options.kills.clone();
+    config.recovery_parallelism = options.recovery_parallelism;
     config.autoscale = options.autoscale.clone();
     config.scale_at = options.scale_at.clone();
     config.worker_cpu = options.worker_cpu;
@@ -182,6 +185,9 @@ pub fn run(
         .map_err(|e| EngineError::InvalidQuery(format!("encoding the report: {e}")))?;
     std::fs::write(&path, text)
         .map_err(|e| EngineError::io(format!("writing {}", path.display()), e))?;
+    let svg = params.out_dir.join("report.svg");
+    crate::plot::write_run_plot(&report, &svg)
+        .map_err(|e| EngineError::io(format!("writing {}", svg.display()), e))?;
     Ok(report)
 }
 

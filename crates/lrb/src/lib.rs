@@ -13,6 +13,7 @@
 pub mod bench;
 pub mod driver;
 pub mod model;
+pub mod plot;
 pub mod query;
 
 pub use query::register;

@@ -94,6 +94,9 @@ pub struct JobConfig {
     pub heartbeat_timeout: Duration,
     /// Failures to inject.
     pub kills: Vec<KillSpec>,
+    /// Restore a failed stateful instance as this many partitions (parallel
+    /// recovery), when the pool has enough workers.
+    pub recovery_parallelism: u32,
     /// Split hot instances automatically (`None`: only on request).
     pub autoscale: Option<ScalePolicy>,
     /// Scale-outs to force: (after, operator).
@@ -122,6 +125,7 @@ impl JobConfig {
             checkpoint_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_millis(500),
             kills: Vec::new(),
+            recovery_parallelism: 1,
             autoscale: None,
             scale_at: Vec::new(),
             worker_cpu: None,

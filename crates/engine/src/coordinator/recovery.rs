@@ -3,7 +3,9 @@
 //!    heartbeats (gathering failures that happen together);
 //! 2. fetch each failed instance's latest checkpoint from its backup holder;
 //! 3. restore the instances on a pool worker (or the least loaded live
-//!    worker when the pool is empty), as a new incarnation;
+//!    worker when the pool is empty), as a new incarnation; with a recovery
+//!    parallelism k, a stateful instance is restored as k partitions of its
+//!    checkpoint on k pool workers (a split folded into the recovery);
 //! 4. rewire: every worker reconnects to the moved instances, and upstreams
 //!    replay their output buffers; downstreams drop duplicates by stamp;
 //! 5. refill the pool; each restored instance reports when it caught up.
@@ -11,8 +13,13 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::api::NodeKind;
 use crate::error::EngineError;
+use crate::state::Checkpoint;
 use crate::wire::control::{ToCoordinator, ToWorker};
+use crate::worker::output::AddedInstance;
+
+use super::plan::InstancePlan;
 
 use super::{kill_process, Event, Job, RecoveryTimeline};
 
@@ -104,25 +111,81 @@ impl Job<'_> {
         }
         let mut by_target: HashMap<u32, Vec<(u32, Option<serde_bytes::ByteBuf>)>> = HashMap::new();
         let mut names = Vec::new();
+        let mut added = Vec::new();
         for (id, bytes) in checkpoints {
-            let (node, _) = self.plan.instance(id).expect("failed instance is planned");
-            let name = format!(
-                "{}[{}]",
-                self.plan.nodes[node].name,
-                self.plan.instance(id).map_or(0, |(_, p)| p.index)
+            let (node, placed) = self.plan.instance(id).expect("failed instance is planned");
+            let placed = placed.clone();
+            names.push(format!("{}[{}]", self.plan.nodes[node].name, placed.index));
+            let target = targets[&placed.worker];
+            let mut bytes = bytes;
+            let mut range = placed.key_range;
+            // Parallel recovery: restore the instance as several partitions
+            // on several pool workers, exactly as a split would.
+            let k = self.config.recovery_parallelism.max(1);
+            let splittable = matches!(
+                self.query.kind(node),
+                NodeKind::Stateful | NodeKind::Stateless
             );
+            if let (true, true, Some(encoded)) = (
+                k > 1 && splittable,
+                self.pool.len() + 1 >= k as usize,
+                &bytes,
+            ) {
+                let checkpoint = Checkpoint::decode(encoded)?;
+                let ranges = placed.key_range.split_even(k);
+                let parts = checkpoint.partition(&ranges)?;
+                range = ranges[0];
+                bytes = Some(parts[0].encode()?);
+                self.backups.remove(&id);
+                self.copies
+                    .insert(id, (checkpoint.frontier, parts[0].encode()?));
+                for (part, part_range) in parts.iter().zip(&ranges).skip(1) {
+                    let worker = self.pool.pop_front().expect("pool size was checked");
+                    let new_id = self.plan.instances().map(|(_, i)| i.id).max().unwrap_or(0) + 1;
+                    let index = self.plan.nodes[node]
+                        .instances
+                        .iter()
+                        .map(|i| i.index)
+                        .max()
+                        .unwrap_or(0)
+                        + 1;
+                    self.plan.nodes[node].instances.push(InstancePlan {
+                        id: new_id,
+                        index,
+                        worker,
+                        key_range: *part_range,
+                        source_slot: 0,
+                        incarnation: 0,
+                    });
+                    let encoded = part.encode()?;
+                    self.copies
+                        .insert(new_id, (checkpoint.frontier, encoded.clone()));
+                    by_target
+                        .entry(worker)
+                        .or_default()
+                        .push((new_id, Some(serde_bytes::ByteBuf::from(encoded))));
+                    added.push(AddedInstance {
+                        id: new_id,
+                        parent: id,
+                        frontier: checkpoint.frontier,
+                    });
+                    names.push(format!("{}[{index}]", self.plan.nodes[node].name));
+                }
+                self.plan.nodes[node]
+                    .instances
+                    .sort_by_key(|i| i.key_range.start);
+            }
             let placed = self
                 .plan
                 .instance_mut(id)
                 .expect("failed instance is planned");
-            let target = targets[&placed.worker];
             placed.worker = target;
             placed.incarnation += 1;
+            placed.key_range = range;
             by_target
                 .entry(target)
                 .or_default()
                 .push((id, bytes.map(serde_bytes::ByteBuf::from)));
-            names.push(name);
         }
         let mut waiting = 0;
         for (target, instances) in by_target {
@@ -158,9 +221,10 @@ impl Job<'_> {
         );
 
         // 4. Rewire upstreams and downstreams; replay follows.
+        let new_instances: Vec<u32> = added.iter().map(|a| a.id).collect();
         self.broadcast(&ToWorker::PlanUpdate {
             plan: self.plan.clone(),
-            added: Vec::new(),
+            added,
         });
         let rewired_ms = self.elapsed_ms();
         let killed_ms = self
@@ -179,6 +243,7 @@ impl Job<'_> {
             caught_up_ms: None,
         });
         self.awaiting_catch_up.extend(failed);
+        self.awaiting_catch_up.extend(new_instances);
         Ok(())
     }
 
