@@ -66,3 +66,13 @@ fn two_operators_failing_at_once_change_nothing() {
         &[],
     );
 }
+
+#[test]
+fn parallel_recovery_onto_two_workers_changes_nothing() {
+    let report = survives(
+        "ft-parallel",
+        &["3:toll_assessment"],
+        &["--recovery-parallelism", "2", "--pool", "3"],
+    );
+    assert_eq!(report["partitions"]["toll_assessment"], 2, "{report}");
+}

@@ -7,7 +7,7 @@
 //! guarded (non-finite values, empty series), so a figure never fails a run:
 //! a panel without data is drawn as empty axes with a note.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
 use std::path::Path;
 
@@ -629,7 +629,7 @@ const PLOT_WIDTH: f64 = 735.0;
 /// Left edge of the legends.
 const LEGEND_LEFT: f64 = 830.0;
 /// Most rows of marker labels stacked at the top of a panel.
-const LABEL_ROWS: usize = 4;
+const LABEL_ROWS: usize = 3;
 
 /// Writes `report.svg` for a run: the same figures as `report.json`, drawn,
 /// so that a run can be judged at a glance.
@@ -757,6 +757,10 @@ struct Mark {
     at: f64,
     label: String,
     pen: Pen,
+    /// The failure or split it belongs to: of a group's marks closer than a
+    /// label's width, only the first is labelled (the events panel has the
+    /// exact times).
+    group: usize,
 }
 
 /// Failures and scale-outs as they are drawn on every time-series panel.
@@ -770,7 +774,7 @@ impl Marks {
     fn of(report: &RunReport, time: &TimeScale) -> Marks {
         let mut lines = Vec::new();
         let mut bands = Vec::new();
-        for r in &report.recoveries {
+        for (group, r) in report.recoveries.iter().enumerate() {
             let workers = r
                 .workers
                 .iter()
@@ -785,6 +789,7 @@ impl Marks {
                     at: time.at(k as f64),
                     label: format!("kill {workers}"),
                     pen: Pen::new(RED, 1.5),
+                    group,
                 });
             }
             lines.push(Mark {
@@ -795,21 +800,24 @@ impl Marks {
                     format!("{workers} failed")
                 },
                 pen: Pen::new(RED, 1.0).dashed("4 3"),
+                group,
             });
             lines.push(Mark {
                 at: time.at(r.restored_ms as f64),
                 label: "restored".into(),
                 pen: Pen::new(RED, 1.0).dashed("4 3"),
+                group,
             });
             if let Some(c) = r.caught_up_ms {
                 lines.push(Mark {
                     at: time.at(c as f64),
                     label: "caught up".into(),
                     pen: Pen::new(RED, 1.0).dashed("1 2"),
+                    group,
                 });
             }
         }
-        for s in &report.scale_events {
+        for (i, s) in report.scale_events.iter().enumerate() {
             lines.push(Mark {
                 at: time.at(s.decided_ms as f64),
                 label: format!(
@@ -817,6 +825,7 @@ impl Marks {
                     s.operator, s.partitions_before, s.partitions_after
                 ),
                 pen: Pen::new(SCALE, 1.5).dashed("6 3"),
+                group: report.recoveries.len() + i,
             });
         }
         lines.sort_by(|a, b| a.at.total_cmp(&b.at));
@@ -846,15 +855,21 @@ impl Marks {
     fn draw_labels(&self, svg: &mut Svg, chart: &Chart) {
         let font = Font::new(9.5).halo();
         let mut row_ends: Vec<f64> = Vec::new();
+        // Per group, where its last label ends.
+        let mut group_ends: BTreeMap<usize, f64> = BTreeMap::new();
         for m in &self.lines {
             let (x, _) = chart.px(m.at, chart.y.min);
             let width = font.width(&m.label);
+            if group_ends.get(&m.group).is_some_and(|end| x < *end) {
+                continue;
+            }
             // Right of the line, unless that runs off the chart.
             let (start, anchor, text_x) = if x + 3.0 + width <= chart.right() {
                 (x, Anchor::Start, x + 3.0)
             } else {
                 (x - 3.0 - width, Anchor::End, x - 3.0)
             };
+            group_ends.insert(m.group, start + width + 6.0);
             let row = match row_ends.iter().position(|end| *end <= start) {
                 Some(row) => row,
                 None if row_ends.len() < LABEL_ROWS => {
@@ -924,7 +939,7 @@ fn header(svg: &mut Svg, report: &RunReport) {
         (WIDTH / 2.0, 44.0),
         Font::new(12.0).fill(MUTED).anchor(Anchor::Middle),
         &format!(
-            "{} input lines in {} s (mean {}/s, peak {}/s) · {} answers, {} late · {} · {} failures · {} splits",
+            "{} input lines in {} s (mean {}/s, peak {}/s) · {} answers, {} late · {} · {} · {}",
             label(report.input_lines as f64),
             plain(report.elapsed_secs),
             label(report.input_rate.round()),
@@ -932,10 +947,19 @@ fn header(svg: &mut Svg, report: &RunReport) {
             label(report.answers as f64),
             report.deadline_misses,
             checkpoints,
-            report.recoveries.len(),
-            report.scale_events.len(),
+            counted(report.recoveries.len(), "failure"),
+            counted(report.scale_events.len(), "split"),
         ),
     );
+}
+
+/// `n` and a noun, plural unless `n` is one.
+fn counted(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 /// Panel 1: the offered load, from the feeder.
@@ -1107,12 +1131,12 @@ fn placement_panel(
     svg.text(
         (LEGEND_LEFT, chart.top + 30.0),
         Font::new(11.0).fill(MUTED),
-        "partitions: operator",
+        "partitions: coloured",
     );
     svg.text(
         (LEGEND_LEFT, chart.top + 44.0),
         Font::new(11.0).fill(MUTED),
-        "colours above",
+        "by operator (above)",
     );
 }
 
@@ -1151,7 +1175,7 @@ fn latency_panel(svg: &mut Svg, report: &RunReport) {
         .map(|(k, _)| k.deadline_secs() * 1000.0)
         .fold(0.0, f64::max);
     let lo = if lo.is_finite() { lo / 2.0 } else { 1.0 };
-    let y = Axis::logarithmic(lo.min(1.0), hi.max(deadline) * 2.0);
+    let y = Axis::logarithmic(lo.min(1.0), hi.max(deadline) * 3.0);
     let chart = Chart {
         left: PLOT_LEFT,
         top: 748.0,
@@ -1223,16 +1247,16 @@ fn latency_panel(svg: &mut Svg, report: &RunReport) {
     }
 }
 
-/// A latency short enough to fit above a bar.
+/// A latency short enough to fit above a bar: two or three digits.
 fn compact_duration(ms: f64) -> String {
     if !ms.is_finite() {
         "?".into()
-    } else if ms >= 1000.0 {
-        format!("{}s", plain(ms / 1000.0))
+    } else if ms.round() >= 1000.0 {
+        format!("{:.1}s", ms / 1000.0)
     } else if ms >= 10.0 {
         format!("{}ms", ms.round())
     } else {
-        format!("{}ms", plain(ms))
+        format!("{ms:.1}ms")
     }
 }
 
@@ -1445,7 +1469,8 @@ mod tests {
 
     const OPERATORS: [&str; 4] = ["feeder", "forwarder", "toll_calculator", "tolls"];
 
-    /// A 30-second run with a failure at 8 s and a split at 15 s.
+    /// A 30-second run with a failure at 8 s, recovered in steps a few
+    /// seconds apart, and a split at 20 s.
     fn busy_report() -> RunReport {
         let mut report = empty_report();
         report.elapsed_secs = 30.5;
@@ -1466,7 +1491,7 @@ mod tests {
             .collect();
         report.history = (1..=30)
             .map(|s| {
-                let split = usize::from(s >= 16);
+                let split = usize::from(s >= 21);
                 let mut p = HistoryPoint {
                     at_ms: s * 1000,
                     workers: 3 + split,
@@ -1499,13 +1524,13 @@ mod tests {
             workers: vec![2],
             instances: vec!["toll_calculator[0]".into()],
             killed_ms: Some(8000),
-            detected_ms: 8600,
-            restored_ms: 9100,
-            rewired_ms: 9150,
-            caught_up_ms: Some(10_400),
+            detected_ms: 10_000,
+            restored_ms: 12_000,
+            rewired_ms: 12_050,
+            caught_up_ms: Some(15_000),
         });
         report.scale_events.push(ScaleEvent {
-            decided_ms: 15_000,
+            decided_ms: 20_000,
             reason: "requested".into(),
             operator: "toll_calculator".into(),
             instance: 2,
@@ -1540,7 +1565,7 @@ mod tests {
         }
         assert!(svg.contains("deadline 5 s") && svg.contains("deadline 10 s"));
         assert!(svg.contains("Failure 1: worker 2 (toll_calculator[0])"));
-        assert!(svg.contains("Split of toll_calculator: 1 → 2 partitions at 15 s"));
+        assert!(svg.contains("Split of toll_calculator: 1 → 2 partitions at 20 s"));
         assert!(svg.contains("time since the job started, s"));
         // The four marker lines per panel, drawn from the panel's top.
         assert!(svg.matches(r##"stroke="#d62728""##).count() >= 16);
@@ -1630,21 +1655,61 @@ mod tests {
         assert_eq!(duration(0.25), "0.25 ms");
     }
 
-    #[test]
-    fn crowded_marker_labels_take_separate_rows() {
-        let report = busy_report();
-        let time = TimeScale::of(&report);
-        let marks = Marks::of(&report, &time);
+    /// The marker labels drawn on a time-series chart, with their rows (y).
+    fn marker_labels(report: &RunReport) -> Vec<(String, String)> {
+        let time = TimeScale::of(report);
+        let marks = Marks::of(report, &time);
         let chart = time.chart(100.0, 100.0, Axis::linear(0.0, 1.0));
         let mut svg = Svg::new(100.0, 100.0);
         marks.draw_labels(&mut svg, &chart);
-        let text = svg.finish();
-        let rows: BTreeSet<&str> = text
+        svg.finish()
             .lines()
             .filter(|l| l.starts_with("<text"))
-            .filter_map(|l| l.split('"').nth(3))
-            .collect();
-        // kill, detected and restored are less than a label apart.
-        assert!(rows.len() >= 3, "{rows:?}");
+            .filter_map(|l| {
+                let y = l.split('"').nth(3)?;
+                let text = l.split('>').nth(1)?.strip_suffix("</text")?;
+                Some((text.to_string(), y.to_string()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_quick_recovery_gets_one_label_and_a_nearby_split_another_row() {
+        let mut report = busy_report();
+        report.recoveries[0] = RecoveryTimeline {
+            workers: vec![1],
+            instances: vec!["tolls[0]".into()],
+            killed_ms: Some(8000),
+            detected_ms: 8002,
+            restored_ms: 8040,
+            rewired_ms: 8040,
+            caught_up_ms: Some(8050),
+        };
+        report.scale_events[0].decided_ms = 8300;
+        let labels = marker_labels(&report);
+        let texts: Vec<&str> = labels.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(texts, ["kill w1", "split toll_calculator 1→2"]);
+        assert_ne!(labels[0].1, labels[1].1, "overlapping labels on one row");
+        // Every phase still has its line.
+        let svg = run_plot(&report);
+        assert_well_formed(&svg);
+        assert!(svg.matches(r#"stroke-dasharray="1 2""#).count() >= 4);
+    }
+
+    #[test]
+    fn spread_out_phases_are_each_labelled_on_one_row() {
+        let labels = marker_labels(&busy_report());
+        let texts: Vec<&str> = labels.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "kill w2",
+                "detected",
+                "restored",
+                "caught up",
+                "split toll_calculator 1→2"
+            ]
+        );
+        assert!(labels.iter().all(|(_, y)| *y == labels[0].1));
     }
 }

@@ -120,8 +120,10 @@ pub fn unchanged(name: &str, options: &[&str]) -> serde_json::Value {
 /// Runs with `kills` (and `extra` options) and checks the answers are
 /// unchanged and that every kill was recovered.
 pub fn survives(name: &str, kills: &[&str], extra: &[&str]) -> serde_json::Value {
-    let mut options: Vec<&str> = vec!["--pool", "2"];
-    options.extend_from_slice(extra);
+    let mut options: Vec<&str> = extra.to_vec();
+    if !extra.contains(&"--pool") {
+        options.extend(["--pool", "2"]);
+    }
     for kill in kills {
         options.push("--kill");
         options.push(kill);
