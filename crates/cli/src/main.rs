@@ -45,6 +45,10 @@ struct JobArgs {
     /// Number of worker processes.
     #[arg(long, default_value_t = 3)]
     workers: usize,
+    /// The cluster's shared secret that workers must present (a local
+    /// cluster makes its own).
+    #[arg(long, env = "SPATE_TOKEN", hide_env_values = true, default_value = "")]
+    token: String,
     #[command(flatten)]
     dashboard: control::DashboardArgs,
 }
@@ -73,6 +77,9 @@ enum Command {
         /// Seconds to keep trying to reach the coordinator.
         #[arg(long, default_value_t = 10)]
         connect_timeout_secs: u64,
+        /// The cluster's shared secret, as given to the coordinator.
+        #[arg(long, env = "SPATE_TOKEN", hide_env_values = true, default_value = "")]
+        token: String,
     },
     /// The main job: generate a Linear Road input, run it on a local cluster,
     /// validate every answer and print the report.
@@ -164,10 +171,12 @@ fn run(cli: Cli) -> Result<()> {
             coordinator,
             listen,
             connect_timeout_secs,
+            token,
         } => {
             let options = WorkerOptions {
                 listen,
                 connect_timeout: std::time::Duration::from_secs(connect_timeout_secs),
+                token,
                 ..WorkerOptions::new(coordinator)
             };
             Ok(run_worker(&registry(), &options)?)
@@ -213,6 +222,7 @@ fn job_config(job: &JobArgs) -> Result<JobConfig> {
         params[key] = value;
     }
     let mut config = JobConfig::new(&job.query, params, job.workers);
+    config.token = job.token.clone();
     config.partitions = parse_partitions(&job.partitions)?;
     config.cancel = cancel_on_ctrl_c();
     Ok(config)

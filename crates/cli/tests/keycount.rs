@@ -166,3 +166,45 @@ fn a_worker_that_dies_at_start_fails_the_job() {
     let err = stderr(&result);
     assert!(err.contains("worker 0 failed"), "{err}");
 }
+
+#[test]
+fn a_worker_with_the_wrong_token_is_refused() {
+    let dir = scratch("keycount-token");
+    std::fs::write(dir.join("in.txt"), "a b c\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut coordinator = spate()
+        .args([
+            "coordinator",
+            "keycount",
+            "--workers",
+            "1",
+            "--token",
+            "right",
+        ])
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg(format!("--param=input={}", dir.join("in.txt").display()))
+        .arg(format!("--param=output={}", dir.join("out.csv").display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut worker = spate();
+    worker
+        .args(["worker", "--token", "wrong", "--coordinator"])
+        .arg(format!("127.0.0.1:{port}"));
+    let result = run_with_timeout(worker, Duration::from_secs(30));
+    coordinator.kill().unwrap();
+    let coordinator = coordinator.wait_with_output().unwrap();
+    assert!(!result.status.success());
+    assert!(
+        stderr(&result).contains("cluster token"),
+        "{}",
+        stderr(&result)
+    );
+    let log = String::from_utf8_lossy(&coordinator.stderr);
+    assert!(log.contains("wrong cluster token"), "{log}");
+}

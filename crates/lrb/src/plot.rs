@@ -775,12 +775,11 @@ impl Marks {
         let mut lines = Vec::new();
         let mut bands = Vec::new();
         for (group, r) in report.recoveries.iter().enumerate() {
-            let workers = r
-                .workers
-                .iter()
-                .map(|w| format!("w{w}"))
-                .collect::<Vec<_>>()
-                .join(",");
+            let ids: Vec<String> = r.workers.iter().map(|w| w.to_string()).collect();
+            let workers = match ids.len() {
+                1 => format!("worker {}", ids.join("")),
+                _ => format!("workers {}", ids.join(",")),
+            };
             let failed = r.killed_ms.unwrap_or(r.detected_ms);
             let over = r.caught_up_ms.unwrap_or(r.restored_ms).max(failed);
             bands.push((time.at(failed as f64), time.at(over as f64)));
@@ -1043,7 +1042,7 @@ fn rate_panel(
     marks.draw_under(svg, &chart);
     chart.frame(
         svg,
-        "Tuples in per second per operator (log scale, all partitions)",
+        "Tuples in per second per operator (all partitions; log scale, 0 drawn at 1)",
         "",
     );
     draw_series(svg, &chart, &series, 0.0);
@@ -1117,6 +1116,19 @@ fn placement_panel(
     );
     let stepped: Vec<Vec<(f64, f64)>> = series.iter().map(|s| steps(s, time.end)).collect();
     draw_series(svg, &chart, &stepped, 1.6);
+    // Name the operators that were ever partitioned at their lines' ends;
+    // the others share the band at one partition.
+    for (i, (op, points)) in operators.iter().zip(&series).enumerate() {
+        let (Some(last), true) = (points.last(), points.iter().any(|p| p.1 > 1.0)) else {
+            continue;
+        };
+        let (_, y) = chart.px(time.end, last.1);
+        svg.text(
+            (chart.right() - 4.0, y - 5.0),
+            Font::new(10.0).fill(colour(i)).anchor(Anchor::End).halo(),
+            &format!("{op}: {}", last.1),
+        );
+    }
     chart.line(svg, &steps(&workers, time.end), Pen::new(INK, 2.5));
     if report.history.is_empty() {
         chart.note(svg, NO_HISTORY);
@@ -1524,10 +1536,10 @@ mod tests {
             workers: vec![2],
             instances: vec!["toll_calculator[0]".into()],
             killed_ms: Some(8000),
-            detected_ms: 10_000,
-            restored_ms: 12_000,
-            rewired_ms: 12_050,
-            caught_up_ms: Some(15_000),
+            detected_ms: 10_500,
+            restored_ms: 13_000,
+            rewired_ms: 13_050,
+            caught_up_ms: Some(16_000),
         });
         report.scale_events.push(ScaleEvent {
             decided_ms: 20_000,
@@ -1553,7 +1565,7 @@ mod tests {
             assert!(svg.contains(&format!(">{op}</text>")), "no legend for {op}");
         }
         for label in [
-            "kill w2",
+            "kill worker 2",
             "detected",
             "restored",
             "caught up",
@@ -1688,7 +1700,7 @@ mod tests {
         report.scale_events[0].decided_ms = 8300;
         let labels = marker_labels(&report);
         let texts: Vec<&str> = labels.iter().map(|(t, _)| t.as_str()).collect();
-        assert_eq!(texts, ["kill w1", "split toll_calculator 1→2"]);
+        assert_eq!(texts, ["kill worker 1", "split toll_calculator 1→2"]);
         assert_ne!(labels[0].1, labels[1].1, "overlapping labels on one row");
         // Every phase still has its line.
         let svg = run_plot(&report);
@@ -1703,7 +1715,7 @@ mod tests {
         assert_eq!(
             texts,
             [
-                "kill w2",
+                "kill worker 2",
                 "detected",
                 "restored",
                 "caught up",

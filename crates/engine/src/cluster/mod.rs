@@ -22,6 +22,8 @@ pub struct LocalCluster {
     coordinator: String,
     /// CPU quota per worker, in cores.
     worker_cpu: Option<f64>,
+    /// The cluster's shared secret, handed to workers in `SPATE_TOKEN`.
+    token: String,
     limits: Vec<CpuLimit>,
 }
 
@@ -33,12 +35,14 @@ impl LocalCluster {
         program: &Path,
         coordinator: &str,
         worker_cpu: Option<f64>,
+        token: &str,
     ) -> Result<Self, EngineError> {
         let mut cluster = LocalCluster {
             children: Vec::with_capacity(n),
             program: program.to_path_buf(),
             coordinator: coordinator.to_string(),
             worker_cpu,
+            token: token.to_string(),
             limits: Vec::new(),
         };
         for _ in 0..n {
@@ -84,6 +88,7 @@ impl Provisioner for LocalCluster {
         let mut command = Command::new(&self.program);
         command
             .args(["worker", "--coordinator", &self.coordinator])
+            .env("SPATE_TOKEN", &self.token)
             .stdin(Stdio::null());
         die_with_parent(&mut command);
         let child = command.spawn().map_err(|e| {
@@ -142,15 +147,36 @@ pub fn run_local(
     program: &Path,
 ) -> Result<JobSummary, EngineError> {
     let coordinator = Coordinator::bind("127.0.0.1:0")?;
+    // A fresh secret per run, so no other process on the machine can join.
+    let mut config = config.clone();
+    if config.token.is_empty() {
+        config.token = random_token();
+    }
     let mut cluster = LocalCluster::spawn(
         config.workers + config.pool,
         program,
         &coordinator.addr().to_string(),
         config.worker_cpu,
+        &config.token,
     )?;
-    let result = coordinator.run(registry, config, &mut cluster);
+    let result = coordinator.run(registry, &config, &mut cluster);
     cluster.shutdown(Duration::from_secs(5));
     result
+}
+
+/// An unguessable-enough secret from the clock, the process id and an
+/// address (no randomness crate needed for a loopback cluster's token).
+fn random_token() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let local = 0u8;
+    let seed = nanos ^ (u64::from(std::process::id()) << 32) ^ (&local as *const u8 as u64);
+    format!(
+        "{:016x}{:016x}",
+        crate::hash::mix64(seed),
+        crate::hash::mix64(seed.rotate_left(29) ^ 0x9e37_79b9_7f4a_7c15)
+    )
 }
 
 /// The path of the running executable, to start workers from.

@@ -103,6 +103,8 @@ pub struct JobConfig {
     pub scale_at: Vec<(Duration, String)>,
     /// CPU quota per local worker process, in cores (emulated small VMs).
     pub worker_cpu: Option<f64>,
+    /// The cluster's shared secret that workers must present (empty: none).
+    pub token: String,
     /// How long workers have to join, deploy and restore.
     pub startup_timeout: Duration,
     /// Set (e.g. by a Ctrl-C handler) to abort the job.
@@ -129,6 +131,7 @@ impl JobConfig {
             autoscale: None,
             scale_at: Vec::new(),
             worker_cpu: None,
+            token: String::new(),
             startup_timeout: Duration::from_secs(30),
             cancel: Arc::new(AtomicBool::new(false)),
             view: None,
@@ -325,7 +328,12 @@ impl Coordinator {
             .try_clone()
             .map_err(|e| EngineError::io("cloning the coordinator socket", e))?;
         let (events_tx, events) = crossbeam_channel::unbounded();
-        spawn_acceptor(acceptor, events_tx.clone(), config.cancel.clone())?;
+        spawn_acceptor(
+            acceptor,
+            events_tx.clone(),
+            config.cancel.clone(),
+            config.token.clone(),
+        )?;
         let mut job = Job {
             config,
             provisioner,
@@ -385,6 +393,7 @@ fn spawn_acceptor(
     listener: TcpListener,
     events: Sender<Event>,
     cancel: Arc<AtomicBool>,
+    token: String,
 ) -> Result<(), EngineError> {
     let mut clocks: HashMap<String, Arc<AtomicU64>> = HashMap::new();
     thread::Builder::new()
@@ -395,7 +404,17 @@ fn spawn_acceptor(
             }
             match listener.accept() {
                 Ok((stream, _)) => match handshake(stream) {
-                    Ok((stream, ToCoordinator::Register { data_addr, pid })) => {
+                    Ok((stream, ToCoordinator::Register { token: t, .. }))
+                    | Ok((stream, ToCoordinator::Beat { token: t, .. }))
+                        if t != token =>
+                    {
+                        let peer = stream
+                            .peer_addr()
+                            .map(|a| a.to_string())
+                            .unwrap_or_default();
+                        tracing::warn!("refused a worker at {peer}: wrong cluster token");
+                    }
+                    Ok((stream, ToCoordinator::Register { data_addr, pid, .. })) => {
                         let clock = Arc::new(AtomicU64::new(now_ms()));
                         clocks.insert(data_addr.clone(), clock.clone());
                         if events
@@ -405,11 +424,12 @@ fn spawn_acceptor(
                             return;
                         }
                     }
-                    Ok((stream, ToCoordinator::Beat { data_addr })) => match clocks.get(&data_addr)
-                    {
-                        Some(clock) => spawn_heartbeat_reader(stream, clock.clone()),
-                        None => tracing::warn!("heartbeats from unknown worker {data_addr}"),
-                    },
+                    Ok((stream, ToCoordinator::Beat { data_addr, .. })) => {
+                        match clocks.get(&data_addr) {
+                            Some(clock) => spawn_heartbeat_reader(stream, clock.clone()),
+                            None => tracing::warn!("heartbeats from unknown worker {data_addr}"),
+                        }
+                    }
                     Ok((_, other)) => {
                         tracing::warn!("refused a connection that opened with {other:?}")
                     }

@@ -1,5 +1,6 @@
 //! Checkpoints: the unit of backup, recovery and scale out.
 
+use bincode::Options;
 use serde::{Deserialize, Serialize};
 
 use super::buffer::OutputBuffer;
@@ -70,14 +71,28 @@ impl CheckpointParts<'_> {
         let mut out = Vec::with_capacity(64 + self.entries.len() * 32 + self.output_buffer.bytes());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&[0; 8]);
         bincode::serialize_into(&mut out, self)
             .map_err(|e| EngineError::Checkpoint(format!("encode: {e}")))?;
+        let sum = checksum(&out[HEADER..]);
+        out[6..HEADER].copy_from_slice(&sum.to_le_bytes());
         Ok(out)
     }
 }
 
 const MAGIC: &[u8; 4] = b"SPCK";
-const FORMAT_VERSION: u16 = 1;
+const FORMAT_VERSION: u16 = 2;
+/// Magic, version, checksum of the body.
+const HEADER: usize = 14;
+
+/// A 64-bit checksum of a checkpoint's body, so that corruption in transit
+/// or in a holder's memory is refused rather than restored.
+fn checksum(body: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = crate::hash::StableHasher::default();
+    hasher.write(body);
+    hasher.finish()
+}
 
 impl Checkpoint {
     /// Serialises the checkpoint for backup on another worker.
@@ -95,7 +110,7 @@ impl Checkpoint {
 
     /// Reads a checkpoint written by [`Checkpoint::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Checkpoint, EngineError> {
-        if bytes.len() < 6 || &bytes[..4] != MAGIC {
+        if bytes.len() < HEADER || &bytes[..4] != MAGIC {
             return Err(EngineError::Checkpoint(
                 "not a Spate checkpoint (bad magic)".into(),
             ));
@@ -106,7 +121,18 @@ impl Checkpoint {
                 "checkpoint format version {version} is not supported (this build reads {FORMAT_VERSION})"
             )));
         }
-        bincode::deserialize(&bytes[6..])
+        let mut sum = [0u8; 8];
+        sum.copy_from_slice(&bytes[6..HEADER]);
+        if u64::from_le_bytes(sum) != checksum(&bytes[HEADER..]) {
+            return Err(EngineError::Checkpoint(
+                "checkpoint checksum mismatch: it was corrupted".into(),
+            ));
+        }
+        bincode::DefaultOptions::new()
+            .with_fixint_encoding()
+            .allow_trailing_bytes()
+            .with_limit(bytes.len() as u64)
+            .deserialize(&bytes[HEADER..])
             .map_err(|e| EngineError::Checkpoint(format!("decode: {e}")))
     }
 

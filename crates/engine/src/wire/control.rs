@@ -3,6 +3,7 @@
 
 use std::io::{self, Read, Write};
 
+use bincode::Options;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -55,12 +56,17 @@ pub enum ToCoordinator {
         data_addr: String,
         /// OS process id, for `kill` and diagnostics.
         pid: u32,
+        /// The cluster's shared secret; a coordinator with a token refuses
+        /// workers that do not present it.
+        token: String,
     },
     /// The first message on a worker's heartbeat connection, a second
     /// connection so that heartbeats never queue behind large checkpoints.
     Beat {
         /// The worker's data address, as in its `Register`.
         data_addr: String,
+        /// The cluster's shared secret, as in `Register`.
+        token: String,
     },
     /// The worker created its instances and is ready to start.
     Deployed,
@@ -268,7 +274,11 @@ pub fn recv<T: DeserializeOwned>(r: &mut impl Read) -> Result<Option<T>, EngineE
     let mut body = vec![0u8; len];
     r.read_exact(&mut body)
         .map_err(|e| EngineError::io("receiving control message body", e))?;
-    bincode::deserialize(&body)
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(body.len() as u64)
+        .deserialize(&body)
         .map(Some)
         .map_err(|e| EngineError::Protocol(format!("malformed control message: {e}")))
 }

@@ -32,6 +32,8 @@ pub struct WorkerOptions {
     pub listen: String,
     /// How long to keep trying to reach the coordinator.
     pub connect_timeout: Duration,
+    /// The cluster's shared secret (empty: none).
+    pub token: String,
 }
 
 impl WorkerOptions {
@@ -41,6 +43,7 @@ impl WorkerOptions {
             coordinator: coordinator.into(),
             listen: "127.0.0.1:0".into(),
             connect_timeout: Duration::from_secs(10),
+            token: String::new(),
         }
     }
 }
@@ -85,6 +88,7 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
         &ToCoordinator::Register {
             data_addr: data_addr.clone(),
             pid: std::process::id(),
+            token: options.token.clone(),
         },
     )?;
     tracing::info!(%data_addr, coordinator = %options.coordinator, "worker registered");
@@ -95,6 +99,11 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
     let mut backups: HashMap<u32, (Stamp, Vec<u8>)> = HashMap::new();
     loop {
         let Some(message) = control::recv::<ToWorker>(&mut control)? else {
+            if deployment.is_none() {
+                return Err(EngineError::Protocol(
+                    "the coordinator closed the connection before deploying anything (is the cluster token right?)".into(),
+                ));
+            }
             tracing::info!("coordinator closed the control connection; exiting");
             return Ok(());
         };
@@ -263,7 +272,13 @@ fn spawn_heartbeat(options: &WorkerOptions, data_addr: String) -> Result<(), Eng
     control::write_hello(&mut stream)
         .map_err(|e| EngineError::io("greeting the coordinator", e))?;
     control::read_hello(&mut stream)?;
-    control::send(&mut stream, &ToCoordinator::Beat { data_addr })?;
+    control::send(
+        &mut stream,
+        &ToCoordinator::Beat {
+            data_addr,
+            token: options.token.clone(),
+        },
+    )?;
     let beat = control::encode(&ToCoordinator::Heartbeat)?;
     thread::Builder::new()
         .name("spate-heartbeat".into())
