@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{run_with_timeout, scratch, spate, stderr};
+use common::{free_port, run_with_timeout, scratch, spate, stderr};
 
 const WORDS: [&str; 7] = ["river", "stone", "Spate", "flow", "state", "key", "tide"];
 
@@ -117,12 +117,7 @@ fn an_unknown_query_is_refused() {
 
 #[test]
 fn an_unreachable_coordinator_is_a_clear_error() {
-    // Bind and drop a listener to find a port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut command = spate();
     command
         .args(["worker", "--connect-timeout-secs", "1", "--coordinator"])
@@ -138,11 +133,7 @@ fn an_unreachable_coordinator_is_a_clear_error() {
 fn a_worker_that_dies_at_start_fails_the_job() {
     let dir = scratch("keycount-worker-dies");
     std::fs::write(dir.join("in.txt"), "a b c\n").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut coordinator = spate();
     coordinator
         .args(["coordinator", "keycount", "--workers", "2", "--listen"])
@@ -171,11 +162,7 @@ fn a_worker_that_dies_at_start_fails_the_job() {
 fn a_worker_with_the_wrong_token_is_refused() {
     let dir = scratch("keycount-token");
     std::fs::write(dir.join("in.txt"), "a b c\n").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut coordinator = spate()
         .args([
             "coordinator",

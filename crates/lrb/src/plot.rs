@@ -239,7 +239,7 @@ impl Svg {
         let _ = writeln!(
             self.text,
             r#"<polyline points="{}" stroke-linejoin="round" {}/>"#,
-            coordinates(points),
+            coordinates(&thin(points)),
             pen.attributes()
         );
     }
@@ -289,6 +289,27 @@ impl Svg {
             N(r)
         );
     }
+}
+
+/// Keeps at most four points of a line per pixel column (the first, the
+/// lowest, the highest and the last), which draws the same line: a run of
+/// hours has thousands of points per series, and the file stays small.
+fn thin(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let mut out = Vec::new();
+    for column in points.chunk_by(|a, b| a.0.floor() == b.0.floor()) {
+        let by_y = |a: &&(f64, f64), b: &&(f64, f64)| a.1.total_cmp(&b.1);
+        let extremes = [column.iter().min_by(by_y), column.iter().max_by(by_y)];
+        let mut kept: Vec<usize> = vec![0, column.len().saturating_sub(1)];
+        for extreme in extremes.into_iter().flatten() {
+            if let Some(i) = column.iter().position(|p| std::ptr::eq(p, extreme)) {
+                kept.push(i);
+            }
+        }
+        kept.sort_unstable();
+        kept.dedup();
+        out.extend(kept.into_iter().filter_map(|i| column.get(i).copied()));
+    }
+    out
 }
 
 fn coordinates(points: &[(f64, f64)]) -> String {
@@ -896,11 +917,13 @@ impl Marks {
 /// A series drawn as steps: each value holds until the next point.
 fn steps(points: &[(f64, f64)], end: f64) -> Vec<(f64, f64)> {
     let mut out = Vec::with_capacity(points.len() * 2 + 1);
-    for (i, (x, y)) in points.iter().enumerate() {
-        if i > 0 {
-            out.push((*x, points[i - 1].1));
+    let mut previous = None;
+    for (x, y) in points {
+        if let Some(p) = previous {
+            out.push((*x, p));
         }
         out.push((*x, *y));
+        previous = Some(*y);
     }
     if let Some((x, y)) = points.last() {
         out.push((end.max(*x), *y));
@@ -1481,7 +1504,7 @@ mod tests {
 
     const OPERATORS: [&str; 4] = ["feeder", "forwarder", "toll_calculator", "tolls"];
 
-    /// A 30-second run with a failure at 8 s, recovered in steps a few
+    /// A 30-second run with a failure at 6 s, recovered in steps a few
     /// seconds apart, and a split at 20 s.
     fn busy_report() -> RunReport {
         let mut report = empty_report();
@@ -1535,8 +1558,8 @@ mod tests {
         report.recoveries.push(RecoveryTimeline {
             workers: vec![2],
             instances: vec!["toll_calculator[0]".into()],
-            killed_ms: Some(8000),
-            detected_ms: 10_500,
+            killed_ms: Some(6000),
+            detected_ms: 10_000,
             restored_ms: 13_000,
             rewired_ms: 13_050,
             caught_up_ms: Some(16_000),
@@ -1625,6 +1648,22 @@ mod tests {
         let text = std::fs::read_to_string(&path).expect("reading it back");
         let _ = std::fs::remove_file(&path);
         assert_well_formed(&text);
+    }
+
+    #[test]
+    fn thinning_keeps_each_pixel_columns_extremes_in_order() {
+        let line = [(0.1, 5.0), (0.5, 1.0), (0.7, 9.0), (0.9, 4.0), (1.2, 3.0)];
+        assert_eq!(
+            thin(&line),
+            [(0.1, 5.0), (0.5, 1.0), (0.7, 9.0), (0.9, 4.0), (1.2, 3.0)]
+        );
+        let many: Vec<(f64, f64)> = (0..1000)
+            .map(|i| (i as f64 / 100.0, (i % 7) as f64))
+            .collect();
+        let thinned = thin(&many);
+        assert!(thinned.len() <= 40, "{}", thinned.len());
+        assert!(thinned.iter().any(|p| p.1 == 6.0) && thinned.iter().any(|p| p.1 == 0.0));
+        assert!(thinned.windows(2).all(|w| w[0].0 <= w[1].0));
     }
 
     #[test]

@@ -59,6 +59,16 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// A loopback port nobody listens on (bound and released), for tests that
+/// start a coordinator at a known address.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a loopback port")
+        .local_addr()
+        .expect("read its address")
+        .port()
+}
+
 /// Stderr as text, for assertions on error messages.
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()

@@ -155,6 +155,29 @@ impl Plan {
             .find(|i| i.id == id)
     }
 
+    /// Adds a new instance of `node` owning `range` on `worker` (a split's
+    /// upper half, or a part of a parallel recovery). Returns its id and index.
+    pub fn add_instance(&mut self, node: usize, worker: u32, range: KeyRange) -> (u32, u32) {
+        let id = self.instances().map(|(_, i)| i.id).max().map_or(0, |m| m + 1);
+        let index = self.nodes[node]
+            .instances
+            .iter()
+            .map(|i| i.index)
+            .max()
+            .map_or(0, |m| m + 1);
+        let instances = &mut self.nodes[node].instances;
+        instances.push(InstancePlan {
+            id,
+            index,
+            worker,
+            key_range: range,
+            source_slot: 0,
+            incarnation: 0,
+        });
+        instances.sort_by_key(|i| i.key_range.start);
+        (id, index)
+    }
+
     /// The data address of the worker hosting instance `id`.
     pub fn addr_of(&self, id: u32) -> Option<&str> {
         let (_, placed) = self.instance(id)?;

@@ -19,7 +19,6 @@ use crate::state::Checkpoint;
 use crate::wire::control::{ToCoordinator, ToWorker};
 use crate::worker::output::AddedInstance;
 
-use super::plan::InstancePlan;
 
 use super::{kill_process, Event, Job, RecoveryTimeline};
 
@@ -141,22 +140,7 @@ impl Job<'_> {
                     .insert(id, (checkpoint.frontier, parts[0].encode()?));
                 for (part, part_range) in parts.iter().zip(&ranges).skip(1) {
                     let worker = self.pool.pop_front().expect("pool size was checked");
-                    let new_id = self.plan.instances().map(|(_, i)| i.id).max().unwrap_or(0) + 1;
-                    let index = self.plan.nodes[node]
-                        .instances
-                        .iter()
-                        .map(|i| i.index)
-                        .max()
-                        .unwrap_or(0)
-                        + 1;
-                    self.plan.nodes[node].instances.push(InstancePlan {
-                        id: new_id,
-                        index,
-                        worker,
-                        key_range: *part_range,
-                        source_slot: 0,
-                        incarnation: 0,
-                    });
+                    let (new_id, index) = self.plan.add_instance(node, worker, *part_range);
                     let encoded = part.encode()?;
                     self.copies
                         .insert(new_id, (checkpoint.frontier, encoded.clone()));
@@ -187,29 +171,7 @@ impl Job<'_> {
                 .or_default()
                 .push((id, bytes.map(serde_bytes::ByteBuf::from)));
         }
-        let mut waiting = 0;
-        for (target, instances) in by_target {
-            waiting += instances.len();
-            self.send(
-                target,
-                &ToWorker::Restore {
-                    instances,
-                    plan: self.plan.clone(),
-                },
-            )?;
-        }
-        let deadline = Instant::now() + self.config.startup_timeout;
-        while waiting > 0 {
-            match self.wait_for("a restore", deadline, |m| {
-                matches!(
-                    m,
-                    ToCoordinator::Restored { .. } | ToCoordinator::InstanceFailed { .. }
-                )
-            })? {
-                (_, ToCoordinator::Restored { .. }) => waiting -= 1,
-                (w, other) => self.unexpected(w, other)?,
-            }
-        }
+        self.restore_on(by_target, "a restore")?;
         let restored_ms = self.elapsed_ms();
         self.record(
             "restored",
@@ -286,6 +248,39 @@ impl Job<'_> {
             }
         }
         Ok(result)
+    }
+
+    /// Sends each target worker its instances to restore and waits until all
+    /// run (shared by recovery and scale out).
+    pub(super) fn restore_on(
+        &mut self,
+        by_target: HashMap<u32, Vec<(u32, Option<serde_bytes::ByteBuf>)>>,
+        what: &str,
+    ) -> Result<(), EngineError> {
+        let mut waiting = 0;
+        for (target, instances) in by_target {
+            waiting += instances.len();
+            self.send(
+                target,
+                &ToWorker::Restore {
+                    instances,
+                    plan: self.plan.clone(),
+                },
+            )?;
+        }
+        let deadline = Instant::now() + self.config.startup_timeout;
+        while waiting > 0 {
+            match self.wait_for(what, deadline, |m| {
+                matches!(
+                    m,
+                    ToCoordinator::Restored { .. } | ToCoordinator::InstanceFailed { .. }
+                )
+            })? {
+                (_, ToCoordinator::Restored { .. }) => waiting -= 1,
+                (w, other) => self.unexpected(w, other)?,
+            }
+        }
+        Ok(())
     }
 
     /// Waits for a message `want` accepts, handling checkpoint traffic and

@@ -12,6 +12,7 @@
 //!
 //! The autoscaling policy decides when, from the monitor's utilisation.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,6 @@ use crate::state::Checkpoint;
 use crate::wire::control::{ToCoordinator, ToWorker};
 use crate::worker::output::AddedInstance;
 
-use super::plan::InstancePlan;
 use super::Job;
 
 /// When to scale out on its own.
@@ -136,14 +136,6 @@ impl Job<'_> {
 
         // 3. New plan: the lower half keeps the id, the upper is new.
         let before = self.plan.nodes[node].instances.len();
-        let new_id = self.plan.instances().map(|(_, i)| i.id).max().unwrap_or(0) + 1;
-        let new_index = self.plan.nodes[node]
-            .instances
-            .iter()
-            .map(|i| i.index)
-            .max()
-            .unwrap_or(0)
-            + 1;
         {
             let me = self
                 .plan
@@ -152,44 +144,22 @@ impl Job<'_> {
             me.key_range = lower;
             me.incarnation += 1;
         }
-        let instances = &mut self.plan.nodes[node].instances;
-        instances.push(InstancePlan {
-            id: new_id,
-            index: new_index,
-            worker: target,
-            key_range: upper,
-            source_slot: 0,
-            incarnation: 0,
-        });
-        instances.sort_by_key(|i| i.key_range.start);
+        let (new_id, _) = self.plan.add_instance(node, target, upper);
         // Backups of the whole range must never be restored into a half.
         self.backups.remove(&instance);
         self.copies.insert(instance, (frontier, low_bytes.clone()));
         self.copies.insert(new_id, (frontier, high_bytes.clone()));
+        let mut by_target: HashMap<u32, Vec<_>> = HashMap::new();
         for (worker, id, part) in [
             (placed.worker, instance, low_bytes),
             (target, new_id, high_bytes),
         ] {
-            self.send(
-                worker,
-                &ToWorker::Restore {
-                    instances: vec![(id, Some(serde_bytes::ByteBuf::from(part)))],
-                    plan: self.plan.clone(),
-                },
-            )?;
+            by_target
+                .entry(worker)
+                .or_default()
+                .push((id, Some(serde_bytes::ByteBuf::from(part))));
         }
-        let mut waiting = 2;
-        while waiting > 0 {
-            match self.wait_for("a split's restores", deadline, |m| {
-                matches!(
-                    m,
-                    ToCoordinator::Restored { .. } | ToCoordinator::InstanceFailed { .. }
-                )
-            })? {
-                (_, ToCoordinator::Restored { .. }) => waiting -= 1,
-                (w, other) => self.unexpected(w, other)?,
-            }
-        }
+        self.restore_on(by_target, "a split's restores")?;
 
         // 4. Rewire everyone.
         self.broadcast(&ToWorker::PlanUpdate {
