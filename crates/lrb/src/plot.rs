@@ -760,6 +760,16 @@ impl TimeScale {
         Axis::linear(0.0, self.end)
     }
 
+    /// A moment as the axis shows it (minutes to one decimal, as seconds
+    /// to the millisecond would be noise at that scale).
+    fn moment(&self, ms: f64) -> String {
+        if self.unit == "min" {
+            format!("{:.1} min", self.at(ms))
+        } else {
+            format!("{} s", plain(self.at(ms)))
+        }
+    }
+
     /// A time-series plot area at `top`, `height` high.
     fn chart(&self, top: f64, height: f64, y: Axis) -> Chart {
         Chart {
@@ -1304,7 +1314,7 @@ const MAX_CHARS: usize = 72;
 fn events_panel(svg: &mut Svg, report: &RunReport, time: &TimeScale) {
     let left = 570.0;
     let mut lines: Vec<(String, bool)> = Vec::new();
-    let at = |ms: u64| format!("{} {}", plain(time.at(ms as f64)), time.unit);
+    let at = |ms: u64| time.moment(ms as f64);
     let after = |from: u64, to: u64| format!("+{}", duration(to.saturating_sub(from) as f64));
     for (i, r) in report.recoveries.iter().enumerate() {
         let workers: Vec<String> = r.workers.iter().map(|w| w.to_string()).collect();
@@ -1673,6 +1683,7 @@ mod tests {
         let time = TimeScale::of(&report);
         assert_eq!(time.unit, "min");
         assert!((time.end - 180.0).abs() < 1e-9);
+        assert_eq!(time.moment(5_000_000.0), "83.3 min");
         let svg = run_plot(&report);
         assert!(svg.contains("time since the job started, min"));
     }
