@@ -22,7 +22,9 @@ const OPERATORS: [&str; 8] = [
 
 /// A small deterministic generator, so a failing run can be replayed by seed.
 fn next(state: &mut u64) -> u64 {
-    *state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+    *state = state
+        .wrapping_mul(6_364_136_223_846_793_005)
+        .wrapping_add(1_442_695_040_888_963_407);
     *state >> 33
 }
 
@@ -43,7 +45,10 @@ fn random_kills_never_lose_or_duplicate_an_answer() {
             kills.push(format!("{at:.1}:{operator}"));
         }
         let mut extra = vec!["--checkpoint-ms", "100", "--pool", "4"];
-        let split_at = format!("{:.1}:toll_calculator", 1.0 + (next(&mut rng) % 50) as f64 / 10.0);
+        let split_at = format!(
+            "{:.1}:toll_calculator",
+            1.0 + (next(&mut rng) % 50) as f64 / 10.0
+        );
         if next(&mut rng) % 3 == 0 {
             extra.extend(["--scale", split_at.as_str()]);
         }

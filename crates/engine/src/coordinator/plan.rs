@@ -158,7 +158,11 @@ impl Plan {
     /// Adds a new instance of `node` owning `range` on `worker` (a split's
     /// upper half, or a part of a parallel recovery). Returns its id and index.
     pub fn add_instance(&mut self, node: usize, worker: u32, range: KeyRange) -> (u32, u32) {
-        let id = self.instances().map(|(_, i)| i.id).max().map_or(0, |m| m + 1);
+        let id = self
+            .instances()
+            .map(|(_, i)| i.id)
+            .max()
+            .map_or(0, |m| m + 1);
         let index = self.nodes[node]
             .instances
             .iter()

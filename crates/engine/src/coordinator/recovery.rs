@@ -19,7 +19,6 @@ use crate::state::Checkpoint;
 use crate::wire::control::{ToCoordinator, ToWorker};
 use crate::worker::output::AddedInstance;
 
-
 use super::{kill_process, Event, Job, RecoveryTimeline};
 
 /// An instance and the encoded checkpoint to restore it from (none: start

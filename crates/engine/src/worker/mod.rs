@@ -298,33 +298,58 @@ fn spawn_reporter(writer: ControlWriter) -> Result<crossbeam_channel::Sender<Rep
     thread::Builder::new()
         .name("spate-reporter".into())
         .spawn(move || {
-            for report in rx {
-                let message = match report {
-                    Report::Checkpoint {
-                        instance,
-                        incarnation,
-                        frontier,
-                        bytes,
-                    } => ToCoordinator::Checkpoint {
-                        instance,
-                        incarnation,
-                        frontier,
-                        bytes,
-                    },
-                    Report::Finished { instance, stats } => {
-                        ToCoordinator::InstanceFinished { instance, stats }
+            while let Ok(first) = rx.recv() {
+                for report in coalesce(first, &rx) {
+                    if let Err(e) = send(&writer, &to_coordinator(report)) {
+                        tracing::error!("cannot report to the coordinator: {e}");
+                        return;
                     }
-                    Report::CaughtUp { instance } => ToCoordinator::CaughtUp { instance },
-                    Report::Metrics(metrics) => ToCoordinator::Metrics(metrics),
-                };
-                if let Err(e) = send(&writer, &message) {
-                    tracing::error!("cannot report to the coordinator: {e}");
-                    return;
                 }
             }
         })
         .map_err(|e| EngineError::io("starting the reporter thread", e))?;
     Ok(tx)
+}
+
+/// Takes `first` and whatever else is queued, dropping every checkpoint that
+/// a newer one of the same instance supersedes: when checkpoints are taken
+/// faster than they can be shipped, only the latest is worth shipping.
+fn coalesce(first: Report, rx: &crossbeam_channel::Receiver<Report>) -> Vec<Report> {
+    let batch: Vec<Report> = std::iter::once(first).chain(rx.try_iter()).collect();
+    let mut latest: HashMap<u32, usize> = HashMap::new();
+    for (i, report) in batch.iter().enumerate() {
+        if let Report::Checkpoint { instance, .. } = report {
+            latest.insert(*instance, i);
+        }
+    }
+    batch
+        .into_iter()
+        .enumerate()
+        .filter(|(i, r)| match r {
+            Report::Checkpoint { instance, .. } => latest.get(instance) == Some(i),
+            _ => true,
+        })
+        .map(|(_, r)| r)
+        .collect()
+}
+
+fn to_coordinator(report: Report) -> ToCoordinator {
+    match report {
+        Report::Checkpoint {
+            instance,
+            incarnation,
+            frontier,
+            bytes,
+        } => ToCoordinator::Checkpoint {
+            instance,
+            incarnation,
+            frontier,
+            bytes,
+        },
+        Report::Finished { instance, stats } => ToCoordinator::InstanceFinished { instance, stats },
+        Report::CaughtUp { instance } => ToCoordinator::CaughtUp { instance },
+        Report::Metrics(metrics) => ToCoordinator::Metrics(metrics),
+    }
 }
 
 /// Builds the query so that instances can be created from it.
