@@ -49,7 +49,7 @@ fn random_kills_never_lose_or_duplicate_an_answer() {
             "{:.1}:toll_calculator",
             1.0 + (next(&mut rng) % 50) as f64 / 10.0
         );
-        if next(&mut rng) % 3 == 0 {
+        if next(&mut rng).is_multiple_of(3) {
             extra.extend(["--scale", split_at.as_str()]);
         }
         let kill_refs: Vec<&str> = kills.iter().map(String::as_str).collect();
