@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use lrb_reference::generate::{generate, GenerateOptions, GenerateProgress};
-use lrb_reference::validate::{validate, ValidateOptions};
+use lrb_reference::validate::{validate_with_progress, ValidateOptions};
 use spate_engine::cluster::current_program;
 use spate_lrb::driver::{self, RunOptions, RunReport};
 use spate_lrb::query::LrbParams;
@@ -268,6 +268,15 @@ pub fn run(command: LrbCommand) -> Result<()> {
             );
             let cancel = options.cancel.clone();
             dashboard.around(&cancel, |view, commands| {
+                // Progress on a terminal reads the same view a dashboard would.
+                let view = view.or_else(|| {
+                    std::io::stderr()
+                        .is_terminal()
+                        .then(spate_engine::coordinator::view::SharedView::default)
+                });
+                let _progress = view
+                    .clone()
+                    .map(|v| RunProgress::start(v, &options.params.input));
                 options.view = view;
                 options.commands = commands;
                 let report = driver::run(&crate::registry(), &current_program()?, &options)
@@ -287,13 +296,18 @@ pub fn run(command: LrbCommand) -> Result<()> {
             if !(speedup > 0.0 && speedup.is_finite()) {
                 bail!("--speedup must be a positive number (use 1 for runs at speed-up 0)");
             }
-            let report = validate(&ValidateOptions {
-                input,
-                tolls,
-                out_dir: out,
-                speedup,
-                max_differences,
-            })?;
+            let mut progress = Progress::new("validating");
+            let report = validate_with_progress(
+                &ValidateOptions {
+                    input,
+                    tolls,
+                    out_dir: out,
+                    speedup,
+                    max_differences,
+                },
+                &mut |fraction| progress.update(fraction, "of the input read"),
+            )?;
+            progress.done();
             print!("{report}");
             if !report.passed() {
                 bail!("the answers differ from the reference (see above)");
@@ -387,6 +401,67 @@ fn print_report(r: &RunReport) {
             kind, s.count, s.p50_ms, s.p99_ms, s.max_ms, s.deadline_misses
         );
     }
+}
+
+/// Shows a run's progress on the terminal from the cluster view: input lines
+/// released so far against an estimate of the input's lines.
+struct RunProgress {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunProgress {
+    fn start(view: spate_engine::coordinator::view::SharedView, input: &std::path::Path) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let total = estimate_lines(input);
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut progress = Progress::new("running");
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                let (done, rate) = {
+                    let v = view.read().unwrap_or_else(|p| p.into_inner());
+                    v.operators
+                        .iter()
+                        .filter(|o| o.kind == "Source")
+                        .flat_map(|o| o.instances.iter())
+                        .fold((0u64, 0f64), |(d, r), i| (d + i.tuples_in, r + i.in_rate))
+                };
+                if done > 0 {
+                    progress.update(
+                        done as f64 / total.max(done) as f64,
+                        &format!("{done} lines, {rate:.0}/s"),
+                    );
+                }
+            }
+            progress.done();
+        });
+        RunProgress {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for RunProgress {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Lines in a file, estimated from its size and its first lines' length.
+fn estimate_lines(path: &std::path::Path) -> u64 {
+    use std::io::Read;
+    let size = std::fs::metadata(path).map_or(0, |m| m.len());
+    let mut head = vec![0u8; 1 << 16];
+    let read = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .unwrap_or(0);
+    let lines = head[..read].iter().filter(|b| **b == b'\n').count().max(1);
+    size * lines as u64 / read.max(1) as u64
 }
 
 /// A one-line progress display on a terminal; silent otherwise.

@@ -258,6 +258,15 @@ pub enum ValidateError {
 /// files and compares them. `Err` means the validation could not be done;
 /// a wrong run is an `Ok` report whose [`ValidationReport::passed`] is false.
 pub fn validate(opts: &ValidateOptions) -> Result<ValidationReport, ValidateError> {
+    validate_with_progress(opts, &mut |_| {})
+}
+
+/// [`validate`], calling `progress` with the fraction of the input read so
+/// far (about every megabyte), so that a long validation can show it is alive.
+pub fn validate_with_progress(
+    opts: &ValidateOptions,
+    progress: &mut dyn FnMut(f64),
+) -> Result<ValidationReport, ValidateError> {
     if !(opts.speedup > 0.0 && opts.speedup.is_finite()) {
         return Err(ValidateError::BadSpeedup(opts.speedup));
     }
@@ -273,7 +282,20 @@ pub fn validate(opts: &ValidateOptions) -> Result<ValidationReport, ValidateErro
             return Err(ValidateError::MissingOutput { path });
         }
     }
-    let expected = rules::compute(open_lines(&opts.input)?, open_lines(&opts.tolls)?)?;
+    let input = File::open(&opts.input).map_err(|source| ValidateError::Read {
+        path: opts.input.clone(),
+        source,
+    })?;
+    let total = input.metadata().map_or(0, |m| m.len()).max(1);
+    let counted = Counted {
+        inner: input,
+        read: 0,
+        reported: 0,
+        total,
+        progress,
+    };
+    let input = Lines::new(BufReader::with_capacity(1 << 20, counted), &opts.input);
+    let expected = rules::compute(input, open_lines(&opts.tolls)?)?;
     let limit = opts.max_differences;
     let s = opts.speedup;
     Ok(ValidationReport {
@@ -306,6 +328,27 @@ pub fn validate(opts: &ValidateOptions) -> Result<ValidationReport, ValidateErro
             |r: &ExpenditureRow| format!("Time {}, QID {}, Bal {}", r.time, r.qid, r.bal),
         ),
     })
+}
+
+/// A reader that reports how far through its file it is.
+struct Counted<'a, R> {
+    inner: R,
+    read: u64,
+    reported: u64,
+    total: u64,
+    progress: &'a mut dyn FnMut(f64),
+}
+
+impl<R: std::io::Read> std::io::Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read - self.reported >= 1 << 20 || n == 0 {
+            self.reported = self.read;
+            (self.progress)((self.read as f64 / self.total as f64).min(1.0));
+        }
+        Ok(n)
+    }
 }
 
 fn open_lines(path: &Path) -> Result<Lines<BufReader<File>>, ValidateError> {
