@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use spate_engine::cluster::{current_program, run_local, ExternalWorkers};
-use spate_engine::coordinator::{Coordinator, JobConfig, JobSummary};
+use spate_engine::cluster::{current_program, run_local, CommandProvisioner, ExternalWorkers};
+use spate_engine::coordinator::{Coordinator, JobConfig, JobSummary, Provisioner};
 use spate_engine::worker::{run_worker, WorkerOptions};
 use spate_engine::QueryRegistry;
 
@@ -65,6 +65,14 @@ enum Command {
         /// Address to listen on for workers.
         #[arg(long, default_value = "127.0.0.1:7070")]
         listen: String,
+        /// Idle workers kept ready for recovery and scale out.
+        #[arg(long, default_value_t = 0)]
+        pool: usize,
+        /// Start every worker (and pool refills) with this shell command;
+        /// `{coordinator}` becomes the coordinator's address, e.g.
+        /// `ssh host spate worker --coordinator {coordinator}`.
+        #[arg(long, value_name = "TEMPLATE")]
+        provision_command: Option<String>,
     },
     /// Run a worker that joins a coordinator.
     Worker {
@@ -149,20 +157,42 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             })
         }
-        Command::Coordinator { job, listen } => {
+        Command::Coordinator {
+            job,
+            listen,
+            pool,
+            provision_command,
+        } => {
             let mut config = job_config(&job)?;
+            config.pool = pool;
             let coordinator = Coordinator::bind(&listen)?;
-            eprintln!(
-                "coordinator listening on {}; start {} workers with `spate worker --coordinator {}`",
-                coordinator.addr(),
-                config.workers,
-                coordinator.addr()
-            );
+            let addr = coordinator.addr().to_string();
+            let mut provisioner: Box<dyn Provisioner> = match &provision_command {
+                Some(template) => {
+                    let mut p = CommandProvisioner::new(template, &addr, &config.token);
+                    eprintln!(
+                        "coordinator listening on {addr}; starting {} workers with `{}`",
+                        config.workers + pool,
+                        p.command_line()
+                    );
+                    for _ in 0..config.workers + pool {
+                        p.provision()?;
+                    }
+                    Box::new(p)
+                }
+                None => {
+                    eprintln!(
+                        "coordinator listening on {addr}; start {} workers with `spate worker --coordinator {addr}`",
+                        config.workers + pool
+                    );
+                    Box::new(ExternalWorkers)
+                }
+            };
             let cancel = config.cancel.clone();
             job.dashboard.around(&cancel, |view, commands| {
                 config.view = view;
                 config.commands = commands;
-                let summary = coordinator.run(&registry(), &config, &mut ExternalWorkers)?;
+                let summary = coordinator.run(&registry(), &config, provisioner.as_mut())?;
                 print_summary(&summary);
                 Ok(())
             })

@@ -195,3 +195,35 @@ fn a_worker_with_the_wrong_token_is_refused() {
     let log = String::from_utf8_lossy(&coordinator.stderr);
     assert!(log.contains("wrong cluster token"), "{log}");
 }
+
+#[test]
+fn a_coordinator_starts_its_workers_with_a_provision_command() {
+    let dir = scratch("keycount-provision");
+    let text = text(2_000);
+    std::fs::write(dir.join("in.txt"), &text).unwrap();
+    let template = format!(
+        "{} worker --coordinator {{coordinator}}",
+        env!("CARGO_BIN_EXE_spate")
+    );
+    let mut command = spate();
+    command
+        .args(["coordinator", "keycount", "--workers", "2", "--pool", "1"])
+        .arg(format!("--listen=127.0.0.1:{}", free_port()))
+        .arg(format!("--provision-command={template}"))
+        .arg(format!("--param=input={}", dir.join("in.txt").display()))
+        .arg(format!("--param=output={}", dir.join("out.csv").display()));
+    let result = run_with_timeout(command, Duration::from_secs(60));
+    assert!(result.status.success(), "{}", stderr(&result));
+    assert!(
+        stderr(&result).contains("starting 3 workers with"),
+        "{}",
+        stderr(&result)
+    );
+    let mut got: Vec<String> = std::fs::read_to_string(dir.join("out.csv"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    got.sort();
+    assert_eq!(got, expected(&text));
+}

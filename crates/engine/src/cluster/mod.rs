@@ -198,3 +198,71 @@ impl Provisioner for ExternalWorkers {
         Ok(())
     }
 }
+
+/// Starts workers with a shell command template, e.g.
+/// `ssh {host} spate worker --coordinator {coordinator}` or a cloud CLI: the
+/// coordinator runs it once per worker it needs (at start and to refill the
+/// pool). `{coordinator}` is replaced by the coordinator's address; the
+/// cluster token is passed in `SPATE_TOKEN`.
+pub struct CommandProvisioner {
+    template: String,
+    coordinator: String,
+    token: String,
+    children: Vec<Child>,
+}
+
+impl CommandProvisioner {
+    /// A provisioner running `template` for a coordinator at `coordinator`.
+    pub fn new(template: &str, coordinator: &str, token: &str) -> Self {
+        CommandProvisioner {
+            template: template.to_string(),
+            coordinator: coordinator.to_string(),
+            token: token.to_string(),
+            children: Vec::new(),
+        }
+    }
+
+    /// The command line for one worker.
+    pub fn command_line(&self) -> String {
+        self.template.replace("{coordinator}", &self.coordinator)
+    }
+}
+
+impl Provisioner for CommandProvisioner {
+    fn check(&mut self) -> Result<(), EngineError> {
+        for child in &mut self.children {
+            if let Ok(Some(status)) = child.try_wait() {
+                if !status.success() {
+                    return Err(EngineError::WorkerFailed {
+                        worker: u32::MAX,
+                        reason: format!("`{}` exited with {status}", self.command_line()),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn provision(&mut self) -> Result<(), EngineError> {
+        let line = self.command_line();
+        let child = Command::new("sh")
+            .args(["-c", &line])
+            .env("SPATE_TOKEN", &self.token)
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| EngineError::io(format!("running the provision command `{line}`"), e))?;
+        self.children.push(child);
+        Ok(())
+    }
+}
+
+impl Drop for CommandProvisioner {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}
