@@ -61,6 +61,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         speedup: args.speedup,
         workers: args.workers,
         partitions: args.partitions,
+        stop_on_bad_input: false,
         fault_tolerance: args.fault_tolerance,
         dashboard: args.dashboard,
     })?;

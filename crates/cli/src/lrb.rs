@@ -112,6 +112,9 @@ pub enum LrbCommand {
         /// forwarder, toll_calculator, toll_assessment.
         #[arg(long = "partitions", value_name = "OPERATOR=N")]
         partitions: Vec<String>,
+        /// Stop at the first malformed input line instead of skipping it.
+        #[arg(long)]
+        stop_on_bad_input: bool,
         #[command(flatten)]
         fault_tolerance: FaultToleranceArgs,
         #[command(flatten)]
@@ -223,6 +226,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
             speedup,
             workers,
             partitions,
+            stop_on_bad_input,
             fault_tolerance,
             dashboard,
         } => {
@@ -248,6 +252,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
                     forwarders: 1,
                     toll_calculators: 2,
                     assessors: 1,
+                    stop_on_bad_input,
                 },
                 workers,
                 partitions,

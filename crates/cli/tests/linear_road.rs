@@ -137,3 +137,27 @@ fn malformed_input_lines_are_reported_with_line_numbers_and_skipped() {
     let balances = std::fs::read_to_string(dir.join("out/balances.csv")).unwrap();
     assert!(balances.starts_with("2,4,"), "{balances}");
 }
+
+#[test]
+fn stop_on_bad_input_fails_the_run_at_the_first_bad_line() {
+    let dir = scratch("lrb-bad-input-stop");
+    let lines = [
+        "0,0,1,50,0,1,0,10,53000,-1,-1,-1,-1,-1,-1",
+        "0,1,3,150,0,1,0,10,53000,-1,-1,-1,-1,-1,-1",
+    ];
+    std::fs::write(dir.join("input.csv"), lines.join("\n") + "\n").unwrap();
+    std::fs::write(dir.join("historical-tolls.csv"), "1,1,0,5\n").unwrap();
+    let mut command = spate();
+    command
+        .args(["lrb", "run", "--speedup", "0", "--stop-on-bad-input"])
+        .arg("--input")
+        .arg(dir.join("input.csv"))
+        .arg("--tolls")
+        .arg(dir.join("historical-tolls.csv"))
+        .arg("--out")
+        .arg(dir.join("out"));
+    let result = run_with_timeout(command, Duration::from_secs(60));
+    assert!(!result.status.success());
+    let err = stderr(&result);
+    assert!(err.contains("input line 2: Spd = 150"), "{err}");
+}

@@ -487,6 +487,7 @@ fn run_one(
         forwarders: 1,
         toll_calculators: 1,
         assessors: 1,
+        stop_on_bad_input: false,
     };
     let run_options = RunOptions {
         params: params.clone(),

@@ -140,6 +140,12 @@ impl Job<'_> {
                             tuples_in: r.sample.tuples_in,
                             tuples_out: r.sample.tuples_out,
                             finished: self.finished.contains_key(&i.id),
+                            checkpoint_frontier: self.backups.get(&i.id).map(|(_, f)| f.0),
+                            backup_worker: self.backups.get(&i.id).map(|(w, _)| *w),
+                            checkpoint_bytes: self
+                                .copies
+                                .get(&i.id)
+                                .map_or(0, |(_, b)| b.len() as u64),
                         }
                     })
                     .collect(),

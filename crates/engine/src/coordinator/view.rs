@@ -98,6 +98,12 @@ pub struct InstanceView {
     pub tuples_out: u64,
     /// Reached the end of its input.
     pub finished: bool,
+    /// Frontier (stamp) of its latest durable backup, if any.
+    pub checkpoint_frontier: Option<u64>,
+    /// Worker holding that backup.
+    pub backup_worker: Option<u32>,
+    /// Size of its latest checkpoint, bytes.
+    pub checkpoint_bytes: u64,
 }
 
 /// The cluster at one second.

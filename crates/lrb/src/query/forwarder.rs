@@ -10,7 +10,10 @@ use crate::model::{parse_line, Msg, Parsed};
 pub const ACCIDENT_ZONE: u8 = 4;
 
 /// Parses and routes input lines.
-pub struct Forwarder;
+pub struct Forwarder {
+    /// Fail on a malformed line instead of reporting and skipping it.
+    pub strict: bool,
+}
 
 /// The segments whose accident zone contains segment `seg` in direction
 /// `dir`: a stopped car in `seg` matters to cars approaching it.
@@ -27,14 +30,19 @@ impl Operator for Forwarder {
     type Out = Msg;
 
     fn process(&mut self, input: Msg, out: &mut Output<'_, Msg>) -> Result<(), OperatorError> {
-        let Msg::Line {
-            line_no,
-            text,
-            released_us,
-        } = input
-        else {
+        let (line_no, text, released_us) = match input {
+            Msg::Line {
+                line_no,
+                text,
+                released_us,
+            } => (line_no, text, released_us),
+            Msg::InputError { line_no, message } if self.strict => {
+                return Err(OperatorError::new(format!(
+                    "input line {line_no}: {message}"
+                )))
+            }
             // Input errors found by the feeder pass straight through.
-            return out.emit(input);
+            other => return out.emit(other),
         };
         match parse_line(&text) {
             Ok(Parsed::Position(report)) => {
@@ -72,6 +80,9 @@ impl Operator for Forwarder {
                 released_us,
             }),
             Ok(Parsed::Ignored) => Ok(()),
+            Err(message) if self.strict => Err(OperatorError::new(format!(
+                "input line {line_no}: {message} (run without --stop-on-bad-input to skip such lines)"
+            ))),
             Err(message) => out.emit(Msg::InputError { line_no, message }),
         }
     }

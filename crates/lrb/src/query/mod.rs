@@ -49,6 +49,10 @@ pub struct LrbParams {
     /// Parallelism of the toll assessment.
     #[serde(default = "one")]
     pub assessors: u32,
+    /// Stop the run at the first malformed input line instead of skipping it
+    /// (skipped lines are listed in `input-errors.csv`).
+    #[serde(default)]
+    pub stop_on_bad_input: bool,
 }
 
 fn one() -> u32 {
@@ -85,7 +89,10 @@ pub fn build(params: &LrbParams) -> Result<Query, EngineError> {
     let mut q = QueryBuilder::new();
     let p = params.clone();
     let lines = q.source("feeder", 1, move |_| Feeder::open(&p));
-    let parsed = q.operator("forwarder", params.forwarders, &[lines], |_| Ok(Forwarder));
+    let strict = params.stop_on_bad_input;
+    let parsed = q.operator("forwarder", params.forwarders, &[lines], move |_| {
+        Ok(Forwarder { strict })
+    });
     let reports = parsed.filter(|m| matches!(m, Msg::Position { .. } | Msg::Stop { .. }));
     let calculated = q.stateful(
         "toll_calculator",
