@@ -7,64 +7,19 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::lrb::{generate, run_lrb, validate};
 use common::{run_with_timeout, scratch, spate, stderr};
 
-fn generate(dir: &Path, duration_secs: u32) {
-    let mut command = spate();
-    command
-        .args(["lrb", "generate", "--xways", "1", "--seed", "7"])
-        .arg(format!("--duration-secs={duration_secs}"))
-        .arg("--out")
-        .arg(dir);
-    let result = run_with_timeout(command, Duration::from_secs(300));
-    assert!(
-        result.status.success(),
-        "generate failed: {}",
-        stderr(&result)
-    );
-}
-
 fn run(dir: &Path, out: &str, speedup: &str, extra: &[&str]) -> serde_json::Value {
-    let mut command = spate();
-    command
-        .args(["lrb", "run", "--workers", "3", "--speedup", speedup])
-        .arg("--input")
-        .arg(dir.join("input.csv"))
-        .arg("--tolls")
-        .arg(dir.join("historical-tolls.csv"))
-        .arg("--out")
-        .arg(dir.join(out))
-        .args(extra);
-    let result = run_with_timeout(command, Duration::from_secs(600));
-    assert!(result.status.success(), "run failed: {}", stderr(&result));
-    let report = std::fs::read_to_string(dir.join(out).join("report.json")).unwrap();
-    serde_json::from_str(&report).unwrap()
-}
-
-fn validate(dir: &Path, out: &str, speedup: &str) -> String {
-    let mut command = spate();
-    command
-        .args(["lrb", "validate", "--speedup", speedup])
-        .arg("--input")
-        .arg(dir.join("input.csv"))
-        .arg("--tolls")
-        .arg(dir.join("historical-tolls.csv"))
-        .arg("--out")
-        .arg(dir.join(out));
-    let result = run_with_timeout(command, Duration::from_secs(600));
-    let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
-    assert!(
-        result.status.success(),
-        "validation failed:\n{stdout}\n{}",
-        stderr(&result)
-    );
-    stdout
+    let mut args = vec!["--workers", "3", "--speedup", speedup];
+    args.extend_from_slice(extra);
+    run_lrb(dir, out, &args)
 }
 
 #[test]
 fn twenty_minutes_of_one_expressway_validate_with_a_partitioned_toll_calculator() {
     let dir = scratch("lrb-20min");
-    generate(&dir, 1200);
+    generate(&dir, 7, 1200);
     let report = run(
         &dir,
         "out",
@@ -93,7 +48,7 @@ fn twenty_minutes_of_one_expressway_validate_with_a_partitioned_toll_calculator(
 #[test]
 fn a_paced_run_meets_its_deadlines_and_validates() {
     let dir = scratch("lrb-paced");
-    generate(&dir, 120);
+    generate(&dir, 7, 120);
     let report = run(&dir, "out", "10", &[]);
     assert_eq!(report["deadline_misses"], 0, "{report}");
     // 120 simulated seconds at 10x take about 12 s of wall clock.

@@ -1,5 +1,6 @@
-//! A shared Linear Road input, its failure-free answers, and runs compared
-//! against them: for tests whose runs must not change the answers.
+//! Linear Road helpers for end-to-end tests: generate an input, run the query,
+//! validate a run, and a shared input with its failure-free answers for tests
+//! whose runs must not change the answers.
 
 #![allow(dead_code)]
 
@@ -12,64 +13,81 @@ use super::{run_with_timeout, scratch, spate, stderr};
 pub const SPEEDUP: &str = "30";
 pub const WORKERS: &str = "10";
 
-/// The shared input and the failure-free answers, made once per test binary.
-pub fn baseline() -> &'static PathBuf {
-    static BASELINE: OnceLock<PathBuf> = OnceLock::new();
-    BASELINE.get_or_init(|| {
-        let dir = scratch("ft-baseline");
-        let mut generate = spate();
-        generate
-            .args([
-                "lrb",
-                "generate",
-                "--xways",
-                "1",
-                "--seed",
-                "11",
-                "--duration-secs",
-                "240",
-            ])
-            .arg("--out")
-            .arg(&dir);
-        let result = run_with_timeout(generate, Duration::from_secs(120));
-        assert!(result.status.success(), "{}", stderr(&result));
-        run(&dir, "out", &[]);
-        let mut validate = spate();
-        validate
-            .args(["lrb", "validate", "--speedup", SPEEDUP])
-            .arg("--input")
-            .arg(dir.join("input.csv"))
-            .arg("--tolls")
-            .arg(dir.join("historical-tolls.csv"))
-            .arg("--out")
-            .arg(dir.join("out"));
-        let result = run_with_timeout(validate, Duration::from_secs(300));
-        assert!(
-            result.status.success(),
-            "the failure-free run does not validate: {}",
-            String::from_utf8_lossy(&result.stdout)
-        );
-        dir
-    })
-}
-
-/// Runs the query on `dir`'s input into `dir/out` with `extra` options and
-/// returns the report.
-pub fn run(dir: &Path, out: &str, extra: &[&str]) -> serde_json::Value {
+/// Generates a 1-expressway input of `duration_secs` with `seed` into `dir`.
+pub fn generate(dir: &Path, seed: u64, duration_secs: u32) {
     let mut command = spate();
     command
-        .args(["lrb", "run", "--speedup", SPEEDUP, "--workers", WORKERS])
+        .args(["lrb", "generate", "--xways", "1"])
+        .arg(format!("--seed={seed}"))
+        .arg(format!("--duration-secs={duration_secs}"))
+        .arg("--out")
+        .arg(dir);
+    let result = run_with_timeout(command, Duration::from_secs(300));
+    assert!(
+        result.status.success(),
+        "generate failed: {}",
+        stderr(&result)
+    );
+}
+
+/// Runs the query on `dir`'s input into `dir/out` with `args` and returns
+/// the report.
+pub fn run_lrb(dir: &Path, out: &str, args: &[&str]) -> serde_json::Value {
+    let mut command = spate();
+    command
+        .args(["lrb", "run"])
         .arg("--input")
         .arg(dir.join("input.csv"))
         .arg("--tolls")
         .arg(dir.join("historical-tolls.csv"))
         .arg("--out")
         .arg(dir.join(out))
-        .args(extra);
-    let result = run_with_timeout(command, Duration::from_secs(300));
+        .args(args);
+    let result = run_with_timeout(command, Duration::from_secs(600));
     assert!(result.status.success(), "run failed: {}", stderr(&result));
     let report = std::fs::read_to_string(dir.join(out).join("report.json")).unwrap();
     serde_json::from_str(&report).unwrap()
+}
+
+/// Validates `dir/out` against `dir`'s input; returns the validator's report.
+pub fn validate(dir: &Path, out: &str, speedup: &str) -> String {
+    let mut command = spate();
+    command
+        .args(["lrb", "validate", "--speedup", speedup])
+        .arg("--input")
+        .arg(dir.join("input.csv"))
+        .arg("--tolls")
+        .arg(dir.join("historical-tolls.csv"))
+        .arg("--out")
+        .arg(dir.join(out));
+    let result = run_with_timeout(command, Duration::from_secs(600));
+    let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
+    assert!(
+        result.status.success(),
+        "validation failed:\n{stdout}\n{}",
+        stderr(&result)
+    );
+    stdout
+}
+
+/// The shared input and the failure-free answers, made once per test binary.
+pub fn baseline() -> &'static PathBuf {
+    static BASELINE: OnceLock<PathBuf> = OnceLock::new();
+    BASELINE.get_or_init(|| {
+        let dir = scratch("ft-baseline");
+        generate(&dir, 11, 240);
+        run(&dir, "out", &[]);
+        validate(&dir, "out", SPEEDUP);
+        dir
+    })
+}
+
+/// Runs the shared input's query at the shared speed-up with one instance
+/// per worker, plus `extra` options.
+pub fn run(dir: &Path, out: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["--speedup", SPEEDUP, "--workers", WORKERS];
+    args.extend_from_slice(extra);
+    run_lrb(dir, out, &args)
 }
 
 /// The answers of a run, Emit left out, sorted: what must not change.
