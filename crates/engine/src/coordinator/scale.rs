@@ -112,22 +112,19 @@ impl Job<'_> {
             return Ok(());
         };
 
-        // 1. A fresh checkpoint of the instance.
-        self.send(placed.worker, &ToWorker::CheckpointNow)?;
-        let deadline = Instant::now() + self.config.startup_timeout;
+        // 1. A fresh checkpoint of the instance. If its worker fails
+        // meanwhile, the recovery comes first and the split is dropped.
         let incarnation = placed.incarnation;
-        let (frontier, bytes) = loop {
-            let (_, message) = self.wait_for("a checkpoint for a split", deadline, |m| {
-                matches!(m, ToCoordinator::Checkpoint { instance: i, incarnation: n, .. } if i == &instance && n == &incarnation)
-            })?;
-            if let ToCoordinator::Checkpoint {
-                frontier, bytes, ..
-            } = message
-            {
-                break (frontier, bytes);
-            }
+        let Some((frontier, bytes)) =
+            self.split_checkpoint(instance, incarnation, placed.worker)?
+        else {
+            self.pool.push_front(target);
+            self.record(
+                "refused",
+                format!("scale {operator}: instance {instance} failed before it could be split"),
+            );
+            return Ok(());
         };
-
         // 2. Partition it.
         let checkpoint = Checkpoint::decode(&bytes)?;
         let parts = checkpoint.partition(&[lower, upper])?;
@@ -201,6 +198,41 @@ impl Job<'_> {
         );
         self.scale_events.push(event);
         Ok(())
+    }
+
+    /// Asks `instance` for a fresh checkpoint and waits for it; `None` when
+    /// the instance fails (or is replaced) before it arrives.
+    fn split_checkpoint(
+        &mut self,
+        instance: u32,
+        incarnation: u32,
+        worker: u32,
+    ) -> Result<Option<(crate::stamp::Stamp, Vec<u8>)>, EngineError> {
+        let alive = |job: &Self| {
+            job.links.get(worker as usize).is_some_and(|l| l.alive)
+                && job.plan.instance(instance).map(|(_, p)| p.incarnation) == Some(incarnation)
+        };
+        if !alive(self) || self.send(worker, &ToWorker::CheckpointNow).is_err() {
+            return Ok(None);
+        }
+        let give_up = Instant::now() + self.config.startup_timeout;
+        while Instant::now() < give_up {
+            let step = Instant::now() + Duration::from_millis(200);
+            match self.wait_for("a checkpoint for a split", step, |m| {
+                matches!(m, ToCoordinator::Checkpoint { instance: i, incarnation: n, .. } if i == &instance && n == &incarnation)
+            }) {
+                Ok((_, ToCoordinator::Checkpoint { frontier, bytes, .. })) => {
+                    return Ok(Some((frontier, bytes)))
+                }
+                Ok(_) | Err(EngineError::Timeout(_)) => {
+                    if !alive(self) {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
     }
 
     /// Scales out `operator`'s busiest instance (a command or `--scale`).

@@ -63,11 +63,11 @@ struct ChannelWriter {
 }
 
 impl ChannelWriter {
-    fn new(to: u32, incarnation: u32, stream: Box<dyn Write + Send>) -> Self {
+    fn new(to: u32, incarnation: u32, stream: Option<Box<dyn Write + Send>>) -> Self {
         ChannelWriter {
             to,
             incarnation,
-            stream: Some(stream),
+            stream,
             frame: vec![0; BATCH_HEADER],
             frame_last: Stamp::ZERO,
             sent_mark: Stamp::ZERO,
@@ -169,7 +169,7 @@ impl Outbox {
             let addr = plan.addr_of(to).unwrap_or_default().to_string();
             match self.channels.iter().position(|c| c.to == to) {
                 None => {
-                    let stream = connect(self.me, to, &addr)?;
+                    let stream = self.try_connect(to, &addr)?;
                     self.channels
                         .push(ChannelWriter::new(to, incarnation, stream));
                     let i = self.channels.len() - 1;
@@ -181,7 +181,7 @@ impl Outbox {
                     if self.channels[i].incarnation != incarnation
                         || self.channels[i].stream.is_none() =>
                 {
-                    self.channels[i].stream = Some(connect(self.me, to, &addr)?);
+                    self.channels[i].stream = self.try_connect(to, &addr)?;
                     self.channels[i].incarnation = incarnation;
                     self.replay(i, to);
                     self.reannounce(i);
@@ -201,6 +201,24 @@ impl Outbox {
             }));
         }
         Ok(())
+    }
+
+    /// Connects to a downstream; with fault tolerance on, a downstream that
+    /// cannot be reached (it is failing, and its recovery will rewire us) is
+    /// a broken channel whose batches wait in the buffer, not an error.
+    fn try_connect(
+        &self,
+        to: u32,
+        addr: &str,
+    ) -> Result<Option<Box<dyn Write + Send>>, EngineError> {
+        match connect(self.me, to, addr) {
+            Ok(stream) => Ok(Some(stream)),
+            Err(e) if self.buffer.is_some() => {
+                tracing::warn!(to, "cannot reach downstream yet: {e}");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// A new channel `i` takes over the buffered batches of `parent`: they
