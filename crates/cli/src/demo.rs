@@ -54,10 +54,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
         })?;
     }
     let out = args.dir.join("run");
+    let files = lrb::RunFiles { input, tolls, out };
     lrb::run(LrbCommand::Run {
-        input: input.clone(),
-        tolls: tolls.clone(),
-        out: out.clone(),
+        files: files.clone(),
         speedup: args.speedup,
         workers: args.workers,
         partitions: args.partitions,
@@ -66,9 +65,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         dashboard: args.dashboard,
     })?;
     lrb::run(LrbCommand::Validate {
-        input,
-        tolls,
-        out,
+        files,
         speedup: if args.speedup > 0.0 {
             args.speedup
         } else {

@@ -12,6 +12,20 @@ use spate_engine::cluster::current_program;
 use spate_lrb::driver::{self, RunOptions, RunReport};
 use spate_lrb::query::LrbParams;
 
+/// The files of a Linear Road run: what it reads and where its answers go.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RunFiles {
+    /// Input file (15-field lines in Time order).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Historical tolls file.
+    #[arg(long)]
+    pub tolls: PathBuf,
+    /// The run's output directory (answer files, report.json, report.svg).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
 /// Checkpointing, recovery and failure injection.
 #[derive(clap::Args, Clone, Debug)]
 pub struct FaultToleranceArgs {
@@ -93,15 +107,8 @@ pub enum LrbCommand {
     },
     /// Run the query on a local cluster and write the answer files and report.json.
     Run {
-        /// Input file.
-        #[arg(long)]
-        input: PathBuf,
-        /// Historical tolls file.
-        #[arg(long)]
-        tolls: PathBuf,
-        /// Output directory.
-        #[arg(long)]
-        out: PathBuf,
+        #[command(flatten)]
+        files: RunFiles,
         /// Replay S times faster than real time; 0 = as fast as possible.
         #[arg(long, default_value_t = 1.0)]
         speedup: f64,
@@ -122,15 +129,8 @@ pub enum LrbCommand {
     },
     /// Check a run's answers against an independent reference implementation.
     Validate {
-        /// Input file the run read.
-        #[arg(long)]
-        input: PathBuf,
-        /// Historical tolls file the run read.
-        #[arg(long)]
-        tolls: PathBuf,
-        /// The run's output directory.
-        #[arg(long)]
-        out: PathBuf,
+        #[command(flatten)]
+        files: RunFiles,
         /// The run's speed-up, to turn Emit times into wall-clock latency
         /// (use 1 for runs at speed-up 0).
         #[arg(long, default_value_t = 1.0)]
@@ -220,9 +220,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
             Ok(())
         }
         LrbCommand::Run {
-            input,
-            tolls,
-            out,
+            files: RunFiles { input, tolls, out },
             speedup,
             workers,
             partitions,
@@ -292,9 +290,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
             })
         }
         LrbCommand::Validate {
-            input,
-            tolls,
-            out,
+            files: RunFiles { input, tolls, out },
             speedup,
             max_differences,
         } => {
