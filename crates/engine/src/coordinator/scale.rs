@@ -1,7 +1,8 @@
 //! The scale-out protocol: split one instance in two.
 //! 1. checkpoint the instance (a fresh checkpoint is requested);
-//! 2. choose the split point (the middle of its key range) and partition the
-//!    checkpoint there;
+//! 2. choose the split point (the median key of the checkpoint, so each half
+//!    gets as many keys; the middle of the range when it has too few) and
+//!    partition the checkpoint there;
 //! 3. restore the lower half in place of the instance (a new incarnation on
 //!    the same worker) and the upper half, a new instance, on a pool worker;
 //! 4. update the plan everywhere: upstreams route by the new ranges, replay
@@ -19,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::NodeKind;
 use crate::error::EngineError;
-use crate::state::Checkpoint;
+use crate::state::{Checkpoint, KeyRange};
 use crate::wire::control::{ToCoordinator, ToWorker};
 use crate::worker::output::AddedInstance;
 
@@ -77,6 +78,22 @@ pub struct ScaleEvent {
     pub pause_ms: u64,
 }
 
+/// Where to cut an instance's range: at the median key of its checkpoint, so
+/// that each half gets as many keys (hence, for evenly loaded keys, about as
+/// much load); at the middle of the range when that would leave a half empty.
+fn split_point(checkpoint: &Checkpoint) -> (KeyRange, KeyRange) {
+    let range = checkpoint.key_range;
+    let median = checkpoint
+        .entries
+        .get(checkpoint.entries.len() / 2)
+        .map(|e| e.hash)
+        .filter(|_| checkpoint.entries.len() >= 2);
+    median
+        .and_then(|at| range.split_at(at))
+        .or_else(|| range.split_at(range.midpoint()))
+        .unwrap_or((range, range))
+}
+
 impl Job<'_> {
     /// Splits `instance` in two; refuses (with an event, not an error) when it
     /// cannot: no pool worker, a source or sink, a range too small.
@@ -97,13 +114,17 @@ impl Job<'_> {
             );
             return Ok(());
         }
-        let Some((lower, upper)) = placed.key_range.split_at(placed.key_range.midpoint()) else {
+        if placed
+            .key_range
+            .split_at(placed.key_range.midpoint())
+            .is_none()
+        {
             self.record(
                 "refused",
                 format!("scale {operator}: instance {instance}'s range is too small"),
             );
             return Ok(());
-        };
+        }
         let Some(target) = self.pool.pop_front() else {
             self.record(
                 "refused",
@@ -125,8 +146,9 @@ impl Job<'_> {
             );
             return Ok(());
         };
-        // 2. Partition it.
+        // 2. Choose the split point and partition the checkpoint there.
         let checkpoint = Checkpoint::decode(&bytes)?;
+        let (lower, upper) = split_point(&checkpoint);
         let parts = checkpoint.partition(&[lower, upper])?;
         let keys = (parts[0].entries.len(), parts[1].entries.len());
         let (low_bytes, high_bytes) = (parts[0].encode()?, parts[1].encode()?);
@@ -301,5 +323,43 @@ impl Job<'_> {
             self.scale_out(id, &format!("policy: utilisation {utilization:.2}"))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stamp::Stamp;
+    use crate::state::{KeyedState, OutputBuffer};
+
+    fn checkpoint(keys: impl Iterator<Item = u64>) -> Checkpoint {
+        let mut state: KeyedState<u64, u8> = KeyedState::default();
+        for k in keys {
+            *state.get_or_default(k) = 1;
+        }
+        Checkpoint {
+            operator: "op".into(),
+            key_range: KeyRange::FULL,
+            frontier: Stamp(1),
+            entries: state.snapshot().unwrap(),
+            output_buffer: OutputBuffer::default(),
+            operator_state: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn splits_at_the_median_key_so_halves_hold_as_many_keys() {
+        let c = checkpoint(0..101);
+        let (lower, upper) = split_point(&c);
+        let parts = c.partition(&[lower, upper]).unwrap();
+        assert_eq!(parts[0].entries.len(), 50);
+        assert_eq!(parts[1].entries.len(), 51);
+    }
+
+    #[test]
+    fn falls_back_to_the_middle_of_the_range_without_keys() {
+        let (lower, upper) = split_point(&checkpoint(0..1));
+        assert_eq!(upper.start, KeyRange::FULL.midpoint());
+        assert_eq!(lower.end + 1, upper.start);
     }
 }
