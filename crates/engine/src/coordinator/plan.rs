@@ -182,6 +182,16 @@ impl Plan {
         (id, index)
     }
 
+    /// Restarts instance `id` as its next incarnation on `worker`, owning
+    /// `range` (a recovery moves it; a split or parallel recovery narrows it).
+    pub fn reincarnate(&mut self, id: u32, worker: u32, range: KeyRange) {
+        if let Some(placed) = self.instance_mut(id) {
+            placed.worker = worker;
+            placed.key_range = range;
+            placed.incarnation += 1;
+        }
+    }
+
     /// The data address of the worker hosting instance `id`.
     pub fn addr_of(&self, id: u32) -> Option<&str> {
         let (_, placed) = self.instance(id)?;

@@ -154,17 +154,8 @@ impl Job<'_> {
                     });
                     names.push(format!("{}[{index}]", self.plan.nodes[node].name));
                 }
-                self.plan.nodes[node]
-                    .instances
-                    .sort_by_key(|i| i.key_range.start);
             }
-            let placed = self
-                .plan
-                .instance_mut(id)
-                .expect("failed instance is planned");
-            placed.worker = target;
-            placed.incarnation += 1;
-            placed.key_range = range;
+            self.plan.reincarnate(id, target, range);
             by_target
                 .entry(target)
                 .or_default()

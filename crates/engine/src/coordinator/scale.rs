@@ -155,14 +155,7 @@ impl Job<'_> {
 
         // 3. New plan: the lower half keeps the id, the upper is new.
         let before = self.plan.nodes[node].instances.len();
-        {
-            let me = self
-                .plan
-                .instance_mut(instance)
-                .expect("instance is planned");
-            me.key_range = lower;
-            me.incarnation += 1;
-        }
+        self.plan.reincarnate(instance, placed.worker, lower);
         let (new_id, _) = self.plan.add_instance(node, target, upper);
         // Backups of the whole range must never be restored into a half.
         self.backups.remove(&instance);
