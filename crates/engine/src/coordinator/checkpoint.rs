@@ -53,7 +53,7 @@ impl Job<'_> {
         incarnation: u32,
         frontier: Stamp,
     ) {
-        if !self.links.get(holder as usize).is_some_and(|l| l.alive) {
+        if !self.alive(holder) {
             return;
         }
         if self.plan.instance(instance).map(|(_, p)| p.incarnation) != Some(incarnation) {
@@ -82,7 +82,7 @@ impl Job<'_> {
     fn backup_holder(&self, instance: u32) -> Option<u32> {
         let (node, placed) = self.plan.instance(instance)?;
         let own = placed.worker;
-        let alive = |w: &u32| *w != own && self.links.get(*w as usize).is_some_and(|l| l.alive);
+        let alive = |w: &u32| *w != own && self.alive(*w);
         let mut candidates: Vec<u32> = self
             .plan
             .upstream_instances(&self.query, node)

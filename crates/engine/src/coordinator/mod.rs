@@ -247,6 +247,14 @@ enum Event {
     Lost(u32, String),
 }
 
+/// A worker declared failed, waiting for its recovery.
+struct Failure {
+    worker: u32,
+    reason: String,
+    /// Milliseconds since the job started.
+    detected_ms: u64,
+}
+
 /// The state of a running job.
 struct Job<'a> {
     config: &'a JobConfig,
@@ -259,6 +267,10 @@ struct Job<'a> {
     events_tx: Sender<Event>,
     events: Receiver<Event>,
     deferred: VecDeque<(u32, ToCoordinator)>,
+    /// Workers lost and not yet recovered. Recovery runs from the main loop
+    /// between reconfigurations, never nested inside one (a scale out or
+    /// another recovery), so two never interleave their plans.
+    failing: Vec<Failure>,
     started: Instant,
     pool: VecDeque<u32>,
     /// Instance -> (holder worker, frontier) of its latest stored backup.
@@ -347,6 +359,7 @@ impl Coordinator {
             events_tx,
             events,
             deferred: VecDeque::new(),
+            failing: Vec::new(),
             started: Instant::now(),
             pool: VecDeque::new(),
             backups: HashMap::new(),
@@ -620,8 +633,9 @@ impl Job<'_> {
         let mut deployed = 0;
         while deployed < self.links.len() {
             match self.wait("deployment", deploy_deadline)? {
-                (_, ToCoordinator::Deployed) => deployed += 1,
-                (w, other) => self.unexpected(w, other)?,
+                Some((_, ToCoordinator::Deployed)) => deployed += 1,
+                Some((w, other)) => self.unexpected(w, other)?,
+                None => {}
             }
         }
         self.started = Instant::now();
@@ -636,14 +650,19 @@ impl Job<'_> {
         );
 
         while self.finished.len() < self.plan.instances().count() {
+            if !self.failing.is_empty() {
+                self.recover()?;
+                continue;
+            }
             let now = self.started.elapsed();
             if let Some(i) = self.scale_at.iter().position(|(at, _)| *at <= now) {
                 let (_, operator) = self.scale_at.remove(i);
                 self.scale_operator(&operator, "requested")?;
                 continue;
             }
-            let (w, message) = self.wait("the job", far_future())?;
-            self.handle(w, message)?;
+            if let Some((w, message)) = self.wait("the job", far_future())? {
+                self.handle(w, message)?;
+            }
         }
         Ok(JobSummary {
             instances: self.finished.values().cloned().collect(),
@@ -671,12 +690,17 @@ impl Job<'_> {
     }
 
     /// The next worker message, doing the periodic duties meanwhile: fire
-    /// injected kills, watch heartbeats, admit new pool workers, and turn a
-    /// lost worker into a recovery.
-    fn wait(&mut self, what: &str, deadline: Instant) -> Result<(u32, ToCoordinator), EngineError> {
+    /// injected kills, watch heartbeats, admit new pool workers. `None`: a
+    /// worker was lost (queued in `failing` for the main loop to recover);
+    /// whoever waits checks whether it still can get what it waits for.
+    fn wait(
+        &mut self,
+        what: &str,
+        deadline: Instant,
+    ) -> Result<Option<(u32, ToCoordinator)>, EngineError> {
         loop {
             if let Some(deferred) = self.deferred.pop_front() {
-                return Ok(deferred);
+                return Ok(Some(deferred));
             }
             self.check_cancel()?;
             if Instant::now() > deadline {
@@ -689,23 +713,19 @@ impl Job<'_> {
             self.fire_kills();
             self.publish(false);
             if let Some(silent) = self.silent_worker().filter(|_| self.running) {
-                self.failed(vec![silent], "it missed its heartbeats")?;
-                continue;
+                self.lose(silent, "it missed its heartbeats".into());
+                return Ok(None);
             }
             match self.events.recv_timeout(Duration::from_millis(20)) {
-                Ok(Event::Message(w, message)) => return Ok((w, message)),
-                Ok(Event::Joined(stream, addr, pid, clock)) => {
-                    let w = self.add_worker(stream, addr, pid, clock)?;
-                    self.deploy(w)?;
-                    self.pool.push_back(w);
-                    self.record("pool", format!("worker {w} (pid {pid}) joined the pool"));
-                }
+                Ok(Event::Message(w, message)) => return Ok(Some((w, message))),
+                Ok(Event::Joined(stream, addr, pid, clock)) => self.join(stream, addr, pid, clock)?,
                 Ok(Event::Lost(w, reason)) => {
-                    if self.links.get(w as usize).is_some_and(|l| l.alive) {
+                    if self.alive(w) {
                         if !self.running {
                             return Err(EngineError::WorkerFailed { worker: w, reason });
                         }
-                        self.failed(vec![w], &reason)?;
+                        self.lose(w, reason);
+                        return Ok(None);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -716,6 +736,44 @@ impl Job<'_> {
                 }
             }
         }
+    }
+
+    /// A pool worker joined: deploy the query on it and keep it ready.
+    fn join(
+        &mut self,
+        stream: TcpStream,
+        addr: String,
+        pid: u32,
+        clock: Arc<AtomicU64>,
+    ) -> Result<(), EngineError> {
+        let w = self.add_worker(stream, addr, pid, clock)?;
+        self.deploy(w)?;
+        self.pool.push_back(w);
+        self.record("pool", format!("worker {w} (pid {pid}) joined the pool"));
+        Ok(())
+    }
+
+    /// Declares worker `w` failed: it is killed (a hung worker must not come
+    /// back and interfere), leaves the pool and waits for recovery.
+    fn lose(&mut self, w: u32, reason: String) {
+        let link = &mut self.links[w as usize];
+        if !link.alive {
+            return;
+        }
+        link.alive = false;
+        kill_process(link.pid);
+        self.pool.retain(|p| *p != w);
+        let detected_ms = self.elapsed_ms();
+        self.failing.push(Failure {
+            worker: w,
+            reason,
+            detected_ms,
+        });
+    }
+
+    /// Whether worker `w` is connected and not declared failed.
+    fn alive(&self, w: u32) -> bool {
+        self.links.get(w as usize).is_some_and(|l| l.alive)
     }
 
     fn silent_worker(&self) -> Option<u32> {
@@ -740,7 +798,7 @@ impl Job<'_> {
                 .and_then(|node| self.plan.nodes[node].instances.get(kill.index as usize))
                 .map(|i| i.worker);
             match worker {
-                Some(w) if self.links[w as usize].alive => {
+                Some(w) if self.alive(w) => {
                     kill_process(self.links[w as usize].pid);
                     self.record(
                         "kill",

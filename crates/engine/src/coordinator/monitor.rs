@@ -2,7 +2,7 @@
 //! utilisation, keeps a per-second history, publishes the cluster view, and
 //! carries out commands from outside.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::wire::control::{InstanceMetrics, ToWorker};
 
@@ -211,11 +211,8 @@ impl Job<'_> {
                         index,
                     });
                 }
-                JobCommand::Scale { operator } => {
-                    if let Err(e) = self.scale_operator(&operator, "requested") {
-                        self.record("refused", format!("scale {operator}: {e}"));
-                    }
-                }
+                // Run by the main loop, never inside another reconfiguration.
+                JobCommand::Scale { operator } => self.scale_at.push((Duration::ZERO, operator)),
                 JobCommand::Checkpoint => {
                     self.broadcast(&ToWorker::CheckpointNow);
                     self.record(

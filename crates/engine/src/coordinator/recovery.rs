@@ -19,7 +19,7 @@ use crate::state::Checkpoint;
 use crate::wire::control::{ToCoordinator, ToWorker};
 use crate::worker::output::AddedInstance;
 
-use super::{kill_process, Event, Job, RecoveryTimeline};
+use super::{Event, Job, RecoveryTimeline};
 
 /// An instance and the encoded checkpoint to restore it from (none: start
 /// from the beginning).
@@ -29,34 +29,25 @@ type Restorable = (u32, Option<Vec<u8>>);
 const GATHER_FAILURES: Duration = Duration::from_millis(30);
 
 impl Job<'_> {
-    /// Recovers from the failure of `workers` (and of any that fail with them).
-    pub(super) fn failed(
-        &mut self,
-        mut workers: Vec<u32>,
-        reason: &str,
-    ) -> Result<(), EngineError> {
+    /// Recovers from the failures queued in `failing` (and from any that
+    /// come with them). Runs from the main loop only: a failure during a
+    /// reconfiguration is recovered once that reconfiguration is over.
+    pub(super) fn recover(&mut self) -> Result<(), EngineError> {
         // 1. Detect, and gather failures that come together.
-        let detected_ms = self.elapsed_ms();
         let gather_until = Instant::now() + GATHER_FAILURES;
         while let Ok(event) = self.events.recv_deadline(gather_until) {
             match event {
-                Event::Lost(w, _) if !workers.contains(&w) => workers.push(w),
-                Event::Lost(..) => {}
+                Event::Lost(w, reason) => self.lose(w, reason),
                 Event::Message(w, m) => self.deferred.push_back((w, m)),
-                Event::Joined(stream, addr, pid, clock) => {
-                    let w = self.add_worker(stream, addr, pid, clock)?;
-                    self.deploy(w)?;
-                    self.pool.push_back(w);
-                }
+                Event::Joined(stream, addr, pid, clock) => self.join(stream, addr, pid, clock)?,
             }
         }
-        for &w in &workers {
-            let link = &mut self.links[w as usize];
-            link.alive = false;
-            // Make sure a hung worker cannot come back and interfere.
-            kill_process(link.pid);
-            self.pool.retain(|p| *p != w);
-        }
+        let failing = std::mem::take(&mut self.failing);
+        let Some(first) = failing.first() else {
+            return Ok(());
+        };
+        let (reason, detected_ms) = (first.reason.clone(), first.detected_ms);
+        let workers: Vec<u32> = failing.iter().map(|f| f.worker).collect();
         self.record("failure", format!("workers {workers:?} failed: {reason}"));
         // Backups the failed workers held are gone.
         let lost: Vec<u32> = self
@@ -204,93 +195,119 @@ impl Job<'_> {
     /// which its upstreams can replay since they never trimmed for it).
     fn fetch_checkpoints(&mut self, failed: &[u32]) -> Result<Vec<Restorable>, EngineError> {
         let mut result = Vec::new();
-        let mut asked = 0;
+        // Instance -> the holder asked for its backup.
+        let mut asked: HashMap<u32, u32> = HashMap::new();
         for &id in failed {
-            match (self.backups.get(&id), self.copies.get(&id)) {
-                (Some(&(holder, _)), _) => {
-                    self.send(holder, &ToWorker::FetchBackup { instance: id })?;
-                    asked += 1;
+            if let Some(&(holder, _)) = self.backups.get(&id) {
+                if self.send(holder, &ToWorker::FetchBackup { instance: id }).is_ok() {
+                    asked.insert(id, holder);
+                    continue;
                 }
-                // The holder failed too: use the coordinator's replica.
-                (None, Some((_, bytes))) => result.push((id, Some(bytes.clone()))),
-                (None, None) if self.unprotected.contains(&id) => {
-                    return Err(EngineError::Checkpoint(format!(
-                        "cannot recover instance {id}: its latest checkpoint was lost with its backup holder"
-                    )))
-                }
-                (None, None) => result.push((id, None)),
             }
+            result.push((id, self.replica(id)?));
         }
         let deadline = Instant::now() + self.config.startup_timeout;
-        while asked > 0 {
-            if let (_, ToCoordinator::Backup { instance, bytes }) =
-                self.wait_for("a backup transfer", deadline, |m| {
-                    matches!(m, ToCoordinator::Backup { .. })
-                })?
-            {
-                let bytes = bytes.ok_or_else(|| {
-                    EngineError::Checkpoint(format!(
-                        "the holder of instance {instance}'s backup no longer has it"
-                    ))
-                })?;
-                result.push((instance, Some(bytes)));
-                asked -= 1;
+        while !asked.is_empty() {
+            match self.wait_for("a backup transfer", deadline, |m| {
+                matches!(m, ToCoordinator::Backup { instance, .. } if asked.contains_key(instance))
+            })? {
+                Some((_, ToCoordinator::Backup { instance, bytes })) => {
+                    let bytes = bytes.ok_or_else(|| {
+                        EngineError::Checkpoint(format!(
+                            "the holder of instance {instance}'s backup no longer has it"
+                        ))
+                    })?;
+                    asked.remove(&instance);
+                    result.push((instance, Some(bytes)));
+                }
+                Some(_) => {}
+                None => {
+                    // A holder failed before it answered: use the replica.
+                    let orphaned: Vec<u32> = asked
+                        .iter()
+                        .filter(|(_, holder)| !self.alive(**holder))
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in orphaned {
+                        asked.remove(&id);
+                        self.backups.remove(&id);
+                        result.push((id, self.replica(id)?));
+                    }
+                }
             }
         }
         Ok(result)
     }
 
+    /// The coordinator's replica of `id`'s latest checkpoint, for when its
+    /// holder failed too (none: the instance never checkpointed and restarts
+    /// from the beginning, which its upstreams can replay since they never
+    /// trimmed for it).
+    fn replica(&self, id: u32) -> Result<Option<Vec<u8>>, EngineError> {
+        match self.copies.get(&id) {
+            Some((_, bytes)) => Ok(Some(bytes.clone())),
+            None if self.unprotected.contains(&id) => Err(EngineError::Checkpoint(format!(
+                "cannot recover instance {id}: its latest checkpoint was lost with its backup holder"
+            ))),
+            None => Ok(None),
+        }
+    }
+
     /// Sends each target worker its instances to restore and waits until all
-    /// run (shared by recovery and scale out).
+    /// run (shared by recovery and scale out). A target that fails meanwhile
+    /// is not waited for: its instances are recovered next, like any other.
     pub(super) fn restore_on(
         &mut self,
         by_target: HashMap<u32, Vec<(u32, Option<serde_bytes::ByteBuf>)>>,
         what: &str,
     ) -> Result<(), EngineError> {
-        let mut waiting = 0;
+        // Instance -> the worker restoring it.
+        let mut waiting: HashMap<u32, u32> = HashMap::new();
         for (target, instances) in by_target {
-            waiting += instances.len();
-            self.send(
-                target,
-                &ToWorker::Restore {
-                    instances,
-                    plan: self.plan.clone(),
-                },
-            )?;
+            let ids: Vec<u32> = instances.iter().map(|(id, _)| *id).collect();
+            let message = ToWorker::Restore {
+                instances,
+                plan: self.plan.clone(),
+            };
+            match self.send(target, &message) {
+                Ok(()) => waiting.extend(ids.into_iter().map(|id| (id, target))),
+                Err(e) => self.lose(target, format!("cannot send it {what}: {e}")),
+            }
         }
         let deadline = Instant::now() + self.config.startup_timeout;
-        while waiting > 0 {
-            match self.wait_for(what, deadline, |m| {
-                matches!(
-                    m,
-                    ToCoordinator::Restored { .. } | ToCoordinator::InstanceFailed { .. }
-                )
+        while !waiting.is_empty() {
+            match self.wait_for(what, deadline, |m| match m {
+                ToCoordinator::Restored { instance } => waiting.contains_key(instance),
+                ToCoordinator::InstanceFailed { .. } => true,
+                _ => false,
             })? {
-                (_, ToCoordinator::Restored { .. }) => waiting -= 1,
-                (w, other) => self.unexpected(w, other)?,
+                Some((_, ToCoordinator::Restored { instance })) => {
+                    waiting.remove(&instance);
+                }
+                Some((w, other)) => self.unexpected(w, other)?,
+                None => waiting.retain(|_, target| self.links[*target as usize].alive),
             }
         }
         Ok(())
     }
 
-    /// Waits for a message `want` accepts, handling checkpoint traffic and
-    /// deferring everything else until the recovery is over.
+    /// Waits for a message `want` accepts, deferring everything else until
+    /// the reconfiguration is over. `None`: a worker failed meanwhile; the
+    /// caller checks whether what it waits for can still come.
     pub(super) fn wait_for(
         &mut self,
         what: &str,
         deadline: Instant,
         want: impl Fn(&ToCoordinator) -> bool,
-    ) -> Result<(u32, ToCoordinator), EngineError> {
+    ) -> Result<Option<(u32, ToCoordinator)>, EngineError> {
         let mut deferred = Vec::new();
         let result = loop {
-            let (w, message) = match self.wait(what, deadline) {
-                Ok(next) => next,
+            match self.wait(what, deadline) {
+                Ok(Some((w, message))) if want(&message) => break Ok(Some((w, message))),
+                Ok(Some(other)) => deferred.push(other),
+                Ok(None) => break Ok(None),
                 Err(e) => break Err(e),
-            };
-            if want(&message) {
-                break Ok((w, message));
             }
-            deferred.push((w, message));
         };
         for item in deferred.into_iter().rev() {
             self.deferred.push_front(item);
@@ -304,7 +321,7 @@ impl Job<'_> {
             *load.entry(i.worker).or_default() += 1;
         }
         (0..self.links.len() as u32)
-            .filter(|w| self.links[*w as usize].alive)
+            .filter(|w| self.alive(*w))
             .min_by_key(|w| load.get(w).copied().unwrap_or(0))
     }
 

@@ -224,7 +224,7 @@ impl Job<'_> {
         worker: u32,
     ) -> Result<Option<(crate::stamp::Stamp, Vec<u8>)>, EngineError> {
         let alive = |job: &Self| {
-            job.links.get(worker as usize).is_some_and(|l| l.alive)
+            job.alive(worker)
                 && job.plan.instance(instance).map(|(_, p)| p.incarnation) == Some(incarnation)
         };
         if !alive(self) || self.send(worker, &ToWorker::CheckpointNow).is_err() {
@@ -236,7 +236,7 @@ impl Job<'_> {
             match self.wait_for("a checkpoint for a split", step, |m| {
                 matches!(m, ToCoordinator::Checkpoint { instance: i, incarnation: n, .. } if i == &instance && n == &incarnation)
             }) {
-                Ok((_, ToCoordinator::Checkpoint { frontier, bytes, .. })) => {
+                Ok(Some((_, ToCoordinator::Checkpoint { frontier, bytes, .. }))) => {
                     return Ok(Some((frontier, bytes)))
                 }
                 Ok(_) | Err(EngineError::Timeout(_)) => {
