@@ -14,8 +14,9 @@ use spate_engine::coordinator::view::{ClusterView, InstanceView, JobCommand, Sha
 #[derive(clap::Args, Clone, Debug)]
 pub struct DashboardArgs {
     /// Serve the web dashboard and HTTP API while the job runs, on ADDR
-    /// (without a value: 127.0.0.1:0, a free loopback port). A non-loopback
-    /// address lets anyone on the network kill workers.
+    /// (without a value: 127.0.0.1:0, a free loopback port). Commands
+    /// (kill, checkpoint, scale) need the cluster token, which the run
+    /// prints; a non-loopback ADDR also needs --dashboard-public.
     #[arg(
         long,
         value_name = "ADDR",
@@ -23,32 +24,106 @@ pub struct DashboardArgs {
         default_missing_value = "127.0.0.1:0"
     )]
     pub dashboard: Option<String>,
+    /// Let --dashboard listen on a non-loopback address: anyone who can
+    /// reach it sees the job, and anyone who also has the token controls it.
+    #[arg(long, requires = "dashboard")]
+    pub dashboard_public: bool,
     /// Keep the dashboard up this many seconds after the job ends, to look
     /// at its final state.
     #[arg(long, value_name = "N", default_value_t = 0, requires = "dashboard")]
     pub linger_secs: u64,
 }
 
+/// The cluster's shared secret: workers present it to join, and the HTTP
+/// API's commands must carry it.
+#[derive(Clone, Debug)]
+pub struct ClusterToken {
+    value: String,
+    /// Made for this run rather than given: the user can only learn it from
+    /// what the run prints.
+    fresh: bool,
+}
+
+/// Bytes of randomness in a fresh token (printed as twice as many hex digits).
+const TOKEN_BYTES: usize = 16;
+
+impl ClusterToken {
+    /// The token given with `--token` or `SPATE_TOKEN`, possibly empty (a
+    /// coordinator whose workers join without one).
+    pub fn given(value: &str) -> Self {
+        ClusterToken {
+            value: value.to_string(),
+            fresh: false,
+        }
+    }
+
+    /// For a local cluster: the token given, or a fresh random one. Making
+    /// it here rather than leaving it to the cluster lets the dashboard,
+    /// started first, check commands against the workers' token.
+    pub fn for_local_run(given: &str) -> Result<Self> {
+        if !given.is_empty() {
+            return Ok(Self::given(given));
+        }
+        use std::io::Read;
+        let mut bytes = [0u8; TOKEN_BYTES];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .context(
+                "cannot read /dev/urandom to make the cluster token; give one with --token or SPATE_TOKEN",
+            )?;
+        Ok(ClusterToken {
+            value: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+            fresh: true,
+        })
+    }
+
+    /// The secret itself, for the job's configuration.
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+
+    /// How to use the token, for the line that prints the dashboard's URL.
+    /// A token the user gave is not echoed into logs; a fresh one must be.
+    fn usage(&self) -> String {
+        if self.value.is_empty() {
+            "control commands are open to anyone who can reach it: give the cluster a --token"
+                .to_string()
+        } else if self.fresh {
+            format!(
+                "control commands need --token {0} or SPATE_TOKEN={0}",
+                self.value
+            )
+        } else {
+            "control commands need the token given with --token or SPATE_TOKEN".to_string()
+        }
+    }
+}
+
 impl DashboardArgs {
     /// Runs `job` with the dashboard attached when one was asked for: `job`
     /// gets the view to publish into and the commands to obey (`None` when
     /// no dashboard runs), and should print its results itself so that they
-    /// are on screen while the dashboard lingers. The dashboard stays up
-    /// `--linger-secs` after the job ends, successful or not (a failed run
-    /// is worth looking at too), unless `cancel` is set.
+    /// are on screen while the dashboard lingers. Commands must carry
+    /// `token`, which must be the one the job's workers get. The dashboard
+    /// stays up `--linger-secs` after the job ends, successful or not (a
+    /// failed run is worth looking at too), unless `cancel` is set.
     pub fn around<T>(
         &self,
         cancel: &AtomicBool,
+        token: &ClusterToken,
         job: impl FnOnce(Option<SharedView>, Option<Receiver<JobCommand>>) -> Result<T>,
     ) -> Result<T> {
         let Some(addr) = &self.dashboard else {
             return job(None, None);
         };
+        if !self.dashboard_public {
+            refuse_public(addr)?;
+        }
         let view = SharedView::default();
         let (sender, commands) = crossbeam_channel::unbounded();
-        let dashboard = spate_dashboard::serve(addr, view.clone(), sender)
+        let dashboard = spate_dashboard::serve(addr, view.clone(), sender, token.value())
             .context("cannot start the dashboard")?;
-        eprintln!("dashboard: {}", dashboard.url());
+        eprintln!("dashboard: {}  ({})", dashboard.url(), token.usage());
         let result = job(Some(view), Some(commands));
         if self.linger_secs > 0 && !cancel.load(Ordering::SeqCst) {
             eprintln!(
@@ -66,13 +141,36 @@ impl DashboardArgs {
     }
 }
 
-/// Where a running job's dashboard is.
+/// Fails when `addr` names a non-loopback address: exposing a job to the
+/// network must be asked for with `--dashboard-public`. An address that
+/// does not resolve is left for binding to report.
+fn refuse_public(addr: &str) -> Result<()> {
+    use std::net::ToSocketAddrs;
+    let Ok(resolved) = addr.to_socket_addrs() else {
+        return Ok(());
+    };
+    if let Some(public) = resolved.into_iter().find(|a| !a.ip().is_loopback()) {
+        bail!(
+            "--dashboard {addr} would listen on {}, which is not loopback: anyone who can \
+             reach it could watch the job (and, with the token, control it); add \
+             --dashboard-public to do that on a trusted network",
+            public.ip()
+        );
+    }
+    Ok(())
+}
+
+/// Where a running job's dashboard is, and the token its commands need.
 #[derive(clap::Args, Clone, Debug)]
 pub struct AddrArgs {
     /// The dashboard's address, as printed by `--dashboard` (HOST:PORT or
     /// http://HOST:PORT/).
     #[arg(long, value_name = "HOST:PORT")]
     addr: String,
+    /// The cluster token, as printed by the run (kill, checkpoint and scale
+    /// need it; status does not).
+    #[arg(long, env = "SPATE_TOKEN", hide_env_values = true, default_value = "")]
+    token: String,
 }
 
 /// `spate kill`.
@@ -109,6 +207,8 @@ pub struct ScaleArgs {
 struct Client {
     base: String,
     agent: ureq::Agent,
+    /// Sent with commands; empty: none.
+    token: String,
 }
 
 impl Client {
@@ -128,7 +228,11 @@ impl Client {
             .timeout_global(Some(Duration::from_secs(10)))
             .build()
             .into();
-        Ok(Client { base, agent })
+        Ok(Client {
+            base,
+            agent,
+            token: args.token.clone(),
+        })
     }
 
     /// Sends a request and returns the JSON answer of a 2xx, or the API's
@@ -136,7 +240,11 @@ impl Client {
     fn call(&self, method: &str, path: &str) -> Result<Value> {
         let url = format!("{}{path}", self.base);
         let sent = if method == "POST" {
-            self.agent.post(&url).send_empty()
+            let mut request = self.agent.post(&url);
+            if !self.token.is_empty() {
+                request = request.header("Authorization", format!("Bearer {}", self.token));
+            }
+            request.send_empty()
         } else {
             self.agent.get(&url).call()
         };
@@ -155,6 +263,19 @@ impl Client {
                     self.base
                 )
             });
+        }
+        match (status, self.token.is_empty()) {
+            (401, true) => bail!(
+                "the dashboard at {} needs the cluster token for commands: pass --token TOKEN \
+                 or set SPATE_TOKEN (the run printed it when it started)",
+                self.base
+            ),
+            (403, false) => bail!(
+                "the dashboard at {} refused the token given with --token or SPATE_TOKEN: \
+                 it is not this run's (the run printed its token when it started)",
+                self.base
+            ),
+            _ => {}
         }
         match json.as_ref().and_then(|j| j["error"].as_str()) {
             Some(message) => bail!("{message} (HTTP {status})"),
@@ -479,6 +600,31 @@ mod tests {
     }
 
     #[test]
+    fn fresh_tokens_are_random_and_printed_given_ones_are_not() {
+        let a = ClusterToken::for_local_run("").unwrap();
+        let b = ClusterToken::for_local_run("").unwrap();
+        assert_eq!(a.value().len(), 2 * TOKEN_BYTES);
+        assert_ne!(a.value(), b.value());
+        assert!(a.usage().contains(&format!("--token {}", a.value())));
+        let given = ClusterToken::for_local_run("S3CRET").unwrap();
+        assert_eq!(given.value(), "S3CRET");
+        assert!(!given.usage().contains("S3CRET"), "{}", given.usage());
+        assert!(ClusterToken::given("").usage().contains("open"));
+    }
+
+    #[test]
+    fn only_loopback_dashboards_go_without_asking() {
+        assert!(refuse_public("127.0.0.1:0").is_ok());
+        assert!(refuse_public("[::1]:8080").is_ok());
+        assert!(refuse_public("localhost:8080").is_ok());
+        let refused = refuse_public("0.0.0.0:8080").unwrap_err().to_string();
+        assert!(refused.contains("--dashboard-public"), "{refused}");
+        assert!(refuse_public("192.0.2.1:8080").is_err());
+        // Left for binding to report, with its own error.
+        assert!(refuse_public("not an address").is_ok());
+    }
+
+    #[test]
     fn segments_are_percent_encoded() {
         assert_eq!(segment("toll_calculator"), "toll_calculator");
         assert_eq!(segment("a b/c"), "a%20b%2Fc");
@@ -487,7 +633,10 @@ mod tests {
     #[test]
     fn addresses_become_base_urls() {
         let base = |a: &str| {
-            Client::new(&AddrArgs { addr: a.into() })
+            Client::new(&AddrArgs {
+                addr: a.into(),
+                token: String::new(),
+            })
                 .map(|c| c.base)
                 .map_err(|e| e.to_string())
         };

@@ -31,6 +31,11 @@ pub struct DemoArgs {
     fault_tolerance: lrb::FaultToleranceArgs,
     #[command(flatten)]
     dashboard: crate::control::DashboardArgs,
+    /// The cluster's shared secret, which workers present and the
+    /// dashboard's commands need [default: a fresh one, printed with the
+    /// dashboard's address].
+    #[arg(long, env = "SPATE_TOKEN", hide_env_values = true, default_value = "")]
+    token: String,
     /// Where inputs and outputs go.
     #[arg(long, default_value = "lrb-data")]
     dir: PathBuf,
@@ -63,6 +68,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         stop_on_bad_input: false,
         fault_tolerance: args.fault_tolerance,
         dashboard: args.dashboard,
+        token: args.token,
     })?;
     lrb::run(LrbCommand::Validate {
         files,

@@ -126,6 +126,11 @@ pub enum LrbCommand {
         fault_tolerance: FaultToleranceArgs,
         #[command(flatten)]
         dashboard: crate::control::DashboardArgs,
+        /// The cluster's shared secret, which workers present and the
+        /// dashboard's commands need [default: a fresh one, printed with
+        /// the dashboard's address].
+        #[arg(long, env = "SPATE_TOKEN", hide_env_values = true, default_value = "")]
+        token: String,
     },
     /// Check a run's answers against an independent reference implementation.
     Validate {
@@ -227,6 +232,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
             stop_on_bad_input,
             fault_tolerance,
             dashboard,
+            token,
         } => {
             if workers == 0 || workers > 256 {
                 bail!("--workers must be between 1 and 256, not {workers}");
@@ -241,6 +247,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
             }
             let mut partitions = crate::parse_partitions(&partitions)?;
             partitions.entry("toll_calculator".into()).or_insert(2);
+            let token = crate::control::ClusterToken::for_local_run(&token)?;
             let mut options = RunOptions {
                 params: LrbParams {
                     input,
@@ -261,6 +268,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
                 scale_at: fault_tolerance.scale_at.clone(),
                 worker_cpu: fault_tolerance.worker_cpu,
                 kills: fault_tolerance.kill,
+                token: token.value().to_string(),
                 view: None,
                 commands: None,
                 cancel: crate::cancel_on_ctrl_c(),
@@ -270,7 +278,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
                 out.display()
             );
             let cancel = options.cancel.clone();
-            dashboard.around(&cancel, |view, commands| {
+            dashboard.around(&cancel, &token, |view, commands| {
                 // Progress on a terminal reads the same view a dashboard would.
                 let view = view.or_else(|| {
                     std::io::stderr()

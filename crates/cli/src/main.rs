@@ -45,8 +45,9 @@ struct JobArgs {
     /// Number of worker processes.
     #[arg(long, default_value_t = 3)]
     workers: usize,
-    /// The cluster's shared secret that workers must present (a local
-    /// cluster makes its own).
+    /// The cluster's shared secret that workers must present, and the
+    /// dashboard's commands (a local run makes a fresh one and prints it
+    /// with the dashboard's address).
     #[arg(long, env = "SPATE_TOKEN", hide_env_values = true, default_value = "")]
     token: String,
     #[command(flatten)]
@@ -148,8 +149,10 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(job) => {
             let mut config = job_config(&job)?;
+            let token = control::ClusterToken::for_local_run(&job.token)?;
+            config.token = token.value().to_string();
             let cancel = config.cancel.clone();
-            job.dashboard.around(&cancel, |view, commands| {
+            job.dashboard.around(&cancel, &token, |view, commands| {
                 config.view = view;
                 config.commands = commands;
                 let summary = run_local(&registry(), &config, &current_program()?)?;
@@ -189,7 +192,8 @@ fn run(cli: Cli) -> Result<()> {
                 }
             };
             let cancel = config.cancel.clone();
-            job.dashboard.around(&cancel, |view, commands| {
+            let token = control::ClusterToken::given(&config.token);
+            job.dashboard.around(&cancel, &token, |view, commands| {
                 config.view = view;
                 config.commands = commands;
                 let summary = coordinator.run(&registry(), &config, provisioner.as_mut())?;

@@ -21,10 +21,15 @@
 //! | `POST /api/checkpoint` | checkpoint every instance now (202) |
 //! | `POST /api/scale/{operator}` | split the operator's busiest partition onto a pool worker (202) |
 //!
+//! When the cluster has a token, every `POST` must carry it as
+//! `Authorization: Bearer TOKEN` (401 without it, 403 with another); the
+//! `GET` routes are a read-only view and stay open.
+//!
 //! Every error is a 4xx or 5xx status with a JSON body `{"error": "..."}`.
 
 #![warn(missing_docs)]
 
+mod auth;
 mod metrics;
 mod routes;
 
@@ -96,16 +101,18 @@ impl Drop for Dashboard {
 
 /// Starts the server on `addr` (for example `127.0.0.1:0`, which picks a
 /// free loopback port) for the job publishing into `view` and reading
-/// `commands`.
+/// `commands`. Commands must carry `token`, the cluster's shared secret;
+/// an empty `token` (a cluster without one) leaves them open.
 ///
 /// Binding happens before this returns, so a taken or malformed address is
 /// reported here rather than lost on a background thread. Nothing restricts
-/// the address to loopback: exposing the kill and checkpoint routes to a
-/// network is the caller's explicit choice.
+/// the address to loopback: exposing the API to a network is the caller's
+/// explicit choice.
 pub fn serve(
     addr: &str,
     view: SharedView,
     commands: Sender<JobCommand>,
+    token: &str,
 ) -> Result<Dashboard, DashboardError> {
     let bind_error = |source| DashboardError::Bind {
         addr: addr.to_string(),
@@ -122,7 +129,7 @@ pub fn serve(
         .build()
         .map_err(DashboardError::Start)?;
     let (stop, stopped) = watch::channel(false);
-    let app = routes::router(routes::AppState::new(view, commands));
+    let app = routes::router(routes::AppState::new(view, commands, token));
     let thread = std::thread::Builder::new()
         .name("spate-dashboard".into())
         .spawn(move || {

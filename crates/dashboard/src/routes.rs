@@ -1,10 +1,11 @@
 //! The HTTP routes. Handlers read the shared view under its lock only long
 //! enough to copy or encode what they answer, and send commands without
 //! waiting for the coordinator: a 202 means "queued", and what happened
-//! shows up in the view's events.
+//! shows up in the view's events. Command routes first pass
+//! [`auth::require_token`].
 
 use std::collections::BTreeSet;
-use std::sync::RwLockReadGuard;
+use std::sync::{Arc, RwLockReadGuard};
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
@@ -17,7 +18,7 @@ use serde::Serialize;
 use serde_json::json;
 use spate_engine::coordinator::view::{ClusterView, InstanceView, JobCommand, SharedView};
 
-use crate::metrics;
+use crate::{auth, metrics};
 
 /// The page, built into the binary so the dashboard works on a machine with
 /// no network and no files next to the executable.
@@ -28,11 +29,21 @@ const PAGE: &str = include_str!("dashboard.html");
 pub(crate) struct AppState {
     view: SharedView,
     commands: Sender<JobCommand>,
+    /// The cluster token commands must carry; empty: none needed.
+    token: Arc<str>,
 }
 
 impl AppState {
-    pub(crate) fn new(view: SharedView, commands: Sender<JobCommand>) -> Self {
-        AppState { view, commands }
+    pub(crate) fn new(view: SharedView, commands: Sender<JobCommand>, token: &str) -> Self {
+        AppState {
+            view,
+            commands,
+            token: token.into(),
+        }
+    }
+
+    pub(crate) fn token(&self) -> &str {
+        &self.token
     }
 
     /// A poisoned lock only means a writer panicked mid-update; the last
@@ -42,20 +53,29 @@ impl AppState {
     }
 }
 
-/// Every route, with JSON errors for unknown paths and methods.
+/// Every route, with JSON errors for unknown paths and methods. The
+/// commands are one group behind the token check, so a command added to it
+/// cannot be left unprotected by mistake; the read-only routes are open.
 pub(crate) fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(page))
-        .route("/api/view", get(view))
-        .route("/api/graph", get(graph))
-        .route("/api/events", get(events))
-        .route("/metrics", get(prometheus))
+    let commands = Router::new()
         // A static segment wins over a parameter: `/api/kill/worker/3` is
         // always worker 3, even for a query with an operator named `worker`.
         .route("/api/kill/worker/{worker}", post(kill_worker))
         .route("/api/kill/{operator}/{index}", post(kill_instance))
         .route("/api/checkpoint", post(checkpoint))
         .route("/api/scale/{operator}", post(scale))
+        // `route_layer`: a wrong method still gets its 405, not a 401.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .route("/", get(page))
+        .route("/api/view", get(view))
+        .route("/api/graph", get(graph))
+        .route("/api/events", get(events))
+        .route("/metrics", get(prometheus))
+        .merge(commands)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -105,17 +105,28 @@ fn sample_view() -> ClusterView {
     }
 }
 
+/// The cluster token of the fixtures that have one.
+const TOKEN: &str = "0123456789abcdef-s3cret";
+
 struct Fixture {
     dashboard: Dashboard,
     view: SharedView,
     commands: Receiver<JobCommand>,
     agent: ureq::Agent,
+    /// Sent with every POST, as `Authorization: Bearer` (none if empty).
+    token: String,
 }
 
+/// A dashboard for a cluster whose token is [`TOKEN`].
 fn start(view: ClusterView) -> Fixture {
+    start_with_token(view, TOKEN)
+}
+
+fn start_with_token(view: ClusterView, token: &str) -> Fixture {
     let view: SharedView = Arc::new(RwLock::new(view));
     let (sender, commands) = crossbeam_channel::unbounded();
-    let dashboard = serve("127.0.0.1:0", view.clone(), sender).expect("start the dashboard");
+    let dashboard =
+        serve("127.0.0.1:0", view.clone(), sender, token).expect("start the dashboard");
     let agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
@@ -126,6 +137,7 @@ fn start(view: ClusterView) -> Fixture {
         view,
         commands,
         agent,
+        token: token.to_string(),
     }
 }
 
@@ -175,8 +187,21 @@ impl Fixture {
         Self::answer(self.agent.get(self.url(path)).call().expect("GET"))
     }
 
+    /// POSTs with the fixture's token.
     fn post(&self, path: &str) -> Answer {
-        Self::answer(self.agent.post(self.url(path)).send_empty().expect("POST"))
+        if self.token.is_empty() {
+            return self.post_with(path, None);
+        }
+        self.post_with(path, Some(&format!("Bearer {}", self.token)))
+    }
+
+    /// POSTs with this `Authorization` header, or none.
+    fn post_with(&self, path: &str, authorization: Option<&str>) -> Answer {
+        let mut request = self.agent.post(self.url(path));
+        if let Some(value) = authorization {
+            request = request.header("Authorization", value);
+        }
+        Self::answer(request.send_empty().expect("POST"))
     }
 
     fn no_command_sent(&self) {
@@ -326,6 +351,55 @@ fn commands_are_queued_and_accepted() {
 }
 
 #[test]
+fn commands_need_the_cluster_token() {
+    let f = start(sample_view());
+    for path in [
+        "/api/kill/worker/1",
+        "/api/kill/toll_calculator/0",
+        "/api/checkpoint",
+        "/api/scale/toll_calculator",
+    ] {
+        let message = f.post_with(path, None).assert_error(401);
+        assert!(
+            message.contains("--token") && message.contains("SPATE_TOKEN"),
+            "{path}: {message}"
+        );
+        let message = f.post_with(path, Some("Bearer guess")).assert_error(403);
+        assert!(message.contains("not this cluster's"), "{path}: {message}");
+        f.post_with(path, Some(&format!("Basic {TOKEN}")))
+            .assert_error(401);
+        f.post_with(path, Some(&format!("Bearer {TOKEN}x")))
+            .assert_error(403);
+    }
+    f.no_command_sent();
+    // Refused before the command is even parsed: no hint about what exists.
+    f.post_with("/api/kill/worker/abc", None).assert_error(401);
+    f.no_command_sent();
+
+    let answer = f.post_with("/api/checkpoint", Some(&format!("Bearer {TOKEN}")));
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(f.commands.try_recv().ok(), Some(JobCommand::Checkpoint));
+}
+
+#[test]
+fn the_read_only_routes_need_no_token() {
+    let f = start(sample_view());
+    for path in ["/", "/api/view", "/api/graph", "/api/events", "/metrics"] {
+        assert_eq!(f.get(path).status, 200, "{path}");
+    }
+    // A wrong method is still a 405, not a request for a token.
+    f.get("/api/checkpoint").assert_error(405);
+}
+
+#[test]
+fn a_cluster_without_a_token_takes_commands_from_anyone() {
+    let f = start_with_token(sample_view(), "");
+    let answer = f.post_with("/api/kill/worker/1", None);
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(f.commands.try_recv().ok(), Some(JobCommand::KillWorker(1)));
+}
+
+#[test]
 fn bad_commands_are_refused_with_json_errors() {
     let f = start(sample_view());
     assert!(f
@@ -418,7 +492,7 @@ fn dropping_the_dashboard_frees_its_port() {
 fn a_bad_address_is_an_error() {
     let view: SharedView = Arc::new(RwLock::new(ClusterView::default()));
     let (sender, _commands) = crossbeam_channel::unbounded();
-    match serve("not an address", view, sender) {
+    match serve("not an address", view, sender, TOKEN) {
         Err(DashboardError::Bind { addr, .. }) => assert_eq!(addr, "not an address"),
         Err(other) => panic!("unexpected error {other}"),
         Ok(d) => panic!("bound {}", d.addr()),

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use spate_engine::hash::key_hash;
 use spate_engine::stamp::Stamp;
-use spate_engine::state::{Checkpoint, KeyRange, KeyedState, OutputBuffer, RoutingTable};
+use spate_engine::state::{
+    Checkpoint, KeyRange, KeyedState, OutputBuffer, RoutingTable, StateEntry,
+};
 
 fn state_of(pairs: &BTreeMap<u64, (String, i64)>) -> KeyedState<u64, (String, i64)> {
     let mut state = KeyedState::default();
@@ -154,4 +156,31 @@ fn decode_refuses_garbage_and_other_versions() {
         .unwrap();
     bytes[4] = 99;
     assert!(Checkpoint::decode(&bytes).is_err());
+    // Version 2, before entries carried their load, is refused by name.
+    bytes[4] = 2;
+    let err = Checkpoint::decode(&bytes).unwrap_err().to_string();
+    assert!(err.contains("version 2 was written by an older"), "{err}");
+}
+
+#[test]
+fn accesses_count_as_load_halved_at_each_snapshot_and_kept_by_restore() {
+    let mut state: KeyedState<u64, u64> = KeyedState::default();
+    for _ in 0..5 {
+        *state.get_or_default(1) += 1;
+    }
+    *state.get_or_default(2) += 1;
+    assert_eq!(state.get(&2), Some(&1), "inspection is not load");
+    let load = |entries: &[StateEntry], key: u64| {
+        entries
+            .iter()
+            .find(|e| e.hash == key_hash(&key))
+            .map(|e| e.load)
+    };
+    let first = state.snapshot().unwrap();
+    assert_eq!((load(&first, 1), load(&first, 2)), (Some(5), Some(1)));
+    *state.get_or_default(2) += 1;
+    let second = state.snapshot().unwrap();
+    assert_eq!((load(&second, 1), load(&second, 2)), (Some(2), Some(1)));
+    let restored: KeyedState<u64, u64> = KeyedState::restore(&second, KeyRange::FULL).unwrap();
+    assert_eq!(restored.snapshot().unwrap(), second);
 }

@@ -501,6 +501,7 @@ fn run_one(
         autoscale: None,
         scale_at: Vec::new(),
         worker_cpu: None,
+        token: String::new(),
         view: None,
         commands: None,
         cancel: options.cancel.clone(),
@@ -663,8 +664,11 @@ fn remove_answers(dir: &Path) -> Result<(), BenchError> {
     Ok(())
 }
 
-enum Who {
+/// Whose resource use [`usage`] reads.
+pub(crate) enum Who {
+    /// This process.
     Myself,
+    /// Every child process reaped so far.
     Children,
 }
 
@@ -678,8 +682,9 @@ impl Usage {
     }
 }
 
+/// CPU time and peak memory from `getrusage`.
 #[cfg(unix)]
-fn usage(who: Who) -> Usage {
+pub(crate) fn usage(who: Who) -> Usage {
     let which = match who {
         Who::Myself => libc::RUSAGE_SELF,
         Who::Children => libc::RUSAGE_CHILDREN,
@@ -700,8 +705,9 @@ fn usage(who: Who) -> Usage {
     }
 }
 
+/// No `getrusage` here: zeros.
 #[cfg(not(unix))]
-fn usage(_who: Who) -> Usage {
+pub(crate) fn usage(_who: Who) -> Usage {
     Usage::default()
 }
 

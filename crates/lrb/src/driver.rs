@@ -14,8 +14,10 @@ use spate_engine::coordinator::{
 };
 use spate_engine::{EngineError, QueryRegistry};
 
+use crate::bench::{usage, Who};
 use crate::model::AnswerKind;
 use crate::query::{stats_dir, LrbParams, SinkStats, NAME};
+use crate::resources::{Peaks, ResourcePoint, Sampler};
 
 /// What `spate lrb run` was asked to do.
 #[derive(Clone, Debug)]
@@ -40,7 +42,12 @@ pub struct RunOptions {
     pub scale_at: Vec<(std::time::Duration, String)>,
     /// CPU quota per worker process, in cores.
     pub worker_cpu: Option<f64>,
-    /// Where to publish the cluster's state (the dashboard reads it).
+    /// The cluster's shared secret (empty: the local cluster makes one). A
+    /// dashboard started before the run must be given the same.
+    pub token: String,
+    /// Where to publish the cluster's state (the dashboard reads it; the
+    /// run samples its memory and buffers from it). Without one the run
+    /// makes its own.
     pub view: Option<SharedView>,
     /// Commands from the dashboard or CLI.
     pub commands: Option<crossbeam_channel::Receiver<JobCommand>>,
@@ -106,6 +113,12 @@ pub struct RunReport {
     pub history: Vec<HistoryPoint>,
     /// Every split, with its pause.
     pub scale_events: Vec<ScaleEvent>,
+    /// The largest memory and buffer figures of the run.
+    #[serde(default)]
+    pub peaks: Peaks,
+    /// Memory and buffers, sampled once a second.
+    #[serde(default)]
+    pub resources: Vec<ResourcePoint>,
 }
 
 /// Runs the query and writes `report.json` into the output directory.
@@ -131,9 +144,15 @@ pub fn run(
     config.autoscale = options.autoscale.clone();
     config.scale_at = options.scale_at.clone();
     config.worker_cpu = options.worker_cpu;
-    config.view = options.view.clone();
+    config.token = options.token.clone();
+    let view = options.view.clone().unwrap_or_default();
+    config.view = Some(view.clone());
     config.commands = options.commands.clone();
+    let sampler = Sampler::start(view)?;
     let summary = run_local(registry, &config, program)?;
+    let resources = sampler.finish();
+    // Every worker has been reaped by now, killed ones included.
+    let peaks = Peaks::of(&resources, usage(Who::Children).max_rss_kib);
 
     let feeder: crate::query::FeederStats = read_json(&stats.join("feeder.json"))?;
     let mut latency = BTreeMap::new();
@@ -179,6 +198,8 @@ pub fn run(
         events: summary.events,
         history: summary.history,
         scale_events: summary.scale_events,
+        peaks,
+        resources,
     };
     let path = params.out_dir.join("report.json");
     let text = serde_json::to_string_pretty(&report)

@@ -5,7 +5,9 @@
 //!   would: feeder source, parser/forwarder, toll calculator (keyed by
 //!   segment), toll assessment (keyed by car), answer sinks;
 //! - [`driver`]: `spate lrb run`: runs the query on a local cluster and writes
-//!   the answer files and `report.json`.
+//!   the answer files and `report.json`;
+//! - [`resources`]: the run's memory and buffers, sampled each second, and
+//!   their peaks (in `report.json`, checked by the soak test).
 //!
 //! The input generator and the reference validator live in the separate
 //! `lrb-reference` crate, which shares no code with this one.
@@ -15,5 +17,6 @@ pub mod driver;
 pub mod model;
 pub mod plot;
 pub mod query;
+pub mod resources;
 
 pub use query::register;

@@ -8,17 +8,67 @@
 //!
 //! The coordinator also keeps the latest checkpoint of each instance, a second
 //! replica for failures that take an instance and its holder at once.
+//!
+//! Only stateful operators and sinks are backed up this way. Sources and
+//! stateless operators keep no backups of their outputs (nor, for stateless
+//! ones, of anything): after a failure they regenerate the outputs their
+//! downstreams may still need, which are those above their *replay floor*,
+//! the lowest frontier any of their downstreams has backed up. So:
+//! - their upstreams trim up to that floor (raised as backups complete);
+//! - a failed stateless instance restarts empty at its floor and its
+//!   upstreams replay what is above;
+//! - a source checkpoints its input position only (a few bytes, kept here),
+//!   and restarts from its latest position at or below its floor.
+//!
+//! Checkpoints then carry operator state and the outputs of stateful
+//! operators only, never the raw input: that is most of what they cost.
 
+use std::collections::{HashMap, VecDeque};
+
+use crate::api::NodeKind;
 use crate::error::EngineError;
 use crate::hash::mix64;
 use crate::stamp::Stamp;
+use crate::state::{CheckpointParts, OutputBuffer};
 use crate::wire::control::ToWorker;
 
 use super::Job;
 
+/// A source's input positions, oldest first: its checkpoints, kept until a
+/// newer one is at or below its replay floor.
+pub(super) type SourcePositions = HashMap<u32, VecDeque<(Stamp, Vec<u8>)>>;
+
 impl Job<'_> {
+    /// Step 1 done: a checkpoint arrived from the current incarnation of
+    /// `instance`.
+    pub(super) fn checkpointed(
+        &mut self,
+        instance: u32,
+        incarnation: u32,
+        frontier: Stamp,
+        bytes: Vec<u8>,
+    ) -> Result<(), EngineError> {
+        let Some((node, _)) = self.plan.instance(instance) else {
+            return Ok(());
+        };
+        match self.query.kind(node) {
+            NodeKind::Source => {
+                let positions = self.source_positions.entry(instance).or_default();
+                positions.push_back((frontier, bytes));
+                self.checkpoints += 1;
+                self.raise_floors();
+                Ok(())
+            }
+            NodeKind::Stateful | NodeKind::Sink => {
+                self.back_up(instance, incarnation, frontier, bytes)
+            }
+            // Nothing to keep: it restarts empty at its replay floor.
+            NodeKind::Stateless => Ok(()),
+        }
+    }
+
     /// Step 2: ships a checkpoint to its holder.
-    pub(super) fn back_up(
+    fn back_up(
         &mut self,
         instance: u32,
         incarnation: u32,
@@ -75,6 +125,99 @@ impl Job<'_> {
             downstream: instance,
             frontier,
         });
+        self.raise_floors();
+    }
+
+    /// Whether `node`'s instances are backed up (the others regenerate).
+    pub(super) fn backed_up(&self, node: usize) -> bool {
+        matches!(self.query.kind(node), NodeKind::Stateful | NodeKind::Sink)
+    }
+
+    /// The replay floor of `node` (a source or stateless operator): the
+    /// lowest backed-up frontier among the instances it feeds, through
+    /// stateless operators. `END` when it feeds nothing.
+    fn floor_of(&self, node: usize) -> Stamp {
+        self.query
+            .edge_targets(node)
+            .iter()
+            .map(|&target| {
+                if self.backed_up(target) {
+                    self.plan.nodes[target]
+                        .instances
+                        .iter()
+                        .map(|i| self.backups.get(&i.id).map_or(Stamp::ZERO, |b| b.1))
+                        .min()
+                        .unwrap_or(Stamp::END)
+                } else {
+                    self.floor_of(target)
+                }
+            })
+            .min()
+            .unwrap_or(Stamp::END)
+    }
+
+    /// Raises the replay floors after a backup completed: upstreams may
+    /// trim what a source or stateless instance will never have to
+    /// regenerate, and sources forget positions they will never restart at.
+    fn raise_floors(&mut self) {
+        let regenerating: Vec<usize> = (0..self.query.len())
+            .filter(|&n| !self.backed_up(n))
+            .collect();
+        for node in regenerating {
+            let floor = self.floor_of(node);
+            let ids: Vec<u32> = self.plan.nodes[node].instances.iter().map(|i| i.id).collect();
+            for id in ids {
+                // Monotone: a new instance without a backup yet inherited a
+                // frontier at or above the floor already announced.
+                if self.floors.get(&id).is_some_and(|known| *known >= floor) {
+                    continue;
+                }
+                self.floors.insert(id, floor);
+                self.broadcast(&ToWorker::Trim {
+                    downstream: id,
+                    frontier: floor,
+                });
+                if let Some(positions) = self.source_positions.get_mut(&id) {
+                    while positions.get(1).is_some_and(|(at, _)| *at <= floor) {
+                        positions.pop_front();
+                    }
+                }
+            }
+        }
+    }
+
+    /// The replay floor of `instance` (a source or stateless one).
+    pub(super) fn floor(&self, instance: u32) -> Stamp {
+        self.floors.get(&instance).copied().unwrap_or(Stamp::ZERO)
+    }
+
+    /// Where a failed source or stateless instance restarts: a stateless
+    /// one empty at its floor; a source at its latest position at or below
+    /// its floor (none: from the beginning).
+    pub(super) fn restart_point(&self, instance: u32) -> Result<Option<Vec<u8>>, EngineError> {
+        let Some((node, placed)) = self.plan.instance(instance) else {
+            return Ok(None);
+        };
+        let floor = self.floor(instance);
+        if self.query.kind(node) == NodeKind::Source {
+            return Ok(self.source_positions.get(&instance).and_then(|positions| {
+                positions
+                    .iter()
+                    .rev()
+                    .find(|(at, _)| *at <= floor)
+                    .map(|(_, bytes)| bytes.clone())
+            }));
+        }
+        CheckpointParts {
+            operator: &self.plan.nodes[node].name,
+            key_range: placed.key_range,
+            frontier: floor,
+            entries: &[],
+            output_buffer: &OutputBuffer::default(),
+            operator_state: &[],
+        }
+        .encode()
+        .map(Some)
     }
 
     /// Where `instance`'s checkpoints go: a live worker hosting one of its

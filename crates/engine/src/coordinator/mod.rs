@@ -3,7 +3,8 @@
 //! failures and drives recovery, and shuts everything down at the end.
 //!
 //! Each protocol lives in one module:
-//! - [`checkpoint`]: checkpoint -> backup on an upstream worker -> trim;
+//! - [`checkpoint`]: checkpoint -> backup on an upstream worker -> trim
+//!   (and the replay floors of sources and stateless operators);
 //! - [`recovery`]: detect -> restore from backup on a new worker -> rewire
 //!   and replay.
 
@@ -281,6 +282,11 @@ struct Job<'a> {
     /// that a failure that takes an instance and its holder together (two
     /// workers at once) is still recoverable.
     copies: HashMap<u32, (Stamp, Vec<u8>)>,
+    /// Replay floor of each source and stateless instance (see
+    /// [`checkpoint`]): the stamp above which it can regenerate its outputs.
+    floors: HashMap<u32, Stamp>,
+    /// Sources' recent input positions (their checkpoints).
+    source_positions: checkpoint::SourcePositions,
     finished: BTreeMap<u32, InstanceReport>,
     timeline: Vec<JobEvent>,
     recoveries: Vec<RecoveryTimeline>,
@@ -365,6 +371,8 @@ impl Coordinator {
             backups: HashMap::new(),
             unprotected: HashSet::new(),
             copies: HashMap::new(),
+            floors: HashMap::new(),
+            source_positions: HashMap::new(),
             finished: BTreeMap::new(),
             timeline: Vec::new(),
             recoveries: Vec::new(),
@@ -830,7 +838,7 @@ impl Job<'_> {
                     // From an incarnation that was replaced (split or restored).
                     return Ok(());
                 }
-                self.back_up(instance, incarnation, frontier, bytes)
+                self.checkpointed(instance, incarnation, frontier, bytes)
             }
             ToCoordinator::BackupStored {
                 instance,

@@ -140,11 +140,16 @@ impl Job<'_> {
                             tuples_in: r.sample.tuples_in,
                             tuples_out: r.sample.tuples_out,
                             finished: self.finished.contains_key(&i.id),
-                            checkpoint_frontier: self.backups.get(&i.id).map(|(_, f)| f.0),
+                            checkpoint_frontier: self
+                                .backups
+                                .get(&i.id)
+                                .map(|(_, f)| f.0)
+                                .or_else(|| self.floors.get(&i.id).map(|f| f.0)),
                             backup_worker: self.backups.get(&i.id).map(|(w, _)| *w),
                             checkpoint_bytes: self
                                 .copies
                                 .get(&i.id)
+                                .or_else(|| self.source_positions.get(&i.id)?.back())
                                 .map_or(0, |(_, b)| b.len() as u64),
                         }
                     })

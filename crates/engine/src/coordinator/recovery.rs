@@ -1,7 +1,8 @@
 //! The recovery protocol: when workers fail,
 //! 1. detect: a broken control connection, an exited process or missed
 //!    heartbeats (gathering failures that happen together);
-//! 2. fetch each failed instance's latest checkpoint from its backup holder;
+//! 2. fetch each failed instance's latest checkpoint from its backup holder
+//!    (a source or stateless instance restarts at its replay floor instead);
 //! 3. restore the instances on a pool worker (or the least loaded live
 //!    worker when the pool is empty), as a new incarnation; with a recovery
 //!    parallelism k, a stateful instance is restored as k partitions of its
@@ -198,6 +199,14 @@ impl Job<'_> {
         // Instance -> the holder asked for its backup.
         let mut asked: HashMap<u32, u32> = HashMap::new();
         for &id in failed {
+            let backed_up = self
+                .plan
+                .instance(id)
+                .is_some_and(|(node, _)| self.backed_up(node));
+            if !backed_up {
+                result.push((id, self.restart_point(id)?));
+                continue;
+            }
             if let Some(&(holder, _)) = self.backups.get(&id) {
                 if self.send(holder, &ToWorker::FetchBackup { instance: id }).is_ok() {
                     asked.insert(id, holder);

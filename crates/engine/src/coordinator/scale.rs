@@ -1,8 +1,9 @@
 //! The scale-out protocol: split one instance in two.
-//! 1. checkpoint the instance (a fresh checkpoint is requested);
-//! 2. choose the split point (the median key of the checkpoint, so each half
-//!    gets as many keys; the middle of the range when it has too few) and
-//!    partition the checkpoint there;
+//! 1. checkpoint the instance (a fresh checkpoint is requested; a stateless
+//!    one has nothing to checkpoint and restarts at its replay floor);
+//! 2. choose the split point (where the recent load of the checkpoint's keys
+//!    halves; the median key without load counts, the middle of the range
+//!    when it has too few keys) and partition the checkpoint there;
 //! 3. restore the lower half in place of the instance (a new incarnation on
 //!    the same worker) and the upper half, a new instance, on a pool worker;
 //! 4. update the plan everywhere: upstreams route by the new ranges, replay
@@ -78,18 +79,29 @@ pub struct ScaleEvent {
     pub pause_ms: u64,
 }
 
-/// Where to cut an instance's range: at the median key of its checkpoint, so
-/// that each half gets as many keys (hence, for evenly loaded keys, about as
-/// much load); at the middle of the range when that would leave a half empty.
+/// Where to cut an instance's range: between the keys of its checkpoint
+/// (sorted by hash) where the cumulative recent load reaches half, so that
+/// each half gets about as much work even when a few keys are hot; among
+/// equally balanced cuts, the one nearest the median key (so the halves also
+/// hold similar state). Without load information (no key was accessed since
+/// the counters decayed) that is the median key; with fewer than two keys, the
+/// middle of the range.
 fn split_point(checkpoint: &Checkpoint) -> (KeyRange, KeyRange) {
     let range = checkpoint.key_range;
-    let median = checkpoint
-        .entries
-        .get(checkpoint.entries.len() / 2)
-        .map(|e| e.hash)
-        .filter(|_| checkpoint.entries.len() >= 2);
-    median
-        .and_then(|at| range.split_at(at))
+    let entries = &checkpoint.entries;
+    let total: u64 = entries.iter().map(|e| u64::from(e.load)).sum();
+    // Cutting before entry `i` leaves `below` (the load of entries[..i]) in
+    // the lower half; `i` runs over 1..len so neither half is empty.
+    let cut = entries
+        .iter()
+        .scan(0u64, |below, e| {
+            *below += u64::from(e.load);
+            Some(*below)
+        })
+        .zip(1..entries.len())
+        .min_by_key(|&(below, i)| ((2 * below).abs_diff(total), i.abs_diff(entries.len() / 2)))
+        .map(|(_, i)| entries[i].hash);
+    cut.and_then(|at| range.split_at(at))
         .or_else(|| range.split_at(range.midpoint()))
         .unwrap_or((range, range))
 }
@@ -133,12 +145,16 @@ impl Job<'_> {
             return Ok(());
         };
 
-        // 1. A fresh checkpoint of the instance. If its worker fails
-        // meanwhile, the recovery comes first and the split is dropped.
-        let incarnation = placed.incarnation;
-        let Some((frontier, bytes)) =
-            self.split_checkpoint(instance, incarnation, placed.worker)?
-        else {
+        // 1. A fresh checkpoint of the instance (a stateless one restarts
+        // empty at its replay floor). If its worker fails meanwhile, the
+        // recovery comes first and the split is dropped.
+        let snapshot = if self.backed_up(node) {
+            self.split_checkpoint(instance, placed.incarnation, placed.worker)?
+        } else {
+            let floor = self.floor(instance);
+            self.restart_point(instance)?.map(|bytes| (floor, bytes))
+        };
+        let Some((frontier, bytes)) = snapshot else {
             self.pool.push_front(target);
             self.record(
                 "refused",
@@ -159,8 +175,12 @@ impl Job<'_> {
         let (new_id, _) = self.plan.add_instance(node, target, upper);
         // Backups of the whole range must never be restored into a half.
         self.backups.remove(&instance);
-        self.copies.insert(instance, (frontier, low_bytes.clone()));
-        self.copies.insert(new_id, (frontier, high_bytes.clone()));
+        if self.backed_up(node) {
+            self.copies.insert(instance, (frontier, low_bytes.clone()));
+            self.copies.insert(new_id, (frontier, high_bytes.clone()));
+        } else {
+            self.floors.insert(new_id, frontier);
+        }
         let mut by_target: HashMap<u32, Vec<_>> = HashMap::new();
         for (worker, id, part) in [
             (placed.worker, instance, low_bytes),
@@ -321,38 +341,108 @@ impl Job<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::hash::key_hash;
     use crate::stamp::Stamp;
     use crate::state::{KeyedState, OutputBuffer};
 
-    fn checkpoint(keys: impl Iterator<Item = u64>) -> Checkpoint {
-        let mut state: KeyedState<u64, u8> = KeyedState::default();
-        for k in keys {
-            *state.get_or_default(k) = 1;
+    /// A checkpoint of `key -> recent load`.
+    fn checkpoint(loads: &BTreeMap<u64, u32>) -> Checkpoint {
+        let mut state: KeyedState<u64, u64> = KeyedState::default();
+        for &k in loads.keys() {
+            *state.get_or_default(k) = k;
+        }
+        let mut entries = state.snapshot().unwrap();
+        let by_hash: HashMap<u64, u32> = loads.iter().map(|(k, l)| (key_hash(k), *l)).collect();
+        for e in &mut entries {
+            e.load = by_hash[&e.hash];
         }
         Checkpoint {
             operator: "op".into(),
             key_range: KeyRange::FULL,
             frontier: Stamp(1),
-            entries: state.snapshot().unwrap(),
+            entries,
             output_buffer: OutputBuffer::default(),
             operator_state: Vec::new(),
         }
     }
 
+    /// Splits where [`split_point`] says and restores both halves: (load,
+    /// state) of each.
+    fn split(c: &Checkpoint) -> Vec<(u64, KeyedState<u64, u64>)> {
+        let (lower, upper) = split_point(c);
+        c.partition(&[lower, upper])
+            .unwrap()
+            .iter()
+            .map(|part| {
+                let load = part.entries.iter().map(|e| u64::from(e.load)).sum();
+                (load, KeyedState::restore(&part.entries, part.key_range).unwrap())
+            })
+            .collect()
+    }
+
+    fn keys_with_load(n: u64, load: u32) -> BTreeMap<u64, u32> {
+        (0..n).map(|k| (k, load)).collect()
+    }
+
     #[test]
-    fn splits_at_the_median_key_so_halves_hold_as_many_keys() {
-        let c = checkpoint(0..101);
-        let (lower, upper) = split_point(&c);
-        let parts = c.partition(&[lower, upper]).unwrap();
-        assert_eq!(parts[0].entries.len(), 50);
-        assert_eq!(parts[1].entries.len(), 51);
+    fn evenly_loaded_keys_split_at_the_median_key() {
+        let halves = split(&checkpoint(&keys_with_load(101, 3)));
+        assert_eq!((halves[0].1.len(), halves[1].1.len()), (50, 51));
+    }
+
+    #[test]
+    fn without_load_counts_it_splits_at_the_median_key() {
+        let halves = split(&checkpoint(&keys_with_load(101, 0)));
+        assert_eq!((halves[0].1.len(), halves[1].1.len()), (50, 51));
+    }
+
+    #[test]
+    fn hot_keys_get_a_half_of_their_own() {
+        // The 10 lowest-hash keys of 100 carry 100 accesses each, the rest 1:
+        // a median split would give the lower half 1,040 of 1,090.
+        let mut loads = keys_with_load(100, 1);
+        let mut by_hash: Vec<u64> = loads.keys().copied().collect();
+        by_hash.sort_by_key(key_hash);
+        for k in &by_hash[..10] {
+            loads.insert(*k, 100);
+        }
+        let halves = split(&checkpoint(&loads));
+        assert!(halves[0].0.abs_diff(halves[1].0) <= 100, "{halves:?}");
+        assert!(halves[0].1.len() < 10, "{halves:?}");
     }
 
     #[test]
     fn falls_back_to_the_middle_of_the_range_without_keys() {
-        let (lower, upper) = split_point(&checkpoint(0..1));
+        let (lower, upper) = split_point(&checkpoint(&keys_with_load(1, 5)));
         assert_eq!(upper.start, KeyRange::FULL.midpoint());
         assert_eq!(lower.end + 1, upper.start);
+    }
+
+    proptest! {
+        #[test]
+        fn halves_carry_about_half_the_load_and_every_key(
+            loads in prop::collection::btree_map(
+                any::<u64>(),
+                prop_oneof![3 => 0u32..10, 1 => 0u32..10_000],
+                2..300,
+            )
+        ) {
+            let c = checkpoint(&loads);
+            let halves = split(&c);
+            // No cut between keys can do better than within one key's load.
+            let hottest = u64::from(*loads.values().max().unwrap());
+            prop_assert!(halves[0].0.abs_diff(halves[1].0) <= hottest);
+            prop_assert!(halves.iter().all(|(_, state)| !state.is_empty()));
+            prop_assert_eq!(halves[0].1.len() + halves[1].1.len(), loads.len());
+            for k in loads.keys() {
+                let found = halves.iter().filter_map(|(_, s)| s.get(k)).collect::<Vec<_>>();
+                prop_assert_eq!(found, vec![k]);
+            }
+        }
     }
 }

@@ -98,7 +98,8 @@ pub struct InstanceView {
     pub tuples_out: u64,
     /// Reached the end of its input.
     pub finished: bool,
-    /// Frontier (stamp) of its latest durable backup, if any.
+    /// Frontier (stamp) of its latest durable backup, if any; for a source
+    /// or stateless instance, which keep none, its replay floor.
     pub checkpoint_frontier: Option<u64>,
     /// Worker holding that backup.
     pub backup_worker: Option<u32>,

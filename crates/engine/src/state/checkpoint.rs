@@ -20,6 +20,10 @@ pub struct StateEntry {
     /// The encoded value.
     #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
+    /// The key's recent load: accesses by the operator, halved at every
+    /// snapshot ([`super::KeyedState`]). Scale out splits where the
+    /// cumulative load reaches half; it plays no part in results.
+    pub load: u32,
 }
 
 /// A consistent copy of one instance: its processing state, the input
@@ -81,7 +85,11 @@ impl CheckpointParts<'_> {
 }
 
 const MAGIC: &[u8; 4] = b"SPCK";
-const FORMAT_VERSION: u16 = 2;
+/// The encoding of a [`Checkpoint`], bumped whenever it changes (3: entries
+/// carry their load). Checkpoints live only as long as a job, among processes
+/// of one build, so other versions are refused with a reason rather than
+/// converted.
+const FORMAT_VERSION: u16 = 3;
 /// Magic, version, checksum of the body.
 const HEADER: usize = 14;
 
@@ -117,8 +125,14 @@ impl Checkpoint {
         }
         let version = u16::from_le_bytes([bytes[4], bytes[5]]);
         if version != FORMAT_VERSION {
+            let writer = if version < FORMAT_VERSION {
+                "an older"
+            } else {
+                "a newer"
+            };
             return Err(EngineError::Checkpoint(format!(
-                "checkpoint format version {version} is not supported (this build reads {FORMAT_VERSION})"
+                "checkpoint format version {version} was written by {writer} Spate build; this \
+                 build reads version {FORMAT_VERSION} only (run every process of a job from one build)"
             )));
         }
         let mut sum = [0u8; 8];

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -16,9 +17,27 @@ use crate::hash::{key_hash, StableHasher};
 /// The operator only ever sees `&mut V` for the key of the tuple it is
 /// processing; the engine can therefore snapshot, restore and split the map
 /// without the operator's help.
+///
+/// Beside each value it counts the operator's accesses to the key, so that a
+/// scale out can split the range where the *load* halves rather than where
+/// the key count does (a few hot keys would otherwise leave one half with
+/// most of the work). The counter is halved at every snapshot, so it weighs
+/// recent load most: each checkpoint interval counts half as much as the
+/// next.
 #[derive(Debug)]
 pub struct KeyedState<K, V> {
-    map: HashMap<K, V, BuildHasherDefault<StableHasher>>,
+    map: HashMap<K, Slot<V>, BuildHasherDefault<StableHasher>>,
+}
+
+/// A value and its recent load.
+#[derive(Debug, Default)]
+struct Slot<V> {
+    value: V,
+    /// Accesses since the last snapshot plus half the count before it. An
+    /// atomic only because [`KeyedState::snapshot`] decays it through `&self`
+    /// (the state is never shared between threads: every access is relaxed,
+    /// and the hot path bumps it through `&mut` without any atomic operation).
+    load: AtomicU32,
 }
 
 impl<K, V> Default for KeyedState<K, V> {
@@ -34,14 +53,20 @@ where
     K: Hash + Eq + Serialize + DeserializeOwned,
     V: Default + Serialize + DeserializeOwned,
 {
-    /// The value for `key`, created with `V::default()` on first use.
+    /// The value for `key`, created with `V::default()` on first use. This
+    /// is how the engine hands state to the operator, so it is what counts as
+    /// load on the key.
     pub fn get_or_default(&mut self, key: K) -> &mut V {
-        self.map.entry(key).or_default()
+        let slot = self.map.entry(key).or_default();
+        let load = slot.load.get_mut();
+        *load = load.saturating_add(1);
+        &mut slot.value
     }
 
-    /// The value for `key`, if there is one.
+    /// The value for `key`, if there is one. Inspection, not processing: it
+    /// does not count as load.
     pub fn get(&self, key: &K) -> Option<&V> {
-        self.map.get(key)
+        self.map.get(key).map(|slot| &slot.value)
     }
 
     /// Number of keys held.
@@ -54,15 +79,20 @@ where
         self.map.is_empty()
     }
 
-    /// Encodes every entry with its routing hash: the processing-state part
-    /// of a checkpoint.
+    /// Encodes every entry with its routing hash and recent load: the
+    /// processing-state part of a checkpoint. Halves every key's load
+    /// counter, so that the next snapshot weighs the accesses since this one
+    /// most.
     pub fn snapshot(&self) -> Result<Vec<StateEntry>, EngineError> {
         let mut entries = Vec::with_capacity(self.map.len());
-        for (k, v) in &self.map {
+        for (k, slot) in &self.map {
+            let load = slot.load.load(Ordering::Relaxed);
+            slot.load.store(load / 2, Ordering::Relaxed);
             entries.push(StateEntry {
                 hash: key_hash(k),
                 key: encode(k)?,
-                value: encode(v)?,
+                value: encode(&slot.value)?,
+                load,
             });
         }
         // Sorted by hash, a checkpoint is canonical (equal states encode
@@ -72,7 +102,9 @@ where
     }
 
     /// Rebuilds state from checkpoint entries, refusing entries outside
-    /// `range` (they belong to another instance) or with a wrong hash.
+    /// `range` (they belong to another instance) or with a wrong hash. Keys
+    /// keep the load they had, so a restored or split instance can be split
+    /// again by load before it has seen much input.
     pub fn restore(entries: &[StateEntry], range: KeyRange) -> Result<Self, EngineError> {
         let mut state = KeyedState::default();
         for entry in entries {
@@ -90,7 +122,11 @@ where
                     "entry hash {hash:#x} is outside the instance's range {range:?}"
                 )));
             }
-            state.map.insert(key, decode(&entry.value)?);
+            let slot = Slot {
+                value: decode(&entry.value)?,
+                load: AtomicU32::new(entry.load),
+            };
+            state.map.insert(key, slot);
         }
         Ok(state)
     }

@@ -12,7 +12,7 @@ use crossbeam_channel::select;
 
 use super::input::{ControlEvent, Inbox, InputEvent};
 use super::output::{AddedInstance, Outbox, Sender};
-use crate::api::{Logic, OperatorError, ProcessLogic, Query, SourceLogic, SourcePoll};
+use crate::api::{Logic, NodeKind, OperatorError, ProcessLogic, Query, SourceLogic, SourcePoll};
 use crate::coordinator::plan::Plan;
 use crate::error::EngineError;
 use crate::stamp::merge::Merge;
@@ -96,6 +96,11 @@ impl Instance {
     /// Runs to the end of the input, then keeps serving replays until the
     /// worker shuts down (a downstream may still fail and need them).
     pub(crate) fn run(self, outbox: Outbox) -> Result<(), EngineError> {
+        // A stateless instance keeps no checkpoint: it restarts empty at its
+        // replay floor (see coordinator::checkpoint).
+        let checkpoint_every = self
+            .checkpoint_every
+            .filter(|_| self.query.kind(self.node) != NodeKind::Stateless);
         let runner = Runner {
             me: self.me,
             query: self.query,
@@ -103,8 +108,8 @@ impl Instance {
             operator: self.operator,
             key_range: self.key_range,
             inbox: self.inbox,
-            checkpoint_every: self.checkpoint_every,
-            next_checkpoint: Instant::now() + self.checkpoint_every.unwrap_or_default(),
+            checkpoint_every,
+            next_checkpoint: Instant::now() + checkpoint_every.unwrap_or_default(),
             checkpointed: None,
             reports: self.reports,
             restored_at: self.restore.as_ref().map(|c| c.frontier),
@@ -227,22 +232,21 @@ impl Runner {
             && self.checkpointed != Some(frontier)
     }
 
-    /// Snapshots state, output buffer and operator state at `frontier`, and
+    /// Snapshots state, `buffer` and operator state at `frontier`, and
     /// hands the encoded checkpoint to the worker to back up.
     fn checkpoint(
         &mut self,
         frontier: Stamp,
         entries: &[crate::state::StateEntry],
         operator_state: &[u8],
-        outbox: &Outbox,
+        buffer: &OutputBuffer,
     ) -> Result<(), EngineError> {
-        let empty = OutputBuffer::default();
         let bytes = CheckpointParts {
             operator: &self.operator,
             key_range: self.key_range,
             frontier,
             entries,
-            output_buffer: outbox.buffer().unwrap_or(&empty),
+            output_buffer: buffer,
             operator_state,
         }
         .encode()?;
@@ -250,7 +254,6 @@ impl Runner {
             instance = self.me.instance,
             frontier = frontier.0,
             bytes = bytes.len(),
-            buffered = outbox.buffered_bytes(),
             "checkpoint"
         );
         self.report(Report::Checkpoint {
@@ -326,7 +329,9 @@ impl Runner {
                 let position = source.checkpoint().map_err(|e| self.fail(e))?;
                 let state = bincode::serialize(&(seq, position))
                     .map_err(|e| EngineError::Checkpoint(format!("source position: {e}")))?;
-                self.checkpoint(mark, &[], &state, &outbox)?;
+                // A source checkpoints its position only: after a failure
+                // it re-reads its outputs (see coordinator::checkpoint).
+                self.checkpoint(mark, &[], &state, &OutputBuffer::default())?;
             }
             outbox.set_stamp(next);
             outbox.set_mark_floor(mark);
@@ -357,7 +362,7 @@ impl Runner {
                             source.checkpoint().map_err(|e| self.fail(e))?,
                         ))
                         .map_err(|e| EngineError::Checkpoint(format!("source position: {e}")))?;
-                        self.checkpoint(Stamp::END, &[], &state, &outbox)?;
+                        self.checkpoint(Stamp::END, &[], &state, &OutputBuffer::default())?;
                     }
                     self.report(Report::Finished {
                         instance: self.me.instance,
@@ -483,7 +488,9 @@ impl Runner {
                 if self.checkpoint_every.is_some() {
                     let entries = logic.snapshot()?;
                     let state = logic.operator_state().map_err(|e| self.fail(e))?;
-                    self.checkpoint(done, &entries, &state, &outbox)?;
+                    let empty = OutputBuffer::default();
+                    let buffer = outbox.buffer().unwrap_or(&empty);
+                    self.checkpoint(done, &entries, &state, buffer)?;
                 }
             }
             let queued = self.inbox.data.len() + merge.queued_batches();
