@@ -165,7 +165,11 @@ impl Job<'_> {
             .collect();
         for node in regenerating {
             let floor = self.floor_of(node);
-            let ids: Vec<u32> = self.plan.nodes[node].instances.iter().map(|i| i.id).collect();
+            let ids: Vec<u32> = self.plan.nodes[node]
+                .instances
+                .iter()
+                .map(|i| i.id)
+                .collect();
             for id in ids {
                 // Monotone: a new instance without a backup yet inherited a
                 // frontier at or above the floor already announced.

@@ -726,7 +726,9 @@ impl Job<'_> {
             }
             match self.events.recv_timeout(Duration::from_millis(20)) {
                 Ok(Event::Message(w, message)) => return Ok(Some((w, message))),
-                Ok(Event::Joined(stream, addr, pid, clock)) => self.join(stream, addr, pid, clock)?,
+                Ok(Event::Joined(stream, addr, pid, clock)) => {
+                    self.join(stream, addr, pid, clock)?
+                }
                 Ok(Event::Lost(w, reason)) => {
                     if self.alive(w) {
                         if !self.running {

@@ -208,7 +208,10 @@ impl Job<'_> {
                 continue;
             }
             if let Some(&(holder, _)) = self.backups.get(&id) {
-                if self.send(holder, &ToWorker::FetchBackup { instance: id }).is_ok() {
+                if self
+                    .send(holder, &ToWorker::FetchBackup { instance: id })
+                    .is_ok()
+                {
                     asked.insert(id, holder);
                     continue;
                 }
