@@ -140,17 +140,16 @@ impl Job<'_> {
                             tuples_in: r.sample.tuples_in,
                             tuples_out: r.sample.tuples_out,
                             finished: self.finished.contains_key(&i.id),
-                            checkpoint_frontier: self
+                            checkpoint_frontier: Some(self.backups.restart(i.id).0)
+                                .filter(|f| *f > 0),
+                            backup_worker: self
                                 .backups
-                                .get(&i.id)
-                                .map(|(_, f)| f.0)
-                                .or_else(|| self.floors.get(&i.id).map(|f| f.0)),
-                            backup_worker: self.backups.get(&i.id).map(|(w, _)| *w),
+                                .restart_checkpoint(i.id)
+                                .and_then(|s| s.holder),
                             checkpoint_bytes: self
-                                .copies
-                                .get(&i.id)
-                                .or_else(|| self.source_positions.get(&i.id)?.back())
-                                .map_or(0, |(_, b)| b.len() as u64),
+                                .backups
+                                .latest(i.id)
+                                .map_or(0, |s| s.bytes.len() as u64),
                         }
                     })
                     .collect(),
