@@ -169,7 +169,13 @@ pub struct AddrArgs {
     addr: String,
     /// The cluster token, as printed by the run (kill, checkpoint and scale
     /// need it; status does not).
-    #[arg(long, env = "SPATE_TOKEN", hide_env_values = true, default_value = "")]
+    #[arg(
+        long,
+        env = "SPATE_TOKEN",
+        hide_env_values = true,
+        default_value = "",
+        hide_default_value = true
+    )]
     token: String,
 }
 
@@ -637,8 +643,8 @@ mod tests {
                 addr: a.into(),
                 token: String::new(),
             })
-                .map(|c| c.base)
-                .map_err(|e| e.to_string())
+            .map(|c| c.base)
+            .map_err(|e| e.to_string())
         };
         assert_eq!(base("127.0.0.1:8080").unwrap(), "http://127.0.0.1:8080");
         assert_eq!(base("http://h:1/").unwrap(), "http://h:1");

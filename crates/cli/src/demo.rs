@@ -34,7 +34,13 @@ pub struct DemoArgs {
     /// The cluster's shared secret, which workers present and the
     /// dashboard's commands need [default: a fresh one, printed with the
     /// dashboard's address].
-    #[arg(long, env = "SPATE_TOKEN", hide_env_values = true, default_value = "")]
+    #[arg(
+        long,
+        env = "SPATE_TOKEN",
+        hide_env_values = true,
+        default_value = "",
+        hide_default_value = true
+    )]
     token: String,
     /// Where inputs and outputs go.
     #[arg(long, default_value = "lrb-data")]

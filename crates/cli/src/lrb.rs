@@ -129,7 +129,13 @@ pub enum LrbCommand {
         /// The cluster's shared secret, which workers present and the
         /// dashboard's commands need [default: a fresh one, printed with
         /// the dashboard's address].
-        #[arg(long, env = "SPATE_TOKEN", hide_env_values = true, default_value = "")]
+        #[arg(
+            long,
+            env = "SPATE_TOKEN",
+            hide_env_values = true,
+            default_value = "",
+            hide_default_value = true
+        )]
         token: String,
     },
     /// Check a run's answers against an independent reference implementation.
@@ -399,6 +405,19 @@ fn print_report(r: &RunReport) {
     println!(
         "{} input lines in {:.1} s ({:.0}/s mean, {}/s peak), {} skipped as malformed; {} answers",
         r.input_lines, r.elapsed_secs, r.input_rate, r.peak_input_rate, r.input_errors, r.answers
+    );
+    let p = &r.peaks;
+    let mib = |bytes: u64| format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0));
+    println!(
+        "peaks: worker RSS {} (live workers together {}, coordinator {}); output buffers {} \
+         (one instance {}); checkpoints {}; {} batches queued",
+        mib(p.worker_rss_kib * 1024),
+        mib(p.workers_rss_kib * 1024),
+        mib(p.coordinator_rss_kib * 1024),
+        mib(p.buffered_bytes),
+        mib(p.instance_buffered_bytes),
+        mib(p.checkpoint_bytes),
+        p.queued_batches
     );
     println!(
         "{:<13} {:>10} {:>10} {:>10} {:>10} {:>8}",

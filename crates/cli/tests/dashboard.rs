@@ -1,8 +1,10 @@
 //! The dashboard and the control commands against a live Linear Road run:
 //! the HTTP API and metrics show the running operators, `spate status`
-//! prints them, `spate kill` kills a worker that then recovers, `spate
-//! scale` splits an operator, and the run still finishes. An opt-in test (`-- --ignored`) loads the page in headless
-//! Chromium and saves docs/dashboard.png.
+//! prints them, `spate kill` is refused without the run's token and with a
+//! wrong one, and with it kills a worker that then recovers, `spate scale`
+//! splits an operator, and the run still finishes. An opt-in test
+//! (`-- --ignored`) loads the page in headless Chromium and saves
+//! docs/dashboard.png.
 
 mod common;
 
@@ -35,6 +37,18 @@ struct Run {
     stderr: Arc<Mutex<String>>,
     stdout: Option<std::thread::JoinHandle<String>>,
     addr: String,
+    /// The cluster token the run printed with the dashboard's address.
+    token: String,
+}
+
+/// The address and token in the line a run prints when its dashboard
+/// starts: `dashboard: http://ADDR/  (control commands need --token TOKEN
+/// or SPATE_TOKEN=TOKEN)`.
+fn dashboard_line(line: &str) -> Option<(String, String)> {
+    let rest = line.strip_prefix("dashboard: http://")?;
+    let (url, usage) = rest.split_once(' ')?;
+    let token = usage.split("--token ").nth(1)?.split_whitespace().next()?;
+    Some((url.trim_end_matches('/').to_string(), token.to_string()))
 }
 
 impl Run {
@@ -76,8 +90,8 @@ impl Run {
         let log = stderr.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("dashboard: http://") {
-                    let _ = found.send(url.trim_end_matches('/').to_string());
+                if let Some(found_line) = dashboard_line(&line) {
+                    let _ = found.send(found_line);
                 }
                 let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
                 log.push_str(&line);
@@ -89,12 +103,31 @@ impl Run {
             stderr,
             stdout: Some(stdout),
             addr: String::new(),
+            token: String::new(),
         };
         match address.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => run.addr = addr,
-            Err(_) => panic!("no dashboard address printed; stderr:\n{}", run.stderr()),
+            Ok((addr, token)) => (run.addr, run.token) = (addr, token),
+            Err(_) => panic!(
+                "no dashboard address and token printed; stderr:\n{}",
+                run.stderr()
+            ),
         }
         run
+    }
+
+    /// POSTs a command with the run's token.
+    fn post(&self, path: &str) -> u16 {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        agent
+            .post(format!("http://{}{path}", self.addr))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .send_empty()
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+            .status()
+            .as_u16()
     }
 
     fn stderr(&self) -> String {
@@ -248,10 +281,45 @@ fn dashboard_api_status_and_kill_on_a_live_run() {
     }
 
     // Kill the worker hosting toll_calculator[0]; it must be recovered.
+    // Without the run's token, or with another, `spate kill` is refused in
+    // one line that says what to do.
     let worker = worker_of(&view, "toll_calculator");
-    let mut kill = spate();
-    kill.args(["kill", &worker.to_string(), "--addr", &run.addr]);
-    let result = run_with_timeout(kill, Duration::from_secs(15));
+    let kill_with = |token: Option<&str>| {
+        let mut kill = spate();
+        kill.args(["kill", &worker.to_string(), "--addr", &run.addr])
+            .env_remove("SPATE_TOKEN");
+        if let Some(token) = token {
+            kill.args(["--token", token]);
+        }
+        run_with_timeout(kill, Duration::from_secs(15))
+    };
+    for (token, expected) in [
+        (
+            None,
+            "needs the cluster token for commands: pass --token TOKEN or set SPATE_TOKEN",
+        ),
+        (
+            Some("not-the-token"),
+            "refused the token given with --token or SPATE_TOKEN",
+        ),
+    ] {
+        let result = kill_with(token);
+        assert!(!result.status.success(), "{token:?}: the kill was accepted");
+        let text = stderr(&result);
+        assert_eq!(text.lines().count(), 1, "{token:?}: {text}");
+        assert!(
+            text.starts_with("error: the dashboard at http://"),
+            "{text}"
+        );
+        assert!(text.contains(expected), "{token:?}: {text}");
+    }
+    assert!(
+        events_of(&run.json("/api/events"))
+            .iter()
+            .all(|(k, _)| k != "kill"),
+        "a refused command was carried out"
+    );
+    let result = kill_with(Some(&run.token));
     assert!(result.status.success(), "{}", stderr(&result));
     assert!(String::from_utf8_lossy(&result.stdout).contains("accepted: kill worker"));
     let events = run.wait_for("/api/events", Duration::from_secs(15), |v| {
@@ -279,7 +347,9 @@ fn dashboard_api_status_and_kill_on_a_live_run() {
             .is_some_and(|w| w.iter().any(|w| w["alive"] == true && w["pool"] == true))
     });
     let mut scale = spate();
-    scale.args(["scale", "toll_calculator", "--addr", &run.addr]);
+    scale
+        .args(["scale", "toll_calculator", "--addr", &run.addr])
+        .env("SPATE_TOKEN", &run.token);
     let result = run_with_timeout(scale, Duration::from_secs(15));
     assert!(result.status.success(), "{}", stderr(&result));
     run.wait_for("/api/view?history=0", Duration::from_secs(15), |v| {
@@ -343,6 +413,20 @@ fn control_commands_fail_in_one_line_without_a_dashboard() {
     assert!(!result.status.success(), "kill needs a target");
 }
 
+#[test]
+fn a_dashboard_off_loopback_must_be_asked_for() {
+    let mut command = spate();
+    command.args(["run", "keycount", "--dashboard", "0.0.0.0:0"]);
+    let result = run_with_timeout(command, Duration::from_secs(15));
+    assert!(!result.status.success(), "it listened on every interface");
+    let text = stderr(&result);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains("not loopback") && text.contains("--dashboard-public"),
+        "{text}"
+    );
+}
+
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// Runs headless Chromium on `url` with `extra` arguments; its stdout.
@@ -395,15 +479,7 @@ fn the_page_shows_the_run_in_a_browser() {
     );
     assert!(dom.contains("class=\"op\""), "{dom}");
 
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let answer = agent
-        .post(format!("http://{}/api/kill/toll_calculator/0", run.addr))
-        .send_empty()
-        .expect("POST a kill");
-    assert_eq!(answer.status().as_u16(), 202);
+    assert_eq!(run.post("/api/kill/toll_calculator/0"), 202);
     run.wait_for("/api/view?history=0", Duration::from_secs(15), |v| {
         events_of(v).iter().any(|(k, _)| k == "caught-up")
             && v["workers"]
@@ -411,11 +487,7 @@ fn the_page_shows_the_run_in_a_browser() {
                 .is_some_and(|w| w.iter().any(|w| w["alive"] == true && w["pool"] == true))
     });
     // A scale out too, so the page has every kind of event to show.
-    let answer = agent
-        .post(format!("http://{}/api/scale/toll_calculator", run.addr))
-        .send_empty()
-        .expect("POST a scale out");
-    assert_eq!(answer.status().as_u16(), 202);
+    assert_eq!(run.post("/api/scale/toll_calculator"), 202);
     run.wait_for("/api/events", Duration::from_secs(15), |v| {
         events_of(v).iter().any(|(k, _)| k == "scale-out")
     });

@@ -142,7 +142,10 @@ mod tests {
         assert_eq!(check(&HeaderMap::new(), "s3cret"), Err(AuthError::Missing));
         assert_eq!(check(&with("Bearer s3cret"), "s3cret"), Ok(()));
         assert_eq!(check(&with("bearer  s3cret "), "s3cret"), Ok(()));
-        assert_eq!(check(&with("Bearer S3CRET"), "s3cret"), Err(AuthError::Wrong));
+        assert_eq!(
+            check(&with("Bearer S3CRET"), "s3cret"),
+            Err(AuthError::Wrong)
+        );
         assert_eq!(check(&with("Bearer"), "s3cret"), Err(AuthError::Malformed));
         assert_eq!(
             check(&with("Basic czNjcmV0"), "s3cret"),

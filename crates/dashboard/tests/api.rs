@@ -125,8 +125,7 @@ fn start(view: ClusterView) -> Fixture {
 fn start_with_token(view: ClusterView, token: &str) -> Fixture {
     let view: SharedView = Arc::new(RwLock::new(view));
     let (sender, commands) = crossbeam_channel::unbounded();
-    let dashboard =
-        serve("127.0.0.1:0", view.clone(), sender, token).expect("start the dashboard");
+    let dashboard = serve("127.0.0.1:0", view.clone(), sender, token).expect("start the dashboard");
     let agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))

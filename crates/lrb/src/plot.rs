@@ -1509,6 +1509,8 @@ mod tests {
             events: Vec::new(),
             history: Vec::new(),
             scale_events: Vec::new(),
+            peaks: Default::default(),
+            resources: Vec::new(),
         }
     }
 

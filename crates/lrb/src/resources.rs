@@ -285,7 +285,10 @@ mod tests {
             },
         ];
         let peaks = Peaks::of(&samples, 15);
-        assert_eq!(peaks.worker_rss_kib, 20, "a sample above the kernel's figure");
+        assert_eq!(
+            peaks.worker_rss_kib, 20,
+            "a sample above the kernel's figure"
+        );
         assert_eq!(peaks.workers_rss_kib, 30);
         assert_eq!(peaks.buffered_bytes, 700);
         assert_eq!(peaks.checkpoint_bytes, 9);
