@@ -2,31 +2,26 @@
 //! 1. an instance checkpoints (every interval) and its worker sends it here;
 //! 2. the coordinator sends it to a backup holder: a worker hosting one of
 //!    the instance's upstreams (chosen by a stable hash), never the
-//!    instance's own worker, so one failure cannot take both; it keeps a copy
-//!    too, a second replica for failures that take an instance and its holder
-//!    at once;
-//! 3. when the holder acknowledges, the checkpoint is durable, and the
-//!    instances' *restart points* may advance: upstreams are told to trim
-//!    their output buffers up to them, holders to drop older backups.
+//!    instance's own worker, so one failure cannot take both;
+//! 3. when the holder acknowledges, the backup is durable: the upstreams are
+//!    told to trim their output buffers up to the checkpoint's frontier.
 //!
-//! # Restart points
+//! The coordinator also keeps the latest checkpoint of each instance, a second
+//! replica for failures that take an instance and its holder at once.
 //!
-//! Periodic checkpoints carry an instance's state, not its output buffer
-//! (in a busy operator the buffer is most of the bytes). An instance
-//! therefore does not restart from its latest checkpoint but from its
-//! *restart point*: the latest durable checkpoint old enough that replaying
-//! from it regenerates every output its downstreams may still need, i.e.
-//! at or below the restart points of every instance it feeds. Upstreams
-//! keep (and replay) everything above it; downstreams drop by stamp what
-//! they already processed.
-//! - A sink feeds nothing: it restarts from its latest durable checkpoint.
-//! - A stateless instance keeps no checkpoint: it restarts empty exactly at
-//!   the lowest restart point among what it feeds.
-//! - A source checkpoints its input position only (kept here) and re-reads
-//!   its input from the position of its restart point.
-//! - A split's checkpoint does carry the output buffer, which the halves
-//!   inherit: it covers outputs from below its frontier, so it is a restart
-//!   point at once.
+//! Only stateful operators and sinks are backed up this way. Sources and
+//! stateless operators keep no backups of their outputs (nor, for stateless
+//! ones, of anything): after a failure they regenerate the outputs their
+//! downstreams may still need, which are those above their *replay floor*,
+//! the lowest frontier any of their downstreams has backed up. So:
+//! - their upstreams trim up to that floor (raised as backups complete);
+//! - a failed stateless instance restarts empty at its floor and its
+//!   upstreams replay what is above;
+//! - a source checkpoints its input position only (a few bytes, kept here),
+//!   and restarts from its latest position at or below its floor.
+//!
+//! Checkpoints then carry operator state and the outputs of stateful
+//! operators only, never the raw input: that is most of what they cost.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -39,80 +34,9 @@ use crate::wire::control::ToWorker;
 
 use super::Job;
 
-/// One checkpoint of an instance, kept while it may be restarted from.
-pub(super) struct Saved {
-    /// Its frontier: the state is that after every input at or below it.
-    pub(super) frontier: Stamp,
-    /// Every output above this stamp can be regenerated from it: its
-    /// frontier, or lower for a checkpoint that carries its output buffer.
-    pub(super) covers_from: Stamp,
-    /// The encoded checkpoint (the coordinator's replica).
-    pub(super) bytes: Vec<u8>,
-    /// The worker holding its backup, once it acknowledged; `None` for a
-    /// checkpoint only the coordinator keeps (a source's position, a
-    /// split's halves), durable as soon as it is here.
-    pub(super) holder: Option<u32>,
-    /// Stored somewhere its instance's failure cannot take.
-    pub(super) durable: bool,
-}
-
-/// What the coordinator knows of every instance's checkpoints.
-#[derive(Default)]
-pub(super) struct Backups {
-    /// Checkpoints of each instance, oldest first, from its restart point on.
-    saved: HashMap<u32, VecDeque<Saved>>,
-    /// Each instance's restart point as announced (upstreams trimmed to it);
-    /// it only ever rises.
-    restart: HashMap<u32, Stamp>,
-}
-
-impl Backups {
-    /// `instance`'s announced restart point (`ZERO`: the beginning).
-    pub(super) fn restart(&self, instance: u32) -> Stamp {
-        self.restart.get(&instance).copied().unwrap_or(Stamp::ZERO)
-    }
-
-    /// The checkpoint `instance` restarts from, if it has one.
-    pub(super) fn restart_checkpoint(&self, instance: u32) -> Option<&Saved> {
-        let at = self.restart(instance);
-        self.saved.get(&instance)?.iter().find(|s| s.frontier == at)
-    }
-
-    /// The newest checkpoint of `instance`, durable or not.
-    pub(super) fn latest(&self, instance: u32) -> Option<&Saved> {
-        self.saved.get(&instance)?.back()
-    }
-
-    /// Replaces everything known of `instance` by one checkpoint the
-    /// coordinator made (a split's half, a part of a parallel recovery),
-    /// durable at once; the instance restarts from it.
-    pub(super) fn replace(
-        &mut self,
-        instance: u32,
-        frontier: Stamp,
-        covers_from: Stamp,
-        bytes: Option<Vec<u8>>,
-    ) {
-        match bytes {
-            Some(bytes) => {
-                self.saved.insert(
-                    instance,
-                    VecDeque::from([Saved {
-                        frontier,
-                        covers_from,
-                        bytes,
-                        holder: None,
-                        durable: true,
-                    }]),
-                );
-            }
-            None => {
-                self.saved.remove(&instance);
-            }
-        }
-        self.restart.insert(instance, frontier);
-    }
-}
+/// A source's input positions, oldest first: its checkpoints, kept until a
+/// newer one is at or below its replay floor.
+pub(super) type SourcePositions = HashMap<u32, VecDeque<(Stamp, Vec<u8>)>>;
 
 impl Job<'_> {
     /// Step 1 done: a checkpoint arrived from the current incarnation of
@@ -129,51 +53,49 @@ impl Job<'_> {
         };
         match self.query.kind(node) {
             NodeKind::Source => {
-                self.save(instance, frontier, bytes, None);
+                let positions = self.source_positions.entry(instance).or_default();
+                positions.push_back((frontier, bytes));
                 self.checkpoints += 1;
-                self.advance_restarts();
+                self.raise_floors();
+                Ok(())
             }
             NodeKind::Stateful | NodeKind::Sink => {
-                let holder = self.backup_holder(instance);
-                if let Some(holder) = holder {
-                    let message = ToWorker::StoreBackup {
-                        instance,
-                        incarnation,
-                        frontier,
-                        bytes: bytes.clone(),
-                    };
-                    if let Err(e) = self.send(holder, &message) {
-                        // The holder is failing; the next checkpoint picks
-                        // another one.
-                        tracing::warn!(instance, holder, "cannot ship a backup: {e}");
-                    }
-                } else {
-                    tracing::warn!(instance, "no other live worker to hold its backup");
-                }
-                self.save(instance, frontier, bytes, holder);
+                self.back_up(instance, incarnation, frontier, bytes)
             }
-            // Nothing to keep: it restarts empty at its restart point.
-            NodeKind::Stateless => {}
+            // Nothing to keep: it restarts empty at its replay floor.
+            NodeKind::Stateless => Ok(()),
+        }
+    }
+
+    /// Step 2: ships a checkpoint to its holder.
+    fn back_up(
+        &mut self,
+        instance: u32,
+        incarnation: u32,
+        frontier: Stamp,
+        bytes: Vec<u8>,
+    ) -> Result<(), EngineError> {
+        self.copies.insert(instance, (frontier, bytes.clone()));
+        let Some(holder) = self.backup_holder(instance) else {
+            tracing::warn!(instance, "no other live worker to hold its backup");
+            return Ok(());
+        };
+        if let Err(e) = self.send(
+            holder,
+            &ToWorker::StoreBackup {
+                instance,
+                incarnation,
+                frontier,
+                bytes,
+            },
+        ) {
+            // The holder is failing; the next checkpoint picks another one.
+            tracing::warn!(instance, holder, "cannot ship a backup: {e}");
         }
         Ok(())
     }
 
-    /// Keeps a checkpoint (durable at once when no holder is involved).
-    fn save(&mut self, instance: u32, frontier: Stamp, bytes: Vec<u8>, holder: Option<u32>) {
-        let saved = self.backups.saved.entry(instance).or_default();
-        if saved.back().is_some_and(|s| s.frontier >= frontier) {
-            return;
-        }
-        saved.push_back(Saved {
-            frontier,
-            covers_from: frontier,
-            bytes,
-            durable: holder.is_none(),
-            holder,
-        });
-    }
-
-    /// Step 3: a holder stored a backup; restart points may advance.
+    /// Step 3: the backup is durable; upstreams may trim.
     pub(super) fn backup_stored(
         &mut self,
         holder: u32,
@@ -181,140 +103,125 @@ impl Job<'_> {
         incarnation: u32,
         frontier: Stamp,
     ) {
-        if !self.alive(holder)
-            || self.plan.instance(instance).map(|(_, p)| p.incarnation) != Some(incarnation)
-        {
+        if !self.alive(holder) {
+            return;
+        }
+        if self.plan.instance(instance).map(|(_, p)| p.incarnation) != Some(incarnation) {
             // A backup of a replaced incarnation (e.g. the whole range of an
             // instance since split) must never be restored.
             return;
         }
-        let stored = self.backups.saved.get_mut(&instance).and_then(|saved| {
-            saved
-                .iter_mut()
-                .find(|s| s.frontier == frontier && s.holder == Some(holder) && !s.durable)
-        });
-        if let Some(saved) = stored {
-            saved.durable = true;
-            self.checkpoints += 1;
-            self.advance_restarts();
+        let newer = self
+            .backups
+            .get(&instance)
+            .is_none_or(|(_, known)| *known <= frontier);
+        if !newer {
+            return;
         }
+        self.backups.insert(instance, (holder, frontier));
+        self.unprotected.remove(&instance);
+        self.checkpoints += 1;
+        self.broadcast(&ToWorker::Trim {
+            downstream: instance,
+            frontier,
+        });
+        self.raise_floors();
     }
 
-    /// Whether `node`'s instances keep checkpoints (stateless ones do not).
-    pub(super) fn keeps_checkpoints(&self, node: usize) -> bool {
-        self.query.kind(node) != NodeKind::Stateless
+    /// Whether `node`'s instances are backed up (the others regenerate).
+    pub(super) fn backed_up(&self, node: usize) -> bool {
+        matches!(self.query.kind(node), NodeKind::Stateful | NodeKind::Sink)
     }
 
-    /// The lowest announced restart point among the instances `node` feeds:
-    /// what a checkpoint carrying `node`'s output buffer covers from.
-    pub(super) fn announced_need(&self, node: usize) -> Stamp {
+    /// The replay floor of `node` (a source or stateless operator): the
+    /// lowest backed-up frontier among the instances it feeds, through
+    /// stateless operators. `END` when it feeds nothing.
+    fn floor_of(&self, node: usize) -> Stamp {
         self.query
             .edge_targets(node)
             .iter()
-            .flat_map(|&t| self.plan.nodes[t].instances.iter())
-            .map(|i| self.backups.restart(i.id))
+            .map(|&target| {
+                if self.backed_up(target) {
+                    self.plan.nodes[target]
+                        .instances
+                        .iter()
+                        .map(|i| self.backups.get(&i.id).map_or(Stamp::ZERO, |b| b.1))
+                        .min()
+                        .unwrap_or(Stamp::END)
+                } else {
+                    self.floor_of(target)
+                }
+            })
             .min()
             .unwrap_or(Stamp::END)
     }
 
-    /// The restart point `instance` could have now (at least its announced
-    /// one), memoised over one pass.
-    fn restart_candidate(&self, instance: u32, memo: &mut HashMap<u32, Stamp>) -> Stamp {
-        if let Some(known) = memo.get(&instance) {
-            return *known;
-        }
-        let announced = self.backups.restart(instance);
-        let Some((node, _)) = self.plan.instance(instance) else {
-            return announced;
-        };
-        let need = self
-            .query
-            .edge_targets(node)
-            .iter()
-            .flat_map(|&t| self.plan.nodes[t].instances.iter())
-            .map(|i| self.restart_candidate(i.id, memo))
-            .min()
-            .unwrap_or(Stamp::END);
-        let candidate = if self.keeps_checkpoints(node) {
-            self.backups
-                .saved
-                .get(&instance)
-                .and_then(|saved| {
-                    saved
-                        .iter()
-                        .rev()
-                        .find(|s| s.durable && s.covers_from <= need)
-                })
-                .map_or(Stamp::ZERO, |s| s.frontier)
-        } else if need.is_end() {
-            // Feeds nothing: nothing to regenerate.
-            Stamp::END
-        } else {
-            need
-        };
-        let restart = candidate.max(announced);
-        memo.insert(instance, restart);
-        restart
-    }
-
-    /// Raises every restart point that can rise: upstreams may then trim
-    /// what will never be replayed, and holders (and this coordinator) drop
-    /// checkpoints older than the restart points.
-    pub(super) fn advance_restarts(&mut self) {
-        let mut memo = HashMap::new();
-        let ids: Vec<u32> = self.plan.instances().map(|(_, i)| i.id).collect();
-        for id in ids {
-            let restart = self.restart_candidate(id, &mut memo);
-            if restart <= self.backups.restart(id) {
-                continue;
-            }
-            self.backups.restart.insert(id, restart);
-            if let Some(saved) = self.backups.saved.get_mut(&id) {
-                while saved.front().is_some_and(|s| s.frontier < restart) {
-                    saved.pop_front();
+    /// Raises the replay floors after a backup completed: upstreams may
+    /// trim what a source or stateless instance will never have to
+    /// regenerate, and sources forget positions they will never restart at.
+    fn raise_floors(&mut self) {
+        let regenerating: Vec<usize> = (0..self.query.len())
+            .filter(|&n| !self.backed_up(n))
+            .collect();
+        for node in regenerating {
+            let floor = self.floor_of(node);
+            let ids: Vec<u32> = self.plan.nodes[node]
+                .instances
+                .iter()
+                .map(|i| i.id)
+                .collect();
+            for id in ids {
+                // Monotone: a new instance without a backup yet inherited a
+                // frontier at or above the floor already announced.
+                if self.floors.get(&id).is_some_and(|known| *known >= floor) {
+                    continue;
+                }
+                self.floors.insert(id, floor);
+                self.broadcast(&ToWorker::Trim {
+                    downstream: id,
+                    frontier: floor,
+                });
+                if let Some(positions) = self.source_positions.get_mut(&id) {
+                    while positions.get(1).is_some_and(|(at, _)| *at <= floor) {
+                        positions.pop_front();
+                    }
                 }
             }
-            self.broadcast(&ToWorker::Trim {
-                downstream: id,
-                frontier: restart,
-            });
         }
     }
 
-    /// The encoded checkpoint a failed `instance` restarts from, and the
-    /// live holder to fetch it from if it has one (else the coordinator's
-    /// copy is used). `None`: from the beginning. A stateless instance gets
-    /// an empty checkpoint at its restart point.
-    pub(super) fn restart_from(
-        &self,
-        instance: u32,
-    ) -> Result<(Option<u32>, Option<Vec<u8>>), EngineError> {
+    /// The replay floor of `instance` (a source or stateless one).
+    pub(super) fn floor(&self, instance: u32) -> Stamp {
+        self.floors.get(&instance).copied().unwrap_or(Stamp::ZERO)
+    }
+
+    /// Where a failed source or stateless instance restarts: a stateless
+    /// one empty at its floor; a source at its latest position at or below
+    /// its floor (none: from the beginning).
+    pub(super) fn restart_point(&self, instance: u32) -> Result<Option<Vec<u8>>, EngineError> {
         let Some((node, placed)) = self.plan.instance(instance) else {
-            return Ok((None, None));
+            return Ok(None);
         };
-        let at = self.backups.restart(instance);
-        if !self.keeps_checkpoints(node) {
-            let bytes = CheckpointParts {
-                operator: &self.plan.nodes[node].name,
-                key_range: placed.key_range,
-                frontier: at,
-                entries: &[],
-                output_buffer: &OutputBuffer::default(),
-                operator_state: &[],
-            }
-            .encode()?;
-            return Ok((None, Some(bytes)));
+        let floor = self.floor(instance);
+        if self.query.kind(node) == NodeKind::Source {
+            return Ok(self.source_positions.get(&instance).and_then(|positions| {
+                positions
+                    .iter()
+                    .rev()
+                    .find(|(at, _)| *at <= floor)
+                    .map(|(_, bytes)| bytes.clone())
+            }));
         }
-        match self.backups.restart_checkpoint(instance) {
-            Some(saved) => Ok((
-                saved.holder.filter(|h| self.alive(*h)),
-                Some(saved.bytes.clone()),
-            )),
-            None if at == Stamp::ZERO => Ok((None, None)),
-            None => Err(EngineError::Checkpoint(format!(
-                "instance {instance}'s restart checkpoint at {at:?} is missing; this is a bug, please report it"
-            ))),
+        CheckpointParts {
+            operator: &self.plan.nodes[node].name,
+            key_range: placed.key_range,
+            frontier: floor,
+            entries: &[],
+            output_buffer: &OutputBuffer::default(),
+            operator_state: &[],
         }
+        .encode()
+        .map(Some)
     }
 
     /// Where `instance`'s checkpoints go: a live worker hosting one of its

@@ -3,8 +3,8 @@
 //! failures and drives recovery, and shuts everything down at the end.
 //!
 //! Each protocol lives in one module:
-//! - [`checkpoint`]: checkpoint -> backup on an upstream worker -> restart
-//!   points advance -> trim;
+//! - [`checkpoint`]: checkpoint -> backup on an upstream worker -> trim
+//!   (and the replay floors of sources and stateless operators);
 //! - [`recovery`]: detect -> restore from backup on a new worker -> rewire
 //!   and replay.
 
@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{Query, QueryRegistry};
 use crate::error::EngineError;
+use crate::stamp::Stamp;
 use crate::wire::control::{self, InstanceStats, ToCoordinator, ToWorker};
 use plan::Plan;
 
@@ -273,8 +274,19 @@ struct Job<'a> {
     failing: Vec<Failure>,
     started: Instant,
     pool: VecDeque<u32>,
-    /// Every instance's checkpoints and restart point.
-    backups: checkpoint::Backups,
+    /// Instance -> (holder worker, frontier) of its latest stored backup.
+    backups: HashMap<u32, (u32, Stamp)>,
+    /// Instances whose only backup was lost with a failed holder.
+    unprotected: HashSet<u32>,
+    /// The latest checkpoint of each instance, kept here as a second copy so
+    /// that a failure that takes an instance and its holder together (two
+    /// workers at once) is still recoverable.
+    copies: HashMap<u32, (Stamp, Vec<u8>)>,
+    /// Replay floor of each source and stateless instance (see
+    /// [`checkpoint`]): the stamp above which it can regenerate its outputs.
+    floors: HashMap<u32, Stamp>,
+    /// Sources' recent input positions (their checkpoints).
+    source_positions: checkpoint::SourcePositions,
     finished: BTreeMap<u32, InstanceReport>,
     timeline: Vec<JobEvent>,
     recoveries: Vec<RecoveryTimeline>,
@@ -356,7 +368,11 @@ impl Coordinator {
             failing: Vec::new(),
             started: Instant::now(),
             pool: VecDeque::new(),
-            backups: checkpoint::Backups::default(),
+            backups: HashMap::new(),
+            unprotected: HashSet::new(),
+            copies: HashMap::new(),
+            floors: HashMap::new(),
+            source_positions: HashMap::new(),
             finished: BTreeMap::new(),
             timeline: Vec::new(),
             recoveries: Vec::new(),
@@ -818,7 +834,6 @@ impl Job<'_> {
                 incarnation,
                 frontier,
                 bytes,
-                ..
             } => {
                 let current = self.plan.instance(instance).map(|(_, p)| p.incarnation);
                 if current != Some(incarnation) {

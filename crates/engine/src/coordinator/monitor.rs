@@ -140,16 +140,17 @@ impl Job<'_> {
                             tuples_in: r.sample.tuples_in,
                             tuples_out: r.sample.tuples_out,
                             finished: self.finished.contains_key(&i.id),
-                            checkpoint_frontier: Some(self.backups.restart(i.id).0)
-                                .filter(|f| *f > 0),
-                            backup_worker: self
+                            checkpoint_frontier: self
                                 .backups
-                                .restart_checkpoint(i.id)
-                                .and_then(|s| s.holder),
+                                .get(&i.id)
+                                .map(|(_, f)| f.0)
+                                .or_else(|| self.floors.get(&i.id).map(|f| f.0)),
+                            backup_worker: self.backups.get(&i.id).map(|(w, _)| *w),
                             checkpoint_bytes: self
-                                .backups
-                                .latest(i.id)
-                                .map_or(0, |s| s.bytes.len() as u64),
+                                .copies
+                                .get(&i.id)
+                                .or_else(|| self.source_positions.get(&i.id)?.back())
+                                .map_or(0, |(_, b)| b.len() as u64),
                         }
                     })
                     .collect(),

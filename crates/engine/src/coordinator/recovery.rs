@@ -50,6 +50,17 @@ impl Job<'_> {
         let (reason, detected_ms) = (first.reason.clone(), first.detected_ms);
         let workers: Vec<u32> = failing.iter().map(|f| f.worker).collect();
         self.record("failure", format!("workers {workers:?} failed: {reason}"));
+        // Backups the failed workers held are gone.
+        let lost: Vec<u32> = self
+            .backups
+            .iter()
+            .filter(|(_, (holder, _))| workers.contains(holder))
+            .map(|(i, _)| *i)
+            .collect();
+        for instance in lost {
+            self.backups.remove(&instance);
+            self.unprotected.insert(instance);
+        }
         for _ in &workers {
             if self.config.pool > 0 {
                 self.provisioner.provision()?;
@@ -113,27 +124,17 @@ impl Job<'_> {
                 let checkpoint = Checkpoint::decode(encoded)?;
                 let ranges = placed.key_range.split_even(k);
                 let parts = checkpoint.partition(&ranges)?;
-                // What the restored checkpoint covered, its parts cover.
-                let covers_from = self
-                    .backups
-                    .restart_checkpoint(id)
-                    .map_or(checkpoint.frontier, |s| s.covers_from);
-                let keeps = self.keeps_checkpoints(node);
-                let kept = move |bytes: Vec<u8>| Some(bytes).filter(|_| keeps);
                 range = ranges[0];
                 bytes = Some(parts[0].encode()?);
-                self.backups
-                    .replace(id, checkpoint.frontier, covers_from, kept(parts[0].encode()?));
+                self.backups.remove(&id);
+                self.copies
+                    .insert(id, (checkpoint.frontier, parts[0].encode()?));
                 for (part, part_range) in parts.iter().zip(&ranges).skip(1) {
                     let worker = self.pool.pop_front().expect("pool size was checked");
                     let (new_id, index) = self.plan.add_instance(node, worker, *part_range);
                     let encoded = part.encode()?;
-                    self.backups.replace(
-                        new_id,
-                        checkpoint.frontier,
-                        covers_from,
-                        kept(encoded.clone()),
-                    );
+                    self.copies
+                        .insert(new_id, (checkpoint.frontier, encoded.clone()));
                     by_target
                         .entry(worker)
                         .or_default()
@@ -190,62 +191,78 @@ impl Job<'_> {
         Ok(())
     }
 
-    /// Gets each failed instance's restart checkpoint: from its backup
-    /// holder, or from the coordinator's replica when the holder failed too
-    /// (none: the instance restarts from the beginning, which its upstreams
-    /// can replay since they never trimmed for it).
+    /// Asks the holders for the failed instances' checkpoints (none: the
+    /// instance never completed a backup and restarts from the beginning,
+    /// which its upstreams can replay since they never trimmed for it).
     fn fetch_checkpoints(&mut self, failed: &[u32]) -> Result<Vec<Restorable>, EngineError> {
         let mut result = Vec::new();
         // Instance -> the holder asked for its backup.
         let mut asked: HashMap<u32, u32> = HashMap::new();
         for &id in failed {
-            let (holder, replica) = self.restart_from(id)?;
-            let frontier = self.backups.restart(id);
-            let fetch = ToWorker::FetchBackup {
-                instance: id,
-                frontier,
-            };
-            match holder {
-                Some(holder) if self.send(holder, &fetch).is_ok() => {
-                    asked.insert(id, holder);
-                }
-                _ => result.push((id, replica)),
+            let backed_up = self
+                .plan
+                .instance(id)
+                .is_some_and(|(node, _)| self.backed_up(node));
+            if !backed_up {
+                result.push((id, self.restart_point(id)?));
+                continue;
             }
+            if let Some(&(holder, _)) = self.backups.get(&id) {
+                if self
+                    .send(holder, &ToWorker::FetchBackup { instance: id })
+                    .is_ok()
+                {
+                    asked.insert(id, holder);
+                    continue;
+                }
+            }
+            result.push((id, self.replica(id)?));
         }
         let deadline = Instant::now() + self.config.startup_timeout;
         while !asked.is_empty() {
-            let answer = self.wait_for("a backup transfer", deadline, |m| {
+            match self.wait_for("a backup transfer", deadline, |m| {
                 matches!(m, ToCoordinator::Backup { instance, .. } if asked.contains_key(instance))
-            })?;
-            // A holder that failed, or no longer has the backup: the replica.
-            let fallen_back: Vec<u32> = match answer {
+            })? {
                 Some((_, ToCoordinator::Backup { instance, bytes })) => {
+                    let bytes = bytes.ok_or_else(|| {
+                        EngineError::Checkpoint(format!(
+                            "the holder of instance {instance}'s backup no longer has it"
+                        ))
+                    })?;
                     asked.remove(&instance);
-                    match bytes {
-                        Some(bytes) => {
-                            result.push((instance, Some(bytes)));
-                            Vec::new()
-                        }
-                        None => vec![instance],
-                    }
+                    result.push((instance, Some(bytes)));
                 }
-                Some(_) => Vec::new(),
+                Some(_) => {}
                 None => {
+                    // A holder failed before it answered: use the replica.
                     let orphaned: Vec<u32> = asked
                         .iter()
                         .filter(|(_, holder)| !self.alive(**holder))
                         .map(|(id, _)| *id)
                         .collect();
-                    asked.retain(|id, _| !orphaned.contains(id));
-                    orphaned
+                    for id in orphaned {
+                        asked.remove(&id);
+                        self.backups.remove(&id);
+                        result.push((id, self.replica(id)?));
+                    }
                 }
-            };
-            for id in fallen_back {
-                tracing::warn!(instance = id, "restoring from the coordinator's replica");
-                result.push((id, self.restart_from(id)?.1));
             }
         }
         Ok(result)
+    }
+
+    /// The coordinator's replica of `id`'s latest checkpoint, for when its
+    /// holder failed too (none: the instance never checkpointed and restarts
+    /// from the beginning, which its upstreams can replay since they never
+    /// trimmed for it).
+    fn replica(&self, id: u32) -> Result<Option<Vec<u8>>, EngineError> {
+        match self.copies.get(&id) {
+            Some((_, bytes)) => Ok(Some(bytes.clone())),
+            None if self.unprotected.contains(&id) => Err(EngineError::Checkpoint(format!(
+                "cannot recover instance {id}: its latest checkpoint was lost with its backup holder"
+            ))),
+            None => Ok(None),
+        }
     }
 
     /// Sends each target worker its instances to restore and waits until all

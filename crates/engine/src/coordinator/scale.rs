@@ -145,15 +145,14 @@ impl Job<'_> {
             return Ok(());
         };
 
-        // 1. A fresh checkpoint of the instance, with its output buffer (a
-        // stateless one restarts empty at its restart point). If its worker
-        // fails meanwhile, the recovery comes first and the split is dropped.
-        let keeps_checkpoints = self.keeps_checkpoints(node);
-        let snapshot = if keeps_checkpoints {
+        // 1. A fresh checkpoint of the instance (a stateless one restarts
+        // empty at its replay floor). If its worker fails meanwhile, the
+        // recovery comes first and the split is dropped.
+        let snapshot = if self.backed_up(node) {
             self.split_checkpoint(instance, placed.incarnation, placed.worker)?
         } else {
-            let restart = self.backups.restart(instance);
-            self.restart_from(instance)?.1.map(|bytes| (restart, bytes))
+            let floor = self.floor(instance);
+            self.restart_point(instance)?.map(|bytes| (floor, bytes))
         };
         let Some((frontier, bytes)) = snapshot else {
             self.pool.push_front(target);
@@ -174,15 +173,14 @@ impl Job<'_> {
         let before = self.plan.nodes[node].instances.len();
         self.plan.reincarnate(instance, placed.worker, lower);
         let (new_id, _) = self.plan.add_instance(node, target, upper);
-        // Backups of the whole range must never be restored into a half:
-        // each half restarts from its part until it checkpoints. The buffer
-        // covers every output its downstreams may still need.
-        let covers_from = self.announced_need(node).min(frontier);
-        let kept = |bytes: &Vec<u8>| Some(bytes.clone()).filter(|_| keeps_checkpoints);
-        self.backups
-            .replace(instance, frontier, covers_from, kept(&low_bytes));
-        self.backups
-            .replace(new_id, frontier, covers_from, kept(&high_bytes));
+        // Backups of the whole range must never be restored into a half.
+        self.backups.remove(&instance);
+        if self.backed_up(node) {
+            self.copies.insert(instance, (frontier, low_bytes.clone()));
+            self.copies.insert(new_id, (frontier, high_bytes.clone()));
+        } else {
+            self.floors.insert(new_id, frontier);
+        }
         let mut by_target: HashMap<u32, Vec<_>> = HashMap::new();
         for (worker, id, part) in [
             (placed.worker, instance, low_bytes),
@@ -249,18 +247,14 @@ impl Job<'_> {
             job.alive(worker)
                 && job.plan.instance(instance).map(|(_, p)| p.incarnation) == Some(incarnation)
         };
-        if !alive(self)
-            || self
-                .send(worker, &ToWorker::SplitCheckpoint { instance })
-                .is_err()
-        {
+        if !alive(self) || self.send(worker, &ToWorker::CheckpointNow).is_err() {
             return Ok(None);
         }
         let give_up = Instant::now() + self.config.startup_timeout;
         while Instant::now() < give_up {
             let step = Instant::now() + Duration::from_millis(200);
             match self.wait_for("a checkpoint for a split", step, |m| {
-                matches!(m, ToCoordinator::Checkpoint { instance: i, incarnation: n, with_outputs: true, .. } if i == &instance && n == &incarnation)
+                matches!(m, ToCoordinator::Checkpoint { instance: i, incarnation: n, .. } if i == &instance && n == &incarnation)
             }) {
                 Ok(Some((_, ToCoordinator::Checkpoint { frontier, bytes, .. }))) => {
                     return Ok(Some((frontier, bytes)))
@@ -386,10 +380,7 @@ mod tests {
             .iter()
             .map(|part| {
                 let load = part.entries.iter().map(|e| u64::from(e.load)).sum();
-                (
-                    load,
-                    KeyedState::restore(&part.entries, part.key_range).unwrap(),
-                )
+                (load, KeyedState::restore(&part.entries, part.key_range).unwrap())
             })
             .collect()
     }

@@ -98,10 +98,10 @@ pub struct InstanceView {
     pub tuples_out: u64,
     /// Reached the end of its input.
     pub finished: bool,
-    /// Its restart point (stamp), if past the beginning: the checkpoint it
-    /// would restart from after a failure (see `coordinator::checkpoint`).
+    /// Frontier (stamp) of its latest durable backup, if any; for a source
+    /// or stateless instance, which keep none, its replay floor.
     pub checkpoint_frontier: Option<u64>,
-    /// Worker holding the backup of that checkpoint.
+    /// Worker holding that backup.
     pub backup_worker: Option<u32>,
     /// Size of its latest checkpoint, bytes.
     pub checkpoint_bytes: u64,

@@ -80,9 +80,6 @@ pub enum ToCoordinator {
         incarnation: u32,
         /// The checkpoint's frontier.
         frontier: Stamp,
-        /// Whether it carries the instance's output buffer (one asked for
-        /// by [`ToWorker::SplitCheckpoint`]); periodic ones carry state only.
-        with_outputs: bool,
         /// The encoded checkpoint.
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
@@ -171,16 +168,13 @@ pub enum ToWorker {
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
-    /// Send the backup of `instance` at `frontier` back to the coordinator.
+    /// Send the backup of `instance` back to the coordinator.
     FetchBackup {
         /// The instance.
         instance: u32,
-        /// The frontier of the backup wanted.
-        frontier: Stamp,
     },
-    /// Instance `downstream` will never again restart below `frontier` (its
-    /// restart point): upstreams may drop the outputs to it at or below
-    /// `frontier`, and its backup holder the backups older than that.
+    /// Downstream instance `downstream` has a durable checkpoint at
+    /// `frontier`: upstreams may drop the outputs it covers.
     Trim {
         /// The checkpointed instance.
         downstream: u32,
@@ -205,12 +199,6 @@ pub enum ToWorker {
     },
     /// Every instance should checkpoint now (an operator asked).
     CheckpointNow,
-    /// `instance` should checkpoint now with its output buffer, which its
-    /// halves inherit: it is being split.
-    SplitCheckpoint {
-        /// The instance to split.
-        instance: u32,
-    },
     /// The job is over (or aborted): exit.
     Shutdown,
 }

@@ -6,7 +6,7 @@ pub mod control;
 pub mod data;
 
 /// Bumped whenever a frame layout changes; peers of another version are refused.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Upper bound on a data frame, so a corrupt length cannot make us allocate
 /// gigabytes.

@@ -45,9 +45,8 @@ pub(crate) enum ControlEvent {
     },
     /// A newer incarnation of this instance replaces it here: stop.
     Stop,
-    /// Checkpoint at the next opportunity, with the output buffer if
-    /// `with_outputs` (for a split).
-    CheckpointNow { with_outputs: bool },
+    /// Checkpoint at the next opportunity.
+    CheckpointNow,
 }
 
 /// The receiving ends of an instance's queues.
@@ -71,7 +70,9 @@ pub(crate) struct Inboxes {
 impl Inboxes {
     /// Tells a running instance to stop (it is being replaced here).
     pub(crate) fn stop(&self, instance: u32) {
-        self.control(instance, ControlEvent::Stop);
+        if let Some(senders) = self.lock().get(&instance) {
+            let _ = senders.control.send(ControlEvent::Stop);
+        }
     }
 
     /// Creates the queues of `instance` (replacing any earlier ones).
@@ -92,13 +93,6 @@ impl Inboxes {
     pub(crate) fn broadcast(&self, event: impl Fn() -> ControlEvent) {
         for senders in self.lock().values() {
             let _ = senders.control.send(event());
-        }
-    }
-
-    /// Sends `event` to `instance`, if it runs here.
-    pub(crate) fn control(&self, instance: u32, event: ControlEvent) {
-        if let Some(senders) = self.lock().get(&instance) {
-            let _ = senders.control.send(event);
         }
     }
 

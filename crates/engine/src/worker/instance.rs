@@ -32,8 +32,6 @@ pub(crate) enum Report {
         instance: u32,
         incarnation: u32,
         frontier: Stamp,
-        /// It carries the output buffer (a split's).
-        with_outputs: bool,
         bytes: Vec<u8>,
     },
     /// The instance reached the end of its input.
@@ -89,8 +87,6 @@ struct Runner {
     checkpoint_every: Option<Duration>,
     next_checkpoint: Instant,
     checkpointed: Option<Stamp>,
-    /// The next checkpoint carries the output buffer (a split asked).
-    outputs_wanted: bool,
     reports: crossbeam_channel::Sender<Report>,
     restored_at: Option<Stamp>,
     next_metrics: Instant,
@@ -115,7 +111,6 @@ impl Instance {
             checkpoint_every,
             next_checkpoint: Instant::now() + checkpoint_every.unwrap_or_default(),
             checkpointed: None,
-            outputs_wanted: false,
             reports: self.reports,
             restored_at: self.restore.as_ref().map(|c| c.frontier),
             next_metrics: Instant::now() + METRICS_EVERY,
@@ -158,10 +153,7 @@ impl Runner {
                 outbox.reconcile(&plan, &self.query, self.node, &added)?;
                 return Ok(Outcome::Replanned(plan, added));
             }
-            ControlEvent::CheckpointNow { with_outputs } => {
-                self.next_checkpoint = Instant::now();
-                self.outputs_wanted |= with_outputs;
-            }
+            ControlEvent::CheckpointNow => self.next_checkpoint = Instant::now(),
             ControlEvent::Stop => return Ok(Outcome::Stop),
         }
         Ok(Outcome::Continue)
@@ -237,25 +229,18 @@ impl Runner {
     fn checkpoint_due(&self, frontier: Stamp) -> bool {
         self.checkpoint_every.is_some()
             && Instant::now() >= self.next_checkpoint
-            && (self.checkpointed != Some(frontier) || self.outputs_wanted)
+            && self.checkpointed != Some(frontier)
     }
 
-    /// Snapshots state and operator state at `frontier` (and the output
-    /// buffer, if a split asked for it), and hands the encoded checkpoint
-    /// to the worker to back up. Periodic checkpoints leave the buffer out:
-    /// an instance restarts from a checkpoint old enough that it regenerates
-    /// every output its downstreams may still need (see
-    /// coordinator::checkpoint).
+    /// Snapshots state, `buffer` and operator state at `frontier`, and
+    /// hands the encoded checkpoint to the worker to back up.
     fn checkpoint(
         &mut self,
         frontier: Stamp,
         entries: &[crate::state::StateEntry],
         operator_state: &[u8],
-        outbox: &Outbox,
+        buffer: &OutputBuffer,
     ) -> Result<(), EngineError> {
-        let with_outputs = std::mem::take(&mut self.outputs_wanted);
-        let empty = OutputBuffer::default();
-        let buffer = outbox.buffer().filter(|_| with_outputs).unwrap_or(&empty);
         let bytes = CheckpointParts {
             operator: &self.operator,
             key_range: self.key_range,
@@ -275,7 +260,6 @@ impl Runner {
             instance: self.me.instance,
             incarnation: self.me.incarnation,
             frontier,
-            with_outputs,
             bytes,
         });
         self.checkpointed = Some(frontier);
@@ -345,7 +329,9 @@ impl Runner {
                 let position = source.checkpoint().map_err(|e| self.fail(e))?;
                 let state = bincode::serialize(&(seq, position))
                     .map_err(|e| EngineError::Checkpoint(format!("source position: {e}")))?;
-                self.checkpoint(mark, &[], &state, &outbox)?;
+                // A source checkpoints its position only: after a failure
+                // it re-reads its outputs (see coordinator::checkpoint).
+                self.checkpoint(mark, &[], &state, &OutputBuffer::default())?;
             }
             outbox.set_stamp(next);
             outbox.set_mark_floor(mark);
@@ -376,7 +362,7 @@ impl Runner {
                             source.checkpoint().map_err(|e| self.fail(e))?,
                         ))
                         .map_err(|e| EngineError::Checkpoint(format!("source position: {e}")))?;
-                        self.checkpoint(Stamp::END, &[], &state, &outbox)?;
+                        self.checkpoint(Stamp::END, &[], &state, &OutputBuffer::default())?;
                     }
                     self.report(Report::Finished {
                         instance: self.me.instance,
@@ -502,7 +488,9 @@ impl Runner {
                 if self.checkpoint_every.is_some() {
                     let entries = logic.snapshot()?;
                     let state = logic.operator_state().map_err(|e| self.fail(e))?;
-                    self.checkpoint(done, &entries, &state, &outbox)?;
+                    let empty = OutputBuffer::default();
+                    let buffer = outbox.buffer().unwrap_or(&empty);
+                    self.checkpoint(done, &entries, &state, buffer)?;
                 }
             }
             let queued = self.inbox.data.len() + merge.queued_batches();

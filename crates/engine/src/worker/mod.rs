@@ -7,7 +7,7 @@ mod input;
 mod instance;
 pub mod output;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -96,10 +96,7 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
     let reports = spawn_reporter(writer.clone())?;
 
     let mut deployment: Option<Deployment> = None;
-    // Backups held for other workers' instances, by frontier: an instance
-    // may restart from an older one than its latest (see
-    // coordinator::checkpoint); trims say which are no longer needed.
-    let mut backups: HashMap<u32, BTreeMap<Stamp, Vec<u8>>> = HashMap::new();
+    let mut backups: HashMap<u32, (Stamp, Vec<u8>)> = HashMap::new();
     loop {
         let Some(message) = control::recv::<ToWorker>(&mut control)? else {
             if deployment.is_none() {
@@ -159,7 +156,7 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
                 frontier,
                 bytes,
             } => {
-                backups.entry(instance).or_default().insert(frontier, bytes);
+                backups.insert(instance, (frontier, bytes));
                 reply(
                     &writer,
                     &ToCoordinator::BackupStored {
@@ -169,20 +166,14 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
                     },
                 );
             }
-            ToWorker::FetchBackup { instance, frontier } => {
-                let bytes = backups
-                    .get(&instance)
-                    .and_then(|held| held.get(&frontier))
-                    .cloned();
+            ToWorker::FetchBackup { instance } => {
+                let bytes = backups.get(&instance).map(|(_, b)| b.clone());
                 reply(&writer, &ToCoordinator::Backup { instance, bytes });
             }
             ToWorker::Trim {
                 downstream,
                 frontier,
             } => {
-                if let Some(held) = backups.get_mut(&downstream) {
-                    *held = held.split_off(&frontier);
-                }
                 inboxes.broadcast(|| ControlEvent::Trim {
                     to: downstream,
                     frontier,
@@ -227,15 +218,7 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
                     added: added.clone(),
                 });
             }
-            ToWorker::CheckpointNow => {
-                inboxes.broadcast(|| ControlEvent::CheckpointNow {
-                    with_outputs: false,
-                })
-            }
-            ToWorker::SplitCheckpoint { instance } => inboxes.control(
-                instance,
-                ControlEvent::CheckpointNow { with_outputs: true },
-            ),
+            ToWorker::CheckpointNow => inboxes.broadcast(|| ControlEvent::CheckpointNow),
             ToWorker::Shutdown => {
                 tracing::info!("shutdown requested; exiting");
                 return Ok(());
@@ -328,20 +311,14 @@ fn spawn_reporter(writer: ControlWriter) -> Result<crossbeam_channel::Sender<Rep
     Ok(tx)
 }
 
-/// Takes `first` and whatever else is queued, dropping every periodic
-/// checkpoint that a newer one of the same instance supersedes: when
-/// checkpoints are taken faster than they can be shipped, only the latest is
-/// worth shipping. A split's checkpoint (with outputs) is always shipped.
+/// Takes `first` and whatever else is queued, dropping every checkpoint that
+/// a newer one of the same instance supersedes: when checkpoints are taken
+/// faster than they can be shipped, only the latest is worth shipping.
 fn coalesce(first: Report, rx: &crossbeam_channel::Receiver<Report>) -> Vec<Report> {
     let batch: Vec<Report> = std::iter::once(first).chain(rx.try_iter()).collect();
     let mut latest: HashMap<u32, usize> = HashMap::new();
     for (i, report) in batch.iter().enumerate() {
-        if let Report::Checkpoint {
-            instance,
-            with_outputs: false,
-            ..
-        } = report
-        {
+        if let Report::Checkpoint { instance, .. } = report {
             latest.insert(*instance, i);
         }
     }
@@ -349,11 +326,7 @@ fn coalesce(first: Report, rx: &crossbeam_channel::Receiver<Report>) -> Vec<Repo
         .into_iter()
         .enumerate()
         .filter(|(i, r)| match r {
-            Report::Checkpoint {
-                instance,
-                with_outputs: false,
-                ..
-            } => latest.get(instance) == Some(i),
+            Report::Checkpoint { instance, .. } => latest.get(instance) == Some(i),
             _ => true,
         })
         .map(|(_, r)| r)
@@ -366,13 +339,11 @@ fn to_coordinator(report: Report) -> ToCoordinator {
             instance,
             incarnation,
             frontier,
-            with_outputs,
             bytes,
         } => ToCoordinator::Checkpoint {
             instance,
             incarnation,
             frontier,
-            with_outputs,
             bytes,
         },
         Report::Finished { instance, stats } => ToCoordinator::InstanceFinished { instance, stats },
