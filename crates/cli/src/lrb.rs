@@ -57,6 +57,14 @@ pub struct FaultToleranceArgs {
     /// (repeatable).
     #[arg(long = "scale", value_name = "AT_SECS:OPERATOR", value_parser = parse_scale)]
     pub scale_at: Vec<(std::time::Duration, String)>,
+    /// Force a scale in of an operator: its coldest adjacent pair of
+    /// partitions merges, `AT_SECS:OPERATOR` (repeatable).
+    #[arg(long = "scale-in", value_name = "AT_SECS:OPERATOR", value_parser = parse_scale)]
+    pub scale_in_at: Vec<(std::time::Duration, String)>,
+    /// With --autoscale: utilisation below which two adjacent partitions
+    /// are cold and merge.
+    #[arg(long, default_value_t = 0.15)]
+    pub scale_in_threshold: f64,
     /// Limit each worker process to this many cores (a cgroup CPU quota), so
     /// that workers behave like small VMs on one machine.
     #[arg(long)]
@@ -70,6 +78,7 @@ impl FaultToleranceArgs {
             .then(|| spate_engine::coordinator::ScalePolicy {
                 threshold: self.scale_threshold,
                 reports: self.scale_reports,
+                low_threshold: self.scale_in_threshold,
                 ..Default::default()
             })
     }
@@ -272,6 +281,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
                 recovery_parallelism: fault_tolerance.recovery_parallelism,
                 autoscale: fault_tolerance.policy(),
                 scale_at: fault_tolerance.scale_at.clone(),
+                scale_in_at: fault_tolerance.scale_in_at.clone(),
                 worker_cpu: fault_tolerance.worker_cpu,
                 kills: fault_tolerance.kill,
                 token: token.value().to_string(),
@@ -376,17 +386,34 @@ pub fn run(command: LrbCommand) -> Result<()> {
                 ),
                 None => println!("no speed-up passed"),
             }
+            if let Some(best) = summary.best_run() {
+                print_state(&best.peaks);
+            }
             println!("figures: {}", out.join("bench.json").display());
             Ok(())
         }
     }
 }
 
+/// Keyed state per operator: how much a car or a segment costs.
+fn print_state(peaks: &spate_lrb::resources::Peaks) {
+    for (operator, size) in &peaks.state {
+        println!(
+            "state of {operator}: {} keys, {:.1} MiB encoded, {:.0} bytes per key",
+            size.keys,
+            size.bytes as f64 / (1024.0 * 1024.0),
+            size.bytes_per_key()
+        );
+    }
+}
+
 fn print_report(r: &RunReport) {
     for e in &r.scale_events {
         println!(
-            "scaled out {} at {} ms: {} -> {} partitions, pause {} ms ({})",
-            e.operator, e.decided_ms, e.partitions_before, e.partitions_after, e.pause_ms, e.reason
+            "scaled {} {} at {} ms: {} -> {} partitions, pause {} ms ({})",
+            e.direction,
+            e.operator,
+            e.decided_ms, e.partitions_before, e.partitions_after, e.pause_ms, e.reason
         );
     }
     for rec in &r.recoveries {
@@ -419,6 +446,7 @@ fn print_report(r: &RunReport) {
         mib(p.checkpoint_bytes),
         p.queued_batches
     );
+    print_state(p);
     println!(
         "{:<13} {:>10} {:>10} {:>10} {:>10} {:>8}",
         "answers", "count", "p50 ms", "p99 ms", "max ms", "late"

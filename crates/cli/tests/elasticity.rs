@@ -1,6 +1,7 @@
 //! Elasticity end to end: forced scale outs (splits of each stateful
 //! operator, of a stateless one, of an already split partition, and during a
-//! recovery) must leave the answers exactly those of a static run.
+//! recovery) and scale ins (merges back, down to one partition) must leave
+//! the answers exactly those of a static run.
 
 mod common;
 
@@ -95,5 +96,77 @@ fn a_scale_out_without_a_pool_worker_is_refused_not_fatal() {
         .unwrap()
         .iter()
         .any(|e| e["kind"] == "refused");
+    assert!(refused, "{report}");
+}
+
+#[test]
+fn merging_split_partitions_back_changes_nothing_and_frees_a_worker() {
+    let report = unchanged(
+        "scale-in",
+        &[
+            "--pool",
+            "2",
+            "--scale",
+            "1.5:toll_calculator",
+            "--scale",
+            "2:toll_assessment",
+            "--scale-in",
+            "3.5:toll_calculator",
+            "--scale-in",
+            "4:toll_assessment",
+            "--scale-in",
+            "5:toll_calculator",
+        ],
+    );
+    assert_eq!(
+        scale_events(&report),
+        vec![
+            ("toll_calculator".to_string(), 2, 3),
+            ("toll_assessment".to_string(), 1, 2),
+            ("toll_calculator".to_string(), 3, 2),
+            ("toll_assessment".to_string(), 2, 1),
+            ("toll_calculator".to_string(), 2, 1),
+        ],
+        "{report}"
+    );
+    assert_eq!(report["partitions"]["toll_calculator"], 1);
+    let freed = report["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "scale-in")
+        .filter(|e| e["detail"].as_str().unwrap().contains("back in the pool"))
+        .count();
+    assert!(freed >= 2, "{report}");
+}
+
+#[test]
+fn merging_a_stateless_operator_and_a_single_partition_refusal() {
+    let report = unchanged(
+        "scale-in-stateless",
+        &[
+            "--pool",
+            "1",
+            "--scale",
+            "2:forwarder",
+            "--scale-in",
+            "4:forwarder",
+            "--scale-in",
+            "5:forwarder",
+        ],
+    );
+    assert_eq!(
+        scale_events(&report),
+        vec![
+            ("forwarder".to_string(), 1, 2),
+            ("forwarder".to_string(), 2, 1),
+        ],
+        "{report}"
+    );
+    let refused = report["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "refused" && e["detail"].as_str().unwrap().contains("single"));
     assert!(refused, "{report}");
 }

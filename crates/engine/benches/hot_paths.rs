@@ -254,6 +254,19 @@ fn checkpoint(c: &mut Criterion) {
     g.bench_function("partition 1M-key checkpoint into 2", |b| {
         b.iter(|| black_box(whole.partition(&halves).expect("tiles").len()))
     });
+    // The rest of a split's path: the coordinator and the new workers decode
+    // the parts, and each half's instance rebuilds its state.
+    let encoded = whole.encode().expect("encodes");
+    g.bench_function("decode 1M-key checkpoint", |b| {
+        b.iter(|| black_box(Checkpoint::decode(&encoded).expect("decodes").entries.len()))
+    });
+    g.bench_function("restore 1M keys from a checkpoint", |b| {
+        b.iter(|| {
+            let restored: KeyedState<u64, SegmentStats> =
+                KeyedState::restore(&whole.entries, whole.key_range).expect("restores");
+            black_box(restored.len())
+        })
+    });
     g.finish();
 }
 

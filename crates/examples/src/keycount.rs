@@ -11,6 +11,8 @@ use spate_engine::{
     Sink, Source, SourceStep, StatefulOperator,
 };
 
+use crate::param_u32;
+
 /// The query's name in the registry.
 pub const NAME: &str = "keycount";
 
@@ -31,16 +33,6 @@ fn param_str(params: &serde_json::Value, name: &str) -> Result<String, EngineErr
         .ok_or_else(|| {
             EngineError::InvalidQuery(format!("{NAME} needs the parameter `{name}` (a file path)"))
         })
-}
-
-fn param_u32(params: &serde_json::Value, name: &str, default: u32) -> Result<u32, EngineError> {
-    match params.get(name) {
-        None => Ok(default),
-        Some(v) => v
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| EngineError::InvalidQuery(format!("`{name}` must be a whole number"))),
-    }
 }
 
 /// Builds the keycount query from its parameters.

@@ -205,6 +205,10 @@ pub struct BenchRun {
     /// The machine's one-minute load average when the run started (Linux),
     /// to tell a slow run from a busy machine.
     pub load_average: Option<f64>,
+    /// The run's largest memory, buffer and state figures (state per key:
+    /// how much a car or a segment costs).
+    #[serde(default)]
+    pub peaks: crate::resources::Peaks,
 }
 
 /// `bench.json`.
@@ -500,6 +504,7 @@ fn run_one(
         recovery_parallelism: 1,
         autoscale: None,
         scale_at: Vec::new(),
+        scale_in_at: Vec::new(),
         worker_cpu: None,
         token: String::new(),
         view: None,
@@ -546,6 +551,7 @@ fn run_one(
         cpu_us_per_tuple: 0.0,
         coordinator_cpu_secs: coordinator.user_secs + coordinator.sys_secs,
         load_average,
+        peaks: Default::default(),
     };
     match outcome {
         Ok(report) => judge(&mut run, &report, input, &params, options)?,
@@ -593,6 +599,7 @@ fn judge(
     run.deadline_misses = report.deadline_misses;
     run.checkpoints = report.checkpoints;
     run.latency = report.latency.clone();
+    run.peaks = report.peaks.clone();
     let cpu = run.workers_usage.user_secs + run.workers_usage.sys_secs;
     run.cpu_us_per_tuple = cpu * 1e6 / report.input_lines.max(1) as f64;
 
@@ -926,6 +933,7 @@ mod tests {
             cpu_us_per_tuple: 3.0,
             coordinator_cpu_secs: 0.1,
             load_average: None,
+            peaks: Default::default(),
         }
     }
 

@@ -40,6 +40,8 @@ pub struct RunOptions {
     pub autoscale: Option<ScalePolicy>,
     /// Scale-outs to force: (after, operator).
     pub scale_at: Vec<(std::time::Duration, String)>,
+    /// Scale-ins to force: (after, operator).
+    pub scale_in_at: Vec<(std::time::Duration, String)>,
     /// CPU quota per worker process, in cores.
     pub worker_cpu: Option<f64>,
     /// The cluster's shared secret (empty: the local cluster makes one). A
@@ -143,6 +145,7 @@ pub fn run(
     config.recovery_parallelism = options.recovery_parallelism;
     config.autoscale = options.autoscale.clone();
     config.scale_at = options.scale_at.clone();
+    config.scale_in_at = options.scale_in_at.clone();
     config.worker_cpu = options.worker_cpu;
     config.token = options.token.clone();
     let view = options.view.clone().unwrap_or_default();

@@ -851,8 +851,11 @@ impl Marks {
             lines.push(Mark {
                 at: time.at(s.decided_ms as f64),
                 label: format!(
-                    "split {} {}→{}",
-                    s.operator, s.partitions_before, s.partitions_after
+                    "{} {} {}→{}",
+                    s.noun(),
+                    s.operator,
+                    s.partitions_before,
+                    s.partitions_after
                 ),
                 pen: Pen::new(SCALE, 1.5).dashed("6 3"),
                 group: report.recoveries.len() + i,
@@ -980,7 +983,7 @@ fn header(svg: &mut Svg, report: &RunReport) {
             report.deadline_misses,
             checkpoints,
             counted(report.recoveries.len(), "failure"),
-            counted(report.scale_events.len(), "split"),
+            counted(report.scale_events.len(), "scale event"),
         ),
     );
 }
@@ -1345,7 +1348,8 @@ fn events_panel(svg: &mut Svg, report: &RunReport, time: &TimeScale) {
     for s in &report.scale_events {
         lines.push((
             format!(
-                "Split of {}: {} → {} partitions at {} ({})",
+                "{} of {}: {} → {} partitions at {} ({})",
+                if s.direction == "in" { "Merge" } else { "Split" },
                 s.operator,
                 s.partitions_before,
                 s.partitions_after,
@@ -1579,6 +1583,7 @@ mod tests {
         report.scale_events.push(ScaleEvent {
             decided_ms: 20_000,
             reason: "requested".into(),
+            direction: "out".into(),
             operator: "toll_calculator".into(),
             instance: 2,
             new_instance: 9,

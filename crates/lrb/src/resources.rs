@@ -4,6 +4,7 @@
 //! long before it kills a run, so `report.json` keeps the series and its
 //! peaks (the soak test checks them).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -41,6 +42,31 @@ pub struct ResourcePoint {
     pub checkpoint_bytes: u64,
     /// Batches waiting in inboxes, all instances together.
     pub queued_batches: u64,
+    /// Keyed state per operator (those that have any), as of each
+    /// instance's latest checkpoint.
+    #[serde(default)]
+    pub state: BTreeMap<String, StateSize>,
+}
+
+/// An operator's keyed state, all its instances together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StateSize {
+    /// Keys (for Linear Road: cars in the toll assessment, segments in the
+    /// toll calculator).
+    pub keys: u64,
+    /// Encoded size of the keys and values, bytes.
+    pub bytes: u64,
+}
+
+impl StateSize {
+    /// Bytes per key: how much state a car or a segment costs.
+    pub fn bytes_per_key(&self) -> f64 {
+        if self.keys == 0 {
+            0.0
+        } else {
+            self.bytes as f64 / self.keys as f64
+        }
+    }
 }
 
 /// The largest figures of a run.
@@ -63,6 +89,9 @@ pub struct Peaks {
     pub checkpoint_bytes: u64,
     /// Most batches queued at once in one sample.
     pub queued_batches: u64,
+    /// Each operator's largest keyed state in one sample (by keys).
+    #[serde(default)]
+    pub state: BTreeMap<String, StateSize>,
 }
 
 impl Peaks {
@@ -78,8 +107,21 @@ impl Peaks {
             instance_buffered_bytes: max(|p| p.max_instance_buffered_bytes),
             checkpoint_bytes: max(|p| p.checkpoint_bytes),
             queued_batches: max(|p| p.queued_batches),
+            state: largest_states(samples),
         }
     }
+}
+
+/// Each operator's largest keyed state over `samples`.
+fn largest_states(samples: &[ResourcePoint]) -> BTreeMap<String, StateSize> {
+    let mut largest: BTreeMap<String, StateSize> = BTreeMap::new();
+    for (operator, size) in samples.iter().flat_map(|p| &p.state) {
+        let known = largest.entry(operator.clone()).or_default();
+        if size.keys > known.keys {
+            *known = *size;
+        }
+    }
+    largest
 }
 
 /// Samples a running job's view once a second on a background thread.
@@ -163,6 +205,11 @@ fn sample(view: &ClusterView) -> Option<(ResourcePoint, Vec<u32>)> {
                 point.max_instance_buffered_bytes.max(i.buffered_bytes);
             point.checkpoint_bytes += i.checkpoint_bytes;
             point.queued_batches += i.queued_batches;
+            if i.state_keys > 0 {
+                let size = point.state.entry(operator.name.clone()).or_default();
+                size.keys += i.state_keys;
+                size.bytes += i.state_bytes;
+            }
         }
     }
     let workers = view

@@ -13,6 +13,7 @@ mod monitor;
 pub mod plan;
 mod recovery;
 mod scale;
+mod scale_in;
 pub mod view;
 
 pub use scale::{ScaleEvent, ScalePolicy};
@@ -102,6 +103,9 @@ pub struct JobConfig {
     pub autoscale: Option<ScalePolicy>,
     /// Scale-outs to force: (after, operator).
     pub scale_at: Vec<(Duration, String)>,
+    /// Scale-ins to force: (after, operator); the coldest adjacent pair of
+    /// its partitions merges.
+    pub scale_in_at: Vec<(Duration, String)>,
     /// CPU quota per local worker process, in cores (emulated small VMs).
     pub worker_cpu: Option<f64>,
     /// The cluster's shared secret that workers must present (empty: none).
@@ -131,6 +135,7 @@ impl JobConfig {
             recovery_parallelism: 1,
             autoscale: None,
             scale_at: Vec::new(),
+            scale_in_at: Vec::new(),
             worker_cpu: None,
             token: String::new(),
             startup_timeout: Duration::from_secs(30),
@@ -297,9 +302,12 @@ struct Job<'a> {
     rates: HashMap<u32, monitor::InstanceRates>,
     /// Consecutive hot reports per instance, for the policy.
     hot: HashMap<u32, u32>,
+    /// Consecutive cold reports per instance, for the policy.
+    cold: HashMap<u32, u32>,
     last_scale: Option<Instant>,
     scale_events: Vec<ScaleEvent>,
     scale_at: Vec<(Duration, String)>,
+    scale_in_at: Vec<(Duration, String)>,
     history: Vec<view::HistoryPoint>,
     last_history: Instant,
     last_publish: Instant,
@@ -381,9 +389,11 @@ impl Coordinator {
             awaiting_catch_up: HashSet::new(),
             rates: HashMap::new(),
             hot: HashMap::new(),
+            cold: HashMap::new(),
             last_scale: None,
             scale_events: Vec::new(),
             scale_at: config.scale_at.clone(),
+            scale_in_at: config.scale_in_at.clone(),
             history: Vec::new(),
             last_history: Instant::now(),
             last_publish: Instant::now(),
@@ -668,6 +678,11 @@ impl Job<'_> {
                 self.scale_operator(&operator, "requested")?;
                 continue;
             }
+            if let Some(i) = self.scale_in_at.iter().position(|(at, _)| *at <= now) {
+                let (_, operator) = self.scale_in_at.remove(i);
+                self.scale_in_operator(&operator, "requested")?;
+                continue;
+            }
             if let Some((w, message)) = self.wait("the job", far_future())? {
                 self.handle(w, message)?;
             }
@@ -873,7 +888,9 @@ impl Job<'_> {
                 self.caught_up(instance);
                 Ok(())
             }
+            // Answers to a reconfiguration that already gave up waiting.
             ToCoordinator::Restored { .. }
+            | ToCoordinator::Paused { .. }
             | ToCoordinator::Backup { .. }
             | ToCoordinator::Deployed => Ok(()),
             other => self.unexpected(worker, other),

@@ -40,17 +40,17 @@ impl Job<'_> {
         }
         rates.sample = m;
         rates.at = Some(now);
-        let threshold = self
+        let (threshold, low) = self
             .config
             .autoscale
             .as_ref()
-            .map_or(f64::INFINITY, |p| p.threshold);
-        let hot = self.hot.entry(rates.sample.instance).or_default();
-        *hot = if rates.utilization > threshold {
-            *hot + 1
-        } else {
-            0
-        };
+            .map_or((f64::INFINITY, f64::NEG_INFINITY), |p| {
+                (p.threshold, p.low_threshold)
+            });
+        let (instance, utilization) = (rates.sample.instance, rates.utilization);
+        let count = |streak: &mut u32, now: bool| *streak = if now { *streak + 1 } else { 0 };
+        count(self.hot.entry(instance).or_default(), utilization > threshold);
+        count(self.cold.entry(instance).or_default(), utilization < low);
     }
 
     /// Appends a history point each second and refreshes the shared view.
@@ -137,6 +137,8 @@ impl Job<'_> {
                             out_rate: r.out_rate,
                             queued_batches: r.sample.queued_batches,
                             buffered_bytes: r.sample.buffered_bytes,
+                            state_keys: r.sample.state_keys,
+                            state_bytes: r.sample.state_bytes,
                             tuples_in: r.sample.tuples_in,
                             tuples_out: r.sample.tuples_out,
                             finished: self.finished.contains_key(&i.id),
@@ -218,6 +220,9 @@ impl Job<'_> {
                 }
                 // Run by the main loop, never inside another reconfiguration.
                 JobCommand::Scale { operator } => self.scale_at.push((Duration::ZERO, operator)),
+                JobCommand::ScaleIn { operator } => {
+                    self.scale_in_at.push((Duration::ZERO, operator))
+                }
                 JobCommand::Checkpoint => {
                     self.broadcast(&ToWorker::CheckpointNow);
                     self.record(

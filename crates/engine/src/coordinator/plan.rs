@@ -182,6 +182,13 @@ impl Plan {
         (id, index)
     }
 
+    /// Removes instance `id` (merged into a neighbour by a scale in).
+    pub fn remove_instance(&mut self, id: u32) {
+        for node in &mut self.nodes {
+            node.instances.retain(|i| i.id != id);
+        }
+    }
+
     /// Restarts instance `id` as its next incarnation on `worker`, owning
     /// `range` (a recovery moves it; a split or parallel recovery narrows it).
     pub fn reincarnate(&mut self, id: u32, worker: u32, range: KeyRange) {

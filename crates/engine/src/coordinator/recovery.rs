@@ -169,6 +169,7 @@ impl Job<'_> {
         self.broadcast(&ToWorker::PlanUpdate {
             plan: self.plan.clone(),
             added,
+            merged: Vec::new(),
         });
         let rewired_ms = self.elapsed_ms();
         let killed_ms = self

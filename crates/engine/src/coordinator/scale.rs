@@ -39,6 +39,11 @@ pub struct ScalePolicy {
     pub cooldown: Duration,
     /// Never split an operator beyond this many partitions.
     pub max_partitions: usize,
+    /// Utilisation below which an instance is cold: two adjacent cold
+    /// partitions merge (scale in), returning a worker to the pool.
+    pub low_threshold: f64,
+    /// Consecutive cold reports of both partitions before a merge.
+    pub low_reports: u32,
 }
 
 impl Default for ScalePolicy {
@@ -48,35 +53,55 @@ impl Default for ScalePolicy {
             reports: 3,
             cooldown: Duration::from_secs(5),
             max_partitions: 16,
+            low_threshold: 0.15,
+            low_reports: 5,
         }
     }
 }
 
-/// One split, for reports and the dashboard.
+/// One split or merge, for reports and the dashboard.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ScaleEvent {
     /// When it was decided, milliseconds since the job started.
     pub decided_ms: u64,
     /// Why (`policy: utilisation 0.93` or `requested`).
     pub reason: String,
+    /// `out` (a split) or `in` (a merge).
+    #[serde(default = "out")]
+    pub direction: String,
     /// The operator.
     pub operator: String,
-    /// The instance split.
+    /// The instance split (or merged into).
     pub instance: u32,
-    /// The new instance (upper half).
+    /// The new instance (upper half), or the one merged away.
     pub new_instance: u32,
-    /// The worker the new instance runs on.
+    /// The worker the new instance runs on, or the one a merge freed.
     pub worker: u32,
     /// Partitions before and after.
     pub partitions_before: usize,
     /// Partitions after.
     pub partitions_after: usize,
-    /// First key hash of the upper half.
+    /// First key hash of the upper half (or of the partition merged away).
     pub split_at: u64,
-    /// Keys in the checkpoint split (lower, upper).
+    /// Keys in the checkpoint split (lower, upper), or in the two merged.
     pub keys: (usize, usize),
     /// From the decision until both halves run and everyone was rewired.
     pub pause_ms: u64,
+}
+
+fn out() -> String {
+    "out".into()
+}
+
+impl ScaleEvent {
+    /// What happened, as a noun: `split` or `merge`.
+    pub fn noun(&self) -> &'static str {
+        if self.direction == "in" {
+            "merge"
+        } else {
+            "split"
+        }
+    }
 }
 
 /// Where to cut an instance's range: between the keys of its checkpoint
@@ -201,6 +226,7 @@ impl Job<'_> {
                 parent: instance,
                 frontier,
             }],
+            merged: Vec::new(),
         });
 
         // 5. Refill the pool.
@@ -210,6 +236,7 @@ impl Job<'_> {
         let event = ScaleEvent {
             decided_ms,
             reason: reason.to_string(),
+            direction: out(),
             operator: operator.clone(),
             instance,
             new_instance: new_id,
@@ -299,7 +326,8 @@ impl Job<'_> {
         }
     }
 
-    /// The policy: split an instance hot for `reports` reports in a row.
+    /// The policy: split an instance hot for `reports` reports in a row;
+    /// else merge two adjacent partitions cold for `low_reports` in a row.
     pub(super) fn autoscale(&mut self) -> Result<(), EngineError> {
         let Some(policy) = self.config.autoscale.clone() else {
             return Ok(());
@@ -307,33 +335,37 @@ impl Job<'_> {
         if self
             .last_scale
             .is_some_and(|t| t.elapsed() < policy.cooldown)
-            || self.pool.is_empty()
         {
             return Ok(());
         }
-        let candidate = self
-            .plan
-            .nodes
+        let streak = |counts: &HashMap<u32, u32>, id: u32| counts.get(&id).copied().unwrap_or(0);
+        let utilization = |id: u32| self.rates.get(&id).map_or(0.0, |r| r.utilization);
+        let elastic: Vec<usize> = (0..self.plan.nodes.len())
+            .filter(|&n| matches!(self.query.kind(n), NodeKind::Stateful | NodeKind::Stateless))
+            .collect();
+        let hot = elastic
             .iter()
-            .enumerate()
-            .filter(|(n, node)| {
-                matches!(
-                    self.query.kind(*n),
-                    NodeKind::Stateful | NodeKind::Stateless
-                ) && node.instances.len() < policy.max_partitions
-            })
-            .flat_map(|(_, node)| node.instances.iter())
-            .filter(|i| self.hot.get(&i.id).copied().unwrap_or(0) >= policy.reports)
-            .max_by(|a, b| {
-                let u = |id: u32| self.rates.get(&id).map_or(0.0, |r| r.utilization);
-                u(a.id).total_cmp(&u(b.id))
-            })
-            .map(|i| i.id);
-        if let Some(id) = candidate {
-            let utilization = self.rates.get(&id).map_or(0.0, |r| r.utilization);
+            .filter(|&&n| self.plan.nodes[n].instances.len() < policy.max_partitions)
+            .flat_map(|&n| self.plan.nodes[n].instances.iter())
+            .filter(|i| streak(&self.hot, i.id) >= policy.reports)
+            .max_by(|a, b| utilization(a.id).total_cmp(&utilization(b.id)))
+            .map(|i| i.id)
+            .filter(|_| !self.pool.is_empty());
+        if let Some(id) = hot {
+            let reason = format!("policy: utilisation {:.2}", utilization(id));
             self.hot.clear();
             self.last_scale = Some(Instant::now());
-            self.scale_out(id, &format!("policy: utilisation {utilization:.2}"))?;
+            return self.scale_out(id, &reason);
+        }
+        let cold = elastic
+            .iter()
+            .filter_map(|&n| self.coldest_pair(n, policy.low_reports))
+            .min_by(|a, b| a.2.total_cmp(&b.2));
+        if let Some((lower, upper, together)) = cold {
+            let reason = format!("policy: utilisation {together:.2} for two partitions");
+            self.cold.clear();
+            self.last_scale = Some(Instant::now());
+            return self.scale_in(lower, upper, &reason);
         }
         Ok(())
     }

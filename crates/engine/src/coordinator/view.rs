@@ -105,6 +105,12 @@ pub struct InstanceView {
     pub backup_worker: Option<u32>,
     /// Size of its latest checkpoint, bytes.
     pub checkpoint_bytes: u64,
+    /// Keys in its state at its latest checkpoint.
+    #[serde(default)]
+    pub state_keys: u64,
+    /// Encoded size of those keys and values, bytes.
+    #[serde(default)]
+    pub state_bytes: u64,
 }
 
 /// The cluster at one second.
@@ -138,6 +144,11 @@ pub enum JobCommand {
     Checkpoint,
     /// Split the busiest instance of an operator in two.
     Scale {
+        /// Operator name.
+        operator: String,
+    },
+    /// Merge the coldest adjacent pair of an operator's partitions.
+    ScaleIn {
         /// Operator name.
         operator: String,
     },

@@ -52,6 +52,8 @@ struct ChannelQueue {
     mark: Stamp,
     /// The last stamp accepted, to check the FIFO stamp order.
     last: Stamp,
+    /// Its upstream was merged into another: it sends nothing any more.
+    retired: bool,
 }
 
 impl ChannelQueue {
@@ -106,6 +108,11 @@ impl Merge {
             .channels
             .get_mut(channel)
             .ok_or_else(|| EngineError::Protocol(format!("no input channel {channel}")))?;
+        if queue.retired {
+            // In flight when its upstream stopped; the partition it was
+            // merged into sends all of it again.
+            return Ok(());
+        }
         let mut pos = 0;
         let mut last = queue.last;
         while pos < body.len() {
@@ -151,6 +158,18 @@ impl Merge {
         }
     }
 
+    /// Retires a channel whose upstream was merged into another partition
+    /// (a scale in): what it queued is dropped (the merged partition sends
+    /// it again, in order with its own), and it no longer holds back the
+    /// frontier.
+    pub fn retire_channel(&mut self, channel: usize) {
+        if let Some(queue) = self.channels.get_mut(channel) {
+            queue.frames.clear();
+            queue.mark = Stamp::END;
+            queue.retired = true;
+        }
+    }
+
     /// The stamp up to which every channel is complete.
     pub fn frontier(&self) -> Stamp {
         self.channels
@@ -179,9 +198,20 @@ impl Merge {
     /// Returns the new `done` stamp.
     pub fn drain(
         &mut self,
+        f: impl FnMut(Stamp, &[u8]) -> Result<(), EngineError>,
+    ) -> Result<Stamp, EngineError> {
+        self.drain_until(Stamp::END, f)
+    }
+
+    /// As [`Merge::drain`], but never beyond `cap`: an instance brought to
+    /// an exact frontier (two partitions about to be merged must stand at
+    /// the same one) releases nothing above it.
+    pub fn drain_until(
+        &mut self,
+        cap: Stamp,
         mut f: impl FnMut(Stamp, &[u8]) -> Result<(), EngineError>,
     ) -> Result<Stamp, EngineError> {
-        let limit = self.frontier();
+        let limit = self.frontier().min(cap);
         loop {
             let mut min: Option<Stamp> = None;
             let mut holders = 0;

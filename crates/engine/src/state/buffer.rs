@@ -10,7 +10,12 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::EngineError;
+use crate::stamp::merge::read_tuple;
 use crate::stamp::Stamp;
+
+/// Size of the batches that merged buffers are cut into again.
+const INTERLEAVED_BATCH_BYTES: usize = 64 * 1024;
 
 /// One batch body kept for replay, with the highest stamp in it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +56,79 @@ impl OutputBuffer {
                 }
             }
         }
+    }
+
+    /// Moves what is kept for `from` into what is kept for `into`, in stamp
+    /// order, keeping only tuples above `above`: a scale in merged `from`
+    /// into `into`, which starts at `above` and must be replayed both
+    /// partitions' inputs in one ordered stream.
+    pub fn absorb(&mut self, from: u32, into: u32, above: Stamp) -> Result<(), EngineError> {
+        let queues: Vec<VecDeque<BufferedBatch>> = [into, from]
+            .iter()
+            .filter_map(|c| self.channels.remove(c))
+            .collect();
+        self.insert_interleaved(into, queues, above)
+    }
+
+    /// Adds `other`'s batches to this buffer's, each downstream's in stamp
+    /// order: the buffers of two partitions merged by a scale in.
+    pub fn merge(&mut self, other: OutputBuffer) -> Result<(), EngineError> {
+        // Counted here until interleaving re-counts them.
+        self.bytes += other.bytes;
+        for (to, queue) in other.channels {
+            let mine = self.channels.remove(&to).unwrap_or_default();
+            self.insert_interleaved(to, vec![mine, queue], Stamp::ZERO)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps for `to` the tuples of `queues` above `above`, interleaved in
+    /// stamp order and cut into batches again.
+    fn insert_interleaved(
+        &mut self,
+        to: u32,
+        queues: Vec<VecDeque<BufferedBatch>>,
+        above: Stamp,
+    ) -> Result<(), EngineError> {
+        for batch in queues.iter().flatten() {
+            self.bytes -= batch.body.len();
+        }
+        let mut tuples: Vec<(Stamp, &[u8])> = Vec::new();
+        for batch in queues.iter().flatten() {
+            let mut pos = 0;
+            while pos < batch.body.len() {
+                let (stamp, payload) = read_tuple(&batch.body, pos)?;
+                if stamp > above {
+                    tuples.push((stamp, &batch.body[pos..payload.end]));
+                }
+                pos = payload.end;
+            }
+        }
+        // Stable: tuples that share a stamp keep their order (the receiver
+        // sorts those by bytes anyway).
+        tuples.sort_by_key(|(stamp, _)| *stamp);
+        let mut merged = VecDeque::new();
+        let mut body = Vec::new();
+        let mut last = Stamp::ZERO;
+        for (stamp, tuple) in tuples {
+            body.extend_from_slice(tuple);
+            last = stamp;
+            if body.len() >= INTERLEAVED_BATCH_BYTES {
+                self.bytes += body.len();
+                merged.push_back(BufferedBatch {
+                    last,
+                    body: std::mem::take(&mut body),
+                });
+            }
+        }
+        if !body.is_empty() {
+            self.bytes += body.len();
+            merged.push_back(BufferedBatch { last, body });
+        }
+        if !merged.is_empty() {
+            self.channels.insert(to, merged);
+        }
+        Ok(())
     }
 
     /// The batches to resend to `to`, oldest first.

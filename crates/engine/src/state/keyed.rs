@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::checkpoint::StateEntry;
+use super::checkpoint::{SharedBytes, StateEntry};
 use super::routing::KeyRange;
 use crate::error::EngineError;
 use crate::hash::{key_hash, StableHasher};
@@ -84,20 +84,39 @@ where
     /// counter, so that the next snapshot weighs the accesses since this one
     /// most.
     pub fn snapshot(&self) -> Result<Vec<StateEntry>, EngineError> {
-        let mut entries = Vec::with_capacity(self.map.len());
-        for (k, slot) in &self.map {
+        // Sorted by hash, a checkpoint is canonical (equal states encode
+        // equally) and partitioning keeps each part sorted. Sorting
+        // references before encoding moves less memory than sorting entries
+        // would, and lays the encoded bytes out in the order the checkpoint
+        // is written in.
+        let mut sorted: Vec<(u64, &K, &Slot<V>)> = self
+            .map
+            .iter()
+            .map(|(k, slot)| (key_hash(k), k, slot))
+            .collect();
+        sorted.sort_unstable_by_key(|(hash, _, _)| *hash);
+        // Every key and value is encoded into one buffer that the entries
+        // share: no allocation per key.
+        let mut bytes = Vec::new();
+        let mut spans = Vec::with_capacity(sorted.len());
+        for (hash, k, slot) in sorted {
             let load = slot.load.load(Ordering::Relaxed);
             slot.load.store(load / 2, Ordering::Relaxed);
-            entries.push(StateEntry {
-                hash: key_hash(k),
-                key: encode(k)?,
-                value: encode(&slot.value)?,
-                load,
-            });
+            let start = bytes.len();
+            encode_into(&mut bytes, k)?;
+            let middle = bytes.len();
+            encode_into(&mut bytes, &slot.value)?;
+            spans.push((hash, load, start..middle, middle..bytes.len()));
         }
-        // Sorted by hash, a checkpoint is canonical (equal states encode
-        // equally) and partitioning keeps each part sorted.
-        entries.sort_unstable_by(|a, b| (a.hash, &a.key).cmp(&(b.hash, &b.key)));
+        let bytes = SharedBytes::new(bytes)?;
+        let mut entries: Vec<StateEntry> = spans
+            .into_iter()
+            .map(|(hash, load, key, value)| bytes.entry(hash, load, key, value))
+            .collect();
+        // Distinct keys with equal hashes (rare) go in encoded-key order.
+        for run in entries.chunk_by_mut(|a, b| a.hash == b.hash) {
+            run.sort_unstable_by(|a, b| a.key().cmp(b.key()));
+        }
         Ok(entries)
     }
 
@@ -107,8 +126,9 @@ where
     /// again by load before it has seen much input.
     pub fn restore(entries: &[StateEntry], range: KeyRange) -> Result<Self, EngineError> {
         let mut state = KeyedState::default();
+        state.map.reserve(entries.len());
         for entry in entries {
-            let key: K = decode(&entry.key)?;
+            let key: K = decode(entry.key())?;
             let hash = key_hash(&key);
             if hash != entry.hash {
                 return Err(EngineError::Checkpoint(format!(
@@ -123,7 +143,7 @@ where
                 )));
             }
             let slot = Slot {
-                value: decode(&entry.value)?,
+                value: decode(entry.value())?,
                 load: AtomicU32::new(entry.load),
             };
             state.map.insert(key, slot);
@@ -132,8 +152,8 @@ where
     }
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, EngineError> {
-    bincode::serialize(value).map_err(|e| EngineError::Checkpoint(format!("encode: {e}")))
+fn encode_into<T: Serialize>(out: &mut Vec<u8>, value: &T) -> Result<(), EngineError> {
+    bincode::serialize_into(out, value).map_err(|e| EngineError::Checkpoint(format!("encode: {e}")))
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, EngineError> {

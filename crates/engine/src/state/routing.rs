@@ -23,6 +23,15 @@ impl KeyRange {
         self.start <= hash && hash <= self.end
     }
 
+    /// This range and `upper`, the range right above it, as one (what two
+    /// merged partitions own); `None` when they are not adjacent.
+    pub fn join(&self, upper: &KeyRange) -> Option<KeyRange> {
+        (self.end.checked_add(1) == Some(upper.start)).then_some(KeyRange {
+            start: self.start,
+            end: upper.end,
+        })
+    }
+
     /// The `n` equal, adjacent ranges that cover this one (the last takes the
     /// rounding remainder). `n` must be at least 1.
     pub fn split_even(&self, n: u32) -> Vec<KeyRange> {

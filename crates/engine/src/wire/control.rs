@@ -11,7 +11,7 @@ use super::{MAX_CONTROL_FRAME, PROTOCOL_VERSION};
 use crate::coordinator::plan::Plan;
 use crate::error::EngineError;
 use crate::stamp::Stamp;
-use crate::worker::output::AddedInstance;
+use crate::worker::output::{AddedInstance, MergedInstance};
 
 const MAGIC: &[u8; 4] = b"SPTC";
 
@@ -42,6 +42,11 @@ pub struct InstanceMetrics {
     pub buffered_bytes: u64,
     /// Every input at or below this stamp is processed.
     pub frontier: Stamp,
+    /// Keys in its state at its latest checkpoint (0 before the first).
+    pub state_keys: u64,
+    /// Encoded size of those keys and values, bytes: what a checkpoint of
+    /// its state costs, and (per key) how much state a car or a segment is.
+    pub state_bytes: u64,
 }
 
 /// How often instances report metrics.
@@ -103,6 +108,15 @@ pub enum ToCoordinator {
     },
     /// An instance's counters.
     Metrics(InstanceMetrics),
+    /// An instance told to [`ToWorker::Pause`] stopped at `done`.
+    Paused {
+        /// The instance.
+        instance: u32,
+        /// Its incarnation.
+        incarnation: u32,
+        /// Every input at or below it is processed, none above.
+        done: Stamp,
+    },
     /// A restored instance was created and started.
     Restored {
         /// The instance.
@@ -189,13 +203,31 @@ pub enum ToWorker {
         /// The plan after the recovery.
         plan: Plan,
     },
-    /// The plan changed: instances were restored (a new incarnation) or
-    /// added by a split; reconnect and replay accordingly.
+    /// The plan changed: instances were restored (a new incarnation),
+    /// added by a split or merged by a scale in; reconnect and replay
+    /// accordingly.
     PlanUpdate {
         /// The new plan.
         plan: Plan,
         /// Instances added by a split.
         added: Vec<AddedInstance>,
+        /// Instances merged into a neighbour by a scale in.
+        merged: Vec<MergedInstance>,
+    },
+    /// `instance` should stop processing where it is and say where
+    /// ([`ToCoordinator::Paused`]): it is about to be merged.
+    Pause {
+        /// The instance.
+        instance: u32,
+    },
+    /// A paused `instance` should process up to exactly `until` and, unless
+    /// `until` is the end (the merge was called off), checkpoint there with
+    /// its output buffer and stay paused.
+    Resume {
+        /// The instance.
+        instance: u32,
+        /// Where to stop again.
+        until: Stamp,
     },
     /// Every instance should checkpoint now (an operator asked).
     CheckpointNow,

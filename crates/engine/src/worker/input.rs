@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::output::AddedInstance;
+use super::output::{AddedInstance, MergedInstance};
 use crate::coordinator::plan::Plan;
 use crate::error::EngineError;
 use crate::stamp::Stamp;
@@ -42,11 +42,17 @@ pub(crate) enum ControlEvent {
     Replan {
         plan: Arc<Plan>,
         added: Arc<Vec<AddedInstance>>,
+        merged: Arc<Vec<MergedInstance>>,
     },
     /// A newer incarnation of this instance replaces it here: stop.
     Stop,
     /// Checkpoint at the next opportunity.
     CheckpointNow,
+    /// Stop processing where you are (a merge is coming) and say where.
+    Pause,
+    /// Process up to exactly this stamp, checkpoint there (unless it is
+    /// the end: the merge was called off) and stay paused.
+    Resume(Stamp),
 }
 
 /// The receiving ends of an instance's queues.
@@ -70,9 +76,7 @@ pub(crate) struct Inboxes {
 impl Inboxes {
     /// Tells a running instance to stop (it is being replaced here).
     pub(crate) fn stop(&self, instance: u32) {
-        if let Some(senders) = self.lock().get(&instance) {
-            let _ = senders.control.send(ControlEvent::Stop);
-        }
+        self.control(instance, ControlEvent::Stop);
     }
 
     /// Creates the queues of `instance` (replacing any earlier ones).
@@ -93,6 +97,13 @@ impl Inboxes {
     pub(crate) fn broadcast(&self, event: impl Fn() -> ControlEvent) {
         for senders in self.lock().values() {
             let _ = senders.control.send(event());
+        }
+    }
+
+    /// Sends `event` to `instance`, if it runs here.
+    pub(crate) fn control(&self, instance: u32, event: ControlEvent) {
+        if let Some(senders) = self.lock().get(&instance) {
+            let _ = senders.control.send(event);
         }
     }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::select;
 
 use super::input::{ControlEvent, Inbox, InputEvent};
-use super::output::{AddedInstance, Outbox, Sender};
+use super::output::{AddedInstance, MergedInstance, Outbox, Sender};
 use crate::api::{Logic, NodeKind, OperatorError, ProcessLogic, Query, SourceLogic, SourcePoll};
 use crate::coordinator::plan::Plan;
 use crate::error::EngineError;
@@ -33,6 +33,12 @@ pub(crate) enum Report {
         incarnation: u32,
         frontier: Stamp,
         bytes: Vec<u8>,
+    },
+    /// The instance paused at `done`, as asked (a merge is coming).
+    Paused {
+        instance: u32,
+        incarnation: u32,
+        done: Stamp,
     },
     /// The instance reached the end of its input.
     Finished { instance: u32, stats: InstanceStats },
@@ -65,7 +71,7 @@ pub(crate) struct Instance {
     pub(crate) key_range: KeyRange,
     pub(crate) logic: Logic,
     /// Upstream instance id -> input channel index.
-    pub(crate) inputs: HashMap<u32, usize>,
+    pub(crate) inputs: Inputs,
     pub(crate) inbox: Inbox,
     /// Source instances: their slot in the stamp space.
     pub(crate) source_slot: u32,
@@ -87,6 +93,8 @@ struct Runner {
     checkpoint_every: Option<Duration>,
     next_checkpoint: Instant,
     checkpointed: Option<Stamp>,
+    /// Keys and encoded bytes of the state at the latest checkpoint.
+    state_size: (u64, u64),
     reports: crossbeam_channel::Sender<Report>,
     restored_at: Option<Stamp>,
     next_metrics: Instant,
@@ -111,6 +119,7 @@ impl Instance {
             checkpoint_every,
             next_checkpoint: Instant::now() + checkpoint_every.unwrap_or_default(),
             checkpointed: None,
+            state_size: (0, 0),
             reports: self.reports,
             restored_at: self.restore.as_ref().map(|c| c.frontier),
             next_metrics: Instant::now() + METRICS_EVERY,
@@ -140,6 +149,15 @@ impl Runner {
         let _ = self.reports.send(report);
     }
 
+    /// Tells the coordinator this instance paused at `done`.
+    fn paused(&self, done: Stamp) {
+        self.report(Report::Paused {
+            instance: self.me.instance,
+            incarnation: self.me.incarnation,
+            done,
+        });
+    }
+
     /// Applies a control event from the coordinator; the outbox side of a
     /// plan change is done here, the input side by the caller.
     fn control(
@@ -149,11 +167,17 @@ impl Runner {
     ) -> Result<Outcome, EngineError> {
         match event {
             ControlEvent::Trim { to, frontier } => outbox.trim(to, frontier),
-            ControlEvent::Replan { plan, added } => {
-                outbox.reconcile(&plan, &self.query, self.node, &added)?;
-                return Ok(Outcome::Replanned(plan, added));
+            ControlEvent::Replan {
+                plan,
+                added,
+                merged,
+            } => {
+                outbox.reconcile(&plan, &self.query, self.node, &added, &merged)?;
+                return Ok(Outcome::Replanned(plan, added, merged));
             }
             ControlEvent::CheckpointNow => self.next_checkpoint = Instant::now(),
+            ControlEvent::Pause => return Ok(Outcome::Pause),
+            ControlEvent::Resume(until) => return Ok(Outcome::Resume(until)),
             ControlEvent::Stop => return Ok(Outcome::Stop),
         }
         Ok(Outcome::Continue)
@@ -214,6 +238,8 @@ impl Runner {
             queued_batches: queued_batches as u64,
             buffered_bytes: outbox.buffered_bytes() as u64,
             frontier,
+            state_keys: self.state_size.0,
+            state_bytes: self.state_size.1,
         }));
     }
 
@@ -263,6 +289,13 @@ impl Runner {
             bytes,
         });
         self.checkpointed = Some(frontier);
+        self.state_size = (
+            entries.len() as u64,
+            entries
+                .iter()
+                .map(|e| (e.key().len() + e.value().len()) as u64)
+                .sum(),
+        );
         if let Some(every) = self.checkpoint_every {
             self.next_checkpoint = Instant::now() + every;
         }
@@ -274,8 +307,11 @@ impl Runner {
         loop {
             select! {
                 recv(self.inbox.control) -> event => match event {
-                    Ok(event) => if let Outcome::Stop = self.control(event, outbox)? {
-                        return Ok(());
+                    Ok(event) => match self.control(event, outbox)? {
+                        Outcome::Stop => return Ok(()),
+                        // Finished: a merge now would gain nothing.
+                        Outcome::Pause => self.paused(Stamp::END),
+                        _ => {}
                     },
                     Err(_) => return Ok(()),
                 },
@@ -400,7 +436,7 @@ impl Runner {
     fn run_process(
         mut self,
         mut logic: Box<dyn ProcessLogic>,
-        mut inputs: HashMap<u32, usize>,
+        mut inputs: Inputs,
         mut outbox: Outbox,
         restore: Option<Checkpoint>,
     ) -> Result<(), EngineError> {
@@ -411,14 +447,14 @@ impl Runner {
                     .restore_operator_state(&checkpoint.operator_state)
                     .map_err(|e| self.fail(e))?;
                 outbox.restore_buffer(checkpoint.output_buffer, checkpoint.frontier);
-                Merge::new(inputs.len(), checkpoint.frontier)
+                Merge::new(inputs.channels.len(), checkpoint.frontier)
             }
-            None => Merge::new(inputs.len(), Stamp::ZERO),
+            None => Merge::new(inputs.channels.len(), Stamp::ZERO),
         };
-        let mut incarnations: Vec<Option<u32>> = vec![None; inputs.len()];
-        // Batches from a new upstream partition that connected before the
-        // plan change announcing it reached us.
-        let mut early: Vec<Batch> = Vec::new();
+        // Nothing above `cap` is processed: a merge brings the two
+        // partitions to one exact frontier, `checkpoint_at`.
+        let mut cap = Stamp::END;
+        let mut checkpoint_at: Option<Stamp> = None;
         let mut tuples_in = 0u64;
         let mut finished = merge.done().is_end();
         while !finished {
@@ -441,21 +477,17 @@ impl Runner {
             for outcome in outcomes {
                 match outcome {
                     Outcome::Stop => return Ok(()),
-                    Outcome::Replanned(plan, added) => {
-                        // New upstream partitions become new input channels,
-                        // complete up to the frontier they inherited.
+                    Outcome::Replanned(plan, added, merged) => {
                         let upstreams = plan.upstream_instances(&self.query, self.node);
-                        for a in added.iter().filter(|a| upstreams.contains(&a.id)) {
-                            if let std::collections::hash_map::Entry::Vacant(slot) =
-                                inputs.entry(a.id)
-                            {
-                                slot.insert(merge.add_channel(a.frontier));
-                                incarnations.push(None);
-                            }
-                        }
-                        for batch in std::mem::take(&mut early) {
-                            accept(&mut merge, &inputs, &mut incarnations, batch, &mut early)?;
-                        }
+                        inputs.replanned(&mut merge, &plan, &upstreams, &added, &merged)?;
+                    }
+                    Outcome::Pause => {
+                        cap = merge.done();
+                        self.paused(cap);
+                    }
+                    Outcome::Resume(until) => {
+                        cap = until;
+                        checkpoint_at = Some(until).filter(|u| !u.is_end());
                     }
                     Outcome::Continue => {}
                 }
@@ -465,12 +497,12 @@ impl Runner {
                 .chain(self.inbox.data.try_iter().take(EVENTS_PER_ROUND))
             {
                 if let Some(batch) = self.batch(event) {
-                    accept(&mut merge, &inputs, &mut incarnations, batch, &mut early)?;
+                    inputs.accept(&mut merge, batch)?;
                 }
             }
-            if merge.frontier() > merge.done() {
+            if merge.frontier().min(cap) > merge.done() {
                 outbox.set_mark_floor(merge.done());
-                let done = merge.drain(|stamp, payload| {
+                let done = merge.drain_until(cap, |stamp, payload| {
                     outbox.set_stamp(stamp);
                     tuples_in += 1;
                     logic
@@ -481,6 +513,15 @@ impl Runner {
                 finished = done.is_end();
             }
             let done = merge.done();
+            if checkpoint_at == Some(done) {
+                // Where a merge wants it, with the output buffer, whatever
+                // the operator's kind: the merged instance starts from it.
+                let entries = logic.snapshot()?;
+                let state = logic.operator_state().map_err(|e| self.fail(e))?;
+                let empty = OutputBuffer::default();
+                self.checkpoint(done, &entries, &state, outbox.buffer().unwrap_or(&empty))?;
+                checkpoint_at = None;
+            }
             if finished || self.checkpoint_due(done) {
                 if finished {
                     logic.finish().map_err(|e| self.fail(e))?;
@@ -518,7 +559,16 @@ impl Runner {
 /// What a control event asks of the instance's loop.
 enum Outcome {
     Continue,
-    Replanned(Arc<Plan>, Arc<Vec<AddedInstance>>),
+    Replanned(
+        Arc<Plan>,
+        Arc<Vec<AddedInstance>>,
+        Arc<Vec<MergedInstance>>,
+    ),
+    /// Stop processing here (a merge is coming).
+    Pause,
+    /// Process up to exactly this stamp, checkpoint there unless it is the
+    /// end, and stay paused.
+    Resume(Stamp),
     Stop,
 }
 
@@ -530,25 +580,98 @@ struct Batch {
     mark: Stamp,
 }
 
-/// Feeds a batch to the merge, resetting the channel when it comes from a
-/// new incarnation of the upstream and dropping it when from an old one.
-fn accept(
-    merge: &mut Merge,
-    inputs: &HashMap<u32, usize>,
-    incarnations: &mut [Option<u32>],
-    batch: Batch,
-    early: &mut Vec<Batch>,
-) -> Result<(), EngineError> {
-    let Some(&channel) = inputs.get(&batch.from) else {
-        // Not an input yet: a new partition whose plan update is on its way.
-        early.push(batch);
-        return Ok(());
-    };
-    match incarnations[channel].map(|known| batch.incarnation.cmp(&known)) {
-        Some(Ordering::Less) => return Ok(()),
-        Some(Ordering::Greater) => merge.reset_channel(channel),
-        Some(Ordering::Equal) | None => {}
+/// An instance's input channels, as the merge sees them.
+pub(crate) struct Inputs {
+    /// Upstream instance id -> merge channel.
+    pub(crate) channels: HashMap<u32, usize>,
+    /// Per channel, the upstream incarnation its batches come from.
+    incarnations: Vec<Option<u32>>,
+    /// Upstream instance id -> its incarnation in the latest plan here.
+    planned: HashMap<u32, u32>,
+    /// Batches from an upstream this instance does not know yet: a new
+    /// partition, or a new incarnation, whose plan change is on its way.
+    early: Vec<Batch>,
+}
+
+impl Inputs {
+    /// The inputs of an instance of `node` as placed in `plan`.
+    pub(crate) fn new(plan: &Plan, query: &Query, node: usize) -> Self {
+        let upstreams = plan.upstream_instances(query, node);
+        Inputs {
+            incarnations: vec![None; upstreams.len()],
+            channels: upstreams
+                .iter()
+                .enumerate()
+                .map(|(channel, id)| (*id, channel))
+                .collect(),
+            planned: planned(plan, &upstreams),
+            early: Vec::new(),
+        }
     }
-    incarnations[channel] = Some(batch.incarnation);
-    merge.push(channel, batch.body, batch.mark)
+
+    /// Feeds a batch to the merge, resetting the channel when it comes from
+    /// a new incarnation of the upstream and dropping it when from an old
+    /// one.
+    fn accept(&mut self, merge: &mut Merge, batch: Batch) -> Result<(), EngineError> {
+        let channel = match self.channels.get(&batch.from) {
+            Some(&channel)
+                if self
+                    .planned
+                    .get(&batch.from)
+                    .is_none_or(|p| batch.incarnation <= *p) =>
+            {
+                channel
+            }
+            // Not (this incarnation of) an input yet: its plan change is on
+            // its way, and may retire a merged partition first.
+            _ => {
+                self.early.push(batch);
+                return Ok(());
+            }
+        };
+        match self.incarnations[channel].map(|known| batch.incarnation.cmp(&known)) {
+            Some(Ordering::Less) => return Ok(()),
+            Some(Ordering::Greater) => merge.reset_channel(channel),
+            Some(Ordering::Equal) | None => {}
+        }
+        self.incarnations[channel] = Some(batch.incarnation);
+        merge.push(channel, batch.body, batch.mark)
+    }
+
+    /// Applies a plan change: new upstream partitions become new channels,
+    /// complete up to the frontier they inherited; partitions merged into a
+    /// neighbour retire theirs; early batches are fed again.
+    fn replanned(
+        &mut self,
+        merge: &mut Merge,
+        plan: &Plan,
+        upstreams: &[u32],
+        added: &[AddedInstance],
+        merged: &[MergedInstance],
+    ) -> Result<(), EngineError> {
+        for a in added.iter().filter(|a| upstreams.contains(&a.id)) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.channels.entry(a.id) {
+                slot.insert(merge.add_channel(a.frontier));
+                self.incarnations.push(None);
+            }
+        }
+        for m in merged {
+            if let Some(&channel) = self.channels.get(&m.id) {
+                merge.retire_channel(channel);
+            }
+        }
+        self.planned = planned(plan, upstreams);
+        for batch in std::mem::take(&mut self.early) {
+            self.accept(merge, batch)?;
+        }
+        Ok(())
+    }
+}
+
+/// The incarnation of each of `upstreams` in `plan`.
+fn planned(plan: &Plan, upstreams: &[u32]) -> HashMap<u32, u32> {
+    upstreams
+        .iter()
+        .filter_map(|id| plan.instance(*id).map(|(_, p)| (*id, p.incarnation)))
+        .collect()
 }

@@ -20,7 +20,7 @@ use crate::stamp::Stamp;
 use crate::state::Checkpoint;
 use crate::wire::control::{self, ToCoordinator, ToWorker, HEARTBEAT_EVERY};
 use input::{ControlEvent, Inboxes};
-use instance::{Instance, Report};
+use instance::{Inputs, Instance, Report};
 use output::{Outbox, Sender};
 
 /// How a worker finds its coordinator and where it listens.
@@ -207,18 +207,31 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
                     }
                 }
             }
-            ToWorker::PlanUpdate { plan, added } => {
+            ToWorker::PlanUpdate {
+                plan,
+                added,
+                merged,
+            } => {
                 let d = deployment.as_mut().ok_or_else(|| {
                     EngineError::Protocol("plan update before any deployment".into())
                 })?;
                 d.plan = Arc::new(plan);
-                let added = Arc::new(added);
+                // An instance merged into its neighbour stops here.
+                for m in &merged {
+                    inboxes.stop(m.id);
+                }
+                let (added, merged) = (Arc::new(added), Arc::new(merged));
                 inboxes.broadcast(|| ControlEvent::Replan {
                     plan: d.plan.clone(),
                     added: added.clone(),
+                    merged: merged.clone(),
                 });
             }
             ToWorker::CheckpointNow => inboxes.broadcast(|| ControlEvent::CheckpointNow),
+            ToWorker::Pause { instance } => inboxes.control(instance, ControlEvent::Pause),
+            ToWorker::Resume { instance, until } => {
+                inboxes.control(instance, ControlEvent::Resume(until))
+            }
             ToWorker::Shutdown => {
                 tracing::info!("shutdown requested; exiting");
                 return Ok(());
@@ -348,6 +361,15 @@ fn to_coordinator(report: Report) -> ToCoordinator {
         },
         Report::Finished { instance, stats } => ToCoordinator::InstanceFinished { instance, stats },
         Report::CaughtUp { instance } => ToCoordinator::CaughtUp { instance },
+        Report::Paused {
+            instance,
+            incarnation,
+            done,
+        } => ToCoordinator::Paused {
+            instance,
+            incarnation,
+            done,
+        },
         Report::Metrics(metrics) => ToCoordinator::Metrics(metrics),
     }
 }
@@ -396,13 +418,7 @@ fn create_instance(
         restoring: restore.is_some(),
     };
     let logic = d.query.instantiate(node, &ctx)?;
-    let inputs: HashMap<u32, usize> = d
-        .plan
-        .upstream_instances(&d.query, node)
-        .into_iter()
-        .enumerate()
-        .map(|(channel, id)| (id, channel))
-        .collect();
+    let inputs = Inputs::new(&d.plan, &d.query, node);
     Ok(Instance {
         me: Sender {
             instance: id,
@@ -428,7 +444,7 @@ fn connect_outbox(d: &Deployment, me: Sender) -> Result<Outbox, EngineError> {
         EngineError::InvalidQuery(format!("instance {} is not in the plan", me.instance))
     })?;
     let mut outbox = Outbox::new(me, d.checkpoint_every.is_some());
-    outbox.reconcile(&d.plan, &d.query, node, &[])?;
+    outbox.reconcile(&d.plan, &d.query, node, &[], &[])?;
     Ok(outbox)
 }
 

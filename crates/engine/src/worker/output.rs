@@ -133,6 +133,19 @@ pub struct AddedInstance {
     pub frontier: Stamp,
 }
 
+/// A downstream instance merged into its neighbour `into` by a scale in,
+/// both having stopped at exactly `frontier`: what was buffered for it above
+/// `frontier` now goes to `into`, in stamp order with `into`'s own.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MergedInstance {
+    /// The instance that no longer exists.
+    pub id: u32,
+    /// The instance that took over its key range.
+    pub into: u32,
+    /// The frontier both stopped at; the merged instance starts there.
+    pub frontier: Stamp,
+}
+
 impl Outbox {
     /// An outbox with no channels yet: [`Outbox::reconcile`] opens them.
     pub(crate) fn new(me: Sender, buffering: bool) -> Self {
@@ -158,7 +171,17 @@ impl Outbox {
         query: &Query,
         node: usize,
         added: &[AddedInstance],
+        merged: &[MergedInstance],
     ) -> Result<(), EngineError> {
+        for m in merged {
+            let Some(i) = self.channels.iter().position(|c| c.to == m.id) else {
+                continue;
+            };
+            self.channels.remove(i);
+            if let Some(buffer) = &mut self.buffer {
+                buffer.absorb(m.id, m.into, m.frontier)?;
+            }
+        }
         let mut targets = plan.downstream_instances(query, node);
         targets.dedup();
         for to in targets {
