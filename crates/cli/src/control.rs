@@ -202,9 +202,13 @@ pub struct KillArgs {
 /// `spate scale`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ScaleArgs {
-    /// The operator whose busiest instance to split.
+    /// The operator whose busiest instance to split (or, with --in, whose
+    /// coldest adjacent pair of partitions to merge).
     #[arg(value_name = "OPERATOR")]
     operator: String,
+    /// Scale in: merge two partitions and return a worker to the pool.
+    #[arg(long = "in")]
+    scale_in: bool,
     #[command(flatten)]
     addr: AddrArgs,
 }
@@ -353,7 +357,8 @@ pub fn checkpoint(args: &AddrArgs) -> Result<()> {
 
 /// `spate scale`.
 pub fn scale(args: &ScaleArgs) -> Result<()> {
-    Client::new(&args.addr)?.command(&format!("/api/scale/{}", segment(&args.operator)))
+    let route = if args.scale_in { "scale-in" } else { "scale" };
+    Client::new(&args.addr)?.command(&format!("/api/{route}/{}", segment(&args.operator)))
 }
 
 /// 1234 -> "1.2k": rates at a glance.

@@ -1,6 +1,6 @@
 //! Access control for the command routes.
 //!
-//! Commands (kill, checkpoint, scale) change a running job, so when the
+//! Commands (kill, checkpoint, scale out or in) change a running job, so when the
 //! cluster has a token they must carry it as `Authorization: Bearer TOKEN`:
 //! the same shared secret workers present to join. The read-only routes
 //! stay open, so a dashboard page or a Prometheus scraper needs nothing.

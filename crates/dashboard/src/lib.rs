@@ -20,6 +20,7 @@
 //! | `POST /api/kill/{operator}/{index}` | kill the worker hosting an instance (202) |
 //! | `POST /api/checkpoint` | checkpoint every instance now (202) |
 //! | `POST /api/scale/{operator}` | split the operator's busiest partition onto a pool worker (202) |
+//! | `POST /api/scale-in/{operator}` | merge the operator's coldest adjacent partitions (202) |
 //!
 //! When the cluster has a token, every `POST` must carry it as
 //! `Authorization: Bearer TOKEN` (401 without it, 403 with another); the

@@ -64,6 +64,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/kill/{operator}/{index}", post(kill_instance))
         .route("/api/checkpoint", post(checkpoint))
         .route("/api/scale/{operator}", post(scale))
+        .route("/api/scale-in/{operator}", post(scale_in))
         // `route_layer`: a wrong method still gets its 405, not a 401.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -454,6 +455,28 @@ async fn scale(
     }
     let what = format!("split the busiest partition of {operator}");
     send(&state, JobCommand::Scale { operator }, what)
+}
+
+/// Merges the coldest adjacent pair of an operator's partitions.
+async fn scale_in(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(operator) = path?;
+    {
+        let view = state.read();
+        require_running(&view)?;
+        let Some(op) = view.operators.iter().find(|o| o.name == operator) else {
+            return Err(ApiError::not_found(format!("no operator `{operator}`")));
+        };
+        if op.instances.len() < 2 {
+            return Err(ApiError::conflict(format!(
+                "`{operator}` has a single partition: nothing to merge"
+            )));
+        }
+    }
+    let what = format!("merge the coldest adjacent partitions of {operator}");
+    send(&state, JobCommand::ScaleIn { operator }, what)
 }
 
 #[cfg(test)]

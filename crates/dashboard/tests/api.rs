@@ -342,6 +342,15 @@ fn commands_are_queued_and_accepted() {
         })
     );
 
+    let answer = f.post("/api/scale-in/toll_calculator");
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(
+        f.commands.try_recv().ok(),
+        Some(JobCommand::ScaleIn {
+            operator: "toll_calculator".into()
+        })
+    );
+
     let answer = f.post("/api/checkpoint");
     assert_eq!(answer.status, 202, "{}", answer.body);
     assert_eq!(answer.json()["accepted"], "Checkpoint");
@@ -427,6 +436,8 @@ fn bad_commands_are_refused_with_json_errors() {
     f.post("/api/scale/nope").assert_error(404);
     let message = f.post("/api/scale/tolls").assert_error(409);
     assert!(message.contains("do not split"), "{message}");
+    let message = f.post("/api/scale-in/tolls").assert_error(409);
+    assert!(message.contains("single partition"), "{message}");
     f.no_command_sent();
 }
 
