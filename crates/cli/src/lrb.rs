@@ -413,7 +413,11 @@ fn print_report(r: &RunReport) {
             "scaled {} {} at {} ms: {} -> {} partitions, pause {} ms ({})",
             e.direction,
             e.operator,
-            e.decided_ms, e.partitions_before, e.partitions_after, e.pause_ms, e.reason
+            e.decided_ms,
+            e.partitions_before,
+            e.partitions_after,
+            e.pause_ms,
+            e.reason
         );
     }
     for rec in &r.recoveries {

@@ -1,7 +1,7 @@
 //! The fault matrix (opt-in, slow): many runs, each with random kills of
 //! random operators' workers at random times (some during checkpoints, since
-//! instances checkpoint every 100 ms here), sometimes with a split in the
-//! middle. Every run must produce exactly the failure-free answers.
+//! instances checkpoint every 100 ms here), sometimes with a split and
+//! sometimes a merge (scale in) in the middle. Every run must produce exactly the failure-free answers.
 //!
 //! `SPATE_FAULT_RUNS=100 cargo test --release -p spate --test fault_matrix -- --ignored --nocapture`
 
@@ -51,6 +51,13 @@ fn random_kills_never_lose_or_duplicate_an_answer() {
         );
         if next(&mut rng).is_multiple_of(3) {
             extra.extend(["--scale", split_at.as_str()]);
+        }
+        let merge_at = format!(
+            "{:.1}:toll_calculator",
+            1.0 + (next(&mut rng) % 50) as f64 / 10.0
+        );
+        if next(&mut rng).is_multiple_of(3) {
+            extra.extend(["--scale-in", merge_at.as_str()]);
         }
         let kill_refs: Vec<&str> = kills.iter().map(String::as_str).collect();
         println!("run {seed}: kills {kills:?} options {extra:?}");

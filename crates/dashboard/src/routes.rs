@@ -336,6 +336,18 @@ fn require_running(view: &ClusterView) -> Result<(), ApiError> {
     }
 }
 
+/// The operator a scale command names, in a running job.
+fn running_operator<'v>(
+    view: &'v ClusterView,
+    operator: &str,
+) -> Result<&'v spate_engine::coordinator::view::OperatorView, ApiError> {
+    require_running(view)?;
+    view.operators
+        .iter()
+        .find(|o| o.name == operator)
+        .ok_or_else(|| ApiError::not_found(format!("no operator `{operator}`")))
+}
+
 /// Queues `command` and answers 202 with what was queued.
 fn send(state: &AppState, command: JobCommand, what: String) -> Result<Response, ApiError> {
     state.commands.send(command.clone()).map_err(|_| {
@@ -435,10 +447,7 @@ async fn scale(
     let Path(operator) = path?;
     {
         let view = state.read();
-        require_running(&view)?;
-        let Some(op) = view.operators.iter().find(|o| o.name == operator) else {
-            return Err(ApiError::not_found(format!("no operator `{operator}`")));
-        };
+        let op = running_operator(&view, &operator)?;
         // The coordinator refuses these too, but only in its event list;
         // saying so here gives the caller the reason directly.
         if matches!(op.kind.as_str(), "Source" | "Sink") {
@@ -465,10 +474,7 @@ async fn scale_in(
     let Path(operator) = path?;
     {
         let view = state.read();
-        require_running(&view)?;
-        let Some(op) = view.operators.iter().find(|o| o.name == operator) else {
-            return Err(ApiError::not_found(format!("no operator `{operator}`")));
-        };
+        let op = running_operator(&view, &operator)?;
         if op.instances.len() < 2 {
             return Err(ApiError::conflict(format!(
                 "`{operator}` has a single partition: nothing to merge"

@@ -1349,7 +1349,11 @@ fn events_panel(svg: &mut Svg, report: &RunReport, time: &TimeScale) {
         lines.push((
             format!(
                 "{} of {}: {} → {} partitions at {} ({})",
-                if s.direction == "in" { "Merge" } else { "Split" },
+                if s.direction == "in" {
+                    "Merge"
+                } else {
+                    "Split"
+                },
                 s.operator,
                 s.partitions_before,
                 s.partitions_after,

@@ -49,7 +49,10 @@ impl Job<'_> {
             });
         let (instance, utilization) = (rates.sample.instance, rates.utilization);
         let count = |streak: &mut u32, now: bool| *streak = if now { *streak + 1 } else { 0 };
-        count(self.hot.entry(instance).or_default(), utilization > threshold);
+        count(
+            self.hot.entry(instance).or_default(),
+            utilization > threshold,
+        );
         count(self.cold.entry(instance).or_default(), utilization < low);
     }
 

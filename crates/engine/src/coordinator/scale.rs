@@ -412,7 +412,10 @@ mod tests {
             .iter()
             .map(|part| {
                 let load = part.entries.iter().map(|e| u64::from(e.load)).sum();
-                (load, KeyedState::restore(&part.entries, part.key_range).unwrap())
+                (
+                    load,
+                    KeyedState::restore(&part.entries, part.key_range).unwrap(),
+                )
             })
             .collect()
     }

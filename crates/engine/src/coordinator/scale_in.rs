@@ -72,7 +72,13 @@ impl Job<'_> {
             .windows(2)
             .filter(|w| w[0].key_range.join(&w[1].key_range).is_some())
             .filter(|w| cold(w[0].id) && cold(w[1].id))
-            .map(|w| (w[0].id, w[1].id, utilization(w[0].id) + utilization(w[1].id)))
+            .map(|w| {
+                (
+                    w[0].id,
+                    w[1].id,
+                    utilization(w[0].id) + utilization(w[1].id),
+                )
+            })
             .min_by(|a, b| a.2.total_cmp(&b.2))
     }
 
@@ -133,8 +139,10 @@ impl Job<'_> {
         };
 
         // 2. Merge the checkpoints.
-        let (mut low_checkpoint, mut high_checkpoint) =
-            (Checkpoint::decode(&low_bytes)?, Checkpoint::decode(&high_bytes)?);
+        let (mut low_checkpoint, mut high_checkpoint) = (
+            Checkpoint::decode(&low_bytes)?,
+            Checkpoint::decode(&high_bytes)?,
+        );
         low_checkpoint.frontier = frontier;
         high_checkpoint.frontier = frontier;
         let keys = (low_checkpoint.entries.len(), high_checkpoint.entries.len());
@@ -259,7 +267,12 @@ impl Job<'_> {
                         && pair.iter().any(|p| p.id == *instance && p.incarnation == *incarnation))
             });
             match answer {
-                Ok(Some((_, ToCoordinator::Checkpoint { instance, bytes, .. }))) => {
+                Ok(Some((
+                    _,
+                    ToCoordinator::Checkpoint {
+                        instance, bytes, ..
+                    },
+                ))) => {
                     checkpoints.insert(instance, bytes);
                 }
                 Ok(_) if pair.iter().all(|p| self.alive(p.worker)) => {}

@@ -559,11 +559,7 @@ impl Runner {
 /// What a control event asks of the instance's loop.
 enum Outcome {
     Continue,
-    Replanned(
-        Arc<Plan>,
-        Arc<Vec<AddedInstance>>,
-        Arc<Vec<MergedInstance>>,
-    ),
+    Replanned(Arc<Plan>, Arc<Vec<AddedInstance>>, Arc<Vec<MergedInstance>>),
     /// Stop processing here (a merge is coming).
     Pause,
     /// Process up to exactly this stamp, checkpoint there unless it is the
