@@ -82,6 +82,58 @@ pub(crate) struct Instance {
     pub(crate) reports: crossbeam_channel::Sender<Report>,
 }
 
+/// When an instance checkpoints: on the same wall-clock grid as every other
+/// instance (the interval's multiples of UNIX time), each operator later the
+/// further upstream it is. A downstream's checkpoint is then backed up just
+/// before its upstream's, whose output buffer (outputs the downstream's
+/// latest backup does not cover, which a checkpoint carries) is therefore a
+/// fraction of an interval rather than one or two whole intervals.
+pub(crate) struct CheckpointSchedule {
+    every: Duration,
+    offset: Duration,
+}
+
+/// Offset between the checkpoints of an operator and of those it feeds: time
+/// for the downstream's backup to be stored and its trims to arrive.
+const CHECKPOINT_STAGGER: Duration = Duration::from_millis(60);
+
+impl CheckpointSchedule {
+    fn new(every: Duration, query: &Query, node: usize) -> Self {
+        let steps = depth(query, node) as u32;
+        let stagger = CHECKPOINT_STAGGER.min(every / 8);
+        CheckpointSchedule {
+            every,
+            offset: (stagger * steps).min(every / 2),
+        }
+    }
+
+    /// The next point of this instance's grid.
+    fn next(&self) -> Instant {
+        let every = self.every.as_micros().max(1) as u64;
+        // The wall clock, which every process (and, closely enough, every
+        // machine) shares; before 1970 means a broken clock: no grid.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let offset = self.offset.as_micros() as u64;
+        let mut at = (now / every) * every + offset;
+        if at <= now {
+            at += every;
+        }
+        Instant::now() + Duration::from_micros(at - now)
+    }
+}
+
+/// How many operators lie between `node` and the farthest sink it feeds.
+fn depth(query: &Query, node: usize) -> usize {
+    query
+        .edge_targets(node)
+        .iter()
+        .map(|&t| 1 + depth(query, t))
+        .max()
+        .unwrap_or(0)
+}
+
 /// State shared by the source and operator loops.
 struct Runner {
     me: Sender,
@@ -92,6 +144,7 @@ struct Runner {
     inbox: Inbox,
     checkpoint_every: Option<Duration>,
     next_checkpoint: Instant,
+    schedule: Option<CheckpointSchedule>,
     checkpointed: Option<Stamp>,
     /// Keys and encoded bytes of the state at the latest checkpoint.
     state_size: (u64, u64),
@@ -109,6 +162,8 @@ impl Instance {
         let checkpoint_every = self
             .checkpoint_every
             .filter(|_| self.query.kind(self.node) != NodeKind::Stateless);
+        let schedule =
+            checkpoint_every.map(|every| CheckpointSchedule::new(every, &self.query, self.node));
         let runner = Runner {
             me: self.me,
             query: self.query,
@@ -117,7 +172,10 @@ impl Instance {
             key_range: self.key_range,
             inbox: self.inbox,
             checkpoint_every,
-            next_checkpoint: Instant::now() + checkpoint_every.unwrap_or_default(),
+            next_checkpoint: schedule
+                .as_ref()
+                .map_or_else(Instant::now, CheckpointSchedule::next),
+            schedule,
             checkpointed: None,
             state_size: (0, 0),
             reports: self.reports,
@@ -296,8 +354,8 @@ impl Runner {
                 .map(|e| (e.key().len() + e.value().len()) as u64)
                 .sum(),
         );
-        if let Some(every) = self.checkpoint_every {
-            self.next_checkpoint = Instant::now() + every;
+        if let Some(schedule) = &self.schedule {
+            self.next_checkpoint = schedule.next();
         }
         Ok(())
     }
