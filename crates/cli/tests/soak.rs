@@ -1,7 +1,7 @@
 //! The soak test (opt-in, slow): one long Linear Road run at a steady
 //! speed-up, with a worker killed every few seconds (each time hosting a
 //! different operator: feeder, forwarder, toll calculator, toll assessment,
-//! sinks) and a few scale outs along the way. It passes when the answers are
+//! sinks) and a few scale outs and ins along the way. It passes when the answers are
 //! valid, identical to a failure-free run, every kill was recovered, and
 //! memory and buffers stayed bounded: what fails only after hours (a leak, a
 //! buffer that is never trimmed, a pool that is never refilled) shows up here.
@@ -272,11 +272,26 @@ fn a_long_run_with_kills_and_splits_stays_exact_and_bounded() {
     for kill in &kills {
         options.extend(["--kill".into(), kill.clone()]);
     }
+    // Each split is merged back (a scale in) one kill period later.
+    let merges: Vec<String> = SPLITS
+        .iter()
+        .enumerate()
+        .map(|(i, op)| {
+            let near = secs * (i as u64 + 1) / 4;
+            format!(
+                "{}:{op}",
+                near / kill_every * kill_every + kill_every * 3 / 2
+            )
+        })
+        .collect();
     for split in &splits {
         options.extend(["--scale".into(), split.clone()]);
     }
+    for merge in &merges {
+        options.extend(["--scale-in".into(), merge.clone()]);
+    }
     println!(
-        "soak: {secs} s at {speedup}x ({duration} s of input), {} kills (every {kill_every} s), splits {splits:?}",
+        "soak: {secs} s at {speedup}x ({duration} s of input), {} kills (every {kill_every} s), splits {splits:?}, merges {merges:?}",
         kills.len()
     );
     let soak_out = work.join("soak");
@@ -329,7 +344,15 @@ fn a_long_run_with_kills_and_splits_stays_exact_and_bounded() {
     let events = report["events"].as_array().expect("events");
     let killed = events.iter().filter(|e| e["kind"] == "kill").count();
     let recoveries = report["recoveries"].as_array().expect("recoveries");
-    let splits_done = report["scale_events"].as_array().map_or(0, Vec::len);
+    let scale_events = report["scale_events"].as_array().expect("scale events");
+    let splits_done = scale_events
+        .iter()
+        .filter(|e| e["direction"] == "out")
+        .count();
+    let merges_done = scale_events
+        .iter()
+        .filter(|e| e["direction"] == "in")
+        .count();
     assert_eq!(killed, kills.len(), "not every kill fired: {events:?}");
     assert!(
         recoveries.len() >= killed,
@@ -341,6 +364,13 @@ fn a_long_run_with_kills_and_splits_stays_exact_and_bounded() {
         "a recovery never caught up: {recoveries:?}"
     );
     assert_eq!(splits_done, splits.len(), "not every split happened");
+    // A merge is called off (and says so) when a kill hits one of its two
+    // partitions while they align; most must happen.
+    assert!(
+        merges_done * 2 >= merges.len(),
+        "{merges_done} of {} merges happened",
+        merges.len()
+    );
 
     // Memory and buffers stayed bounded.
     let peaks = &report["peaks"];

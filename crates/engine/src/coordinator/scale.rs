@@ -229,10 +229,7 @@ impl Job<'_> {
             merged: Vec::new(),
         });
 
-        // 5. Refill the pool.
-        if self.config.pool > 0 {
-            self.provisioner.provision()?;
-        }
+        // The pause is over: both halves run and everyone was rewired.
         let event = ScaleEvent {
             decided_ms,
             reason: reason.to_string(),
@@ -259,6 +256,10 @@ impl Job<'_> {
             ),
         );
         self.scale_events.push(event);
+        // 5. Refill the pool (in the background: a new worker joins later).
+        if self.config.pool > 0 {
+            self.provisioner.provision()?;
+        }
         Ok(())
     }
 
