@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::lrb::survives;
+use common::lrb::{survives, unchanged_with};
 
 #[test]
 fn killing_the_toll_calculator_changes_nothing() {
@@ -76,4 +76,35 @@ fn parallel_recovery_onto_two_workers_changes_nothing() {
         &["--recovery-parallelism", "2", "--pool", "3"],
     );
     assert_eq!(report["partitions"]["toll_assessment"], 2, "{report}");
+}
+
+#[test]
+fn corrupt_checkpoints_are_refused_and_the_previous_good_one_restores() {
+    // Every third checkpoint a worker ships has a byte flipped on the way.
+    let report = unchanged_with(
+        "corrupt-checkpoints",
+        &[
+            "--checkpoint-ms",
+            "200",
+            "--pool",
+            "2",
+            "--kill",
+            "3:toll_calculator",
+            "--kill",
+            "4.5:toll_assessment",
+        ],
+        &[("SPATE_FAULT_CORRUPT_CHECKPOINTS", "3")],
+    );
+    let refused = report["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "refused")
+        .filter(|e| e["detail"].as_str().unwrap().contains("corrupted"))
+        .count();
+    assert!(refused > 0, "no corrupt checkpoint was refused: {report}");
+    assert!(
+        report["recoveries"].as_array().unwrap().len() >= 2,
+        "{report}"
+    );
 }

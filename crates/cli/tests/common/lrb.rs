@@ -33,7 +33,19 @@ pub fn generate(dir: &Path, seed: u64, duration_secs: u32) {
 /// Runs the query on `dir`'s input into `dir/out` with `args` and returns
 /// the report.
 pub fn run_lrb(dir: &Path, out: &str, args: &[&str]) -> serde_json::Value {
+    run_lrb_with(dir, out, args, &[])
+}
+
+/// As [`run_lrb`], with environment variables for the run and its workers
+/// (fault injection).
+pub fn run_lrb_with(
+    dir: &Path,
+    out: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> serde_json::Value {
     let mut command = spate();
+    command.envs(env.iter().copied());
     command
         .args(["lrb", "run"])
         .arg("--input")
@@ -85,9 +97,14 @@ pub fn baseline() -> &'static PathBuf {
 /// Runs the shared input's query at the shared speed-up with one instance
 /// per worker, plus `extra` options.
 pub fn run(dir: &Path, out: &str, extra: &[&str]) -> serde_json::Value {
+    run_with(dir, out, extra, &[])
+}
+
+/// As [`run`], with environment variables for the run and its workers.
+pub fn run_with(dir: &Path, out: &str, extra: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
     let mut args = vec!["--speedup", SPEEDUP, "--workers", WORKERS];
     args.extend_from_slice(extra);
-    run_lrb(dir, out, &args)
+    run_lrb_with(dir, out, &args, env)
 }
 
 /// The answers of a run, Emit left out, sorted: what must not change.
@@ -117,12 +134,17 @@ pub fn answers(dir: &Path) -> Vec<String> {
 /// Runs the shared input with `options` and checks that the answers equal
 /// the failure-free ones.
 pub fn unchanged(name: &str, options: &[&str]) -> serde_json::Value {
+    unchanged_with(name, options, &[])
+}
+
+/// As [`unchanged`], with environment variables for the run and its workers.
+pub fn unchanged_with(name: &str, options: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
     let base = baseline();
     let dir = scratch(name);
     for file in ["input.csv", "historical-tolls.csv"] {
         std::fs::copy(base.join(file), dir.join(file)).unwrap();
     }
-    let report = run(&dir, "out", options);
+    let report = run_with(&dir, "out", options, env);
     let expected = answers(&base.join("out"));
     let got = answers(&dir.join("out"));
     assert_eq!(expected.len(), got.len(), "answer count changed");

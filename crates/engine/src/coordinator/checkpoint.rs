@@ -29,7 +29,7 @@ use crate::api::NodeKind;
 use crate::error::EngineError;
 use crate::hash::mix64;
 use crate::stamp::Stamp;
-use crate::state::{CheckpointParts, OutputBuffer};
+use crate::state::{Checkpoint, CheckpointParts, OutputBuffer};
 use crate::wire::control::ToWorker;
 
 use super::Job;
@@ -51,6 +51,16 @@ impl Job<'_> {
         let Some((node, _)) = self.plan.instance(instance) else {
             return Ok(());
         };
+        if let Err(e) = Checkpoint::verify(&bytes) {
+            self.record(
+                "refused",
+                format!(
+                    "checkpoint of instance {instance} at stamp {}: {e}; its previous checkpoint stays the one to restore",
+                    frontier.0
+                ),
+            );
+            return Ok(());
+        }
         match self.query.kind(node) {
             NodeKind::Source => {
                 let positions = self.source_positions.entry(instance).or_default();

@@ -225,13 +225,16 @@ impl Job<'_> {
                 matches!(m, ToCoordinator::Backup { instance, .. } if asked.contains_key(instance))
             })? {
                 Some((_, ToCoordinator::Backup { instance, bytes })) => {
-                    let bytes = bytes.ok_or_else(|| {
-                        EngineError::Checkpoint(format!(
-                            "the holder of instance {instance}'s backup no longer has it"
-                        ))
-                    })?;
                     asked.remove(&instance);
-                    result.push((instance, Some(bytes)));
+                    // A holder without a good copy: the replica is one.
+                    let bytes = match bytes.filter(|b| Checkpoint::verify(b).is_ok()) {
+                        Some(bytes) => Some(bytes),
+                        None => {
+                            tracing::warn!(instance, "its holder has no good backup: restoring the coordinator's replica");
+                            self.replica(instance)?
+                        }
+                    };
+                    result.push((instance, bytes));
                 }
                 Some(_) => {}
                 None => {

@@ -156,6 +156,12 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
                 frontier,
                 bytes,
             } => {
+                // A backup corrupted on the way is not acknowledged: the
+                // previous one stays the instance's durable checkpoint.
+                if let Err(e) = Checkpoint::verify(&bytes) {
+                    tracing::warn!(instance, "refusing a backup: {e}");
+                    continue;
+                }
                 backups.insert(instance, (frontier, bytes));
                 reply(
                     &writer,
@@ -308,11 +314,13 @@ fn spawn_heartbeat(options: &WorkerOptions, data_addr: String) -> Result<(), Eng
 /// to the coordinator off the instances' threads.
 fn spawn_reporter(writer: ControlWriter) -> Result<crossbeam_channel::Sender<Report>, EngineError> {
     let (tx, rx) = crossbeam_channel::unbounded::<Report>();
+    let mut corrupt = CorruptionInjector::from_env();
     thread::Builder::new()
         .name("spate-reporter".into())
         .spawn(move || {
             while let Ok(first) = rx.recv() {
-                for report in coalesce(first, &rx) {
+                for mut report in coalesce(first, &rx) {
+                    corrupt.maybe(&mut report);
                     if let Err(e) = send(&writer, &to_coordinator(report)) {
                         tracing::error!("cannot report to the coordinator: {e}");
                         return;
@@ -322,6 +330,37 @@ fn spawn_reporter(writer: ControlWriter) -> Result<crossbeam_channel::Sender<Rep
         })
         .map_err(|e| EngineError::io("starting the reporter thread", e))?;
     Ok(tx)
+}
+
+/// Fault injection for tests: with `SPATE_FAULT_CORRUPT_CHECKPOINTS=N`, every
+/// Nth checkpoint this worker ships has one byte flipped, as a bad link or
+/// disk would, so that tests can check that corrupt checkpoints are refused
+/// and the previous good one is used.
+struct CorruptionInjector {
+    every: u64,
+    seen: u64,
+}
+
+impl CorruptionInjector {
+    fn from_env() -> Self {
+        let every = std::env::var("SPATE_FAULT_CORRUPT_CHECKPOINTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        CorruptionInjector { every, seen: 0 }
+    }
+
+    fn maybe(&mut self, report: &mut Report) {
+        if let (Report::Checkpoint { bytes, .. }, true) = (report, self.every > 0) {
+            self.seen += 1;
+            if self.seen.is_multiple_of(self.every) {
+                let middle = bytes.len() / 2;
+                if let Some(b) = bytes.get_mut(middle) {
+                    *b ^= 0x5a;
+                }
+            }
+        }
+    }
 }
 
 /// Takes `first` and whatever else is queued, dropping every checkpoint that
