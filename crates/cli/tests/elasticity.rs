@@ -166,3 +166,26 @@ fn merging_a_stateless_operator_and_a_single_partition_refusal() {
     );
     assert_eq!(events(&report, "refused", "single"), 1, "{report}");
 }
+
+#[test]
+fn scaling_without_fault_tolerance_is_refused_not_fatal() {
+    let report = unchanged(
+        "scale-no-checkpoints",
+        &[
+            "--checkpoint-ms",
+            "0",
+            "--pool",
+            "1",
+            "--scale",
+            "2:toll_calculator",
+            "--scale-in",
+            "3:toll_calculator",
+        ],
+    );
+    assert!(scale_events(&report).is_empty(), "{report}");
+    assert_eq!(
+        events(&report, "refused", "needs fault tolerance on"),
+        2,
+        "{report}"
+    );
+}

@@ -141,6 +141,10 @@ impl Job<'_> {
             return Ok(());
         };
         let operator = self.plan.nodes[node].name.clone();
+        if let Some(why) = self.cannot_rescale() {
+            self.record("refused", format!("scale {operator}: {why}"));
+            return Ok(());
+        }
         if !matches!(
             self.query.kind(node),
             NodeKind::Stateful | NodeKind::Stateless
@@ -261,6 +265,14 @@ impl Job<'_> {
             self.provisioner.provision()?;
         }
         Ok(())
+    }
+
+    /// Why no partition can be split or merged now, if so: both restore
+    /// from checkpoints and replay the inputs upstreams buffered.
+    pub(super) fn cannot_rescale(&self) -> Option<&'static str> {
+        self.config.checkpoint_interval.is_zero().then_some(
+            "scaling needs fault tolerance on (--checkpoint-ms above 0): it restores partitions from checkpoints and replays buffered inputs",
+        )
     }
 
     /// Asks `instance` for a fresh checkpoint and waits for it; `None` when

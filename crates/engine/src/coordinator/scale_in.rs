@@ -99,6 +99,10 @@ impl Job<'_> {
             return Ok(());
         };
         let operator = self.plan.nodes[node].name.clone();
+        if let Some(why) = self.cannot_rescale() {
+            self.record("refused", format!("scale in {operator}: {why}"));
+            return Ok(());
+        }
         let Some(range) = low.key_range.join(&high.key_range) else {
             self.record(
                 "refused",

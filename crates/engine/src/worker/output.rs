@@ -177,7 +177,11 @@ impl Outbox {
             let Some(i) = self.channels.iter().position(|c| c.to == m.id) else {
                 continue;
             };
-            self.channels.remove(i);
+            // Tuples still in its unsent batch go to the buffer first (no
+            // new progress is promised), so that none is lost.
+            let mut channel = self.channels.remove(i);
+            let mark = channel.sent_mark;
+            channel.flush(mark, self.buffer.as_mut());
             if let Some(buffer) = &mut self.buffer {
                 buffer.absorb(m.id, m.into, m.frontier)?;
             }
