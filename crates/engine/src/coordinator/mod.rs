@@ -683,8 +683,18 @@ impl Job<'_> {
                 self.scale_in_operator(&operator, "requested")?;
                 continue;
             }
-            if let Some((w, message)) = self.wait("the job", far_future())? {
-                self.handle(w, message)?;
+            // Wake up for the next forced scale event even if nothing comes.
+            let wake = self
+                .scale_at
+                .iter()
+                .chain(&self.scale_in_at)
+                .map(|(at, _)| self.started + *at)
+                .min()
+                .unwrap_or_else(far_future);
+            match self.wait("the job", wake) {
+                Ok(Some((w, message))) => self.handle(w, message)?,
+                Ok(None) | Err(EngineError::Timeout(_)) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(JobSummary {
