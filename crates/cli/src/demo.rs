@@ -31,17 +31,8 @@ pub struct DemoArgs {
     fault_tolerance: lrb::FaultToleranceArgs,
     #[command(flatten)]
     dashboard: crate::control::DashboardArgs,
-    /// The cluster's shared secret, which workers present and the
-    /// dashboard's commands need [default: a fresh one, printed with the
-    /// dashboard's address].
-    #[arg(
-        long,
-        env = "SPATE_TOKEN",
-        hide_env_values = true,
-        default_value = "",
-        hide_default_value = true
-    )]
-    token: String,
+    #[command(flatten)]
+    token: crate::control::LocalTokenArgs,
     /// Where inputs and outputs go.
     #[arg(long, default_value = "lrb-data")]
     dir: PathBuf,

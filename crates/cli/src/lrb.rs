@@ -135,17 +135,8 @@ pub enum LrbCommand {
         fault_tolerance: FaultToleranceArgs,
         #[command(flatten)]
         dashboard: crate::control::DashboardArgs,
-        /// The cluster's shared secret, which workers present and the
-        /// dashboard's commands need [default: a fresh one, printed with
-        /// the dashboard's address].
-        #[arg(
-            long,
-            env = "SPATE_TOKEN",
-            hide_env_values = true,
-            default_value = "",
-            hide_default_value = true
-        )]
-        token: String,
+        #[command(flatten)]
+        token: crate::control::LocalTokenArgs,
     },
     /// Check a run's answers against an independent reference implementation.
     Validate {
@@ -262,7 +253,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
             }
             let mut partitions = crate::parse_partitions(&partitions)?;
             partitions.entry("toll_calculator".into()).or_insert(2);
-            let token = crate::control::ClusterToken::for_local_run(&token)?;
+            let token = crate::control::ClusterToken::for_local_run(&token.token)?;
             let mut options = RunOptions {
                 params: LrbParams {
                     input,
