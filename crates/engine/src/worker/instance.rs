@@ -715,6 +715,18 @@ impl Inputs {
             }
         }
         self.planned = planned(plan, upstreams);
+        // An upstream the plan replaced (restored, or split: its halves may
+        // resend what it still has queued here, on two channels) is reset
+        // now, not when its new incarnation's first batch arrives: from
+        // here on its old incarnation's batches are dropped.
+        for (id, incarnation) in &self.planned {
+            if let Some(&channel) = self.channels.get(id) {
+                if self.incarnations[channel].is_some_and(|known| known < *incarnation) {
+                    merge.reset_channel(channel);
+                    self.incarnations[channel] = Some(*incarnation);
+                }
+            }
+        }
         for batch in std::mem::take(&mut self.early) {
             self.accept(merge, batch)?;
         }
