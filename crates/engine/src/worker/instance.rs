@@ -638,10 +638,10 @@ struct Batch {
 pub(crate) struct Inputs {
     /// Upstream instance id -> merge channel.
     pub(crate) channels: HashMap<u32, usize>,
-    /// Per channel, the upstream's incarnation in the latest plan here: its
-    /// batches are merged, older ones dropped, newer ones wait for the plan
-    /// that names them.
-    incarnations: Vec<u32>,
+    /// Per channel, the upstream incarnation its batches come from.
+    incarnations: Vec<Option<u32>>,
+    /// Upstream instance id -> its incarnation in the latest plan here.
+    planned: HashMap<u32, u32>,
     /// Batches from an upstream this instance does not know yet: a new
     /// partition, or a new incarnation, whose plan change is on its way.
     early: Vec<Batch>,
@@ -652,40 +652,49 @@ impl Inputs {
     pub(crate) fn new(plan: &Plan, query: &Query, node: usize) -> Self {
         let upstreams = plan.upstream_instances(query, node);
         Inputs {
-            incarnations: upstreams.iter().map(|id| incarnation(plan, *id)).collect(),
+            incarnations: vec![None; upstreams.len()],
             channels: upstreams
                 .iter()
                 .enumerate()
                 .map(|(channel, id)| (*id, channel))
                 .collect(),
+            planned: planned(plan, &upstreams),
             early: Vec::new(),
         }
     }
 
-    /// Feeds a batch to the merge if it comes from the upstream incarnation
-    /// the plan names; drops it when from an older one, keeps it for later
-    /// when from a newer one (or an upstream not in the plan yet).
+    /// Feeds a batch to the merge, resetting the channel when it comes from
+    /// a new incarnation of the upstream and dropping it when from an old
+    /// one.
     fn accept(&mut self, merge: &mut Merge, batch: Batch) -> Result<(), EngineError> {
-        let Some(&channel) = self.channels.get(&batch.from) else {
-            self.early.push(batch);
-            return Ok(());
-        };
-        match batch.incarnation.cmp(&self.incarnations[channel]) {
-            Ordering::Less => Ok(()),
-            // Its plan change is on its way, and may retire a merged
-            // partition or reset this channel first.
-            Ordering::Greater => {
-                self.early.push(batch);
-                Ok(())
+        let channel = match self.channels.get(&batch.from) {
+            Some(&channel)
+                if self
+                    .planned
+                    .get(&batch.from)
+                    .is_none_or(|p| batch.incarnation <= *p) =>
+            {
+                channel
             }
-            Ordering::Equal => merge.push(channel, batch.body, batch.mark),
+            // Not (this incarnation of) an input yet: its plan change is on
+            // its way, and may retire a merged partition first.
+            _ => {
+                self.early.push(batch);
+                return Ok(());
+            }
+        };
+        match self.incarnations[channel].map(|known| batch.incarnation.cmp(&known)) {
+            Some(Ordering::Less) => return Ok(()),
+            Some(Ordering::Greater) => merge.reset_channel(channel),
+            Some(Ordering::Equal) | None => {}
         }
+        self.incarnations[channel] = Some(batch.incarnation);
+        merge.push(channel, batch.body, batch.mark)
     }
 
     /// Applies a plan change: new upstream partitions become new channels,
     /// complete up to the frontier they inherited; partitions merged into a
-    /// neighbour retire theirs; replaced upstreams are reset; early batches
-    /// are fed again.
+    /// neighbour retire theirs; early batches are fed again.
     fn replanned(
         &mut self,
         merge: &mut Merge,
@@ -697,7 +706,7 @@ impl Inputs {
         for a in added.iter().filter(|a| upstreams.contains(&a.id)) {
             if let std::collections::hash_map::Entry::Vacant(slot) = self.channels.entry(a.id) {
                 slot.insert(merge.add_channel(a.frontier));
-                self.incarnations.push(incarnation(plan, a.id));
+                self.incarnations.push(None);
             }
         }
         for m in merged {
@@ -705,16 +714,16 @@ impl Inputs {
                 merge.retire_channel(channel);
             }
         }
+        self.planned = planned(plan, upstreams);
         // An upstream the plan replaced (restored, or split: its halves may
         // resend what it still has queued here, on two channels) is reset
         // now, not when its new incarnation's first batch arrives: from
         // here on its old incarnation's batches are dropped.
-        for id in upstreams {
+        for (id, incarnation) in &self.planned {
             if let Some(&channel) = self.channels.get(id) {
-                let planned = incarnation(plan, *id);
-                if self.incarnations[channel] < planned {
+                if self.incarnations[channel].is_some_and(|known| known < *incarnation) {
                     merge.reset_channel(channel);
-                    self.incarnations[channel] = planned;
+                    self.incarnations[channel] = Some(*incarnation);
                 }
             }
         }
@@ -725,7 +734,10 @@ impl Inputs {
     }
 }
 
-/// The incarnation of instance `id` in `plan` (0 when it is not there).
-fn incarnation(plan: &Plan, id: u32) -> u32 {
-    plan.instance(id).map_or(0, |(_, p)| p.incarnation)
+/// The incarnation of each of `upstreams` in `plan`.
+fn planned(plan: &Plan, upstreams: &[u32]) -> HashMap<u32, u32> {
+    upstreams
+        .iter()
+        .filter_map(|id| plan.instance(*id).map(|(_, p)| (*id, p.incarnation)))
+        .collect()
 }
