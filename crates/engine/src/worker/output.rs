@@ -173,15 +173,19 @@ impl Outbox {
         added: &[AddedInstance],
         merged: &[MergedInstance],
     ) -> Result<(), EngineError> {
+        // Unsent batches go to the buffer first (promising no new progress):
+        // what a split's new partition inherits, a merged channel folds in
+        // and a rewired channel replays is then everything sent so far, in
+        // order, and nothing goes out behind a replay.
+        for channel in &mut self.channels {
+            let mark = channel.sent_mark;
+            channel.flush(mark, self.buffer.as_mut());
+        }
         for m in merged {
             let Some(i) = self.channels.iter().position(|c| c.to == m.id) else {
                 continue;
             };
-            // Tuples still in its unsent batch go to the buffer first (no
-            // new progress is promised), so that none is lost.
-            let mut channel = self.channels.remove(i);
-            let mark = channel.sent_mark;
-            channel.flush(mark, self.buffer.as_mut());
+            self.channels.remove(i);
             if let Some(buffer) = &mut self.buffer {
                 buffer.absorb(m.id, m.into, m.frontier)?;
             }
