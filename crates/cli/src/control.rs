@@ -506,8 +506,8 @@ fn render_status(view: &ClusterView) -> String {
         for i in &op.instances {
             let state = if i.finished {
                 "finished".to_string()
-            } else if i.incarnation > 0 {
-                format!("restored x{}", i.incarnation)
+            } else if i.incarnation.0 > 0 {
+                format!("restarted x{}", i.incarnation)
             } else {
                 "running".to_string()
             };
@@ -569,6 +569,7 @@ mod tests {
     use super::*;
     use spate_engine::coordinator::view::{OperatorView, WorkerView};
     use spate_engine::coordinator::JobEvent;
+    use spate_engine::plan::WorkerId;
 
     #[test]
     fn status_shows_workers_instances_and_events() {
@@ -579,14 +580,14 @@ mod tests {
             checkpoint_ms: 1000,
             workers: vec![
                 WorkerView {
-                    index: 0,
+                    index: WorkerId(0),
                     pid: 42,
                     addr: "127.0.0.1:5000".into(),
                     alive: true,
                     pool: false,
                 },
                 WorkerView {
-                    index: 1,
+                    index: WorkerId(1),
                     pid: 43,
                     addr: "127.0.0.1:5001".into(),
                     alive: true,

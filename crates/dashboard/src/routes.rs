@@ -17,6 +17,7 @@ use crossbeam_channel::Sender;
 use serde::Serialize;
 use serde_json::json;
 use spate_engine::coordinator::view::{ClusterView, InstanceView, JobCommand, SharedView};
+use spate_engine::plan::{Incarnation, InstanceId, WorkerId};
 
 use crate::{auth, metrics};
 
@@ -215,9 +216,9 @@ struct GraphOperator {
 
 #[derive(Serialize)]
 struct GraphInstance {
-    id: u32,
+    id: InstanceId,
     index: u32,
-    worker: u32,
+    worker: WorkerId,
     worker_alive: bool,
     key_start: u64,
     key_end: u64,
@@ -226,7 +227,7 @@ struct GraphInstance {
     key_range: String,
     /// Fraction of the key space owned.
     key_share: f64,
-    incarnation: u32,
+    incarnation: Incarnation,
     utilization: f64,
     in_rate: f64,
     out_rate: f64,
@@ -249,7 +250,7 @@ pub(crate) fn key_share(start: u64, end: u64) -> f64 {
     owned as f64 / 2f64.powi(64)
 }
 
-fn graph_instance(i: &InstanceView, alive: &BTreeSet<u32>) -> GraphInstance {
+fn graph_instance(i: &InstanceView, alive: &BTreeSet<WorkerId>) -> GraphInstance {
     GraphInstance {
         id: i.id,
         index: i.index,
@@ -270,7 +271,7 @@ fn graph_instance(i: &InstanceView, alive: &BTreeSet<u32>) -> GraphInstance {
 
 async fn graph(State(state): State<AppState>) -> Json<Graph> {
     let view = state.read();
-    let alive: BTreeSet<u32> = view
+    let alive: BTreeSet<WorkerId> = view
         .workers
         .iter()
         .filter(|w| w.alive)
@@ -368,9 +369,10 @@ async fn kill_worker(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(raw) = path?;
-    let worker: u32 = raw
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("`{raw}` is not a worker number")))?;
+    let worker = WorkerId(
+        raw.parse()
+            .map_err(|_| ApiError::bad_request(format!("`{raw}` is not a worker number")))?,
+    );
     {
         let view = state.read();
         require_running(&view)?;

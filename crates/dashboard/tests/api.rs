@@ -9,12 +9,13 @@ use serde_json::Value;
 use spate_dashboard::{serve, ClusterView, Dashboard, DashboardError, JobCommand, SharedView};
 use spate_engine::coordinator::view::{HistoryPoint, InstanceView, OperatorView, WorkerView};
 use spate_engine::coordinator::{JobEvent, RecoveryTimeline};
+use spate_engine::plan::{InstanceId, WorkerId};
 
 fn instance(index: u32, worker: u32, start: u64, end: u64, utilization: f64) -> InstanceView {
     InstanceView {
-        id: 10 + index,
+        id: InstanceId(10 + index),
         index,
-        worker,
+        worker: WorkerId(worker),
         key_start: start,
         key_end: end,
         utilization,
@@ -31,7 +32,7 @@ fn instance(index: u32, worker: u32, start: u64, end: u64, utilization: f64) -> 
 /// Three operators on workers 0-2, worker 3 dead, worker 4 in the pool.
 fn sample_view() -> ClusterView {
     let worker = |index: u32, alive: bool, pool: bool| WorkerView {
-        index,
+        index: WorkerId(index),
         pid: 1000 + index,
         addr: format!("127.0.0.1:{}", 4000 + index),
         alive,
@@ -92,7 +93,7 @@ fn sample_view() -> ClusterView {
             event(2_300, "restored", "toll_calculator[1] on workers [2]"),
         ],
         recoveries: vec![RecoveryTimeline {
-            workers: vec![3],
+            workers: vec![WorkerId(3)],
             instances: vec!["toll_calculator[1]".into()],
             killed_ms: Some(2_000),
             detected_ms: 2_100,
@@ -217,7 +218,7 @@ fn view_is_the_cluster_view_as_json() {
     assert_eq!(view.query, "linear_road");
     assert_eq!(view.state, "running");
     assert_eq!(view.operators.len(), 3);
-    assert_eq!(view.operators[1].instances[1].worker, 2);
+    assert_eq!(view.operators[1].instances[1].worker, WorkerId(2));
     assert_eq!(view.history.len(), 5);
     assert_eq!(view.events.len(), 4);
 
@@ -321,7 +322,10 @@ fn commands_are_queued_and_accepted() {
         answer.json()["accepted"],
         serde_json::json!({ "KillWorker": 1 })
     );
-    assert_eq!(f.commands.try_recv().ok(), Some(JobCommand::KillWorker(1)));
+    assert_eq!(
+        f.commands.try_recv().ok(),
+        Some(JobCommand::KillWorker(WorkerId(1)))
+    );
 
     let answer = f.post("/api/kill/toll_calculator/1");
     assert_eq!(answer.status, 202, "{}", answer.body);
@@ -404,7 +408,10 @@ fn a_cluster_without_a_token_takes_commands_from_anyone() {
     let f = start_with_token(sample_view(), "");
     let answer = f.post_with("/api/kill/worker/1", None);
     assert_eq!(answer.status, 202, "{}", answer.body);
-    assert_eq!(f.commands.try_recv().ok(), Some(JobCommand::KillWorker(1)));
+    assert_eq!(
+        f.commands.try_recv().ok(),
+        Some(JobCommand::KillWorker(WorkerId(1)))
+    );
 }
 
 #[test]

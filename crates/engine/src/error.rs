@@ -1,5 +1,6 @@
 //! The engine's error type.
 
+use crate::ids::{InstanceId, WorkerId};
 use std::io;
 
 /// Everything that can stop a worker, the coordinator or a local cluster.
@@ -32,7 +33,7 @@ pub enum EngineError {
         /// The operator's name.
         operator: String,
         /// The failing instance.
-        instance: u32,
+        instance: InstanceId,
         /// What the operator said.
         message: String,
     },
@@ -43,7 +44,7 @@ pub enum EngineError {
     #[error("worker {worker} failed: {reason}")]
     WorkerFailed {
         /// The worker's index in the cluster.
-        worker: u32,
+        worker: WorkerId,
         /// Why the coordinator considers it failed.
         reason: String,
     },

@@ -6,6 +6,8 @@
 //! - [`api`]: what a query author writes: operators, keyed state, the query builder;
 //! - [`state`]: the state primitives: keyed state, checkpoints, partitioning, routing;
 //! - [`stamp`]: logical timestamps, progress marks and the stamp-ordered merge;
+//! - [`ids`]: the identities of instances, workers and incarnations;
+//! - [`plan`]: the deployment plan and the identities every layer shares;
 //! - [`wire`]: the binary frames that move tuples and control messages;
 //! - [`worker`]: the process that hosts operator instances;
 //! - [`coordinator`]: deployment and supervision of a query on workers;
@@ -16,6 +18,8 @@ pub mod cluster;
 pub mod coordinator;
 pub mod error;
 pub mod hash;
+pub mod ids;
+pub mod plan;
 pub mod stamp;
 pub mod state;
 pub mod wire;

@@ -2,6 +2,7 @@
 //! gets an error, never a panic; corrupt checkpoints are refused.
 
 use proptest::prelude::*;
+use spate_engine::plan::{Incarnation, InstanceId};
 use spate_engine::stamp::merge::{write_tuple, Merge};
 use spate_engine::stamp::Stamp;
 use spate_engine::state::{Checkpoint, KeyRange, KeyedState, OutputBuffer};
@@ -93,9 +94,9 @@ fn a_truncated_or_foreign_frame_is_refused_with_a_reason() {
     write_hello(
         &mut hello,
         ChannelHello {
-            from: 1,
-            incarnation: 0,
-            to: 2,
+            from: InstanceId(1),
+            incarnation: Incarnation(0),
+            to: InstanceId(2),
         },
     )
     .unwrap();

@@ -189,8 +189,8 @@ pub fn run(
             .iter()
             .map(|i| InstanceLine {
                 operator: i.operator.clone(),
-                instance: i.instance,
-                worker: i.worker,
+                instance: i.instance.0,
+                worker: i.worker.0,
                 tuples_in: i.stats.tuples_in,
                 tuples_out: i.stats.tuples_out,
             })

@@ -1576,7 +1576,7 @@ mod tests {
             },
         );
         report.recoveries.push(RecoveryTimeline {
-            workers: vec![2],
+            workers: vec![spate_engine::plan::WorkerId(2)],
             instances: vec!["toll_calculator[0]".into()],
             killed_ms: Some(6000),
             detected_ms: 10_000,
@@ -1589,9 +1589,9 @@ mod tests {
             reason: "requested".into(),
             direction: "out".into(),
             operator: "toll_calculator".into(),
-            instance: 2,
-            new_instance: 9,
-            worker: 3,
+            instance: spate_engine::plan::InstanceId(2),
+            new_instance: spate_engine::plan::InstanceId(9),
+            worker: spate_engine::plan::WorkerId(3),
             partitions_before: 1,
             partitions_after: 2,
             split_at: 1 << 63,
@@ -1750,7 +1750,7 @@ mod tests {
     fn a_quick_recovery_gets_one_label_and_a_nearby_split_another_row() {
         let mut report = busy_report();
         report.recoveries[0] = RecoveryTimeline {
-            workers: vec![1],
+            workers: vec![spate_engine::plan::WorkerId(1)],
             instances: vec!["tolls[0]".into()],
             killed_ms: Some(8000),
             detected_ms: 8002,

@@ -18,10 +18,10 @@ pub use query::{Edge, NodeKind, Query, QueryBuilder, Stream};
 pub(crate) use query::{Logic, ProcessLogic, SourceLogic, SourcePoll};
 pub use registry::{QueryFactory, QueryRegistry};
 
+use crate::error::EngineError;
 use crate::hash::key_hash;
 use crate::stamp::Stamp;
 use crate::state::KeyRange;
-use crate::worker::output::Outbox;
 
 /// A value that can travel between workers: any serde type.
 pub trait Data: Serialize + DeserializeOwned + Send + 'static {}
@@ -175,15 +175,28 @@ impl InstanceContext {
     }
 }
 
+/// Where an operator's outputs go. The worker's outbox implements it, so
+/// this layer never depends on the worker that hosts the operator.
+pub(crate) trait Emit {
+    /// The stamp of the input being processed.
+    fn stamp(&self) -> Stamp;
+    /// The buffer to encode the next output into (cleared by the caller),
+    /// so one encoding serves every edge the output goes on.
+    fn encoding_buffer(&mut self) -> &mut Vec<u8>;
+    /// Sends the last encoded output on output edge `port`, to the instance
+    /// owning `hash`.
+    fn send_encoded(&mut self, port: usize, hash: u64) -> Result<(), EngineError>;
+}
+
 /// The handle through which an operator emits its outputs. Every output
 /// carries the stamp of the input being processed.
 pub struct Output<'a, T> {
     edges: &'a [Edge<T>],
-    outbox: &'a mut Outbox,
+    outbox: &'a mut dyn Emit,
 }
 
 impl<'a, T: Data> Output<'a, T> {
-    pub(crate) fn new(edges: &'a [Edge<T>], outbox: &'a mut Outbox) -> Self {
+    pub(crate) fn new(edges: &'a [Edge<T>], outbox: &'a mut dyn Emit) -> Self {
         Output { edges, outbox }
     }
 
@@ -195,8 +208,9 @@ impl<'a, T: Data> Output<'a, T> {
                 continue;
             }
             if !encoded {
-                self.outbox
-                    .encode(&value)
+                let buffer = self.outbox.encoding_buffer();
+                buffer.clear();
+                bincode::serialize_into(buffer, &value)
                     .map_err(|e| OperatorError(format!("encoding output: {e}")))?;
                 encoded = true;
             }

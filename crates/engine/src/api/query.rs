@@ -5,15 +5,16 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::Emit;
 use super::{
     Data, InstanceContext, Operator, OperatorError, Output, Sink, Source, SourceStep,
     StatefulOperator,
 };
 use crate::error::EngineError;
 use crate::hash::{key_hash, mix64};
+use crate::ids::InstanceId;
 use crate::stamp::Stamp;
 use crate::state::{KeyRange, KeyedState, StateEntry};
-use crate::worker::output::Outbox;
 
 type Filter<T> = Arc<dyn Fn(&T) -> bool + Send + Sync>;
 type Router<T> = Arc<dyn Fn(&T) -> u64 + Send + Sync>;
@@ -372,7 +373,7 @@ impl Query {
         let spec = &self.nodes[node];
         (spec.factory)(ctx, spec.edges.as_ref()).map_err(|e| EngineError::Operator {
             operator: spec.name.clone(),
-            instance: ctx.instance,
+            instance: InstanceId(ctx.instance),
             message: format!("could not start: {e}"),
         })
     }
@@ -392,13 +393,13 @@ pub(crate) enum SourcePoll {
 }
 
 pub(crate) trait SourceLogic: Send {
-    fn poll(&mut self, outbox: &mut Outbox) -> Result<SourcePoll, OperatorError>;
+    fn poll(&mut self, outbox: &mut dyn Emit) -> Result<SourcePoll, OperatorError>;
     fn checkpoint(&mut self) -> Result<Option<Vec<u8>>, OperatorError>;
     fn restore(&mut self, position: &[u8]) -> Result<(), OperatorError>;
 }
 
 pub(crate) trait ProcessLogic: Send {
-    fn process(&mut self, payload: &[u8], outbox: &mut Outbox) -> Result<(), OperatorError>;
+    fn process(&mut self, payload: &[u8], outbox: &mut dyn Emit) -> Result<(), OperatorError>;
     fn finish(&mut self) -> Result<(), OperatorError> {
         Ok(())
     }
@@ -438,7 +439,7 @@ struct SourceNode<S: Source> {
 }
 
 impl<S: Source> SourceLogic for SourceNode<S> {
-    fn poll(&mut self, outbox: &mut Outbox) -> Result<SourcePoll, OperatorError> {
+    fn poll(&mut self, outbox: &mut dyn Emit) -> Result<SourcePoll, OperatorError> {
         Ok(match self.source.next()? {
             SourceStep::Emit(value) => {
                 Output::new(&self.edges, outbox).emit(value)?;
@@ -470,7 +471,7 @@ struct StatelessNode<O: Operator> {
 }
 
 impl<O: Operator> ProcessLogic for StatelessNode<O> {
-    fn process(&mut self, payload: &[u8], outbox: &mut Outbox) -> Result<(), OperatorError> {
+    fn process(&mut self, payload: &[u8], outbox: &mut dyn Emit) -> Result<(), OperatorError> {
         if !self.range.contains(mix64(outbox.stamp().0)) {
             return Ok(());
         }
@@ -487,7 +488,7 @@ struct StatefulNode<O: StatefulOperator> {
 }
 
 impl<O: StatefulOperator> ProcessLogic for StatefulNode<O> {
-    fn process(&mut self, payload: &[u8], outbox: &mut Outbox) -> Result<(), OperatorError> {
+    fn process(&mut self, payload: &[u8], outbox: &mut dyn Emit) -> Result<(), OperatorError> {
         let input: O::In = decode(payload)?;
         let key = O::key(&input);
         if !self.range.contains(key_hash(&key)) {
@@ -513,7 +514,7 @@ struct SinkNode<S: Sink> {
 }
 
 impl<S: Sink> ProcessLogic for SinkNode<S> {
-    fn process(&mut self, payload: &[u8], _outbox: &mut Outbox) -> Result<(), OperatorError> {
+    fn process(&mut self, payload: &[u8], _outbox: &mut dyn Emit) -> Result<(), OperatorError> {
         self.sink.write(decode(payload)?)
     }
 

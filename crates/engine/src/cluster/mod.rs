@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::api::QueryRegistry;
 use crate::coordinator::{Coordinator, JobConfig, JobSummary, Provisioner};
 use crate::error::EngineError;
+use crate::plan::WorkerId;
 
 pub use cgroup::CpuLimit;
 
@@ -76,7 +77,7 @@ impl Provisioner for LocalCluster {
         for (i, child) in self.children.iter_mut().enumerate() {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(EngineError::WorkerFailed {
-                    worker: i as u32,
+                    worker: WorkerId(i as u32),
                     reason: format!("its process exited ({status})"),
                 });
             }
@@ -234,7 +235,7 @@ impl Provisioner for CommandProvisioner {
             if let Ok(Some(status)) = child.try_wait() {
                 if !status.success() {
                     return Err(EngineError::WorkerFailed {
-                        worker: u32::MAX,
+                        worker: WorkerId(u32::MAX),
                         reason: format!("`{}` exited with {status}", self.command_line()),
                     });
                 }

@@ -28,6 +28,7 @@ use std::collections::{HashMap, VecDeque};
 use crate::api::NodeKind;
 use crate::error::EngineError;
 use crate::hash::mix64;
+use crate::plan::{Incarnation, InstanceId, WorkerId};
 use crate::stamp::Stamp;
 use crate::state::{Checkpoint, CheckpointParts, OutputBuffer};
 use crate::wire::control::ToWorker;
@@ -36,15 +37,15 @@ use super::Job;
 
 /// A source's input positions, oldest first: its checkpoints, kept until a
 /// newer one is at or below its replay floor.
-pub(super) type SourcePositions = HashMap<u32, VecDeque<(Stamp, Vec<u8>)>>;
+pub(super) type SourcePositions = HashMap<InstanceId, VecDeque<(Stamp, Vec<u8>)>>;
 
 impl Job<'_> {
     /// Step 1 done: a checkpoint arrived from the current incarnation of
     /// `instance`.
     pub(super) fn checkpointed(
         &mut self,
-        instance: u32,
-        incarnation: u32,
+        instance: InstanceId,
+        incarnation: Incarnation,
         frontier: Stamp,
         bytes: Vec<u8>,
     ) -> Result<(), EngineError> {
@@ -80,14 +81,14 @@ impl Job<'_> {
     /// Step 2: ships a checkpoint to its holder.
     fn back_up(
         &mut self,
-        instance: u32,
-        incarnation: u32,
+        instance: InstanceId,
+        incarnation: Incarnation,
         frontier: Stamp,
         bytes: Vec<u8>,
     ) -> Result<(), EngineError> {
         self.copies.insert(instance, (frontier, bytes.clone()));
         let Some(holder) = self.backup_holder(instance) else {
-            tracing::warn!(instance, "no other live worker to hold its backup");
+            tracing::warn!(%instance, "no other live worker to hold its backup");
             return Ok(());
         };
         if let Err(e) = self.send(
@@ -100,7 +101,7 @@ impl Job<'_> {
             },
         ) {
             // The holder is failing; the next checkpoint picks another one.
-            tracing::warn!(instance, holder, "cannot ship a backup: {e}");
+            tracing::warn!(%instance, %holder, "cannot ship a backup: {e}");
         }
         Ok(())
     }
@@ -108,9 +109,9 @@ impl Job<'_> {
     /// Step 3: the backup is durable; upstreams may trim.
     pub(super) fn backup_stored(
         &mut self,
-        holder: u32,
-        instance: u32,
-        incarnation: u32,
+        holder: WorkerId,
+        instance: InstanceId,
+        incarnation: Incarnation,
         frontier: Stamp,
     ) {
         if !self.alive(holder) {
@@ -175,7 +176,7 @@ impl Job<'_> {
             .collect();
         for node in regenerating {
             let floor = self.floor_of(node);
-            let ids: Vec<u32> = self.plan.nodes[node]
+            let ids: Vec<InstanceId> = self.plan.nodes[node]
                 .instances
                 .iter()
                 .map(|i| i.id)
@@ -201,14 +202,17 @@ impl Job<'_> {
     }
 
     /// The replay floor of `instance` (a source or stateless one).
-    pub(super) fn floor(&self, instance: u32) -> Stamp {
+    pub(super) fn floor(&self, instance: InstanceId) -> Stamp {
         self.floors.get(&instance).copied().unwrap_or(Stamp::ZERO)
     }
 
     /// Where a failed source or stateless instance restarts: a stateless
     /// one empty at its floor; a source at its latest position at or below
     /// its floor (none: from the beginning).
-    pub(super) fn restart_point(&self, instance: u32) -> Result<Option<Vec<u8>>, EngineError> {
+    pub(super) fn restart_point(
+        &self,
+        instance: InstanceId,
+    ) -> Result<Option<Vec<u8>>, EngineError> {
         let Some((node, placed)) = self.plan.instance(instance) else {
             return Ok(None);
         };
@@ -236,11 +240,11 @@ impl Job<'_> {
 
     /// Where `instance`'s checkpoints go: a live worker hosting one of its
     /// upstreams, else any other live worker; never its own.
-    fn backup_holder(&self, instance: u32) -> Option<u32> {
+    fn backup_holder(&self, instance: InstanceId) -> Option<WorkerId> {
         let (node, placed) = self.plan.instance(instance)?;
         let own = placed.worker;
-        let alive = |w: &u32| *w != own && self.alive(*w);
-        let mut candidates: Vec<u32> = self
+        let alive = |w: &WorkerId| *w != own && self.alive(*w);
+        let mut candidates: Vec<WorkerId> = self
             .plan
             .upstream_instances(&self.query, node)
             .into_iter()
@@ -248,14 +252,17 @@ impl Job<'_> {
             .filter(alive)
             .collect();
         if candidates.is_empty() {
-            candidates = (0..self.links.len() as u32).filter(alive).collect();
+            candidates = (0..self.links.len() as u32)
+                .map(WorkerId)
+                .filter(alive)
+                .collect();
         }
         candidates.sort_unstable();
         candidates.dedup();
         if candidates.is_empty() {
             return None;
         }
-        let pick = mix64(u64::from(instance)) % candidates.len() as u64;
+        let pick = mix64(u64::from(instance.0)) % candidates.len() as u64;
         Some(candidates[pick as usize])
     }
 }

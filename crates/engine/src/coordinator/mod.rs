@@ -1,5 +1,5 @@
 //! The coordinator: gathers workers, deploys a query on them according to a
-//! [`plan::Plan`], relays checkpoints to their backup holders, detects
+//! [`Plan`], relays checkpoints to their backup holders, detects
 //! failures and drives recovery, and shuts everything down at the end.
 //!
 //! Each protocol lives in one module:
@@ -10,7 +10,7 @@
 
 mod checkpoint;
 mod monitor;
-pub mod plan;
+
 mod recovery;
 mod scale;
 mod scale_in;
@@ -30,9 +30,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{Query, QueryRegistry};
 use crate::error::EngineError;
+use crate::plan::{InstanceId, Plan, WorkerId};
 use crate::stamp::Stamp;
 use crate::wire::control::{self, InstanceStats, ToCoordinator, ToWorker};
-use plan::Plan;
 
 /// An injected failure: kill the worker hosting `operator`'s instance
 /// `index` at `at` after the start.
@@ -162,9 +162,9 @@ pub struct InstanceReport {
     /// Operator name.
     pub operator: String,
     /// Instance id.
-    pub instance: u32,
+    pub instance: InstanceId,
     /// Hosting worker.
-    pub worker: u32,
+    pub worker: WorkerId,
     /// Its counters.
     pub stats: InstanceStats,
 }
@@ -184,7 +184,7 @@ pub struct JobEvent {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RecoveryTimeline {
     /// The failed workers.
-    pub workers: Vec<u32>,
+    pub workers: Vec<WorkerId>,
     /// The instances restored (`operator[index]`).
     pub instances: Vec<String>,
     /// When the failure was injected, if it was.
@@ -249,13 +249,13 @@ fn now_ms() -> u64 {
 
 enum Event {
     Joined(TcpStream, String, u32, Arc<AtomicU64>),
-    Message(u32, ToCoordinator),
-    Lost(u32, String),
+    Message(WorkerId, ToCoordinator),
+    Lost(WorkerId, String),
 }
 
 /// A worker declared failed, waiting for its recovery.
 struct Failure {
-    worker: u32,
+    worker: WorkerId,
     reason: String,
     /// Milliseconds since the job started.
     detected_ms: u64,
@@ -272,38 +272,38 @@ struct Job<'a> {
     links: Vec<WorkerLink>,
     events_tx: Sender<Event>,
     events: Receiver<Event>,
-    deferred: VecDeque<(u32, ToCoordinator)>,
+    deferred: VecDeque<(WorkerId, ToCoordinator)>,
     /// Workers lost and not yet recovered. Recovery runs from the main loop
     /// between reconfigurations, never nested inside one (a scale out or
     /// another recovery), so two never interleave their plans.
     failing: Vec<Failure>,
     started: Instant,
-    pool: VecDeque<u32>,
+    pool: VecDeque<WorkerId>,
     /// Instance -> (holder worker, frontier) of its latest stored backup.
-    backups: HashMap<u32, (u32, Stamp)>,
+    backups: HashMap<InstanceId, (WorkerId, Stamp)>,
     /// Instances whose only backup was lost with a failed holder.
-    unprotected: HashSet<u32>,
+    unprotected: HashSet<InstanceId>,
     /// The latest checkpoint of each instance, kept here as a second copy so
     /// that a failure that takes an instance and its holder together (two
     /// workers at once) is still recoverable.
-    copies: HashMap<u32, (Stamp, Vec<u8>)>,
+    copies: HashMap<InstanceId, (Stamp, Vec<u8>)>,
     /// Replay floor of each source and stateless instance (see
     /// [`checkpoint`]): the stamp above which it can regenerate its outputs.
-    floors: HashMap<u32, Stamp>,
+    floors: HashMap<InstanceId, Stamp>,
     /// Sources' recent input positions (their checkpoints).
     source_positions: checkpoint::SourcePositions,
-    finished: BTreeMap<u32, InstanceReport>,
+    finished: BTreeMap<InstanceId, InstanceReport>,
     timeline: Vec<JobEvent>,
     recoveries: Vec<RecoveryTimeline>,
     kills: Vec<KillSpec>,
     checkpoints: u64,
     /// Restored instances that have not yet reported catching up.
-    awaiting_catch_up: HashSet<u32>,
-    rates: HashMap<u32, monitor::InstanceRates>,
+    awaiting_catch_up: HashSet<InstanceId>,
+    rates: HashMap<InstanceId, monitor::InstanceRates>,
     /// Consecutive hot reports per instance, for the policy.
-    hot: HashMap<u32, u32>,
+    hot: HashMap<InstanceId, u32>,
     /// Consecutive cold reports per instance, for the policy.
-    cold: HashMap<u32, u32>,
+    cold: HashMap<InstanceId, u32>,
     last_scale: Option<Instant>,
     scale_events: Vec<ScaleEvent>,
     scale_at: Vec<(Duration, String)>,
@@ -520,7 +520,7 @@ fn handshake(mut stream: TcpStream) -> Result<(TcpStream, ToCoordinator), Engine
 }
 
 fn spawn_reader(
-    worker: u32,
+    worker: WorkerId,
     stream: &TcpStream,
     events: Sender<Event>,
     last_heard: Arc<AtomicU64>,
@@ -563,16 +563,16 @@ impl Job<'_> {
         });
     }
 
-    fn send(&self, worker: u32, message: &ToWorker) -> Result<(), EngineError> {
-        let link = &self.links[worker as usize];
+    fn send(&self, worker: WorkerId, message: &ToWorker) -> Result<(), EngineError> {
+        let link = &self.links[worker.index()];
         control::send(&mut &link.stream, message)
     }
 
     fn broadcast(&self, message: &ToWorker) {
         for (w, link) in self.links.iter().enumerate() {
             if link.alive {
-                if let Err(e) = self.send(w as u32, message) {
-                    tracing::warn!(worker = w, "cannot reach worker: {e}");
+                if let Err(e) = self.send(WorkerId(w as u32), message) {
+                    tracing::warn!(worker = %w, "cannot reach worker: {e}");
                 }
             }
         }
@@ -593,9 +593,9 @@ impl Job<'_> {
         data_addr: String,
         pid: u32,
         last_heard: Arc<AtomicU64>,
-    ) -> Result<u32, EngineError> {
-        let index = self.links.len() as u32;
-        tracing::info!(worker = index, pid, %data_addr, "worker joined");
+    ) -> Result<WorkerId, EngineError> {
+        let index = WorkerId(self.links.len() as u32);
+        tracing::info!(worker = %index, pid, %data_addr, "worker joined");
         last_heard.store(now_ms(), Ordering::Relaxed);
         spawn_reader(index, &stream, self.events_tx.clone(), last_heard.clone())?;
         self.links.push(WorkerLink {
@@ -643,8 +643,10 @@ impl Job<'_> {
             self.config.workers,
             &self.config.partitions,
         )?;
-        self.pool = (self.config.workers as u32..wanted as u32).collect();
-        for w in 0..self.links.len() as u32 {
+        self.pool = (self.config.workers as u32..wanted as u32)
+            .map(WorkerId)
+            .collect();
+        for w in (0..self.links.len() as u32).map(WorkerId) {
             self.deploy(w)?;
         }
         let deploy_deadline = Instant::now() + self.config.startup_timeout;
@@ -709,7 +711,7 @@ impl Job<'_> {
         })
     }
 
-    fn deploy(&self, worker: u32) -> Result<(), EngineError> {
+    fn deploy(&self, worker: WorkerId) -> Result<(), EngineError> {
         self.send(
             worker,
             &ToWorker::Deploy {
@@ -730,7 +732,7 @@ impl Job<'_> {
         &mut self,
         what: &str,
         deadline: Instant,
-    ) -> Result<Option<(u32, ToCoordinator)>, EngineError> {
+    ) -> Result<Option<(WorkerId, ToCoordinator)>, EngineError> {
         loop {
             if let Some(deferred) = self.deferred.pop_front() {
                 return Ok(Some(deferred));
@@ -790,8 +792,8 @@ impl Job<'_> {
 
     /// Declares worker `w` failed: it is killed (a hung worker must not come
     /// back and interfere), leaves the pool and waits for recovery.
-    fn lose(&mut self, w: u32, reason: String) {
-        let link = &mut self.links[w as usize];
+    fn lose(&mut self, w: WorkerId, reason: String) {
+        let link = &mut self.links[w.index()];
         if !link.alive {
             return;
         }
@@ -807,11 +809,11 @@ impl Job<'_> {
     }
 
     /// Whether worker `w` is connected and not declared failed.
-    fn alive(&self, w: u32) -> bool {
-        self.links.get(w as usize).is_some_and(|l| l.alive)
+    fn alive(&self, w: WorkerId) -> bool {
+        self.links.get(w.index()).is_some_and(|l| l.alive)
     }
 
-    fn silent_worker(&self) -> Option<u32> {
+    fn silent_worker(&self) -> Option<WorkerId> {
         let timeout = self.config.heartbeat_timeout.as_millis() as u64;
         let now = now_ms();
         self.links
@@ -819,7 +821,7 @@ impl Job<'_> {
             .position(|l| {
                 l.alive && now.saturating_sub(l.last_heard.load(Ordering::Relaxed)) > timeout
             })
-            .map(|w| w as u32)
+            .map(|w| WorkerId(w as u32))
     }
 
     fn fire_kills(&mut self) {
@@ -834,12 +836,14 @@ impl Job<'_> {
                 .map(|i| i.worker);
             match worker {
                 Some(w) if self.alive(w) => {
-                    kill_process(self.links[w as usize].pid);
+                    kill_process(self.links[w.index()].pid);
                     self.record(
                         "kill",
                         format!(
                             "killed worker {w} (pid {}) hosting {}[{}]",
-                            self.links[w as usize].pid, kill.operator, kill.index
+                            self.links[w.index()].pid,
+                            kill.operator,
+                            kill.index
                         ),
                     );
                 }
@@ -852,7 +856,7 @@ impl Job<'_> {
         }
     }
 
-    fn handle(&mut self, worker: u32, message: ToCoordinator) -> Result<(), EngineError> {
+    fn handle(&mut self, worker: WorkerId, message: ToCoordinator) -> Result<(), EngineError> {
         match message {
             ToCoordinator::Checkpoint {
                 instance,
@@ -880,7 +884,7 @@ impl Job<'_> {
                     EngineError::Protocol(format!("unknown instance {instance} finished"))
                 })?;
                 let operator = self.plan.nodes[node].name.clone();
-                tracing::info!(instance, %operator, "instance finished");
+                tracing::info!(%instance, %operator, "instance finished");
                 let report = InstanceReport {
                     operator,
                     instance,
@@ -907,7 +911,7 @@ impl Job<'_> {
         }
     }
 
-    fn unexpected(&self, worker: u32, message: ToCoordinator) -> Result<(), EngineError> {
+    fn unexpected(&self, worker: WorkerId, message: ToCoordinator) -> Result<(), EngineError> {
         match message {
             ToCoordinator::WorkerFailed { error } => Err(EngineError::WorkerFailed {
                 worker,

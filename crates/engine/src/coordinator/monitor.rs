@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::plan::WorkerId;
 use crate::wire::control::{InstanceMetrics, ToWorker};
 
 use super::view::{ClusterView, HistoryPoint, InstanceView, JobCommand, OperatorView, WorkerView};
@@ -101,7 +102,7 @@ impl Job<'_> {
     }
 
     fn hosting_workers(&self) -> usize {
-        let mut hosting: Vec<u32> = self.plan.instances().map(|(_, i)| i.worker).collect();
+        let mut hosting: Vec<WorkerId> = self.plan.instances().map(|(_, i)| i.worker).collect();
         hosting.sort_unstable();
         hosting.dedup();
         hosting.len()
@@ -183,11 +184,11 @@ impl Job<'_> {
                 .iter()
                 .enumerate()
                 .map(|(w, l)| WorkerView {
-                    index: w as u32,
+                    index: WorkerId(w as u32),
                     pid: l.pid,
                     addr: self.plan.workers.get(w).cloned().unwrap_or_default(),
                     alive: l.alive,
-                    pool: self.pool.contains(&(w as u32)),
+                    pool: self.pool.contains(&WorkerId(w as u32)),
                 })
                 .collect(),
             operators,
@@ -206,7 +207,7 @@ impl Job<'_> {
         };
         for command in commands.try_iter() {
             match command {
-                JobCommand::KillWorker(w) => match self.links.get(w as usize) {
+                JobCommand::KillWorker(w) => match self.links.get(w.index()) {
                     Some(link) if link.alive => {
                         kill_process(link.pid);
                         let pid = link.pid;

@@ -16,15 +16,15 @@ use std::time::{Duration, Instant};
 
 use crate::api::NodeKind;
 use crate::error::EngineError;
+use crate::plan::{AddedInstance, InstanceId, WorkerId};
 use crate::state::Checkpoint;
 use crate::wire::control::{ToCoordinator, ToWorker};
-use crate::worker::output::AddedInstance;
 
 use super::{Event, Job, RecoveryTimeline};
 
 /// An instance and the encoded checkpoint to restore it from (none: start
 /// from the beginning).
-type Restorable = (u32, Option<Vec<u8>>);
+type Restorable = (InstanceId, Option<Vec<u8>>);
 
 /// Failures this close together are recovered as one.
 const GATHER_FAILURES: Duration = Duration::from_millis(30);
@@ -48,10 +48,10 @@ impl Job<'_> {
             return Ok(());
         };
         let (reason, detected_ms) = (first.reason.clone(), first.detected_ms);
-        let workers: Vec<u32> = failing.iter().map(|f| f.worker).collect();
+        let workers: Vec<WorkerId> = failing.iter().map(|f| f.worker).collect();
         self.record("failure", format!("workers {workers:?} failed: {reason}"));
         // Backups the failed workers held are gone.
-        let lost: Vec<u32> = self
+        let lost: Vec<InstanceId> = self
             .backups
             .iter()
             .filter(|(_, (holder, _))| workers.contains(holder))
@@ -66,7 +66,7 @@ impl Job<'_> {
                 self.provisioner.provision()?;
             }
         }
-        let failed: Vec<u32> = self
+        let failed: Vec<InstanceId> = self
             .plan
             .instances()
             .filter(|(_, i)| workers.contains(&i.worker))
@@ -86,7 +86,7 @@ impl Job<'_> {
         let checkpoints = self.fetch_checkpoints(&failed)?;
 
         // 3. Restore on replacement workers, one per failed worker.
-        let mut targets: HashMap<u32, u32> = HashMap::new();
+        let mut targets: HashMap<WorkerId, WorkerId> = HashMap::new();
         for &w in &workers {
             let target = match self.pool.pop_front() {
                 Some(p) => p,
@@ -99,7 +99,8 @@ impl Job<'_> {
             };
             targets.insert(w, target);
         }
-        let mut by_target: HashMap<u32, Vec<(u32, Option<serde_bytes::ByteBuf>)>> = HashMap::new();
+        let mut by_target: HashMap<WorkerId, Vec<(InstanceId, Option<serde_bytes::ByteBuf>)>> =
+            HashMap::new();
         let mut names = Vec::new();
         let mut added = Vec::new();
         for (id, bytes) in checkpoints {
@@ -165,7 +166,7 @@ impl Job<'_> {
         );
 
         // 4. Rewire upstreams and downstreams; replay follows.
-        let new_instances: Vec<u32> = added.iter().map(|a| a.id).collect();
+        let new_instances: Vec<InstanceId> = added.iter().map(|a| a.id).collect();
         self.broadcast(&ToWorker::PlanUpdate {
             plan: self.plan.clone(),
             added,
@@ -195,10 +196,10 @@ impl Job<'_> {
     /// Asks the holders for the failed instances' checkpoints (none: the
     /// instance never completed a backup and restarts from the beginning,
     /// which its upstreams can replay since they never trimmed for it).
-    fn fetch_checkpoints(&mut self, failed: &[u32]) -> Result<Vec<Restorable>, EngineError> {
+    fn fetch_checkpoints(&mut self, failed: &[InstanceId]) -> Result<Vec<Restorable>, EngineError> {
         let mut result = Vec::new();
         // Instance -> the holder asked for its backup.
-        let mut asked: HashMap<u32, u32> = HashMap::new();
+        let mut asked: HashMap<InstanceId, WorkerId> = HashMap::new();
         for &id in failed {
             let backed_up = self
                 .plan
@@ -230,7 +231,7 @@ impl Job<'_> {
                     let bytes = match bytes.filter(|b| Checkpoint::verify(b).is_ok()) {
                         Some(bytes) => Some(bytes),
                         None => {
-                            tracing::warn!(instance, "its holder has no good backup: restoring the coordinator's replica");
+                            tracing::warn!(%instance, "its holder has no good backup: restoring the coordinator's replica");
                             self.replica(instance)?
                         }
                     };
@@ -239,7 +240,7 @@ impl Job<'_> {
                 Some(_) => {}
                 None => {
                     // A holder failed before it answered: use the replica.
-                    let orphaned: Vec<u32> = asked
+                    let orphaned: Vec<InstanceId> = asked
                         .iter()
                         .filter(|(_, holder)| !self.alive(**holder))
                         .map(|(id, _)| *id)
@@ -259,7 +260,7 @@ impl Job<'_> {
     /// holder failed too (none: the instance never checkpointed and restarts
     /// from the beginning, which its upstreams can replay since they never
     /// trimmed for it).
-    fn replica(&self, id: u32) -> Result<Option<Vec<u8>>, EngineError> {
+    fn replica(&self, id: InstanceId) -> Result<Option<Vec<u8>>, EngineError> {
         match self.copies.get(&id) {
             Some((_, bytes)) => Ok(Some(bytes.clone())),
             None if self.unprotected.contains(&id) => Err(EngineError::Checkpoint(format!(
@@ -274,13 +275,13 @@ impl Job<'_> {
     /// is not waited for: its instances are recovered next, like any other.
     pub(super) fn restore_on(
         &mut self,
-        by_target: HashMap<u32, Vec<(u32, Option<serde_bytes::ByteBuf>)>>,
+        by_target: HashMap<WorkerId, Vec<(InstanceId, Option<serde_bytes::ByteBuf>)>>,
         what: &str,
     ) -> Result<(), EngineError> {
         // Instance -> the worker restoring it.
-        let mut waiting: HashMap<u32, u32> = HashMap::new();
+        let mut waiting: HashMap<InstanceId, WorkerId> = HashMap::new();
         for (target, instances) in by_target {
-            let ids: Vec<u32> = instances.iter().map(|(id, _)| *id).collect();
+            let ids: Vec<InstanceId> = instances.iter().map(|(id, _)| *id).collect();
             let message = ToWorker::Restore {
                 instances,
                 plan: self.plan.clone(),
@@ -301,7 +302,7 @@ impl Job<'_> {
                     waiting.remove(&instance);
                 }
                 Some((w, other)) => self.unexpected(w, other)?,
-                None => waiting.retain(|_, target| self.links[*target as usize].alive),
+                None => waiting.retain(|_, target| self.links[target.index()].alive),
             }
         }
         Ok(())
@@ -315,7 +316,7 @@ impl Job<'_> {
         what: &str,
         deadline: Instant,
         want: impl Fn(&ToCoordinator) -> bool,
-    ) -> Result<Option<(u32, ToCoordinator)>, EngineError> {
+    ) -> Result<Option<(WorkerId, ToCoordinator)>, EngineError> {
         let mut deferred = Vec::new();
         let result = loop {
             match self.wait(what, deadline) {
@@ -331,18 +332,19 @@ impl Job<'_> {
         result
     }
 
-    fn least_loaded_worker(&self) -> Option<u32> {
-        let mut load: HashMap<u32, usize> = HashMap::new();
+    fn least_loaded_worker(&self) -> Option<WorkerId> {
+        let mut load: HashMap<WorkerId, usize> = HashMap::new();
         for (_, i) in self.plan.instances() {
             *load.entry(i.worker).or_default() += 1;
         }
         (0..self.links.len() as u32)
+            .map(WorkerId)
             .filter(|w| self.alive(*w))
             .min_by_key(|w| load.get(w).copied().unwrap_or(0))
     }
 
     /// Step 5: a restored instance worked off its backlog.
-    pub(super) fn caught_up(&mut self, instance: u32) {
+    pub(super) fn caught_up(&mut self, instance: InstanceId) {
         self.awaiting_catch_up.remove(&instance);
         if self.awaiting_catch_up.is_empty() {
             let now = self.elapsed_ms();

@@ -21,9 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::NodeKind;
 use crate::error::EngineError;
+use crate::plan::{AddedInstance, Incarnation, InstanceId, WorkerId};
 use crate::state::{Checkpoint, KeyRange};
 use crate::wire::control::{ToCoordinator, ToWorker};
-use crate::worker::output::AddedInstance;
 
 use super::Job;
 
@@ -72,11 +72,11 @@ pub struct ScaleEvent {
     /// The operator.
     pub operator: String,
     /// The instance split (or merged into).
-    pub instance: u32,
+    pub instance: InstanceId,
     /// The new instance (upper half), or the one merged away.
-    pub new_instance: u32,
+    pub new_instance: InstanceId,
     /// The worker the new instance runs on, or the one a merge freed.
-    pub worker: u32,
+    pub worker: WorkerId,
     /// Partitions before and after.
     pub partitions_before: usize,
     /// Partitions after.
@@ -134,7 +134,11 @@ fn split_point(checkpoint: &Checkpoint) -> (KeyRange, KeyRange) {
 impl Job<'_> {
     /// Splits `instance` in two; refuses (with an event, not an error) when it
     /// cannot: no pool worker, a source or sink, a range too small.
-    pub(super) fn scale_out(&mut self, instance: u32, reason: &str) -> Result<(), EngineError> {
+    pub(super) fn scale_out(
+        &mut self,
+        instance: InstanceId,
+        reason: &str,
+    ) -> Result<(), EngineError> {
         let started = Instant::now();
         let decided_ms = self.elapsed_ms();
         let Some((node, placed)) = self.plan.instance(instance).map(|(n, p)| (n, p.clone())) else {
@@ -210,7 +214,7 @@ impl Job<'_> {
         } else {
             self.floors.insert(new_id, frontier);
         }
-        let mut by_target: HashMap<u32, Vec<_>> = HashMap::new();
+        let mut by_target: HashMap<WorkerId, Vec<_>> = HashMap::new();
         for (worker, id, part) in [
             (placed.worker, instance, low_bytes),
             (target, new_id, high_bytes),
@@ -279,9 +283,9 @@ impl Job<'_> {
     /// the instance fails (or is replaced) before it arrives.
     fn split_checkpoint(
         &mut self,
-        instance: u32,
-        incarnation: u32,
-        worker: u32,
+        instance: InstanceId,
+        incarnation: Incarnation,
+        worker: WorkerId,
     ) -> Result<Option<(crate::stamp::Stamp, Vec<u8>)>, EngineError> {
         let alive = |job: &Self| {
             job.alive(worker)
@@ -351,8 +355,10 @@ impl Job<'_> {
         {
             return Ok(());
         }
-        let streak = |counts: &HashMap<u32, u32>, id: u32| counts.get(&id).copied().unwrap_or(0);
-        let utilization = |id: u32| self.rates.get(&id).map_or(0.0, |r| r.utilization);
+        let streak = |counts: &HashMap<InstanceId, u32>, id: InstanceId| {
+            counts.get(&id).copied().unwrap_or(0)
+        };
+        let utilization = |id: InstanceId| self.rates.get(&id).map_or(0.0, |r| r.utilization);
         let elastic: Vec<usize> = (0..self.plan.nodes.len())
             .filter(|&n| matches!(self.query.kind(n), NodeKind::Stateful | NodeKind::Stateless))
             .collect();

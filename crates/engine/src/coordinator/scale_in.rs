@@ -22,13 +22,13 @@ use std::time::{Duration, Instant};
 
 use crate::api::NodeKind;
 use crate::error::EngineError;
+use crate::plan::{InstanceId, MergedInstance};
 use crate::stamp::Stamp;
 use crate::state::Checkpoint;
 use crate::wire::control::{ToCoordinator, ToWorker};
-use crate::worker::output::MergedInstance;
 
-use super::plan::InstancePlan;
 use super::{Job, ScaleEvent};
+use crate::plan::InstancePlan;
 
 /// Two partitions' checkpoints at one frontier: (frontier, lower, upper).
 type Aligned = (Stamp, Vec<u8>, Vec<u8>);
@@ -64,9 +64,13 @@ impl Job<'_> {
     /// The adjacent pair of `node`'s partitions with the lowest utilisation
     /// together, among those both cold for at least `cold_reports` reports
     /// in a row; with that utilisation.
-    pub(super) fn coldest_pair(&self, node: usize, cold_reports: u32) -> Option<(u32, u32, f64)> {
-        let utilization = |id: u32| self.rates.get(&id).map_or(0.0, |r| r.utilization);
-        let cold = |id: u32| self.cold.get(&id).copied().unwrap_or(0) >= cold_reports;
+    pub(super) fn coldest_pair(
+        &self,
+        node: usize,
+        cold_reports: u32,
+    ) -> Option<(InstanceId, InstanceId, f64)> {
+        let utilization = |id: InstanceId| self.rates.get(&id).map_or(0.0, |r| r.utilization);
+        let cold = |id: InstanceId| self.cold.get(&id).copied().unwrap_or(0) >= cold_reports;
         self.plan.nodes[node]
             .instances
             .windows(2)
@@ -86,8 +90,8 @@ impl Job<'_> {
     /// (with an event, not an error) when it cannot.
     pub(super) fn scale_in(
         &mut self,
-        lower: u32,
-        upper: u32,
+        lower: InstanceId,
+        upper: InstanceId,
         reason: &str,
     ) -> Result<(), EngineError> {
         let started = Instant::now();
@@ -233,7 +237,7 @@ impl Job<'_> {
                 return Ok(self.call_off(&pair));
             }
         }
-        let mut paused: HashMap<u32, Stamp> = HashMap::new();
+        let mut paused: HashMap<InstanceId, Stamp> = HashMap::new();
         let deadline = Instant::now() + ALIGN_TIMEOUT;
         while paused.len() < 2 {
             let answer = self.wait_for("a pause for a merge", deadline, |m| {
@@ -262,7 +266,7 @@ impl Job<'_> {
                 return Ok(self.call_off(&pair));
             }
         }
-        let mut checkpoints: HashMap<u32, Vec<u8>> = HashMap::new();
+        let mut checkpoints: HashMap<InstanceId, Vec<u8>> = HashMap::new();
         let deadline = Instant::now() + ALIGN_TIMEOUT;
         while checkpoints.len() < 2 {
             let answer = self.wait_for("checkpoints for a merge", deadline, |m| {
@@ -299,7 +303,7 @@ impl Job<'_> {
                     until: Stamp::END,
                 };
                 if let Err(e) = self.send(p.worker, &resume) {
-                    tracing::warn!(instance = p.id, "cannot resume after a merge: {e}");
+                    tracing::warn!(instance = %p.id, "cannot resume after a merge: {e}");
                 }
             }
         }

@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 
 use super::{JobEvent, RecoveryTimeline};
+use crate::plan::{Incarnation, InstanceId, WorkerId};
 
 /// The view, shared between the coordinator (writer) and servers (readers).
 pub type SharedView = Arc<RwLock<ClusterView>>;
@@ -44,7 +45,7 @@ pub struct ClusterView {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct WorkerView {
     /// Index in the plan.
-    pub index: u32,
+    pub index: WorkerId,
     /// OS process id.
     pub pid: u32,
     /// Data-channel address.
@@ -70,17 +71,17 @@ pub struct OperatorView {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct InstanceView {
     /// Instance id.
-    pub id: u32,
+    pub id: InstanceId,
     /// Index within the operator.
     pub index: u32,
     /// Hosting worker.
-    pub worker: u32,
+    pub worker: WorkerId,
     /// First key hash owned.
     pub key_start: u64,
     /// Last key hash owned.
     pub key_end: u64,
     /// Times restored.
-    pub incarnation: u32,
+    pub incarnation: Incarnation,
     /// CPU time over wall time in the last interval, as a share of the
     /// worker's CPU allowance (1.0 = one core, or the whole `--worker-cpu` quota).
     pub utilization: f64,
@@ -102,7 +103,7 @@ pub struct InstanceView {
     /// or stateless instance, which keep none, its replay floor.
     pub checkpoint_frontier: Option<u64>,
     /// Worker holding that backup.
-    pub backup_worker: Option<u32>,
+    pub backup_worker: Option<WorkerId>,
     /// Size of its latest checkpoint, bytes.
     pub checkpoint_bytes: u64,
     /// Keys in its state at its latest checkpoint.
@@ -132,7 +133,7 @@ pub struct HistoryPoint {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobCommand {
     /// Kill a worker process (SIGKILL), to see it recover.
-    KillWorker(u32),
+    KillWorker(WorkerId),
     /// Kill the worker hosting an instance of an operator.
     KillInstance {
         /// Operator name.

@@ -8,10 +8,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{MAX_CONTROL_FRAME, PROTOCOL_VERSION};
-use crate::coordinator::plan::Plan;
 use crate::error::EngineError;
+use crate::plan::{AddedInstance, MergedInstance};
+use crate::plan::{Incarnation, InstanceId, Plan, WorkerId};
 use crate::stamp::Stamp;
-use crate::worker::output::{AddedInstance, MergedInstance};
 
 const MAGIC: &[u8; 4] = b"SPTC";
 
@@ -29,7 +29,7 @@ pub struct InstanceStats {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct InstanceMetrics {
     /// The instance.
-    pub instance: u32,
+    pub instance: InstanceId,
     /// Tuples processed (sources: emitted) so far.
     pub tuples_in: u64,
     /// Tuples sent so far.
@@ -80,9 +80,9 @@ pub enum ToCoordinator {
     /// One of the worker's instances took a checkpoint: back it up.
     Checkpoint {
         /// The instance.
-        instance: u32,
+        instance: InstanceId,
         /// Its incarnation: checkpoints of a replaced one are stale.
-        incarnation: u32,
+        incarnation: Incarnation,
         /// The checkpoint's frontier.
         frontier: Stamp,
         /// The encoded checkpoint.
@@ -92,16 +92,16 @@ pub enum ToCoordinator {
     /// This worker now holds the backup of `instance` at `frontier`.
     BackupStored {
         /// The instance backed up.
-        instance: u32,
+        instance: InstanceId,
         /// The incarnation the backup belongs to.
-        incarnation: u32,
+        incarnation: Incarnation,
         /// The backup's frontier.
         frontier: Stamp,
     },
     /// The backup asked for with [`ToWorker::FetchBackup`].
     Backup {
         /// The instance.
-        instance: u32,
+        instance: InstanceId,
         /// The encoded checkpoint, if this worker holds one.
         #[serde(with = "serde_bytes")]
         bytes: Option<Vec<u8>>,
@@ -111,26 +111,26 @@ pub enum ToCoordinator {
     /// An instance told to [`ToWorker::Pause`] stopped at `done`.
     Paused {
         /// The instance.
-        instance: u32,
+        instance: InstanceId,
         /// Its incarnation.
-        incarnation: u32,
+        incarnation: Incarnation,
         /// Every input at or below it is processed, none above.
         done: Stamp,
     },
     /// A restored instance was created and started.
     Restored {
         /// The instance.
-        instance: u32,
+        instance: InstanceId,
     },
     /// A restored instance has worked off the backlog of its recovery.
     CaughtUp {
         /// The instance.
-        instance: u32,
+        instance: InstanceId,
     },
     /// An instance reached the end of its input.
     InstanceFinished {
         /// Instance id.
-        instance: u32,
+        instance: InstanceId,
         /// Its counters.
         stats: InstanceStats,
     },
@@ -142,7 +142,7 @@ pub enum ToCoordinator {
     /// An instance stopped on an error.
     InstanceFailed {
         /// Instance id.
-        instance: u32,
+        instance: InstanceId,
         /// What went wrong.
         error: String,
     },
@@ -164,7 +164,7 @@ pub enum ToWorker {
         /// Which instance runs where.
         plan: Plan,
         /// The receiving worker's index in the plan.
-        worker: u32,
+        worker: WorkerId,
         /// Checkpoint interval in milliseconds; 0 turns fault tolerance off.
         checkpoint_ms: u64,
     },
@@ -173,9 +173,9 @@ pub enum ToWorker {
     /// Hold this checkpoint as the backup of `instance`.
     StoreBackup {
         /// The instance it belongs to.
-        instance: u32,
+        instance: InstanceId,
         /// The incarnation that took it.
-        incarnation: u32,
+        incarnation: Incarnation,
         /// Its frontier.
         frontier: Stamp,
         /// The encoded checkpoint.
@@ -185,13 +185,13 @@ pub enum ToWorker {
     /// Send the backup of `instance` back to the coordinator.
     FetchBackup {
         /// The instance.
-        instance: u32,
+        instance: InstanceId,
     },
     /// Downstream instance `downstream` has a durable checkpoint at
     /// `frontier`: upstreams may drop the outputs it covers.
     Trim {
         /// The checkpointed instance.
-        downstream: u32,
+        downstream: InstanceId,
         /// Its frontier.
         frontier: Stamp,
     },
@@ -199,7 +199,7 @@ pub enum ToWorker {
     /// the beginning), as placed in `plan`.
     Restore {
         /// Instance ids and encoded checkpoints.
-        instances: Vec<(u32, Option<serde_bytes::ByteBuf>)>,
+        instances: Vec<(InstanceId, Option<serde_bytes::ByteBuf>)>,
         /// The plan after the recovery.
         plan: Plan,
     },
@@ -218,14 +218,14 @@ pub enum ToWorker {
     /// ([`ToCoordinator::Paused`]): it is about to be merged.
     Pause {
         /// The instance.
-        instance: u32,
+        instance: InstanceId,
     },
     /// A paused `instance` should process up to exactly `until` and, unless
     /// `until` is the end (the merge was called off), checkpoint there with
     /// its output buffer and stay paused.
     Resume {
         /// The instance.
-        instance: u32,
+        instance: InstanceId,
         /// Where to stop again.
         until: Stamp,
     },

@@ -9,6 +9,7 @@ use std::io::{self, Read, Write};
 
 use super::{MAX_FRAME, PROTOCOL_VERSION};
 use crate::error::EngineError;
+use crate::plan::{Incarnation, InstanceId};
 use crate::stamp::Stamp;
 
 const MAGIC: &[u8; 4] = b"SPTD";
@@ -18,12 +19,12 @@ const HELLO: usize = 18;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChannelHello {
     /// Upstream instance id.
-    pub from: u32,
+    pub from: InstanceId,
     /// How many times the upstream instance has been restored: batches of an
     /// older incarnation are stale.
-    pub incarnation: u32,
+    pub incarnation: Incarnation,
     /// Downstream instance id.
-    pub to: u32,
+    pub to: InstanceId,
 }
 
 /// Writes the handshake that opens a data channel.
@@ -31,9 +32,9 @@ pub fn write_hello(w: &mut impl Write, hello: ChannelHello) -> io::Result<()> {
     let mut buf = [0u8; HELLO];
     buf[..4].copy_from_slice(MAGIC);
     buf[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-    buf[6..10].copy_from_slice(&hello.from.to_le_bytes());
-    buf[10..14].copy_from_slice(&hello.incarnation.to_le_bytes());
-    buf[14..18].copy_from_slice(&hello.to.to_le_bytes());
+    buf[6..10].copy_from_slice(&hello.from.0.to_le_bytes());
+    buf[10..14].copy_from_slice(&hello.incarnation.0.to_le_bytes());
+    buf[14..18].copy_from_slice(&hello.to.0.to_le_bytes());
     w.write_all(&buf)
 }
 
@@ -55,9 +56,9 @@ pub fn read_hello(r: &mut impl Read) -> Result<ChannelHello, EngineError> {
     }
     let word = |i: usize| u32::from_le_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
     Ok(ChannelHello {
-        from: word(6),
-        incarnation: word(10),
-        to: word(14),
+        from: InstanceId(word(6)),
+        incarnation: Incarnation(word(10)),
+        to: InstanceId(word(14)),
     })
 }
 
@@ -113,9 +114,9 @@ mod tests {
     fn frames_round_trip() {
         let mut buf = Vec::new();
         let hello = ChannelHello {
-            from: 3,
-            incarnation: 2,
-            to: 9,
+            from: InstanceId(3),
+            incarnation: Incarnation(2),
+            to: InstanceId(9),
         };
         write_hello(&mut buf, hello).unwrap();
         write_batch(&mut buf, b"abc", Stamp(42)).unwrap();

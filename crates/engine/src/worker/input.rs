@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::output::{AddedInstance, MergedInstance};
-use crate::coordinator::plan::Plan;
 use crate::error::EngineError;
+use crate::plan::{AddedInstance, Incarnation, InstanceId, MergedInstance, Plan};
 use crate::stamp::Stamp;
 use crate::wire::data::{read_batch, read_hello};
 
@@ -23,20 +22,23 @@ pub(crate) enum InputEvent {
     /// A batch of tuples from incarnation `incarnation` of upstream instance
     /// `from`, then its mark.
     Batch {
-        from: u32,
-        incarnation: u32,
+        from: InstanceId,
+        incarnation: Incarnation,
         body: Vec<u8>,
         mark: Stamp,
     },
     /// The channel from `from` ended; `error` says why if not cleanly.
-    Closed { from: u32, error: Option<String> },
+    Closed {
+        from: InstanceId,
+        error: Option<String>,
+    },
 }
 
 /// Control for an instance, from the coordinator through its worker. It has
 /// its own unbounded queue: the worker must never block on a busy instance.
 pub(crate) enum ControlEvent {
     /// Downstream `to` checkpointed at `frontier`: trim the output buffer.
-    Trim { to: u32, frontier: Stamp },
+    Trim { to: InstanceId, frontier: Stamp },
     /// The plan changed (a recovery or a split): reconnect to restored
     /// downstreams, connect to added ones, accept added upstreams.
     Replan {
@@ -70,17 +72,17 @@ struct InboxSenders {
 /// Where events are delivered: instance id -> queues.
 #[derive(Clone, Default)]
 pub(crate) struct Inboxes {
-    senders: Arc<Mutex<HashMap<u32, InboxSenders>>>,
+    senders: Arc<Mutex<HashMap<InstanceId, InboxSenders>>>,
 }
 
 impl Inboxes {
     /// Tells a running instance to stop (it is being replaced here).
-    pub(crate) fn stop(&self, instance: u32) {
+    pub(crate) fn stop(&self, instance: InstanceId) {
         self.control(instance, ControlEvent::Stop);
     }
 
     /// Creates the queues of `instance` (replacing any earlier ones).
-    pub(crate) fn create(&self, instance: u32) -> Inbox {
+    pub(crate) fn create(&self, instance: InstanceId) -> Inbox {
         let (data_tx, data) = crossbeam_channel::bounded(INBOX_BATCHES);
         let (control_tx, control) = crossbeam_channel::unbounded();
         self.lock().insert(
@@ -101,19 +103,19 @@ impl Inboxes {
     }
 
     /// Sends `event` to `instance`, if it runs here.
-    pub(crate) fn control(&self, instance: u32, event: ControlEvent) {
+    pub(crate) fn control(&self, instance: InstanceId, event: ControlEvent) {
         if let Some(senders) = self.lock().get(&instance) {
             let _ = senders.control.send(event);
         }
     }
 
-    fn data(&self, instance: u32) -> Option<Sender<InputEvent>> {
+    fn data(&self, instance: InstanceId) -> Option<Sender<InputEvent>> {
         self.lock().get(&instance).map(|s| s.data.clone())
     }
 
     /// Waits a little for `instance`'s inbox: during a deployment or a
     /// recovery an upstream may connect before the instance is created.
-    fn wait_for(&self, instance: u32) -> Option<Sender<InputEvent>> {
+    fn wait_for(&self, instance: InstanceId) -> Option<Sender<InputEvent>> {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
             if let Some(inbox) = self.data(instance) {
@@ -126,7 +128,7 @@ impl Inboxes {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, InboxSenders>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, InboxSenders>> {
         // A poisoned map only means a thread panicked mid-insert; the map is
         // still consistent.
         self.senders.lock().unwrap_or_else(|p| p.into_inner())

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::select;
 
 use super::input::{ControlEvent, Inbox, InputEvent};
-use super::output::{AddedInstance, MergedInstance, Outbox, Sender};
+use super::output::{Outbox, Sender};
 use crate::api::{Logic, NodeKind, OperatorError, ProcessLogic, Query, SourceLogic, SourcePoll};
-use crate::coordinator::plan::Plan;
 use crate::error::EngineError;
+use crate::plan::{AddedInstance, Incarnation, InstanceId, MergedInstance, Plan};
 use crate::stamp::merge::Merge;
 use crate::stamp::Stamp;
 use crate::state::{Checkpoint, CheckpointParts, KeyRange, OutputBuffer};
@@ -29,21 +29,24 @@ const EVENTS_PER_ROUND: usize = 256;
 pub(crate) enum Report {
     /// A checkpoint to back up.
     Checkpoint {
-        instance: u32,
-        incarnation: u32,
+        instance: InstanceId,
+        incarnation: Incarnation,
         frontier: Stamp,
         bytes: Vec<u8>,
     },
     /// The instance paused at `done`, as asked (a merge is coming).
     Paused {
-        instance: u32,
-        incarnation: u32,
+        instance: InstanceId,
+        incarnation: Incarnation,
         done: Stamp,
     },
     /// The instance reached the end of its input.
-    Finished { instance: u32, stats: InstanceStats },
+    Finished {
+        instance: InstanceId,
+        stats: InstanceStats,
+    },
     /// A restored instance has drained the backlog its recovery built up.
-    CaughtUp { instance: u32 },
+    CaughtUp { instance: InstanceId },
     /// Periodic counters.
     Metrics(InstanceMetrics),
 }
@@ -271,8 +274,8 @@ impl Runner {
                 // Losing an upstream is the coordinator's business: it will
                 // restore it and a new incarnation will connect.
                 tracing::debug!(
-                    instance = self.me.instance,
-                    from,
+                    instance = %self.me.instance,
+                    %from,
                     ?error,
                     "input channel closed"
                 );
@@ -335,7 +338,7 @@ impl Runner {
         }
         .encode()?;
         tracing::debug!(
-            instance = self.me.instance,
+            instance = %self.me.instance,
             frontier = frontier.0,
             bytes = bytes.len(),
             "checkpoint"
@@ -628,8 +631,8 @@ enum Outcome {
 
 /// A batch taken off the inbox.
 struct Batch {
-    from: u32,
-    incarnation: u32,
+    from: InstanceId,
+    incarnation: Incarnation,
     body: Vec<u8>,
     mark: Stamp,
 }
@@ -637,11 +640,11 @@ struct Batch {
 /// An instance's input channels, as the merge sees them.
 pub(crate) struct Inputs {
     /// Upstream instance id -> merge channel.
-    pub(crate) channels: HashMap<u32, usize>,
+    pub(crate) channels: HashMap<InstanceId, usize>,
     /// Per channel, the upstream incarnation its batches come from.
-    incarnations: Vec<Option<u32>>,
+    incarnations: Vec<Option<Incarnation>>,
     /// Upstream instance id -> its incarnation in the latest plan here.
-    planned: HashMap<u32, u32>,
+    planned: HashMap<InstanceId, Incarnation>,
     /// Batches from an upstream this instance does not know yet: a new
     /// partition, or a new incarnation, whose plan change is on its way.
     early: Vec<Batch>,
@@ -699,7 +702,7 @@ impl Inputs {
         &mut self,
         merge: &mut Merge,
         plan: &Plan,
-        upstreams: &[u32],
+        upstreams: &[InstanceId],
         added: &[AddedInstance],
         merged: &[MergedInstance],
     ) -> Result<(), EngineError> {
@@ -735,7 +738,7 @@ impl Inputs {
 }
 
 /// The incarnation of each of `upstreams` in `plan`.
-fn planned(plan: &Plan, upstreams: &[u32]) -> HashMap<u32, u32> {
+fn planned(plan: &Plan, upstreams: &[InstanceId]) -> HashMap<InstanceId, Incarnation> {
     upstreams
         .iter()
         .filter_map(|id| plan.instance(*id).map(|(_, p)| (*id, p.incarnation)))

@@ -14,8 +14,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::api::{InstanceContext, Query, QueryRegistry};
-use crate::coordinator::plan::Plan;
 use crate::error::EngineError;
+use crate::plan::{InstanceId, Plan, WorkerId};
 use crate::stamp::Stamp;
 use crate::state::Checkpoint;
 use crate::wire::control::{self, ToCoordinator, ToWorker, HEARTBEAT_EVERY};
@@ -54,7 +54,7 @@ type ControlWriter = Arc<Mutex<TcpStream>>;
 struct Deployment {
     query: Arc<Query>,
     plan: Arc<Plan>,
-    worker: u32,
+    worker: WorkerId,
     checkpoint_every: Option<Duration>,
     /// Created at deployment, started by `Start`.
     pending: Vec<Instance>,
@@ -96,7 +96,7 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
     let reports = spawn_reporter(writer.clone())?;
 
     let mut deployment: Option<Deployment> = None;
-    let mut backups: HashMap<u32, (Stamp, Vec<u8>)> = HashMap::new();
+    let mut backups: HashMap<InstanceId, (Stamp, Vec<u8>)> = HashMap::new();
     loop {
         let Some(message) = control::recv::<ToWorker>(&mut control)? else {
             if deployment.is_none() {
@@ -117,7 +117,7 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
             } => {
                 let deployed = deploy(registry, &query, &params, plan, worker, checkpoint_ms)
                     .and_then(|mut d| {
-                        let placed: Vec<u32> = d
+                        let placed: Vec<InstanceId> = d
                             .plan
                             .instances()
                             .filter(|(_, i)| i.worker == worker)
@@ -159,7 +159,7 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
                 // A backup corrupted on the way is not acknowledged: the
                 // previous one stays the instance's durable checkpoint.
                 if let Err(e) = Checkpoint::verify(&bytes) {
-                    tracing::warn!(instance, "refusing a backup: {e}");
+                    tracing::warn!(%instance, "refusing a backup: {e}");
                     continue;
                 }
                 backups.insert(instance, (frontier, bytes));
@@ -368,7 +368,7 @@ impl CorruptionInjector {
 /// faster than they can be shipped, only the latest is worth shipping.
 fn coalesce(first: Report, rx: &crossbeam_channel::Receiver<Report>) -> Vec<Report> {
     let batch: Vec<Report> = std::iter::once(first).chain(rx.try_iter()).collect();
-    let mut latest: HashMap<u32, usize> = HashMap::new();
+    let mut latest: HashMap<InstanceId, usize> = HashMap::new();
     for (i, report) in batch.iter().enumerate() {
         if let Report::Checkpoint { instance, .. } = report {
             latest.insert(*instance, i);
@@ -419,7 +419,7 @@ fn deploy(
     query_name: &str,
     params: &str,
     plan: Plan,
-    worker: u32,
+    worker: WorkerId,
     checkpoint_ms: u64,
 ) -> Result<Deployment, EngineError> {
     let params: serde_json::Value = serde_json::from_str(params)
@@ -439,7 +439,7 @@ fn deploy(
 /// exists from here on so that data channels opened early find it.
 fn create_instance(
     d: &Deployment,
-    id: u32,
+    id: InstanceId,
     restore: Option<Checkpoint>,
     inboxes: &Inboxes,
     reports: &crossbeam_channel::Sender<Report>,
@@ -450,7 +450,7 @@ fn create_instance(
         .ok_or_else(|| EngineError::InvalidQuery(format!("instance {id} is not in the plan")))?;
     let ctx = InstanceContext {
         operator: d.query.name(node).to_string(),
-        instance: id,
+        instance: id.0,
         index: placed.index,
         parallelism: d.plan.nodes[node].instances.len() as u32,
         key_range: placed.key_range,
@@ -506,7 +506,7 @@ fn start_instance(
         .spawn(move || {
             let result = connect_outbox(&d, me).and_then(|outbox| instance.run(outbox));
             if let Err(e) = result {
-                tracing::error!(instance = me.instance, "instance failed: {e}");
+                tracing::error!(instance = %me.instance, "instance failed: {e}");
                 let failed = ToCoordinator::InstanceFailed {
                     instance: me.instance,
                     error: e.to_string(),

@@ -5,11 +5,9 @@
 use std::io::Write;
 use std::net::TcpStream;
 
-use serde::Serialize;
-
-use crate::api::Query;
-use crate::coordinator::plan::Plan;
+use crate::api::{Emit, Query};
 use crate::error::EngineError;
+use crate::plan::{AddedInstance, Incarnation, InstanceId, MergedInstance, Plan};
 use crate::stamp::merge::write_tuple;
 use crate::stamp::Stamp;
 use crate::state::{OutputBuffer, RoutingTable};
@@ -21,12 +19,12 @@ const FLUSH_BYTES: usize = 64 << 10;
 /// Who sends on a channel: the upstream instance and its incarnation.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Sender {
-    pub(crate) instance: u32,
-    pub(crate) incarnation: u32,
+    pub(crate) instance: InstanceId,
+    pub(crate) incarnation: Incarnation,
 }
 
 /// Opens a data channel to instance `to` at `addr`.
-fn connect(from: Sender, to: u32, addr: &str) -> Result<Box<dyn Write + Send>, EngineError> {
+fn connect(from: Sender, to: InstanceId, addr: &str) -> Result<Box<dyn Write + Send>, EngineError> {
     let stream = TcpStream::connect(addr).map_err(|e| {
         EngineError::io(
             format!("opening data channel {}->{to} to {addr}", from.instance),
@@ -51,9 +49,9 @@ fn connect(from: Sender, to: u32, addr: &str) -> Result<Box<dyn Write + Send>, E
 
 /// One outgoing data channel (this instance -> one downstream instance).
 struct ChannelWriter {
-    to: u32,
+    to: InstanceId,
     /// The incarnation of `to` the current connection goes to.
-    incarnation: u32,
+    incarnation: Incarnation,
     /// `None` while the downstream is down: batches then only go to the
     /// output buffer, and are replayed when the channel is rewired.
     stream: Option<Box<dyn Write + Send>>,
@@ -63,7 +61,11 @@ struct ChannelWriter {
 }
 
 impl ChannelWriter {
-    fn new(to: u32, incarnation: u32, stream: Option<Box<dyn Write + Send>>) -> Self {
+    fn new(
+        to: InstanceId,
+        incarnation: Incarnation,
+        stream: Option<Box<dyn Write + Send>>,
+    ) -> Self {
         ChannelWriter {
             to,
             incarnation,
@@ -79,7 +81,7 @@ impl ChannelWriter {
             if let Err(e) = stream.write_all(frame) {
                 // The downstream died; the coordinator will restore it and
                 // rewire this channel, and the buffer will be replayed.
-                tracing::warn!(to = self.to, "data channel broke: {e}");
+                tracing::warn!(to = %self.to, "data channel broke: {e}");
                 self.stream = None;
             }
         }
@@ -93,7 +95,7 @@ impl ChannelWriter {
         let mark = mark.max(self.sent_mark);
         if has_tuples {
             if let Some(buffer) = buffer {
-                buffer.push(self.to, self.frame_last, &self.frame[BATCH_HEADER..]);
+                buffer.push(self.to.0, self.frame_last, &self.frame[BATCH_HEADER..]);
             }
         }
         seal_batch(&mut self.frame, mark);
@@ -119,31 +121,6 @@ pub struct Outbox {
     buffer: Option<OutputBuffer>,
     encoded: Vec<u8>,
     tuples_out: u64,
-}
-
-/// A downstream instance that did not exist before a plan change: the
-/// upper half of a split `parent`, which inherits the parent's frontier.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct AddedInstance {
-    /// The new instance.
-    pub id: u32,
-    /// The instance it was split from.
-    pub parent: u32,
-    /// The frontier of the checkpoint it was restored from.
-    pub frontier: Stamp,
-}
-
-/// A downstream instance merged into its neighbour `into` by a scale in,
-/// both having stopped at exactly `frontier`: what was buffered for it above
-/// `frontier` now goes to `into`, in stamp order with `into`'s own.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct MergedInstance {
-    /// The instance that no longer exists.
-    pub id: u32,
-    /// The instance that took over its key range.
-    pub into: u32,
-    /// The frontier both stopped at; the merged instance starts there.
-    pub frontier: Stamp,
 }
 
 impl Outbox {
@@ -187,7 +164,7 @@ impl Outbox {
             };
             self.channels.remove(i);
             if let Some(buffer) = &mut self.buffer {
-                buffer.absorb(m.id, m.into, m.frontier)?;
+                buffer.absorb(m.id.0, m.into.0, m.frontier)?;
             }
         }
         let mut targets = plan.downstream_instances(query, node);
@@ -239,13 +216,13 @@ impl Outbox {
     /// a broken channel whose batches wait in the buffer, not an error.
     fn try_connect(
         &self,
-        to: u32,
+        to: InstanceId,
         addr: &str,
     ) -> Result<Option<Box<dyn Write + Send>>, EngineError> {
         match connect(self.me, to, addr) {
             Ok(stream) => Ok(Some(stream)),
             Err(e) if self.buffer.is_some() => {
-                tracing::warn!(to, "cannot reach downstream yet: {e}");
+                tracing::warn!(%to, "cannot reach downstream yet: {e}");
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -255,14 +232,14 @@ impl Outbox {
     /// A new channel `i` takes over the buffered batches of `parent`: they
     /// are replayed to it and kept for it, in case it fails before its
     /// first checkpoint.
-    fn inherit(&mut self, i: usize, parent: u32) {
+    fn inherit(&mut self, i: usize, parent: InstanceId) {
         let Some(buffer) = &mut self.buffer else {
             return;
         };
         let to = self.channels[i].to;
-        let batches: Vec<_> = buffer.replay(parent).cloned().collect();
+        let batches: Vec<_> = buffer.replay(parent.0).cloned().collect();
         for batch in &batches {
-            buffer.push(to, batch.last, &batch.body);
+            buffer.push(to.0, batch.last, &batch.body);
         }
         self.replay(i, to);
         let mark = self
@@ -298,30 +275,6 @@ impl Outbox {
         self.tuples_out
     }
 
-    /// Encodes a value once, to be sent on one or more edges.
-    pub(crate) fn encode<T: Serialize>(&mut self, value: &T) -> Result<(), bincode::Error> {
-        self.encoded.clear();
-        bincode::serialize_into(&mut self.encoded, value)
-    }
-
-    /// Sends the last encoded value on output edge `port`, to the instance
-    /// owning `hash`.
-    pub(crate) fn send_encoded(&mut self, port: usize, hash: u64) -> Result<(), EngineError> {
-        let channel = *self
-            .ports
-            .get(port)
-            .ok_or_else(|| EngineError::InvalidQuery(format!("no output edge {port}")))?
-            .route(hash);
-        let writer = &mut self.channels[channel];
-        write_tuple(&mut writer.frame, self.stamp, &self.encoded);
-        writer.frame_last = self.stamp;
-        self.tuples_out += 1;
-        if writer.frame.len() >= FLUSH_BYTES {
-            writer.flush(self.mark_floor, self.buffer.as_mut());
-        }
-        Ok(())
-    }
-
     /// Sends every pending batch, and `mark` on every channel.
     pub(crate) fn flush(&mut self, mark: Stamp) {
         for channel in &mut self.channels {
@@ -340,9 +293,9 @@ impl Outbox {
     }
 
     /// Downstream `to` checkpointed at `frontier`: what it covers can go.
-    pub(crate) fn trim(&mut self, to: u32, frontier: Stamp) {
+    pub(crate) fn trim(&mut self, to: InstanceId, frontier: Stamp) {
         if let Some(buffer) = &mut self.buffer {
-            buffer.trim(to, frontier);
+            buffer.trim(to.0, frontier);
         }
     }
 
@@ -358,16 +311,42 @@ impl Outbox {
     }
 
     /// Resends on channel `channel` the batches buffered for instance `of`.
-    fn replay(&mut self, channel: usize, of: u32) {
+    fn replay(&mut self, channel: usize, of: InstanceId) {
         let Some(buffer) = &self.buffer else { return };
         let writer = &mut self.channels[channel];
         let mut frame = Vec::new();
-        for batch in buffer.replay(of) {
+        for batch in buffer.replay(of.0) {
             frame.clear();
             frame.resize(BATCH_HEADER, 0);
             frame.extend_from_slice(&batch.body);
             seal_batch(&mut frame, Stamp::ZERO);
             writer.write(&frame);
         }
+    }
+}
+
+impl Emit for Outbox {
+    fn stamp(&self) -> Stamp {
+        self.stamp
+    }
+
+    fn encoding_buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.encoded
+    }
+
+    fn send_encoded(&mut self, port: usize, hash: u64) -> Result<(), EngineError> {
+        let channel = *self
+            .ports
+            .get(port)
+            .ok_or_else(|| EngineError::InvalidQuery(format!("no output edge {port}")))?
+            .route(hash);
+        let writer = &mut self.channels[channel];
+        write_tuple(&mut writer.frame, self.stamp, &self.encoded);
+        writer.frame_last = self.stamp;
+        self.tuples_out += 1;
+        if writer.frame.len() >= FLUSH_BYTES {
+            writer.flush(self.mark_floor, self.buffer.as_mut());
+        }
+        Ok(())
     }
 }

@@ -1,6 +1,16 @@
 //! The deployment plan: which instance of which operator runs on which
 //! worker, owning which key range. Built by the coordinator, shipped to every
 //! worker, from which each derives its routing tables and input channels.
+//!
+//! This is the ground the coordinator, the workers and the wire format
+//! share, so it depends on none of them: with the identities (defined in the
+//! leaf module [`crate::ids`] so that errors and the API can name them too)
+//! and the plan changes a worker must apply besides moves ([`change`]).
+
+mod change;
+
+pub use crate::ids::{Incarnation, InstanceId, WorkerId};
+pub use change::{AddedInstance, MergedInstance};
 
 use std::collections::BTreeMap;
 
@@ -14,17 +24,17 @@ use crate::state::{KeyRange, RoutingTable};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstancePlan {
     /// Globally unique instance id.
-    pub id: u32,
+    pub id: InstanceId,
     /// Index among its operator's instances.
     pub index: u32,
     /// Worker hosting it.
-    pub worker: u32,
+    pub worker: WorkerId,
     /// Key-hash range it owns.
     pub key_range: KeyRange,
     /// For source instances, the slot in the stamp space.
     pub source_slot: u32,
-    /// How many times the instance has been restored after a failure.
-    pub incarnation: u32,
+    /// Bumped at every restart from a checkpoint (recovery, split, merge).
+    pub incarnation: Incarnation,
 }
 
 /// One operator's instances.
@@ -95,12 +105,12 @@ impl Plan {
                         0
                     };
                     InstancePlan {
-                        id,
+                        id: InstanceId(id),
                         index: index as u32,
-                        worker: id % active,
+                        worker: WorkerId(id % active),
                         key_range,
                         source_slot,
-                        incarnation: 0,
+                        incarnation: Incarnation::default(),
                     }
                 })
                 .collect();
@@ -123,7 +133,7 @@ impl Plan {
     }
 
     /// Routing table of `node`: key-hash range -> instance id.
-    pub fn routing(&self, node: usize) -> Result<RoutingTable<u32>, EngineError> {
+    pub fn routing(&self, node: usize) -> Result<RoutingTable<InstanceId>, EngineError> {
         RoutingTable::new(
             self.nodes[node]
                 .instances
@@ -143,12 +153,12 @@ impl Plan {
     }
 
     /// The instance with id `id`.
-    pub fn instance(&self, id: u32) -> Option<(usize, &InstancePlan)> {
+    pub fn instance(&self, id: InstanceId) -> Option<(usize, &InstancePlan)> {
         self.instances().find(|(_, i)| i.id == id)
     }
 
     /// The instance with id `id`, mutably (to move it during a recovery).
-    pub fn instance_mut(&mut self, id: u32) -> Option<&mut InstancePlan> {
+    pub fn instance_mut(&mut self, id: InstanceId) -> Option<&mut InstancePlan> {
         self.nodes
             .iter_mut()
             .flat_map(|n| n.instances.iter_mut())
@@ -157,12 +167,18 @@ impl Plan {
 
     /// Adds a new instance of `node` owning `range` on `worker` (a split's
     /// upper half, or a part of a parallel recovery). Returns its id and index.
-    pub fn add_instance(&mut self, node: usize, worker: u32, range: KeyRange) -> (u32, u32) {
-        let id = self
-            .instances()
-            .map(|(_, i)| i.id)
-            .max()
-            .map_or(0, |m| m + 1);
+    pub fn add_instance(
+        &mut self,
+        node: usize,
+        worker: WorkerId,
+        range: KeyRange,
+    ) -> (InstanceId, u32) {
+        let id = InstanceId(
+            self.instances()
+                .map(|(_, i)| i.id.0)
+                .max()
+                .map_or(0, |m| m + 1),
+        );
         let index = self.nodes[node]
             .instances
             .iter()
@@ -176,14 +192,14 @@ impl Plan {
             worker,
             key_range: range,
             source_slot: 0,
-            incarnation: 0,
+            incarnation: Incarnation::default(),
         });
         instances.sort_by_key(|i| i.key_range.start);
         (id, index)
     }
 
     /// Removes instance `id` (merged into a neighbour by a scale in).
-    pub fn remove_instance(&mut self, id: u32) {
+    pub fn remove_instance(&mut self, id: InstanceId) {
         for node in &mut self.nodes {
             node.instances.retain(|i| i.id != id);
         }
@@ -191,22 +207,22 @@ impl Plan {
 
     /// Restarts instance `id` as its next incarnation on `worker`, owning
     /// `range` (a recovery moves it; a split or parallel recovery narrows it).
-    pub fn reincarnate(&mut self, id: u32, worker: u32, range: KeyRange) {
+    pub fn reincarnate(&mut self, id: InstanceId, worker: WorkerId, range: KeyRange) {
         if let Some(placed) = self.instance_mut(id) {
             placed.worker = worker;
             placed.key_range = range;
-            placed.incarnation += 1;
+            placed.incarnation = placed.incarnation.next();
         }
     }
 
     /// The data address of the worker hosting instance `id`.
-    pub fn addr_of(&self, id: u32) -> Option<&str> {
+    pub fn addr_of(&self, id: InstanceId) -> Option<&str> {
         let (_, placed) = self.instance(id)?;
-        self.workers.get(placed.worker as usize).map(String::as_str)
+        self.workers.get(placed.worker.index()).map(String::as_str)
     }
 
     /// The ids of every instance fed by `node`'s instances.
-    pub fn downstream_instances(&self, query: &Query, node: usize) -> Vec<u32> {
+    pub fn downstream_instances(&self, query: &Query, node: usize) -> Vec<InstanceId> {
         query
             .edge_targets(node)
             .iter()
@@ -215,7 +231,7 @@ impl Plan {
     }
 
     /// The ids of every instance feeding `node`.
-    pub fn upstream_instances(&self, query: &Query, node: usize) -> Vec<u32> {
+    pub fn upstream_instances(&self, query: &Query, node: usize) -> Vec<InstanceId> {
         query
             .inputs(node)
             .iter()
