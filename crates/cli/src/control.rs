@@ -437,11 +437,7 @@ fn render_status(view: &ClusterView) -> String {
         } else {
             &view.query
         },
-        if view.state.is_empty() {
-            "-"
-        } else {
-            &view.state
-        },
+        view.state.as_str(),
         seconds(view.elapsed_ms),
         view.checkpoints,
         if view.checkpoint_ms > 0 {
@@ -575,7 +571,7 @@ mod tests {
     fn status_shows_workers_instances_and_events() {
         let view = ClusterView {
             query: "linear_road".into(),
-            state: "running".into(),
+            state: spate_engine::coordinator::JobState::Running,
             elapsed_ms: 1500,
             checkpoint_ms: 1000,
             workers: vec![
@@ -607,7 +603,7 @@ mod tests {
             }],
             events: vec![JobEvent {
                 at_ms: 1200,
-                kind: "kill".into(),
+                kind: spate_engine::coordinator::EventKind::Kill,
                 detail: "killed worker 2".into(),
             }],
             ..ClusterView::default()

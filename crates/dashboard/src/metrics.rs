@@ -116,7 +116,7 @@ pub(crate) fn render(view: &ClusterView) -> String {
             format!(
                 "query=\"{}\",state=\"{}\"",
                 label(&view.query),
-                label(&view.state)
+                label(view.state.as_str())
             ),
             1.0,
         ),
@@ -216,7 +216,7 @@ mod tests {
     fn every_sample_line_is_name_labels_value() {
         let mut view = ClusterView {
             query: "q\"x".into(),
-            state: "running".into(),
+            state: spate_engine::coordinator::JobState::Running,
             ..ClusterView::default()
         };
         view.operators

@@ -17,6 +17,7 @@ use crossbeam_channel::Sender;
 use serde::Serialize;
 use serde_json::json;
 use spate_engine::coordinator::view::{ClusterView, InstanceView, JobCommand, SharedView};
+use spate_engine::coordinator::JobState;
 use spate_engine::plan::{Incarnation, InstanceId, WorkerId};
 
 use crate::{auth, metrics};
@@ -183,7 +184,7 @@ async fn view(
     });
     Ok(Json(ClusterView {
         query: query.clone(),
-        state: job_state.clone(),
+        state: *job_state,
         elapsed_ms: *elapsed_ms,
         checkpoint_ms: *checkpoint_ms,
         workers: workers.clone(),
@@ -200,7 +201,7 @@ async fn view(
 #[derive(Serialize)]
 struct Graph {
     query: String,
-    state: String,
+    state: JobState,
     operators: Vec<GraphOperator>,
     edges: Vec<GraphEdge>,
 }
@@ -279,7 +280,7 @@ async fn graph(State(state): State<AppState>) -> Json<Graph> {
         .collect();
     Json(Graph {
         query: view.query.clone(),
-        state: view.state.clone(),
+        state: view.state,
         operators: view
             .operators
             .iter()
@@ -330,9 +331,9 @@ async fn prometheus(State(state): State<AppState>) -> Response {
 /// Commands only make sense while the job runs: before, nothing is deployed;
 /// after, nobody reads them.
 fn require_running(view: &ClusterView) -> Result<(), ApiError> {
-    match view.state.as_str() {
-        "running" => Ok(()),
-        "" | "starting" => Err(ApiError::conflict("the job has not started yet")),
+    match view.state {
+        JobState::Running => Ok(()),
+        JobState::Starting => Err(ApiError::conflict("the job has not started yet")),
         other => Err(ApiError::conflict(format!("the job has {other}"))),
     }
 }
@@ -465,7 +466,7 @@ async fn scale(
         }
     }
     let what = format!("split the busiest partition of {operator}");
-    send(&state, JobCommand::Scale { operator }, what)
+    send(&state, JobCommand::ScaleOut { operator }, what)
 }
 
 /// Merges the coldest adjacent pair of an operator's partitions.

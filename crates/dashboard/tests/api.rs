@@ -8,7 +8,7 @@ use crossbeam_channel::Receiver;
 use serde_json::Value;
 use spate_dashboard::{serve, ClusterView, Dashboard, DashboardError, JobCommand, SharedView};
 use spate_engine::coordinator::view::{HistoryPoint, InstanceView, OperatorView, WorkerView};
-use spate_engine::coordinator::{JobEvent, RecoveryTimeline};
+use spate_engine::coordinator::{EventKind, JobEvent, JobState, RecoveryTimeline};
 use spate_engine::plan::{InstanceId, WorkerId};
 
 fn instance(index: u32, worker: u32, start: u64, end: u64, utilization: f64) -> InstanceView {
@@ -45,14 +45,14 @@ fn sample_view() -> ClusterView {
         utilization: BTreeMap::from([("toll_calculator".to_string(), 0.5)]),
         partitions: BTreeMap::from([("toll_calculator".to_string(), 2)]),
     };
-    let event = |at_ms: u64, kind: &str, detail: &str| JobEvent {
+    let event = |at_ms: u64, kind: EventKind, detail: &str| JobEvent {
         at_ms,
-        kind: kind.into(),
+        kind,
         detail: detail.into(),
     };
     ClusterView {
         query: "linear_road".into(),
-        state: "running".into(),
+        state: JobState::Running,
         elapsed_ms: 5_500,
         checkpoint_ms: 1000,
         workers: vec![
@@ -87,10 +87,18 @@ fn sample_view() -> ClusterView {
             ("toll_calculator".into(), "tolls".into()),
         ],
         events: vec![
-            event(0, "start", "3 workers, 1 in the pool"),
-            event(2_000, "kill", "killed worker 3 (pid 1003) on request"),
-            event(2_100, "failure", "workers [3] failed"),
-            event(2_300, "restored", "toll_calculator[1] on workers [2]"),
+            event(0, EventKind::Start, "3 workers, 1 in the pool"),
+            event(
+                2_000,
+                EventKind::Kill,
+                "killed worker 3 (pid 1003) on request",
+            ),
+            event(2_100, EventKind::Failure, "workers [3] failed"),
+            event(
+                2_300,
+                EventKind::Restored,
+                "toll_calculator[1] on workers [2]",
+            ),
         ],
         recoveries: vec![RecoveryTimeline {
             workers: vec![WorkerId(3)],
@@ -216,7 +224,7 @@ fn view_is_the_cluster_view_as_json() {
     assert_eq!(answer.status, 200);
     let view: ClusterView = serde_json::from_str(&answer.body).expect("a ClusterView");
     assert_eq!(view.query, "linear_road");
-    assert_eq!(view.state, "running");
+    assert_eq!(view.state, JobState::Running);
     assert_eq!(view.operators.len(), 3);
     assert_eq!(view.operators[1].instances[1].worker, WorkerId(2));
     assert_eq!(view.history.len(), 5);
@@ -341,7 +349,7 @@ fn commands_are_queued_and_accepted() {
     assert_eq!(answer.status, 202, "{}", answer.body);
     assert_eq!(
         f.commands.try_recv().ok(),
-        Some(JobCommand::Scale {
+        Some(JobCommand::ScaleOut {
             operator: "toll_calculator".into()
         })
     );
@@ -451,15 +459,15 @@ fn bad_commands_are_refused_with_json_errors() {
 #[test]
 fn commands_need_a_running_job() {
     let f = start(sample_view());
-    f.view.write().unwrap().state = "finished".into();
+    f.view.write().unwrap().state = JobState::Finished;
     assert!(f
         .post("/api/kill/worker/1")
         .assert_error(409)
         .contains("finished"));
     f.post("/api/checkpoint").assert_error(409);
-    f.view.write().unwrap().state = "starting".into();
+    f.view.write().unwrap().state = JobState::Starting;
     f.post("/api/kill/toll_calculator/0").assert_error(409);
-    f.view.write().unwrap().state = "running".into();
+    f.view.write().unwrap().state = JobState::Running;
     f.view.write().unwrap().checkpoint_ms = 0;
     f.post("/api/checkpoint").assert_error(409);
     f.view.write().unwrap().checkpoint_ms = 1000;

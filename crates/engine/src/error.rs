@@ -49,6 +49,15 @@ pub enum EngineError {
         reason: String,
     },
     /// A deadline passed while waiting for the cluster.
+    #[error("cannot end worker {worker}'s process: {reason}")]
+    /// A provisioner was asked to end a worker it did not start.
+    CannotStop {
+        /// The worker.
+        worker: WorkerId,
+        /// Why, and what to do.
+        reason: String,
+    },
+
     #[error("timed out: {0}")]
     Timeout(String),
     /// The job was interrupted (Ctrl-C or a termination signal).

@@ -1349,7 +1349,7 @@ fn events_panel(svg: &mut Svg, report: &RunReport, time: &TimeScale) {
         lines.push((
             format!(
                 "{} of {}: {} → {} partitions at {} ({})",
-                if s.direction == "in" {
+                if s.direction == spate_engine::coordinator::ScaleDirection::In {
                     "Merge"
                 } else {
                     "Split"
@@ -1587,7 +1587,7 @@ mod tests {
         report.scale_events.push(ScaleEvent {
             decided_ms: 20_000,
             reason: "requested".into(),
-            direction: "out".into(),
+            direction: spate_engine::coordinator::ScaleDirection::Out,
             operator: "toll_calculator".into(),
             instance: spate_engine::plan::InstanceId(2),
             new_instance: spate_engine::plan::InstanceId(9),

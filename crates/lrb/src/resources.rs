@@ -187,7 +187,7 @@ impl Drop for Sampler {
 /// One sample of a running job's instances, with the process ids of its
 /// live workers to measure; `None` before it runs.
 fn sample(view: &ClusterView) -> Option<(ResourcePoint, Vec<u32>)> {
-    if view.state != "running" {
+    if view.state != spate_engine::coordinator::JobState::Running {
         return None;
     }
     let mut point = ResourcePoint {
@@ -275,7 +275,7 @@ mod tests {
             ..InstanceView::default()
         };
         let mut view = ClusterView {
-            state: "running".into(),
+            state: spate_engine::coordinator::JobState::Running,
             elapsed_ms: 3_000,
             workers: vec![WorkerView {
                 pid: std::process::id(),
@@ -310,7 +310,7 @@ mod tests {
             assert_eq!(point.workers_rss_kib, point.max_worker_rss_kib);
             assert!(point.coordinator_rss_kib > 0);
         }
-        view.state = "starting".into();
+        view.state = spate_engine::coordinator::JobState::Starting;
         assert_eq!(sample(&view), None);
     }
 

@@ -52,11 +52,6 @@ impl LocalCluster {
         Ok(cluster)
     }
 
-    /// OS process ids of the workers, in worker order.
-    pub fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(Child::id).collect()
-    }
-
     /// Waits up to `grace` for the workers to exit, then kills the rest.
     pub fn shutdown(mut self, grace: Duration) {
         let deadline = Instant::now() + grace;
@@ -107,6 +102,20 @@ impl Provisioner for LocalCluster {
             }
         }
         self.children.push(child);
+        Ok(())
+    }
+
+    fn stop(&mut self, worker: WorkerId, pid: u32, _data_addr: &str) -> Result<(), EngineError> {
+        let child = self
+            .children
+            .iter_mut()
+            .find(|c| c.id() == pid)
+            .ok_or_else(|| EngineError::CannotStop {
+                worker,
+                reason: format!("pid {pid} is not a worker this cluster started"),
+            })?;
+        // Reaped when the cluster ends; a child that already exited is fine.
+        let _ = child.kill();
         Ok(())
     }
 }
@@ -198,15 +207,28 @@ impl Provisioner for ExternalWorkers {
         tracing::warn!("a worker failed: start another `spate worker` to refill the pool");
         Ok(())
     }
+
+    fn stop(&mut self, worker: WorkerId, pid: u32, data_addr: &str) -> Result<(), EngineError> {
+        Err(EngineError::CannotStop {
+            worker,
+            reason: format!(
+                "it was started by hand (pid {pid}, data address {data_addr}); it was ordered to exit, end it by hand if it still runs"
+            ),
+        })
+    }
 }
 
 /// Starts workers with a shell command template, e.g.
 /// `ssh {host} spate worker --coordinator {coordinator}` or a cloud CLI: the
 /// coordinator runs it once per worker it needs (at start and to refill the
 /// pool). `{coordinator}` is replaced by the coordinator's address; the
-/// cluster token is passed in `SPATE_TOKEN`.
+/// cluster token is passed in `SPATE_TOKEN`. Ending a worker runs the
+/// optional stop template (`{pid}` and `{addr}` are the worker's process id
+/// and data address, as it reported them), after the coordinator ordered
+/// the worker to exit.
 pub struct CommandProvisioner {
     template: String,
+    stop_template: Option<String>,
     coordinator: String,
     token: String,
     children: Vec<Child>,
@@ -217,10 +239,17 @@ impl CommandProvisioner {
     pub fn new(template: &str, coordinator: &str, token: &str) -> Self {
         CommandProvisioner {
             template: template.to_string(),
+            stop_template: None,
             coordinator: coordinator.to_string(),
             token: token.to_string(),
             children: Vec::new(),
         }
+    }
+
+    /// Ends workers with `template` (e.g. `ssh host kill -9 {pid}`).
+    pub fn with_stop_command(mut self, template: &str) -> Self {
+        self.stop_template = Some(template.to_string());
+        self
     }
 
     /// The command line for one worker.
@@ -254,6 +283,32 @@ impl Provisioner for CommandProvisioner {
             .map_err(|e| EngineError::io(format!("running the provision command `{line}`"), e))?;
         self.children.push(child);
         Ok(())
+    }
+
+    fn stop(&mut self, worker: WorkerId, pid: u32, data_addr: &str) -> Result<(), EngineError> {
+        let Some(template) = &self.stop_template else {
+            return Err(EngineError::CannotStop {
+                worker,
+                reason: "no stop command was given (--stop-command); it was ordered to exit".into(),
+            });
+        };
+        let line = template
+            .replace("{pid}", &pid.to_string())
+            .replace("{addr}", data_addr);
+        let status = Command::new("sh")
+            .args(["-c", &line])
+            .env("SPATE_TOKEN", &self.token)
+            .stdin(Stdio::null())
+            .status()
+            .map_err(|e| EngineError::io(format!("running the stop command `{line}`"), e))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(EngineError::CannotStop {
+                worker,
+                reason: format!("`{line}` exited with {status}"),
+            })
+        }
     }
 }
 

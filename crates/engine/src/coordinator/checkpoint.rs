@@ -23,21 +23,16 @@
 //! Checkpoints then carry operator state and the outputs of stateful
 //! operators only, never the raw input: that is most of what they cost.
 
-use std::collections::{HashMap, VecDeque};
-
 use crate::api::NodeKind;
 use crate::error::EngineError;
-use crate::hash::mix64;
-use crate::plan::{Incarnation, InstanceId, WorkerId};
+use crate::ids::{Incarnation, InstanceId, WorkerId};
 use crate::stamp::Stamp;
 use crate::state::{Checkpoint, CheckpointParts, OutputBuffer};
 use crate::wire::control::ToWorker;
 
+use super::backups::choose_holder;
+use super::events::EventKind;
 use super::Job;
-
-/// A source's input positions, oldest first: its checkpoints, kept until a
-/// newer one is at or below its replay floor.
-pub(super) type SourcePositions = HashMap<InstanceId, VecDeque<(Stamp, Vec<u8>)>>;
 
 impl Job<'_> {
     /// Step 1 done: a checkpoint arrived from the current incarnation of
@@ -54,7 +49,7 @@ impl Job<'_> {
         };
         if let Err(e) = Checkpoint::verify(&bytes) {
             self.record(
-                "refused",
+                EventKind::Refused,
                 format!(
                     "checkpoint of instance {instance} at stamp {}: {e}; its previous checkpoint stays the one to restore",
                     frontier.0
@@ -64,14 +59,14 @@ impl Job<'_> {
         }
         match self.query.kind(node) {
             NodeKind::Source => {
-                let positions = self.source_positions.entry(instance).or_default();
-                positions.push_back((frontier, bytes));
+                self.backups.add_position(instance, frontier, bytes);
                 self.checkpoints += 1;
                 self.raise_floors();
                 Ok(())
             }
             NodeKind::Stateful | NodeKind::Sink => {
-                self.back_up(instance, incarnation, frontier, bytes)
+                self.back_up(instance, incarnation, frontier, bytes);
+                Ok(())
             }
             // Nothing to keep: it restarts empty at its replay floor.
             NodeKind::Stateless => Ok(()),
@@ -85,25 +80,22 @@ impl Job<'_> {
         incarnation: Incarnation,
         frontier: Stamp,
         bytes: Vec<u8>,
-    ) -> Result<(), EngineError> {
-        self.copies.insert(instance, (frontier, bytes.clone()));
+    ) {
+        self.backups.keep_replica(instance, frontier, bytes.clone());
         let Some(holder) = self.backup_holder(instance) else {
             tracing::warn!(%instance, "no other live worker to hold its backup");
-            return Ok(());
+            return;
         };
-        if let Err(e) = self.send(
-            holder,
-            &ToWorker::StoreBackup {
-                instance,
-                incarnation,
-                frontier,
-                bytes,
-            },
-        ) {
+        let message = ToWorker::StoreBackup {
+            instance,
+            incarnation,
+            frontier,
+            bytes,
+        };
+        if let Err(e) = self.send(holder, &message) {
             // The holder is failing; the next checkpoint picks another one.
             tracing::warn!(%instance, %holder, "cannot ship a backup: {e}");
         }
-        Ok(())
     }
 
     /// Step 3: the backup is durable; upstreams may trim.
@@ -122,15 +114,9 @@ impl Job<'_> {
             // instance since split) must never be restored.
             return;
         }
-        let newer = self
-            .backups
-            .get(&instance)
-            .is_none_or(|(_, known)| *known <= frontier);
-        if !newer {
+        if !self.backups.stored(instance, holder, frontier) {
             return;
         }
-        self.backups.insert(instance, (holder, frontier));
-        self.unprotected.remove(&instance);
         self.checkpoints += 1;
         self.broadcast(&ToWorker::Trim {
             downstream: instance,
@@ -156,7 +142,7 @@ impl Job<'_> {
                     self.plan.nodes[target]
                         .instances
                         .iter()
-                        .map(|i| self.backups.get(&i.id).map_or(Stamp::ZERO, |b| b.1))
+                        .map(|i| self.backups.durable(i.id))
                         .min()
                         .unwrap_or(Stamp::END)
                 } else {
@@ -182,28 +168,14 @@ impl Job<'_> {
                 .map(|i| i.id)
                 .collect();
             for id in ids {
-                // Monotone: a new instance without a backup yet inherited a
-                // frontier at or above the floor already announced.
-                if self.floors.get(&id).is_some_and(|known| *known >= floor) {
-                    continue;
-                }
-                self.floors.insert(id, floor);
-                self.broadcast(&ToWorker::Trim {
-                    downstream: id,
-                    frontier: floor,
-                });
-                if let Some(positions) = self.source_positions.get_mut(&id) {
-                    while positions.get(1).is_some_and(|(at, _)| *at <= floor) {
-                        positions.pop_front();
-                    }
+                if self.backups.raise_floor(id, floor) {
+                    self.broadcast(&ToWorker::Trim {
+                        downstream: id,
+                        frontier: floor,
+                    });
                 }
             }
         }
-    }
-
-    /// The replay floor of `instance` (a source or stateless one).
-    pub(super) fn floor(&self, instance: InstanceId) -> Stamp {
-        self.floors.get(&instance).copied().unwrap_or(Stamp::ZERO)
     }
 
     /// Where a failed source or stateless instance restarts: a stateless
@@ -216,20 +188,13 @@ impl Job<'_> {
         let Some((node, placed)) = self.plan.instance(instance) else {
             return Ok(None);
         };
-        let floor = self.floor(instance);
         if self.query.kind(node) == NodeKind::Source {
-            return Ok(self.source_positions.get(&instance).and_then(|positions| {
-                positions
-                    .iter()
-                    .rev()
-                    .find(|(at, _)| *at <= floor)
-                    .map(|(_, bytes)| bytes.clone())
-            }));
+            return Ok(self.backups.restart_position(instance));
         }
         CheckpointParts {
             operator: &self.plan.nodes[node].name,
             key_range: placed.key_range,
-            frontier: floor,
+            frontier: self.backups.floor(instance),
             entries: &[],
             output_buffer: &OutputBuffer::default(),
             operator_state: &[],
@@ -238,31 +203,19 @@ impl Job<'_> {
         .map(Some)
     }
 
-    /// Where `instance`'s checkpoints go: a live worker hosting one of its
-    /// upstreams, else any other live worker; never its own.
+    /// Where `instance`'s checkpoints go (see [`choose_holder`]).
     fn backup_holder(&self, instance: InstanceId) -> Option<WorkerId> {
         let (node, placed) = self.plan.instance(instance)?;
-        let own = placed.worker;
-        let alive = |w: &WorkerId| *w != own && self.alive(*w);
-        let mut candidates: Vec<WorkerId> = self
+        let upstream_hosts = self
             .plan
             .upstream_instances(&self.query, node)
             .into_iter()
-            .filter_map(|up| self.plan.instance(up).map(|(_, p)| p.worker))
-            .filter(alive)
-            .collect();
-        if candidates.is_empty() {
-            candidates = (0..self.links.len() as u32)
-                .map(WorkerId)
-                .filter(alive)
-                .collect();
-        }
-        candidates.sort_unstable();
-        candidates.dedup();
-        if candidates.is_empty() {
-            return None;
-        }
-        let pick = mix64(u64::from(instance.0)) % candidates.len() as u64;
-        Some(candidates[pick as usize])
+            .filter_map(|up| self.plan.instance(up).map(|(_, p)| p.worker));
+        choose_holder(
+            instance,
+            placed.worker,
+            upstream_hosts,
+            &self.live_workers(),
+        )
     }
 }

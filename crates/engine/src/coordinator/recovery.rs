@@ -16,15 +16,27 @@ use std::time::{Duration, Instant};
 
 use crate::api::NodeKind;
 use crate::error::EngineError;
-use crate::plan::{AddedInstance, InstanceId, WorkerId};
-use crate::state::Checkpoint;
+use crate::plan::{AddedInstance, InstanceId, InstancePlan, WorkerId};
+use crate::state::{Checkpoint, KeyRange};
 use crate::wire::control::{ToCoordinator, ToWorker};
 
-use super::{Event, Job, RecoveryTimeline};
+use super::events::EventKind;
+use super::{Job, RecoveryTimeline};
 
 /// An instance and the encoded checkpoint to restore it from (none: start
 /// from the beginning).
 type Restorable = (InstanceId, Option<Vec<u8>>);
+
+/// What a recovery restores where.
+#[derive(Default)]
+struct Restores {
+    /// Per target worker, the instances it restores and their checkpoints.
+    by_target: HashMap<WorkerId, Vec<(InstanceId, Option<serde_bytes::ByteBuf>)>>,
+    /// Instances a parallel recovery added.
+    added: Vec<AddedInstance>,
+    /// `operator[index]` of everything restored, for the timeline.
+    names: Vec<String>,
+}
 
 /// Failures this close together are recovered as one.
 const GATHER_FAILURES: Duration = Duration::from_millis(30);
@@ -36,12 +48,8 @@ impl Job<'_> {
     pub(super) fn recover(&mut self) -> Result<(), EngineError> {
         // 1. Detect, and gather failures that come together.
         let gather_until = Instant::now() + GATHER_FAILURES;
-        while let Ok(event) = self.events.recv_deadline(gather_until) {
-            match event {
-                Event::Lost(w, reason) => self.lose(w, reason),
-                Event::Message(w, m) => self.deferred.push_back((w, m)),
-                Event::Joined(stream, addr, pid, clock) => self.join(stream, addr, pid, clock)?,
-            }
+        while let Some(event) = self.links.next_event(gather_until)? {
+            self.absorb(event)?;
         }
         let failing = std::mem::take(&mut self.failing);
         let Some(first) = failing.first() else {
@@ -49,20 +57,13 @@ impl Job<'_> {
         };
         let (reason, detected_ms) = (first.reason.clone(), first.detected_ms);
         let workers: Vec<WorkerId> = failing.iter().map(|f| f.worker).collect();
-        self.record("failure", format!("workers {workers:?} failed: {reason}"));
-        // Backups the failed workers held are gone.
-        let lost: Vec<InstanceId> = self
-            .backups
-            .iter()
-            .filter(|(_, (holder, _))| workers.contains(holder))
-            .map(|(i, _)| *i)
-            .collect();
-        for instance in lost {
-            self.backups.remove(&instance);
-            self.unprotected.insert(instance);
-        }
-        for _ in &workers {
-            if self.config.pool > 0 {
+        self.record(
+            EventKind::Failure,
+            format!("workers {workers:?} failed: {reason}"),
+        );
+        self.backups.holders_failed(&workers);
+        if self.config.pool > 0 {
+            for _ in &workers {
                 self.provisioner.provision()?;
             }
         }
@@ -81,13 +82,56 @@ impl Job<'_> {
                 reason: format!("{reason}; fault tolerance is off (checkpoint interval 0)"),
             });
         }
-
         // 2. Fetch the latest checkpoints.
         let checkpoints = self.fetch_checkpoints(&failed)?;
-
         // 3. Restore on replacement workers, one per failed worker.
-        let mut targets: HashMap<WorkerId, WorkerId> = HashMap::new();
-        for &w in &workers {
+        let targets = self.replacements(&workers, &reason)?;
+        let restores = self.plan_restores(checkpoints, &targets)?;
+        self.restore_on(restores.by_target, "a restore")?;
+        let restored_ms = self.elapsed_ms();
+        let mut hosts: Vec<WorkerId> = targets.values().copied().collect();
+        hosts.sort_unstable();
+        self.record(
+            EventKind::Restored,
+            format!("{} on workers {hosts:?}", restores.names.join(", ")),
+        );
+        // 4. Rewire upstreams and downstreams; replay follows.
+        let new_instances: Vec<InstanceId> = restores.added.iter().map(|a| a.id).collect();
+        self.broadcast(&ToWorker::PlanUpdate {
+            plan: self.plan.clone(),
+            added: restores.added,
+            merged: Vec::new(),
+        });
+        let rewired_ms = self.elapsed_ms();
+        let killed_ms = self
+            .timeline
+            .iter()
+            .rev()
+            .find(|e| e.kind == EventKind::Kill && e.at_ms <= detected_ms)
+            .map(|e| e.at_ms);
+        self.recoveries.push(RecoveryTimeline {
+            workers,
+            instances: restores.names,
+            killed_ms,
+            detected_ms,
+            restored_ms,
+            rewired_ms,
+            caught_up_ms: None,
+        });
+        self.awaiting_catch_up.extend(failed);
+        self.awaiting_catch_up.extend(new_instances);
+        Ok(())
+    }
+
+    /// A worker to restore on for each failed one: a pool worker, else the
+    /// least loaded live worker.
+    fn replacements(
+        &mut self,
+        failed: &[WorkerId],
+        reason: &str,
+    ) -> Result<HashMap<WorkerId, WorkerId>, EngineError> {
+        let mut targets = HashMap::new();
+        for &w in failed {
             let target = match self.pool.pop_front() {
                 Some(p) => p,
                 None => self
@@ -99,98 +143,96 @@ impl Job<'_> {
             };
             targets.insert(w, target);
         }
-        let mut by_target: HashMap<WorkerId, Vec<(InstanceId, Option<serde_bytes::ByteBuf>)>> =
-            HashMap::new();
-        let mut names = Vec::new();
-        let mut added = Vec::new();
+        Ok(targets)
+    }
+
+    /// Moves each failed instance to its replacement worker in the plan (as
+    /// several partitions with a recovery parallelism above 1) and says what
+    /// each target restores.
+    fn plan_restores(
+        &mut self,
+        checkpoints: Vec<Restorable>,
+        targets: &HashMap<WorkerId, WorkerId>,
+    ) -> Result<Restores, EngineError> {
+        let mut restores = Restores::default();
         for (id, bytes) in checkpoints {
-            let (node, placed) = self.plan.instance(id).expect("failed instance is planned");
-            let placed = placed.clone();
-            names.push(format!("{}[{}]", self.plan.nodes[node].name, placed.index));
+            let Some((node, placed)) = self.plan.instance(id).map(|(n, p)| (n, p.clone())) else {
+                continue;
+            };
+            restores
+                .names
+                .push(format!("{}[{}]", self.plan.nodes[node].name, placed.index));
             let target = targets[&placed.worker];
-            let mut bytes = bytes;
-            let mut range = placed.key_range;
-            // Parallel recovery: restore the instance as several partitions
-            // on several pool workers, exactly as a split would.
-            let k = self.config.recovery_parallelism.max(1);
-            let splittable = matches!(
-                self.query.kind(node),
-                NodeKind::Stateful | NodeKind::Stateless
-            );
-            if let (true, true, Some(encoded)) = (
-                k > 1 && splittable,
-                self.pool.len() + 1 >= k as usize,
-                &bytes,
-            ) {
-                let checkpoint = Checkpoint::decode(encoded)?;
-                let ranges = placed.key_range.split_even(k);
-                let parts = checkpoint.partition(&ranges)?;
-                range = ranges[0];
-                bytes = Some(parts[0].encode()?);
-                self.backups.remove(&id);
-                self.copies
-                    .insert(id, (checkpoint.frontier, parts[0].encode()?));
-                for (part, part_range) in parts.iter().zip(&ranges).skip(1) {
-                    let worker = self.pool.pop_front().expect("pool size was checked");
-                    let (new_id, index) = self.plan.add_instance(node, worker, *part_range);
-                    let encoded = part.encode()?;
-                    self.copies
-                        .insert(new_id, (checkpoint.frontier, encoded.clone()));
-                    by_target
-                        .entry(worker)
-                        .or_default()
-                        .push((new_id, Some(serde_bytes::ByteBuf::from(encoded))));
-                    added.push(AddedInstance {
-                        id: new_id,
-                        parent: id,
-                        frontier: checkpoint.frontier,
-                    });
-                    names.push(format!("{}[{index}]", self.plan.nodes[node].name));
+            let (range, bytes) = match bytes {
+                Some(encoded) if self.parallel_recovery(node) => {
+                    self.split_restore(node, id, &placed, &encoded, &mut restores)?
                 }
-            }
+                other => (placed.key_range, other),
+            };
             self.plan.reincarnate(id, target, range);
-            by_target
+            restores
+                .by_target
                 .entry(target)
                 .or_default()
                 .push((id, bytes.map(serde_bytes::ByteBuf::from)));
         }
-        self.restore_on(by_target, "a restore")?;
-        let restored_ms = self.elapsed_ms();
-        self.record(
-            "restored",
-            format!(
-                "{} on workers {:?}",
-                names.join(", "),
-                targets.values().collect::<Vec<_>>()
-            ),
-        );
+        Ok(restores)
+    }
 
-        // 4. Rewire upstreams and downstreams; replay follows.
-        let new_instances: Vec<InstanceId> = added.iter().map(|a| a.id).collect();
-        self.broadcast(&ToWorker::PlanUpdate {
-            plan: self.plan.clone(),
-            added,
-            merged: Vec::new(),
-        });
-        let rewired_ms = self.elapsed_ms();
-        let killed_ms = self
-            .timeline
-            .iter()
-            .rev()
-            .find(|e| e.kind == "kill" && e.at_ms <= detected_ms)
-            .map(|e| e.at_ms);
-        self.recoveries.push(RecoveryTimeline {
-            workers,
-            instances: names,
-            killed_ms,
-            detected_ms,
-            restored_ms,
-            rewired_ms,
-            caught_up_ms: None,
-        });
-        self.awaiting_catch_up.extend(failed);
-        self.awaiting_catch_up.extend(new_instances);
-        Ok(())
+    /// Whether a failed instance of `node` is restored as several
+    /// partitions: a recovery parallelism above 1, a splittable operator and
+    /// enough pool workers.
+    fn parallel_recovery(&self, node: usize) -> bool {
+        let k = self.config.recovery_parallelism.max(1);
+        let splittable = matches!(
+            self.query.kind(node),
+            NodeKind::Stateful | NodeKind::Stateless
+        );
+        k > 1 && splittable && self.pool.len() + 1 >= k as usize
+    }
+
+    /// Parallel recovery: partitions `encoded` k ways, exactly as a split
+    /// would; the first part restores in place of the instance (its range
+    /// and checkpoint are returned), the others as new instances on pool
+    /// workers.
+    fn split_restore(
+        &mut self,
+        node: usize,
+        id: InstanceId,
+        placed: &InstancePlan,
+        encoded: &[u8],
+        restores: &mut Restores,
+    ) -> Result<(KeyRange, Option<Vec<u8>>), EngineError> {
+        let k = self.config.recovery_parallelism.max(1);
+        let checkpoint = Checkpoint::decode(encoded)?;
+        let ranges = placed.key_range.split_even(k);
+        let parts = checkpoint.partition(&ranges)?;
+        let first = parts[0].encode()?;
+        self.backups
+            .reshaped(id, (checkpoint.frontier, first.clone()));
+        for (part, part_range) in parts.iter().zip(&ranges).skip(1) {
+            let worker = self.pool.pop_front().ok_or_else(|| {
+                EngineError::Protocol("the pool emptied during a recovery".into())
+            })?;
+            let (new_id, index) = self.plan.add_instance(node, worker, *part_range);
+            let encoded = part.encode()?;
+            self.backups
+                .reshaped(new_id, (checkpoint.frontier, encoded.clone()));
+            restores
+                .by_target
+                .entry(worker)
+                .or_default()
+                .push((new_id, Some(serde_bytes::ByteBuf::from(encoded))));
+            restores.added.push(AddedInstance {
+                id: new_id,
+                parent: id,
+                frontier: checkpoint.frontier,
+            });
+            restores
+                .names
+                .push(format!("{}[{index}]", self.plan.nodes[node].name));
+        }
+        Ok((ranges[0], Some(first)))
     }
 
     /// Asks the holders for the failed instances' checkpoints (none: the
@@ -209,7 +251,7 @@ impl Job<'_> {
                 result.push((id, self.restart_point(id)?));
                 continue;
             }
-            if let Some(&(holder, _)) = self.backups.get(&id) {
+            if let Some(holder) = self.backups.holder(id) {
                 if self
                     .send(holder, &ToWorker::FetchBackup { instance: id })
                     .is_ok()
@@ -218,7 +260,7 @@ impl Job<'_> {
                     continue;
                 }
             }
-            result.push((id, self.replica(id)?));
+            result.push((id, self.backups.replica(id)?));
         }
         let deadline = Instant::now() + self.config.startup_timeout;
         while !asked.is_empty() {
@@ -232,7 +274,7 @@ impl Job<'_> {
                         Some(bytes) => Some(bytes),
                         None => {
                             tracing::warn!(%instance, "its holder has no good backup: restoring the coordinator's replica");
-                            self.replica(instance)?
+                            self.backups.replica(instance)?
                         }
                     };
                     result.push((instance, bytes));
@@ -247,27 +289,13 @@ impl Job<'_> {
                         .collect();
                     for id in orphaned {
                         asked.remove(&id);
-                        self.backups.remove(&id);
-                        result.push((id, self.replica(id)?));
+                        self.backups.holder_lost(id);
+                        result.push((id, self.backups.replica(id)?));
                     }
                 }
             }
         }
         Ok(result)
-    }
-
-    /// The coordinator's replica of `id`'s latest checkpoint, for when its
-    /// holder failed too (none: the instance never checkpointed and restarts
-    /// from the beginning, which its upstreams can replay since they never
-    /// trimmed for it).
-    fn replica(&self, id: InstanceId) -> Result<Option<Vec<u8>>, EngineError> {
-        match self.copies.get(&id) {
-            Some((_, bytes)) => Ok(Some(bytes.clone())),
-            None if self.unprotected.contains(&id) => Err(EngineError::Checkpoint(format!(
-                "cannot recover instance {id}: its latest checkpoint was lost with its backup holder"
-            ))),
-            None => Ok(None),
-        }
     }
 
     /// Sends each target worker its instances to restore and waits until all
@@ -302,7 +330,7 @@ impl Job<'_> {
                     waiting.remove(&instance);
                 }
                 Some((w, other)) => self.unexpected(w, other)?,
-                None => waiting.retain(|_, target| self.links[target.index()].alive),
+                None => waiting.retain(|_, target| self.workers[target.index()].alive),
             }
         }
         Ok(())
@@ -337,9 +365,8 @@ impl Job<'_> {
         for (_, i) in self.plan.instances() {
             *load.entry(i.worker).or_default() += 1;
         }
-        (0..self.links.len() as u32)
-            .map(WorkerId)
-            .filter(|w| self.alive(*w))
+        self.live_workers()
+            .into_iter()
             .min_by_key(|w| load.get(w).copied().unwrap_or(0))
     }
 
@@ -355,7 +382,7 @@ impl Job<'_> {
             {
                 last.caught_up_ms = Some(now);
                 let detail = format!("recovery of {:?} caught up", last.instances);
-                self.record("caught-up", detail);
+                self.record(EventKind::CaughtUp, detail);
             }
         }
     }

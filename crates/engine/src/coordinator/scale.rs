@@ -21,10 +21,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::NodeKind;
 use crate::error::EngineError;
+use crate::plan::InstancePlan;
 use crate::plan::{AddedInstance, Incarnation, InstanceId, WorkerId};
+use crate::stamp::Stamp;
 use crate::state::{Checkpoint, KeyRange};
 use crate::wire::control::{ToCoordinator, ToWorker};
 
+use super::autoscaler::Decision;
+use super::events::{EventKind, ScaleDirection};
 use super::Job;
 
 /// When to scale out on its own.
@@ -66,9 +70,9 @@ pub struct ScaleEvent {
     pub decided_ms: u64,
     /// Why (`policy: utilisation 0.93` or `requested`).
     pub reason: String,
-    /// `out` (a split) or `in` (a merge).
-    #[serde(default = "out")]
-    pub direction: String,
+    /// A split or a merge.
+    #[serde(default)]
+    pub direction: ScaleDirection,
     /// The operator.
     pub operator: String,
     /// The instance split (or merged into).
@@ -89,14 +93,10 @@ pub struct ScaleEvent {
     pub pause_ms: u64,
 }
 
-fn out() -> String {
-    "out".into()
-}
-
 impl ScaleEvent {
     /// What happened, as a noun: `split` or `merge`.
     pub fn noun(&self) -> &'static str {
-        if self.direction == "in" {
+        if self.direction == ScaleDirection::In {
             "merge"
         } else {
             "split"
@@ -145,52 +145,24 @@ impl Job<'_> {
             return Ok(());
         };
         let operator = self.plan.nodes[node].name.clone();
-        if let Some(why) = self.cannot_rescale() {
-            self.record("refused", format!("scale {operator}: {why}"));
-            return Ok(());
-        }
-        if !matches!(
-            self.query.kind(node),
-            NodeKind::Stateful | NodeKind::Stateless
-        ) {
-            self.record(
-                "refused",
-                format!("scale {operator}: sources and sinks do not split"),
-            );
-            return Ok(());
-        }
-        if placed
-            .key_range
-            .split_at(placed.key_range.midpoint())
-            .is_none()
-        {
-            self.record(
-                "refused",
-                format!("scale {operator}: instance {instance}'s range is too small"),
-            );
+        if let Some(why) = self.cannot_split(node, &placed) {
+            self.record(EventKind::Refused, format!("scale {operator}: {why}"));
             return Ok(());
         }
         let Some(target) = self.pool.pop_front() else {
             self.record(
-                "refused",
+                EventKind::Refused,
                 format!("scale {operator}: no idle worker in the pool (start with --pool N)"),
             );
             return Ok(());
         };
-
         // 1. A fresh checkpoint of the instance (a stateless one restarts
         // empty at its replay floor). If its worker fails meanwhile, the
         // recovery comes first and the split is dropped.
-        let snapshot = if self.backed_up(node) {
-            self.split_checkpoint(instance, placed.incarnation, placed.worker)?
-        } else {
-            let floor = self.floor(instance);
-            self.restart_point(instance)?.map(|bytes| (floor, bytes))
-        };
-        let Some((frontier, bytes)) = snapshot else {
+        let Some((frontier, bytes)) = self.snapshot_for_split(node, &placed)? else {
             self.pool.push_front(target);
             self.record(
-                "refused",
+                EventKind::Refused,
                 format!("scale {operator}: instance {instance} failed before it could be split"),
             );
             return Ok(());
@@ -200,19 +172,86 @@ impl Job<'_> {
         let (lower, upper) = split_point(&checkpoint);
         let parts = checkpoint.partition(&[lower, upper])?;
         let keys = (parts[0].entries.len(), parts[1].entries.len());
-        let (low_bytes, high_bytes) = (parts[0].encode()?, parts[1].encode()?);
-
-        // 3. New plan: the lower half keeps the id, the upper is new.
+        let halves = [(lower, parts[0].encode()?), (upper, parts[1].encode()?)];
+        // 3-4. Restore both halves and rewire everyone.
         let before = self.plan.nodes[node].instances.len();
+        let new_id = self.install_halves(node, &placed, target, frontier, halves)?;
+        // The pause is over: both halves run and everyone was rewired.
+        let event = ScaleEvent {
+            decided_ms,
+            reason: reason.to_string(),
+            direction: ScaleDirection::Out,
+            operator,
+            instance,
+            new_instance: new_id,
+            worker: target,
+            partitions_before: before,
+            partitions_after: before + 1,
+            split_at: upper.start,
+            keys,
+            pause_ms: started.elapsed().as_millis() as u64,
+        };
+        self.record_split(event);
+        // 5. Refill the pool (in the background: a new worker joins later).
+        if self.config.pool > 0 {
+            self.provisioner.provision()?;
+        }
+        Ok(())
+    }
+
+    /// Why `placed` (an instance of `node`) cannot be split, if so.
+    fn cannot_split(&self, node: usize, placed: &InstancePlan) -> Option<String> {
+        if let Some(why) = self.cannot_rescale() {
+            return Some(why.to_string());
+        }
+        if !matches!(
+            self.query.kind(node),
+            NodeKind::Stateful | NodeKind::Stateless
+        ) {
+            return Some("sources and sinks do not split".into());
+        }
+        let range = placed.key_range;
+        range
+            .split_at(range.midpoint())
+            .is_none()
+            .then(|| format!("instance {}'s range is too small", placed.id))
+    }
+
+    /// The checkpoint to split: a fresh one for a backed-up instance, the
+    /// replay floor for a stateless one. `None`: the instance failed first.
+    fn snapshot_for_split(
+        &mut self,
+        node: usize,
+        placed: &InstancePlan,
+    ) -> Result<Option<(Stamp, Vec<u8>)>, EngineError> {
+        if self.backed_up(node) {
+            return self.split_checkpoint(placed.id, placed.incarnation, placed.worker);
+        }
+        let floor = self.backups.floor(placed.id);
+        Ok(self.restart_point(placed.id)?.map(|bytes| (floor, bytes)))
+    }
+
+    /// Steps 3 and 4: the lower half restarts in place of the instance (a
+    /// new incarnation on its worker), the upper half as a new instance on
+    /// `target`; then every worker learns the new plan. Returns the new id.
+    fn install_halves(
+        &mut self,
+        node: usize,
+        placed: &InstancePlan,
+        target: WorkerId,
+        frontier: Stamp,
+        [(lower, low_bytes), (upper, high_bytes)]: [(KeyRange, Vec<u8>); 2],
+    ) -> Result<InstanceId, EngineError> {
+        let instance = placed.id;
         self.plan.reincarnate(instance, placed.worker, lower);
         let (new_id, _) = self.plan.add_instance(node, target, upper);
-        // Backups of the whole range must never be restored into a half.
-        self.backups.remove(&instance);
         if self.backed_up(node) {
-            self.copies.insert(instance, (frontier, low_bytes.clone()));
-            self.copies.insert(new_id, (frontier, high_bytes.clone()));
+            self.backups
+                .reshaped(instance, (frontier, low_bytes.clone()));
+            self.backups
+                .reshaped(new_id, (frontier, high_bytes.clone()));
         } else {
-            self.floors.insert(new_id, frontier);
+            self.backups.raise_floor(new_id, frontier);
         }
         let mut by_target: HashMap<WorkerId, Vec<_>> = HashMap::new();
         for (worker, id, part) in [
@@ -225,9 +264,7 @@ impl Job<'_> {
                 .push((id, Some(serde_bytes::ByteBuf::from(part))));
         }
         self.restore_on(by_target, "a split's restores")?;
-
-        // 4. Rewire everyone.
-        self.broadcast(&ToWorker::PlanUpdate {
+        let update = ToWorker::PlanUpdate {
             plan: self.plan.clone(),
             added: vec![AddedInstance {
                 id: new_id,
@@ -235,40 +272,31 @@ impl Job<'_> {
                 frontier,
             }],
             merged: Vec::new(),
-        });
-
-        // The pause is over: both halves run and everyone was rewired.
-        let event = ScaleEvent {
-            decided_ms,
-            reason: reason.to_string(),
-            direction: out(),
-            operator: operator.clone(),
-            instance,
-            new_instance: new_id,
-            worker: target,
-            partitions_before: before,
-            partitions_after: before + 1,
-            split_at: upper.start,
-            keys,
-            pause_ms: started.elapsed().as_millis() as u64,
         };
+        self.broadcast(&update);
+        Ok(new_id)
+    }
+
+    /// Records a finished split.
+    fn record_split(&mut self, event: ScaleEvent) {
         self.record(
-            "scale-out",
+            EventKind::ScaleOut,
             format!(
-                "{operator}: {before} -> {} partitions (instance {instance} split at {:#x}, {} + {} keys, new instance {new_id} on worker {target}) in {} ms; {reason}",
-                before + 1,
-                upper.start,
-                keys.0,
-                keys.1,
-                event.pause_ms
+                "{}: {} -> {} partitions (instance {} split at {:#x}, {} + {} keys, new instance {} on worker {}) in {} ms; {}",
+                event.operator,
+                event.partitions_before,
+                event.partitions_after,
+                event.instance,
+                event.split_at,
+                event.keys.0,
+                event.keys.1,
+                event.new_instance,
+                event.worker,
+                event.pause_ms,
+                event.reason
             ),
         );
         self.scale_events.push(event);
-        // 5. Refill the pool (in the background: a new worker joins later).
-        if self.config.pool > 0 {
-            self.provisioner.provision()?;
-        }
-        Ok(())
     }
 
     /// Why no partition can be split or merged now, if so: both restore
@@ -286,7 +314,7 @@ impl Job<'_> {
         instance: InstanceId,
         incarnation: Incarnation,
         worker: WorkerId,
-    ) -> Result<Option<(crate::stamp::Stamp, Vec<u8>)>, EngineError> {
+    ) -> Result<Option<(Stamp, Vec<u8>)>, EngineError> {
         let alive = |job: &Self| {
             job.alive(worker)
                 && job.plan.instance(instance).map(|(_, p)| p.incarnation) == Some(incarnation)
@@ -321,72 +349,32 @@ impl Job<'_> {
         reason: &str,
     ) -> Result<(), EngineError> {
         let Some(node) = self.query.find(operator) else {
-            self.record("refused", format!("scale: no operator `{operator}`"));
+            self.record(
+                EventKind::Refused,
+                format!("scale: no operator `{operator}`"),
+            );
             return Ok(());
         };
-        let busiest = self.plan.nodes[node]
-            .instances
-            .iter()
-            .max_by(|a, b| {
-                let ua = self.rates.get(&a.id).map_or(0.0, |r| r.utilization);
-                let ub = self.rates.get(&b.id).map_or(0.0, |r| r.utilization);
-                ua.total_cmp(&ub).then(
-                    (b.key_range.end - b.key_range.start)
-                        .cmp(&(a.key_range.end - a.key_range.start))
-                        .reverse(),
-                )
-            })
-            .map(|i| i.id);
-        match busiest {
+        match self.autoscaler.busiest(&self.plan.nodes[node].instances) {
             Some(id) => self.scale_out(id, reason),
             None => Ok(()),
         }
     }
 
-    /// The policy: split an instance hot for `reports` reports in a row;
-    /// else merge two adjacent partitions cold for `low_reports` in a row.
+    /// Carries out what the policy decides, if anything.
     pub(super) fn autoscale(&mut self) -> Result<(), EngineError> {
-        let Some(policy) = self.config.autoscale.clone() else {
-            return Ok(());
-        };
-        if self
-            .last_scale
-            .is_some_and(|t| t.elapsed() < policy.cooldown)
-        {
-            return Ok(());
-        }
-        let streak = |counts: &HashMap<InstanceId, u32>, id: InstanceId| {
-            counts.get(&id).copied().unwrap_or(0)
-        };
-        let utilization = |id: InstanceId| self.rates.get(&id).map_or(0.0, |r| r.utilization);
         let elastic: Vec<usize> = (0..self.plan.nodes.len())
             .filter(|&n| matches!(self.query.kind(n), NodeKind::Stateful | NodeKind::Stateless))
             .collect();
-        let hot = elastic
-            .iter()
-            .filter(|&&n| self.plan.nodes[n].instances.len() < policy.max_partitions)
-            .flat_map(|&n| self.plan.nodes[n].instances.iter())
-            .filter(|i| streak(&self.hot, i.id) >= policy.reports)
-            .max_by(|a, b| utilization(a.id).total_cmp(&utilization(b.id)))
-            .map(|i| i.id)
-            .filter(|_| !self.pool.is_empty());
-        if let Some(id) = hot {
-            let reason = format!("policy: utilisation {:.2}", utilization(id));
-            self.hot.clear();
-            self.last_scale = Some(Instant::now());
-            return self.scale_out(id, &reason);
+        let pool_free = !self.pool.is_empty();
+        match self
+            .autoscaler
+            .decide(&self.plan, &elastic, pool_free, Instant::now())
+        {
+            Some(Decision::Split(id, reason)) => self.scale_out(id, &reason),
+            Some(Decision::Merge(lower, upper, reason)) => self.scale_in(lower, upper, &reason),
+            None => Ok(()),
         }
-        let cold = elastic
-            .iter()
-            .filter_map(|&n| self.coldest_pair(n, policy.low_reports))
-            .min_by(|a, b| a.2.total_cmp(&b.2));
-        if let Some((lower, upper, together)) = cold {
-            let reason = format!("policy: utilisation {together:.2} for two partitions");
-            self.cold.clear();
-            self.last_scale = Some(Instant::now());
-            return self.scale_in(lower, upper, &reason);
-        }
-        Ok(())
     }
 }
 

@@ -22,13 +22,13 @@ use std::time::{Duration, Instant};
 
 use crate::api::NodeKind;
 use crate::error::EngineError;
-use crate::plan::{InstanceId, MergedInstance};
+use crate::plan::{InstanceId, InstancePlan, MergedInstance};
 use crate::stamp::Stamp;
-use crate::state::Checkpoint;
+use crate::state::{Checkpoint, KeyRange};
 use crate::wire::control::{ToCoordinator, ToWorker};
 
+use super::events::{EventKind, ScaleDirection};
 use super::{Job, ScaleEvent};
-use crate::plan::InstancePlan;
 
 /// Two partitions' checkpoints at one frontier: (frontier, lower, upper).
 type Aligned = (Stamp, Vec<u8>, Vec<u8>);
@@ -46,44 +46,25 @@ impl Job<'_> {
         reason: &str,
     ) -> Result<(), EngineError> {
         let Some(node) = self.query.find(operator) else {
-            self.record("refused", format!("scale in: no operator `{operator}`"));
+            self.record(
+                EventKind::Refused,
+                format!("scale in: no operator `{operator}`"),
+            );
             return Ok(());
         };
-        match self.coldest_pair(node, 0) {
+        match self
+            .autoscaler
+            .coldest_pair(&self.plan.nodes[node].instances, 0)
+        {
             Some((lower, upper, _)) => self.scale_in(lower, upper, reason),
             None => {
                 self.record(
-                    "refused",
+                    EventKind::Refused,
                     format!("scale in {operator}: it has a single partition"),
                 );
                 Ok(())
             }
         }
-    }
-
-    /// The adjacent pair of `node`'s partitions with the lowest utilisation
-    /// together, among those both cold for at least `cold_reports` reports
-    /// in a row; with that utilisation.
-    pub(super) fn coldest_pair(
-        &self,
-        node: usize,
-        cold_reports: u32,
-    ) -> Option<(InstanceId, InstanceId, f64)> {
-        let utilization = |id: InstanceId| self.rates.get(&id).map_or(0.0, |r| r.utilization);
-        let cold = |id: InstanceId| self.cold.get(&id).copied().unwrap_or(0) >= cold_reports;
-        self.plan.nodes[node]
-            .instances
-            .windows(2)
-            .filter(|w| w[0].key_range.join(&w[1].key_range).is_some())
-            .filter(|w| cold(w[0].id) && cold(w[1].id))
-            .map(|w| {
-                (
-                    w[0].id,
-                    w[1].id,
-                    utilization(w[0].id) + utilization(w[1].id),
-                )
-            })
-            .min_by(|a, b| a.2.total_cmp(&b.2))
     }
 
     /// Merges partition `upper` into `lower`, its neighbour below; refuses
@@ -96,56 +77,21 @@ impl Job<'_> {
     ) -> Result<(), EngineError> {
         let started = Instant::now();
         let decided_ms = self.elapsed_ms();
-        let (Some((node, low)), Some((_, high))) = (
-            self.plan.instance(lower).map(|(n, p)| (n, p.clone())),
-            self.plan.instance(upper).map(|(n, p)| (n, p.clone())),
-        ) else {
+        let Some((node, low, high, range)) = self.mergeable(lower, upper) else {
             return Ok(());
         };
         let operator = self.plan.nodes[node].name.clone();
-        if let Some(why) = self.cannot_rescale() {
-            self.record("refused", format!("scale in {operator}: {why}"));
-            return Ok(());
-        }
-        let Some(range) = low.key_range.join(&high.key_range) else {
-            self.record(
-                "refused",
-                format!("scale in {operator}: instances {lower} and {upper} are not adjacent"),
-            );
-            return Ok(());
-        };
         let before = self.plan.nodes[node].instances.len();
-
         // 1. Bring both partitions to one frontier.
-        let aligned = match self.query.kind(node) {
-            NodeKind::Stateful => self.align(&low, &high)?,
-            NodeKind::Stateless => {
-                // Both replay from the lower floor: regenerating more is
-                // harmless, downstreams drop what they have.
-                let floor = self.floor(lower).min(self.floor(upper));
-                match (self.restart_point(lower)?, self.restart_point(upper)?) {
-                    (Some(a), Some(b)) => Some((floor, a, b)),
-                    _ => None,
-                }
-            }
-            NodeKind::Source | NodeKind::Sink => {
-                self.record(
-                    "refused",
-                    format!("scale in {operator}: sources and sinks do not merge"),
-                );
-                return Ok(());
-            }
-        };
-        let Some((frontier, low_bytes, high_bytes)) = aligned else {
+        let Some((frontier, low_bytes, high_bytes)) = self.aligned(node, &low, &high)? else {
             self.record(
-                "refused",
+                EventKind::Refused,
                 format!(
                     "scale in {operator}: instances {lower} and {upper} could not be brought to one frontier (one failed or finished)"
                 ),
             );
             return Ok(());
         };
-
         // 2. Merge the checkpoints.
         let (mut low_checkpoint, mut high_checkpoint) = (
             Checkpoint::decode(&low_bytes)?,
@@ -155,45 +101,13 @@ impl Job<'_> {
         high_checkpoint.frontier = frontier;
         let keys = (low_checkpoint.entries.len(), high_checkpoint.entries.len());
         let merged = Checkpoint::merge(low_checkpoint, high_checkpoint)?.encode()?;
-
-        // 3. New plan: the lower partition takes both ranges, the upper goes.
-        self.plan.remove_instance(upper);
-        self.plan.reincarnate(lower, low.worker, range);
-        self.backups.remove(&lower);
-        self.backups.remove(&upper);
-        self.copies.remove(&upper);
-        self.floors.remove(&upper);
-        if self.backed_up(node) {
-            self.copies.insert(lower, (frontier, merged.clone()));
-        }
-        let restore = HashMap::from([(
-            low.worker,
-            vec![(lower, Some(serde_bytes::ByteBuf::from(merged)))],
-        )]);
-        self.restore_on(restore, "a merge's restore")?;
-
-        // 4. Rewire everyone; the upper partition's worker stops it.
-        self.broadcast(&ToWorker::PlanUpdate {
-            plan: self.plan.clone(),
-            added: Vec::new(),
-            merged: vec![MergedInstance {
-                id: upper,
-                into: lower,
-                frontier,
-            }],
-        });
-
-        // 5. A worker left with nothing to run is ready for the next split
-        // or recovery.
-        let idle = !self.plan.instances().any(|(_, i)| i.worker == high.worker);
-        if idle && self.alive(high.worker) && !self.pool.contains(&high.worker) {
-            self.pool.push_back(high.worker);
-        }
+        // 3-5. Restore, rewire, free the worker.
+        let idle = self.install_merged(node, &low, &high, range, frontier, merged)?;
         let event = ScaleEvent {
             decided_ms,
             reason: reason.to_string(),
-            direction: "in".into(),
-            operator: operator.clone(),
+            direction: ScaleDirection::In,
+            operator,
             instance: lower,
             new_instance: upper,
             worker: high.worker,
@@ -203,21 +117,119 @@ impl Job<'_> {
             keys,
             pause_ms: started.elapsed().as_millis() as u64,
         };
+        self.record_merge(event, idle);
+        Ok(())
+    }
+
+    /// The two partitions and the range they will own together, if they can
+    /// merge; else the refusal is recorded.
+    fn mergeable(
+        &mut self,
+        lower: InstanceId,
+        upper: InstanceId,
+    ) -> Option<(usize, InstancePlan, InstancePlan, KeyRange)> {
+        let (node, low) = self.plan.instance(lower).map(|(n, p)| (n, p.clone()))?;
+        let (_, high) = self.plan.instance(upper).map(|(n, p)| (n, p.clone()))?;
+        let operator = self.plan.nodes[node].name.clone();
+        let refusal = if let Some(why) = self.cannot_rescale() {
+            why.to_string()
+        } else if !matches!(
+            self.query.kind(node),
+            NodeKind::Stateful | NodeKind::Stateless
+        ) {
+            "sources and sinks do not merge".to_string()
+        } else if let Some(range) = low.key_range.join(&high.key_range) {
+            return Some((node, low, high, range));
+        } else {
+            format!("instances {lower} and {upper} are not adjacent")
+        };
         self.record(
-            "scale-in",
+            EventKind::Refused,
+            format!("scale in {operator}: {refusal}"),
+        );
+        None
+    }
+
+    /// Step 1: both partitions' checkpoints at one frontier. Stateless ones
+    /// both replay from the lower floor (regenerating more is harmless,
+    /// downstreams drop what they have).
+    fn aligned(
+        &mut self,
+        node: usize,
+        low: &InstancePlan,
+        high: &InstancePlan,
+    ) -> Result<Option<Aligned>, EngineError> {
+        if self.query.kind(node) == NodeKind::Stateful {
+            return self.align(low, high);
+        }
+        let floor = self.backups.floor(low.id).min(self.backups.floor(high.id));
+        match (self.restart_point(low.id)?, self.restart_point(high.id)?) {
+            (Some(a), Some(b)) => Ok(Some((floor, a, b))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Steps 3 to 5: the lower partition restarts owning both ranges, the
+    /// upper one goes, everyone is rewired, and the upper's worker returns
+    /// to the pool if nothing else runs there (returned).
+    fn install_merged(
+        &mut self,
+        node: usize,
+        low: &InstancePlan,
+        high: &InstancePlan,
+        range: KeyRange,
+        frontier: Stamp,
+        merged: Vec<u8>,
+    ) -> Result<bool, EngineError> {
+        let (lower, upper) = (low.id, high.id);
+        self.plan.remove_instance(upper);
+        self.plan.reincarnate(lower, low.worker, range);
+        self.backups.forget(upper);
+        if self.backed_up(node) {
+            self.backups.reshaped(lower, (frontier, merged.clone()));
+        }
+        let restore = HashMap::from([(
+            low.worker,
+            vec![(lower, Some(serde_bytes::ByteBuf::from(merged)))],
+        )]);
+        self.restore_on(restore, "a merge's restore")?;
+        self.broadcast(&ToWorker::PlanUpdate {
+            plan: self.plan.clone(),
+            added: Vec::new(),
+            merged: vec![MergedInstance {
+                id: upper,
+                into: lower,
+                frontier,
+            }],
+        });
+        let idle = !self.plan.instances().any(|(_, i)| i.worker == high.worker);
+        if idle && self.alive(high.worker) && !self.pool.contains(&high.worker) {
+            self.pool.push_back(high.worker);
+        }
+        Ok(idle)
+    }
+
+    /// Records a finished merge.
+    fn record_merge(&mut self, event: ScaleEvent, idle: bool) {
+        self.record(
+            EventKind::ScaleIn,
             format!(
-                "{operator}: {before} -> {} partitions (instance {upper} merged into {lower} at {:#x}, {} + {} keys, worker {} {}) in {} ms; {reason}",
-                before - 1,
-                high.key_range.start,
-                keys.0,
-                keys.1,
-                high.worker,
+                "{}: {} -> {} partitions (instance {} merged into {} at {:#x}, {} + {} keys, worker {} {}) in {} ms; {}",
+                event.operator,
+                event.partitions_before,
+                event.partitions_after,
+                event.new_instance,
+                event.instance,
+                event.split_at,
+                event.keys.0,
+                event.keys.1,
+                event.worker,
                 if idle { "back in the pool" } else { "still busy" },
-                event.pause_ms
+                event.pause_ms,
+                event.reason
             ),
         );
         self.scale_events.push(event);
-        Ok(())
     }
 
     /// Step 1 for stateful partitions: pauses both, then runs each to the

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-use super::{JobEvent, RecoveryTimeline};
+use super::{JobEvent, JobState, RecoveryTimeline};
 use crate::plan::{Incarnation, InstanceId, WorkerId};
 
 /// The view, shared between the coordinator (writer) and servers (readers).
@@ -19,8 +19,8 @@ pub type SharedView = Arc<RwLock<ClusterView>>;
 pub struct ClusterView {
     /// The query's registered name.
     pub query: String,
-    /// `starting`, `running`, `finished` or `failed`.
-    pub state: String,
+    /// Where the job is in its life.
+    pub state: JobState,
     /// Milliseconds since the job started.
     pub elapsed_ms: u64,
     /// Checkpoint interval, milliseconds (0: fault tolerance off).
@@ -132,7 +132,7 @@ pub struct HistoryPoint {
 /// What an operator of the cluster (a person, through the API or CLI) can ask.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobCommand {
-    /// Kill a worker process (SIGKILL), to see it recover.
+    /// Kill a worker process (through its provisioner), to see it recover.
     KillWorker(WorkerId),
     /// Kill the worker hosting an instance of an operator.
     KillInstance {
@@ -144,7 +144,7 @@ pub enum JobCommand {
     /// Take a checkpoint of every instance now.
     Checkpoint,
     /// Split the busiest instance of an operator in two.
-    Scale {
+    ScaleOut {
         /// Operator name.
         operator: String,
     },

@@ -1,0 +1,137 @@
+//! What a job is asked to do: the query, its placement, fault tolerance,
+//! injected failures and elasticity. One set of options for every query.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::scale::ScalePolicy;
+use super::view;
+
+/// An injected failure: kill the worker hosting `operator`'s instance
+/// `index` at `at` after the start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KillSpec {
+    /// When, after the job starts.
+    pub at: Duration,
+    /// Operator name.
+    pub operator: String,
+    /// Instance index within the operator.
+    pub index: u32,
+}
+
+impl std::str::FromStr for KillSpec {
+    type Err = String;
+
+    /// Parses `AT_SECS:OPERATOR[:INSTANCE]`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.split(':');
+        let (Some(at), Some(operator)) = (parts.next(), parts.next()) else {
+            return Err(format!("`{s}` is not AT_SECS:OPERATOR[:INSTANCE]"));
+        };
+        let at: f64 = at
+            .parse()
+            .ok()
+            .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+            .ok_or_else(|| format!("`{at}` in `{s}` is not a number of seconds"))?;
+        let index = match parts.next() {
+            Some(i) => i
+                .parse()
+                .map_err(|_| format!("`{i}` in `{s}` is not an instance index"))?,
+            None => 0,
+        };
+        if parts.next().is_some() {
+            return Err(format!("`{s}` is not AT_SECS:OPERATOR[:INSTANCE]"));
+        }
+        Ok(KillSpec {
+            at: Duration::from_secs_f64(at),
+            operator: operator.to_string(),
+            index,
+        })
+    }
+}
+
+/// What to run and on how many workers.
+#[derive(Clone, Debug)]
+pub struct JobConfig {
+    /// Registered query name.
+    pub query: String,
+    /// Parameters handed to the query builder on every process.
+    pub params: serde_json::Value,
+    /// Number of workers to place instances on.
+    pub workers: usize,
+    /// Idle workers kept ready for recovery.
+    pub pool: usize,
+    /// Parallelism overrides per operator name.
+    pub partitions: BTreeMap<String, u32>,
+    /// Checkpoint interval; zero turns fault tolerance off.
+    pub checkpoint_interval: Duration,
+    /// A worker silent for this long is declared failed.
+    pub heartbeat_timeout: Duration,
+    /// Failures to inject.
+    pub kills: Vec<KillSpec>,
+    /// Restore a failed stateful instance as this many partitions (parallel
+    /// recovery), when the pool has enough workers.
+    pub recovery_parallelism: u32,
+    /// Split hot instances automatically (`None`: only on request).
+    pub autoscale: Option<ScalePolicy>,
+    /// Scale-outs to force: (after, operator).
+    pub scale_at: Vec<(Duration, String)>,
+    /// Scale-ins to force: (after, operator); the coldest adjacent pair of
+    /// its partitions merges.
+    pub scale_in_at: Vec<(Duration, String)>,
+    /// CPU quota per local worker process, in cores (emulated small VMs).
+    pub worker_cpu: Option<f64>,
+    /// The cluster's shared secret that workers must present (empty: none).
+    pub token: String,
+    /// How long workers have to join, deploy and restore.
+    pub startup_timeout: Duration,
+    /// Set (e.g. by a Ctrl-C handler) to abort the job.
+    pub cancel: Arc<AtomicBool>,
+    /// Where to publish the cluster's state (for an HTTP API), if anywhere.
+    pub view: Option<view::SharedView>,
+    /// Commands from outside (HTTP API, CLI), if any.
+    pub commands: Option<crossbeam_channel::Receiver<view::JobCommand>>,
+}
+
+impl JobConfig {
+    /// A job with checkpoints every second and default timeouts.
+    pub fn new(query: impl Into<String>, params: serde_json::Value, workers: usize) -> Self {
+        JobConfig {
+            query: query.into(),
+            params,
+            workers,
+            pool: 0,
+            partitions: BTreeMap::new(),
+            checkpoint_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_millis(500),
+            kills: Vec::new(),
+            recovery_parallelism: 1,
+            autoscale: None,
+            scale_at: Vec::new(),
+            scale_in_at: Vec::new(),
+            worker_cpu: None,
+            token: String::new(),
+            startup_timeout: Duration::from_secs(30),
+            cancel: Arc::new(AtomicBool::new(false)),
+            view: None,
+            commands: None,
+        }
+    }
+}
+
+impl JobConfig {
+    /// Refuses options that name what `query` does not have.
+    pub(super) fn check(&self, query: &crate::api::Query) -> Result<(), crate::EngineError> {
+        for kill in &self.kills {
+            if query.find(&kill.operator).is_none() {
+                return Err(crate::EngineError::InvalidQuery(format!(
+                    "--kill names `{}`, which is not an operator of the query",
+                    kill.operator
+                )));
+            }
+        }
+        Ok(())
+    }
+}

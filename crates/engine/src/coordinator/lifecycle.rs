@@ -1,0 +1,400 @@
+//! A job's life: workers join, the query is deployed and started, and the
+//! main loop runs until every instance finished, starting recoveries and
+//! scale operations itself (one reconfiguration at a time) and handling
+//! every other message. Also where a worker is declared failed.
+
+use std::time::{Duration, Instant};
+
+use super::events::{EventKind, JobState};
+use super::{Failure, InstanceReport, Job, JobEvent, JobSummary, KillSpec, LinkEvent, WorkerEntry};
+use crate::error::EngineError;
+use crate::ids::WorkerId;
+use crate::plan::Plan;
+use crate::wire::control::{ToCoordinator, ToWorker};
+
+/// How long one wait for a link event lasts before the periodic duties run.
+const TICK: Duration = Duration::from_millis(20);
+
+impl Job<'_> {
+    /// Runs the job to its end.
+    pub(super) fn run(&mut self) -> Result<JobSummary, EngineError> {
+        self.gather_workers()?;
+        self.deploy_all()?;
+        self.started = Instant::now();
+        self.running = true;
+        self.broadcast(&ToWorker::Start);
+        self.record(
+            EventKind::Start,
+            format!(
+                "{} workers, {} in the pool",
+                self.config.workers, self.config.pool
+            ),
+        );
+        while self.finished.len() < self.plan.instances().count() {
+            self.step()?;
+        }
+        Ok(JobSummary {
+            instances: self.finished.values().cloned().collect(),
+            elapsed: self.started.elapsed(),
+            plan: self.plan.clone(),
+            events: std::mem::take(&mut self.timeline),
+            recoveries: std::mem::take(&mut self.recoveries),
+            checkpoints: self.checkpoints,
+            history: self.monitor.take_history(),
+            scale_events: std::mem::take(&mut self.scale_events),
+        })
+    }
+
+    /// Waits until the workers the job starts with (and its pool) joined.
+    fn gather_workers(&mut self) -> Result<(), EngineError> {
+        let wanted = self.config.workers + self.config.pool;
+        let deadline = Instant::now() + self.config.startup_timeout;
+        while self.workers.len() < wanted {
+            self.check_cancel()?;
+            self.provisioner.check()?;
+            if Instant::now() > deadline {
+                return Err(EngineError::Timeout(format!(
+                    "only {} of {wanted} workers joined within {:?}",
+                    self.workers.len(),
+                    self.config.startup_timeout
+                )));
+            }
+            match self.links.next_event(Instant::now() + TICK)? {
+                Some(LinkEvent::Joined {
+                    worker,
+                    data_addr,
+                    pid,
+                }) => self.add_worker(worker, data_addr, pid),
+                Some(LinkEvent::Lost(worker, reason)) => {
+                    return Err(EngineError::WorkerFailed { worker, reason })
+                }
+                Some(LinkEvent::Message(..)) | None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers a worker that joined.
+    fn add_worker(&mut self, worker: WorkerId, data_addr: String, pid: u32) {
+        tracing::info!(%worker, pid, %data_addr, "worker joined");
+        debug_assert_eq!(worker.index(), self.workers.len());
+        self.workers.push(WorkerEntry { pid, alive: true });
+        self.plan.workers.push(data_addr);
+    }
+
+    /// Places the query, deploys it on every worker and waits for them all.
+    fn deploy_all(&mut self) -> Result<(), EngineError> {
+        let workers = std::mem::take(&mut self.plan.workers);
+        self.plan = Plan::place(
+            &self.query,
+            workers,
+            self.config.workers,
+            &self.config.partitions,
+        )?;
+        let total = self.workers.len() as u32;
+        self.pool = (self.config.workers as u32..total).map(WorkerId).collect();
+        for w in (0..total).map(WorkerId) {
+            self.deploy(w)?;
+        }
+        let deadline = Instant::now() + self.config.startup_timeout;
+        let mut deployed = 0;
+        while deployed < total {
+            match self.wait("deployment", deadline)? {
+                Some((_, ToCoordinator::Deployed)) => deployed += 1,
+                Some((w, other)) => self.unexpected(w, other)?,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// One turn of the main loop: a queued recovery, a due scale operation,
+    /// or the next message.
+    fn step(&mut self) -> Result<(), EngineError> {
+        if !self.failing.is_empty() {
+            return self.recover();
+        }
+        let now = self.started.elapsed();
+        if let Some(i) = self.scale_at.iter().position(|(at, _)| *at <= now) {
+            let (_, operator) = self.scale_at.remove(i);
+            return self.scale_operator(&operator, "requested");
+        }
+        if let Some(i) = self.scale_in_at.iter().position(|(at, _)| *at <= now) {
+            let (_, operator) = self.scale_in_at.remove(i);
+            return self.scale_in_operator(&operator, "requested");
+        }
+        // Wake up for the next forced scale event even if nothing comes.
+        let wake = self
+            .scale_at
+            .iter()
+            .chain(&self.scale_in_at)
+            .map(|(at, _)| self.started + *at)
+            .min()
+            .unwrap_or_else(far_future);
+        match self.wait("the job", wake) {
+            Ok(Some((w, message))) => self.handle(w, message),
+            Ok(None) | Err(EngineError::Timeout(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn deploy(&mut self, worker: WorkerId) -> Result<(), EngineError> {
+        self.send(
+            worker,
+            &ToWorker::Deploy {
+                query: self.config.query.clone(),
+                params: self.config.params.to_string(),
+                plan: self.plan.clone(),
+                worker,
+                checkpoint_ms: self.config.checkpoint_interval.as_millis() as u64,
+            },
+        )
+    }
+
+    /// The next worker message, doing the periodic duties meanwhile: fire
+    /// injected kills, watch heartbeats, admit new pool workers. `None`: a
+    /// worker was lost (queued in `failing` for the main loop to recover);
+    /// whoever waits checks whether it still can get what it waits for.
+    pub(super) fn wait(
+        &mut self,
+        what: &str,
+        deadline: Instant,
+    ) -> Result<Option<(WorkerId, ToCoordinator)>, EngineError> {
+        loop {
+            if let Some(deferred) = self.deferred.pop_front() {
+                return Ok(Some(deferred));
+            }
+            self.check_cancel()?;
+            if Instant::now() > deadline {
+                return Err(EngineError::Timeout(format!(
+                    "workers did not complete {what} within {:?}",
+                    self.config.startup_timeout
+                )));
+            }
+            self.commands();
+            self.fire_kills();
+            self.publish(false);
+            if let Some(silent) = self.silent_worker().filter(|_| self.running) {
+                self.lose(silent, "it missed its heartbeats".into());
+                return Ok(None);
+            }
+            match self.links.next_event(Instant::now() + TICK)? {
+                Some(LinkEvent::Message(w, message)) => return Ok(Some((w, message))),
+                Some(LinkEvent::Joined {
+                    worker,
+                    data_addr,
+                    pid,
+                }) => self.join(worker, data_addr, pid)?,
+                Some(LinkEvent::Lost(w, reason)) if self.alive(w) => {
+                    if !self.running {
+                        return Err(EngineError::WorkerFailed { worker: w, reason });
+                    }
+                    self.lose(w, reason);
+                    return Ok(None);
+                }
+                Some(LinkEvent::Lost(..)) | None => {}
+            }
+        }
+    }
+
+    /// Handles what arrived while failures are being gathered: losses are
+    /// declared, joins admitted, messages kept for later.
+    pub(super) fn absorb(&mut self, event: LinkEvent) -> Result<(), EngineError> {
+        match event {
+            LinkEvent::Lost(w, reason) => self.lose(w, reason),
+            LinkEvent::Message(w, m) => self.deferred.push_back((w, m)),
+            LinkEvent::Joined {
+                worker,
+                data_addr,
+                pid,
+            } => self.join(worker, data_addr, pid)?,
+        }
+        Ok(())
+    }
+
+    /// A pool worker joined: deploy the query on it and keep it ready.
+    fn join(&mut self, worker: WorkerId, data_addr: String, pid: u32) -> Result<(), EngineError> {
+        self.add_worker(worker, data_addr, pid);
+        self.deploy(worker)?;
+        self.pool.push_back(worker);
+        self.record(
+            EventKind::Pool,
+            format!("worker {worker} (pid {pid}) joined the pool"),
+        );
+        Ok(())
+    }
+
+    /// Declares worker `w` failed: it is ordered to exit and ended by its
+    /// provisioner (a hung worker must not come back and interfere), leaves
+    /// the pool and waits for recovery.
+    pub(super) fn lose(&mut self, w: WorkerId, reason: String) {
+        if !self.alive(w) {
+            return;
+        }
+        self.workers[w.index()].alive = false;
+        // Best effort: a crashed worker cannot be told.
+        let _ = self.links.send(w, &ToWorker::Shutdown);
+        self.end_process(w);
+        self.pool.retain(|p| *p != w);
+        let detected_ms = self.elapsed_ms();
+        self.failing.push(Failure {
+            worker: w,
+            reason,
+            detected_ms,
+        });
+    }
+
+    /// Ends worker `w`'s process through its provisioner.
+    pub(super) fn end_process(&mut self, w: WorkerId) -> bool {
+        let pid = self.workers[w.index()].pid;
+        let addr = self
+            .plan
+            .workers
+            .get(w.index())
+            .cloned()
+            .unwrap_or_default();
+        match self.provisioner.stop(w, pid, &addr) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(worker = %w, "cannot end the worker's process: {e}");
+                false
+            }
+        }
+    }
+
+    fn silent_worker(&self) -> Option<WorkerId> {
+        self.live_workers()
+            .into_iter()
+            .find(|w| self.links.silent_for(*w) > self.config.heartbeat_timeout)
+    }
+
+    /// Kills the workers hosting the instances whose `--kill` is due.
+    fn fire_kills(&mut self) {
+        let now = self.started.elapsed();
+        let due: Vec<KillSpec> = self.kills.iter().filter(|k| k.at <= now).cloned().collect();
+        self.kills.retain(|k| k.at > now);
+        for kill in due {
+            let worker = self
+                .query
+                .find(&kill.operator)
+                .and_then(|node| self.plan.nodes[node].instances.get(kill.index as usize))
+                .map(|i| i.worker);
+            match worker {
+                Some(w) if self.alive(w) => {
+                    let what = format!(
+                        "worker {w} (pid {}) hosting {}[{}]",
+                        self.workers[w.index()].pid,
+                        kill.operator,
+                        kill.index
+                    );
+                    if self.end_process(w) {
+                        self.record(EventKind::Kill, format!("killed {what}"));
+                    } else {
+                        self.record(
+                            EventKind::Refused,
+                            format!("kill {what}: its provisioner cannot end it"),
+                        );
+                    }
+                }
+                _ => tracing::warn!(
+                    "--kill {}:{}: no such live instance",
+                    kill.operator,
+                    kill.index
+                ),
+            }
+        }
+    }
+
+    fn handle(&mut self, worker: WorkerId, message: ToCoordinator) -> Result<(), EngineError> {
+        match message {
+            ToCoordinator::Checkpoint {
+                instance,
+                incarnation,
+                frontier,
+                bytes,
+            } => {
+                let current = self.plan.instance(instance).map(|(_, p)| p.incarnation);
+                if current != Some(incarnation) {
+                    // From an incarnation that was replaced (split or restored).
+                    return Ok(());
+                }
+                self.checkpointed(instance, incarnation, frontier, bytes)
+            }
+            ToCoordinator::BackupStored {
+                instance,
+                incarnation,
+                frontier,
+            } => {
+                self.backup_stored(worker, instance, incarnation, frontier);
+                Ok(())
+            }
+            ToCoordinator::InstanceFinished { instance, stats } => {
+                let (node, placed) = self.plan.instance(instance).ok_or_else(|| {
+                    EngineError::Protocol(format!("unknown instance {instance} finished"))
+                })?;
+                let operator = self.plan.nodes[node].name.clone();
+                tracing::info!(%instance, %operator, "instance finished");
+                let report = InstanceReport {
+                    operator,
+                    instance,
+                    worker: placed.worker,
+                    stats,
+                };
+                self.finished.insert(instance, report);
+                Ok(())
+            }
+            ToCoordinator::Metrics(metrics) => {
+                self.metrics(metrics);
+                self.autoscale()
+            }
+            ToCoordinator::CaughtUp { instance } => {
+                self.caught_up(instance);
+                Ok(())
+            }
+            // Answers to a reconfiguration that already gave up waiting.
+            ToCoordinator::Restored { .. }
+            | ToCoordinator::Paused { .. }
+            | ToCoordinator::Backup { .. }
+            | ToCoordinator::Deployed => Ok(()),
+            other => self.unexpected(worker, other),
+        }
+    }
+
+    pub(super) fn unexpected(
+        &self,
+        worker: WorkerId,
+        message: ToCoordinator,
+    ) -> Result<(), EngineError> {
+        match message {
+            ToCoordinator::WorkerFailed { error } => Err(EngineError::WorkerFailed {
+                worker,
+                reason: error,
+            }),
+            // The instance's error already names its operator and instance.
+            ToCoordinator::InstanceFailed { error, .. } => Err(EngineError::WorkerFailed {
+                worker,
+                reason: error,
+            }),
+            other => Err(EngineError::Protocol(format!(
+                "worker {worker} sent {other:?} at an unexpected time"
+            ))),
+        }
+    }
+
+    /// Publishes that the job failed with `error`.
+    pub(super) fn publish_failure(&mut self, error: &EngineError) {
+        let at_ms = self.elapsed_ms();
+        if let Some(Ok(mut v)) = self.config.view.as_ref().map(|v| v.write()) {
+            v.state = JobState::Failed;
+            v.events.push(JobEvent {
+                at_ms,
+                kind: EventKind::Error,
+                detail: error.to_string(),
+            });
+        }
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 24 * 3600)
+}

@@ -1,0 +1,147 @@
+//! Worker links in memory, for tests of the coordinator's protocols: the
+//! test plays every worker through a [`Network`], the coordinator talks to
+//! a [`MemoryLinks`] exactly as it would over TCP.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::{LinkEvent, Links};
+use crate::error::EngineError;
+use crate::ids::WorkerId;
+use crate::wire::control::{ToCoordinator, ToWorker};
+
+/// The coordinator's end.
+pub(crate) struct MemoryLinks {
+    events: Receiver<LinkEvent>,
+    sent: Sender<(WorkerId, ToWorker)>,
+    state: Arc<Mutex<Shared>>,
+}
+
+/// What both ends see: which workers are cut off or silent.
+#[derive(Default)]
+struct Shared {
+    /// Connections that broke: sending to them fails.
+    broken: HashSet<WorkerId>,
+    /// Workers whose heartbeats stopped.
+    silent: HashSet<WorkerId>,
+}
+
+/// The workers' end, driven by a test.
+#[derive(Clone)]
+pub(crate) struct Network {
+    events: Sender<LinkEvent>,
+    /// Everything the coordinator sent, in order.
+    pub(crate) sent: Receiver<(WorkerId, ToWorker)>,
+    state: Arc<Mutex<Shared>>,
+    next: Arc<AtomicU32>,
+}
+
+/// A connected pair of ends.
+pub(crate) fn pair() -> (MemoryLinks, Network) {
+    let (events_tx, events) = crossbeam_channel::unbounded();
+    let (sent_tx, sent) = crossbeam_channel::unbounded();
+    let state = Arc::new(Mutex::new(Shared::default()));
+    (
+        MemoryLinks {
+            events,
+            sent: sent_tx,
+            state: state.clone(),
+        },
+        Network {
+            events: events_tx,
+            sent,
+            state,
+            next: Arc::new(AtomicU32::new(0)),
+        },
+    )
+}
+
+impl Network {
+    /// A new worker joins; returns its id.
+    pub(crate) fn join(&self) -> WorkerId {
+        let worker = WorkerId(self.next.fetch_add(1, Ordering::SeqCst));
+        let joined = LinkEvent::Joined {
+            worker,
+            data_addr: format!("memory:{worker}"),
+            pid: 10_000 + worker.0,
+        };
+        let _ = self.events.send(joined);
+        worker
+    }
+
+    /// `worker` says `message`.
+    pub(crate) fn say(&self, worker: WorkerId, message: ToCoordinator) {
+        let _ = self.events.send(LinkEvent::Message(worker, message));
+    }
+
+    /// `worker`'s connection breaks (it crashed or was ended).
+    pub(crate) fn break_link(&self, worker: WorkerId) {
+        let fresh = self.lock().broken.insert(worker);
+        if fresh {
+            let _ = self
+                .events
+                .send(LinkEvent::Lost(worker, "its connection broke".into()));
+        }
+    }
+
+    /// `worker` stops sending heartbeats but stays connected.
+    pub(crate) fn silence(&self, worker: WorkerId) {
+        self.lock().silent.insert(worker);
+    }
+
+    /// Whether `worker`'s connection broke.
+    pub(crate) fn is_broken(&self, worker: WorkerId) -> bool {
+        self.lock().broken.contains(&worker)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Links for MemoryLinks {
+    fn send(&mut self, worker: WorkerId, message: &ToWorker) -> Result<(), EngineError> {
+        if self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .broken
+            .contains(&worker)
+        {
+            return Err(EngineError::Protocol(format!(
+                "worker {worker}'s connection is broken"
+            )));
+        }
+        self.sent
+            .send((worker, message.clone()))
+            .map_err(|_| EngineError::Protocol("the test network is gone".into()))
+    }
+
+    fn next_event(&mut self, deadline: Instant) -> Result<Option<LinkEvent>, EngineError> {
+        match self.events.recv_deadline(deadline) {
+            Ok(event) => Ok(Some(event)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(EngineError::Protocol("the test network is gone".into()))
+            }
+        }
+    }
+
+    fn silent_for(&self, worker: WorkerId) -> Duration {
+        let silent = self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .silent
+            .contains(&worker);
+        if silent {
+            Duration::from_secs(3600)
+        } else {
+            Duration::ZERO
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! The coordinator's connections to its workers, behind one narrow trait so
+//! that every protocol decision above it runs the same over TCP ([`tcp`])
+//! or in memory (`memory`, for in-process tests of the protocols).
+
+pub(super) mod tcp;
+
+#[cfg(test)]
+pub(super) mod memory;
+
+use std::time::{Duration, Instant};
+
+use crate::error::EngineError;
+use crate::ids::WorkerId;
+use crate::wire::control::{ToCoordinator, ToWorker};
+
+/// Something a worker connection reported.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// A worker registered; workers are numbered in the order they join.
+    Joined {
+        /// Its id from now on.
+        worker: WorkerId,
+        /// Where its data channels listen.
+        data_addr: String,
+        /// Its process id, as the worker reported it (for display only:
+        /// the coordinator never signals it).
+        pid: u32,
+    },
+    /// A message from a worker.
+    Message(WorkerId, ToCoordinator),
+    /// A worker's connection broke.
+    Lost(WorkerId, String),
+}
+
+/// The coordinator's end of every worker connection.
+pub trait Links {
+    /// Sends `message` to `worker`.
+    fn send(&mut self, worker: WorkerId, message: &ToWorker) -> Result<(), EngineError>;
+    /// The next event, or `None` once `deadline` passes. An error means no
+    /// event can ever come again.
+    fn next_event(&mut self, deadline: Instant) -> Result<Option<LinkEvent>, EngineError>;
+    /// How long `worker` has been silent (no message, no heartbeat).
+    fn silent_for(&self, worker: WorkerId) -> Duration;
+}

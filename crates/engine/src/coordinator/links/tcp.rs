@@ -1,0 +1,243 @@
+//! Worker links over TCP: an accept thread takes each worker's control
+//! connection (`Register`) and its heartbeat connection (`Beat`), and one
+//! reader thread per connection turns what arrives into [`LinkEvent`]s.
+//! Heartbeats have their own connection so they never queue behind a large
+//! checkpoint, and they only refresh the worker's clock (an atomic), so a
+//! busy coordinator never mistakes queued heartbeats for silence.
+
+use std::collections::HashMap;
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::{LinkEvent, Links};
+use crate::error::EngineError;
+use crate::ids::WorkerId;
+use crate::wire::control::{self, ToCoordinator, ToWorker};
+
+/// The TCP implementation of [`Links`].
+pub struct TcpLinks {
+    raw_tx: Sender<Event>,
+    raw: Receiver<Event>,
+    streams: Vec<TcpStream>,
+    /// Milliseconds after [`epoch`] each worker was last heard, kept by its
+    /// reader threads.
+    clocks: Vec<Arc<AtomicU64>>,
+}
+
+impl TcpLinks {
+    /// Starts accepting workers on `listener` (which must be non-blocking);
+    /// connections without `token` are refused. Stops when `cancel` is set.
+    pub fn start(
+        listener: TcpListener,
+        cancel: Arc<AtomicBool>,
+        token: String,
+    ) -> Result<Self, EngineError> {
+        let (raw_tx, raw) = crossbeam_channel::unbounded();
+        spawn_acceptor(listener, raw_tx.clone(), cancel, token)?;
+        Ok(TcpLinks {
+            raw_tx,
+            raw,
+            streams: Vec::new(),
+            clocks: Vec::new(),
+        })
+    }
+
+    /// Registers a worker that joined and starts reading from it.
+    fn add(&mut self, stream: TcpStream, clock: Arc<AtomicU64>) -> Result<WorkerId, EngineError> {
+        let worker = WorkerId(self.streams.len() as u32);
+        clock.store(now_ms(), Ordering::Relaxed);
+        spawn_reader(worker, &stream, self.raw_tx.clone(), clock.clone())?;
+        self.streams.push(stream);
+        self.clocks.push(clock);
+        Ok(worker)
+    }
+}
+
+impl Links for TcpLinks {
+    fn send(&mut self, worker: WorkerId, message: &ToWorker) -> Result<(), EngineError> {
+        let stream = self
+            .streams
+            .get(worker.index())
+            .ok_or_else(|| EngineError::Protocol(format!("no connection to worker {worker}")))?;
+        control::send(&mut &*stream, message)
+    }
+
+    fn next_event(&mut self, deadline: Instant) -> Result<Option<LinkEvent>, EngineError> {
+        match self.raw.recv_deadline(deadline) {
+            Ok(Event::Joined(stream, data_addr, pid, clock)) => {
+                let worker = self.add(stream, clock)?;
+                Ok(Some(LinkEvent::Joined {
+                    worker,
+                    data_addr,
+                    pid,
+                }))
+            }
+            Ok(Event::Message(w, message)) => Ok(Some(LinkEvent::Message(w, message))),
+            Ok(Event::Lost(w, reason)) => Ok(Some(LinkEvent::Lost(w, reason))),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(EngineError::Protocol(
+                "every worker connection closed".into(),
+            )),
+        }
+    }
+
+    fn silent_for(&self, worker: WorkerId) -> Duration {
+        let heard = self
+            .clocks
+            .get(worker.index())
+            .map_or(0, |c| c.load(Ordering::Relaxed));
+        Duration::from_millis(now_ms().saturating_sub(heard))
+    }
+}
+
+/// The clock origin for heartbeat bookkeeping for heartbeat bookkeeping.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
+
+/// What the accept and reader threads report.
+enum Event {
+    Joined(TcpStream, String, u32, Arc<AtomicU64>),
+    Message(WorkerId, ToCoordinator),
+    Lost(WorkerId, String),
+}
+
+/// Accepts connections: a worker's control connection (`Register`) or its
+/// heartbeat connection (`Beat`), which only refreshes the worker's clock.
+fn spawn_acceptor(
+    listener: TcpListener,
+    events: Sender<Event>,
+    cancel: Arc<AtomicBool>,
+    token: String,
+) -> Result<(), EngineError> {
+    let mut clocks: HashMap<String, Arc<AtomicU64>> = HashMap::new();
+    thread::Builder::new()
+        .name("spate-coord-accept".into())
+        .spawn(move || loop {
+            if cancel.load(Ordering::SeqCst) {
+                return;
+            }
+            match listener.accept() {
+                Ok((stream, _)) => match handshake(stream) {
+                    Ok((stream, ToCoordinator::Register { token: t, .. }))
+                    | Ok((stream, ToCoordinator::Beat { token: t, .. }))
+                        if t != token =>
+                    {
+                        let peer = stream
+                            .peer_addr()
+                            .map(|a| a.to_string())
+                            .unwrap_or_default();
+                        tracing::warn!("refused a worker at {peer}: wrong cluster token");
+                    }
+                    Ok((stream, ToCoordinator::Register { data_addr, pid, .. })) => {
+                        let clock = Arc::new(AtomicU64::new(now_ms()));
+                        clocks.insert(data_addr.clone(), clock.clone());
+                        if events
+                            .send(Event::Joined(stream, data_addr, pid, clock))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok((stream, ToCoordinator::Beat { data_addr, .. })) => {
+                        match clocks.get(&data_addr) {
+                            Some(clock) => spawn_heartbeat_reader(stream, clock.clone()),
+                            None => tracing::warn!("heartbeats from unknown worker {data_addr}"),
+                        }
+                    }
+                    Ok((_, other)) => {
+                        tracing::warn!("refused a connection that opened with {other:?}")
+                    }
+                    Err(e) => tracing::warn!("refused a connection: {e}"),
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => {
+                    tracing::warn!("accepting a worker failed: {e}");
+                    thread::sleep(Duration::from_millis(10));
+                }
+            }
+            if events.is_empty() && cancel.load(Ordering::SeqCst) {
+                return;
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| EngineError::io("starting the coordinator's accept thread", e))
+}
+
+fn spawn_heartbeat_reader(mut stream: TcpStream, clock: Arc<AtomicU64>) {
+    let spawned = thread::Builder::new()
+        .name("spate-coord-beat".into())
+        .spawn(move || {
+            while let Ok(Some(ToCoordinator::Heartbeat)) =
+                control::recv::<ToCoordinator>(&mut stream)
+            {
+                clock.store(now_ms(), Ordering::Relaxed);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start a heartbeat reader: {e}");
+    }
+}
+
+fn handshake(mut stream: TcpStream) -> Result<(TcpStream, ToCoordinator), EngineError> {
+    let configure = |s: &TcpStream| -> std::io::Result<()> {
+        s.set_nonblocking(false)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+    };
+    configure(&stream).map_err(|e| EngineError::io("configuring a worker connection", e))?;
+    control::read_hello(&mut stream)?;
+    control::write_hello(&mut stream).map_err(|e| EngineError::io("greeting a worker", e))?;
+    match control::recv::<ToCoordinator>(&mut stream)? {
+        Some(first) => {
+            stream
+                .set_read_timeout(None)
+                .map_err(|e| EngineError::io("configuring a worker connection", e))?;
+            Ok((stream, first))
+        }
+        None => Err(EngineError::Protocol(
+            "a peer connected and closed without a word".into(),
+        )),
+    }
+}
+
+fn spawn_reader(
+    worker: WorkerId,
+    stream: &TcpStream,
+    events: Sender<Event>,
+    last_heard: Arc<AtomicU64>,
+) -> Result<(), EngineError> {
+    let mut stream = stream
+        .try_clone()
+        .map_err(|e| EngineError::io("cloning a worker connection", e))?;
+    thread::Builder::new()
+        .name(format!("spate-coord-w{worker}"))
+        .spawn(move || loop {
+            let event = match control::recv::<ToCoordinator>(&mut stream) {
+                Ok(Some(message)) => {
+                    last_heard.store(now_ms(), Ordering::Relaxed);
+                    Event::Message(worker, message)
+                }
+                Ok(None) => Event::Lost(worker, "it closed its control connection".into()),
+                Err(e) => Event::Lost(worker, e.to_string()),
+            };
+            let lost = matches!(event, Event::Lost(..));
+            if events.send(event).is_err() || lost {
+                return;
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| EngineError::io("starting a worker reader thread", e))
+}

@@ -1,0 +1,1077 @@
+//! In-process tests of the coordinator's protocols: the whole coordinator
+//! runs over in-memory links while the test plays every worker, answering
+//! as real workers do, and injects checkpoints, failures, silence and
+//! commands at chosen points. Each runs in milliseconds.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::autoscaler::{Autoscaler, Decision};
+use super::backups::{choose_holder, Backups};
+use super::links::memory::{pair, Network};
+use super::{run_job, EventKind, JobConfig, JobSummary, Provisioner, ScaleDirection, ScalePolicy};
+use crate::api::{
+    Operator, OperatorError, Output, QueryBuilder, QueryRegistry, Sink, Source, SourceStep,
+    StatefulOperator,
+};
+use crate::error::EngineError;
+use crate::ids::{Incarnation, InstanceId, WorkerId};
+use crate::plan::Plan;
+use crate::stamp::Stamp;
+use crate::state::{CheckpointParts, KeyRange, OutputBuffer};
+use crate::wire::control::{InstanceMetrics, InstanceStats, ToCoordinator, ToWorker};
+
+/// A source the coordinator never runs: only the graph matters here.
+struct Idle;
+
+impl Source for Idle {
+    type Out = u64;
+    fn next(&mut self) -> Result<SourceStep<u64>, OperatorError> {
+        Ok(SourceStep::Done)
+    }
+}
+
+/// A stateless pass-through.
+struct Pass;
+
+impl Operator for Pass {
+    type In = u64;
+    type Out = u64;
+    fn process(&mut self, input: u64, out: &mut Output<'_, u64>) -> Result<(), OperatorError> {
+        out.emit(input)
+    }
+}
+
+/// A keyed count.
+struct Count;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Total(u64);
+
+impl StatefulOperator for Count {
+    type In = u64;
+    type Key = u64;
+    type State = Total;
+    type Out = u64;
+    fn key(input: &u64) -> u64 {
+        *input
+    }
+    fn process(
+        &mut self,
+        _input: u64,
+        state: &mut Total,
+        out: &mut Output<'_, u64>,
+    ) -> Result<(), OperatorError> {
+        state.0 += 1;
+        out.emit(state.0)
+    }
+}
+
+/// A sink that drops everything.
+struct Drop;
+
+impl Sink for Drop {
+    type In = u64;
+    fn write(&mut self, _input: u64) -> Result<(), OperatorError> {
+        Ok(())
+    }
+}
+
+/// source -> pass (stateless) -> count (stateful, 2 partitions) -> sink.
+fn registry() -> QueryRegistry {
+    let mut registry = QueryRegistry::new();
+    registry.register("chain", "a four-stage chain", |_| {
+        let mut q = QueryBuilder::new();
+        let source = q.source("source", 1, |_| Ok(Idle));
+        let pass = q.operator("pass", 1, &[source], |_| Ok(Pass));
+        let count = q.stateful("count", 2, &[pass], |_| Ok(Count));
+        q.sink("sink", 1, &[count], |_| Ok(Drop));
+        q.build()
+    });
+    registry
+}
+
+/// Starts pool workers by joining them to the test network, and ends
+/// workers by breaking their links (as a crash would).
+struct FakeProvisioner {
+    net: Network,
+    stopped: Vec<WorkerId>,
+}
+
+impl Provisioner for FakeProvisioner {
+    fn check(&mut self) -> Result<(), EngineError> {
+        Ok(())
+    }
+    fn provision(&mut self) -> Result<(), EngineError> {
+        self.net.join();
+        Ok(())
+    }
+    fn stop(&mut self, worker: WorkerId, _pid: u32, _addr: &str) -> Result<(), EngineError> {
+        self.stopped.push(worker);
+        self.net.break_link(worker);
+        Ok(())
+    }
+}
+
+/// A stored backup: (incarnation, frontier, bytes).
+type Held = (Incarnation, Stamp, Vec<u8>);
+
+/// Every worker, played by the test: answers the coordinator as a worker
+/// would and remembers what it was told.
+struct Cluster {
+    net: Network,
+    plan: Option<Plan>,
+    /// Backups each worker holds.
+    held: HashMap<(WorkerId, InstanceId), Held>,
+    /// Everything the coordinator sent.
+    log: Vec<(WorkerId, ToWorker)>,
+    /// Each paused instance and its incarnation.
+    paused: HashMap<InstanceId, Incarnation>,
+    /// Backups to answer as missing (a holder that lost its copy).
+    forget_backups: bool,
+    /// Checkpoints to corrupt before sending.
+    corrupt: bool,
+    /// How far the fake instances got.
+    progress: Stamp,
+    started: bool,
+}
+
+impl Cluster {
+    fn new(net: Network) -> Self {
+        Cluster {
+            net,
+            plan: None,
+            held: HashMap::new(),
+            log: Vec::new(),
+            paused: HashMap::new(),
+            forget_backups: false,
+            corrupt: false,
+            progress: Stamp(100),
+            started: false,
+        }
+    }
+
+    /// Answers what the coordinator sent until `until` holds or `timeout`.
+    fn run_until(&mut self, timeout: Duration, until: impl Fn(&Cluster) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if until(self) {
+                return true;
+            }
+            if let Ok((w, message)) = self.net.sent.recv_timeout(Duration::from_millis(5)) {
+                self.answer(w, message);
+            }
+        }
+        until(self)
+    }
+
+    /// Answers for a while.
+    fn settle(&mut self, time: Duration) {
+        self.run_until(time, |_| false);
+    }
+
+    fn answer(&mut self, w: WorkerId, message: ToWorker) {
+        self.log.push((w, message.clone()));
+        if self.net.is_broken(w) {
+            return;
+        }
+        match message {
+            ToWorker::Deploy { plan, .. } => {
+                self.plan = Some(plan);
+                self.net.say(w, ToCoordinator::Deployed);
+            }
+            ToWorker::Start => self.started = true,
+            ToWorker::StoreBackup {
+                instance,
+                incarnation,
+                frontier,
+                bytes,
+            } => {
+                self.held
+                    .insert((w, instance), (incarnation, frontier, bytes));
+                self.net.say(
+                    w,
+                    ToCoordinator::BackupStored {
+                        instance,
+                        incarnation,
+                        frontier,
+                    },
+                );
+            }
+            ToWorker::FetchBackup { instance } => {
+                let bytes = self
+                    .held
+                    .get(&(w, instance))
+                    .filter(|_| !self.forget_backups)
+                    .map(|(_, _, b)| b.clone());
+                self.net.say(w, ToCoordinator::Backup { instance, bytes });
+            }
+            ToWorker::Restore { instances, plan } => {
+                self.plan = Some(plan);
+                for (instance, _) in instances {
+                    self.net.say(w, ToCoordinator::Restored { instance });
+                }
+            }
+            ToWorker::PlanUpdate { plan, .. } => self.plan = Some(plan),
+            ToWorker::CheckpointNow => {
+                for id in self.hosted(w) {
+                    self.checkpoint(id, self.progress);
+                }
+            }
+            ToWorker::Pause { instance } => {
+                if let Some(incarnation) = self.incarnation(instance) {
+                    self.paused.insert(instance, incarnation);
+                    let done = self.progress;
+                    self.net.say(
+                        w,
+                        ToCoordinator::Paused {
+                            instance,
+                            incarnation,
+                            done,
+                        },
+                    );
+                }
+            }
+            ToWorker::Resume { instance, until } => {
+                self.paused.remove(&instance);
+                if !until.is_end() {
+                    self.checkpoint(instance, until);
+                }
+            }
+            ToWorker::Trim { .. } | ToWorker::Shutdown => {}
+        }
+    }
+
+    fn plan(&self) -> &Plan {
+        self.plan.as_ref().expect("deployed")
+    }
+
+    fn incarnation(&self, id: InstanceId) -> Option<Incarnation> {
+        self.plan().instance(id).map(|(_, p)| p.incarnation)
+    }
+
+    /// The instances `w` hosts.
+    fn hosted(&self, w: WorkerId) -> Vec<InstanceId> {
+        self.plan()
+            .instances()
+            .filter(|(_, i)| i.worker == w)
+            .map(|(_, i)| i.id)
+            .collect()
+    }
+
+    /// The ids of `operator`'s instances, in key order.
+    fn ids(&self, operator: &str) -> Vec<InstanceId> {
+        self.plan()
+            .nodes
+            .iter()
+            .find(|n| n.name == operator)
+            .map(|n| n.instances.iter().map(|i| i.id).collect())
+            .unwrap_or_default()
+    }
+
+    /// The worker hosting `id`.
+    fn host(&self, id: InstanceId) -> WorkerId {
+        self.plan().instance(id).expect("planned").1.worker
+    }
+
+    /// Instance `id` checkpoints at `frontier`, as its worker would.
+    fn checkpoint(&self, id: InstanceId, frontier: Stamp) {
+        let Some((node, placed)) = self.plan().instance(id) else {
+            return;
+        };
+        let mut bytes = CheckpointParts {
+            operator: &self.plan().nodes[node].name,
+            key_range: placed.key_range,
+            frontier,
+            entries: &[],
+            output_buffer: &OutputBuffer::default(),
+            operator_state: &[],
+        }
+        .encode()
+        .expect("encodes");
+        if self.corrupt {
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0xff;
+        }
+        self.net.say(
+            placed.worker,
+            ToCoordinator::Checkpoint {
+                instance: id,
+                incarnation: placed.incarnation,
+                frontier,
+                bytes,
+            },
+        );
+    }
+
+    /// Every instance checkpoints at `frontier`.
+    fn checkpoint_all(&mut self, frontier: Stamp) {
+        self.progress = frontier;
+        let ids: Vec<InstanceId> = self.plan().instances().map(|(_, i)| i.id).collect();
+        for id in ids {
+            if !self.net.is_broken(self.host(id)) {
+                self.checkpoint(id, frontier);
+            }
+        }
+    }
+
+    /// Every instance of the current plan finishes.
+    fn finish_all(&self) {
+        for (_, i) in self.plan().instances() {
+            self.net.say(
+                i.worker,
+                ToCoordinator::InstanceFinished {
+                    instance: i.id,
+                    stats: InstanceStats::default(),
+                },
+            );
+        }
+    }
+
+    /// Messages of one kind the coordinator sent to `w`.
+    fn sent_to(&self, w: WorkerId, kind: fn(&ToWorker) -> bool) -> usize {
+        self.log
+            .iter()
+            .filter(|(to, m)| *to == w && kind(m))
+            .count()
+    }
+
+    /// The frontier of the checkpoint each restored instance got.
+    fn restored_frontiers(&self) -> BTreeMap<InstanceId, Option<Stamp>> {
+        let mut out = BTreeMap::new();
+        for (_, m) in &self.log {
+            if let ToWorker::Restore { instances, .. } = m {
+                for (id, bytes) in instances {
+                    let frontier = bytes
+                        .as_ref()
+                        .map(|b| crate::state::Checkpoint::decode(b).expect("valid").frontier);
+                    out.insert(*id, frontier);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A job's options for these tests: 3 workers, a pool of `pool`.
+fn config(pool: usize) -> JobConfig {
+    let mut config = JobConfig::new("chain", serde_json::json!({}), 3);
+    config.pool = pool;
+    config.heartbeat_timeout = Duration::from_millis(200);
+    config.startup_timeout = Duration::from_secs(5);
+    config
+}
+
+/// Runs a job over in-memory links while `script` plays the workers, then
+/// finishes every instance; returns the summary, the cluster and the
+/// provisioner's stops.
+fn scenario(
+    config: JobConfig,
+    script: impl FnOnce(&mut Cluster),
+) -> (Result<JobSummary, EngineError>, Cluster, Vec<WorkerId>) {
+    let registry = registry();
+    let (mut links, net) = pair();
+    let mut provisioner = FakeProvisioner {
+        net: net.clone(),
+        stopped: Vec::new(),
+    };
+    for _ in 0..config.workers + config.pool {
+        net.join();
+    }
+    let mut cluster = Cluster::new(net);
+    let result = thread::scope(|s| {
+        let job = s.spawn(|| run_job(&registry, &config, &mut links, &mut provisioner));
+        assert!(
+            cluster.run_until(Duration::from_secs(5), |c| c.started),
+            "the job did not start"
+        );
+        let scripted =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| script(&mut cluster)));
+        if scripted.is_err() {
+            // End the job so that the failure is reported, not a hang.
+            config
+                .cancel
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        let give_up = Instant::now() + Duration::from_secs(20);
+        while !job.is_finished() && Instant::now() < give_up {
+            // Every instance of the plan as it is now, again and again: a
+            // reconfiguration still running may change it.
+            cluster.settle(Duration::from_millis(20));
+            cluster.finish_all();
+        }
+        assert!(job.is_finished(), "the job did not end");
+        if let Err(panic) = scripted {
+            std::panic::resume_unwind(panic);
+        }
+        job.join().expect("the coordinator did not panic")
+    });
+    (result, cluster, provisioner.stopped)
+}
+
+fn kinds(summary: &JobSummary, kind: EventKind) -> usize {
+    summary.events.iter().filter(|e| e.kind == kind).count()
+}
+
+fn is_restore(m: &ToWorker) -> bool {
+    matches!(m, ToWorker::Restore { .. })
+}
+
+#[test]
+fn a_failure_free_job_deploys_starts_and_finishes() {
+    let (result, cluster, stopped) = scenario(config(1), |c| c.checkpoint_all(Stamp(10)));
+    let summary = result.expect("finishes");
+    assert_eq!(summary.instances.len(), 5);
+    assert_eq!(kinds(&summary, EventKind::Start), 1);
+    assert!(summary.recoveries.is_empty());
+    assert!(stopped.is_empty());
+    // Every worker, the pool's too, got the query.
+    for w in 0..4 {
+        assert_eq!(
+            cluster.sent_to(WorkerId(w), |m| matches!(m, ToWorker::Deploy { .. })),
+            1
+        );
+    }
+}
+
+#[test]
+fn checkpoints_of_stateful_instances_are_backed_up_on_another_worker() {
+    let (result, cluster, _) = scenario(config(1), |c| {
+        c.checkpoint_all(Stamp(10));
+        c.settle(Duration::from_millis(50));
+    });
+    let summary = result.expect("finishes");
+    // Two count partitions and the sink are backed up; source and pass are not.
+    assert_eq!(cluster.held.len(), 3);
+    for (holder, id) in cluster.held.keys() {
+        assert_ne!(
+            *holder,
+            cluster.host(*id),
+            "instance {id} backed up on its own worker"
+        );
+    }
+    // Source positions count as checkpoints too.
+    assert_eq!(summary.checkpoints, 4);
+}
+
+#[test]
+fn a_crashed_worker_is_restored_on_the_pool_worker_from_its_backup() {
+    let (result, cluster, _) = scenario(config(1), |c| {
+        c.checkpoint_all(Stamp(10));
+        c.settle(Duration::from_millis(50));
+        let count = c.ids("count")[0];
+        let host = c.host(count);
+        c.net.break_link(host);
+        assert!(c.run_until(Duration::from_secs(5), |c| c.host(count) == WorkerId(3)));
+    });
+    let summary = result.expect("finishes");
+    assert_eq!(summary.recoveries.len(), 1);
+    let frontiers = cluster.restored_frontiers();
+    let count = cluster.ids("count")[0];
+    assert_eq!(frontiers[&count], Some(Stamp(10)));
+    assert_eq!(kinds(&summary, EventKind::Restored), 1);
+}
+
+#[test]
+fn an_instance_without_a_checkpoint_restarts_from_the_beginning() {
+    let (result, cluster, _) = scenario(config(1), |c| {
+        let count = c.ids("count")[1];
+        c.net.break_link(c.host(count));
+        assert!(c.run_until(Duration::from_secs(5), |c| c.host(count) == WorkerId(3)));
+    });
+    result.expect("finishes");
+    let count = cluster.ids("count")[1];
+    assert_eq!(cluster.restored_frontiers()[&count], None);
+}
+
+#[test]
+fn a_silent_worker_is_declared_failed_ended_and_recovered() {
+    let (result, cluster, stopped) = scenario(config(1), |c| {
+        c.checkpoint_all(Stamp(10));
+        c.settle(Duration::from_millis(50));
+        let count = c.ids("count")[0];
+        let host = c.host(count);
+        c.net.silence(host);
+        assert!(c.run_until(Duration::from_secs(5), |c| c.host(count) != host));
+    });
+    let summary = result.expect("finishes");
+    assert_eq!(summary.recoveries.len(), 1);
+    assert!(summary
+        .events
+        .iter()
+        .any(|e| e.detail.contains("heartbeats")));
+    // The silent worker was ordered to exit and ended by its provisioner.
+    let silent = summary.recoveries[0].workers[0];
+    assert!(stopped.contains(&silent));
+    assert_eq!(
+        cluster.sent_to(silent, |m| matches!(m, ToWorker::Shutdown)),
+        1
+    );
+}
+
+#[test]
+fn losing_a_backup_holder_uses_the_coordinators_replica() {
+    let (result, cluster, _) = scenario(config(2), |c| {
+        c.checkpoint_all(Stamp(10));
+        c.settle(Duration::from_millis(50));
+        let count = c.ids("count")[0];
+        let holder = c
+            .held
+            .keys()
+            .find(|(_, id)| *id == count)
+            .map(|(w, _)| *w)
+            .expect("held");
+        let host = c.host(count);
+        // Instance and holder fail together.
+        c.net.break_link(host);
+        c.net.break_link(holder);
+        assert!(c.run_until(Duration::from_secs(5), |c| {
+            let h = c.host(count);
+            h != host && !c.net.is_broken(h)
+        }));
+    });
+    let summary = result.expect("finishes");
+    let count = cluster.ids("count")[0];
+    assert_eq!(cluster.restored_frontiers()[&count], Some(Stamp(10)));
+    assert!(!summary.recoveries.is_empty());
+}
+
+#[test]
+fn two_simultaneous_failures_are_recovered_as_one() {
+    let (result, cluster, _) = scenario(config(2), |c| {
+        c.checkpoint_all(Stamp(10));
+        c.settle(Duration::from_millis(50));
+        let [a, b] = [c.ids("count")[0], c.ids("count")[1]];
+        let (ha, hb) = (c.host(a), c.host(b));
+        assert_ne!(ha, hb);
+        c.net.break_link(ha);
+        c.net.break_link(hb);
+        assert!(c.run_until(Duration::from_secs(5), |c| {
+            c.host(a) != ha && c.host(b) != hb
+        }));
+    });
+    let summary = result.expect("finishes");
+    assert_eq!(summary.recoveries.len(), 1, "{:?}", summary.recoveries);
+    assert_eq!(summary.recoveries[0].workers.len(), 2);
+    let frontiers = cluster.restored_frontiers();
+    for id in cluster.ids("count") {
+        assert_eq!(frontiers[&id], Some(Stamp(10)));
+    }
+}
+
+#[test]
+fn a_holder_without_a_good_copy_is_replaced_by_the_replica() {
+    let (result, cluster, _) = scenario(config(1), |c| {
+        c.checkpoint_all(Stamp(10));
+        c.settle(Duration::from_millis(50));
+        c.forget_backups = true;
+        let count = c.ids("count")[1];
+        let host = c.host(count);
+        c.net.break_link(host);
+        assert!(c.run_until(Duration::from_secs(5), |c| c.host(count) != host));
+    });
+    result.expect("finishes");
+    let count = cluster.ids("count")[1];
+    assert_eq!(cluster.restored_frontiers()[&count], Some(Stamp(10)));
+}
+
+#[test]
+fn a_corrupt_checkpoint_is_refused_and_the_previous_one_restored() {
+    let (result, cluster, _) = scenario(config(1), |c| {
+        c.checkpoint_all(Stamp(10));
+        c.settle(Duration::from_millis(50));
+        c.corrupt = true;
+        c.checkpoint_all(Stamp(20));
+        c.settle(Duration::from_millis(50));
+        c.corrupt = false;
+        let count = c.ids("count")[0];
+        let host = c.host(count);
+        c.net.break_link(host);
+        assert!(c.run_until(Duration::from_secs(5), |c| c.host(count) != host));
+    });
+    let summary = result.expect("finishes");
+    assert!(kinds(&summary, EventKind::Refused) >= 3);
+    let count = cluster.ids("count")[0];
+    assert_eq!(cluster.restored_frontiers()[&count], Some(Stamp(10)));
+}
+
+#[test]
+fn a_failure_with_fault_tolerance_off_fails_the_job_clearly() {
+    let mut config = config(1);
+    config.checkpoint_interval = Duration::ZERO;
+    let (result, _, _) = scenario(config, |c| {
+        let count = c.ids("count")[0];
+        c.net.break_link(c.host(count));
+        c.settle(Duration::from_millis(200));
+    });
+    let error = result.expect_err("cannot recover").to_string();
+    assert!(error.contains("fault tolerance is off"), "{error}");
+}
+
+#[test]
+fn a_requested_split_partitions_the_fresh_checkpoint_onto_the_pool_worker() {
+    let mut config = config(1);
+    config.scale_at = vec![(Duration::from_millis(100), "count".into())];
+    let (result, cluster, _) = scenario(config, |c| {
+        c.checkpoint_all(Stamp(10));
+        assert!(c.run_until(Duration::from_secs(5), |c| c.ids("count").len() == 3));
+    });
+    let summary = result.expect("finishes");
+    assert_eq!(summary.scale_events.len(), 1);
+    let split = &summary.scale_events[0];
+    assert_eq!(split.direction, ScaleDirection::Out);
+    assert_eq!((split.partitions_before, split.partitions_after), (2, 3));
+    assert_eq!(split.worker, WorkerId(3));
+    // Both halves restored from the fresh checkpoint, taken at the
+    // instances' progress when asked.
+    let frontiers = cluster.restored_frontiers();
+    assert_eq!(frontiers[&split.instance], Some(Stamp(10)));
+    assert_eq!(frontiers[&split.new_instance], Some(Stamp(10)));
+    // The halves own adjacent ranges that cover the parent's.
+    let ranges: Vec<KeyRange> = cluster.plan().nodes[2]
+        .instances
+        .iter()
+        .map(|i| i.key_range)
+        .collect();
+    assert_eq!(ranges.first().map(|r| r.start), Some(0));
+    assert_eq!(ranges.last().map(|r| r.end), Some(u64::MAX));
+}
+
+#[test]
+fn a_split_without_a_pool_worker_is_refused() {
+    let mut config = config(0);
+    config.scale_at = vec![(Duration::from_millis(50), "count".into())];
+    let (result, cluster, _) = scenario(config, |c| c.settle(Duration::from_millis(300)));
+    let summary = result.expect("finishes");
+    assert!(summary.scale_events.is_empty());
+    assert!(summary
+        .events
+        .iter()
+        .any(|e| e.kind == EventKind::Refused && e.detail.contains("pool")));
+    assert_eq!(cluster.ids("count").len(), 2);
+}
+
+#[test]
+fn sources_and_sinks_do_not_split() {
+    let mut config = config(1);
+    config.scale_at = vec![(Duration::from_millis(50), "sink".into())];
+    let (result, _, _) = scenario(config, |c| c.settle(Duration::from_millis(300)));
+    let summary = result.expect("finishes");
+    assert!(summary
+        .events
+        .iter()
+        .any(|e| e.detail.contains("sources and sinks do not split")));
+}
+
+#[test]
+fn a_failure_during_a_split_is_recovered_after_it_and_the_split_dropped() {
+    let mut config = config(2);
+    config.scale_at = vec![(Duration::from_millis(100), "count".into())];
+    let (result, cluster, _) = scenario(config, |c| {
+        c.checkpoint_all(Stamp(10));
+        c.settle(Duration::from_millis(50));
+        // The split asks for a fresh checkpoint; its worker dies at once.
+        assert!(c.run_until(Duration::from_secs(5), |c| {
+            c.log
+                .iter()
+                .any(|(_, m)| matches!(m, ToWorker::CheckpointNow))
+        }));
+        let host = c
+            .log
+            .iter()
+            .find(|(_, m)| matches!(m, ToWorker::CheckpointNow))
+            .map(|(w, _)| *w)
+            .expect("asked");
+        c.net.break_link(host);
+        assert!(c.run_until(Duration::from_secs(5), |c| {
+            c.ids("count").iter().all(|id| c.host(*id) != host)
+        }));
+    });
+    let summary = result.expect("finishes");
+    assert_eq!(summary.recoveries.len(), 1);
+    // Whatever the split did, every count instance was restored from a real
+    // checkpoint and the ranges still cover the key space.
+    let ranges: Vec<KeyRange> = cluster.plan().nodes[2]
+        .instances
+        .iter()
+        .map(|i| i.key_range)
+        .collect();
+    assert_eq!(ranges.first().map(|r| r.start), Some(0));
+    assert_eq!(ranges.last().map(|r| r.end), Some(u64::MAX));
+    for pair in ranges.windows(2) {
+        assert_eq!(pair[0].end + 1, pair[1].start);
+    }
+}
+
+#[test]
+fn a_requested_merge_aligns_both_partitions_and_frees_a_worker() {
+    let mut config = config(0);
+    config.scale_in_at = vec![(Duration::from_millis(100), "count".into())];
+    let (result, cluster, _) = scenario(config, |c| {
+        c.checkpoint_all(Stamp(10));
+        assert!(c.run_until(Duration::from_secs(5), |c| c.ids("count").len() == 1));
+    });
+    let summary = result.expect("finishes");
+    assert_eq!(summary.scale_events.len(), 1);
+    let merge = &summary.scale_events[0];
+    assert_eq!(merge.direction, ScaleDirection::In);
+    assert_eq!((merge.partitions_before, merge.partitions_after), (2, 1));
+    // Both were paused and resumed to one frontier before the merge.
+    let pauses = cluster
+        .log
+        .iter()
+        .filter(|(_, m)| matches!(m, ToWorker::Pause { .. }))
+        .count();
+    assert_eq!(pauses, 2);
+    let only = cluster.plan().nodes[2].instances[0].key_range;
+    assert_eq!((only.start, only.end), (0, u64::MAX));
+    assert!(cluster
+        .log
+        .iter()
+        .any(|(_, m)| matches!(m, ToWorker::PlanUpdate { merged, .. } if merged.len() == 1)));
+}
+
+#[test]
+fn a_failure_during_a_merge_calls_it_off_and_recovers() {
+    let mut config = config(1);
+    config.scale_in_at = vec![(Duration::from_millis(100), "count".into())];
+    let (result, cluster, _) = scenario(config, |c| {
+        c.checkpoint_all(Stamp(10));
+        c.settle(Duration::from_millis(30));
+        let upper = c.ids("count")[1];
+        let host = c.host(upper);
+        assert!(c.run_until(Duration::from_secs(5), |c| !c.paused.is_empty()));
+        c.net.break_link(host);
+        assert!(c.run_until(Duration::from_secs(15), |c| c.host(upper) != host));
+    });
+    let summary = result.expect("finishes");
+    assert_eq!(summary.recoveries.len(), 1);
+    assert!(summary.scale_events.is_empty());
+    assert_eq!(cluster.ids("count").len(), 2);
+}
+
+#[test]
+fn a_scale_command_while_recovering_waits_for_the_recovery() {
+    let mut config = config(2);
+    config.scale_at = vec![(Duration::from_millis(150), "count".into())];
+    let (result, cluster, _) = scenario(config, |c| {
+        c.checkpoint_all(Stamp(10));
+        c.settle(Duration::from_millis(50));
+        let count = c.ids("count")[0];
+        c.net.break_link(c.host(count));
+        assert!(c.run_until(Duration::from_secs(5), |c| c.ids("count").len() == 3));
+    });
+    let summary = result.expect("finishes");
+    assert_eq!(summary.recoveries.len(), 1);
+    assert_eq!(summary.scale_events.len(), 1);
+    // The split came after the recovery's restore, never inside it.
+    let restored = summary
+        .events
+        .iter()
+        .position(|e| e.kind == EventKind::Restored);
+    let split = summary
+        .events
+        .iter()
+        .position(|e| e.kind == EventKind::ScaleOut);
+    assert!(restored < split, "{:?}", summary.events);
+    assert_eq!(cluster.ids("count").len(), 3);
+}
+
+#[test]
+fn a_failure_during_a_recovery_is_recovered_next() {
+    let (result, cluster, _) = scenario(config(2), |c| {
+        c.checkpoint_all(Stamp(10));
+        c.settle(Duration::from_millis(50));
+        let count = c.ids("count")[0];
+        c.net.break_link(c.host(count));
+        // The first pool worker dies as soon as it is asked to restore.
+        assert!(c.run_until(Duration::from_secs(5), |c| c
+            .sent_to(WorkerId(3), is_restore)
+            > 0));
+        c.net.break_link(WorkerId(3));
+        assert!(c.run_until(Duration::from_secs(5), |c| {
+            let h = c.host(count);
+            !c.net.is_broken(h)
+        }));
+    });
+    let summary = result.expect("finishes");
+    assert_eq!(summary.recoveries.len(), 2, "{:?}", summary.recoveries);
+    let count = cluster.ids("count")[0];
+    assert_eq!(cluster.restored_frontiers()[&count], Some(Stamp(10)));
+}
+
+#[test]
+fn parallel_recovery_restores_a_partition_as_several() {
+    let mut config = config(2);
+    config.recovery_parallelism = 2;
+    let (result, cluster, _) = scenario(config, |c| {
+        c.checkpoint_all(Stamp(10));
+        c.settle(Duration::from_millis(50));
+        let count = c.ids("count")[0];
+        c.net.break_link(c.host(count));
+        assert!(c.run_until(Duration::from_secs(5), |c| c.ids("count").len() == 3));
+    });
+    let summary = result.expect("finishes");
+    assert_eq!(summary.recoveries[0].instances.len(), 2);
+    let frontiers = cluster.restored_frontiers();
+    assert!(cluster
+        .ids("count")
+        .iter()
+        .all(|id| frontiers.get(id).is_none_or(|f| *f == Some(Stamp(10)))));
+}
+
+#[test]
+fn an_injected_kill_goes_through_the_provisioner() {
+    let mut config = config(1);
+    config.kills = vec!["0.05:count:1".parse().expect("valid")];
+    let (result, _, stopped) = scenario(config, |c| {
+        c.checkpoint_all(Stamp(10));
+        let count = c.ids("count")[1];
+        let host = c.host(count);
+        assert!(c.run_until(Duration::from_secs(5), |c| c.host(count) != host));
+    });
+    let summary = result.expect("finishes");
+    // Ended once for the kill; declaring it failed asks again, harmlessly.
+    let ended: HashSet<WorkerId> = stopped.into_iter().collect();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(kinds(&summary, EventKind::Kill), 1);
+    assert_eq!(summary.recoveries.len(), 1);
+    assert!(summary.recoveries[0].killed_ms.is_some());
+}
+
+#[test]
+fn a_kill_naming_an_unknown_operator_is_refused_before_deployment() {
+    let mut config = config(0);
+    config.kills = vec!["1:nothing".parse().expect("valid")];
+    let (mut links, _net) = pair();
+    let mut provisioner = FakeProvisioner {
+        net: _net.clone(),
+        stopped: Vec::new(),
+    };
+    let error = run_job(&registry(), &config, &mut links, &mut provisioner)
+        .expect_err("refused")
+        .to_string();
+    assert!(error.contains("`nothing`"), "{error}");
+}
+
+#[test]
+fn backups_of_a_replaced_incarnation_are_ignored() {
+    let mut config = config(1);
+    config.scale_at = vec![(Duration::from_millis(100), "count".into())];
+    let (result, cluster, _) = scenario(config, |c| {
+        c.checkpoint_all(Stamp(10));
+        assert!(c.run_until(Duration::from_secs(5), |c| c.ids("count").len() == 3));
+        // A late acknowledgement of the parent's old incarnation arrives.
+        let parent = c.ids("count")[0];
+        let holder = WorkerId(0);
+        c.net.say(
+            holder,
+            ToCoordinator::BackupStored {
+                instance: parent,
+                incarnation: Incarnation(0),
+                frontier: Stamp(99),
+            },
+        );
+        c.settle(Duration::from_millis(50));
+        // Then its worker fails: the half must restore from the split's
+        // checkpoint, not the whole range's stale backup.
+        let host = c.host(parent);
+        c.net.break_link(host);
+        assert!(c.run_until(Duration::from_secs(5), |c| c.host(parent) != host));
+    });
+    result.expect("finishes");
+    let parent = cluster.ids("count")[0];
+    let restored = cluster.restored_frontiers()[&parent];
+    assert_eq!(restored, Some(Stamp(10)));
+}
+
+// The parts, tested on their own.
+
+#[test]
+fn a_backup_only_moves_forward() {
+    let mut backups = Backups::default();
+    let id = InstanceId(1);
+    assert!(backups.stored(id, WorkerId(0), Stamp(10)));
+    assert!(!backups.stored(id, WorkerId(1), Stamp(5)));
+    assert_eq!(backups.durable(id), Stamp(10));
+    assert_eq!(backups.holder(id), Some(WorkerId(0)));
+}
+
+#[test]
+fn a_reshaped_instance_forgets_its_whole_range_backup() {
+    let mut backups = Backups::default();
+    let id = InstanceId(1);
+    backups.stored(id, WorkerId(0), Stamp(10));
+    backups.reshaped(id, (Stamp(12), vec![1, 2, 3]));
+    assert_eq!(backups.holder(id), None);
+    assert_eq!(backups.replica(id).expect("kept"), Some(vec![1, 2, 3]));
+}
+
+#[test]
+fn an_instance_whose_only_backup_died_cannot_restart_silently() {
+    let mut backups = Backups::default();
+    let id = InstanceId(1);
+    backups.stored(id, WorkerId(0), Stamp(10));
+    backups.holders_failed(&[WorkerId(0)]);
+    let error = backups.replica(id).expect_err("lost").to_string();
+    assert!(error.contains("lost with its backup holder"), "{error}");
+    // A later good backup protects it again.
+    backups.stored(id, WorkerId(1), Stamp(20));
+    backups.keep_replica(id, Stamp(20), vec![7]);
+    assert_eq!(backups.replica(id).expect("kept"), Some(vec![7]));
+}
+
+#[test]
+fn floors_never_fall_and_prune_old_source_positions() {
+    let mut backups = Backups::default();
+    let id = InstanceId(0);
+    for at in [5, 10, 15] {
+        backups.add_position(id, Stamp(at), vec![at as u8]);
+    }
+    assert!(backups.raise_floor(id, Stamp(12)));
+    assert!(!backups.raise_floor(id, Stamp(8)));
+    assert_eq!(backups.floor(id), Stamp(12));
+    assert_eq!(backups.restart_position(id), Some(vec![10]));
+    assert!(backups.raise_floor(id, Stamp(15)));
+    assert_eq!(backups.restart_position(id), Some(vec![15]));
+}
+
+#[test]
+fn a_holder_is_never_the_instances_own_worker() {
+    let live = [WorkerId(0), WorkerId(1), WorkerId(2)];
+    for raw in 0..50 {
+        let holder = choose_holder(InstanceId(raw), WorkerId(1), [WorkerId(1)], &live);
+        assert!(matches!(holder, Some(w) if w != WorkerId(1)));
+    }
+}
+
+#[test]
+fn a_holder_prefers_live_upstream_hosts() {
+    let live = [WorkerId(0), WorkerId(1), WorkerId(2), WorkerId(3)];
+    let holder = choose_holder(
+        InstanceId(9),
+        WorkerId(0),
+        [WorkerId(2), WorkerId(7)],
+        &live,
+    );
+    assert_eq!(holder, Some(WorkerId(2)));
+    assert_eq!(
+        choose_holder(InstanceId(9), WorkerId(0), [], &[WorkerId(0)]),
+        None
+    );
+}
+
+#[test]
+fn holders_are_spread_by_instance() {
+    let live: Vec<WorkerId> = (0..4).map(WorkerId).collect();
+    let picked: HashSet<WorkerId> = (0..64)
+        .filter_map(|i| choose_holder(InstanceId(i), WorkerId(0), live.clone(), &live))
+        .collect();
+    assert_eq!(picked.len(), 3);
+}
+
+/// A plan with `partitions` count instances over the whole key space.
+fn count_plan(partitions: u32) -> Plan {
+    let query = registry()
+        .build("chain", &serde_json::json!({}))
+        .expect("builds");
+    let workers = (0..4).map(|w| format!("w{w}")).collect();
+    let partitions = BTreeMap::from([("count".to_string(), partitions)]);
+    Plan::place(&query, workers, 4, &partitions).expect("places")
+}
+
+/// Reports `utilization` for `id` over one simulated second at `at`.
+fn report(autoscaler: &mut Autoscaler, id: InstanceId, cpu: f64, at: Instant) {
+    let metrics = InstanceMetrics {
+        instance: id,
+        cpu_secs: cpu,
+        ..InstanceMetrics::default()
+    };
+    autoscaler.observe(metrics, at);
+}
+
+fn policy() -> ScalePolicy {
+    ScalePolicy {
+        cooldown: Duration::from_secs(5),
+        ..ScalePolicy::default()
+    }
+}
+
+#[test]
+fn the_policy_splits_an_instance_hot_for_enough_reports() {
+    let plan = count_plan(2);
+    let hot = plan.nodes[2].instances[1].id;
+    let mut autoscaler = Autoscaler::new(Some(policy()), None);
+    let start = Instant::now();
+    for second in 0..4u32 {
+        let at = start + Duration::from_secs(u64::from(second));
+        report(&mut autoscaler, hot, 0.9 * f64::from(second), at);
+        let decision = autoscaler.decide(&plan, &[2], true, at);
+        if second < 3 {
+            assert_eq!(decision, None, "split after {second} reports");
+        } else {
+            assert!(matches!(decision, Some(Decision::Split(id, _)) if id == hot));
+        }
+    }
+}
+
+#[test]
+fn the_policy_waits_for_a_pool_worker_and_its_cooldown() {
+    let plan = count_plan(2);
+    let hot = plan.nodes[2].instances[0].id;
+    let mut autoscaler = Autoscaler::new(Some(policy()), None);
+    let start = Instant::now();
+    for second in 0..5u32 {
+        let at = start + Duration::from_secs(u64::from(second));
+        report(&mut autoscaler, hot, 0.95 * f64::from(second), at);
+    }
+    let at = start + Duration::from_secs(5);
+    assert_eq!(autoscaler.decide(&plan, &[2], false, at), None);
+    assert!(autoscaler.decide(&plan, &[2], true, at).is_some());
+    for second in 6..10u32 {
+        let at = start + Duration::from_secs(u64::from(second));
+        report(&mut autoscaler, hot, 0.95 * f64::from(second), at);
+    }
+    let soon = start + Duration::from_secs(9);
+    assert_eq!(autoscaler.decide(&plan, &[2], true, soon), None);
+}
+
+#[test]
+fn the_policy_merges_two_adjacent_cold_partitions() {
+    let plan = count_plan(3);
+    let ids: Vec<InstanceId> = plan.nodes[2].instances.iter().map(|i| i.id).collect();
+    let mut autoscaler = Autoscaler::new(Some(policy()), None);
+    let start = Instant::now();
+    for second in 0..7u32 {
+        let at = start + Duration::from_secs(u64::from(second));
+        // The first two are cold; the third is busy.
+        report(&mut autoscaler, ids[0], 0.01 * f64::from(second), at);
+        report(&mut autoscaler, ids[1], 0.02 * f64::from(second), at);
+        report(&mut autoscaler, ids[2], 0.5 * f64::from(second), at);
+    }
+    let at = start + Duration::from_secs(7);
+    match autoscaler.decide(&plan, &[2], true, at) {
+        Some(Decision::Merge(lower, upper, _)) => assert_eq!((lower, upper), (ids[0], ids[1])),
+        other => panic!("expected a merge, got {other:?}"),
+    }
+}
+
+#[test]
+fn without_a_policy_nothing_is_decided() {
+    let plan = count_plan(2);
+    let mut autoscaler = Autoscaler::new(None, None);
+    let id = plan.nodes[2].instances[0].id;
+    let start = Instant::now();
+    for second in 0..10u32 {
+        let at = start + Duration::from_secs(u64::from(second));
+        report(&mut autoscaler, id, f64::from(second), at);
+    }
+    assert_eq!(
+        autoscaler.decide(&plan, &[2], true, start + Duration::from_secs(10)),
+        None
+    );
+    assert!(autoscaler.utilization(id) > 0.9);
+}
