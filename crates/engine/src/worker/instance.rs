@@ -5,13 +5,14 @@
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::select;
 
 use super::input::{ControlEvent, Inbox, InputEvent};
-use super::output::{Outbox, Sender};
+use super::output::{Outbox, SenderIdentity};
 use crate::api::{Logic, NodeKind, OperatorError, ProcessLogic, Query, SourceLogic, SourcePoll};
 use crate::error::EngineError;
 use crate::plan::{AddedInstance, Incarnation, InstanceId, MergedInstance, Plan};
@@ -67,7 +68,7 @@ fn thread_cpu_secs() -> f64 {
 
 /// An instance ready to run on its own thread.
 pub(crate) struct Instance {
-    pub(crate) me: Sender,
+    pub(crate) me: SenderIdentity,
     pub(crate) query: Arc<Query>,
     pub(crate) node: usize,
     pub(crate) operator: String,
@@ -139,7 +140,7 @@ fn depth(query: &Query, node: usize) -> usize {
 
 /// State shared by the source and operator loops.
 struct Runner {
-    me: Sender,
+    me: SenderIdentity,
     query: Arc<Query>,
     node: usize,
     operator: String,
@@ -391,24 +392,12 @@ impl Runner {
         mut outbox: Outbox,
         restore: Option<Checkpoint>,
     ) -> Result<(), EngineError> {
-        let mut seq = 0u64;
-        if let Some(checkpoint) = restore {
-            let (restored_seq, position): (u64, Option<Vec<u8>>) =
-                bincode::deserialize(&checkpoint.operator_state)
-                    .map_err(|e| EngineError::Checkpoint(format!("source position: {e}")))?;
-            // A source without a position restarts from the beginning and
-            // regenerates everything, its old buffer included.
-            if let Some(position) = position {
-                source.restore(&position).map_err(|e| self.fail(e))?;
-                seq = restored_seq;
-                let mark = Stamp(Stamp::for_source(seq + 1, slot).0 - 1);
-                outbox.restore_buffer(checkpoint.output_buffer, mark);
+        let mut seq = match restore {
+            Some(checkpoint) => {
+                self.restore_source(source.as_mut(), slot, &mut outbox, checkpoint)?
             }
-            // A source has no backlog: it is caught up once it runs again.
-            self.report(Report::CaughtUp {
-                instance: self.me.instance,
-            });
-        }
+            None => 0,
+        };
         let mut last_flush = Instant::now();
         loop {
             let next = Stamp::for_source(seq + 1, slot);
@@ -423,12 +412,9 @@ impl Runner {
             }
             if self.checkpoint_due(mark) {
                 outbox.flush(mark);
-                let position = source.checkpoint().map_err(|e| self.fail(e))?;
-                let state = bincode::serialize(&(seq, position))
-                    .map_err(|e| EngineError::Checkpoint(format!("source position: {e}")))?;
                 // A source checkpoints its position only: after a failure
                 // it re-reads its outputs (see coordinator::checkpoint).
-                self.checkpoint(mark, &[], &state, &OutputBuffer::default())?;
+                self.checkpoint_source(source.as_mut(), seq, mark)?;
             }
             outbox.set_stamp(next);
             outbox.set_mark_floor(mark);
@@ -451,27 +437,73 @@ impl Runner {
                         return Ok(());
                     }
                 }
-                SourcePoll::Done => {
-                    outbox.flush(Stamp::END);
-                    if self.checkpoint_every.is_some() {
-                        let state = bincode::serialize(&(
-                            seq,
-                            source.checkpoint().map_err(|e| self.fail(e))?,
-                        ))
-                        .map_err(|e| EngineError::Checkpoint(format!("source position: {e}")))?;
-                        self.checkpoint(Stamp::END, &[], &state, &OutputBuffer::default())?;
-                    }
-                    self.report(Report::Finished {
-                        instance: self.me.instance,
-                        stats: InstanceStats {
-                            tuples_in: seq,
-                            tuples_out: outbox.tuples_out(),
-                        },
-                    });
-                    return self.linger(&mut outbox);
-                }
+                SourcePoll::Done => return self.source_done(source.as_mut(), seq, outbox),
             }
         }
+    }
+
+    /// Puts a recovering source back at its checkpointed position, with the
+    /// outputs it had buffered; returns how many tuples it had emitted.
+    fn restore_source(
+        &mut self,
+        source: &mut dyn SourceLogic,
+        slot: u32,
+        outbox: &mut Outbox,
+        checkpoint: Checkpoint,
+    ) -> Result<u64, EngineError> {
+        let mut seq = 0u64;
+        let (restored_seq, position): (u64, Option<Vec<u8>>) =
+            bincode::deserialize(&checkpoint.operator_state)
+                .map_err(|e| EngineError::Checkpoint(format!("source position: {e}")))?;
+        // A source without a position restarts from the beginning and
+        // regenerates everything, its old buffer included.
+        if let Some(position) = position {
+            source.restore(&position).map_err(|e| self.fail(e))?;
+            seq = restored_seq;
+            let mark = Stamp(Stamp::for_source(seq + 1, slot).0 - 1);
+            outbox.restore_buffer(checkpoint.output_buffer, mark);
+        }
+        // A source has no backlog: it is caught up once it runs again.
+        self.report(Report::CaughtUp {
+            instance: self.me.instance,
+        });
+        Ok(seq)
+    }
+
+    /// Checkpoints a source at `at`: its emitted count and its position,
+    /// which is all it needs to pick up from there.
+    fn checkpoint_source(
+        &mut self,
+        source: &mut dyn SourceLogic,
+        seq: u64,
+        at: Stamp,
+    ) -> Result<(), EngineError> {
+        let position = source.checkpoint().map_err(|e| self.fail(e))?;
+        let state = bincode::serialize(&(seq, position))
+            .map_err(|e| EngineError::Checkpoint(format!("source position: {e}")))?;
+        self.checkpoint(at, &[], &state, &OutputBuffer::default())
+    }
+
+    /// The source has no more to emit: completes its outputs, takes its last
+    /// checkpoint, reports it finished and serves replays until shutdown.
+    fn source_done(
+        &mut self,
+        source: &mut dyn SourceLogic,
+        seq: u64,
+        mut outbox: Outbox,
+    ) -> Result<(), EngineError> {
+        outbox.flush(Stamp::END);
+        if self.checkpoint_every.is_some() {
+            self.checkpoint_source(source, seq, Stamp::END)?;
+        }
+        self.report(Report::Finished {
+            instance: self.me.instance,
+            stats: InstanceStats {
+                tuples_in: seq,
+                tuples_out: outbox.tuples_out(),
+            },
+        });
+        self.linger(&mut outbox)
     }
 
     /// Sleeps until `at`, serving control events meanwhile.
@@ -501,120 +533,213 @@ impl Runner {
         mut outbox: Outbox,
         restore: Option<Checkpoint>,
     ) -> Result<(), EngineError> {
-        let mut merge = match restore {
+        let merge = match restore {
             Some(checkpoint) => {
-                logic.restore(&checkpoint.entries, checkpoint.key_range)?;
-                logic
-                    .restore_operator_state(&checkpoint.operator_state)
-                    .map_err(|e| self.fail(e))?;
-                outbox.restore_buffer(checkpoint.output_buffer, checkpoint.frontier);
-                Merge::new(inputs.channels.len(), checkpoint.frontier)
+                self.restore_process(logic.as_mut(), &inputs, &mut outbox, checkpoint)?
             }
             None => Merge::new(inputs.channels.len(), Stamp::ZERO),
         };
-        // Nothing above `cap` is processed: a merge brings the two
-        // partitions to one exact frontier, `checkpoint_at`.
-        let mut cap = Stamp::END;
-        let mut checkpoint_at: Option<Stamp> = None;
-        let mut tuples_in = 0u64;
-        let mut finished = merge.done().is_end();
-        while !finished {
-            let timeout = self.idle_timeout();
-            let mut outcomes = Vec::new();
-            let first = select! {
-                recv(self.inbox.control) -> event => {
-                    if let Ok(event) = event {
-                        outcomes.push(self.control(event, &mut outbox)?);
-                    }
-                    None
-                },
-                recv(self.inbox.data) -> event => match event {
-                    Ok(event) => Some(event),
-                    Err(_) => return Ok(()),
-                },
-                default(timeout) => None,
+        let mut round = ProcessLoop {
+            finished: merge.done().is_end(),
+            merge,
+            cap: Stamp::END,
+            checkpoint_at: None,
+            tuples_in: 0,
+        };
+        while !round.finished {
+            let ControlFlow::Continue(Wakeup { first, outcomes }) = self.wait_round(&mut outbox)?
+            else {
+                return Ok(());
             };
-            outcomes.extend(self.control_pending(&mut outbox)?);
-            for outcome in outcomes {
-                match outcome {
-                    Outcome::Stop => return Ok(()),
-                    Outcome::Replanned(plan, added, merged) => {
-                        let upstreams = plan.upstream_instances(&self.query, self.node);
-                        inputs.replanned(&mut merge, &plan, &upstreams, &added, &merged)?;
-                    }
-                    Outcome::Pause => {
-                        cap = merge.done();
-                        self.paused(cap);
-                    }
-                    Outcome::Resume(until) => {
-                        cap = until;
-                        checkpoint_at = Some(until).filter(|u| !u.is_end());
-                    }
-                    Outcome::Continue => {}
-                }
+            if self
+                .apply_outcomes(outcomes, &mut round, &mut inputs)?
+                .is_break()
+            {
+                return Ok(());
             }
             for event in first
                 .into_iter()
                 .chain(self.inbox.data.try_iter().take(EVENTS_PER_ROUND))
             {
                 if let Some(batch) = self.batch(event) {
-                    inputs.accept(&mut merge, batch)?;
+                    inputs.accept(&mut round.merge, batch)?;
                 }
             }
-            if merge.frontier().min(cap) > merge.done() {
-                outbox.set_mark_floor(merge.done());
-                let done = merge.drain_until(cap, |stamp, payload| {
-                    outbox.set_stamp(stamp);
-                    tuples_in += 1;
-                    logic
-                        .process(payload, &mut outbox)
-                        .map_err(|e| self.fail(e))
-                })?;
-                outbox.flush(done);
-                finished = done.is_end();
-            }
-            let done = merge.done();
-            if checkpoint_at == Some(done) {
-                // Where a merge wants it, with the output buffer, whatever
-                // the operator's kind: the merged instance starts from it.
-                let entries = logic.snapshot()?;
-                let state = logic.operator_state().map_err(|e| self.fail(e))?;
-                let empty = OutputBuffer::default();
-                self.checkpoint(done, &entries, &state, outbox.buffer().unwrap_or(&empty))?;
-                checkpoint_at = None;
-            }
-            if finished || self.checkpoint_due(done) {
-                if finished {
-                    logic.finish().map_err(|e| self.fail(e))?;
-                }
-                if self.checkpoint_every.is_some() {
-                    let entries = logic.snapshot()?;
-                    let state = logic.operator_state().map_err(|e| self.fail(e))?;
-                    let empty = OutputBuffer::default();
-                    let buffer = outbox.buffer().unwrap_or(&empty);
-                    self.checkpoint(done, &entries, &state, buffer)?;
-                }
-            }
-            let queued = self.inbox.data.len() + merge.queued_batches();
-            self.metrics(tuples_in, queued, done, &outbox);
-            if let Some(from) = self.restored_at {
-                if done > from && self.inbox.data.is_empty() && merge.queued_batches() == 0 {
-                    self.report(Report::CaughtUp {
-                        instance: self.me.instance,
-                    });
-                    self.restored_at = None;
-                }
-            }
+            self.process_round(logic.as_mut(), &mut round, &mut outbox)?;
+            self.checkpoint_round(logic.as_mut(), &mut round, &outbox)?;
+            self.report_round(&round, &outbox);
         }
         self.report(Report::Finished {
             instance: self.me.instance,
             stats: InstanceStats {
-                tuples_in,
+                tuples_in: round.tuples_in,
                 tuples_out: outbox.tuples_out(),
             },
         });
         self.linger(&mut outbox)
     }
+
+    /// Puts a recovering operator back at its checkpoint: state, operator
+    /// state and output buffer; returns the merge, complete up to there.
+    fn restore_process(
+        &self,
+        logic: &mut dyn ProcessLogic,
+        inputs: &Inputs,
+        outbox: &mut Outbox,
+        checkpoint: Checkpoint,
+    ) -> Result<Merge, EngineError> {
+        logic.restore(&checkpoint.entries, checkpoint.key_range)?;
+        logic
+            .restore_operator_state(&checkpoint.operator_state)
+            .map_err(|e| self.fail(e))?;
+        outbox.restore_buffer(checkpoint.output_buffer, checkpoint.frontier);
+        Ok(Merge::new(inputs.channels.len(), checkpoint.frontier))
+    }
+
+    /// Waits for input, for a control event or until a periodic duty is
+    /// due, then applies every waiting control event (the outbox side);
+    /// breaks when the worker dropped the inbox.
+    fn wait_round(&mut self, outbox: &mut Outbox) -> Result<ControlFlow<(), Wakeup>, EngineError> {
+        let timeout = self.idle_timeout();
+        let mut outcomes = Vec::new();
+        let first = select! {
+            recv(self.inbox.control) -> event => {
+                if let Ok(event) = event {
+                    outcomes.push(self.control(event, outbox)?);
+                }
+                None
+            },
+            recv(self.inbox.data) -> event => match event {
+                Ok(event) => Some(event),
+                Err(_) => return Ok(ControlFlow::Break(())),
+            },
+            default(timeout) => None,
+        };
+        outcomes.extend(self.control_pending(outbox)?);
+        Ok(ControlFlow::Continue(Wakeup { first, outcomes }))
+    }
+
+    /// Applies the input side of control events, in order; breaks at the
+    /// first that says stop.
+    fn apply_outcomes(
+        &self,
+        outcomes: Vec<Outcome>,
+        round: &mut ProcessLoop,
+        inputs: &mut Inputs,
+    ) -> Result<ControlFlow<()>, EngineError> {
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Stop => return Ok(ControlFlow::Break(())),
+                Outcome::Replanned(plan, added, merged) => {
+                    let upstreams = plan.upstream_instances(&self.query, self.node);
+                    inputs.replanned(&mut round.merge, &plan, &upstreams, &added, &merged)?;
+                }
+                Outcome::Pause => {
+                    round.cap = round.merge.done();
+                    self.paused(round.cap);
+                }
+                Outcome::Resume(until) => {
+                    round.cap = until;
+                    round.checkpoint_at = Some(until).filter(|u| !u.is_end());
+                }
+                Outcome::Continue => {}
+            }
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// Runs the operator over every tuple the merge has completed, up to the
+    /// cap, and flushes its outputs with the new frontier as their mark.
+    fn process_round(
+        &self,
+        logic: &mut dyn ProcessLogic,
+        round: &mut ProcessLoop,
+        outbox: &mut Outbox,
+    ) -> Result<(), EngineError> {
+        let merge = &mut round.merge;
+        if merge.frontier().min(round.cap) > merge.done() {
+            outbox.set_mark_floor(merge.done());
+            let tuples_in = &mut round.tuples_in;
+            let done = merge.drain_until(round.cap, |stamp, payload| {
+                outbox.set_stamp(stamp);
+                *tuples_in += 1;
+                logic.process(payload, outbox).map_err(|e| self.fail(e))
+            })?;
+            outbox.flush(done);
+            round.finished = done.is_end();
+        }
+        Ok(())
+    }
+
+    /// Takes the checkpoints this round owes: the one a merge asked for at
+    /// an exact stamp, and the periodic (or final) one.
+    fn checkpoint_round(
+        &mut self,
+        logic: &mut dyn ProcessLogic,
+        round: &mut ProcessLoop,
+        outbox: &Outbox,
+    ) -> Result<(), EngineError> {
+        let done = round.merge.done();
+        if round.checkpoint_at == Some(done) {
+            // Where a merge wants it, with the output buffer, whatever
+            // the operator's kind: the merged instance starts from it.
+            let entries = logic.snapshot()?;
+            let state = logic.operator_state().map_err(|e| self.fail(e))?;
+            let empty = OutputBuffer::default();
+            self.checkpoint(done, &entries, &state, outbox.buffer().unwrap_or(&empty))?;
+            round.checkpoint_at = None;
+        }
+        if round.finished || self.checkpoint_due(done) {
+            if round.finished {
+                logic.finish().map_err(|e| self.fail(e))?;
+            }
+            if self.checkpoint_every.is_some() {
+                let entries = logic.snapshot()?;
+                let state = logic.operator_state().map_err(|e| self.fail(e))?;
+                let empty = OutputBuffer::default();
+                let buffer = outbox.buffer().unwrap_or(&empty);
+                self.checkpoint(done, &entries, &state, buffer)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the metrics when due, and tells the coordinator once a
+    /// restored instance has drained the backlog its recovery built up.
+    fn report_round(&mut self, round: &ProcessLoop, outbox: &Outbox) {
+        let done = round.merge.done();
+        let queued = self.inbox.data.len() + round.merge.queued_batches();
+        self.metrics(round.tuples_in, queued, done, outbox);
+        if let Some(from) = self.restored_at {
+            if done > from && self.inbox.data.is_empty() && round.merge.queued_batches() == 0 {
+                self.report(Report::CaughtUp {
+                    instance: self.me.instance,
+                });
+                self.restored_at = None;
+            }
+        }
+    }
+}
+
+/// What the operator loop carries from one round to the next.
+struct ProcessLoop {
+    merge: Merge,
+    /// Nothing above `cap` is processed: a merge brings the two
+    /// partitions to one exact frontier, `checkpoint_at`.
+    cap: Stamp,
+    /// Where a merge asked for a checkpoint, until it is taken.
+    checkpoint_at: Option<Stamp>,
+    tuples_in: u64,
+    /// The merge is complete to the end of the input.
+    finished: bool,
+}
+
+/// What woke the operator loop for a round.
+struct Wakeup {
+    /// The data event to start the round with, if input woke it.
+    first: Option<InputEvent>,
+    /// What the control events applied meanwhile ask of the loop.
+    outcomes: Vec<Outcome>,
 }
 
 /// What a control event asks of the instance's loop.

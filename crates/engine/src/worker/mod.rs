@@ -9,19 +9,20 @@ pub mod output;
 
 use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::api::{InstanceContext, Query, QueryRegistry};
 use crate::error::EngineError;
-use crate::plan::{InstanceId, Plan, WorkerId};
+use crate::plan::{AddedInstance, Incarnation, InstanceId, MergedInstance, Plan, WorkerId};
 use crate::stamp::Stamp;
 use crate::state::Checkpoint;
 use crate::wire::control::{self, ToCoordinator, ToWorker, HEARTBEAT_EVERY};
 use input::{ControlEvent, Inboxes};
 use instance::{Inputs, Instance, Report};
-use output::{Outbox, Sender};
+use output::{Outbox, SenderIdentity};
 
 /// How a worker finds its coordinator and where it listens.
 #[derive(Clone, Debug)]
@@ -54,7 +55,6 @@ type ControlWriter = Arc<Mutex<TcpStream>>;
 struct Deployment {
     query: Arc<Query>,
     plan: Arc<Plan>,
-    worker: WorkerId,
     checkpoint_every: Option<Duration>,
     /// Created at deployment, started by `Start`.
     pending: Vec<Instance>,
@@ -62,6 +62,34 @@ struct Deployment {
 
 /// Runs a worker until the coordinator shuts it down or goes away.
 pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(), EngineError> {
+    let (listener, data_addr) = bind_data_listener(options)?;
+    let inboxes = Inboxes::default();
+    input::spawn_acceptor(listener, inboxes.clone())?;
+    let (mut control, writer) = register(options, &data_addr)?;
+    tracing::info!(%data_addr, coordinator = %options.coordinator, "worker registered");
+    spawn_heartbeat(options, data_addr)?;
+    let reports = spawn_reporter(writer.clone())?;
+    let mut worker = ControlLoop {
+        registry,
+        inboxes,
+        writer,
+        reports,
+        deployment: None,
+        backups: HashMap::new(),
+    };
+    loop {
+        let Some(message) = control::recv::<ToWorker>(&mut control)? else {
+            return worker.coordinator_closed();
+        };
+        if worker.handle(message)?.is_break() {
+            return Ok(());
+        }
+    }
+}
+
+/// Binds the listener data channels connect to; returns it with the address
+/// the coordinator should give upstream instances.
+fn bind_data_listener(options: &WorkerOptions) -> Result<(TcpListener, String), EngineError> {
     let listener = TcpListener::bind(&options.listen).map_err(|e| {
         EngineError::io(
             format!("binding the data listener on {}", options.listen),
@@ -72,9 +100,15 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
         .local_addr()
         .map_err(|e| EngineError::io("reading the data listener address", e))?
         .to_string();
-    let inboxes = Inboxes::default();
-    input::spawn_acceptor(listener, inboxes.clone())?;
+    Ok((listener, data_addr))
+}
 
+/// Opens the control connection and registers this worker on it; returns
+/// the connection to read orders from and the shared handle to write on it.
+fn register(
+    options: &WorkerOptions,
+    data_addr: &str,
+) -> Result<(TcpStream, ControlWriter), EngineError> {
     let mut control = connect_coordinator(options)?;
     control::write_hello(&mut control)
         .map_err(|e| EngineError::io("greeting the coordinator", e))?;
@@ -86,27 +120,42 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
     send(
         &writer,
         &ToCoordinator::Register {
-            data_addr: data_addr.clone(),
+            data_addr: data_addr.to_string(),
             pid: std::process::id(),
             token: options.token.clone(),
         },
     )?;
-    tracing::info!(%data_addr, coordinator = %options.coordinator, "worker registered");
-    spawn_heartbeat(options, data_addr.clone())?;
-    let reports = spawn_reporter(writer.clone())?;
+    Ok((control, writer))
+}
 
-    let mut deployment: Option<Deployment> = None;
-    let mut backups: HashMap<InstanceId, (Stamp, Vec<u8>)> = HashMap::new();
-    loop {
-        let Some(message) = control::recv::<ToWorker>(&mut control)? else {
-            if deployment.is_none() {
-                return Err(EngineError::Protocol(
-                    "the coordinator closed the connection before deploying anything (is the cluster token right?)".into(),
-                ));
-            }
-            tracing::info!("coordinator closed the control connection; exiting");
-            return Ok(());
-        };
+/// What the worker's control loop reads and changes while it carries out
+/// the coordinator's orders, one handler per kind of order.
+struct ControlLoop<'r> {
+    registry: &'r QueryRegistry,
+    inboxes: Inboxes,
+    writer: ControlWriter,
+    reports: crossbeam_channel::Sender<Report>,
+    deployment: Option<Deployment>,
+    /// Other workers' instances' latest verified checkpoints, with their
+    /// frontiers.
+    backups: HashMap<InstanceId, (Stamp, Vec<u8>)>,
+}
+
+impl ControlLoop<'_> {
+    /// The coordinator closed the control connection: the end of the job,
+    /// or, before any deployment, a refused registration.
+    fn coordinator_closed(&self) -> Result<(), EngineError> {
+        if self.deployment.is_none() {
+            return Err(EngineError::Protocol(
+                "the coordinator closed the connection before deploying anything (is the cluster token right?)".into(),
+            ));
+        }
+        tracing::info!("coordinator closed the control connection; exiting");
+        Ok(())
+    }
+
+    /// Carries out one order; breaks when the worker is to exit.
+    fn handle(&mut self, message: ToWorker) -> Result<ControlFlow<()>, EngineError> {
         match message {
             ToWorker::Deploy {
                 query,
@@ -114,136 +163,189 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
                 plan,
                 worker,
                 checkpoint_ms,
-            } => {
-                let deployed = deploy(registry, &query, &params, plan, worker, checkpoint_ms)
-                    .and_then(|mut d| {
-                        let placed: Vec<InstanceId> = d
-                            .plan
-                            .instances()
-                            .filter(|(_, i)| i.worker == worker)
-                            .map(|(_, i)| i.id)
-                            .collect();
-                        for id in placed {
-                            let instance = create_instance(&d, id, None, &inboxes, &reports)?;
-                            d.pending.push(instance);
-                        }
-                        Ok(d)
-                    });
-                match deployed {
-                    Ok(d) => {
-                        deployment = Some(d);
-                        reply(&writer, &ToCoordinator::Deployed);
-                    }
-                    Err(e) => reply(
-                        &writer,
-                        &ToCoordinator::WorkerFailed {
-                            error: e.to_string(),
-                        },
-                    ),
-                }
-            }
-            ToWorker::Start => {
-                let d = deployment.as_mut().ok_or_else(|| {
-                    EngineError::Protocol("told to start before any deployment".into())
-                })?;
-                for instance in std::mem::take(&mut d.pending) {
-                    start_instance(instance, d, writer.clone())?;
-                }
-            }
+            } => self.deploy(&query, &params, plan, worker, checkpoint_ms),
+            ToWorker::Start => self.start()?,
             ToWorker::StoreBackup {
                 instance,
                 incarnation,
                 frontier,
                 bytes,
-            } => {
-                // A backup corrupted on the way is not acknowledged: the
-                // previous one stays the instance's durable checkpoint.
-                if let Err(e) = Checkpoint::verify(&bytes) {
-                    tracing::warn!(%instance, "refusing a backup: {e}");
-                    continue;
-                }
-                backups.insert(instance, (frontier, bytes));
-                reply(
-                    &writer,
-                    &ToCoordinator::BackupStored {
-                        instance,
-                        incarnation,
-                        frontier,
-                    },
-                );
-            }
+            } => self.store_backup(instance, incarnation, frontier, bytes),
             ToWorker::FetchBackup { instance } => {
-                let bytes = backups.get(&instance).map(|(_, b)| b.clone());
-                reply(&writer, &ToCoordinator::Backup { instance, bytes });
+                let bytes = self.backups.get(&instance).map(|(_, b)| b.clone());
+                reply(&self.writer, &ToCoordinator::Backup { instance, bytes });
             }
             ToWorker::Trim {
                 downstream,
                 frontier,
             } => {
-                inboxes.broadcast(|| ControlEvent::Trim {
+                self.inboxes.broadcast(|| ControlEvent::Trim {
                     to: downstream,
                     frontier,
                 });
             }
-            ToWorker::Restore { instances, plan } => {
-                let d = deployment.as_mut().ok_or_else(|| {
-                    EngineError::Protocol("told to restore before any deployment".into())
-                })?;
-                d.plan = Arc::new(plan);
-                for (id, bytes) in instances {
-                    // A split restores the lower half in place of the running
-                    // instance: the old incarnation stops first.
-                    inboxes.stop(id);
-                    let restored = bytes
-                        .map(|b| Checkpoint::decode(&b))
-                        .transpose()
-                        .and_then(|checkpoint| {
-                            create_instance(d, id, checkpoint, &inboxes, &reports)
-                        })
-                        .and_then(|instance| start_instance(instance, d, writer.clone()));
-                    match restored {
-                        Ok(()) => reply(&writer, &ToCoordinator::Restored { instance: id }),
-                        Err(e) => reply(
-                            &writer,
-                            &ToCoordinator::InstanceFailed {
-                                instance: id,
-                                error: format!("could not restore: {e}"),
-                            },
-                        ),
-                    }
-                }
-            }
+            ToWorker::Restore { instances, plan } => self.restore(instances, plan)?,
             ToWorker::PlanUpdate {
                 plan,
                 added,
                 merged,
-            } => {
-                let d = deployment.as_mut().ok_or_else(|| {
-                    EngineError::Protocol("plan update before any deployment".into())
-                })?;
-                d.plan = Arc::new(plan);
-                // An instance merged into its neighbour stops here.
-                for m in &merged {
-                    inboxes.stop(m.id);
-                }
-                let (added, merged) = (Arc::new(added), Arc::new(merged));
-                inboxes.broadcast(|| ControlEvent::Replan {
-                    plan: d.plan.clone(),
-                    added: added.clone(),
-                    merged: merged.clone(),
-                });
-            }
-            ToWorker::CheckpointNow => inboxes.broadcast(|| ControlEvent::CheckpointNow),
-            ToWorker::Pause { instance } => inboxes.control(instance, ControlEvent::Pause),
+            } => self.plan_update(plan, added, merged)?,
+            ToWorker::CheckpointNow => self.inboxes.broadcast(|| ControlEvent::CheckpointNow),
+            ToWorker::Pause { instance } => self.inboxes.control(instance, ControlEvent::Pause),
             ToWorker::Resume { instance, until } => {
-                inboxes.control(instance, ControlEvent::Resume(until))
+                self.inboxes.control(instance, ControlEvent::Resume(until))
             }
             ToWorker::Shutdown => {
                 tracing::info!("shutdown requested; exiting");
-                return Ok(());
+                return Ok(ControlFlow::Break(()));
             }
         }
+        Ok(ControlFlow::Continue(()))
     }
+
+    /// Builds the query and creates (without starting) the instances the
+    /// plan places on `worker`; a failure is the coordinator's to handle,
+    /// not a reason to exit.
+    fn deploy(
+        &mut self,
+        query: &str,
+        params: &str,
+        plan: Plan,
+        worker: WorkerId,
+        checkpoint_ms: u64,
+    ) {
+        let deployed = build_deployment(self.registry, query, params, plan, checkpoint_ms)
+            .and_then(|mut d| {
+                let placed: Vec<InstanceId> = d
+                    .plan
+                    .instances()
+                    .filter(|(_, i)| i.worker == worker)
+                    .map(|(_, i)| i.id)
+                    .collect();
+                for id in placed {
+                    let instance = create_instance(&d, id, None, &self.inboxes, &self.reports)?;
+                    d.pending.push(instance);
+                }
+                Ok(d)
+            });
+        match deployed {
+            Ok(d) => {
+                self.deployment = Some(d);
+                reply(&self.writer, &ToCoordinator::Deployed);
+            }
+            Err(e) => reply(
+                &self.writer,
+                &ToCoordinator::WorkerFailed {
+                    error: e.to_string(),
+                },
+            ),
+        }
+    }
+
+    /// Starts the instances the deployment created.
+    fn start(&mut self) -> Result<(), EngineError> {
+        let d = deployed(&mut self.deployment, "told to start before any deployment")?;
+        for instance in std::mem::take(&mut d.pending) {
+            start_instance(instance, d, self.writer.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Keeps another worker's checkpoint, acknowledged only once verified.
+    fn store_backup(
+        &mut self,
+        instance: InstanceId,
+        incarnation: Incarnation,
+        frontier: Stamp,
+        bytes: Vec<u8>,
+    ) {
+        // A backup corrupted on the way is not acknowledged: the
+        // previous one stays the instance's durable checkpoint.
+        if let Err(e) = Checkpoint::verify(&bytes) {
+            tracing::warn!(%instance, "refusing a backup: {e}");
+            return;
+        }
+        self.backups.insert(instance, (frontier, bytes));
+        reply(
+            &self.writer,
+            &ToCoordinator::BackupStored {
+                instance,
+                incarnation,
+                frontier,
+            },
+        );
+    }
+
+    /// Restarts each instance from its checkpoint (or empty) under the new
+    /// plan, and tells the coordinator how each went.
+    fn restore(
+        &mut self,
+        instances: Vec<(InstanceId, Option<serde_bytes::ByteBuf>)>,
+        plan: Plan,
+    ) -> Result<(), EngineError> {
+        let d = deployed(
+            &mut self.deployment,
+            "told to restore before any deployment",
+        )?;
+        d.plan = Arc::new(plan);
+        for (id, bytes) in instances {
+            // A split restores the lower half in place of the running
+            // instance: the old incarnation stops first.
+            self.inboxes.stop(id);
+            let restored = bytes
+                .map(|b| Checkpoint::decode(&b))
+                .transpose()
+                .and_then(|checkpoint| {
+                    create_instance(d, id, checkpoint, &self.inboxes, &self.reports)
+                })
+                .and_then(|instance| start_instance(instance, d, self.writer.clone()));
+            match restored {
+                Ok(()) => reply(&self.writer, &ToCoordinator::Restored { instance: id }),
+                Err(e) => reply(
+                    &self.writer,
+                    &ToCoordinator::InstanceFailed {
+                        instance: id,
+                        error: format!("could not restore: {e}"),
+                    },
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// Adopts a scaled plan: stops the instances merged away and passes the
+    /// change to every running instance to rewire itself.
+    fn plan_update(
+        &mut self,
+        plan: Plan,
+        added: Vec<AddedInstance>,
+        merged: Vec<MergedInstance>,
+    ) -> Result<(), EngineError> {
+        let d = deployed(&mut self.deployment, "plan update before any deployment")?;
+        d.plan = Arc::new(plan);
+        // An instance merged into its neighbour stops here.
+        for m in &merged {
+            self.inboxes.stop(m.id);
+        }
+        let (added, merged) = (Arc::new(added), Arc::new(merged));
+        self.inboxes.broadcast(|| ControlEvent::Replan {
+            plan: d.plan.clone(),
+            added: added.clone(),
+            merged: merged.clone(),
+        });
+        Ok(())
+    }
+}
+
+/// The deployment an order needs; an order that comes before any is a
+/// protocol error, `missing` says which.
+fn deployed<'d>(
+    deployment: &'d mut Option<Deployment>,
+    missing: &str,
+) -> Result<&'d mut Deployment, EngineError> {
+    deployment
+        .as_mut()
+        .ok_or_else(|| EngineError::Protocol(missing.into()))
 }
 
 fn connect_coordinator(options: &WorkerOptions) -> Result<TcpStream, EngineError> {
@@ -414,12 +516,11 @@ fn to_coordinator(report: Report) -> ToCoordinator {
 }
 
 /// Builds the query so that instances can be created from it.
-fn deploy(
+fn build_deployment(
     registry: &QueryRegistry,
     query_name: &str,
     params: &str,
     plan: Plan,
-    worker: WorkerId,
     checkpoint_ms: u64,
 ) -> Result<Deployment, EngineError> {
     let params: serde_json::Value = serde_json::from_str(params)
@@ -429,7 +530,6 @@ fn deploy(
     Ok(Deployment {
         query: Arc::new(query),
         plan: Arc::new(plan),
-        worker,
         checkpoint_every: (checkpoint_ms > 0).then(|| Duration::from_millis(checkpoint_ms)),
         pending: Vec::new(),
     })
@@ -459,7 +559,7 @@ fn create_instance(
     let logic = d.query.instantiate(node, &ctx)?;
     let inputs = Inputs::new(&d.plan, &d.query, node);
     Ok(Instance {
-        me: Sender {
+        me: SenderIdentity {
             instance: id,
             incarnation: placed.incarnation,
         },
@@ -478,7 +578,7 @@ fn create_instance(
 }
 
 /// Opens one channel per downstream instance and routing tables per edge.
-fn connect_outbox(d: &Deployment, me: Sender) -> Result<Outbox, EngineError> {
+fn connect_outbox(d: &Deployment, me: SenderIdentity) -> Result<Outbox, EngineError> {
     let (node, _) = d.plan.instance(me.instance).ok_or_else(|| {
         EngineError::InvalidQuery(format!("instance {} is not in the plan", me.instance))
     })?;
@@ -497,7 +597,6 @@ fn start_instance(
     let d = Deployment {
         query: d.query.clone(),
         plan: d.plan.clone(),
-        worker: d.worker,
         checkpoint_every: d.checkpoint_every,
         pending: Vec::new(),
     };

@@ -16,15 +16,21 @@ use crate::wire::data::{seal_batch, write_hello, ChannelHello, BATCH_HEADER};
 /// A batch grows to about this many bytes before it is sent on its own.
 const FLUSH_BYTES: usize = 64 << 10;
 
-/// Who sends on a channel: the upstream instance and its incarnation.
+/// Which running instance an outbox sends as, and reports as: the instance
+/// and its incarnation, as its channel hellos name it so that a downstream
+/// can tell a new incarnation's batches from an old one's.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Sender {
+pub(crate) struct SenderIdentity {
     pub(crate) instance: InstanceId,
     pub(crate) incarnation: Incarnation,
 }
 
 /// Opens a data channel to instance `to` at `addr`.
-fn connect(from: Sender, to: InstanceId, addr: &str) -> Result<Box<dyn Write + Send>, EngineError> {
+fn connect(
+    from: SenderIdentity,
+    to: InstanceId,
+    addr: &str,
+) -> Result<Box<dyn Write + Send>, EngineError> {
     let stream = TcpStream::connect(addr).map_err(|e| {
         EngineError::io(
             format!("opening data channel {}->{to} to {addr}", from.instance),
@@ -111,7 +117,7 @@ impl ChannelWriter {
 /// writer per downstream instance, and (with fault tolerance on) the output
 /// buffer.
 pub struct Outbox {
-    me: Sender,
+    me: SenderIdentity,
     stamp: Stamp,
     /// Mark sent with batches flushed because they were full: the frontier
     /// completed before the current round.
@@ -125,7 +131,7 @@ pub struct Outbox {
 
 impl Outbox {
     /// An outbox with no channels yet: [`Outbox::reconcile`] opens them.
-    pub(crate) fn new(me: Sender, buffering: bool) -> Self {
+    pub(crate) fn new(me: SenderIdentity, buffering: bool) -> Self {
         Outbox {
             me,
             stamp: Stamp::ZERO,
