@@ -179,22 +179,6 @@ pub struct AddrArgs {
     token: String,
 }
 
-/// `--token` of a run on a local cluster (`spate lrb run`, `spate demo`).
-#[derive(clap::Args, Clone, Debug)]
-pub struct LocalTokenArgs {
-    /// The cluster's shared secret, which workers present and the
-    /// dashboard's commands need [default: a fresh one, printed with the
-    /// dashboard's address].
-    #[arg(
-        long,
-        env = "SPATE_TOKEN",
-        hide_env_values = true,
-        default_value = "",
-        hide_default_value = true
-    )]
-    pub token: String,
-}
-
 /// `spate kill`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct KillArgs {
