@@ -144,6 +144,7 @@ impl JobArgs {
 
     /// Flags that contradict each other or make no sense on their own.
     fn check_flags(&self) -> Result<()> {
+        self.dashboard.check()?;
         let (ft, el) = (&self.fault_tolerance, &self.elasticity);
         if self.workers == 0 || self.workers > MAX_WORKERS {
             bail!(

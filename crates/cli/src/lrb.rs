@@ -307,31 +307,7 @@ fn print_state(peaks: &spate_lrb::resources::Peaks) {
 }
 
 fn print_report(r: &RunReport) {
-    for e in &r.scale_events {
-        println!(
-            "scaled {} {} at {} ms: {} -> {} partitions, pause {} ms ({})",
-            e.direction,
-            e.operator,
-            e.decided_ms,
-            e.partitions_before,
-            e.partitions_after,
-            e.pause_ms,
-            e.reason
-        );
-    }
-    for rec in &r.recoveries {
-        let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
-        println!(
-            "recovered {} (workers {:?}): killed {}, detected {} ms, restored {} ms, rewired {} ms, caught up {}",
-            rec.instances.join(", "),
-            rec.workers,
-            ms(rec.killed_ms),
-            rec.detected_ms,
-            rec.restored_ms,
-            rec.rewired_ms,
-            ms(rec.caught_up_ms)
-        );
-    }
+    crate::print_changes(&r.scale_events, &r.recoveries);
     println!(
         "{} input lines in {:.1} s ({:.0}/s mean, {}/s peak), {} skipped as malformed; {} answers",
         r.input_lines, r.elapsed_secs, r.input_rate, r.peak_input_rate, r.input_errors, r.answers

@@ -15,7 +15,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use job_args::JobArgs;
 use spate_engine::cluster::{current_program, run_local, CommandProvisioner, ExternalWorkers};
-use spate_engine::coordinator::{Coordinator, JobSummary, Provisioner};
+use spate_engine::coordinator::{
+    Coordinator, JobSummary, Provisioner, RecoveryTimeline, ScaleEvent,
+};
 use spate_engine::worker::{run_worker, WorkerOptions};
 use spate_engine::QueryRegistry;
 
@@ -252,6 +254,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn print_summary(summary: &JobSummary) {
+    print_changes(&summary.scale_events, &summary.recoveries);
     println!(
         "job finished in {:.2} s on {} workers",
         summary.elapsed.as_secs_f64(),
@@ -265,6 +268,36 @@ fn print_summary(summary: &JobSummary) {
         println!(
             "{:<20} {:>8} {:>6} {:>12} {:>12}",
             i.operator, i.instance, i.worker, i.stats.tuples_in, i.stats.tuples_out
+        );
+    }
+}
+
+/// Prints what changed the job while it ran: every split and merge with its
+/// pause, and every recovery's timeline.
+pub(crate) fn print_changes(scale_events: &[ScaleEvent], recoveries: &[RecoveryTimeline]) {
+    for e in scale_events {
+        println!(
+            "scaled {} {} at {} ms: {} -> {} partitions, pause {} ms ({})",
+            e.direction,
+            e.operator,
+            e.decided_ms,
+            e.partitions_before,
+            e.partitions_after,
+            e.pause_ms,
+            e.reason
+        );
+    }
+    for rec in recoveries {
+        let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
+        println!(
+            "recovered {} (workers {:?}): killed {}, detected {} ms, restored {} ms, rewired {} ms, caught up {}",
+            rec.instances.join(", "),
+            rec.workers,
+            ms(rec.killed_ms),
+            rec.detected_ms,
+            rec.restored_ms,
+            rec.rewired_ms,
+            ms(rec.caught_up_ms)
         );
     }
 }
