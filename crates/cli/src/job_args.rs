@@ -19,6 +19,7 @@ const MAX_WORKERS: usize = 256;
 
 /// How a job runs, whatever its query.
 #[derive(clap::Args, Clone, Debug)]
+#[command(next_help_heading = "Cluster")]
 pub struct JobArgs {
     /// Worker processes that run the query's instances.
     #[arg(long, default_value_t = 3)]
@@ -219,8 +220,8 @@ impl JobArgs {
         Ok(())
     }
 
-    /// Sets partitions of operators the user left alone, as a command's own
-    /// default parallelism.
+    /// Gives `operator` `n` partitions unless --partitions names it: a
+    /// command's own default parallelism.
     pub fn default_partitions(&mut self, operator: &str, n: u32) {
         if !self.partitions.iter().any(|(op, _)| op == operator) {
             self.partitions.push((operator.to_string(), n));
