@@ -100,6 +100,15 @@ impl ClusterToken {
 }
 
 impl DashboardArgs {
+    /// Fails when the dashboard would listen on a non-loopback address
+    /// without --dashboard-public.
+    pub fn check(&self) -> Result<()> {
+        match &self.dashboard {
+            Some(addr) if !self.dashboard_public => refuse_public(addr),
+            _ => Ok(()),
+        }
+    }
+
     /// Runs `job` with the dashboard attached when one was asked for: `job`
     /// gets the view to publish into and the commands to obey (`None` when
     /// no dashboard runs), and should print its results itself so that they
@@ -113,12 +122,10 @@ impl DashboardArgs {
         token: &ClusterToken,
         job: impl FnOnce(Option<SharedView>, Option<Receiver<JobCommand>>) -> Result<T>,
     ) -> Result<T> {
+        self.check()?;
         let Some(addr) = &self.dashboard else {
             return job(None, None);
         };
-        if !self.dashboard_public {
-            refuse_public(addr)?;
-        }
         let view = SharedView::default();
         let (sender, commands) = crossbeam_channel::unbounded();
         let dashboard = spate_dashboard::serve(addr, view.clone(), sender, token.value())
@@ -177,22 +184,6 @@ pub struct AddrArgs {
         hide_default_value = true
     )]
     token: String,
-}
-
-/// `--token` of a run on a local cluster (`spate lrb run`, `spate demo`).
-#[derive(clap::Args, Clone, Debug)]
-pub struct LocalTokenArgs {
-    /// The cluster's shared secret, which workers present and the
-    /// dashboard's commands need [default: a fresh one, printed with the
-    /// dashboard's address].
-    #[arg(
-        long,
-        env = "SPATE_TOKEN",
-        hide_env_values = true,
-        default_value = "",
-        hide_default_value = true
-    )]
-    pub token: String,
 }
 
 /// `spate kill`.

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
+use crate::job_args::JobArgs;
 use crate::lrb::{self, LrbCommand};
 
 /// Options of the demo run.
@@ -21,21 +22,11 @@ pub struct DemoArgs {
     /// Replay speed-up (100: three hours in under two minutes; 0: as fast as possible).
     #[arg(long, default_value_t = 100.0)]
     speedup: f64,
-    /// Worker processes.
-    #[arg(long, default_value_t = 3)]
-    workers: usize,
-    /// Partitions of an operator, `OPERATOR=N` (repeatable).
-    #[arg(long = "partitions", value_name = "OPERATOR=N")]
-    partitions: Vec<String>,
-    #[command(flatten)]
-    fault_tolerance: lrb::FaultToleranceArgs,
-    #[command(flatten)]
-    dashboard: crate::control::DashboardArgs,
-    #[command(flatten)]
-    token: crate::control::LocalTokenArgs,
     /// Where inputs and outputs go.
     #[arg(long, default_value = "lrb-data")]
     dir: PathBuf,
+    #[command(flatten)]
+    job: JobArgs,
 }
 
 pub fn run(args: DemoArgs) -> Result<()> {
@@ -60,12 +51,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
     lrb::run(LrbCommand::Run {
         files: files.clone(),
         speedup: args.speedup,
-        workers: args.workers,
-        partitions: args.partitions,
         stop_on_bad_input: false,
-        fault_tolerance: args.fault_tolerance,
-        dashboard: args.dashboard,
-        token: args.token,
+        job: args.job,
     })?;
     lrb::run(LrbCommand::Validate {
         files,

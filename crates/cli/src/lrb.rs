@@ -12,6 +12,8 @@ use spate_engine::cluster::current_program;
 use spate_lrb::driver::{self, RunOptions, RunReport};
 use spate_lrb::query::LrbParams;
 
+use crate::job_args::{parse_partitions, JobArgs};
+
 /// The files of a Linear Road run: what it reads and where its answers go.
 #[derive(clap::Args, Clone, Debug)]
 pub struct RunFiles {
@@ -24,76 +26,6 @@ pub struct RunFiles {
     /// The run's output directory (answer files, report.json, report.svg).
     #[arg(long)]
     pub out: PathBuf,
-}
-
-/// Checkpointing, recovery and failure injection.
-#[derive(clap::Args, Clone, Debug)]
-pub struct FaultToleranceArgs {
-    /// Checkpoint interval of every instance, milliseconds; 0 turns fault
-    /// tolerance off.
-    #[arg(long, default_value_t = 1000)]
-    pub checkpoint_ms: u64,
-    /// Idle workers kept ready to take over failed ones.
-    #[arg(long, default_value_t = 1)]
-    pub pool: usize,
-    /// Kill the worker hosting an instance with SIGKILL, `AT_SECS:OPERATOR[:INSTANCE]`
-    /// (repeatable), to watch it recover.
-    #[arg(long, value_name = "AT_SECS:OPERATOR[:INSTANCE]")]
-    pub kill: Vec<spate_engine::coordinator::KillSpec>,
-    /// Restore a failed stateful instance as this many partitions on as many
-    /// pool workers (parallel recovery).
-    #[arg(long, default_value_t = 1)]
-    pub recovery_parallelism: u32,
-    /// Split hot instances onto pool workers automatically.
-    #[arg(long)]
-    pub autoscale: bool,
-    /// Utilisation (CPU share of one core) above which an instance is hot.
-    #[arg(long, default_value_t = 0.7)]
-    pub scale_threshold: f64,
-    /// Consecutive hot one-second reports before a split.
-    #[arg(long, default_value_t = 3)]
-    pub scale_reports: u32,
-    /// Force a scale out of an operator's busiest instance, `AT_SECS:OPERATOR`
-    /// (repeatable).
-    #[arg(long = "scale", value_name = "AT_SECS:OPERATOR", value_parser = parse_scale)]
-    pub scale_at: Vec<(std::time::Duration, String)>,
-    /// Force a scale in of an operator: its coldest adjacent pair of
-    /// partitions merges, `AT_SECS:OPERATOR` (repeatable).
-    #[arg(long = "scale-in", value_name = "AT_SECS:OPERATOR", value_parser = parse_scale)]
-    pub scale_in_at: Vec<(std::time::Duration, String)>,
-    /// With --autoscale: utilisation below which two adjacent partitions
-    /// are cold and merge.
-    #[arg(long, default_value_t = 0.15)]
-    pub scale_in_threshold: f64,
-    /// Limit each worker process to this many cores (a cgroup CPU quota), so
-    /// that workers behave like small VMs on one machine.
-    #[arg(long)]
-    pub worker_cpu: Option<f64>,
-}
-
-impl FaultToleranceArgs {
-    /// The autoscaling policy these options ask for, if any.
-    pub fn policy(&self) -> Option<spate_engine::coordinator::ScalePolicy> {
-        self.autoscale
-            .then(|| spate_engine::coordinator::ScalePolicy {
-                threshold: self.scale_threshold,
-                reports: self.scale_reports,
-                low_threshold: self.scale_in_threshold,
-                ..Default::default()
-            })
-    }
-}
-
-fn parse_scale(s: &str) -> Result<(std::time::Duration, String), String> {
-    let (at, operator) = s
-        .split_once(':')
-        .ok_or_else(|| format!("`{s}` is not AT_SECS:OPERATOR"))?;
-    let at: f64 = at
-        .parse()
-        .ok()
-        .filter(|v: &f64| v.is_finite() && *v >= 0.0)
-        .ok_or_else(|| format!("`{at}` is not a number of seconds"))?;
-    Ok((std::time::Duration::from_secs_f64(at), operator.to_string()))
 }
 
 /// Linear Road subcommands.
@@ -115,28 +47,21 @@ pub enum LrbCommand {
         out: PathBuf,
     },
     /// Run the query on a local cluster and write the answer files and report.json.
+    ///
+    /// Its operators: feeder, forwarder, toll_calculator (2 partitions unless
+    /// --partitions says otherwise), toll_assessment, and the answer sinks.
+    #[command(mut_arg("pool", |pool| pool.default_value("1")))]
     Run {
         #[command(flatten)]
         files: RunFiles,
         /// Replay S times faster than real time; 0 = as fast as possible.
         #[arg(long, default_value_t = 1.0)]
         speedup: f64,
-        /// Worker processes.
-        #[arg(long, default_value_t = 3)]
-        workers: usize,
-        /// Partitions of an operator, `OPERATOR=N` (repeatable). Operators:
-        /// forwarder, toll_calculator, toll_assessment.
-        #[arg(long = "partitions", value_name = "OPERATOR=N")]
-        partitions: Vec<String>,
         /// Stop at the first malformed input line instead of skipping it.
         #[arg(long)]
         stop_on_bad_input: bool,
         #[command(flatten)]
-        fault_tolerance: FaultToleranceArgs,
-        #[command(flatten)]
-        dashboard: crate::control::DashboardArgs,
-        #[command(flatten)]
-        token: crate::control::LocalTokenArgs,
+        job: JobArgs,
     },
     /// Check a run's answers against an independent reference implementation.
     Validate {
@@ -172,8 +97,8 @@ pub enum LrbCommand {
         #[arg(long, default_value_t = 3)]
         workers: usize,
         /// Partitions of an operator, `OPERATOR=N` (repeatable).
-        #[arg(long = "partitions", value_name = "OPERATOR=N")]
-        partitions: Vec<String>,
+        #[arg(long = "partitions", value_name = "OPERATOR=N", value_parser = parse_partitions)]
+        partitions: Vec<(String, u32)>,
         /// Output directory: bench.json, bench.svg and one directory per run.
         #[arg(long, default_value = "lrb-bench")]
         out: PathBuf,
@@ -233,16 +158,9 @@ pub fn run(command: LrbCommand) -> Result<()> {
         LrbCommand::Run {
             files: RunFiles { input, tolls, out },
             speedup,
-            workers,
-            partitions,
             stop_on_bad_input,
-            fault_tolerance,
-            dashboard,
-            token,
+            mut job,
         } => {
-            if workers == 0 || workers > 256 {
-                bail!("--workers must be between 1 and 256, not {workers}");
-            }
             for file in [&input, &tolls] {
                 if !file.is_file() {
                     bail!(
@@ -251,41 +169,31 @@ pub fn run(command: LrbCommand) -> Result<()> {
                     );
                 }
             }
-            let mut partitions = crate::parse_partitions(&partitions)?;
-            partitions.entry("toll_calculator".into()).or_insert(2);
-            let token = crate::control::ClusterToken::for_local_run(&token.token)?;
+            job.default_partitions("toll_calculator", 2);
+            let token = crate::control::ClusterToken::for_local_run(&job.token)?;
+            let params = LrbParams {
+                input,
+                tolls,
+                out_dir: out.clone(),
+                speedup,
+                forwarders: 1,
+                toll_calculators: 2,
+                assessors: 1,
+                stop_on_bad_input,
+            };
+            let json = serde_json::to_value(&params).context("encoding the run's parameters")?;
+            let config = job.config(&crate::registry(), spate_lrb::query::NAME, json, &token)?;
             let mut options = RunOptions {
-                params: LrbParams {
-                    input,
-                    tolls,
-                    out_dir: out.clone(),
-                    speedup,
-                    forwarders: 1,
-                    toll_calculators: 2,
-                    assessors: 1,
-                    stop_on_bad_input,
-                },
-                workers,
-                partitions,
-                checkpoint_ms: fault_tolerance.checkpoint_ms,
-                pool: fault_tolerance.pool,
-                recovery_parallelism: fault_tolerance.recovery_parallelism,
-                autoscale: fault_tolerance.policy(),
-                scale_at: fault_tolerance.scale_at.clone(),
-                scale_in_at: fault_tolerance.scale_in_at.clone(),
-                worker_cpu: fault_tolerance.worker_cpu,
-                kills: fault_tolerance.kill,
-                token: token.value().to_string(),
-                view: None,
-                commands: None,
-                cancel: crate::cancel_on_ctrl_c(),
+                params,
+                job: config,
             };
             eprintln!(
-                "running Linear Road at speed-up {speedup} on {workers} workers; answers go to {}",
+                "running Linear Road at speed-up {speedup} on {} workers; answers go to {}",
+                job.workers,
                 out.display()
             );
-            let cancel = options.cancel.clone();
-            dashboard.around(&cancel, &token, |view, commands| {
+            let cancel = options.job.cancel.clone();
+            job.dashboard.around(&cancel, &token, |view, commands| {
                 // Progress on a terminal reads the same view a dashboard would.
                 let view = view.or_else(|| {
                     std::io::stderr()
@@ -295,8 +203,8 @@ pub fn run(command: LrbCommand) -> Result<()> {
                 let _progress = view
                     .clone()
                     .map(|v| RunProgress::start(v, &options.params.input));
-                options.view = view;
-                options.commands = commands;
+                options.job.view = view;
+                options.job.commands = commands;
                 let report = driver::run(&crate::registry(), &current_program()?, &options)
                     .context("the Linear Road run failed")?;
                 print_report(&report);
@@ -343,7 +251,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
             keep_answers,
             checkpoint_ms,
         } => {
-            let mut partitions = crate::parse_partitions(&partitions)?;
+            let mut partitions: std::collections::BTreeMap<_, _> = partitions.into_iter().collect();
             partitions.entry("toll_calculator".into()).or_insert(2);
             let options = spate_lrb::bench::BenchOptions {
                 xways,
@@ -399,31 +307,7 @@ fn print_state(peaks: &spate_lrb::resources::Peaks) {
 }
 
 fn print_report(r: &RunReport) {
-    for e in &r.scale_events {
-        println!(
-            "scaled {} {} at {} ms: {} -> {} partitions, pause {} ms ({})",
-            e.direction,
-            e.operator,
-            e.decided_ms,
-            e.partitions_before,
-            e.partitions_after,
-            e.pause_ms,
-            e.reason
-        );
-    }
-    for rec in &r.recoveries {
-        let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
-        println!(
-            "recovered {} (workers {:?}): killed {}, detected {} ms, restored {} ms, rewired {} ms, caught up {}",
-            rec.instances.join(", "),
-            rec.workers,
-            ms(rec.killed_ms),
-            rec.detected_ms,
-            rec.restored_ms,
-            rec.rewired_ms,
-            ms(rec.caught_up_ms)
-        );
-    }
+    crate::print_changes(&r.scale_events, &r.recoveries);
     println!(
         "{} input lines in {:.1} s ({:.0}/s mean, {}/s peak), {} skipped as malformed; {} answers",
         r.input_lines, r.elapsed_secs, r.input_rate, r.peak_input_rate, r.input_errors, r.answers

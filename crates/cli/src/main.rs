@@ -3,9 +3,9 @@
 
 mod control;
 mod demo;
+mod job_args;
 mod lrb;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,8 +13,11 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use job_args::JobArgs;
 use spate_engine::cluster::{current_program, run_local, CommandProvisioner, ExternalWorkers};
-use spate_engine::coordinator::{Coordinator, JobConfig, JobSummary, Provisioner};
+use spate_engine::coordinator::{
+    Coordinator, JobSummary, Provisioner, RecoveryTimeline, ScaleEvent,
+};
 use spate_engine::worker::{run_worker, WorkerOptions};
 use spate_engine::QueryRegistry;
 
@@ -29,8 +32,9 @@ struct Cli {
     command: Command,
 }
 
+/// Which query to run, and its parameters.
 #[derive(clap::Args, Clone)]
-struct JobArgs {
+struct QueryArgs {
     /// Registered query name (see `spate queries`).
     query: String,
     /// A query parameter, `key=value` (value parsed as JSON when it can be).
@@ -39,41 +43,61 @@ struct JobArgs {
     /// A JSON file of query parameters (merged under --param).
     #[arg(long, value_name = "FILE")]
     params_file: Option<PathBuf>,
-    /// Number of partitions of an operator, `OPERATOR=N` (repeatable).
-    #[arg(long = "partitions", value_name = "OPERATOR=N")]
-    partitions: Vec<String>,
-    /// Number of worker processes.
-    #[arg(long, default_value_t = 3)]
-    workers: usize,
-    /// The cluster's shared secret that workers must present, and the
-    /// dashboard's commands (a local run makes a fresh one and prints it
-    /// with the dashboard's address).
-    #[arg(long, env = "SPATE_TOKEN", hide_env_values = true, default_value = "")]
-    token: String,
-    #[command(flatten)]
-    dashboard: control::DashboardArgs,
+}
+
+impl QueryArgs {
+    /// The query's parameters: the file's, then each --param over them.
+    fn params(&self) -> Result<serde_json::Value> {
+        let mut params = match &self.params_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("cannot read the parameters file {}", path.display())
+                })?;
+                let value: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not valid JSON", path.display()))?;
+                if !value.is_object() {
+                    bail!("{} must hold a JSON object of parameters", path.display());
+                }
+                value
+            }
+            None => serde_json::json!({}),
+        };
+        for pair in &self.params {
+            let (key, value) = pair
+                .split_once('=')
+                .with_context(|| format!("--param `{pair}` is not KEY=VALUE"))?;
+            let value = serde_json::from_str(value)
+                .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+            params[key] = value;
+        }
+        Ok(params)
+    }
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run a query on a local embedded cluster (coordinator here, workers as
     /// child processes) until the end of its input.
-    Run(JobArgs),
+    Run {
+        #[command(flatten)]
+        query: QueryArgs,
+        #[command(flatten)]
+        job: JobArgs,
+    },
     /// Run a coordinator that waits for `--workers` workers started elsewhere.
     Coordinator {
         #[command(flatten)]
-        job: JobArgs,
+        query: QueryArgs,
         /// Address to listen on for workers.
         #[arg(long, default_value = "127.0.0.1:7070")]
         listen: String,
-        /// Idle workers kept ready for recovery and scale out.
-        #[arg(long, default_value_t = 0)]
-        pool: usize,
         /// Start every worker (and pool refills) with this shell command;
         /// `{coordinator}` becomes the coordinator's address, e.g.
         /// `ssh host spate worker --coordinator {coordinator}`.
         #[arg(long, value_name = "TEMPLATE")]
         provision_command: Option<String>,
+        #[command(flatten)]
+        job: JobArgs,
     },
     /// Run a worker that joins a coordinator.
     Worker {
@@ -92,6 +116,7 @@ enum Command {
     },
     /// The main job: generate a Linear Road input, run it on a local cluster,
     /// validate every answer and print the report.
+    #[command(mut_arg("pool", |pool| pool.default_value("1")))]
     Demo(demo::DemoArgs),
     /// List the queries this binary can run.
     Queries,
@@ -147,10 +172,9 @@ pub(crate) fn cancel_on_ctrl_c() -> Arc<AtomicBool> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run(job) => {
-            let mut config = job_config(&job)?;
+        Command::Run { query, job } => {
             let token = control::ClusterToken::for_local_run(&job.token)?;
-            config.token = token.value().to_string();
+            let mut config = job.config(&registry(), &query.query, query.params()?, &token)?;
             let cancel = config.cancel.clone();
             job.dashboard.around(&cancel, &token, |view, commands| {
                 config.view = view;
@@ -161,13 +185,13 @@ fn run(cli: Cli) -> Result<()> {
             })
         }
         Command::Coordinator {
-            job,
+            query,
             listen,
-            pool,
             provision_command,
+            job,
         } => {
-            let mut config = job_config(&job)?;
-            config.pool = pool;
+            let token = control::ClusterToken::given(&job.token);
+            let mut config = job.config(&registry(), &query.query, query.params()?, &token)?;
             let coordinator = Coordinator::bind(&listen)?;
             let addr = coordinator.addr().to_string();
             let mut provisioner: Box<dyn Provisioner> = match &provision_command {
@@ -175,10 +199,10 @@ fn run(cli: Cli) -> Result<()> {
                     let mut p = CommandProvisioner::new(template, &addr, &config.token);
                     eprintln!(
                         "coordinator listening on {addr}; starting {} workers with `{}`",
-                        config.workers + pool,
+                        config.workers + config.pool,
                         p.command_line()
                     );
-                    for _ in 0..config.workers + pool {
+                    for _ in 0..config.workers + config.pool {
                         p.provision()?;
                     }
                     Box::new(p)
@@ -186,13 +210,12 @@ fn run(cli: Cli) -> Result<()> {
                 None => {
                     eprintln!(
                         "coordinator listening on {addr}; start {} workers with `spate worker --coordinator {addr}`",
-                        config.workers + pool
+                        config.workers + config.pool
                     );
                     Box::new(ExternalWorkers)
                 }
             };
             let cancel = config.cancel.clone();
-            let token = control::ClusterToken::given(&config.token);
             job.dashboard.around(&cancel, &token, |view, commands| {
                 config.view = view;
                 config.commands = commands;
@@ -230,54 +253,8 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn job_config(job: &JobArgs) -> Result<JobConfig> {
-    if job.workers == 0 || job.workers > 256 {
-        bail!("--workers must be between 1 and 256, not {}", job.workers);
-    }
-    let mut params = match &job.params_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the parameters file {}", path.display()))?;
-            let value: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not valid JSON", path.display()))?;
-            if !value.is_object() {
-                bail!("{} must hold a JSON object of parameters", path.display());
-            }
-            value
-        }
-        None => serde_json::json!({}),
-    };
-    for pair in &job.params {
-        let (key, value) = pair
-            .split_once('=')
-            .with_context(|| format!("--param `{pair}` is not KEY=VALUE"))?;
-        let value = serde_json::from_str(value)
-            .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
-        params[key] = value;
-    }
-    let mut config = JobConfig::new(&job.query, params, job.workers);
-    config.token = job.token.clone();
-    config.partitions = parse_partitions(&job.partitions)?;
-    config.cancel = cancel_on_ctrl_c();
-    Ok(config)
-}
-
-pub(crate) fn parse_partitions(specs: &[String]) -> Result<BTreeMap<String, u32>> {
-    specs
-        .iter()
-        .map(|spec| {
-            let (name, n) = spec
-                .split_once('=')
-                .with_context(|| format!("--partitions `{spec}` is not OPERATOR=N"))?;
-            let n: u32 = n
-                .parse()
-                .with_context(|| format!("--partitions `{spec}`: `{n}` is not a number"))?;
-            Ok((name.to_string(), n))
-        })
-        .collect()
-}
-
 fn print_summary(summary: &JobSummary) {
+    print_changes(&summary.scale_events, &summary.recoveries);
     println!(
         "job finished in {:.2} s on {} workers",
         summary.elapsed.as_secs_f64(),
@@ -291,6 +268,36 @@ fn print_summary(summary: &JobSummary) {
         println!(
             "{:<20} {:>8} {:>6} {:>12} {:>12}",
             i.operator, i.instance, i.worker, i.stats.tuples_in, i.stats.tuples_out
+        );
+    }
+}
+
+/// Prints what changed the job while it ran: every split and merge with its
+/// pause, and every recovery's timeline.
+pub(crate) fn print_changes(scale_events: &[ScaleEvent], recoveries: &[RecoveryTimeline]) {
+    for e in scale_events {
+        println!(
+            "scaled {} {} at {} ms: {} -> {} partitions, pause {} ms ({})",
+            e.direction,
+            e.operator,
+            e.decided_ms,
+            e.partitions_before,
+            e.partitions_after,
+            e.pause_ms,
+            e.reason
+        );
+    }
+    for rec in recoveries {
+        let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
+        println!(
+            "recovered {} (workers {:?}): killed {}, detected {} ms, restored {} ms, rewired {} ms, caught up {}",
+            rec.instances.join(", "),
+            rec.workers,
+            ms(rec.killed_ms),
+            rec.detected_ms,
+            rec.restored_ms,
+            rec.rewired_ms,
+            ms(rec.caught_up_ms)
         );
     }
 }

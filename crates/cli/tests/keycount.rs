@@ -63,16 +63,162 @@ fn keycount_runs_on_three_workers_with_exact_results() {
     let stdout = String::from_utf8_lossy(&result.stdout);
     assert!(stdout.contains("job finished"), "{stdout}");
 
-    let mut got: Vec<String> = std::fs::read_to_string(&output)
+    assert_eq!(counts(&output), expected(&text));
+    // Every partition of the counter did some of the work.
+    let counters = stdout.lines().filter(|l| l.starts_with("count ")).count();
+    assert_eq!(counters, 3, "{stdout}");
+}
+
+/// Sorted `word,count` lines of a job's output file.
+fn counts(path: &std::path::Path) -> Vec<String> {
+    let mut got: Vec<String> = std::fs::read_to_string(path)
         .unwrap()
         .lines()
         .map(str::to_string)
         .collect();
     got.sort();
-    assert_eq!(got, expected(&text));
-    // Every partition of the counter did some of the work.
-    let counters = stdout.lines().filter(|l| l.starts_with("count ")).count();
-    assert_eq!(counters, 3, "{stdout}");
+    got
+}
+
+/// Fault-tolerance and elasticity flags for a keycount job paced to last
+/// about five seconds. Instances are placed round-robin (lines, split,
+/// count 0, count 1, write on workers 0, 1, 2, 0, 1), so the first kill
+/// also takes the source and the second the splitter with the sink.
+const FAULTS_AND_SCALING: [&str; 19] = [
+    "--workers=3",
+    "--partitions=split=1",
+    "--partitions=count=2",
+    "--pool=4",
+    "--checkpoint-ms=100",
+    "--heartbeat-timeout-ms=1000",
+    "--recovery-parallelism=1",
+    "--startup-timeout-secs=60",
+    "--kill",
+    "1:count:1",
+    "--scale",
+    "1.8:count",
+    "--kill",
+    "2.6:write",
+    "--scale-in",
+    "3.5:count",
+    "--param=lines_per_sec=4000",
+    "--token=keycount-test",
+    "--worker-cpu=1",
+];
+
+/// The job's printout shows both recoveries, the split and the merge.
+fn assert_faults_and_scaling(stdout: &str) {
+    let lines =
+        |prefix: &str| -> Vec<&str> { stdout.lines().filter(|l| l.starts_with(prefix)).collect() };
+    let recovered = lines("recovered ");
+    assert_eq!(recovered.len(), 2, "{stdout}");
+    assert!(recovered[0].contains("count[1]"), "{stdout}");
+    assert!(recovered[1].contains("write[0]"), "{stdout}");
+    assert_eq!(lines("scaled out count").len(), 1, "{stdout}");
+    assert_eq!(lines("scaled in count").len(), 1, "{stdout}");
+}
+
+#[test]
+fn spate_run_takes_the_fault_tolerance_and_elasticity_flags() {
+    let dir = scratch("keycount-run-faults");
+    let (input, output) = (dir.join("input.txt"), dir.join("counts.csv"));
+    let text = text(20_000);
+    std::fs::write(&input, &text).unwrap();
+    let mut command = spate();
+    command
+        .args(["run", "keycount"])
+        .args(FAULTS_AND_SCALING)
+        .arg(format!("--param=input={}", input.display()))
+        .arg(format!("--param=output={}", output.display()));
+    let result = run_with_timeout(command, Duration::from_secs(120));
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(result.status.success(), "{stdout}\n{}", stderr(&result));
+    assert_faults_and_scaling(&stdout);
+    assert_eq!(counts(&output), expected(&text));
+}
+
+#[test]
+fn spate_coordinator_takes_the_fault_tolerance_and_elasticity_flags() {
+    let dir = scratch("keycount-coordinator-faults");
+    let (input, output) = (dir.join("input.txt"), dir.join("counts.csv"));
+    let text = text(20_000);
+    std::fs::write(&input, &text).unwrap();
+    let template = format!(
+        "{} worker --coordinator {{coordinator}}",
+        env!("CARGO_BIN_EXE_spate")
+    );
+    let mut command = spate();
+    command
+        .args(["coordinator", "keycount"])
+        .args(FAULTS_AND_SCALING)
+        .arg(format!("--listen=127.0.0.1:{}", free_port()))
+        .arg(format!("--provision-command={template}"))
+        .arg(format!("--param=input={}", input.display()))
+        .arg(format!("--param=output={}", output.display()));
+    let result = run_with_timeout(command, Duration::from_secs(120));
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(result.status.success(), "{stdout}\n{}", stderr(&result));
+    assert_faults_and_scaling(&stdout);
+    assert_eq!(counts(&output), expected(&text));
+}
+
+#[test]
+fn run_and_coordinator_help_list_the_job_flags() {
+    for command in ["run", "coordinator"] {
+        let result = run_with_timeout(
+            {
+                let mut c = spate();
+                c.args([command, "--help"]);
+                c
+            },
+            Duration::from_secs(30),
+        );
+        assert!(result.status.success());
+        let help = String::from_utf8_lossy(&result.stdout);
+        for flag in [
+            "--workers",
+            "--pool",
+            "--partitions",
+            "--token",
+            "--checkpoint-ms",
+            "--kill",
+            "--recovery-parallelism",
+            "--heartbeat-timeout-ms",
+            "--startup-timeout-secs",
+            "--autoscale",
+            "--scale-threshold",
+            "--scale-reports",
+            "--scale-in-threshold",
+            "--scale ",
+            "--scale-in ",
+            "--worker-cpu",
+            "--dashboard",
+            "--linger-secs",
+        ] {
+            assert!(
+                help.contains(flag),
+                "`spate {command} --help` lacks {flag}:\n{help}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_kill_of_an_unknown_operator_is_refused_before_any_worker_starts() {
+    let dir = scratch("keycount-unknown-kill");
+    let mut command = spate();
+    command
+        .args(["run", "keycount", "--kill", "1:counter"])
+        .arg(format!("--param=input={}", dir.join("in.txt").display()))
+        .arg(format!("--param=output={}", dir.join("out.csv").display()));
+    let result = run_with_timeout(command, Duration::from_secs(30));
+    assert!(!result.status.success());
+    let err = stderr(&result);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--kill names `counter`, which is not an operator of `keycount`; its operators are lines, split, count, write"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -219,11 +365,5 @@ fn a_coordinator_starts_its_workers_with_a_provision_command() {
         "{}",
         stderr(&result)
     );
-    let mut got: Vec<String> = std::fs::read_to_string(dir.join("out.csv"))
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
-    got.sort();
-    assert_eq!(got, expected(&text));
+    assert_eq!(counts(&dir.join("out.csv")), expected(&text));
 }

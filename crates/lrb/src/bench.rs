@@ -27,6 +27,7 @@ use std::time::Instant;
 use lrb_reference::generate::{generate, GenerateError, GenerateOptions};
 use lrb_reference::validate::{validate, ValidateError, ValidateOptions};
 use serde::{Deserialize, Serialize};
+use spate_engine::coordinator::JobConfig;
 use spate_engine::QueryRegistry;
 
 use crate::driver::{self, RunOptions, RunReport};
@@ -493,23 +494,14 @@ fn run_one(
         assessors: 1,
         stop_on_bad_input: false,
     };
+    // No failures are injected, so no standby worker (the pool stays 0).
+    let mut job = JobConfig::new(crate::query::NAME, serde_json::Value::Null, options.workers);
+    job.partitions = options.partitions.clone();
+    job.checkpoint_interval = std::time::Duration::from_millis(options.checkpoint_ms);
+    job.cancel = options.cancel.clone();
     let run_options = RunOptions {
         params: params.clone(),
-        workers: options.workers,
-        partitions: options.partitions.clone(),
-        checkpoint_ms: options.checkpoint_ms,
-        // No failures are injected, so a standby worker would only idle.
-        pool: 0,
-        kills: Vec::new(),
-        recovery_parallelism: 1,
-        autoscale: None,
-        scale_at: Vec::new(),
-        scale_in_at: Vec::new(),
-        worker_cpu: None,
-        token: String::new(),
-        view: None,
-        commands: None,
-        cancel: options.cancel.clone(),
+        job,
     };
     let load_average = std::fs::read_to_string("/proc/loadavg")
         .ok()

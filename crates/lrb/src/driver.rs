@@ -3,15 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use spate_engine::cluster::run_local;
-use spate_engine::coordinator::view::{HistoryPoint, JobCommand, SharedView};
-use spate_engine::coordinator::{
-    JobConfig, JobEvent, KillSpec, RecoveryTimeline, ScaleEvent, ScalePolicy,
-};
+use spate_engine::coordinator::view::{HistoryPoint, SharedView};
+use spate_engine::coordinator::{JobConfig, JobEvent, RecoveryTimeline, ScaleEvent};
 use spate_engine::{EngineError, QueryRegistry};
 
 use crate::bench::{usage, Who};
@@ -19,42 +15,17 @@ use crate::model::AnswerKind;
 use crate::query::{stats_dir, LrbParams, SinkStats, NAME};
 use crate::resources::{Peaks, ResourcePoint, Sampler};
 
-/// What `spate lrb run` was asked to do.
+/// What `spate lrb run` was asked to do: Linear Road's own parameters,
+/// and how the engine runs the job.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     /// Query parameters (files, speed-up, default parallelism).
     pub params: LrbParams,
-    /// Worker processes.
-    pub workers: usize,
-    /// Partitions per operator, overriding `params`.
-    pub partitions: BTreeMap<String, u32>,
-    /// Checkpoint interval in milliseconds; 0 turns fault tolerance off.
-    pub checkpoint_ms: u64,
-    /// Idle workers kept ready for recovery.
-    pub pool: usize,
-    /// Failures to inject.
-    pub kills: Vec<KillSpec>,
-    /// Restore a failed stateful instance as this many partitions.
-    pub recovery_parallelism: u32,
-    /// Split hot instances automatically.
-    pub autoscale: Option<ScalePolicy>,
-    /// Scale-outs to force: (after, operator).
-    pub scale_at: Vec<(std::time::Duration, String)>,
-    /// Scale-ins to force: (after, operator).
-    pub scale_in_at: Vec<(std::time::Duration, String)>,
-    /// CPU quota per worker process, in cores.
-    pub worker_cpu: Option<f64>,
-    /// The cluster's shared secret (empty: the local cluster makes one). A
-    /// dashboard started before the run must be given the same.
-    pub token: String,
-    /// Where to publish the cluster's state (the dashboard reads it; the
-    /// run samples its memory and buffers from it). Without one the run
-    /// makes its own.
-    pub view: Option<SharedView>,
-    /// Commands from the dashboard or CLI.
-    pub commands: Option<crossbeam_channel::Receiver<JobCommand>>,
-    /// Set to abort the run.
-    pub cancel: Arc<AtomicBool>,
+    /// Workers, partitions, fault tolerance, elasticity, token, dashboard.
+    /// Its query and parameters are replaced by Linear Road's, made from
+    /// `params`. Without a view the run makes its own (it samples memory
+    /// and buffers from it).
+    pub job: JobConfig,
 }
 
 /// Per instance counters in the report.
@@ -136,21 +107,10 @@ pub fn run(
         .map_err(|e| EngineError::io(format!("creating {}", stats.display()), e))?;
     let json = serde_json::to_value(params)
         .map_err(|e| EngineError::InvalidQuery(format!("encoding parameters: {e}")))?;
-    let mut config = JobConfig::new(NAME, json, options.workers);
-    config.partitions = options.partitions.clone();
-    config.cancel = options.cancel.clone();
-    config.checkpoint_interval = std::time::Duration::from_millis(options.checkpoint_ms);
-    config.pool = options.pool;
-    config.kills = options.kills.clone();
-    config.recovery_parallelism = options.recovery_parallelism;
-    config.autoscale = options.autoscale.clone();
-    config.scale_at = options.scale_at.clone();
-    config.scale_in_at = options.scale_in_at.clone();
-    config.worker_cpu = options.worker_cpu;
-    config.token = options.token.clone();
-    let view = options.view.clone().unwrap_or_default();
-    config.view = Some(view.clone());
-    config.commands = options.commands.clone();
+    let mut config = options.job.clone();
+    config.query = NAME.to_string();
+    config.params = json;
+    let view = config.view.get_or_insert_with(SharedView::default).clone();
     let sampler = Sampler::start(view)?;
     let summary = run_local(registry, &config, program)?;
     let resources = sampler.finish();
@@ -173,7 +133,7 @@ pub fn run(
     let report = RunReport {
         input: params.input.clone(),
         speedup: params.speedup,
-        workers: options.workers,
+        workers: config.workers,
         elapsed_secs: summary.elapsed.as_secs_f64(),
         input_lines: feeder.lines,
         input_errors,
@@ -195,7 +155,7 @@ pub fn run(
                 tuples_out: i.stats.tuples_out,
             })
             .collect(),
-        checkpoint_ms: options.checkpoint_ms,
+        checkpoint_ms: config.checkpoint_interval.as_millis() as u64,
         checkpoints: summary.checkpoints,
         recoveries: summary.recoveries,
         events: summary.events,

@@ -1,0 +1,441 @@
+//! The job flags every run command shares (`spate run`, `spate coordinator`,
+//! `spate lrb run`, `spate demo`): workers, partitions, fault tolerance,
+//! elasticity, the cluster token and the dashboard. They become the
+//! engine's [`JobConfig`] in one place, [`JobArgs::config`], so every query
+//! gets every engine feature with the same flags and the same checks.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use spate_engine::coordinator::{JobConfig, KillSpec, ScalePolicy};
+use spate_engine::wire::control::HEARTBEAT_EVERY;
+use spate_engine::{Query, QueryRegistry};
+
+use crate::control::{ClusterToken, DashboardArgs};
+
+/// The most workers a job may ask for.
+const MAX_WORKERS: usize = 256;
+
+/// How a job runs, whatever its query.
+#[derive(clap::Args, Clone, Debug)]
+#[command(next_help_heading = "Cluster")]
+pub struct JobArgs {
+    /// Worker processes that run the query's instances.
+    #[arg(long, default_value_t = 3)]
+    pub workers: usize,
+    /// Idle workers kept ready to take over failed ones and to receive
+    /// split partitions.
+    #[arg(long, default_value_t = 0)]
+    pub pool: usize,
+    /// Partitions of an operator, `OPERATOR=N` (repeatable).
+    #[arg(long = "partitions", value_name = "OPERATOR=N", value_parser = parse_partitions)]
+    pub partitions: Vec<(String, u32)>,
+    /// The cluster's shared secret, which workers present to join and the
+    /// dashboard's commands must carry [default: a local run makes a fresh
+    /// one and prints it with the dashboard's address; a coordinator
+    /// without one admits any worker].
+    #[arg(
+        long,
+        env = "SPATE_TOKEN",
+        hide_env_values = true,
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub token: String,
+    #[command(flatten, next_help_heading = "Fault tolerance")]
+    pub fault_tolerance: FaultToleranceArgs,
+    #[command(flatten, next_help_heading = "Elasticity")]
+    pub elasticity: ElasticityArgs,
+    #[command(flatten, next_help_heading = "Dashboard")]
+    pub dashboard: DashboardArgs,
+}
+
+/// Checkpointing, failure detection, recovery and failure injection.
+#[derive(clap::Args, Clone, Debug)]
+pub struct FaultToleranceArgs {
+    /// Checkpoint interval of every instance, milliseconds; 0 turns fault
+    /// tolerance off.
+    #[arg(long, default_value_t = 1000)]
+    pub checkpoint_ms: u64,
+    /// Kill the worker hosting an instance with SIGKILL,
+    /// `AT_SECS:OPERATOR[:INSTANCE]` (repeatable), to watch it recover.
+    #[arg(long, value_name = "AT_SECS:OPERATOR[:INSTANCE]")]
+    pub kill: Vec<KillSpec>,
+    /// Restore a failed stateful instance as this many partitions on as many
+    /// pool workers (parallel recovery).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub recovery_parallelism: u32,
+    /// A worker silent this many milliseconds is declared failed (workers
+    /// send a heartbeat every 100 ms).
+    #[arg(long, default_value_t = 500)]
+    pub heartbeat_timeout_ms: u64,
+    /// Seconds workers have to join, deploy and restore before the job
+    /// fails.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub startup_timeout_secs: u64,
+}
+
+/// Scaling out and in, by policy or at given times, and the workers' size.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ElasticityArgs {
+    /// Split hot instances onto pool workers, and merge cold adjacent
+    /// partitions, automatically.
+    #[arg(long)]
+    pub autoscale: bool,
+    /// With --autoscale: utilisation (CPU share of a worker's allowance)
+    /// above which an instance is hot.
+    #[arg(long, default_value_t = 0.7)]
+    pub scale_threshold: f64,
+    /// With --autoscale: consecutive hot one-second reports before a split.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub scale_reports: u32,
+    /// With --autoscale: utilisation below which two adjacent partitions
+    /// are cold and merge.
+    #[arg(long, default_value_t = 0.15)]
+    pub scale_in_threshold: f64,
+    /// Force a scale out of an operator's busiest instance, `AT_SECS:OPERATOR`
+    /// (repeatable).
+    #[arg(long = "scale", value_name = "AT_SECS:OPERATOR", value_parser = parse_scale)]
+    pub scale_at: Vec<(Duration, String)>,
+    /// Force a scale in of an operator: its coldest adjacent pair of
+    /// partitions merges, `AT_SECS:OPERATOR` (repeatable).
+    #[arg(long = "scale-in", value_name = "AT_SECS:OPERATOR", value_parser = parse_scale)]
+    pub scale_in_at: Vec<(Duration, String)>,
+    /// Each worker's CPU allowance, in cores: a local run puts every worker
+    /// under a cgroup quota of this many cores (so that workers behave like
+    /// small VMs on one machine); a coordinator measures --autoscale's
+    /// utilisation against it.
+    #[arg(long, value_name = "CORES")]
+    pub worker_cpu: Option<f64>,
+}
+
+impl JobArgs {
+    /// The engine's configuration for running `query` with `params`, after
+    /// checking the flags against each other and against the query's
+    /// operators (built here, so that mistakes fail before any worker
+    /// starts). Workers must present `token`; Ctrl-C cancels the job.
+    pub fn config(
+        &self,
+        registry: &QueryRegistry,
+        query: &str,
+        params: serde_json::Value,
+        token: &ClusterToken,
+    ) -> Result<JobConfig> {
+        self.check_flags()?;
+        let built = registry.build(query, &params)?;
+        self.check_operators(query, &built)?;
+        let ft = &self.fault_tolerance;
+        let mut config = JobConfig::new(query, params, self.workers);
+        config.pool = self.pool;
+        config.partitions = self.partitions.iter().cloned().collect::<BTreeMap<_, _>>();
+        config.checkpoint_interval = Duration::from_millis(ft.checkpoint_ms);
+        config.heartbeat_timeout = Duration::from_millis(ft.heartbeat_timeout_ms);
+        config.startup_timeout = Duration::from_secs(ft.startup_timeout_secs);
+        config.kills = ft.kill.clone();
+        config.recovery_parallelism = ft.recovery_parallelism;
+        config.autoscale = self.elasticity.policy();
+        config.scale_at = self.elasticity.scale_at.clone();
+        config.scale_in_at = self.elasticity.scale_in_at.clone();
+        config.worker_cpu = self.elasticity.worker_cpu;
+        config.token = token.value().to_string();
+        config.cancel = crate::cancel_on_ctrl_c();
+        Ok(config)
+    }
+
+    /// Flags that contradict each other or make no sense on their own.
+    fn check_flags(&self) -> Result<()> {
+        self.dashboard.check()?;
+        let (ft, el) = (&self.fault_tolerance, &self.elasticity);
+        if self.workers == 0 || self.workers > MAX_WORKERS {
+            bail!(
+                "--workers must be between 1 and {MAX_WORKERS}, not {}",
+                self.workers
+            );
+        }
+        if ft.checkpoint_ms == 0 {
+            if el.autoscale {
+                bail!(
+                    "--autoscale needs fault tolerance on: scaling restores partitions from \
+                     checkpoints and replays buffered inputs; give --checkpoint-ms above 0"
+                );
+            }
+            if let Some(kill) = ft.kill.first() {
+                bail!(
+                    "--kill {} with --checkpoint-ms 0 would fail the job: nothing could be \
+                     recovered without checkpoints; give --checkpoint-ms above 0",
+                    kill.operator
+                );
+            }
+        }
+        let min_timeout = 2 * HEARTBEAT_EVERY.as_millis() as u64;
+        if ft.heartbeat_timeout_ms < min_timeout {
+            bail!(
+                "--heartbeat-timeout-ms {} is too short: workers send a heartbeat every {} ms, \
+                 so give at least {min_timeout}",
+                ft.heartbeat_timeout_ms,
+                HEARTBEAT_EVERY.as_millis()
+            );
+        }
+        let fraction = |v: f64| v.is_finite() && v >= 0.0;
+        if !fraction(el.scale_threshold) || !fraction(el.scale_in_threshold) {
+            bail!("--scale-threshold and --scale-in-threshold must be utilisations of 0 or more");
+        }
+        if el.autoscale && el.scale_in_threshold >= el.scale_threshold {
+            bail!(
+                "--scale-in-threshold {} must be below --scale-threshold {}, or merged \
+                 partitions would split again at once",
+                el.scale_in_threshold,
+                el.scale_threshold
+            );
+        }
+        if let Some(cores) = el.worker_cpu {
+            if !(cores.is_finite() && cores > 0.0) {
+                bail!("--worker-cpu must be a positive number of cores, not {cores}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Every operator a flag names must be one of `query`'s.
+    fn check_operators(&self, name: &str, query: &Query) -> Result<()> {
+        let (ft, el) = (&self.fault_tolerance, &self.elasticity);
+        let named = ft
+            .kill
+            .iter()
+            .map(|k| ("--kill", &k.operator))
+            .chain(el.scale_at.iter().map(|(_, op)| ("--scale", op)))
+            .chain(el.scale_in_at.iter().map(|(_, op)| ("--scale-in", op)))
+            .chain(self.partitions.iter().map(|(op, _)| ("--partitions", op)));
+        for (flag, operator) in named {
+            if query.find(operator).is_none() {
+                let operators: Vec<&str> = (0..query.len()).map(|n| query.name(n)).collect();
+                bail!(
+                    "{flag} names `{operator}`, which is not an operator of `{name}`; its \
+                     operators are {}",
+                    operators.join(", ")
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives `operator` `n` partitions unless --partitions names it: a
+    /// command's own default parallelism.
+    pub fn default_partitions(&mut self, operator: &str, n: u32) {
+        if !self.partitions.iter().any(|(op, _)| op == operator) {
+            self.partitions.push((operator.to_string(), n));
+        }
+    }
+}
+
+impl ElasticityArgs {
+    /// The autoscaling policy these options ask for, if any.
+    fn policy(&self) -> Option<ScalePolicy> {
+        self.autoscale.then(|| ScalePolicy {
+            threshold: self.scale_threshold,
+            reports: self.scale_reports,
+            low_threshold: self.scale_in_threshold,
+            ..Default::default()
+        })
+    }
+}
+
+/// Parses `OPERATOR=N`.
+pub fn parse_partitions(spec: &str) -> Result<(String, u32), String> {
+    let (name, n) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("`{spec}` is not OPERATOR=N"))?;
+    let n: u32 = n
+        .parse()
+        .map_err(|_| format!("`{n}` in `{spec}` is not a number of partitions"))?;
+    Ok((name.to_string(), n))
+}
+
+/// Parses `AT_SECS:OPERATOR`.
+fn parse_scale(spec: &str) -> Result<(Duration, String), String> {
+    let (at, operator) = spec
+        .split_once(':')
+        .ok_or_else(|| format!("`{spec}` is not AT_SECS:OPERATOR"))?;
+    let at: f64 = at
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| format!("`{at}` in `{spec}` is not a number of seconds"))?;
+    Ok((Duration::from_secs_f64(at), operator.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::{Cli, Command};
+
+    /// Parses `spate run keycount ARGS` and returns its job flags.
+    fn job_args(args: &[&str]) -> JobArgs {
+        let line = ["spate", "run", "keycount"].iter().chain(args);
+        match Cli::try_parse_from(line).expect("the flags parse").command {
+            Command::Run { job, .. } => job,
+            _ => unreachable!("parsed `spate run`"),
+        }
+    }
+
+    fn config(args: &[&str]) -> Result<JobConfig> {
+        let params = serde_json::json!({"input": "in.txt", "output": "out.csv"});
+        job_args(args).config(
+            &crate::registry(),
+            "keycount",
+            params,
+            &ClusterToken::given("secret"),
+        )
+    }
+
+    fn error(args: &[&str]) -> String {
+        format!("{:#}", config(args).expect_err("the flags are refused"))
+    }
+
+    #[test]
+    fn every_flag_reaches_the_job_config() {
+        let c = config(&[
+            "--workers=2",
+            "--pool=3",
+            "--partitions=count=3",
+            "--checkpoint-ms=50",
+            "--kill=1.5:count:1",
+            "--recovery-parallelism=2",
+            "--heartbeat-timeout-ms=300",
+            "--startup-timeout-secs=9",
+            "--autoscale",
+            "--scale-threshold=0.8",
+            "--scale-reports=2",
+            "--scale-in-threshold=0.1",
+            "--scale=2:count",
+            "--scale-in=3.5:split",
+            "--worker-cpu=0.5",
+        ])
+        .unwrap();
+        assert_eq!((c.query.as_str(), c.workers, c.pool), ("keycount", 2, 3));
+        assert_eq!(c.params["input"], "in.txt");
+        assert_eq!(c.partitions, BTreeMap::from([("count".to_string(), 3)]));
+        assert_eq!(c.checkpoint_interval, Duration::from_millis(50));
+        assert_eq!(c.kills, vec!["1.5:count:1".parse::<KillSpec>().unwrap()]);
+        assert_eq!(c.recovery_parallelism, 2);
+        assert_eq!(c.heartbeat_timeout, Duration::from_millis(300));
+        assert_eq!(c.startup_timeout, Duration::from_secs(9));
+        let policy = c.autoscale.expect("--autoscale sets a policy");
+        assert_eq!(
+            (policy.threshold, policy.reports, policy.low_threshold),
+            (0.8, 2, 0.1)
+        );
+        assert_eq!(c.scale_at, vec![(Duration::from_secs(2), "count".into())]);
+        assert_eq!(
+            c.scale_in_at,
+            vec![(Duration::from_millis(3500), "split".into())]
+        );
+        assert_eq!(c.worker_cpu, Some(0.5));
+        assert_eq!(c.token, "secret");
+    }
+
+    #[test]
+    fn defaults_are_the_engines() {
+        let c = config(&[]).unwrap();
+        let engine = JobConfig::new("keycount", serde_json::Value::Null, 3);
+        assert_eq!(c.workers, engine.workers);
+        assert_eq!(c.pool, engine.pool);
+        assert_eq!(c.checkpoint_interval, engine.checkpoint_interval);
+        assert_eq!(c.heartbeat_timeout, engine.heartbeat_timeout);
+        assert_eq!(c.startup_timeout, engine.startup_timeout);
+        assert_eq!(c.recovery_parallelism, engine.recovery_parallelism);
+        assert_eq!(c.autoscale, None);
+        assert!(c.kills.is_empty() && c.scale_at.is_empty() && c.scale_in_at.is_empty());
+        assert_eq!(c.worker_cpu, None);
+        // An enabled policy keeps the engine's cooldown and merge settings.
+        let policy = config(&["--autoscale"]).unwrap().autoscale.unwrap();
+        assert_eq!(policy, ScalePolicy::default());
+    }
+
+    #[test]
+    fn linear_road_keeps_a_pool_of_one_by_default() {
+        let parsed = Cli::try_parse_from([
+            "spate", "lrb", "run", "--input", "i", "--tolls", "t", "--out", "o",
+        ])
+        .unwrap();
+        let Command::Lrb(crate::lrb::LrbCommand::Run { job, .. }) = parsed.command else {
+            unreachable!("parsed `spate lrb run`");
+        };
+        assert_eq!(job.pool, 1);
+        assert_eq!(job_args(&[]).pool, 0);
+    }
+
+    #[test]
+    fn operators_a_flag_names_must_exist() {
+        for flag in [
+            "--kill=1:counter",
+            "--scale=1:counter",
+            "--scale-in=1:counter",
+            "--partitions=counter=2",
+        ] {
+            let err = error(&[flag]);
+            let name = flag.split('=').next().unwrap();
+            assert!(
+                err.contains(&format!(
+                    "{name} names `counter`, which is not an operator of `keycount`"
+                )),
+                "{err}"
+            );
+            assert!(err.contains("lines, split, count, write"), "{err}");
+        }
+    }
+
+    #[test]
+    fn contradictory_flags_are_refused() {
+        let cases: [(&[&str], &str); 7] = [
+            (
+                &["--autoscale", "--checkpoint-ms=0"],
+                "--autoscale needs fault tolerance on",
+            ),
+            (
+                &["--kill=1:count", "--checkpoint-ms=0"],
+                "nothing could be recovered",
+            ),
+            (
+                &["--heartbeat-timeout-ms=150"],
+                "workers send a heartbeat every 100 ms",
+            ),
+            (
+                &["--autoscale", "--scale-in-threshold=0.8"],
+                "must be below --scale-threshold",
+            ),
+            (&["--scale-threshold=NaN"], "utilisations of 0 or more"),
+            (
+                &["--worker-cpu=0"],
+                "--worker-cpu must be a positive number",
+            ),
+            (
+                &["--workers=0"],
+                "--workers must be between 1 and 256, not 0",
+            ),
+        ];
+        for (args, message) in cases {
+            let err = error(args);
+            assert!(err.contains(message), "{args:?}: {err}");
+        }
+        // Forced scaling without checkpoints stays a refusal the job records.
+        config(&["--checkpoint-ms=0", "--scale=1:count"]).unwrap();
+    }
+
+    #[test]
+    fn malformed_flags_are_parse_errors() {
+        for args in [
+            ["spate", "run", "q", "--partitions", "count"],
+            ["spate", "run", "q", "--partitions", "count=x"],
+            ["spate", "run", "q", "--scale", "count"],
+            ["spate", "run", "q", "--scale", "-1:count"],
+            ["spate", "run", "q", "--kill", "x:count"],
+            ["spate", "run", "q", "--recovery-parallelism", "0"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+    }
+}
