@@ -96,6 +96,12 @@ enum Command {
         /// `ssh host spate worker --coordinator {coordinator}`.
         #[arg(long, value_name = "TEMPLATE")]
         provision_command: Option<String>,
+        /// End a failed or killed worker with this shell command; `{pid}`
+        /// and `{addr}` become the worker's process id and data address
+        /// (as it reported them), e.g. `ssh host kill -9 {pid}`. Without it
+        /// a failed worker is only ordered to exit, and `--kill` is refused.
+        #[arg(long, value_name = "TEMPLATE", requires = "provision_command")]
+        stop_command: Option<String>,
         #[command(flatten)]
         job: JobArgs,
     },
@@ -188,6 +194,7 @@ fn run(cli: Cli) -> Result<()> {
             query,
             listen,
             provision_command,
+            stop_command,
             job,
         } => {
             let token = control::ClusterToken::given(&job.token);
@@ -197,6 +204,9 @@ fn run(cli: Cli) -> Result<()> {
             let mut provisioner: Box<dyn Provisioner> = match &provision_command {
                 Some(template) => {
                     let mut p = CommandProvisioner::new(template, &addr, &config.token);
+                    if let Some(stop) = &stop_command {
+                        p = p.with_stop_command(stop);
+                    }
                     eprintln!(
                         "coordinator listening on {addr}; starting {} workers with `{}`",
                         config.workers + config.pool,
