@@ -2,7 +2,7 @@
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
-use lrb_reference::validate::{expected_answers, Expected, ValidateError};
+use lrb_reference::validate::{expected_answers, BadInput, Expected, ValidateError};
 
 /// Input lines collected in any order and emitted in Time order (stable, so
 /// lines of one second keep the order they were added in).
@@ -109,8 +109,14 @@ impl Input {
     }
 }
 
+/// The expected answers, stopping at the first bad input line.
 pub fn try_expected(input: &str, history: &str) -> Result<Expected, ValidateError> {
-    expected_answers(input.as_bytes(), history.as_bytes())
+    expected_answers(input.as_bytes(), history.as_bytes(), BadInput::Stop)
+}
+
+/// The expected answers, skipping bad input lines.
+pub fn skipping_bad_lines(input: &str) -> Expected {
+    expected_answers(input.as_bytes(), &b""[..], BadInput::Skip).expect("skips bad lines")
 }
 
 /// (Time, LAV, Toll) of every toll notification of `vid`.
