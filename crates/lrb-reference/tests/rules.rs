@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{alerts, skipping_bad_lines, tolls_of, try_expected, Input};
+use common::{alerts, scenario, skipping_bad_lines, tolls_of, try_expected, Input};
 use lrb_reference::validate::{Expected, SkippedLine, ValidateError};
 
 const SEG_FEET: u32 = 5280;
@@ -276,7 +276,7 @@ fn accepted(e: &Expected) -> Vec<(i64, Vec<(u32, i64)>)> {
 
 #[test]
 fn balances_are_as_of_one_of_the_accepted_notifications() {
-    let e = balance_scenario().expected("");
+    let e = scenario::balances().expected("");
     // Every notification of car 7 costs 2 * (60 - 50)^2 = 200 (LAV 10):
     // N1 at 60, N2 at 120, N3 at 150, and N4 at 400 after its re-entry.
     assert_eq!(
@@ -320,7 +320,7 @@ fn balances_are_as_of_one_of_the_accepted_notifications() {
 
 #[test]
 fn balance_acceptance_is_exactly_the_listed_answers() {
-    let e = balance_scenario().expected("");
+    let e = scenario::balances().expected("");
     let q2 = &e.balances[1];
     assert!(q2.accepts(60, 0) && q2.accepts(120, 200));
     // As of the query's own Time, with the current segment's toll: the old
@@ -331,64 +331,9 @@ fn balance_acceptance_is_exactly_the_listed_answers() {
     assert!(q2.accepts_result_time(120) && !q2.accepts_result_time(90));
 }
 
-/// Car 7 drives through three congested segments (60 cars at 10 mph each,
-/// every minute), exits on lane 4 and comes back; car 8 enters at 200.
-fn balance_scenario() -> Input {
-    let mut input = Input::default();
-    input
-        .crowd(1000, 60, 10, 10, 600)
-        .crowd(2000, 60, 11, 10, 600)
-        .crowd(3000, 60, 12, 10, 600);
-    input.balance(50, 7, 1);
-    input.report(60, 7, 10, 0, 0, 10 * SEG_FEET + 100); // N1
-    input.report(90, 7, 10, 1, 0, 10 * SEG_FEET + 2000);
-    input.report(120, 7, 10, 1, 0, 11 * SEG_FEET + 100); // N2
-    input.balance(130, 7, 2);
-    input.report(150, 7, 10, 1, 0, 12 * SEG_FEET + 100); // N3
-    input.balance(150, 7, 3);
-    input.report(180, 7, 10, 4, 0, 13 * SEG_FEET + 100); // exit lane: none
-    input.balance(200, 8, 4);
-    input.report(200, 8, 10, 0, 0, 10 * SEG_FEET + 300);
-    input.balance(200, 8, 5);
-    input.balance(300, 7, 6);
-    input.balance(400, 7, 7);
-    input.report(400, 7, 10, 0, 0, 11 * SEG_FEET + 300); // N4: re-entry
-    input.report(430, 7, 10, 1, 0, 11 * SEG_FEET + 2000);
-    input
-}
-
 #[test]
 fn lav_is_the_exact_mean_truncated_once_at_39_8() {
-    let mut input = Input::default();
-    let seg = 20 * SEG_FEET;
-    // A(1) = 39.5 (one car: 39, 40).
-    input
-        .report(0, 1, 39, 1, 0, seg)
-        .report(30, 1, 40, 1, 0, seg + 1);
-    // A(2) = (40.5 + 39) / 2 = 39.75.
-    input
-        .report(60, 2, 40, 1, 0, seg)
-        .report(90, 2, 41, 1, 0, seg + 1);
-    input
-        .report(60, 3, 39, 1, 0, seg)
-        .report(90, 3, 39, 1, 0, seg + 1);
-    // A(3) = 40 (one car).
-    input
-        .report(120, 4, 40, 1, 0, seg)
-        .report(150, 4, 40, 1, 0, seg + 1);
-    // A(4) = (40 + 39.5) / 2 = 39.75.
-    input
-        .report(180, 5, 40, 1, 0, seg)
-        .report(210, 5, 40, 1, 0, seg + 1);
-    input
-        .report(180, 6, 39, 1, 0, seg)
-        .report(210, 6, 40, 1, 0, seg + 1);
-    // A(5) = 40: 60 cars at 40 and 40, so NOV(6) = 60.
-    for vid in 100..160 {
-        input.report(240, vid, 40, 1, 0, seg + 2);
-        input.report(270, vid, 40, 1, 0, seg + 3);
-    }
-    input.report(300, 500, 40, 1, 0, seg + 4);
+    let input = scenario::lav_at_39_8();
     let e = input.expected("");
     // LAV(6) = trunc((39.5 + 39.75 + 40 + 39.75 + 40) / 5) = trunc(39.8) =
     // 39 < 40, so the toll is 2 * (60 - 50)^2 = 200.
@@ -399,18 +344,7 @@ fn lav_is_the_exact_mean_truncated_once_at_39_8() {
 
 #[test]
 fn lav_of_exactly_40_from_fractional_means_means_no_toll() {
-    let mut input = Input::default();
-    let seg = 10 * SEG_FEET;
-    // A(1) = 39.5: one car at 39 and 40.
-    input
-        .report(0, 1, 39, 1, 0, seg)
-        .report(30, 1, 40, 1, 0, seg + 1);
-    // A(2) = 40.5: 60 cars at 40 and 41, so NOV(3) = 60.
-    for vid in 100..160 {
-        input.report(60, vid, 40, 1, 0, seg + 2);
-        input.report(90, vid, 41, 1, 0, seg + 3);
-    }
-    input.report(120, 500, 40, 1, 0, seg + 4);
+    let input = scenario::lav_at_40();
     let e = input.expected("");
     // LAV(3) = trunc((39.5 + 40.5) / 2) = 40, so no toll. (Flooring each
     // mean first gives (39 + 40) / 2 -> 39 and a toll of 200.)
@@ -419,14 +353,7 @@ fn lav_of_exactly_40_from_fractional_means_means_no_toll() {
 
 #[test]
 fn minutes_without_reports_inside_the_window_do_not_count() {
-    let mut input = Input::default();
-    let seg = 30 * SEG_FEET;
-    input
-        .report(0, 1, 30, 1, 0, seg)
-        .report(30, 1, 31, 1, 0, seg + 1); // A(1) = 30.5
-    input.report(180, 2, 49, 1, 0, seg); // A(4) = 49; minutes 2, 3, 5 empty
-    input.report(300, 500, 20, 1, 0, seg + 5); // A(6) = 20
-    input.report(360, 501, 20, 1, 0, seg + 6);
+    let input = scenario::lav_with_empty_minutes();
     let e = input.expected("");
     // LAV(6) over minutes 1..=5 with reports (1 and 4): trunc((30.5 + 49) /
     // 2) = trunc(39.75) = 39 (not (30.5 + 49) / 5).
