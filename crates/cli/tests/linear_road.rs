@@ -91,6 +91,33 @@ fn malformed_input_lines_are_reported_with_line_numbers_and_skipped() {
     assert_eq!(tolls.lines().count(), 2, "{tolls}");
     let balances = std::fs::read_to_string(dir.join("out/balances.csv")).unwrap();
     assert!(balances.starts_with("2,4,"), "{balances}");
+    // The validator skips the same lines and lists them.
+    let (passed, stdout) = validation(&dir);
+    assert!(passed, "{stdout}");
+    assert!(stdout.contains("Skipped 5 bad input line(s)"), "{stdout}");
+    for line in [
+        "line 2:",
+        "line 3: Spd 150",
+        "line 4:",
+        "line 6: Time 1",
+        "line 7:",
+    ] {
+        assert!(stdout.contains(line), "{line} in {stdout}");
+    }
+    // With --stop-on-bad-input it stops at the first, as the run would.
+    let mut command = spate();
+    command
+        .args(["lrb", "validate", "--stop-on-bad-input"])
+        .arg("--input")
+        .arg(dir.join("input.csv"))
+        .arg("--tolls")
+        .arg(dir.join("historical-tolls.csv"))
+        .arg("--out")
+        .arg(dir.join("out"));
+    let result = run_with_timeout(command, Duration::from_secs(60));
+    assert!(!result.status.success());
+    let err = stderr(&result);
+    assert!(err.contains("input.csv, line 2:"), "{err}");
 }
 
 #[test]

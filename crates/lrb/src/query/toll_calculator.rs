@@ -140,7 +140,7 @@ impl SegmentState {
         {
             self.history.pop_front();
         }
-        self.lav = self.lav(minute)?;
+        self.lav = self.lav_of(minute)?;
         let horizon = time.saturating_sub(30);
         self.last_seen.retain(|_, t| *t >= horizon);
         self.runs.retain(|_, r| r.last >= horizon);
@@ -157,7 +157,7 @@ impl SegmentState {
 
     /// LAV(minute): the exact mean of the minute averages of minutes
     /// minute-5..=minute-1 that had reports, truncated; -1 if none had.
-    fn lav(&self, minute: u32) -> Result<i32, OperatorError> {
+    fn lav_of(&self, minute: u32) -> Result<i32, OperatorError> {
         let window = self
             .history
             .iter()
