@@ -5,8 +5,9 @@
 //!
 //! Only the state the rules can still consult is kept: the current minute of
 //! each segment plus its last five, each car's last three reports while it
-//! reports every 30 s, stop reports of the last 30 s and the places active in
-//! the previous minute.
+//! reports every 30 s, stop reports of the last 30 s, the places active in
+//! the previous minute, and each car's toll total with the notifications a
+//! balance query can still name (the last 60 s and the latest before).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::BufRead;
