@@ -206,8 +206,8 @@ pub struct RuleFailures {
 pub struct SkippedInput {
     /// All of them.
     pub count: u64,
-    /// The first ones, as (1-based line number, what is wrong).
-    pub lines: Vec<(u64, String)>,
+    /// The first ones.
+    pub lines: Vec<SkippedLine>,
 }
 
 /// The outcome of a validation: per kind, counts, first differences and
@@ -269,8 +269,8 @@ impl fmt::Display for ValidationReport {
                 "Skipped {} bad input line(s), as `spate lrb run` does (--stop-on-bad-input stops at the first):",
                 skipped.count
             )?;
-            for (line, message) in &skipped.lines {
-                writeln!(f, "  line {line}: {message}")?;
+            for s in &skipped.lines {
+                writeln!(f, "  line {}: {}", s.line, s.message)?;
             }
             if skipped.count > skipped.lines.len() as u64 {
                 writeln!(
@@ -449,12 +449,7 @@ pub fn validate_with_progress(
         .0,
         skipped_input: SkippedInput {
             count: expected.skipped.len() as u64,
-            lines: expected
-                .skipped
-                .into_iter()
-                .take(limit)
-                .map(|s| (s.line, s.message))
-                .collect(),
+            lines: expected.skipped.into_iter().take(limit).collect(),
         },
     })
 }

@@ -341,7 +341,7 @@ fn bad_input_lines_are_skipped_and_listed() {
     let report = run(&opts);
     assert!(report.passed(), "{report}");
     assert_eq!(report.skipped_input.count, 1);
-    assert_eq!(report.skipped_input.lines[0].0, 1);
+    assert_eq!(report.skipped_input.lines[0].line, 1);
     let text = report.to_string();
     assert!(text.contains("Skipped 1 bad input line(s)"), "{text}");
     assert!(text.contains("line 1: Spd -1 is out of range"), "{text}");

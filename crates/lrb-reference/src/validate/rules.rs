@@ -104,7 +104,7 @@ pub struct Expected {
 
 /// An input line that breaks the "Input" rules of `docs/LRB.md` and was left
 /// out, as the query leaves it out (and lists it in `input-errors.csv`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SkippedLine {
     /// 1-based line number in the input file.
     pub line: u64,
