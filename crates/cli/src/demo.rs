@@ -62,5 +62,6 @@ pub fn run(args: DemoArgs) -> Result<()> {
             1.0
         },
         max_differences: 10,
+        stop_on_bad_input: false,
     })
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use lrb_reference::generate::{generate, GenerateOptions, GenerateProgress};
-use lrb_reference::validate::{validate_with_progress, ValidateOptions};
+use lrb_reference::validate::{validate_with_progress, BadInput, ValidateOptions};
 use spate_engine::cluster::current_program;
 use spate_lrb::driver::{self, RunOptions, RunReport};
 use spate_lrb::query::LrbParams;
@@ -71,9 +71,13 @@ pub enum LrbCommand {
         /// (use 1 for runs at speed-up 0).
         #[arg(long, default_value_t = 1.0)]
         speedup: f64,
-        /// Differences to show per kind.
+        /// Differences to show per kind (and examples per broken rule).
         #[arg(long, default_value_t = 10)]
         max_differences: usize,
+        /// Stop at the first malformed input line instead of skipping it
+        /// (skipped lines are listed by number, as `lrb run` skips them).
+        #[arg(long)]
+        stop_on_bad_input: bool,
     },
     /// Find the highest speed-up the query sustains: generate (or reuse) an
     /// input, run it at increasing speed-ups, validate every run, and write
@@ -216,6 +220,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
             files: RunFiles { input, tolls, out },
             speedup,
             max_differences,
+            stop_on_bad_input,
         } => {
             if !(speedup > 0.0 && speedup.is_finite()) {
                 bail!("--speedup must be a positive number (use 1 for runs at speed-up 0)");
@@ -228,6 +233,11 @@ pub fn run(command: LrbCommand) -> Result<()> {
                     out_dir: out,
                     speedup,
                     max_differences,
+                    bad_input: if stop_on_bad_input {
+                        BadInput::Stop
+                    } else {
+                        BadInput::Skip
+                    },
                 },
                 &mut |fraction| progress.update(fraction, "of the input read"),
             )?;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use lrb_reference::generate::{generate, GenerateOptions};
-use lrb_reference::validate::{expected_answers, validate, Expected, ValidateOptions};
+use lrb_reference::validate::{expected_answers, validate, BadInput, Expected, ValidateOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -47,6 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let expected = expected_answers(
         std::io::BufReader::new(File::open(&input)?),
         std::io::BufReader::new(File::open(&history)?),
+        BadInput::Skip,
     )?;
     println!("expected answers: {:.2} s", started.elapsed().as_secs_f64());
     print_coverage(&expected);
@@ -62,6 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir,
         speedup: 1.0,
         max_differences: 10,
+        bad_input: BadInput::Skip,
     })?;
     println!(
         "validate (expected answers + compare): {:.2} s",
@@ -79,7 +81,7 @@ fn print_coverage(e: &Expected) {
     let nonzero_balances = e
         .balances
         .iter()
-        .filter(|q| q.accepted.iter().any(|&b| b > 0))
+        .filter(|q| q.accepted.iter().any(|&(_, b)| b > 0))
         .count();
     let several = e.balances.iter().filter(|q| q.accepted.len() > 1).count();
     println!(
@@ -112,11 +114,11 @@ fn write_answers(e: &Expected, dir: &Path) -> std::io::Result<()> {
     }
     let mut balances = BufWriter::new(File::create(dir.join("balances.csv"))?);
     for q in &e.balances {
-        let bal = q.accepted.last().copied().unwrap_or(0);
+        let (result_time, bal) = q.accepted.last().copied().unwrap_or((q.time, 0));
         writeln!(
             balances,
-            "2,{},{},{},{},{bal}",
-            q.time, q.time, q.qid, q.time
+            "2,{},{},{},{result_time},{bal}",
+            q.time, q.time, q.qid
         )?;
     }
     let mut spent = BufWriter::new(File::create(dir.join("expenditures.csv"))?);

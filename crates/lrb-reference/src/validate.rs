@@ -18,7 +18,10 @@ use std::fs::File;
 use std::io::{self, BufReader};
 use std::path::{Path, PathBuf};
 
-pub use rules::{expected_answers, AlertRow, BalanceQuery, Expected, ExpenditureRow, TollRow};
+pub use rules::{
+    expected_answers, AlertRow, BadInput, BalanceQuery, Expected, ExpenditureRow, SkippedLine,
+    TollRow,
+};
 
 use input::Lines;
 use output::{read_output, BalanceAnswer, OutputFile, OutputKind};
@@ -41,8 +44,11 @@ pub struct ValidateOptions {
     /// The run's speed-up S (> 0): Emit counts simulation seconds, so
     /// (Emit - Time) / S is the wall-clock latency the deadlines apply to.
     pub speedup: f64,
-    /// Differences kept per kind; the counts are always complete.
+    /// Differences kept per kind (and examples per broken rule, and bad
+    /// input lines shown); the counts are always complete.
     pub max_differences: usize,
+    /// Skip bad input lines (and list them) or stop at the first one.
+    pub bad_input: BadInput,
 }
 
 /// Latency of one kind of answer against its deadline; reported, never a
@@ -91,6 +97,8 @@ pub struct KindReport {
     pub unexpected: u64,
     /// The first differences, earliest Time first after malformed rows.
     pub differences: Vec<String>,
+    /// Per rule of the 2004 validator, the answers that break it.
+    pub broken_rules: Vec<RuleFailures>,
     /// Emit latency against the deadline.
     pub latency: Latency,
 }
@@ -104,6 +112,7 @@ impl KindReport {
             missing: 0,
             unexpected: 0,
             differences: Vec::new(),
+            broken_rules: Vec::new(),
             latency: file.latency.clone(),
         };
         for m in &file.malformed {
@@ -128,9 +137,77 @@ impl KindReport {
         self.note(limit, difference);
     }
 
+    /// Counts one answer breaking `rule`, keeping the first examples.
+    fn broke(&mut self, rule: Rule, limit: usize, example: impl FnOnce() -> String) {
+        let at = match self.broken_rules.iter().position(|f| f.rule == rule) {
+            Some(at) => at,
+            None => {
+                self.broken_rules.push(RuleFailures {
+                    rule,
+                    count: 0,
+                    examples: Vec::new(),
+                });
+                self.broken_rules.len() - 1
+            }
+        };
+        let failures = &mut self.broken_rules[at];
+        failures.count += 1;
+        if failures.examples.len() < limit {
+            failures.examples.push(example());
+        }
+    }
+
     fn is_exact(&self) -> bool {
         self.missing == 0 && self.unexpected == 0
     }
+}
+
+/// A rule of the 2004 validator that an answer can break, for reports that
+/// say *why* answers differ, not only that they do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Rule {
+    /// A toll notification's LAV (extractLavs.pl).
+    Lav,
+    /// A toll notification's Toll, given the segment's LAV and car count.
+    Toll,
+    /// A balance answer's ResultTime is not one of the notifications
+    /// accountBalanceAnswer.pl accepts.
+    ResultTime,
+    /// A balance answer's Bal is not the balance as of its ResultTime
+    /// (accountBalanceAnswer.pl).
+    Balance,
+}
+
+impl Rule {
+    /// The rule and where the 2004 validator states it, for reports.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Rule::Lav => "LAV (extractLavs.pl)",
+            Rule::Toll => "toll (from LAV and NOV)",
+            Rule::ResultTime => "ResultTime (accountBalanceAnswer.pl)",
+            Rule::Balance => "balance as of ResultTime (accountBalanceAnswer.pl)",
+        }
+    }
+}
+
+/// The answers breaking one rule: how many, and the first few.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RuleFailures {
+    /// The rule.
+    pub rule: Rule,
+    /// Answers breaking it.
+    pub count: u64,
+    /// The first of them, with their file line and the expected values.
+    pub examples: Vec<String>,
+}
+
+/// The input lines the validation left out as bad.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct SkippedInput {
+    /// All of them.
+    pub count: u64,
+    /// The first ones.
+    pub lines: Vec<SkippedLine>,
 }
 
 /// The outcome of a validation: per kind, counts, first differences and
@@ -147,6 +224,8 @@ pub struct ValidationReport {
     pub balances: KindReport,
     /// `expenditures.csv`.
     pub expenditures: KindReport,
+    /// Bad input lines that were skipped (the run skips the same ones).
+    pub skipped_input: SkippedInput,
 }
 
 impl ValidationReport {
@@ -182,6 +261,43 @@ impl fmt::Display for ValidationReport {
                 "  {:<13} {:>12} {:>12} {:>10} {:>10}",
                 name, k.expected, k.actual, k.missing, k.unexpected
             )?;
+        }
+        let skipped = &self.skipped_input;
+        if skipped.count > 0 {
+            writeln!(
+                f,
+                "Skipped {} bad input line(s), as `spate lrb run` does (--stop-on-bad-input stops at the first):",
+                skipped.count
+            )?;
+            for s in &skipped.lines {
+                writeln!(f, "  line {}: {}", s.line, s.message)?;
+            }
+            if skipped.count > skipped.lines.len() as u64 {
+                writeln!(
+                    f,
+                    "  ... and {} more",
+                    skipped.count - skipped.lines.len() as u64
+                )?;
+            }
+        }
+        let broken: Vec<&RuleFailures> = self
+            .kinds()
+            .into_iter()
+            .flat_map(|(_, k)| &k.broken_rules)
+            .collect();
+        if !broken.is_empty() {
+            writeln!(f, "Broken rules:")?;
+            for failures in broken {
+                writeln!(
+                    f,
+                    "  {}: {} answer(s), e.g.",
+                    failures.rule.describe(),
+                    failures.count
+                )?;
+                for example in &failures.examples {
+                    writeln!(f, "    {example}")?;
+                }
+            }
         }
         if !self.passed() {
             writeln!(f, "First differences:")?;
@@ -295,30 +411,33 @@ pub fn validate_with_progress(
         progress,
     };
     let input = Lines::new(BufReader::with_capacity(1 << 20, counted), &opts.input);
-    let expected = rules::compute(input, open_lines(&opts.tolls)?)?;
+    let expected = rules::compute(input, open_lines(&opts.tolls)?, opts.bad_input)?;
     let limit = opts.max_differences;
     let s = opts.speedup;
+    let (mut tolls, diff) = compare_multiset(
+        expected.tolls,
+        read_output(&opts.out_dir, s)?,
+        limit,
+        "toll notification",
+        |r: &TollRow| {
+            format!(
+                "VID {}, Time {}, LAV {}, Toll {}",
+                r.vid, r.time, r.lav, r.toll
+            )
+        },
+    );
+    classify_tolls(&mut tolls, diff, limit);
     Ok(ValidationReport {
         speedup: s,
-        tolls: compare_multiset(
-            expected.tolls,
-            read_output(&opts.out_dir, s)?,
-            limit,
-            "toll notification",
-            |r: &TollRow| {
-                format!(
-                    "VID {}, Time {}, LAV {}, Toll {}",
-                    r.vid, r.time, r.lav, r.toll
-                )
-            },
-        ),
+        tolls,
         accidents: compare_multiset(
             expected.accidents,
             read_output(&opts.out_dir, s)?,
             limit,
             "accident alert",
             |r: &AlertRow| format!("Time {}, VID {}, Seg {}", r.time, r.vid, r.seg),
-        ),
+        )
+        .0,
         balances: compare_balances(&expected.balances, read_output(&opts.out_dir, s)?, limit),
         expenditures: compare_multiset(
             expected.expenditures,
@@ -326,7 +445,12 @@ pub fn validate_with_progress(
             limit,
             "daily expenditure",
             |r: &ExpenditureRow| format!("Time {}, QID {}, Bal {}", r.time, r.qid, r.bal),
-        ),
+        )
+        .0,
+        skipped_input: SkippedInput {
+            count: expected.skipped.len() as u64,
+            lines: expected.skipped.into_iter().take(limit).collect(),
+        },
     })
 }
 
@@ -359,16 +483,27 @@ fn open_lines(path: &Path) -> Result<Lines<BufReader<File>>, ValidateError> {
     Ok(Lines::new(BufReader::with_capacity(1 << 20, file), path))
 }
 
+/// The rows a multiset comparison could not pair: expected ones absent from
+/// the file, and the file's rows (with their line) that were not expected.
+struct Unpaired<K> {
+    missing: Vec<K>,
+    unexpected: Vec<(K, u64)>,
+}
+
 /// Compares the rows with the expected multiset: each expected row must
 /// appear exactly as often as expected, in any order. Both sides are sorted
 /// and walked together, so differences come out earliest Time first.
-fn compare_multiset<K: OutputKind + Ord>(
+fn compare_multiset<K: OutputKind + Ord + Clone>(
     mut expected: Vec<K>,
     file: OutputFile<K>,
     limit: usize,
     what: &str,
     describe: impl Fn(&K) -> String,
-) -> KindReport {
+) -> (KindReport, Unpaired<K>) {
+    let mut unpaired = Unpaired {
+        missing: Vec::new(),
+        unexpected: Vec::new(),
+    };
     let mut report = KindReport::new(expected.len(), &file, limit);
     let mut actual = file.rows;
     expected.sort_unstable();
@@ -388,6 +523,7 @@ fn compare_multiset<K: OutputKind + Ord>(
             Ordering::Less => {
                 let x = &expected[i];
                 report.missing(limit, || format!("missing {what}: {}", describe(x)));
+                unpaired.missing.push(x.clone());
                 i += 1;
             }
             Ordering::Greater => {
@@ -399,15 +535,47 @@ fn compare_multiset<K: OutputKind + Ord>(
                         describe(y)
                     )
                 });
+                unpaired.unexpected.push((y.clone(), *line));
                 j += 1;
             }
         }
     }
-    report
+    (report, unpaired)
+}
+
+/// Pairs each unexpected toll notification with the missing one of the same
+/// car and Time, and counts which rule it breaks: a wrong LAV, a wrong Toll
+/// or both. Unpaired rows are notifications for entries the rules do not
+/// have (or lack), already counted as missing or unexpected.
+fn classify_tolls(report: &mut KindReport, unpaired: Unpaired<TollRow>, limit: usize) {
+    let mut missing: HashMap<(u32, i64), Vec<TollRow>> = HashMap::new();
+    for row in unpaired.missing {
+        missing.entry((row.time, row.vid)).or_default().push(row);
+    }
+    for (actual, line) in unpaired.unexpected {
+        let Some(expected) = missing
+            .get_mut(&(actual.time, actual.vid))
+            .and_then(Vec::pop)
+        else {
+            continue;
+        };
+        let example = || {
+            format!(
+                "tolls.csv line {line}: VID {}, Time {}: LAV {}, Toll {}; expected LAV {}, Toll {}",
+                actual.vid, actual.time, actual.lav, actual.toll, expected.lav, expected.toll
+            )
+        };
+        if actual.lav != expected.lav {
+            report.broke(Rule::Lav, limit, example);
+        }
+        if actual.toll != expected.toll {
+            report.broke(Rule::Toll, limit, example);
+        }
+    }
 }
 
 /// Every balance query must be answered exactly once, with its Time and
-/// QID, an accepted Bal and a ResultTime in [Time - 30, Time].
+/// QID and an accepted (ResultTime, Bal).
 fn compare_balances(
     queries: &[BalanceQuery],
     file: OutputFile<BalanceAnswer>,
@@ -428,60 +596,73 @@ fn compare_balances(
         });
         match accepted {
             Some(i) => answered[i] = true,
-            None => report.unexpected(limit, || {
-                let why = reject_reason(queries, candidates, &answered, a);
-                format!(
-                    "unexpected account balance at balances.csv line {line}: Time {}, QID {}, ResultTime {}, Bal {}: {why}",
+            None => {
+                let (rule, why) = reject_reason(queries, candidates, &answered, a);
+                let example = format!(
+                    "balances.csv line {line}: Time {}, QID {}, ResultTime {}, Bal {}: {why}",
                     a.time, a.qid, a.result_time, a.bal
-                )
-            }),
+                );
+                if let Some(rule) = rule {
+                    report.broke(rule, limit, || example.clone());
+                }
+                report.unexpected(limit, || format!("unexpected account balance at {example}"));
+            }
         }
     }
     for (q, _) in queries.iter().zip(&answered).filter(|(_, &done)| !done) {
         report.missing(limit, || {
             format!(
-                "missing account balance: Time {}, VID {}, QID {}, accepted Bal {}",
+                "missing account balance: Time {}, VID {}, QID {}, accepted (ResultTime, Bal) {}",
                 q.time,
                 q.vid,
                 q.qid,
-                list_values(&q.accepted)
+                list_answers(&q.accepted)
             )
         });
     }
     report
 }
 
-/// Why no query accepts balance answer `a`.
+/// Why no query accepts balance answer `a`, and the rule it breaks when
+/// its query is known and not yet answered.
 fn reject_reason(
     queries: &[BalanceQuery],
     candidates: &[usize],
     answered: &[bool],
     a: &BalanceAnswer,
-) -> String {
+) -> (Option<Rule>, String) {
     let Some(&first) = candidates.first() else {
-        return "no balance query has this QID".to_string();
+        return (None, "no balance query has this QID".to_string());
     };
     let same_time = candidates
         .iter()
         .copied()
         .find(|&i| i64::from(queries[i].time) == a.time);
     let Some(i) = same_time else {
-        return format!("the query with this QID has Time {}", queries[first].time);
+        let why = format!("the query with this QID has Time {}", queries[first].time);
+        return (None, why);
     };
     let q = &queries[i];
-    let t = i64::from(q.time);
+    let accepted = list_answers(&q.accepted);
     if answered[i] {
-        "this query was already answered".to_string()
-    } else if !(t - 30..=t).contains(&a.result_time) {
-        format!("ResultTime must be in {}..={t}", t - 30)
+        (None, "this query was already answered".to_string())
+    } else if q.accepts_result_time(a.result_time) {
+        let why = format!("wrong Bal for this ResultTime; accepted (ResultTime, Bal) {accepted}");
+        (Some(Rule::Balance), why)
     } else {
-        format!("accepted Bal {}", list_values(&q.accepted))
+        let why = format!(
+            "ResultTime {} is not an accepted notification time; accepted (ResultTime, Bal) {accepted}",
+            a.result_time
+        );
+        (Some(Rule::ResultTime), why)
     }
 }
 
-/// At most five values, for readable messages.
-fn list_values(values: &[i64]) -> String {
-    let shown: Vec<String> = values.iter().take(5).map(i64::to_string).collect();
-    let more = if values.len() > 5 { ", ..." } else { "" };
-    format!("{{{}{more}}}", shown.join(", "))
+/// The accepted answers of a query (at most four), for messages.
+fn list_answers(answers: &[(u32, i64)]) -> String {
+    let shown: Vec<String> = answers
+        .iter()
+        .map(|(t, bal)| format!("({t}, {bal})"))
+        .collect();
+    format!("{{{}}}", shown.join(", "))
 }

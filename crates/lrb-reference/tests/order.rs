@@ -3,7 +3,7 @@
 //! the same toll notifications and accident alerts whatever the order of
 //! the lines within each second.
 
-use lrb_reference::validate::{expected_answers, AlertRow, TollRow};
+use lrb_reference::validate::{expected_answers, AlertRow, BadInput, TollRow};
 use proptest::prelude::*;
 
 /// Three places close together (Dir 0, segments 10 and 11), so that cars
@@ -71,7 +71,8 @@ fn mix(x: u64) -> u64 {
 }
 
 fn answers(input: &str) -> (Vec<TollRow>, Vec<AlertRow>) {
-    let e = expected_answers(input.as_bytes(), &b""[..]).expect("generated input is valid");
+    let e = expected_answers(input.as_bytes(), &b""[..], BadInput::Stop)
+        .expect("generated input is valid");
     let (mut tolls, mut alerts) = (e.tolls, e.accidents);
     tolls.sort_unstable();
     alerts.sort_unstable();

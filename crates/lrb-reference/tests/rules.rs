@@ -3,17 +3,17 @@
 
 mod common;
 
-use common::{alerts, tolls_of, try_expected, Input};
-use lrb_reference::validate::ValidateError;
+use common::{alerts, scenario, skipping_bad_lines, tolls_of, try_expected, Input};
+use lrb_reference::validate::{Expected, SkippedLine, ValidateError};
 
 const SEG_FEET: u32 = 5280;
 
 #[test]
-fn toll_is_twice_the_squared_excess_over_50_cars_with_floored_lav() {
+fn toll_is_twice_the_squared_excess_over_50_cars() {
     let mut input = Input::default();
-    // Minute 1 in segment 10: cars 1..=52 report 20 and 25 mph (mean 22.5,
-    // floored to 22), car 53 reports 30 and 31 (30). A(1) = floor((52 * 22 +
-    // 30) / 53) = floor(1174 / 53) = 22. NOV(2) = 53.
+    // Minute 1 in segment 10: cars 1..=52 report 20 and 25 mph (mean 22.5),
+    // car 53 reports 30 and 31 (30.5). A(1) = (52 * 22.5 + 30.5) / 53 =
+    // 1200.5 / 53 = 22.65..., so LAV(2) = 22. NOV(2) = 53.
     for vid in 1..=53u32 {
         let (s1, s2) = if vid == 53 { (30, 31) } else { (20, 25) };
         input.report(0, vid, s1, 1, 0, 10 * SEG_FEET + vid);
@@ -266,40 +266,100 @@ fn the_alert_names_the_nearest_affecting_accident() {
     );
 }
 
-#[test]
-fn balance_accepts_the_balance_as_of_any_notification_in_the_last_30_s() {
-    let mut input = Input::default();
-    input.crowd(1, 60, 10, 10, 30).crowd(101, 60, 11, 10, 30);
-    // Car 500 pays 200 at t = 60 (segment 10) and 200 at 90 (segment 11).
-    input.balance(90, 500, 1); // before its 90 report, same second
-    input.report(60, 500, 10, 1, 0, 10 * SEG_FEET + 5000);
-    input.report(90, 500, 10, 1, 0, 11 * SEG_FEET + 100);
-    input.balance(90, 500, 2);
-    input.balance(95, 500, 3);
-    input.balance(125, 500, 4);
-    input.balance(125, 999, 5); // never on the road
-    input.balance(59, 500, 6);
-    let e = input.expected("");
-    assert_eq!(tolls_of(&e, 500), vec![(60, 10, 200), (90, 10, 200)]);
-    let accepted: Vec<(i64, Vec<i64>)> = e
-        .balances
+/// (ResultTime, Bal) answers the rules accept, per QID.
+fn accepted(e: &Expected) -> Vec<(i64, Vec<(u32, i64)>)> {
+    e.balances
         .iter()
         .map(|q| (q.qid, q.accepted.clone()))
-        .collect();
+        .collect()
+}
+
+#[test]
+fn balances_are_as_of_one_of_the_accepted_notifications() {
+    let e = scenario::balances().expected("");
+    // Every notification of car 7 costs 2 * (60 - 50)^2 = 200 (LAV 10):
+    // N1 at 60, N2 at 120, N3 at 150, and N4 at 400 after its re-entry.
     assert_eq!(
-        accepted,
+        tolls_of(&e, 7),
         vec![
-            (6, vec![0]),
-            (1, vec![0, 200, 400]),
-            (2, vec![0, 200, 400]),
-            (3, vec![200, 400]),
-            (4, vec![400]),
-            (5, vec![0]),
+            (60, 10, 200),
+            (120, 10, 200),
+            (150, 10, 200),
+            (400, 10, 200)
         ]
     );
-    let q3 = &e.balances[3];
-    assert!(q3.accepts(65, 200) && q3.accepts(95, 400));
-    assert!(!q3.accepts(64, 400) && !q3.accepts(96, 400) && !q3.accepts(95, 0));
+    // The balance as of a notification is the sum of the tolls of the
+    // notifications before it: N1 0, N2 200, N3 400, N4 600.
+    assert_eq!(
+        accepted(&e),
+        vec![
+            // Q1 at 50, before any notification: only (50, 0).
+            (1, vec![(50, 0)]),
+            // Q2 at 130, 10 s after entering segment 11: the latest in
+            // [100, 130] is N2, the one before it N1, the earliest in
+            // [70, 130] N2.
+            (2, vec![(60, 0), (120, 200)]),
+            // Q3 at 150, the same second as N3 (its line comes first): the
+            // latest in [120, 150] is N3, the one before N2, the earliest in
+            // [90, 150] N2.
+            (3, vec![(120, 200), (150, 400)]),
+            // Car 8's first notification is at 200, the second of the query
+            // (line before or after it): (200, 0).
+            (4, vec![(200, 0)]),
+            (5, vec![(200, 0)]),
+            // Q6 at 300, 150 s after N3: nothing in [240, 300], so the
+            // latest before, N3.
+            (6, vec![(150, 400)]),
+            // Q7 at 400, the second of N4 (query line first): N4 is the
+            // latest in [370, 400] and the earliest in [340, 400]; N3 is the
+            // one before it.
+            (7, vec![(150, 400), (400, 600)]),
+        ]
+    );
+}
+
+#[test]
+fn balance_acceptance_is_exactly_the_listed_answers() {
+    let e = scenario::balances().expected("");
+    let q2 = &e.balances[1];
+    assert!(q2.accepts(60, 0) && q2.accepts(120, 200));
+    // As of the query's own Time, with the current segment's toll: the old
+    // rule's answer.
+    assert!(!q2.accepts(130, 400) && !q2.accepts(130, 200));
+    // The right ResultTime with the balance including its own toll.
+    assert!(!q2.accepts(120, 400));
+    assert!(q2.accepts_result_time(120) && !q2.accepts_result_time(90));
+}
+
+#[test]
+fn lav_is_the_exact_mean_truncated_once_at_39_8() {
+    let input = scenario::lav_at_39_8();
+    let e = input.expected("");
+    // LAV(6) = trunc((39.5 + 39.75 + 40 + 39.75 + 40) / 5) = trunc(39.8) =
+    // 39 < 40, so the toll is 2 * (60 - 50)^2 = 200.
+    assert_eq!(tolls_of(&e, 500), vec![(300, 39, 200)]);
+    // A minute with one car: LAV(2) = A(1) = trunc(39.5) = 39, NOV(2) = 1.
+    assert_eq!(tolls_of(&e, 2), vec![(60, 39, 0)]);
+}
+
+#[test]
+fn lav_of_exactly_40_from_fractional_means_means_no_toll() {
+    let input = scenario::lav_at_40();
+    let e = input.expected("");
+    // LAV(3) = trunc((39.5 + 40.5) / 2) = 40, so no toll. (Flooring each
+    // mean first gives (39 + 40) / 2 -> 39 and a toll of 200.)
+    assert_eq!(tolls_of(&e, 500), vec![(120, 40, 0)]);
+}
+
+#[test]
+fn minutes_without_reports_inside_the_window_do_not_count() {
+    let input = scenario::lav_with_empty_minutes();
+    let e = input.expected("");
+    // LAV(6) over minutes 1..=5 with reports (1 and 4): trunc((30.5 + 49) /
+    // 2) = trunc(39.75) = 39 (not (30.5 + 49) / 5).
+    assert_eq!(tolls_of(&e, 500), vec![(300, 39, 0)]);
+    // LAV(7) over 2..=6 (4 and 6): trunc((49 + 20) / 2) = trunc(34.5) = 34.
+    assert_eq!(tolls_of(&e, 501), vec![(360, 34, 0)]);
 }
 
 #[test]
@@ -351,9 +411,30 @@ fn time_going_backwards_is_an_error_on_its_line() {
     assert_eq!(path, "<input>");
     assert_eq!(line, 4);
     assert!(
-        message.contains("Time 29 is before the previous line's Time 30"),
+        message.contains("Time 29 is before an earlier line's Time 30"),
         "{message}"
     );
+}
+
+#[test]
+fn bad_lines_are_skipped_and_listed_by_number_by_default() {
+    // Line 2 has a negative speed and Time 40; line 3 goes back to 35, which
+    // is before line 2's Time even though line 2 was skipped; line 4 is
+    // fine; line 5 has too few fields.
+    let input = "0,0,1,50,0,1,0,0,10,-1,-1,-1,-1,-1,-1\n\
+                 0,40,2,-1,0,1,0,0,10,-1,-1,-1,-1,-1,-1\n\
+                 0,35,3,50,0,1,0,0,10,-1,-1,-1,-1,-1,-1\n\
+                 0,60,4,50,0,1,0,0,10,-1,-1,-1,-1,-1,-1\n\
+                 0,61,5\n";
+    let e = skipping_bad_lines(input);
+    let lines: Vec<u64> = e.skipped.iter().map(|s: &SkippedLine| s.line).collect();
+    assert_eq!(lines, vec![2, 3, 5]);
+    assert!(e.skipped[0].message.contains("Spd -1"), "{:?}", e.skipped);
+    assert!(e.skipped[1].message.contains("Time 35"), "{:?}", e.skipped);
+    // The good lines are answered: cars 1 and 4 entered (LAV(2) = 50 from car 1).
+    assert_eq!(tolls_of(&e, 1), vec![(0, -1, 0)]);
+    assert_eq!(tolls_of(&e, 4), vec![(60, 50, 0)]);
+    assert_eq!(e.tolls.len(), 2);
 }
 
 #[test]

@@ -6,7 +6,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::Input;
-use lrb_reference::validate::{validate, ValidateError, ValidateOptions, ValidationReport};
+use lrb_reference::validate::{
+    validate, BadInput, Rule, ValidateError, ValidateOptions, ValidationReport,
+};
 
 const SEG_FEET: u32 = 5280;
 
@@ -47,12 +49,15 @@ fn tiny_run(name: &str) -> ValidateOptions {
     tolls.reverse(); // any order is fine
     write_rows(&dir, "tolls.csv", &tolls);
     write_rows(&dir, "accidents.csv", &["1,120,121,301,50"]);
-    // Query 0 (car 300 at 100): the toll of 200 at 60 is before 70 and the
-    // toll of 0 at 90 is in [70, 100], so only Bal 200 is accepted.
+    // Query 0 (car 300 at 100): car 300 was notified at 60 (balance 0
+    // before it) and 90 (balance 200, the toll of 60); 90 is the latest in
+    // [70, 100], 60 the one before and the earliest in [40, 100], so
+    // (60, 0) and (90, 200) are accepted. Query 1 (car 301 at 130): its
+    // only notification, at 120: (120, 0).
     write_rows(
         &dir,
         "balances.csv",
-        &["2,100,101,0,100,200", "2,130,131,1,130,0"],
+        &["2,100,101,0,60,0", "2,130,131,1,120,0"],
     );
     write_rows(&dir, "expenditures.csv", &["3,140,141,2,17"]);
     ValidateOptions {
@@ -61,6 +66,7 @@ fn tiny_run(name: &str) -> ValidateOptions {
         out_dir: dir.join("out"),
         speedup: 1.0,
         max_differences: 10,
+        bad_input: BadInput::Skip,
     }
 }
 
@@ -157,47 +163,78 @@ fn a_duplicated_row_is_unexpected() {
 }
 
 #[test]
-fn balance_answers_inside_the_accepted_set_pass_and_others_fail() {
+fn balance_answers_inside_the_accepted_set_pass_and_others_fail_by_rule() {
     let opts = tiny_run("balances");
-    // Query 1 (car 301 at 130): its only notification (toll 0 at 120) is in
-    // the window, so Bal 0 with ResultTime 100..=130 is accepted.
     rewrite(&opts, "balances.csv", |t| {
-        t.replace("2,130,131,1,130,0", "2,130,131,1,100,0")
+        t.replace("2,100,101,0,60,0", "2,100,101,0,90,200")
     });
     assert!(run(&opts).passed());
+    // The query's own Time is not a notification: the ResultTime rule.
     rewrite(&opts, "balances.csv", |t| {
-        t.replace("2,130,131,1,100,0", "2,130,131,1,99,0")
+        t.replace("2,100,101,0,90,200", "2,100,101,0,100,200")
     });
     let report = run(&opts);
     assert_eq!(
         (report.balances.missing, report.balances.unexpected),
         (1, 1)
     );
+    let broken = &report.balances.broken_rules;
+    assert_eq!(broken.len(), 1);
+    assert_eq!((broken[0].rule, broken[0].count), (Rule::ResultTime, 1));
     assert!(
-        report.balances.differences[0].contains("ResultTime must be in 100..=130"),
-        "{:?}",
-        report.balances.differences
+        broken[0].examples[0].contains("accepted (ResultTime, Bal) {(60, 0), (90, 200)}"),
+        "{broken:?}"
     );
+    // The right ResultTime with the toll of its own notification added:
+    // the balance rule.
     rewrite(&opts, "balances.csv", |t| {
-        t.replace("2,100,101,0,100,200", "2,100,101,0,100,400")
+        t.replace("2,100,101,0,100,200", "2,100,101,0,60,200")
     });
     let report = run(&opts);
-    assert_eq!(
-        (report.balances.missing, report.balances.unexpected),
-        (2, 2)
-    );
+    let broken = &report.balances.broken_rules;
+    assert_eq!((broken[0].rule, broken[0].count), (Rule::Balance, 1));
     assert!(
-        report.balances.differences[0].contains("Bal 400: accepted Bal {200}"),
-        "{:?}",
-        report.balances.differences
+        broken[0].examples[0]
+            .starts_with("balances.csv line 1: Time 100, QID 0, ResultTime 60, Bal 200"),
+        "{broken:?}"
     );
+    let text = report.to_string();
+    assert!(
+        text.contains("balance as of ResultTime (accountBalanceAnswer.pl): 1 answer(s)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_wrong_lav_and_a_wrong_toll_are_reported_by_rule() {
+    let opts = tiny_run("toll-rules");
+    rewrite(&opts, "tolls.csv", |t| {
+        t.replace("0,300,60,61,5,200", "0,300,60,61,4,200")
+            .replace("0,301,120,121,5,0", "0,301,120,121,5,8")
+    });
+    let report = run(&opts);
+    assert!(!report.passed());
+    let rules: Vec<(Rule, u64)> = report
+        .tolls
+        .broken_rules
+        .iter()
+        .map(|f| (f.rule, f.count))
+        .collect();
+    assert_eq!(rules, vec![(Rule::Lav, 1), (Rule::Toll, 1)]);
+    let lav = &report.tolls.broken_rules[0].examples[0];
+    assert!(
+        lav.ends_with("VID 300, Time 60: LAV 4, Toll 200; expected LAV 5, Toll 200"),
+        "{lav}"
+    );
+    let text = report.to_string();
+    assert!(text.contains("LAV (extractLavs.pl): 1 answer(s)"), "{text}");
 }
 
 #[test]
 fn a_balance_answered_twice_or_never_fails() {
     let opts = tiny_run("balance-twice");
     rewrite(&opts, "balances.csv", |t| {
-        t.replace("2,130,131,1,130,0", "2,100,101,0,90,200")
+        t.replace("2,130,131,1,120,0", "2,100,101,0,90,200")
     });
     let report = run(&opts);
     assert_eq!(
@@ -285,9 +322,29 @@ fn setup_problems_are_errors_that_say_what_to_do() {
     assert!(err.to_string().contains("nowhere.csv"), "{err}");
 
     rewrite_input(&opts, |t| t.replacen("0,0,1,5,", "0,0,1,500,", 1));
-    let err = validate(&opts).unwrap_err();
+    let mut stop = opts.clone();
+    stop.bad_input = BadInput::Stop;
+    let err = validate(&stop).unwrap_err();
     let text = err.to_string();
     assert!(text.contains("input.csv, line 1: Spd 500"), "{text}");
+}
+
+#[test]
+fn bad_input_lines_are_skipped_and_listed() {
+    let opts = tiny_run("skip-bad-input");
+    // Car 1's first report gets a negative speed: the line is skipped, so
+    // car 1 first enters at 30 and its notification at 0 is unexpected.
+    rewrite_input(&opts, |t| t.replacen("0,0,1,5,", "0,0,1,-1,", 1));
+    rewrite(&opts, "tolls.csv", |t| {
+        t.replace("0,1,0,1,-1,0\n", "0,1,30,31,-1,0\n")
+    });
+    let report = run(&opts);
+    assert!(report.passed(), "{report}");
+    assert_eq!(report.skipped_input.count, 1);
+    assert_eq!(report.skipped_input.lines[0].line, 1);
+    let text = report.to_string();
+    assert!(text.contains("Skipped 1 bad input line(s)"), "{text}");
+    assert!(text.contains("line 1: Spd -1 is out of range"), "{text}");
 }
 
 fn rewrite_input(opts: &ValidateOptions, edit: impl FnOnce(String) -> String) {

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lrb_reference::generate::{generate, GenerateError, GenerateOptions};
-use lrb_reference::validate::{validate, ValidateError, ValidateOptions};
+use lrb_reference::validate::{validate, BadInput, ValidateError, ValidateOptions};
 use serde::{Deserialize, Serialize};
 use spate_engine::coordinator::JobConfig;
 use spate_engine::QueryRegistry;
@@ -620,6 +620,7 @@ fn judge(
         out_dir: params.out_dir.clone(),
         speedup: if run.speedup > 0.0 { run.speedup } else { 1.0 },
         max_differences: 3,
+        bad_input: BadInput::Skip,
     });
     match validation {
         Ok(v) => {

@@ -231,24 +231,40 @@ fn field<T: TryFrom<i64>>(
     T::try_from(v).map_err(|_| format!("{name} = {v} does not fit"))
 }
 
-/// Parses one input line: 15 comma-separated integers.
+/// The largest Time of a one-day run.
+const MAX_TIME: i64 = 86_399;
+
+/// A decimal integer, optionally negative, spaces around it allowed (no `+`:
+/// the reference validator reads fields the same way).
+fn integer(text: &str) -> Option<i64> {
+    let text = text.trim();
+    if text.starts_with('+') {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// Parses one input line: 15 comma-separated integers. A blank line is
+/// ignored.
 pub fn parse_line(text: &str) -> Result<Parsed, String> {
+    let text = text.trim_end_matches(['\r', '\n']);
+    if text.trim().is_empty() {
+        return Ok(Parsed::Ignored);
+    }
     let mut fields = [0i64; 15];
     let mut n = 0;
-    for part in text.trim_end_matches(['\r', '\n']).split(',') {
+    for part in text.split(',') {
         if n == 15 {
             return Err("more than 15 fields".into());
         }
-        fields[n] = part
-            .trim()
-            .parse()
-            .map_err(|_| format!("field {} (`{part}`) is not an integer", n + 1))?;
+        fields[n] =
+            integer(part).ok_or_else(|| format!("field {} (`{part}`) is not an integer", n + 1))?;
         n += 1;
     }
     if n != 15 {
         return Err(format!("{n} fields, expected 15"));
     }
-    let time = field(&fields, 1, "Time", 0, 86_399)?;
+    let time = field(&fields, 1, "Time", 0, MAX_TIME)?;
     let vid = field(&fields, 2, "VID", 0, i64::from(u32::MAX))?;
     match fields[0] {
         0 => {
@@ -295,9 +311,14 @@ pub fn parse_line(text: &str) -> Result<Parsed, String> {
     }
 }
 
-/// The Time field of a line, without parsing the rest (the feeder paces by it).
+/// The Time field of a line when it is a simulation second, without parsing
+/// the rest: the feeder paces by it and checks the Time order with it, on
+/// every line whose Time it can read, bad or not (docs/LRB.md, "Input").
 pub fn line_time(text: &str) -> Option<u32> {
-    text.split(',').nth(1)?.trim().parse().ok()
+    let time = integer(text.split(',').nth(1)?)?;
+    u32::try_from(time)
+        .ok()
+        .filter(|&t| i64::from(t) <= MAX_TIME)
 }
 
 #[cfg(test)]

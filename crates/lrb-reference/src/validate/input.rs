@@ -169,6 +169,17 @@ fn parse_integer(field: &[u8]) -> Option<i64> {
     Some(if negative { -value } else { value })
 }
 
+/// The Time field (the second) of a line when it is a simulation second
+/// (0..=86399), whatever the rest of the line holds: the line order rule
+/// counts every line whose Time can be read.
+pub(super) fn time_field(text: &str) -> Option<u32> {
+    let field = text.as_bytes().split(|&b| b == b',').nth(1)?;
+    let time = parse_integer(field)?;
+    u32::try_from(time)
+        .ok()
+        .filter(|&t| i64::from(t) <= MAX_TIME)
+}
+
 /// Checks that field `index` lies in `min..=max` and narrows it.
 fn in_range(values: &[i64; 15], index: usize, min: i64, max: i64) -> Result<u32, String> {
     let v = values[index];

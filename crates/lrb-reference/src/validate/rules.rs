@@ -5,14 +5,15 @@
 //!
 //! Only the state the rules can still consult is kept: the current minute of
 //! each segment plus its last five, each car's last three reports while it
-//! reports every 30 s, stop reports of the last 30 s and the places active in
-//! the previous minute.
+//! reports every 30 s, stop reports of the last 30 s, the places active in
+//! the previous minute, and each car's toll total with the notifications a
+//! balance query can still name (the last 60 s and the latest before).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::BufRead;
 use std::path::Path;
 
-use super::input::{parse_history, parse_record, Lines, PositionReport, Record};
+use super::input::{parse_history, parse_record, time_field, Lines, PositionReport, Record};
 use super::ValidateError;
 
 /// An expected toll notification `0,VID,Time,Emit,LAV,Toll` (Emit is not
@@ -49,17 +50,28 @@ pub struct BalanceQuery {
     pub vid: i64,
     /// The query's id, which the answer repeats.
     pub qid: i64,
-    /// Accepted Bal values, ascending: the tolls notified before t - 30 plus
-    /// any input-order prefix of those notified in [t - 30, t].
-    pub accepted: Vec<i64>,
+    /// Accepted (ResultTime, Bal) pairs, ascending (accountBalanceAnswer.pl):
+    /// each is a notification of the car and the sum of the tolls of its
+    /// notifications before that one, for the latest notification in
+    /// [t - 30, t], the one before it, the earliest in [t - 60, t], and,
+    /// when [t - 60, t] has none, the latest before t - 60. A car with no
+    /// notification up to t has only (t, 0).
+    pub accepted: Vec<(u32, i64)>,
 }
 
 impl BalanceQuery {
-    /// Whether `(result_time, bal)` is an accepted answer; ResultTime may be
-    /// anything in [t - 30, t].
+    /// Whether `(result_time, bal)` is an accepted answer.
     pub fn accepts(&self, result_time: i64, bal: i64) -> bool {
-        let t = i64::from(self.time);
-        (t - 30..=t).contains(&result_time) && self.accepted.binary_search(&bal).is_ok()
+        self.accepted
+            .iter()
+            .any(|&(t, b)| i64::from(t) == result_time && b == bal)
+    }
+
+    /// Whether `result_time` is the ResultTime of some accepted answer.
+    pub fn accepts_result_time(&self, result_time: i64) -> bool {
+        self.accepted
+            .iter()
+            .any(|&(t, _)| i64::from(t) == result_time)
     }
 }
 
@@ -85,18 +97,45 @@ pub struct Expected {
     pub balances: Vec<BalanceQuery>,
     /// One per Type 3 line with Day 1..=69.
     pub expenditures: Vec<ExpenditureRow>,
+    /// Input lines skipped as bad, in input order (all of them; with
+    /// [`BadInput::Stop`] the first is an error instead).
+    pub skipped: Vec<SkippedLine>,
+}
+
+/// An input line that breaks the "Input" rules of `docs/LRB.md` and was left
+/// out, as the query leaves it out (and lists it in `input-errors.csv`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SkippedLine {
+    /// 1-based line number in the input file.
+    pub line: u64,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// What to do with an input line that breaks the rules.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BadInput {
+    /// Leave it out and list it in [`Expected::skipped`], as `spate lrb run`
+    /// does by default.
+    #[default]
+    Skip,
+    /// Fail with [`ValidateError::Input`] at the first one, as `spate lrb
+    /// run --stop-on-bad-input` does.
+    Stop,
 }
 
 /// Computes the expected answers from an input stream and a historical-tolls
-/// stream. Errors name the streams `<input>` and `<history>`; `validate`
-/// names the real files.
+/// stream, skipping bad input lines or stopping at the first. Errors name the
+/// streams `<input>` and `<history>`; `validate` names the real files.
 pub fn expected_answers(
     input: impl BufRead,
     history: impl BufRead,
+    bad_input: BadInput,
 ) -> Result<Expected, ValidateError> {
     compute(
         Lines::new(input, Path::new("<input>")),
         Lines::new(history, Path::new("<history>")),
+        bad_input,
     )
 }
 
@@ -104,25 +143,40 @@ pub fn expected_answers(
 pub(super) fn compute(
     mut input: Lines<impl BufRead>,
     mut history: Lines<impl BufRead>,
+    bad_input: BadInput,
 ) -> Result<Expected, ValidateError> {
     let mut rules = Rules {
         history: load_history(&mut history)?,
         ..Rules::default()
     };
-    while let Some((_, text)) = input.next_line()? {
-        let record = parse_record(text).map_err(|m| input.error(m))?;
-        let time = record.time();
-        if let Some(previous) = rules.clock {
-            if time < previous {
-                return Err(input.error(format!(
-                    "Time {time} is before the previous line's Time {previous}: \
-                     lines must be in non-decreasing Time order"
-                )));
+    // The largest valid Time of any earlier line, skipped or not: the order
+    // rule of docs/LRB.md ("Input").
+    let mut latest: Option<u32> = None;
+    while let Some((line, text)) = input.next_line()? {
+        let time = time_field(text);
+        let checked = match (time, latest) {
+            (Some(time), Some(previous)) if time < previous => Err(format!(
+                "Time {time} is before an earlier line's Time {previous}: \
+                 lines must be in non-decreasing Time order"
+            )),
+            _ => {
+                latest = time.max(latest);
+                parse_record(text)
             }
-        }
-        rules.advance_clock(time);
+        };
+        let record = match checked {
+            Ok(record) => record,
+            Err(message) if bad_input == BadInput::Stop => return Err(input.error(message)),
+            Err(message) => {
+                rules.expected.skipped.push(SkippedLine { line, message });
+                continue;
+            }
+        };
+        rules.advance_clock(record.time());
         match record {
-            Record::Position(report) => rules.position_report(&report),
+            Record::Position(report) => {
+                rules.position_report(&report).map_err(|m| input.error(m))?
+            }
             Record::Balance { time, vid, qid } => rules.pending_balances.push((time, vid, qid)),
             Record::Expenditure {
                 time,
@@ -199,12 +253,62 @@ impl Place {
     }
 }
 
+/// A non-negative rational number in lowest terms. Means of speeds are
+/// kept exact so that LAV is truncated once, at the end (extractLavs.pl
+/// takes real means).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Exact {
+    num: u128,
+    den: u128,
+}
+
+fn gcd(mut a: u128, mut b: u128) -> u128 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+impl Exact {
+    const ZERO: Exact = Exact { num: 0, den: 1 };
+
+    /// num / den, reduced (den > 0).
+    fn ratio(num: u128, den: u128) -> Exact {
+        let g = gcd(num, den);
+        Exact {
+            num: num / g,
+            den: den / g,
+        }
+    }
+
+    /// The exact sum; `None` if it does not fit 128 bits.
+    fn plus(self, other: Exact) -> Option<Exact> {
+        let g = gcd(self.den, other.den);
+        let den = (self.den / g).checked_mul(other.den)?;
+        let num = self
+            .num
+            .checked_mul(den / self.den)?
+            .checked_add(other.num.checked_mul(den / other.den)?)?;
+        Some(Exact::ratio(num, den))
+    }
+
+    /// The exact quotient by a positive integer.
+    fn over(self, count: u128) -> Option<Exact> {
+        Some(Exact::ratio(self.num, self.den.checked_mul(count)?))
+    }
+
+    fn truncated(self) -> u128 {
+        self.num / self.den
+    }
+}
+
 /// NOV and the minute average A(m') of one finished minute of a segment.
 #[derive(Debug, Clone, Copy)]
 struct MinuteSummary {
     minute: u32,
     cars: u64,
-    average: i64,
+    /// The exact mean over the minute's cars of each car's exact mean speed.
+    average: Exact,
 }
 
 /// One segment's reports of its latest minute as (VID, Spd), and the
@@ -216,27 +320,41 @@ struct Segment {
     finished: VecDeque<MinuteSummary>,
 }
 
+/// Why an exact mean could not be computed.
+fn too_large(what: &str, minute: u32) -> String {
+    format!(
+        "the exact {what} of this segment in minute {minute} does not fit 128-bit arithmetic \
+         (cars reported with too many different report counts); Linear Road input has each car \
+         report every 30 s"
+    )
+}
+
 impl Segment {
     /// Closes the minutes before `m` and forgets those LAV(m) cannot use.
-    fn advance_to(&mut self, m: u32) {
+    fn advance_to(&mut self, m: u32) -> Result<(), String> {
         if self.minute == m {
-            return;
+            return Ok(());
         }
         if !self.reports.is_empty() {
-            // Group the minute's reports by car: each car's integer mean
-            // speed, then A(m') = floor(sum of those means / cars).
+            // Group the minute's reports by car: each car's exact mean speed,
+            // then A(m') = the exact mean of those means.
             self.reports.sort_unstable();
             let mut cars = 0;
-            let mut sum_of_car_means = 0;
+            let mut sum_of_car_means = Exact::ZERO;
             for car in self.reports.chunk_by(|a, b| a.0 == b.0) {
-                let speeds: i64 = car.iter().map(|&(_, spd)| i64::from(spd)).sum();
-                sum_of_car_means += speeds / car.len() as i64;
+                let speeds: u128 = car.iter().map(|&(_, spd)| u128::from(spd)).sum();
+                let mean = Exact::ratio(speeds, car.len() as u128);
+                sum_of_car_means = sum_of_car_means
+                    .plus(mean)
+                    .ok_or_else(|| too_large("average speed", self.minute))?;
                 cars += 1;
             }
             self.finished.push_back(MinuteSummary {
                 minute: self.minute,
                 cars,
-                average: sum_of_car_means / cars as i64,
+                average: sum_of_car_means
+                    .over(u128::from(cars))
+                    .ok_or_else(|| too_large("average speed", self.minute))?,
             });
             self.reports.clear();
         }
@@ -244,6 +362,7 @@ impl Segment {
         while self.finished.front().is_some_and(|s| s.minute + 5 < m) {
             self.finished.pop_front();
         }
+        Ok(())
     }
 
     /// NOV(m): distinct cars of minute m - 1 (call `advance_to(m)` first).
@@ -254,25 +373,74 @@ impl Segment {
             .map_or(0, |s| s.cars)
     }
 
-    /// LAV(m): floor of the mean of A(m') over the minutes m-5..=m-1 that had
-    /// reports, -1 if none (call `advance_to(m)` first, which leaves exactly
-    /// those minutes).
-    fn lav(&self) -> i64 {
+    /// LAV(m): the exact mean of A(m') over the minutes m-5..=m-1 that had
+    /// reports, truncated once; -1 if none (call `advance_to(m)` first,
+    /// which leaves exactly those minutes).
+    fn lav(&self) -> Result<i64, String> {
         if self.finished.is_empty() {
-            return -1;
+            return Ok(-1);
         }
-        let sum: i64 = self.finished.iter().map(|s| s.average).sum();
-        sum / self.finished.len() as i64
+        let mut sum = Exact::ZERO;
+        for s in &self.finished {
+            sum = sum
+                .plus(s.average)
+                .ok_or_else(|| too_large("LAV", self.minute))?;
+        }
+        let mean = sum
+            .over(self.finished.len() as u128)
+            .ok_or_else(|| too_large("LAV", self.minute))?;
+        // A mean of speeds in 0..=100.
+        Ok(mean.truncated() as i64)
     }
 }
 
 /// A car's toll account.
 #[derive(Debug, Default)]
 struct Account {
-    /// Sum of all its notified tolls.
+    /// Sum of the tolls of all its notifications.
     total: i64,
-    /// Its notifications of the last 30 s, as (Time, Toll) in input order.
-    recent: Vec<(u32, i64)>,
+    /// The notifications a later balance query can still name, oldest
+    /// first, as (Time, sum of the tolls notified before it): those of the
+    /// last 60 s and the latest one before them.
+    notifications: VecDeque<(u32, i64)>,
+}
+
+impl Account {
+    /// A notification at `time` charging `toll`: the toll counts in the
+    /// balance as of every later notification (accountBalanceAnswer.pl
+    /// charges a segment's toll when the car leaves it).
+    fn notify(&mut self, time: u32, toll: i64) {
+        self.notifications.push_back((time, self.total));
+        self.total += toll;
+        while self
+            .notifications
+            .get(1)
+            .is_some_and(|&(t, _)| t + 60 < time)
+        {
+            self.notifications.pop_front();
+        }
+    }
+
+    /// The accepted (ResultTime, Bal) answers to a query at `t`, given every
+    /// notification up to `t`: the latest in [t - 30, t], the one before it,
+    /// the earliest in [t - 60, t] or, if there is none, the latest before.
+    fn answers(&self, t: u32) -> Vec<(u32, i64)> {
+        let n = &self.notifications;
+        let mut accepted = Vec::new();
+        if let Some(i) = n.iter().rposition(|&(time, _)| time + 30 >= t) {
+            accepted.push(n[i]);
+            if i > 0 {
+                accepted.push(n[i - 1]);
+            }
+        }
+        match n.iter().find(|&&(time, _)| time + 60 >= t) {
+            Some(&earliest) => accepted.push(earliest),
+            None => accepted.extend(n.back().copied()),
+        }
+        accepted.sort_unstable();
+        accepted.dedup();
+        accepted
+    }
 }
 
 #[derive(Default)]
@@ -321,7 +489,7 @@ impl Rules {
         }
     }
 
-    fn position_report(&mut self, r: &PositionReport) {
+    fn position_report(&mut self, r: &PositionReport) -> Result<(), String> {
         let m = minute(r.time);
         let recent = self.cars.entry(r.vid).or_insert([None; 3]);
         let previous = *recent;
@@ -336,10 +504,10 @@ impl Rules {
             None
         };
         let segment = self.segments.entry((r.xway, r.dir, r.seg)).or_default();
-        segment.advance_to(m);
+        segment.advance_to(m)?;
         if notify {
             let nov = segment.nov(m);
-            let lav = segment.lav();
+            let lav = segment.lav()?;
             let toll = if accident.is_some() || lav >= 40 || nov <= 50 {
                 0
             } else {
@@ -353,10 +521,7 @@ impl Rules {
                 lav: lav as i32,
                 toll,
             });
-            let account = self.accounts.entry(r.vid).or_default();
-            account.total += toll;
-            account.recent.retain(|&(t, _)| t + 30 >= r.time);
-            account.recent.push((r.time, toll));
+            self.accounts.entry(r.vid).or_default().notify(r.time, toll);
             if let Some(seg) = accident {
                 self.expected.accidents.push(AlertRow {
                     time: r.time,
@@ -368,6 +533,7 @@ impl Rules {
         // NOV(m) and LAV(m) only use minutes before m, so this report counts
         // from the next minute on.
         segment.reports.push((r.vid, r.spd));
+        Ok(())
     }
 
     /// Spd is 0 and the car's three previous reports are at t-30, t-60 and
@@ -420,26 +586,14 @@ impl Rules {
     }
 
     /// Answers the pending balance queries. Called once no line of their
-    /// second is left, so the prefixes include every notification at t.
+    /// second is left, so every notification up to t is known. A car with
+    /// no notification yet has the balance 0 as of t.
     fn answer_pending_balances(&mut self) {
         for (time, vid, qid) in std::mem::take(&mut self.pending_balances) {
-            let mut accepted = vec![0];
-            if let Some(account) = self.accounts.get(&vid) {
-                let window: Vec<i64> = account
-                    .recent
-                    .iter()
-                    .filter(|&&(t, _)| t + 30 >= time)
-                    .map(|&(_, toll)| toll)
-                    .collect();
-                let mut bal = account.total - window.iter().sum::<i64>();
-                accepted = vec![bal];
-                for toll in window {
-                    bal += toll;
-                    accepted.push(bal);
-                }
-                accepted.sort_unstable();
-                accepted.dedup();
-            }
+            let accepted = match self.accounts.get(&vid) {
+                Some(account) => account.answers(time),
+                None => vec![(time, 0)],
+            };
             self.expected.balances.push(BalanceQuery {
                 time,
                 vid,

@@ -2,7 +2,7 @@
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
-use lrb_reference::validate::{expected_answers, Expected, ValidateError};
+use lrb_reference::validate::{expected_answers, BadInput, Expected, ValidateError};
 
 /// Input lines collected in any order and emitted in Time order (stable, so
 /// lines of one second keep the order they were added in).
@@ -109,8 +109,14 @@ impl Input {
     }
 }
 
+/// The expected answers, stopping at the first bad input line.
 pub fn try_expected(input: &str, history: &str) -> Result<Expected, ValidateError> {
-    expected_answers(input.as_bytes(), history.as_bytes())
+    expected_answers(input.as_bytes(), history.as_bytes(), BadInput::Stop)
+}
+
+/// The expected answers, skipping bad input lines.
+pub fn skipping_bad_lines(input: &str) -> Expected {
+    expected_answers(input.as_bytes(), &b""[..], BadInput::Skip).expect("skips bad lines")
 }
 
 /// (Time, LAV, Toll) of every toll notification of `vid`.
@@ -125,4 +131,107 @@ pub fn tolls_of(e: &Expected, vid: i64) -> Vec<(u32, i32, i64)> {
 /// (Time, VID, Seg) of every accident alert.
 pub fn alerts(e: &Expected) -> Vec<(u32, i64, u32)> {
     e.accidents.iter().map(|r| (r.time, r.vid, r.seg)).collect()
+}
+
+/// Hand-made inputs whose answers the tests work out by hand, shared by the
+/// validator's tests and the query's end-to-end tests.
+pub mod scenario {
+    use super::Input;
+
+    const SEG_FEET: u32 = 5280;
+
+    /// Segment 20 with minute averages A(1..=5) = 39.5, 39.75, 40, 39.75, 40
+    /// (exact means of per-car means; minute 5 has 60 cars), and car 500
+    /// entering at 300.
+    pub fn lav_at_39_8() -> Input {
+        let mut input = Input::default();
+        let seg = 20 * SEG_FEET;
+        // A(1) = 39.5 (one car: 39, 40).
+        input
+            .report(0, 1, 39, 1, 0, seg)
+            .report(30, 1, 40, 1, 0, seg + 1);
+        // A(2) = (40.5 + 39) / 2 = 39.75.
+        input
+            .report(60, 2, 40, 1, 0, seg)
+            .report(90, 2, 41, 1, 0, seg + 1);
+        input
+            .report(60, 3, 39, 1, 0, seg)
+            .report(90, 3, 39, 1, 0, seg + 1);
+        // A(3) = 40 (one car).
+        input
+            .report(120, 4, 40, 1, 0, seg)
+            .report(150, 4, 40, 1, 0, seg + 1);
+        // A(4) = (40 + 39.5) / 2 = 39.75.
+        input
+            .report(180, 5, 40, 1, 0, seg)
+            .report(210, 5, 40, 1, 0, seg + 1);
+        input
+            .report(180, 6, 39, 1, 0, seg)
+            .report(210, 6, 40, 1, 0, seg + 1);
+        // A(5) = 40: 60 cars at 40 and 40, so NOV(6) = 60.
+        for vid in 100..160 {
+            input.report(240, vid, 40, 1, 0, seg + 2);
+            input.report(270, vid, 40, 1, 0, seg + 3);
+        }
+        input.report(300, 500, 40, 1, 0, seg + 4);
+        input
+    }
+
+    /// Segment 10 with A(1) = 39.5 (one car) and A(2) = 40.5 (60 cars), and
+    /// car 500 entering at 120.
+    pub fn lav_at_40() -> Input {
+        let mut input = Input::default();
+        let seg = 10 * SEG_FEET;
+        // A(1) = 39.5: one car at 39 and 40.
+        input
+            .report(0, 1, 39, 1, 0, seg)
+            .report(30, 1, 40, 1, 0, seg + 1);
+        // A(2) = 40.5: 60 cars at 40 and 41, so NOV(3) = 60.
+        for vid in 100..160 {
+            input.report(60, vid, 40, 1, 0, seg + 2);
+            input.report(90, vid, 41, 1, 0, seg + 3);
+        }
+        input.report(120, 500, 40, 1, 0, seg + 4);
+        input
+    }
+
+    /// Segment 30 with reports in minutes 1 (A = 30.5), 4 (49) and 6 (20)
+    /// only; cars 500 and 501 enter at 300 and 360.
+    pub fn lav_with_empty_minutes() -> Input {
+        let mut input = Input::default();
+        let seg = 30 * SEG_FEET;
+        input
+            .report(0, 1, 30, 1, 0, seg)
+            .report(30, 1, 31, 1, 0, seg + 1); // A(1) = 30.5
+        input.report(180, 2, 49, 1, 0, seg); // A(4) = 49; minutes 2, 3, 5 empty
+        input.report(300, 500, 20, 1, 0, seg + 5); // A(6) = 20
+        input.report(360, 501, 20, 1, 0, seg + 6);
+        input
+    }
+
+    /// Car 7 drives through three congested segments (60 cars at 10 mph each,
+    /// every minute), exits on lane 4 and comes back; car 8 enters at 200.
+    pub fn balances() -> Input {
+        let mut input = Input::default();
+        input
+            .crowd(1000, 60, 10, 10, 600)
+            .crowd(2000, 60, 11, 10, 600)
+            .crowd(3000, 60, 12, 10, 600);
+        input.balance(50, 7, 1);
+        input.report(60, 7, 10, 0, 0, 10 * SEG_FEET + 100); // N1
+        input.report(90, 7, 10, 1, 0, 10 * SEG_FEET + 2000);
+        input.report(120, 7, 10, 1, 0, 11 * SEG_FEET + 100); // N2
+        input.balance(130, 7, 2);
+        input.report(150, 7, 10, 1, 0, 12 * SEG_FEET + 100); // N3
+        input.balance(150, 7, 3);
+        input.report(180, 7, 10, 4, 0, 13 * SEG_FEET + 100); // exit lane: none
+        input.balance(200, 8, 4);
+        input.report(200, 8, 10, 0, 0, 10 * SEG_FEET + 300);
+        input.balance(200, 8, 5);
+        input.balance(300, 7, 6);
+        input.balance(400, 7, 7);
+        input.report(400, 7, 10, 0, 0, 11 * SEG_FEET + 300); // N4: re-entry
+        input.report(430, 7, 10, 1, 0, 11 * SEG_FEET + 2000);
+        input
+    }
 }

@@ -100,14 +100,15 @@ pub fn build(params: &LrbParams) -> Result<Query, EngineError> {
         &[reports],
         |_| Ok(TollCalculator),
     );
-    let charges = calculated.filter(|m| matches!(m, Msg::Toll { toll, .. } if *toll > 0));
+    // Every notification, tolled or not: balances are answered as of one.
+    let notifications = calculated.filter(|m| matches!(m, Msg::Toll { .. }));
     let queries =
         parsed.filter(|m| matches!(m, Msg::BalanceQuery { .. } | Msg::ExpenditureQuery { .. }));
     let tolls = params.tolls.clone();
     let answers = q.stateful(
         "toll_assessment",
         params.assessors,
-        &[queries, charges],
+        &[queries, notifications],
         move |ctx| TollAssessment::load(&tolls, ctx),
     );
     for kind in AnswerKind::ALL {

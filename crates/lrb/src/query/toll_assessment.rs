@@ -1,18 +1,59 @@
-//! The toll assessment: keyed by car, it keeps each car's balance (the sum
-//! of its tolls) and answers account-balance and daily-expenditure queries.
+//! The toll assessment: keyed by car, it keeps each car's account (its
+//! recent toll notifications and what it was charged before each) and
+//! answers account-balance and daily-expenditure queries.
 //!
 //! The historical tolls are reference data, not stream state: each instance
 //! loads the share of `historical-tolls.csv` whose cars it owns when it
 //! starts, and reloads it (rather than checkpointing it) when restored.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
 use spate_engine::{InstanceContext, OperatorError, Output, StatefulOperator};
 
 use crate::model::Msg;
+
+/// A car's account: a segment's toll is charged when the car leaves the
+/// segment, so the balance as of a notification is the sum of the tolls of
+/// the car's earlier notifications (accountBalanceAnswer.pl).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// The sum of the tolls of all its notifications so far.
+    notified: u64,
+    /// The notifications a later query can still answer with, oldest
+    /// first, as (Time, balance as of it): those of the last 60 s and the
+    /// latest one before them.
+    recent: VecDeque<(u32, u64)>,
+}
+
+impl Account {
+    /// Records a notification at `time` (Times never decrease: inputs come
+    /// in input order).
+    fn notify(&mut self, time: u32, toll: u32) {
+        self.recent.push_back((time, self.notified));
+        self.notified += u64::from(toll);
+        while self.recent.get(1).is_some_and(|&(t, _)| t + 60 < time) {
+            self.recent.pop_front();
+        }
+    }
+
+    /// The answer (ResultTime, Bal) to a query at `time`: the car's earliest
+    /// notification in [time - 60, time], else its latest one before, else
+    /// (time, 0). Only notifications of earlier input lines are known here;
+    /// one of the same second on a later line cannot change this answer's
+    /// acceptance (docs/LRB.md), so it does not depend on timing.
+    fn balance(&self, time: u32) -> (u32, u64) {
+        self.recent
+            .iter()
+            .find(|&&(t, _)| t + 60 >= time)
+            .or(self.recent.back())
+            .copied()
+            .unwrap_or((time, 0))
+    }
+}
 
 /// Answers balance and expenditure queries.
 pub struct TollAssessment {
@@ -67,7 +108,7 @@ impl TollAssessment {
 impl StatefulOperator for TollAssessment {
     type In = Msg;
     type Key = u32;
-    type State = u64;
+    type State = Account;
     type Out = Msg;
 
     fn key(input: &Msg) -> u32 {
@@ -82,12 +123,12 @@ impl StatefulOperator for TollAssessment {
     fn process(
         &mut self,
         input: Msg,
-        balance: &mut u64,
+        account: &mut Account,
         out: &mut Output<'_, Msg>,
     ) -> Result<(), OperatorError> {
         match input {
-            Msg::Toll { toll, .. } => {
-                *balance += u64::from(toll);
+            Msg::Toll { time, toll, .. } => {
+                account.notify(time, toll);
                 Ok(())
             }
             Msg::BalanceQuery {
@@ -95,13 +136,16 @@ impl StatefulOperator for TollAssessment {
                 qid,
                 released_us,
                 ..
-            } => out.emit(Msg::Balance {
-                time,
-                qid,
-                result_time: time,
-                bal: *balance,
-                released_us,
-            }),
+            } => {
+                let (result_time, bal) = account.balance(time);
+                out.emit(Msg::Balance {
+                    time,
+                    qid,
+                    result_time,
+                    bal,
+                    released_us,
+                })
+            }
             Msg::ExpenditureQuery {
                 time,
                 vid,

@@ -22,8 +22,61 @@ struct MinuteStats {
     minute: u32,
     /// Distinct cars.
     nov: u32,
-    /// floor(sum of per-car floor means / cars).
-    avg: u32,
+    /// The minute's average speed, exactly: the mean over its cars of each
+    /// car's mean speed, as a fraction in lowest terms.
+    avg: Fraction,
+}
+
+/// A non-negative fraction `num / den` in lowest terms. Averages stay exact
+/// until LAV is truncated, as extractLavs.pl (which takes real means) has it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Fraction {
+    num: u128,
+    den: u128,
+}
+
+fn gcd(a: u128, b: u128) -> u128 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// The least common multiple, `None` past 128 bits.
+fn lcm(a: u128, b: u128) -> Option<u128> {
+    (a / gcd(a, b)).checked_mul(b)
+}
+
+impl Fraction {
+    fn new(num: u128, den: u128) -> Fraction {
+        let g = gcd(num, den).max(1);
+        Fraction {
+            num: num / g,
+            den: den / g,
+        }
+    }
+
+    /// The exact mean of `parts`, `None` if a common denominator would pass
+    /// 128 bits.
+    fn mean(parts: impl Iterator<Item = Fraction> + Clone) -> Option<Fraction> {
+        let den = parts.clone().try_fold(1u128, |d, p| lcm(d, p.den))?;
+        let (mut num, mut count) = (0u128, 0u128);
+        for p in parts {
+            num = num.checked_add(p.num.checked_mul(den / p.den)?)?;
+            count += 1;
+        }
+        Some(Fraction::new(num, den.checked_mul(count)?))
+    }
+}
+
+/// The error for averages whose exact fractions do not fit 128 bits.
+fn inexact(minute: u32) -> OperatorError {
+    OperatorError::new(format!(
+        "the exact average speed of a segment in minute {minute} does not fit 128-bit \
+         arithmetic (its cars have too many different report counts); Linear Road input \
+         has each car report every 30 s"
+    ))
 }
 
 /// A car's run of zero-speed reports at one place.
@@ -43,6 +96,8 @@ pub struct SegmentState {
     cars: HashMap<u32, (u32, u32)>,
     /// Finished minutes within the LAV window, oldest first.
     history: VecDeque<MinuteStats>,
+    /// LAV(minute), computed when `minute` began.
+    lav: i32,
     /// Per car, the Time of its latest report in this segment.
     last_seen: HashMap<u32, u32>,
     /// Per car, its current run of zero-speed reports in the zone.
@@ -59,18 +114,21 @@ fn minute_of(time: u32) -> u32 {
 
 impl SegmentState {
     /// Closes the accumulated minute when a report of a later one arrives,
-    /// and forgets what no later rule can need.
-    fn roll(&mut self, minute: u32, time: u32) {
+    /// computes the new minute's LAV, and forgets what no later rule can
+    /// need.
+    fn roll(&mut self, minute: u32, time: u32) -> Result<(), OperatorError> {
         if minute <= self.minute {
-            return;
+            return Ok(());
         }
         if !self.cars.is_empty() {
-            let nov = self.cars.len() as u32;
-            let sum: u32 = self.cars.values().map(|(s, n)| s / n).sum();
+            let per_car = self
+                .cars
+                .values()
+                .map(|&(sum, reports)| Fraction::new(u128::from(sum), u128::from(reports)));
             self.history.push_back(MinuteStats {
                 minute: self.minute,
-                nov,
-                avg: sum / nov,
+                nov: self.cars.len() as u32,
+                avg: Fraction::mean(per_car).ok_or_else(|| inexact(self.minute))?,
             });
             self.cars.clear();
         }
@@ -82,6 +140,7 @@ impl SegmentState {
         {
             self.history.pop_front();
         }
+        self.lav = self.lav_of(minute)?;
         let horizon = time.saturating_sub(30);
         self.last_seen.retain(|_, t| *t >= horizon);
         self.runs.retain(|_, r| r.last >= horizon);
@@ -93,20 +152,23 @@ impl SegmentState {
             minutes.retain(|m| m + 1 >= minute);
             !minutes.is_empty()
         });
+        Ok(())
     }
 
-    fn lav(&self, minute: u32) -> i32 {
-        let window: Vec<u32> = self
+    /// LAV(minute): the exact mean of the minute averages of minutes
+    /// minute-5..=minute-1 that had reports, truncated; -1 if none had.
+    fn lav_of(&self, minute: u32) -> Result<i32, OperatorError> {
+        let window = self
             .history
             .iter()
             .filter(|h| h.minute + LAV_MINUTES >= minute && h.minute < minute)
-            .map(|h| h.avg)
-            .collect();
-        if window.is_empty() {
-            -1
-        } else {
-            (window.iter().sum::<u32>() / window.len() as u32) as i32
+            .map(|h| h.avg);
+        if window.clone().next().is_none() {
+            return Ok(-1);
         }
+        let mean = Fraction::mean(window).ok_or_else(|| inexact(minute))?;
+        // A mean of speeds in 0..=100.
+        Ok((mean.num / mean.den) as i32)
     }
 
     fn nov(&self, minute: u32) -> u32 {
@@ -126,10 +188,10 @@ impl SegmentState {
     }
 
     /// A zero-speed report of a place in this segment's zone.
-    fn stop(&mut self, report: &Position) {
+    fn stop(&mut self, report: &Position) -> Result<(), OperatorError> {
         let place = (report.lane, report.pos);
         let t = report.time;
-        self.roll(minute_of(t).max(self.minute), t);
+        self.roll(minute_of(t).max(self.minute), t)?;
         let run = self.runs.entry(report.vid).or_default();
         if run.count > 0 && run.place == place && run.last + 30 == t {
             run.count += 1;
@@ -139,7 +201,7 @@ impl SegmentState {
         }
         run.last = t;
         if run.count < 4 {
-            return;
+            return Ok(());
         }
         let reports = self.stop_reports.entry(place).or_default();
         let other = reports
@@ -152,6 +214,7 @@ impl SegmentState {
                 minutes.push(minute_of(t));
             }
         }
+        Ok(())
     }
 }
 
@@ -183,10 +246,7 @@ impl StatefulOperator for TollCalculator {
                 report,
                 released_us,
             } => (report, released_us),
-            Msg::Stop { report, .. } => {
-                state.stop(&report);
-                return Ok(());
-            }
+            Msg::Stop { report, .. } => return state.stop(&report),
             other => {
                 return Err(OperatorError::new(format!(
                     "toll calculator received an unexpected {other:?}"
@@ -195,10 +255,10 @@ impl StatefulOperator for TollCalculator {
         };
         let t = report.time;
         let minute = minute_of(t);
-        state.roll(minute, t);
+        state.roll(minute, t)?;
         let entered = t < 30 || state.last_seen.get(&report.vid) != Some(&(t - 30));
         if entered && report.lane != 4 {
-            let lav = state.lav(minute);
+            let lav = state.lav;
             let nov = state.nov(minute);
             let accident = state.accident(report.seg, minute);
             let toll = if accident.is_some() || lav >= 40 || nov <= 50 {
