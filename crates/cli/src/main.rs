@@ -4,6 +4,7 @@
 mod control;
 mod demo;
 mod lrb;
+mod progress;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -153,10 +154,13 @@ fn run(cli: Cli) -> Result<()> {
             config.token = token.value().to_string();
             let cancel = config.cancel.clone();
             job.dashboard.around(&cancel, &token, |view, commands| {
-                config.view = view;
+                let view = view.unwrap_or_default();
+                let watch = progress::watch_job(view.clone());
+                config.view = Some(view);
                 config.commands = commands;
-                let summary = run_local(&registry(), &config, &current_program()?)?;
-                print_summary(&summary);
+                let summary = run_local(&registry(), &config, &current_program()?);
+                drop(watch);
+                print_summary(&summary?);
                 Ok(())
             })
         }

@@ -21,16 +21,17 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use lrb_reference::generate::{generate, GenerateError, GenerateOptions};
-use lrb_reference::validate::{validate, ValidateError, ValidateOptions};
+use lrb_reference::validate::{validate_with_progress, ValidateError, ValidateOptions};
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, VPos};
 use serde::{Deserialize, Serialize};
+use spate_engine::coordinator::view::{ClusterView, SharedView};
 use spate_engine::QueryRegistry;
 
 use crate::driver::{self, RunOptions, RunReport};
@@ -78,6 +79,48 @@ pub struct BenchOptions {
     pub keep_answers: bool,
     /// Set to stop after the current run.
     pub cancel: Arc<AtomicBool>,
+    /// Where the bench tells what it is doing, for a live display.
+    pub progress: BenchProgress,
+}
+
+/// What a bench is doing, published for a live display.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum BenchStage {
+    /// Checking options and the input.
+    #[default]
+    Preparing,
+    /// Generating the input: the share done.
+    Generating(f64),
+    /// Running the query at `speedup`, answers going to `out_dir`.
+    Running {
+        /// The run's speed-up.
+        speedup: f64,
+        /// The run's output directory.
+        out_dir: PathBuf,
+    },
+    /// Validating the run at `speedup`: the share of the input read.
+    Validating {
+        /// The run's speed-up.
+        speedup: f64,
+        /// Share of the input read.
+        fraction: f64,
+    },
+}
+
+/// Where a bench publishes its progress: its stage, and each run's cluster
+/// view (the same view a dashboard reads).
+#[derive(Clone, Debug, Default)]
+pub struct BenchProgress {
+    /// What the bench is doing now.
+    pub stage: Arc<Mutex<BenchStage>>,
+    /// The current run's cluster, replaced at each run's start.
+    pub view: SharedView,
+}
+
+impl BenchProgress {
+    fn set(&self, stage: BenchStage) {
+        *self.stage.lock().unwrap_or_else(|p| p.into_inner()) = stage;
+    }
 }
 
 /// Why a bench could not be carried out (a failing speed-up is a result, not
@@ -404,7 +447,10 @@ fn prepare_input(options: &BenchOptions, log: &mut dyn Write) -> Result<InputInf
             duration_secs: options.duration_secs,
             out_dir: dir.clone(),
         },
-        &mut |_| {},
+        &mut |p| {
+            let done = f64::from(p.sim_second) / f64::from(p.duration_secs.max(1));
+            options.progress.set(BenchStage::Generating(done));
+        },
     )?;
     let info = measure_input(options, &input)?;
     let text = serde_json::to_string_pretty(&info).map_err(|source| BenchError::Json {
@@ -511,10 +557,19 @@ fn run_one(
         scale_in_at: Vec::new(),
         worker_cpu: None,
         token: String::new(),
-        view: None,
+        view: Some(options.progress.view.clone()),
         commands: None,
         cancel: options.cancel.clone(),
     };
+    *options
+        .progress
+        .view
+        .write()
+        .unwrap_or_else(|p| p.into_inner()) = ClusterView::default();
+    options.progress.set(BenchStage::Running {
+        speedup,
+        out_dir: dir.clone(),
+    });
     let load_average = std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|text| text.split_whitespace().next()?.parse().ok());
@@ -626,13 +681,21 @@ fn judge(
             run.feeder_secs, run.schedule_secs
         ));
     }
-    let validation = validate(&ValidateOptions {
-        input: params.input.clone(),
-        tolls: params.tolls.clone(),
-        out_dir: params.out_dir.clone(),
-        speedup: if run.speedup > 0.0 { run.speedup } else { 1.0 },
-        max_differences: 3,
-    });
+    let validation = validate_with_progress(
+        &ValidateOptions {
+            input: params.input.clone(),
+            tolls: params.tolls.clone(),
+            out_dir: params.out_dir.clone(),
+            speedup: if run.speedup > 0.0 { run.speedup } else { 1.0 },
+            max_differences: 3,
+        },
+        &mut |fraction| {
+            options.progress.set(BenchStage::Validating {
+                speedup: run.speedup,
+                fraction,
+            })
+        },
+    );
     match validation {
         Ok(v) => {
             run.valid = Some(v.passed());
@@ -1005,6 +1068,7 @@ mod tests {
             bisect: 0,
             keep_answers: false,
             cancel: Arc::default(),
+            progress: BenchProgress::default(),
         };
         assert_eq!(check_options(&options).unwrap(), vec![50.0, 200.0, 0.0]);
         let bad = BenchOptions {
