@@ -198,10 +198,13 @@ fn run(cli: Cli) -> Result<()> {
             let cancel = config.cancel.clone();
             let token = control::ClusterToken::given(&config.token);
             job.dashboard.around(&cancel, &token, |view, commands| {
-                config.view = view;
+                let view = view.unwrap_or_default();
+                let watch = progress::watch_job(view.clone());
+                config.view = Some(view);
                 config.commands = commands;
-                let summary = coordinator.run(&registry(), &config, provisioner.as_mut())?;
-                print_summary(&summary);
+                let summary = coordinator.run(&registry(), &config, provisioner.as_mut());
+                drop(watch);
+                print_summary(&summary?);
                 Ok(())
             })
         }

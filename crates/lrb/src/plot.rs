@@ -428,7 +428,7 @@ where
     Y::CoordDescType: ValueFormatter<f64>,
 {
     let mut chart = ChartBuilder::on(area)
-        .caption(title, font(12.5, INK))
+        .caption(title, bold(12.5, INK))
         .margin_right(10)
         .x_label_area_size(if x_desc { 38 } else { 20 })
         .y_label_area_size(64)
@@ -883,7 +883,7 @@ fn latency_panel<DB: DrawingBackend>(
     y.start = y.start.min(1.0);
     y.end *= 2.0;
     let mut chart = ChartBuilder::on(area)
-        .caption("Answer latency per kind (log scale)", font(12.5, INK))
+        .caption("Answer latency per kind (log scale)", bold(12.5, INK))
         .margin(10)
         .x_label_area_size(58)
         .y_label_area_size(55)
