@@ -335,6 +335,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
                     progress.show(&status);
                 },
             )?;
+            status.detail = "every answer compared".into();
             progress.finish(&status);
             print!("{report}");
             if !report.passed() {

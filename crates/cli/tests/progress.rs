@@ -89,7 +89,7 @@ fn long_commands_write_progress_lines_to_a_log() {
     let lines = progress_lines(validate);
     let last = lines.last().expect("a progress line");
     assert!(
-        last.contains("] validating done: of the input read"),
+        last.contains("] validating done: every answer compared"),
         "{lines:?}"
     );
 }
