@@ -40,7 +40,12 @@ pub struct Status {
 /// How progress reaches the user.
 enum Output {
     /// A bar redrawn in place; `spinning` while the fraction is unknown.
-    Bar { bar: ProgressBar, spinning: bool },
+    /// Its elapsed time and ETA start again with each stage.
+    Bar {
+        bar: ProgressBar,
+        spinning: bool,
+        stage: String,
+    },
     /// A line every `every`, for logs.
     Lines { every: Duration, last: Instant },
 }
@@ -61,6 +66,7 @@ impl Progress {
             Output::Bar {
                 bar,
                 spinning: false,
+                stage: String::new(),
             }
         } else {
             Output::Lines {
@@ -77,12 +83,20 @@ impl Progress {
     /// Shows `status`: redraws the bar, or writes a line if one is due.
     pub fn show(&mut self, status: &Status) {
         match &mut self.output {
-            Output::Bar { bar, spinning } => {
+            Output::Bar {
+                bar,
+                spinning,
+                stage,
+            } => {
                 if *spinning != status.fraction.is_none() {
                     *spinning = status.fraction.is_none();
                     bar.set_style(style(*spinning));
                 }
-                bar.set_prefix(status.stage.clone());
+                if *stage != status.stage {
+                    stage.clone_from(&status.stage);
+                    bar.reset();
+                    bar.set_prefix(status.stage.clone());
+                }
                 if let Some(f) = status.fraction {
                     bar.set_position((f.clamp(0.0, 1.0) * 1000.0) as u64);
                 }
@@ -422,6 +436,11 @@ pub fn watch_bench(view: SharedView, stage: Arc<Mutex<BenchStage>>, input: PathB
                 stage: format!("validating speed-up {speedup}"),
                 fraction: Some(fraction),
                 detail: "of the input read".into(),
+            },
+            BenchStage::Finished(runs) => Status {
+                stage: "bench".into(),
+                fraction: Some(1.0),
+                detail: counted(runs, "run"),
             },
         }
     })

@@ -26,6 +26,7 @@ use std::time::Instant;
 
 use lrb_reference::generate::{generate, GenerateError, GenerateOptions};
 use lrb_reference::validate::{validate_with_progress, ValidateError, ValidateOptions};
+use plotters::coord::combinators::WithKeyPoints;
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -105,6 +106,8 @@ pub enum BenchStage {
         /// Share of the input read.
         fraction: f64,
     },
+    /// Every run is done: how many there were.
+    Finished(usize),
 }
 
 /// Where a bench publishes its progress: its stage, and each run's cluster
@@ -340,6 +343,9 @@ pub fn run(
         }
     }
     write_outputs(&summary, &options.out_dir)?;
+    options
+        .progress
+        .set(BenchStage::Finished(summary.runs.len()));
     Ok(summary)
 }
 
@@ -907,6 +913,8 @@ impl plot::Figure for BenchFigure<'_> {
         head.draw(&Text::new(title, (500, 20), style))?;
         let (left, right) = body.split_horizontally(500);
         let x = plot::log_range(paced.iter().map(|r| r.speedup), f64::NAN);
+        let mut ticks: Vec<f64> = achieved.iter().map(|p| p.0).collect();
+        ticks.dedup();
 
         let (area, legend_area) = left.split_vertically(340);
         let top = achieved
@@ -914,7 +922,12 @@ impl plot::Figure for BenchFigure<'_> {
             .chain(&offered)
             .map(|p| p.1)
             .fold(1.0, f64::max);
-        let mut chart = bench_chart(&area, "input rate, tuples/s", x.clone(), 0.0..top * 1.1)?;
+        let mut chart = bench_chart(
+            &area,
+            "input rate, tuples/s",
+            (x.clone(), &ticks),
+            0.0..top * 1.1,
+        )?;
         let offered_stroke = plot::Stroke::dashed(plot::MUTED, 2, 6, 4);
         let line: Vec<(f64, f64)> = offered.iter().map(|(x, y, _)| (*x, *y)).collect();
         offered_stroke.draw(chart.plotting_area(), line)?;
@@ -925,7 +938,7 @@ impl plot::Figure for BenchFigure<'_> {
 
         let (area, legend_area) = right.split_vertically(340);
         let y = plot::log_range(latency.iter().flatten().map(|p| p.1), 5_000.0 * 1.5);
-        let mut chart = bench_chart(&area, "p99 latency, ms", x.clone(), y.log_scale())?;
+        let mut chart = bench_chart(&area, "p99 latency, ms", (x.clone(), &ticks), y.log_scale())?;
         let deadline = plot::Stroke::dashed(plot::RED, 2, 6, 4);
         deadline.draw(
             chart.plotting_area(),
@@ -959,13 +972,14 @@ fn legend_row<DB: DrawingBackend>(
     Ok(())
 }
 
-/// A chart of a bench: speed-up on a log x axis, `title` on y.
+/// A chart of a bench: speed-up on a log x axis ticked at the runs'
+/// speed-ups, `title` on y.
 fn bench_chart<'a, DB, Y>(
     area: &'a DrawingArea<DB, Shift>,
     title: &str,
-    x: std::ops::Range<f64>,
+    x: (std::ops::Range<f64>, &[f64]),
     y: Y,
-) -> plot::Chart<'a, DB, LogCoord<f64>, Y::CoordDescType>
+) -> plot::Chart<'a, DB, WithKeyPoints<LogCoord<f64>>, Y::CoordDescType>
 where
     DB: DrawingBackend,
     Y: AsRangedCoord<Value = f64>,
@@ -975,7 +989,7 @@ where
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(x.log_scale(), y)?;
+        .build_cartesian_2d(x.0.log_scale().with_key_points(x.1.to_vec()), y)?;
     chart
         .configure_mesh()
         .x_desc("speed-up")
@@ -1109,6 +1123,9 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         // Two paced runs, each with an achieved-rate and a latency marker.
         assert_eq!(svg.matches("<circle").count(), 4);
+        // Each chart's speed-up axis is ticked at the paced runs.
+        assert_eq!(svg.matches(">\n50\n</text>").count(), 2);
+        assert_eq!(svg.matches(">\n100\n</text>").count(), 2);
         assert!(!svg.contains("NaN") && !svg.contains("inf"));
         assert!(table_line(&summary.runs[1]).contains("FAIL: late"));
         assert!(table_line(&summary.runs[2]).trim_start().starts_with("max"));
