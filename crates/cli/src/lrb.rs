@@ -300,9 +300,9 @@ pub fn run(command: LrbCommand) -> Result<()> {
                 let watch = progress::watch_lrb_run(view.clone(), goal);
                 options.view = Some(view);
                 options.commands = commands;
-                let outcome = driver::run(&crate::registry(), &current_program()?, &options);
-                drop(watch);
-                let report = outcome.context("the Linear Road run failed")?;
+                let report = driver::run(&crate::registry(), &current_program()?, &options)
+                    .context("the Linear Road run failed")?;
+                watch.finish(progress::lrb_finished(&report));
                 print_report(&report);
                 println!("report: {}", out.join("report.json").display());
                 Ok(())

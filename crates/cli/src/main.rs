@@ -117,6 +117,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match run(cli) {
@@ -156,11 +157,11 @@ fn run(cli: Cli) -> Result<()> {
             job.dashboard.around(&cancel, &token, |view, commands| {
                 let view = view.unwrap_or_default();
                 let watch = progress::watch_job(view.clone());
-                config.view = Some(view);
+                config.view = Some(view.clone());
                 config.commands = commands;
-                let summary = run_local(&registry(), &config, &current_program()?);
-                drop(watch);
-                print_summary(&summary?);
+                let summary = run_local(&registry(), &config, &current_program()?)?;
+                watch.finish(progress::job_finished(&view, &summary));
+                print_summary(&summary);
                 Ok(())
             })
         }
@@ -200,11 +201,11 @@ fn run(cli: Cli) -> Result<()> {
             job.dashboard.around(&cancel, &token, |view, commands| {
                 let view = view.unwrap_or_default();
                 let watch = progress::watch_job(view.clone());
-                config.view = Some(view);
+                config.view = Some(view.clone());
                 config.commands = commands;
-                let summary = coordinator.run(&registry(), &config, provisioner.as_mut());
-                drop(watch);
-                print_summary(&summary?);
+                let summary = coordinator.run(&registry(), &config, provisioner.as_mut())?;
+                watch.finish(progress::job_finished(&view, &summary));
+                print_summary(&summary);
                 Ok(())
             })
         }

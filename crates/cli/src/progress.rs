@@ -7,6 +7,7 @@
 //! dashboard reads), from a thread of their own: nothing in the engine
 //! knows about this display.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use spate_engine::coordinator::view::{ClusterView, SharedView};
+use spate_engine::coordinator::JobSummary;
 use spate_lrb::bench::BenchStage;
+use spate_lrb::driver::RunReport;
 
 /// Environment variable: seconds between plain progress lines when stderr
 /// is not a terminal (default [`PLAIN_EVERY`]).
@@ -171,6 +174,8 @@ fn line(status: &Status, elapsed: Duration, finished: bool) -> String {
 /// the last status is written when it is dropped.
 pub struct Watch {
     stop: Arc<AtomicBool>,
+    /// The last status to write instead of asking once more.
+    last: Arc<Mutex<Option<Status>>>,
     bar: Option<ProgressBar>,
     thread: Option<JoinHandle<()>>,
 }
@@ -179,20 +184,31 @@ impl Watch {
     /// Starts showing what `status` says.
     pub fn start(mut status: impl FnMut() -> Status + Send + 'static) -> Watch {
         let stop = Arc::new(AtomicBool::new(false));
+        let last: Arc<Mutex<Option<Status>>> = Arc::default();
         let mut progress = Progress::new();
         let bar = progress.bar();
-        let flag = stop.clone();
+        let (flag, given) = (stop.clone(), last.clone());
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 std::thread::sleep(POLL);
                 progress.show(&status());
             }
-            progress.finish(&status());
+            let given = given.lock().ok().and_then(|mut l| l.take());
+            progress.finish(&given.unwrap_or_else(status));
         });
         Watch {
             stop,
+            last,
             bar,
             thread: Some(thread),
+        }
+    }
+
+    /// Ends the display with `last`, the figures of a finished job (the
+    /// view may not have caught up with its end).
+    pub fn finish(self, last: Status) {
+        if let Ok(mut slot) = self.last.lock() {
+            *slot = Some(last);
         }
     }
 
@@ -220,7 +236,7 @@ impl Drop for Watch {
 pub struct JobFigures {
     /// The job's state (`starting`, `running`, `finished`, `failed`).
     pub state: String,
-    /// Tuples the sources have produced.
+    /// Tuples the sources have sent.
     pub inputs: u64,
     /// Tuples per second out of the sources now.
     pub input_rate: f64,
@@ -251,8 +267,8 @@ impl JobFigures {
         };
         JobFigures {
             state: view.state.clone(),
-            inputs: sum("Source").map(|i| i.tuples_in).sum(),
-            input_rate: sum("Source").map(|i| i.in_rate).sum(),
+            inputs: sum("Source").map(|i| i.tuples_out).sum(),
+            input_rate: sum("Source").map(|i| i.out_rate).sum(),
             outputs: sum("Sink").map(|i| i.tuples_in).sum(),
             checkpoints: view.checkpoints,
             failures: events(&["failure"]),
@@ -306,6 +322,58 @@ fn counted(n: usize, noun: &str) -> String {
         format!("1 {noun}")
     } else {
         format!("{n} {noun}s")
+    }
+}
+
+/// The last status of a job that ran to its end, from its summary; the
+/// view tells which operators are sources and sinks.
+pub fn job_finished(view: &SharedView, summary: &JobSummary) -> Status {
+    let kinds: BTreeMap<String, String> = view
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .operators
+        .iter()
+        .map(|o| (o.name.clone(), o.kind.clone()))
+        .collect();
+    let kinds = &kinds;
+    let of = |kind: &'static str| {
+        summary
+            .instances
+            .iter()
+            .filter(move |i| kinds.get(&i.operator).is_some_and(|k| k == kind))
+    };
+    let inputs = of("Source").map(|i| i.stats.tuples_out).sum();
+    let figures = JobFigures {
+        state: "finished".into(),
+        inputs,
+        input_rate: inputs as f64 / summary.elapsed.as_secs_f64().max(1e-3),
+        outputs: of("Sink").map(|i| i.stats.tuples_in).sum(),
+        checkpoints: summary.checkpoints,
+        failures: summary.recoveries.len(),
+        scale_events: summary.scale_events.len(),
+    };
+    Status {
+        stage: "finished".into(),
+        fraction: None,
+        detail: figures.describe("tuples in", "out of the sinks", None),
+    }
+}
+
+/// The last status of a Linear Road run, from its report.
+pub fn lrb_finished(report: &RunReport) -> Status {
+    let figures = JobFigures {
+        state: "finished".into(),
+        inputs: report.input_lines,
+        input_rate: report.input_rate,
+        outputs: report.answers,
+        checkpoints: report.checkpoints,
+        failures: report.recoveries.len(),
+        scale_events: report.scale_events.len(),
+    };
+    Status {
+        stage: "running".into(),
+        fraction: Some(1.0),
+        detail: figures.describe("lines", "answers", Some(report.deadline_misses)),
     }
 }
 
@@ -478,14 +546,16 @@ mod tests {
 
     use super::*;
 
-    fn operator(kind: &str, tuples_in: u64, in_rate: f64) -> OperatorView {
+    fn operator(kind: &str, tuples: u64, rate: f64) -> OperatorView {
         OperatorView {
             name: kind.to_lowercase(),
             kind: kind.into(),
             instances: vec![
                 InstanceView {
-                    tuples_in,
-                    in_rate,
+                    tuples_in: tuples,
+                    in_rate: rate,
+                    tuples_out: tuples,
+                    out_rate: rate,
                     ..InstanceView::default()
                 };
                 2

@@ -66,9 +66,10 @@ fn long_commands_write_progress_lines_to_a_log() {
         );
     }
     assert!(running.iter().any(|l| l.contains("sim 0:0")), "{lines:?}");
+    // The last line has the report's figures.
     let last = running.last().expect("a last line");
     assert!(
-        last.contains("running done: sim 0:03:59 of 0:03:59")
+        last.contains("running done: ")
             && last.contains("1 scale event")
             && last.contains(" late)"),
         "{last}"
@@ -98,7 +99,9 @@ fn long_commands_write_progress_lines_to_a_log() {
 fn a_generic_job_reports_tuples_in_and_out() {
     let dir = scratch("progress-keycount");
     let input = dir.join("input.txt");
-    let words: String = (0..200_000).map(|i| format!("word{} ", i % 977)).collect();
+    let words: String = (0..20_000)
+        .map(|i| format!("word{} word{}\n", i % 977, i % 13))
+        .collect();
     std::fs::write(&input, words).unwrap();
     let mut run = spate();
     run.args(["run", "keycount", "--workers", "2"])
@@ -110,10 +113,30 @@ fn a_generic_job_reports_tuples_in_and_out() {
     let lines = progress_lines(run);
     let last = lines.last().expect("a progress line");
     assert!(
-        last.contains("] finished done: ")
-            && last.contains("tuples in")
-            && last.contains("out of the sinks")
-            && last.contains("0 failures"),
+        last.contains("] finished done: 20.0k tuples in (")
+            && last.contains("40.0k out of the sinks")
+            && last.contains("0 scale events"),
         "{lines:?}"
     );
+}
+
+#[test]
+fn a_bench_reports_its_runs_and_its_end() {
+    let dir = scratch("progress-bench");
+    let mut bench = spate();
+    bench
+        .args(["lrb", "bench", "--duration-secs", "120", "--speedups", "40"])
+        .args(["--bisect", "0", "--out"])
+        .arg(&dir);
+    let lines = progress_lines(bench);
+    // A 3-second run at speed-up 40, then its validation.
+    let running = lines
+        .iter()
+        .filter(|l| l.contains("] speed-up 40 "))
+        .count();
+    assert!(running >= 3, "{lines:?}");
+    let last = lines.last().expect("a progress line");
+    assert!(last.contains("] bench done: 1 run"), "{lines:?}");
+    let png = std::fs::read(dir.join("bench.png")).expect("bench.png");
+    assert!(png.starts_with(b"\x89PNG"));
 }
