@@ -5,6 +5,7 @@ mod control;
 mod demo;
 mod job_args;
 mod lrb;
+mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -147,6 +148,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match run(cli) {
@@ -183,9 +185,12 @@ fn run(cli: Cli) -> Result<()> {
             let mut config = job.config(&registry(), &query.query, query.params()?, &token)?;
             let cancel = config.cancel.clone();
             job.dashboard.around(&cancel, &token, |view, commands| {
-                config.view = view;
+                let view = view.unwrap_or_default();
+                let watch = progress::watch_job(view.clone());
+                config.view = Some(view.clone());
                 config.commands = commands;
                 let summary = run_local(&registry(), &config, &current_program()?)?;
+                watch.finish(progress::job_finished(&view, &summary));
                 print_summary(&summary);
                 Ok(())
             })
@@ -227,9 +232,12 @@ fn run(cli: Cli) -> Result<()> {
             };
             let cancel = config.cancel.clone();
             job.dashboard.around(&cancel, &token, |view, commands| {
-                config.view = view;
+                let view = view.unwrap_or_default();
+                let watch = progress::watch_job(view.clone());
+                config.view = Some(view.clone());
                 config.commands = commands;
                 let summary = coordinator.run(&registry(), &config, provisioner.as_mut())?;
+                watch.finish(progress::job_finished(&view, &summary));
                 print_summary(&summary);
                 Ok(())
             })
