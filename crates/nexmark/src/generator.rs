@@ -219,7 +219,7 @@ struct Rng(u64);
 
 impl Rng {
     fn new(seed: u64, n: u64) -> Self {
-        Rng(seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5EED_0F_4E_7A_2C)
+        Rng(seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5EED_0F4E_7A2C)
     }
 
     fn next(&mut self) -> u64 {

@@ -623,3 +623,25 @@ impl WindowJoinSpec for Q8 {
 fn q8_line((start, id, name): &(u64, u64, String)) -> String {
     format!("{start},{id},{name}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_query_builds_and_parameters_are_checked() {
+        let params =
+            NexmarkParams::from_json(&serde_json::json!({ "out": "x", "events": 10 })).unwrap();
+        assert_eq!(NexmarkParams::from_json(&params.to_json()).unwrap(), params);
+        for query in QueryId::ALL {
+            assert_eq!(QueryId::parse(query.name()), Some(query));
+            build(query, &params).unwrap();
+        }
+        assert!(NexmarkParams::from_json(&serde_json::json!({})).is_err());
+        assert!(NexmarkParams::from_json(&serde_json::json!({ "out": "x", "shards": 0 })).is_err());
+        assert!(
+            NexmarkParams::from_json(&serde_json::json!({ "out": "x", "event_rate": 0 })).is_err()
+        );
+        assert_eq!(QueryId::parse("q6"), None);
+    }
+}

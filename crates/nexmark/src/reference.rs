@@ -241,3 +241,35 @@ pub fn compare(expected: &[String], got: &[String]) -> Difference {
     }
     difference
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(text: &[&str]) -> Vec<String> {
+        text.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn compare_counts_repeated_lines() {
+        let expected = lines(&["a", "b", "b", "c"]);
+        assert!(compare(&expected, &expected).is_empty());
+        let difference = compare(&expected, &lines(&["a", "b", "d"]));
+        assert_eq!(difference.missing, lines(&["b", "c"]));
+        assert_eq!(difference.unexpected, lines(&["d"]));
+    }
+
+    #[test]
+    fn windowed_queries_report_every_window() {
+        // 25 s of event time: 3 tumbling windows, 13 sliding ones.
+        let config = GeneratorConfig {
+            seed: 1,
+            events: 100_000,
+            event_rate: 4_000,
+        };
+        assert_eq!(answers(QueryId::Q7, &config).len(), 3);
+        assert_eq!(answers(QueryId::Q5, &config).len(), 13);
+        assert!(!answers(QueryId::Q8, &config).is_empty());
+        assert!(!answers(QueryId::Q3, &config).is_empty());
+    }
+}
