@@ -249,6 +249,7 @@ fn report_difference(difference: &Difference) -> Result<()> {
 
 fn bench(queries: &[QueryId], out: &Path, workload: &WorkloadArgs) -> Result<()> {
     let mut rows = Vec::new();
+    let cancel = crate::cancel_on_ctrl_c();
     for &query in queries {
         let mut row = serde_json::json!({ "query": query.name(), "events": workload.events });
         for checkpoint_ms in [1000u64, 0] {
@@ -258,7 +259,7 @@ fn bench(queries: &[QueryId], out: &Path, workload: &WorkloadArgs) -> Result<()>
                 JobConfig::new(query.registered_name(), params.to_json(), workload.workers);
             config.partitions = crate::parse_partitions(&workload.partitions)?;
             config.checkpoint_interval = Duration::from_millis(checkpoint_ms);
-            config.cancel = crate::cancel_on_ctrl_c();
+            config.cancel = cancel.clone();
             let outcome = run_checked(query, &params, config)?;
             if !outcome.difference.is_empty() {
                 report_difference(&outcome.difference)?;
@@ -286,22 +287,20 @@ fn bench(queries: &[QueryId], out: &Path, workload: &WorkloadArgs) -> Result<()>
         rows.push(row);
     }
     let mut table = String::from(
-        "| query | events | events/s, checkpoints every 1 s | events/s, no checkpoints | on / off |\n|---|---:|---:|---:|---:|\n",
+        "| query | answers | events/s sustained, checkpoints every 1 s | events/s sustained, no checkpoints | on / off | events/s whole run, checkpoints | events/s whole run, none |\n|---|---:|---:|---:|---:|---:|---:|\n",
     );
+    let events = workload.events as f64;
     for row in &rows {
-        let on = row["checkpoints_on"]["sustained_events_per_s"]
-            .as_f64()
-            .unwrap_or(0.0);
-        let off = row["checkpoints_off"]["sustained_events_per_s"]
-            .as_f64()
-            .unwrap_or(0.0);
+        let figure = |key: &str, field: &str| row[key][field].as_f64().unwrap_or(0.0);
+        let on = figure("checkpoints_on", "sustained_events_per_s");
+        let off = figure("checkpoints_off", "sustained_events_per_s");
         table.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0} | {:.2} |\n",
+            "| {} | {} | {on:.0} | {off:.0} | {:.2} | {:.0} | {:.0} |\n",
             row["query"].as_str().unwrap_or("?"),
-            workload.events,
-            on,
-            off,
-            on / off.max(1e-9)
+            row["checkpoints_on"]["answers"],
+            on / off.max(1e-9),
+            events / figure("checkpoints_on", "elapsed_s").max(1e-9),
+            events / figure("checkpoints_off", "elapsed_s").max(1e-9),
         ));
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;

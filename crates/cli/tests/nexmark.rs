@@ -98,5 +98,5 @@ fn q7_highest_bid_survives_a_kill_a_split_and_a_merge() {
 
 #[test]
 fn q8_new_users_survive_a_kill_a_split_and_a_merge() {
-    faults("q8", "join", "join", "sides");
+    faults("q8", "join", "join", "join");
 }

@@ -18,7 +18,7 @@ use spate_engine::{
 };
 
 use crate::generator::GeneratorConfig;
-use crate::model::{Auction, Bid, Event, Person};
+use crate::model::{Bid, Event, Person};
 use crate::sink::LineSink;
 use crate::source::EventSource;
 
@@ -353,7 +353,10 @@ fn q2_line(&(auction, price): &(u64, u64)) -> String {
 }
 
 /// Q3's sides: people of OR, ID and CA; auctions of category 10.
-fn q3_sides(input: Timed<Event>) -> Option<JoinSide<Person, Auction>> {
+/// An auction as q3 and q8 join it: `(id, seller)`.
+type SellerAuction = (u64, u64);
+
+fn q3_sides(input: Timed<Event>) -> Option<JoinSide<Person, SellerAuction>> {
     match input {
         Timed::Event {
             time,
@@ -364,7 +367,10 @@ fn q3_sides(input: Timed<Event>) -> Option<JoinSide<Person, Auction>> {
         Timed::Event {
             time,
             value: Event::Auction(a),
-        } if a.category == 10 => Some(JoinSide::Right { time, value: a }),
+        } if a.category == 10 => Some(JoinSide::Right {
+            time,
+            value: (a.id, a.seller),
+        }),
         _ => None,
     }
 }
@@ -375,14 +381,14 @@ struct Q3;
 
 impl JoinSpec for Q3 {
     type Left = Person;
-    type Right = Auction;
+    type Right = SellerAuction;
     type Key = u64;
     type Out = (String, String, String, u64);
     fn left_key(p: &Person) -> u64 {
         p.id
     }
-    fn right_key(a: &Auction) -> u64 {
-        a.seller
+    fn right_key(a: &SellerAuction) -> u64 {
+        a.1
     }
 }
 
@@ -390,8 +396,8 @@ impl IntervalJoinSpec for Q3 {
     fn interval(p: &Person) -> (u64, u64) {
         (p.date_time, u64::MAX)
     }
-    fn join(p: &Person, a: &Auction) -> Self::Out {
-        (p.name.clone(), p.city.clone(), p.state.clone(), a.id)
+    fn join(p: &Person, a: &SellerAuction) -> Self::Out {
+        (p.name.clone(), p.city.clone(), p.state.clone(), a.0)
     }
 }
 
@@ -399,17 +405,26 @@ fn q3_line((name, city, state, auction): &(String, String, String, u64)) -> Stri
     format!("{name},{city},{state},{auction}")
 }
 
-/// Q4's sides: auctions and bids.
-fn q4_sides(input: Timed<Event>) -> Option<JoinSide<Auction, Bid>> {
+/// An auction as q4 keeps it while open: `(id, category, opened, expires)`.
+type OpenAuction = (u64, u64, u64, u64);
+
+/// Q4's sides: auctions, and bids as `(auction, price)`.
+fn q4_sides(input: Timed<Event>) -> Option<JoinSide<OpenAuction, (u64, u64)>> {
     match input {
         Timed::Event {
             time,
             value: Event::Auction(a),
-        } => Some(JoinSide::Left { time, value: a }),
+        } => Some(JoinSide::Left {
+            time,
+            value: (a.id, a.category, a.date_time, a.expires),
+        }),
         Timed::Event {
             time,
             value: Event::Bid(b),
-        } => Some(JoinSide::Right { time, value: b }),
+        } => Some(JoinSide::Right {
+            time,
+            value: (b.auction, b.price),
+        }),
         _ => None,
     }
 }
@@ -421,24 +436,24 @@ type AuctionBid = (u64, u64, u64);
 struct Q4;
 
 impl JoinSpec for Q4 {
-    type Left = Auction;
-    type Right = Bid;
+    type Left = OpenAuction;
+    type Right = (u64, u64);
     type Key = u64;
     type Out = AuctionBid;
-    fn left_key(a: &Auction) -> u64 {
-        a.id
+    fn left_key(a: &OpenAuction) -> u64 {
+        a.0
     }
-    fn right_key(b: &Bid) -> u64 {
-        b.auction
+    fn right_key(b: &(u64, u64)) -> u64 {
+        b.0
     }
 }
 
 impl IntervalJoinSpec for Q4 {
-    fn interval(a: &Auction) -> (u64, u64) {
-        (a.date_time, a.expires)
+    fn interval(a: &OpenAuction) -> (u64, u64) {
+        (a.2, a.3)
     }
-    fn join(a: &Auction, b: &Bid) -> AuctionBid {
-        (a.id, a.category, b.price)
+    fn join(a: &OpenAuction, b: &(u64, u64)) -> AuctionBid {
+        (a.0, a.1, b.1)
     }
 }
 
@@ -584,16 +599,23 @@ fn q7_line(r: &Ranked<BidPrice>) -> String {
 }
 
 /// Q8's sides: people and auctions.
-fn q8_sides(input: Timed<Event>) -> Option<JoinSide<Person, Auction>> {
+/// Q8's sides: people as `(id, name)` and auctions.
+fn q8_sides(input: Timed<Event>) -> Option<JoinSide<(u64, String), SellerAuction>> {
     match input {
         Timed::Event {
             time,
             value: Event::Person(p),
-        } => Some(JoinSide::Left { time, value: p }),
+        } => Some(JoinSide::Left {
+            time,
+            value: (p.id, p.name),
+        }),
         Timed::Event {
             time,
             value: Event::Auction(a),
-        } => Some(JoinSide::Right { time, value: a }),
+        } => Some(JoinSide::Right {
+            time,
+            value: (a.id, a.seller),
+        }),
         _ => None,
     }
 }
@@ -602,21 +624,21 @@ fn q8_sides(input: Timed<Event>) -> Option<JoinSide<Person, Auction>> {
 struct Q8;
 
 impl JoinSpec for Q8 {
-    type Left = Person;
-    type Right = Auction;
+    type Left = (u64, String);
+    type Right = SellerAuction;
     type Key = u64;
     type Out = (u64, u64, String);
-    fn left_key(p: &Person) -> u64 {
-        p.id
+    fn left_key(p: &(u64, String)) -> u64 {
+        p.0
     }
-    fn right_key(a: &Auction) -> u64 {
-        a.seller
+    fn right_key(a: &SellerAuction) -> u64 {
+        a.1
     }
 }
 
 impl WindowJoinSpec for Q8 {
-    fn join(window: Window, p: &Person, _: &Auction) -> Self::Out {
-        (window.start, p.id, p.name.clone())
+    fn join(window: Window, p: &(u64, String), _: &SellerAuction) -> Self::Out {
+        (window.start, p.0, p.1.clone())
     }
 }
 
