@@ -118,6 +118,8 @@ fn run_checked(query: QueryId, params: &NexmarkParams, mut config: JobConfig) ->
             config.workers
         );
     }
+    // The workers read the parameters back from JSON: check them as they will.
+    NexmarkParams::from_json(&params.to_json())?;
     std::fs::create_dir_all(&params.out)
         .with_context(|| format!("cannot create {}", params.out.display()))?;
     let built = spate_nexmark::queries::build(query, params)?;
