@@ -5,6 +5,7 @@ mod control;
 mod demo;
 mod job_args;
 mod lrb;
+mod nexmark;
 mod progress;
 
 use std::path::PathBuf;
@@ -130,6 +131,9 @@ enum Command {
     /// The Linear Road benchmark.
     #[command(subcommand)]
     Lrb(lrb::LrbCommand),
+    /// The Nexmark benchmark (online auctions): run a query, or bench them.
+    #[command(subcommand)]
+    Nexmark(nexmark::NexmarkCommand),
     /// Show a running job's workers, instances and recent events (the job
     /// must run with `--dashboard`).
     Status(control::AddrArgs),
@@ -165,6 +169,7 @@ pub(crate) fn registry() -> QueryRegistry {
     let mut registry = QueryRegistry::new();
     spate_examples::register(&mut registry);
     spate_lrb::register(&mut registry);
+    spate_nexmark::register(&mut registry);
     registry
 }
 
@@ -264,6 +269,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Demo(args) => demo::run(args),
         Command::Lrb(command) => lrb::run(command),
+        Command::Nexmark(command) => nexmark::run(command),
         Command::Status(args) => control::status(&args),
         Command::Kill(args) => control::kill(&args),
         Command::Checkpoint(args) => control::checkpoint(&args),
