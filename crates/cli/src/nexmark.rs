@@ -66,7 +66,7 @@ pub enum NexmarkCommand {
         #[command(flatten)]
         workload: WorkloadArgs,
         #[command(flatten)]
-        job: JobArgs,
+        job: Box<JobArgs>,
     },
     /// Measure each query's sustained throughput (unpaced source) with
     /// checkpoints every second and without, validating every run; writes
