@@ -137,7 +137,7 @@ enum Command {
     /// Show a running job's workers, instances and recent events (the job
     /// must run with `--dashboard`).
     Status(control::AddrArgs),
-    /// Kill a worker of a running job (SIGKILL), to watch it recover.
+    /// End a worker of a running job (as a crash would), to watch it recover.
     Kill(control::KillArgs),
     /// Ask a running job to checkpoint every instance now.
     Checkpoint(control::AddrArgs),
