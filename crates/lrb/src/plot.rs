@@ -2,7 +2,7 @@
 //! of one run that `spate lrb run` writes next to `report.json`, and what
 //! `bench.svg` and `bench.png` are drawn with.
 //!
-//! Each figure is drawn twice from one description ([`Figure`]): as SVG for
+//! Each figure is drawn twice from one description (`Figure`): as SVG for
 //! browsers and as PNG for viewers that do not render SVG. PNG text is set
 //! in DejaVu Sans, compiled in from the `dejavu` crate and registered with
 //! plotters on first use, so no system font or font library is needed.

@@ -2,7 +2,7 @@
 //! and bids ([`generator`]), queries 0, 1, 2, 3, 4, 5, 7 and 8 written with
 //! the engine's windows, joins and aggregates ([`queries`]), and a
 //! single-threaded reference implementation without engine code that
-//! checks their answers ([`reference`]).
+//! checks their answers ([`reference`](mod@reference)).
 
 pub mod generator;
 pub mod model;
