@@ -131,6 +131,21 @@ impl OutputBuffer {
         Ok(())
     }
 
+    /// Whether anything is kept for `to`, even if trimmed to nothing: a
+    /// downstream this buffer has never heard of has no entry.
+    pub fn holds(&self, to: u32) -> bool {
+        self.channels.contains_key(&to)
+    }
+
+    /// Keeps for `to` a copy of what is kept for `from` (a downstream split
+    /// from `from` takes over its part of those batches), creating the
+    /// entry even when there is nothing to copy.
+    pub fn copy(&mut self, from: u32, to: u32) {
+        let batches = self.channels.get(&from).cloned().unwrap_or_default();
+        self.bytes += batches.iter().map(|b| b.body.len()).sum::<usize>();
+        self.channels.entry(to).or_default().extend(batches);
+    }
+
     /// The batches to resend to `to`, oldest first.
     pub fn replay(&self, to: u32) -> impl Iterator<Item = &BufferedBatch> {
         self.channels.get(&to).into_iter().flatten()
@@ -168,5 +183,21 @@ mod tests {
         assert_eq!(b.len(), 2);
         assert_eq!(b.bytes(), 2);
         assert_eq!(b.replay(9).count(), 0);
+    }
+
+    #[test]
+    fn a_copy_holds_the_same_batches_even_when_there_are_none() {
+        let mut b = OutputBuffer::default();
+        b.push(7, Stamp(2), &[1, 2]);
+        b.copy(7, 8);
+        b.copy(5, 6);
+        assert_eq!(
+            b.replay(8).collect::<Vec<_>>(),
+            b.replay(7).collect::<Vec<_>>()
+        );
+        assert!(b.holds(6) && b.replay(6).next().is_none() && !b.holds(5));
+        assert_eq!(b.bytes(), 4);
+        b.trim(8, Stamp(2));
+        assert_eq!((b.len(), b.bytes()), (1, 2));
     }
 }

@@ -56,6 +56,10 @@ fn connect(
 /// One outgoing data channel (this instance -> one downstream instance).
 struct ChannelWriter {
     to: InstanceId,
+    /// The operator `to` is an instance of, and the first key hash of its
+    /// range: where its batches were kept before it was split off.
+    node: usize,
+    start: u64,
     /// The incarnation of `to` the current connection goes to.
     incarnation: Incarnation,
     /// `None` while the downstream is down: batches then only go to the
@@ -74,6 +78,8 @@ impl ChannelWriter {
     ) -> Self {
         ChannelWriter {
             to,
+            node: usize::MAX,
+            start: 0,
             incarnation,
             stream,
             frame: vec![0; BATCH_HEADER],
@@ -203,6 +209,12 @@ impl Outbox {
                 Some(_) => {}
             }
         }
+        for channel in &mut self.channels {
+            if let Some((node, placed)) = plan.instance(channel.to) {
+                channel.node = node;
+                channel.start = placed.key_range.start;
+            }
+        }
         self.ports = Vec::new();
         for &target in query.edge_targets(node) {
             let table = plan.routing(target)?;
@@ -243,10 +255,7 @@ impl Outbox {
             return;
         };
         let to = self.channels[i].to;
-        let batches: Vec<_> = buffer.replay(parent.0).cloned().collect();
-        for batch in &batches {
-            buffer.push(to.0, batch.last, &batch.body);
-        }
+        buffer.copy(parent.0, to.0);
         self.replay(i, to);
         let mark = self
             .channels
@@ -309,11 +318,47 @@ impl Outbox {
     /// on every channel: downstreams drop what they already processed.
     pub(crate) fn restore_buffer(&mut self, buffer: OutputBuffer, mark: Stamp) {
         self.buffer = Some(buffer);
+        self.adopt_orphans();
         for i in 0..self.channels.len() {
             let to = self.channels[i].to;
             self.replay(i, to);
         }
         self.flush(mark);
+    }
+
+    /// Gives each downstream the restored buffer has no entry for the
+    /// batches of the instance it was split from. A checkpoint taken before
+    /// a downstream split (the latest backup, or a split's checkpoint that
+    /// was waiting in the coordinator's queue) keeps what it sent to the
+    /// parent's whole range under the parent alone; replaying that to the
+    /// parent only would lose, for the new instance, every tuple above the
+    /// new instance's frontier and at or below this checkpoint's (it is not
+    /// regenerated, and the new instance's channel from here was reset). A
+    /// split leaves the parent's id on the lower part of its range, so the
+    /// parent is the nearest instance below the orphan, in key order, that
+    /// the buffer has an entry for; the orphan keeps only its own range of
+    /// the copy and drops what it already processed.
+    fn adopt_orphans(&mut self) {
+        let Some(buffer) = &mut self.buffer else {
+            return;
+        };
+        let adoptions: Vec<(InstanceId, InstanceId)> = self
+            .channels
+            .iter()
+            .filter(|orphan| !buffer.holds(orphan.to.0))
+            .filter_map(|orphan| {
+                self.channels
+                    .iter()
+                    .filter(|c| {
+                        c.node == orphan.node && c.start < orphan.start && buffer.holds(c.to.0)
+                    })
+                    .max_by_key(|c| c.start)
+                    .map(|parent| (parent.to, orphan.to))
+            })
+            .collect();
+        for (parent, orphan) in adoptions {
+            buffer.copy(parent.0, orphan.0);
+        }
     }
 
     /// Resends on channel `channel` the batches buffered for instance `of`.
@@ -354,5 +399,79 @@ impl Emit for Outbox {
             writer.flush(self.mark_floor, self.buffer.as_mut());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::stamp::merge::read_tuple;
+    use crate::wire::data::read_batch;
+
+    /// A data channel that keeps what is written to it.
+    #[derive(Clone, Default)]
+    struct Wire(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Wire {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The stamps of the tuples sent on `wire`, and its last mark.
+    fn sent(wire: &Wire) -> (Vec<u64>, Stamp) {
+        let bytes = wire.0.lock().unwrap().clone();
+        let mut reader = bytes.as_slice();
+        let (mut stamps, mut mark) = (Vec::new(), Stamp::ZERO);
+        while let Some((body, m)) = read_batch(&mut reader).unwrap() {
+            let mut pos = 0;
+            while pos < body.len() {
+                let (stamp, payload) = read_tuple(&body, pos).unwrap();
+                stamps.push(stamp.0);
+                pos = payload.end;
+            }
+            mark = m;
+        }
+        (stamps, mark)
+    }
+
+    #[test]
+    fn a_buffer_restored_from_before_a_downstream_split_is_replayed_to_both_halves() {
+        // Checkpointed while downstream 4 (operator 3) had the whole range.
+        let mut body = Vec::new();
+        write_tuple(&mut body, Stamp(5), b"a");
+        write_tuple(&mut body, Stamp(7), b"b");
+        let mut buffer = OutputBuffer::default();
+        buffer.push(4, Stamp(7), &body);
+        // Since then 11 took the upper half of 4's range; 6 is a sink.
+        let me = SenderIdentity {
+            instance: InstanceId(2),
+            incarnation: Incarnation(1),
+        };
+        let mut outbox = Outbox::new(me, true);
+        let wires = [Wire::default(), Wire::default(), Wire::default()];
+        for ((to, node, start), wire) in [(4, 3, 0), (11, 3, 1 << 63), (6, 5, 0)]
+            .into_iter()
+            .zip(&wires)
+        {
+            let stream: Box<dyn Write + Send> = Box::new(wire.clone());
+            let mut channel = ChannelWriter::new(InstanceId(to), Incarnation(0), Some(stream));
+            (channel.node, channel.start) = (node, start);
+            outbox.channels.push(channel);
+        }
+        outbox.restore_buffer(buffer, Stamp(7));
+        assert_eq!(sent(&wires[0]), (vec![5, 7], Stamp(7)));
+        assert_eq!(sent(&wires[1]), (vec![5, 7], Stamp(7)));
+        assert_eq!(sent(&wires[2]), (vec![], Stamp(7)));
+        // Kept for the new half too, trimmed by its own checkpoints.
+        outbox.trim(InstanceId(4), Stamp(7));
+        assert_eq!(outbox.buffer().unwrap().replay(11).count(), 1);
     }
 }
