@@ -58,7 +58,7 @@ pub struct FaultToleranceArgs {
     /// tolerance off.
     #[arg(long, default_value_t = 1000)]
     pub checkpoint_ms: u64,
-    /// Kill the worker hosting an instance with SIGKILL,
+    /// End the worker hosting an instance, as a crash would,
     /// `AT_SECS:OPERATOR[:INSTANCE]` (repeatable), to watch it recover.
     #[arg(long, value_name = "AT_SECS:OPERATOR[:INSTANCE]")]
     pub kill: Vec<KillSpec>,

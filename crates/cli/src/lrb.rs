@@ -1,6 +1,6 @@
 //! `spate lrb ...`: the Linear Road benchmark commands.
 
-use std::io::IsTerminal;
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -13,6 +13,7 @@ use spate_lrb::driver::{self, RunOptions, RunReport};
 use spate_lrb::query::LrbParams;
 
 use crate::job_args::{parse_partitions, JobArgs};
+use crate::progress::{self, LrbGoal, Progress, Status};
 
 /// The files of a Linear Road run: what it reads and where its answers go.
 #[derive(clap::Args, Clone, Debug)]
@@ -138,14 +139,20 @@ pub fn run(command: LrbCommand) -> Result<()> {
                 out_dir: out.clone(),
             };
             let started = Instant::now();
-            let mut progress = Progress::new("generating");
+            let mut progress = Progress::new();
+            let mut status = Status {
+                stage: "generating".into(),
+                ..Status::default()
+            };
             let summary = generate(&options, &mut |p: GenerateProgress| {
-                progress.update(
-                    f64::from(p.sim_second) / f64::from(p.duration_secs.max(1)),
-                    &format!("{} lines", p.lines),
-                )
+                status.fraction = Some(f64::from(p.sim_second) / f64::from(p.duration_secs.max(1)));
+                status.detail = format!(
+                    "simulated second {} of {}, {} lines",
+                    p.sim_second, p.duration_secs, p.lines
+                );
+                progress.show(&status);
             })?;
-            progress.done();
+            progress.finish(&status);
             println!(
                 "wrote {} lines ({} position reports, {} balance and {} expenditure queries, {} cars) and {} historical tolls to {} in {:.1} s",
                 summary.lines,
@@ -198,19 +205,15 @@ pub fn run(command: LrbCommand) -> Result<()> {
             );
             let cancel = options.job.cancel.clone();
             job.dashboard.around(&cancel, &token, |view, commands| {
-                // Progress on a terminal reads the same view a dashboard would.
-                let view = view.or_else(|| {
-                    std::io::stderr()
-                        .is_terminal()
-                        .then(spate_engine::coordinator::view::SharedView::default)
-                });
-                let _progress = view
-                    .clone()
-                    .map(|v| RunProgress::start(v, &options.params.input));
-                options.job.view = view;
+                // Progress reads the same view a dashboard would.
+                let view = view.unwrap_or_default();
+                let goal = LrbGoal::of(&options.params.input, speedup, out.clone());
+                let watch = progress::watch_lrb_run(view.clone(), goal);
+                options.job.view = Some(view);
                 options.job.commands = commands;
                 let report = driver::run(&crate::registry(), &current_program()?, &options)
                     .context("the Linear Road run failed")?;
+                watch.finish(progress::lrb_finished(&report));
                 print_report(&report);
                 println!("report: {}", out.join("report.json").display());
                 Ok(())
@@ -225,7 +228,12 @@ pub fn run(command: LrbCommand) -> Result<()> {
             if !(speedup > 0.0 && speedup.is_finite()) {
                 bail!("--speedup must be a positive number (use 1 for runs at speed-up 0)");
             }
-            let mut progress = Progress::new("validating");
+            let mut progress = Progress::new();
+            let mut status = Status {
+                stage: "validating".into(),
+                detail: "of the input read".into(),
+                ..Status::default()
+            };
             let report = validate_with_progress(
                 &ValidateOptions {
                     input,
@@ -239,9 +247,13 @@ pub fn run(command: LrbCommand) -> Result<()> {
                         BadInput::Skip
                     },
                 },
-                &mut |fraction| progress.update(fraction, "of the input read"),
+                &mut |fraction| {
+                    status.fraction = Some(fraction);
+                    progress.show(&status);
+                },
             )?;
-            progress.done();
+            status.detail = "every answer compared".into();
+            progress.finish(&status);
             print!("{report}");
             if !report.passed() {
                 bail!("the answers differ from the reference (see above)");
@@ -263,11 +275,18 @@ pub fn run(command: LrbCommand) -> Result<()> {
         } => {
             let mut partitions: std::collections::BTreeMap<_, _> = partitions.into_iter().collect();
             partitions.entry("toll_calculator".into()).or_insert(2);
+            let progress = spate_lrb::bench::BenchProgress::default();
+            let data_dir = data.unwrap_or_else(|| out.join("input"));
+            let watch = progress::watch_bench(
+                progress.view.clone(),
+                progress.stage.clone(),
+                data_dir.join("input.csv"),
+            );
             let options = spate_lrb::bench::BenchOptions {
                 xways,
                 duration_secs,
                 seed,
-                data_dir: data.unwrap_or_else(|| out.join("input")),
+                data_dir,
                 out_dir: out.clone(),
                 workers,
                 partitions,
@@ -276,13 +295,19 @@ pub fn run(command: LrbCommand) -> Result<()> {
                 bisect,
                 keep_answers,
                 cancel: crate::cancel_on_ctrl_c(),
+                progress,
             };
             let summary = spate_lrb::bench::run(
                 &crate::registry(),
                 &current_program()?,
                 &options,
-                &mut std::io::stdout(),
-            )?;
+                &mut Suspended {
+                    watch: &watch,
+                    out: std::io::stdout(),
+                },
+            );
+            drop(watch);
+            let summary = summary?;
             match summary.best_run() {
                 Some(best) => println!(
                     "highest passing speed-up {}: {:.0} tuples/s mean, {:.0}/s at the busiest second \
@@ -348,103 +373,20 @@ fn print_report(r: &RunReport) {
     }
 }
 
-/// Shows a run's progress on the terminal from the cluster view: input lines
-/// released so far against an estimate of the input's lines.
-struct RunProgress {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+/// Output written with a progress bar hidden, so that the bar does not
+/// draw over it.
+struct Suspended<'a, W> {
+    watch: &'a progress::Watch,
+    out: W,
 }
 
-impl RunProgress {
-    fn start(view: spate_engine::coordinator::view::SharedView, input: &std::path::Path) -> Self {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let total = estimate_lines(input);
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut progress = Progress::new("running");
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(std::time::Duration::from_millis(500));
-                let (done, rate) = {
-                    let v = view.read().unwrap_or_else(|p| p.into_inner());
-                    v.operators
-                        .iter()
-                        .filter(|o| o.kind == "Source")
-                        .flat_map(|o| o.instances.iter())
-                        .fold((0u64, 0f64), |(d, r), i| (d + i.tuples_in, r + i.in_rate))
-                };
-                if done > 0 {
-                    progress.update(
-                        done as f64 / total.max(done) as f64,
-                        &format!("{done} lines, {rate:.0}/s"),
-                    );
-                }
-            }
-            progress.done();
-        });
-        RunProgress {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for RunProgress {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Lines in a file, estimated from its size and its first lines' length.
-fn estimate_lines(path: &std::path::Path) -> u64 {
-    use std::io::Read;
-    let size = std::fs::metadata(path).map_or(0, |m| m.len());
-    let mut head = vec![0u8; 1 << 16];
-    let read = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .unwrap_or(0);
-    let lines = head[..read].iter().filter(|b| **b == b'\n').count().max(1);
-    size * lines as u64 / read.max(1) as u64
-}
-
-/// A one-line progress display on a terminal; silent otherwise.
-struct Progress {
-    what: &'static str,
-    started: Instant,
-    enabled: bool,
-}
-
-impl Progress {
-    fn new(what: &'static str) -> Self {
-        Progress {
-            what,
-            started: Instant::now(),
-            enabled: std::io::stderr().is_terminal(),
-        }
+impl<W: Write> Write for Suspended<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let out = &mut self.out;
+        self.watch.suspend(|| out.write(buf))
     }
 
-    fn update(&mut self, fraction: f64, detail: &str) {
-        if !self.enabled {
-            return;
-        }
-        let elapsed = self.started.elapsed().as_secs_f64();
-        let eta = if fraction > 0.0 {
-            elapsed * (1.0 - fraction) / fraction
-        } else {
-            0.0
-        };
-        eprint!(
-            "\r{} {:5.1}%  {detail}  ETA {eta:.0} s   ",
-            self.what,
-            fraction * 100.0
-        );
-    }
-
-    fn done(&self) {
-        if self.enabled {
-            eprintln!();
-        }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
     }
 }

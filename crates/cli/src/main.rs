@@ -5,6 +5,8 @@ mod control;
 mod demo;
 mod job_args;
 mod lrb;
+mod nexmark;
+mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -129,10 +131,13 @@ enum Command {
     /// The Linear Road benchmark.
     #[command(subcommand)]
     Lrb(lrb::LrbCommand),
+    /// The Nexmark benchmark (online auctions): run a query, or bench them.
+    #[command(subcommand)]
+    Nexmark(nexmark::NexmarkCommand),
     /// Show a running job's workers, instances and recent events (the job
     /// must run with `--dashboard`).
     Status(control::AddrArgs),
-    /// Kill a worker of a running job (SIGKILL), to watch it recover.
+    /// End a worker of a running job (as a crash would), to watch it recover.
     Kill(control::KillArgs),
     /// Ask a running job to checkpoint every instance now.
     Checkpoint(control::AddrArgs),
@@ -147,6 +152,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match run(cli) {
@@ -163,6 +169,7 @@ pub(crate) fn registry() -> QueryRegistry {
     let mut registry = QueryRegistry::new();
     spate_examples::register(&mut registry);
     spate_lrb::register(&mut registry);
+    spate_nexmark::register(&mut registry);
     registry
 }
 
@@ -183,9 +190,12 @@ fn run(cli: Cli) -> Result<()> {
             let mut config = job.config(&registry(), &query.query, query.params()?, &token)?;
             let cancel = config.cancel.clone();
             job.dashboard.around(&cancel, &token, |view, commands| {
-                config.view = view;
+                let view = view.unwrap_or_default();
+                let watch = progress::watch_job(view.clone());
+                config.view = Some(view.clone());
                 config.commands = commands;
                 let summary = run_local(&registry(), &config, &current_program()?)?;
+                watch.finish(progress::job_finished(&view, &summary));
                 print_summary(&summary);
                 Ok(())
             })
@@ -227,9 +237,12 @@ fn run(cli: Cli) -> Result<()> {
             };
             let cancel = config.cancel.clone();
             job.dashboard.around(&cancel, &token, |view, commands| {
-                config.view = view;
+                let view = view.unwrap_or_default();
+                let watch = progress::watch_job(view.clone());
+                config.view = Some(view.clone());
                 config.commands = commands;
                 let summary = coordinator.run(&registry(), &config, provisioner.as_mut())?;
+                watch.finish(progress::job_finished(&view, &summary));
                 print_summary(&summary);
                 Ok(())
             })
@@ -256,6 +269,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Demo(args) => demo::run(args),
         Command::Lrb(command) => lrb::run(command),
+        Command::Nexmark(command) => nexmark::run(command),
         Command::Status(args) => control::status(&args),
         Command::Kill(args) => control::kill(&args),
         Command::Checkpoint(args) => control::checkpoint(&args),

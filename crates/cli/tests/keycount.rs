@@ -153,6 +153,8 @@ fn spate_coordinator_takes_the_fault_tolerance_and_elasticity_flags() {
         .args(FAULTS_AND_SCALING)
         .arg(format!("--listen=127.0.0.1:{}", free_port()))
         .arg(format!("--provision-command={template}"))
+        // The workers run on this host, so the stop command can be a kill.
+        .arg("--stop-command=kill -9 {pid}")
         .arg(format!("--param=input={}", input.display()))
         .arg(format!("--param=output={}", output.display()));
     let result = run_with_timeout(command, Duration::from_secs(120));

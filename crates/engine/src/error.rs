@@ -48,16 +48,15 @@ pub enum EngineError {
         /// Why the coordinator considers it failed.
         reason: String,
     },
-    /// A deadline passed while waiting for the cluster.
-    #[error("cannot end worker {worker}'s process: {reason}")]
     /// A provisioner was asked to end a worker it did not start.
+    #[error("cannot end worker {worker}'s process: {reason}")]
     CannotStop {
         /// The worker.
         worker: WorkerId,
         /// Why, and what to do.
         reason: String,
     },
-
+    /// A deadline passed while waiting for the cluster.
     #[error("timed out: {0}")]
     Timeout(String),
     /// The job was interrupted (Ctrl-C or a termination signal).

@@ -21,17 +21,23 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use lrb_reference::generate::{generate, GenerateError, GenerateOptions};
-use lrb_reference::validate::{validate, BadInput, ValidateError, ValidateOptions};
+use lrb_reference::validate::{validate_with_progress, BadInput, ValidateError, ValidateOptions};
+use plotters::coord::combinators::WithKeyPoints;
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, VPos};
 use serde::{Deserialize, Serialize};
+use spate_engine::coordinator::view::{ClusterView, SharedView};
 use spate_engine::coordinator::JobConfig;
 use spate_engine::QueryRegistry;
 
 use crate::driver::{self, RunOptions, RunReport};
-use crate::plot::{self, Anchor, Axis, Chart, Font, Pen, Svg};
+use crate::plot;
 use crate::query::{LrbParams, SinkStats};
 
 /// How late, as a fraction of the scheduled replay time, the feeder may
@@ -75,6 +81,50 @@ pub struct BenchOptions {
     pub keep_answers: bool,
     /// Set to stop after the current run.
     pub cancel: Arc<AtomicBool>,
+    /// Where the bench tells what it is doing, for a live display.
+    pub progress: BenchProgress,
+}
+
+/// What a bench is doing, published for a live display.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum BenchStage {
+    /// Checking options and the input.
+    #[default]
+    Preparing,
+    /// Generating the input: the share done.
+    Generating(f64),
+    /// Running the query at `speedup`, answers going to `out_dir`.
+    Running {
+        /// The run's speed-up.
+        speedup: f64,
+        /// The run's output directory.
+        out_dir: PathBuf,
+    },
+    /// Validating the run at `speedup`: the share of the input read.
+    Validating {
+        /// The run's speed-up.
+        speedup: f64,
+        /// Share of the input read.
+        fraction: f64,
+    },
+    /// Every run is done: how many there were.
+    Finished(usize),
+}
+
+/// Where a bench publishes its progress: its stage, and each run's cluster
+/// view (the same view a dashboard reads).
+#[derive(Clone, Debug, Default)]
+pub struct BenchProgress {
+    /// What the bench is doing now.
+    pub stage: Arc<Mutex<BenchStage>>,
+    /// The current run's cluster, replaced at each run's start.
+    pub view: SharedView,
+}
+
+impl BenchProgress {
+    fn set(&self, stage: BenchStage) {
+        *self.stage.lock().unwrap_or_else(|p| p.into_inner()) = stage;
+    }
 }
 
 /// Why a bench could not be carried out (a failing speed-up is a result, not
@@ -294,6 +344,9 @@ pub fn run(
         }
     }
     write_outputs(&summary, &options.out_dir)?;
+    options
+        .progress
+        .set(BenchStage::Finished(summary.runs.len()));
     Ok(summary)
 }
 
@@ -401,7 +454,10 @@ fn prepare_input(options: &BenchOptions, log: &mut dyn Write) -> Result<InputInf
             duration_secs: options.duration_secs,
             out_dir: dir.clone(),
         },
-        &mut |_| {},
+        &mut |p| {
+            let done = f64::from(p.sim_second) / f64::from(p.duration_secs.max(1));
+            options.progress.set(BenchStage::Generating(done));
+        },
     )?;
     let info = measure_input(options, &input)?;
     let text = serde_json::to_string_pretty(&info).map_err(|source| BenchError::Json {
@@ -499,10 +555,20 @@ fn run_one(
     job.partitions = options.partitions.clone();
     job.checkpoint_interval = std::time::Duration::from_millis(options.checkpoint_ms);
     job.cancel = options.cancel.clone();
+    job.view = Some(options.progress.view.clone());
     let run_options = RunOptions {
         params: params.clone(),
         job,
     };
+    *options
+        .progress
+        .view
+        .write()
+        .unwrap_or_else(|p| p.into_inner()) = ClusterView::default();
+    options.progress.set(BenchStage::Running {
+        speedup,
+        out_dir: dir.clone(),
+    });
     let load_average = std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|text| text.split_whitespace().next()?.parse().ok());
@@ -614,14 +680,22 @@ fn judge(
             run.feeder_secs, run.schedule_secs
         ));
     }
-    let validation = validate(&ValidateOptions {
-        input: params.input.clone(),
-        tolls: params.tolls.clone(),
-        out_dir: params.out_dir.clone(),
-        speedup: if run.speedup > 0.0 { run.speedup } else { 1.0 },
-        max_differences: 3,
-        bad_input: BadInput::Skip,
-    });
+    let validation = validate_with_progress(
+        &ValidateOptions {
+            input: params.input.clone(),
+            tolls: params.tolls.clone(),
+            out_dir: params.out_dir.clone(),
+            speedup: if run.speedup > 0.0 { run.speedup } else { 1.0 },
+            max_differences: 3,
+            bad_input: BadInput::Skip,
+        },
+        &mut |fraction| {
+            options.progress.set(BenchStage::Validating {
+                speedup: run.speedup,
+                fraction,
+            })
+        },
+    );
     match validation {
         Ok(v) => {
             run.valid = Some(v.passed());
@@ -772,31 +846,53 @@ fn write_outputs(summary: &BenchSummary, out_dir: &Path) -> Result<(), BenchErro
     })?;
     std::fs::write(&json, text).map_err(io_error(format!("writing {}", json.display())))?;
     let svg = out_dir.join("bench.svg");
-    std::fs::write(&svg, plot(summary)).map_err(io_error(format!("writing {}", svg.display())))
+    plot::write(&BenchFigure(summary), &svg)
+        .map_err(io_error(format!("writing {} and bench.png", svg.display())))
 }
 
 /// A point of a chart: x, y, whether the run passed.
 type Point = (f64, f64, bool);
 
-/// Two charts side by side: input rate against speed-up, and p99 latency
-/// against speed-up, drawn with [`crate::plot`]'s SVG writer; runs at
-/// speed-up 0 have no x position and are left out.
-pub fn plot(summary: &BenchSummary) -> String {
-    let paced: Vec<&BenchRun> = summary.runs.iter().filter(|r| r.speedup > 0.0).collect();
-    let rate = |f: fn(&BenchRun) -> f64| -> Vec<Point> {
-        let mut points: Vec<Point> = paced.iter().map(|r| (r.speedup, f(r), r.passed)).collect();
-        points.sort_by(|a, b| a.0.total_cmp(&b.0));
-        points
-    };
-    let achieved = rate(|r| r.achieved_rate);
-    let offered = rate(|r| r.offered_rate);
-    let kinds = ["tolls", "accidents", "balances", "expenditures"];
-    let colours = &plot::SERIES[..kinds.len()];
-    let mut svg = Svg::new(1000.0, 420.0);
-    svg.text(
-        (500.0, 20.0),
-        Font::new(14.0).anchor(Anchor::Middle),
-        &format!(
+/// `bench.svg`: two charts side by side, input rate against speed-up and
+/// p99 latency against speed-up; runs at speed-up 0 have no x position and
+/// are left out.
+pub fn plot(summary: &BenchSummary) -> io::Result<String> {
+    plot::svg(&BenchFigure(summary))
+}
+
+/// The figure of a bench.
+struct BenchFigure<'a>(&'a BenchSummary);
+
+/// The answer kinds whose latency `bench.svg` shows.
+const PLOTTED_KINDS: [&str; 4] = ["tolls", "accidents", "balances", "expenditures"];
+
+impl plot::Figure for BenchFigure<'_> {
+    const SIZE: (u32, u32) = (1000, 420);
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> plot::Drawn<DB> {
+        let summary = self.0;
+        root.fill(&WHITE)?;
+        let paced: Vec<&BenchRun> = summary.runs.iter().filter(|r| r.speedup > 0.0).collect();
+        let points = |y: &dyn Fn(&BenchRun) -> Option<f64>| -> Vec<Point> {
+            let mut points: Vec<Point> = paced
+                .iter()
+                .filter_map(|r| Some((r.speedup, y(r)?, r.passed)))
+                .collect();
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            points
+        };
+        let achieved = points(&|r| Some(r.achieved_rate));
+        let offered = points(&|r| Some(r.offered_rate));
+        let latency: Vec<Vec<Point>> = PLOTTED_KINDS
+            .iter()
+            .map(|kind| {
+                points(&|r| {
+                    let s = r.latency.get(*kind).filter(|s| s.count > 0)?;
+                    Some(s.p99_ms.max(0.001))
+                })
+            })
+            .collect();
+        let title = format!(
             "Linear Road on Spate: L={} input, {} workers, {} CPUs, {} (green: pass, red: fail)",
             summary.input.xways,
             summary.workers,
@@ -805,82 +901,117 @@ pub fn plot(summary: &BenchSummary) -> String {
                 0 => "no checkpoints".to_string(),
                 ms => format!("checkpoints every {ms} ms"),
             }
-        ),
-    );
-    let speedups = || achieved.iter().map(|p| p.0);
-    let rate_chart = Chart {
-        left: 80.0,
-        top: 50.0,
-        width: 380.0,
-        height: 300.0,
-        x: Axis::fit(speedups(), true),
-        y: Axis::fit(achieved.iter().chain(&offered).map(|p| p.1), false),
-    };
-    rate_chart.frame(&mut svg, "input rate, tuples/s", "speed-up");
-    series(&mut svg, &rate_chart, &offered, "#999999", true);
-    series(&mut svg, &rate_chart, &achieved, plot::SERIES[0], false);
-    legend(
-        &mut svg,
-        &rate_chart,
-        &[("offered", "#999999"), ("achieved", plot::SERIES[0])],
-    );
+        );
+        let (head, body) = root.split_vertically(36);
+        let style = plot::anchored(plot::font(14.0, plot::INK), HPos::Center, VPos::Center);
+        head.draw(&Text::new(title, (500, 20), style))?;
+        let (left, right) = body.split_horizontally(500);
+        let x = plot::log_range(paced.iter().map(|r| r.speedup), f64::NAN);
+        let mut ticks: Vec<f64> = achieved.iter().map(|p| p.0).collect();
+        ticks.dedup();
 
-    let latency: Vec<Vec<Point>> = kinds
-        .iter()
-        .map(|kind| {
-            let mut points: Vec<Point> = paced
-                .iter()
-                .filter_map(|r| {
-                    let s = r.latency.get(*kind).filter(|s| s.count > 0)?;
-                    Some((r.speedup, s.p99_ms.max(0.001), r.passed))
-                })
-                .collect();
-            points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            points
-        })
-        .collect();
-    let latency_chart = Chart {
-        left: 580.0,
-        top: 50.0,
-        width: 380.0,
-        height: 300.0,
-        x: Axis::fit(speedups(), true),
-        y: Axis::fit(latency.iter().flatten().map(|p| p.1), true).reaching(5_000.0 * 1.5),
-    };
-    latency_chart.frame(&mut svg, "p99 latency, ms", "speed-up");
-    latency_chart.hline(&mut svg, 5_000.0, "5 s deadline");
-    for (points, colour) in latency.iter().zip(colours) {
-        series(&mut svg, &latency_chart, points, colour, false);
-    }
-    let entries: Vec<(&str, &'static str)> =
-        kinds.iter().copied().zip(colours.iter().copied()).collect();
-    legend(&mut svg, &latency_chart, &entries);
-    svg.finish()
-}
+        let (area, legend_area) = left.split_vertically(340);
+        let top = achieved
+            .iter()
+            .chain(&offered)
+            .map(|p| p.1)
+            .fold(1.0, f64::max);
+        let mut chart = bench_chart(
+            &area,
+            "input rate, tuples/s",
+            (x.clone(), &ticks),
+            0.0..top * 1.1,
+        )?;
+        let offered_stroke = plot::Stroke::dashed(plot::MUTED, 2, 6, 4);
+        let line: Vec<(f64, f64)> = offered.iter().map(|(x, y, _)| (*x, *y)).collect();
+        offered_stroke.draw(chart.plotting_area(), line)?;
+        series(&mut chart, &achieved, plot::SERIES[0])?;
+        let achieved_stroke = plot::Stroke::solid(plot::SERIES[0], 3);
+        let entries = [("offered", offered_stroke), ("achieved", achieved_stroke)];
+        legend_row(&legend_area, &entries)?;
 
-/// One series of runs: a line, and (unless dashed) a dot per run, green
-/// where it passed and red where it failed.
-fn series(svg: &mut Svg, chart: &Chart, points: &[Point], colour: &'static str, dashed: bool) {
-    let line: Vec<(f64, f64)> = points.iter().map(|(x, y, _)| (*x, *y)).collect();
-    let pen = Pen::new(colour, 2.0);
-    chart.line(svg, &line, if dashed { pen.dashed("6 4") } else { pen });
-    if !dashed {
-        for (x, y, passed) in points {
-            let fill = if *passed { plot::GREEN } else { plot::RED };
-            svg.circle(chart.px(*x, *y), 4.0, fill, colour);
+        let (area, legend_area) = right.split_vertically(340);
+        let y = plot::log_range(latency.iter().flatten().map(|p| p.1), 5_000.0 * 1.5);
+        let mut chart = bench_chart(&area, "p99 latency, ms", (x.clone(), &ticks), y.log_scale())?;
+        let deadline = plot::Stroke::dashed(plot::RED, 2, 6, 4);
+        deadline.draw(
+            chart.plotting_area(),
+            vec![(x.start, 5_000.0), (x.end, 5_000.0)],
+        )?;
+        let style = plot::anchored(plot::font(10.0, plot::RED), HPos::Right, VPos::Bottom);
+        let text = Text::new("5 s deadline", (-4, -2), style);
+        chart
+            .plotting_area()
+            .draw(&(EmptyElement::at((x.end, 5_000.0)) + text))?;
+        let mut entries = Vec::new();
+        for (i, (points, kind)) in latency.iter().zip(PLOTTED_KINDS).enumerate() {
+            series(&mut chart, points, plot::SERIES[i])?;
+            entries.push((kind, plot::Stroke::solid(plot::SERIES[i], 3)));
         }
+        legend_row(&legend_area, &entries)
     }
 }
 
 /// A legend in one row under a chart.
-fn legend(svg: &mut Svg, chart: &Chart, entries: &[(&str, &'static str)]) {
-    for (i, (name, colour)) in entries.iter().enumerate() {
-        let at = (
-            chart.left + i as f64 * 95.0,
-            chart.top + chart.height + 52.0,
-        );
-        plot::legend_entry(svg, at, name, Pen::new(colour, 3.0));
+fn legend_row<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    entries: &[(&str, plot::Stroke)],
+) -> plot::Drawn<DB> {
+    for (i, (name, stroke)) in entries.iter().enumerate() {
+        let x = 70 + i as i32 * 105;
+        stroke.draw(area, vec![(x, 20), (x + 20, 20)])?;
+        let style = plot::anchored(plot::font(11.0, plot::INK), HPos::Left, VPos::Center);
+        area.draw(&Text::new(*name, (x + 25, 20), style))?;
     }
+    Ok(())
+}
+
+/// A chart of a bench: speed-up on a log x axis ticked at the runs'
+/// speed-ups, `title` on y.
+fn bench_chart<'a, DB, Y>(
+    area: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    x: (std::ops::Range<f64>, &[f64]),
+    y: Y,
+) -> plot::Chart<'a, DB, WithKeyPoints<LogCoord<f64>>, Y::CoordDescType>
+where
+    DB: DrawingBackend,
+    Y: AsRangedCoord<Value = f64>,
+    Y::CoordDescType: ValueFormatter<f64>,
+{
+    let mut chart = ChartBuilder::on(area)
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x.0.log_scale().with_key_points(x.1.to_vec()), y)?;
+    chart
+        .configure_mesh()
+        .x_desc("speed-up")
+        .y_desc(title)
+        .y_labels(6)
+        .light_line_style(WHITE)
+        .bold_line_style(RGBColor(0xe6, 0xe6, 0xe6))
+        .x_label_formatter(&|v| plot::label(*v))
+        .y_label_formatter(&|v| plot::label(*v))
+        .label_style(plot::font(10.5, plot::INK))
+        .draw()?;
+    Ok(chart)
+}
+
+/// One series of runs: a line, and a dot per run, green where it passed and
+/// red where it failed.
+fn series<DB: DrawingBackend, CT: CoordTranslate<From = (f64, f64)>>(
+    chart: &mut ChartContext<DB, CT>,
+    points: &[Point],
+    colour: RGBColor,
+) -> plot::Drawn<DB> {
+    let line = points.iter().map(|(x, y, _)| (*x, *y));
+    chart.draw_series(LineSeries::new(line, colour.stroke_width(2)))?;
+    chart.draw_series(points.iter().map(|(x, y, passed)| {
+        let fill = if *passed { plot::GREEN } else { plot::RED };
+        Circle::new((*x, *y), 4, fill.filled())
+    }))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -945,6 +1076,7 @@ mod tests {
             bisect: 0,
             keep_answers: false,
             cancel: Arc::default(),
+            progress: BenchProgress::default(),
         };
         assert_eq!(check_options(&options).unwrap(), vec![50.0, 200.0, 0.0]);
         let bad = BenchOptions {
@@ -981,10 +1113,13 @@ mod tests {
             runs: vec![run_at(50.0, true), run_at(100.0, false), run_at(0.0, true)],
             best: Some(0),
         };
-        let svg = plot(&summary);
+        let svg = plot(&summary).expect("drawing the bench");
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         // Two paced runs, each with an achieved-rate and a latency marker.
         assert_eq!(svg.matches("<circle").count(), 4);
+        // Each chart's speed-up axis is ticked at the paced runs.
+        assert_eq!(svg.matches(">\n50\n</text>").count(), 2);
+        assert_eq!(svg.matches(">\n100\n</text>").count(), 2);
         assert!(!svg.contains("NaN") && !svg.contains("inf"));
         assert!(table_line(&summary.runs[1]).contains("FAIL: late"));
         assert!(table_line(&summary.runs[2]).trim_start().starts_with("max"));

@@ -204,13 +204,25 @@ pub enum Parsed {
     /// Type 0.
     Position(Position),
     /// Type 2.
-    Balance { time: u32, vid: u32, qid: u32 },
+    Balance {
+        /// When it was asked, seconds.
+        time: u32,
+        /// The car asking.
+        vid: u32,
+        /// The query's id, echoed in the answer.
+        qid: u32,
+    },
     /// Type 3.
     Expenditure {
+        /// When it was asked, seconds.
         time: u32,
+        /// The car asking.
         vid: u32,
+        /// The expressway asked about.
         xway: u16,
+        /// The query's id, echoed in the answer.
         qid: u32,
+        /// Days ago (1-69).
         day: u8,
     },
     /// Type 4, or a Day 0 expenditure query: nothing to answer.

@@ -1,16 +1,27 @@
-//! Hand-written SVG figures: `report.svg`, the picture of one run that
-//! `spate lrb run` writes next to `report.json`, and the primitives
-//! `bench.svg` is drawn with.
+//! Figures drawn with `plotters`: `report.svg` and `report.png`, the picture
+//! of one run that `spate lrb run` writes next to `report.json`, and what
+//! `bench.svg` and `bench.png` are drawn with.
 //!
-//! The SVG is written as text: the crate needs no plotting dependency, and
-//! one writer keeps every figure alike. Every number from a report is
-//! guarded (non-finite values, empty series), so a figure never fails a run:
-//! a panel without data is drawn as empty axes with a note.
+//! Each figure is drawn twice from one description (`Figure`): as SVG for
+//! browsers and as PNG for viewers that do not render SVG. PNG text is set
+//! in DejaVu Sans, compiled in from the `dejavu` crate and registered with
+//! plotters on first use, so no system font or font library is needed.
+//! Every number from a report is guarded (non-finite values, empty series),
+//! so that a figure never fails a run: a panel without data is drawn as empty
+//! axes with a note.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::{self, Write as _};
+use std::io;
+use std::ops::Range;
 use std::path::Path;
+use std::sync::Once;
 
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::register_font;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use spate_engine::coordinator::view::HistoryPoint;
 
 use crate::driver::RunReport;
@@ -18,457 +29,203 @@ use crate::model::AnswerKind;
 use crate::query::SinkStats;
 
 /// Colours of data series, in order of use; red is kept for failures.
-pub(crate) const SERIES: [&str; 9] = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
-    "#7f7f7f",
+pub(crate) const SERIES: [RGBColor; 9] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+    RGBColor(0xe3, 0x77, 0xc2),
+    RGBColor(0x17, 0xbe, 0xcf),
+    RGBColor(0xbc, 0xbd, 0x22),
+    RGBColor(0x7f, 0x7f, 0x7f),
 ];
 /// Failures, deadlines and failed runs.
-pub(crate) const RED: &str = "#d62728";
+pub(crate) const RED: RGBColor = RGBColor(0xd6, 0x27, 0x28);
 /// Passed runs.
-pub(crate) const GREEN: &str = "#2ca02c";
-/// Scale-out markers.
-const SCALE: &str = "#6a3d9a";
+pub(crate) const GREEN: RGBColor = RGBColor(0x2c, 0xa0, 0x2c);
+/// Scale-event markers.
+const SCALE: RGBColor = RGBColor(0x6a, 0x3d, 0x9a);
 /// Text and frames.
-const INK: &str = "#333333";
-/// Secondary text.
-const MUTED: &str = "#707070";
-/// Grid lines.
-const GRID: &str = "#e6e6e6";
+pub(crate) const INK: RGBColor = RGBColor(0x33, 0x33, 0x33);
+/// Secondary text and offered load.
+pub(crate) const MUTED: RGBColor = RGBColor(0x70, 0x70, 0x70);
 
-/// A coordinate as written into the SVG: one decimal, and never `NaN` or
-/// `inf` (which would make the whole document invalid), whatever the data.
-struct N(f64);
+/// The font family every figure's text is set in.
+const FAMILY: &str = "sans-serif";
 
-impl fmt::Display for N {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let v = if self.0.is_finite() { self.0 } else { 0.0 };
-        write!(f, "{v:.1}")
-    }
+/// A drawing's outcome on backend `DB`.
+pub(crate) type Drawn<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+
+/// A chart with axes `X` and `Y` on backend `DB`, or why it could not be
+/// set up.
+pub(crate) type Chart<'a, DB, X, Y> = Result<
+    ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>,
+>;
+
+/// A figure that can be drawn on any plotters backend.
+pub(crate) trait Figure {
+    /// Width and height in pixels.
+    const SIZE: (u32, u32);
+
+    /// Draws the whole figure on `root`.
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn<DB>;
 }
 
-/// Escapes text for SVG content and attribute values, so that operator
-/// names and paths cannot break the markup.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
+/// Registers DejaVu Sans as the figures' font, once per process: plotters
+/// measures text with it for both backends and draws PNG text with it.
+fn register_fonts() {
+    static FONTS: Once = Once::new();
+    FONTS.call_once(|| {
+        // Compiled-in font files that parse; were one refused, drawing would
+        // report the missing font as an error.
+        let _ = register_font(FAMILY, FontStyle::Normal, dejavu::sans::regular());
+        let _ = register_font(FAMILY, FontStyle::Bold, dejavu::sans::bold());
+    });
 }
 
-/// Where a text is anchored horizontally.
-#[derive(Clone, Copy)]
-pub(crate) enum Anchor {
-    Start,
-    Middle,
-    End,
+fn drawing_error(what: &Path, e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("drawing {}: {e}", what.display()))
 }
 
-/// How a text is written.
-#[derive(Clone, Copy)]
-pub(crate) struct Font {
-    size: f64,
-    fill: &'static str,
-    anchor: Anchor,
-    bold: bool,
-    halo: bool,
+/// The figure as SVG text.
+pub(crate) fn svg<F: Figure>(figure: &F) -> io::Result<String> {
+    register_fonts();
+    let mut text = String::new();
+    {
+        let root = SVGBackend::with_string(&mut text, F::SIZE).into_drawing_area();
+        figure
+            .draw(&root)
+            .and_then(|()| root.present())
+            .map_err(|e| drawing_error(Path::new("an SVG figure"), e))?;
+    }
+    Ok(text)
 }
 
-impl Font {
-    /// Dark text of `size` pixels, anchored at its start.
-    pub(crate) const fn new(size: f64) -> Font {
-        Font {
-            size,
-            fill: INK,
-            anchor: Anchor::Start,
-            bold: false,
-            halo: false,
-        }
-    }
+/// Writes the figure to `svg_path` as SVG and beside it, with the extension
+/// `.png`, as PNG.
+pub(crate) fn write<F: Figure>(figure: &F, svg_path: &Path) -> io::Result<()> {
+    std::fs::write(svg_path, svg(figure)?)?;
+    let png = svg_path.with_extension("png");
+    let root = BitMapBackend::new(&png, F::SIZE).into_drawing_area();
+    figure
+        .draw(&root)
+        .and_then(|()| root.present())
+        .map_err(|e| drawing_error(&png, e))
+}
 
-    pub(crate) const fn fill(self, fill: &'static str) -> Font {
-        Font { fill, ..self }
-    }
+/// Text of `px` pixels in `colour`, anchored at its top left.
+pub(crate) fn font(px: f64, colour: RGBColor) -> TextStyle<'static> {
+    // plotters sizes text by its line height, 1.24 times the font size.
+    (FAMILY, px * 1.24).into_font().color(&colour)
+}
 
-    pub(crate) const fn anchor(self, anchor: Anchor) -> Font {
-        Font { anchor, ..self }
-    }
+/// Bold text of `px` pixels in `colour`.
+pub(crate) fn bold(px: f64, colour: RGBColor) -> TextStyle<'static> {
+    (FAMILY, px * 1.24, FontStyle::Bold)
+        .into_font()
+        .color(&colour)
+}
 
-    pub(crate) const fn bold(self) -> Font {
-        Font { bold: true, ..self }
-    }
+/// `style` anchored at `h` and `v` instead of its top left.
+pub(crate) fn anchored(style: TextStyle<'static>, h: HPos, v: VPos) -> TextStyle<'static> {
+    style.pos(Pos::new(h, v))
+}
 
-    /// A white outline, so that a label stays readable over data.
-    const fn halo(self) -> Font {
-        Font { halo: true, ..self }
-    }
-
-    /// Rough width of `text` in this font, for laying labels out.
-    fn width(&self, text: &str) -> f64 {
-        text.chars().count() as f64 * self.size * 0.58
-    }
+/// Rough width of `text` at `px` pixels, for laying labels out.
+fn text_width(text: &str, px: f64) -> f64 {
+    text.chars().count() as f64 * px * 0.58
 }
 
 /// How a line is stroked.
 #[derive(Clone, Copy)]
-pub(crate) struct Pen {
-    colour: &'static str,
-    width: f64,
-    dash: Option<&'static str>,
-    opacity: f64,
+pub(crate) struct Stroke {
+    colour: RGBColor,
+    width: u32,
+    /// Dash and gap lengths in pixels; solid when `None`.
+    dash: Option<(u32, u32)>,
 }
 
-impl Pen {
-    /// A solid, opaque line.
-    pub(crate) const fn new(colour: &'static str, width: f64) -> Pen {
-        Pen {
+impl Stroke {
+    /// A solid line.
+    pub(crate) const fn solid(colour: RGBColor, width: u32) -> Stroke {
+        Stroke {
             colour,
             width,
             dash: None,
-            opacity: 1.0,
         }
     }
 
-    /// Dashed with an SVG `stroke-dasharray` pattern.
-    pub(crate) const fn dashed(self, pattern: &'static str) -> Pen {
-        Pen {
-            dash: Some(pattern),
-            ..self
+    /// Dashes `dash` pixels long, `gap` apart.
+    pub(crate) const fn dashed(colour: RGBColor, width: u32, dash: u32, gap: u32) -> Stroke {
+        Stroke {
+            colour,
+            width,
+            dash: Some((dash, gap)),
         }
     }
 
-    const fn opacity(self, opacity: f64) -> Pen {
-        Pen { opacity, ..self }
-    }
-
-    fn attributes(&self) -> String {
-        let mut a = format!(
-            r#"fill="none" stroke="{}" stroke-width="{}""#,
-            self.colour, self.width
-        );
-        if let Some(dash) = self.dash {
-            let _ = write!(a, r#" stroke-dasharray="{dash}""#);
+    /// Draws a line through `points` on `area`, in its coordinates.
+    pub(crate) fn draw<DB: DrawingBackend, CT: CoordTranslate>(
+        &self,
+        area: &DrawingArea<DB, CT>,
+        points: Vec<CT::From>,
+    ) -> Drawn<DB>
+    where
+        CT::From: Clone + 'static,
+    {
+        let style = self.colour.stroke_width(self.width);
+        match self.dash {
+            None => area.draw(&PathElement::new(points, style)),
+            Some((dash, gap)) => area.draw(&plotters::element::DashedPathElement::new(
+                points, dash, gap, style,
+            )),
         }
-        if self.opacity < 1.0 {
-            let _ = write!(a, r#" stroke-opacity="{}""#, self.opacity);
-        }
-        a
     }
 }
 
-/// An SVG document being written.
-pub(crate) struct Svg {
-    text: String,
+/// A legend at the top left of `area`: a bold title, then one sample line
+/// and name per entry.
+pub(crate) fn legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    title: &str,
+    entries: &[(&str, Stroke)],
+) -> Drawn<DB> {
+    area.draw(&Text::new(title, (10, 4), bold(11.0, INK)))?;
+    for (i, (name, stroke)) in entries.iter().enumerate() {
+        let y = 26 + i as i32 * 16;
+        stroke.draw(area, vec![(10, y), (30, y)])?;
+        let style = anchored(font(11.0, INK), HPos::Left, VPos::Center);
+        area.draw(&Text::new(*name, (35, y), style))?;
+    }
+    Ok(())
 }
 
-impl Svg {
-    /// A blank white page of `width` x `height` pixels.
-    pub(crate) fn new(width: f64, height: f64) -> Svg {
-        let mut text = String::new();
-        let _ = writeln!(
-            text,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="Helvetica, Arial, sans-serif" font-size="12">"#,
-            w = N(width),
-            h = N(height)
-        );
-        let _ = writeln!(
-            text,
-            r#"<rect width="{}" height="{}" fill="white"/>"#,
-            N(width),
-            N(height)
-        );
-        Svg { text }
-    }
-
-    /// The finished document.
-    pub(crate) fn finish(mut self) -> String {
-        self.text.push_str("</svg>\n");
-        self.text
-    }
-
-    pub(crate) fn text(&mut self, at: (f64, f64), font: Font, content: &str) {
-        let anchor = match font.anchor {
-            Anchor::Start => "start",
-            Anchor::Middle => "middle",
-            Anchor::End => "end",
-        };
-        let weight = if font.bold {
-            r#" font-weight="bold""#
-        } else {
-            ""
-        };
-        let halo = if font.halo {
-            r#" stroke="white" stroke-width="3" stroke-linejoin="round" paint-order="stroke""#
-        } else {
-            ""
-        };
-        let _ = writeln!(
-            self.text,
-            r#"<text x="{}" y="{}" text-anchor="{anchor}" font-size="{}" fill="{}"{weight}{halo}>{}</text>"#,
-            N(at.0),
-            N(at.1),
-            font.size,
-            font.fill,
-            escape(content)
-        );
-    }
-
-    pub(crate) fn line(&mut self, from: (f64, f64), to: (f64, f64), pen: Pen) {
-        let _ = writeln!(
-            self.text,
-            r#"<line x1="{}" y1="{}" x2="{}" y2="{}" {}/>"#,
-            N(from.0),
-            N(from.1),
-            N(to.0),
-            N(to.1),
-            pen.attributes()
-        );
-    }
-
-    pub(crate) fn polyline(&mut self, points: &[(f64, f64)], pen: Pen) {
-        if points.is_empty() {
-            return;
-        }
-        let _ = writeln!(
-            self.text,
-            r#"<polyline points="{}" stroke-linejoin="round" {}/>"#,
-            coordinates(&thin(points)),
-            pen.attributes()
-        );
-    }
-
-    fn polygon(&mut self, points: &[(f64, f64)], fill: &'static str, opacity: f64) {
-        if points.is_empty() {
-            return;
-        }
-        let _ = writeln!(
-            self.text,
-            r#"<polygon points="{}" fill="{fill}" fill-opacity="{opacity}" stroke="none"/>"#,
-            coordinates(points),
-        );
-    }
-
-    /// A filled rectangle without outline.
-    fn fill(&mut self, at: (f64, f64), size: (f64, f64), fill: &'static str, opacity: f64) {
-        let _ = writeln!(
-            self.text,
-            r#"<rect x="{}" y="{}" width="{}" height="{}" fill="{fill}" fill-opacity="{opacity}"/>"#,
-            N(at.0),
-            N(at.1),
-            N(size.0.max(0.0)),
-            N(size.1.max(0.0))
-        );
-    }
-
-    /// An outlined, unfilled rectangle.
-    fn outline(&mut self, at: (f64, f64), size: (f64, f64), pen: Pen) {
-        let _ = writeln!(
-            self.text,
-            r#"<rect x="{}" y="{}" width="{}" height="{}" {}/>"#,
-            N(at.0),
-            N(at.1),
-            N(size.0.max(0.0)),
-            N(size.1.max(0.0)),
-            pen.attributes()
-        );
-    }
-
-    pub(crate) fn circle(&mut self, centre: (f64, f64), r: f64, fill: &str, stroke: &str) {
-        let _ = writeln!(
-            self.text,
-            r#"<circle cx="{}" cy="{}" r="{}" fill="{fill}" stroke="{stroke}"/>"#,
-            N(centre.0),
-            N(centre.1),
-            N(r)
-        );
-    }
+/// A note in the middle of an empty panel.
+fn note<DB: DrawingBackend, CT: CoordTranslate>(
+    area: &DrawingArea<DB, CT>,
+    text: &str,
+) -> Drawn<DB> {
+    let (w, h) = area.dim_in_pixel();
+    let style = anchored(font(11.0, MUTED), HPos::Center, VPos::Center);
+    area.strip_coord_spec()
+        .draw(&Text::new(text, (w as i32 / 2, h as i32 / 2), style))
 }
 
-/// Keeps at most four points of a line per pixel column (the first, the
-/// lowest, the highest and the last), which draws the same line: a run of
-/// hours has thousands of points per series, and the file stays small.
-fn thin(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
-    let mut out = Vec::new();
-    for column in points.chunk_by(|a, b| a.0.floor() == b.0.floor()) {
-        let by_y = |a: &&(f64, f64), b: &&(f64, f64)| a.1.total_cmp(&b.1);
-        let extremes = [column.iter().min_by(by_y), column.iter().max_by(by_y)];
-        let mut kept: Vec<usize> = vec![0, column.len().saturating_sub(1)];
-        for extreme in extremes.into_iter().flatten() {
-            if let Some(i) = column.iter().position(|p| std::ptr::eq(p, extreme)) {
-                kept.push(i);
-            }
-        }
-        kept.sort_unstable();
-        kept.dedup();
-        out.extend(kept.into_iter().filter_map(|i| column.get(i).copied()));
-    }
-    out
-}
-
-fn coordinates(points: &[(f64, f64)]) -> String {
-    let mut s = String::new();
-    for (i, (x, y)) in points.iter().enumerate() {
-        if i > 0 {
-            s.push(' ');
-        }
-        let _ = write!(s, "{},{}", N(*x), N(*y));
-    }
-    s
-}
-
-/// A line entry of a legend: a short stroke in `colour`, then `name`.
-pub(crate) fn legend_entry(svg: &mut Svg, at: (f64, f64), name: &str, pen: Pen) {
-    let (x, y) = at;
-    svg.line((x, y), (x + 18.0, y), Pen { width: 3.0, ..pen });
-    svg.text((x + 23.0, y + 4.0), Font::new(11.0), name);
-}
-
-/// One axis of a chart, linear or logarithmic.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Axis {
-    min: f64,
-    max: f64,
-    log: bool,
-    /// Ticks only at whole numbers (counts).
-    whole: bool,
-}
-
-impl Axis {
-    /// A linear axis from `min` to `max`; an empty or invalid range becomes
-    /// a usable one.
-    pub(crate) fn linear(min: f64, max: f64) -> Axis {
-        let min = if min.is_finite() { min } else { 0.0 };
-        let max = if max.is_finite() && max > min {
-            max
-        } else {
-            min + 1.0
-        };
-        Axis {
-            min,
-            max,
-            log: false,
-            whole: false,
-        }
-    }
-
-    /// A logarithmic axis from `min` to `max`, both made positive.
-    pub(crate) fn logarithmic(min: f64, max: f64) -> Axis {
-        let min = if min.is_finite() && min > 0.0 {
-            min
-        } else {
-            1.0
-        };
-        let max = if max.is_finite() && max > min {
-            max
-        } else {
-            min * 10.0
-        };
-        Axis {
-            min,
-            max,
-            log: true,
-            whole: false,
-        }
-    }
-
-    /// Fits `values`: a linear axis from 0 to a little above the highest, or
-    /// a log axis padded by half a step on both sides; without any usable
-    /// value, a default range so that empty axes still draw.
-    pub(crate) fn fit(values: impl IntoIterator<Item = f64>, log: bool) -> Axis {
-        let (lo, hi) = values
-            .into_iter()
-            .filter(|v| v.is_finite() && (!log || *v > 0.0))
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-                (lo.min(v), hi.max(v))
-            });
-        match (lo.is_finite(), log) {
-            (false, true) => Axis::logarithmic(1.0, 10.0),
-            (false, false) => Axis::linear(0.0, 10.0),
-            (true, true) => Axis::logarithmic(lo / 1.5, hi * 1.5),
-            (true, false) => Axis::linear(0.0, if hi > 0.0 { hi * 1.1 } else { 1.0 }),
-        }
-    }
-
-    /// The same axis, extended so that `value` is on it.
-    pub(crate) fn reaching(self, value: f64) -> Axis {
-        if value.is_finite() && value > self.max {
-            Axis { max: value, ..self }
-        } else {
-            self
-        }
-    }
-
-    /// The same axis with ticks at whole numbers only.
-    fn whole(self) -> Axis {
-        Axis {
-            whole: true,
-            ..self
-        }
-    }
-
-    /// Position of `v` along the axis, 0..=1 (values off the axis are drawn
-    /// at its ends).
-    fn at(&self, v: f64) -> f64 {
-        let p = if self.log {
-            (v.max(self.min).ln() - self.min.ln()) / (self.max.ln() - self.min.ln())
-        } else {
-            (v - self.min) / (self.max - self.min)
-        };
-        if p.is_finite() {
-            p.clamp(0.0, 1.0)
-        } else {
-            0.0
-        }
-    }
-
-    /// Tick values: 1-2-5 steps for log axes (decades only when they span
-    /// more than three), about six round steps otherwise.
-    pub(crate) fn ticks(&self) -> Vec<f64> {
-        let mut ticks = Vec::new();
-        if self.log {
-            let multiples: &[f64] = if self.max / self.min > 1e3 {
-                &[1.0]
-            } else {
-                &[1.0, 2.0, 5.0]
-            };
-            // Powers of ten computed, not accumulated, so ticks stay round.
-            let first = self.min.log10().floor() as i32;
-            let last = self.max.log10().ceil() as i32;
-            for exponent in first..=last {
-                for m in multiples {
-                    let v = 10f64.powi(exponent) * m;
-                    if v >= self.min && v <= self.max {
-                        ticks.push(v);
-                    }
-                }
-            }
-        } else {
-            let raw = (self.max - self.min) / 6.0;
-            let magnitude = 10f64.powf(raw.log10().floor());
-            let mut step = [1.0, 2.0, 5.0, 10.0]
-                .iter()
-                .map(|m| m * magnitude)
-                .find(|s| *s >= raw)
-                .unwrap_or(raw);
-            if self.whole {
-                step = step.max(1.0).round();
-            }
-            if !(step.is_finite() && step > 0.0) {
-                return ticks;
-            }
-            // Counted, not accumulated, so ticks stay round numbers.
-            let first = (self.min / step).ceil() as i64;
-            let last = (self.max / step + 1e-9).floor() as i64;
-            ticks.extend((first..=last).map(|i| i as f64 * step));
-        }
-        ticks
+/// A range for a logarithmic axis covering the positive finite `values`
+/// and `reach`, with room around them.
+pub(crate) fn log_range(values: impl Iterator<Item = f64>, reach: f64) -> Range<f64> {
+    let (lo, hi) = values
+        .chain([reach])
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .fold((f64::INFINITY, 0.0_f64), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    if hi > 0.0 {
+        lo / 1.5..hi * 1.5
+    } else {
+        1.0..10.0
     }
 }
 
@@ -517,169 +274,61 @@ fn duration(ms: f64) -> String {
     }
 }
 
-/// A rectangular plot area with its two axes.
-pub(crate) struct Chart {
-    pub(crate) left: f64,
-    pub(crate) top: f64,
-    pub(crate) width: f64,
-    pub(crate) height: f64,
-    pub(crate) x: Axis,
-    pub(crate) y: Axis,
-}
-
-impl Chart {
-    /// Pixel position of a data point.
-    pub(crate) fn px(&self, x: f64, y: f64) -> (f64, f64) {
-        (
-            self.left + self.x.at(x) * self.width,
-            self.top + (1.0 - self.y.at(y)) * self.height,
-        )
-    }
-
-    fn bottom(&self) -> f64 {
-        self.top + self.height
-    }
-
-    fn right(&self) -> f64 {
-        self.left + self.width
-    }
-
-    /// Outline, title, tick labels and grid, numbers written with [`label`].
-    pub(crate) fn frame(&self, svg: &mut Svg, title: &str, x_label: &str) {
-        self.outline(svg, title);
-        self.x_ticks(svg, label);
-        self.y_ticks(svg, label);
-        if !x_label.is_empty() {
-            svg.text(
-                (self.left + self.width / 2.0, self.bottom() + 34.0),
-                Font::new(12.0).anchor(Anchor::Middle),
-                x_label,
-            );
-        }
-    }
-
-    /// The border and a title above it.
-    fn outline(&self, svg: &mut Svg, title: &str) {
-        svg.outline(
-            (self.left, self.top),
-            (self.width, self.height),
-            Pen::new(INK, 1.0),
-        );
-        svg.text(
-            (self.left + self.width / 2.0, self.top - 8.0),
-            Font::new(13.0).anchor(Anchor::Middle).bold(),
-            title,
-        );
-    }
-
-    fn x_ticks(&self, svg: &mut Svg, format: fn(f64) -> String) {
-        for v in self.x.ticks() {
-            let (x, _) = self.px(v, self.y.min);
-            svg.line((x, self.top), (x, self.bottom()), Pen::new(GRID, 1.0));
-            svg.line(
-                (x, self.bottom()),
-                (x, self.bottom() + 4.0),
-                Pen::new(INK, 1.0),
-            );
-            svg.text(
-                (x, self.bottom() + 16.0),
-                Font::new(11.0).anchor(Anchor::Middle),
-                &format(v),
-            );
-        }
-    }
-
-    fn y_ticks(&self, svg: &mut Svg, format: fn(f64) -> String) {
-        for v in self.y.ticks() {
-            let (_, y) = self.px(self.x.min, v);
-            svg.line((self.left, y), (self.right(), y), Pen::new(GRID, 1.0));
-            svg.line((self.left - 4.0, y), (self.left, y), Pen::new(INK, 1.0));
-            svg.text(
-                (self.left - 7.0, y + 4.0),
-                Font::new(11.0).anchor(Anchor::End),
-                &format(v),
-            );
-        }
-    }
-
-    /// Pixel positions of data points.
-    fn pixels(&self, points: &[(f64, f64)]) -> Vec<(f64, f64)> {
-        points.iter().map(|(x, y)| self.px(*x, *y)).collect()
-    }
-
-    /// A line through data points.
-    pub(crate) fn line(&self, svg: &mut Svg, points: &[(f64, f64)], pen: Pen) {
-        svg.polyline(&self.pixels(points), pen);
-    }
-
-    /// A horizontal reference line across the chart, labelled at its right.
-    pub(crate) fn hline(&self, svg: &mut Svg, value: f64, text: &str) {
-        let (_, y) = self.px(self.x.min, value);
-        svg.line(
-            (self.left, y),
-            (self.right(), y),
-            Pen::new(RED, 1.0).dashed("4 3"),
-        );
-        svg.text(
-            (self.right() - 4.0, y - 4.0),
-            Font::new(12.0).fill(RED).anchor(Anchor::End),
-            text,
-        );
-    }
-
-    /// A grey note in the middle of the chart, for a panel without data.
-    fn note(&self, svg: &mut Svg, text: &str) {
-        svg.text(
-            (
-                self.left + self.width / 2.0,
-                self.top + self.height / 2.0 + 4.0,
-            ),
-            Font::new(12.0).fill(MUTED).anchor(Anchor::Middle),
-            text,
-        );
-    }
-}
-
 /// `report.svg`'s size.
-const WIDTH: f64 = 1000.0;
-const HEIGHT: f64 = 930.0;
-/// Left edge and width of the time-series plot areas; legends go right of
-/// them.
-const PLOT_LEFT: f64 = 75.0;
-const PLOT_WIDTH: f64 = 735.0;
-/// Left edge of the legends.
-const LEGEND_LEFT: f64 = 830.0;
+const WIDTH: u32 = 1000;
+const HEIGHT: u32 = 930;
+/// Width of the time-series panels; their legends go right of them.
+const PLOT_WIDTH: u32 = 820;
 /// Most rows of marker labels stacked at the top of a panel.
 const LABEL_ROWS: usize = 3;
+/// Marker labels' size, pixels.
+const MARK_FONT: f64 = 9.5;
 
-/// Writes `report.svg` for a run: the same figures as `report.json`, drawn,
-/// so that a run can be judged at a glance.
-pub fn write_run_plot(report: &RunReport, path: &Path) -> std::io::Result<()> {
-    std::fs::write(path, run_plot(report))
+/// Writes `report.svg`, and `report.png` beside it, for a run: the same
+/// figures as `report.json`, drawn, so that a run can be judged at a glance.
+pub fn write_run_plot(report: &RunReport, path: &Path) -> io::Result<()> {
+    write(&RunFigure(report), path)
 }
 
 /// The figure of a run, as SVG text: input rate, per-operator rates,
-/// utilisation and placement over time with failures and scale-outs marked,
-/// latency per answer kind, and the failures and splits in words.
-pub fn run_plot(report: &RunReport) -> String {
-    let operators = operators(report);
-    let time = TimeScale::of(report);
-    let marks = Marks::of(report, &time);
-    let mut svg = Svg::new(WIDTH, HEIGHT);
-    header(&mut svg, report);
-    input_panel(&mut svg, report, &time, &marks);
-    rate_panel(&mut svg, report, &operators, &time, &marks);
-    utilisation_panel(&mut svg, report, &operators, &time, &marks);
-    placement_panel(&mut svg, report, &operators, &time, &marks);
-    latency_panel(&mut svg, report);
-    events_panel(&mut svg, report, &time);
-    svg.finish()
+/// utilisation and placement over time with failures and scale events
+/// marked, latency per answer kind, and the failures and scale events in
+/// words.
+pub fn run_plot(report: &RunReport) -> io::Result<String> {
+    svg(&RunFigure(report))
+}
+
+/// The figure of one run.
+struct RunFigure<'a>(&'a RunReport);
+
+impl Figure for RunFigure<'_> {
+    const SIZE: (u32, u32) = (WIDTH, HEIGHT);
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn<DB> {
+        let report = self.0;
+        root.fill(&WHITE)?;
+        let operators = operators(report);
+        let time = TimeScale::of(report);
+        let marks = Marks::of(report, &time);
+        let (head, rest) = root.split_vertically(60);
+        let (input, rest) = rest.split_vertically(150);
+        let (rates, rest) = rest.split_vertically(175);
+        let (utilisation, rest) = rest.split_vertically(150);
+        let (placement, bottom) = rest.split_vertically(180);
+        let (latency, events) = bottom.split_horizontally(540);
+        header(&head, report)?;
+        input_panel(&input, report, &time, &marks)?;
+        rate_panel(&rates, report, &operators, &time, &marks)?;
+        utilisation_panel(&utilisation, report, &operators, &time, &marks)?;
+        placement_panel(&placement, report, &operators, &time, &marks)?;
+        latency_panel(&latency, report)?;
+        events_panel(&events, report, &time)
+    }
 }
 
 /// Operator names in query order (the order of the report's instances),
-/// then any other name the history or the splits mention.
+/// then any other name the history or the scale events mention.
 fn operators(report: &RunReport) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
     let mut seen = BTreeSet::new();
     let history = report.history.iter().flat_map(|p| {
         p.in_rate
@@ -687,22 +336,19 @@ fn operators(report: &RunReport) -> Vec<String> {
             .chain(p.utilization.keys())
             .chain(p.partitions.keys())
     });
-    let all = report
+    report
         .instances
         .iter()
         .map(|i| &i.operator)
         .chain(report.partitions.keys())
         .chain(history)
-        .chain(report.scale_events.iter().map(|s| &s.operator));
-    for name in all {
-        if seen.insert(name.clone()) {
-            names.push(name.clone());
-        }
-    }
-    names
+        .chain(report.scale_events.iter().map(|s| &s.operator))
+        .filter(|name| seen.insert(name.as_str()))
+        .cloned()
+        .collect()
 }
 
-fn colour(index: usize) -> &'static str {
+fn colour(index: usize) -> RGBColor {
     SERIES[index % SERIES.len()]
 }
 
@@ -718,28 +364,26 @@ struct TimeScale {
 
 impl TimeScale {
     fn of(report: &RunReport) -> TimeScale {
-        let mut end_ms = report.elapsed_secs * 1000.0;
-        end_ms = end_ms.max(report.input_per_second.len() as f64 * 1000.0);
-        if let Some(p) = report.history.last() {
-            end_ms = end_ms.max(p.at_ms as f64);
-        }
-        for r in &report.recoveries {
-            let times = [
+        let recoveries = report.recoveries.iter().flat_map(|r| {
+            [
                 r.killed_ms,
                 Some(r.detected_ms),
                 Some(r.restored_ms),
                 r.caught_up_ms,
-            ];
-            for t in times.into_iter().flatten() {
-                end_ms = end_ms.max(t as f64);
-            }
-        }
-        for s in &report.scale_events {
-            end_ms = end_ms.max(s.decided_ms as f64);
-        }
-        if !end_ms.is_finite() || end_ms < 1000.0 {
-            end_ms = 1000.0;
-        }
+            ]
+            .into_iter()
+            .flatten()
+        });
+        let end_ms = [
+            report.elapsed_secs * 1000.0,
+            report.input_per_second.len() as f64 * 1000.0,
+            report.history.last().map_or(0.0, |p| p.at_ms as f64),
+        ]
+        .into_iter()
+        .chain(recoveries.map(|t| t as f64))
+        .chain(report.scale_events.iter().map(|s| s.decided_ms as f64))
+        .filter(|t| t.is_finite())
+        .fold(1000.0, f64::max);
         let (per_unit, unit) = if end_ms > 20.0 * 60_000.0 {
             (60_000.0, "min")
         } else {
@@ -756,10 +400,6 @@ impl TimeScale {
         ms / self.per_unit
     }
 
-    fn axis(&self) -> Axis {
-        Axis::linear(0.0, self.end)
-    }
-
     /// A moment as the axis shows it (minutes to one decimal, as seconds
     /// to the millisecond would be noise at that scale).
     fn moment(&self, ms: f64) -> String {
@@ -769,42 +409,89 @@ impl TimeScale {
             format!("{} s", plain(self.at(ms)))
         }
     }
+}
 
-    /// A time-series plot area at `top`, `height` high.
-    fn chart(&self, top: f64, height: f64, y: Axis) -> Chart {
-        Chart {
-            left: PLOT_LEFT,
-            top,
-            width: PLOT_WIDTH,
-            height,
-            x: self.axis(),
-            y,
-        }
+/// The time-series chart of a panel: titled, time on x, `y` up, its grid
+/// drawn, its y labels written by `y_label`; the x axis is described only on
+/// the last panel (`x_desc`).
+fn time_chart<'a, DB, Y>(
+    area: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    time: &TimeScale,
+    y: Y,
+    y_label: fn(f64) -> String,
+    x_desc: bool,
+) -> Chart<'a, DB, RangedCoordf64, Y::CoordDescType>
+where
+    DB: DrawingBackend,
+    Y: AsRangedCoord<Value = f64>,
+    Y::CoordDescType: ValueFormatter<f64>,
+{
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, bold(12.5, INK))
+        .margin_right(10)
+        .x_label_area_size(if x_desc { 38 } else { 20 })
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.0..time.end, y)?;
+    let desc = format!("time since the job started, {}", time.unit);
+    let (y_format, x_format) = (|v: &f64| y_label(*v), |v: &f64| plain(*v));
+    let mut mesh = chart.configure_mesh();
+    mesh.light_line_style(WHITE)
+        .bold_line_style(RGBColor(0xe6, 0xe6, 0xe6))
+        .y_labels(5)
+        .y_label_formatter(&y_format)
+        .x_label_formatter(&x_format)
+        .label_style(font(10.5, INK));
+    if x_desc {
+        mesh.x_desc(desc);
     }
+    mesh.draw()?;
+    Ok(chart)
 }
 
 /// A vertical line marking a moment on the time-series panels.
 struct Mark {
     at: f64,
     label: String,
-    pen: Pen,
-    /// The failure or split it belongs to: of a group's marks closer than a
-    /// label's width, only the first is labelled (the events panel has the
-    /// exact times).
+    stroke: Stroke,
+    /// The failure or scale event it belongs to: of a group's marks closer
+    /// than a label's width, only the first is labelled (the events panel
+    /// has the exact times).
     group: usize,
 }
 
-/// Failures and scale-outs as they are drawn on every time-series panel.
+/// A marker label's place: the mark, its row from the chart's top, and
+/// whether it is written left of the line (it would run off the chart).
+struct Placed<'a> {
+    mark: &'a Mark,
+    row: usize,
+    left: bool,
+}
+
+/// Failures and scale events as they are drawn on every time-series panel.
 struct Marks {
     lines: Vec<Mark>,
     /// Recovering periods (failure to caught up), shaded.
     bands: Vec<(f64, f64)>,
 }
 
+const KILL: Stroke = Stroke::solid(RED, 2);
+const PHASE: Stroke = Stroke::dashed(RED, 1, 4, 3);
+const CAUGHT_UP: Stroke = Stroke::dashed(RED, 1, 1, 2);
+const SCALING: Stroke = Stroke::dashed(SCALE, 2, 6, 3);
+
 impl Marks {
     fn of(report: &RunReport, time: &TimeScale) -> Marks {
         let mut lines = Vec::new();
         let mut bands = Vec::new();
+        let mut mark = |ms: u64, label: String, stroke, group| {
+            lines.push(Mark {
+                at: time.at(ms as f64),
+                label,
+                stroke,
+                group,
+            })
+        };
         for (group, r) in report.recoveries.iter().enumerate() {
             let ids: Vec<String> = r.workers.iter().map(|w| w.to_string()).collect();
             let workers = match ids.len() {
@@ -814,95 +501,69 @@ impl Marks {
             let failed = r.killed_ms.unwrap_or(r.detected_ms);
             let over = r.caught_up_ms.unwrap_or(r.restored_ms).max(failed);
             bands.push((time.at(failed as f64), time.at(over as f64)));
-            if let Some(k) = r.killed_ms {
-                lines.push(Mark {
-                    at: time.at(k as f64),
-                    label: format!("kill {workers}"),
-                    pen: Pen::new(RED, 1.5),
-                    group,
-                });
-            }
-            lines.push(Mark {
-                at: time.at(r.detected_ms as f64),
-                label: if r.killed_ms.is_some() {
+            let detected = match r.killed_ms {
+                Some(k) => {
+                    mark(k, format!("kill {workers}"), KILL, group);
                     "detected".into()
-                } else {
-                    format!("{workers} failed")
-                },
-                pen: Pen::new(RED, 1.0).dashed("4 3"),
-                group,
-            });
-            lines.push(Mark {
-                at: time.at(r.restored_ms as f64),
-                label: "restored".into(),
-                pen: Pen::new(RED, 1.0).dashed("4 3"),
-                group,
-            });
+                }
+                None => format!("{workers} failed"),
+            };
+            mark(r.detected_ms, detected, PHASE, group);
+            mark(r.restored_ms, "restored".into(), PHASE, group);
             if let Some(c) = r.caught_up_ms {
-                lines.push(Mark {
-                    at: time.at(c as f64),
-                    label: "caught up".into(),
-                    pen: Pen::new(RED, 1.0).dashed("1 2"),
-                    group,
-                });
+                mark(c, "caught up".into(), CAUGHT_UP, group);
             }
         }
         for (i, s) in report.scale_events.iter().enumerate() {
-            lines.push(Mark {
-                at: time.at(s.decided_ms as f64),
-                label: format!(
-                    "{} {} {}→{}",
-                    s.noun(),
-                    s.operator,
-                    s.partitions_before,
-                    s.partitions_after
-                ),
-                pen: Pen::new(SCALE, 1.5).dashed("6 3"),
-                group: report.recoveries.len() + i,
-            });
+            let label = format!(
+                "{} {} {}→{}",
+                s.noun(),
+                s.operator,
+                s.partitions_before,
+                s.partitions_after
+            );
+            mark(s.decided_ms, label, SCALING, report.recoveries.len() + i);
         }
         lines.sort_by(|a, b| a.at.total_cmp(&b.at));
         Marks { lines, bands }
     }
 
-    /// Shading and lines, under the data.
-    fn draw_under(&self, svg: &mut Svg, chart: &Chart) {
+    /// Shading and lines, under the data, from `y.start` to `y.end`.
+    fn draw_under<DB: DrawingBackend, CT: CoordTranslate<From = (f64, f64)>>(
+        &self,
+        chart: &ChartContext<DB, CT>,
+        y: &Range<f64>,
+    ) -> Drawn<DB> {
+        let area = chart.plotting_area();
         for (from, to) in &self.bands {
-            let (x0, _) = chart.px(*from, chart.y.min);
-            let (x1, _) = chart.px(*to, chart.y.min);
-            svg.fill(
-                (x0, chart.top),
-                ((x1 - x0).max(2.0), chart.height),
-                RED,
-                0.08,
-            );
+            let band = [(*from, y.start), (*to, y.end)];
+            area.draw(&Rectangle::new(band, RED.mix(0.1).filled()))?;
         }
         for m in &self.lines {
-            let (x, _) = chart.px(m.at, chart.y.min);
-            svg.line((x, chart.top), (x, chart.bottom()), m.pen.opacity(0.8));
+            m.stroke.draw(area, vec![(m.at, y.start), (m.at, y.end)])?;
         }
+        Ok(())
     }
 
-    /// Labels, over the data, in rows at the top of the chart so that they
-    /// do not overlap (past [`LABEL_ROWS`] rows they may).
-    fn draw_labels(&self, svg: &mut Svg, chart: &Chart) {
-        let font = Font::new(9.5).halo();
+    /// Where each label goes, given each moment's pixel column `x_of` and
+    /// the chart's right edge: in rows at the top of the chart so that they
+    /// do not overlap (past [`LABEL_ROWS`] rows they may), one per group of
+    /// marks closer than a label's width.
+    fn place(&self, x_of: impl Fn(f64) -> f64, right: f64) -> Vec<Placed<'_>> {
+        let mut placed = Vec::new();
         let mut row_ends: Vec<f64> = Vec::new();
         // Per group, where its last label ends.
         let mut group_ends: BTreeMap<usize, f64> = BTreeMap::new();
-        for m in &self.lines {
-            let (x, _) = chart.px(m.at, chart.y.min);
-            let width = font.width(&m.label);
-            if group_ends.get(&m.group).is_some_and(|end| x < *end) {
+        for mark in &self.lines {
+            let x = x_of(mark.at);
+            let width = text_width(&mark.label, MARK_FONT);
+            if group_ends.get(&mark.group).is_some_and(|end| x < *end) {
                 continue;
             }
             // Right of the line, unless that runs off the chart.
-            let (start, anchor, text_x) = if x + 3.0 + width <= chart.right() {
-                (x, Anchor::Start, x + 3.0)
-            } else {
-                (x - 3.0 - width, Anchor::End, x - 3.0)
-            };
-            group_ends.insert(m.group, start + width + 6.0);
+            let left = x + 3.0 + width > right;
+            let start = if left { x - 3.0 - width } else { x };
+            group_ends.insert(mark.group, start + width + 6.0);
             let row = match row_ends.iter().position(|end| *end <= start) {
                 Some(row) => row,
                 None if row_ends.len() < LABEL_ROWS => {
@@ -915,28 +576,59 @@ impl Marks {
                     .min_by(|a, b| a.1.total_cmp(b.1))
                     .map_or(0, |(row, _)| row),
             };
-            if let Some(end) = row_ends.get_mut(row) {
-                *end = start + width + 6.0;
-            }
-            svg.text(
-                (text_x, chart.top + 11.0 + row as f64 * 11.0),
-                font.fill(m.pen.colour).anchor(anchor),
-                &m.label,
-            );
+            row_ends[row] = start + width + 6.0;
+            placed.push(Placed { mark, row, left });
         }
+        placed
+    }
+
+    /// Labels, over the data, at the top (`top`) of the chart.
+    fn draw_labels<DB: DrawingBackend, CT: CoordTranslate<From = (f64, f64)>>(
+        &self,
+        chart: &ChartContext<DB, CT>,
+        top: f64,
+    ) -> Drawn<DB> {
+        let area = chart.plotting_area();
+        let x_of = |at: f64| f64::from(area.map_coordinate(&(at, top)).0);
+        let right = f64::from(area.get_pixel_range().0.end);
+        for p in self.place(x_of, right) {
+            let h = if p.left { HPos::Right } else { HPos::Left };
+            let style = anchored(font(MARK_FONT, p.mark.stroke.colour), h, VPos::Top);
+            let dx = if p.left { -3 } else { 3 };
+            let at = EmptyElement::at((p.mark.at, top))
+                + Text::new(p.mark.label.clone(), (dx, 2 + p.row as i32 * 11), style);
+            area.draw(&at)?;
+        }
+        Ok(())
+    }
+
+    /// What the markers mean.
+    fn legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>) -> Drawn<DB> {
+        let entries = [
+            ("kill / failure", KILL),
+            ("detected, restored", PHASE),
+            ("caught up", CAUGHT_UP),
+            ("split / merge", SCALING),
+        ];
+        legend(area, "markers", &entries)?;
+        let y = 26 + entries.len() as i32 * 16;
+        area.draw(&Rectangle::new(
+            [(10, y - 5), (30, y + 5)],
+            RED.mix(0.15).filled(),
+        ))?;
+        let style = anchored(font(11.0, INK), HPos::Left, VPos::Center);
+        area.draw(&Text::new("recovering", (35, y), style))
     }
 }
 
 /// A series drawn as steps: each value holds until the next point.
 fn steps(points: &[(f64, f64)], end: f64) -> Vec<(f64, f64)> {
     let mut out = Vec::with_capacity(points.len() * 2 + 1);
-    let mut previous = None;
-    for (x, y) in points {
-        if let Some(p) = previous {
-            out.push((*x, p));
+    for (i, p) in points.iter().enumerate() {
+        if i > 0 {
+            out.push((p.0, points[i - 1].1));
         }
-        out.push((*x, *y));
-        previous = Some(*y);
+        out.push(*p);
     }
     if let Some((x, y)) = points.last() {
         out.push((end.max(*x), *y));
@@ -944,7 +636,7 @@ fn steps(points: &[(f64, f64)], end: f64) -> Vec<(f64, f64)> {
     out
 }
 
-fn header(svg: &mut Svg, report: &RunReport) {
+fn header<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, report: &RunReport) -> Drawn<DB> {
     let input = report.input.file_name().map_or_else(
         || report.input.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
@@ -954,13 +646,9 @@ fn header(svg: &mut Svg, report: &RunReport) {
     } else {
         "replayed as fast as possible".to_string()
     };
-    svg.text(
-        (WIDTH / 2.0, 24.0),
-        Font::new(17.0).anchor(Anchor::Middle).bold(),
-        &format!(
-            "Linear Road on Spate: {input}, {speed}, {} workers",
-            report.workers
-        ),
+    let title = format!(
+        "Linear Road on Spate: {input}, {speed}, {} workers",
+        report.workers
     );
     let checkpoints = match report.checkpoint_ms {
         0 => "fault tolerance off".to_string(),
@@ -970,22 +658,23 @@ fn header(svg: &mut Svg, report: &RunReport) {
             duration(ms as f64)
         ),
     };
-    svg.text(
-        (WIDTH / 2.0, 44.0),
-        Font::new(12.0).fill(MUTED).anchor(Anchor::Middle),
-        &format!(
-            "{} input lines in {} s (mean {}/s, peak {}/s) · {} answers, {} late · {} · {} · {}",
-            label(report.input_lines as f64),
-            plain(report.elapsed_secs),
-            label(report.input_rate.round()),
-            label(report.peak_input_rate as f64),
-            label(report.answers as f64),
-            report.deadline_misses,
-            checkpoints,
-            counted(report.recoveries.len(), "failure"),
-            counted(report.scale_events.len(), "scale event"),
-        ),
+    let summary = format!(
+        "{} input lines in {} s (mean {}/s, peak {}/s) · {} answers, {} late · {} · {} · {}",
+        label(report.input_lines as f64),
+        plain(report.elapsed_secs),
+        label(report.input_rate.round()),
+        label(report.peak_input_rate as f64),
+        label(report.answers as f64),
+        report.deadline_misses,
+        checkpoints,
+        counted(report.recoveries.len(), "failure"),
+        counted(report.scale_events.len(), "scale event"),
     );
+    let middle = WIDTH as i32 / 2;
+    let title_style = anchored(bold(17.0, INK), HPos::Center, VPos::Top);
+    area.draw(&Text::new(title, (middle, 10), title_style))?;
+    let summary_style = anchored(font(12.0, MUTED), HPos::Center, VPos::Top);
+    area.draw(&Text::new(summary, (middle, 36), summary_style))
 }
 
 /// `n` and a noun, plural unless `n` is one.
@@ -997,53 +686,47 @@ fn counted(n: usize, noun: &str) -> String {
     }
 }
 
+/// The highest finite value of `series`, at least `floor`.
+fn highest<'a>(series: impl IntoIterator<Item = &'a (f64, f64)>, floor: f64) -> f64 {
+    series
+        .into_iter()
+        .map(|p| p.1)
+        .filter(|v| v.is_finite())
+        .fold(floor, f64::max)
+}
+
 /// Panel 1: the offered load, from the feeder.
-fn input_panel(svg: &mut Svg, report: &RunReport, time: &TimeScale, marks: &Marks) {
+fn input_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    report: &RunReport,
+    time: &TimeScale,
+    marks: &Marks,
+) -> Drawn<DB> {
+    let (plot, side) = area.split_horizontally(PLOT_WIDTH);
     let points: Vec<(f64, f64)> = report
         .input_per_second
         .iter()
         .enumerate()
         .map(|(i, n)| (time.at(i as f64 * 1000.0), *n as f64))
         .collect();
-    let y = Axis::fit(points.iter().map(|p| p.1), false);
-    let chart = time.chart(88.0, 100.0, y);
-    marks.draw_under(svg, &chart);
-    chart.frame(svg, "Input rate, lines per second (from the feeder)", "");
+    let y = 0.0..highest(&points, 1.0) * 1.1;
+    let title = "Input rate, lines per second (from the feeder)";
+    let mut chart = time_chart(&plot, title, time, y.clone(), label, false)?;
+    marks.draw_under(&chart, &y)?;
     if points.is_empty() {
-        chart.note(svg, "no input recorded");
+        note(chart.plotting_area(), "no input recorded")?;
     } else {
         let end = time.at(points.len() as f64 * 1000.0);
         let line = steps(&points, end);
-        let mut area = chart.pixels(&line);
-        let (x_end, base) = chart.px(end, 0.0);
-        let (x_start, _) = chart.px(0.0, 0.0);
-        area.push((x_end, base));
-        area.push((x_start, base));
-        svg.polygon(&area, SERIES[0], 0.18);
-        chart.line(svg, &line, Pen::new(SERIES[0], 1.5));
+        let fill =
+            AreaSeries::new(line, 0.0, SERIES[0].mix(0.18)).border_style(SERIES[0].stroke_width(2));
+        chart.draw_series(fill)?;
     }
-    marks.draw_labels(svg, &chart);
-    // What the markers mean, once, beside the first panel.
-    let mut y = chart.top + 10.0;
-    svg.text((LEGEND_LEFT, y), Font::new(11.0).bold(), "markers");
-    for (name, pen) in [
-        ("kill / failure", Pen::new(RED, 1.5)),
-        ("detected, restored", Pen::new(RED, 1.0).dashed("4 3")),
-        ("caught up", Pen::new(RED, 1.0).dashed("1 2")),
-        ("scale-out (split)", Pen::new(SCALE, 1.5).dashed("6 3")),
-    ] {
-        y += 16.0;
-        legend_entry(svg, (LEGEND_LEFT, y), name, pen);
-    }
-    svg.fill((LEGEND_LEFT, y + 10.0), (18.0, 10.0), RED, 0.15);
-    svg.text(
-        (LEGEND_LEFT + 23.0, y + 19.0),
-        Font::new(11.0),
-        "recovering",
-    );
+    marks.draw_labels(&chart, y.end)?;
+    Marks::legend(&side)
 }
 
-/// One series per operator from the per-second history.
+/// One value per history point, in time-axis units, finite only.
 fn history_series(
     report: &RunReport,
     time: &TimeScale,
@@ -1059,153 +742,130 @@ fn history_series(
 
 const NO_HISTORY: &str = "no per-second history (the run was shorter than a second)";
 
+/// One line per operator in its colour, each moved `spread` (in y units)
+/// from the next, so that coinciding lines stay apart.
+fn draw_series<DB: DrawingBackend, CT: CoordTranslate<From = (f64, f64)>>(
+    chart: &mut ChartContext<DB, CT>,
+    series: &[Vec<(f64, f64)>],
+    spread: f64,
+) -> Drawn<DB> {
+    let middle = series.len().saturating_sub(1) as f64 / 2.0;
+    for (i, points) in series.iter().enumerate() {
+        let dy = (i as f64 - middle) * spread;
+        let moved = points.iter().map(|(x, y)| (*x, y + dy));
+        chart.draw_series(LineSeries::new(moved, colour(i).stroke_width(2)))?;
+    }
+    Ok(())
+}
+
 /// Panel 2: tuples in per second per operator, on a log scale since the
 /// forwarder sees every line and an accident sink a handful.
-fn rate_panel(
-    svg: &mut Svg,
+fn rate_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
     report: &RunReport,
     operators: &[String],
     time: &TimeScale,
     marks: &Marks,
-) {
+) -> Drawn<DB> {
+    let (plot, side) = area.split_horizontally(PLOT_WIDTH);
     let series: Vec<Vec<(f64, f64)>> = operators
         .iter()
-        .map(|op| history_series(report, time, |p| p.in_rate.get(op).copied()))
+        .map(|op| history_series(report, time, |p| Some(p.in_rate.get(op)?.max(1.0))))
         .collect();
-    let hi = series.iter().flatten().map(|p| p.1).fold(0.0, f64::max);
-    let y = Axis::logarithmic(1.0, (hi * 1.5).max(10.0));
-    let chart = time.chart(238.0, 130.0, y);
-    marks.draw_under(svg, &chart);
-    chart.frame(
-        svg,
-        "Tuples in per second per operator (all partitions; log scale, 0 drawn at 1)",
-        "",
-    );
-    draw_series(svg, &chart, &series, 0.0);
+    let y = 1.0..(highest(series.iter().flatten(), 0.0) * 1.5).max(10.0);
+    let title = "Tuples in per second per operator (all partitions; log scale, 0 drawn at 1)";
+    let mut chart = time_chart(&plot, title, time, y.clone().log_scale(), label, false)?;
+    marks.draw_under(&chart, &y)?;
+    draw_series(&mut chart, &series, 0.0)?;
     if report.history.is_empty() {
-        chart.note(svg, NO_HISTORY);
+        note(chart.plotting_area(), NO_HISTORY)?;
     }
-    marks.draw_labels(svg, &chart);
-    let mut y = chart.top + 10.0;
-    svg.text((LEGEND_LEFT, y), Font::new(11.0).bold(), "operators");
-    for (i, op) in operators.iter().enumerate() {
-        y += 16.0;
-        legend_entry(svg, (LEGEND_LEFT, y), op, Pen::new(colour(i), 2.0));
-    }
+    marks.draw_labels(&chart, y.end)?;
+    let strokes: Vec<Stroke> = (0..operators.len())
+        .map(|i| Stroke::solid(colour(i), 2))
+        .collect();
+    let entries: Vec<(&str, Stroke)> = operators.iter().map(String::as_str).zip(strokes).collect();
+    legend(&side, "operators", &entries)
 }
 
 /// Panel 3: the busiest instance of each operator, in cores.
-fn utilisation_panel(
-    svg: &mut Svg,
+fn utilisation_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
     report: &RunReport,
     operators: &[String],
     time: &TimeScale,
     marks: &Marks,
-) {
+) -> Drawn<DB> {
+    let (plot, _) = area.split_horizontally(PLOT_WIDTH);
     let series: Vec<Vec<(f64, f64)>> = operators
         .iter()
         .map(|op| history_series(report, time, |p| p.utilization.get(op).copied()))
         .collect();
-    let y = Axis::fit(series.iter().flatten().map(|p| p.1), false).reaching(0.1);
-    let chart = time.chart(418.0, 100.0, y);
-    marks.draw_under(svg, &chart);
-    chart.frame(
-        svg,
-        "CPU utilisation of each operator's busiest instance (1 = one core)",
-        "",
-    );
-    draw_series(svg, &chart, &series, 0.0);
+    let y = 0.0..highest(series.iter().flatten(), 0.1) * 1.1;
+    let title = "CPU utilisation of each operator's busiest instance (1 = one core)";
+    let mut chart = time_chart(&plot, title, time, y.clone(), plain, false)?;
+    marks.draw_under(&chart, &y)?;
+    draw_series(&mut chart, &series, 0.0)?;
     if report.history.is_empty() {
-        chart.note(svg, NO_HISTORY);
+        note(chart.plotting_area(), NO_HISTORY)?;
     }
-    marks.draw_labels(svg, &chart);
+    marks.draw_labels(&chart, y.end)
 }
 
 /// Panel 4: where the query runs: workers hosting instances, and partitions
 /// per operator (drawn a pixel or two apart where they coincide, so that
 /// every operator stays visible).
-fn placement_panel(
-    svg: &mut Svg,
+fn placement_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
     report: &RunReport,
     operators: &[String],
     time: &TimeScale,
     marks: &Marks,
-) {
+) -> Drawn<DB> {
+    let (plot, side) = area.split_horizontally(PLOT_WIDTH);
     let workers = history_series(report, time, |p| Some(p.workers as f64));
     let series: Vec<Vec<(f64, f64)>> = operators
         .iter()
         .map(|op| history_series(report, time, |p| p.partitions.get(op).map(|n| *n as f64)))
         .collect();
-    let hi = series
-        .iter()
-        .flatten()
-        .chain(&workers)
-        .map(|p| p.1)
-        .fold(1.0, f64::max);
-    let y = Axis::linear(0.0, hi + 1.0).whole();
-    let chart = time.chart(568.0, 100.0, y);
-    marks.draw_under(svg, &chart);
-    chart.frame(
-        svg,
-        "Workers hosting instances, and partitions per operator",
-        &format!("time since the job started, {}", time.unit),
-    );
+    let y = 0.0..highest(series.iter().flatten().chain(&workers), 1.0).ceil() + 1.0;
+    let title = "Workers hosting instances, and partitions per operator";
+    let whole = |v: f64| format!("{v:.0}");
+    let mut chart = time_chart(&plot, title, time, y.clone(), whole, true)?;
+    marks.draw_under(&chart, &y)?;
     let stepped: Vec<Vec<(f64, f64)>> = series.iter().map(|s| steps(s, time.end)).collect();
-    draw_series(svg, &chart, &stepped, 1.6);
+    let pixel = (y.end - y.start) / f64::from(chart.plotting_area().dim_in_pixel().1.max(1));
+    draw_series(&mut chart, &stepped, 1.6 * pixel)?;
     // Name the operators that were ever partitioned at their lines' ends;
     // the others share the band at one partition.
     for (i, (op, points)) in operators.iter().zip(&series).enumerate() {
         let (Some(last), true) = (points.last(), points.iter().any(|p| p.1 > 1.0)) else {
             continue;
         };
-        let (_, y) = chart.px(time.end, last.1);
-        svg.text(
-            (chart.right() - 4.0, y - 5.0),
-            Font::new(10.0).fill(colour(i)).anchor(Anchor::End).halo(),
-            &format!("{op}: {}", last.1),
-        );
+        let style = anchored(font(10.0, colour(i)), HPos::Right, VPos::Bottom);
+        let text = Text::new(format!("{op}: {}", last.1), (-4, -3), style);
+        chart
+            .plotting_area()
+            .draw(&(EmptyElement::at((time.end, last.1)) + text))?;
     }
-    chart.line(svg, &steps(&workers, time.end), Pen::new(INK, 2.5));
+    let workers_line = LineSeries::new(steps(&workers, time.end), INK.stroke_width(3));
+    chart.draw_series(workers_line)?;
     if report.history.is_empty() {
-        chart.note(svg, NO_HISTORY);
+        note(chart.plotting_area(), NO_HISTORY)?;
     }
-    marks.draw_labels(svg, &chart);
-    legend_entry(
-        svg,
-        (LEGEND_LEFT, chart.top + 10.0),
-        "workers",
-        Pen::new(INK, 3.0),
-    );
-    svg.text(
-        (LEGEND_LEFT, chart.top + 30.0),
-        Font::new(11.0).fill(MUTED),
-        "partitions: coloured",
-    );
-    svg.text(
-        (LEGEND_LEFT, chart.top + 44.0),
-        Font::new(11.0).fill(MUTED),
-        "by operator (above)",
-    );
-}
-
-/// One line per operator in its colour; `spread` pixels apart vertically
-/// around the true position, to tell coinciding lines apart.
-fn draw_series(svg: &mut Svg, chart: &Chart, series: &[Vec<(f64, f64)>], spread: f64) {
-    let middle = series.len().saturating_sub(1) as f64 / 2.0;
-    for (i, points) in series.iter().enumerate() {
-        let dy = (i as f64 - middle) * spread;
-        let pixels: Vec<(f64, f64)> = chart
-            .pixels(points)
-            .into_iter()
-            .map(|(x, y)| (x, y + dy))
-            .collect();
-        svg.polyline(&pixels, Pen::new(colour(i), 1.8));
-    }
+    marks.draw_labels(&chart, y.end)?;
+    legend(&side, "placement", &[("workers", Stroke::solid(INK, 3))])?;
+    let muted = font(11.0, MUTED);
+    side.draw(&Text::new("partitions: coloured", (10, 48), muted.clone()))?;
+    side.draw(&Text::new("by operator (above)", (10, 62), muted))
 }
 
 /// Panel 5: p50, p99 and max answer latency per kind as bars on a log
 /// scale, with each kind's deadline.
-fn latency_panel(svg: &mut Svg, report: &RunReport) {
+fn latency_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    report: &RunReport,
+) -> Drawn<DB> {
     let kinds: Vec<(AnswerKind, Option<&SinkStats>)> = AnswerKind::ALL
         .into_iter()
         .filter(|k| *k != AnswerKind::InputErrors)
@@ -1214,85 +874,93 @@ fn latency_panel(svg: &mut Svg, report: &RunReport) {
     let values = kinds
         .iter()
         .filter_map(|(_, s)| *s)
-        .flat_map(|s| [s.p50_ms, s.p99_ms, s.max_ms])
-        .filter(|v| v.is_finite() && *v > 0.0);
-    let lo = values.clone().fold(f64::INFINITY, f64::min);
-    let hi = values.fold(0.0, f64::max);
+        .flat_map(|s| [s.p50_ms, s.p99_ms, s.max_ms]);
     let deadline = kinds
         .iter()
         .map(|(k, _)| k.deadline_secs() * 1000.0)
         .fold(0.0, f64::max);
-    let lo = if lo.is_finite() { lo / 2.0 } else { 1.0 };
-    let y = Axis::logarithmic(lo.min(1.0), hi.max(deadline) * 3.0);
-    let chart = Chart {
-        left: PLOT_LEFT,
-        top: 748.0,
-        width: 430.0,
-        height: 120.0,
-        x: Axis::linear(0.0, kinds.len() as f64),
-        y,
+    let mut y = log_range(values, deadline);
+    y.start = y.start.min(1.0);
+    y.end *= 2.0;
+    let mut chart = ChartBuilder::on(area)
+        .caption("Answer latency per kind (log scale)", bold(12.5, INK))
+        .margin(10)
+        .x_label_area_size(58)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..kinds.len() as f64, y.clone().log_scale())?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .light_line_style(WHITE)
+        .bold_line_style(RGBColor(0xe6, 0xe6, 0xe6))
+        .y_label_formatter(&|v| duration(*v))
+        .label_style(font(10.5, INK))
+        .draw()?;
+    let shades = [
+        RGBColor(0x9e, 0xca, 0xe1),
+        RGBColor(0x42, 0x92, 0xc6),
+        RGBColor(0x08, 0x30, 0x6b),
+    ];
+    let plotting = chart.plotting_area();
+    let under = |x: f64, dy: i32, text: String, style: TextStyle<'static>| {
+        let style = anchored(style, HPos::Center, VPos::Top);
+        plotting.draw(&(EmptyElement::at((x, y.start)) + Text::new(text, (0, dy), style)))
     };
-    chart.outline(svg, "Answer latency per kind (log scale)");
-    chart.y_ticks(svg, duration);
-    let shades = ["#9ecae1", "#4292c6", "#08306b"];
-    let group = chart.width / kinds.len().max(1) as f64;
-    let bar = (group / 4.5).min(26.0);
     for (i, (kind, stats)) in kinds.iter().enumerate() {
-        let centre = chart.left + (i as f64 + 0.5) * group;
-        let name_font = Font::new(11.0).anchor(Anchor::Middle);
-        svg.text((centre, chart.bottom() + 15.0), name_font, kind.name());
+        let centre = i as f64 + 0.5;
+        under(centre, 6, kind.name().to_string(), font(11.0, INK))?;
         let limit = kind.deadline_secs() * 1000.0;
-        let (_, y) = chart.px(0.0, limit);
-        let half = group * 0.42;
-        svg.line(
-            (centre - half, y),
-            (centre + half, y),
-            Pen::new(RED, 1.5).dashed("5 3"),
-        );
-        svg.text(
-            (centre + half, y - 3.0),
-            Font::new(9.5).fill(RED).anchor(Anchor::End),
-            &format!("deadline {}", duration(limit)),
-        );
+        PHASE.draw(
+            plotting,
+            vec![(centre - 0.42, limit), (centre + 0.42, limit)],
+        )?;
+        let style = anchored(font(9.5, RED), HPos::Right, VPos::Bottom);
+        let text = Text::new(format!("deadline {}", duration(limit)), (0, -2), style);
+        plotting.draw(&(EmptyElement::at((centre + 0.42, limit)) + text))?;
         let Some(s) = stats else {
-            svg.text(
-                (centre, chart.top + chart.height / 2.0),
-                Font::new(11.0).fill(MUTED).anchor(Anchor::Middle),
-                "no answers",
-            );
+            let style = anchored(font(11.0, MUTED), HPos::Center, VPos::Center);
+            let middle = (y.start * y.end).sqrt();
+            let text = Text::new("no answers", (0, 0), style);
+            plotting.draw(&(EmptyElement::at((centre, middle)) + text))?;
             continue;
         };
         let late = if s.deadline_misses > 0 { RED } else { MUTED };
-        svg.text(
-            (centre, chart.bottom() + 28.0),
-            Font::new(9.5).fill(late).anchor(Anchor::Middle),
-            &format!(
-                "{} answers, {} late",
-                label(s.count as f64),
-                s.deadline_misses
-            ),
+        let counts = format!(
+            "{} answers, {} late",
+            label(s.count as f64),
+            s.deadline_misses
         );
+        under(centre, 21, counts, font(9.5, late))?;
         for (j, (v, shade)) in [s.p50_ms, s.p99_ms, s.max_ms]
             .iter()
             .zip(shades)
             .enumerate()
         {
-            let x = centre + (j as f64 - 1.5) * (bar + 2.0) + 1.0;
-            let (_, top) = chart.px(0.0, *v);
-            svg.fill((x, top), (bar, chart.bottom() - top), shade, 1.0);
-            svg.text(
-                (x + bar / 2.0, top - 3.0),
-                Font::new(8.5).anchor(Anchor::Middle).halo(),
-                &compact_duration(*v),
-            );
+            let v = if v.is_finite() {
+                v.clamp(y.start, y.end)
+            } else {
+                y.start
+            };
+            let x = centre + (j as f64 - 1.5) * 0.22 + 0.01;
+            let bar = [(x, y.start), (x + 0.2, v)];
+            plotting.draw(&Rectangle::new(bar, shade.filled()))?;
+            let style = anchored(font(8.5, INK), HPos::Center, VPos::Bottom);
+            let text = Text::new(compact_duration(v), (0, -2), style);
+            plotting.draw(&(EmptyElement::at((x + 0.1, v)) + text))?;
         }
     }
-    let mut x = chart.left;
-    for (name, shade) in ["p50", "p99", "max"].into_iter().zip(shades) {
-        svg.fill((x, chart.bottom() + 40.0), (12.0, 10.0), shade, 1.0);
-        svg.text((x + 16.0, chart.bottom() + 49.0), Font::new(11.0), name);
-        x += 60.0;
+    for (i, (name, shade)) in ["p50", "p99", "max"].into_iter().zip(shades).enumerate() {
+        let x = i as i32 * 60;
+        let swatch = Rectangle::new([(x, 40), (x + 12, 50)], shade.filled());
+        let text = Text::new(
+            name,
+            (x + 16, 45),
+            anchored(font(11.0, INK), HPos::Left, VPos::Center),
+        );
+        plotting.draw(&(EmptyElement::at((0.0, y.start)) + swatch + text))?;
     }
+    Ok(())
 }
 
 /// A latency short enough to fit above a bar: two or three digits.
@@ -1313,23 +981,21 @@ const MAX_LINES: usize = 10;
 /// Characters per line of the events panel.
 const MAX_CHARS: usize = 72;
 
-/// Panel 6: the failures and splits in words, with their durations.
-fn events_panel(svg: &mut Svg, report: &RunReport, time: &TimeScale) {
-    let left = 570.0;
+/// The failures and scale events in words, with their durations: (text,
+/// whether it heads an event).
+fn event_lines(report: &RunReport, time: &TimeScale) -> Vec<(String, bool)> {
     let mut lines: Vec<(String, bool)> = Vec::new();
     let at = |ms: u64| time.moment(ms as f64);
     let after = |from: u64, to: u64| format!("+{}", duration(to.saturating_sub(from) as f64));
     for (i, r) in report.recoveries.iter().enumerate() {
         let workers: Vec<String> = r.workers.iter().map(|w| w.to_string()).collect();
-        lines.push((
-            format!(
-                "Failure {}: worker {} ({})",
-                i + 1,
-                workers.join(", "),
-                r.instances.join(", ")
-            ),
-            true,
-        ));
+        let head = format!(
+            "Failure {}: worker {} ({})",
+            i + 1,
+            workers.join(", "),
+            r.instances.join(", ")
+        );
+        lines.push((head, true));
         let start = r.killed_ms.unwrap_or(r.detected_ms);
         let mut phases = Vec::new();
         if let Some(k) = r.killed_ms {
@@ -1346,49 +1012,54 @@ fn events_panel(svg: &mut Svg, report: &RunReport, time: &TimeScale) {
         lines.push((format!("  {}", phases.join(", ")), false));
     }
     for s in &report.scale_events {
-        lines.push((
-            format!(
-                "{} of {}: {} → {} partitions at {} ({})",
-                if s.direction == spate_engine::coordinator::ScaleDirection::In {
-                    "Merge"
-                } else {
-                    "Split"
-                },
-                s.operator,
-                s.partitions_before,
-                s.partitions_after,
-                at(s.decided_ms),
-                s.reason
-            ),
-            true,
-        ));
-        lines.push((
-            format!(
-                "  paused {}, keys {} | {}, new instance {} on worker {}",
-                duration(s.pause_ms as f64),
-                s.keys.0,
-                s.keys.1,
-                s.new_instance,
-                s.worker
-            ),
-            false,
-        ));
+        let verb = if s.direction == spate_engine::coordinator::ScaleDirection::In {
+            "Merge"
+        } else {
+            "Split"
+        };
+        let head = format!(
+            "{verb} of {}: {} → {} partitions at {} ({})",
+            s.operator,
+            s.partitions_before,
+            s.partitions_after,
+            at(s.decided_ms),
+            s.reason
+        );
+        lines.push((head, true));
+        let detail = format!(
+            "  paused {}, keys {} | {}, new instance {} on worker {}",
+            duration(s.pause_ms as f64),
+            s.keys.0,
+            s.keys.1,
+            s.new_instance,
+            s.worker
+        );
+        lines.push((detail, false));
     }
     if lines.is_empty() {
-        lines.push(("No failures and no scale-outs in this run.".into(), false));
+        lines.push(("No failures and no scale events in this run.".into(), false));
     }
-    svg.text(
-        (left, 740.0),
-        Font::new(13.0).bold(),
-        "Failures and scale-outs",
-    );
+    lines
+}
+
+/// Panel 6: the failures and scale events in words.
+fn events_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    report: &RunReport,
+    time: &TimeScale,
+) -> Drawn<DB> {
+    area.draw(&Text::new(
+        "Failures and scale events",
+        (10, 12),
+        bold(13.0, INK),
+    ))?;
+    let lines = event_lines(report, time);
     let total = lines.len();
-    let mut y = 762.0;
+    let mut y = 36;
     for (i, (text, strong)) in lines.into_iter().enumerate() {
         if i + 1 == MAX_LINES && total > MAX_LINES {
             let more = format!("… and {} more lines in report.json", total - i);
-            svg.text((left, y), Font::new(11.0).fill(MUTED), &more);
-            break;
+            return area.draw(&Text::new(more, (10, y), font(11.0, MUTED)));
         }
         let text = if text.chars().count() > MAX_CHARS {
             let cut: String = text.chars().take(MAX_CHARS - 1).collect();
@@ -1396,14 +1067,15 @@ fn events_panel(svg: &mut Svg, report: &RunReport, time: &TimeScale) {
         } else {
             text
         };
-        let font = if strong {
-            Font::new(11.5).bold()
+        let style = if strong {
+            bold(11.0, INK)
         } else {
-            Font::new(11.0).fill(MUTED)
+            font(11.0, MUTED)
         };
-        svg.text((left, y), font, &text);
-        y += if strong { 15.0 } else { 19.0 };
+        area.draw(&Text::new(text, (10, y), style))?;
+        y += if strong { 15 } else { 19 };
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1601,12 +1273,26 @@ mod tests {
         report
     }
 
+    /// The text of every `<text>` element, trimmed.
+    fn texts(svg: &str) -> Vec<&str> {
+        svg.split("<text")
+            .skip(1)
+            .filter_map(|t| t.split_once('>')?.1.split_once("</text>"))
+            .map(|(text, _)| text.trim())
+            .collect()
+    }
+
+    fn count(texts: &[&str], wanted: &str) -> usize {
+        texts.iter().filter(|t| **t == wanted).count()
+    }
+
     #[test]
     fn a_run_with_a_failure_and_a_split_is_drawn_and_marked() {
-        let svg = run_plot(&busy_report());
+        let svg = run_plot(&busy_report()).expect("drawing");
         assert_well_formed(&svg);
+        let texts = texts(&svg);
         for op in OPERATORS {
-            assert!(svg.contains(&format!(">{op}</text>")), "no legend for {op}");
+            assert!(count(&texts, op) >= 1, "no legend for {op}");
         }
         for label in [
             "kill worker 2",
@@ -1615,28 +1301,34 @@ mod tests {
             "caught up",
             "split toll_calculator 1→2",
         ] {
-            // Once on each of the four time-series panels.
-            let drawn = format!(r#"paint-order="stroke">{label}</text>"#);
-            assert_eq!(svg.matches(&drawn).count(), 4, "{label}");
+            // Once on each of the four time-series panels (and "caught up"
+            // once more in the markers' legend).
+            let legend = usize::from(label == "caught up");
+            assert_eq!(count(&texts, label), 4 + legend, "{label}");
         }
-        assert!(svg.contains("deadline 5 s") && svg.contains("deadline 10 s"));
-        assert!(svg.contains("Failure 1: worker 2 (toll_calculator[0])"));
-        assert!(svg.contains("Split of toll_calculator: 1 → 2 partitions at 20 s"));
-        assert!(svg.contains("time since the job started, s"));
-        // The four marker lines per panel, drawn from the panel's top.
-        assert!(svg.matches(r##"stroke="#d62728""##).count() >= 16);
-        assert!(svg.matches(r##"stroke="#6a3d9a""##).count() >= 4);
-        assert!(!svg.contains("no per-second history"));
+        assert_eq!(count(&texts, "deadline 5 s"), 3);
+        assert_eq!(count(&texts, "deadline 10 s"), 1);
+        assert_eq!(count(&texts, "5k answers, 0 late"), 1);
+        assert_eq!(count(&texts, "toll_calculator: 2"), 1);
+        assert!(texts.contains(&"Failure 1: worker 2 (toll_calculator[0])"));
+        assert!(texts.contains(&"Split of toll_calculator: 1 → 2 partitions at 20 s (requested)"));
+        assert!(texts.contains(&"time since the job started, s"));
+        // The marker lines on each panel: red for the failure, purple for
+        // the split (dashed lines are drawn as many short strokes).
+        assert!(svg.matches(r##"stroke="#D62728""##).count() >= 16);
+        assert!(svg.matches(r##"stroke="#6A3D9A""##).count() >= 4);
+        assert!(!svg.contains(NO_HISTORY));
     }
 
     #[test]
     fn an_empty_run_still_gives_empty_axes_with_notes() {
-        let svg = run_plot(&empty_report());
+        let svg = run_plot(&empty_report()).expect("drawing");
         assert_well_formed(&svg);
-        assert!(svg.contains("no input recorded"));
-        assert_eq!(svg.matches(NO_HISTORY).count(), 3);
-        assert_eq!(svg.matches(">no answers</text>").count(), 4);
-        assert!(svg.contains("No failures and no scale-outs"));
+        let texts = texts(&svg);
+        assert_eq!(count(&texts, "no input recorded"), 1);
+        assert_eq!(count(&texts, NO_HISTORY), 3);
+        assert_eq!(count(&texts, "no answers"), 4);
+        assert!(texts.contains(&"No failures and no scale events in this run."));
     }
 
     #[test]
@@ -1657,34 +1349,25 @@ mod tests {
                 deadline_misses: 1,
             },
         );
-        let svg = run_plot(&report);
+        let svg = run_plot(&report).expect("drawing");
         assert_well_formed(&svg);
         assert!(svg.contains("&lt;a&amp;b&gt;"));
     }
 
     #[test]
-    fn write_run_plot_writes_the_file() {
-        let path = std::env::temp_dir().join(format!("spate-plot-{}.svg", std::process::id()));
+    fn write_run_plot_writes_svg_and_png() {
+        let dir = std::env::temp_dir().join(format!("spate-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let path = dir.join("report.svg");
         write_run_plot(&busy_report(), &path).expect("writing the plot");
-        let text = std::fs::read_to_string(&path).expect("reading it back");
-        let _ = std::fs::remove_file(&path);
+        let text = std::fs::read_to_string(&path).expect("reading the SVG back");
+        let png = std::fs::read(dir.join("report.png")).expect("reading the PNG back");
+        let _ = std::fs::remove_dir_all(&dir);
         assert_well_formed(&text);
-    }
-
-    #[test]
-    fn thinning_keeps_each_pixel_columns_extremes_in_order() {
-        let line = [(0.1, 5.0), (0.5, 1.0), (0.7, 9.0), (0.9, 4.0), (1.2, 3.0)];
-        assert_eq!(
-            thin(&line),
-            [(0.1, 5.0), (0.5, 1.0), (0.7, 9.0), (0.9, 4.0), (1.2, 3.0)]
-        );
-        let many: Vec<(f64, f64)> = (0..1000)
-            .map(|i| (i as f64 / 100.0, (i % 7) as f64))
-            .collect();
-        let thinned = thin(&many);
-        assert!(thinned.len() <= 40, "{}", thinned.len());
-        assert!(thinned.iter().any(|p| p.1 == 6.0) && thinned.iter().any(|p| p.1 == 0.0));
-        assert!(thinned.windows(2).all(|w| w[0].0 <= w[1].0));
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+        // Text is drawn in the PNG too: a blank figure of this size
+        // compresses to far less.
+        assert!(png.len() > 40_000, "{} bytes", png.len());
     }
 
     #[test]
@@ -1695,54 +1378,33 @@ mod tests {
         assert_eq!(time.unit, "min");
         assert!((time.end - 180.0).abs() < 1e-9);
         assert_eq!(time.moment(5_000_000.0), "83.3 min");
-        let svg = run_plot(&report);
-        assert!(svg.contains("time since the job started, min"));
+        let svg = run_plot(&report).expect("drawing");
+        assert!(texts(&svg).contains(&"time since the job started, min"));
     }
 
     #[test]
-    fn ticks_are_round_and_inside_the_axis() {
-        let labels: Vec<String> = Axis::linear(0.0, 1.8)
-            .ticks()
-            .into_iter()
-            .map(label)
-            .collect();
-        assert_eq!(labels, ["0", "0.5", "1", "1.5"]);
-        let labels: Vec<String> = Axis::linear(0.0, 2.2)
-            .whole()
-            .ticks()
-            .into_iter()
-            .map(label)
-            .collect();
-        assert_eq!(labels, ["0", "1", "2"]);
-        let log = Axis::logarithmic(0.5, 20_000.0);
-        assert_eq!(log.ticks(), [1.0, 10.0, 100.0, 1000.0, 10_000.0]);
-        assert_eq!(
-            Axis::logarithmic(3.0, 60.0).ticks(),
-            [5.0, 10.0, 20.0, 50.0]
-        );
-        assert!(Axis::fit([f64::NAN], false).ticks().len() > 2);
+    fn numbers_are_short() {
         assert_eq!(label(57_300.0), "57.3k");
         assert_eq!(label(1_250_000.0), "1.25M");
         assert_eq!(label(0.0005), "0.0005");
+        assert_eq!(label(f64::NAN), "?");
         assert_eq!(duration(1500.0), "1.5 s");
         assert_eq!(duration(0.25), "0.25 ms");
+        assert_eq!(compact_duration(1234.0), "1.2s");
+        assert_eq!(log_range([f64::NAN, -1.0].into_iter(), f64::NAN), 1.0..10.0);
+        assert_eq!(log_range([3.0].into_iter(), 30.0), 2.0..45.0);
     }
 
-    /// The marker labels drawn on a time-series chart, with their rows (y).
-    fn marker_labels(report: &RunReport) -> Vec<(String, String)> {
+    /// The marker labels of a report on a chart as wide as the report's
+    /// panels, with their rows.
+    fn marker_labels(report: &RunReport) -> Vec<(String, usize)> {
         let time = TimeScale::of(report);
         let marks = Marks::of(report, &time);
-        let chart = time.chart(100.0, 100.0, Axis::linear(0.0, 1.0));
-        let mut svg = Svg::new(100.0, 100.0);
-        marks.draw_labels(&mut svg, &chart);
-        svg.finish()
-            .lines()
-            .filter(|l| l.starts_with("<text"))
-            .filter_map(|l| {
-                let y = l.split('"').nth(3)?;
-                let text = l.split('>').nth(1)?.strip_suffix("</text")?;
-                Some((text.to_string(), y.to_string()))
-            })
+        let width = f64::from(PLOT_WIDTH);
+        marks
+            .place(|at| at / time.end * width, width)
+            .into_iter()
+            .map(|p| (p.mark.label.clone(), p.row))
             .collect()
     }
 
@@ -1760,13 +1422,13 @@ mod tests {
         };
         report.scale_events[0].decided_ms = 8300;
         let labels = marker_labels(&report);
-        let texts: Vec<&str> = labels.iter().map(|(t, _)| t.as_str()).collect();
-        assert_eq!(texts, ["kill worker 1", "split toll_calculator 1→2"]);
+        let names: Vec<&str> = labels.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(names, ["kill worker 1", "split toll_calculator 1→2"]);
         assert_ne!(labels[0].1, labels[1].1, "overlapping labels on one row");
-        // Every phase still has its line.
-        let svg = run_plot(&report);
+        // Only the legend names the unlabelled phases.
+        let svg = run_plot(&report).expect("drawing");
         assert_well_formed(&svg);
-        assert!(svg.matches(r#"stroke-dasharray="1 2""#).count() >= 4);
+        assert_eq!(count(&texts(&svg), "caught up"), 1);
     }
 
     #[test]
@@ -1783,6 +1445,18 @@ mod tests {
                 "split toll_calculator 1→2"
             ]
         );
-        assert!(labels.iter().all(|(_, y)| *y == labels[0].1));
+        assert!(labels.iter().all(|(_, row)| *row == 0));
+    }
+
+    #[test]
+    fn a_label_near_the_right_edge_goes_left_of_its_line() {
+        let mut report = busy_report();
+        report.scale_events[0].decided_ms = 30_400;
+        let time = TimeScale::of(&report);
+        let marks = Marks::of(&report, &time);
+        let width = f64::from(PLOT_WIDTH);
+        let placed = marks.place(|at| at / time.end * width, width);
+        let split = placed.last().expect("the split's label");
+        assert!(split.left && split.mark.label.starts_with("split"));
     }
 }

@@ -5,8 +5,13 @@
 //! type, and the engine hands them `&mut State` for the key of each input.
 //! That is what lets the engine checkpoint, restore and partition state.
 
+pub mod aggregate;
+mod block;
+pub mod join;
 mod query;
 mod registry;
+pub mod topk;
+pub mod window;
 
 use std::hash::Hash;
 use std::time::Instant;

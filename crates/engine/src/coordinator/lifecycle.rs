@@ -37,11 +37,12 @@ impl Job<'_> {
             instances: self.finished.values().cloned().collect(),
             elapsed: self.started.elapsed(),
             plan: self.plan.clone(),
-            events: std::mem::take(&mut self.timeline),
-            recoveries: std::mem::take(&mut self.recoveries),
+            // Copies: the view published after the run shows them too.
+            events: self.timeline.clone(),
+            recoveries: self.recoveries.clone(),
             checkpoints: self.checkpoints,
-            history: self.monitor.take_history(),
-            scale_events: std::mem::take(&mut self.scale_events),
+            history: self.monitor.history().to_vec(),
+            scale_events: self.scale_events.clone(),
         })
     }
 
@@ -172,7 +173,11 @@ impl Job<'_> {
                 )));
             }
             self.commands();
-            self.fire_kills();
+            if self.running {
+                // Kill times count from the start; a kill due during a slow
+                // deployment would fail the job instead of testing recovery.
+                self.fire_kills();
+            }
             self.publish(false);
             if let Some(silent) = self.silent_worker().filter(|_| self.running) {
                 self.lose(silent, "it missed its heartbeats".into());

@@ -6,13 +6,13 @@
 //! invariants in one file, and protocols that are step functions over them:
 //! - [`links`]: the connections to workers, behind the [`Links`] trait (TCP,
 //!   or in memory for the protocol tests);
-//! - [`backups`]: held backups, replicas, replay floors, source positions;
-//! - [`autoscaler`]: the policy, from rates to decisions;
-//! - [`monitor`] and [`view`]: metrics, history and the published view;
-//! - [`lifecycle`]: start-up, the main loop, failures declared;
-//! - [`checkpoint`]: checkpoint -> backup on an upstream worker -> trim;
-//! - [`recovery`]: detect -> restore from backup on a new worker -> rewire;
-//! - [`scale`] and [`scale_in`]: split one partition, merge two.
+//! - `backups`: held backups, replicas, replay floors, source positions;
+//! - `autoscaler`: the policy, from rates to decisions;
+//! - `monitor` and [`view`]: metrics, history and the published view;
+//! - `lifecycle`: start-up, the main loop, failures declared;
+//! - `checkpoint`: checkpoint -> backup on an upstream worker -> trim;
+//! - `recovery`: detect -> restore from backup on a new worker -> rewire;
+//! - `scale` and `scale_in`: split one partition, merge two.
 
 mod autoscaler;
 mod backups;

@@ -33,9 +33,9 @@ impl Default for Monitor {
 }
 
 impl Monitor {
-    /// The history so far, handed over at the end of the job.
-    pub(super) fn take_history(&mut self) -> Vec<HistoryPoint> {
-        std::mem::take(&mut self.history)
+    /// The history so far.
+    pub(super) fn history(&self) -> &[HistoryPoint] {
+        &self.history
     }
 }
 

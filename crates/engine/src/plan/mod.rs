@@ -5,7 +5,7 @@
 //! This is the ground the coordinator, the workers and the wire format
 //! share, so it depends on none of them: with the identities (defined in the
 //! leaf module [`crate::ids`] so that errors and the API can name them too)
-//! and the plan changes a worker must apply besides moves ([`change`]).
+//! and the plan changes a worker must apply besides moves (`change`).
 
 mod change;
 

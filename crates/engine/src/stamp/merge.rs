@@ -179,11 +179,6 @@ impl Merge {
             .unwrap_or(Stamp::END)
     }
 
-    /// The progress mark of one channel.
-    pub fn mark(&self, channel: usize) -> Stamp {
-        self.channels.get(channel).map_or(Stamp::ZERO, |c| c.mark)
-    }
-
     /// The stamp up to which tuples have been released.
     pub fn done(&self) -> Stamp {
         self.done

@@ -16,7 +16,7 @@ use crate::stamp::Stamp;
 /// load, so that a checkpoint can be partitioned (by hash) and split (by load)
 /// without knowing the operator's types.
 ///
-/// The encoded key and value lie in [`SharedBytes`] with every other entry
+/// The encoded key and value lie in `SharedBytes` with every other entry
 /// of one snapshot or decoded checkpoint, so that taking, decoding and
 /// partitioning a checkpoint costs no allocation per key (owned bytes cost
 /// two per key, and freeing them as much again: most of the time a

@@ -22,7 +22,7 @@ use spate_engine::{EngineError, Query, QueryBuilder, QueryRegistry};
 use crate::model::{AnswerKind, Msg};
 pub use feeder::{Feeder, FeederStats};
 pub use forwarder::Forwarder;
-pub use sink::{AnswerSink, SinkStats};
+pub use sink::{late_answers, AnswerSink, SinkStats};
 pub use toll_assessment::TollAssessment;
 pub use toll_calculator::TollCalculator;
 

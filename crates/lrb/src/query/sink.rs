@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,29 @@ pub struct SinkStats {
     pub max_ms: f64,
     /// Answers later than their deadline.
     pub deadline_misses: u64,
+}
+
+/// Answers and late answers of one kind at the sink's latest checkpoint,
+/// kept beside the run's statistics so that a live display can show them.
+#[derive(Serialize, Deserialize)]
+struct LiveCounts {
+    answers: u64,
+    late: u64,
+}
+
+fn live_path(out_dir: &Path, kind: AnswerKind) -> PathBuf {
+    stats_dir(out_dir).join(format!("{}.live.json", kind.name()))
+}
+
+/// Late answers of a run so far, as its sinks counted them at their latest
+/// checkpoints; `None` before any sink checkpointed (or with checkpoints off).
+pub fn late_answers(out_dir: &Path) -> Option<u64> {
+    let counts: Vec<LiveCounts> = AnswerKind::ALL
+        .into_iter()
+        .filter_map(|kind| std::fs::read(live_path(out_dir, kind)).ok())
+        .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
+        .collect();
+    (!counts.is_empty()).then(|| counts.iter().map(|c| c.late).sum())
 }
 
 /// Where a sink's output stood at a checkpoint.
@@ -151,6 +175,14 @@ impl Sink for AnswerSink {
 
     fn checkpoint(&mut self) -> Result<Vec<u8>, OperatorError> {
         self.out.flush()?;
+        let live = LiveCounts {
+            answers: self.written,
+            late: self.misses,
+        };
+        // Only a display reads it: a failed write must not fail the sink.
+        if let Ok(bytes) = serde_json::to_vec(&live) {
+            let _ = std::fs::write(live_path(&self.params.out_dir, self.kind), bytes);
+        }
         let state = SinkPosition {
             offset: self.out.get_mut().stream_position()?,
             written: self.written,

@@ -1,5 +1,5 @@
 //! The coordinator's connections to its workers, behind one narrow trait so
-//! that every protocol decision above it runs the same over TCP ([`tcp`])
+//! that every protocol decision above it runs the same over TCP (`tcp`)
 //! or in memory (`memory`, for in-process tests of the protocols).
 
 pub(super) mod tcp;

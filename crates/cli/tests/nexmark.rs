@@ -1,0 +1,102 @@
+//! Nexmark end to end: q4, q5, q7 and q8 on a local cluster, with a
+//! worker killed, an operator split and another merged during the run,
+//! give exactly the answers of the reference implementation (which a
+//! failure-free run gives too: `spate nexmark run` checks that).
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{run_with_timeout, scratch, spate};
+
+/// Runs `query` over a small paced input with `extra` options; returns
+/// the report and the sorted answer lines, after checking it PASSED.
+fn run(name: &str, query: &str, extra: &[&str]) -> (serde_json::Value, Vec<String>) {
+    let out = scratch(name);
+    let mut command = spate();
+    command.args(["nexmark", "run", "--query", query, "--events", "200000"]);
+    command.args(["--event-rate", "4000", "--rate", "50000", "--workers", "2"]);
+    command
+        .args(["--checkpoint-ms", "200", "--out"])
+        .arg(&out)
+        .args(extra);
+    let output = run_with_timeout(command, Duration::from_secs(120));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("PASSED"),
+        "{query} {extra:?}: {stdout}\n{}",
+        common::stderr(&output)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    (report, answers(&out, query))
+}
+
+fn answers(out: &Path, query: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(out.join(format!("{query}.csv"))).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines.sort_unstable();
+    lines
+}
+
+/// A kill of `killed`'s worker, a split of `split` and a merge of `merged`.
+fn faults(query: &str, killed: &str, split: &str, merged: &str) {
+    let kill = format!("1.2:{killed}");
+    let scale = format!("2:{split}");
+    let scale_in = format!("2.8:{merged}");
+    let (report, faulty) = run(
+        &format!("nexmark-{query}-faults"),
+        query,
+        &[
+            "--pool",
+            "2",
+            "--kill",
+            &kill,
+            "--scale",
+            &scale,
+            "--scale-in",
+            &scale_in,
+        ],
+    );
+    assert!(!faulty.is_empty(), "{query} gave no answers");
+    assert!(
+        !report["recoveries"].as_array().unwrap().is_empty(),
+        "no recovery: {report}"
+    );
+    let directions: Vec<&str> = report["scale_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["direction"].as_str().unwrap())
+        .collect();
+    assert!(
+        directions.contains(&"out") && directions.contains(&"in"),
+        "expected a split and a merge: {report}"
+    );
+    let (_, clean) = run(&format!("nexmark-{query}-clean"), query, &[]);
+    assert_eq!(
+        faulty, clean,
+        "{query}: answers differ from a failure-free run"
+    );
+}
+
+#[test]
+fn q4_average_price_per_category_survives_a_kill_a_split_and_a_merge() {
+    faults("q4", "max", "join", "average");
+}
+
+#[test]
+fn q5_hot_items_survive_a_kill_a_split_and_a_merge() {
+    faults("q5", "count", "top", "count");
+}
+
+#[test]
+fn q7_highest_bid_survives_a_kill_a_split_and_a_merge() {
+    faults("q7", "top", "max", "max");
+}
+
+#[test]
+fn q8_new_users_survive_a_kill_a_split_and_a_merge() {
+    faults("q8", "join", "join", "join");
+}
