@@ -307,6 +307,23 @@ impl Cluster {
         );
     }
 
+    /// Every instance checkpoints at `frontier`, and the backups settle.
+    fn checkpointed(&mut self, frontier: Stamp) {
+        self.checkpoint_all(frontier);
+        self.settle(Duration::from_millis(50));
+    }
+
+    /// The worker hosting `id` crashes; returns once `id` runs elsewhere.
+    fn crash_host_of(&mut self, id: InstanceId) -> WorkerId {
+        let host = self.host(id);
+        self.net.break_link(host);
+        assert!(
+            self.run_until(Duration::from_secs(5), |c| c.host(id) != host),
+            "instance {id} was not moved off worker {host}"
+        );
+        host
+    }
+
     /// Every instance checkpoints at `frontier`.
     fn checkpoint_all(&mut self, frontier: Stamp) {
         self.progress = frontier;
@@ -440,8 +457,7 @@ fn a_failure_free_job_deploys_starts_and_finishes() {
 #[test]
 fn checkpoints_of_stateful_instances_are_backed_up_on_another_worker() {
     let (result, cluster, _) = scenario(config(1), |c| {
-        c.checkpoint_all(Stamp(10));
-        c.settle(Duration::from_millis(50));
+        c.checkpointed(Stamp(10));
     });
     let summary = result.expect("finishes");
     // Two count partitions and the sink are backed up; source and pass are not.
@@ -460,8 +476,7 @@ fn checkpoints_of_stateful_instances_are_backed_up_on_another_worker() {
 #[test]
 fn a_crashed_worker_is_restored_on_the_pool_worker_from_its_backup() {
     let (result, cluster, _) = scenario(config(1), |c| {
-        c.checkpoint_all(Stamp(10));
-        c.settle(Duration::from_millis(50));
+        c.checkpointed(Stamp(10));
         let count = c.ids("count")[0];
         let host = c.host(count);
         c.net.break_link(host);
@@ -490,8 +505,7 @@ fn an_instance_without_a_checkpoint_restarts_from_the_beginning() {
 #[test]
 fn a_silent_worker_is_declared_failed_ended_and_recovered() {
     let (result, cluster, stopped) = scenario(config(1), |c| {
-        c.checkpoint_all(Stamp(10));
-        c.settle(Duration::from_millis(50));
+        c.checkpointed(Stamp(10));
         let count = c.ids("count")[0];
         let host = c.host(count);
         c.net.silence(host);
@@ -515,8 +529,7 @@ fn a_silent_worker_is_declared_failed_ended_and_recovered() {
 #[test]
 fn losing_a_backup_holder_uses_the_coordinators_replica() {
     let (result, cluster, _) = scenario(config(2), |c| {
-        c.checkpoint_all(Stamp(10));
-        c.settle(Duration::from_millis(50));
+        c.checkpointed(Stamp(10));
         let count = c.ids("count")[0];
         let holder = c
             .held
@@ -542,8 +555,7 @@ fn losing_a_backup_holder_uses_the_coordinators_replica() {
 #[test]
 fn two_simultaneous_failures_are_recovered_as_one() {
     let (result, cluster, _) = scenario(config(2), |c| {
-        c.checkpoint_all(Stamp(10));
-        c.settle(Duration::from_millis(50));
+        c.checkpointed(Stamp(10));
         let [a, b] = [c.ids("count")[0], c.ids("count")[1]];
         let (ha, hb) = (c.host(a), c.host(b));
         assert_ne!(ha, hb);
@@ -565,13 +577,10 @@ fn two_simultaneous_failures_are_recovered_as_one() {
 #[test]
 fn a_holder_without_a_good_copy_is_replaced_by_the_replica() {
     let (result, cluster, _) = scenario(config(1), |c| {
-        c.checkpoint_all(Stamp(10));
-        c.settle(Duration::from_millis(50));
+        c.checkpointed(Stamp(10));
         c.forget_backups = true;
         let count = c.ids("count")[1];
-        let host = c.host(count);
-        c.net.break_link(host);
-        assert!(c.run_until(Duration::from_secs(5), |c| c.host(count) != host));
+        c.crash_host_of(count);
     });
     result.expect("finishes");
     let count = cluster.ids("count")[1];
@@ -581,16 +590,13 @@ fn a_holder_without_a_good_copy_is_replaced_by_the_replica() {
 #[test]
 fn a_corrupt_checkpoint_is_refused_and_the_previous_one_restored() {
     let (result, cluster, _) = scenario(config(1), |c| {
-        c.checkpoint_all(Stamp(10));
-        c.settle(Duration::from_millis(50));
+        c.checkpointed(Stamp(10));
         c.corrupt = true;
         c.checkpoint_all(Stamp(20));
         c.settle(Duration::from_millis(50));
         c.corrupt = false;
         let count = c.ids("count")[0];
-        let host = c.host(count);
-        c.net.break_link(host);
-        assert!(c.run_until(Duration::from_secs(5), |c| c.host(count) != host));
+        c.crash_host_of(count);
     });
     let summary = result.expect("finishes");
     assert!(kinds(&summary, EventKind::Refused) >= 3);
@@ -671,8 +677,7 @@ fn a_failure_during_a_split_is_recovered_after_it_and_the_split_dropped() {
     let mut config = config(2);
     config.scale_at = vec![(Duration::from_millis(100), "count".into())];
     let (result, cluster, _) = scenario(config, |c| {
-        c.checkpoint_all(Stamp(10));
-        c.settle(Duration::from_millis(50));
+        c.checkpointed(Stamp(10));
         // The split asks for a fresh checkpoint; its worker dies at once.
         assert!(c.run_until(Duration::from_secs(5), |c| {
             c.log
@@ -758,8 +763,7 @@ fn a_scale_command_while_recovering_waits_for_the_recovery() {
     let mut config = config(2);
     config.scale_at = vec![(Duration::from_millis(150), "count".into())];
     let (result, cluster, _) = scenario(config, |c| {
-        c.checkpoint_all(Stamp(10));
-        c.settle(Duration::from_millis(50));
+        c.checkpointed(Stamp(10));
         let count = c.ids("count")[0];
         c.net.break_link(c.host(count));
         assert!(c.run_until(Duration::from_secs(5), |c| c.ids("count").len() == 3));
@@ -783,8 +787,7 @@ fn a_scale_command_while_recovering_waits_for_the_recovery() {
 #[test]
 fn a_failure_during_a_recovery_is_recovered_next() {
     let (result, cluster, _) = scenario(config(2), |c| {
-        c.checkpoint_all(Stamp(10));
-        c.settle(Duration::from_millis(50));
+        c.checkpointed(Stamp(10));
         let count = c.ids("count")[0];
         c.net.break_link(c.host(count));
         // The first pool worker dies as soon as it is asked to restore.
@@ -808,8 +811,7 @@ fn parallel_recovery_restores_a_partition_as_several() {
     let mut config = config(2);
     config.recovery_parallelism = 2;
     let (result, cluster, _) = scenario(config, |c| {
-        c.checkpoint_all(Stamp(10));
-        c.settle(Duration::from_millis(50));
+        c.checkpointed(Stamp(10));
         let count = c.ids("count")[0];
         c.net.break_link(c.host(count));
         assert!(c.run_until(Duration::from_secs(5), |c| c.ids("count").len() == 3));
@@ -878,9 +880,7 @@ fn backups_of_a_replaced_incarnation_are_ignored() {
         c.settle(Duration::from_millis(50));
         // Then its worker fails: the half must restore from the split's
         // checkpoint, not the whole range's stale backup.
-        let host = c.host(parent);
-        c.net.break_link(host);
-        assert!(c.run_until(Duration::from_secs(5), |c| c.host(parent) != host));
+        c.crash_host_of(parent);
     });
     result.expect("finishes");
     let parent = cluster.ids("count")[0];
