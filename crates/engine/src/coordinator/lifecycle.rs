@@ -79,7 +79,11 @@ impl Job<'_> {
     fn add_worker(&mut self, worker: WorkerId, data_addr: String, pid: u32) {
         tracing::info!(%worker, pid, %data_addr, "worker joined");
         debug_assert_eq!(worker.index(), self.workers.len());
-        self.workers.push(WorkerEntry { pid, alive: true });
+        self.workers.push(WorkerEntry {
+            pid,
+            alive: true,
+            ended: false,
+        });
         self.plan.workers.push(data_addr);
     }
 
@@ -251,7 +255,11 @@ impl Job<'_> {
 
     /// Ends worker `w`'s process through its provisioner.
     pub(super) fn end_process(&mut self, w: WorkerId) -> bool {
-        let pid = self.workers[w.index()].pid;
+        let entry = &self.workers[w.index()];
+        if entry.ended {
+            return true;
+        }
+        let pid = entry.pid;
         let addr = self
             .plan
             .workers
@@ -259,7 +267,10 @@ impl Job<'_> {
             .cloned()
             .unwrap_or_default();
         match self.provisioner.stop(w, pid, &addr) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.workers[w.index()].ended = true;
+                true
+            }
             Err(e) => {
                 tracing::warn!(worker = %w, "cannot end the worker's process: {e}");
                 false

@@ -198,6 +198,9 @@ struct WorkerEntry {
     pid: u32,
     /// Not declared failed.
     alive: bool,
+    /// Its provisioner already ended it (a killed worker is then declared
+    /// failed, which must not run a stop command on its pid again).
+    ended: bool,
 }
 
 /// A worker declared failed, waiting for its recovery.
