@@ -109,18 +109,23 @@ fn merging_split_partitions_back_changes_nothing_and_frees_a_worker() {
     let report = unchanged(
         "scale-in",
         &[
+            // Five operations in a row, each pausing the toll operators: a
+            // slower replay (16 s) keeps the last one inside the run on a
+            // loaded machine.
+            "--speedup",
+            "15",
             "--pool",
             "2",
             "--scale",
             "1.5:toll_calculator",
             "--scale",
-            "2:toll_assessment",
+            "2.5:toll_assessment",
             "--scale-in",
-            "3.5:toll_calculator",
+            "4:toll_calculator",
             "--scale-in",
-            "4:toll_assessment",
+            "5:toll_assessment",
             "--scale-in",
-            "5:toll_calculator",
+            "6:toll_calculator",
         ],
     );
     assert_eq!(

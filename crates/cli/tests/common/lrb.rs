@@ -101,8 +101,13 @@ pub fn run(dir: &Path, out: &str, extra: &[&str]) -> serde_json::Value {
 }
 
 /// As [`run`], with environment variables for the run and its workers.
+/// `extra` may set its own `--speedup` (a slower replay gives scheduled
+/// scale operations room on a loaded machine).
 pub fn run_with(dir: &Path, out: &str, extra: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
-    let mut args = vec!["--speedup", SPEEDUP, "--workers", WORKERS];
+    let mut args = vec!["--workers", WORKERS];
+    if !extra.contains(&"--speedup") {
+        args.extend(["--speedup", SPEEDUP]);
+    }
     args.extend_from_slice(extra);
     run_lrb_with(dir, out, &args, env)
 }
