@@ -122,6 +122,13 @@ pub enum LrbCommand {
         #[arg(long, default_value_t = 1000)]
         checkpoint_ms: u64,
     },
+    /// Run Linear Road in one plain thread with no engine (the COST
+    /// baseline) and print its rate: the figure Spate's throughput is
+    /// divided by. Check its answers with `spate lrb validate --speedup 1`.
+    Baseline {
+        #[command(flatten)]
+        files: RunFiles,
+    },
 }
 
 pub fn run(command: LrbCommand) -> Result<()> {
@@ -326,7 +333,47 @@ pub fn run(command: LrbCommand) -> Result<()> {
             println!("figures: {}", out.join("bench.json").display());
             Ok(())
         }
+        LrbCommand::Baseline { files } => baseline(files),
     }
+}
+
+fn baseline(RunFiles { input, tolls, out }: RunFiles) -> Result<()> {
+    let size = std::fs::metadata(&input)
+        .with_context(|| format!("cannot read {}", input.display()))?
+        .len()
+        .max(1);
+    let mut progress = Progress::new();
+    let mut status = Status {
+        stage: "baseline".into(),
+        detail: "of the input read, one thread".into(),
+        ..Status::default()
+    };
+    let summary = lrb_baseline::run(
+        &lrb_baseline::BaselineOptions {
+            input,
+            tolls,
+            out_dir: out.clone(),
+        },
+        &mut |bytes| {
+            status.fraction = Some(bytes as f64 / size as f64);
+            progress.show(&status);
+        },
+    )?;
+    status.detail = "done".into();
+    progress.finish(&status);
+    println!(
+        "{} input tuples in {:.2} s, {} skipped as malformed; {} tolls, {} alerts, {} balances, {} expenditures",
+        summary.tuples,
+        summary.seconds,
+        summary.skipped,
+        summary.tolls,
+        summary.alerts,
+        summary.balances,
+        summary.expenditures
+    );
+    println!("{:.0} tuples/s", summary.tuples_per_sec());
+    println!("answers: {}", out.display());
+    Ok(())
 }
 
 /// Keyed state per operator: how much a car or a segment costs.

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::lrb::{generate, run_lrb, validate};
+use common::lrb::{answers, generate, run_lrb, validate};
 use common::{run_with_timeout, scratch, spate, stderr};
 
 fn run(dir: &Path, out: &str, speedup: &str, extra: &[&str]) -> serde_json::Value {
@@ -40,9 +40,26 @@ fn twenty_minutes_of_one_expressway_validate_with_a_partitioned_toll_calculator(
     let stdout = validate(&dir, "out", "1");
     assert!(stdout.contains("PASSED"), "{stdout}");
     // The traffic exercised every rule: non-zero tolls and accidents.
-    let answers = std::fs::read_to_string(dir.join("out/tolls.csv")).unwrap();
-    assert!(answers.lines().any(|l| !l.ends_with(",0")));
+    let tolls = std::fs::read_to_string(dir.join("out/tolls.csv")).unwrap();
+    assert!(tolls.lines().any(|l| !l.ends_with(",0")));
     assert!(report["latency"]["accidents"]["count"].as_u64().unwrap() > 0);
+    // The one-thread baseline gives the same answers and prints its rate.
+    let mut command = spate();
+    command
+        .args(["lrb", "baseline", "--input"])
+        .arg(dir.join("input.csv"))
+        .arg("--tolls")
+        .arg(dir.join("historical-tolls.csv"))
+        .arg("--out")
+        .arg(dir.join("baseline"));
+    let result = run_with_timeout(command, Duration::from_secs(300));
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(result.status.success(), "{}", stderr(&result));
+    assert!(stdout.contains(" tuples/s"), "{stdout}");
+    assert!(
+        answers(&dir.join("baseline")) == answers(&dir.join("out")),
+        "the baseline's answers differ from the query's"
+    );
 }
 
 #[test]
