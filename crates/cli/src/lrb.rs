@@ -329,6 +329,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
             }
             if let Some(best) = summary.best_run() {
                 print_state(&best.peaks);
+                print_over_time(best);
             }
             println!("figures: {}", out.join("bench.json").display());
             Ok(())
@@ -384,6 +385,42 @@ fn print_state(peaks: &spate_lrb::resources::Peaks) {
             size.keys,
             size.bytes as f64 / (1024.0 * 1024.0),
             size.bytes_per_key()
+        );
+    }
+}
+
+/// What a long run shows beyond its totals: the worst 10 s of latency and
+/// whether worker memory levelled off.
+fn print_over_time(run: &spate_lrb::bench::BenchRun) {
+    if let Some(worst) = run
+        .latency_over_time
+        .iter()
+        .max_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms))
+    {
+        println!(
+            "latency over {} windows of 10 s: worst p99 {:.0} ms (at {:.0} s), worst max {:.0} ms",
+            run.latency_over_time.len(),
+            worst.p99_ms,
+            worst.from_secs,
+            run.latency_over_time
+                .iter()
+                .map(|w| w.max_ms)
+                .fold(0.0, f64::max)
+        );
+    }
+    if let Some(memory) = &run.memory {
+        println!(
+            "worker memory {}: {:.0} MiB for {} keys of state in the run's middle third, \
+             {:.0} MiB for {} keys in its last",
+            if memory.levelled_off {
+                "levelled off"
+            } else {
+                "kept growing faster than the state"
+            },
+            memory.middle_kib as f64 / 1024.0,
+            memory.middle_keys,
+            memory.last_kib as f64 / 1024.0,
+            memory.last_keys
         );
     }
 }

@@ -39,6 +39,7 @@ use spate_engine::QueryRegistry;
 use crate::driver::{self, RunOptions, RunReport};
 use crate::plot;
 use crate::query::{LrbParams, SinkStats};
+use crate::sustained::{latency_over_time, memory_trend, LatencyWindow, MemoryTrend};
 
 /// How late, as a fraction of the scheduled replay time, the feeder may
 /// finish and still count as having kept up. Short runs add
@@ -260,6 +261,13 @@ pub struct BenchRun {
     /// how much a car or a segment costs).
     #[serde(default)]
     pub peaks: crate::resources::Peaks,
+    /// Latency per 10 s of the replay (paced runs only).
+    #[serde(default)]
+    pub latency_over_time: Vec<LatencyWindow>,
+    /// Whether worker memory stopped growing; `None` for a run shorter
+    /// than a minute.
+    #[serde(default)]
+    pub memory: Option<MemoryTrend>,
 }
 
 /// `bench.json`.
@@ -610,6 +618,8 @@ fn run_one(
         coordinator_cpu_secs: coordinator.user_secs + coordinator.sys_secs,
         load_average,
         peaks: Default::default(),
+        latency_over_time: Vec::new(),
+        memory: None,
     };
     match outcome {
         Ok(report) => judge(&mut run, &report, input, &params, options)?,
@@ -658,6 +668,17 @@ fn judge(
     run.checkpoints = report.checkpoints;
     run.latency = report.latency.clone();
     run.peaks = report.peaks.clone();
+    run.memory = memory_trend(&report.resources);
+    if let Some(trend) = run.memory.as_ref().filter(|t| !t.levelled_off) {
+        run.failures.push(format!(
+            "worker memory kept growing faster than the state: {:.0} MiB for {} keys in the \
+             run's middle third, {:.0} MiB for {} keys in its last",
+            trend.middle_kib as f64 / 1024.0,
+            trend.middle_keys,
+            trend.last_kib as f64 / 1024.0,
+            trend.last_keys
+        ));
+    }
     let cpu = run.workers_usage.user_secs + run.workers_usage.sys_secs;
     run.cpu_us_per_tuple = cpu * 1e6 / report.input_lines.max(1) as f64;
 
@@ -716,6 +737,13 @@ fn judge(
             run.failures.push(format!("cannot validate: {e}"));
         }
         Err(e) => return Err(BenchError::Input(e.to_string())),
+    }
+    if run.speedup > 0.0 {
+        run.latency_over_time =
+            latency_over_time(&params.out_dir, run.speedup, 10.0).map_err(io_error(format!(
+                "reading the answers in {}",
+                params.out_dir.display()
+            )))?;
     }
     if run.failures.is_empty() && !options.keep_answers {
         remove_answers(&params.out_dir)?;
@@ -1058,6 +1086,8 @@ mod tests {
             coordinator_cpu_secs: 0.1,
             load_average: None,
             peaks: Default::default(),
+            latency_over_time: Vec::new(),
+            memory: None,
         }
     }
 
