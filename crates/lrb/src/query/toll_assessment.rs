@@ -4,12 +4,16 @@
 //!
 //! The historical tolls are reference data, not stream state: each instance
 //! loads the share of `historical-tolls.csv` whose cars it owns when it
-//! starts, and reloads it (rather than checkpointing it) when restored.
+//! starts, and reloads it (rather than checkpointing it) when restored. It
+//! loads on a thread of its own, off the critical path of a start, a
+//! recovery, a split or a merge: only a daily-expenditure query that comes
+//! before the load has ended waits for it.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
 use spate_engine::{InstanceContext, OperatorError, Output, StatefulOperator};
@@ -55,14 +59,20 @@ impl Account {
     }
 }
 
+/// (VID, Day, XWay) -> toll, for the cars one instance owns.
+type Tolls = HashMap<(u32, u8, u16), u32>;
+
 /// Answers balance and expenditure queries.
 pub struct TollAssessment {
-    /// (VID, Day, XWay) -> toll, for the cars this instance owns.
-    history: HashMap<(u32, u8, u16), u32>,
+    /// The load in progress, until the first query that needs it joins it.
+    loading: Option<JoinHandle<Result<Tolls, OperatorError>>>,
+    tolls: Tolls,
 }
 
 impl TollAssessment {
-    /// Loads this instance's share of the historical tolls.
+    /// Starts loading this instance's share of the historical tolls. A file
+    /// that cannot be opened fails here, at once; a malformed line fails the
+    /// first expenditure query, with its line number.
     pub fn load(path: &Path, ctx: &InstanceContext) -> Result<Self, OperatorError> {
         let file = File::open(path).map_err(|e| {
             OperatorError::new(format!(
@@ -70,39 +80,62 @@ impl TollAssessment {
                 path.display()
             ))
         })?;
-        let mut history = HashMap::new();
-        for (i, line) in BufReader::with_capacity(1 << 20, file).lines().enumerate() {
-            let line = line?;
-            let bad = |why: &str| {
-                OperatorError::new(format!(
-                    "{}:{}: {why} (expected VID,Day,XWay,Toll)",
-                    path.display(),
-                    i + 1
-                ))
-            };
-            let fields: Vec<&str> = line.trim().split(',').collect();
-            if fields.len() != 4 {
-                return Err(bad(&format!("{} fields", fields.len())));
-            }
-            let num = |j: usize| -> Result<u64, OperatorError> {
-                fields[j]
-                    .trim()
-                    .parse()
-                    .map_err(|_| bad(&format!("`{}` is not a non-negative integer", fields[j])))
-            };
-            let (vid, day, xway, toll) = (num(0)?, num(1)?, num(2)?, num(3)?);
-            let vid = u32::try_from(vid).map_err(|_| bad("VID out of range"))?;
-            if !ctx.owns(&vid) {
-                continue;
-            }
-            if !(1..=69).contains(&day) || xway > 999 {
-                return Err(bad("Day must be 1..=69 and XWay 0..=999"));
-            }
-            let toll = u32::try_from(toll).map_err(|_| bad("Toll out of range"))?;
-            history.insert((vid, day as u8, xway as u16), toll);
-        }
-        Ok(TollAssessment { history })
+        let (path, ctx) = (path.to_path_buf(), ctx.clone());
+        let loading = std::thread::Builder::new()
+            .name(format!("spate-{}-tolls", ctx.operator))
+            .spawn(move || read_tolls(file, &path, &ctx))
+            .map_err(|e| OperatorError::new(format!("cannot start loading the tolls: {e}")))?;
+        Ok(TollAssessment {
+            loading: Some(loading),
+            tolls: Tolls::new(),
+        })
     }
+
+    /// The historical tolls, waiting for the load on first use.
+    fn tolls(&mut self) -> Result<&Tolls, OperatorError> {
+        if let Some(loading) = self.loading.take() {
+            self.tolls = loading.join().map_err(|_| {
+                OperatorError::new("the thread loading the historical tolls panicked")
+            })??;
+        }
+        Ok(&self.tolls)
+    }
+}
+
+/// Reads the lines of `file` (at `path`) whose cars `ctx` owns.
+fn read_tolls(file: File, path: &Path, ctx: &InstanceContext) -> Result<Tolls, OperatorError> {
+    let mut history = Tolls::new();
+    for (i, line) in BufReader::with_capacity(1 << 20, file).lines().enumerate() {
+        let line = line?;
+        let bad = |why: &str| {
+            OperatorError::new(format!(
+                "{}:{}: {why} (expected VID,Day,XWay,Toll)",
+                path.display(),
+                i + 1
+            ))
+        };
+        let fields: Vec<&str> = line.trim().split(',').collect();
+        if fields.len() != 4 {
+            return Err(bad(&format!("{} fields", fields.len())));
+        }
+        let num = |j: usize| -> Result<u64, OperatorError> {
+            fields[j]
+                .trim()
+                .parse()
+                .map_err(|_| bad(&format!("`{}` is not a non-negative integer", fields[j])))
+        };
+        let (vid, day, xway, toll) = (num(0)?, num(1)?, num(2)?, num(3)?);
+        let vid = u32::try_from(vid).map_err(|_| bad("VID out of range"))?;
+        if !ctx.owns(&vid) {
+            continue;
+        }
+        if !(1..=69).contains(&day) || xway > 999 {
+            return Err(bad("Day must be 1..=69 and XWay 0..=999"));
+        }
+        let toll = u32::try_from(toll).map_err(|_| bad("Toll out of range"))?;
+        history.insert((vid, day as u8, xway as u16), toll);
+    }
+    Ok(history)
 }
 
 impl StatefulOperator for TollAssessment {
@@ -156,7 +189,7 @@ impl StatefulOperator for TollAssessment {
             } => out.emit(Msg::Expenditure {
                 time,
                 qid,
-                bal: self.history.get(&(vid, day, xway)).copied().unwrap_or(0),
+                bal: self.tolls()?.get(&(vid, day, xway)).copied().unwrap_or(0),
                 released_us,
             }),
             other => Err(OperatorError::new(format!(
