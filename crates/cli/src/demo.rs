@@ -51,6 +51,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     lrb::run(LrbCommand::Run {
         files: files.clone(),
         speedup: args.speedup,
+        step: None,
         stop_on_bad_input: false,
         job: args.job,
     })?;
