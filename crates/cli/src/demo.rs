@@ -53,7 +53,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         speedup: args.speedup,
         step: None,
         stop_on_bad_input: false,
-        job: args.job,
+        job: Box::new(args.job),
     })?;
     lrb::run(LrbCommand::Validate {
         files,
