@@ -51,8 +51,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
     lrb::run(LrbCommand::Run {
         files: files.clone(),
         speedup: args.speedup,
+        step: None,
         stop_on_bad_input: false,
-        job: args.job,
+        job: Box::new(args.job),
     })?;
     lrb::run(LrbCommand::Validate {
         files,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use spate_engine::coordinator::{JobConfig, KillSpec, ScalePolicy};
+use spate_engine::coordinator::{JobConfig, KillSpec, PolicyKind, ScalePolicy};
 use spate_engine::wire::control::HEARTBEAT_EVERY;
 use spate_engine::{Query, QueryRegistry};
 
@@ -83,21 +83,39 @@ pub struct ElasticityArgs {
     /// partitions, automatically.
     #[arg(long)]
     pub autoscale: bool,
-    /// With --autoscale: utilisation (CPU share of a worker's allowance)
-    /// above which an instance is hot.
+    /// With --autoscale: `rate` splits every instance whose offered rate
+    /// needs more than the target utilisation into as many parts as it
+    /// needs, all in one decision (DS2); `threshold` splits the hottest
+    /// instance in two after --scale-reports hot reports.
+    #[arg(long, default_value = "rate", value_name = "rate|threshold")]
+    pub autoscale_policy: PolicyKind,
+    /// With --autoscale: never run more workers than this, pool included.
+    #[arg(long, value_name = "N")]
+    pub max_workers: Option<usize>,
+    /// With --autoscale: return (end) a worker idle for this many seconds,
+    /// beyond the --pool workers kept ready.
+    #[arg(long, value_name = "SECS")]
+    pub idle_worker_secs: Option<f64>,
+    /// With --autoscale: target utilisation (CPU share of a worker's
+    /// allowance): the rate policy keeps every partition under it, the
+    /// threshold policy splits above it.
     #[arg(long, default_value_t = 0.7)]
     pub scale_threshold: f64,
     /// With --autoscale: consecutive hot one-second reports before a split.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub scale_reports: u32,
     /// With --autoscale: utilisation below which two adjacent partitions
-    /// are cold and merge.
+    /// are cold and merge (the rate policy: both together).
     #[arg(long, default_value_t = 0.15)]
     pub scale_in_threshold: f64,
     /// Force a scale out of an operator's busiest instance, `AT_SECS:OPERATOR`
     /// (repeatable).
     #[arg(long = "scale", value_name = "AT_SECS:OPERATOR", value_parser = parse_scale)]
     pub scale_at: Vec<(Duration, String)>,
+    /// Partitions a forced --scale (or a scale command) splits the busiest
+    /// instance into, in one step.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(2..=64))]
+    pub split_parts: u64,
     /// Force a scale in of an operator: its coldest adjacent pair of
     /// partitions merges, `AT_SECS:OPERATOR` (repeatable).
     #[arg(long = "scale-in", value_name = "AT_SECS:OPERATOR", value_parser = parse_scale)]
@@ -136,6 +154,7 @@ impl JobArgs {
         config.recovery_parallelism = ft.recovery_parallelism;
         config.autoscale = self.elasticity.policy();
         config.scale_at = self.elasticity.scale_at.clone();
+        config.split_parts = self.elasticity.split_parts as usize;
         config.scale_in_at = self.elasticity.scale_in_at.clone();
         config.worker_cpu = self.elasticity.worker_cpu;
         config.token = token.value().to_string();
@@ -189,6 +208,18 @@ impl JobArgs {
                 el.scale_threshold
             );
         }
+        if el
+            .idle_worker_secs
+            .is_some_and(|s| !(s.is_finite() && s >= 0.0))
+        {
+            bail!("--idle-worker-secs must be a number of seconds of 0 or more");
+        }
+        if el.max_workers.is_some_and(|m| m < self.workers + self.pool) {
+            bail!(
+                "--max-workers must allow at least the --workers and --pool the job starts with ({})",
+                self.workers + self.pool
+            );
+        }
         if let Some(cores) = el.worker_cpu {
             if !(cores.is_finite() && cores > 0.0) {
                 bail!("--worker-cpu must be a positive number of cores, not {cores}");
@@ -233,6 +264,9 @@ impl ElasticityArgs {
     /// The autoscaling policy these options ask for, if any.
     fn policy(&self) -> Option<ScalePolicy> {
         self.autoscale.then(|| ScalePolicy {
+            kind: self.autoscale_policy,
+            max_workers: self.max_workers,
+            keep_idle: self.idle_worker_secs.map(Duration::from_secs_f64),
             threshold: self.scale_threshold,
             reports: self.scale_reports,
             low_threshold: self.scale_in_threshold,

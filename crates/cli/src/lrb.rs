@@ -58,11 +58,15 @@ pub enum LrbCommand {
         /// Replay S times faster than real time; 0 = as fast as possible.
         #[arg(long, default_value_t = 1.0)]
         speedup: f64,
+        /// A sudden step of load: from simulated second AT on, replay at
+        /// SPEEDUP instead (to watch the autoscaler answer it).
+        #[arg(long, value_name = "AT:SPEEDUP", value_parser = parse_step)]
+        step: Option<(u32, f64)>,
         /// Stop at the first malformed input line instead of skipping it.
         #[arg(long)]
         stop_on_bad_input: bool,
         #[command(flatten)]
-        job: JobArgs,
+        job: Box<JobArgs>,
     },
     /// Check a run's answers against an independent reference implementation.
     Validate {
@@ -131,6 +135,18 @@ pub enum LrbCommand {
     },
 }
 
+/// Parses `AT:SPEEDUP` (simulated second, positive speed-up).
+fn parse_step(spec: &str) -> Result<(u32, f64), String> {
+    let bad = || format!("`{spec}` is not AT:SPEEDUP (a simulated second, a positive speed-up)");
+    let (at, speedup) = spec.split_once(':').ok_or_else(bad)?;
+    let at = at.parse().map_err(|_| bad())?;
+    let speedup: f64 = speedup.parse().map_err(|_| bad())?;
+    if !(speedup > 0.0 && speedup.is_finite()) {
+        return Err(bad());
+    }
+    Ok((at, speedup))
+}
+
 pub fn run(command: LrbCommand) -> Result<()> {
     match command {
         LrbCommand::Generate {
@@ -176,6 +192,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
         LrbCommand::Run {
             files: RunFiles { input, tolls, out },
             speedup,
+            step,
             stop_on_bad_input,
             mut job,
         } => {
@@ -194,6 +211,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
                 tolls,
                 out_dir: out.clone(),
                 speedup,
+                speedup_step: step,
                 forwarders: 1,
                 toll_calculators: 2,
                 assessors: 1,

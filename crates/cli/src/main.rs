@@ -300,8 +300,11 @@ fn print_summary(summary: &JobSummary) {
 /// pause, and every recovery's timeline.
 pub(crate) fn print_changes(scale_events: &[ScaleEvent], recoveries: &[RecoveryTimeline]) {
     for e in scale_events {
+        let decision = e
+            .decision
+            .map_or(String::new(), |d| format!(" (decision {d})"));
         println!(
-            "scaled {} {} at {} ms: {} -> {} partitions, pause {} ms ({})",
+            "scaled {} {} at {} ms{decision}: {} -> {} partitions, pause {} ms ({})",
             e.direction,
             e.operator,
             e.decided_ms,

@@ -15,8 +15,8 @@ fn scale_events(report: &serde_json::Value) -> Vec<(String, u64, u64)> {
         .map(|e| {
             (
                 e["operator"].as_str().unwrap().to_string(),
-                e["partitions_before"].as_u64().unwrap(),
-                e["partitions_after"].as_u64().unwrap(),
+                e["from"].as_u64().unwrap(),
+                e["to"].as_u64().unwrap(),
             )
         })
         .collect()
@@ -57,6 +57,29 @@ fn splitting_each_stateful_operator_and_a_split_partition_changes_nothing() {
         "{report}"
     );
     assert_eq!(report["partitions"]["toll_calculator"], 4);
+}
+
+#[test]
+fn a_k_way_split_in_one_step_changes_nothing() {
+    let report = unchanged(
+        "scale-k-way",
+        &[
+            "--pool",
+            "3",
+            "--split-parts",
+            "4",
+            "--scale",
+            "2:toll_calculator",
+        ],
+    );
+    assert_eq!(
+        scale_events(&report),
+        vec![("toll_calculator".to_string(), 2, 5)],
+        "{report}"
+    );
+    let added = report["scale_events"][0]["added"].as_array().unwrap();
+    assert_eq!(added.len(), 3, "{report}");
+    assert_eq!(report["partitions"]["toll_calculator"], 5);
 }
 
 #[test]

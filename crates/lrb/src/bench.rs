@@ -553,6 +553,7 @@ fn run_one(
         tolls: options.data_dir.join("historical-tolls.csv"),
         out_dir: dir.clone(),
         speedup,
+        speedup_step: None,
         forwarders: 1,
         toll_calculators: 1,
         assessors: 1,

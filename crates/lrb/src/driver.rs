@@ -84,8 +84,13 @@ pub struct RunReport {
     pub events: Vec<JobEvent>,
     /// The cluster second by second: rates, utilisation, partitions, workers.
     pub history: Vec<HistoryPoint>,
-    /// Every split, with its pause.
+    /// Every split and merge, with the rates that justified it and its
+    /// pause.
     pub scale_events: Vec<ScaleEvent>,
+    /// Seconds of every live worker (pool included) added up: the run's
+    /// cost.
+    #[serde(default)]
+    pub worker_secs: f64,
     /// The largest memory and buffer figures of the run.
     #[serde(default)]
     pub peaks: Peaks,
@@ -161,6 +166,7 @@ pub fn run(
         events: summary.events,
         history: summary.history,
         scale_events: summary.scale_events,
+        worker_secs: summary.worker_secs,
         peaks,
         resources,
     };

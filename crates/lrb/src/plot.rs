@@ -1017,22 +1017,36 @@ fn event_lines(report: &RunReport, time: &TimeScale) -> Vec<(String, bool)> {
         } else {
             "Split"
         };
+        let decision = s
+            .decision
+            .map_or("requested".into(), |d| format!("decision {d}"));
         let head = format!(
-            "{verb} of {}: {} → {} partitions at {} ({})",
+            "{verb} of {}: {} → {} partitions at {} ({decision})",
             s.operator,
             s.partitions_before,
             s.partitions_after,
             at(s.decided_ms),
-            s.reason
         );
         lines.push((head, true));
+        if let Some(r) = &s.rates {
+            let rates = format!(
+                "  {} policy: offered {:.0}/s, processed {:.0}/s, {:.0} per CPU second, utilisation {:.2} needs {:.2} (target {:.2})",
+                r.policy, r.offered_rate, r.in_rate, r.true_rate, r.utilization, r.projected, r.target
+            );
+            lines.push((rates, false));
+        }
         let detail = format!(
-            "  paused {}, keys {} | {}, new instance {} on worker {}",
+            "  paused {}, keys {} | {}, new instance {} on worker {}{}",
             duration(s.pause_ms as f64),
             s.keys.0,
             s.keys.1,
             s.new_instance,
-            s.worker
+            s.worker,
+            if s.added.len() > 1 {
+                format!(" and {} more", s.added.len() - 1)
+            } else {
+                String::new()
+            }
         );
         lines.push((detail, false));
     }
@@ -1189,6 +1203,7 @@ mod tests {
             events: Vec::new(),
             history: Vec::new(),
             scale_events: Vec::new(),
+            worker_secs: 0.0,
             peaks: Default::default(),
             resources: Vec::new(),
         }
@@ -1269,6 +1284,7 @@ mod tests {
             split_at: 1 << 63,
             keys: (40, 38),
             pause_ms: 120,
+            ..ScaleEvent::default()
         });
         report
     }

@@ -2,21 +2,42 @@
 //! turns them into rates and utilisation, counts how long each instance has
 //! been hot or cold, and decides what to split or merge. It owns no I/O: the
 //! coordinator carries its decisions out with the scale protocols.
+//!
+//! Two policies decide, both as the pure function [`decide`] over what was
+//! observed:
+//! - `threshold`: an instance above the threshold for `reports` reports in a
+//!   row is split in two; one split per decision.
+//! - `rate` (after DS2, OSDI 2018): per instance, its *true* processing rate
+//!   (tuples per CPU second of busy time) and the rate offered to it give
+//!   the utilisation it would have at the offered rate; an instance that
+//!   would exceed the target is split into as many parts as keep each under
+//!   it, every such instance of every operator in one decision. Two adjacent
+//!   partitions merge only when together they stay under the (lower) scale-in
+//!   threshold, so a steady load never makes the policy oscillate: a split
+//!   leaves each adjacent pair above the target, hence above that threshold.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
 
 use crate::ids::InstanceId;
 use crate::plan::{InstancePlan, Plan};
 use crate::wire::control::InstanceMetrics;
 
-use super::scale::ScalePolicy;
+use super::scale::{PolicyKind, ScalePolicy};
 
-/// The latest sample of an instance and what it says about the last interval.
+/// One-second samples the rate policy's rates span: enough to smooth a
+/// scheduling hiccup, short enough to answer a step in a few seconds.
+const WINDOW: usize = 3;
+
+/// The latest samples of an instance and what they say.
 #[derive(Clone, Debug, Default)]
 pub(super) struct InstanceRates {
     pub(super) sample: InstanceMetrics,
-    at: Option<Instant>,
+    /// Samples of the current incarnation, oldest first (at most
+    /// `WINDOW + 1`).
+    window: VecDeque<(Instant, InstanceMetrics)>,
     /// CPU seconds per second over the last interval, as a share of the
     /// worker's CPU allowance.
     pub(super) utilization: f64,
@@ -24,13 +45,262 @@ pub(super) struct InstanceRates {
     pub(super) out_rate: f64,
 }
 
+impl InstanceRates {
+    /// (tuples processed per second, CPU seconds per second, tuples offered
+    /// per second) over the full window; `None` until it is full.
+    fn windowed(&self) -> Option<(f64, f64, f64)> {
+        if self.window.len() <= WINDOW {
+            return None;
+        }
+        let ((t0, first), (t1, last)) = (self.window.front()?, self.window.back()?);
+        let dt = t1.duration_since(*t0).as_secs_f64().max(1e-3);
+        let tuples = last.tuples_in.saturating_sub(first.tuples_in) as f64;
+        let cpu = (last.cpu_secs - first.cpu_secs).max(0.0) / dt;
+        // What arrived and was not processed waits in the queue: its growth
+        // is offered load the instance could not take (tuples per batch
+        // estimated from what it processed).
+        let queued = last.queued_batches as f64 - first.queued_batches as f64;
+        let per_batch = last.tuples_in as f64 / last.batches_in.max(1) as f64;
+        let offered = (tuples + (queued * per_batch).max(0.0)) / dt;
+        Some((tuples / dt, cpu, offered))
+    }
+}
+
+/// One instance as the policy sees it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) struct Observed {
+    /// CPU share of the worker's allowance over the last report.
+    pub(super) utilization: f64,
+    /// Over the rate window (`None` until it is full): tuples processed per
+    /// second, CPU seconds per second, tuples offered per second.
+    pub(super) rates: Option<(f64, f64, f64)>,
+    /// Consecutive reports above the scale-out threshold.
+    pub(super) hot: u32,
+    /// Consecutive reports below the scale-in threshold.
+    pub(super) cold: u32,
+}
+
+/// The rates that justified a decision, for reports: per instance split, or
+/// summed over the two partitions merged.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScaleRates {
+    /// The policy that decided.
+    pub policy: PolicyKind,
+    /// Tuples processed per second.
+    pub in_rate: f64,
+    /// Tuples offered per second: processed plus the growth of its queue.
+    pub offered_rate: f64,
+    /// Tuples per CPU second of busy time (the rate one partition could
+    /// sustain on a whole core).
+    pub true_rate: f64,
+    /// CPU share of the worker's allowance it used.
+    pub utilization: f64,
+    /// The utilisation one partition would need for the offered rate
+    /// (above 1: more than a worker).
+    pub projected: f64,
+    /// The target utilisation per partition.
+    pub target: f64,
+}
+
 /// What the policy wants done.
 #[derive(Clone, Debug, PartialEq)]
-pub(super) enum Decision {
-    /// Split this instance, for this reason.
-    Split(InstanceId, String),
-    /// Merge the upper partition into the lower one, for this reason.
-    Merge(InstanceId, InstanceId, String),
+pub(super) enum Action {
+    /// Split this instance into `parts` partitions.
+    Split {
+        /// The instance.
+        instance: InstanceId,
+        /// Partitions it becomes (at least 2).
+        parts: usize,
+        /// Why.
+        rates: ScaleRates,
+    },
+    /// Merge the upper partition into the lower one.
+    Merge {
+        /// The partition that stays.
+        lower: InstanceId,
+        /// Its neighbour above, merged away.
+        upper: InstanceId,
+        /// Why (summed over both).
+        rates: ScaleRates,
+    },
+}
+
+/// What a decision is made from.
+pub(super) struct Snapshot<'a> {
+    /// The current placement.
+    pub(super) plan: &'a Plan,
+    /// Operators that may be rescaled, as node indices of `plan`.
+    pub(super) elastic: &'a [usize],
+    /// What was observed of each instance.
+    pub(super) observed: &'a HashMap<InstanceId, Observed>,
+    /// Idle workers a split may use now.
+    pub(super) idle_workers: usize,
+    /// CPU an instance may use, in cores.
+    pub(super) capacity: f64,
+}
+
+/// The policy's decision over `snapshot`: nothing, splits, or merges.
+pub(super) fn decide(policy: &ScalePolicy, snapshot: &Snapshot<'_>) -> Vec<Action> {
+    let splits = match policy.kind {
+        PolicyKind::Threshold => threshold_split(policy, snapshot),
+        PolicyKind::Rate => rate_splits(policy, snapshot),
+    };
+    if !splits.is_empty() {
+        return splits;
+    }
+    merges(policy, snapshot)
+}
+
+/// The threshold policy's split: the hottest instance hot for `reports`
+/// reports in a row, in two, when a worker is idle.
+fn threshold_split(policy: &ScalePolicy, s: &Snapshot<'_>) -> Vec<Action> {
+    if s.idle_workers == 0 {
+        return Vec::new();
+    }
+    let observed = |id: &InstanceId| s.observed.get(id).cloned().unwrap_or_default();
+    s.elastic
+        .iter()
+        .filter(|&&n| s.plan.nodes[n].instances.len() < policy.max_partitions)
+        .flat_map(|&n| s.plan.nodes[n].instances.iter())
+        .map(|i| (i.id, observed(&i.id)))
+        .filter(|(_, o)| o.hot >= policy.reports)
+        .max_by(|a, b| a.1.utilization.total_cmp(&b.1.utilization))
+        .map(|(instance, o)| Action::Split {
+            instance,
+            parts: 2,
+            rates: rates_of(policy, &o, s.capacity),
+        })
+        .into_iter()
+        .collect()
+}
+
+/// The rates of one observation, for a decision's record.
+fn rates_of(policy: &ScalePolicy, o: &Observed, capacity: f64) -> ScaleRates {
+    let (in_rate, cpu, offered) = o.rates.unwrap_or((0.0, o.utilization * capacity, 0.0));
+    let true_rate = if cpu > 0.0 { in_rate / cpu } else { 0.0 };
+    let projected = if true_rate > 0.0 {
+        offered / true_rate / capacity
+    } else {
+        o.utilization
+    };
+    ScaleRates {
+        policy: policy.kind,
+        in_rate,
+        offered_rate: offered,
+        true_rate,
+        utilization: o.utilization,
+        projected,
+        target: policy.threshold,
+    }
+}
+
+/// The rate policy's splits: every instance whose offered rate would need
+/// more than the target utilisation, into as many parts as bring each under
+/// it, the neediest first while idle workers and `max_partitions` allow.
+fn rate_splits(policy: &ScalePolicy, s: &Snapshot<'_>) -> Vec<Action> {
+    let mut wanted: Vec<(usize, InstanceId, usize, ScaleRates)> = Vec::new();
+    for &n in s.elastic {
+        for i in &s.plan.nodes[n].instances {
+            let Some(o) = s.observed.get(&i.id).filter(|o| o.rates.is_some()) else {
+                continue;
+            };
+            let rates = rates_of(policy, o, s.capacity);
+            if rates.true_rate > 0.0 && rates.projected > policy.threshold {
+                let parts = (rates.projected / policy.threshold).ceil() as usize;
+                wanted.push((n, i.id, parts.max(2), rates));
+            }
+        }
+    }
+    wanted.sort_by(|a, b| b.3.projected.total_cmp(&a.3.projected));
+    let mut idle = s.idle_workers;
+    let mut room: HashMap<usize, usize> = HashMap::new();
+    let mut actions = Vec::new();
+    for (node, instance, parts, rates) in wanted {
+        let room = room.entry(node).or_insert_with(|| {
+            policy
+                .max_partitions
+                .saturating_sub(s.plan.nodes[node].instances.len())
+        });
+        let extra = (parts - 1).min(idle).min(*room);
+        if extra == 0 {
+            continue;
+        }
+        idle -= extra;
+        *room -= extra;
+        actions.push(Action::Split {
+            instance,
+            parts: extra + 1,
+            rates,
+        });
+    }
+    actions
+}
+
+/// Merges of adjacent partitions cold for `low_reports` reports in a row.
+/// The threshold policy merges the coldest such pair; the rate policy every
+/// disjoint pair (coldest first) whose rates together stay under the
+/// scale-in threshold.
+fn merges(policy: &ScalePolicy, s: &Snapshot<'_>) -> Vec<Action> {
+    let mut pairs: Vec<(InstanceId, InstanceId, ScaleRates)> = s
+        .elastic
+        .iter()
+        .flat_map(|&n| cold_pairs(policy, s, &s.plan.nodes[n].instances))
+        .collect();
+    pairs.sort_by(|a, b| a.2.projected.total_cmp(&b.2.projected));
+    if policy.kind == PolicyKind::Threshold {
+        pairs.truncate(1);
+    }
+    let mut taken: Vec<InstanceId> = Vec::new();
+    let mut actions = Vec::new();
+    for (lower, upper, rates) in pairs {
+        if taken.contains(&lower) || taken.contains(&upper) {
+            continue;
+        }
+        taken.extend([lower, upper]);
+        actions.push(Action::Merge {
+            lower,
+            upper,
+            rates,
+        });
+    }
+    actions
+}
+
+/// The adjacent pairs of `instances` that may merge, with their rates
+/// summed.
+fn cold_pairs(
+    policy: &ScalePolicy,
+    s: &Snapshot<'_>,
+    instances: &[InstancePlan],
+) -> Vec<(InstanceId, InstanceId, ScaleRates)> {
+    let cold = |id: InstanceId| {
+        s.observed
+            .get(&id)
+            .filter(|o| o.cold >= policy.low_reports)
+            .filter(|o| policy.kind == PolicyKind::Threshold || o.rates.is_some())
+    };
+    instances
+        .windows(2)
+        .filter(|w| w[0].key_range.join(&w[1].key_range).is_some())
+        .filter_map(|w| {
+            let (a, b) = (cold(w[0].id)?, cold(w[1].id)?);
+            let (ra, rb) = (
+                rates_of(policy, a, s.capacity),
+                rates_of(policy, b, s.capacity),
+            );
+            let rates = ScaleRates {
+                in_rate: ra.in_rate + rb.in_rate,
+                offered_rate: ra.offered_rate + rb.offered_rate,
+                true_rate: ra.true_rate.min(rb.true_rate),
+                utilization: ra.utilization + rb.utilization,
+                projected: ra.projected + rb.projected,
+                ..ra
+            };
+            let fits =
+                policy.kind == PolicyKind::Threshold || rates.projected <= policy.low_threshold;
+            fits.then_some((w[0].id, w[1].id, rates))
+        })
+        .collect()
 }
 
 /// Rates, streaks and the policy that reads them.
@@ -44,7 +314,10 @@ pub(super) struct Autoscaler {
     hot: HashMap<InstanceId, u32>,
     /// Consecutive cold reports per instance.
     cold: HashMap<InstanceId, u32>,
+    /// When the last decision was carried out.
     last_scale: Option<Instant>,
+    /// Decisions made so far.
+    decisions: u32,
 }
 
 impl Autoscaler {
@@ -57,22 +330,37 @@ impl Autoscaler {
             hot: HashMap::new(),
             cold: HashMap::new(),
             last_scale: None,
+            decisions: 0,
         }
+    }
+
+    /// The policy, if the job has one.
+    pub(super) fn policy(&self) -> Option<&ScalePolicy> {
+        self.policy.as_ref()
     }
 
     /// Records a metrics sample taken `now`.
     pub(super) fn observe(&mut self, m: InstanceMetrics, now: Instant) {
         let rates = self.rates.entry(m.instance).or_default();
-        if let Some(at) = rates.at {
-            let dt = now.duration_since(at).as_secs_f64().max(1e-3);
+        // Counters that went back: a new incarnation (restored, split or
+        // merged) counts from zero, so its window starts over.
+        let restarted = m.tuples_in < rates.sample.tuples_in || m.cpu_secs < rates.sample.cpu_secs;
+        if restarted {
+            rates.window.clear();
+        }
+        if let Some((at, last)) = rates.window.back().filter(|_| !restarted) {
+            let dt = now.duration_since(*at).as_secs_f64().max(1e-3);
             // Relative to what the instance's worker may use: a worker capped
             // at a quarter core is saturated at 0.25 CPU seconds per second.
-            rates.utilization = (m.cpu_secs - rates.sample.cpu_secs).max(0.0) / dt / self.capacity;
-            rates.in_rate = m.tuples_in.saturating_sub(rates.sample.tuples_in) as f64 / dt;
-            rates.out_rate = m.tuples_out.saturating_sub(rates.sample.tuples_out) as f64 / dt;
+            rates.utilization = (m.cpu_secs - last.cpu_secs).max(0.0) / dt / self.capacity;
+            rates.in_rate = m.tuples_in.saturating_sub(last.tuples_in) as f64 / dt;
+            rates.out_rate = m.tuples_out.saturating_sub(last.tuples_out) as f64 / dt;
+        }
+        rates.window.push_back((now, m.clone()));
+        if rates.window.len() > WINDOW + 1 {
+            rates.window.pop_front();
         }
         rates.sample = m;
-        rates.at = Some(now);
         let (threshold, low) = self
             .policy
             .as_ref()
@@ -88,6 +376,14 @@ impl Autoscaler {
         count(self.cold.entry(instance).or_default(), utilization < low);
     }
 
+    /// Forgets what was observed of `id`: it was reshaped (split, merged or
+    /// removed), so its rates say nothing of its new range.
+    pub(super) fn forget(&mut self, id: InstanceId) {
+        self.rates.remove(&id);
+        self.hot.remove(&id);
+        self.cold.remove(&id);
+    }
+
     /// The latest rates of `id`.
     pub(super) fn rates(&self, id: InstanceId) -> Option<&InstanceRates> {
         self.rates.get(&id)
@@ -98,51 +394,64 @@ impl Autoscaler {
         self.rates.get(&id).map_or(0.0, |r| r.utilization)
     }
 
-    /// The policy's decision now, if any: split the hottest instance hot for
-    /// long enough (when `pool_free`); else merge the coldest adjacent pair
-    /// cold for long enough. `elastic` are the operators that may be
-    /// rescaled, as node indices of `plan`.
+    /// What the policy sees of every instance observed.
+    fn observed(&self) -> HashMap<InstanceId, Observed> {
+        self.rates
+            .iter()
+            .map(|(id, r)| {
+                let streak = |m: &HashMap<InstanceId, u32>| m.get(id).copied().unwrap_or(0);
+                let observed = Observed {
+                    utilization: r.utilization,
+                    rates: r.windowed(),
+                    hot: streak(&self.hot),
+                    cold: streak(&self.cold),
+                };
+                (*id, observed)
+            })
+            .collect()
+    }
+
+    /// The policy's decision now, numbered, if it wants anything done and
+    /// its cooldown since the last decision was carried out is over.
+    /// `elastic` are the operators that may be rescaled, as node indices of
+    /// `plan`; `idle_workers` the workers a split may use.
     pub(super) fn decide(
         &mut self,
         plan: &Plan,
         elastic: &[usize],
-        pool_free: bool,
+        idle_workers: usize,
         now: Instant,
-    ) -> Option<Decision> {
-        let policy = self.policy.clone()?;
+    ) -> Option<(u32, Vec<Action>)> {
+        let policy = self.policy.as_ref()?;
         if self
             .last_scale
             .is_some_and(|t| now.duration_since(t) < policy.cooldown)
         {
             return None;
         }
-        let streak = |counts: &HashMap<InstanceId, u32>, id| counts.get(&id).copied().unwrap_or(0);
-        let hot = elastic
-            .iter()
-            .filter(|&&n| plan.nodes[n].instances.len() < policy.max_partitions)
-            .flat_map(|&n| plan.nodes[n].instances.iter())
-            .filter(|i| streak(&self.hot, i.id) >= policy.reports)
-            .max_by(|a, b| self.utilization(a.id).total_cmp(&self.utilization(b.id)))
-            .map(|i| i.id)
-            .filter(|_| pool_free);
-        let decision = if let Some(id) = hot {
-            let reason = format!("policy: utilisation {:.2}", self.utilization(id));
-            self.hot.clear();
-            Decision::Split(id, reason)
-        } else {
-            let (lower, upper, together) = elastic
-                .iter()
-                .filter_map(|&n| self.coldest_pair(&plan.nodes[n].instances, policy.low_reports))
-                .min_by(|a, b| a.2.total_cmp(&b.2))?;
-            self.cold.clear();
-            Decision::Merge(
-                lower,
-                upper,
-                format!("policy: utilisation {together:.2} for two partitions"),
-            )
+        let observed = self.observed();
+        let snapshot = Snapshot {
+            plan,
+            elastic,
+            observed: &observed,
+            idle_workers,
+            capacity: self.capacity,
         };
+        let actions = decide(policy, &snapshot);
+        if actions.is_empty() {
+            return None;
+        }
+        self.hot.clear();
+        self.cold.clear();
+        self.decisions += 1;
         self.last_scale = Some(now);
-        Some(decision)
+        Some((self.decisions, actions))
+    }
+
+    /// A decision was carried out at `now`: the cooldown counts from here,
+    /// so that the next one sees rates of the new partitioning.
+    pub(super) fn carried_out(&mut self, now: Instant) {
+        self.last_scale = Some(now);
     }
 
     /// The busiest of `instances` (ties: the widest range), to split on a
@@ -160,25 +469,22 @@ impl Autoscaler {
     }
 
     /// The adjacent pair of `instances` (in key-range order) with the lowest
-    /// utilisation together, among those both cold for at least
-    /// `cold_reports` reports in a row; with that utilisation.
+    /// utilisation together, to merge on a request.
     pub(super) fn coldest_pair(
         &self,
         instances: &[InstancePlan],
-        cold_reports: u32,
-    ) -> Option<(InstanceId, InstanceId, f64)> {
-        let cold = |id: InstanceId| self.cold.get(&id).copied().unwrap_or(0) >= cold_reports;
+    ) -> Option<(InstanceId, InstanceId)> {
         instances
             .windows(2)
             .filter(|w| w[0].key_range.join(&w[1].key_range).is_some())
-            .filter(|w| cold(w[0].id) && cold(w[1].id))
-            .map(|w| {
-                (
-                    w[0].id,
-                    w[1].id,
-                    self.utilization(w[0].id) + self.utilization(w[1].id),
-                )
+            .min_by(|a, b| {
+                let together =
+                    |w: &[InstancePlan]| self.utilization(w[0].id) + self.utilization(w[1].id);
+                together(a).total_cmp(&together(b))
             })
-            .min_by(|a, b| a.2.total_cmp(&b.2))
+            .map(|w| (w[0].id, w[1].id))
     }
 }
+
+#[cfg(test)]
+mod tests;

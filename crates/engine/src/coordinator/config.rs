@@ -78,6 +78,8 @@ pub struct JobConfig {
     pub autoscale: Option<ScalePolicy>,
     /// Scale-outs to force: (after, operator).
     pub scale_at: Vec<(Duration, String)>,
+    /// Partitions a forced scale-out splits the busiest instance into.
+    pub split_parts: usize,
     /// Scale-ins to force: (after, operator); the coldest adjacent pair of
     /// its partitions merges.
     pub scale_in_at: Vec<(Duration, String)>,
@@ -110,6 +112,7 @@ impl JobConfig {
             recovery_parallelism: 1,
             autoscale: None,
             scale_at: Vec::new(),
+            split_parts: 2,
             scale_in_at: Vec::new(),
             worker_cpu: None,
             token: String::new(),

@@ -25,6 +25,8 @@ pub enum EventKind {
     ScaleOut,
     /// Two partitions were merged.
     ScaleIn,
+    /// An idle worker was returned (ended) to save its cost.
+    Released,
     /// A request or checkpoint was refused, with the reason.
     Refused,
     /// A checkpoint of every instance was requested.
@@ -45,6 +47,7 @@ impl EventKind {
             EventKind::CaughtUp => "caught-up",
             EventKind::ScaleOut => "scale-out",
             EventKind::ScaleIn => "scale-in",
+            EventKind::Released => "released",
             EventKind::Refused => "refused",
             EventKind::Checkpoint => "checkpoint",
             EventKind::Error => "error",

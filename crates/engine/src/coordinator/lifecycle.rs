@@ -43,6 +43,7 @@ impl Job<'_> {
             checkpoints: self.checkpoints,
             history: self.monitor.history().to_vec(),
             scale_events: self.scale_events.clone(),
+            worker_secs: self.monitor.worker_secs(),
         })
     }
 

@@ -29,12 +29,13 @@ mod scale_in;
 mod tests;
 pub mod view;
 
+pub use autoscaler::ScaleRates;
 pub use config::{JobConfig, KillSpec};
 pub use events::{EventKind, JobState, ScaleDirection};
 pub use links::{LinkEvent, Links};
-pub use scale::{ScaleEvent, ScalePolicy};
+pub use scale::{AddedPart, PolicyKind, ScaleEvent, ScalePolicy};
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -124,8 +125,11 @@ pub struct JobSummary {
     pub checkpoints: u64,
     /// The cluster second by second: rates, utilisation, partitions, workers.
     pub history: Vec<view::HistoryPoint>,
-    /// Every split.
+    /// Every split and merge.
     pub scale_events: Vec<ScaleEvent>,
+    /// Seconds of every live worker (pool included) added up: what the run
+    /// cost.
+    pub worker_secs: f64,
 }
 
 /// A bound coordinator, ready for workers to connect.
@@ -230,6 +234,8 @@ struct Job<'a> {
     failing: Vec<Failure>,
     started: Instant,
     pool: VecDeque<WorkerId>,
+    /// Since when each pool worker has been idle.
+    idle_since: HashMap<WorkerId, Instant>,
     backups: backups::Backups,
     autoscaler: autoscaler::Autoscaler,
     finished: BTreeMap<InstanceId, InstanceReport>,
@@ -267,6 +273,7 @@ impl<'a> Job<'a> {
             failing: Vec::new(),
             started: Instant::now(),
             pool: VecDeque::new(),
+            idle_since: HashMap::new(),
             backups: backups::Backups::default(),
             autoscaler: autoscaler::Autoscaler::new(config.autoscale.clone(), config.worker_cpu),
             finished: BTreeMap::new(),

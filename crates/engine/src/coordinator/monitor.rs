@@ -20,6 +20,9 @@ pub(super) struct Monitor {
     history: Vec<HistoryPoint>,
     last_history: Instant,
     last_publish: Instant,
+    /// Live workers' seconds added up, and when last added.
+    worker_secs: f64,
+    last_tick: Instant,
 }
 
 impl Default for Monitor {
@@ -28,6 +31,8 @@ impl Default for Monitor {
             history: Vec::new(),
             last_history: Instant::now(),
             last_publish: Instant::now(),
+            worker_secs: 0.0,
+            last_tick: Instant::now(),
         }
     }
 }
@@ -36,6 +41,11 @@ impl Monitor {
     /// The history so far.
     pub(super) fn history(&self) -> &[HistoryPoint] {
         &self.history
+    }
+
+    /// Seconds of live workers (pool included) since the job started.
+    pub(super) fn worker_secs(&self) -> f64 {
+        self.worker_secs
     }
 }
 
@@ -48,6 +58,11 @@ impl Job<'_> {
     /// Appends a history point each second and refreshes the shared view.
     pub(super) fn publish(&mut self, force: bool) {
         let now = Instant::now();
+        if self.running {
+            let dt = now.duration_since(self.monitor.last_tick).as_secs_f64();
+            self.monitor.worker_secs += dt * self.live_workers().len() as f64;
+        }
+        self.monitor.last_tick = now;
         if self.running && now.duration_since(self.monitor.last_history).as_secs_f64() >= 1.0 {
             self.monitor.last_history = now;
             let point = self.history_point();

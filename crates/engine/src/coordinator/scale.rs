@@ -1,18 +1,18 @@
-//! The scale-out protocol: split one instance in two.
+//! The scale-out protocol: split one instance into k partitions.
 //! 1. checkpoint the instance (a fresh checkpoint is requested; a stateless
 //!    one has nothing to checkpoint and restarts at its replay floor);
-//! 2. choose the split point (where the recent load of the checkpoint's keys
-//!    halves; the median key without load counts, the middle of the range
+//! 2. choose the k-1 cuts (where the recent load of the checkpoint's keys
+//!    reaches each k-th; the median keys without load counts, even ranges
 //!    when it has too few keys) and partition the checkpoint there;
-//! 3. restore the lower half in place of the instance (a new incarnation on
-//!    the same worker) and the upper half, a new instance, on a pool worker;
+//! 3. restore the lowest part in place of the instance (a new incarnation on
+//!    the same worker) and each other part, a new instance, on a pool worker;
 //! 4. update the plan everywhere: upstreams route by the new ranges, replay
-//!    their buffers to both halves (each keeps what it owns) and downstreams
-//!    accept the new instance as an input that inherits the parent's
-//!    frontier;
-//! 5. refill the pool.
+//!    their buffers to every part (each keeps what it owns) and downstreams
+//!    accept the new instances as inputs that inherit the parent's frontier;
+//! 5. refill the pool, up to the policy's maximum of workers.
 //!
-//! The autoscaling policy decides when, from the monitor's utilisation.
+//! The autoscaling policy decides when and into how many parts, from the
+//! autoscaler's rates; one decision may split several instances.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -27,38 +27,86 @@ use crate::stamp::Stamp;
 use crate::state::{Checkpoint, KeyRange};
 use crate::wire::control::{ToCoordinator, ToWorker};
 
-use super::autoscaler::Decision;
+use super::autoscaler::{Action, ScaleRates};
 use super::events::{EventKind, ScaleDirection};
 use super::Job;
 
-/// When to scale out on its own.
+/// Which policy decides when to scale.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyKind {
+    /// Rates, not thresholds (DS2): every instance whose offered rate needs
+    /// more than the target utilisation is split into as many parts as it
+    /// needs, all in one decision.
+    #[default]
+    Rate,
+    /// An instance hot for `reports` reports in a row is split in two, one
+    /// split per decision (the policy Spate had first, kept to compare).
+    Threshold,
+}
+
+impl std::str::FromStr for PolicyKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "rate" => Ok(PolicyKind::Rate),
+            "threshold" => Ok(PolicyKind::Threshold),
+            _ => Err(format!("`{s}` is not a policy: use rate or threshold")),
+        }
+    }
+}
+
+impl std::fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            PolicyKind::Rate => "rate",
+            PolicyKind::Threshold => "threshold",
+        })
+    }
+}
+
+/// When to scale out and in on its own, and what it may cost.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScalePolicy {
-    /// Utilisation (CPU seconds per second of an instance's thread) above
-    /// which an instance is hot.
+    /// Which policy decides.
+    pub kind: PolicyKind,
+    /// Target utilisation (CPU seconds per second of an instance's thread,
+    /// as a share of its worker's allowance): the threshold policy splits
+    /// above it, the rate policy keeps every partition under it.
     pub threshold: f64,
-    /// Consecutive hot reports (one a second) before a split.
+    /// Consecutive hot reports (one a second) before a threshold split.
     pub reports: u32,
-    /// Minimum time between two splits.
+    /// Minimum time from the end of one decision to the next.
     pub cooldown: Duration,
     /// Never split an operator beyond this many partitions.
     pub max_partitions: usize,
-    /// Utilisation below which an instance is cold: two adjacent cold
-    /// partitions merge (scale in), returning a worker to the pool.
+    /// Scale in: the threshold policy merges two adjacent partitions each
+    /// below it; the rate policy two whose utilisations together stay
+    /// below it (so that it never undoes a split under a steady load).
     pub low_threshold: f64,
     /// Consecutive cold reports of both partitions before a merge.
     pub low_reports: u32,
+    /// Never run more workers than this (pool included): splits wait and
+    /// the pool is not refilled beyond it.
+    pub max_workers: Option<usize>,
+    /// How long an idle worker beyond the pool's size is kept before it is
+    /// returned (ended through its provisioner); `None`: kept to the end.
+    pub keep_idle: Option<Duration>,
 }
 
 impl Default for ScalePolicy {
     fn default() -> Self {
         ScalePolicy {
+            kind: PolicyKind::default(),
             threshold: 0.7,
             reports: 3,
             cooldown: Duration::from_secs(5),
-            max_partitions: 16,
+            max_partitions: 64,
             low_threshold: 0.15,
             low_reports: 5,
+            max_workers: None,
+            keep_idle: None,
         }
     }
 }
@@ -68,8 +116,15 @@ impl Default for ScalePolicy {
 pub struct ScaleEvent {
     /// When it was decided, milliseconds since the job started.
     pub decided_ms: u64,
-    /// Why (`policy: utilisation 0.93` or `requested`).
+    /// Why (`policy: ...` or `requested`).
     pub reason: String,
+    /// The policy's decision it belongs to (one decision may split or merge
+    /// several partitions); `None` when requested.
+    #[serde(default)]
+    pub decision: Option<u32>,
+    /// The rates that justified it, when the policy decided.
+    #[serde(default)]
+    pub rates: Option<ScaleRates>,
     /// A split or a merge.
     #[serde(default)]
     pub direction: ScaleDirection,
@@ -77,20 +132,41 @@ pub struct ScaleEvent {
     pub operator: String,
     /// The instance split (or merged into).
     pub instance: InstanceId,
-    /// The new instance (upper half), or the one merged away.
+    /// The first new instance (the part above the instance's), or the one
+    /// merged away.
     pub new_instance: InstanceId,
-    /// The worker the new instance runs on, or the one a merge freed.
+    /// The worker the first new instance runs on, or the one a merge freed.
     pub worker: WorkerId,
-    /// Partitions before and after.
+    /// The operator's partitions before.
+    #[serde(rename = "from", alias = "partitions_before")]
     pub partitions_before: usize,
-    /// Partitions after.
+    /// The operator's partitions after.
+    #[serde(rename = "to", alias = "partitions_after")]
     pub partitions_after: usize,
-    /// First key hash of the upper half (or of the partition merged away).
+    /// First key hash of the first new part (or of the partition merged
+    /// away).
     pub split_at: u64,
-    /// Keys in the checkpoint split (lower, upper), or in the two merged.
+    /// Keys in the checkpoint split (the part kept, the others together),
+    /// or in the two merged.
     pub keys: (usize, usize),
-    /// From the decision until both halves run and everyone was rewired.
+    /// Every new part of a split: instance, worker, first key hash, keys.
+    #[serde(default)]
+    pub added: Vec<AddedPart>,
+    /// From the decision until every part runs and everyone was rewired.
     pub pause_ms: u64,
+}
+
+/// A new partition a split made.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddedPart {
+    /// The new instance.
+    pub instance: InstanceId,
+    /// The pool worker it runs on.
+    pub worker: WorkerId,
+    /// First key hash it owns.
+    pub key_start: u64,
+    /// Keys of the checkpoint it got.
+    pub keys: usize,
 }
 
 impl ScaleEvent {
@@ -104,40 +180,70 @@ impl ScaleEvent {
     }
 }
 
-/// Where to cut an instance's range: between the keys of its checkpoint
-/// (sorted by hash) where the cumulative recent load reaches half, so that
-/// each half gets about as much work even when a few keys are hot; among
-/// equally balanced cuts, the one nearest the median key (so the halves also
-/// hold similar state). Without load information (no key was accessed since
-/// the counters decayed) that is the median key; with fewer than two keys, the
-/// middle of the range.
-fn split_point(checkpoint: &Checkpoint) -> (KeyRange, KeyRange) {
+/// Where to cut an instance's range into `parts`: between the keys of its
+/// checkpoint (sorted by hash) where the cumulative recent load reaches each
+/// `parts`-th of the total, so that each part gets about as much work even
+/// when a few keys are hot; among equally balanced cuts, the one nearest the
+/// even share of keys (so the parts also hold similar state). Without load
+/// information (no key was accessed since the counters decayed) that is
+/// even shares of keys; with fewer keys than parts, even ranges.
+fn split_points(checkpoint: &Checkpoint, parts: usize) -> Vec<KeyRange> {
     let range = checkpoint.key_range;
     let entries = &checkpoint.entries;
+    let even = || range.split_even(parts as u32);
+    if parts < 2 || entries.len() < parts {
+        return even();
+    }
     let total: u64 = entries.iter().map(|e| u64::from(e.load)).sum();
-    // Cutting before entry `i` leaves `below` (the load of entries[..i]) in
-    // the lower half; `i` runs over 1..len so neither half is empty.
-    let cut = entries
-        .iter()
-        .scan(0u64, |below, e| {
-            *below += u64::from(e.load);
-            Some(*below)
-        })
-        .zip(1..entries.len())
-        .min_by_key(|&(below, i)| ((2 * below).abs_diff(total), i.abs_diff(entries.len() / 2)))
-        .map(|(_, i)| entries[i].hash);
-    cut.and_then(|at| range.split_at(at))
-        .or_else(|| range.split_at(range.midpoint()))
-        .unwrap_or((range, range))
+    // below[i]: the load of entries[..i].
+    let below: Vec<u64> = std::iter::once(0)
+        .chain(entries.iter().scan(0u64, |sum, e| {
+            *sum += u64::from(e.load);
+            Some(*sum)
+        }))
+        .collect();
+    let (n, k) = (entries.len() as u64, parts as u64);
+    let mut cuts = Vec::with_capacity(parts - 1);
+    let mut previous = 0usize;
+    for j in 1..k {
+        // Cutting before entry `i` keeps every part non-empty of keys.
+        let last = entries.len() - (parts - j as usize);
+        let best = (previous + 1..=last).min_by_key(|&i| {
+            (
+                (k * below[i]).abs_diff(j * total),
+                (k * i as u64).abs_diff(j * n),
+            )
+        });
+        let Some(i) = best else { return even() };
+        cuts.push(entries[i].hash);
+        previous = i;
+    }
+    let mut ranges = Vec::with_capacity(parts);
+    let mut rest = range;
+    for at in cuts {
+        match rest.split_at(at) {
+            Some((low, high)) => {
+                ranges.push(low);
+                rest = high;
+            }
+            None => return even(),
+        }
+    }
+    ranges.push(rest);
+    ranges
 }
 
 impl Job<'_> {
-    /// Splits `instance` in two; refuses (with an event, not an error) when it
+    /// Splits `instance` into `parts` partitions (fewer when the pool has
+    /// fewer idle workers); refuses (with an event, not an error) when it
     /// cannot: no pool worker, a source or sink, a range too small.
+    /// `decided`: the policy's decision and rates, if it decided.
     pub(super) fn scale_out(
         &mut self,
         instance: InstanceId,
+        parts: usize,
         reason: &str,
+        decided: Option<(u32, ScaleRates)>,
     ) -> Result<(), EngineError> {
         let started = Instant::now();
         let decided_ms = self.elapsed_ms();
@@ -149,54 +255,95 @@ impl Job<'_> {
             self.record(EventKind::Refused, format!("scale {operator}: {why}"));
             return Ok(());
         }
-        let Some(target) = self.pool.pop_front() else {
+        let extra = (parts.max(2) - 1).min(self.pool.len());
+        if extra == 0 {
             self.record(
                 EventKind::Refused,
                 format!("scale {operator}: no idle worker in the pool (start with --pool N)"),
             );
             return Ok(());
-        };
+        }
+        let targets: Vec<WorkerId> = self.pool.drain(..extra).collect();
         // 1. A fresh checkpoint of the instance (a stateless one restarts
         // empty at its replay floor). If its worker fails meanwhile, the
         // recovery comes first and the split is dropped.
         let Some((frontier, bytes)) = self.snapshot_for_split(node, &placed)? else {
-            self.pool.push_front(target);
+            for w in targets.into_iter().rev() {
+                self.pool.push_front(w);
+            }
             self.record(
                 EventKind::Refused,
                 format!("scale {operator}: instance {instance} failed before it could be split"),
             );
             return Ok(());
         };
-        // 2. Choose the split point and partition the checkpoint there.
+        // 2. Choose the cuts and partition the checkpoint there.
         let checkpoint = Checkpoint::decode(&bytes)?;
-        let (lower, upper) = split_point(&checkpoint);
-        let parts = checkpoint.partition(&[lower, upper])?;
-        let keys = (parts[0].entries.len(), parts[1].entries.len());
-        let halves = [(lower, parts[0].encode()?), (upper, parts[1].encode()?)];
-        // 3-4. Restore both halves and rewire everyone.
+        let ranges = split_points(&checkpoint, extra + 1);
+        let split = checkpoint.partition(&ranges)?;
+        let keys: Vec<usize> = split.iter().map(|p| p.entries.len()).collect();
+        let encoded = split
+            .iter()
+            .map(Checkpoint::encode)
+            .collect::<Result<Vec<_>, _>>()?;
+        // 3-4. Restore every part and rewire everyone.
         let before = self.plan.nodes[node].instances.len();
-        let new_id = self.install_halves(node, &placed, target, frontier, halves)?;
-        // The pause is over: both halves run and everyone was rewired.
+        let new_ids = self.install_parts(
+            node,
+            &placed,
+            &targets,
+            frontier,
+            ranges.iter().copied().zip(encoded).collect(),
+        )?;
+        for id in std::iter::once(instance).chain(new_ids.iter().copied()) {
+            self.autoscaler.forget(id);
+        }
+        // The pause is over: every part runs and everyone was rewired.
+        let added: Vec<AddedPart> = new_ids
+            .iter()
+            .zip(&targets)
+            .zip(ranges.iter().skip(1).zip(keys.iter().skip(1)))
+            .map(|((id, worker), (range, keys))| AddedPart {
+                instance: *id,
+                worker: *worker,
+                key_start: range.start,
+                keys: *keys,
+            })
+            .collect();
+        let (decision, rates) = decided.unzip();
         let event = ScaleEvent {
             decided_ms,
             reason: reason.to_string(),
+            decision,
+            rates,
             direction: ScaleDirection::Out,
             operator,
             instance,
-            new_instance: new_id,
-            worker: target,
+            new_instance: new_ids[0],
+            worker: targets[0],
             partitions_before: before,
-            partitions_after: before + 1,
-            split_at: upper.start,
-            keys,
+            partitions_after: before + extra,
+            split_at: ranges[1].start,
+            keys: (keys[0], keys[1..].iter().sum()),
+            added,
             pause_ms: started.elapsed().as_millis() as u64,
         };
         self.record_split(event);
-        // 5. Refill the pool (in the background: a new worker joins later).
+        // 5. Refill the pool (in the background: new workers join later).
         if self.config.pool > 0 {
-            self.provisioner.provision()?;
+            for _ in 0..extra {
+                if self.below_max_workers() {
+                    self.provisioner.provision()?;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Whether the policy's maximum of workers allows one more.
+    fn below_max_workers(&self) -> bool {
+        let max = self.autoscaler.policy().and_then(|p| p.max_workers);
+        max.is_none_or(|max| self.live_workers().len() < max)
     }
 
     /// Why `placed` (an instance of `node`) cannot be split, if so.
@@ -231,58 +378,73 @@ impl Job<'_> {
         Ok(self.restart_point(placed.id)?.map(|bytes| (floor, bytes)))
     }
 
-    /// Steps 3 and 4: the lower half restarts in place of the instance (a
-    /// new incarnation on its worker), the upper half as a new instance on
-    /// `target`; then every worker learns the new plan. Returns the new id.
-    fn install_halves(
+    /// Steps 3 and 4: the first part restarts in place of the instance (a
+    /// new incarnation on its worker), each other part as a new instance on
+    /// its target; then every worker learns the new plan. Returns the new
+    /// ids, in key order.
+    fn install_parts(
         &mut self,
         node: usize,
         placed: &InstancePlan,
-        target: WorkerId,
+        targets: &[WorkerId],
         frontier: Stamp,
-        [(lower, low_bytes), (upper, high_bytes)]: [(KeyRange, Vec<u8>); 2],
-    ) -> Result<InstanceId, EngineError> {
+        parts: Vec<(KeyRange, Vec<u8>)>,
+    ) -> Result<Vec<InstanceId>, EngineError> {
         let instance = placed.id;
-        self.plan.reincarnate(instance, placed.worker, lower);
-        let (new_id, _) = self.plan.add_instance(node, target, upper);
-        if self.backed_up(node) {
-            self.backups
-                .reshaped(instance, (frontier, low_bytes.clone()));
-            self.backups
-                .reshaped(new_id, (frontier, high_bytes.clone()));
-        } else {
-            self.backups.raise_floor(new_id, frontier);
+        let mut placements = Vec::with_capacity(parts.len());
+        for (i, (range, bytes)) in parts.into_iter().enumerate() {
+            let (id, worker) = if i == 0 {
+                self.plan.reincarnate(instance, placed.worker, range);
+                (instance, placed.worker)
+            } else {
+                let worker = targets[i - 1];
+                (self.plan.add_instance(node, worker, range).0, worker)
+            };
+            if self.backed_up(node) {
+                self.backups.reshaped(id, (frontier, bytes.clone()));
+            } else if id != instance {
+                self.backups.raise_floor(id, frontier);
+            }
+            placements.push((id, worker, bytes));
         }
         let mut by_target: HashMap<WorkerId, Vec<_>> = HashMap::new();
-        for (worker, id, part) in [
-            (placed.worker, instance, low_bytes),
-            (target, new_id, high_bytes),
-        ] {
+        for (id, worker, bytes) in &placements {
             by_target
-                .entry(worker)
+                .entry(*worker)
                 .or_default()
-                .push((id, Some(serde_bytes::ByteBuf::from(part))));
+                .push((*id, Some(serde_bytes::ByteBuf::from(bytes.clone()))));
         }
         self.restore_on(by_target, "a split's restores")?;
-        let update = ToWorker::PlanUpdate {
-            plan: self.plan.clone(),
-            added: vec![AddedInstance {
-                id: new_id,
+        let added: Vec<AddedInstance> = placements
+            .iter()
+            .skip(1)
+            .map(|(id, _, _)| AddedInstance {
+                id: *id,
                 parent: instance,
                 frontier,
-            }],
+            })
+            .collect();
+        let new_ids = added.iter().map(|a| a.id).collect();
+        let update = ToWorker::PlanUpdate {
+            plan: self.plan.clone(),
+            added,
             merged: Vec::new(),
         };
         self.broadcast(&update);
-        Ok(new_id)
+        Ok(new_ids)
     }
 
     /// Records a finished split.
     fn record_split(&mut self, event: ScaleEvent) {
+        let parts: Vec<String> = event
+            .added
+            .iter()
+            .map(|p| format!("{} on worker {}", p.instance, p.worker))
+            .collect();
         self.record(
             EventKind::ScaleOut,
             format!(
-                "{}: {} -> {} partitions (instance {} split at {:#x}, {} + {} keys, new instance {} on worker {}) in {} ms; {}",
+                "{}: {} -> {} partitions (instance {} split at {:#x}, {} + {} keys, new instances {}) in {} ms; {}",
                 event.operator,
                 event.partitions_before,
                 event.partitions_after,
@@ -290,8 +452,7 @@ impl Job<'_> {
                 event.split_at,
                 event.keys.0,
                 event.keys.1,
-                event.new_instance,
-                event.worker,
+                parts.join(", "),
                 event.pause_ms,
                 event.reason
             ),
@@ -342,7 +503,8 @@ impl Job<'_> {
         Ok(None)
     }
 
-    /// Scales out `operator`'s busiest instance (a command or `--scale`).
+    /// Scales out `operator`'s busiest instance into the configured number
+    /// of parts (a command or `--scale`).
     pub(super) fn scale_operator(
         &mut self,
         operator: &str,
@@ -356,25 +518,54 @@ impl Job<'_> {
             return Ok(());
         };
         match self.autoscaler.busiest(&self.plan.nodes[node].instances) {
-            Some(id) => self.scale_out(id, reason),
+            Some(id) => self.scale_out(id, self.config.split_parts, reason, None),
             None => Ok(()),
         }
     }
 
-    /// Carries out what the policy decides, if anything.
+    /// Carries out what the policy decides, if anything: every split and
+    /// merge of one decision, one after the other; then returns workers idle
+    /// for longer than the policy keeps them.
     pub(super) fn autoscale(&mut self) -> Result<(), EngineError> {
         let elastic: Vec<usize> = (0..self.plan.nodes.len())
             .filter(|&n| matches!(self.query.kind(n), NodeKind::Stateful | NodeKind::Stateless))
             .collect();
-        let pool_free = !self.pool.is_empty();
-        match self
+        let decided = self
             .autoscaler
-            .decide(&self.plan, &elastic, pool_free, Instant::now())
-        {
-            Some(Decision::Split(id, reason)) => self.scale_out(id, &reason),
-            Some(Decision::Merge(lower, upper, reason)) => self.scale_in(lower, upper, &reason),
-            None => Ok(()),
+            .decide(&self.plan, &elastic, self.pool.len(), Instant::now());
+        if let Some((decision, actions)) = decided {
+            for action in actions {
+                match action {
+                    Action::Split {
+                        instance,
+                        parts,
+                        rates,
+                    } => {
+                        let reason = format!(
+                            "policy {} decision {decision}: offered {:.0}/s at {:.0} tuples per CPU second needs utilisation {:.2} (target {:.2}), {parts} parts",
+                            rates.policy, rates.offered_rate, rates.true_rate, rates.projected, rates.target
+                        );
+                        self.scale_out(instance, parts, &reason, Some((decision, rates)))?;
+                    }
+                    Action::Merge {
+                        lower,
+                        upper,
+                        rates,
+                    } => {
+                        let reason = format!(
+                            "policy {} decision {decision}: utilisation {:.2} for two partitions (scale in below {:.2})",
+                            rates.policy,
+                            rates.projected,
+                            self.autoscaler.policy().map_or(0.0, |p| p.low_threshold)
+                        );
+                        self.scale_in(lower, upper, &reason, Some((decision, rates)))?;
+                    }
+                }
+            }
+            self.autoscaler.carried_out(Instant::now());
         }
+        self.return_idle_workers();
+        Ok(())
     }
 }
 
@@ -410,11 +601,10 @@ mod tests {
         }
     }
 
-    /// Splits where [`split_point`] says and restores both halves: (load,
-    /// state) of each.
-    fn split(c: &Checkpoint) -> Vec<(u64, KeyedState<u64, u64>)> {
-        let (lower, upper) = split_point(c);
-        c.partition(&[lower, upper])
+    /// Splits where [`split_points`] says into `k` parts and restores each:
+    /// (load, state) of each.
+    fn split_k(c: &Checkpoint, k: usize) -> Vec<(u64, KeyedState<u64, u64>)> {
+        c.partition(&split_points(c, k))
             .unwrap()
             .iter()
             .map(|part| {
@@ -425,6 +615,10 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    fn split(c: &Checkpoint) -> Vec<(u64, KeyedState<u64, u64>)> {
+        split_k(c, 2)
     }
 
     fn keys_with_load(n: u64, load: u32) -> BTreeMap<u64, u32> {
@@ -460,9 +654,23 @@ mod tests {
 
     #[test]
     fn falls_back_to_the_middle_of_the_range_without_keys() {
-        let (lower, upper) = split_point(&checkpoint(&keys_with_load(1, 5)));
-        assert_eq!(upper.start, KeyRange::FULL.midpoint());
-        assert_eq!(lower.end + 1, upper.start);
+        let ranges = split_points(&checkpoint(&keys_with_load(1, 5)), 2);
+        assert_eq!(ranges, KeyRange::FULL.split_even(2));
+    }
+
+    #[test]
+    fn a_k_way_split_gives_each_part_a_kth_of_the_load() {
+        let parts = split_k(&checkpoint(&keys_with_load(800, 2)), 8);
+        assert_eq!(parts.len(), 8);
+        assert!(parts
+            .iter()
+            .all(|(load, state)| *load == 200 && state.len() == 100));
+    }
+
+    #[test]
+    fn fewer_keys_than_parts_split_the_range_evenly() {
+        let ranges = split_points(&checkpoint(&keys_with_load(3, 1)), 5);
+        assert_eq!(ranges, KeyRange::FULL.split_even(5));
     }
 
     proptest! {
@@ -485,6 +693,44 @@ mod tests {
                 let found = halves.iter().filter_map(|(_, s)| s.get(k)).collect::<Vec<_>>();
                 prop_assert_eq!(found, vec![k]);
             }
+        }
+
+        #[test]
+        fn k_parts_lose_no_key_balance_the_load_and_merge_back(
+            loads in prop::collection::btree_map(
+                any::<u64>(),
+                prop_oneof![3 => 0u32..10, 1 => 0u32..10_000],
+                1..300,
+            ),
+            k in 2usize..12,
+        ) {
+            let c = checkpoint(&loads);
+            let ranges = split_points(&c, k);
+            let parts = c.partition(&ranges).unwrap();
+            prop_assert_eq!(parts.len(), k);
+            // Every key in exactly one part, the part owning its hash.
+            prop_assert_eq!(parts.iter().map(|p| p.entries.len()).sum::<usize>(), loads.len());
+            for p in &parts {
+                prop_assert!(p.entries.iter().all(|e| p.key_range.contains(e.hash)));
+            }
+            // With at least k keys, no part is empty and none carries more
+            // than its share plus the hottest key, twice over (each cut is
+            // within one key of its ideal place).
+            if loads.len() >= k {
+                let total: u64 = loads.values().map(|l| u64::from(*l)).sum();
+                let hottest = u64::from(*loads.values().max().unwrap());
+                for p in &parts {
+                    prop_assert!(!p.entries.is_empty());
+                    let load: u64 = p.entries.iter().map(|e| u64::from(e.load)).sum();
+                    prop_assert!(load <= total / k as u64 + 2 * hottest + 1, "{load} of {total}");
+                }
+            }
+            // Merging the parts back in order gives the checkpoint split.
+            let merged = parts
+                .into_iter()
+                .reduce(|lower, upper| lower.merge(upper).unwrap())
+                .unwrap();
+            prop_assert_eq!(merged, c);
         }
     }
 }

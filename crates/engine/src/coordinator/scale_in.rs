@@ -15,18 +15,21 @@
 //!    outputs, in order with the lower's);
 //! 5. the upper partition's worker, if it hosts nothing else, joins the pool.
 //!
-//! The autoscaling policy (in [`super::scale`]) decides when.
+//! The autoscaling policy (in [`super::scale`]) decides when. Workers idle
+//! beyond the pool's size for longer than the policy keeps them are
+//! returned: ended through their provisioner, so that they cost nothing.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::api::NodeKind;
 use crate::error::EngineError;
-use crate::plan::{InstanceId, InstancePlan, MergedInstance};
+use crate::plan::{InstanceId, InstancePlan, MergedInstance, WorkerId};
 use crate::stamp::Stamp;
 use crate::state::{Checkpoint, KeyRange};
 use crate::wire::control::{ToCoordinator, ToWorker};
 
+use super::autoscaler::ScaleRates;
 use super::events::{EventKind, ScaleDirection};
 use super::{Job, ScaleEvent};
 
@@ -54,9 +57,9 @@ impl Job<'_> {
         };
         match self
             .autoscaler
-            .coldest_pair(&self.plan.nodes[node].instances, 0)
+            .coldest_pair(&self.plan.nodes[node].instances)
         {
-            Some((lower, upper, _)) => self.scale_in(lower, upper, reason),
+            Some((lower, upper)) => self.scale_in(lower, upper, reason, None),
             None => {
                 self.record(
                     EventKind::Refused,
@@ -68,12 +71,14 @@ impl Job<'_> {
     }
 
     /// Merges partition `upper` into `lower`, its neighbour below; refuses
-    /// (with an event, not an error) when it cannot.
+    /// (with an event, not an error) when it cannot. `decided`: the
+    /// policy's decision and rates, if it decided.
     pub(super) fn scale_in(
         &mut self,
         lower: InstanceId,
         upper: InstanceId,
         reason: &str,
+        decided: Option<(u32, ScaleRates)>,
     ) -> Result<(), EngineError> {
         let started = Instant::now();
         let decided_ms = self.elapsed_ms();
@@ -103,9 +108,14 @@ impl Job<'_> {
         let merged = Checkpoint::merge(low_checkpoint, high_checkpoint)?.encode()?;
         // 3-5. Restore, rewire, free the worker.
         let idle = self.install_merged(node, &low, &high, range, frontier, merged)?;
+        self.autoscaler.forget(lower);
+        self.autoscaler.forget(upper);
+        let (decision, rates) = decided.unzip();
         let event = ScaleEvent {
             decided_ms,
             reason: reason.to_string(),
+            decision,
+            rates,
             direction: ScaleDirection::In,
             operator,
             instance: lower,
@@ -115,6 +125,7 @@ impl Job<'_> {
             partitions_after: before - 1,
             split_at: high.key_range.start,
             keys,
+            added: Vec::new(),
             pause_ms: started.elapsed().as_millis() as u64,
         };
         self.record_merge(event, idle);
@@ -320,5 +331,46 @@ impl Job<'_> {
             }
         }
         None
+    }
+
+    /// Returns the workers that have been idle in the pool, beyond its
+    /// configured size, for longer than the policy keeps them: each is told
+    /// to exit and ended through its provisioner (not a failure: nothing
+    /// runs there).
+    pub(super) fn return_idle_workers(&mut self) {
+        let now = Instant::now();
+        let pool = self.pool.clone();
+        self.idle_since.retain(|w, _| pool.contains(w));
+        for w in &pool {
+            self.idle_since.entry(*w).or_insert(now);
+        }
+        let Some(keep) = self.autoscaler.policy().and_then(|p| p.keep_idle) else {
+            return;
+        };
+        // The oldest idle workers go first; the pool keeps its size.
+        let spare = self.pool.len().saturating_sub(self.config.pool);
+        let mut idle: Vec<(Instant, WorkerId)> = self
+            .idle_since
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= keep)
+            .map(|(w, since)| (*since, *w))
+            .collect();
+        idle.sort_unstable();
+        for (since, w) in idle.into_iter().take(spare) {
+            self.pool.retain(|p| *p != w);
+            self.idle_since.remove(&w);
+            self.workers[w.index()].alive = false;
+            self.backups.holders_failed(&[w]);
+            // Best effort: it is ended through its provisioner anyway.
+            let _ = self.links.send(w, &ToWorker::Shutdown);
+            self.end_process(w);
+            self.record(
+                EventKind::Released,
+                format!(
+                    "worker {w} returned after {:.1} s idle",
+                    now.duration_since(since).as_secs_f64()
+                ),
+            );
+        }
     }
 }

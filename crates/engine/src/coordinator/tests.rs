@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::autoscaler::{Autoscaler, Decision};
 use super::backups::{choose_holder, Backups};
 use super::links::memory::{pair, Network};
 use super::{run_job, EventKind, JobConfig, JobSummary, Provisioner, ScaleDirection, ScalePolicy};
@@ -972,105 +971,86 @@ fn holders_are_spread_by_instance() {
     assert_eq!(picked.len(), 3);
 }
 
-/// A plan with `partitions` count instances over the whole key space.
-fn count_plan(partitions: u32) -> Plan {
-    let query = registry()
-        .build("chain", &serde_json::json!({}))
-        .expect("builds");
-    let workers = (0..4).map(|w| format!("w{w}")).collect();
-    let partitions = BTreeMap::from([("count".to_string(), partitions)]);
-    Plan::place(&query, workers, 4, &partitions).expect("places")
+/// Instance `id` reports `samples` one-second metrics spaced `every` apart,
+/// each with `cpu` more CPU seconds and 1,000 more tuples.
+fn busy(c: &mut Cluster, id: InstanceId, samples: u64, every: Duration, cpu: f64) {
+    for n in 1..=samples {
+        let metrics = InstanceMetrics {
+            instance: id,
+            tuples_in: 1000 * n,
+            cpu_secs: cpu * n as f64,
+            ..InstanceMetrics::default()
+        };
+        c.net.say(c.host(id), ToCoordinator::Metrics(metrics));
+        c.settle(every);
+    }
 }
 
-/// Reports `utilization` for `id` over one simulated second at `at`.
-fn report(autoscaler: &mut Autoscaler, id: InstanceId, cpu: f64, at: Instant) {
-    let metrics = InstanceMetrics {
-        instance: id,
-        cpu_secs: cpu,
-        ..InstanceMetrics::default()
+#[test]
+fn the_rate_policy_splits_a_partition_k_ways_in_one_decision() {
+    let mut config = config(2);
+    config.autoscale = Some(ScalePolicy::default());
+    let (result, cluster, _) = scenario(config, |c| {
+        c.checkpoint_all(Stamp(10));
+        c.settle(Duration::from_millis(50));
+        // Over 1.4 CPU seconds a second however late the samples arrive
+        // (the test is timed loosely): 3 parts or more at 70 %; the pool
+        // has 2 workers, so 3.
+        let hot = c.ids("count")[0];
+        busy(c, hot, 5, Duration::from_millis(20), 0.1);
+        assert!(c.run_until(Duration::from_secs(5), |c| c.ids("count").len() == 4));
+    });
+    let summary = result.expect("finishes");
+    let [split] = &summary.scale_events[..] else {
+        panic!("one split expected: {:?}", summary.scale_events);
     };
-    autoscaler.observe(metrics, at);
+    assert_eq!((split.partitions_before, split.partitions_after), (2, 4));
+    assert_eq!(split.decision, Some(1));
+    let rates = split.rates.as_ref().expect("the rates that justified it");
+    assert!(rates.projected > 1.4, "{rates:?}");
+    let workers: Vec<WorkerId> = split.added.iter().map(|p| p.worker).collect();
+    assert_eq!(workers, vec![WorkerId(3), WorkerId(4)]);
+    // Every part was restored from the fresh checkpoint; the parts tile the
+    // parent's range.
+    let frontiers = cluster.restored_frontiers();
+    for id in std::iter::once(split.instance).chain(split.added.iter().map(|p| p.instance)) {
+        assert_eq!(frontiers[&id], Some(Stamp(10)));
+    }
+    let ranges: Vec<KeyRange> = cluster.plan().nodes[2]
+        .instances
+        .iter()
+        .map(|i| i.key_range)
+        .collect();
+    assert_eq!(ranges.first().map(|r| r.start), Some(0));
+    for pair in ranges.windows(2) {
+        assert_eq!(pair[0].end + 1, pair[1].start);
+    }
+    assert!(summary.worker_secs > 0.0);
 }
 
-fn policy() -> ScalePolicy {
-    ScalePolicy {
-        cooldown: Duration::from_secs(5),
+#[test]
+fn an_idle_worker_beyond_the_pool_is_returned_after_its_keep() {
+    let mut config = config(0);
+    // The upper partition of `count` alone on the fourth worker.
+    config.workers = 4;
+    config.autoscale = Some(ScalePolicy {
+        keep_idle: Some(Duration::ZERO),
         ..ScalePolicy::default()
-    }
-}
-
-#[test]
-fn the_policy_splits_an_instance_hot_for_enough_reports() {
-    let plan = count_plan(2);
-    let hot = plan.nodes[2].instances[1].id;
-    let mut autoscaler = Autoscaler::new(Some(policy()), None);
-    let start = Instant::now();
-    for second in 0..4u32 {
-        let at = start + Duration::from_secs(u64::from(second));
-        report(&mut autoscaler, hot, 0.9 * f64::from(second), at);
-        let decision = autoscaler.decide(&plan, &[2], true, at);
-        if second < 3 {
-            assert_eq!(decision, None, "split after {second} reports");
-        } else {
-            assert!(matches!(decision, Some(Decision::Split(id, _)) if id == hot));
-        }
-    }
-}
-
-#[test]
-fn the_policy_waits_for_a_pool_worker_and_its_cooldown() {
-    let plan = count_plan(2);
-    let hot = plan.nodes[2].instances[0].id;
-    let mut autoscaler = Autoscaler::new(Some(policy()), None);
-    let start = Instant::now();
-    for second in 0..5u32 {
-        let at = start + Duration::from_secs(u64::from(second));
-        report(&mut autoscaler, hot, 0.95 * f64::from(second), at);
-    }
-    let at = start + Duration::from_secs(5);
-    assert_eq!(autoscaler.decide(&plan, &[2], false, at), None);
-    assert!(autoscaler.decide(&plan, &[2], true, at).is_some());
-    for second in 6..10u32 {
-        let at = start + Duration::from_secs(u64::from(second));
-        report(&mut autoscaler, hot, 0.95 * f64::from(second), at);
-    }
-    let soon = start + Duration::from_secs(9);
-    assert_eq!(autoscaler.decide(&plan, &[2], true, soon), None);
-}
-
-#[test]
-fn the_policy_merges_two_adjacent_cold_partitions() {
-    let plan = count_plan(3);
-    let ids: Vec<InstanceId> = plan.nodes[2].instances.iter().map(|i| i.id).collect();
-    let mut autoscaler = Autoscaler::new(Some(policy()), None);
-    let start = Instant::now();
-    for second in 0..7u32 {
-        let at = start + Duration::from_secs(u64::from(second));
-        // The first two are cold; the third is busy.
-        report(&mut autoscaler, ids[0], 0.01 * f64::from(second), at);
-        report(&mut autoscaler, ids[1], 0.02 * f64::from(second), at);
-        report(&mut autoscaler, ids[2], 0.5 * f64::from(second), at);
-    }
-    let at = start + Duration::from_secs(7);
-    match autoscaler.decide(&plan, &[2], true, at) {
-        Some(Decision::Merge(lower, upper, _)) => assert_eq!((lower, upper), (ids[0], ids[1])),
-        other => panic!("expected a merge, got {other:?}"),
-    }
-}
-
-#[test]
-fn without_a_policy_nothing_is_decided() {
-    let plan = count_plan(2);
-    let mut autoscaler = Autoscaler::new(None, None);
-    let id = plan.nodes[2].instances[0].id;
-    let start = Instant::now();
-    for second in 0..10u32 {
-        let at = start + Duration::from_secs(u64::from(second));
-        report(&mut autoscaler, id, f64::from(second), at);
-    }
+    });
+    config.scale_in_at = vec![(Duration::from_millis(100), "count".into())];
+    let (result, _, stopped) = scenario(config, |c| {
+        c.checkpoint_all(Stamp(10));
+        assert!(c.run_until(Duration::from_secs(5), |c| c.ids("count").len() == 1));
+        // The policy runs when metrics come.
+        let id = c.ids("count")[0];
+        busy(c, id, 1, Duration::from_millis(50), 0.0);
+    });
+    let summary = result.expect("finishes");
     assert_eq!(
-        autoscaler.decide(&plan, &[2], true, start + Duration::from_secs(10)),
-        None
+        kinds(&summary, EventKind::Released),
+        1,
+        "{:?}",
+        summary.events
     );
-    assert!(autoscaler.utilization(id) > 0.9);
+    assert_eq!(stopped.len(), 1);
 }

@@ -38,6 +38,11 @@ pub struct InstanceMetrics {
     pub cpu_secs: f64,
     /// Batches waiting in its inbox and merge.
     pub queued_batches: u64,
+    /// Batches taken in so far: with `tuples_in`, the tuples a batch
+    /// carries, hence the tuples `queued_batches` hold (offered load the
+    /// instance could not take yet).
+    #[serde(default)]
+    pub batches_in: u64,
     /// Bytes held in its output buffer for replay.
     pub buffered_bytes: u64,
     /// Every input at or below this stamp is processed.

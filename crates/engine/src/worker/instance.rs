@@ -285,8 +285,15 @@ impl Runner {
         }
     }
 
-    /// Sends the periodic metrics when they are due.
-    fn metrics(&mut self, tuples_in: u64, queued_batches: usize, frontier: Stamp, outbox: &Outbox) {
+    /// Sends the periodic metrics when they are due: `(tuples, batches)`
+    /// taken in so far.
+    fn metrics(
+        &mut self,
+        (tuples_in, batches_in): (u64, u64),
+        queued_batches: usize,
+        frontier: Stamp,
+        outbox: &Outbox,
+    ) {
         let now = Instant::now();
         if now < self.next_metrics {
             return;
@@ -298,6 +305,7 @@ impl Runner {
             tuples_out: outbox.tuples_out(),
             cpu_secs: thread_cpu_secs(),
             queued_batches: queued_batches as u64,
+            batches_in,
             buffered_bytes: outbox.buffered_bytes() as u64,
             frontier,
             state_keys: self.state_size.0,
@@ -419,7 +427,7 @@ impl Runner {
             outbox.set_stamp(next);
             outbox.set_mark_floor(mark);
             if seq.is_multiple_of(1024) {
-                self.metrics(seq, 0, mark, &outbox);
+                self.metrics((seq, 0), 0, mark, &outbox);
             }
             match source.poll(&mut outbox).map_err(|e| self.fail(e))? {
                 SourcePoll::Emitted => {
@@ -432,7 +440,7 @@ impl Runner {
                 SourcePoll::WaitUntil(at) => {
                     outbox.flush(mark);
                     last_flush = Instant::now();
-                    self.metrics(seq, 0, mark, &outbox);
+                    self.metrics((seq, 0), 0, mark, &outbox);
                     if !self.wait_until(at, &mut outbox)? {
                         return Ok(());
                     }
@@ -545,6 +553,7 @@ impl Runner {
             cap: Stamp::END,
             checkpoint_at: None,
             tuples_in: 0,
+            batches_in: 0,
         };
         while !round.finished {
             let ControlFlow::Continue(Wakeup { first, outcomes }) = self.wait_round(&mut outbox)?
@@ -562,6 +571,7 @@ impl Runner {
                 .chain(self.inbox.data.try_iter().take(EVENTS_PER_ROUND))
             {
                 if let Some(batch) = self.batch(event) {
+                    round.batches_in += 1;
                     inputs.accept(&mut round.merge, batch)?;
                 }
             }
@@ -709,7 +719,7 @@ impl Runner {
     fn report_round(&mut self, round: &ProcessLoop, outbox: &Outbox) {
         let done = round.merge.done();
         let queued = self.inbox.data.len() + round.merge.queued_batches();
-        self.metrics(round.tuples_in, queued, done, outbox);
+        self.metrics((round.tuples_in, round.batches_in), queued, done, outbox);
         if let Some(from) = self.restored_at {
             if done > from && self.inbox.data.is_empty() && round.merge.queued_batches() == 0 {
                 self.report(Report::CaughtUp {
@@ -730,6 +740,8 @@ struct ProcessLoop {
     /// Where a merge asked for a checkpoint, until it is taken.
     checkpoint_at: Option<Stamp>,
     tuples_in: u64,
+    /// Batches taken off the inbox.
+    batches_in: u64,
     /// The merge is complete to the end of the input.
     finished: bool,
 }

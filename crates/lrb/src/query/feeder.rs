@@ -161,7 +161,7 @@ impl Source for Feeder {
         }
         let released_us = match time {
             Some(t) if self.params.speedup > 0.0 => {
-                let offset = Duration::from_secs_f64(f64::from(t) / self.params.speedup);
+                let offset = self.params.due(t);
                 if start.elapsed() < offset {
                     self.pending = Some((text, time));
                     return Ok(SourceStep::WaitUntil(start + offset));

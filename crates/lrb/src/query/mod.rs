@@ -15,6 +15,7 @@ mod toll_assessment;
 mod toll_calculator;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use spate_engine::{EngineError, Query, QueryBuilder, QueryRegistry};
@@ -40,6 +41,10 @@ pub struct LrbParams {
     pub out_dir: PathBuf,
     /// Replay speed: S times real time; 0 replays as fast as possible.
     pub speedup: f64,
+    /// A sudden change of load: from this simulated second on, replay at
+    /// this speed-up instead (a step, to watch the autoscaler answer it).
+    #[serde(default)]
+    pub speedup_step: Option<(u32, f64)>,
     /// Parallelism of the forwarder.
     #[serde(default = "one")]
     pub forwarders: u32,
@@ -57,6 +62,19 @@ pub struct LrbParams {
 
 fn one() -> u32 {
     1
+}
+
+impl LrbParams {
+    /// When, after the replay starts, the line of simulated second `time`
+    /// is due: `time / speedup`, at the step's speed-up after the step.
+    pub fn due(&self, time: u32) -> Duration {
+        match self.speedup_step {
+            Some((at, after)) if time > at => {
+                Duration::from_secs_f64(f64::from(at) / self.speedup + f64::from(time - at) / after)
+            }
+            _ => Duration::from_secs_f64(f64::from(time) / self.speedup),
+        }
+    }
 }
 
 /// Where the query keeps per-run statistics inside `out_dir`.
@@ -85,6 +103,14 @@ pub fn build(params: &LrbParams) -> Result<Query, EngineError> {
             "speed-up must be a non-negative number, not {}",
             params.speedup
         )));
+    }
+    if let Some((at, after)) = params.speedup_step {
+        if !(after > 0.0 && after.is_finite() && params.speedup > 0.0) {
+            return Err(EngineError::InvalidQuery(format!(
+                "the speed-up step at second {at} needs positive speed-ups before and after it, not {} and {after}",
+                params.speedup
+            )));
+        }
     }
     let mut q = QueryBuilder::new();
     let p = params.clone();
