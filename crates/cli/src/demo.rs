@@ -52,6 +52,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         files: files.clone(),
         speedup: args.speedup,
         stop_on_bad_input: false,
+        sink: None,
         job: args.job,
     })?;
     lrb::run(LrbCommand::Validate {
@@ -63,5 +64,6 @@ pub fn run(args: DemoArgs) -> Result<()> {
         },
         max_differences: 10,
         stop_on_bad_input: false,
+        from: None,
     })
 }

@@ -51,7 +51,7 @@ pub enum PgError {
     },
     /// A newer incarnation of this sink instance took its progress row over:
     /// this one is a zombie and must not write.
-    #[error("sink instance {instance} of table {table}, incarnation {mine}, is fenced: incarnation {current} has taken over")]
+    #[error("sink instance {instance} of table {table}, incarnation {mine}, is fenced: incarnation {current} has taken over (a new job over an earlier job's table must empty it first: prepare_tables with replace)")]
     Fenced {
         /// The sink's table.
         table: String,

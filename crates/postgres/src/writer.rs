@@ -31,9 +31,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// was created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Claim {
-    /// The job's first incarnation: whatever an earlier job left of this
-    /// instance's rows goes, whatever incarnation it recorded.
-    Fresh,
     /// Take over from incarnations older than this one, keeping the first
     /// `n` rows (the checkpoint's; 0 for a restart with no checkpoint).
     From(u64),
@@ -102,8 +99,6 @@ impl PgWriter {
         types.extend(columns.iter().map(|c| c.kind.pg_type()));
         let claim = if ctx.restoring {
             Claim::AwaitingRestore
-        } else if ctx.incarnation == Incarnation::default() {
-            Claim::Fresh
         } else {
             Claim::From(0)
         };
@@ -211,7 +206,7 @@ impl PgWriter {
                 "sink instance {} of table {} was given rows before its checkpoint",
                 self.instance, self.config.table
             ))),
-            Claim::Fresh | Claim::From(_) => {
+            Claim::From(_) => {
                 let from = self.retrying("taking over the sink's progress", |w| w.try_claim())?;
                 self.committed = from;
                 self.claim = Claim::Owned;
@@ -317,28 +312,25 @@ impl PgWriter {
             )
             .map_err(err("reading the sink's progress"))?;
         let (found, current): (i64, i64) = (row.get(0), row.get(1));
-        let keep = match claim {
-            Claim::From(keep) => {
-                if current > i64::from(mine.0) {
-                    return Err(PgError::Fenced {
-                        table,
-                        instance: me,
-                        mine: mine.0,
-                        current,
-                    });
-                }
-                if found < keep as i64 {
-                    return Err(PgError::Inconsistent {
-                        table,
-                        instance: me,
-                        found,
-                        expected: keep,
-                    });
-                }
-                keep
-            }
-            _ => 0,
+        let Claim::From(keep) = claim else {
+            return Err(PgError::Invalid("claiming a sink already owned".into()));
         };
+        if current > i64::from(mine.0) {
+            return Err(PgError::Fenced {
+                table,
+                instance: me,
+                mine: mine.0,
+                current,
+            });
+        }
+        if found < keep as i64 {
+            return Err(PgError::Inconsistent {
+                table,
+                instance: me,
+                found,
+                expected: keep,
+            });
+        }
         tx.execute(
             &format!(
                 "DELETE FROM {} WHERE spate_instance = $1 AND spate_seq > $2",

@@ -116,8 +116,13 @@ fn restores_fence_zombies_and_keep_every_row_once() {
     let err = stale.restore(checkpoint).unwrap_err();
     assert!(matches!(err, PgError::Fenced { .. }), "{err}");
 
-    // A new job (incarnation 0, not restoring) starts the instance over.
+    // A new job (incarnation 0, not restoring) cannot tell itself from a
+    // zombie of the old one: it must empty the table first.
     let mut rerun = PgWriter::new(config(&url, "out"), columns(), &context(3, 0, false)).unwrap();
+    let err = rerun.checkpoint().unwrap_err();
+    assert!(err.to_string().contains("must empty it first"), "{err}");
+    let mut client = connect(&url).unwrap();
+    prepare_tables(&mut client, &[("out", &columns())], true).unwrap();
     for n in 1..=5 {
         rerun.push(row(n)).unwrap();
     }
