@@ -9,7 +9,8 @@ use spate_engine::state::KeyRange;
 use spate_engine::{InstanceContext, Sink};
 use spate_postgres::testing::{TestServer, PASSWORD};
 use spate_postgres::{
-    connect, Column, ColumnType, PgError, PgSinkConfig, PgWriter, PostgresSink, Value,
+    connect, prepare_tables, Column, ColumnType, PgError, PgSinkConfig, PgWriter, PostgresSink,
+    Value,
 };
 
 fn context(instance: u32, incarnation: u32, restoring: bool) -> InstanceContext {
