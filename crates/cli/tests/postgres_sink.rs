@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::lrb::{answers, baseline, SPEEDUP, WORKERS};
 use common::{run_with_timeout, scratch, spate, stderr};
@@ -26,6 +26,14 @@ fn lrb_run(dir: &Path, extra: &[&str]) -> Command {
         .arg(dir.join("out"))
         .args(extra);
     command
+}
+
+/// Tolls committed so far; 0 while the table is unreachable.
+fn committed_tolls(url: &str) -> i64 {
+    spate_postgres::connect(url)
+        .ok()
+        .and_then(|mut client| client.query_one("SELECT count(*) FROM lrb_tolls", &[]).ok())
+        .map_or(0, |row| row.get(0))
 }
 
 #[test]
@@ -62,12 +70,24 @@ fn answers_reach_postgres_exactly_once_through_kills_a_split_and_a_restart() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let child = command.spawn().unwrap();
-    // The database restarts mid-run (or after it, on a slow machine: the
-    // answers must be exact either way).
-    std::thread::sleep(Duration::from_secs(5));
+    // The database restarts once the tolls sink has committed: it commits
+    // again later (tolls come until the input ends), so it must notice.
+    let started = Instant::now();
+    while committed_tolls(&url) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no toll committed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     server.restart().unwrap();
     let result = common::wait_with_timeout(child, Duration::from_secs(600));
-    assert!(result.status.success(), "run failed: {}", stderr(&result));
+    let log = stderr(&result);
+    assert!(result.status.success(), "run failed: {log}");
+    assert!(
+        log.contains("reachable again"),
+        "no sink noticed the restart: {log}"
+    );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("out/report.json")).unwrap())
             .unwrap();
