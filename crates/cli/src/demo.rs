@@ -53,7 +53,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         speedup: args.speedup,
         stop_on_bad_input: false,
         sink: None,
-        job: args.job,
+        job: Box::new(args.job),
     })?;
     lrb::run(LrbCommand::Validate {
         files,

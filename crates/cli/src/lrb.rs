@@ -68,7 +68,7 @@ pub enum LrbCommand {
         #[arg(long, value_name = "URL")]
         sink: Option<String>,
         #[command(flatten)]
-        job: JobArgs,
+        job: Box<JobArgs>,
     },
     /// Check a run's answers against an independent reference implementation.
     Validate {

@@ -4,7 +4,7 @@
 //! sizes. Each figure is one run of ROWS rows ending with a checkpoint, so
 //! every row counted is committed.
 //!
-//! Run with `cargo bench -p spate-postgres` (about half a minute); the
+//! Run with `cargo bench -p spate-postgres` (about a minute); the
 //! figures and the machine's load go in `docs/BENCH.md`.
 
 use std::time::Instant;

@@ -222,10 +222,13 @@ mod millis {
     }
 }
 
+/// Makes a table row of an input.
+type RowFn<T> = Box<dyn Fn(&T) -> Vec<Value> + Send>;
+
 /// A [`Sink`] writing each input as one row made by `to_row`, exactly once.
 pub struct PostgresSink<T> {
     writer: PgWriter,
-    to_row: Box<dyn Fn(&T) -> Vec<Value> + Send>,
+    to_row: RowFn<T>,
 }
 
 impl<T> PostgresSink<T> {

@@ -67,8 +67,8 @@ struct SinkPosition {
 enum Answers {
     /// `KIND.csv` in the run's output directory.
     File(BufWriter<File>),
-    /// The kind's table (see [`table`]).
-    Table(PgWriter),
+    /// The kind's table (see [`table`]); boxed, being large.
+    Table(Box<PgWriter>),
 }
 
 /// The PostgreSQL table of an answer kind: `lrb_tolls`, `lrb_accidents`,
@@ -208,10 +208,10 @@ impl AnswerSink {
     ) -> Result<Self, OperatorError> {
         std::fs::create_dir_all(&params.out_dir)?;
         let out = match &params.sink {
-            Some(url) => Answers::Table(
+            Some(url) => Answers::Table(Box::new(
                 PgWriter::new(PgSinkConfig::new(url, &table(kind)), columns(kind), ctx)
                     .map_err(operator_error)?,
-            ),
+            )),
             None => {
                 let path = params.out_dir.join(format!("{}.csv", kind.name()));
                 let file = std::fs::OpenOptions::new()
