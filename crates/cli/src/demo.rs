@@ -53,6 +53,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         speedup: args.speedup,
         step: None,
         stop_on_bad_input: false,
+        sink: None,
         job: Box::new(args.job),
     })?;
     lrb::run(LrbCommand::Validate {
@@ -64,5 +65,6 @@ pub fn run(args: DemoArgs) -> Result<()> {
         },
         max_differences: 10,
         stop_on_bad_input: false,
+        from: None,
     })
 }

@@ -65,6 +65,12 @@ pub enum LrbCommand {
         /// Stop at the first malformed input line instead of skipping it.
         #[arg(long)]
         stop_on_bad_input: bool,
+        /// Write the answers exactly once to PostgreSQL tables (lrb_tolls,
+        /// lrb_accidents, lrb_balances, lrb_expenditures, lrb_input_errors;
+        /// emptied first) instead of answer files in --out:
+        /// postgres://USER:PASSWORD@HOST:PORT/DATABASE.
+        #[arg(long, value_name = "URL")]
+        sink: Option<String>,
         #[command(flatten)]
         job: Box<JobArgs>,
     },
@@ -83,6 +89,10 @@ pub enum LrbCommand {
         /// (skipped lines are listed by number, as `lrb run` skips them).
         #[arg(long)]
         stop_on_bad_input: bool,
+        /// Read the answers from the PostgreSQL tables of `lrb run --sink
+        /// URL` (copied into OUT/from-postgres as answer files first).
+        #[arg(long, value_name = "URL")]
+        from: Option<String>,
     },
     /// Find the highest speed-up the query sustains: generate (or reuse) an
     /// input, run it at increasing speed-ups, validate every run, and write
@@ -194,6 +204,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
             speedup,
             step,
             stop_on_bad_input,
+            sink,
             mut job,
         } => {
             for file in [&input, &tolls] {
@@ -203,6 +214,10 @@ pub fn run(command: LrbCommand) -> Result<()> {
                         file.display()
                     );
                 }
+            }
+            if let Some(url) = &sink {
+                spate_lrb::query::prepare_tables(url)
+                    .context("cannot write the answers to PostgreSQL (--sink)")?;
             }
             job.default_partitions("toll_calculator", 2);
             let token = crate::control::ClusterToken::for_local_run(&job.token)?;
@@ -216,6 +231,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
                 toll_calculators: 2,
                 assessors: 1,
                 stop_on_bad_input,
+                sink: sink.clone(),
             };
             let json = serde_json::to_value(&params).context("encoding the run's parameters")?;
             let config = job.config(&crate::registry(), spate_lrb::query::NAME, json, &token)?;
@@ -223,10 +239,13 @@ pub fn run(command: LrbCommand) -> Result<()> {
                 params,
                 job: config,
             };
+            let answers_to = match sink {
+                Some(_) => "PostgreSQL tables lrb_*".to_string(),
+                None => out.display().to_string(),
+            };
             eprintln!(
-                "running Linear Road at speed-up {speedup} on {} workers; answers go to {}",
+                "running Linear Road at speed-up {speedup} on {} workers; answers go to {answers_to}",
                 job.workers,
-                out.display()
             );
             let cancel = options.job.cancel.clone();
             job.dashboard.around(&cancel, &token, |view, commands| {
@@ -249,10 +268,24 @@ pub fn run(command: LrbCommand) -> Result<()> {
             speedup,
             max_differences,
             stop_on_bad_input,
+            from,
         } => {
             if !(speedup > 0.0 && speedup.is_finite()) {
                 bail!("--speedup must be a positive number (use 1 for runs at speed-up 0)");
             }
+            let out = match from {
+                Some(url) => {
+                    let dir = out.join("from-postgres");
+                    let answers = spate_lrb::query::export_tables(&url, &dir)
+                        .context("cannot read the answers from PostgreSQL (--from)")?;
+                    eprintln!(
+                        "read {answers} answers from PostgreSQL into {}",
+                        dir.display()
+                    );
+                    dir
+                }
+                None => out,
+            };
             let mut progress = Progress::new();
             let mut status = Status {
                 stage: "validating".into(),

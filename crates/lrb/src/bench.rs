@@ -558,6 +558,7 @@ fn run_one(
         toll_calculators: 1,
         assessors: 1,
         stop_on_bad_input: false,
+        sink: None,
     };
     // No failures are injected, so no standby worker (the pool stays 0).
     let mut job = JobConfig::new(crate::query::NAME, serde_json::Value::Null, options.workers);

@@ -170,6 +170,9 @@ pub struct InstanceContext {
     /// The instance is being restored from a checkpoint (after a failure):
     /// a sink must then keep its existing output for `restore` to trim.
     pub restoring: bool,
+    /// Which version of the instance this is: a sink that writes outside
+    /// the engine fences older incarnations (zombies) with it.
+    pub incarnation: crate::ids::Incarnation,
 }
 
 impl InstanceContext {

@@ -555,6 +555,7 @@ fn create_instance(
         parallelism: d.plan.nodes[node].instances.len() as u32,
         key_range: placed.key_range,
         restoring: restore.is_some(),
+        incarnation: placed.incarnation,
     };
     let logic = d.query.instantiate(node, &ctx)?;
     let inputs = Inputs::new(&d.plan, &d.query, node);

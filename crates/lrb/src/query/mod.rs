@@ -23,7 +23,7 @@ use spate_engine::{EngineError, Query, QueryBuilder, QueryRegistry};
 use crate::model::{AnswerKind, Msg};
 pub use feeder::{Feeder, FeederStats};
 pub use forwarder::Forwarder;
-pub use sink::{late_answers, AnswerSink, SinkStats};
+pub use sink::{export_tables, late_answers, prepare_tables, table, AnswerSink, SinkStats};
 pub use toll_assessment::TollAssessment;
 pub use toll_calculator::TollCalculator;
 
@@ -58,6 +58,10 @@ pub struct LrbParams {
     /// (skipped lines are listed in `input-errors.csv`).
     #[serde(default)]
     pub stop_on_bad_input: bool,
+    /// Write the answers to PostgreSQL at this URL (one table per kind,
+    /// exactly once) instead of answer files.
+    #[serde(default)]
+    pub sink: Option<String>,
 }
 
 fn one() -> u32 {

@@ -1,5 +1,7 @@
-//! Answer sinks: write one answer file in the column order of the 2004
-//! validator, and measure every answer's latency against its deadline.
+//! Answer sinks: write one kind of answer, to a file in the column order of
+//! the 2004 validator or to a PostgreSQL table (exactly once, see
+//! `spate-postgres`), and measure every answer's latency against its
+//! deadline.
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -8,6 +10,7 @@ use std::path::{Path, PathBuf};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use spate_engine::{InstanceContext, OperatorError, Sink};
+use spate_postgres::{operator_error, Column, ColumnType, PgError, PgSinkConfig, PgWriter, Value};
 
 use super::feeder::unix_micros;
 use super::{stats_dir, LrbParams};
@@ -60,10 +63,132 @@ struct SinkPosition {
     latency_us: Vec<(u64, u64)>,
 }
 
+/// Where a sink's answers go.
+enum Answers {
+    /// `KIND.csv` in the run's output directory.
+    File(BufWriter<File>),
+    /// The kind's table (see [`table`]); boxed, being large.
+    Table(Box<PgWriter>),
+}
+
+/// The PostgreSQL table of an answer kind: `lrb_tolls`, `lrb_accidents`,
+/// `lrb_balances`, `lrb_expenditures`, `lrb_input_errors`.
+pub fn table(kind: AnswerKind) -> String {
+    format!("lrb_{}", kind.name().replace('-', "_"))
+}
+
+/// An answer kind's columns, in the validator's order after the type.
+fn columns(kind: AnswerKind) -> Vec<Column> {
+    let names: &[&str] = match kind {
+        AnswerKind::Tolls => &["vid", "time", "emit", "lav", "toll"],
+        AnswerKind::Accidents => &["time", "emit", "vid", "seg"],
+        AnswerKind::Balances => &["time", "emit", "qid", "result_time", "bal"],
+        AnswerKind::Expenditures => &["time", "emit", "qid", "bal"],
+        AnswerKind::InputErrors => {
+            return vec![
+                Column::new("line_no", ColumnType::BigInt),
+                Column::new("message", ColumnType::Text),
+            ]
+        }
+    };
+    names
+        .iter()
+        .map(|name| Column::new(name, ColumnType::BigInt))
+        .collect()
+}
+
+/// The answer's line in its file: the type, then the columns; an input
+/// error is its line number and quoted message.
+fn csv_line(kind: AnswerKind, row: &[Value]) -> String {
+    let mut line = match kind {
+        AnswerKind::Tolls => "0",
+        AnswerKind::Accidents => "1",
+        AnswerKind::Balances => "2",
+        AnswerKind::Expenditures => "3",
+        AnswerKind::InputErrors => "",
+    }
+    .to_string();
+    for value in row {
+        if !line.is_empty() {
+            line.push(',');
+        }
+        match value {
+            Value::Text(text) => line.push_str(&format!("\"{}\"", text.replace('"', "'"))),
+            Value::BigInt(n) => line.push_str(&n.to_string()),
+            other => line.push_str(&format!("{other:?}")),
+        }
+    }
+    line
+}
+
+/// A column value of a small integer field.
+fn int(v: impl Into<i64>) -> Value {
+    Value::BigInt(v.into())
+}
+
+/// Creates the answer tables at `url` and empties them (and forgets their
+/// sinks' progress), so that a run starts from nothing: connects once,
+/// so a wrong URL or wrong credentials fail here, before any worker starts.
+pub fn prepare_tables(url: &str) -> Result<(), PgError> {
+    let mut client = spate_postgres::connect(url)?;
+    let tables: Vec<(String, Vec<Column>)> = AnswerKind::ALL
+        .into_iter()
+        .map(|kind| (table(kind), columns(kind)))
+        .collect();
+    let refs: Vec<(&str, &[Column])> = tables
+        .iter()
+        .map(|(name, columns)| (name.as_str(), columns.as_slice()))
+        .collect();
+    spate_postgres::prepare_tables(&mut client, &refs, true)
+}
+
+/// Writes the answer tables at `url` into `dir` as the answer files a run
+/// without `--sink` would have written, for the validator; returns the
+/// number of answers.
+pub fn export_tables(url: &str, dir: &Path) -> Result<u64, PgError> {
+    let mut client = spate_postgres::connect(url)?;
+    std::fs::create_dir_all(dir).map_err(|e| export_error(dir, e))?;
+    let mut answers = 0;
+    for kind in AnswerKind::ALL {
+        let columns = columns(kind);
+        let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+        let query = format!(
+            "SELECT {} FROM {} ORDER BY spate_instance, spate_seq",
+            names.join(", "),
+            table(kind)
+        );
+        let rows = client
+            .query(query.as_str(), &[])
+            .map_err(|e| PgError::Invalid(format!("reading {}: {e}", table(kind))))?;
+        let path = dir.join(format!("{}.csv", kind.name()));
+        let mut out = BufWriter::new(File::create(&path).map_err(|e| export_error(&path, e))?);
+        for row in &rows {
+            let values: Vec<Value> = columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| match c.kind {
+                    ColumnType::Text => Value::Text(row.get(i)),
+                    _ => Value::BigInt(row.get(i)),
+                })
+                .collect();
+            writeln!(out, "{}", csv_line(kind, &values)).map_err(|e| export_error(&path, e))?;
+        }
+        out.flush().map_err(|e| export_error(&path, e))?;
+        if kind != AnswerKind::InputErrors {
+            answers += rows.len() as u64;
+        }
+    }
+    Ok(answers)
+}
+
+fn export_error(path: &Path, e: std::io::Error) -> PgError {
+    PgError::Invalid(format!("writing {}: {e}", path.display()))
+}
+
 /// Writes one kind of answer.
 pub struct AnswerSink {
     kind: AnswerKind,
-    out: BufWriter<File>,
+    out: Answers,
     latency_us: Histogram<u64>,
     written: u64,
     misses: u64,
@@ -74,25 +199,37 @@ pub struct AnswerSink {
 
 impl AnswerSink {
     /// Creates (truncates) the answer file; when restoring, opens it as it
-    /// is, for [`Sink::restore`] to cut back to the checkpoint.
+    /// is, for [`Sink::restore`] to cut back to the checkpoint. With
+    /// `params.sink`, writes to the kind's table instead.
     pub fn create(
         kind: AnswerKind,
         params: &LrbParams,
         ctx: &InstanceContext,
     ) -> Result<Self, OperatorError> {
         std::fs::create_dir_all(&params.out_dir)?;
-        let path = params.out_dir.join(format!("{}.csv", kind.name()));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(!ctx.restoring)
-            .open(&path)
-            .map_err(|e| OperatorError::new(format!("cannot create {}: {e}", path.display())))?;
+        let out = match &params.sink {
+            Some(url) => Answers::Table(Box::new(
+                PgWriter::new(PgSinkConfig::new(url, &table(kind)), columns(kind), ctx)
+                    .map_err(operator_error)?,
+            )),
+            None => {
+                let path = params.out_dir.join(format!("{}.csv", kind.name()));
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(!ctx.restoring)
+                    .open(&path)
+                    .map_err(|e| {
+                        OperatorError::new(format!("cannot create {}: {e}", path.display()))
+                    })?;
+                Answers::File(BufWriter::with_capacity(1 << 20, file))
+            }
+        };
         let latency_us = Histogram::new_with_bounds(1, 3_600_000_000, 3)
             .map_err(|e| OperatorError::new(format!("latency histogram: {e}")))?;
         Ok(AnswerSink {
             kind,
-            out: BufWriter::with_capacity(1 << 20, file),
+            out,
             latency_us,
             written: 0,
             misses: 0,
@@ -114,13 +251,12 @@ impl AnswerSink {
         }
         u64::from(time) + (latency_us as f64 / 1e6 * self.sim_rate) as u64
     }
-}
 
-impl Sink for AnswerSink {
-    type In = Msg;
-
-    fn write(&mut self, msg: Msg) -> Result<(), OperatorError> {
-        match msg {
+    /// The answer's columns (see [`columns`]), its latency recorded.
+    fn row(&mut self, msg: Msg) -> Result<Vec<Value>, OperatorError> {
+        // Emit seconds, balances and line numbers: u64 far below i64::MAX.
+        let big = |v: u64| Value::BigInt(v as i64);
+        Ok(match msg {
             Msg::Toll {
                 vid,
                 time,
@@ -129,7 +265,7 @@ impl Sink for AnswerSink {
                 released_us,
             } => {
                 let emit = self.emit_time(time, released_us);
-                writeln!(self.out, "0,{vid},{time},{emit},{lav},{toll}")?;
+                vec![int(vid), int(time), big(emit), int(lav), int(toll)]
             }
             Msg::Alert {
                 time,
@@ -138,7 +274,7 @@ impl Sink for AnswerSink {
                 released_us,
             } => {
                 let emit = self.emit_time(time, released_us);
-                writeln!(self.out, "1,{time},{emit},{vid},{seg}")?;
+                vec![int(time), big(emit), int(vid), int(seg)]
             }
             Msg::Balance {
                 time,
@@ -148,7 +284,7 @@ impl Sink for AnswerSink {
                 released_us,
             } => {
                 let emit = self.emit_time(time, released_us);
-                writeln!(self.out, "2,{time},{emit},{qid},{result_time},{bal}")?;
+                vec![int(time), big(emit), int(qid), int(result_time), big(bal)]
             }
             Msg::Expenditure {
                 time,
@@ -157,24 +293,41 @@ impl Sink for AnswerSink {
                 released_us,
             } => {
                 let emit = self.emit_time(time, released_us);
-                writeln!(self.out, "3,{time},{emit},{qid},{bal}")?;
+                vec![int(time), big(emit), int(qid), int(bal)]
             }
-            Msg::InputError { line_no, message } => {
-                writeln!(self.out, "{line_no},\"{}\"", message.replace('"', "'"))?;
-            }
+            Msg::InputError { line_no, message } => vec![big(line_no), Value::Text(message)],
             other => {
                 return Err(OperatorError::new(format!(
                     "the {} sink received an unexpected {other:?}",
                     self.kind.name()
                 )))
             }
+        })
+    }
+}
+
+impl Sink for AnswerSink {
+    type In = Msg;
+
+    fn write(&mut self, msg: Msg) -> Result<(), OperatorError> {
+        let row = self.row(msg)?;
+        match &mut self.out {
+            Answers::File(out) => writeln!(out, "{}", csv_line(self.kind, &row))?,
+            Answers::Table(writer) => writer.push(row).map_err(operator_error)?,
         }
         self.written += 1;
         Ok(())
     }
 
     fn checkpoint(&mut self) -> Result<Vec<u8>, OperatorError> {
-        self.out.flush()?;
+        // A file's length or a table's committed rows: where to return to.
+        let offset = match &mut self.out {
+            Answers::File(out) => {
+                out.flush()?;
+                out.get_mut().stream_position()?
+            }
+            Answers::Table(writer) => writer.checkpoint().map_err(operator_error)?,
+        };
         let live = LiveCounts {
             answers: self.written,
             late: self.misses,
@@ -184,7 +337,7 @@ impl Sink for AnswerSink {
             let _ = std::fs::write(live_path(&self.params.out_dir, self.kind), bytes);
         }
         let state = SinkPosition {
-            offset: self.out.get_mut().stream_position()?,
+            offset,
             written: self.written,
             misses: self.misses,
             latency_us: self
@@ -200,9 +353,14 @@ impl Sink for AnswerSink {
     fn restore(&mut self, state: &[u8]) -> Result<(), OperatorError> {
         let state: SinkPosition = serde_json::from_slice(state)
             .map_err(|e| OperatorError::new(format!("decoding the sink position: {e}")))?;
-        let file = self.out.get_mut();
-        file.set_len(state.offset)?;
-        file.seek(SeekFrom::Start(state.offset))?;
+        match &mut self.out {
+            Answers::File(out) => {
+                let file = out.get_mut();
+                file.set_len(state.offset)?;
+                file.seek(SeekFrom::Start(state.offset))?;
+            }
+            Answers::Table(writer) => writer.restore(state.offset).map_err(operator_error)?,
+        }
         self.written = state.written;
         self.misses = state.misses;
         self.latency_us.reset();
@@ -215,7 +373,10 @@ impl Sink for AnswerSink {
     }
 
     fn finish(&mut self) -> Result<(), OperatorError> {
-        self.out.flush()?;
+        match &mut self.out {
+            Answers::File(out) => out.flush()?,
+            Answers::Table(writer) => writer.commit().map_err(operator_error)?,
+        }
         let h = &self.latency_us;
         let ms = |us: u64| us as f64 / 1000.0;
         let stats = SinkStats {
