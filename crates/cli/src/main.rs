@@ -3,6 +3,7 @@
 
 mod control;
 mod demo;
+mod hosts;
 mod job_args;
 mod lrb;
 mod nexmark;
@@ -131,6 +132,9 @@ enum Command {
     /// The Linear Road benchmark.
     #[command(subcommand)]
     Lrb(lrb::LrbCommand),
+    /// Linear Road across simulated hosts with network faults (needs root).
+    #[command(subcommand)]
+    Hosts(hosts::HostsCommand),
     /// The Nexmark benchmark (online auctions): run a query, or bench them.
     #[command(subcommand)]
     Nexmark(nexmark::NexmarkCommand),
@@ -270,6 +274,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Lrb(command) => lrb::run(command),
         Command::Nexmark(command) => nexmark::run(command),
+        Command::Hosts(command) => hosts::run(command),
         Command::Status(args) => control::status(&args),
         Command::Kill(args) => control::kill(&args),
         Command::Checkpoint(args) => control::checkpoint(&args),

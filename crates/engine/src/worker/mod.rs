@@ -8,7 +8,7 @@ mod instance;
 pub mod output;
 
 use std::collections::HashMap;
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -62,10 +62,10 @@ struct Deployment {
 
 /// Runs a worker until the coordinator shuts it down or goes away.
 pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(), EngineError> {
-    let (listener, data_addr) = bind_data_listener(options)?;
+    let (listener, bound) = bind_data_listener(options)?;
     let inboxes = Inboxes::default();
     input::spawn_acceptor(listener, inboxes.clone())?;
-    let (mut control, writer) = register(options, &data_addr)?;
+    let (mut control, writer, data_addr) = register(options, bound)?;
     tracing::info!(%data_addr, coordinator = %options.coordinator, "worker registered");
     spawn_heartbeat(options, data_addr)?;
     let reports = spawn_reporter(writer.clone())?;
@@ -87,29 +87,39 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
     }
 }
 
-/// Binds the listener data channels connect to; returns it with the address
-/// the coordinator should give upstream instances.
-fn bind_data_listener(options: &WorkerOptions) -> Result<(TcpListener, String), EngineError> {
+/// Binds the listener data channels connect to; returns it with the
+/// address it is bound to.
+fn bind_data_listener(options: &WorkerOptions) -> Result<(TcpListener, SocketAddr), EngineError> {
     let listener = TcpListener::bind(&options.listen).map_err(|e| {
         EngineError::io(
             format!("binding the data listener on {}", options.listen),
             e,
         )
     })?;
-    let data_addr = listener
+    let bound = listener
         .local_addr()
-        .map_err(|e| EngineError::io("reading the data listener address", e))?
-        .to_string();
-    Ok((listener, data_addr))
+        .map_err(|e| EngineError::io("reading the data listener address", e))?;
+    Ok((listener, bound))
 }
 
 /// Opens the control connection and registers this worker on it; returns
-/// the connection to read orders from and the shared handle to write on it.
+/// the connection to read orders from, the shared handle to write on it,
+/// and the data address announced. A listener on every interface
+/// (`0.0.0.0`) is announced at the address this host reaches the
+/// coordinator from, which is where its peers can reach it too.
 fn register(
     options: &WorkerOptions,
-    data_addr: &str,
-) -> Result<(TcpStream, ControlWriter), EngineError> {
+    bound: SocketAddr,
+) -> Result<(TcpStream, ControlWriter, String), EngineError> {
     let mut control = connect_coordinator(options)?;
+    let data_addr = if bound.ip().is_unspecified() {
+        let local = control
+            .local_addr()
+            .map_err(|e| EngineError::io("reading the control connection's address", e))?;
+        SocketAddr::new(local.ip(), bound.port()).to_string()
+    } else {
+        bound.to_string()
+    };
     control::write_hello(&mut control)
         .map_err(|e| EngineError::io("greeting the coordinator", e))?;
     control::read_hello(&mut control)?;
@@ -125,7 +135,7 @@ fn register(
             token: options.token.clone(),
         },
     )?;
-    Ok((control, writer))
+    Ok((control, writer, data_addr))
 }
 
 /// What the worker's control loop reads and changes while it carries out
