@@ -63,7 +63,7 @@ pub struct LrbArgs {
     #[arg(long, default_value_t = 30.0)]
     speedup: f64,
     /// A network event, `AT_SECS:WHAT`, where WHAT is `partition:T`,
-    /// `cut:T:T`, `cut-coordinator:T`, `loss:T:PERCENT`, `bandwidth:T:KBIT`,
+    /// `cut:T:T`, `cut-coordinator:T`, `cut-peers:T`, `loss:T:PERCENT`, `bandwidth:T:KBIT`,
     /// `crash:T`, `heal:T` or `heal-all`, and a target T is a host (`h2`)
     /// or the host of an instance when the event fires (`toll_calculator/1`).
     /// Repeatable.
@@ -87,6 +87,7 @@ enum Action {
     Partition(Target),
     Cut(Target, Target),
     CutFromCoordinator(Target),
+    CutFromPeers(Target),
     Loss(Target, u8),
     Bandwidth(Target, u32),
     Crash(Target),
@@ -149,6 +150,7 @@ impl std::str::FromStr for Scheduled {
             Some("partition") => Action::Partition(target(2)?),
             Some("cut") => Action::Cut(target(2)?, target(3)?),
             Some("cut-coordinator") => Action::CutFromCoordinator(target(2)?),
+            Some("cut-peers") => Action::CutFromPeers(target(2)?),
             Some("loss") => Action::Loss(
                 target(2)?,
                 u8::try_from(number(3)?).map_err(|_| format!("loss in `{s}` is a percentage"))?,
@@ -188,7 +190,7 @@ pub struct Injected {
 #[derive(Debug, Serialize)]
 struct HostsReport {
     hosts: usize,
-    /// Worker index -> host, as started.
+    /// Worker index -> host.
     workers: Vec<String>,
     events: Vec<Injected>,
     recoveries: usize,
@@ -283,9 +285,6 @@ fn lrb(mut args: LrbArgs) -> Result<()> {
             .join(", "),
         config.workers + config.pool,
     );
-    let workers: Vec<String> = (0..config.workers + config.pool)
-        .map(|i| HostId(i % args.hosts + 1).to_string())
-        .collect();
     for _ in 0..config.workers + config.pool {
         provisioner.provision()?;
     }
@@ -315,6 +314,10 @@ fn lrb(mut args: LrbArgs) -> Result<()> {
     let _ = hosts.heal_all();
     let report = report.context("the Linear Road run across hosts failed")?;
     attribute_detections(&mut events, &report, &worker_addrs, &hosts);
+    let workers: Vec<String> = worker_addrs
+        .iter()
+        .map(|a| host_of_addr(&hosts, a).map_or_else(|| a.clone(), |h| h.to_string()))
+        .collect();
     crate::lrb::print_report(&report);
     for e in &events {
         println!(
@@ -429,6 +432,7 @@ fn fire(
         Action::Partition(t) => fault(&|| Ok(Fault::Partition(resolve(t)?))),
         Action::Cut(a, b) => fault(&|| Ok(Fault::Cut(resolve(a)?, resolve(b)?))),
         Action::CutFromCoordinator(t) => fault(&|| Ok(Fault::CutFromCoordinator(resolve(t)?))),
+        Action::CutFromPeers(t) => fault(&|| Ok(Fault::CutFromPeers(resolve(t)?))),
         Action::Loss(t, p) => fault(&|| Ok(Fault::Loss(resolve(t)?, *p))),
         Action::Bandwidth(t, kbit) => fault(&|| Ok(Fault::Bandwidth(resolve(t)?, *kbit))),
         Action::Crash(t) => on_host(t, "crash", &|h| {

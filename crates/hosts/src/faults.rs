@@ -17,6 +17,8 @@ pub enum Fault {
     /// The host and the coordinator cannot reach each other; the host still
     /// reaches the other hosts.
     CutFromCoordinator(HostId),
+    /// The host reaches the coordinator only: no other host reaches it.
+    CutFromPeers(HostId),
     /// Every packet into or out of the host is dropped with this chance, in
     /// percent.
     Loss(HostId, u8),
@@ -31,6 +33,7 @@ impl Fault {
             Fault::Cut(a, b) => vec![a, b],
             Fault::Partition(h)
             | Fault::CutFromCoordinator(h)
+            | Fault::CutFromPeers(h)
             | Fault::Loss(h, _)
             | Fault::Bandwidth(h, _) => vec![h],
         }
@@ -58,6 +61,7 @@ impl Fault {
             Fault::Partition(_) => "partition",
             Fault::Cut(..) => "cut",
             Fault::CutFromCoordinator(_) => "cut-coordinator",
+            Fault::CutFromPeers(_) => "cut-peers",
             Fault::Loss(..) => "loss",
             Fault::Bandwidth(..) => "bandwidth",
         }
@@ -70,6 +74,7 @@ impl std::fmt::Display for Fault {
             Fault::Partition(h) => write!(f, "partition {h}"),
             Fault::Cut(a, b) => write!(f, "cut {a} from {b}"),
             Fault::CutFromCoordinator(h) => write!(f, "cut {h} from the coordinator"),
+            Fault::CutFromPeers(h) => write!(f, "cut {h} from every other host"),
             Fault::Loss(h, p) => write!(f, "{p} % loss on {h}"),
             Fault::Bandwidth(h, kbit) => write!(f, "cap {h} at {kbit} kbit/s"),
         }
@@ -110,6 +115,13 @@ pub(crate) fn apply(
             Fault::CutFromCoordinator(h) if h == host => {
                 let c = hosts.coordinator_ip();
                 rule(&format!("ip saddr {c}"), &format!("ip daddr {c}"));
+            }
+            Fault::CutFromPeers(h) if h == host => {
+                let (c, net) = (hosts.coordinator_ip(), hosts.network());
+                rule(
+                    &format!("ip saddr {net} ip saddr != {c}"),
+                    &format!("ip daddr {net} ip daddr != {c}"),
+                );
             }
             Fault::Loss(h, percent) if h == host => {
                 let chance = format!("numgen random mod 100 < {percent}");

@@ -204,6 +204,11 @@ impl SimulatedHosts {
         Ipv4Addr::new(10, 213, self.slot, 1)
     }
 
+    /// The hosts' network (`10.213.SLOT.0/24`).
+    pub fn network(&self) -> String {
+        format!("10.213.{}.0/24", self.slot)
+    }
+
     /// `host`'s address.
     pub fn ip(&self, host: HostId) -> Ipv4Addr {
         Ipv4Addr::new(10, 213, self.slot, 10 + host.0 as u8)

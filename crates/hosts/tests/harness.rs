@@ -109,6 +109,15 @@ fn each_fault_cuts_what_it_says_and_heals() {
     hosts.heal_all().unwrap();
     assert!(reaches(&hosts, None, at[2]));
 
+    hosts.inject(Fault::CutFromPeers(h2)).unwrap();
+    assert!(!reaches(&hosts, Some(h1), at[1]));
+    assert!(!reaches(&hosts, Some(h2), at[2]));
+    assert!(reaches(&hosts, Some(h2), coordinator_addr));
+    assert!(reaches(&hosts, None, at[1]));
+    assert!(reaches(&hosts, Some(h1), at[2]));
+    hosts.heal(h2).unwrap();
+    assert!(reaches(&hosts, Some(h1), at[1]));
+
     hosts.inject(Fault::Loss(h1, 99)).unwrap();
     assert!(!reaches(&hosts, Some(h2), at[0]));
     assert!(hosts.inject(Fault::Loss(h1, 100)).is_err());

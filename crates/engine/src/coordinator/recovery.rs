@@ -132,7 +132,7 @@ impl Job<'_> {
     ) -> Result<HashMap<WorkerId, WorkerId>, EngineError> {
         let mut targets = HashMap::new();
         for &w in failed {
-            let target = match self.pool.pop_front() {
+            let target = match self.pool_worker_away_from(w) {
                 Some(p) => p,
                 None => self
                     .least_loaded_worker()
@@ -144,6 +144,27 @@ impl Job<'_> {
             targets.insert(w, target);
         }
         Ok(targets)
+    }
+
+    /// Takes a pool worker for `failed`'s instances, preferring one on
+    /// another host (a host is the address part of a worker's data
+    /// address): a fault that took a worker (a partition, a crash) often
+    /// takes its whole host.
+    fn pool_worker_away_from(&mut self, failed: WorkerId) -> Option<WorkerId> {
+        let host = |w: WorkerId| {
+            self.plan
+                .workers
+                .get(w.index())
+                .and_then(|addr| addr.rsplit_once(':'))
+                .map(|(host, _)| host.to_string())
+        };
+        let failed_host = host(failed);
+        let away = self
+            .pool
+            .iter()
+            .position(|p| failed_host.is_none() || host(*p) != failed_host)
+            .unwrap_or(0);
+        self.pool.remove(away)
     }
 
     /// Moves each failed instance to its replacement worker in the plan (as

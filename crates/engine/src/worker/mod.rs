@@ -6,6 +6,7 @@
 mod input;
 mod instance;
 pub mod output;
+mod watch;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -23,6 +24,7 @@ use crate::wire::control::{self, ToCoordinator, ToWorker, HEARTBEAT_EVERY};
 use input::{ControlEvent, Inboxes};
 use instance::{Inputs, Instance, Report};
 use output::{Outbox, SenderIdentity};
+use watch::LinkWatch;
 
 /// How a worker finds its coordinator and where it listens.
 #[derive(Clone, Debug)]
@@ -69,9 +71,11 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
     tracing::info!(%data_addr, coordinator = %options.coordinator, "worker registered");
     spawn_heartbeat(options, data_addr)?;
     let reports = spawn_reporter(writer.clone())?;
+    let watch = LinkWatch::start(writer.clone())?;
     let mut worker = ControlLoop {
         registry,
         inboxes,
+        watch,
         writer,
         reports,
         deployment: None,
@@ -143,6 +147,8 @@ fn register(
 struct ControlLoop<'r> {
     registry: &'r QueryRegistry,
     inboxes: Inboxes,
+    /// Watches outgoing data channels for stalls.
+    watch: LinkWatch,
     writer: ControlWriter,
     reports: crossbeam_channel::Sender<Report>,
     deployment: Option<Deployment>,
@@ -201,6 +207,8 @@ impl ControlLoop<'_> {
                 merged,
             } => self.plan_update(plan, added, merged)?,
             ToWorker::CheckpointNow => self.inboxes.broadcast(|| ControlEvent::CheckpointNow),
+            // Leases come on the heartbeat connection (`watch_lease`).
+            ToWorker::Lease { .. } => {}
             ToWorker::Pause { instance } => self.inboxes.control(instance, ControlEvent::Pause),
             ToWorker::Resume { instance, until } => {
                 self.inboxes.control(instance, ControlEvent::Resume(until))
@@ -256,7 +264,7 @@ impl ControlLoop<'_> {
     fn start(&mut self) -> Result<(), EngineError> {
         let d = deployed(&mut self.deployment, "told to start before any deployment")?;
         for instance in std::mem::take(&mut d.pending) {
-            start_instance(instance, d, self.writer.clone())?;
+            start_instance(instance, d, self.writer.clone(), &self.watch)?;
         }
         Ok(())
     }
@@ -308,7 +316,7 @@ impl ControlLoop<'_> {
                 .and_then(|checkpoint| {
                     create_instance(d, id, checkpoint, &self.inboxes, &self.reports)
                 })
-                .and_then(|instance| start_instance(instance, d, self.writer.clone()));
+                .and_then(|instance| start_instance(instance, d, self.writer.clone(), &self.watch));
             match restored {
                 Ok(()) => reply(&self.writer, &ToCoordinator::Restored { instance: id }),
                 Err(e) => reply(
@@ -396,8 +404,12 @@ fn send(writer: &ControlWriter, message: &ToCoordinator) -> Result<(), EngineErr
     control::send_encoded(&mut *stream, &frame)
 }
 
+/// The exit status of a worker that stopped because its lease ran out.
+pub const FENCED_EXIT_CODE: i32 = 3;
+
 /// Heartbeats go on a connection of their own so that they never wait
-/// behind a large checkpoint on the control connection.
+/// behind a large checkpoint on the control connection; the coordinator's
+/// leases come back on it.
 fn spawn_heartbeat(options: &WorkerOptions, data_addr: String) -> Result<(), EngineError> {
     let mut stream = connect_coordinator(options)?;
     control::write_hello(&mut stream)
@@ -411,6 +423,14 @@ fn spawn_heartbeat(options: &WorkerOptions, data_addr: String) -> Result<(), Eng
         },
     )?;
     let beat = control::encode(&ToCoordinator::Heartbeat)?;
+    let leases = stream
+        .try_clone()
+        .map_err(|e| EngineError::io("cloning the heartbeat connection", e))?;
+    let first_wait = options.connect_timeout;
+    thread::Builder::new()
+        .name("spate-lease".into())
+        .spawn(move || watch_lease(leases, first_wait))
+        .map_err(|e| EngineError::io("starting the lease thread", e))?;
     thread::Builder::new()
         .name("spate-heartbeat".into())
         .spawn(move || {
@@ -420,6 +440,34 @@ fn spawn_heartbeat(options: &WorkerOptions, data_addr: String) -> Result<(), Eng
         })
         .map(|_| ())
         .map_err(|e| EngineError::io("starting the heartbeat thread", e))
+}
+
+/// Self-fencing: a worker that hears no lease from the coordinator for a
+/// whole lease (the coordinator's failure timeout), or whose heartbeat
+/// connection the coordinator closed, may have been declared failed and
+/// replaced; it exits at once, so that it never sends, writes or acknowledges
+/// anything a replacement also does.
+fn watch_lease(mut stream: TcpStream, first_wait: Duration) {
+    let mut lease = first_wait;
+    loop {
+        if stream.set_read_timeout(Some(lease)).is_err() {
+            fence("cannot time the lease");
+        }
+        match control::recv::<ToWorker>(&mut stream) {
+            Ok(Some(ToWorker::Lease { ms })) => lease = Duration::from_millis(ms.max(1)),
+            Ok(Some(_)) => {}
+            Ok(None) => fence("the coordinator closed its heartbeat connection"),
+            Err(e) => fence(&format!(
+                "no lease from the coordinator for {} ms ({e})",
+                lease.as_millis()
+            )),
+        }
+    }
+}
+
+fn fence(why: &str) -> ! {
+    tracing::warn!("stopping: {why}; this worker may have been declared failed");
+    std::process::exit(FENCED_EXIT_CODE)
 }
 
 /// Forwards instances' reports (checkpoints above all, which may be large)
@@ -588,11 +636,15 @@ fn create_instance(
 }
 
 /// Opens one channel per downstream instance and routing tables per edge.
-fn connect_outbox(d: &Deployment, me: SenderIdentity) -> Result<Outbox, EngineError> {
+fn connect_outbox(
+    d: &Deployment,
+    me: SenderIdentity,
+    watch: LinkWatch,
+) -> Result<Outbox, EngineError> {
     let (node, _) = d.plan.instance(me.instance).ok_or_else(|| {
         EngineError::InvalidQuery(format!("instance {} is not in the plan", me.instance))
     })?;
-    let mut outbox = Outbox::new(me, d.checkpoint_every.is_some());
+    let mut outbox = Outbox::new(me, d.checkpoint_every.is_some()).with_watch(watch);
     outbox.reconcile(&d.plan, &d.query, node, &[], &[])?;
     Ok(outbox)
 }
@@ -601,7 +653,9 @@ fn start_instance(
     instance: Instance,
     d: &Deployment,
     writer: ControlWriter,
+    watch: &LinkWatch,
 ) -> Result<(), EngineError> {
+    let watch = watch.clone();
     let name = format!("spate-{}-{}", instance.operator, instance.me.instance);
     let me = instance.me;
     let d = Deployment {
@@ -613,7 +667,7 @@ fn start_instance(
     thread::Builder::new()
         .name(name)
         .spawn(move || {
-            let result = connect_outbox(&d, me).and_then(|outbox| instance.run(outbox));
+            let result = connect_outbox(&d, me, watch).and_then(|outbox| instance.run(outbox));
             if let Err(e) = result {
                 tracing::error!(instance = %me.instance, "instance failed: {e}");
                 let failed = ToCoordinator::InstanceFailed {

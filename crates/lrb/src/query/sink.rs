@@ -2,11 +2,12 @@
 //! validator, and measure every answer's latency against its deadline.
 
 use std::fs::File;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use spate_engine::api::sink_file;
 use spate_engine::{InstanceContext, OperatorError, Sink};
 
 use super::feeder::unix_micros;
@@ -80,14 +81,8 @@ impl AnswerSink {
         params: &LrbParams,
         ctx: &InstanceContext,
     ) -> Result<Self, OperatorError> {
-        std::fs::create_dir_all(&params.out_dir)?;
         let path = params.out_dir.join(format!("{}.csv", kind.name()));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(!ctx.restoring)
-            .open(&path)
-            .map_err(|e| OperatorError::new(format!("cannot create {}: {e}", path.display())))?;
+        let file = sink_file::open(&path, ctx.restoring)?;
         let latency_us = Histogram::new_with_bounds(1, 3_600_000_000, 3)
             .map_err(|e| OperatorError::new(format!("latency histogram: {e}")))?;
         Ok(AnswerSink {
@@ -200,9 +195,11 @@ impl Sink for AnswerSink {
     fn restore(&mut self, state: &[u8]) -> Result<(), OperatorError> {
         let state: SinkPosition = serde_json::from_slice(state)
             .map_err(|e| OperatorError::new(format!("decoding the sink position: {e}")))?;
-        let file = self.out.get_mut();
-        file.set_len(state.offset)?;
-        file.seek(SeekFrom::Start(state.offset))?;
+        let path = self
+            .params
+            .out_dir
+            .join(format!("{}.csv", self.kind.name()));
+        sink_file::rewind(self.out.get_mut(), &path, state.offset)?;
         self.written = state.written;
         self.misses = state.misses;
         self.latency_us.reset();
