@@ -371,7 +371,12 @@ fn inject_on_schedule(
     while !done.load(Ordering::SeqCst) && view.read().is_ok_and(|v| v.state == JobState::Starting) {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let started = Instant::now();
+    // The first view published as running was published within the last
+    // poll: the job started its elapsed time before now.
+    let elapsed = view.read().map_or(0, |v| v.elapsed_ms);
+    let started = Instant::now()
+        .checked_sub(Duration::from_millis(elapsed))
+        .unwrap_or_else(Instant::now);
     for event in schedule {
         while started.elapsed() < event.at {
             if done.load(Ordering::SeqCst) {

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::events::{EventKind, JobState};
 use super::{
@@ -269,6 +269,8 @@ impl Job<'_> {
         self.links.fence(w);
         self.end_process(w);
         self.pool.retain(|p| *p != w);
+        let host = self.host_of(w);
+        self.failed_hosts.insert(host, Instant::now());
         let detected_ms = self.elapsed_ms();
         self.failing.push(Failure {
             worker: w,
@@ -324,11 +326,11 @@ impl Job<'_> {
     }
 
     /// Whom to recover for the stalled channels reported, once the first
-    /// report is [`STALL_SETTLE`] old: the worker involved in the most
-    /// stalled channels (a worker cut off from its neighbours is in all of
-    /// theirs); on a tie, the unreachable side of the first report. One
-    /// decision per call; reports involving a worker declared failed are
-    /// settled with it.
+    /// report is [`STALL_SETTLE`] old: a worker on the host whose stalled
+    /// channels reach the most other hosts (a host cut off from its peers
+    /// stalls with all of theirs, each of them only with it); on a tie, the
+    /// unreachable side of the first report. One decision per call; reports
+    /// involving a worker declared failed are settled with it.
     fn stalled_worker(&mut self) -> Option<(WorkerId, String)> {
         let stalls = std::mem::take(&mut self.stalls);
         self.stalls = stalls
@@ -339,16 +341,22 @@ impl Job<'_> {
         if first.at.elapsed() < STALL_SETTLE {
             return None;
         }
-        let mut score: BTreeMap<WorkerId, usize> = BTreeMap::new();
+        let first_peer = first.peer;
+        let mut counterparts: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for s in &self.stalls {
-            *score.entry(s.reporter).or_default() += 1;
-            *score.entry(s.peer).or_default() += 1;
+            let (a, b) = (self.host_of(s.reporter), self.host_of(s.peer));
+            counterparts.entry(a.clone()).or_default().insert(b.clone());
+            counterparts.entry(b).or_default().insert(a);
         }
-        let most = score.values().copied().max().unwrap_or(0);
-        let victim = if score.get(&first.peer) == Some(&most) {
-            first.peer
+        let score = |w: WorkerId| counterparts.get(&self.host_of(w)).map_or(0, BTreeSet::len);
+        let most = counterparts.values().map(BTreeSet::len).max().unwrap_or(0);
+        let victim = if score(first_peer) == most {
+            first_peer
         } else {
-            score.iter().find(|(_, n)| **n == most).map(|(w, _)| *w)?
+            self.stalls
+                .iter()
+                .flat_map(|s| [s.peer, s.reporter])
+                .find(|w| score(*w) == most)?
         };
         let mut others: Vec<String> = self
             .stalls
@@ -371,6 +379,14 @@ impl Job<'_> {
                 others.join(", ")
             ),
         ))
+    }
+
+    /// The host of worker `w`: the address part of its data address.
+    pub(super) fn host_of(&self, w: WorkerId) -> String {
+        let addr = self.plan.workers.get(w.index()).map_or("", String::as_str);
+        addr.rsplit_once(':')
+            .map_or(addr, |(host, _)| host)
+            .to_string()
     }
 
     fn silent_worker(&self) -> Option<WorkerId> {

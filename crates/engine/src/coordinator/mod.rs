@@ -34,7 +34,7 @@ pub use events::{EventKind, JobState, ScaleDirection};
 pub use links::{LinkEvent, Links};
 pub use scale::{ScaleEvent, ScalePolicy};
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -243,6 +243,9 @@ struct Job<'a> {
     failing: Vec<Failure>,
     /// Stalled data channels reported and not yet decided on.
     stalls: Vec<Stall>,
+    /// When a worker on each host was last declared failed: replacements
+    /// go elsewhere while it is recent.
+    failed_hosts: HashMap<String, Instant>,
     started: Instant,
     pool: VecDeque<WorkerId>,
     backups: backups::Backups,
@@ -281,6 +284,7 @@ impl<'a> Job<'a> {
             deferred: VecDeque::new(),
             failing: Vec::new(),
             stalls: Vec::new(),
+            failed_hosts: HashMap::new(),
             started: Instant::now(),
             pool: VecDeque::new(),
             backups: backups::Backups::default(),

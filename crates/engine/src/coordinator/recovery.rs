@@ -41,6 +41,10 @@ struct Restores {
 /// Failures this close together are recovered as one.
 const GATHER_FAILURES: Duration = Duration::from_millis(30);
 
+/// How long a host where a worker failed stays a last choice for
+/// replacements.
+const SUSPECT_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Job<'_> {
     /// Recovers from the failures queued in `failing` (and from any that
     /// come with them). Runs from the main loop only: a failure during a
@@ -146,23 +150,27 @@ impl Job<'_> {
         Ok(targets)
     }
 
-    /// Takes a pool worker for `failed`'s instances, preferring one on
-    /// another host (a host is the address part of a worker's data
-    /// address): a fault that took a worker (a partition, a crash) often
-    /// takes its whole host.
+    /// Takes a pool worker for `failed`'s instances, preferring one on a
+    /// host (the address part of a worker's data address) where no worker
+    /// failed in the last [`SUSPECT_FOR`], then one on another host than
+    /// `failed`'s: a fault that took a worker (a partition, a crash) often
+    /// takes its whole host, and may last.
     fn pool_worker_away_from(&mut self, failed: WorkerId) -> Option<WorkerId> {
-        let host = |w: WorkerId| {
-            self.plan
-                .workers
-                .get(w.index())
-                .and_then(|addr| addr.rsplit_once(':'))
-                .map(|(host, _)| host.to_string())
+        let failed_host = self.host_of(failed);
+        let suspect = |job: &Self, w: WorkerId| {
+            job.failed_hosts
+                .get(&job.host_of(w))
+                .is_some_and(|at| at.elapsed() < SUSPECT_FOR)
         };
-        let failed_host = host(failed);
         let away = self
             .pool
             .iter()
-            .position(|p| failed_host.is_none() || host(*p) != failed_host)
+            .position(|p| !suspect(self, *p))
+            .or_else(|| {
+                self.pool
+                    .iter()
+                    .position(|p| self.host_of(*p) != failed_host)
+            })
             .unwrap_or(0);
         self.pool.remove(away)
     }
