@@ -528,7 +528,7 @@ fn a_silent_worker_is_declared_failed_ended_and_recovered() {
 
 #[test]
 fn a_stalled_channel_recovers_the_unreachable_worker_and_fences_it() {
-    let (result, cluster, stopped) = scenario(config(1), |c| {
+    let (result, _, stopped) = scenario(config(1), |c| {
         c.checkpointed(Stamp(10));
         let count = c.ids("count")[0];
         let host = c.host(count);
