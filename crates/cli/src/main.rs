@@ -105,6 +105,10 @@ enum Command {
         /// a failed worker is only ordered to exit, and `--kill` is refused.
         #[arg(long, value_name = "TEMPLATE", requires = "provision_command")]
         stop_command: Option<String>,
+        /// Hosts `{host}` in --provision-command becomes, in turn, one per
+        /// worker started (comma-separated).
+        #[arg(long, value_delimiter = ',', requires = "provision_command")]
+        hosts: Vec<String>,
         #[command(flatten)]
         job: JobArgs,
     },
@@ -209,6 +213,7 @@ fn run(cli: Cli) -> Result<()> {
             listen,
             provision_command,
             stop_command,
+            hosts,
             job,
         } => {
             let token = control::ClusterToken::given(&job.token);
@@ -217,7 +222,8 @@ fn run(cli: Cli) -> Result<()> {
             let addr = coordinator.addr().to_string();
             let mut provisioner: Box<dyn Provisioner> = match &provision_command {
                 Some(template) => {
-                    let mut p = CommandProvisioner::new(template, &addr, &config.token);
+                    let mut p =
+                        CommandProvisioner::new(template, &addr, &config.token).with_hosts(hosts);
                     if let Some(stop) = &stop_command {
                         p = p.with_stop_command(stop);
                     }
