@@ -447,15 +447,23 @@ fn spawn_heartbeat(options: &WorkerOptions, data_addr: String) -> Result<(), Eng
 /// connection the coordinator closed, may have been declared failed and
 /// replaced; it exits at once, so that it never sends, writes or acknowledges
 /// anything a replacement also does.
+///
+/// Until the first lease the coordinator has not admitted this worker: a
+/// refusal (a wrong token) is the control loop's to report.
 fn watch_lease(mut stream: TcpStream, first_wait: Duration) {
     let mut lease = first_wait;
+    let mut leased = false;
     loop {
         if stream.set_read_timeout(Some(lease)).is_err() {
             fence("cannot time the lease");
         }
         match control::recv::<ToWorker>(&mut stream) {
-            Ok(Some(ToWorker::Lease { ms })) => lease = Duration::from_millis(ms.max(1)),
+            Ok(Some(ToWorker::Lease { ms })) => {
+                leased = true;
+                lease = Duration::from_millis(ms.max(1));
+            }
             Ok(Some(_)) => {}
+            _ if !leased => return,
             Ok(None) => fence("the coordinator closed its heartbeat connection"),
             Err(e) => fence(&format!(
                 "no lease from the coordinator for {} ms ({e})",
