@@ -476,7 +476,7 @@ fn print_over_time(run: &spate_lrb::bench::BenchRun) {
     }
 }
 
-fn print_report(r: &RunReport) {
+pub(crate) fn print_report(r: &RunReport) {
     crate::print_changes(&r.scale_events, &r.recoveries);
     println!(
         "{} input lines in {:.1} s ({:.0}/s mean, {}/s peak), {} skipped as malformed; {} answers",

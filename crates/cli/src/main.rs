@@ -3,6 +3,7 @@
 
 mod control;
 mod demo;
+mod hosts;
 mod job_args;
 mod lrb;
 mod nexmark;
@@ -104,6 +105,10 @@ enum Command {
         /// a failed worker is only ordered to exit, and `--kill` is refused.
         #[arg(long, value_name = "TEMPLATE", requires = "provision_command")]
         stop_command: Option<String>,
+        /// Hosts `{host}` in --provision-command becomes, in turn, one per
+        /// worker started (comma-separated).
+        #[arg(long, value_delimiter = ',', requires = "provision_command")]
+        hosts: Vec<String>,
         #[command(flatten)]
         job: JobArgs,
     },
@@ -131,6 +136,9 @@ enum Command {
     /// The Linear Road benchmark.
     #[command(subcommand)]
     Lrb(lrb::LrbCommand),
+    /// Linear Road across simulated hosts with network faults (needs root).
+    #[command(subcommand)]
+    Hosts(hosts::HostsCommand),
     /// The Nexmark benchmark (online auctions): run a query, or bench them.
     #[command(subcommand)]
     Nexmark(nexmark::NexmarkCommand),
@@ -205,6 +213,7 @@ fn run(cli: Cli) -> Result<()> {
             listen,
             provision_command,
             stop_command,
+            hosts,
             job,
         } => {
             let token = control::ClusterToken::given(&job.token);
@@ -213,7 +222,8 @@ fn run(cli: Cli) -> Result<()> {
             let addr = coordinator.addr().to_string();
             let mut provisioner: Box<dyn Provisioner> = match &provision_command {
                 Some(template) => {
-                    let mut p = CommandProvisioner::new(template, &addr, &config.token);
+                    let mut p =
+                        CommandProvisioner::new(template, &addr, &config.token).with_hosts(hosts);
                     if let Some(stop) = &stop_command {
                         p = p.with_stop_command(stop);
                     }
@@ -270,6 +280,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Lrb(command) => lrb::run(command),
         Command::Nexmark(command) => nexmark::run(command),
+        Command::Hosts(command) => hosts::run(command),
         Command::Status(args) => control::status(&args),
         Command::Kill(args) => control::kill(&args),
         Command::Checkpoint(args) => control::checkpoint(&args),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use spate_engine::cluster::run_local;
 use spate_engine::coordinator::view::{HistoryPoint, SharedView};
-use spate_engine::coordinator::{JobConfig, JobEvent, RecoveryTimeline, ScaleEvent};
+use spate_engine::coordinator::{JobConfig, JobEvent, JobSummary, RecoveryTimeline, ScaleEvent};
 use spate_engine::{EngineError, QueryRegistry};
 
 use crate::bench::{usage, Who};
@@ -99,11 +99,21 @@ pub struct RunReport {
     pub resources: Vec<ResourcePoint>,
 }
 
-/// Runs the query and writes `report.json` into the output directory.
+/// Runs the query on a local cluster and writes `report.json` into the
+/// output directory.
 pub fn run(
     registry: &QueryRegistry,
     program: &Path,
     options: &RunOptions,
+) -> Result<RunReport, EngineError> {
+    run_with(options, |config| run_local(registry, config, program))
+}
+
+/// As [`run`], with the job run by `launch` (a coordinator with its own
+/// provisioner, e.g. workers on other hosts) on the job's final config.
+pub fn run_with(
+    options: &RunOptions,
+    launch: impl FnOnce(&JobConfig) -> Result<JobSummary, EngineError>,
 ) -> Result<RunReport, EngineError> {
     let params = &options.params;
     let stats = stats_dir(&params.out_dir);
@@ -117,7 +127,7 @@ pub fn run(
     config.params = json;
     let view = config.view.get_or_insert_with(SharedView::default).clone();
     let sampler = Sampler::start(view)?;
-    let summary = run_local(registry, &config, program)?;
+    let summary = launch(&config)?;
     let resources = sampler.finish();
     // Every worker has been reaped by now, killed ones included.
     let peaks = Peaks::of(&resources, usage(Who::Children).max_rss_kib);

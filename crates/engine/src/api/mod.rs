@@ -10,6 +10,7 @@ mod block;
 pub mod join;
 mod query;
 mod registry;
+pub mod sink_file;
 pub mod topk;
 pub mod window;
 

@@ -221,8 +221,9 @@ impl Provisioner for ExternalWorkers {
 /// Starts workers with a shell command template, e.g.
 /// `ssh {host} spate worker --coordinator {coordinator}` or a cloud CLI: the
 /// coordinator runs it once per worker it needs (at start and to refill the
-/// pool). `{coordinator}` is replaced by the coordinator's address; the
-/// cluster token is passed in `SPATE_TOKEN`. Ending a worker runs the
+/// pool). `{coordinator}` is replaced by the coordinator's address and
+/// `{host}` by the next of the given hosts, in turn; the cluster token is
+/// passed in `SPATE_TOKEN`. Ending a worker runs the
 /// optional stop template (`{pid}` and `{addr}` are the worker's process id
 /// and data address, as it reported them), after the coordinator ordered
 /// the worker to exit.
@@ -232,6 +233,10 @@ pub struct CommandProvisioner {
     coordinator: String,
     token: String,
     children: Vec<Child>,
+    /// What `{host}` becomes, in turn.
+    hosts: Vec<String>,
+    /// Workers started so far (which host is next).
+    started: usize,
 }
 
 impl CommandProvisioner {
@@ -243,6 +248,24 @@ impl CommandProvisioner {
             coordinator: coordinator.to_string(),
             token: token.to_string(),
             children: Vec::new(),
+            hosts: Vec::new(),
+            started: 0,
+        }
+    }
+
+    /// Starts workers on `hosts` in turn: `{host}` in the template becomes
+    /// the first for the first worker, the second for the second, and so on.
+    pub fn with_hosts(mut self, hosts: Vec<String>) -> Self {
+        self.hosts = hosts;
+        self
+    }
+
+    /// The command line for the next worker.
+    fn next_command_line(&self) -> String {
+        let line = self.command_line();
+        match self.hosts.get(self.started % self.hosts.len().max(1)) {
+            Some(host) => line.replace("{host}", host),
+            None => line,
         }
     }
 
@@ -274,7 +297,8 @@ impl Provisioner for CommandProvisioner {
     }
 
     fn provision(&mut self) -> Result<(), EngineError> {
-        let line = self.command_line();
+        let line = self.next_command_line();
+        self.started += 1;
         let child = Command::new("sh")
             .args(["-c", &line])
             .env("SPATE_TOKEN", &self.token)

@@ -5,8 +5,12 @@
 
 use std::time::{Duration, Instant};
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use super::events::{EventKind, JobState};
-use super::{Failure, InstanceReport, Job, JobEvent, JobSummary, KillSpec, LinkEvent, WorkerEntry};
+use super::{
+    Failure, InstanceReport, Job, JobEvent, JobSummary, KillSpec, LinkEvent, Stall, WorkerEntry,
+};
 use crate::error::EngineError;
 use crate::ids::WorkerId;
 use crate::plan::Plan;
@@ -14,6 +18,11 @@ use crate::wire::control::{ToCoordinator, ToWorker};
 
 /// How long one wait for a link event lasts before the periodic duties run.
 const TICK: Duration = Duration::from_millis(20);
+
+/// How long reports of stalled data channels gather before the coordinator
+/// decides whom to recover, so that every neighbour of a worker cut off
+/// from them has had time to report it.
+const STALL_SETTLE: Duration = Duration::from_millis(200);
 
 impl Job<'_> {
     /// Runs the job to its end.
@@ -167,8 +176,11 @@ impl Job<'_> {
         deadline: Instant,
     ) -> Result<Option<(WorkerId, ToCoordinator)>, EngineError> {
         loop {
-            if let Some(deferred) = self.deferred.pop_front() {
-                return Ok(Some(deferred));
+            if let Some((w, m)) = self.deferred.pop_front() {
+                if self.alive(w) {
+                    return Ok(Some((w, m)));
+                }
+                continue;
             }
             self.check_cancel()?;
             if Instant::now() > deadline {
@@ -188,8 +200,17 @@ impl Job<'_> {
                 self.lose(silent, "it missed its heartbeats".into());
                 return Ok(None);
             }
+            if let Some((cut_off, reason)) = self.stalled_worker() {
+                self.lose(cut_off, reason);
+                return Ok(None);
+            }
             match self.links.next_event(Instant::now() + TICK)? {
-                Some(LinkEvent::Message(w, message)) => return Ok(Some((w, message))),
+                Some(LinkEvent::Message(w, message)) if self.alive(w) => {
+                    return Ok(Some((w, message)))
+                }
+                // A worker declared failed never affects the job again,
+                // whatever it still said before it was fenced.
+                Some(LinkEvent::Message(..)) => {}
                 Some(LinkEvent::Joined {
                     worker,
                     data_addr,
@@ -212,7 +233,8 @@ impl Job<'_> {
     pub(super) fn absorb(&mut self, event: LinkEvent) -> Result<(), EngineError> {
         match event {
             LinkEvent::Lost(w, reason) => self.lose(w, reason),
-            LinkEvent::Message(w, m) => self.deferred.push_back((w, m)),
+            LinkEvent::Message(w, m) if self.alive(w) => self.deferred.push_back((w, m)),
+            LinkEvent::Message(..) => {}
             LinkEvent::Joined {
                 worker,
                 data_addr,
@@ -242,10 +264,14 @@ impl Job<'_> {
             return;
         }
         self.workers[w.index()].alive = false;
-        // Best effort: a crashed worker cannot be told.
+        // Best effort: a crashed worker cannot be told. A worker cut off
+        // stops on its own once its lease runs out.
         let _ = self.links.send(w, &ToWorker::Shutdown);
+        self.links.fence(w);
         self.end_process(w);
         self.pool.retain(|p| *p != w);
+        let host = self.host_of(w);
+        self.failed_hosts.insert(host, Instant::now());
         let detected_ms = self.elapsed_ms();
         self.failing.push(Failure {
             worker: w,
@@ -277,6 +303,91 @@ impl Job<'_> {
                 false
             }
         }
+    }
+
+    /// A worker's data channel to `peer_addr` stalled (or it could not
+    /// connect): noted, and decided on once the reports settle.
+    fn link_stalled(&mut self, reporter: WorkerId, peer_addr: &str, silent_ms: u64) {
+        let Some(peer) = self
+            .live_workers()
+            .into_iter()
+            .find(|w| self.plan.workers.get(w.index()).map(String::as_str) == Some(peer_addr))
+        else {
+            return;
+        };
+        if peer == reporter || !self.running {
+            return;
+        }
+        tracing::warn!(%reporter, %peer, silent_ms, "a data channel stalled");
+        self.stalls.push(Stall {
+            reporter,
+            peer,
+            at: Instant::now(),
+        });
+    }
+
+    /// Whom to recover for the stalled channels reported, once the first
+    /// report is [`STALL_SETTLE`] old: a worker on the host whose stalled
+    /// channels reach the most other hosts (a host cut off from its peers
+    /// stalls with all of theirs, each of them only with it); on a tie, the
+    /// unreachable side of the first report. One decision per call; reports
+    /// involving a worker declared failed are settled with it.
+    fn stalled_worker(&mut self) -> Option<(WorkerId, String)> {
+        let stalls = std::mem::take(&mut self.stalls);
+        self.stalls = stalls
+            .into_iter()
+            .filter(|s| self.alive(s.reporter) && self.alive(s.peer))
+            .collect();
+        let first = self.stalls.first()?;
+        if first.at.elapsed() < STALL_SETTLE {
+            return None;
+        }
+        let first_peer = first.peer;
+        let mut counterparts: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for s in &self.stalls {
+            let (a, b) = (self.host_of(s.reporter), self.host_of(s.peer));
+            counterparts.entry(a.clone()).or_default().insert(b.clone());
+            counterparts.entry(b).or_default().insert(a);
+        }
+        let score = |w: WorkerId| counterparts.get(&self.host_of(w)).map_or(0, BTreeSet::len);
+        let most = counterparts.values().map(BTreeSet::len).max().unwrap_or(0);
+        let victim = if score(first_peer) == most {
+            first_peer
+        } else {
+            self.stalls
+                .iter()
+                .flat_map(|s| [s.peer, s.reporter])
+                .find(|w| score(*w) == most)?
+        };
+        let mut others: Vec<String> = self
+            .stalls
+            .iter()
+            .filter_map(|s| {
+                (s.peer == victim)
+                    .then_some(s.reporter)
+                    .or((s.reporter == victim).then_some(s.peer))
+            })
+            .map(|w| w.to_string())
+            .collect();
+        others.sort();
+        others.dedup();
+        self.stalls
+            .retain(|s| s.reporter != victim && s.peer != victim);
+        Some((
+            victim,
+            format!(
+                "its data channels with workers {} stalled (unreachable from them)",
+                others.join(", ")
+            ),
+        ))
+    }
+
+    /// The host of worker `w`: the address part of its data address.
+    pub(super) fn host_of(&self, w: WorkerId) -> String {
+        let addr = self.plan.workers.get(w.index()).map_or("", String::as_str);
+        addr.rsplit_once(':')
+            .map_or(addr, |(host, _)| host)
+            .to_string()
     }
 
     fn silent_worker(&self) -> Option<WorkerId> {
@@ -366,6 +477,10 @@ impl Job<'_> {
             }
             ToCoordinator::CaughtUp { instance } => {
                 self.caught_up(instance);
+                Ok(())
+            }
+            ToCoordinator::LinkStalled { peer, silent_ms } => {
+                self.link_stalled(worker, &peer, silent_ms);
                 Ok(())
             }
             // Answers to a reconfiguration that already gave up waiting.

@@ -168,8 +168,12 @@ impl Coordinator {
             .listener
             .try_clone()
             .map_err(|e| EngineError::io("cloning the coordinator socket", e))?;
-        let mut links =
-            links::tcp::TcpLinks::start(acceptor, config.cancel.clone(), config.token.clone())?;
+        let mut links = links::tcp::TcpLinks::start(
+            acceptor,
+            config.cancel.clone(),
+            config.token.clone(),
+            config.heartbeat_timeout,
+        )?;
         run_job(registry, config, &mut links, provisioner)
     }
 }
@@ -207,6 +211,15 @@ struct WorkerEntry {
     ended: bool,
 }
 
+/// A worker reported its data channel to another stalled.
+struct Stall {
+    reporter: WorkerId,
+    /// The worker it could not reach.
+    peer: WorkerId,
+    /// When the report arrived.
+    at: Instant,
+}
+
 /// A worker declared failed, waiting for its recovery.
 struct Failure {
     worker: WorkerId,
@@ -232,6 +245,11 @@ struct Job<'a> {
     /// between reconfigurations, never nested inside one (a scale out or
     /// another recovery), so two never interleave their plans.
     failing: Vec<Failure>,
+    /// Stalled data channels reported and not yet decided on.
+    stalls: Vec<Stall>,
+    /// When a worker on each host was last declared failed: replacements
+    /// go elsewhere while it is recent.
+    failed_hosts: HashMap<String, Instant>,
     started: Instant,
     pool: VecDeque<WorkerId>,
     /// Since when each pool worker has been idle.
@@ -271,6 +289,8 @@ impl<'a> Job<'a> {
             },
             deferred: VecDeque::new(),
             failing: Vec::new(),
+            stalls: Vec::new(),
+            failed_hosts: HashMap::new(),
             started: Instant::now(),
             pool: VecDeque::new(),
             idle_since: HashMap::new(),

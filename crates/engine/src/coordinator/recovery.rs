@@ -41,6 +41,10 @@ struct Restores {
 /// Failures this close together are recovered as one.
 const GATHER_FAILURES: Duration = Duration::from_millis(30);
 
+/// How long a host where a worker failed stays a last choice for
+/// replacements.
+const SUSPECT_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Job<'_> {
     /// Recovers from the failures queued in `failing` (and from any that
     /// come with them). Runs from the main loop only: a failure during a
@@ -132,7 +136,7 @@ impl Job<'_> {
     ) -> Result<HashMap<WorkerId, WorkerId>, EngineError> {
         let mut targets = HashMap::new();
         for &w in failed {
-            let target = match self.pool.pop_front() {
+            let target = match self.pool_worker_away_from(w) {
                 Some(p) => p,
                 None => self
                     .least_loaded_worker()
@@ -144,6 +148,31 @@ impl Job<'_> {
             targets.insert(w, target);
         }
         Ok(targets)
+    }
+
+    /// Takes a pool worker for `failed`'s instances, preferring one on a
+    /// host (the address part of a worker's data address) where no worker
+    /// failed in the last [`SUSPECT_FOR`], then one on another host than
+    /// `failed`'s: a fault that took a worker (a partition, a crash) often
+    /// takes its whole host, and may last.
+    fn pool_worker_away_from(&mut self, failed: WorkerId) -> Option<WorkerId> {
+        let failed_host = self.host_of(failed);
+        let suspect = |job: &Self, w: WorkerId| {
+            job.failed_hosts
+                .get(&job.host_of(w))
+                .is_some_and(|at| at.elapsed() < SUSPECT_FOR)
+        };
+        let away = self
+            .pool
+            .iter()
+            .position(|p| !suspect(self, *p))
+            .or_else(|| {
+                self.pool
+                    .iter()
+                    .position(|p| self.host_of(*p) != failed_host)
+            })
+            .unwrap_or(0);
+        self.pool.remove(away)
     }
 
     /// Moves each failed instance to its replacement worker in the plan (as

@@ -240,7 +240,7 @@ impl Cluster {
                     self.checkpoint(instance, until);
                 }
             }
-            ToWorker::Trim { .. } | ToWorker::Shutdown => {}
+            ToWorker::Trim { .. } | ToWorker::Shutdown | ToWorker::Lease { .. } => {}
         }
     }
 
@@ -523,6 +523,41 @@ fn a_silent_worker_is_declared_failed_ended_and_recovered() {
         cluster.sent_to(silent, |m| matches!(m, ToWorker::Shutdown)),
         1
     );
+}
+
+#[test]
+fn a_stalled_channel_recovers_the_unreachable_worker_and_fences_it() {
+    let (result, _, stopped) = scenario(config(1), |c| {
+        c.checkpointed(Stamp(10));
+        let count = c.ids("count")[0];
+        let host = c.host(count);
+        let reporter = c.host(c.ids("pass")[0]);
+        assert_ne!(reporter, host, "one instance per worker");
+        c.net.say(
+            reporter,
+            ToCoordinator::LinkStalled {
+                peer: format!("memory:{host}"),
+                silent_ms: 1000,
+            },
+        );
+        assert!(c.run_until(Duration::from_secs(5), |c| c.host(count) != host));
+        assert!(c.net.is_fenced(host));
+        // Whatever the fenced worker still says is ignored (an instance
+        // failure would otherwise fail the job).
+        c.net.say(
+            host,
+            ToCoordinator::InstanceFailed {
+                instance: count,
+                error: "late word from a fenced worker".into(),
+            },
+        );
+        c.settle(Duration::from_millis(100));
+    });
+    let summary = result.expect("finishes");
+    assert_eq!(summary.recoveries.len(), 1);
+    let failed = summary.recoveries[0].workers[0];
+    assert!(stopped.contains(&failed));
+    assert!(summary.events.iter().any(|e| e.detail.contains("stalled")));
 }
 
 #[test]

@@ -144,6 +144,16 @@ pub enum ToCoordinator {
         /// What went wrong.
         error: String,
     },
+    /// A data channel to the worker at `peer` (its data address) made no
+    /// progress for `silent_ms` while it had data to deliver, or `peer`
+    /// could not be connected to: the coordinator decides which side to
+    /// recover elsewhere.
+    LinkStalled {
+        /// The peer's data address.
+        peer: String,
+        /// How long the channel had been silent.
+        silent_ms: u64,
+    },
     /// An instance stopped on an error.
     InstanceFailed {
         /// Instance id.
@@ -236,6 +246,13 @@ pub enum ToWorker {
     },
     /// Every instance should checkpoint now (an operator asked).
     CheckpointNow,
+    /// The coordinator still counts on this worker (sent on the heartbeat
+    /// connection every [`HEARTBEAT_EVERY`]): a worker that hears none for
+    /// `ms` milliseconds may have been declared failed, and stops.
+    Lease {
+        /// The lease: the coordinator's failure timeout.
+        ms: u64,
+    },
     /// The job is over (or aborted): exit.
     Shutdown,
 }

@@ -807,6 +807,16 @@ impl Inputs {
     /// a new incarnation of the upstream and dropping it when from an old
     /// one.
     fn accept(&mut self, merge: &mut Merge, batch: Batch) -> Result<(), EngineError> {
+        if self
+            .planned
+            .get(&batch.from)
+            .is_some_and(|p| batch.incarnation < *p)
+        {
+            // From an incarnation the plan replaced (its worker was declared
+            // failed, or it was split): refused, whether or not its
+            // replacement has sent anything yet.
+            return Ok(());
+        }
         let channel = match self.channels.get(&batch.from) {
             Some(&channel)
                 if self

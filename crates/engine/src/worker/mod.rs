@@ -6,9 +6,10 @@
 mod input;
 mod instance;
 pub mod output;
+mod watch;
 
 use std::collections::HashMap;
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -23,6 +24,7 @@ use crate::wire::control::{self, ToCoordinator, ToWorker, HEARTBEAT_EVERY};
 use input::{ControlEvent, Inboxes};
 use instance::{Inputs, Instance, Report};
 use output::{Outbox, SenderIdentity};
+use watch::LinkWatch;
 
 /// How a worker finds its coordinator and where it listens.
 #[derive(Clone, Debug)]
@@ -62,16 +64,18 @@ struct Deployment {
 
 /// Runs a worker until the coordinator shuts it down or goes away.
 pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(), EngineError> {
-    let (listener, data_addr) = bind_data_listener(options)?;
+    let (listener, bound) = bind_data_listener(options)?;
     let inboxes = Inboxes::default();
     input::spawn_acceptor(listener, inboxes.clone())?;
-    let (mut control, writer) = register(options, &data_addr)?;
+    let (mut control, writer, data_addr) = register(options, bound)?;
     tracing::info!(%data_addr, coordinator = %options.coordinator, "worker registered");
     spawn_heartbeat(options, data_addr)?;
     let reports = spawn_reporter(writer.clone())?;
+    let watch = LinkWatch::start(writer.clone())?;
     let mut worker = ControlLoop {
         registry,
         inboxes,
+        watch,
         writer,
         reports,
         deployment: None,
@@ -87,29 +91,39 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
     }
 }
 
-/// Binds the listener data channels connect to; returns it with the address
-/// the coordinator should give upstream instances.
-fn bind_data_listener(options: &WorkerOptions) -> Result<(TcpListener, String), EngineError> {
+/// Binds the listener data channels connect to; returns it with the
+/// address it is bound to.
+fn bind_data_listener(options: &WorkerOptions) -> Result<(TcpListener, SocketAddr), EngineError> {
     let listener = TcpListener::bind(&options.listen).map_err(|e| {
         EngineError::io(
             format!("binding the data listener on {}", options.listen),
             e,
         )
     })?;
-    let data_addr = listener
+    let bound = listener
         .local_addr()
-        .map_err(|e| EngineError::io("reading the data listener address", e))?
-        .to_string();
-    Ok((listener, data_addr))
+        .map_err(|e| EngineError::io("reading the data listener address", e))?;
+    Ok((listener, bound))
 }
 
 /// Opens the control connection and registers this worker on it; returns
-/// the connection to read orders from and the shared handle to write on it.
+/// the connection to read orders from, the shared handle to write on it,
+/// and the data address announced. A listener on every interface
+/// (`0.0.0.0`) is announced at the address this host reaches the
+/// coordinator from, which is where its peers can reach it too.
 fn register(
     options: &WorkerOptions,
-    data_addr: &str,
-) -> Result<(TcpStream, ControlWriter), EngineError> {
+    bound: SocketAddr,
+) -> Result<(TcpStream, ControlWriter, String), EngineError> {
     let mut control = connect_coordinator(options)?;
+    let data_addr = if bound.ip().is_unspecified() {
+        let local = control
+            .local_addr()
+            .map_err(|e| EngineError::io("reading the control connection's address", e))?;
+        SocketAddr::new(local.ip(), bound.port()).to_string()
+    } else {
+        bound.to_string()
+    };
     control::write_hello(&mut control)
         .map_err(|e| EngineError::io("greeting the coordinator", e))?;
     control::read_hello(&mut control)?;
@@ -125,7 +139,7 @@ fn register(
             token: options.token.clone(),
         },
     )?;
-    Ok((control, writer))
+    Ok((control, writer, data_addr))
 }
 
 /// What the worker's control loop reads and changes while it carries out
@@ -133,6 +147,8 @@ fn register(
 struct ControlLoop<'r> {
     registry: &'r QueryRegistry,
     inboxes: Inboxes,
+    /// Watches outgoing data channels for stalls.
+    watch: LinkWatch,
     writer: ControlWriter,
     reports: crossbeam_channel::Sender<Report>,
     deployment: Option<Deployment>,
@@ -191,6 +207,8 @@ impl ControlLoop<'_> {
                 merged,
             } => self.plan_update(plan, added, merged)?,
             ToWorker::CheckpointNow => self.inboxes.broadcast(|| ControlEvent::CheckpointNow),
+            // Leases come on the heartbeat connection (`watch_lease`).
+            ToWorker::Lease { .. } => {}
             ToWorker::Pause { instance } => self.inboxes.control(instance, ControlEvent::Pause),
             ToWorker::Resume { instance, until } => {
                 self.inboxes.control(instance, ControlEvent::Resume(until))
@@ -246,7 +264,7 @@ impl ControlLoop<'_> {
     fn start(&mut self) -> Result<(), EngineError> {
         let d = deployed(&mut self.deployment, "told to start before any deployment")?;
         for instance in std::mem::take(&mut d.pending) {
-            start_instance(instance, d, self.writer.clone())?;
+            start_instance(instance, d, self.writer.clone(), &self.watch)?;
         }
         Ok(())
     }
@@ -298,7 +316,7 @@ impl ControlLoop<'_> {
                 .and_then(|checkpoint| {
                     create_instance(d, id, checkpoint, &self.inboxes, &self.reports)
                 })
-                .and_then(|instance| start_instance(instance, d, self.writer.clone()));
+                .and_then(|instance| start_instance(instance, d, self.writer.clone(), &self.watch));
             match restored {
                 Ok(()) => reply(&self.writer, &ToCoordinator::Restored { instance: id }),
                 Err(e) => reply(
@@ -386,8 +404,12 @@ fn send(writer: &ControlWriter, message: &ToCoordinator) -> Result<(), EngineErr
     control::send_encoded(&mut *stream, &frame)
 }
 
+/// The exit status of a worker that stopped because its lease ran out.
+pub const FENCED_EXIT_CODE: i32 = 3;
+
 /// Heartbeats go on a connection of their own so that they never wait
-/// behind a large checkpoint on the control connection.
+/// behind a large checkpoint on the control connection; the coordinator's
+/// leases come back on it.
 fn spawn_heartbeat(options: &WorkerOptions, data_addr: String) -> Result<(), EngineError> {
     let mut stream = connect_coordinator(options)?;
     control::write_hello(&mut stream)
@@ -401,6 +423,14 @@ fn spawn_heartbeat(options: &WorkerOptions, data_addr: String) -> Result<(), Eng
         },
     )?;
     let beat = control::encode(&ToCoordinator::Heartbeat)?;
+    let leases = stream
+        .try_clone()
+        .map_err(|e| EngineError::io("cloning the heartbeat connection", e))?;
+    let first_wait = options.connect_timeout;
+    thread::Builder::new()
+        .name("spate-lease".into())
+        .spawn(move || watch_lease(leases, first_wait))
+        .map_err(|e| EngineError::io("starting the lease thread", e))?;
     thread::Builder::new()
         .name("spate-heartbeat".into())
         .spawn(move || {
@@ -410,6 +440,42 @@ fn spawn_heartbeat(options: &WorkerOptions, data_addr: String) -> Result<(), Eng
         })
         .map(|_| ())
         .map_err(|e| EngineError::io("starting the heartbeat thread", e))
+}
+
+/// Self-fencing: a worker that hears no lease from the coordinator for a
+/// whole lease (the coordinator's failure timeout), or whose heartbeat
+/// connection the coordinator closed, may have been declared failed and
+/// replaced; it exits at once, so that it never sends, writes or acknowledges
+/// anything a replacement also does.
+///
+/// Until the first lease the coordinator has not admitted this worker: a
+/// refusal (a wrong token) is the control loop's to report.
+fn watch_lease(mut stream: TcpStream, first_wait: Duration) {
+    let mut lease = first_wait;
+    let mut leased = false;
+    loop {
+        if stream.set_read_timeout(Some(lease)).is_err() {
+            fence("cannot time the lease");
+        }
+        match control::recv::<ToWorker>(&mut stream) {
+            Ok(Some(ToWorker::Lease { ms })) => {
+                leased = true;
+                lease = Duration::from_millis(ms.max(1));
+            }
+            Ok(Some(_)) => {}
+            _ if !leased => return,
+            Ok(None) => fence("the coordinator closed its heartbeat connection"),
+            Err(e) => fence(&format!(
+                "no lease from the coordinator for {} ms ({e})",
+                lease.as_millis()
+            )),
+        }
+    }
+}
+
+fn fence(why: &str) -> ! {
+    tracing::warn!("stopping: {why}; this worker may have been declared failed");
+    std::process::exit(FENCED_EXIT_CODE)
 }
 
 /// Forwards instances' reports (checkpoints above all, which may be large)
@@ -579,11 +645,15 @@ fn create_instance(
 }
 
 /// Opens one channel per downstream instance and routing tables per edge.
-fn connect_outbox(d: &Deployment, me: SenderIdentity) -> Result<Outbox, EngineError> {
+fn connect_outbox(
+    d: &Deployment,
+    me: SenderIdentity,
+    watch: LinkWatch,
+) -> Result<Outbox, EngineError> {
     let (node, _) = d.plan.instance(me.instance).ok_or_else(|| {
         EngineError::InvalidQuery(format!("instance {} is not in the plan", me.instance))
     })?;
-    let mut outbox = Outbox::new(me, d.checkpoint_every.is_some());
+    let mut outbox = Outbox::new(me, d.checkpoint_every.is_some()).with_watch(watch);
     outbox.reconcile(&d.plan, &d.query, node, &[], &[])?;
     Ok(outbox)
 }
@@ -592,7 +662,9 @@ fn start_instance(
     instance: Instance,
     d: &Deployment,
     writer: ControlWriter,
+    watch: &LinkWatch,
 ) -> Result<(), EngineError> {
+    let watch = watch.clone();
     let name = format!("spate-{}-{}", instance.operator, instance.me.instance);
     let me = instance.me;
     let d = Deployment {
@@ -604,7 +676,7 @@ fn start_instance(
     thread::Builder::new()
         .name(name)
         .spawn(move || {
-            let result = connect_outbox(&d, me).and_then(|outbox| instance.run(outbox));
+            let result = connect_outbox(&d, me, watch).and_then(|outbox| instance.run(outbox));
             if let Err(e) = result {
                 tracing::error!(instance = %me.instance, "instance failed: {e}");
                 let failed = ToCoordinator::InstanceFailed {

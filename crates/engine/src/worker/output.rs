@@ -3,7 +3,7 @@
 //! that keeps sent batches for replay until downstream checkpoints cover them.
 
 use std::io::Write;
-use std::net::TcpStream;
+use std::net::{TcpStream, ToSocketAddrs};
 
 use crate::api::{Emit, Query};
 use crate::error::EngineError;
@@ -12,6 +12,8 @@ use crate::stamp::merge::write_tuple;
 use crate::stamp::Stamp;
 use crate::state::{OutputBuffer, RoutingTable};
 use crate::wire::data::{seal_batch, write_hello, ChannelHello, BATCH_HEADER};
+
+use super::watch::{LinkWatch, CONNECT_TIMEOUT};
 
 /// A batch grows to about this many bytes before it is sent on its own.
 const FLUSH_BYTES: usize = 64 << 10;
@@ -25,22 +27,36 @@ pub(crate) struct SenderIdentity {
     pub(crate) incarnation: Incarnation,
 }
 
-/// Opens a data channel to instance `to` at `addr`.
+/// Opens a data channel to instance `to` at `addr`, watched by `watch` (a
+/// peer that cannot be reached in time is reported to it).
 fn connect(
     from: SenderIdentity,
     to: InstanceId,
     addr: &str,
+    watch: Option<&LinkWatch>,
 ) -> Result<Box<dyn Write + Send>, EngineError> {
-    let stream = TcpStream::connect(addr).map_err(|e| {
-        EngineError::io(
-            format!("opening data channel {}->{to} to {addr}", from.instance),
-            e,
-        )
-    })?;
+    let context = || format!("opening data channel {}->{to} to {addr}", from.instance);
+    let target = addr
+        .to_socket_addrs()
+        .map_err(|e| EngineError::io(context(), e))?
+        .next()
+        .ok_or_else(|| EngineError::Protocol(format!("{}: no address", context())))?;
+    let stream = match TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) {
+        Ok(stream) => stream,
+        Err(e) => {
+            if let (Some(watch), std::io::ErrorKind::TimedOut) = (watch, e.kind()) {
+                watch.unreachable(addr, CONNECT_TIMEOUT);
+            }
+            return Err(EngineError::io(context(), e));
+        }
+    };
     stream
         .set_nodelay(true)
         .map_err(|e| EngineError::io("setting TCP_NODELAY", e))?;
-    let mut stream: Box<dyn Write + Send> = Box::new(stream);
+    let mut stream: Box<dyn Write + Send> = match watch {
+        Some(watch) => Box::new(watch.watch(addr, stream)),
+        None => Box::new(stream),
+    };
     write_hello(
         &mut stream,
         ChannelHello {
@@ -133,6 +149,8 @@ pub struct Outbox {
     buffer: Option<OutputBuffer>,
     encoded: Vec<u8>,
     tuples_out: u64,
+    /// Watches the channels for stalls, when running in a worker.
+    watch: Option<LinkWatch>,
 }
 
 impl Outbox {
@@ -147,7 +165,14 @@ impl Outbox {
             buffer: buffering.then(OutputBuffer::default),
             encoded: Vec::with_capacity(256),
             tuples_out: 0,
+            watch: None,
         }
+    }
+
+    /// Has `watch` watch every channel this outbox opens from now on.
+    pub(crate) fn with_watch(mut self, watch: LinkWatch) -> Self {
+        self.watch = Some(watch);
+        self
     }
 
     /// Brings the channels and routing in line with `plan`: opens channels
@@ -237,7 +262,7 @@ impl Outbox {
         to: InstanceId,
         addr: &str,
     ) -> Result<Option<Box<dyn Write + Send>>, EngineError> {
-        match connect(self.me, to, addr) {
+        match connect(self.me, to, addr, self.watch.as_ref()) {
             Ok(stream) => Ok(Some(stream)),
             Err(e) if self.buffer.is_some() => {
                 tracing::warn!(%to, "cannot reach downstream yet: {e}");

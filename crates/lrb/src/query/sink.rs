@@ -4,11 +4,12 @@
 //! deadline.
 
 use std::fs::File;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use spate_engine::api::sink_file;
 use spate_engine::{InstanceContext, OperatorError, Sink};
 use spate_postgres::{operator_error, Column, ColumnType, PgError, PgSinkConfig, PgWriter, Value};
 
@@ -214,14 +215,7 @@ impl AnswerSink {
             )),
             None => {
                 let path = params.out_dir.join(format!("{}.csv", kind.name()));
-                let file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .write(true)
-                    .truncate(!ctx.restoring)
-                    .open(&path)
-                    .map_err(|e| {
-                        OperatorError::new(format!("cannot create {}: {e}", path.display()))
-                    })?;
+                let file = sink_file::open(&path, ctx.restoring)?;
                 Answers::File(BufWriter::with_capacity(1 << 20, file))
             }
         };
@@ -355,9 +349,11 @@ impl Sink for AnswerSink {
             .map_err(|e| OperatorError::new(format!("decoding the sink position: {e}")))?;
         match &mut self.out {
             Answers::File(out) => {
-                let file = out.get_mut();
-                file.set_len(state.offset)?;
-                file.seek(SeekFrom::Start(state.offset))?;
+                let path = self
+                    .params
+                    .out_dir
+                    .join(format!("{}.csv", self.kind.name()));
+                sink_file::rewind(out.get_mut(), &path, state.offset)?;
             }
             Answers::Table(writer) => writer.restore(state.offset).map_err(operator_error)?,
         }

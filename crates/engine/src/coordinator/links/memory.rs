@@ -28,6 +28,8 @@ struct Shared {
     broken: HashSet<WorkerId>,
     /// Workers whose heartbeats stopped.
     silent: HashSet<WorkerId>,
+    /// Workers the coordinator fenced.
+    fenced: HashSet<WorkerId>,
 }
 
 /// The workers' end, driven by a test.
@@ -93,6 +95,11 @@ impl Network {
         self.lock().silent.insert(worker);
     }
 
+    /// Whether the coordinator fenced `worker`.
+    pub(crate) fn is_fenced(&self, worker: WorkerId) -> bool {
+        self.lock().fenced.contains(&worker)
+    }
+
     /// Whether `worker`'s connection broke.
     pub(crate) fn is_broken(&self, worker: WorkerId) -> bool {
         self.lock().broken.contains(&worker)
@@ -129,6 +136,14 @@ impl Links for MemoryLinks {
                 Err(EngineError::Protocol("the test network is gone".into()))
             }
         }
+    }
+
+    fn fence(&mut self, worker: WorkerId) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .fenced
+            .insert(worker);
     }
 
     fn silent_for(&self, worker: WorkerId) -> Duration {

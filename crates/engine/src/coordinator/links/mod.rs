@@ -41,4 +41,9 @@ pub trait Links {
     fn next_event(&mut self, deadline: Instant) -> Result<Option<LinkEvent>, EngineError>;
     /// How long `worker` has been silent (no message, no heartbeat).
     fn silent_for(&self, worker: WorkerId) -> Duration;
+    /// Stops vouching for `worker`, declared failed: its lease is no longer
+    /// renewed and its connections close, so that a worker cut off from the
+    /// coordinator, or one that comes back from a partition, stops on its
+    /// own.
+    fn fence(&mut self, worker: WorkerId);
 }

@@ -4,6 +4,13 @@
 //! Heartbeats have their own connection so they never queue behind a large
 //! checkpoint, and they only refresh the worker's clock (an atomic), so a
 //! busy coordinator never mistakes queued heartbeats for silence.
+//!
+//! The heartbeat connection also carries the coordinator's *lease* the
+//! other way: a thread per worker vouches for it every [`HEARTBEAT_EVERY`]
+//! until it is fenced (declared failed); a worker that hears nothing for
+//! the lease stops on its own (`worker::spawn_heartbeat`). Writes to a
+//! worker that make no progress for the lease fail, and its link is then
+//! lost: a partitioned worker never blocks the coordinator.
 
 use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
@@ -17,43 +24,53 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use super::{LinkEvent, Links};
 use crate::error::EngineError;
 use crate::ids::WorkerId;
-use crate::wire::control::{self, ToCoordinator, ToWorker};
+use crate::wire::control::{self, ToCoordinator, ToWorker, HEARTBEAT_EVERY};
 
 /// The TCP implementation of [`Links`].
 pub struct TcpLinks {
     raw_tx: Sender<Event>,
     raw: Receiver<Event>,
     streams: Vec<TcpStream>,
-    /// Milliseconds after [`epoch`] each worker was last heard, kept by its
+    /// When each worker was last heard, and whether it is fenced.
+    liveness: Vec<Arc<Liveness>>,
+}
+
+/// What the threads of one worker's connections share.
+struct Liveness {
+    /// Milliseconds after [`epoch`] the worker was last heard, kept by its
     /// reader threads.
-    clocks: Vec<Arc<AtomicU64>>,
+    heard: AtomicU64,
+    /// Declared failed: its lease is no longer renewed.
+    fenced: AtomicBool,
 }
 
 impl TcpLinks {
     /// Starts accepting workers on `listener` (which must be non-blocking);
-    /// connections without `token` are refused. Stops when `cancel` is set.
+    /// connections without `token` are refused. Workers hold a lease of
+    /// `lease` (the failure timeout). Stops when `cancel` is set.
     pub fn start(
         listener: TcpListener,
         cancel: Arc<AtomicBool>,
         token: String,
+        lease: Duration,
     ) -> Result<Self, EngineError> {
         let (raw_tx, raw) = crossbeam_channel::unbounded();
-        spawn_acceptor(listener, raw_tx.clone(), cancel, token)?;
+        spawn_acceptor(listener, raw_tx.clone(), cancel, token, lease)?;
         Ok(TcpLinks {
             raw_tx,
             raw,
             streams: Vec::new(),
-            clocks: Vec::new(),
+            liveness: Vec::new(),
         })
     }
 
     /// Registers a worker that joined and starts reading from it.
-    fn add(&mut self, stream: TcpStream, clock: Arc<AtomicU64>) -> Result<WorkerId, EngineError> {
+    fn add(&mut self, stream: TcpStream, liveness: Arc<Liveness>) -> Result<WorkerId, EngineError> {
         let worker = WorkerId(self.streams.len() as u32);
-        clock.store(now_ms(), Ordering::Relaxed);
-        spawn_reader(worker, &stream, self.raw_tx.clone(), clock.clone())?;
+        liveness.heard.store(now_ms(), Ordering::Relaxed);
+        spawn_reader(worker, &stream, self.raw_tx.clone(), liveness.clone())?;
         self.streams.push(stream);
-        self.clocks.push(clock);
+        self.liveness.push(liveness);
         Ok(worker)
     }
 }
@@ -64,13 +81,31 @@ impl Links for TcpLinks {
             .streams
             .get(worker.index())
             .ok_or_else(|| EngineError::Protocol(format!("no connection to worker {worker}")))?;
-        control::send(&mut &*stream, message)
+        let sent = control::send(&mut &*stream, message);
+        if let Err(e) = &sent {
+            // A write that made no progress for the lease (or failed): the
+            // stream may hold half a frame, so the link is lost.
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            let _ = self
+                .raw_tx
+                .send(Event::Lost(worker, format!("cannot send to it: {e}")));
+        }
+        sent
+    }
+
+    fn fence(&mut self, worker: WorkerId) {
+        if let Some(liveness) = self.liveness.get(worker.index()) {
+            liveness.fenced.store(true, Ordering::SeqCst);
+        }
+        if let Some(stream) = self.streams.get(worker.index()) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     fn next_event(&mut self, deadline: Instant) -> Result<Option<LinkEvent>, EngineError> {
         match self.raw.recv_deadline(deadline) {
-            Ok(Event::Joined(stream, data_addr, pid, clock)) => {
-                let worker = self.add(stream, clock)?;
+            Ok(Event::Joined(stream, data_addr, pid, liveness)) => {
+                let worker = self.add(stream, liveness)?;
                 Ok(Some(LinkEvent::Joined {
                     worker,
                     data_addr,
@@ -88,9 +123,9 @@ impl Links for TcpLinks {
 
     fn silent_for(&self, worker: WorkerId) -> Duration {
         let heard = self
-            .clocks
+            .liveness
             .get(worker.index())
-            .map_or(0, |c| c.load(Ordering::Relaxed));
+            .map_or(0, |l| l.heard.load(Ordering::Relaxed));
         Duration::from_millis(now_ms().saturating_sub(heard))
     }
 }
@@ -107,7 +142,7 @@ fn now_ms() -> u64 {
 
 /// What the accept and reader threads report.
 enum Event {
-    Joined(TcpStream, String, u32, Arc<AtomicU64>),
+    Joined(TcpStream, String, u32, Arc<Liveness>),
     Message(WorkerId, ToCoordinator),
     Lost(WorkerId, String),
 }
@@ -119,8 +154,11 @@ fn spawn_acceptor(
     events: Sender<Event>,
     cancel: Arc<AtomicBool>,
     token: String,
+    lease: Duration,
 ) -> Result<(), EngineError> {
-    let mut clocks: HashMap<String, Arc<AtomicU64>> = HashMap::new();
+    let mut workers: HashMap<String, Arc<Liveness>> = HashMap::new();
+    // A write that makes no progress for this long fails.
+    let write_timeout = lease.max(Duration::from_secs(1));
     thread::Builder::new()
         .name("spate-coord-accept".into())
         .spawn(move || loop {
@@ -140,18 +178,22 @@ fn spawn_acceptor(
                         tracing::warn!("refused a worker at {peer}: wrong cluster token");
                     }
                     Ok((stream, ToCoordinator::Register { data_addr, pid, .. })) => {
-                        let clock = Arc::new(AtomicU64::new(now_ms()));
-                        clocks.insert(data_addr.clone(), clock.clone());
+                        let liveness = Arc::new(Liveness {
+                            heard: AtomicU64::new(now_ms()),
+                            fenced: AtomicBool::new(false),
+                        });
+                        workers.insert(data_addr.clone(), liveness.clone());
+                        let _ = stream.set_write_timeout(Some(write_timeout));
                         if events
-                            .send(Event::Joined(stream, data_addr, pid, clock))
+                            .send(Event::Joined(stream, data_addr, pid, liveness))
                             .is_err()
                         {
                             return;
                         }
                     }
                     Ok((stream, ToCoordinator::Beat { data_addr, .. })) => {
-                        match clocks.get(&data_addr) {
-                            Some(clock) => spawn_heartbeat_reader(stream, clock.clone()),
+                        match workers.get(&data_addr) {
+                            Some(liveness) => spawn_heartbeat(stream, liveness.clone(), lease),
                             None => tracing::warn!("heartbeats from unknown worker {data_addr}"),
                         }
                     }
@@ -176,19 +218,52 @@ fn spawn_acceptor(
         .map_err(|e| EngineError::io("starting the coordinator's accept thread", e))
 }
 
-fn spawn_heartbeat_reader(mut stream: TcpStream, clock: Arc<AtomicU64>) {
+/// Reads a worker's heartbeats into its clock, and renews its lease until
+/// it is fenced (then closes the connection, which the worker takes as
+/// the end of its lease).
+fn spawn_heartbeat(stream: TcpStream, liveness: Arc<Liveness>, lease: Duration) {
+    let renew = match stream.try_clone() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot clone a heartbeat connection: {e}");
+            return;
+        }
+    };
+    let _ = renew.set_write_timeout(Some(lease));
+    let reader = liveness.clone();
     let spawned = thread::Builder::new()
         .name("spate-coord-beat".into())
         .spawn(move || {
+            let mut stream = stream;
             while let Ok(Some(ToCoordinator::Heartbeat)) =
                 control::recv::<ToCoordinator>(&mut stream)
             {
-                clock.store(now_ms(), Ordering::Relaxed);
+                reader.heard.store(now_ms(), Ordering::Relaxed);
             }
+        })
+        .and_then(|_| {
+            thread::Builder::new()
+                .name("spate-coord-lease".into())
+                .spawn(move || renew_lease(renew, &liveness, lease))
         });
     if let Err(e) = spawned {
-        tracing::warn!("cannot start a heartbeat reader: {e}");
+        tracing::warn!("cannot start a heartbeat thread: {e}");
     }
+}
+
+fn renew_lease(mut stream: TcpStream, liveness: &Liveness, lease: Duration) {
+    let Ok(frame) = control::encode(&ToWorker::Lease {
+        ms: lease.as_millis() as u64,
+    }) else {
+        return;
+    };
+    while !liveness.fenced.load(Ordering::SeqCst) {
+        if control::send_encoded(&mut stream, &frame).is_err() {
+            return;
+        }
+        thread::sleep(HEARTBEAT_EVERY);
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
 fn handshake(mut stream: TcpStream) -> Result<(TcpStream, ToCoordinator), EngineError> {
@@ -217,7 +292,7 @@ fn spawn_reader(
     worker: WorkerId,
     stream: &TcpStream,
     events: Sender<Event>,
-    last_heard: Arc<AtomicU64>,
+    liveness: Arc<Liveness>,
 ) -> Result<(), EngineError> {
     let mut stream = stream
         .try_clone()
@@ -227,7 +302,7 @@ fn spawn_reader(
         .spawn(move || loop {
             let event = match control::recv::<ToCoordinator>(&mut stream) {
                 Ok(Some(message)) => {
-                    last_heard.store(now_ms(), Ordering::Relaxed);
+                    liveness.heard.store(now_ms(), Ordering::Relaxed);
                     Event::Message(worker, message)
                 }
                 Ok(None) => Event::Lost(worker, "it closed its control connection".into()),
