@@ -270,21 +270,28 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use crate::{Cli, Command};
+    use crate::{BenchmarkCommand, Cli, Command, SpateCommand};
 
     /// Parses `spate run keycount ARGS` and returns its job flags.
     fn job_args(args: &[&str]) -> JobArgs {
         let line = ["spate", "run", "keycount"].iter().chain(args);
         match Cli::try_parse_from(line).expect("the flags parse").command {
-            Command::Run { job, .. } => job,
+            SpateCommand::Job(Command::Run { job, .. }) => job,
             _ => unreachable!("parsed `spate run`"),
         }
+    }
+
+    /// The queries the flags are checked against: the examples'.
+    fn registry() -> QueryRegistry {
+        let mut registry = QueryRegistry::new();
+        spate_examples::register(&mut registry);
+        registry
     }
 
     fn config(args: &[&str]) -> Result<JobConfig> {
         let params = serde_json::json!({"input": "in.txt", "output": "out.csv"});
         job_args(args).config(
-            &crate::registry(),
+            &registry(),
             "keycount",
             params,
             &ClusterToken::given("secret"),
@@ -361,7 +368,10 @@ mod tests {
             "spate", "lrb", "run", "--input", "i", "--tolls", "t", "--out", "o",
         ])
         .unwrap();
-        let Command::Lrb(crate::lrb::LrbCommand::Run { job, .. }) = parsed.command else {
+        let SpateCommand::Benchmark(BenchmarkCommand::Lrb(crate::lrb::LrbCommand::Run {
+            job, ..
+        })) = parsed.command
+        else {
             unreachable!("parsed `spate lrb run`");
         };
         assert_eq!(job.pool, 1);
