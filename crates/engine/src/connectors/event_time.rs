@@ -54,6 +54,10 @@ struct Position<T> {
     promised: u64,
     /// An event read but not yet sent (it waited for its progress).
     pending: Option<Timed<T>>,
+    /// An event was sent: progress before the first event is not sent, as
+    /// no window before it holds anything (and a log stamped with UNIX
+    /// times would otherwise close every window since 1970).
+    sent_event: bool,
     /// The end was sent.
     ended: bool,
 }
@@ -81,6 +85,7 @@ impl<S: Source> EventTime<S> {
                 clock: ProgressClock::new(granularity_ms),
                 promised: 0,
                 pending: None,
+                sent_event: false,
                 ended: false,
             },
         }
@@ -115,7 +120,12 @@ impl<S: Source> Source for EventTime<S> {
             )));
         }
         let event = Timed::Event { time, value };
+        let first = !std::mem::replace(&mut self.at.sent_event, true);
         match self.at.clock.observe(time) {
+            Some(Timed::Progress { to, .. }) if first => {
+                self.at.promised = to;
+                Ok(SourceStep::Emit(event))
+            }
             Some(progress) => {
                 if let Timed::Progress { to, .. } = progress {
                     self.at.promised = to;

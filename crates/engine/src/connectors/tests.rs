@@ -195,6 +195,38 @@ fn event_time_sends_progress_and_restores_with_its_clock() {
 }
 
 #[test]
+fn event_time_promises_nothing_before_the_first_event() {
+    let unix = Generator::new(|n| 1_764_000_000_000 + n * 700).limit(3);
+    let timed = drain(&mut EventTime::new(unix, 1_000, |t: &u64| *t));
+    let start = 1_764_000_000_000;
+    assert_eq!(
+        timed,
+        [
+            Timed::Event {
+                time: start,
+                value: start
+            },
+            Timed::Event {
+                time: start + 700,
+                value: start + 700
+            },
+            Timed::Progress {
+                from: start,
+                to: start + 1_000
+            },
+            Timed::Event {
+                time: start + 1_400,
+                value: start + 1_400
+            },
+            Timed::End {
+                from: start + 1_000,
+                last: start + 1_400
+            },
+        ]
+    );
+}
+
+#[test]
 fn an_event_older_than_the_progress_promised_is_an_error() {
     let backwards = Generator::new(|n| [0u64, 1_500, 900][n as usize]).limit(3);
     let mut timed = EventTime::new(backwards, 1_000, |t: &u64| *t);
