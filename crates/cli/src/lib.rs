@@ -73,6 +73,12 @@ use spate_engine::QueryRegistry;
 /// dependency to write its queries and to run them.
 pub use spate_engine as engine;
 
+/// The README's Rust snippets, compiled and run as doctests so that they
+/// stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 /// The command line of a binary built on Spate: the job commands.
 #[derive(Parser)]
 #[command(version, about = "Spate: elastic, fault-tolerant stream processing")]
@@ -234,7 +240,7 @@ static REGISTRY: OnceLock<QueryRegistry> = OnceLock::new();
 /// untouched, and register the same queries every time.
 pub fn main(registry: QueryRegistry) -> ExitCode {
     start(registry, || {
-        Ok(JobCli::try_parse()?.command).map(SpateCommand::Job)
+        Ok(SpateCommand::Job(JobCli::try_parse()?.command))
     })
 }
 

@@ -209,8 +209,10 @@ pub fn build(params: &serde_json::Value) -> Result<Query, EngineError> {
         let log = FileSource::parsed(&input, Visit::parse)?.paced(lines_per_sec);
         Ok(EventTime::new(log, 1_000, |v: &Visit| v.time_ms))
     });
+    // Only events (not progress) count towards the running totals.
+    let events = visits.filter(|t| matches!(t, Timed::Event { .. }));
     // Top pages per minute, from the engine's window and top-k blocks.
-    let windowed = q.operator("windows", 1, &[visits.clone()], move |_| {
+    let windowed = q.operator("windows", 1, &[visits], move |_| {
         Ok(AssignWindows::<VisitsPerPage>::new(minutes, shards))
     });
     let counts = q.stateful("count", shards, &[windowed], |_| {
@@ -224,7 +226,6 @@ pub fn build(params: &serde_json::Value) -> Result<Query, EngineError> {
         CsvSink::create(&top, ctx)
     });
     // Running totals per page, from our own stateful operator.
-    let events = visits.filter(|t| matches!(t, Timed::Event { .. }));
     let running = q.stateful("totals", 2, &[events], |_| Ok(PageTotals));
     q.sink("write-totals", 1, &[running], move |ctx| {
         CsvSink::create(&totals, ctx)
