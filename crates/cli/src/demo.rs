@@ -26,7 +26,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "lrb-data")]
     dir: PathBuf,
     #[command(flatten)]
-    job: JobArgs,
+    pub(crate) job: JobArgs,
 }
 
 pub fn run(args: DemoArgs) -> Result<()> {
@@ -52,7 +52,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         files: files.clone(),
         speedup: args.speedup,
         stop_on_bad_input: false,
-        job: args.job,
+        job: Box::new(args.job),
     })?;
     lrb::run(LrbCommand::Validate {
         files,

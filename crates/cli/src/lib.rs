@@ -60,7 +60,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use job_args::JobArgs;
 use spate_engine::cluster::{current_program, run_local, CommandProvisioner, ExternalWorkers};
 use spate_engine::coordinator::{
@@ -111,20 +111,38 @@ enum SpateCommand {
 /// Which query to run, and its parameters.
 #[derive(clap::Args, Clone)]
 struct QueryArgs {
-    /// Registered query name (see `spate queries`).
-    query: String,
+    /// Registered query name (see `spate queries`) [default: the job
+    /// file's `query`].
+    query: Option<String>,
     /// A query parameter, `key=value` (value parsed as JSON when it can be).
     #[arg(long = "param", value_name = "KEY=VALUE")]
     params: Vec<String>,
     /// A JSON file of query parameters (merged under --param).
     #[arg(long, value_name = "FILE")]
     params_file: Option<PathBuf>,
+    /// The job file's query and parameters (under all of the above).
+    #[arg(skip)]
+    job_file: job_args::FileQuery,
 }
 
 impl QueryArgs {
-    /// The query's parameters: the file's, then each --param over them.
+    /// The query to run: the one named, or the job file's.
+    fn name(&self) -> Result<&str> {
+        self.query
+            .as_deref()
+            .or(self.job_file.query.as_deref())
+            .context("name the query to run (see `queries`), or give a job file with `query = ...`")
+    }
+
+    /// The query's parameters: the job file's, then the parameters file's
+    /// over them, then each --param over those.
     fn params(&self) -> Result<serde_json::Value> {
-        let mut params = match &self.params_file {
+        let mut params = self
+            .job_file
+            .params
+            .clone()
+            .unwrap_or_else(|| serde_json::json!({}));
+        let from_file = match &self.params_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).with_context(|| {
                     format!("cannot read the parameters file {}", path.display())
@@ -138,6 +156,11 @@ impl QueryArgs {
             }
             None => serde_json::json!({}),
         };
+        if let serde_json::Value::Object(values) = from_file {
+            for (key, value) in values {
+                params[key] = value;
+            }
+        }
         for pair in &self.params {
             let (key, value) = pair
                 .split_once('=')
@@ -240,7 +263,9 @@ static REGISTRY: OnceLock<QueryRegistry> = OnceLock::new();
 /// untouched, and register the same queries every time.
 pub fn main(registry: QueryRegistry) -> ExitCode {
     start(registry, || {
-        Ok(SpateCommand::Job(JobCli::try_parse()?.command))
+        let matches = JobCli::command().try_get_matches()?;
+        let cli = JobCli::from_arg_matches(&matches)?;
+        Ok((SpateCommand::Job(cli.command), matches))
     })
 }
 
@@ -248,13 +273,18 @@ pub fn main(registry: QueryRegistry) -> ExitCode {
 /// `lrb`, `nexmark`), whose queries `registry` must hold
 /// (`spate_lrb::register`, `spate_nexmark::register`).
 pub fn main_with_benchmarks(registry: QueryRegistry) -> ExitCode {
-    start(registry, || Ok(Cli::try_parse()?.command))
+    start(registry, || {
+        let matches = Cli::command().try_get_matches()?;
+        let cli = Cli::from_arg_matches(&matches)?;
+        Ok((cli.command, matches))
+    })
 }
 
-/// Sets up logging and the registry, parses with `parse` and runs.
+/// Sets up logging and the registry, parses with `parse` (the command and
+/// the matches it came from) and runs.
 fn start(
     registry: QueryRegistry,
-    parse: impl FnOnce() -> Result<SpateCommand, clap::Error>,
+    parse: impl FnOnce() -> Result<(SpateCommand, ArgMatches), clap::Error>,
 ) -> ExitCode {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -264,21 +294,51 @@ fn start(
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
-    let command = match parse() {
-        Ok(command) => command,
+    let (mut command, matches) = match parse() {
+        Ok(parsed) => parsed,
         Err(e) => e.exit(),
     };
     if REGISTRY.set(registry).is_err() {
         eprintln!("error: spate::main was called twice in one process; call it once, from main");
         return ExitCode::FAILURE;
     }
-    match run(command) {
+    match load_job_file(&mut command, &matches).and_then(|()| run(command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Applies the job file of a command that runs a job (`--job`): its
+/// settings where no flag was given, and its query where the command
+/// takes one. `matches` are the whole command line's.
+fn load_job_file(command: &mut SpateCommand, matches: &ArgMatches) -> Result<()> {
+    let mut given = matches;
+    while let Some((_, sub)) = given.subcommand() {
+        given = sub;
+    }
+    match command {
+        SpateCommand::Job(Command::Run { query, job })
+        | SpateCommand::Job(Command::Coordinator { query, job, .. }) => {
+            query.job_file = job.apply_job_file(given)?;
+        }
+        SpateCommand::Benchmark(BenchmarkCommand::Demo(args)) => {
+            args.job.apply_job_file(given)?.refuse("demo")?;
+        }
+        SpateCommand::Benchmark(BenchmarkCommand::Lrb(lrb::LrbCommand::Run { job, .. })) => {
+            job.apply_job_file(given)?.refuse("lrb run")?;
+        }
+        SpateCommand::Benchmark(BenchmarkCommand::Nexmark(nexmark::NexmarkCommand::Run {
+            job,
+            ..
+        })) => {
+            job.apply_job_file(given)?.refuse("nexmark run")?;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Every query this binary knows, so any worker can build any of them.
@@ -310,7 +370,7 @@ fn run(command: SpateCommand) -> Result<()> {
     match command {
         Command::Run { query, job } => {
             let token = control::ClusterToken::for_local_run(&job.token)?;
-            let mut config = job.config(registry(), &query.query, query.params()?, &token)?;
+            let mut config = job.config(registry(), query.name()?, query.params()?, &token)?;
             let cancel = config.cancel.clone();
             job.dashboard.around(&cancel, &token, |view, commands| {
                 let view = view.unwrap_or_default();
@@ -331,7 +391,7 @@ fn run(command: SpateCommand) -> Result<()> {
             job,
         } => {
             let token = control::ClusterToken::given(&job.token);
-            let mut config = job.config(registry(), &query.query, query.params()?, &token)?;
+            let mut config = job.config(registry(), query.name()?, query.params()?, &token)?;
             let coordinator = Coordinator::bind(&listen)?;
             let addr = coordinator.addr().to_string();
             let mut provisioner: Box<dyn Provisioner> = match &provision_command {

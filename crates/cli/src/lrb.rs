@@ -62,7 +62,7 @@ pub enum LrbCommand {
         #[arg(long)]
         stop_on_bad_input: bool,
         #[command(flatten)]
-        job: JobArgs,
+        job: Box<JobArgs>,
     },
     /// Check a run's answers against an independent reference implementation.
     Validate {
