@@ -28,8 +28,12 @@ type Make<T> = Arc<dyn Fn(u64) -> T + Send + Sync>;
 ///
 /// // 1,000 a second, restored after the second tuple.
 /// let mut paced = Generator::new(|n| n * n).rate(1_000.0);
-/// paced.next()?;
-/// paced.next()?;
+/// let mut emitted = 0;
+/// while emitted < 2 {
+///     if let SourceStep::Emit(_) = paced.next()? {
+///         emitted += 1;
+///     }
+/// }
 /// let position = paced.checkpoint()?.unwrap();
 /// let mut restored = Generator::new(|n| n * n).rate(1_000.0);
 /// restored.restore(&position)?;
