@@ -26,7 +26,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "lrb-data")]
     dir: PathBuf,
     #[command(flatten)]
-    job: JobArgs,
+    pub(crate) job: JobArgs,
 }
 
 pub fn run(args: DemoArgs) -> Result<()> {

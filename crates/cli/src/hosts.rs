@@ -257,7 +257,7 @@ fn lrb(mut args: LrbArgs) -> Result<()> {
     let json = serde_json::to_value(&params)?;
     let mut config = args
         .job
-        .config(&crate::registry(), spate_lrb::query::NAME, json, &token)?;
+        .config(crate::registry(), spate_lrb::query::NAME, json, &token)?;
     let view = SharedView::default();
     config.view = Some(view.clone());
 
@@ -305,7 +305,7 @@ fn lrb(mut args: LrbArgs) -> Result<()> {
     let registry = crate::registry();
     let mut worker_addrs = Vec::new();
     let report = driver::run_with(&options, |config| {
-        let summary = coordinator.run(&registry, config, &mut provisioner)?;
+        let summary = coordinator.run(registry, config, &mut provisioner)?;
         worker_addrs = summary.plan.workers.clone();
         Ok(summary)
     });

@@ -3,11 +3,20 @@
 //! elasticity, the cluster token and the dashboard. They become the
 //! engine's [`JobConfig`] in one place, [`JobArgs::config`], so every query
 //! gets every engine feature with the same flags and the same checks.
+//!
+//! The same settings can come from a job file (`--job FILE`, TOML, see
+//! [`JobFile`]) to keep in version control; a flag given on the command
+//! line overrides the file's setting.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use clap::parser::ValueSource;
+use clap::ArgMatches;
+use serde::{Deserialize, Deserializer};
 use spate_engine::coordinator::{JobConfig, KillSpec, PolicyKind, ScalePolicy};
 use spate_engine::wire::control::HEARTBEAT_EVERY;
 use spate_engine::{Query, QueryRegistry};
@@ -21,6 +30,10 @@ const MAX_WORKERS: usize = 256;
 #[derive(clap::Args, Clone, Debug)]
 #[command(next_help_heading = "Cluster")]
 pub struct JobArgs {
+    /// Read the query, its parameters and the job's settings from this
+    /// TOML file (see examples/jobs/); flags given here override it.
+    #[arg(long, value_name = "FILE")]
+    pub job: Option<PathBuf>,
     /// Worker processes that run the query's instances.
     #[arg(long, default_value_t = 3)]
     pub workers: usize,
@@ -275,6 +288,251 @@ impl ElasticityArgs {
     }
 }
 
+/// A job file: what `--job FILE` reads. Every key is optional and named
+/// as its flag (with `_` for `-`); an unknown key is an error naming it
+/// and its line.
+///
+/// ```toml
+/// query = "keycount"
+/// workers = 3
+/// pool = 2
+/// [params]
+/// input = "words.txt"
+/// [partitions]
+/// count = 2
+/// [fault_tolerance]
+/// checkpoint_ms = 100
+/// kill = ["1:count:1"]
+/// [elasticity]
+/// scale = ["1.8:count"]
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFile {
+    /// The registered query to run.
+    query: Option<String>,
+    /// The query's parameters (under --params-file and --param).
+    params: Option<toml::Table>,
+    workers: Option<usize>,
+    pool: Option<usize>,
+    /// Partitions per operator (a --partitions flag overrides its
+    /// operator's).
+    partitions: Option<BTreeMap<String, u32>>,
+    #[serde(default)]
+    fault_tolerance: FaultToleranceFile,
+    #[serde(default)]
+    elasticity: ElasticityFile,
+}
+
+/// The `[fault_tolerance]` table of a job file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultToleranceFile {
+    checkpoint_ms: Option<u64>,
+    #[serde(default, deserialize_with = "parsed_list")]
+    kill: Option<Vec<KillSpec>>,
+    recovery_parallelism: Option<u32>,
+    heartbeat_timeout_ms: Option<u64>,
+    startup_timeout_secs: Option<u64>,
+}
+
+/// The `[elasticity]` table of a job file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ElasticityFile {
+    autoscale: Option<bool>,
+    autoscale_policy: Option<PolicyKind>,
+    max_workers: Option<usize>,
+    idle_worker_secs: Option<f64>,
+    split_parts: Option<u64>,
+    scale_threshold: Option<f64>,
+    scale_reports: Option<u32>,
+    scale_in_threshold: Option<f64>,
+    #[serde(default, deserialize_with = "scale_list")]
+    scale: Option<Vec<(Duration, String)>>,
+    #[serde(default, deserialize_with = "scale_list")]
+    scale_in: Option<Vec<(Duration, String)>>,
+    worker_cpu: Option<f64>,
+}
+
+/// A list of strings each parsed as its flag would be, so that a bad one
+/// is an error at its line.
+fn parsed_list<'de, D: Deserializer<'de>, T: FromStr<Err: std::fmt::Display>>(
+    de: D,
+) -> Result<Option<Vec<T>>, D::Error> {
+    let texts = Vec::<String>::deserialize(de)?;
+    texts
+        .iter()
+        .map(|t| t.parse().map_err(serde::de::Error::custom))
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
+/// A list of `AT_SECS:OPERATOR` strings.
+fn scale_list<'de, D: Deserializer<'de>>(
+    de: D,
+) -> Result<Option<Vec<(Duration, String)>>, D::Error> {
+    let texts = Vec::<String>::deserialize(de)?;
+    texts
+        .iter()
+        .map(|t| parse_scale(t).map_err(serde::de::Error::custom))
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
+/// What a job file says about the query, for the command to use where
+/// its own arguments do not name one.
+#[derive(Clone, Debug, Default)]
+pub struct FileQuery {
+    /// The job file.
+    file: PathBuf,
+    /// The query's name.
+    pub query: Option<String>,
+    /// Its parameters, a JSON object.
+    pub params: Option<serde_json::Value>,
+}
+
+impl FileQuery {
+    /// Fails when the file names a query or parameters for a command that
+    /// runs a query of its own (`lrb run`, `demo`, `nexmark run`).
+    pub fn refuse(&self, command: &str) -> Result<()> {
+        if self.query.is_some() || self.params.is_some() {
+            bail!(
+                "{}: `{command}` runs its own query with its own flags: remove `query` and \
+                 [params] from the job file",
+                self.file.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl JobFile {
+    /// Reads and checks the job file at `path`.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the job file {}", path.display()))?;
+        toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))
+    }
+}
+
+impl JobArgs {
+    /// Reads `--job` if given: every setting of the file that was not given
+    /// on the command line (as `given`, the matches of this command, says)
+    /// replaces this one's; the file's query and parameters are returned
+    /// for the command to use.
+    pub fn apply_job_file(&mut self, given: &ArgMatches) -> Result<FileQuery> {
+        let Some(path) = &self.job else {
+            return Ok(FileQuery::default());
+        };
+        let file = JobFile::read(path)?;
+        let flagged = |id: &str| {
+            matches!(
+                given.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        fn take<T>(to: &mut T, from: Option<T>, flagged: bool) {
+            if let (Some(value), false) = (from, flagged) {
+                *to = value;
+            }
+        }
+        take(&mut self.workers, file.workers, flagged("workers"));
+        take(&mut self.pool, file.pool, flagged("pool"));
+        if let Some(partitions) = file.partitions {
+            // The file's, then each flag's over them.
+            let mut merged: BTreeMap<String, u32> = partitions;
+            merged.extend(self.partitions.drain(..));
+            self.partitions = merged.into_iter().collect();
+        }
+        let (ft, el) = (file.fault_tolerance, file.elasticity);
+        let own = &mut self.fault_tolerance;
+        take(
+            &mut own.checkpoint_ms,
+            ft.checkpoint_ms,
+            flagged("checkpoint_ms"),
+        );
+        take(&mut own.kill, ft.kill, flagged("kill"));
+        take(
+            &mut own.recovery_parallelism,
+            ft.recovery_parallelism,
+            flagged("recovery_parallelism"),
+        );
+        take(
+            &mut own.heartbeat_timeout_ms,
+            ft.heartbeat_timeout_ms,
+            flagged("heartbeat_timeout_ms"),
+        );
+        take(
+            &mut own.startup_timeout_secs,
+            ft.startup_timeout_secs,
+            flagged("startup_timeout_secs"),
+        );
+        let own = &mut self.elasticity;
+        take(&mut own.autoscale, el.autoscale, flagged("autoscale"));
+        take(
+            &mut own.autoscale_policy,
+            el.autoscale_policy,
+            flagged("autoscale_policy"),
+        );
+        take(&mut own.split_parts, el.split_parts, flagged("split_parts"));
+        if !(2..=64).contains(&own.split_parts) {
+            bail!("{}: `split_parts` must be in 2..=64", path.display());
+        }
+        if !flagged("max_workers") && el.max_workers.is_some() {
+            own.max_workers = el.max_workers;
+        }
+        if !flagged("idle_worker_secs") && el.idle_worker_secs.is_some() {
+            own.idle_worker_secs = el.idle_worker_secs;
+        }
+        take(
+            &mut own.scale_threshold,
+            el.scale_threshold,
+            flagged("scale_threshold"),
+        );
+        take(
+            &mut own.scale_reports,
+            el.scale_reports,
+            flagged("scale_reports"),
+        );
+        take(
+            &mut own.scale_in_threshold,
+            el.scale_in_threshold,
+            flagged("scale_in_threshold"),
+        );
+        take(&mut own.scale_at, el.scale, flagged("scale_at"));
+        take(&mut own.scale_in_at, el.scale_in, flagged("scale_in_at"));
+        if !flagged("worker_cpu") && el.worker_cpu.is_some() {
+            own.worker_cpu = el.worker_cpu;
+        }
+        for (key, value) in [
+            (
+                "recovery_parallelism",
+                self.fault_tolerance.recovery_parallelism,
+            ),
+            ("scale_reports", self.elasticity.scale_reports),
+            (
+                "startup_timeout_secs",
+                self.fault_tolerance.startup_timeout_secs as u32,
+            ),
+        ] {
+            if value == 0 {
+                bail!("{}: `{key}` must be at least 1", path.display());
+            }
+        }
+        Ok(FileQuery {
+            file: path.clone(),
+            query: file.query,
+            params: file
+                .params
+                .map(serde_json::to_value)
+                .transpose()
+                .context("the job file's [params] do not convert to JSON")?,
+        })
+    }
+}
+
 /// Parses `OPERATOR=N`.
 pub fn parse_partitions(spec: &str) -> Result<(String, u32), String> {
     let (name, n) = spec
@@ -304,21 +562,28 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use crate::{Cli, Command};
+    use crate::{BenchmarkCommand, Cli, Command, SpateCommand};
 
     /// Parses `spate run keycount ARGS` and returns its job flags.
     fn job_args(args: &[&str]) -> JobArgs {
         let line = ["spate", "run", "keycount"].iter().chain(args);
         match Cli::try_parse_from(line).expect("the flags parse").command {
-            Command::Run { job, .. } => job,
+            SpateCommand::Job(Command::Run { job, .. }) => job,
             _ => unreachable!("parsed `spate run`"),
         }
+    }
+
+    /// The queries the flags are checked against: the examples'.
+    fn registry() -> QueryRegistry {
+        let mut registry = QueryRegistry::new();
+        spate_examples::register(&mut registry);
+        registry
     }
 
     fn config(args: &[&str]) -> Result<JobConfig> {
         let params = serde_json::json!({"input": "in.txt", "output": "out.csv"});
         job_args(args).config(
-            &crate::registry(),
+            &registry(),
             "keycount",
             params,
             &ClusterToken::given("secret"),
@@ -395,7 +660,10 @@ mod tests {
             "spate", "lrb", "run", "--input", "i", "--tolls", "t", "--out", "o",
         ])
         .unwrap();
-        let Command::Lrb(crate::lrb::LrbCommand::Run { job, .. }) = parsed.command else {
+        let SpateCommand::Benchmark(BenchmarkCommand::Lrb(crate::lrb::LrbCommand::Run {
+            job, ..
+        })) = parsed.command
+        else {
             unreachable!("parsed `spate lrb run`");
         };
         assert_eq!(job.pool, 1);
@@ -457,6 +725,140 @@ mod tests {
         }
         // Forced scaling without checkpoints stays a refusal the job records.
         config(&["--checkpoint-ms=0", "--scale=1:count"]).unwrap();
+    }
+
+    /// Parses `ARGS` as the `spate` binary does and applies the job file
+    /// `text` (given with --job); returns the command.
+    fn with_job_file(text: &str, args: &[&str]) -> Result<SpateCommand> {
+        static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "spate-job-{}-{}.toml",
+            std::process::id(),
+            FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::write(&path, text).unwrap();
+        let job = format!("--job={}", path.display());
+        let line: Vec<&str> = args.iter().copied().chain([job.as_str()]).collect();
+        let matches = <Cli as clap::CommandFactory>::command()
+            .try_get_matches_from(line)
+            .unwrap();
+        let mut command = <Cli as clap::FromArgMatches>::from_arg_matches(&matches)
+            .unwrap()
+            .command;
+        let loaded = crate::load_job_file(&mut command, &matches);
+        std::fs::remove_file(&path).unwrap();
+        loaded.map(|()| command)
+    }
+
+    const KEYCOUNT_JOB: &str = include_str!("../../../examples/jobs/keycount.toml");
+
+    #[test]
+    fn a_job_file_sets_the_query_and_flags_override_it() {
+        let command = with_job_file(
+            KEYCOUNT_JOB,
+            &[
+                "spate",
+                "run",
+                "--workers=5",
+                "--partitions=count=3",
+                "--param=output=elsewhere.csv",
+                "--kill=2:split",
+            ],
+        )
+        .unwrap();
+        let SpateCommand::Job(Command::Run { query, job }) = command else {
+            unreachable!("parsed `spate run`");
+        };
+        assert_eq!(query.name().unwrap(), "keycount");
+        let params = query.params().unwrap();
+        assert_eq!(params["input"], "words.txt");
+        assert_eq!(params["output"], "elsewhere.csv");
+        assert_eq!(params["lines_per_sec"], 4000);
+        let c = job
+            .config(&registry(), "keycount", params, &ClusterToken::given(""))
+            .unwrap();
+        // From the flags:
+        assert_eq!(c.workers, 5);
+        assert_eq!(c.kills, vec!["2:split".parse::<KillSpec>().unwrap()]);
+        // From the file, under a flag for another operator:
+        assert_eq!(
+            c.partitions,
+            BTreeMap::from([("count".to_string(), 3), ("split".to_string(), 1)])
+        );
+        assert_eq!(c.pool, 4);
+        assert_eq!(c.checkpoint_interval, Duration::from_millis(100));
+        assert_eq!(c.heartbeat_timeout, Duration::from_secs(1));
+        assert_eq!(c.startup_timeout, Duration::from_secs(60));
+        assert_eq!(
+            c.scale_at,
+            vec![(Duration::from_millis(1800), "count".into())]
+        );
+        assert_eq!(
+            c.scale_in_at,
+            vec![(Duration::from_millis(3500), "count".into())]
+        );
+        assert_eq!(c.worker_cpu, Some(1.0));
+    }
+
+    #[test]
+    fn the_linear_road_job_file_sets_the_cluster_of_lrb_run() {
+        let command = with_job_file(
+            include_str!("../../../examples/jobs/linear-road.toml"),
+            &["spate", "lrb", "run", "--input=i", "--tolls=t", "--out=o"],
+        )
+        .unwrap();
+        let SpateCommand::Benchmark(BenchmarkCommand::Lrb(crate::lrb::LrbCommand::Run {
+            job, ..
+        })) = command
+        else {
+            unreachable!("parsed `spate lrb run`");
+        };
+        assert_eq!((job.workers, job.pool), (3, 2));
+        assert!(job.elasticity.autoscale);
+        assert_eq!(job.partitions, [("toll_calculator".to_string(), 2)]);
+    }
+
+    #[test]
+    fn job_file_mistakes_name_the_key_and_its_line() {
+        let cases: [(&str, &[&str], &str); 5] = [
+            (
+                "query = \"keycount\"\nwokers = 3\n",
+                &["spate", "run"],
+                "line 2",
+            ),
+            (
+                "[fault_tolerance]\ncheckpoint_ms = 100\nkill = [\"soon:count\"]\n",
+                &["spate", "run", "keycount"],
+                "line 3",
+            ),
+            (
+                "[elasticity]\nscale_reports = 0\n",
+                &["spate", "run", "keycount"],
+                "`scale_reports` must be at least 1",
+            ),
+            (
+                "query = \"keycount\"\n",
+                &["spate", "lrb", "run", "--input=i", "--tolls=t", "--out=o"],
+                "remove `query`",
+            ),
+            (
+                "workers = \"three\"\n",
+                &["spate", "run", "keycount"],
+                "line 1",
+            ),
+        ];
+        for (text, args, message) in cases {
+            let err = format!("{:#}", with_job_file(text, args).err().expect("refused"));
+            assert!(err.contains(message), "{text}: {err}");
+            assert!(err.contains("spate-job-"), "names the file: {err}");
+        }
+        let err = format!(
+            "{:#}",
+            with_job_file("query = \"keycount\"\nwokers = 3\n", &["spate", "run"])
+                .err()
+                .unwrap()
+        );
+        assert!(err.contains("unknown field `wokers`"), "{err}");
     }
 
     #[test]

@@ -234,7 +234,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
                 sink: sink.clone(),
             };
             let json = serde_json::to_value(&params).context("encoding the run's parameters")?;
-            let config = job.config(&crate::registry(), spate_lrb::query::NAME, json, &token)?;
+            let config = job.config(crate::registry(), spate_lrb::query::NAME, json, &token)?;
             let mut options = RunOptions {
                 params,
                 job: config,
@@ -255,7 +255,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
                 let watch = progress::watch_lrb_run(view.clone(), goal);
                 options.job.view = Some(view);
                 options.job.commands = commands;
-                let report = driver::run(&crate::registry(), &current_program()?, &options)
+                let report = driver::run(crate::registry(), &current_program()?, &options)
                     .context("the Linear Road run failed")?;
                 watch.finish(progress::lrb_finished(&report));
                 print_report(&report);
@@ -356,7 +356,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
                 progress,
             };
             let summary = spate_lrb::bench::run(
-                &crate::registry(),
+                crate::registry(),
                 &current_program()?,
                 &options,
                 &mut Suspended {

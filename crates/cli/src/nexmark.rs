@@ -135,7 +135,7 @@ fn run_checked(query: QueryId, params: &NexmarkParams, mut config: JobConfig) ->
         .context("the query has no operator after its source")?;
     config.query = query.registered_name();
     config.params = params.to_json();
-    let summary = run_local(&crate::registry(), &config, &current_program()?)
+    let summary = run_local(crate::registry(), &config, &current_program()?)
         .with_context(|| format!("the Nexmark {} run failed", query.name()))?;
     let mut rates: Vec<f64> = summary
         .history
@@ -176,7 +176,7 @@ pub fn run(command: NexmarkCommand) -> Result<()> {
             let params = params(&workload, rate, &out);
             let token = crate::control::ClusterToken::for_local_run(&job.token)?;
             let name = query.registered_name();
-            let config = job.config(&crate::registry(), &name, params.to_json(), &token)?;
+            let config = job.config(crate::registry(), &name, params.to_json(), &token)?;
             eprintln!(
                 "running Nexmark {} ({}) over {} events on {} workers; answers go to {}",
                 query.name(),

@@ -234,7 +234,7 @@ fn a_missing_input_file_is_one_clear_error() {
     let result = run_with_timeout(command, Duration::from_secs(60));
     assert!(!result.status.success());
     let err = stderr(&result);
-    assert!(err.contains("cannot open input"), "{err}");
+    assert!(err.contains("cannot open the input file"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
 

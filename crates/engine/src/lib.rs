@@ -11,10 +11,13 @@
 //! - [`wire`]: the binary frames that move tuples and control messages;
 //! - [`worker`]: the process that hosts operator instances;
 //! - [`coordinator`]: deployment and supervision of a query on workers;
+//! - [`connectors`]: ready-made, checkpointable sources and sinks (files,
+//!   directories, generators);
 //! - [`cluster`]: a local embedded cluster of worker child processes.
 
 pub mod api;
 pub mod cluster;
+pub mod connectors;
 pub mod coordinator;
 pub mod error;
 pub mod hash;

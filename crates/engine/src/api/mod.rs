@@ -66,7 +66,46 @@ pub enum SourceStep<T> {
     Done,
 }
 
-/// A source of tuples: reads a file, a socket or a generator.
+/// A source of tuples: reads a file, a socket or a generator. The
+/// engine's [`crate::connectors`] hold ready-made ones; write your own for
+/// other inputs. A source that checkpoints its position and restores it
+/// makes recovery re-read only what the checkpoint had not seen.
+///
+/// ```
+/// use spate_engine::{OperatorError, Source, SourceStep};
+///
+/// /// Counts down from `from` to 1.
+/// struct Countdown {
+///     next: u32,
+/// }
+///
+/// impl Source for Countdown {
+///     type Out = u32;
+///     fn next(&mut self) -> Result<SourceStep<u32>, OperatorError> {
+///         if self.next == 0 {
+///             return Ok(SourceStep::Done);
+///         }
+///         self.next -= 1;
+///         Ok(SourceStep::Emit(self.next + 1))
+///     }
+///     fn checkpoint(&mut self) -> Result<Option<Vec<u8>>, OperatorError> {
+///         Ok(Some(self.next.to_le_bytes().to_vec()))
+///     }
+///     fn restore(&mut self, position: &[u8]) -> Result<(), OperatorError> {
+///         let bytes = position.try_into().map_err(|_| OperatorError::new("not a position"))?;
+///         self.next = u32::from_le_bytes(bytes);
+///         Ok(())
+///     }
+/// }
+///
+/// let mut first = Countdown { next: 3 };
+/// assert!(matches!(first.next()?, SourceStep::Emit(3)));
+/// let position = first.checkpoint()?.unwrap();
+/// let mut restored = Countdown { next: 3 };
+/// restored.restore(&position)?;
+/// assert!(matches!(restored.next()?, SourceStep::Emit(2)));
+/// # Ok::<(), OperatorError>(())
+/// ```
 pub trait Source: Send + 'static {
     /// The type of tuples it produces.
     type Out: Data;
@@ -105,7 +144,41 @@ pub trait Operator: Send + 'static {
     ) -> Result<(), OperatorError>;
 }
 
-/// A stateful operator whose keyed state the engine owns.
+/// A stateful operator whose keyed state the engine owns: it names the
+/// key of each input, and `process` gets `&mut State` for that key. Owning
+/// the state is what lets the engine checkpoint it, restore it after a
+/// failure and split it by key range when scaling out, without operator
+/// code of its own.
+///
+/// ```
+/// use spate_engine::{OperatorError, Output, StatefulOperator};
+///
+/// /// The running sum of the numbers of each remainder modulo 3.
+/// struct SumByRemainder;
+///
+/// impl StatefulOperator for SumByRemainder {
+///     type In = u64;
+///     type Key = u64;
+///     type State = u64; // a new key starts at 0
+///     type Out = (u64, u64);
+///
+///     fn key(n: &u64) -> u64 {
+///         n % 3
+///     }
+///
+///     fn process(
+///         &mut self,
+///         n: u64,
+///         sum: &mut u64,
+///         out: &mut Output<'_, (u64, u64)>,
+///     ) -> Result<(), OperatorError> {
+///         *sum += n;
+///         out.emit((n % 3, *sum))
+///     }
+/// }
+///
+/// assert_eq!(SumByRemainder::key(&7), 1);
+/// ```
 pub trait StatefulOperator: Send + 'static {
     /// Input type.
     type In: Data;
@@ -127,7 +200,42 @@ pub trait StatefulOperator: Send + 'static {
     ) -> Result<(), OperatorError>;
 }
 
-/// The end of a query: writes results somewhere.
+/// The end of a query: writes results somewhere. For exactly-once output
+/// a sink's checkpoint records how far its output goes, and its restore
+/// cuts what came after (as the file sinks of [`crate::connectors`] do).
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use spate_engine::{OperatorError, Sink};
+///
+/// /// Collects lines in memory; the checkpoint is how many there are.
+/// struct Lines(Arc<Mutex<Vec<String>>>);
+///
+/// impl Sink for Lines {
+///     type In = String;
+///     fn write(&mut self, line: String) -> Result<(), OperatorError> {
+///         self.0.lock().unwrap().push(line);
+///         Ok(())
+///     }
+///     fn checkpoint(&mut self) -> Result<Vec<u8>, OperatorError> {
+///         Ok((self.0.lock().unwrap().len() as u64).to_le_bytes().to_vec())
+///     }
+///     fn restore(&mut self, state: &[u8]) -> Result<(), OperatorError> {
+///         let kept = state.try_into().map(u64::from_le_bytes).unwrap_or(0);
+///         self.0.lock().unwrap().truncate(kept as usize);
+///         Ok(())
+///     }
+/// }
+///
+/// let output = Arc::new(Mutex::new(Vec::new()));
+/// let mut sink = Lines(output.clone());
+/// sink.write("a".into())?;
+/// let checkpoint = sink.checkpoint()?;
+/// sink.write("b".into())?; // lost in a failure: the replay writes it again
+/// sink.restore(&checkpoint)?;
+/// assert_eq!(*output.lock().unwrap(), ["a"]);
+/// # Ok::<(), OperatorError>(())
+/// ```
 pub trait Sink: Send + 'static {
     /// Input type.
     type In: Data;

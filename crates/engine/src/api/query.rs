@@ -120,6 +120,39 @@ static NEXT_BUILDER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicU
 
 /// Builds a query graph. Every worker runs the same builder code, so the
 /// graph, its operator code and its key functions agree everywhere.
+///
+/// ```
+/// use spate_engine::connectors::{Generator, StdoutSink};
+/// use spate_engine::{Operator, OperatorError, Output, QueryBuilder};
+///
+/// /// Doubles each number.
+/// struct Double;
+///
+/// impl Operator for Double {
+///     type In = u64;
+///     type Out = u64;
+///     fn process(&mut self, n: u64, out: &mut Output<'_, u64>) -> Result<(), OperatorError> {
+///         out.emit(2 * n)
+///     }
+/// }
+///
+/// let mut q = QueryBuilder::new();
+/// let numbers = q.source("numbers", 1, |_| Ok(Generator::new(|n| n).limit(100)));
+/// let doubled = q.operator("double", 2, &[numbers], |_| Ok(Double));
+/// let odd = doubled.filter(|n| n % 4 == 2); // runs on the upstream
+/// q.sink("print", 1, &[odd], |ctx| Ok(StdoutSink::new(ctx)));
+/// let query = q.build()?;
+/// assert_eq!(query.len(), 3);
+/// assert_eq!(query.find("double"), Some(1));
+///
+/// // Mistakes are reported together when the graph is built.
+/// let mut q = QueryBuilder::new();
+/// let numbers = q.source("numbers", 0, |_| Ok(Generator::new(|n| n)));
+/// q.sink("numbers", 1, &[numbers], |ctx| Ok(StdoutSink::new(ctx)));
+/// let error = q.build().err().unwrap().to_string();
+/// assert!(error.contains("two operators are named `numbers`"), "{error}");
+/// # Ok::<(), spate_engine::EngineError>(())
+/// ```
 pub struct QueryBuilder {
     id: usize,
     nodes: Vec<NodeSpec>,
