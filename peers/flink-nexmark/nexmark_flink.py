@@ -28,13 +28,15 @@ COLUMNS = """
     bid_channel STRING, bid_url STRING
 """
 
-# The events arrive in event-time order, so the watermark trails the newest
+# Empty fields (those of the other kinds of event) are nulls. The events
+# arrive in event-time order, so the watermark trails the newest
 # event by 1 ms (an event at the watermark's time is then never late).
 SOURCE = f"""
 CREATE TABLE events ({COLUMNS},
     ts AS TO_TIMESTAMP_LTZ(date_time, 3),
     WATERMARK FOR ts AS ts - INTERVAL '0.001' SECOND
-) WITH ('connector' = 'filesystem', 'path' = '{{path}}', 'format' = 'csv')
+) WITH ('connector' = 'filesystem', 'path' = '{{path}}', 'format' = 'csv',
+    'csv.null-literal' = '')
 """
 
 VIEWS = [
