@@ -84,6 +84,24 @@ pub enum NexmarkCommand {
         #[command(flatten)]
         layout: BenchLayout,
     },
+    /// Write the generated events to DIR/events.csv (the columns are in
+    /// spate_nexmark::export) and every query's reference answers to
+    /// DIR/reference/qN.csv, so other systems can run the same queries over
+    /// the same events and check their answers.
+    Generate {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Events to generate.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Generator seed (as `nexmark run` and `nexmark bench` take it).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Events per second of event time.
+        #[arg(long, default_value_t = 10_000)]
+        event_rate: u64,
+    },
 }
 
 fn parse_query(name: &str) -> Result<QueryId, String> {
@@ -219,7 +237,48 @@ pub fn run(command: NexmarkCommand) -> Result<()> {
             workload,
             layout,
         } => bench(&queries, &out, &workload, &layout),
+        NexmarkCommand::Generate {
+            out,
+            events,
+            seed,
+            event_rate,
+        } => generate(
+            &out,
+            &GeneratorConfig {
+                seed,
+                events,
+                event_rate,
+            },
+        ),
     }
+}
+
+fn generate(out: &Path, config: &GeneratorConfig) -> Result<()> {
+    let answers = out.join("reference");
+    std::fs::create_dir_all(&answers)
+        .with_context(|| format!("cannot create {}", answers.display()))?;
+    let events = out.join("events.csv");
+    let write_events = || -> std::io::Result<()> {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&events)?);
+        spate_nexmark::export::write_csv(config, &mut file)?;
+        file.into_inner().map_err(|e| e.into_error())?.sync_all()
+    };
+    write_events().with_context(|| format!("cannot write {}", events.display()))?;
+    for query in QueryId::ALL {
+        let file = query.answer_file(&answers);
+        let text: String = reference::answers(query, config)
+            .into_iter()
+            .map(|line| line + "\n")
+            .collect();
+        std::fs::write(&file, text).with_context(|| format!("cannot write {}", file.display()))?;
+    }
+    println!(
+        "{} events in {}; reference answers in {}",
+        config.events,
+        events.display(),
+        answers.display()
+    );
+    Ok(())
 }
 
 /// Prints PASSED, or the first differing lines and an error.

@@ -100,3 +100,48 @@ fn q7_highest_bid_survives_a_kill_a_split_and_a_merge() {
 fn q8_new_users_survive_a_kill_a_split_and_a_merge() {
     faults("q8", "join", "join", "join");
 }
+
+/// `nexmark generate` writes the events other systems read and the
+/// reference answers they are checked against: q0's answers are exactly
+/// the file's bids, and q2's are those of its bids whose auction is a
+/// multiple of 123.
+#[test]
+fn generate_writes_the_events_and_their_reference_answers() {
+    let out = scratch("nexmark-generate");
+    let mut command = spate();
+    command.args([
+        "nexmark", "generate", "--events", "5000", "--seed", "4", "--out",
+    ]);
+    command.arg(&out);
+    let output = run_with_timeout(command, Duration::from_secs(60));
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    let events = std::fs::read_to_string(out.join("events.csv")).unwrap();
+    assert_eq!(events.lines().count(), 5000);
+    let bids: Vec<Vec<&str>> = events
+        .lines()
+        .map(|line| line.split(',').collect::<Vec<_>>())
+        .filter(|cells| cells[0] == "2")
+        .collect();
+    let sorted = |mut lines: Vec<String>| {
+        lines.sort_unstable();
+        lines
+    };
+    let q0 = sorted(
+        bids.iter()
+            .map(|c| format!("{},{},{},{}", c[16], c[17], c[18], c[1]))
+            .collect(),
+    );
+    assert_eq!(answers(&out.join("reference"), "q0"), q0);
+    let q2 = sorted(
+        bids.iter()
+            .filter(|c| c[16].parse::<u64>().unwrap() % 123 == 0)
+            .map(|c| format!("{},{}", c[16], c[18]))
+            .collect(),
+    );
+    assert!(!q2.is_empty());
+    assert_eq!(answers(&out.join("reference"), "q2"), q2);
+    for query in ["q1", "q3", "q4", "q5", "q7", "q8"] {
+        assert!(out.join("reference").join(format!("{query}.csv")).exists());
+    }
+    std::fs::remove_dir_all(&out).ok();
+}

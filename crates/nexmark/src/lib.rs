@@ -4,6 +4,7 @@
 //! single-threaded reference implementation without engine code that
 //! checks their answers ([`reference`](mod@reference)).
 
+pub mod export;
 pub mod generator;
 pub mod model;
 pub mod queries;
