@@ -7,8 +7,8 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::lrb::{answers, generate, run_lrb, validate};
-use common::{run_with_timeout, scratch, spate, stderr};
+use common::lrb::{answers, generate, lrb_command, run_lrb, validate};
+use common::{run_with_timeout, scratch, stderr};
 
 fn run(dir: &Path, out: &str, speedup: &str, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["--workers", "3", "--speedup", speedup];
@@ -44,14 +44,7 @@ fn twenty_minutes_of_one_expressway_validate_with_a_partitioned_toll_calculator(
     assert!(tolls.lines().any(|l| !l.ends_with(",0")));
     assert!(report["latency"]["accidents"]["count"].as_u64().unwrap() > 0);
     // The one-thread baseline gives the same answers and prints its rate.
-    let mut command = spate();
-    command
-        .args(["lrb", "baseline", "--input"])
-        .arg(dir.join("input.csv"))
-        .arg("--tolls")
-        .arg(dir.join("historical-tolls.csv"))
-        .arg("--out")
-        .arg(dir.join("baseline"));
+    let command = lrb_command(&["baseline"], &dir, "baseline");
     let result = run_with_timeout(command, Duration::from_secs(300));
     let stdout = String::from_utf8_lossy(&result.stdout);
     assert!(result.status.success(), "{}", stderr(&result));
@@ -122,15 +115,7 @@ fn malformed_input_lines_are_reported_with_line_numbers_and_skipped() {
         assert!(stdout.contains(line), "{line} in {stdout}");
     }
     // With --stop-on-bad-input it stops at the first, as the run would.
-    let mut command = spate();
-    command
-        .args(["lrb", "validate", "--stop-on-bad-input"])
-        .arg("--input")
-        .arg(dir.join("input.csv"))
-        .arg("--tolls")
-        .arg(dir.join("historical-tolls.csv"))
-        .arg("--out")
-        .arg(dir.join("out"));
+    let command = lrb_command(&["validate", "--stop-on-bad-input"], &dir, "out");
     let result = run_with_timeout(command, Duration::from_secs(60));
     assert!(!result.status.success());
     let err = stderr(&result);
@@ -146,15 +131,11 @@ fn stop_on_bad_input_fails_the_run_at_the_first_bad_line() {
     ];
     std::fs::write(dir.join("input.csv"), lines.join("\n") + "\n").unwrap();
     std::fs::write(dir.join("historical-tolls.csv"), "1,1,0,5\n").unwrap();
-    let mut command = spate();
-    command
-        .args(["lrb", "run", "--speedup", "0", "--stop-on-bad-input"])
-        .arg("--input")
-        .arg(dir.join("input.csv"))
-        .arg("--tolls")
-        .arg(dir.join("historical-tolls.csv"))
-        .arg("--out")
-        .arg(dir.join("out"));
+    let command = lrb_command(
+        &["run", "--speedup", "0", "--stop-on-bad-input"],
+        &dir,
+        "out",
+    );
     let result = run_with_timeout(command, Duration::from_secs(60));
     assert!(!result.status.success());
     let err = stderr(&result);
@@ -199,15 +180,7 @@ fn rows_without_emit(dir: &Path, file: &str, emit: usize) -> Vec<String> {
 
 /// `spate lrb validate` on `dir/out`: whether it passed, and what it printed.
 fn validation(dir: &Path) -> (bool, String) {
-    let mut command = spate();
-    command
-        .args(["lrb", "validate"])
-        .arg("--input")
-        .arg(dir.join("input.csv"))
-        .arg("--tolls")
-        .arg(dir.join("historical-tolls.csv"))
-        .arg("--out")
-        .arg(dir.join("out"));
+    let command = lrb_command(&["validate"], dir, "out");
     let result = run_with_timeout(command, Duration::from_secs(60));
     let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
     (result.status.success(), stdout)

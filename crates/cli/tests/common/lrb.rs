@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -30,6 +31,22 @@ pub fn generate(dir: &Path, seed: u64, duration_secs: u32) {
     );
 }
 
+/// `spate lrb ARGS` on `dir`'s input and historical tolls, answers in
+/// `dir/out`: the shape of every Linear Road command the tests run.
+pub fn lrb_command(args: &[&str], dir: &Path, out: &str) -> Command {
+    let mut command = spate();
+    command
+        .arg("lrb")
+        .args(args)
+        .arg("--input")
+        .arg(dir.join("input.csv"))
+        .arg("--tolls")
+        .arg(dir.join("historical-tolls.csv"))
+        .arg("--out")
+        .arg(dir.join(out));
+    command
+}
+
 /// Runs the query on `dir`'s input into `dir/out` with `args` and returns
 /// the report.
 pub fn run_lrb(dir: &Path, out: &str, args: &[&str]) -> serde_json::Value {
@@ -44,17 +61,8 @@ pub fn run_lrb_with(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> serde_json::Value {
-    let mut command = spate();
-    command.envs(env.iter().copied());
-    command
-        .args(["lrb", "run"])
-        .arg("--input")
-        .arg(dir.join("input.csv"))
-        .arg("--tolls")
-        .arg(dir.join("historical-tolls.csv"))
-        .arg("--out")
-        .arg(dir.join(out))
-        .args(args);
+    let mut command = lrb_command(&["run"], dir, out);
+    command.envs(env.iter().copied()).args(args);
     let result = run_with_timeout(command, Duration::from_secs(600));
     assert!(result.status.success(), "run failed: {}", stderr(&result));
     let report = std::fs::read_to_string(dir.join(out).join("report.json")).unwrap();
@@ -63,15 +71,7 @@ pub fn run_lrb_with(
 
 /// Validates `dir/out` against `dir`'s input; returns the validator's report.
 pub fn validate(dir: &Path, out: &str, speedup: &str) -> String {
-    let mut command = spate();
-    command
-        .args(["lrb", "validate", "--speedup", speedup])
-        .arg("--input")
-        .arg(dir.join("input.csv"))
-        .arg("--tolls")
-        .arg(dir.join("historical-tolls.csv"))
-        .arg("--out")
-        .arg(dir.join(out));
+    let command = lrb_command(&["validate", "--speedup", speedup], dir, out);
     let result = run_with_timeout(command, Duration::from_secs(600));
     let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
     assert!(
