@@ -187,6 +187,44 @@ impl ScaleEvent {
 /// even share of keys (so the parts also hold similar state). Without load
 /// information (no key was accessed since the counters decayed) that is
 /// even shares of keys; with fewer keys than parts, even ranges.
+/// The parts of a split checkpoint, in key order: their key ranges, key
+/// counts and encodings.
+type Parts = (Vec<KeyRange>, Vec<usize>, Vec<Vec<u8>>);
+
+/// Cuts an encoded checkpoint into `parts` by key load.
+fn partition_checkpoint(bytes: &[u8], parts: usize) -> Result<Parts, EngineError> {
+    let checkpoint = Checkpoint::decode(bytes)?;
+    let ranges = split_points(&checkpoint, parts);
+    let split = checkpoint.partition(&ranges)?;
+    let keys = split.iter().map(|p| p.entries.len()).collect();
+    let encoded = split
+        .iter()
+        .map(Checkpoint::encode)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((ranges, keys, encoded))
+}
+
+/// What the report says of each new part of a split: every part but the
+/// first, which stays on the parent's instance.
+fn added_parts(
+    new_ids: &[InstanceId],
+    targets: &[WorkerId],
+    ranges: &[KeyRange],
+    keys: &[usize],
+) -> Vec<AddedPart> {
+    new_ids
+        .iter()
+        .zip(targets)
+        .zip(ranges.iter().skip(1).zip(keys.iter().skip(1)))
+        .map(|((id, worker), (range, keys))| AddedPart {
+            instance: *id,
+            worker: *worker,
+            key_start: range.start,
+            keys: *keys,
+        })
+        .collect()
+}
+
 fn split_points(checkpoint: &Checkpoint, parts: usize) -> Vec<KeyRange> {
     let range = checkpoint.key_range;
     let entries = &checkpoint.entries;
@@ -278,14 +316,7 @@ impl Job<'_> {
             return Ok(());
         };
         // 2. Choose the cuts and partition the checkpoint there.
-        let checkpoint = Checkpoint::decode(&bytes)?;
-        let ranges = split_points(&checkpoint, extra + 1);
-        let split = checkpoint.partition(&ranges)?;
-        let keys: Vec<usize> = split.iter().map(|p| p.entries.len()).collect();
-        let encoded = split
-            .iter()
-            .map(Checkpoint::encode)
-            .collect::<Result<Vec<_>, _>>()?;
+        let (ranges, keys, encoded) = partition_checkpoint(&bytes, extra + 1)?;
         // 3-4. Restore every part and rewire everyone.
         let before = self.plan.nodes[node].instances.len();
         let new_ids = self.install_parts(
@@ -299,17 +330,7 @@ impl Job<'_> {
             self.autoscaler.forget(id);
         }
         // The pause is over: every part runs and everyone was rewired.
-        let added: Vec<AddedPart> = new_ids
-            .iter()
-            .zip(&targets)
-            .zip(ranges.iter().skip(1).zip(keys.iter().skip(1)))
-            .map(|((id, worker), (range, keys))| AddedPart {
-                instance: *id,
-                worker: *worker,
-                key_start: range.start,
-                keys: *keys,
-            })
-            .collect();
+        let added = added_parts(&new_ids, &targets, &ranges, &keys);
         let (decision, rates) = decided.unzip();
         let event = ScaleEvent {
             decided_ms,
