@@ -107,8 +107,9 @@ mod tests {
         first.write_all(b"one\ntwo\n").unwrap();
         let released = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(200));
+            let releasing = Instant::now();
             drop(first);
-            Instant::now()
+            releasing
         });
         let mut second = open(&path, true).unwrap();
         let opened = Instant::now();
