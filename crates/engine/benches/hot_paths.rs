@@ -12,7 +12,9 @@ use criterion::{criterion_main, BatchSize, Criterion, Throughput};
 use serde::{Deserialize, Serialize};
 use spate_engine::hash::key_hash;
 use spate_engine::stamp::merge::{read_tuple, write_tuple, Merge};
-use spate_engine::state::{Checkpoint, KeyRange, KeyedState, OutputBuffer, RoutingTable};
+use spate_engine::state::{
+    Checkpoint, CheckpointParts, KeyRange, KeyedState, OutputBuffer, RoutingTable,
+};
 use spate_engine::Stamp;
 
 /// Tuples per batch: the unit the per-tuple benchmarks process per iteration,
@@ -232,7 +234,7 @@ fn million_key_checkpoint() -> (KeyedState<u64, SegmentStats>, Checkpoint) {
 }
 
 fn checkpoint(c: &mut Criterion) {
-    let (state, whole) = million_key_checkpoint();
+    let (mut state, whole) = million_key_checkpoint();
     let halves = KeyRange::FULL.split_even(2);
     let mut g = quick(c);
     // One iteration takes about a second here: ten of them need more time.
@@ -249,6 +251,47 @@ fn checkpoint(c: &mut Criterion) {
                 operator_state: Vec::new(),
             };
             black_box(checkpoint.encode().expect("encodes").len())
+        })
+    });
+    // An incremental checkpoint after 1,000 updates: what the instance's
+    // thread pays per checkpoint when little of a large state changed.
+    let mut rng = 11;
+    let changed: Vec<u64> = (0..1_000).map(|_| splitmix(&mut rng) % 1_000_000).collect();
+    g.bench_function("incremental checkpoint 1M keys, 1k changed", |b| {
+        b.iter(|| {
+            for &k in &changed {
+                state.get_or_default(k).reports += 1;
+            }
+            let entries = state.snapshot_changes().expect("snapshot");
+            let parts = CheckpointParts {
+                operator: &whole.operator,
+                key_range: whole.key_range,
+                frontier: Stamp(2),
+                entries: &entries,
+                output_buffer: &OutputBuffer::default(),
+                operator_state: &[],
+            };
+            black_box(parts.encode_delta(Stamp(1)).expect("encodes").len())
+        })
+    });
+    for &k in &changed {
+        state.get_or_default(k).reports += 1;
+    }
+    let delta = Checkpoint {
+        frontier: Stamp(2),
+        entries: state.snapshot_changes().expect("snapshot"),
+        ..whole.clone()
+    };
+    g.bench_function("fold a 1k-key increment into a 1M-key checkpoint", |b| {
+        b.iter(|| {
+            black_box(
+                whole
+                    .clone()
+                    .apply(delta.clone())
+                    .expect("applies")
+                    .entries
+                    .len(),
+            )
         })
     });
     g.bench_function("partition 1M-key checkpoint into 2", |b| {

@@ -7,7 +7,8 @@ use proptest::prelude::*;
 use spate_engine::hash::key_hash;
 use spate_engine::stamp::Stamp;
 use spate_engine::state::{
-    Checkpoint, KeyRange, KeyedState, OutputBuffer, RoutingTable, StateEntry,
+    BackupChain, Checkpoint, CheckpointParts, KeyRange, KeyedState, OutputBuffer, RoutingTable,
+    StateEntry,
 };
 
 fn state_of(pairs: &BTreeMap<u64, (String, i64)>) -> KeyedState<u64, (String, i64)> {
@@ -181,6 +182,114 @@ fn accesses_count_as_load_halved_at_each_snapshot_and_kept_by_restore() {
     *state.get_or_default(2) += 1;
     let second = state.snapshot().unwrap();
     assert_eq!((load(&second, 1), load(&second, 2)), (Some(2), Some(1)));
-    let restored: KeyedState<u64, u64> = KeyedState::restore(&second, KeyRange::FULL).unwrap();
-    assert_eq!(restored.snapshot().unwrap(), second);
+    // A restored state goes on as the original would have.
+    let mut restored: KeyedState<u64, u64> = KeyedState::restore(&second, KeyRange::FULL).unwrap();
+    *state.get_or_default(1) += 1;
+    *restored.get_or_default(1) += 1;
+    assert_eq!(restored.snapshot().unwrap(), state.snapshot().unwrap());
+}
+
+/// A checkpoint of `entries` at `frontier`, encoded in full or on `base`.
+fn encode(entries: &[StateEntry], frontier: u64, base: Option<u64>) -> Vec<u8> {
+    let parts = CheckpointParts {
+        operator: "op",
+        key_range: KeyRange::FULL,
+        frontier: Stamp(frontier),
+        entries,
+        output_buffer: &OutputBuffer::default(),
+        operator_state: &frontier.to_le_bytes(),
+    };
+    match base {
+        Some(base) => parts.encode_delta(Stamp(base)).unwrap(),
+        None => parts.encode().unwrap(),
+    }
+}
+
+/// One interval of work: the keys updated, then whether the checkpoint is
+/// taken in full.
+fn intervals() -> impl Strategy<Value = Vec<(Vec<(u16, i64)>, bool)>> {
+    prop::collection::vec(
+        (
+            prop::collection::vec((0u16..64, any::<i64>()), 0..40),
+            prop::bool::weighted(0.2),
+        ),
+        1..12,
+    )
+}
+
+proptest! {
+    /// Incremental checkpoints, folded, equal the full checkpoints taken at
+    /// the same points (values and loads), through the chain a holder
+    /// keeps (compactions included) and through a restore in between.
+    #[test]
+    fn incremental_checkpoints_fold_to_the_full_ones(intervals in intervals()) {
+        let mut incremental: KeyedState<u16, i64> = KeyedState::default();
+        let mut full: KeyedState<u16, i64> = KeyedState::default();
+        let mut chain: Option<BackupChain> = None;
+        for (i, (updates, take_full)) in intervals.iter().enumerate() {
+            let frontier = 10 * (i as u64 + 1);
+            for (key, value) in updates {
+                let add = |v: &mut i64| *v = v.wrapping_add(*value);
+                add(incremental.get_or_default(*key));
+                add(full.get_or_default(*key));
+            }
+            let expected = Checkpoint::decode(&encode(&full.snapshot().unwrap(), frontier, None)).unwrap();
+            let bytes = match &chain {
+                Some(c) if !take_full => encode(&incremental.snapshot_changes().unwrap(), frontier, Some(c.frontier().0)),
+                _ => encode(&incremental.snapshot().unwrap(), frontier, None),
+            };
+            match &mut chain {
+                Some(c) => c.push(Stamp(frontier), bytes).unwrap(),
+                None => chain = Some(BackupChain::new(Stamp(frontier), bytes).unwrap()),
+            }
+            let held = chain.as_ref().unwrap();
+            let folded = Checkpoint::decode(&held.encode()).unwrap();
+            prop_assert_eq!(&folded, &expected);
+            // A holder given the whole chain holds the same.
+            let copy = BackupChain::new(held.frontier(), held.encode()).unwrap();
+            prop_assert_eq!(Checkpoint::decode(&copy.encode()).unwrap(), folded.clone());
+            if i == intervals.len() / 2 {
+                // Restored from the fold, the state goes on as before.
+                incremental = KeyedState::restore(&folded.entries, KeyRange::FULL).unwrap();
+                full = KeyedState::restore(&expected.entries, KeyRange::FULL).unwrap();
+                chain = Some(BackupChain::new(Stamp(frontier), folded.encode().unwrap()).unwrap());
+            }
+        }
+    }
+}
+
+#[test]
+fn a_delta_alone_or_on_the_wrong_base_is_refused() {
+    let mut state: KeyedState<u64, u64> = KeyedState::default();
+    *state.get_or_default(1) = 1;
+    let full = encode(&state.snapshot().unwrap(), 10, None);
+    *state.get_or_default(2) = 2;
+    let delta = encode(&state.snapshot_changes().unwrap(), 20, Some(10));
+    let err = Checkpoint::decode(&delta).unwrap_err().to_string();
+    assert!(err.contains("cannot be restored alone"), "{err}");
+    let mut chain = BackupChain::new(Stamp(10), full).unwrap();
+    let wrong = encode(&[], 30, Some(15));
+    let err = chain.push(Stamp(30), wrong).unwrap_err().to_string();
+    assert!(err.contains("a full checkpoint is needed"), "{err}");
+    chain.push(Stamp(20), delta.clone()).unwrap();
+    assert_eq!(Checkpoint::frontier(&chain.encode()).unwrap(), Stamp(20));
+    let mut corrupt = delta;
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 1;
+    assert!(Checkpoint::verify(&corrupt).is_err());
+}
+
+#[test]
+fn an_incremental_snapshot_lists_only_the_changed_keys() {
+    let mut state: KeyedState<u64, u64> = KeyedState::default();
+    for k in 0..1000 {
+        *state.get_or_default(k) = k;
+    }
+    state.snapshot().unwrap();
+    *state.get_or_default(7) += 1;
+    *state.get_or_default(7) += 1;
+    *state.get_or_default(9) += 1;
+    let changes = state.snapshot_changes().unwrap();
+    assert_eq!(changes.len(), 2);
+    assert!(state.snapshot_changes().unwrap().is_empty());
 }

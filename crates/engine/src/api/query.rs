@@ -431,14 +431,36 @@ pub(crate) trait SourceLogic: Send {
     fn restore(&mut self, position: &[u8]) -> Result<(), OperatorError>;
 }
 
+/// The size of an operator's keyed state: what decides between a full and
+/// an incremental checkpoint, and what the metrics show.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct StateSize {
+    /// Keys held.
+    pub(crate) keys: u64,
+    /// Their encoded bytes, as of each key's last snapshot.
+    pub(crate) bytes: u64,
+    /// Keys changed since the last snapshot.
+    pub(crate) changed: u64,
+}
+
 pub(crate) trait ProcessLogic: Send {
     fn process(&mut self, payload: &[u8], outbox: &mut dyn Emit) -> Result<(), OperatorError>;
     fn finish(&mut self) -> Result<(), OperatorError> {
         Ok(())
     }
     /// The processing state as checkpoint entries (empty when stateless).
-    fn snapshot(&self) -> Result<Vec<StateEntry>, EngineError> {
+    fn snapshot(&mut self) -> Result<Vec<StateEntry>, EngineError> {
         Ok(Vec::new())
+    }
+    /// The entries changed since the last snapshot (of either kind): an
+    /// incremental checkpoint's processing state.
+    fn snapshot_changes(&mut self) -> Result<Vec<StateEntry>, EngineError> {
+        Ok(Vec::new())
+    }
+    /// How much keyed state there is, and how much changed since the last
+    /// snapshot.
+    fn state_size(&self) -> StateSize {
+        StateSize::default()
     }
     /// State outside keyed state (a sink's output position).
     fn operator_state(&mut self) -> Result<Vec<u8>, OperatorError> {
@@ -532,8 +554,20 @@ impl<O: StatefulOperator> ProcessLogic for StatefulNode<O> {
             .process(input, state, &mut Output::new(&self.edges, outbox))
     }
 
-    fn snapshot(&self) -> Result<Vec<StateEntry>, EngineError> {
+    fn snapshot(&mut self) -> Result<Vec<StateEntry>, EngineError> {
         self.state.snapshot()
+    }
+
+    fn snapshot_changes(&mut self) -> Result<Vec<StateEntry>, EngineError> {
+        self.state.snapshot_changes()
+    }
+
+    fn state_size(&self) -> StateSize {
+        StateSize {
+            keys: self.state.len() as u64,
+            bytes: self.state.encoded_bytes(),
+            changed: self.state.changed() as u64,
+        }
     }
 
     fn restore(&mut self, entries: &[StateEntry], range: KeyRange) -> Result<(), EngineError> {

@@ -6,8 +6,13 @@
 //!   of a whole range must never be restored into a half, nor a half's into
 //!   a merged range);
 //! - `replicas`: the coordinator's own copy of each instance's latest
-//!   checkpoint, so that a failure taking an instance and its holder
-//!   together is still recoverable;
+//!   checkpoint (a [`BackupChain`]: the latest full one and the incremental
+//!   ones since), so that a failure taking an instance and its holder
+//!   together is still recoverable, and so that a holder that lacks the
+//!   base of an incremental checkpoint can be sent the whole backup;
+//! - `shipped`: the holder each instance's latest checkpoint went to and
+//!   its frontier: an incremental checkpoint goes to that holder alone only
+//!   if its base is that frontier, else the holder gets the whole chain;
 //! - `unprotected`: instances whose only backup died with its holder and
 //!   that have no replica: recovering them is an error, not a silent restart
 //!   from the beginning;
@@ -22,21 +27,65 @@ use crate::error::EngineError;
 use crate::hash::mix64;
 use crate::ids::{InstanceId, WorkerId};
 use crate::stamp::Stamp;
+use crate::state::{BackupChain, ChainError, Checkpoint, CheckpointKind};
 
 /// The coordinator's record of every instance's checkpoints.
 #[derive(Debug, Default)]
 pub(super) struct Backups {
     held: HashMap<InstanceId, (WorkerId, Stamp)>,
-    replicas: HashMap<InstanceId, (Stamp, Vec<u8>)>,
+    replicas: HashMap<InstanceId, BackupChain>,
+    shipped: HashMap<InstanceId, (WorkerId, Stamp)>,
     unprotected: HashSet<InstanceId>,
     floors: HashMap<InstanceId, Stamp>,
     positions: HashMap<InstanceId, VecDeque<(Stamp, Vec<u8>)>>,
 }
 
 impl Backups {
-    /// Keeps the coordinator's copy of a checkpoint about to be shipped.
-    pub(super) fn keep_replica(&mut self, id: InstanceId, frontier: Stamp, bytes: Vec<u8>) {
-        self.replicas.insert(id, (frontier, bytes));
+    /// Keeps the coordinator's copy of a checkpoint about to be shipped: a
+    /// full one replaces the replica, an incremental one joins it. Refused
+    /// (the replica unchanged) when corrupt, or when incremental on a
+    /// checkpoint the replica does not end with: the instance must then
+    /// checkpoint in full.
+    pub(super) fn keep_replica(
+        &mut self,
+        id: InstanceId,
+        frontier: Stamp,
+        bytes: Vec<u8>,
+    ) -> Result<(), ChainError> {
+        match self.replicas.get_mut(&id) {
+            Some(chain) => chain.push(frontier, bytes),
+            None => {
+                self.replicas.insert(id, BackupChain::new(frontier, bytes)?);
+                Ok(())
+            }
+        }
+    }
+
+    /// What to send `holder` for `id`'s checkpoint `bytes` at `frontier`
+    /// (already kept in the replica): the checkpoint itself when it is full
+    /// or changes what the holder was last sent, else the whole backup.
+    /// Records it as shipped.
+    pub(super) fn shipment(
+        &mut self,
+        id: InstanceId,
+        holder: WorkerId,
+        frontier: Stamp,
+        bytes: Vec<u8>,
+    ) -> Vec<u8> {
+        let on_what_it_holds = match Checkpoint::kind(&bytes) {
+            Ok(CheckpointKind::Delta { base }) => self.shipped.get(&id) == Some(&(holder, base)),
+            _ => true,
+        };
+        self.shipped.insert(id, (holder, frontier));
+        match (on_what_it_holds, self.replicas.get(&id)) {
+            (false, Some(chain)) => chain.encode(),
+            _ => bytes,
+        }
+    }
+
+    /// A holder refused `id`'s backup: it gets the whole backup next.
+    pub(super) fn refused(&mut self, id: InstanceId) {
+        self.shipped.remove(&id);
     }
 
     /// A holder acknowledged a backup. Returns whether it is newer than the
@@ -65,6 +114,7 @@ impl Backups {
             .collect();
         for id in lost {
             self.held.remove(&id);
+            self.shipped.remove(&id);
             if !self.replicas.contains_key(&id) {
                 self.unprotected.insert(id);
             }
@@ -74,6 +124,7 @@ impl Backups {
     /// A holder asked for `id`'s backup died before answering.
     pub(super) fn holder_lost(&mut self, id: InstanceId) {
         self.held.remove(&id);
+        self.shipped.remove(&id);
     }
 
     /// The worker holding `id`'s latest backup.
@@ -90,13 +141,38 @@ impl Backups {
     /// parallel recovery) from `replica`: every earlier backup of it is void.
     pub(super) fn reshaped(&mut self, id: InstanceId, replica: (Stamp, Vec<u8>)) {
         self.held.remove(&id);
-        self.replicas.insert(id, replica);
+        self.shipped.remove(&id);
+        let (frontier, bytes) = replica;
+        match BackupChain::new(frontier, bytes) {
+            Ok(chain) => {
+                self.replicas.insert(id, chain);
+            }
+            Err(e) => {
+                tracing::warn!(%id, "no replica of a reshaped instance: {e}");
+                self.replicas.remove(&id);
+            }
+        }
+    }
+
+    /// `id` restarts from `bytes` (a recovery in place): its incremental
+    /// checkpoints build on them from now on, so the replica becomes them.
+    pub(super) fn restarted(&mut self, id: InstanceId, bytes: &[u8]) {
+        let Ok(frontier) = Checkpoint::frontier(bytes) else {
+            return;
+        };
+        if self.shipped.get(&id).is_some_and(|(_, f)| *f != frontier) {
+            self.shipped.remove(&id);
+        }
+        if let Ok(chain) = BackupChain::new(frontier, bytes.to_vec()) {
+            self.replicas.insert(id, chain);
+        }
     }
 
     /// `id` no longer exists (merged into a neighbour).
     pub(super) fn forget(&mut self, id: InstanceId) {
         self.held.remove(&id);
         self.replicas.remove(&id);
+        self.shipped.remove(&id);
         self.unprotected.remove(&id);
         self.floors.remove(&id);
         self.positions.remove(&id);
@@ -107,7 +183,7 @@ impl Backups {
     /// replay since they never trimmed for it).
     pub(super) fn replica(&self, id: InstanceId) -> Result<Option<Vec<u8>>, EngineError> {
         match self.replicas.get(&id) {
-            Some((_, bytes)) => Ok(Some(bytes.clone())),
+            Some(chain) => Ok(Some(chain.encode())),
             None if self.unprotected.contains(&id) => Err(EngineError::Checkpoint(format!(
                 "cannot recover instance {id}: its latest checkpoint was lost with its backup holder"
             ))),
@@ -160,10 +236,14 @@ impl Backups {
 
     /// Bytes of `id`'s latest checkpoint (for the cluster view).
     pub(super) fn checkpoint_bytes(&self, id: InstanceId) -> u64 {
-        self.replicas
-            .get(&id)
-            .or_else(|| self.positions.get(&id)?.back())
-            .map_or(0, |(_, b)| b.len() as u64)
+        match self.replicas.get(&id) {
+            Some(chain) => chain.bytes() as u64,
+            None => self
+                .positions
+                .get(&id)
+                .and_then(|p| p.back())
+                .map_or(0, |(_, b)| b.len() as u64),
+        }
     }
 
     /// The frontier to show for `id`: its durable backup, else its floor.

@@ -1,8 +1,13 @@
 //! The checkpoint protocol, coordinator side:
-//! 1. an instance checkpoints (every interval) and its worker sends it here;
-//! 2. the coordinator sends it to a backup holder: a worker hosting one of
-//!    the instance's upstreams (chosen by a stable hash), never the
-//!    instance's own worker, so one failure cannot take both;
+//! 1. an instance checkpoints (every interval) and its worker sends it here:
+//!    in full, or incrementally (the keys changed since its previous one);
+//! 2. the coordinator folds it into its replica and sends it to a backup
+//!    holder: a worker hosting one of the instance's upstreams (chosen by a
+//!    stable hash), never the instance's own worker, so one failure cannot
+//!    take both. A holder that was not sent the previous checkpoint gets
+//!    the whole backup (the replica's chain) instead of the increment; an
+//!    increment the replica cannot take (its base was refused) makes the
+//!    instance checkpoint in full next;
 //! 3. when the holder acknowledges, the backup is durable: the upstreams are
 //!    told to trim their output buffers up to the checkpoint's frontier.
 //!
@@ -27,7 +32,7 @@ use crate::api::NodeKind;
 use crate::error::EngineError;
 use crate::ids::{Incarnation, InstanceId, WorkerId};
 use crate::stamp::Stamp;
-use crate::state::{Checkpoint, CheckpointParts, OutputBuffer};
+use crate::state::{ChainError, Checkpoint, CheckpointParts, OutputBuffer};
 use crate::wire::control::ToWorker;
 
 use super::backups::choose_holder;
@@ -47,24 +52,31 @@ impl Job<'_> {
         let Some((node, _)) = self.plan.instance(instance) else {
             return Ok(());
         };
-        if let Err(e) = Checkpoint::verify(&bytes) {
-            self.record(
+        let refuse = |job: &mut Self, e: &dyn std::fmt::Display| {
+            job.record(
                 EventKind::Refused,
                 format!(
                     "checkpoint of instance {instance} at stamp {}: {e}; its previous checkpoint stays the one to restore",
                     frontier.0
                 ),
             );
-            return Ok(());
-        }
+        };
         match self.query.kind(node) {
             NodeKind::Source => {
+                if let Err(e) = Checkpoint::verify(&bytes) {
+                    refuse(self, &e);
+                    return Ok(());
+                }
                 self.backups.add_position(instance, frontier, bytes);
                 self.checkpoints += 1;
                 self.raise_floors();
                 Ok(())
             }
             NodeKind::Stateful | NodeKind::Sink => {
+                if let Err(e) = self.keep_checkpoint(instance, frontier, bytes.clone()) {
+                    refuse(self, &e);
+                    return Ok(());
+                }
                 self.back_up(instance, incarnation, frontier, bytes);
                 Ok(())
             }
@@ -73,7 +85,28 @@ impl Job<'_> {
         }
     }
 
-    /// Step 2: ships a checkpoint to its holder.
+    /// Folds a checkpoint of `instance` into the coordinator's replica;
+    /// when an incremental one does not fit (the one it changes was
+    /// refused), asks the instance for a full checkpoint.
+    pub(super) fn keep_checkpoint(
+        &mut self,
+        instance: InstanceId,
+        frontier: Stamp,
+        bytes: Vec<u8>,
+    ) -> Result<(), ChainError> {
+        let kept = self.backups.keep_replica(instance, frontier, bytes);
+        if let Err(ChainError::Gap { .. }) = kept {
+            if let Some((_, placed)) = self.plan.instance(instance) {
+                let worker = placed.worker;
+                if let Err(e) = self.send(worker, &ToWorker::CheckpointFull { instance }) {
+                    tracing::warn!(%instance, "cannot ask for a full checkpoint: {e}");
+                }
+            }
+        }
+        kept
+    }
+
+    /// Step 2: ships a checkpoint (already in the replica) to its holder.
     fn back_up(
         &mut self,
         instance: InstanceId,
@@ -81,7 +114,6 @@ impl Job<'_> {
         frontier: Stamp,
         bytes: Vec<u8>,
     ) {
-        self.backups.keep_replica(instance, frontier, bytes.clone());
         let Some(holder) = self.backup_holder(instance) else {
             tracing::warn!(%instance, "no other live worker to hold its backup");
             return;
@@ -90,11 +122,12 @@ impl Job<'_> {
             instance,
             incarnation,
             frontier,
-            bytes,
+            bytes: self.backups.shipment(instance, holder, frontier, bytes),
         };
         if let Err(e) = self.send(holder, &message) {
             // The holder is failing; the next checkpoint picks another one.
             tracing::warn!(%instance, %holder, "cannot ship a backup: {e}");
+            self.backups.refused(instance);
         }
     }
 

@@ -456,6 +456,11 @@ impl Job<'_> {
                 self.backup_stored(worker, instance, incarnation, frontier);
                 Ok(())
             }
+            ToCoordinator::BackupRefused { instance, reason } => {
+                tracing::warn!(%instance, %worker, "backup refused: {reason}; sending the whole backup next");
+                self.backups.refused(instance);
+                Ok(())
+            }
             ToCoordinator::InstanceFinished { instance, stats } => {
                 let (node, placed) = self.plan.instance(instance).ok_or_else(|| {
                     EngineError::Protocol(format!("unknown instance {instance} finished"))

@@ -196,7 +196,13 @@ impl Job<'_> {
                 Some(encoded) if self.parallel_recovery(node) => {
                     self.split_restore(node, id, &placed, &encoded, &mut restores)?
                 }
-                other => (placed.key_range, other),
+                Some(encoded) => {
+                    if self.backed_up(node) {
+                        self.backups.restarted(id, &encoded);
+                    }
+                    (placed.key_range, Some(encoded))
+                }
+                None => (placed.key_range, None),
             };
             self.plan.reincarnate(id, target, range);
             restores

@@ -24,7 +24,7 @@ use crate::error::EngineError;
 use crate::plan::InstancePlan;
 use crate::plan::{AddedInstance, Incarnation, InstanceId, WorkerId};
 use crate::stamp::Stamp;
-use crate::state::{Checkpoint, KeyRange};
+use crate::state::{ChainError, Checkpoint, KeyRange};
 use crate::wire::control::{ToCoordinator, ToWorker};
 
 use super::autoscaler::{Action, ScaleRates};
@@ -511,7 +511,20 @@ impl Job<'_> {
                 matches!(m, ToCoordinator::Checkpoint { instance: i, incarnation: n, .. } if i == &instance && n == &incarnation)
             }) {
                 Ok(Some((_, ToCoordinator::Checkpoint { frontier, bytes, .. }))) => {
-                    return Ok(Some((frontier, bytes)))
+                    // An incremental checkpoint is whole only with the
+                    // replica it changes.
+                    match self.keep_checkpoint(instance, frontier, bytes) {
+                        Ok(()) => {
+                            return Ok(self.backups.replica(instance)?.map(|b| (frontier, b)))
+                        }
+                        Err(ChainError::Gap { .. }) => {}
+                        Err(ChainError::Corrupt(e)) => {
+                            tracing::warn!(%instance, "a corrupt checkpoint for a split: {e}; asking again");
+                            if self.send(worker, &ToWorker::CheckpointNow).is_err() {
+                                return Ok(None);
+                            }
+                        }
+                    }
                 }
                 Ok(_) | Err(EngineError::Timeout(_)) => {
                     if !alive(self) {

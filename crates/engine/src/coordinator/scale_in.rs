@@ -304,7 +304,18 @@ impl Job<'_> {
                         instance, bytes, ..
                     },
                 ))) => {
-                    checkpoints.insert(instance, bytes);
+                    // An incremental checkpoint is whole only with the
+                    // replica it changes.
+                    let whole = self
+                        .keep_checkpoint(instance, frontier, bytes)
+                        .ok()
+                        .and_then(|()| self.backups.replica(instance).ok().flatten());
+                    match whole {
+                        Some(bytes) => {
+                            checkpoints.insert(instance, bytes);
+                        }
+                        None => return Ok(self.call_off(&pair)),
+                    }
                 }
                 Ok(_) if pair.iter().all(|p| self.alive(p.worker)) => {}
                 Ok(_) | Err(EngineError::Timeout(_)) => return Ok(self.call_off(&pair)),

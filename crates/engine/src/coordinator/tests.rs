@@ -17,10 +17,11 @@ use crate::api::{
     StatefulOperator,
 };
 use crate::error::EngineError;
+use crate::hash::key_hash;
 use crate::ids::{Incarnation, InstanceId, WorkerId};
 use crate::plan::Plan;
 use crate::stamp::Stamp;
-use crate::state::{CheckpointParts, KeyRange, OutputBuffer};
+use crate::state::{BackupChain, Checkpoint, CheckpointParts, KeyRange, KeyedState, OutputBuffer};
 use crate::wire::control::{InstanceMetrics, InstanceStats, ToCoordinator, ToWorker};
 
 /// A source the coordinator never runs: only the graph matters here.
@@ -115,8 +116,9 @@ impl Provisioner for FakeProvisioner {
     }
 }
 
-/// A stored backup: (incarnation, frontier, bytes).
-type Held = (Incarnation, Stamp, Vec<u8>);
+/// A stored backup: the incarnation it is of, and the chain of its
+/// checkpoints, as a real holder keeps them.
+type Held = (Incarnation, BackupChain);
 
 /// Every worker, played by the test: answers the coordinator as a worker
 /// would and remembers what it was told.
@@ -133,6 +135,13 @@ struct Cluster {
     forget_backups: bool,
     /// Checkpoints to corrupt before sending.
     corrupt: bool,
+    /// Instances checkpoint incrementally (on their previous checkpoint),
+    /// each checkpoint adding one key, as a real instance would send it.
+    incremental: bool,
+    /// Each incarnation's previous checkpoint, and the keys since it.
+    taken: HashMap<(InstanceId, Incarnation), Stamp>,
+    /// Instances asked for a full checkpoint next.
+    full_next: HashSet<InstanceId>,
     /// How far the fake instances got.
     progress: Stamp,
     started: bool,
@@ -148,6 +157,9 @@ impl Cluster {
             paused: HashMap::new(),
             forget_backups: false,
             corrupt: false,
+            incremental: false,
+            taken: HashMap::new(),
+            full_next: HashSet::new(),
             progress: Stamp(100),
             started: false,
         }
@@ -189,23 +201,31 @@ impl Cluster {
                 frontier,
                 bytes,
             } => {
-                self.held
-                    .insert((w, instance), (incarnation, frontier, bytes));
-                self.net.say(
-                    w,
-                    ToCoordinator::BackupStored {
+                let stored = match self.held.get_mut(&(w, instance)) {
+                    Some((held, chain)) if *held == incarnation => chain.push(frontier, bytes),
+                    _ => BackupChain::new(frontier, bytes).map(|chain| {
+                        self.held.insert((w, instance), (incarnation, chain));
+                    }),
+                };
+                let answer = match stored {
+                    Ok(()) => ToCoordinator::BackupStored {
                         instance,
                         incarnation,
                         frontier,
                     },
-                );
+                    Err(e) => ToCoordinator::BackupRefused {
+                        instance,
+                        reason: e.to_string(),
+                    },
+                };
+                self.net.say(w, answer);
             }
             ToWorker::FetchBackup { instance } => {
                 let bytes = self
                     .held
                     .get(&(w, instance))
                     .filter(|_| !self.forget_backups)
-                    .map(|(_, _, b)| b.clone());
+                    .map(|(_, chain)| chain.encode());
                 self.net.say(w, ToCoordinator::Backup { instance, bytes });
             }
             ToWorker::Restore { instances, plan } => {
@@ -219,6 +239,10 @@ impl Cluster {
                 for id in self.hosted(w) {
                     self.checkpoint(id, self.progress);
                 }
+            }
+            ToWorker::CheckpointFull { instance } => {
+                self.full_next.insert(instance);
+                self.checkpoint(instance, self.progress);
             }
             ToWorker::Pause { instance } => {
                 if let Some(incarnation) = self.incarnation(instance) {
@@ -276,20 +300,44 @@ impl Cluster {
         self.plan().instance(id).expect("planned").1.worker
     }
 
-    /// Instance `id` checkpoints at `frontier`, as its worker would.
-    fn checkpoint(&self, id: InstanceId, frontier: Stamp) {
+    /// Instance `id` checkpoints at `frontier`, as its worker would: in
+    /// full, or (when `incremental`) as the key `frontier` added since its
+    /// previous checkpoint.
+    fn checkpoint(&mut self, id: InstanceId, frontier: Stamp) {
         let Some((node, placed)) = self.plan().instance(id) else {
             return;
         };
-        let mut bytes = CheckpointParts {
-            operator: &self.plan().nodes[node].name,
+        let (operator, placed) = (self.plan().nodes[node].name.clone(), placed.clone());
+        let previous = self.taken.insert((id, placed.incarnation), frontier);
+        let base = previous.filter(|_| self.incremental && !self.full_next.remove(&id));
+        let keys: Vec<u64> = if self.incremental {
+            let mut keys: Vec<u64> = (0..frontier.0.max(1))
+                .filter(|k| placed.key_range.contains(key_hash(k)))
+                .collect();
+            if base.is_some() {
+                keys.retain(|k| *k >= previous.map_or(0, |p| p.0));
+            }
+            keys
+        } else {
+            Vec::new()
+        };
+        let mut state: KeyedState<u64, u64> = KeyedState::default();
+        for k in keys {
+            *state.get_or_default(k) = k;
+        }
+        let entries = state.snapshot().expect("snapshots");
+        let parts = CheckpointParts {
+            operator: &operator,
             key_range: placed.key_range,
             frontier,
-            entries: &[],
+            entries: &entries,
             output_buffer: &OutputBuffer::default(),
             operator_state: &[],
+        };
+        let mut bytes = match base {
+            Some(base) => parts.encode_delta(base),
+            None => parts.encode(),
         }
-        .encode()
         .expect("encodes");
         if self.corrupt {
             let last = bytes.len() - 1;
@@ -357,14 +405,22 @@ impl Cluster {
 
     /// The frontier of the checkpoint each restored instance got.
     fn restored_frontiers(&self) -> BTreeMap<InstanceId, Option<Stamp>> {
+        self.restored()
+            .into_iter()
+            .map(|(id, c)| (id, c.map(|c| c.frontier)))
+            .collect()
+    }
+
+    /// The checkpoint each restored instance got, decoded.
+    fn restored(&self) -> BTreeMap<InstanceId, Option<Checkpoint>> {
         let mut out = BTreeMap::new();
         for (_, m) in &self.log {
             if let ToWorker::Restore { instances, .. } = m {
                 for (id, bytes) in instances {
-                    let frontier = bytes
+                    let checkpoint = bytes
                         .as_ref()
-                        .map(|b| crate::state::Checkpoint::decode(b).expect("valid").frontier);
-                    out.insert(*id, frontier);
+                        .map(|b| Checkpoint::decode(b).expect("valid"));
+                    out.insert(*id, checkpoint);
                 }
             }
         }
@@ -933,14 +989,38 @@ fn a_backup_only_moves_forward() {
     assert_eq!(backups.holder(id), Some(WorkerId(0)));
 }
 
+/// An encoded checkpoint of `operator` at `frontier` with `keys`, full or
+/// (with a `base`) incremental.
+fn encoded(frontier: u64, keys: &[u64], base: Option<u64>) -> Vec<u8> {
+    let mut state: KeyedState<u64, u64> = KeyedState::default();
+    for k in keys {
+        *state.get_or_default(*k) = frontier;
+    }
+    let entries = state.snapshot().expect("snapshots");
+    let parts = CheckpointParts {
+        operator: "count",
+        key_range: KeyRange::FULL,
+        frontier: Stamp(frontier),
+        entries: &entries,
+        output_buffer: &OutputBuffer::default(),
+        operator_state: &[],
+    };
+    match base {
+        Some(base) => parts.encode_delta(Stamp(base)),
+        None => parts.encode(),
+    }
+    .expect("encodes")
+}
+
 #[test]
 fn a_reshaped_instance_forgets_its_whole_range_backup() {
     let mut backups = Backups::default();
     let id = InstanceId(1);
     backups.stored(id, WorkerId(0), Stamp(10));
-    backups.reshaped(id, (Stamp(12), vec![1, 2, 3]));
+    let part = encoded(12, &[1], None);
+    backups.reshaped(id, (Stamp(12), part.clone()));
     assert_eq!(backups.holder(id), None);
-    assert_eq!(backups.replica(id).expect("kept"), Some(vec![1, 2, 3]));
+    assert_eq!(backups.replica(id).expect("kept"), Some(part));
 }
 
 #[test]
@@ -953,8 +1033,122 @@ fn an_instance_whose_only_backup_died_cannot_restart_silently() {
     assert!(error.contains("lost with its backup holder"), "{error}");
     // A later good backup protects it again.
     backups.stored(id, WorkerId(1), Stamp(20));
-    backups.keep_replica(id, Stamp(20), vec![7]);
-    assert_eq!(backups.replica(id).expect("kept"), Some(vec![7]));
+    let good = encoded(20, &[7], None);
+    backups
+        .keep_replica(id, Stamp(20), good.clone())
+        .expect("kept");
+    assert_eq!(backups.replica(id).expect("kept"), Some(good));
+}
+
+#[test]
+fn an_increment_goes_alone_only_to_the_holder_of_its_base() {
+    let mut backups = Backups::default();
+    let id = InstanceId(1);
+    let full = encoded(10, &[1, 2], None);
+    backups
+        .keep_replica(id, Stamp(10), full.clone())
+        .expect("kept");
+    assert_eq!(
+        backups.shipment(id, WorkerId(0), Stamp(10), full.clone()),
+        full
+    );
+    let delta = encoded(20, &[2, 3], Some(10));
+    backups
+        .keep_replica(id, Stamp(20), delta.clone())
+        .expect("kept");
+    // The holder of stamp 10 gets the increment alone.
+    assert_eq!(
+        backups.shipment(id, WorkerId(0), Stamp(20), delta.clone()),
+        delta
+    );
+    // Another holder gets the whole backup, which folds to keys 1, 2, 3.
+    let delta = encoded(30, &[4], Some(20));
+    backups
+        .keep_replica(id, Stamp(30), delta.clone())
+        .expect("kept");
+    let whole = backups.shipment(id, WorkerId(1), Stamp(30), delta.clone());
+    let folded = Checkpoint::decode(&whole).expect("restorable");
+    assert_eq!((folded.frontier, folded.entries.len()), (Stamp(30), 4));
+    // After a refusal, even the holder it was meant for gets it all.
+    backups.refused(id);
+    let delta = encoded(40, &[5], Some(30));
+    backups
+        .keep_replica(id, Stamp(40), delta.clone())
+        .expect("kept");
+    assert_ne!(
+        backups.shipment(id, WorkerId(1), Stamp(40), delta.clone()),
+        delta
+    );
+}
+
+#[test]
+fn an_increment_on_a_checkpoint_the_replica_lacks_is_refused() {
+    let mut backups = Backups::default();
+    let id = InstanceId(1);
+    backups
+        .keep_replica(id, Stamp(10), encoded(10, &[1], None))
+        .expect("kept");
+    let gap = backups.keep_replica(id, Stamp(30), encoded(30, &[2], Some(20)));
+    assert!(
+        matches!(gap, Err(crate::state::ChainError::Gap { .. })),
+        "{gap:?}"
+    );
+    let replica = Checkpoint::decode(&backups.replica(id).expect("kept").expect("some"));
+    assert_eq!(replica.expect("decodes").frontier, Stamp(10));
+}
+
+#[test]
+fn incremental_checkpoints_restore_as_their_fold() {
+    let (result, cluster, _) = scenario(config(1), |c| {
+        c.incremental = true;
+        for at in [10, 20, 30] {
+            c.checkpointed(Stamp(at));
+        }
+        let count = c.ids("count")[0];
+        c.crash_host_of(count);
+    });
+    result.expect("finishes");
+    let count = cluster.ids("count")[0];
+    let restored = cluster.restored()[&count]
+        .clone()
+        .expect("from a checkpoint");
+    assert_eq!(restored.frontier, Stamp(30));
+    // Every key below 30 in the partition's range, from the full
+    // checkpoint at 10 and the increments at 20 and 30.
+    let range = restored.key_range;
+    let expected = (0..30)
+        .filter(|k: &u64| range.contains(key_hash(k)))
+        .count();
+    assert_eq!(restored.entries.len(), expected);
+}
+
+#[test]
+fn a_corrupt_increment_makes_the_instance_checkpoint_in_full() {
+    let (result, cluster, _) = scenario(config(1), |c| {
+        c.incremental = true;
+        c.checkpointed(Stamp(10));
+        c.corrupt = true;
+        c.checkpoint_all(Stamp(20));
+        c.settle(Duration::from_millis(50));
+        c.corrupt = false;
+        // Increments on the refused checkpoint: the coordinator asks for
+        // full ones, which the fake instances take at once.
+        c.checkpointed(Stamp(30));
+        let count = c.ids("count")[0];
+        c.crash_host_of(count);
+    });
+    result.expect("finishes");
+    let count = cluster.ids("count")[0];
+    let asked = cluster
+        .log
+        .iter()
+        .filter(|(_, m)| matches!(m, ToWorker::CheckpointFull { instance } if *instance == count))
+        .count();
+    assert!(asked >= 1, "no full checkpoint asked of instance {count}");
+    let restored = cluster.restored()[&count]
+        .clone()
+        .expect("from a checkpoint");
+    assert_eq!(restored.frontier, Stamp(30));
 }
 
 #[test]

@@ -195,14 +195,28 @@ pub struct CheckpointParts<'a> {
 impl CheckpointParts<'_> {
     /// Encodes the parts as [`Checkpoint::encode`] would encode the whole.
     pub fn encode(&self) -> Result<Vec<u8>, EngineError> {
+        self.encode_as(FULL_MAGIC, None)
+    }
+
+    /// Encodes the parts as an incremental checkpoint: `entries` are the
+    /// keys changed since the checkpoint at `base`, which it must be folded
+    /// into ([`Checkpoint::apply`]) to be restored.
+    pub fn encode_delta(&self, base: Stamp) -> Result<Vec<u8>, EngineError> {
+        self.encode_as(DELTA_MAGIC, Some(base))
+    }
+
+    fn encode_as(&self, magic: &[u8; 4], base: Option<Stamp>) -> Result<Vec<u8>, EngineError> {
         // Sized exactly, so that a large checkpoint is written once rather
         // than copied as the buffer grows.
         let size = bincode::serialized_size(self)
             .map_err(|e| EngineError::Checkpoint(format!("encode: {e}")))?;
-        let mut out = Vec::with_capacity(HEADER + size as usize);
-        out.extend_from_slice(MAGIC);
+        let mut out = Vec::with_capacity(HEADER + 8 + size as usize);
+        out.extend_from_slice(magic);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         out.extend_from_slice(&[0; 8]);
+        if let Some(base) = base {
+            out.extend_from_slice(&base.0.to_le_bytes());
+        }
         bincode::serialize_into(&mut out, self)
             .map_err(|e| EngineError::Checkpoint(format!("encode: {e}")))?;
         let sum = checksum(&out[HEADER..]);
@@ -211,14 +225,77 @@ impl CheckpointParts<'_> {
     }
 }
 
-const MAGIC: &[u8; 4] = b"SPCK";
+/// What an encoded checkpoint holds, read from its header
+/// ([`Checkpoint::kind`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointKind {
+    /// The whole state: restorable on its own.
+    Full,
+    /// The keys changed since the checkpoint at `base`, with the output
+    /// buffer and operator state as of its own frontier: restorable only
+    /// folded into that checkpoint.
+    Delta {
+        /// The frontier of the checkpoint it changes.
+        base: Stamp,
+    },
+    /// A full checkpoint followed by deltas, each on the one before it
+    /// ([`super::BackupChain`]): restorable on its own.
+    Chain,
+}
+
+/// A full checkpoint.
+const FULL_MAGIC: &[u8; 4] = b"SPCK";
+/// An incremental checkpoint: the header carries its base after the
+/// checksum.
+const DELTA_MAGIC: &[u8; 4] = b"SPCD";
+/// A chain: count (u32), then each checkpoint's length (u64) and bytes.
+const CHAIN_MAGIC: &[u8; 4] = b"SPCC";
 /// The encoding of a [`Checkpoint`], bumped whenever it changes (3: entries
-/// carry their load). Checkpoints live only as long as a job, among processes
-/// of one build, so other versions are refused with a reason rather than
-/// converted.
-const FORMAT_VERSION: u16 = 3;
-/// Magic, version, checksum of the body.
+/// carry their load; 4: incremental checkpoints and chains). Checkpoints
+/// live only as long as a job, among processes of one build, so other
+/// versions are refused with a reason rather than converted.
+const FORMAT_VERSION: u16 = 4;
+/// Magic, version, checksum of what follows.
 const HEADER: usize = 14;
+
+/// Encodes a chain: `parts` are a full checkpoint and the deltas on it, in
+/// order.
+pub(super) fn encode_chain(parts: &[Vec<u8>]) -> Vec<u8> {
+    let size: usize = parts.iter().map(|p| 8 + p.len()).sum();
+    let mut out = Vec::with_capacity(10 + size);
+    out.extend_from_slice(CHAIN_MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(parts.len() as u32).to_le_bytes());
+    for part in parts {
+        out.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+/// The checkpoints of an encoded chain, checking only its framing.
+pub(super) fn chain_parts(bytes: &[u8]) -> Result<Vec<&[u8]>, EngineError> {
+    let bad = || EngineError::Checkpoint("checkpoint chain truncated or corrupt".into());
+    let count = bytes
+        .get(6..10)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or_else(bad)?;
+    let mut rest = &bytes[10..];
+    let mut parts = Vec::new();
+    for _ in 0..count {
+        let (len, tail) = rest.split_first_chunk::<8>().ok_or_else(bad)?;
+        let len = usize::try_from(u64::from_le_bytes(*len)).map_err(|_| bad())?;
+        if tail.len() < len {
+            return Err(bad());
+        }
+        parts.push(&tail[..len]);
+        rest = &tail[len..];
+    }
+    if !rest.is_empty() || parts.is_empty() {
+        return Err(bad());
+    }
+    Ok(parts)
+}
 
 /// Decodes a checkpoint's body, each entry straight into a [`StateEntry`]
 /// over `body` (no copy of its bytes, no intermediate list). Reads the
@@ -339,6 +416,18 @@ fn checksum(body: &[u8]) -> u64 {
     sum.finish()
 }
 
+/// Decodes the checkpoint body that starts at `start` of `bytes`, each
+/// entry straight over one shared copy of the body.
+fn decode_body(bytes: &[u8], start: usize) -> Result<Checkpoint, EngineError> {
+    let body = SharedBytes::new(bytes[start..].to_vec())?;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(body.bytes().len() as u64)
+        .deserialize_seed(BodySeed { body: &body }, body.bytes())
+        .map_err(|e| EngineError::Checkpoint(format!("decode: {e}")))
+}
+
 impl Checkpoint {
     /// Serialises the checkpoint for backup on another worker.
     pub fn encode(&self) -> Result<Vec<u8>, EngineError> {
@@ -353,28 +442,64 @@ impl Checkpoint {
         .encode()
     }
 
-    /// Reads a checkpoint written by [`Checkpoint::encode`].
+    /// Reads a checkpoint written by [`Checkpoint::encode`], or a chain
+    /// (a full checkpoint and the deltas on it, folded in order). A delta
+    /// alone is refused: it holds only what changed.
     pub fn decode(bytes: &[u8]) -> Result<Checkpoint, EngineError> {
         Self::verify(bytes)?;
-        // One copy of the body, which every entry then shares.
-        let body = SharedBytes::new(bytes[HEADER..].to_vec())?;
-        bincode::DefaultOptions::new()
-            .with_fixint_encoding()
-            .allow_trailing_bytes()
-            .with_limit(body.bytes().len() as u64)
-            .deserialize_seed(BodySeed { body: &body }, body.bytes())
-            .map_err(|e| EngineError::Checkpoint(format!("decode: {e}")))
+        match Self::kind(bytes)? {
+            CheckpointKind::Full => decode_body(bytes, HEADER),
+            CheckpointKind::Delta { base } => Err(EngineError::Checkpoint(format!(
+                "an incremental checkpoint (the changes since stamp {}) cannot be restored alone: \
+                 fold it into the checkpoint it changes",
+                base.0
+            ))),
+            CheckpointKind::Chain => {
+                let parts = chain_parts(bytes)?;
+                if Self::kind(parts[0])? != CheckpointKind::Full {
+                    return Err(EngineError::Checkpoint(
+                        "a checkpoint chain does not start with a full checkpoint".into(),
+                    ));
+                }
+                let mut checkpoint = decode_body(parts[0], HEADER)?;
+                for part in &parts[1..] {
+                    let CheckpointKind::Delta { base } = Self::kind(part)? else {
+                        return Err(EngineError::Checkpoint(
+                            "a checkpoint chain holds a full checkpoint after its first".into(),
+                        ));
+                    };
+                    if base != checkpoint.frontier {
+                        return Err(EngineError::Checkpoint(format!(
+                            "a checkpoint chain's delta changes stamp {} but follows stamp {}",
+                            base.0, checkpoint.frontier.0
+                        )));
+                    }
+                    checkpoint = checkpoint.apply(decode_body(part, HEADER + 8)?)?;
+                }
+                Ok(checkpoint)
+            }
+        }
     }
 
-    /// Checks an encoded checkpoint's magic, format version and checksum
-    /// without decoding it (a few ms per 100 MB): a checkpoint corrupted on
-    /// the way is refused before it can replace a good backup.
-    pub fn verify(bytes: &[u8]) -> Result<(), EngineError> {
-        if bytes.len() < HEADER || &bytes[..4] != MAGIC {
+    /// What `bytes` hold, after checking their magic and format version
+    /// (not their checksum: see [`Checkpoint::verify`]).
+    pub fn kind(bytes: &[u8]) -> Result<CheckpointKind, EngineError> {
+        let magic = bytes.get(..4);
+        let kind = if magic == Some(FULL_MAGIC) && bytes.len() >= HEADER {
+            CheckpointKind::Full
+        } else if magic == Some(DELTA_MAGIC) && bytes.len() >= HEADER + 8 {
+            let mut base = [0u8; 8];
+            base.copy_from_slice(&bytes[HEADER..HEADER + 8]);
+            CheckpointKind::Delta {
+                base: Stamp(u64::from_le_bytes(base)),
+            }
+        } else if magic == Some(CHAIN_MAGIC) && bytes.len() >= 10 {
+            CheckpointKind::Chain
+        } else {
             return Err(EngineError::Checkpoint(
                 "not a Spate checkpoint (bad magic)".into(),
             ));
-        }
+        };
         let version = u16::from_le_bytes([bytes[4], bytes[5]]);
         if version != FORMAT_VERSION {
             let writer = if version < FORMAT_VERSION {
@@ -386,6 +511,45 @@ impl Checkpoint {
                 "checkpoint format version {version} was written by {writer} Spate build; this \
                  build reads version {FORMAT_VERSION} only (run every process of a job from one build)"
             )));
+        }
+        Ok(kind)
+    }
+
+    /// The frontier of an encoded checkpoint (of a chain: of its last
+    /// delta), read without decoding it.
+    pub fn frontier(bytes: &[u8]) -> Result<Stamp, EngineError> {
+        let start = match Self::kind(bytes)? {
+            CheckpointKind::Full => HEADER,
+            CheckpointKind::Delta { .. } => HEADER + 8,
+            CheckpointKind::Chain => {
+                let parts = chain_parts(bytes)?;
+                return Self::frontier(parts[parts.len() - 1]);
+            }
+        };
+        // The body starts with the operator's name (length, bytes), the key
+        // range (two words), then the frontier.
+        let word = |at: usize| {
+            bytes
+                .get(at..at + 8)
+                .map(|w| u64::from_le_bytes(w.try_into().expect("eight bytes")))
+                .ok_or_else(|| EngineError::Checkpoint("checkpoint truncated".into()))
+        };
+        let name = usize::try_from(word(start)?)
+            .map_err(|_| EngineError::Checkpoint("checkpoint corrupt".into()))?;
+        let at = start
+            .checked_add(8 + 16)
+            .and_then(|a| a.checked_add(name))
+            .ok_or_else(|| EngineError::Checkpoint("checkpoint corrupt".into()))?;
+        word(at).map(Stamp)
+    }
+
+    /// Checks an encoded checkpoint's (or each checkpoint of a chain's)
+    /// magic, format version and checksum without decoding it (a few ms per
+    /// 100 MB): a checkpoint corrupted on the way is refused before it can
+    /// replace a good backup.
+    pub fn verify(bytes: &[u8]) -> Result<(), EngineError> {
+        if Self::kind(bytes)? == CheckpointKind::Chain {
+            return chain_parts(bytes)?.into_iter().try_for_each(Self::verify);
         }
         let mut sum = [0u8; 8];
         sum.copy_from_slice(&bytes[6..HEADER]);
@@ -478,6 +642,53 @@ impl Checkpoint {
         self.output_buffer.merge(upper.output_buffer)?;
         self.key_range = key_range;
         Ok(self)
+    }
+}
+
+impl Checkpoint {
+    /// Folds `delta`, an incremental checkpoint taken on top of this one,
+    /// into it: the delta's entries replace (or add) theirs, every other
+    /// entry's load halves (as the snapshot that took the delta halved the
+    /// loads of the keys it did not list), and the frontier, output buffer
+    /// and operator state become the delta's.
+    pub fn apply(self, delta: Checkpoint) -> Result<Checkpoint, EngineError> {
+        let refuse = |why: String| Err(EngineError::Checkpoint(format!("cannot apply: {why}")));
+        if self.operator != delta.operator || self.key_range != delta.key_range {
+            return refuse(format!(
+                "a delta of `{}` over {:?} onto a checkpoint of `{}` over {:?}",
+                delta.operator, delta.key_range, self.operator, self.key_range
+            ));
+        }
+        if delta.frontier < self.frontier {
+            return refuse(format!(
+                "the delta's frontier {:?} is below the checkpoint's {:?}",
+                delta.frontier, self.frontier
+            ));
+        }
+        let mut entries = Vec::with_capacity(self.entries.len() + delta.entries.len());
+        let mut changes = delta.entries.into_iter().peekable();
+        for mut entry in self.entries {
+            while let Some(change) =
+                changes.next_if(|c| (c.hash, c.key()) < (entry.hash, entry.key()))
+            {
+                entries.push(change);
+            }
+            match changes.next_if(|c| (c.hash, c.key()) == (entry.hash, entry.key())) {
+                Some(change) => entries.push(change),
+                None => {
+                    entry.load /= 2;
+                    entries.push(entry);
+                }
+            }
+        }
+        entries.extend(changes);
+        Ok(Checkpoint {
+            entries,
+            frontier: delta.frontier,
+            output_buffer: delta.output_buffer,
+            operator_state: delta.operator_state,
+            ..self
+        })
     }
 }
 

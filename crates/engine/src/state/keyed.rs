@@ -1,8 +1,8 @@
 //! The live keyed state of one stateful instance.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -18,48 +18,96 @@ use crate::hash::{key_hash, StableHasher};
 /// processing; the engine can therefore snapshot, restore and split the map
 /// without the operator's help.
 ///
+/// Because every write goes through [`KeyedState::get_or_default`], the map
+/// knows which keys changed since its last snapshot: an incremental
+/// snapshot ([`KeyedState::snapshot_changes`]) encodes only those, so a
+/// checkpoint costs the instance's thread time in proportion to what
+/// changed, not to the size of the state.
+///
 /// Beside each value it counts the operator's accesses to the key, so that a
 /// scale out can split the range where the *load* halves rather than where
 /// the key count does (a few hot keys would otherwise leave one half with
-/// most of the work). The counter is halved at every snapshot, so it weighs
+/// most of the work). The count halves at every snapshot, so it weighs
 /// recent load most: each checkpoint interval counts half as much as the
-/// next.
+/// next. The halving is lazy (a key's count is brought up to date when the
+/// key is next touched or snapshotted), so an incremental snapshot never
+/// visits unchanged keys; whoever folds it into an earlier checkpoint halves
+/// the loads of the keys it does not list ([`super::Checkpoint::apply`]).
 #[derive(Debug)]
 pub struct KeyedState<K, V> {
     map: HashMap<K, Slot<V>, BuildHasherDefault<StableHasher>>,
+    /// Snapshots taken (one more after a restore): the clock of load decay.
+    epoch: u32,
+    /// Keys accessed since the last snapshot, each once.
+    changed: Vec<K>,
+    /// Encoded bytes of every key and value, as of each one's last snapshot.
+    encoded_bytes: u64,
 }
 
 /// A value and its recent load.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Slot<V> {
     value: V,
-    /// Accesses since the last snapshot plus half the count before it. An
-    /// atomic only because [`KeyedState::snapshot`] decays it through `&self`
-    /// (the state is never shared between threads: every access is relaxed,
-    /// and the hot path bumps it through `&mut` without any atomic operation).
-    load: AtomicU32,
+    /// Recent load as of epoch `epoch`: accesses in that epoch plus half the
+    /// load before it. It halves for every epoch since.
+    load: u32,
+    /// The epoch `load` was counted in.
+    epoch: u32,
+    /// Accessed since the last snapshot (so listed in `changed`).
+    changed: bool,
+    /// Encoded size of key and value at the key's last snapshot.
+    encoded: u32,
+}
+
+impl<V> Slot<V> {
+    /// The load as of `epoch` (at or after the slot's own).
+    fn load_at(&self, epoch: u32) -> u32 {
+        self.load.checked_shr(epoch - self.epoch).unwrap_or(0)
+    }
 }
 
 impl<K, V> Default for KeyedState<K, V> {
     fn default() -> Self {
         KeyedState {
             map: HashMap::default(),
+            epoch: 0,
+            changed: Vec::new(),
+            encoded_bytes: 0,
         }
     }
 }
 
 impl<K, V> KeyedState<K, V>
 where
-    K: Hash + Eq + Serialize + DeserializeOwned,
+    K: Hash + Eq + Clone + Serialize + DeserializeOwned,
     V: Default + Serialize + DeserializeOwned,
 {
     /// The value for `key`, created with `V::default()` on first use. This
     /// is how the engine hands state to the operator, so it is what counts as
-    /// load on the key.
+    /// load on the key, and what marks the key changed.
     pub fn get_or_default(&mut self, key: K) -> &mut V {
-        let slot = self.map.entry(key).or_default();
-        let load = slot.load.get_mut();
-        *load = load.saturating_add(1);
+        let epoch = self.epoch;
+        let slot = match self.map.entry(key) {
+            Entry::Occupied(occupied) => {
+                if !occupied.get().changed {
+                    self.changed.push(occupied.key().clone());
+                }
+                occupied.into_mut()
+            }
+            Entry::Vacant(vacant) => {
+                self.changed.push(vacant.key().clone());
+                vacant.insert(Slot {
+                    value: V::default(),
+                    load: 0,
+                    epoch,
+                    changed: true,
+                    encoded: 0,
+                })
+            }
+        };
+        slot.load = slot.load_at(epoch).saturating_add(1);
+        slot.epoch = epoch;
+        slot.changed = true;
         &mut slot.value
     }
 
@@ -79,53 +127,79 @@ where
         self.map.is_empty()
     }
 
+    /// Number of keys changed since the last snapshot.
+    pub fn changed(&self) -> usize {
+        self.changed.len()
+    }
+
+    /// Encoded bytes of all keys and values, as of their last snapshots:
+    /// about what a full checkpoint of the state holds.
+    pub fn encoded_bytes(&self) -> u64 {
+        self.encoded_bytes
+    }
+
     /// Encodes every entry with its routing hash and recent load: the
-    /// processing-state part of a checkpoint. Halves every key's load
-    /// counter, so that the next snapshot weighs the accesses since this one
-    /// most.
-    pub fn snapshot(&self) -> Result<Vec<StateEntry>, EngineError> {
+    /// processing-state part of a full checkpoint. Starts a new epoch: the
+    /// next incremental snapshot lists what changes from now on.
+    pub fn snapshot(&mut self) -> Result<Vec<StateEntry>, EngineError> {
         // Sorted by hash, a checkpoint is canonical (equal states encode
         // equally) and partitioning keeps each part sorted. Sorting
         // references before encoding moves less memory than sorting entries
-        // would, and lays the encoded bytes out in the order the checkpoint
-        // is written in.
-        let mut sorted: Vec<(u64, &K, &Slot<V>)> = self
+        // would, and lays the encoded bytes out in checkpoint order.
+        let mut sorted: Vec<(u64, &K, &mut Slot<V>)> = self
             .map
-            .iter()
+            .iter_mut()
             .map(|(k, slot)| (key_hash(k), k, slot))
             .collect();
         sorted.sort_unstable_by_key(|(hash, _, _)| *hash);
-        // Every key and value is encoded into one buffer that the entries
-        // share: no allocation per key.
-        let mut bytes = Vec::new();
-        let mut spans = Vec::with_capacity(sorted.len());
-        for (hash, k, slot) in sorted {
-            let load = slot.load.load(Ordering::Relaxed);
-            slot.load.store(load / 2, Ordering::Relaxed);
-            let start = bytes.len();
-            encode_into(&mut bytes, k)?;
-            let middle = bytes.len();
-            encode_into(&mut bytes, &slot.value)?;
-            spans.push((hash, load, start..middle, middle..bytes.len()));
+        let mut encoder = Encoder::with_capacity(sorted.len(), self.epoch);
+        for (hash, key, slot) in sorted {
+            encoder.add(hash, key, slot)?;
         }
-        let bytes = SharedBytes::new(bytes)?;
-        let mut entries: Vec<StateEntry> = spans
-            .into_iter()
-            .map(|(hash, load, key, value)| bytes.entry(hash, load, key, value))
+        self.encoded_bytes = encoder.bytes_after;
+        self.changed.clear();
+        self.epoch += 1;
+        encoder.finish()
+    }
+
+    /// Encodes the entries of the keys changed since the last snapshot
+    /// only: the processing-state part of an incremental checkpoint, which
+    /// [`super::Checkpoint::apply`] folds into the checkpoint of that
+    /// snapshot. Costs time in proportion to the changed keys alone.
+    pub fn snapshot_changes(&mut self) -> Result<Vec<StateEntry>, EngineError> {
+        let changed = std::mem::take(&mut self.changed);
+        let mut order: Vec<(u64, usize)> = changed
+            .iter()
+            .enumerate()
+            .map(|(i, key)| (key_hash(key), i))
             .collect();
-        // Distinct keys with equal hashes (rare) go in encoded-key order.
-        for run in entries.chunk_by_mut(|a, b| a.hash == b.hash) {
-            run.sort_unstable_by(|a, b| a.key().cmp(b.key()));
+        order.sort_unstable();
+        let mut encoder = Encoder::with_capacity(order.len(), self.epoch);
+        for (hash, i) in order {
+            let key = &changed[i];
+            if let Some(slot) = self.map.get_mut(key) {
+                encoder.add(hash, key, slot)?;
+            }
         }
-        Ok(entries)
+        self.encoded_bytes = self.encoded_bytes - encoder.bytes_before + encoder.bytes_after;
+        // The list's allocation serves the next epoch.
+        self.changed = changed;
+        self.changed.clear();
+        self.epoch += 1;
+        encoder.finish()
     }
 
     /// Rebuilds state from checkpoint entries, refusing entries outside
     /// `range` (they belong to another instance) or with a wrong hash. Keys
-    /// keep the load they had, so a restored or split instance can be split
-    /// again by load before it has seen much input.
+    /// keep their load, halved as the snapshot that recorded it would have
+    /// halved it, so a restored or split instance can be split again by load
+    /// before it has seen much input, and its snapshots equal those the
+    /// original instance would have taken.
     pub fn restore(entries: &[StateEntry], range: KeyRange) -> Result<Self, EngineError> {
-        let mut state = KeyedState::default();
+        let mut state = KeyedState {
+            epoch: 1,
+            ..KeyedState::default()
+        };
         state.map.reserve(entries.len());
         for entry in entries {
             let key: K = decode(entry.key())?;
@@ -142,13 +216,80 @@ where
                     "entry hash {hash:#x} is outside the instance's range {range:?}"
                 )));
             }
+            let encoded = entry.key().len() + entry.value().len();
+            state.encoded_bytes += encoded as u64;
             let slot = Slot {
                 value: decode(entry.value())?,
-                load: AtomicU32::new(entry.load),
+                load: entry.load,
+                epoch: 0,
+                changed: false,
+                encoded: encoded as u32,
             };
             state.map.insert(key, slot);
         }
         Ok(state)
+    }
+}
+
+/// Encodes the entries of one snapshot into one buffer that they share: no
+/// allocation per key.
+struct Encoder {
+    epoch: u32,
+    bytes: Vec<u8>,
+    spans: Vec<(u64, u32, std::ops::Range<usize>, std::ops::Range<usize>)>,
+    /// Encoded sizes of the entries added, as of their previous snapshot.
+    bytes_before: u64,
+    /// And now.
+    bytes_after: u64,
+}
+
+impl Encoder {
+    fn with_capacity(entries: usize, epoch: u32) -> Self {
+        Encoder {
+            epoch,
+            bytes: Vec::new(),
+            spans: Vec::with_capacity(entries),
+            bytes_before: 0,
+            bytes_after: 0,
+        }
+    }
+
+    /// Adds the entry of `key`, recording its load as of this epoch. Keys
+    /// must come in hash order.
+    fn add<K: Serialize, V: Serialize>(
+        &mut self,
+        hash: u64,
+        key: &K,
+        slot: &mut Slot<V>,
+    ) -> Result<(), EngineError> {
+        slot.load = slot.load_at(self.epoch);
+        slot.epoch = self.epoch;
+        slot.changed = false;
+        let start = self.bytes.len();
+        encode_into(&mut self.bytes, key)?;
+        let middle = self.bytes.len();
+        encode_into(&mut self.bytes, &slot.value)?;
+        let end = self.bytes.len();
+        self.bytes_before += u64::from(slot.encoded);
+        slot.encoded = u32::try_from(end - start).unwrap_or(u32::MAX);
+        self.bytes_after += u64::from(slot.encoded);
+        self.spans
+            .push((hash, slot.load, start..middle, middle..end));
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Vec<StateEntry>, EngineError> {
+        let bytes = SharedBytes::new(self.bytes)?;
+        let mut entries: Vec<StateEntry> = self
+            .spans
+            .into_iter()
+            .map(|(hash, load, key, value)| bytes.entry(hash, load, key, value))
+            .collect();
+        // Distinct keys with equal hashes (rare) go in encoded-key order.
+        for run in entries.chunk_by_mut(|a, b| a.hash == b.hash) {
+            run.sort_unstable_by(|a, b| a.key().cmp(b.key()));
+        }
+        Ok(entries)
     }
 }
 

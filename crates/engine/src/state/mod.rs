@@ -5,14 +5,18 @@
 //! - [`Checkpoint`]: a self-contained snapshot of an instance (processing
 //!   state, input frontier, output buffer), encodable for backup;
 //! - [`Checkpoint::partition`]: split a checkpoint by key-hash ranges;
+//! - [`Checkpoint::apply`] and [`BackupChain`]: incremental checkpoints
+//!   (the keys changed since the last one) and the backups made of them;
 //! - [`RoutingTable`]: which instance owns which key-hash range.
 
 mod buffer;
+mod chain;
 mod checkpoint;
 mod keyed;
 mod routing;
 
 pub use buffer::{BufferedBatch, OutputBuffer};
-pub use checkpoint::{Checkpoint, CheckpointParts, StateEntry};
+pub use chain::{BackupChain, ChainError};
+pub use checkpoint::{Checkpoint, CheckpointKind, CheckpointParts, StateEntry};
 pub use keyed::KeyedState;
 pub use routing::{KeyRange, RoutingTable};

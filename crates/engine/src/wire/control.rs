@@ -103,6 +103,14 @@ pub enum ToCoordinator {
         /// The backup's frontier.
         frontier: Stamp,
     },
+    /// This worker refused a backup of `instance` (corrupt, or a delta on
+    /// a checkpoint it does not hold): send it the whole backup next.
+    BackupRefused {
+        /// The instance.
+        instance: InstanceId,
+        /// Why, for the log.
+        reason: String,
+    },
     /// The backup asked for with [`ToWorker::FetchBackup`].
     Backup {
         /// The instance.
@@ -246,6 +254,12 @@ pub enum ToWorker {
     },
     /// Every instance should checkpoint now (an operator asked).
     CheckpointNow,
+    /// Take `instance`'s next checkpoint in full, soon: its backup lost
+    /// track of its incremental checkpoints.
+    CheckpointFull {
+        /// The instance.
+        instance: InstanceId,
+    },
     /// The coordinator still counts on this worker (sent on the heartbeat
     /// connection every [`HEARTBEAT_EVERY`]): a worker that hears none for
     /// `ms` milliseconds may have been declared failed, and stops.

@@ -5,8 +5,9 @@
 pub mod control;
 pub mod data;
 
-/// Bumped whenever a frame layout changes; peers of another version are refused.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Bumped whenever a frame layout changes; peers of another version are
+/// refused (3: leases, stalled links, incremental checkpoints).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Upper bound on a data frame, so a corrupt length cannot make us allocate
 /// gigabytes.

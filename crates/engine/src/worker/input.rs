@@ -50,6 +50,9 @@ pub(crate) enum ControlEvent {
     Stop,
     /// Checkpoint at the next opportunity.
     CheckpointNow,
+    /// Checkpoint in full at the next opportunity: the backup lost track
+    /// of this instance's incremental checkpoints.
+    CheckpointFull,
     /// Stop processing where you are (a merge is coming) and say where.
     Pause,
     /// Process up to exactly this stamp, checkpoint there (unless it is

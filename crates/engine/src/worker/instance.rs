@@ -150,6 +150,11 @@ struct Runner {
     next_checkpoint: Instant,
     schedule: Option<CheckpointSchedule>,
     checkpointed: Option<Stamp>,
+    /// The checkpoint the next incremental one changes: the latest taken,
+    /// or the one restored from (none: the next one is full).
+    base: Option<Stamp>,
+    /// The backup asked for a full checkpoint next.
+    full_next: bool,
     /// Keys and encoded bytes of the state at the latest checkpoint.
     state_size: (u64, u64),
     reports: crossbeam_channel::Sender<Report>,
@@ -181,6 +186,8 @@ impl Instance {
                 .map_or_else(Instant::now, CheckpointSchedule::next),
             schedule,
             checkpointed: None,
+            base: self.restore.as_ref().map(|c| c.frontier),
+            full_next: false,
             state_size: (0, 0),
             reports: self.reports,
             restored_at: self.restore.as_ref().map(|c| c.frontier),
@@ -238,6 +245,10 @@ impl Runner {
                 return Ok(Outcome::Replanned(plan, added, merged));
             }
             ControlEvent::CheckpointNow => self.next_checkpoint = Instant::now(),
+            ControlEvent::CheckpointFull => {
+                self.full_next = true;
+                self.next_checkpoint = Instant::now();
+            }
             ControlEvent::Pause => return Ok(Outcome::Pause),
             ControlEvent::Resume(until) => return Ok(Outcome::Resume(until)),
             ControlEvent::Stop => return Ok(Outcome::Stop),
@@ -328,28 +339,34 @@ impl Runner {
             && self.checkpointed != Some(frontier)
     }
 
-    /// Snapshots state, `buffer` and operator state at `frontier`, and
-    /// hands the encoded checkpoint to the worker to back up.
+    /// Hands the worker a checkpoint at `frontier` of `entries`, `buffer`
+    /// and operator state, to back up: a delta on `base` (entries are then
+    /// the keys changed since), or full.
     fn checkpoint(
         &mut self,
         frontier: Stamp,
         entries: &[crate::state::StateEntry],
+        base: Option<Stamp>,
         operator_state: &[u8],
         buffer: &OutputBuffer,
     ) -> Result<(), EngineError> {
-        let bytes = CheckpointParts {
+        let parts = CheckpointParts {
             operator: &self.operator,
             key_range: self.key_range,
             frontier,
             entries,
             output_buffer: buffer,
             operator_state,
-        }
-        .encode()?;
+        };
+        let bytes = match base {
+            Some(base) => parts.encode_delta(base)?,
+            None => parts.encode()?,
+        };
         tracing::debug!(
             instance = %self.me.instance,
             frontier = frontier.0,
             bytes = bytes.len(),
+            incremental = base.is_some(),
             "checkpoint"
         );
         self.report(Report::Checkpoint {
@@ -359,16 +376,36 @@ impl Runner {
             bytes,
         });
         self.checkpointed = Some(frontier);
-        self.state_size = (
-            entries.len() as u64,
-            entries
-                .iter()
-                .map(|e| (e.key().len() + e.value().len()) as u64)
-                .sum(),
-        );
         if let Some(schedule) = &self.schedule {
             self.next_checkpoint = schedule.next();
         }
+        Ok(())
+    }
+
+    /// Snapshots an operator's keyed state for a checkpoint at `frontier`
+    /// and takes the checkpoint: incremental when the previous one is
+    /// known and fewer than half the keys changed (more, and a delta would
+    /// cost as much as a full one and weigh its backup down), else full.
+    fn checkpoint_process(
+        &mut self,
+        logic: &mut dyn ProcessLogic,
+        frontier: Stamp,
+        buffer: &OutputBuffer,
+    ) -> Result<(), EngineError> {
+        let size = logic.state_size();
+        let base = self
+            .base
+            .filter(|_| !self.full_next && size.changed.saturating_mul(2) <= size.keys);
+        let entries = match base {
+            Some(_) => logic.snapshot_changes()?,
+            None => logic.snapshot()?,
+        };
+        let state = logic.operator_state().map_err(|e| self.fail(e))?;
+        self.checkpoint(frontier, &entries, base, &state, buffer)?;
+        self.base = Some(frontier);
+        self.full_next = false;
+        let size = logic.state_size();
+        self.state_size = (size.keys, size.bytes);
         Ok(())
     }
 
@@ -489,7 +526,7 @@ impl Runner {
         let position = source.checkpoint().map_err(|e| self.fail(e))?;
         let state = bincode::serialize(&(seq, position))
             .map_err(|e| EngineError::Checkpoint(format!("source position: {e}")))?;
-        self.checkpoint(at, &[], &state, &OutputBuffer::default())
+        self.checkpoint(at, &[], None, &state, &OutputBuffer::default())
     }
 
     /// The source has no more to emit: completes its outputs, takes its last
@@ -690,13 +727,12 @@ impl Runner {
         outbox: &Outbox,
     ) -> Result<(), EngineError> {
         let done = round.merge.done();
+        let empty = OutputBuffer::default();
+        let buffer = outbox.buffer().unwrap_or(&empty);
         if round.checkpoint_at == Some(done) {
             // Where a merge wants it, with the output buffer, whatever
             // the operator's kind: the merged instance starts from it.
-            let entries = logic.snapshot()?;
-            let state = logic.operator_state().map_err(|e| self.fail(e))?;
-            let empty = OutputBuffer::default();
-            self.checkpoint(done, &entries, &state, outbox.buffer().unwrap_or(&empty))?;
+            self.checkpoint_process(logic, done, buffer)?;
             round.checkpoint_at = None;
         }
         if round.finished || self.checkpoint_due(done) {
@@ -704,11 +740,7 @@ impl Runner {
                 logic.finish().map_err(|e| self.fail(e))?;
             }
             if self.checkpoint_every.is_some() {
-                let entries = logic.snapshot()?;
-                let state = logic.operator_state().map_err(|e| self.fail(e))?;
-                let empty = OutputBuffer::default();
-                let buffer = outbox.buffer().unwrap_or(&empty);
-                self.checkpoint(done, &entries, &state, buffer)?;
+                self.checkpoint_process(logic, done, buffer)?;
             }
         }
         Ok(())

@@ -19,7 +19,7 @@ use crate::api::{InstanceContext, Query, QueryRegistry};
 use crate::error::EngineError;
 use crate::plan::{AddedInstance, Incarnation, InstanceId, MergedInstance, Plan, WorkerId};
 use crate::stamp::Stamp;
-use crate::state::Checkpoint;
+use crate::state::{BackupChain, Checkpoint, CheckpointKind};
 use crate::wire::control::{self, ToCoordinator, ToWorker, HEARTBEAT_EVERY};
 use input::{ControlEvent, Inboxes};
 use instance::{Inputs, Instance, Report};
@@ -152,9 +152,9 @@ struct ControlLoop<'r> {
     writer: ControlWriter,
     reports: crossbeam_channel::Sender<Report>,
     deployment: Option<Deployment>,
-    /// Other workers' instances' latest verified checkpoints, with their
-    /// frontiers.
-    backups: HashMap<InstanceId, (Stamp, Vec<u8>)>,
+    /// Other workers' instances' backups: each one's latest verified
+    /// checkpoint and the incremental ones since.
+    backups: HashMap<InstanceId, BackupChain>,
 }
 
 impl ControlLoop<'_> {
@@ -188,7 +188,7 @@ impl ControlLoop<'_> {
                 bytes,
             } => self.store_backup(instance, incarnation, frontier, bytes),
             ToWorker::FetchBackup { instance } => {
-                let bytes = self.backups.get(&instance).map(|(_, b)| b.clone());
+                let bytes = self.backups.get(&instance).map(BackupChain::encode);
                 reply(&self.writer, &ToCoordinator::Backup { instance, bytes });
             }
             ToWorker::Trim {
@@ -207,6 +207,9 @@ impl ControlLoop<'_> {
                 merged,
             } => self.plan_update(plan, added, merged)?,
             ToWorker::CheckpointNow => self.inboxes.broadcast(|| ControlEvent::CheckpointNow),
+            ToWorker::CheckpointFull { instance } => {
+                self.inboxes.control(instance, ControlEvent::CheckpointFull)
+            }
             // Leases come on the heartbeat connection (`watch_lease`).
             ToWorker::Lease { .. } => {}
             ToWorker::Pause { instance } => self.inboxes.control(instance, ControlEvent::Pause),
@@ -269,7 +272,8 @@ impl ControlLoop<'_> {
         Ok(())
     }
 
-    /// Keeps another worker's checkpoint, acknowledged only once verified.
+    /// Keeps another worker's checkpoint (full, incremental or a chain),
+    /// acknowledged only once verified and joined to the instance's backup.
     fn store_backup(
         &mut self,
         instance: InstanceId,
@@ -277,21 +281,31 @@ impl ControlLoop<'_> {
         frontier: Stamp,
         bytes: Vec<u8>,
     ) {
-        // A backup corrupted on the way is not acknowledged: the
-        // previous one stays the instance's durable checkpoint.
-        if let Err(e) = Checkpoint::verify(&bytes) {
-            tracing::warn!(%instance, "refusing a backup: {e}");
-            return;
-        }
-        self.backups.insert(instance, (frontier, bytes));
-        reply(
-            &self.writer,
-            &ToCoordinator::BackupStored {
+        let stored = match self.backups.get_mut(&instance) {
+            Some(chain) => chain.push(frontier, bytes),
+            None => BackupChain::new(frontier, bytes).map(|chain| {
+                self.backups.insert(instance, chain);
+            }),
+        };
+        // A backup refused (corrupted on the way, or a delta on a
+        // checkpoint this worker does not hold) is not acknowledged: the
+        // previous one stays the instance's durable checkpoint, and the
+        // coordinator sends the whole backup next.
+        let reply_message = match stored {
+            Ok(()) => ToCoordinator::BackupStored {
                 instance,
                 incarnation,
                 frontier,
             },
-        );
+            Err(e) => {
+                tracing::warn!(%instance, "refusing a backup: {e}");
+                ToCoordinator::BackupRefused {
+                    instance,
+                    reason: e.to_string(),
+                }
+            }
+        };
+        reply(&self.writer, &reply_message);
     }
 
     /// Restarts each instance from its checkpoint (or empty) under the new
@@ -532,21 +546,27 @@ impl CorruptionInjector {
 }
 
 /// Takes `first` and whatever else is queued, dropping every checkpoint that
-/// a newer one of the same instance supersedes: when checkpoints are taken
-/// faster than they can be shipped, only the latest is worth shipping.
+/// a newer full one of the same instance supersedes: when checkpoints are
+/// taken faster than they can be shipped, only the latest is worth
+/// shipping. Incremental ones are all kept: each changes the one before.
 fn coalesce(first: Report, rx: &crossbeam_channel::Receiver<Report>) -> Vec<Report> {
     let batch: Vec<Report> = std::iter::once(first).chain(rx.try_iter()).collect();
-    let mut latest: HashMap<InstanceId, usize> = HashMap::new();
+    let mut latest_full: HashMap<InstanceId, usize> = HashMap::new();
     for (i, report) in batch.iter().enumerate() {
-        if let Report::Checkpoint { instance, .. } = report {
-            latest.insert(*instance, i);
+        if let Report::Checkpoint {
+            instance, bytes, ..
+        } = report
+        {
+            if !matches!(Checkpoint::kind(bytes), Ok(CheckpointKind::Delta { .. })) {
+                latest_full.insert(*instance, i);
+            }
         }
     }
     batch
         .into_iter()
         .enumerate()
         .filter(|(i, r)| match r {
-            Report::Checkpoint { instance, .. } => latest.get(instance) == Some(i),
+            Report::Checkpoint { instance, .. } => latest_full.get(instance).is_none_or(|l| l <= i),
             _ => true,
         })
         .map(|(_, r)| r)

@@ -1,0 +1,127 @@
+//! A backup made of incremental checkpoints: the latest full checkpoint of
+//! an instance and the deltas taken on it since, kept by whoever holds the
+//! instance's backup (a worker, and the coordinator's replica).
+//!
+//! Invariants, kept here and nowhere else:
+//! - the chain starts with a full checkpoint, and each delta changes the
+//!   checkpoint right before it (its base is the previous frontier);
+//! - frontiers only move forward;
+//! - once the deltas weigh more than the full checkpoint, they are folded
+//!   into it (compaction), so a chain never holds more than about twice
+//!   its state and a restore never folds more than that.
+
+use super::checkpoint::{chain_parts, encode_chain, Checkpoint, CheckpointKind};
+use crate::error::EngineError;
+use crate::stamp::Stamp;
+
+/// The backup of one instance: a full checkpoint and the deltas on it.
+#[derive(Debug, Clone)]
+pub struct BackupChain {
+    /// A full checkpoint, then deltas in order.
+    parts: Vec<Vec<u8>>,
+    frontier: Stamp,
+    delta_bytes: usize,
+}
+
+/// Why a checkpoint could not join a chain.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// A delta whose base is not the chain's latest checkpoint: the holder
+    /// needs a full checkpoint (or the whole chain) first.
+    #[error("a delta on stamp {base} arrived at a backup whose latest checkpoint is at stamp {latest}: a full checkpoint is needed")]
+    Gap {
+        /// The delta's base.
+        base: u64,
+        /// The chain's frontier.
+        latest: u64,
+    },
+    /// The bytes are not a good checkpoint.
+    #[error(transparent)]
+    Corrupt(#[from] EngineError),
+}
+
+impl BackupChain {
+    /// A chain from a full checkpoint or an encoded chain (`bytes`) whose
+    /// latest frontier is `frontier`.
+    pub fn new(frontier: Stamp, bytes: Vec<u8>) -> Result<Self, ChainError> {
+        Checkpoint::verify(&bytes)?;
+        match Checkpoint::kind(&bytes)? {
+            CheckpointKind::Full => Ok(BackupChain {
+                parts: vec![bytes],
+                frontier,
+                delta_bytes: 0,
+            }),
+            CheckpointKind::Chain => {
+                let parts: Vec<Vec<u8>> = chain_parts(&bytes)?
+                    .into_iter()
+                    .map(<[u8]>::to_vec)
+                    .collect();
+                let delta_bytes = parts[1..].iter().map(Vec::len).sum();
+                Ok(BackupChain {
+                    parts,
+                    frontier,
+                    delta_bytes,
+                })
+            }
+            CheckpointKind::Delta { base } => Err(ChainError::Gap {
+                base: base.0,
+                latest: 0,
+            }),
+        }
+    }
+
+    /// Takes the instance's next checkpoint at `frontier`: a full one (or
+    /// a chain) replaces the chain, a delta joins it if its base is the
+    /// chain's frontier. An older checkpoint than the chain's is ignored.
+    pub fn push(&mut self, frontier: Stamp, bytes: Vec<u8>) -> Result<(), ChainError> {
+        Checkpoint::verify(&bytes)?;
+        if frontier < self.frontier {
+            return Ok(());
+        }
+        let CheckpointKind::Delta { base } = Checkpoint::kind(&bytes)? else {
+            *self = BackupChain::new(frontier, bytes)?;
+            return Ok(());
+        };
+        if base != self.frontier {
+            return Err(ChainError::Gap {
+                base: base.0,
+                latest: self.frontier.0,
+            });
+        }
+        self.delta_bytes += bytes.len();
+        self.parts.push(bytes);
+        self.frontier = frontier;
+        if self.delta_bytes > self.parts[0].len() {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// The frontier of the latest checkpoint.
+    pub fn frontier(&self) -> Stamp {
+        self.frontier
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.parts[0].len() + self.delta_bytes
+    }
+
+    /// The chain as one restorable encoding: the full checkpoint itself
+    /// when there are no deltas, else a chain ([`Checkpoint::decode`]
+    /// folds it).
+    pub fn encode(&self) -> Vec<u8> {
+        match self.parts.as_slice() {
+            [full] => full.clone(),
+            parts => encode_chain(parts),
+        }
+    }
+
+    /// Folds the deltas into one full checkpoint.
+    fn compact(&mut self) -> Result<(), EngineError> {
+        let full = Checkpoint::decode(&encode_chain(&self.parts))?.encode()?;
+        self.parts = vec![full];
+        self.delta_bytes = 0;
+        Ok(())
+    }
+}
