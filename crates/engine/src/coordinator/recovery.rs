@@ -27,11 +27,16 @@ use super::{Job, RecoveryTimeline};
 /// from the beginning).
 type Restorable = (InstanceId, Option<Vec<u8>>);
 
+/// Per target worker, the instances it restores and their checkpoints
+/// (none: from the beginning): what one round of restores sends.
+pub(super) type RestoresByTarget =
+    HashMap<WorkerId, Vec<(InstanceId, Option<serde_bytes::ByteBuf>)>>;
+
 /// What a recovery restores where.
 #[derive(Default)]
 struct Restores {
     /// Per target worker, the instances it restores and their checkpoints.
-    by_target: HashMap<WorkerId, Vec<(InstanceId, Option<serde_bytes::ByteBuf>)>>,
+    by_target: RestoresByTarget,
     /// Instances a parallel recovery added.
     added: Vec<AddedInstance>,
     /// `operator[index]` of everything restored, for the timeline.
@@ -338,7 +343,7 @@ impl Job<'_> {
     /// is not waited for: its instances are recovered next, like any other.
     pub(super) fn restore_on(
         &mut self,
-        by_target: HashMap<WorkerId, Vec<(InstanceId, Option<serde_bytes::ByteBuf>)>>,
+        by_target: RestoresByTarget,
         what: &str,
     ) -> Result<(), EngineError> {
         // Instance -> the worker restoring it.

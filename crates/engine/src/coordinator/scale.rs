@@ -29,6 +29,7 @@ use crate::wire::control::{ToCoordinator, ToWorker};
 
 use super::autoscaler::{Action, ScaleRates};
 use super::events::{EventKind, ScaleDirection};
+use super::recovery::RestoresByTarget;
 use super::Job;
 
 /// Which policy decides when to scale.
@@ -271,94 +272,179 @@ fn split_points(checkpoint: &Checkpoint, parts: usize) -> Vec<KeyRange> {
     ranges
 }
 
+/// What a split partitions: a checkpoint's frontier and its encoding.
+type SplitFrom = (Stamp, Vec<u8>);
+
+/// A split to carry out: which instance, into how many parts, and why.
+pub(super) struct SplitOrder {
+    /// The instance to split.
+    pub(super) instance: InstanceId,
+    /// Into how many parts (fewer when the pool has fewer idle workers).
+    pub(super) parts: usize,
+    /// Why, for the event.
+    pub(super) reason: String,
+    /// The policy's decision and rates, if it decided.
+    pub(super) decided: Option<(u32, ScaleRates)>,
+}
+
+/// A split under way, between its checks and its restores.
+struct Splitting {
+    order: SplitOrder,
+    node: usize,
+    placed: InstancePlan,
+    operator: String,
+    /// The pool workers its new parts go to.
+    targets: Vec<WorkerId>,
+    /// The operator's partitions before.
+    before: usize,
+}
+
+/// A split whose parts are placed, waiting for the restores.
+struct Placed {
+    splitting: Splitting,
+    ranges: Vec<KeyRange>,
+    keys: Vec<usize>,
+    new_ids: Vec<InstanceId>,
+}
+
 impl Job<'_> {
-    /// Splits `instance` into `parts` partitions (fewer when the pool has
-    /// fewer idle workers); refuses (with an event, not an error) when it
-    /// cannot: no pool worker, a source or sink, a range too small.
-    /// `decided`: the policy's decision and rates, if it decided.
-    pub(super) fn scale_out(
-        &mut self,
-        instance: InstanceId,
-        parts: usize,
-        reason: &str,
-        decided: Option<(u32, ScaleRates)>,
-    ) -> Result<(), EngineError> {
+    /// Carries out `orders` as one reconfiguration: one fresh checkpoint of
+    /// each instance, all requested at once; every part of every split
+    /// restored at once; one plan update. A split that cannot be made (no
+    /// pool worker, a source or sink, a range too small, its instance
+    /// failed first) is refused with an event, not an error, and the others
+    /// go on.
+    pub(super) fn scale_out(&mut self, orders: Vec<SplitOrder>) -> Result<(), EngineError> {
         let started = Instant::now();
         let decided_ms = self.elapsed_ms();
-        let Some((node, placed)) = self.plan.instance(instance).map(|(n, p)| (n, p.clone())) else {
-            return Ok(());
-        };
-        let operator = self.plan.nodes[node].name.clone();
-        if let Some(why) = self.cannot_split(node, &placed) {
-            self.record(EventKind::Refused, format!("scale {operator}: {why}"));
-            return Ok(());
-        }
-        let extra = (parts.max(2) - 1).min(self.pool.len());
-        if extra == 0 {
-            self.record(
-                EventKind::Refused,
-                format!("scale {operator}: no idle worker in the pool (start with --pool N)"),
-            );
+        let splitting: Vec<Splitting> = orders
+            .into_iter()
+            .filter_map(|order| self.prepare_split(order))
+            .collect();
+        if splitting.is_empty() {
             return Ok(());
         }
-        let targets: Vec<WorkerId> = self.pool.drain(..extra).collect();
-        // 1. A fresh checkpoint of the instance (a stateless one restarts
+        // 1. A fresh checkpoint of each instance (a stateless one restarts
         // empty at its replay floor). If its worker fails meanwhile, the
-        // recovery comes first and the split is dropped.
-        let Some((frontier, bytes)) = self.snapshot_for_split(node, &placed)? else {
-            for w in targets.into_iter().rev() {
-                self.pool.push_front(w);
-            }
-            self.record(
-                EventKind::Refused,
-                format!("scale {operator}: instance {instance} failed before it could be split"),
-            );
-            return Ok(());
-        };
-        // 2. Choose the cuts and partition the checkpoint there.
-        let (ranges, keys, encoded) = partition_checkpoint(&bytes, extra + 1)?;
-        // 3-4. Restore every part and rewire everyone.
-        let before = self.plan.nodes[node].instances.len();
-        let new_ids = self.install_parts(
-            node,
-            &placed,
-            &targets,
-            frontier,
-            ranges.iter().copied().zip(encoded).collect(),
-        )?;
-        for id in std::iter::once(instance).chain(new_ids.iter().copied()) {
-            self.autoscaler.forget(id);
+        // recovery comes first and its split is dropped.
+        let snapshots = self.snapshots_for_split(&splitting)?;
+        let mut placed = Vec::with_capacity(splitting.len());
+        let mut by_target: RestoresByTarget = HashMap::new();
+        let mut added = Vec::new();
+        for (s, snapshot) in splitting.into_iter().zip(snapshots) {
+            let Some((frontier, bytes)) = snapshot else {
+                for w in s.targets.iter().rev() {
+                    self.pool.push_front(*w);
+                }
+                self.record(
+                    EventKind::Refused,
+                    format!(
+                        "scale {}: instance {} failed before it could be split",
+                        s.operator, s.placed.id
+                    ),
+                );
+                continue;
+            };
+            // 2. Choose the cuts and partition the checkpoint there.
+            let (ranges, keys, encoded) = partition_checkpoint(&bytes, s.targets.len() + 1)?;
+            let parts = ranges.iter().copied().zip(encoded).collect();
+            let new_ids = self.place_parts(&s, frontier, parts, &mut by_target, &mut added);
+            placed.push(Placed {
+                splitting: s,
+                ranges,
+                keys,
+                new_ids,
+            });
         }
-        // The pause is over: every part runs and everyone was rewired.
-        let added = added_parts(&new_ids, &targets, &ranges, &keys);
-        let (decision, rates) = decided.unzip();
-        let event = ScaleEvent {
-            decided_ms,
-            reason: reason.to_string(),
-            decision,
-            rates,
-            direction: ScaleDirection::Out,
-            operator,
-            instance,
-            new_instance: new_ids[0],
-            worker: targets[0],
-            partitions_before: before,
-            partitions_after: before + extra,
-            split_at: ranges[1].start,
-            keys: (keys[0], keys[1..].iter().sum()),
+        if placed.is_empty() {
+            return Ok(());
+        }
+        // 3-4. Restore every part and rewire everyone, once for them all.
+        self.restore_on(by_target, "a split's restores")?;
+        let update = ToWorker::PlanUpdate {
+            plan: self.plan.clone(),
             added,
-            pause_ms: started.elapsed().as_millis() as u64,
+            merged: Vec::new(),
         };
-        self.record_split(event);
+        self.broadcast(&update);
+        // The pause is over: every part runs and everyone was rewired.
+        let pause_ms = started.elapsed().as_millis() as u64;
+        let mut provisions = 0;
+        for p in placed {
+            provisions += p.new_ids.len();
+            self.record_placed(p, decided_ms, pause_ms);
+        }
         // 5. Refill the pool (in the background: new workers join later).
         if self.config.pool > 0 {
-            for _ in 0..extra {
+            for _ in 0..provisions {
                 if self.below_max_workers() {
                     self.provisioner.provision()?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Checks a split and reserves its pool workers; `None` (with an
+    /// event) when it cannot be made.
+    fn prepare_split(&mut self, order: SplitOrder) -> Option<Splitting> {
+        let (node, placed) = self
+            .plan
+            .instance(order.instance)
+            .map(|(n, p)| (n, p.clone()))?;
+        let operator = self.plan.nodes[node].name.clone();
+        if let Some(why) = self.cannot_split(node, &placed) {
+            self.record(EventKind::Refused, format!("scale {operator}: {why}"));
+            return None;
+        }
+        let extra = (order.parts.max(2) - 1).min(self.pool.len());
+        if extra == 0 {
+            self.record(
+                EventKind::Refused,
+                format!("scale {operator}: no idle worker in the pool (start with --pool N)"),
+            );
+            return None;
+        }
+        Some(Splitting {
+            targets: self.pool.drain(..extra).collect(),
+            before: self.plan.nodes[node].instances.len(),
+            order,
+            node,
+            placed,
+            operator,
+        })
+    }
+
+    /// Records a split whose parts all run.
+    fn record_placed(&mut self, p: Placed, decided_ms: u64, pause_ms: u64) {
+        let Placed {
+            splitting: s,
+            ranges,
+            keys,
+            new_ids,
+        } = p;
+        for id in std::iter::once(s.placed.id).chain(new_ids.iter().copied()) {
+            self.autoscaler.forget(id);
+        }
+        let (decision, rates) = s.order.decided.unzip();
+        let event = ScaleEvent {
+            decided_ms,
+            reason: s.order.reason,
+            decision,
+            rates,
+            direction: ScaleDirection::Out,
+            operator: s.operator,
+            instance: s.placed.id,
+            new_instance: new_ids[0],
+            worker: s.targets[0],
+            partitions_before: s.before,
+            partitions_after: s.before + new_ids.len(),
+            split_at: ranges[1].start,
+            keys: (keys[0], keys[1..].iter().sum()),
+            added: added_parts(&new_ids, &s.targets, &ranges, &keys),
+            pause_ms,
+        };
+        self.record_split(event);
     }
 
     /// Whether the policy's maximum of workers allows one more.
@@ -385,74 +471,73 @@ impl Job<'_> {
             .then(|| format!("instance {}'s range is too small", placed.id))
     }
 
-    /// The checkpoint to split: a fresh one for a backed-up instance, the
-    /// replay floor for a stateless one. `None`: the instance failed first.
-    fn snapshot_for_split(
+    /// The checkpoint to split each instance from: a fresh one for a
+    /// backed-up instance, the replay floor for a stateless one. `None`:
+    /// the instance failed first.
+    fn snapshots_for_split(
         &mut self,
-        node: usize,
-        placed: &InstancePlan,
-    ) -> Result<Option<(Stamp, Vec<u8>)>, EngineError> {
-        if self.backed_up(node) {
-            return self.split_checkpoint(placed.id, placed.incarnation, placed.worker);
-        }
-        let floor = self.backups.floor(placed.id);
-        Ok(self.restart_point(placed.id)?.map(|bytes| (floor, bytes)))
+        splitting: &[Splitting],
+    ) -> Result<Vec<Option<SplitFrom>>, EngineError> {
+        let fresh: Vec<&InstancePlan> = splitting
+            .iter()
+            .filter(|s| self.backed_up(s.node))
+            .map(|s| &s.placed)
+            .collect();
+        let mut checkpoints = self.split_checkpoints(&fresh)?;
+        splitting
+            .iter()
+            .map(|s| {
+                if self.backed_up(s.node) {
+                    return Ok(checkpoints.remove(&s.placed.id));
+                }
+                let floor = self.backups.floor(s.placed.id);
+                Ok(self.restart_point(s.placed.id)?.map(|bytes| (floor, bytes)))
+            })
+            .collect()
     }
 
-    /// Steps 3 and 4: the first part restarts in place of the instance (a
-    /// new incarnation on its worker), each other part as a new instance on
-    /// its target; then every worker learns the new plan. Returns the new
-    /// ids, in key order.
-    fn install_parts(
+    /// Steps 3 and 4 of one split, but the restores and the plan update,
+    /// which the caller makes once for every split: the first part restarts
+    /// in place of the instance (a new incarnation on its worker), each
+    /// other part as a new instance on its target. Adds the restores to
+    /// `by_target` and the new instances to `added`; returns the new ids,
+    /// in key order.
+    fn place_parts(
         &mut self,
-        node: usize,
-        placed: &InstancePlan,
-        targets: &[WorkerId],
+        s: &Splitting,
         frontier: Stamp,
         parts: Vec<(KeyRange, Vec<u8>)>,
-    ) -> Result<Vec<InstanceId>, EngineError> {
-        let instance = placed.id;
-        let mut placements = Vec::with_capacity(parts.len());
+        by_target: &mut RestoresByTarget,
+        added: &mut Vec<AddedInstance>,
+    ) -> Vec<InstanceId> {
+        let instance = s.placed.id;
+        let mut new_ids = Vec::with_capacity(parts.len() - 1);
         for (i, (range, bytes)) in parts.into_iter().enumerate() {
             let (id, worker) = if i == 0 {
-                self.plan.reincarnate(instance, placed.worker, range);
-                (instance, placed.worker)
+                self.plan.reincarnate(instance, s.placed.worker, range);
+                (instance, s.placed.worker)
             } else {
-                let worker = targets[i - 1];
-                (self.plan.add_instance(node, worker, range).0, worker)
+                let worker = s.targets[i - 1];
+                let id = self.plan.add_instance(s.node, worker, range).0;
+                new_ids.push(id);
+                added.push(AddedInstance {
+                    id,
+                    parent: instance,
+                    frontier,
+                });
+                (id, worker)
             };
-            if self.backed_up(node) {
+            if self.backed_up(s.node) {
                 self.backups.reshaped(id, (frontier, bytes.clone()));
             } else if id != instance {
                 self.backups.raise_floor(id, frontier);
             }
-            placements.push((id, worker, bytes));
-        }
-        let mut by_target: HashMap<WorkerId, Vec<_>> = HashMap::new();
-        for (id, worker, bytes) in &placements {
             by_target
-                .entry(*worker)
+                .entry(worker)
                 .or_default()
-                .push((*id, Some(serde_bytes::ByteBuf::from(bytes.clone()))));
+                .push((id, Some(serde_bytes::ByteBuf::from(bytes))));
         }
-        self.restore_on(by_target, "a split's restores")?;
-        let added: Vec<AddedInstance> = placements
-            .iter()
-            .skip(1)
-            .map(|(id, _, _)| AddedInstance {
-                id: *id,
-                parent: instance,
-                frontier,
-            })
-            .collect();
-        let new_ids = added.iter().map(|a| a.id).collect();
-        let update = ToWorker::PlanUpdate {
-            plan: self.plan.clone(),
-            added,
-            merged: Vec::new(),
-        };
-        self.broadcast(&update);
-        Ok(new_ids)
+        new_ids
     }
 
     /// Records a finished split.
@@ -489,52 +574,82 @@ impl Job<'_> {
         )
     }
 
-    /// Asks `instance` for a fresh checkpoint and waits for it; `None` when
-    /// the instance fails (or is replaced) before it arrives.
-    fn split_checkpoint(
+    /// Asks each of `instances` for a fresh checkpoint, all at once, and
+    /// waits for them; an instance that fails (or is replaced) before its
+    /// checkpoint arrives has none in the answer.
+    fn split_checkpoints(
         &mut self,
-        instance: InstanceId,
-        incarnation: Incarnation,
-        worker: WorkerId,
-    ) -> Result<Option<(Stamp, Vec<u8>)>, EngineError> {
-        let alive = |job: &Self| {
-            job.alive(worker)
-                && job.plan.instance(instance).map(|(_, p)| p.incarnation) == Some(incarnation)
+        instances: &[&InstancePlan],
+    ) -> Result<HashMap<InstanceId, SplitFrom>, EngineError> {
+        let alive = |job: &Self, p: &InstancePlan| {
+            job.alive(p.worker)
+                && job.plan.instance(p.id).map(|(_, i)| i.incarnation) == Some(p.incarnation)
         };
-        if !alive(self) || self.send(worker, &ToWorker::CheckpointNow).is_err() {
-            return Ok(None);
+        let mut waiting: HashMap<InstanceId, (Incarnation, WorkerId)> = HashMap::new();
+        let mut asked: Vec<WorkerId> = Vec::new();
+        for p in instances {
+            if !alive(self, p) {
+                continue;
+            }
+            if !asked.contains(&p.worker) {
+                if self.send(p.worker, &ToWorker::CheckpointNow).is_err() {
+                    continue;
+                }
+                asked.push(p.worker);
+            }
+            waiting.insert(p.id, (p.incarnation, p.worker));
         }
+        let mut got = HashMap::new();
         let give_up = Instant::now() + self.config.startup_timeout;
-        while Instant::now() < give_up {
+        while !waiting.is_empty() && Instant::now() < give_up {
             let step = Instant::now() + Duration::from_millis(200);
-            match self.wait_for("a checkpoint for a split", step, |m| {
-                matches!(m, ToCoordinator::Checkpoint { instance: i, incarnation: n, .. } if i == &instance && n == &incarnation)
-            }) {
-                Ok(Some((_, ToCoordinator::Checkpoint { frontier, bytes, .. }))) => {
+            let answer = self.wait_for("checkpoints for a split", step, |m| {
+                matches!(m, ToCoordinator::Checkpoint { instance, incarnation, .. }
+                    if waiting.get(instance).is_some_and(|(n, _)| n == incarnation))
+            });
+            match answer {
+                Ok(Some((
+                    _,
+                    ToCoordinator::Checkpoint {
+                        instance,
+                        frontier,
+                        bytes,
+                        ..
+                    },
+                ))) => {
                     // An incremental checkpoint is whole only with the
                     // replica it changes.
                     match self.keep_checkpoint(instance, frontier, bytes) {
                         Ok(()) => {
-                            return Ok(self.backups.replica(instance)?.map(|b| (frontier, b)))
+                            waiting.remove(&instance);
+                            if let Some(bytes) = self.backups.replica(instance)? {
+                                got.insert(instance, (frontier, bytes));
+                            }
                         }
                         Err(ChainError::Gap { .. }) => {}
                         Err(ChainError::Corrupt(e)) => {
                             tracing::warn!(%instance, "a corrupt checkpoint for a split: {e}; asking again");
+                            let worker = waiting[&instance].1;
                             if self.send(worker, &ToWorker::CheckpointNow).is_err() {
-                                return Ok(None);
+                                waiting.remove(&instance);
                             }
                         }
                     }
                 }
                 Ok(_) | Err(EngineError::Timeout(_)) => {
-                    if !alive(self) {
-                        return Ok(None);
+                    let gone: Vec<InstanceId> = instances
+                        .iter()
+                        .filter(|p| waiting.contains_key(&p.id) && !alive(self, p))
+                        .map(|p| p.id)
+                        .collect();
+                    for id in gone {
+                        waiting.remove(&id);
                     }
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(None)
+        Ok(got)
     }
 
     /// Scales out `operator`'s busiest instance into the configured number
@@ -552,14 +667,19 @@ impl Job<'_> {
             return Ok(());
         };
         match self.autoscaler.busiest(&self.plan.nodes[node].instances) {
-            Some(id) => self.scale_out(id, self.config.split_parts, reason, None),
+            Some(instance) => self.scale_out(vec![SplitOrder {
+                instance,
+                parts: self.config.split_parts,
+                reason: reason.to_string(),
+                decided: None,
+            }]),
             None => Ok(()),
         }
     }
 
-    /// Carries out what the policy decides, if anything: every split and
-    /// merge of one decision, one after the other; then returns workers idle
-    /// for longer than the policy keeps them.
+    /// Carries out what the policy decides, if anything: every split of
+    /// one decision in one reconfiguration, then its merges; then returns
+    /// workers idle for longer than the policy keeps them.
     pub(super) fn autoscale(&mut self) -> Result<(), EngineError> {
         let elastic: Vec<usize> = (0..self.plan.nodes.len())
             .filter(|&n| matches!(self.query.kind(n), NodeKind::Stateful | NodeKind::Stateless))
@@ -568,33 +688,41 @@ impl Job<'_> {
             .autoscaler
             .decide(&self.plan, &elastic, self.pool.len(), Instant::now());
         if let Some((decision, actions)) = decided {
+            let mut splits = Vec::new();
+            let mut merges = Vec::new();
             for action in actions {
                 match action {
                     Action::Split {
                         instance,
                         parts,
                         rates,
-                    } => {
-                        let reason = format!(
+                    } => splits.push(SplitOrder {
+                        instance,
+                        parts,
+                        reason: format!(
                             "policy {} decision {decision}: offered {:.0}/s at {:.0} tuples per CPU second needs utilisation {:.2} (target {:.2}), {parts} parts",
                             rates.policy, rates.offered_rate, rates.true_rate, rates.projected, rates.target
-                        );
-                        self.scale_out(instance, parts, &reason, Some((decision, rates)))?;
-                    }
+                        ),
+                        decided: Some((decision, rates)),
+                    }),
                     Action::Merge {
                         lower,
                         upper,
                         rates,
-                    } => {
-                        let reason = format!(
-                            "policy {} decision {decision}: utilisation {:.2} for two partitions (scale in below {:.2})",
-                            rates.policy,
-                            rates.projected,
-                            self.autoscaler.policy().map_or(0.0, |p| p.low_threshold)
-                        );
-                        self.scale_in(lower, upper, &reason, Some((decision, rates)))?;
-                    }
+                    } => merges.push((lower, upper, rates)),
                 }
+            }
+            // Every split of the decision in one reconfiguration; merges
+            // (two partitions each, aligned) one after the other.
+            self.scale_out(splits)?;
+            for (lower, upper, rates) in merges {
+                let reason = format!(
+                    "policy {} decision {decision}: utilisation {:.2} for two partitions (scale in below {:.2})",
+                    rates.policy,
+                    rates.projected,
+                    self.autoscaler.policy().map_or(0.0, |p| p.low_threshold)
+                );
+                self.scale_in(lower, upper, &reason, Some((decision, rates)))?;
             }
             self.autoscaler.carried_out(Instant::now());
         }

@@ -1203,15 +1203,78 @@ fn holders_are_spread_by_instance() {
 /// Instance `id` reports `samples` one-second metrics spaced `every` apart,
 /// each with `cpu` more CPU seconds and 1,000 more tuples.
 fn busy(c: &mut Cluster, id: InstanceId, samples: u64, every: Duration, cpu: f64) {
+    busy_all(c, &[id], samples, every, cpu);
+}
+
+/// [`busy`] for several instances at once.
+fn busy_all(c: &mut Cluster, ids: &[InstanceId], samples: u64, every: Duration, cpu: f64) {
     for n in 1..=samples {
-        let metrics = InstanceMetrics {
-            instance: id,
-            tuples_in: 1000 * n,
-            cpu_secs: cpu * n as f64,
-            ..InstanceMetrics::default()
-        };
-        c.net.say(c.host(id), ToCoordinator::Metrics(metrics));
+        for &id in ids {
+            let metrics = InstanceMetrics {
+                instance: id,
+                tuples_in: 1000 * n,
+                cpu_secs: cpu * n as f64,
+                ..InstanceMetrics::default()
+            };
+            c.net.say(c.host(id), ToCoordinator::Metrics(metrics));
+        }
         c.settle(every);
+    }
+}
+
+#[test]
+fn the_splits_of_one_decision_are_one_reconfiguration() {
+    let mut config = config(0);
+    config.autoscale = Some(ScalePolicy {
+        max_partitions: 3,
+        ..ScalePolicy::default()
+    });
+    let (result, cluster, _) = scenario(config, |c| {
+        c.checkpoint_all(Stamp(10));
+        c.settle(Duration::from_millis(50));
+        // Both far over their share, with no idle worker to split onto.
+        let hot = [c.ids("count")[0], c.ids("pass")[0]];
+        busy_all(c, &hot, 5, Duration::from_millis(20), 0.1);
+        assert_eq!(c.ids("count").len(), 2, "split without a pool worker");
+        // Two workers join the pool: one decision gives the count its one
+        // more partition (its limit) and the pass the other worker.
+        c.net.join();
+        c.net.join();
+        c.settle(Duration::from_millis(50));
+        let count = c.ids("count")[0];
+        let pass = c.ids("pass")[0];
+        for n in 6..=8 {
+            for (id, cpu) in [(count, 0.2), (pass, 0.1)] {
+                let metrics = InstanceMetrics {
+                    instance: id,
+                    tuples_in: 1000 * n,
+                    cpu_secs: cpu * n as f64,
+                    ..InstanceMetrics::default()
+                };
+                c.net.say(c.host(id), ToCoordinator::Metrics(metrics));
+            }
+            c.settle(Duration::from_millis(20));
+        }
+        let split = c.run_until(Duration::from_secs(5), |c| {
+            c.ids("count").len() == 3 && c.ids("pass").len() == 2
+        });
+        assert!(
+            split,
+            "count {:?}, pass {:?}",
+            c.ids("count"),
+            c.ids("pass")
+        );
+    });
+    let summary = result.expect("finishes");
+    let [a, b] = &summary.scale_events[..] else {
+        panic!("two splits expected: {:?}", summary.scale_events);
+    };
+    assert_eq!((a.decision, b.decision), (Some(1), Some(1)));
+    assert_eq!(a.pause_ms, b.pause_ms, "one pause for both");
+    // One plan update for both splits, to every worker.
+    for w in 0..5 {
+        let updates = cluster.sent_to(WorkerId(w), |m| matches!(m, ToWorker::PlanUpdate { .. }));
+        assert_eq!(updates, 1, "worker {w} got {updates} plan updates");
     }
 }
 

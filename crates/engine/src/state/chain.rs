@@ -6,9 +6,9 @@
 //! - the chain starts with a full checkpoint, and each delta changes the
 //!   checkpoint right before it (its base is the previous frontier);
 //! - frontiers only move forward;
-//! - once the deltas weigh more than the full checkpoint, they are folded
-//!   into it (compaction), so a chain never holds more than about twice
-//!   its state and a restore never folds more than that.
+//! - once the deltas weigh more than half the full checkpoint, they are
+//!   folded into it (compaction), so a chain never holds more than about
+//!   one and a half times its state, and a restore never folds more.
 
 use super::checkpoint::{chain_parts, encode_chain, Checkpoint, CheckpointKind};
 use crate::error::EngineError;
@@ -91,7 +91,7 @@ impl BackupChain {
         self.delta_bytes += bytes.len();
         self.parts.push(bytes);
         self.frontier = frontier;
-        if self.delta_bytes > self.parts[0].len() {
+        if self.delta_bytes > self.parts[0].len() / 2 {
             self.compact()?;
         }
         Ok(())

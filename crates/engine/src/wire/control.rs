@@ -303,13 +303,16 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, EngineError> {
     let mut frame = vec![0u8; 4];
     bincode::serialize_into(&mut frame, msg)
         .map_err(|e| EngineError::Protocol(format!("encoding control message: {e}")))?;
-    let len = (frame.len() - 4) as u32;
-    if len as usize > MAX_CONTROL_FRAME {
+    let len = frame.len() - 4;
+    if len > MAX_CONTROL_FRAME {
         return Err(EngineError::Protocol(format!(
-            "control message of {len} bytes exceeds the {MAX_CONTROL_FRAME}-byte limit"
+            "control message of {len} bytes exceeds the {MAX_CONTROL_FRAME}-byte limit (checkpoints \
+             travel as control messages: give the operator more partitions so that each \
+             instance's state stays under the limit)"
         )));
     }
-    frame[..4].copy_from_slice(&len.to_le_bytes());
+    // Lossless: the limit is below 4 GiB.
+    frame[..4].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(frame)
 }
 

@@ -15,3 +15,6 @@ pub const MAX_FRAME: usize = 64 << 20;
 
 /// Upper bound on a control message (checkpoints travel as control messages).
 pub const MAX_CONTROL_FRAME: usize = 1 << 30;
+
+// A control frame's length travels as 32 bits.
+const _: () = assert!(MAX_CONTROL_FRAME <= u32::MAX as usize);
