@@ -292,29 +292,35 @@ impl Job<'_> {
         let mut checkpoints: HashMap<InstanceId, Vec<u8>> = HashMap::new();
         let deadline = Instant::now() + ALIGN_TIMEOUT;
         while checkpoints.len() < 2 {
+            // Every checkpoint of the pair, in order: a periodic one taken
+            // while paused comes before the aligned one, which changes it.
             let answer = self.wait_for("checkpoints for a merge", deadline, |m| {
-                matches!(m, ToCoordinator::Checkpoint { instance, incarnation, frontier: f, .. }
-                    if *f == frontier
-                        && pair.iter().any(|p| p.id == *instance && p.incarnation == *incarnation))
+                matches!(m, ToCoordinator::Checkpoint { instance, incarnation, .. }
+                    if pair.iter().any(|p| p.id == *instance && p.incarnation == *incarnation))
             });
             match answer {
                 Ok(Some((
                     _,
                     ToCoordinator::Checkpoint {
-                        instance, bytes, ..
+                        instance,
+                        frontier: at,
+                        bytes,
+                        ..
                     },
                 ))) => {
                     // An incremental checkpoint is whole only with the
                     // replica it changes.
-                    let whole = self
-                        .keep_checkpoint(instance, frontier, bytes)
-                        .ok()
-                        .and_then(|()| self.backups.replica(instance).ok().flatten());
-                    match whole {
-                        Some(bytes) => {
-                            checkpoints.insert(instance, bytes);
+                    let kept = self.keep_checkpoint(instance, at, bytes);
+                    if at == frontier {
+                        match kept
+                            .ok()
+                            .and_then(|()| self.backups.replica(instance).ok().flatten())
+                        {
+                            Some(bytes) => {
+                                checkpoints.insert(instance, bytes);
+                            }
+                            None => return Ok(self.call_off(&pair)),
                         }
-                        None => return Ok(self.call_off(&pair)),
                     }
                 }
                 Ok(_) if pair.iter().all(|p| self.alive(p.worker)) => {}
