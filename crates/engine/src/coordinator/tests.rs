@@ -1044,29 +1044,20 @@ fn an_instance_whose_only_backup_died_cannot_restart_silently() {
 fn an_increment_goes_alone_only_to_the_holder_of_its_base() {
     let mut backups = Backups::default();
     let id = InstanceId(1);
+    // Keeps checkpoint `bytes` at `at` and says what `holder` is sent.
+    let mut ship = |holder: u32, at: u64, bytes: &[u8]| {
+        backups
+            .keep_replica(id, Stamp(at), bytes.to_vec())
+            .expect("kept");
+        backups.shipment(id, WorkerId(holder), Stamp(at), bytes.to_vec())
+    };
     let full = encoded(10, &[1, 2], None);
-    backups
-        .keep_replica(id, Stamp(10), full.clone())
-        .expect("kept");
-    assert_eq!(
-        backups.shipment(id, WorkerId(0), Stamp(10), full.clone()),
-        full
-    );
-    let delta = encoded(20, &[2, 3], Some(10));
-    backups
-        .keep_replica(id, Stamp(20), delta.clone())
-        .expect("kept");
+    assert_eq!(ship(0, 10, &full), full);
     // The holder of stamp 10 gets the increment alone.
-    assert_eq!(
-        backups.shipment(id, WorkerId(0), Stamp(20), delta.clone()),
-        delta
-    );
-    // Another holder gets the whole backup, which folds to keys 1, 2, 3.
-    let delta = encoded(30, &[4], Some(20));
-    backups
-        .keep_replica(id, Stamp(30), delta.clone())
-        .expect("kept");
-    let whole = backups.shipment(id, WorkerId(1), Stamp(30), delta.clone());
+    let delta = encoded(20, &[2, 3], Some(10));
+    assert_eq!(ship(0, 20, &delta), delta);
+    // Another holder gets the whole backup, which folds to keys 1, 2, 3, 4.
+    let whole = ship(1, 30, &encoded(30, &[4], Some(20)));
     let folded = Checkpoint::decode(&whole).expect("restorable");
     assert_eq!((folded.frontier, folded.entries.len()), (Stamp(30), 4));
     // After a refusal, even the holder it was meant for gets it all.
