@@ -130,7 +130,7 @@ impl Links for TcpLinks {
     }
 }
 
-/// The clock origin for heartbeat bookkeeping for heartbeat bookkeeping.
+/// The clock origin for heartbeat bookkeeping.
 fn epoch() -> Instant {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
