@@ -176,6 +176,7 @@ async fn view(
         edges,
         events,
         recoveries,
+        scale_events,
         checkpoints,
         history: points,
     } = &*guard;
@@ -192,6 +193,7 @@ async fn view(
         edges: edges.clone(),
         events: events.clone(),
         recoveries: recoveries.clone(),
+        scale_events: scale_events.clone(),
         checkpoints: *checkpoints,
         history: points[points.len() - keep..].to_vec(),
     }))

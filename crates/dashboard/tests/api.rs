@@ -8,7 +8,9 @@ use crossbeam_channel::Receiver;
 use serde_json::Value;
 use spate_dashboard::{serve, ClusterView, Dashboard, DashboardError, JobCommand, SharedView};
 use spate_engine::coordinator::view::{HistoryPoint, InstanceView, OperatorView, WorkerView};
-use spate_engine::coordinator::{EventKind, JobEvent, JobState, RecoveryTimeline};
+use spate_engine::coordinator::{
+    EventKind, JobEvent, JobState, PolicyKind, RecoveryTimeline, ScaleEvent, ScaleRates,
+};
 use spate_engine::plan::{InstanceId, WorkerId};
 
 fn instance(index: u32, worker: u32, start: u64, end: u64, utilization: f64) -> InstanceView {
@@ -108,6 +110,28 @@ fn sample_view() -> ClusterView {
             restored_ms: 2_300,
             rewired_ms: 2_310,
             caught_up_ms: Some(2_900),
+        }],
+        scale_events: vec![ScaleEvent {
+            decided_ms: 4_000,
+            reason: "policy rate decision 1".into(),
+            decision: Some(1),
+            rates: Some(ScaleRates {
+                policy: PolicyKind::Rate,
+                in_rate: 2000.0,
+                offered_rate: 2600.0,
+                true_rate: 2400.0,
+                utilization: 0.83,
+                projected: 1.08,
+                target: 0.7,
+            }),
+            operator: "toll_calculator".into(),
+            instance: InstanceId(2),
+            new_instance: InstanceId(5),
+            worker: WorkerId(4),
+            partitions_before: 1,
+            partitions_after: 2,
+            pause_ms: 38,
+            ..ScaleEvent::default()
         }],
         checkpoints: 7,
         history: (1..=5).map(point).collect(),
@@ -229,6 +253,11 @@ fn view_is_the_cluster_view_as_json() {
     assert_eq!(view.operators[1].instances[1].worker, WorkerId(2));
     assert_eq!(view.history.len(), 5);
     assert_eq!(view.events.len(), 4);
+    let [split] = &view.scale_events[..] else {
+        panic!("one scale event: {:?}", view.scale_events);
+    };
+    assert_eq!((split.decision, split.partitions_after), (Some(1), 2));
+    assert_eq!(split.rates.as_ref().map(|r| r.offered_rate), Some(2600.0));
 
     let short: ClusterView = serde_json::from_str(&f.get("/api/view?history=2").body).unwrap();
     assert_eq!(
@@ -494,6 +523,10 @@ fn the_page_is_served() {
     assert_eq!(answer.status, 200);
     assert!(answer.content_type.starts_with("text/html"));
     assert!(answer.body.contains("/api/view"), "the page polls the view");
+    assert!(
+        answer.body.contains("scale_events"),
+        "the page shows the scaling decisions"
+    );
     // An empty view (a job not started yet) still answers everywhere.
     assert_eq!(f.get("/api/view").status, 200);
     assert_eq!(f.get("/api/graph").status, 200);

@@ -129,6 +129,7 @@ impl Job<'_> {
             edges: self.edges(),
             events: self.timeline.clone(),
             recoveries: self.recoveries.clone(),
+            scale_events: self.scale_events.clone(),
             checkpoints: self.checkpoints,
             history: self.monitor.history.clone(),
         }

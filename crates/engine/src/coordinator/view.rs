@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-use super::{JobEvent, JobState, RecoveryTimeline};
+use super::{JobEvent, JobState, RecoveryTimeline, ScaleEvent};
 use crate::plan::{Incarnation, InstanceId, WorkerId};
 
 /// The view, shared between the coordinator (writer) and servers (readers).
@@ -35,6 +35,9 @@ pub struct ClusterView {
     pub events: Vec<JobEvent>,
     /// One timeline per recovery.
     pub recoveries: Vec<RecoveryTimeline>,
+    /// Every split and merge, with the decision and rates behind it.
+    #[serde(default)]
+    pub scale_events: Vec<ScaleEvent>,
     /// Checkpoints backed up so far.
     pub checkpoints: u64,
     /// One point per second.
