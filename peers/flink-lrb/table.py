@@ -29,11 +29,16 @@ def main():
         if system != "flink" or (r, "spate", ck) not in runs:
             continue
         f, s = runs[(r, "flink", ck)], runs[(r, "spate", ck)]
+        head = f"| {r} | {'1 s' if ck else 'off'} | {f['load_before'][0]:.1f} / {s['load_before'][0]:.1f} "
+        rss = f"| {f['peak_rss_sum_mib']:,.0f} / {s['peak_rss_sum_mib']:,.0f} |"
+        flink_ok = f["state"] == "FINISHED" and f.get("feeder_starts") == 1
+        if not flink_ok or s["rc"] != 0 or "input_rate" not in s:
+            why = "Flink " + f["state"] if not flink_ok else f"Spate exited {s['rc']}"
+            print(head + f"| failed run: {why} | | | " + rss)
+            continue
         ff, fj = f["rate_feeder"], f["rate_running_to_finished"]
         sf, sj = s["input_rate"], s["rate_elapsed"]
-        print(f"| {r} | {'1 s' if ck else 'off'} | {f['load_before'][0]:.1f} / {s['load_before'][0]:.1f} "
-              f"| {ff:,.0f}; {fj:,.0f} | {sf:,.0f}; {sj:,.0f} | {sf / ff:.2f}; {sj / fj:.2f} "
-              f"| {f['peak_rss_sum_mib']:,.0f} / {s['peak_rss_sum_mib']:,.0f} |")
+        print(head + f"| {ff:,.0f}; {fj:,.0f} | {sf:,.0f}; {sj:,.0f} | {sf / ff:.2f}; {sj / fj:.2f} " + rss)
 
 
 if __name__ == "__main__":
