@@ -155,6 +155,8 @@ struct Runner {
     reports: crossbeam_channel::Sender<Report>,
     restored_at: Option<Stamp>,
     next_metrics: Instant,
+    /// CPU seconds this thread spent taking checkpoints, for the metrics.
+    checkpoint_cpu_secs: f64,
 }
 
 impl Instance {
@@ -185,6 +187,7 @@ impl Instance {
             reports: self.reports,
             restored_at: self.restore.as_ref().map(|c| c.frontier),
             next_metrics: Instant::now() + METRICS_EVERY,
+            checkpoint_cpu_secs: 0.0,
         };
         match self.logic {
             Logic::Source(source) => {
@@ -310,6 +313,7 @@ impl Runner {
             frontier,
             state_keys: self.state_size.0,
             state_bytes: self.state_size.1,
+            checkpoint_cpu_secs: self.checkpoint_cpu_secs,
         }));
     }
 
@@ -576,7 +580,9 @@ impl Runner {
                 }
             }
             self.process_round(logic.as_mut(), &mut round, &mut outbox)?;
+            let before = thread_cpu_secs();
             self.checkpoint_round(logic.as_mut(), &mut round, &outbox)?;
+            self.checkpoint_cpu_secs += thread_cpu_secs() - before;
             self.report_round(&round, &outbox);
         }
         self.report(Report::Finished {
