@@ -101,6 +101,10 @@ pub(crate) struct CheckpointSchedule {
 /// for the downstream's backup to be stored and its trims to arrive.
 const CHECKPOINT_STAGGER: Duration = Duration::from_millis(60);
 
+/// How soon an instance whose checkpoint is due, but whose frontier has not
+/// moved since its last one, looks again.
+const CHECKPOINT_RECHECK: Duration = Duration::from_millis(10);
+
 impl CheckpointSchedule {
     fn new(every: Duration, query: &Query, node: usize) -> Self {
         let steps = depth(query, node) as u32;
@@ -326,10 +330,18 @@ impl Runner {
         next.saturating_duration_since(Instant::now())
     }
 
-    fn checkpoint_due(&self, frontier: Stamp) -> bool {
-        self.checkpoint_every.is_some()
-            && Instant::now() >= self.next_checkpoint
-            && self.checkpointed != Some(frontier)
+    fn checkpoint_due(&mut self, frontier: Stamp) -> bool {
+        if self.checkpoint_every.is_none() || Instant::now() < self.next_checkpoint {
+            return false;
+        }
+        if self.checkpointed == Some(frontier) {
+            // Nothing new since the last one (an upstream is busy): look
+            // again shortly, rather than wake up at once, again and again,
+            // which spun a core while a large upstream checkpointed.
+            self.next_checkpoint = Instant::now() + CHECKPOINT_RECHECK;
+            return false;
+        }
+        true
     }
 
     /// Snapshots state, `buffer` and operator state at `frontier`, and
