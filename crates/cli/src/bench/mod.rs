@@ -434,7 +434,8 @@ impl Driver {
         Ok(marks)
     }
 
-    /// Asks for `command` and waits for its `kind` of event.
+    /// Asks for `command` and waits for its `kind` of event; an error if
+    /// the job refuses it.
     fn step(
         &mut self,
         job: &JoinHandle<Result<JobSummary>>,
@@ -444,23 +445,15 @@ impl Driver {
         command: JobCommand,
     ) -> Result<()> {
         let before = self.read(|v| count_events(v, kind));
-        let refused = self.read(|v| count_events(v, EventKind::Refused));
+        let refused = self.read(|v| scale_refusals(v).len());
         self.commands
             .send(command)
             .context("the job stopped taking commands")?;
         self.stage = stage.into();
         self.wait_for(job, limit, stage, |v| {
-            count_events(v, kind) > before || count_events(v, EventKind::Refused) > refused
+            count_events(v, kind) > before || scale_refusals(v).len() > refused
         })?;
-        if self.read(|v| count_events(v, EventKind::Refused)) > refused {
-            let reason = self.read(|v| {
-                v.events
-                    .iter()
-                    .rev()
-                    .find(|e| e.kind == EventKind::Refused)
-                    .map(|e| e.detail.clone())
-                    .unwrap_or_default()
-            });
+        if let Some(reason) = self.read(|v| scale_refusals(v).get(refused).cloned()) {
             bail!("the job refused {stage}: {reason}");
         }
         Ok(())
@@ -563,6 +556,15 @@ fn store_tuples(view: &ClusterView) -> u64 {
         .flat_map(|o| &o.instances)
         .map(|i| i.tuples_in)
         .sum()
+}
+
+/// Why the job refused each split or merge so far.
+fn scale_refusals(view: &ClusterView) -> Vec<String> {
+    view.events
+        .iter()
+        .filter(|e| e.kind == EventKind::Refused && e.detail.starts_with("scale"))
+        .map(|e| e.detail.clone())
+        .collect()
 }
 
 fn count_events(view: &ClusterView, kind: EventKind) -> usize {

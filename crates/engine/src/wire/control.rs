@@ -293,12 +293,12 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, EngineError> {
     let mut frame = vec![0u8; 4];
     bincode::serialize_into(&mut frame, msg)
         .map_err(|e| EngineError::Protocol(format!("encoding control message: {e}")))?;
-    let len = (frame.len() - 4) as u32;
-    if len as usize > MAX_CONTROL_FRAME {
+    let len = frame.len() - 4;
+    let Some(len) = u32::try_from(len).ok().filter(|_| len <= MAX_CONTROL_FRAME) else {
         return Err(EngineError::Protocol(format!(
             "control message of {len} bytes exceeds the {MAX_CONTROL_FRAME}-byte limit"
         )));
-    }
+    };
     frame[..4].copy_from_slice(&len.to_le_bytes());
     Ok(frame)
 }
