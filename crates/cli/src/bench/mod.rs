@@ -21,13 +21,17 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use spate_engine::cluster::{current_program, run_local};
 use spate_engine::coordinator::view::{ClusterView, JobCommand, SharedView};
-use spate_engine::coordinator::{EventKind, JobConfig, JobState, JobSummary, ScaleDirection};
+use spate_engine::coordinator::{
+    EventKind, JobConfig, JobState, JobSummary, RecoveryTimeline, ScaleDirection,
+};
+use spate_engine::wire::MAX_CONTROL_FRAME;
 use spate_examples::latency::{read_windows, LatencyWindow};
 
 use crate::progress::{Progress, Status};
 use figures::{
-    checkpoint_cpu, keys_for, latency_between, load_averages, status_kib, CheckpointFigures,
-    CounterSample, Machine, MemoryFigures, RecoveryFigures, ScaleFigures, StateBenchReport,
+    checkpoint_bytes_for, checkpoint_cpu, keys_for, latency_between, load_averages, status_kib,
+    CheckpointFigures, CounterSample, Machine, MemoryFigures, RecoveryFigures, ScaleFigures,
+    StateBenchReport,
 };
 
 /// The engine's benchmarks.
@@ -69,6 +73,8 @@ pub struct StateArgs {
 
 /// The store's operator name in the `kvstore` query.
 const STORE: &str = "store";
+/// How long a worker may go unheard (and without its lease).
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the run is observed.
 const POLL: Duration = Duration::from_millis(50);
 /// Latency counted around an event: from this long before it...
@@ -91,6 +97,15 @@ fn state(args: &StateArgs) -> Result<()> {
             args.state_mb,
             args.value_bytes,
             u32::MAX
+        );
+    }
+    let checkpoint = checkpoint_bytes_for(keys, args.value_bytes);
+    if checkpoint > MAX_CONTROL_FRAME as u64 {
+        bail!(
+            "--state-mb {} makes checkpoints of about {:.0} MB, above the {:.0} MB the engine sends as one message: ask for less state",
+            args.state_mb,
+            checkpoint as f64 / 1e6,
+            MAX_CONTROL_FRAME as f64 / 1e6
         );
     }
     let settle = match args.settle_secs {
@@ -131,6 +146,11 @@ fn state(args: &StateArgs) -> Result<()> {
     // One pool worker for the split's new part, one for the recovery.
     config.pool = 2;
     config.checkpoint_interval = Duration::from_millis(args.checkpoint_ms);
+    // Relaying gigabyte checkpoints on a loaded machine can hold up the
+    // coordinator's leases for longer than the default 500 ms, and a worker
+    // without its lease stops; the kill is detected by its broken
+    // connection, whatever this says.
+    config.heartbeat_timeout = HEARTBEAT_TIMEOUT;
     config.view = Some(view.clone());
     config.commands = Some(command_rx);
     config.cancel = crate::cancel_on_ctrl_c();
@@ -231,8 +251,8 @@ fn report(
     let r = summary
         .recoveries
         .iter()
-        .find(|r| r.caught_up_ms.is_some())
-        .context("the job reports no recovery that caught up")?;
+        .find(|r| is_store_recovery(r) && r.caught_up_ms.is_some())
+        .context("the job reports no recovery of the killed store that caught up")?;
     let killed_ms = r.killed_ms.unwrap_or(r.detected_ms);
     let caught_up_ms = r.caught_up_ms.unwrap_or(r.rewired_ms);
     let recovery = RecoveryFigures {
@@ -410,6 +430,7 @@ impl Driver {
             },
         )?;
         self.settle(job, "after the merge")?;
+        let recoveries = self.read(|v| v.recoveries.len());
         self.commands
             .send(JobCommand::KillInstance {
                 operator: STORE.into(),
@@ -421,7 +442,11 @@ impl Driver {
             job,
             step_limit,
             "the killed store to recover and catch up",
-            |v| v.recoveries.iter().any(|r| r.caught_up_ms.is_some()),
+            |v| {
+                v.recoveries[recoveries.min(v.recoveries.len())..]
+                    .iter()
+                    .any(|r| is_store_recovery(r) && r.caught_up_ms.is_some())
+            },
         )?;
         self.settle(job, "after the recovery")?;
         std::fs::write(stop_file, b"")
@@ -556,6 +581,11 @@ fn store_tuples(view: &ClusterView) -> u64 {
         .flat_map(|o| &o.instances)
         .map(|i| i.tuples_in)
         .sum()
+}
+
+/// Whether `r` is the recovery of the store from the bench's kill.
+fn is_store_recovery(r: &RecoveryTimeline) -> bool {
+    r.killed_ms.is_some() && r.instances.iter().any(|i| i.starts_with(STORE))
 }
 
 /// Why the job refused each split or merge so far.
