@@ -451,8 +451,9 @@ impl Driver {
         self.settle(job, "after the recovery")?;
         std::fs::write(stop_file, b"")
             .with_context(|| format!("cannot create {}", stop_file.display()))?;
+        // The store works off whatever backlog it has before the job ends.
         self.stage = "finishing".into();
-        self.wait_for(job, step_limit, "the job to finish", |v| {
+        self.wait_for(job, load_limit, "the job to finish", |v| {
             v.state == JobState::Finished
         })
         .or_else(|e| if job.is_finished() { Ok(()) } else { Err(e) })?;
