@@ -359,7 +359,7 @@ impl Observed {
                 .iter()
                 .rev()
                 .find(|c| c.instance == i.id && c.incarnation == i.incarnation);
-            if last.map_or(true, |c| c.cpu_secs != i.cpu_secs) {
+            if last.is_none_or(|c| c.cpu_secs != i.cpu_secs) {
                 self.counters.push(CounterSample {
                     at_ms: view.elapsed_ms,
                     instance: i.id,
