@@ -155,8 +155,8 @@ pub struct ScaleFigures {
     pub pause_ms: u64,
     /// Keys on each side (the two parts of a split; the two merged).
     pub keys: (usize, usize),
-    /// Latency from a second before the decision to two seconds after the
-    /// pause ended.
+    /// Latency from a second before the decision to the end of the
+    /// settling time after the pause.
     pub latency: Option<LatencyStats>,
 }
 
@@ -173,8 +173,8 @@ pub struct RecoveryFigures {
     pub caught_up_ms: u64,
     /// Kill to caught up, ms.
     pub recovery_ms: u64,
-    /// Latency from a second before the kill to two seconds after it
-    /// caught up.
+    /// Latency from a second before the kill to the end of the settling
+    /// time after it caught up.
     pub latency: Option<LatencyStats>,
 }
 
@@ -220,6 +220,9 @@ pub struct StateBenchReport {
     pub checkpoint_ms: u64,
     /// Seconds each step was given to settle before the next.
     pub settle_secs: f64,
+    /// When the job started, ms since the Unix epoch: the latency windows'
+    /// clock, to look at `latency.jsonl` against the figures.
+    pub job_start_epoch_ms: u64,
     /// Cores and load average (1, 5, 15 min) before and after the run.
     pub machine: Machine,
     /// From the job's start until every key was stored and checkpointed, ms.

@@ -77,10 +77,10 @@ const STORE: &str = "store";
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the run is observed.
 const POLL: Duration = Duration::from_millis(50);
-/// Latency counted around an event: from this long before it...
+/// Latency counted around an event: from this long before it to the end
+/// of the settling time after it (when the next step is asked for), so
+/// that the backlog it left is in.
 const BEFORE_MS: u64 = 1_000;
-/// ...to this long after it ended.
-const AFTER_MS: u64 = 2_000;
 
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
@@ -198,7 +198,8 @@ fn state(args: &StateArgs) -> Result<()> {
             latency_file.display()
         )
     })?;
-    let mut report = report(&observed, &summary, marks, &windows)?;
+    let after_ms = (settle * 1000.0) as u64;
+    let mut report = report(&observed, &summary, marks, &windows, after_ms)?;
     report.state_mb = args.state_mb;
     report.keys = keys;
     report.value_bytes = args.value_bytes;
@@ -225,6 +226,7 @@ fn report(
     summary: &JobSummary,
     marks: Marks,
     windows: &[LatencyWindow],
+    after_ms: u64,
 ) -> Result<StateBenchReport> {
     let start = observed
         .job_start_epoch_ms
@@ -242,7 +244,7 @@ fn report(
             keys: e.keys,
             latency: latency(
                 e.decided_ms.saturating_sub(BEFORE_MS),
-                e.decided_ms + e.pause_ms + AFTER_MS,
+                e.decided_ms + e.pause_ms + after_ms,
             ),
         })
     };
@@ -261,7 +263,7 @@ fn report(
         restored_ms: r.restored_ms,
         caught_up_ms,
         recovery_ms: caught_up_ms.saturating_sub(killed_ms),
-        latency: latency(killed_ms.saturating_sub(BEFORE_MS), caught_up_ms + AFTER_MS),
+        latency: latency(killed_ms.saturating_sub(BEFORE_MS), caught_up_ms + after_ms),
     };
     // The steady stretch: every key stored, before the split.
     let (from, to) = (marks.loaded_ms, split.decided_ms.max(marks.loaded_ms));
@@ -294,6 +296,7 @@ fn report(
         coordinator_mib: mib(coordinator),
     };
     Ok(StateBenchReport {
+        job_start_epoch_ms: start,
         state_bytes: marks.state_bytes,
         loaded_ms: marks.loaded_ms,
         steady_latency: latency(from, to),
