@@ -102,7 +102,10 @@ pub fn checkpoint_cpu(samples: &[CounterSample], from_ms: u64, to_ms: u64) -> Ch
             }
             checkpoint += (b.checkpoint_cpu_secs - a.checkpoint_cpu_secs).max(0.0);
             cpu += b.cpu_secs - a.cpu_secs;
-            secs += (b.at_ms - a.at_ms) as f64 / 1000.0;
+            // Readings are timed when seen, and an instance busy with a
+            // long checkpoint reports late: one thread cannot have used
+            // more CPU than the time that passed.
+            secs += ((b.at_ms - a.at_ms) as f64 / 1000.0).max(b.cpu_secs - a.cpu_secs);
         }
     }
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
@@ -395,6 +398,10 @@ mod tests {
         assert!((cost.share_of_time - 0.6 / 3.0).abs() < 1e-9, "{cost:?}");
         assert!((cost.share_of_cpu - 0.6 / 1.5).abs() < 1e-9, "{cost:?}");
         assert_eq!(checkpoint_cpu(&[], 0, 1).share_of_time, 0.0);
+        // Seen 1 s apart, but the thread used 3 CPU seconds: 3 s passed.
+        let late = [reading(0, 2, 0, 1.0, 0.5), reading(1_000, 2, 0, 4.0, 3.5)];
+        let cost = checkpoint_cpu(&late, 0, 1_000);
+        assert!((cost.share_of_time - 1.0).abs() < 1e-9, "{cost:?}");
     }
 
     #[test]
