@@ -76,13 +76,13 @@ fn the_state_bench_reports_a_split_a_merge_and_a_recovery() {
     // A checkpoint holds the state and a little framing.
     let bytes = n(&checkpoints["bytes"]);
     assert!(bytes >= n(&report["state_bytes"]), "{checkpoints}");
-    assert!(n(&checkpoints["per_s"]) > 0.0, "{checkpoints}");
-    let share = n(&checkpoints["cpu"]["share_of_cpu"]);
-    assert!((0.0..=1.0).contains(&share), "{checkpoints}");
-    assert!(
-        n(&checkpoints["cpu"]["instance_secs"]) > 0.0,
-        "{checkpoints}"
-    );
+    // How many checkpoints, and their CPU, land in the short steady
+    // stretch depends on the machine's load: only their ranges are sure.
+    assert!(n(&checkpoints["per_s"]) >= 0.0, "{checkpoints}");
+    for share in ["share_of_time", "share_of_cpu"] {
+        let share = n(&checkpoints["cpu"][share]);
+        assert!((0.0..=1.0).contains(&share), "{checkpoints}");
+    }
     // Five workers (three and two in the pool) each hold a few MiB at least.
     let memory = &report["memory"];
     assert!(n(&memory["largest_worker_mib"]) > 1.0, "{memory}");

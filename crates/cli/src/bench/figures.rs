@@ -184,7 +184,7 @@ pub struct RecoveryFigures {
 /// Checkpoints of the store in the steady stretch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointFigures {
-    /// Size of the store's latest checkpoint, bytes.
+    /// Size of the store's latest checkpoint before the split, bytes.
     pub bytes: u64,
     /// Checkpoints of the store backed up per second.
     pub per_s: f64,

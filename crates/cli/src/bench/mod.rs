@@ -82,14 +82,15 @@ const POLL: Duration = Duration::from_millis(50);
 /// that the backlog it left is in.
 const BEFORE_MS: u64 = 1_000;
 
+/// Runs a `spate bench` command.
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::State(args) => state(&args),
     }
 }
 
-/// Runs `bench state`.
-fn state(args: &StateArgs) -> Result<()> {
+/// The keys `args` make and the settling time, or why `args` cannot run.
+fn check(args: &StateArgs) -> Result<(u64, f64)> {
     let keys = keys_for(args.state_mb, args.value_bytes);
     if keys == 0 || keys > u64::from(u32::MAX) {
         bail!(
@@ -115,6 +116,12 @@ fn state(args: &StateArgs) -> Result<()> {
         }
         None => 5.0 + args.state_mb as f64 / 100.0,
     };
+    Ok((keys, settle))
+}
+
+/// Runs `bench state`.
+fn state(args: &StateArgs) -> Result<()> {
+    let (keys, settle) = check(args)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create the output directory {}", args.out.display()))?;
     let out = args
@@ -192,6 +199,29 @@ fn state(args: &StateArgs) -> Result<()> {
             return Err(e.context("the large-state bench did not complete"))
         }
     };
+    write_report(
+        args,
+        (keys, settle),
+        &out,
+        &observed,
+        &summary,
+        marks,
+        machine_before,
+    )
+}
+
+/// Reads the latency windows, computes the figures, writes them to
+/// OUT/state-bench.json and prints the table.
+fn write_report(
+    args: &StateArgs,
+    (keys, settle): (u64, f64),
+    out: &Path,
+    observed: &Observed,
+    summary: &JobSummary,
+    marks: Marks,
+    machine_before: Vec<f64>,
+) -> Result<()> {
+    let latency_file = out.join("latency.jsonl");
     let windows = read_windows(&latency_file).with_context(|| {
         format!(
             "cannot read the latency windows in {}",
@@ -199,7 +229,7 @@ fn state(args: &StateArgs) -> Result<()> {
         )
     })?;
     let after_ms = (settle * 1000.0) as u64;
-    let mut report = report(&observed, &summary, marks, &windows, after_ms)?;
+    let mut report = report(observed, summary, marks, &windows, after_ms)?;
     report.state_mb = args.state_mb;
     report.keys = keys;
     report.value_bytes = args.value_bytes;
@@ -275,8 +305,9 @@ fn report(
         .collect();
     let secs = (to - from) as f64 / 1000.0;
     let per_s = |n: f64| if secs > 0.0 { n / secs } else { 0.0 };
+    let latest = observed.checkpoints.iter().rev().find(|(at, _)| *at <= to);
     let checkpoints = CheckpointFigures {
-        bytes: steady.last().copied().unwrap_or(0),
+        bytes: latest.map_or(0, |&(_, bytes)| bytes),
         per_s: per_s(steady.len() as f64),
         bytes_per_s: per_s(steady.iter().sum::<u64>() as f64),
         cpu: checkpoint_cpu(&observed.counters, from, to),
@@ -373,7 +404,7 @@ impl Observed {
             }
             if let Some(frontier) = i.checkpoint_frontier {
                 let seen = self.frontiers.insert(i.id.0, frontier);
-                if seen.is_some_and(|f| f != frontier) {
+                if seen != Some(frontier) {
                     self.checkpoints.push((view.elapsed_ms, i.checkpoint_bytes));
                 }
             }
