@@ -47,6 +47,7 @@
 //! }
 //! ```
 
+mod bench;
 mod control;
 mod demo;
 mod hosts;
@@ -256,6 +257,9 @@ enum BenchmarkCommand {
     /// Linear Road across simulated hosts with network faults (needs root).
     #[command(subcommand)]
     Hosts(hosts::HostsCommand),
+    /// Benchmarks of the engine itself (`bench state`: large keyed state).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// The queries this process runs: installed once by [`main`], and the same
@@ -278,8 +282,9 @@ pub fn main(registry: QueryRegistry) -> ExitCode {
 }
 
 /// The `spate` binary: [`main`]'s commands and the benchmarks (`demo`,
-/// `lrb`, `nexmark`), whose queries `registry` must hold
-/// (`spate_lrb::register`, `spate_nexmark::register`).
+/// `lrb`, `nexmark`, `bench`), whose queries `registry` must hold
+/// (`spate_lrb::register`, `spate_nexmark::register`,
+/// `spate_examples::register`).
 pub fn main_with_benchmarks(registry: QueryRegistry) -> ExitCode {
     start(registry, || {
         let matches = Cli::command().try_get_matches()?;
@@ -375,6 +380,7 @@ fn run(command: SpateCommand) -> Result<()> {
             return nexmark::run(command)
         }
         SpateCommand::Benchmark(BenchmarkCommand::Hosts(command)) => return hosts::run(command),
+        SpateCommand::Benchmark(BenchmarkCommand::Bench(command)) => return bench::run(command),
     };
     match command {
         Command::Run { query, job } => {

@@ -5,10 +5,13 @@
 //!   whose words are routed by word to a stateful counter, whose running
 //!   counts go to a CSV sink.
 //! - `kvstore`: a key-value store fed by generated puts, holding a chosen
-//!   amount of state: what measuring a split of large state needs.
+//!   amount of state: what measuring a split of large state needs; with a
+//!   `latency` sink that records end-to-end latency (`latency`), what
+//!   `spate bench state` runs.
 
 pub mod keycount;
 pub mod kvstore;
+pub mod latency;
 
 use spate_engine::{EngineError, QueryRegistry};
 

@@ -193,6 +193,8 @@ impl Job<'_> {
                             buffered_bytes: r.sample.buffered_bytes,
                             state_keys: r.sample.state_keys,
                             state_bytes: r.sample.state_bytes,
+                            cpu_secs: r.sample.cpu_secs,
+                            checkpoint_cpu_secs: r.sample.checkpoint_cpu_secs,
                             tuples_in: r.sample.tuples_in,
                             tuples_out: r.sample.tuples_out,
                             finished: self.finished.contains_key(&i.id),

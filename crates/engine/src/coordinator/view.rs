@@ -115,6 +115,12 @@ pub struct InstanceView {
     /// Encoded size of those keys and values, bytes.
     #[serde(default)]
     pub state_bytes: u64,
+    /// CPU seconds its thread has used so far (this incarnation).
+    #[serde(default)]
+    pub cpu_secs: f64,
+    /// CPU seconds of those spent taking checkpoints.
+    #[serde(default)]
+    pub checkpoint_cpu_secs: f64,
 }
 
 /// The cluster at one second.

@@ -52,6 +52,10 @@ pub struct InstanceMetrics {
     /// Encoded size of those keys and values, bytes: what a checkpoint of
     /// its state costs, and (per key) how much state a car or a segment is.
     pub state_bytes: u64,
+    /// CPU seconds its thread spent taking checkpoints so far: what
+    /// checkpointing costs the instance.
+    #[serde(default)]
+    pub checkpoint_cpu_secs: f64,
 }
 
 /// How often instances report metrics.

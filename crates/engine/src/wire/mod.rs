@@ -13,8 +13,10 @@ pub const PROTOCOL_VERSION: u16 = 3;
 /// gigabytes.
 pub const MAX_FRAME: usize = 64 << 20;
 
-/// Upper bound on a control message (checkpoints travel as control messages).
-pub const MAX_CONTROL_FRAME: usize = 1 << 30;
+/// Upper bound on a control message (checkpoints travel as control
+/// messages): a gigabyte of keyed state makes a checkpoint of more than
+/// 1 GiB, and a length beyond 3 GiB is taken for corruption.
+pub const MAX_CONTROL_FRAME: usize = 3 << 30;
 
 // A control frame's length travels as 32 bits.
 const _: () = assert!(MAX_CONTROL_FRAME <= u32::MAX as usize);

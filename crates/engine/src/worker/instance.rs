@@ -101,6 +101,10 @@ pub(crate) struct CheckpointSchedule {
 /// for the downstream's backup to be stored and its trims to arrive.
 const CHECKPOINT_STAGGER: Duration = Duration::from_millis(60);
 
+/// How soon an instance whose checkpoint is due, but whose frontier has not
+/// moved since its last one, looks again.
+const CHECKPOINT_RECHECK: Duration = Duration::from_millis(10);
+
 impl CheckpointSchedule {
     fn new(every: Duration, query: &Query, node: usize) -> Self {
         let steps = depth(query, node) as u32;
@@ -160,6 +164,8 @@ struct Runner {
     reports: crossbeam_channel::Sender<Report>,
     restored_at: Option<Stamp>,
     next_metrics: Instant,
+    /// CPU seconds this thread spent taking checkpoints, for the metrics.
+    checkpoint_cpu_secs: f64,
 }
 
 impl Instance {
@@ -192,6 +198,7 @@ impl Instance {
             reports: self.reports,
             restored_at: self.restore.as_ref().map(|c| c.frontier),
             next_metrics: Instant::now() + METRICS_EVERY,
+            checkpoint_cpu_secs: 0.0,
         };
         match self.logic {
             Logic::Source(source) => {
@@ -321,6 +328,7 @@ impl Runner {
             frontier,
             state_keys: self.state_size.0,
             state_bytes: self.state_size.1,
+            checkpoint_cpu_secs: self.checkpoint_cpu_secs,
         }));
     }
 
@@ -333,10 +341,18 @@ impl Runner {
         next.saturating_duration_since(Instant::now())
     }
 
-    fn checkpoint_due(&self, frontier: Stamp) -> bool {
-        self.checkpoint_every.is_some()
-            && Instant::now() >= self.next_checkpoint
-            && self.checkpointed != Some(frontier)
+    fn checkpoint_due(&mut self, frontier: Stamp) -> bool {
+        if self.checkpoint_every.is_none() || Instant::now() < self.next_checkpoint {
+            return false;
+        }
+        if self.checkpointed == Some(frontier) {
+            // Nothing new since the last one (an upstream is busy): look
+            // again shortly, rather than wake up at once, again and again,
+            // which spun a core while a large upstream checkpointed.
+            self.next_checkpoint = Instant::now() + CHECKPOINT_RECHECK;
+            return false;
+        }
+        true
     }
 
     /// Hands the worker a checkpoint at `frontier` of `entries`, `buffer`
@@ -613,7 +629,9 @@ impl Runner {
                 }
             }
             self.process_round(logic.as_mut(), &mut round, &mut outbox)?;
+            let before = thread_cpu_secs();
             self.checkpoint_round(logic.as_mut(), &mut round, &outbox)?;
+            self.checkpoint_cpu_secs += thread_cpu_secs() - before;
             self.report_round(&round, &outbox);
         }
         self.report(Report::Finished {
