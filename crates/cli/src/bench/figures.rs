@@ -184,11 +184,12 @@ pub struct RecoveryFigures {
 /// Checkpoints of the store in the steady stretch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointFigures {
-    /// Size of the store's latest checkpoint before the split, bytes.
+    /// Size of the store's latest checkpoint before the split as it was
+    /// sent (an increment, or full), bytes.
     pub bytes: u64,
     /// Checkpoints of the store backed up per second.
     pub per_s: f64,
-    /// Checkpoint bytes backed up per second.
+    /// Checkpoint bytes sent per second.
     pub bytes_per_s: f64,
     /// What taking them cost the store's thread.
     pub cpu: CheckpointCpu,

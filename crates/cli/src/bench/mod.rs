@@ -405,7 +405,8 @@ impl Observed {
             if let Some(frontier) = i.checkpoint_frontier {
                 let seen = self.frontiers.insert(i.id.0, frontier);
                 if seen != Some(frontier) {
-                    self.checkpoints.push((view.elapsed_ms, i.checkpoint_bytes));
+                    self.checkpoints
+                        .push((view.elapsed_ms, i.last_checkpoint_bytes));
                 }
             }
         }

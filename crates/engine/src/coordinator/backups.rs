@@ -34,6 +34,9 @@ use crate::state::{BackupChain, ChainError, Checkpoint, CheckpointKind};
 pub(super) struct Backups {
     held: HashMap<InstanceId, (WorkerId, Stamp)>,
     replicas: HashMap<InstanceId, BackupChain>,
+    /// Bytes of each instance's latest checkpoint as it arrived (an
+    /// increment, or full).
+    latest: HashMap<InstanceId, u64>,
     shipped: HashMap<InstanceId, (WorkerId, Stamp)>,
     unprotected: HashSet<InstanceId>,
     floors: HashMap<InstanceId, Stamp>,
@@ -52,6 +55,7 @@ impl Backups {
         frontier: Stamp,
         bytes: Vec<u8>,
     ) -> Result<(), ChainError> {
+        self.latest.insert(id, bytes.len() as u64);
         match self.replicas.get_mut(&id) {
             Some(chain) => chain.push(frontier, bytes),
             None => {
@@ -172,6 +176,7 @@ impl Backups {
     pub(super) fn forget(&mut self, id: InstanceId) {
         self.held.remove(&id);
         self.replicas.remove(&id);
+        self.latest.remove(&id);
         self.shipped.remove(&id);
         self.unprotected.remove(&id);
         self.floors.remove(&id);
@@ -234,7 +239,15 @@ impl Backups {
         })
     }
 
-    /// Bytes of `id`'s latest checkpoint (for the cluster view).
+    /// Bytes of `id`'s latest checkpoint as it arrived: what checkpointing
+    /// moves (for the cluster view).
+    pub(super) fn latest_bytes(&self, id: InstanceId) -> u64 {
+        self.latest.get(&id).copied().unwrap_or(0)
+    }
+
+    /// Bytes of `id`'s backup (the latest full checkpoint and the
+    /// increments since), or of a source's latest position (for the
+    /// cluster view).
     pub(super) fn checkpoint_bytes(&self, id: InstanceId) -> u64 {
         match self.replicas.get(&id) {
             Some(chain) => chain.bytes() as u64,

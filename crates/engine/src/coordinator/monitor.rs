@@ -201,6 +201,7 @@ impl Job<'_> {
                             checkpoint_frontier: self.backups.shown_frontier(i.id).map(|f| f.0),
                             backup_worker: self.backups.holder(i.id),
                             checkpoint_bytes: self.backups.checkpoint_bytes(i.id),
+                            last_checkpoint_bytes: self.backups.latest_bytes(i.id),
                         }
                     })
                     .collect(),

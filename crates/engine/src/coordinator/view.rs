@@ -107,8 +107,13 @@ pub struct InstanceView {
     pub checkpoint_frontier: Option<u64>,
     /// Worker holding that backup.
     pub backup_worker: Option<WorkerId>,
-    /// Size of its latest checkpoint, bytes.
+    /// Size of its backup, bytes: the latest full checkpoint and the
+    /// increments since (a source: its latest position).
     pub checkpoint_bytes: u64,
+    /// Size of its latest checkpoint as sent, bytes: an increment (the
+    /// keys changed since the one before) or a full checkpoint.
+    #[serde(default)]
+    pub last_checkpoint_bytes: u64,
     /// Keys in its state at its latest checkpoint.
     #[serde(default)]
     pub state_keys: u64,

@@ -461,22 +461,26 @@ impl Checkpoint {
                         "a checkpoint chain does not start with a full checkpoint".into(),
                     ));
                 }
-                let mut checkpoint = decode_body(parts[0], HEADER)?;
+                let checkpoint = decode_body(parts[0], HEADER)?;
+                let mut previous = checkpoint.frontier;
+                let mut deltas = Vec::with_capacity(parts.len() - 1);
                 for part in &parts[1..] {
                     let CheckpointKind::Delta { base } = Self::kind(part)? else {
                         return Err(EngineError::Checkpoint(
                             "a checkpoint chain holds a full checkpoint after its first".into(),
                         ));
                     };
-                    if base != checkpoint.frontier {
+                    if base != previous {
                         return Err(EngineError::Checkpoint(format!(
                             "a checkpoint chain's delta changes stamp {} but follows stamp {}",
-                            base.0, checkpoint.frontier.0
+                            base.0, previous.0
                         )));
                     }
-                    checkpoint = checkpoint.apply(decode_body(part, HEADER + 8)?)?;
+                    let delta = decode_body(part, HEADER + 8)?;
+                    previous = delta.frontier;
+                    deltas.push(delta);
                 }
-                Ok(checkpoint)
+                checkpoint.apply_all(deltas)
             }
         }
     }
@@ -652,21 +656,55 @@ impl Checkpoint {
     /// loads of the keys it did not list), and the frontier, output buffer
     /// and operator state become the delta's.
     pub fn apply(self, delta: Checkpoint) -> Result<Checkpoint, EngineError> {
+        self.apply_all(vec![delta])
+    }
+
+    /// Folds `deltas`, each taken on top of the one before and the first on
+    /// this checkpoint, in one pass over this checkpoint's entries (folding
+    /// them one at a time would pass over every entry once per delta): an
+    /// entry takes its latest change, its load halved once for every later
+    /// delta; an entry no delta changed has its load halved once per delta.
+    pub fn apply_all(self, deltas: Vec<Checkpoint>) -> Result<Checkpoint, EngineError> {
         let refuse = |why: String| Err(EngineError::Checkpoint(format!("cannot apply: {why}")));
-        if self.operator != delta.operator || self.key_range != delta.key_range {
-            return refuse(format!(
-                "a delta of `{}` over {:?} onto a checkpoint of `{}` over {:?}",
-                delta.operator, delta.key_range, self.operator, self.key_range
-            ));
+        let mut frontier = self.frontier;
+        for delta in &deltas {
+            if self.operator != delta.operator || self.key_range != delta.key_range {
+                return refuse(format!(
+                    "a delta of `{}` over {:?} onto a checkpoint of `{}` over {:?}",
+                    delta.operator, delta.key_range, self.operator, self.key_range
+                ));
+            }
+            if delta.frontier < frontier {
+                return refuse(format!(
+                    "the delta's frontier {:?} is below the checkpoint's {:?}",
+                    delta.frontier, frontier
+                ));
+            }
+            frontier = delta.frontier;
         }
-        if delta.frontier < self.frontier {
-            return refuse(format!(
-                "the delta's frontier {:?} is below the checkpoint's {:?}",
-                delta.frontier, self.frontier
-            ));
+        let folded = deltas.len() as u32;
+        let halved = |load: u32, times: u32| load.checked_shr(times).unwrap_or(0);
+        // Every change, the latest of each key only, in entry order.
+        let mut changes: Vec<(usize, StateEntry)> = Vec::new();
+        let mut last = None;
+        for (i, delta) in deltas.into_iter().enumerate() {
+            changes.extend(delta.entries.into_iter().map(|e| (i, e)));
+            last = Some((delta.output_buffer, delta.operator_state));
         }
-        let mut entries = Vec::with_capacity(self.entries.len() + delta.entries.len());
-        let mut changes = delta.entries.into_iter().peekable();
+        let Some((output_buffer, operator_state)) = last else {
+            return Ok(self);
+        };
+        changes.sort_by(|(i, a), (j, b)| (a.hash, a.key(), j).cmp(&(b.hash, b.key(), i)));
+        changes
+            .dedup_by(|later, kept| (later.1.hash, later.1.key()) == (kept.1.hash, kept.1.key()));
+        let mut entries = Vec::with_capacity(self.entries.len() + changes.len());
+        let mut changes = changes
+            .into_iter()
+            .map(|(i, mut e)| {
+                e.load = halved(e.load, folded - 1 - i as u32);
+                e
+            })
+            .peekable();
         for mut entry in self.entries {
             while let Some(change) =
                 changes.next_if(|c| (c.hash, c.key()) < (entry.hash, entry.key()))
@@ -676,7 +714,7 @@ impl Checkpoint {
             match changes.next_if(|c| (c.hash, c.key()) == (entry.hash, entry.key())) {
                 Some(change) => entries.push(change),
                 None => {
-                    entry.load /= 2;
+                    entry.load = halved(entry.load, folded);
                     entries.push(entry);
                 }
             }
@@ -684,9 +722,9 @@ impl Checkpoint {
         entries.extend(changes);
         Ok(Checkpoint {
             entries,
-            frontier: delta.frontier,
-            output_buffer: delta.output_buffer,
-            operator_state: delta.operator_state,
+            frontier,
+            output_buffer,
+            operator_state,
             ..self
         })
     }
