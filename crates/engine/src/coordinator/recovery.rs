@@ -93,9 +93,14 @@ impl Job<'_> {
         }
         // 2. Fetch the latest checkpoints.
         let checkpoints = self.fetch_checkpoints(&failed)?;
+        tracing::debug!(
+            elapsed_ms = self.elapsed_ms(),
+            "recovery: checkpoints fetched"
+        );
         // 3. Restore on replacement workers, one per failed worker.
         let targets = self.replacements(&workers, &reason)?;
         let restores = self.plan_restores(checkpoints, &targets)?;
+        tracing::debug!(elapsed_ms = self.elapsed_ms(), "recovery: restores planned");
         self.restore_on(restores.by_target, "a restore")?;
         let restored_ms = self.elapsed_ms();
         let mut hosts: Vec<WorkerId> = targets.values().copied().collect();

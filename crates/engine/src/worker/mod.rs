@@ -189,6 +189,7 @@ impl ControlLoop<'_> {
             } => self.store_backup(instance, incarnation, frontier, bytes),
             ToWorker::FetchBackup { instance } => {
                 let bytes = self.backups.get(&instance).map(BackupChain::encode);
+                tracing::debug!(%instance, bytes = bytes.as_ref().map(Vec::len), "backup fetched");
                 reply(&self.writer, &ToCoordinator::Backup { instance, bytes });
             }
             ToWorker::Trim {
@@ -321,6 +322,7 @@ impl ControlLoop<'_> {
         )?;
         d.plan = Arc::new(plan);
         for (id, bytes) in instances {
+            tracing::debug!(%id, "restoring");
             // A split restores the lower half in place of the running
             // instance: the old incarnation stops first.
             self.inboxes.stop(id);
