@@ -390,14 +390,7 @@ impl Job<'_> {
             .to_string()
     }
 
-    /// A worker silent for longer than the heartbeat timeout while the
-    /// coordinator was there to hear it: after an absence of its own, the
-    /// coordinator gives every worker a whole timeout again rather than
-    /// declaring them all failed at once.
     fn silent_worker(&self) -> Option<WorkerId> {
-        if self.monitor.watching_for() < self.config.heartbeat_timeout {
-            return None;
-        }
         self.live_workers()
             .into_iter()
             .find(|w| self.links.silent_for(*w) > self.config.heartbeat_timeout)

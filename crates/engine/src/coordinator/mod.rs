@@ -172,10 +172,7 @@ impl Coordinator {
             acceptor,
             config.cancel.clone(),
             config.token.clone(),
-            // Twice the timeout: a worker stops itself only well after the
-            // coordinator could have declared it failed, never because the
-            // coordinator's lease thread was late on a starved machine.
-            config.heartbeat_timeout * 2,
+            config.heartbeat_timeout,
         )?;
         run_job(registry, config, &mut links, provisioner)
     }

@@ -23,11 +23,6 @@ pub(super) struct Monitor {
     /// Live workers' seconds added up, and when last added.
     worker_secs: f64,
     last_tick: Instant,
-    /// When the coordinator last came back from an absence (descheduled
-    /// on a starved machine, or busy with one long step) of more than half
-    /// a heartbeat timeout: heartbeats it could not read meanwhile say
-    /// nothing of the workers.
-    resumed: Instant,
 }
 
 impl Default for Monitor {
@@ -38,7 +33,6 @@ impl Default for Monitor {
             last_publish: Instant::now(),
             worker_secs: 0.0,
             last_tick: Instant::now(),
-            resumed: Instant::now(),
         }
     }
 }
@@ -47,11 +41,6 @@ impl Monitor {
     /// The history so far.
     pub(super) fn history(&self) -> &[HistoryPoint] {
         &self.history
-    }
-
-    /// How long the coordinator has been watching without an absence.
-    pub(super) fn watching_for(&self) -> Duration {
-        self.resumed.elapsed()
     }
 
     /// Seconds of live workers (pool included) since the job started.
@@ -72,9 +61,6 @@ impl Job<'_> {
         if self.running {
             let dt = now.duration_since(self.monitor.last_tick).as_secs_f64();
             self.monitor.worker_secs += dt * self.live_workers().len() as f64;
-        }
-        if now.duration_since(self.monitor.last_tick) > self.config.heartbeat_timeout / 2 {
-            self.monitor.resumed = now;
         }
         self.monitor.last_tick = now;
         if self.running && now.duration_since(self.monitor.last_history).as_secs_f64() >= 1.0 {
