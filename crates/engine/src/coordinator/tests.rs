@@ -1201,16 +1201,22 @@ fn busy(c: &mut Cluster, id: InstanceId, samples: u64, every: Duration, cpu: f64
 fn busy_all(c: &mut Cluster, ids: &[InstanceId], samples: u64, every: Duration, cpu: f64) {
     for n in 1..=samples {
         for &id in ids {
-            let metrics = InstanceMetrics {
-                instance: id,
-                tuples_in: 1000 * n,
-                cpu_secs: cpu * n as f64,
-                ..InstanceMetrics::default()
-            };
-            c.net.say(c.host(id), ToCoordinator::Metrics(metrics));
+            sample(c, id, n, cpu);
         }
         c.settle(every);
     }
+}
+
+/// `id`'s `n`th metrics sample: `cpu` CPU seconds and 1,000 tuples per
+/// sample so far.
+fn sample(c: &Cluster, id: InstanceId, n: u64, cpu: f64) {
+    let metrics = InstanceMetrics {
+        instance: id,
+        tuples_in: 1000 * n,
+        cpu_secs: cpu * n as f64,
+        ..InstanceMetrics::default()
+    };
+    c.net.say(c.host(id), ToCoordinator::Metrics(metrics));
 }
 
 #[test]
@@ -1235,15 +1241,8 @@ fn the_splits_of_one_decision_are_one_reconfiguration() {
         let count = c.ids("count")[0];
         let pass = c.ids("pass")[0];
         for n in 6..=8 {
-            for (id, cpu) in [(count, 0.2), (pass, 0.1)] {
-                let metrics = InstanceMetrics {
-                    instance: id,
-                    tuples_in: 1000 * n,
-                    cpu_secs: cpu * n as f64,
-                    ..InstanceMetrics::default()
-                };
-                c.net.say(c.host(id), ToCoordinator::Metrics(metrics));
-            }
+            sample(c, count, n, 0.2);
+            sample(c, pass, n, 0.1);
             c.settle(Duration::from_millis(20));
         }
         let split = c.run_until(Duration::from_secs(5), |c| {
