@@ -106,6 +106,19 @@ impl Job<'_> {
         kept
     }
 
+    /// Keeps a checkpoint taken for a reconfiguration and returns the whole
+    /// state it completes: an incremental checkpoint is whole only with the
+    /// replica it changes. `Ok(None)` when the instance keeps no replica.
+    pub(super) fn keep_whole_checkpoint(
+        &mut self,
+        instance: InstanceId,
+        frontier: Stamp,
+        bytes: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, ChainError> {
+        self.keep_checkpoint(instance, frontier, bytes)?;
+        Ok(self.backups.replica(instance)?)
+    }
+
     /// Step 2: ships a checkpoint (already in the replica) to its holder.
     fn back_up(
         &mut self,

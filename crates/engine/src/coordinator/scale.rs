@@ -616,26 +616,22 @@ impl Job<'_> {
                         bytes,
                         ..
                     },
-                ))) => {
-                    // An incremental checkpoint is whole only with the
-                    // replica it changes.
-                    match self.keep_checkpoint(instance, frontier, bytes) {
-                        Ok(()) => {
-                            waiting.remove(&instance);
-                            if let Some(bytes) = self.backups.replica(instance)? {
-                                got.insert(instance, (frontier, bytes));
-                            }
-                        }
-                        Err(ChainError::Gap { .. }) => {}
-                        Err(ChainError::Corrupt(e)) => {
-                            tracing::warn!(%instance, "a corrupt checkpoint for a split: {e}; asking again");
-                            let worker = waiting[&instance].1;
-                            if self.send(worker, &ToWorker::CheckpointNow).is_err() {
-                                waiting.remove(&instance);
-                            }
+                ))) => match self.keep_whole_checkpoint(instance, frontier, bytes) {
+                    Ok(whole) => {
+                        waiting.remove(&instance);
+                        if let Some(bytes) = whole {
+                            got.insert(instance, (frontier, bytes));
                         }
                     }
-                }
+                    Err(ChainError::Gap { .. }) => {}
+                    Err(ChainError::Corrupt(e)) => {
+                        tracing::warn!(%instance, "a corrupt checkpoint for a split: {e}; asking again");
+                        let worker = waiting[&instance].1;
+                        if self.send(worker, &ToWorker::CheckpointNow).is_err() {
+                            waiting.remove(&instance);
+                        }
+                    }
+                },
                 Ok(_) | Err(EngineError::Timeout(_)) => {
                     let gone: Vec<InstanceId> = instances
                         .iter()

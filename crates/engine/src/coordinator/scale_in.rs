@@ -252,12 +252,26 @@ impl Job<'_> {
         high: &InstancePlan,
     ) -> Result<Option<Aligned>, EngineError> {
         let pair = [low, high];
+        let Some(frontier) = self.pause_pair(&pair)? else {
+            return Ok(self.call_off(&pair));
+        };
+        let mut checkpoints = self.aligned_checkpoints(&pair, frontier)?;
+        match (checkpoints.remove(&low.id), checkpoints.remove(&high.id)) {
+            (Some(a), Some(b)) => Ok(Some((frontier, a, b))),
+            _ => Ok(self.call_off(&pair)),
+        }
+    }
+
+    /// Pauses both partitions and resumes each until the larger of their
+    /// pause points, which it returns; `None` when one fails, is gone or has
+    /// finished.
+    fn pause_pair(&mut self, pair: &[&InstancePlan; 2]) -> Result<Option<Stamp>, EngineError> {
         for p in pair {
             if self
                 .send(p.worker, &ToWorker::Pause { instance: p.id })
                 .is_err()
             {
-                return Ok(self.call_off(&pair));
+                return Ok(None);
             }
         }
         let mut paused: HashMap<InstanceId, Stamp> = HashMap::new();
@@ -272,13 +286,13 @@ impl Job<'_> {
                     paused.insert(instance, done);
                 }
                 Ok(_) if pair.iter().all(|p| self.alive(p.worker)) => {}
-                Ok(_) | Err(EngineError::Timeout(_)) => return Ok(self.call_off(&pair)),
+                Ok(_) | Err(EngineError::Timeout(_)) => return Ok(None),
                 Err(e) => return Err(e),
             }
         }
         let frontier = paused.values().copied().max().unwrap_or(Stamp::END);
         if frontier.is_end() {
-            return Ok(self.call_off(&pair));
+            return Ok(None);
         }
         for p in pair {
             let resume = ToWorker::Resume {
@@ -286,10 +300,20 @@ impl Job<'_> {
                 until: frontier,
             };
             if self.send(p.worker, &resume).is_err() {
-                return Ok(self.call_off(&pair));
+                return Ok(None);
             }
         }
-        let mut checkpoints: HashMap<InstanceId, Vec<u8>> = HashMap::new();
+        Ok(Some(frontier))
+    }
+
+    /// The pair's whole checkpoints at `frontier`; fewer than two when one
+    /// fails, times out or cannot be made whole.
+    fn aligned_checkpoints(
+        &mut self,
+        pair: &[&InstancePlan; 2],
+        frontier: Stamp,
+    ) -> Result<HashMap<InstanceId, Vec<u8>>, EngineError> {
+        let mut checkpoints = HashMap::new();
         let deadline = Instant::now() + ALIGN_TIMEOUT;
         while checkpoints.len() < 2 {
             // Every checkpoint of the pair, in order: a periodic one taken
@@ -308,30 +332,22 @@ impl Job<'_> {
                         ..
                     },
                 ))) => {
-                    // An incremental checkpoint is whole only with the
-                    // replica it changes.
-                    let kept = self.keep_checkpoint(instance, at, bytes);
+                    let whole = self.keep_whole_checkpoint(instance, at, bytes);
                     if at == frontier {
-                        match kept
-                            .ok()
-                            .and_then(|()| self.backups.replica(instance).ok().flatten())
-                        {
+                        match whole.ok().flatten() {
                             Some(bytes) => {
                                 checkpoints.insert(instance, bytes);
                             }
-                            None => return Ok(self.call_off(&pair)),
+                            None => break,
                         }
                     }
                 }
                 Ok(_) if pair.iter().all(|p| self.alive(p.worker)) => {}
-                Ok(_) | Err(EngineError::Timeout(_)) => return Ok(self.call_off(&pair)),
+                Ok(_) | Err(EngineError::Timeout(_)) => break,
                 Err(e) => return Err(e),
             }
         }
-        match (checkpoints.remove(&low.id), checkpoints.remove(&high.id)) {
-            (Some(a), Some(b)) => Ok(Some((frontier, a, b))),
-            _ => Ok(self.call_off(&pair)),
-        }
+        Ok(checkpoints)
     }
 
     /// Calls a merge off: whichever partitions are still alive run on.
