@@ -2,62 +2,11 @@
 //!
 //! Keys are hashed once into 64 bits and routed by contiguous hash ranges, so
 //! the hash must be the same in every worker process: `std`'s `RandomState`
-//! is not. This is a small multiply-rotate hasher with a strong final mix so
+//! is not. Fx (`rustc-hash`, no per-process seed) with a strong final mix so
 //! that hashes spread over the whole `u64` range (contiguous ranges then carry
 //! even shares of keys).
 
 use std::hash::{Hash, Hasher};
-
-const K: u64 = 0x517c_c1b7_2722_0a95;
-
-/// A deterministic, process-independent [`Hasher`].
-#[derive(Default, Clone, Copy, Debug)]
-pub struct StableHasher {
-    state: u64,
-}
-
-impl StableHasher {
-    fn add(&mut self, word: u64) {
-        self.state = (self.state.rotate_left(5) ^ word).wrapping_mul(K);
-    }
-}
-
-impl Hasher for StableHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0u8; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 56));
-        }
-    }
-
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-    fn write_u16(&mut self, i: u16) {
-        self.add(u64::from(i));
-    }
-    fn write_u32(&mut self, i: u32) {
-        self.add(u64::from(i));
-    }
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        mix64(self.state)
-    }
-}
 
 /// A bijective finaliser (from MurmurHash3's fmix64 constants) so that
 /// nearby inputs land far apart.
@@ -71,9 +20,9 @@ pub fn mix64(mut x: u64) -> u64 {
 
 /// The routing hash of a key: the same value in every process.
 pub fn key_hash<K: Hash + ?Sized>(key: &K) -> u64 {
-    let mut hasher = StableHasher::default();
+    let mut hasher = rustc_hash::FxHasher::default();
     key.hash(&mut hasher);
-    hasher.finish()
+    mix64(hasher.finish())
 }
 
 #[cfg(test)]

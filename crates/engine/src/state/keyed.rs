@@ -2,7 +2,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hash};
+use std::hash::Hash;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::checkpoint::{SharedBytes, StateEntry};
 use super::routing::KeyRange;
 use crate::error::EngineError;
-use crate::hash::{key_hash, StableHasher};
+use crate::hash::key_hash;
 
 /// `key -> value` state owned by the engine on behalf of an operator.
 ///
@@ -35,7 +35,7 @@ use crate::hash::{key_hash, StableHasher};
 /// the loads of the keys it does not list ([`super::Checkpoint::apply`]).
 #[derive(Debug)]
 pub struct KeyedState<K, V> {
-    map: HashMap<K, Slot<V>, BuildHasherDefault<StableHasher>>,
+    map: HashMap<K, Slot<V>, rustc_hash::FxBuildHasher>,
     /// Snapshots taken (one more after a restore): the clock of load decay.
     epoch: u32,
     /// Keys accessed since the last snapshot, each once.

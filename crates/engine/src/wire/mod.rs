@@ -6,8 +6,9 @@ pub mod control;
 pub mod data;
 
 /// Bumped whenever a frame layout changes; peers of another version are
-/// refused (3: leases, stalled links, incremental checkpoints).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// refused (3: leases, stalled links, incremental checkpoints; 4: the Fx
+/// routing hash).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Upper bound on a data frame, so a corrupt length cannot make us allocate
 /// gigabytes.
