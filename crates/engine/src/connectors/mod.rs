@@ -30,7 +30,7 @@ pub use event_time::EventTime;
 pub use file::FileSource;
 pub use generator::Generator;
 pub use lines::BadRecords;
-pub use sinks::{CsvSink, JsonLinesSink, StdoutSink};
+pub use sinks::{Csv, CsvSink, FileSink, JsonLines, JsonLinesSink, RecordFormat, StdoutSink};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -73,10 +73,77 @@ impl OutputFile {
     }
 }
 
+/// A file written exactly once: a restored sink truncates its file to the
+/// length its checkpoint recorded, and its replacement writes the rest
+/// again from the replayed input. With parallelism N, instance `i` writes
+/// `path.i`. `F` writes the records: [`CsvSink`] and [`JsonLinesSink`] are
+/// the two formats.
+pub struct FileSink<T, F> {
+    file: OutputFile,
+    records: F,
+    _type: PhantomData<fn(T)>,
+}
+
+/// A buffered writer of one format of records over a [`FileSink`]'s file.
+pub trait RecordFormat<T>: Sized + Send + 'static {
+    /// What one record is, for errors ("a CSV record").
+    const RECORD: &'static str;
+
+    /// Writes records into `file`.
+    fn over(file: File) -> Self;
+
+    /// Buffers one record.
+    fn write(&mut self, record: &T) -> Result<(), String>;
+
+    /// Writes out what is buffered.
+    fn flush(&mut self) -> std::io::Result<()>;
+
+    /// The file written into.
+    fn file(&self) -> &File;
+}
+
+impl<T, F: RecordFormat<T>> FileSink<T, F> {
+    /// A sink writing `path` (see the type's description for parallelism).
+    pub fn create(path: impl AsRef<Path>, ctx: &InstanceContext) -> Result<Self, OperatorError> {
+        let (file, out) = OutputFile::open(path.as_ref(), ctx)?;
+        Ok(FileSink {
+            file,
+            records: F::over(out),
+            _type: PhantomData,
+        })
+    }
+}
+
+impl<T: Data, F: RecordFormat<T>> Sink for FileSink<T, F> {
+    type In = T;
+
+    fn write(&mut self, record: T) -> Result<(), OperatorError> {
+        self.records.write(&record).map_err(|e| {
+            OperatorError::new(format!(
+                "writing {} to {}: {e}",
+                F::RECORD,
+                self.file.path.display()
+            ))
+        })
+    }
+
+    fn finish(&mut self) -> Result<(), OperatorError> {
+        Ok(self.records.flush()?)
+    }
+
+    fn checkpoint(&mut self) -> Result<Vec<u8>, OperatorError> {
+        self.records.flush()?;
+        self.file.length(self.records.file())
+    }
+
+    fn restore(&mut self, checkpoint: &[u8]) -> Result<(), OperatorError> {
+        self.file.truncate(self.records.file(), checkpoint)
+    }
+}
+
 /// Writes each tuple as a CSV record (no header): a tuple or a struct of
 /// numbers, strings and booleans per line, quoted where CSV needs it.
-/// Exactly once: a restored sink truncates its file to the length its
-/// checkpoint recorded. With parallelism N, instance `i` writes `path.i`.
+/// Exactly once, as every [`FileSink`].
 ///
 /// ```
 /// use spate_engine::connectors::CsvSink;
@@ -88,55 +155,36 @@ impl OutputFile {
 /// let query = q.build()?;
 /// # Ok::<(), spate_engine::EngineError>(())
 /// ```
-pub struct CsvSink<T> {
-    file: OutputFile,
-    writer: csv::Writer<File>,
-    _type: PhantomData<fn(T)>,
-}
+pub type CsvSink<T> = FileSink<T, Csv>;
 
-impl<T> CsvSink<T> {
-    /// A sink writing `path` (see the type's description for parallelism).
-    pub fn create(path: impl AsRef<Path>, ctx: &InstanceContext) -> Result<Self, OperatorError> {
-        let (file, out) = OutputFile::open(path.as_ref(), ctx)?;
-        Ok(CsvSink {
-            file,
-            writer: csv::WriterBuilder::new()
-                .has_headers(false)
-                .flexible(true)
-                .from_writer(out),
-            _type: PhantomData,
-        })
+/// CSV records, one per line, without a header.
+pub struct Csv(csv::Writer<File>);
+
+impl<T: Serialize> RecordFormat<T> for Csv {
+    const RECORD: &'static str = "a CSV record";
+
+    fn over(file: File) -> Self {
+        Csv(csv::WriterBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_writer(file))
+    }
+
+    fn write(&mut self, record: &T) -> Result<(), String> {
+        self.0.serialize(record).map_err(|e| e.to_string())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+
+    fn file(&self) -> &File {
+        self.0.get_ref()
     }
 }
 
-impl<T: Data + Serialize> Sink for CsvSink<T> {
-    type In = T;
-
-    fn write(&mut self, record: T) -> Result<(), OperatorError> {
-        self.writer.serialize(record).map_err(|e| {
-            OperatorError::new(format!(
-                "writing a CSV record to {}: {e}",
-                self.file.path.display()
-            ))
-        })
-    }
-
-    fn finish(&mut self) -> Result<(), OperatorError> {
-        Ok(self.writer.flush()?)
-    }
-
-    fn checkpoint(&mut self) -> Result<Vec<u8>, OperatorError> {
-        self.writer.flush()?;
-        self.file.length(self.writer.get_ref())
-    }
-
-    fn restore(&mut self, checkpoint: &[u8]) -> Result<(), OperatorError> {
-        self.file.truncate(self.writer.get_ref(), checkpoint)
-    }
-}
-
-/// Writes each tuple as one line of JSON. Exactly once, as [`CsvSink`];
-/// with parallelism N, instance `i` writes `path.i`.
+/// Writes each tuple as one line of JSON. Exactly once, as every
+/// [`FileSink`].
 ///
 /// ```
 /// use spate_engine::connectors::{Generator, JsonLinesSink};
@@ -148,48 +196,29 @@ impl<T: Data + Serialize> Sink for CsvSink<T> {
 /// let query = q.build()?;
 /// # Ok::<(), spate_engine::EngineError>(())
 /// ```
-pub struct JsonLinesSink<T> {
-    file: OutputFile,
-    writer: BufWriter<File>,
-    _type: PhantomData<fn(T)>,
-}
+pub type JsonLinesSink<T> = FileSink<T, JsonLines>;
 
-impl<T> JsonLinesSink<T> {
-    /// A sink writing `path` (see the type's description for parallelism).
-    pub fn create(path: impl AsRef<Path>, ctx: &InstanceContext) -> Result<Self, OperatorError> {
-        let (file, out) = OutputFile::open(path.as_ref(), ctx)?;
-        Ok(JsonLinesSink {
-            file,
-            writer: BufWriter::new(out),
-            _type: PhantomData,
-        })
-    }
-}
+/// One JSON value per line.
+pub struct JsonLines(BufWriter<File>);
 
-impl<T: Data> Sink for JsonLinesSink<T> {
-    type In = T;
+impl<T: Serialize> RecordFormat<T> for JsonLines {
+    const RECORD: &'static str = "a JSON line";
 
-    fn write(&mut self, record: T) -> Result<(), OperatorError> {
-        serde_json::to_writer(&mut self.writer, &record).map_err(|e| {
-            OperatorError::new(format!(
-                "writing a JSON line to {}: {e}",
-                self.file.path.display()
-            ))
-        })?;
-        Ok(self.writer.write_all(b"\n")?)
+    fn over(file: File) -> Self {
+        JsonLines(BufWriter::new(file))
     }
 
-    fn finish(&mut self) -> Result<(), OperatorError> {
-        Ok(self.writer.flush()?)
+    fn write(&mut self, record: &T) -> Result<(), String> {
+        serde_json::to_writer(&mut self.0, record).map_err(|e| e.to_string())?;
+        self.0.write_all(b"\n").map_err(|e| e.to_string())
     }
 
-    fn checkpoint(&mut self) -> Result<Vec<u8>, OperatorError> {
-        self.writer.flush()?;
-        self.file.length(self.writer.get_ref())
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
     }
 
-    fn restore(&mut self, checkpoint: &[u8]) -> Result<(), OperatorError> {
-        self.file.truncate(self.writer.get_ref(), checkpoint)
+    fn file(&self) -> &File {
+        self.0.get_ref()
     }
 }
 

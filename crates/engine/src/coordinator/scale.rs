@@ -648,6 +648,19 @@ impl Job<'_> {
         Ok(got)
     }
 
+    /// The node of `operator`, or a refusal of the command (`what`)
+    /// recorded when the query has no such operator.
+    pub(super) fn operator_node(&mut self, operator: &str, what: &str) -> Option<usize> {
+        let node = self.query.find(operator);
+        if node.is_none() {
+            self.record(
+                EventKind::Refused,
+                format!("{what}: no operator `{operator}`"),
+            );
+        }
+        node
+    }
+
     /// Scales out `operator`'s busiest instance into the configured number
     /// of parts (a command or `--scale`).
     pub(super) fn scale_operator(
@@ -655,11 +668,7 @@ impl Job<'_> {
         operator: &str,
         reason: &str,
     ) -> Result<(), EngineError> {
-        let Some(node) = self.query.find(operator) else {
-            self.record(
-                EventKind::Refused,
-                format!("scale: no operator `{operator}`"),
-            );
+        let Some(node) = self.operator_node(operator, "scale") else {
             return Ok(());
         };
         match self.autoscaler.busiest(&self.plan.nodes[node].instances) {

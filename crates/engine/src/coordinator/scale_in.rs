@@ -48,11 +48,7 @@ impl Job<'_> {
         operator: &str,
         reason: &str,
     ) -> Result<(), EngineError> {
-        let Some(node) = self.query.find(operator) else {
-            self.record(
-                EventKind::Refused,
-                format!("scale in: no operator `{operator}`"),
-            );
+        let Some(node) = self.operator_node(operator, "scale in") else {
             return Ok(());
         };
         match self
