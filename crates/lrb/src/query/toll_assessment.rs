@@ -9,7 +9,7 @@
 //! recovery, a split or a merge: only a daily-expenditure query that comes
 //! before the load has ended waits for it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -59,8 +59,26 @@ impl Account {
     }
 }
 
-/// (VID, Day, XWay) -> toll, for the cars one instance owns.
-type Tolls = HashMap<(u32, u8, u16), u32>;
+/// The historical tolls of the cars one instance owns, sorted by (VID,
+/// Day, XWay) packed in one word: millions of lines (16 M at L=8) load
+/// several times faster into a sorted table than into a hash map, and the
+/// load is what the first daily-expenditure query waits for.
+#[derive(Default)]
+struct Tolls(Vec<(u64, u32)>);
+
+impl Tolls {
+    fn key(vid: u32, day: u8, xway: u16) -> u64 {
+        (u64::from(vid) << 24) | (u64::from(day) << 16) | u64::from(xway)
+    }
+
+    /// The toll of `vid` on `day` on `xway`, 0 when the file has none.
+    fn get(&self, vid: u32, day: u8, xway: u16) -> u32 {
+        let key = Tolls::key(vid, day, xway);
+        self.0
+            .binary_search_by_key(&key, |&(k, _)| k)
+            .map_or(0, |i| self.0[i].1)
+    }
+}
 
 /// Answers balance and expenditure queries.
 pub struct TollAssessment {
@@ -87,7 +105,7 @@ impl TollAssessment {
             .map_err(|e| OperatorError::new(format!("cannot start loading the tolls: {e}")))?;
         Ok(TollAssessment {
             loading: Some(loading),
-            tolls: Tolls::new(),
+            tolls: Tolls::default(),
         })
     }
 
@@ -104,38 +122,85 @@ impl TollAssessment {
 
 /// Reads the lines of `file` (at `path`) whose cars `ctx` owns.
 fn read_tolls(file: File, path: &Path, ctx: &InstanceContext) -> Result<Tolls, OperatorError> {
-    let mut history = Tolls::new();
-    for (i, line) in BufReader::with_capacity(1 << 20, file).lines().enumerate() {
-        let line = line?;
-        let bad = |why: &str| {
-            OperatorError::new(format!(
-                "{}:{}: {why} (expected VID,Day,XWay,Toll)",
-                path.display(),
-                i + 1
-            ))
-        };
-        let fields: Vec<&str> = line.trim().split(',').collect();
-        if fields.len() != 4 {
-            return Err(bad(&format!("{} fields", fields.len())));
+    let started = std::time::Instant::now();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut rows = Vec::new();
+    let mut line = Vec::with_capacity(64);
+    let mut line_no = 0u64;
+    let bad = |line_no: u64, why: &str| {
+        OperatorError::new(format!(
+            "{}:{line_no}: {why} (expected VID,Day,XWay,Toll)",
+            path.display()
+        ))
+    };
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            break;
         }
-        let num = |j: usize| -> Result<u64, OperatorError> {
-            fields[j]
-                .trim()
-                .parse()
-                .map_err(|_| bad(&format!("`{}` is not a non-negative integer", fields[j])))
-        };
-        let (vid, day, xway, toll) = (num(0)?, num(1)?, num(2)?, num(3)?);
-        let vid = u32::try_from(vid).map_err(|_| bad("VID out of range"))?;
+        line_no += 1;
+        let text = line.trim_ascii();
+        if text.is_empty() {
+            continue;
+        }
+        let [vid, day, xway, toll] = history_fields(text).map_err(|why| bad(line_no, &why))?;
+        let vid = u32::try_from(vid).map_err(|_| bad(line_no, "VID out of range"))?;
         if !ctx.owns(&vid) {
             continue;
         }
         if !(1..=69).contains(&day) || xway > 999 {
-            return Err(bad("Day must be 1..=69 and XWay 0..=999"));
+            return Err(bad(line_no, "Day must be 1..=69 and XWay 0..=999"));
         }
-        let toll = u32::try_from(toll).map_err(|_| bad("Toll out of range"))?;
-        history.insert((vid, day as u8, xway as u16), toll);
+        let toll = u32::try_from(toll).map_err(|_| bad(line_no, "Toll out of range"))?;
+        rows.push((Tolls::key(vid, day as u8, xway as u16), toll, line_no));
     }
-    Ok(history)
+    // The generator writes the file in key order, so this sort is one pass.
+    rows.sort_unstable();
+    if let Some(pair) = rows.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+        return Err(bad(
+            pair[1].2.max(pair[0].2),
+            "a second toll for the same VID, Day and XWay; the file must have one line per (VID, Day, XWay)",
+        ));
+    }
+    tracing::debug!(
+        instance = ctx.instance,
+        tolls = rows.len(),
+        secs = started.elapsed().as_secs_f64(),
+        "historical tolls loaded"
+    );
+    Ok(Tolls(
+        rows.into_iter().map(|(key, toll, _)| (key, toll)).collect(),
+    ))
+}
+
+/// The four non-negative integers of a historical-tolls line (spaces
+/// around each allowed), or why they are not.
+fn history_fields(text: &[u8]) -> Result<[u64; 4], String> {
+    let mut values = [0u64; 4];
+    let mut n = 0;
+    for field in text.split(|&b| b == b',') {
+        if n == 4 {
+            return Err("more than 4 fields".into());
+        }
+        let digits = field.trim_ascii();
+        let not_a_number = || {
+            format!(
+                "`{}` is not a non-negative integer",
+                String::from_utf8_lossy(field)
+            )
+        };
+        if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(not_a_number());
+        }
+        values[n] = digits
+            .iter()
+            .fold(0u64, |v, &d| v * 10 + u64::from(d - b'0'));
+        n += 1;
+    }
+    if n != 4 {
+        return Err(format!("{n} fields"));
+    }
+    Ok(values)
 }
 
 impl StatefulOperator for TollAssessment {
@@ -189,12 +254,61 @@ impl StatefulOperator for TollAssessment {
             } => out.emit(Msg::Expenditure {
                 time,
                 qid,
-                bal: self.tolls()?.get(&(vid, day, xway)).copied().unwrap_or(0),
+                bal: self.tolls()?.get(vid, day, xway),
                 released_us,
             }),
             other => Err(OperatorError::new(format!(
                 "toll assessment received an unexpected {other:?}"
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use spate_engine::ids::Incarnation;
+    use spate_engine::state::KeyRange;
+
+    use super::*;
+
+    fn load(text: &str) -> Result<Tolls, OperatorError> {
+        let path = std::env::temp_dir().join(format!(
+            "lrb-tolls-{}-{}.csv",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::write(&path, text).unwrap();
+        let ctx = InstanceContext {
+            operator: "toll_assessment".into(),
+            instance: 0,
+            index: 0,
+            parallelism: 1,
+            key_range: KeyRange::FULL,
+            restoring: false,
+            incarnation: Incarnation(0),
+        };
+        let tolls = read_tolls(File::open(&path).unwrap(), &path, &ctx);
+        std::fs::remove_file(&path).unwrap();
+        tolls
+    }
+
+    #[test]
+    fn finds_each_toll_in_any_line_order() {
+        let tolls = load("7,2,1,30\n 0 , 69 , 999 , 5 \n\n7,1,1,20\r\n7,2,0,10\n").unwrap();
+        assert_eq!(tolls.get(7, 1, 1), 20);
+        assert_eq!(tolls.get(7, 2, 1), 30);
+        assert_eq!(tolls.get(7, 2, 0), 10);
+        assert_eq!(tolls.get(0, 69, 999), 5);
+        assert_eq!(tolls.get(7, 3, 1), 0, "no line: no toll");
+    }
+
+    #[test]
+    fn refuses_bad_lines_with_their_number() {
+        let error = |text: &str| load(text).err().unwrap().to_string();
+        assert!(error("1,2,3\n").contains(":1: 3 fields"));
+        assert!(error("1,2,3,4\n1,2,3,-4\n").contains(":2: `-4` is not"));
+        assert!(error("1,2,3,4,5\n").contains("more than 4 fields"));
+        assert!(error("1,70,3,4\n").contains("Day must be"));
+        assert!(error("1,2,3,4\n5,6,7,8\n1,2,3,9\n").contains(":3: a second toll"));
     }
 }
