@@ -55,6 +55,7 @@ mod job_args;
 mod lrb;
 mod nexmark;
 mod progress;
+mod scaleout;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

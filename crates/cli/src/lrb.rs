@@ -136,6 +136,11 @@ pub enum LrbCommand {
         #[arg(long, default_value_t = 1000)]
         checkpoint_ms: u64,
     },
+    /// SEEP's scale-out experiment: Linear Road from one partition per
+    /// operator under a rising load on small workers (a CPU quota each),
+    /// once per autoscaling policy on the same input; writes
+    /// scaleout.json, scaleout.svg and scaleout.png (see docs/BENCH.md).
+    Scaleout(crate::scaleout::ScaleoutArgs),
     /// Run Linear Road in one plain thread with no engine (the COST
     /// baseline) and print its rate: the figure Spate's throughput is
     /// divided by. Check its answers with `spate lrb validate --speedup 1`.
@@ -385,6 +390,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
             println!("figures: {}", out.join("bench.json").display());
             Ok(())
         }
+        LrbCommand::Scaleout(args) => crate::scaleout::run(&args),
         LrbCommand::Baseline { files } => baseline(files),
     }
 }

@@ -413,8 +413,9 @@ fn say(log: &mut dyn Write, line: &str) -> Result<(), BenchError> {
 }
 
 /// Reuses the input in `data_dir` when it was generated with the same
-/// options, else generates it; then measures its load shape.
-fn prepare_input(options: &BenchOptions, log: &mut dyn Write) -> Result<InputInfo, BenchError> {
+/// options, else generates it; then measures its load shape (also what
+/// `spate lrb scaleout` runs on).
+pub fn prepare_input(options: &BenchOptions, log: &mut dyn Write) -> Result<InputInfo, BenchError> {
     let dir = &options.data_dir;
     let input = dir.join("input.csv");
     let tolls = dir.join("historical-tolls.csv");
@@ -754,7 +755,7 @@ fn judge(
 }
 
 /// Deletes a validated run's answer files, keeping its `report.json`.
-fn remove_answers(dir: &Path) -> Result<(), BenchError> {
+pub fn remove_answers(dir: &Path) -> Result<(), BenchError> {
     let entries = std::fs::read_dir(dir).map_err(io_error(format!("listing {}", dir.display())))?;
     for entry in entries {
         let path = entry

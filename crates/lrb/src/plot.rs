@@ -1,6 +1,7 @@
 //! Figures drawn with `plotters`: `report.svg` and `report.png`, the picture
 //! of one run that `spate lrb run` writes next to `report.json`, and what
-//! `bench.svg` and `bench.png` are drawn with.
+//! `bench.svg` and `bench.png` are drawn with; `scaleout` draws the
+//! comparison `spate lrb scaleout` writes.
 //!
 //! Each figure is drawn twice from one description (`Figure`): as SVG for
 //! browsers and as PNG for viewers that do not render SVG. PNG text is set
@@ -27,6 +28,9 @@ use spate_engine::coordinator::view::HistoryPoint;
 use crate::driver::RunReport;
 use crate::model::AnswerKind;
 use crate::query::SinkStats;
+
+mod scaleout;
+pub use scaleout::{write_scaleout_plot, ScaleoutRun};
 
 /// Colours of data series, in order of use; red is kept for failures.
 pub(crate) const SERIES: [RGBColor; 9] = [

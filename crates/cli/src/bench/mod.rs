@@ -9,7 +9,7 @@
 //! previous one is over and the job has settled, rather than at times fixed
 //! in advance: how long the load and each step take grows with the state.
 
-mod figures;
+pub(crate) mod figures;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

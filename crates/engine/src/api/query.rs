@@ -444,7 +444,9 @@ pub(crate) struct StateSize {
 }
 
 pub(crate) trait ProcessLogic: Send {
-    fn process(&mut self, payload: &[u8], outbox: &mut dyn Emit) -> Result<(), OperatorError>;
+    /// Processes one input; `false` when the instance dropped it as not its
+    /// own (a split's replay), so that it does not count as processed.
+    fn process(&mut self, payload: &[u8], outbox: &mut dyn Emit) -> Result<bool, OperatorError>;
     fn finish(&mut self) -> Result<(), OperatorError> {
         Ok(())
     }
@@ -526,12 +528,13 @@ struct StatelessNode<O: Operator> {
 }
 
 impl<O: Operator> ProcessLogic for StatelessNode<O> {
-    fn process(&mut self, payload: &[u8], outbox: &mut dyn Emit) -> Result<(), OperatorError> {
+    fn process(&mut self, payload: &[u8], outbox: &mut dyn Emit) -> Result<bool, OperatorError> {
         if !self.range.contains(mix64(outbox.stamp().0)) {
-            return Ok(());
+            return Ok(false);
         }
         self.op
-            .process(decode(payload)?, &mut Output::new(&self.edges, outbox))
+            .process(decode(payload)?, &mut Output::new(&self.edges, outbox))?;
+        Ok(true)
     }
 }
 
@@ -543,15 +546,16 @@ struct StatefulNode<O: StatefulOperator> {
 }
 
 impl<O: StatefulOperator> ProcessLogic for StatefulNode<O> {
-    fn process(&mut self, payload: &[u8], outbox: &mut dyn Emit) -> Result<(), OperatorError> {
+    fn process(&mut self, payload: &[u8], outbox: &mut dyn Emit) -> Result<bool, OperatorError> {
         let input: O::In = decode(payload)?;
         let key = O::key(&input);
         if !self.range.contains(key_hash(&key)) {
-            return Ok(());
+            return Ok(false);
         }
         let state = self.state.get_or_default(key);
         self.op
-            .process(input, state, &mut Output::new(&self.edges, outbox))
+            .process(input, state, &mut Output::new(&self.edges, outbox))?;
+        Ok(true)
     }
 
     fn snapshot(&mut self) -> Result<Vec<StateEntry>, EngineError> {
@@ -581,8 +585,9 @@ struct SinkNode<S: Sink> {
 }
 
 impl<S: Sink> ProcessLogic for SinkNode<S> {
-    fn process(&mut self, payload: &[u8], _outbox: &mut dyn Emit) -> Result<(), OperatorError> {
-        self.sink.write(decode(payload)?)
+    fn process(&mut self, payload: &[u8], _outbox: &mut dyn Emit) -> Result<bool, OperatorError> {
+        self.sink.write(decode(payload)?)?;
+        Ok(true)
     }
 
     fn finish(&mut self) -> Result<(), OperatorError> {

@@ -727,8 +727,12 @@ impl Runner {
             let tuples_in = &mut round.tuples_in;
             let done = merge.drain_until(round.cap, |stamp, payload| {
                 outbox.set_stamp(stamp);
-                *tuples_in += 1;
-                logic.process(payload, outbox).map_err(|e| self.fail(e))
+                // A split's replay brings a part its siblings' inputs too:
+                // only its own count, or the policy would see the parent's
+                // whole rate offered to every part.
+                let owned = logic.process(payload, outbox).map_err(|e| self.fail(e))?;
+                *tuples_in += u64::from(owned);
+                Ok(())
             })?;
             outbox.flush(done);
             round.finished = done.is_end();
