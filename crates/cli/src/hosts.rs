@@ -20,7 +20,7 @@ use lrb_reference::validate::{validate, BadInput, ValidateOptions};
 use serde::Serialize;
 use spate_engine::cluster::{current_program, CommandProvisioner};
 use spate_engine::coordinator::view::SharedView;
-use spate_engine::coordinator::{Coordinator, JobState, Provisioner};
+use spate_engine::coordinator::{Coordinator, EventKind, JobState, Provisioner};
 use spate_hosts::{Fault, HostId, HostsOptions, SimulatedHosts};
 use spate_lrb::driver::{self, RunOptions};
 use spate_lrb::query::LrbParams;
@@ -62,12 +62,13 @@ pub struct LrbArgs {
     /// Replay S times faster than real time.
     #[arg(long, default_value_t = 30.0)]
     speedup: f64,
-    /// A network event, `AT_SECS:WHAT`, where WHAT is `partition:T`,
+    /// A network event, `AT_SECS[+FOR_SECS]:WHAT`, where WHAT is `partition:T`,
     /// `cut:T:T`, `cut-coordinator:T`, `cut-peers:T`, `loss:T:PERCENT`, `bandwidth:T:KBIT`,
     /// `crash:T`, `heal:T` or `heal-all`, and a target T is a host (`h2`)
     /// or the host of an instance when the event fires (`toll_calculator/1`).
-    /// Repeatable.
-    #[arg(long = "fault", value_name = "AT_SECS:WHAT")]
+    /// A network fault given `+FOR_SECS` is lifted (that fault alone) after
+    /// that long. Repeatable.
+    #[arg(long = "fault", value_name = "AT_SECS[+FOR_SECS]:WHAT")]
     faults: Vec<Scheduled>,
     #[command(flatten)]
     job: JobArgs,
@@ -100,6 +101,9 @@ enum Action {
 struct Scheduled {
     at: Duration,
     action: Action,
+    /// How long a network fault lasts before it is lifted (`None`: until a
+    /// heal or the end of the run).
+    lasts: Option<Duration>,
 }
 
 impl std::str::FromStr for Target {
@@ -129,11 +133,16 @@ impl std::str::FromStr for Scheduled {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let parts: Vec<&str> = s.split(':').collect();
-        let at: f64 = parts[0]
-            .parse()
-            .ok()
-            .filter(|v: &f64| v.is_finite() && *v >= 0.0)
-            .ok_or_else(|| format!("`{}` in `{s}` is not a number of seconds", parts[0]))?;
+        let seconds = |v: &str| -> Result<f64, String> {
+            v.parse()
+                .ok()
+                .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| format!("`{v}` in `{s}` is not a number of seconds"))
+        };
+        let (at, lasts) = match parts[0].split_once('+') {
+            Some((at, lasts)) => (seconds(at)?, Some(seconds(lasts)?)),
+            None => (seconds(parts[0])?, None),
+        };
         let target = |i: usize| -> Result<Target, String> {
             parts
                 .get(i)
@@ -161,9 +170,16 @@ impl std::str::FromStr for Scheduled {
             Some("heal-all") => Action::HealAll,
             _ => return Err(format!("`{s}` is not AT_SECS:WHAT (see --help)")),
         };
+        if lasts.is_some() && matches!(action, Action::Crash(_) | Action::Heal(_) | Action::HealAll)
+        {
+            return Err(format!(
+                "`{s}`: only a network fault lasts (+FOR_SECS); a crash, heal or heal-all is instant"
+            ));
+        }
         Ok(Scheduled {
             at: Duration::from_secs_f64(at),
             action,
+            lasts: lasts.map(Duration::from_secs_f64),
         })
     }
 }
@@ -181,10 +197,50 @@ pub struct Injected {
     pub hosts: Vec<String>,
     /// Why it could not be done, if it could not.
     pub error: Option<String>,
+    /// When a fault given a duration was lifted, milliseconds after the job
+    /// started.
+    pub lifted_at_ms: Option<u64>,
     /// Milliseconds from the event to the first failure the coordinator
-    /// declared on one of its hosts, if any.
+    /// declared that it explains (see [`Declared::cause`]), if any.
     pub detected_after_ms: Option<u64>,
+    /// Why the coordinator declared that failure (missed heartbeats,
+    /// stalled channels, a broken connection).
+    pub detected_by: Option<String>,
 }
+
+/// A failure the coordinator declared, in `hosts.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Declared {
+    /// When it was detected, milliseconds after the job started.
+    pub at_ms: u64,
+    /// The workers declared failed.
+    pub workers: Vec<u32>,
+    /// Their hosts.
+    pub hosts: Vec<String>,
+    /// Why, as the coordinator said.
+    pub reason: String,
+    /// What explains it: `kill` (an injected kill of one of its workers in
+    /// the seconds before), the index in `events` of the network fault on
+    /// one of its hosts in force then (or lifted or crashed up to
+    /// [`EXPLAINS_FOR`] before), or nothing: a failure no fault explains.
+    pub cause: Option<Cause>,
+}
+
+/// What explains a declared failure.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cause {
+    /// An injected `--kill`.
+    Kill,
+    /// The network event with this index in `events`.
+    Fault(usize),
+}
+
+/// How long after a fault ends (is lifted or healed, or a crash happens)
+/// or a kill fires a failure declared on its hosts is still put down to
+/// it: detection takes up to a heartbeat timeout or a stall's second and
+/// settling, stretched on a loaded machine.
+const EXPLAINS_FOR: Duration = Duration::from_secs(3);
 
 /// `hosts.json`: the hosts, the events, and what the run made of them.
 #[derive(Debug, Serialize)]
@@ -193,6 +249,8 @@ struct HostsReport {
     /// Worker index -> host.
     workers: Vec<String>,
     events: Vec<Injected>,
+    /// Every failure the coordinator declared, with what explains it.
+    failures: Vec<Declared>,
     recoveries: usize,
     deadline_misses: u64,
     validated: bool,
@@ -315,7 +373,7 @@ fn lrb(mut args: LrbArgs) -> Result<()> {
         .unwrap_or_else(|p| std::panic::resume_unwind(p));
     let _ = hosts.heal_all();
     let report = report.context("the Linear Road run across hosts failed")?;
-    attribute_detections(&mut events, &report, &worker_addrs, &hosts);
+    let failures = declared_failures(&mut events, &report, &worker_addrs, &hosts);
     let workers: Vec<String> = worker_addrs
         .iter()
         .map(|a| host_of_addr(&hosts, a).map_or_else(|| a.clone(), |h| h.to_string()))
@@ -327,11 +385,21 @@ fn lrb(mut args: LrbArgs) -> Result<()> {
             e.at_ms,
             e.what,
             e.detected_after_ms.map_or(String::new(), |d| format!(
-                ", failure declared {d} ms later"
+                ", failure declared {d} ms later ({})",
+                e.detected_by.as_deref().unwrap_or_default()
             )),
             e.error
                 .as_ref()
                 .map_or(String::new(), |e| format!(" (not done: {e})"))
+        );
+    }
+    for f in failures.iter().filter(|f| f.cause.is_none()) {
+        println!(
+            "at {} ms: workers {:?} on {} declared failed ({}), explained by no fault or kill",
+            f.at_ms,
+            f.workers,
+            f.hosts.join(", "),
+            f.reason
         );
     }
     let validation = validate(&ValidateOptions {
@@ -347,6 +415,7 @@ fn lrb(mut args: LrbArgs) -> Result<()> {
         hosts: args.hosts,
         workers,
         events,
+        failures,
         recoveries: report.recoveries.len(),
         deadline_misses: report.deadline_misses,
         validated: validation.passed(),
@@ -361,8 +430,9 @@ fn lrb(mut args: LrbArgs) -> Result<()> {
     Ok(())
 }
 
-/// Fires `schedule`, timed from the job's start, until it is done or the
-/// run ends.
+/// Fires `schedule`, timed from the job's start, and lifts the faults
+/// that last a while when their time is up, until all is done or the run
+/// ends.
 fn inject_on_schedule(
     hosts: &SimulatedHosts,
     view: &SharedView,
@@ -379,61 +449,95 @@ fn inject_on_schedule(
     let started = Instant::now()
         .checked_sub(Duration::from_millis(elapsed))
         .unwrap_or_else(Instant::now);
-    for event in schedule {
-        while started.elapsed() < event.at {
+    // Faults to lift: when, which, and the index in `fired` of its event.
+    let mut lifts: Vec<(Duration, Fault, usize)> = Vec::new();
+    let mut next = 0;
+    loop {
+        let lift = (0..lifts.len()).min_by_key(|i| lifts[*i].0);
+        let due = match (schedule.get(next), lift) {
+            (Some(event), Some(i)) => event.at.min(lifts[i].0),
+            (Some(event), None) => event.at,
+            (None, Some(i)) => lifts[i].0,
+            (None, None) => return fired,
+        };
+        while started.elapsed() < due {
             if done.load(Ordering::SeqCst) {
                 return fired;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         let at_ms = started.elapsed().as_millis() as u64;
-        let (what, kind, touched, result) = fire(hosts, view, &event.action);
-        tracing::info!(at_ms, "network event: {what}");
-        fired.push(Injected {
-            at_ms,
-            what,
-            kind,
-            hosts: touched.iter().map(|h| h.to_string()).collect(),
-            error: result.err(),
-            detected_after_ms: None,
-        });
+        let injected = match lift.filter(|i| lifts[*i].0 == due) {
+            Some(i) => {
+                let (_, fault, cause) = lifts.swap_remove(i);
+                fired[cause].lifted_at_ms = Some(at_ms);
+                Injected {
+                    at_ms,
+                    what: format!("lift {fault}"),
+                    kind: "heal".into(),
+                    hosts: fault.hosts().iter().map(|h| h.to_string()).collect(),
+                    error: hosts.lift(fault).err().map(|e| e.to_string()),
+                    lifted_at_ms: None,
+                    detected_after_ms: None,
+                    detected_by: None,
+                }
+            }
+            None => {
+                let event = &schedule[next];
+                next += 1;
+                let (injected, fault) = fire(hosts, view, &event.action, at_ms);
+                if let (Some(lasts), Some(fault), None) = (event.lasts, fault, &injected.error) {
+                    lifts.push((started.elapsed() + lasts, fault, fired.len()));
+                }
+                injected
+            }
+        };
+        tracing::info!(at_ms, "network event: {}", injected.what);
+        fired.push(injected);
     }
-    fired
 }
 
-/// Carries out one event; returns what it was, its kind, the hosts it hit
-/// and whether it could be done.
+/// Carries out one event at `at_ms`; returns what happened and the
+/// network fault it injected, if it did.
 fn fire(
     hosts: &SimulatedHosts,
     view: &SharedView,
     action: &Action,
-) -> (String, String, Vec<HostId>, Result<(), String>) {
+    at_ms: u64,
+) -> (Injected, Option<Fault>) {
+    let record =
+        |what: String, kind: &str, touched: &[HostId], result: Result<(), String>| Injected {
+            at_ms,
+            what,
+            kind: kind.to_string(),
+            hosts: touched.iter().map(|h| h.to_string()).collect(),
+            error: result.err(),
+            lifted_at_ms: None,
+            detected_after_ms: None,
+            detected_by: None,
+        };
     let resolve = |t: &Target| -> Result<HostId, String> {
         match t {
             Target::Host(h) => Ok(*h),
             Target::Instance(op, index) => host_of_instance(hosts, view, op, *index),
         }
     };
-    let fault = |make: &dyn Fn() -> Result<Fault, String>| -> (String, String, Vec<HostId>, Result<(), String>) {
-        match make() {
-            Ok(fault) => (
-                fault.to_string(),
-                fault.kind().to_string(),
-                fault.hosts(),
-                hosts.inject(fault).map_err(|e| e.to_string()),
-            ),
-            Err(e) => (format!("{action:?}"), "unresolved".into(), Vec::new(), Err(e)),
+    let fault = |make: &dyn Fn() -> Result<Fault, String>| match make() {
+        Ok(fault) => {
+            let result = hosts.inject(fault).map_err(|e| e.to_string());
+            let injected = result.is_ok().then_some(fault);
+            let event = record(fault.to_string(), fault.kind(), &fault.hosts(), result);
+            (event, injected)
         }
+        Err(e) => (
+            record(format!("{action:?}"), "unresolved", &[], Err(e)),
+            None,
+        ),
     };
     let on_host =
         |t: &Target, kind: &str, f: &dyn Fn(HostId) -> Result<(), String>| match resolve(t) {
-            Ok(h) => (format!("{kind} {h}"), kind.to_string(), vec![h], f(h)),
-            Err(e) => (
-                format!("{kind} {t:?}"),
-                kind.to_string(),
-                Vec::new(),
-                Err(e),
-            ),
+            Ok(h) => (record(format!("{kind} {h}"), kind, &[h], f(h)), None),
+            Err(e) => (record(format!("{kind} {t:?}"), kind, &[], Err(e)), None),
         };
     match action {
         Action::Partition(t) => fault(&|| Ok(Fault::Partition(resolve(t)?))),
@@ -447,10 +551,13 @@ fn fire(
         }),
         Action::Heal(t) => on_host(t, "heal", &|h| hosts.heal(h).map_err(|e| e.to_string())),
         Action::HealAll => (
-            "heal every host".into(),
-            "heal".into(),
-            hosts.all().collect(),
-            hosts.heal_all().map_err(|e| e.to_string()),
+            record(
+                "heal every host".into(),
+                "heal",
+                &hosts.all().collect::<Vec<_>>(),
+                hosts.heal_all().map_err(|e| e.to_string()),
+            ),
+            None,
         ),
     }
 }
@@ -489,28 +596,189 @@ fn host_of_addr(hosts: &SimulatedHosts, addr: &str) -> Option<HostId> {
     }
 }
 
-/// For every fault event, how long until the coordinator declared a
-/// worker on one of its hosts failed (the first recovery at or after it).
-fn attribute_detections(
+/// Every failure the coordinator declared (its `failure` events; the
+/// detection time from the recovery it started, when it started one), each
+/// put down to what explains it; and for every fault event, how long until
+/// the first failure it explains.
+fn declared_failures(
     events: &mut [Injected],
     report: &spate_lrb::driver::RunReport,
     worker_addrs: &[String],
     hosts: &SimulatedHosts,
-) {
-    for e in events.iter_mut().filter(|e| e.kind != "heal") {
-        e.detected_after_ms = report
-            .recoveries
+) -> Vec<Declared> {
+    let host_of_worker = |w: u32| {
+        worker_addrs
+            .get(w as usize)
+            .and_then(|a| host_of_addr(hosts, a))
+            .map(|h| h.to_string())
+    };
+    let kills: Vec<(u64, u32)> = report
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::Kill)
+        .filter_map(|e| {
+            let worker = e.detail.strip_prefix("killed worker ")?.split(' ').next()?;
+            Some((e.at_ms, worker.parse().ok()?))
+        })
+        .collect();
+    let ends: Vec<Option<u64>> = (0..events.len()).map(|i| fault_end(events, i)).collect();
+    let explains_ms = EXPLAINS_FOR.as_millis() as u64;
+    let mut recoveries = report.recoveries.iter().peekable();
+    let mut declared = Vec::new();
+    for event in report
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::Failure)
+    {
+        let workers = worker_ids(&event.detail);
+        let reason = event
+            .detail
+            .split_once("failed: ")
+            .map_or(event.detail.as_str(), |(_, r)| r)
+            .to_string();
+        let at_ms = match recoveries.peek() {
+            Some(r) if r.workers.iter().map(|w| w.0).eq(workers.iter().copied()) => {
+                recoveries.next().map_or(event.at_ms, |r| r.detected_ms)
+            }
+            _ => event.at_ms,
+        };
+        let mut hit: Vec<String> = workers.iter().filter_map(|w| host_of_worker(*w)).collect();
+        hit.sort();
+        hit.dedup();
+        let killed = kills
             .iter()
-            .filter(|r| r.detected_ms >= e.at_ms)
-            .filter(|r| {
-                r.workers.iter().any(|w| {
-                    worker_addrs
-                        .get(w.index())
-                        .and_then(|a| host_of_addr(hosts, a))
-                        .is_some_and(|h| e.hosts.contains(&h.to_string()))
-                })
+            .any(|(k, w)| workers.contains(w) && *k <= at_ms && at_ms <= k + explains_ms);
+        let fault = (0..events.len())
+            .filter(|i| {
+                let e = &events[*i];
+                !matches!(e.kind.as_str(), "heal" | "unresolved")
+                    && e.error.is_none()
+                    && e.hosts.iter().any(|h| hit.contains(h))
+                    && e.at_ms <= at_ms + CLOCK_SLACK_MS
+                    && ends[*i].is_none_or(|end| at_ms <= end + explains_ms)
             })
-            .map(|r| r.detected_ms - e.at_ms)
-            .min();
+            // A fault that cuts explains a failure better than loss or a
+            // cap that only slows; then the latest.
+            .max_by_key(|i| {
+                let e = &events[*i];
+                (!matches!(e.kind.as_str(), "loss" | "bandwidth"), e.at_ms)
+            });
+        let cause = if killed {
+            Some(Cause::Kill)
+        } else {
+            fault.map(Cause::Fault)
+        };
+        declared.push(Declared {
+            at_ms,
+            workers,
+            hosts: hit,
+            reason,
+            cause,
+        });
+    }
+    for (i, e) in events.iter_mut().enumerate() {
+        if let Some(d) = declared
+            .iter()
+            .filter(|d| d.cause == Some(Cause::Fault(i)))
+            .min_by_key(|d| d.at_ms)
+        {
+            e.detected_after_ms = Some(d.at_ms.saturating_sub(e.at_ms));
+            e.detected_by = Some(d.reason.clone());
+        }
+    }
+    declared
+}
+
+/// How far the injector's clock (started from the published view) may run
+/// ahead of the coordinator's, in milliseconds.
+const CLOCK_SLACK_MS: u64 = 100;
+
+/// When fault event `i` stopped: a crash at once; a fault given a duration
+/// when it was lifted; else at the first later heal of one of its hosts
+/// (`None`: in force to the end).
+fn fault_end(events: &[Injected], i: usize) -> Option<u64> {
+    let e = &events[i];
+    if e.kind == "crash" {
+        return Some(e.at_ms);
+    }
+    e.lifted_at_ms.or_else(|| {
+        events[i + 1..]
+            .iter()
+            .find(|h| {
+                h.kind == "heal"
+                    && !h.what.starts_with("lift ")
+                    && h.hosts.iter().any(|x| e.hosts.contains(x))
+            })
+            .map(|h| h.at_ms)
+    })
+}
+
+/// The worker ids in a failure event's detail (`workers [WorkerId(3)] failed: ...`).
+fn worker_ids(detail: &str) -> Vec<u32> {
+    detail
+        .split("WorkerId(")
+        .skip(1)
+        .filter_map(|rest| rest.split(')').next()?.parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fault_may_last_a_while_and_an_instant_event_may_not() {
+        let s: Scheduled = "2.5+1.5:partition:toll_calculator/1".parse().unwrap();
+        assert_eq!(s.at, Duration::from_millis(2_500));
+        assert_eq!(s.lasts, Some(Duration::from_millis(1_500)));
+        assert_eq!(
+            s.action,
+            Action::Partition(Target::Instance("toll_calculator".into(), 1))
+        );
+        let s: Scheduled = "3:loss:h2:2".parse().unwrap();
+        assert_eq!(s.lasts, None);
+        assert!("3+1:crash:h2".parse::<Scheduled>().is_err());
+        assert!("3+1:heal-all".parse::<Scheduled>().is_err());
+        assert!("3+x:cut-peers:h2".parse::<Scheduled>().is_err());
+    }
+
+    fn event(at_ms: u64, kind: &str, what: &str, hosts: &[&str]) -> Injected {
+        Injected {
+            at_ms,
+            what: what.into(),
+            kind: kind.into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            error: None,
+            lifted_at_ms: None,
+            detected_after_ms: None,
+            detected_by: None,
+        }
+    }
+
+    #[test]
+    fn a_fault_ends_when_lifted_healed_or_at_once_for_a_crash() {
+        let mut lifted = event(1_000, "partition", "partition h1", &["h1"]);
+        lifted.lifted_at_ms = Some(2_000);
+        let events = vec![
+            lifted,
+            event(1_500, "cut", "cut h2 from h3", &["h2", "h3"]),
+            event(1_600, "crash", "crash h4", &["h4"]),
+            event(1_700, "loss", "2 % loss on h5", &["h5"]),
+            event(2_000, "heal", "lift partition h1", &["h1"]),
+            event(3_000, "heal", "heal h3", &["h3"]),
+        ];
+        assert_eq!(fault_end(&events, 0), Some(2_000));
+        assert_eq!(fault_end(&events, 1), Some(3_000));
+        assert_eq!(fault_end(&events, 2), Some(1_600));
+        assert_eq!(fault_end(&events, 3), None);
+    }
+
+    #[test]
+    fn a_failure_event_names_its_workers() {
+        assert_eq!(
+            worker_ids("workers [WorkerId(3), WorkerId(12)] failed: it missed its heartbeats"),
+            vec![3, 12]
+        );
+        assert!(worker_ids("something else").is_empty());
     }
 }

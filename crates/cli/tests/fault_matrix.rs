@@ -8,6 +8,7 @@
 mod common;
 
 use common::lrb::survives;
+use common::next_random as next;
 
 const OPERATORS: [&str; 8] = [
     "feeder",
@@ -19,14 +20,6 @@ const OPERATORS: [&str; 8] = [
     "accidents",
     "balances",
 ];
-
-/// A small deterministic generator, so a failing run can be replayed by seed.
-fn next(state: &mut u64) -> u64 {
-    *state = state
-        .wrapping_mul(6_364_136_223_846_793_005)
-        .wrapping_add(1_442_695_040_888_963_407);
-    *state >> 33
-}
 
 #[test]
 #[ignore = "slow: set SPATE_FAULT_RUNS and run with --ignored"]

@@ -7,70 +7,34 @@ mod common;
 
 use std::time::Duration;
 
-use common::lrb::{answers, baseline, SPEEDUP};
-use common::{run_with_timeout, scratch, spate, stderr};
-use spate_hosts::{HostsError, HostsOptions, SimulatedHosts};
-
-/// Whether this machine lets us make simulated hosts.
-fn hosts_supported() -> bool {
-    let dir = scratch("hosts-probe");
-    match SimulatedHosts::create(&HostsOptions {
-        hosts: 1,
-        dir,
-        cpu_per_host: None,
-    }) {
-        Ok(_) => true,
-        Err(HostsError::Unsupported(why)) => {
-            eprintln!("skipping: cannot make simulated hosts here ({why})");
-            false
-        }
-        Err(e) => panic!("making simulated hosts: {e}"),
-    }
-}
+use common::hosts::{hosts_lrb, hosts_report, supported};
+use common::lrb::{baseline, difference, SPEEDUP};
+use common::{scratch, stderr};
 
 /// Runs the shared input over 6 hosts with `faults`; checks the answers
 /// equal the failure-free ones and returns `hosts.json`.
 fn unchanged_across_hosts(name: &str, faults: &[&str]) -> serde_json::Value {
     let base = baseline();
     let dir = scratch(name);
-    let mut command = spate();
-    command
-        .args([
-            "hosts",
-            "lrb",
-            "--hosts",
-            "6",
-            "--workers",
-            "10",
-            "--pool",
-            "3",
-        ])
-        .args(["--speedup", SPEEDUP])
-        .arg("--data")
-        .arg(base)
-        .arg("--out")
-        .arg(&dir);
+    let mut args: Vec<String> = ["--hosts", "6", "--workers", "10", "--pool", "3"]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    args.extend(["--speedup".into(), SPEEDUP.into()]);
     for fault in faults {
-        command.args(["--fault", fault]);
+        args.extend(["--fault".into(), fault.to_string()]);
     }
-    let result = run_with_timeout(command, Duration::from_secs(600));
+    let result = hosts_lrb(&dir, base, &args, Duration::from_secs(600));
     assert!(result.status.success(), "run failed: {}", stderr(&result));
-    let expected = answers(&base.join("out"));
-    let got = answers(&dir.join("shared").join("answers"));
-    assert_eq!(expected.len(), got.len(), "answer count changed");
-    if let Some(i) = (0..got.len()).find(|&i| expected[i] != got[i]) {
-        panic!(
-            "answers differ at row {i}: expected {} got {}",
-            expected[i], got[i]
-        );
+    if let Some(difference) = difference(&base.join("out"), &dir.join("shared").join("answers")) {
+        panic!("{difference}");
     }
-    let report = std::fs::read_to_string(dir.join("hosts.json")).unwrap();
-    serde_json::from_str(&report).unwrap()
+    hosts_report(&dir)
 }
 
 #[test]
 fn a_partition_and_a_host_cut_from_its_peers_change_nothing() {
-    if !hosts_supported() {
+    if !supported() {
         return;
     }
     // The cut from peers is never healed: the coordinator must notice the

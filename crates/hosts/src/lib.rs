@@ -302,6 +302,18 @@ impl SimulatedHosts {
         self.apply(&faults, &touched)
     }
 
+    /// Lifts `fault` alone (one of it, if injected twice), leaving any other
+    /// fault on its hosts in force: a fault that lasts a while. Lifting a
+    /// fault not in force (healed meanwhile) does nothing.
+    pub fn lift(&self, fault: Fault) -> Result<(), HostsError> {
+        let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(i) = faults.iter().position(|f| *f == fault) else {
+            return Ok(());
+        };
+        faults.remove(i);
+        self.apply(&faults, &fault.hosts())
+    }
+
     /// Lifts every fault.
     pub fn heal_all(&self) -> Result<(), HostsError> {
         let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());

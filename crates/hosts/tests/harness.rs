@@ -124,6 +124,17 @@ fn each_fault_cuts_what_it_says_and_heals() {
     hosts.heal(h1).unwrap();
     assert!(hosts.faults().is_empty());
     assert!(reaches(&hosts, Some(h2), at[0]));
+
+    // Lifting one fault leaves the others on the same host in force.
+    hosts.inject(Fault::CutFromCoordinator(h1)).unwrap();
+    hosts.inject(Fault::Cut(h1, h2)).unwrap();
+    hosts.lift(Fault::Cut(h1, h2)).unwrap();
+    assert!(reaches(&hosts, Some(h2), at[0]));
+    assert!(!reaches(&hosts, Some(h1), coordinator_addr));
+    hosts.lift(Fault::Cut(h1, h2)).unwrap();
+    assert_eq!(hosts.faults(), vec![Fault::CutFromCoordinator(h1)]);
+    hosts.lift(Fault::CutFromCoordinator(h1)).unwrap();
+    assert!(reaches(&hosts, Some(h1), coordinator_addr));
 }
 
 #[test]

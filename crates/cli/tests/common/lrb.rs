@@ -150,16 +150,29 @@ pub fn unchanged_with(name: &str, options: &[&str], env: &[(&str, &str)]) -> ser
         std::fs::copy(base.join(file), dir.join(file)).unwrap();
     }
     let report = run_with(&dir, "out", options, env);
-    let expected = answers(&base.join("out"));
-    let got = answers(&dir.join("out"));
-    assert_eq!(expected.len(), got.len(), "answer count changed");
-    if let Some(i) = (0..got.len()).find(|&i| expected[i] != got[i]) {
-        panic!(
-            "answers differ at row {i}: expected {} got {}",
-            expected[i], got[i]
-        );
+    if let Some(difference) = difference(&base.join("out"), &dir.join("out")) {
+        panic!("{difference}");
     }
     report
+}
+
+/// How the answers in `got` differ from those in `expected` (see
+/// [`answers`]), or `None` when they are identical.
+pub fn difference(expected: &Path, got: &Path) -> Option<String> {
+    let (expected, got) = (answers(expected), answers(got));
+    if expected.len() != got.len() {
+        return Some(format!(
+            "answer count changed: expected {} got {}",
+            expected.len(),
+            got.len()
+        ));
+    }
+    (0..got.len()).find(|&i| expected[i] != got[i]).map(|i| {
+        format!(
+            "answers differ at row {i}: expected {} got {}",
+            expected[i], got[i]
+        )
+    })
 }
 
 /// Runs with `kills` (and `extra` options) and checks the answers are

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod hosts;
 pub mod lrb;
 
 use std::io::Read;
@@ -72,4 +73,13 @@ pub fn free_port() -> u16 {
 /// Stderr as text, for assertions on error messages.
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A small deterministic generator, so a failing randomized run can be
+/// replayed by seed.
+pub fn next_random(state: &mut u64) -> u64 {
+    *state = state
+        .wrapping_mul(6_364_136_223_846_793_005)
+        .wrapping_add(1_442_695_040_888_963_407);
+    *state >> 33
 }
