@@ -366,7 +366,8 @@ fn check(args: &ScaleoutArgs) -> Result<()> {
         );
     }
     if !(0.0..1.0).contains(&args.scale_in_threshold)
-        || !(args.scale_in_threshold < args.scale_threshold && args.scale_threshold <= 1.0)
+        || !(args.scale_in_threshold..=1.0).contains(&args.scale_threshold)
+        || args.scale_threshold == args.scale_in_threshold
     {
         bail!("give 0 <= --scale-in-threshold < --scale-threshold <= 1");
     }
@@ -852,13 +853,16 @@ fn print_run(run: &PolicyRun) {
     );
 }
 
+/// One figure of the comparison: its label and how to read it off a run.
+type TableRow<'a> = (&'static str, Box<dyn Fn(&PolicyRun) -> String + 'a>);
+
 /// The comparison as a table, one row per figure, one column per policy.
 fn table(report: &ScaleoutReport) -> String {
     let opt =
         |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     let pair =
         |v: Option<(f64, f64)>| v.map_or("-".to_string(), |(m, x)| format!("{m:.1} / {x:.1}"));
-    let rows: Vec<(&str, Box<dyn Fn(&PolicyRun) -> String>)> = vec![
+    let rows: Vec<TableRow> = vec![
         (
             "highest load held, lines/s",
             Box::new(|r| format!("{:.0}", r.held_rate)),
