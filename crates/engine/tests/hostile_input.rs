@@ -97,6 +97,7 @@ fn a_truncated_or_foreign_frame_is_refused_with_a_reason() {
             from: InstanceId(1),
             incarnation: Incarnation(0),
             to: InstanceId(2),
+            connection: 0,
         },
     )
     .unwrap();

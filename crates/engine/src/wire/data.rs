@@ -1,8 +1,8 @@
 //! Data channels: one TCP connection per (upstream instance, downstream
 //! instance), carrying batches of tuples each followed by a progress mark.
 //!
-//! Handshake: `b"SPTD"`, protocol version (u16), from instance (u32), to
-//! instance (u32). Frame: body length (u32), mark (u64), body (tuples as
+//! Handshake: `b"SPTD"`, protocol version (u16), from instance (u32), its
+//! incarnation (u32), to instance (u32), connection (u32). Frame: body length (u32), mark (u64), body (tuples as
 //! written by [`crate::stamp::merge::write_tuple`]).
 
 use std::io::{self, Read, Write};
@@ -13,7 +13,7 @@ use crate::plan::{Incarnation, InstanceId};
 use crate::stamp::Stamp;
 
 const MAGIC: &[u8; 4] = b"SPTD";
-const HELLO: usize = 18;
+const HELLO: usize = 22;
 
 /// Who is at each end of a data channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +25,11 @@ pub struct ChannelHello {
     pub incarnation: Incarnation,
     /// Downstream instance id.
     pub to: InstanceId,
+    /// How many connections this incarnation opened to `to` before this
+    /// one. A reconnection (after a broken pipe) replays the whole output
+    /// buffer, so the receiver starts the channel afresh rather than take
+    /// the replay for stamps going backwards.
+    pub connection: u32,
 }
 
 /// Writes the handshake that opens a data channel.
@@ -35,6 +40,7 @@ pub fn write_hello(w: &mut impl Write, hello: ChannelHello) -> io::Result<()> {
     buf[6..10].copy_from_slice(&hello.from.0.to_le_bytes());
     buf[10..14].copy_from_slice(&hello.incarnation.0.to_le_bytes());
     buf[14..18].copy_from_slice(&hello.to.0.to_le_bytes());
+    buf[18..22].copy_from_slice(&hello.connection.to_le_bytes());
     w.write_all(&buf)
 }
 
@@ -59,6 +65,7 @@ pub fn read_hello(r: &mut impl Read) -> Result<ChannelHello, EngineError> {
         from: InstanceId(word(6)),
         incarnation: Incarnation(word(10)),
         to: InstanceId(word(14)),
+        connection: word(18),
     })
 }
 
@@ -117,6 +124,7 @@ mod tests {
             from: InstanceId(3),
             incarnation: Incarnation(2),
             to: InstanceId(9),
+            connection: 4,
         };
         write_hello(&mut buf, hello).unwrap();
         write_batch(&mut buf, b"abc", Stamp(42)).unwrap();

@@ -20,10 +20,11 @@ pub(crate) const INBOX_BATCHES: usize = 64;
 /// Data for an instance, from its upstreams' channels.
 pub(crate) enum InputEvent {
     /// A batch of tuples from incarnation `incarnation` of upstream instance
-    /// `from`, then its mark.
+    /// `from`, on its connection number `connection`, then its mark.
     Batch {
         from: InstanceId,
         incarnation: Incarnation,
+        connection: u32,
         body: Vec<u8>,
         mark: Stamp,
     },
@@ -186,12 +187,14 @@ fn read_channel(mut stream: TcpStream, inboxes: &Inboxes) {
     };
     let from = hello.from;
     let incarnation = hello.incarnation;
+    let connection = hello.connection;
     let mut reader = std::io::BufReader::with_capacity(256 << 10, stream);
     loop {
         let event = match read_batch(&mut reader) {
             Ok(Some((body, mark))) => InputEvent::Batch {
                 from,
                 incarnation,
+                connection,
                 body,
                 mark,
             },

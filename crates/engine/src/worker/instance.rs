@@ -281,11 +281,12 @@ impl Runner {
             InputEvent::Batch {
                 from,
                 incarnation,
+                connection,
                 body,
                 mark,
             } => Some(Batch {
                 from,
-                incarnation,
+                sender: (incarnation, connection),
                 body,
                 mark,
             }),
@@ -820,10 +821,16 @@ enum Outcome {
     Stop,
 }
 
+/// Who sent a batch: the upstream's incarnation and the number of its
+/// connection here (ordered: incarnation first).
+type Sender = (Incarnation, u32);
+
 /// A batch taken off the inbox.
 struct Batch {
     from: InstanceId,
-    incarnation: Incarnation,
+    /// The upstream's incarnation and its connection number: a later
+    /// connection of the same incarnation replays the buffer afresh.
+    sender: Sender,
     body: Vec<u8>,
     mark: Stamp,
 }
@@ -832,8 +839,9 @@ struct Batch {
 pub(crate) struct Inputs {
     /// Upstream instance id -> merge channel.
     pub(crate) channels: HashMap<InstanceId, usize>,
-    /// Per channel, the upstream incarnation its batches come from.
-    incarnations: Vec<Option<Incarnation>>,
+    /// Per channel, the upstream incarnation and connection its batches
+    /// come from.
+    senders: Vec<Option<Sender>>,
     /// Upstream instance id -> its incarnation in the latest plan here.
     planned: HashMap<InstanceId, Incarnation>,
     /// Batches from an upstream this instance does not know yet: a new
@@ -846,7 +854,7 @@ impl Inputs {
     pub(crate) fn new(plan: &Plan, query: &Query, node: usize) -> Self {
         let upstreams = plan.upstream_instances(query, node);
         Inputs {
-            incarnations: vec![None; upstreams.len()],
+            senders: vec![None; upstreams.len()],
             channels: upstreams
                 .iter()
                 .enumerate()
@@ -864,7 +872,7 @@ impl Inputs {
         if self
             .planned
             .get(&batch.from)
-            .is_some_and(|p| batch.incarnation < *p)
+            .is_some_and(|p| batch.sender.0 < *p)
         {
             // From an incarnation the plan replaced (its worker was declared
             // failed, or it was split): refused, whether or not its
@@ -876,7 +884,7 @@ impl Inputs {
                 if self
                     .planned
                     .get(&batch.from)
-                    .is_none_or(|p| batch.incarnation <= *p) =>
+                    .is_none_or(|p| batch.sender.0 <= *p) =>
             {
                 channel
             }
@@ -887,12 +895,14 @@ impl Inputs {
                 return Ok(());
             }
         };
-        match self.incarnations[channel].map(|known| batch.incarnation.cmp(&known)) {
+        // A new incarnation, or a new connection of this one, replays from
+        // its buffer: what the channel holds unreleased comes again.
+        match self.senders[channel].map(|known| batch.sender.cmp(&known)) {
             Some(Ordering::Less) => return Ok(()),
             Some(Ordering::Greater) => merge.reset_channel(channel),
             Some(Ordering::Equal) | None => {}
         }
-        self.incarnations[channel] = Some(batch.incarnation);
+        self.senders[channel] = Some(batch.sender);
         merge.push(channel, batch.body, batch.mark)
     }
 
@@ -910,7 +920,7 @@ impl Inputs {
         for a in added.iter().filter(|a| upstreams.contains(&a.id)) {
             if let std::collections::hash_map::Entry::Vacant(slot) = self.channels.entry(a.id) {
                 slot.insert(merge.add_channel(a.frontier));
-                self.incarnations.push(None);
+                self.senders.push(None);
             }
         }
         for m in merged {
@@ -925,9 +935,9 @@ impl Inputs {
         // here on its old incarnation's batches are dropped.
         for (id, incarnation) in &self.planned {
             if let Some(&channel) = self.channels.get(id) {
-                if self.incarnations[channel].is_some_and(|known| known < *incarnation) {
+                if self.senders[channel].is_some_and(|known| known.0 < *incarnation) {
                     merge.reset_channel(channel);
-                    self.incarnations[channel] = Some(*incarnation);
+                    self.senders[channel] = Some((*incarnation, 0));
                 }
             }
         }
@@ -944,4 +954,61 @@ fn planned(plan: &Plan, upstreams: &[InstanceId]) -> HashMap<InstanceId, Incarna
         .iter()
         .filter_map(|id| plan.instance(*id).map(|(_, p)| (*id, p.incarnation)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stamp::merge::write_tuple;
+
+    /// The inputs of an instance with one upstream, instance 1.
+    fn one_upstream() -> Inputs {
+        Inputs {
+            channels: HashMap::from([(InstanceId(1), 0)]),
+            senders: vec![None],
+            planned: HashMap::from([(InstanceId(1), Incarnation(0))]),
+            early: Vec::new(),
+        }
+    }
+
+    fn batch(connection: u32, stamps: &[u64], mark: u64) -> Batch {
+        let mut body = Vec::new();
+        for s in stamps {
+            write_tuple(&mut body, Stamp(*s), &s.to_le_bytes());
+        }
+        Batch {
+            from: InstanceId(1),
+            sender: (Incarnation(0), connection),
+            body,
+            mark: Stamp(mark),
+        }
+    }
+
+    fn released(merge: &mut Merge) -> Vec<u64> {
+        let mut out = Vec::new();
+        merge
+            .drain(|stamp, _| {
+                out.push(stamp.0);
+                Ok(())
+            })
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_reconnection_replays_its_buffer_without_duplicates_or_order_errors() {
+        let mut inputs = one_upstream();
+        let mut merge = Merge::new(1, Stamp::ZERO);
+        inputs.accept(&mut merge, batch(0, &[1, 2, 3], 3)).unwrap();
+        assert_eq!(released(&mut merge), vec![1, 2, 3]);
+        // Received but not yet released when the pipe broke.
+        inputs.accept(&mut merge, batch(0, &[4, 5], 3)).unwrap();
+        // The same incarnation reconnects and replays its untrimmed buffer.
+        inputs
+            .accept(&mut merge, batch(1, &[2, 3, 4, 5, 6], 6))
+            .unwrap();
+        // A batch the broken connection still had queued here is dropped.
+        inputs.accept(&mut merge, batch(0, &[7], 7)).unwrap();
+        assert_eq!(released(&mut merge), vec![4, 5, 6]);
+    }
 }

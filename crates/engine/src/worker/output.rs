@@ -27,11 +27,13 @@ pub(crate) struct SenderIdentity {
     pub(crate) incarnation: Incarnation,
 }
 
-/// Opens a data channel to instance `to` at `addr`, watched by `watch` (a
-/// peer that cannot be reached in time is reported to it).
+/// Opens data channel number `connection` of `from` to instance `to` at
+/// `addr`, watched by `watch` (a peer that cannot be reached in time is
+/// reported to it).
 fn connect(
     from: SenderIdentity,
     to: InstanceId,
+    connection: u32,
     addr: &str,
     watch: Option<&LinkWatch>,
 ) -> Result<Box<dyn Write + Send>, EngineError> {
@@ -63,6 +65,7 @@ fn connect(
             from: from.instance,
             incarnation: from.incarnation,
             to,
+            connection,
         },
     )
     .map_err(|e| EngineError::io(format!("greeting instance {to} at {addr}"), e))?;
@@ -78,6 +81,8 @@ struct ChannelWriter {
     start: u64,
     /// The incarnation of `to` the current connection goes to.
     incarnation: Incarnation,
+    /// The number of the current connection (0 for the first).
+    connection: u32,
     /// `None` while the downstream is down: batches then only go to the
     /// output buffer, and are replayed when the channel is rewired.
     stream: Option<Box<dyn Write + Send>>,
@@ -97,6 +102,7 @@ impl ChannelWriter {
             node: usize::MAX,
             start: 0,
             incarnation,
+            connection: 0,
             stream,
             frame: vec![0; BATCH_HEADER],
             frame_last: Stamp::ZERO,
@@ -214,7 +220,7 @@ impl Outbox {
             let addr = plan.addr_of(to).unwrap_or_default().to_string();
             match self.channels.iter().position(|c| c.to == to) {
                 None => {
-                    let stream = self.try_connect(to, &addr)?;
+                    let stream = self.try_connect(to, 0, &addr)?;
                     self.channels
                         .push(ChannelWriter::new(to, incarnation, stream));
                     let i = self.channels.len() - 1;
@@ -226,7 +232,9 @@ impl Outbox {
                     if self.channels[i].incarnation != incarnation
                         || self.channels[i].stream.is_none() =>
                 {
-                    self.channels[i].stream = self.try_connect(to, &addr)?;
+                    let connection = self.channels[i].connection + 1;
+                    self.channels[i].stream = self.try_connect(to, connection, &addr)?;
+                    self.channels[i].connection = connection;
                     self.channels[i].incarnation = incarnation;
                     self.replay(i, to);
                     self.reannounce(i);
@@ -260,9 +268,10 @@ impl Outbox {
     fn try_connect(
         &self,
         to: InstanceId,
+        connection: u32,
         addr: &str,
     ) -> Result<Option<Box<dyn Write + Send>>, EngineError> {
-        match connect(self.me, to, addr, self.watch.as_ref()) {
+        match connect(self.me, to, connection, addr, self.watch.as_ref()) {
             Ok(stream) => Ok(Some(stream)),
             Err(e) if self.buffer.is_some() => {
                 tracing::warn!(%to, "cannot reach downstream yet: {e}");
