@@ -232,7 +232,10 @@ impl Outbox {
                     if self.channels[i].incarnation != incarnation
                         || self.channels[i].stream.is_none() =>
                 {
-                    let connection = self.channels[i].connection + 1;
+                    // A new number makes the receiver drop what it holds
+                    // of this channel; only a replay may ask for that.
+                    let replays = self.buffer.is_some();
+                    let connection = self.channels[i].connection + u32::from(replays);
                     self.channels[i].stream = self.try_connect(to, connection, &addr)?;
                     self.channels[i].connection = connection;
                     self.channels[i].incarnation = incarnation;
