@@ -389,18 +389,7 @@ fn run_policy(
     let dir = args.out.join(policy.to_string());
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let params = LrbParams {
-        input: data_dir.join("input.csv"),
-        tolls: data_dir.join("historical-tolls.csv"),
-        out_dir: dir.clone(),
-        speedup: args.speedup,
-        speedup_step: None,
-        forwarders: 1,
-        toll_calculators: 1,
-        assessors: 1,
-        stop_on_bad_input: false,
-        sink: None,
-    };
+    let params = LrbParams::one_partition_each(data_dir, dir.clone(), args.speedup);
     let token = crate::control::ClusterToken::for_local_run("")?;
     let mut job = JobConfig::new(NAME, serde_json::Value::Null, args.workers);
     job.pool = args.pool;

@@ -549,18 +549,7 @@ fn run_one(
     let dir = options.out_dir.join(run_dir_name(speedup));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(io_error(format!("creating {}", dir.display())))?;
-    let params = LrbParams {
-        input: options.data_dir.join("input.csv"),
-        tolls: options.data_dir.join("historical-tolls.csv"),
-        out_dir: dir.clone(),
-        speedup,
-        speedup_step: None,
-        forwarders: 1,
-        toll_calculators: 1,
-        assessors: 1,
-        stop_on_bad_input: false,
-        sink: None,
-    };
+    let params = LrbParams::one_partition_each(&options.data_dir, dir.clone(), speedup);
     // No failures are injected, so no standby worker (the pool stays 0).
     let mut job = JobConfig::new(crate::query::NAME, serde_json::Value::Null, options.workers);
     job.partitions = options.partitions.clone();

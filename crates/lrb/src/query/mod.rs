@@ -14,7 +14,7 @@ mod sink;
 mod toll_assessment;
 mod toll_calculator;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -69,6 +69,24 @@ fn one() -> u32 {
 }
 
 impl LrbParams {
+    /// The query over `data_dir`'s `input.csv` and `historical-tolls.csv`
+    /// with one partition per operator and answers in `out_dir`: where
+    /// benchmarks start (elasticity adds partitions from there).
+    pub fn one_partition_each(data_dir: &Path, out_dir: PathBuf, speedup: f64) -> Self {
+        LrbParams {
+            input: data_dir.join("input.csv"),
+            tolls: data_dir.join("historical-tolls.csv"),
+            out_dir,
+            speedup,
+            speedup_step: None,
+            forwarders: 1,
+            toll_calculators: 1,
+            assessors: 1,
+            stop_on_bad_input: false,
+            sink: None,
+        }
+    }
+
     /// When, after the replay starts, the line of simulated second `time`
     /// is due: `time / speedup`, at the step's speed-up after the step.
     pub fn due(&self, time: u32) -> Duration {
