@@ -1,21 +1,24 @@
 //! What the coordinator knows about checkpoints, in one place with its
-//! invariants:
-//! - `held`: for each backed-up instance, the worker holding its latest
-//!   acknowledged backup and that backup's frontier; it only moves forward,
-//!   and it is dropped whenever the instance's key range changes (a backup
-//!   of a whole range must never be restored into a half, nor a half's into
-//!   a merged range);
-//! - `replicas`: the coordinator's own copy of each instance's latest
-//!   checkpoint (a [`BackupChain`]: the latest full one and the incremental
-//!   ones since), so that a failure taking an instance and its holder
-//!   together is still recoverable, and so that a holder that lacks the
-//!   base of an incremental checkpoint can be sent the whole backup;
-//! - `shipped`: the holder each instance's latest checkpoint went to and
-//!   its frontier: an incremental checkpoint goes to that holder alone only
-//!   if its base is that frontier, else the holder gets the whole chain;
-//! - `unprotected`: instances whose only backup died with its holder and
-//!   that have no replica: recovering them is an error, not a silent restart
-//!   from the beginning;
+//! invariants. It holds no checkpoint of a stateful instance: those go from
+//! the instance's worker to its holders directly (`worker::backup`), and the
+//! coordinator keeps what the holders acknowledge.
+//! - `routes`: each backed-up instance's holders, at most
+//!   [`HOLDERS`] workers other than its own; a route keeps its holders for
+//!   as long as they live and host nothing of the instance, so that their
+//!   increments keep fitting;
+//! - `copies`: for each instance, the holders that acknowledged a backup
+//!   and its frontier. Every copy recorded is at or above `trimmed`, the
+//!   frontier upstreams were told they may trim to, so any live copy can
+//!   be restored and replayed from. `trimmed` is the lowest frontier among
+//!   the copies of every holder of the route: with two holders, upstreams
+//!   keep what either may need;
+//! - `pending`: the whole state a split, merge or parallel recovery gave a
+//!   reshaped instance, kept until its holders acknowledge a backup at or
+//!   above it (the only state the coordinator holds, and only for the
+//!   length of a checkpoint interval);
+//! - `unprotected`: instances whose every copy died with its holders and
+//!   that have no pending state: recovering them is an error, not a silent
+//!   restart from the beginning;
 //! - `floors`: the replay floor of each source and stateless instance, the
 //!   stamp above which it can regenerate its outputs; monotone;
 //! - `positions`: each source's recent input positions, oldest first, kept
@@ -27,180 +30,171 @@ use crate::error::EngineError;
 use crate::hash::mix64;
 use crate::ids::{InstanceId, WorkerId};
 use crate::stamp::Stamp;
-use crate::state::{BackupChain, ChainError, Checkpoint, CheckpointKind};
 
-/// The coordinator's record of every instance's checkpoints.
+/// How many holders an instance's checkpoints go to, where that many other
+/// workers live: two, so that a failure taking an instance and one holder
+/// together (one host with both) still leaves a copy.
+pub(super) const HOLDERS: usize = 2;
+
+/// The coordinator's record of every instance's backups.
 #[derive(Debug, Default)]
 pub(super) struct Backups {
-    held: HashMap<InstanceId, (WorkerId, Stamp)>,
-    replicas: HashMap<InstanceId, BackupChain>,
-    /// Bytes of each instance's latest checkpoint as it arrived (an
-    /// increment, or full).
-    latest: HashMap<InstanceId, u64>,
-    shipped: HashMap<InstanceId, (WorkerId, Stamp)>,
+    routes: HashMap<InstanceId, Vec<WorkerId>>,
+    copies: HashMap<InstanceId, Vec<(WorkerId, Stamp)>>,
+    trimmed: HashMap<InstanceId, Stamp>,
+    pending: HashMap<InstanceId, (Stamp, Vec<u8>)>,
+    /// Bytes of each instance's latest checkpoint as it arrived at a
+    /// holder, and of the whole backup held there.
+    sizes: HashMap<InstanceId, (u64, u64)>,
     unprotected: HashSet<InstanceId>,
     floors: HashMap<InstanceId, Stamp>,
     positions: HashMap<InstanceId, VecDeque<(Stamp, Vec<u8>)>>,
 }
 
 impl Backups {
-    /// Keeps the coordinator's copy of a checkpoint about to be shipped: a
-    /// full one replaces the replica, an incremental one joins it. Refused
-    /// (the replica unchanged) when corrupt, or when incremental on a
-    /// checkpoint the replica does not end with: the instance must then
-    /// checkpoint in full.
-    pub(super) fn keep_replica(
-        &mut self,
-        id: InstanceId,
-        frontier: Stamp,
-        bytes: Vec<u8>,
-    ) -> Result<(), ChainError> {
-        self.latest.insert(id, bytes.len() as u64);
-        match self.replicas.get_mut(&id) {
-            Some(chain) => chain.push(frontier, bytes),
-            None => {
-                self.replicas.insert(id, BackupChain::new(frontier, bytes)?);
-                Ok(())
-            }
-        }
+    /// `id`'s holders, the preferred first.
+    pub(super) fn route(&self, id: InstanceId) -> &[WorkerId] {
+        self.routes.get(&id).map_or(&[], Vec::as_slice)
     }
 
-    /// What to send `holder` for `id`'s checkpoint `bytes` at `frontier`
-    /// (already kept in the replica): the checkpoint itself when it is full
-    /// or changes what the holder was last sent, else the whole backup.
-    /// Records it as shipped.
-    pub(super) fn shipment(
+    /// Routes `id`'s checkpoints to `holders` from now on; returns whether
+    /// that changed anything. A holder dropped from the route no longer
+    /// counts: its copy stops moving forward.
+    pub(super) fn set_route(&mut self, id: InstanceId, holders: Vec<WorkerId>) -> bool {
+        if self.route(id) == holders.as_slice() {
+            return false;
+        }
+        if let Some(copies) = self.copies.get_mut(&id) {
+            copies.retain(|(h, _)| holders.contains(h));
+        }
+        self.routes.insert(id, holders);
+        true
+    }
+
+    /// Holder `holder` acknowledged `id`'s backup at `frontier`, `sizes`
+    /// (arrived, held) bytes. Returns the frontier upstreams may now trim
+    /// to, if it rose.
+    pub(super) fn stored(
         &mut self,
         id: InstanceId,
         holder: WorkerId,
         frontier: Stamp,
-        bytes: Vec<u8>,
-    ) -> Vec<u8> {
-        let on_what_it_holds = match Checkpoint::kind(&bytes) {
-            Ok(CheckpointKind::Delta { base }) => self.shipped.get(&id) == Some(&(holder, base)),
-            _ => true,
-        };
-        self.shipped.insert(id, (holder, frontier));
-        match (on_what_it_holds, self.replicas.get(&id)) {
-            (false, Some(chain)) => chain.encode(),
-            _ => bytes,
+        sizes: (u64, u64),
+    ) -> Option<Stamp> {
+        let trimmed = self.durable(id);
+        if !self.route(id).contains(&holder) || frontier < trimmed {
+            // A holder since replaced, or an acknowledgement overtaken.
+            return None;
         }
-    }
-
-    /// A holder refused `id`'s backup: it gets the whole backup next.
-    pub(super) fn refused(&mut self, id: InstanceId) {
-        self.shipped.remove(&id);
-    }
-
-    /// A holder acknowledged a backup. Returns whether it is newer than the
-    /// one known (only then may upstreams trim).
-    pub(super) fn stored(&mut self, id: InstanceId, holder: WorkerId, frontier: Stamp) -> bool {
-        if self
-            .held
-            .get(&id)
-            .is_some_and(|(_, known)| *known > frontier)
-        {
-            return false;
-        }
-        self.held.insert(id, (holder, frontier));
+        self.sizes.insert(id, sizes);
         self.unprotected.remove(&id);
-        true
+        let copies = self.copies.entry(id).or_default();
+        match copies.iter_mut().find(|(h, _)| *h == holder) {
+            Some((_, at)) => *at = (*at).max(frontier),
+            None => copies.push((holder, frontier)),
+        }
+        // Every holder of the route must have it before anything is trimmed.
+        let lowest = self.routes[&id]
+            .iter()
+            .map(|h| copies.iter().find(|(c, _)| c == h).map(|(_, at)| *at))
+            .collect::<Option<Vec<Stamp>>>()?
+            .into_iter()
+            .min()?;
+        if self
+            .pending
+            .get(&id)
+            .is_some_and(|(at, _)| lowest >= *at)
+        {
+            self.pending.remove(&id);
+        }
+        (lowest > trimmed).then(|| {
+            self.trimmed.insert(id, lowest);
+            lowest
+        })
     }
 
-    /// The workers in `failed` died: the backups they held are gone, and
-    /// the instances they protected depend on their replicas.
+    /// The workers in `failed` died: the copies they held are gone, and
+    /// routes through them must be replaced.
     pub(super) fn holders_failed(&mut self, failed: &[WorkerId]) {
-        let lost: Vec<InstanceId> = self
-            .held
-            .iter()
-            .filter(|(_, (holder, _))| failed.contains(holder))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in lost {
-            self.held.remove(&id);
-            self.shipped.remove(&id);
-            if !self.replicas.contains_key(&id) {
+        for holders in self.routes.values_mut() {
+            holders.retain(|h| !failed.contains(h));
+        }
+        let ids: Vec<InstanceId> = self.copies.keys().copied().collect();
+        for id in ids {
+            for &holder in failed {
+                self.holder_lost(id, holder);
+            }
+        }
+    }
+
+    /// `holder`'s copy of `id` is gone (it died, or it answered without a
+    /// good one).
+    pub(super) fn holder_lost(&mut self, id: InstanceId, holder: WorkerId) {
+        let Some(copies) = self.copies.get_mut(&id) else {
+            return;
+        };
+        copies.retain(|(h, _)| *h != holder);
+        if copies.is_empty() {
+            self.copies.remove(&id);
+            if !self.pending.contains_key(&id) {
                 self.unprotected.insert(id);
             }
         }
     }
 
-    /// A holder asked for `id`'s backup died before answering.
-    pub(super) fn holder_lost(&mut self, id: InstanceId) {
-        self.held.remove(&id);
-        self.shipped.remove(&id);
+    /// The holders of `id`'s copies, the newest first: where to fetch it
+    /// from, in order.
+    pub(super) fn holders_by_recency(&self, id: InstanceId) -> Vec<WorkerId> {
+        let mut copies = self.copies.get(&id).cloned().unwrap_or_default();
+        copies.sort_by_key(|(_, at)| std::cmp::Reverse(*at));
+        copies.into_iter().map(|(h, _)| h).collect()
     }
 
-    /// The worker holding `id`'s latest backup.
+    /// The holder of `id`'s newest copy.
     pub(super) fn holder(&self, id: InstanceId) -> Option<WorkerId> {
-        self.held.get(&id).map(|(w, _)| *w)
+        self.holders_by_recency(id).first().copied()
     }
 
-    /// The frontier `id` has made durable (zero: none yet).
+    /// The frontier `id` has made durable: upstreams trimmed up to it
+    /// (zero: none yet).
     pub(super) fn durable(&self, id: InstanceId) -> Stamp {
-        self.held.get(&id).map_or(Stamp::ZERO, |(_, f)| *f)
+        self.trimmed.get(&id).copied().unwrap_or(Stamp::ZERO)
     }
 
     /// `id` restarts owning a different key range (a split, a merge, a
-    /// parallel recovery) from `replica`: every earlier backup of it is void.
-    pub(super) fn reshaped(&mut self, id: InstanceId, replica: (Stamp, Vec<u8>)) {
-        self.held.remove(&id);
-        self.shipped.remove(&id);
-        let (frontier, bytes) = replica;
-        match BackupChain::new(frontier, bytes) {
-            Ok(chain) => {
-                self.replicas.insert(id, chain);
-            }
-            Err(e) => {
-                tracing::warn!(%id, "no replica of a reshaped instance: {e}");
-                self.replicas.remove(&id);
-            }
-        }
-    }
-
-    /// `id` restarts from `bytes` (a recovery in place): its incremental
-    /// checkpoints build on them from now on, so the replica becomes them.
-    pub(super) fn restarted(&mut self, id: InstanceId, bytes: &[u8]) {
-        let Ok(frontier) = Checkpoint::frontier(bytes) else {
-            return;
-        };
-        if self.shipped.get(&id).is_some_and(|(_, f)| *f != frontier) {
-            self.shipped.remove(&id);
-        }
-        // Usually the replica is that checkpoint already: copying and
-        // verifying it again cost 0.43 s of a recovery at 100 MB.
-        if self
-            .replicas
-            .get(&id)
-            .is_some_and(|c| c.frontier() == frontier)
-        {
-            return;
-        }
-        if let Ok(chain) = BackupChain::new(frontier, bytes.to_vec()) {
-            self.replicas.insert(id, chain);
-        }
+    /// parallel recovery) from `state`: every earlier backup of it is void,
+    /// and `state` protects it until its new holders acknowledge one.
+    pub(super) fn reshaped(&mut self, id: InstanceId, state: (Stamp, Vec<u8>)) {
+        self.routes.remove(&id);
+        self.copies.remove(&id);
+        self.unprotected.remove(&id);
+        self.trimmed.insert(id, state.0);
+        self.pending.insert(id, state);
     }
 
     /// `id` no longer exists (merged into a neighbour).
     pub(super) fn forget(&mut self, id: InstanceId) {
-        self.held.remove(&id);
-        self.replicas.remove(&id);
-        self.latest.remove(&id);
-        self.shipped.remove(&id);
+        self.routes.remove(&id);
+        self.copies.remove(&id);
+        self.trimmed.remove(&id);
+        self.pending.remove(&id);
+        self.sizes.remove(&id);
         self.unprotected.remove(&id);
         self.floors.remove(&id);
         self.positions.remove(&id);
     }
 
-    /// The coordinator's replica of `id`'s latest checkpoint (none: it never
-    /// checkpointed and restarts from the beginning, which its upstreams can
-    /// replay since they never trimmed for it).
-    pub(super) fn replica(&self, id: InstanceId) -> Result<Option<Vec<u8>>, EngineError> {
-        match self.replicas.get(&id) {
-            Some(chain) => Ok(Some(chain.encode())),
-            None if self.unprotected.contains(&id) => Err(EngineError::Checkpoint(format!(
-                "cannot recover instance {id}: its latest checkpoint was lost with its backup holder"
-            ))),
+    /// What `id` restarts from when no holder can give a copy: its pending
+    /// state (none: it never checkpointed and restarts from the beginning,
+    /// which its upstreams can replay since they never trimmed for it).
+    pub(super) fn fallback(&self, id: InstanceId) -> Result<Option<Vec<u8>>, EngineError> {
+        match self.pending.get(&id) {
+            Some((_, bytes)) => Ok(Some(bytes.clone())),
+            None if self.unprotected.contains(&id) || self.durable(id) > Stamp::ZERO => {
+                Err(EngineError::Checkpoint(format!(
+                    "cannot recover instance {id}: every copy of its latest checkpoint was lost with its backup holders"
+                )))
+            }
             None => Ok(None),
         }
     }
@@ -251,15 +245,15 @@ impl Backups {
     /// Bytes of `id`'s latest checkpoint as it arrived: what checkpointing
     /// moves (for the cluster view).
     pub(super) fn latest_bytes(&self, id: InstanceId) -> u64 {
-        self.latest.get(&id).copied().unwrap_or(0)
+        self.sizes.get(&id).map_or(0, |(arrived, _)| *arrived)
     }
 
-    /// Bytes of `id`'s backup (the latest full checkpoint and the
-    /// increments since), or of a source's latest position (for the
-    /// cluster view).
+    /// Bytes of `id`'s backup as its holder keeps it (the latest full
+    /// checkpoint and the increments since), or of a source's latest
+    /// position (for the cluster view).
     pub(super) fn checkpoint_bytes(&self, id: InstanceId) -> u64 {
-        match self.replicas.get(&id) {
-            Some(chain) => chain.bytes() as u64,
+        match self.sizes.get(&id) {
+            Some((_, held)) => *held,
             None => self
                 .positions
                 .get(&id)
@@ -270,33 +264,42 @@ impl Backups {
 
     /// The frontier to show for `id`: its durable backup, else its floor.
     pub(super) fn shown_frontier(&self, id: InstanceId) -> Option<Stamp> {
-        self.held
+        self.trimmed
             .get(&id)
-            .map(|(_, f)| *f)
-            .or_else(|| self.floors.get(&id).copied())
+            .or_else(|| self.floors.get(&id))
+            .copied()
     }
 }
 
-/// Where an instance's checkpoints go: one of `upstream_hosts` (workers
-/// hosting its upstreams) if any is alive, else any other live worker; never
-/// its `own` worker, so one failure cannot take both. The pick is a stable
-/// hash of the instance, spreading instances over the candidates.
-pub(super) fn choose_holder(
+/// Where an instance's checkpoints go: its `current` holders that are
+/// still eligible (alive, and not its `own` worker, so one failure cannot
+/// take the instance and every copy), completed up to [`HOLDERS`] with
+/// other live workers: first those on another host than its own
+/// (`same_host` says which are not), then those hosting its upstreams
+/// (`upstream_hosts`), each pick a stable hash of the instance so that
+/// instances spread over the candidates.
+pub(super) fn choose_holders(
     instance: InstanceId,
     own: WorkerId,
-    upstream_hosts: impl IntoIterator<Item = WorkerId>,
+    current: &[WorkerId],
+    upstream_hosts: &[WorkerId],
     live: &[WorkerId],
-) -> Option<WorkerId> {
+    same_host: impl Fn(WorkerId) -> bool,
+) -> Vec<WorkerId> {
     let eligible = |w: &WorkerId| *w != own && live.contains(w);
-    let mut candidates: Vec<WorkerId> = upstream_hosts.into_iter().filter(eligible).collect();
-    if candidates.is_empty() {
-        candidates = live.iter().copied().filter(eligible).collect();
-    }
+    let mut holders: Vec<WorkerId> = current.iter().copied().filter(eligible).collect();
+    let mut candidates: Vec<WorkerId> = live
+        .iter()
+        .copied()
+        .filter(|w| eligible(w) && !holders.contains(w))
+        .collect();
     candidates.sort_unstable();
     candidates.dedup();
-    if candidates.is_empty() {
-        return None;
-    }
-    let pick = mix64(u64::from(instance.0)) % candidates.len() as u64;
-    Some(candidates[pick as usize])
+    let n = candidates.len();
+    let offset = (mix64(u64::from(instance.0)) % n.max(1) as u64) as usize;
+    let mut ranked: Vec<(usize, WorkerId)> = candidates.into_iter().enumerate().collect();
+    ranked.sort_by_key(|&(i, w)| (same_host(w), !upstream_hosts.contains(&w), (i + n - offset) % n));
+    let wanted = HOLDERS.saturating_sub(holders.len());
+    holders.extend(ranked.into_iter().take(wanted).map(|(_, w)| w));
+    holders
 }

@@ -1,18 +1,24 @@
-//! The checkpoint protocol, coordinator side:
-//! 1. an instance checkpoints (every interval) and its worker sends it here:
-//!    in full, or incrementally (the keys changed since its previous one);
-//! 2. the coordinator folds it into its replica and sends it to a backup
-//!    holder: a worker hosting one of the instance's upstreams (chosen by a
-//!    stable hash), never the instance's own worker, so one failure cannot
-//!    take both. A holder that was not sent the previous checkpoint gets
-//!    the whole backup (the replica's chain) instead of the increment; an
-//!    increment the replica cannot take (its base was refused) makes the
-//!    instance checkpoint in full next;
-//! 3. when the holder acknowledges, the backup is durable: the upstreams are
-//!    told to trim their output buffers up to the checkpoint's frontier.
+//! The checkpoint protocol, coordinator side. The coordinator is off the
+//! data path: it routes, and keeps what holders acknowledge.
+//! 1. the coordinator routes each stateful instance's checkpoints to its
+//!    holders ([`choose_holders`]): up to two workers other than its own,
+//!    on other hosts first, then workers hosting its upstreams, each pick
+//!    a stable hash of the instance. A route changes only when a holder
+//!    dies or comes to host the instance;
+//! 2. an instance checkpoints (every interval), in full or incrementally
+//!    (the keys changed since its previous one), and its worker ships the
+//!    checkpoint to each holder directly (`worker::backup`). A holder that
+//!    cannot join an increment to what it holds refuses it, and the
+//!    instance checkpoints in full next; so does an instance that gains a
+//!    holder;
+//! 3. when a holder acknowledges, the coordinator records its copy; once
+//!    every holder of the route has a copy at or above a frontier, the
+//!    upstreams are told to trim their output buffers up to it. Any
+//!    recorded copy can then be restored, so a failure taking an instance
+//!    and one holder together leaves the other.
 //!
-//! The coordinator also keeps the latest checkpoint of each instance, a second
-//! replica for failures that take an instance and its holder at once.
+//! To repartition (a split, a merge) or restore an instance, the
+//! coordinator fetches its backup from a holder, the newest copy first.
 //!
 //! Only stateful operators and sinks are backed up this way. Sources and
 //! stateless operators keep no backups of their outputs (nor, for stateless
@@ -28,129 +34,130 @@
 //! Checkpoints then carry operator state and the outputs of stateful
 //! operators only, never the raw input: that is most of what they cost.
 
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::time::Instant;
+
 use crate::api::NodeKind;
 use crate::error::EngineError;
 use crate::ids::{Incarnation, InstanceId, WorkerId};
 use crate::stamp::Stamp;
-use crate::state::{ChainError, Checkpoint, CheckpointParts, OutputBuffer};
-use crate::wire::control::ToWorker;
+use crate::state::{Checkpoint, CheckpointParts, OutputBuffer};
+use crate::wire::control::{BackupHolder, BackupRoute, ToCoordinator, ToWorker};
 
-use super::backups::choose_holder;
+use super::backups::choose_holders;
 use super::events::EventKind;
 use super::Job;
 
 impl Job<'_> {
-    /// Step 1 done: a checkpoint arrived from the current incarnation of
-    /// `instance`.
+    /// A source's position checkpoint arrived from its current
+    /// incarnation (stateful instances' checkpoints go to their holders).
     pub(super) fn checkpointed(
         &mut self,
         instance: InstanceId,
-        incarnation: Incarnation,
         frontier: Stamp,
         bytes: Vec<u8>,
     ) -> Result<(), EngineError> {
         let Some((node, _)) = self.plan.instance(instance) else {
             return Ok(());
         };
-        let refuse = |job: &mut Self, e: &dyn std::fmt::Display| {
-            job.record(
+        if self.query.kind(node) != NodeKind::Source {
+            return Err(EngineError::Protocol(format!(
+                "instance {instance} sent its checkpoint to the coordinator, not to its holders; run the same spate build everywhere"
+            )));
+        }
+        if let Err(e) = Checkpoint::verify(&bytes) {
+            self.record(
                 EventKind::Refused,
                 format!(
                     "checkpoint of instance {instance} at stamp {}: {e}; its previous checkpoint stays the one to restore",
                     frontier.0
                 ),
             );
-        };
-        match self.query.kind(node) {
-            NodeKind::Source => {
-                if let Err(e) = Checkpoint::verify(&bytes) {
-                    refuse(self, &e);
-                    return Ok(());
-                }
-                self.backups.add_position(instance, frontier, bytes);
-                self.checkpoints += 1;
-                self.raise_floors();
-                Ok(())
+            return Ok(());
+        }
+        self.backups.add_position(instance, frontier, bytes);
+        self.checkpoints += 1;
+        self.raise_floors();
+        Ok(())
+    }
+
+    /// Step 1: routes every backed-up instance whose holders changed (a
+    /// new instance, a holder that died or now hosts it), and tells each
+    /// instance's worker.
+    pub(super) fn refresh_routes(&mut self) {
+        let live = self.live_workers();
+        let mut changed: HashMap<WorkerId, Vec<BackupRoute>> = HashMap::new();
+        let backed_up: Vec<(InstanceId, WorkerId)> = self
+            .plan
+            .instances()
+            .filter(|(node, _)| self.backed_up(*node))
+            .map(|(_, p)| (p.id, p.worker))
+            .collect();
+        for (id, own) in backed_up {
+            let Some(node) = self.plan.instance(id).map(|(n, _)| n) else {
+                continue;
+            };
+            let upstream_hosts: Vec<WorkerId> = self
+                .plan
+                .upstream_instances(&self.query, node)
+                .into_iter()
+                .filter_map(|up| self.plan.instance(up).map(|(_, p)| p.worker))
+                .collect();
+            let own_host = self.host_of(own);
+            let holders = choose_holders(
+                id,
+                own,
+                self.backups.route(id),
+                &upstream_hosts,
+                &live,
+                |w| self.host_of(w) == own_host,
+            );
+            if holders.is_empty() && self.backups.route(id).is_empty() {
+                continue;
             }
-            NodeKind::Stateful | NodeKind::Sink => {
-                if let Err(e) = self.keep_checkpoint(instance, frontier, bytes.clone()) {
-                    refuse(self, &e);
-                    return Ok(());
-                }
-                self.back_up(instance, incarnation, frontier, bytes);
-                Ok(())
+            if self.backups.set_route(id, holders.clone()) {
+                let holders = holders
+                    .into_iter()
+                    .map(|worker| BackupHolder {
+                        worker,
+                        addr: self.plan.workers[worker.index()].clone(),
+                    })
+                    .collect();
+                changed.entry(own).or_default().push(BackupRoute {
+                    instance: id,
+                    holders,
+                });
             }
-            // Nothing to keep: it restarts empty at its replay floor.
-            NodeKind::Stateless => Ok(()),
+        }
+        for (worker, routes) in changed {
+            if let Err(e) = self.send(worker, &ToWorker::BackupRoutes { routes }) {
+                // It is failing: its instances are recovered and routed anew.
+                tracing::warn!(%worker, "cannot send backup routes: {e}");
+            }
         }
     }
 
-    /// Folds a checkpoint of `instance` into the coordinator's replica;
-    /// when an incremental one does not fit (the one it changes was
-    /// refused), asks the instance for a full checkpoint.
-    pub(super) fn keep_checkpoint(
-        &mut self,
-        instance: InstanceId,
-        frontier: Stamp,
-        bytes: Vec<u8>,
-    ) -> Result<(), ChainError> {
-        let kept = self.backups.keep_replica(instance, frontier, bytes);
-        if let Err(ChainError::Gap { .. }) = kept {
-            if let Some((_, placed)) = self.plan.instance(instance) {
-                let worker = placed.worker;
-                if let Err(e) = self.send(worker, &ToWorker::CheckpointFull { instance }) {
-                    tracing::warn!(%instance, "cannot ask for a full checkpoint: {e}");
-                }
-            }
+    /// A hash of what routes depend on (where each instance runs, its
+    /// incarnation, which workers live): when it changes, routes may.
+    pub(super) fn routing_fingerprint(&self) -> u64 {
+        let mut hasher = rustc_hash::FxHasher::default();
+        for (_, p) in self.plan.instances() {
+            (p.id, p.worker, p.incarnation).hash(&mut hasher);
         }
-        kept
+        self.live_workers().hash(&mut hasher);
+        hasher.finish()
     }
 
-    /// Keeps a checkpoint taken for a reconfiguration and returns the whole
-    /// state it completes: an incremental checkpoint is whole only with the
-    /// replica it changes. `Ok(None)` when the instance keeps no replica.
-    pub(super) fn keep_whole_checkpoint(
-        &mut self,
-        instance: InstanceId,
-        frontier: Stamp,
-        bytes: Vec<u8>,
-    ) -> Result<Option<Vec<u8>>, ChainError> {
-        self.keep_checkpoint(instance, frontier, bytes)?;
-        Ok(self.backups.replica(instance)?)
-    }
-
-    /// Step 2: ships a checkpoint (already in the replica) to its holder.
-    fn back_up(
-        &mut self,
-        instance: InstanceId,
-        incarnation: Incarnation,
-        frontier: Stamp,
-        bytes: Vec<u8>,
-    ) {
-        let Some(holder) = self.backup_holder(instance) else {
-            tracing::warn!(%instance, "no other live worker to hold its backup");
-            return;
-        };
-        let message = ToWorker::StoreBackup {
-            instance,
-            incarnation,
-            frontier,
-            bytes: self.backups.shipment(instance, holder, frontier, bytes),
-        };
-        if let Err(e) = self.send(holder, &message) {
-            // The holder is failing; the next checkpoint picks another one.
-            tracing::warn!(%instance, %holder, "cannot ship a backup: {e}");
-            self.backups.refused(instance);
-        }
-    }
-
-    /// Step 3: the backup is durable; upstreams may trim.
+    /// Step 3: `holder` holds `instance`'s backup at `frontier`; upstreams
+    /// may trim if every holder now has it.
     pub(super) fn backup_stored(
         &mut self,
         holder: WorkerId,
         instance: InstanceId,
         incarnation: Incarnation,
         frontier: Stamp,
+        sizes: (u64, u64),
     ) {
         if !self.alive(holder) {
             return;
@@ -160,15 +167,158 @@ impl Job<'_> {
             // instance since split) must never be restored.
             return;
         }
-        if !self.backups.stored(instance, holder, frontier) {
-            return;
-        }
         self.checkpoints += 1;
+        let Some(trim_to) = self.backups.stored(instance, holder, frontier, sizes) else {
+            return;
+        };
         self.broadcast(&ToWorker::Trim {
             downstream: instance,
-            frontier,
+            frontier: trim_to,
         });
         self.raise_floors();
+    }
+
+    /// A holder refused `instance`'s checkpoint (corrupt on the way, or an
+    /// increment on a checkpoint it lacks): the instance checkpoints in
+    /// full next.
+    pub(super) fn backup_refused(&mut self, holder: WorkerId, instance: InstanceId, reason: &str) {
+        self.record(
+            EventKind::Refused,
+            format!("backup of instance {instance} on worker {holder}: {reason}; its previous checkpoint stays the one to restore, and it checkpoints in full next"),
+        );
+        if let Some((_, placed)) = self.plan.instance(instance) {
+            let worker = placed.worker;
+            if let Err(e) = self.send(worker, &ToWorker::CheckpointFull { instance }) {
+                tracing::warn!(%instance, "cannot ask for a full checkpoint: {e}");
+            }
+        }
+    }
+
+    /// Waits until each of `waiting` (an instance, its incarnation and its
+    /// worker) has a backup acknowledged that `wanted` accepts (given its
+    /// frontier), or fails, or `deadline` passes. Returns the frontier of
+    /// each one acknowledged.
+    pub(super) fn await_backups(
+        &mut self,
+        what: &str,
+        mut waiting: HashMap<InstanceId, (Incarnation, WorkerId)>,
+        deadline: Instant,
+        wanted: impl Fn(InstanceId, Stamp) -> bool,
+    ) -> Result<HashMap<InstanceId, Stamp>, EngineError> {
+        let mut got = HashMap::new();
+        while !waiting.is_empty() && Instant::now() < deadline {
+            let step = (Instant::now() + std::time::Duration::from_millis(200)).min(deadline);
+            let answer = self.wait_for(what, step, |m| {
+                matches!(m, ToCoordinator::BackupStored { instance, incarnation, .. }
+                    if waiting.get(instance).is_some_and(|(n, _)| n == incarnation))
+            });
+            match answer {
+                Ok(Some((
+                    holder,
+                    ToCoordinator::BackupStored {
+                        instance,
+                        incarnation,
+                        frontier,
+                        arrived_bytes,
+                        held_bytes,
+                    },
+                ))) => {
+                    self.backup_stored(
+                        holder,
+                        instance,
+                        incarnation,
+                        frontier,
+                        (arrived_bytes, held_bytes),
+                    );
+                    if wanted(instance, frontier) {
+                        waiting.remove(&instance);
+                        got.insert(instance, frontier);
+                    }
+                }
+                Ok(_) | Err(EngineError::Timeout(_)) => waiting.retain(|id, (n, w)| {
+                    self.alive(*w)
+                        && self.plan.instance(*id).map(|(_, p)| p.incarnation) == Some(*n)
+                }),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(got)
+    }
+
+    /// Fetches the whole backup of each of `ids` from its holders, the
+    /// newest copy first, falling back on the next holder when one fails
+    /// or has no good copy, and at last on its pending state (see
+    /// `Backups::fallback`). `None`: it never checkpointed.
+    pub(super) fn fetch_backups(
+        &mut self,
+        ids: &[InstanceId],
+    ) -> Result<HashMap<InstanceId, Option<Vec<u8>>>, EngineError> {
+        let mut fetched = HashMap::new();
+        // Instance -> the holder asked for its backup.
+        let mut asked: HashMap<InstanceId, WorkerId> = HashMap::new();
+        for &id in ids {
+            self.ask_holder(id, &mut asked, &mut fetched)?;
+        }
+        let deadline = Instant::now() + self.config.startup_timeout;
+        while !asked.is_empty() {
+            match self.wait_for("a backup transfer", deadline, |m| {
+                matches!(m, ToCoordinator::Backup { instance, .. } if asked.contains_key(instance))
+            })? {
+                Some((holder, ToCoordinator::Backup { instance, bytes })) => {
+                    if asked.get(&instance) != Some(&holder) {
+                        continue;
+                    }
+                    asked.remove(&instance);
+                    match bytes.filter(|b| Checkpoint::verify(b).is_ok()) {
+                        Some(bytes) => {
+                            fetched.insert(instance, Some(bytes));
+                        }
+                        None => {
+                            tracing::warn!(%instance, %holder, "its holder has no good backup; trying the next copy");
+                            self.backups.holder_lost(instance, holder);
+                            self.ask_holder(instance, &mut asked, &mut fetched)?;
+                        }
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    let orphaned: Vec<(InstanceId, WorkerId)> = asked
+                        .iter()
+                        .filter(|(_, holder)| !self.alive(**holder))
+                        .map(|(id, holder)| (*id, *holder))
+                        .collect();
+                    for (id, holder) in orphaned {
+                        asked.remove(&id);
+                        self.backups.holder_lost(id, holder);
+                        self.ask_holder(id, &mut asked, &mut fetched)?;
+                    }
+                }
+            }
+        }
+        Ok(fetched)
+    }
+
+    /// Asks `id`'s live holder with the newest copy for it; with none
+    /// left, settles on its fallback.
+    fn ask_holder(
+        &mut self,
+        id: InstanceId,
+        asked: &mut HashMap<InstanceId, WorkerId>,
+        fetched: &mut HashMap<InstanceId, Option<Vec<u8>>>,
+    ) -> Result<(), EngineError> {
+        for holder in self.backups.holders_by_recency(id) {
+            if self.alive(holder)
+                && self
+                    .send(holder, &ToWorker::FetchBackup { instance: id })
+                    .is_ok()
+            {
+                asked.insert(id, holder);
+                return Ok(());
+            }
+            self.backups.holder_lost(id, holder);
+        }
+        fetched.insert(id, self.backups.fallback(id)?);
+        Ok(())
     }
 
     /// Whether `node`'s instances are backed up (the others regenerate).
@@ -247,21 +397,5 @@ impl Job<'_> {
         }
         .encode()
         .map(Some)
-    }
-
-    /// Where `instance`'s checkpoints go (see [`choose_holder`]).
-    fn backup_holder(&self, instance: InstanceId) -> Option<WorkerId> {
-        let (node, placed) = self.plan.instance(instance)?;
-        let upstream_hosts = self
-            .plan
-            .upstream_instances(&self.query, node)
-            .into_iter()
-            .filter_map(|up| self.plan.instance(up).map(|(_, p)| p.worker));
-        choose_holder(
-            instance,
-            placed.worker,
-            upstream_hosts,
-            &self.live_workers(),
-        )
     }
 }

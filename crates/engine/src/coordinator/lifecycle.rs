@@ -31,6 +31,8 @@ impl Job<'_> {
         self.deploy_all()?;
         self.started = Instant::now();
         self.running = true;
+        // Routes first: an instance's first checkpoint finds its holders.
+        self.refresh_routes();
         self.broadcast(&ToWorker::Start);
         self.record(
             EventKind::Start,
@@ -128,6 +130,11 @@ impl Job<'_> {
     fn step(&mut self) -> Result<(), EngineError> {
         if !self.failing.is_empty() {
             return self.recover();
+        }
+        let fingerprint = self.routing_fingerprint();
+        if fingerprint != self.routed_for {
+            self.routed_for = fingerprint;
+            self.refresh_routes();
         }
         let now = self.started.elapsed();
         if let Some(i) = self.scale_at.iter().position(|(at, _)| *at <= now) {
@@ -446,19 +453,26 @@ impl Job<'_> {
                     // From an incarnation that was replaced (split or restored).
                     return Ok(());
                 }
-                self.checkpointed(instance, incarnation, frontier, bytes)
+                self.checkpointed(instance, frontier, bytes)
             }
             ToCoordinator::BackupStored {
                 instance,
                 incarnation,
                 frontier,
+                arrived_bytes,
+                held_bytes,
             } => {
-                self.backup_stored(worker, instance, incarnation, frontier);
+                self.backup_stored(
+                    worker,
+                    instance,
+                    incarnation,
+                    frontier,
+                    (arrived_bytes, held_bytes),
+                );
                 Ok(())
             }
             ToCoordinator::BackupRefused { instance, reason } => {
-                tracing::warn!(%instance, %worker, "backup refused: {reason}; sending the whole backup next");
-                self.backups.refused(instance);
+                self.backup_refused(worker, instance, &reason);
                 Ok(())
             }
             ToCoordinator::InstanceFinished { instance, stats } => {

@@ -1,16 +1,17 @@
 //! The coordinator: gathers workers, deploys a query on them according to a
-//! [`Plan`], relays checkpoints to their backup holders, detects failures
+//! [`Plan`], routes checkpoints to their backup holders, detects failures
 //! and drives recovery and rescaling, and shuts everything down at the end.
 //!
 //! It is built from parts that own their state, each keeping its
 //! invariants in one file, and protocols that are step functions over them:
 //! - [`links`]: the connections to workers, behind the [`Links`] trait (TCP,
 //!   or in memory for the protocol tests);
-//! - `backups`: held backups, replicas, replay floors, source positions;
+//! - `backups`: routes to holders, their copies, replay floors, source
+//!   positions;
 //! - `autoscaler`: the policy, from rates to decisions;
 //! - `monitor` and [`view`]: metrics, history and the published view;
 //! - `lifecycle`: start-up, the main loop, failures declared;
-//! - `checkpoint`: checkpoint -> backup on an upstream worker -> trim;
+//! - `checkpoint`: route -> checkpoint shipped to holders -> trim;
 //! - `recovery`: detect -> restore from backup on a new worker -> rewire;
 //! - `scale` and `scale_in`: split one partition, merge two.
 
@@ -261,6 +262,9 @@ struct Job<'a> {
     recoveries: Vec<RecoveryTimeline>,
     kills: Vec<KillSpec>,
     checkpoints: u64,
+    /// What the backup routes were last computed for (see
+    /// [`Job::routing_fingerprint`]).
+    routed_for: u64,
     /// Restored instances that have not yet reported catching up.
     awaiting_catch_up: HashSet<InstanceId>,
     scale_events: Vec<ScaleEvent>,
@@ -301,6 +305,7 @@ impl<'a> Job<'a> {
             recoveries: Vec::new(),
             kills: config.kills.clone(),
             checkpoints: 0,
+            routed_for: 0,
             awaiting_catch_up: HashSet::new(),
             scale_events: Vec::new(),
             scale_at: config.scale_at.clone(),

@@ -206,12 +206,7 @@ impl Job<'_> {
                 Some(encoded) if self.parallel_recovery(node) => {
                     self.split_restore(node, id, &placed, &encoded, &mut restores)?
                 }
-                Some(encoded) => {
-                    if self.backed_up(node) {
-                        self.backups.restarted(id, &encoded);
-                    }
-                    (placed.key_range, Some(encoded))
-                }
+                Some(encoded) => (placed.key_range, Some(encoded)),
                 None => (placed.key_range, None),
             };
             self.plan.reincarnate(id, target, range);
@@ -280,66 +275,30 @@ impl Job<'_> {
         Ok((ranges[0], Some(first)))
     }
 
-    /// Asks the holders for the failed instances' checkpoints (none: the
-    /// instance never completed a backup and restarts from the beginning,
-    /// which its upstreams can replay since they never trimmed for it).
+    /// The failed instances' checkpoints: a backed-up one's from its
+    /// holders (none: it never completed a backup and restarts from the
+    /// beginning, which its upstreams can replay since they never trimmed
+    /// for it), the others' restart points.
     fn fetch_checkpoints(&mut self, failed: &[InstanceId]) -> Result<Vec<Restorable>, EngineError> {
         let mut result = Vec::new();
-        // Instance -> the holder asked for its backup.
-        let mut asked: HashMap<InstanceId, WorkerId> = HashMap::new();
+        let mut backed_up = Vec::new();
         for &id in failed {
-            let backed_up = self
+            if self
                 .plan
                 .instance(id)
-                .is_some_and(|(node, _)| self.backed_up(node));
-            if !backed_up {
+                .is_some_and(|(node, _)| self.backed_up(node))
+            {
+                backed_up.push(id);
+            } else {
                 result.push((id, self.restart_point(id)?));
-                continue;
-            }
-            if let Some(holder) = self.backups.holder(id) {
-                if self
-                    .send(holder, &ToWorker::FetchBackup { instance: id })
-                    .is_ok()
-                {
-                    asked.insert(id, holder);
-                    continue;
-                }
-            }
-            result.push((id, self.backups.replica(id)?));
-        }
-        let deadline = Instant::now() + self.config.startup_timeout;
-        while !asked.is_empty() {
-            match self.wait_for("a backup transfer", deadline, |m| {
-                matches!(m, ToCoordinator::Backup { instance, .. } if asked.contains_key(instance))
-            })? {
-                Some((_, ToCoordinator::Backup { instance, bytes })) => {
-                    asked.remove(&instance);
-                    // A holder without a good copy: the replica is one.
-                    let bytes = match bytes.filter(|b| Checkpoint::verify(b).is_ok()) {
-                        Some(bytes) => Some(bytes),
-                        None => {
-                            tracing::warn!(%instance, "its holder has no good backup: restoring the coordinator's replica");
-                            self.backups.replica(instance)?
-                        }
-                    };
-                    result.push((instance, bytes));
-                }
-                Some(_) => {}
-                None => {
-                    // A holder failed before it answered: use the replica.
-                    let orphaned: Vec<InstanceId> = asked
-                        .iter()
-                        .filter(|(_, holder)| !self.alive(**holder))
-                        .map(|(id, _)| *id)
-                        .collect();
-                    for id in orphaned {
-                        asked.remove(&id);
-                        self.backups.holder_lost(id);
-                        result.push((id, self.backups.replica(id)?));
-                    }
-                }
             }
         }
+        let mut fetched = self.fetch_backups(&backed_up)?;
+        result.extend(
+            backed_up
+                .into_iter()
+                .map(|id| (id, fetched.remove(&id).flatten())),
+        );
         Ok(result)
     }
 

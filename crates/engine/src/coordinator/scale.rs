@@ -24,8 +24,8 @@ use crate::error::EngineError;
 use crate::plan::InstancePlan;
 use crate::plan::{AddedInstance, Incarnation, InstanceId, WorkerId};
 use crate::stamp::Stamp;
-use crate::state::{ChainError, Checkpoint, KeyRange};
-use crate::wire::control::{ToCoordinator, ToWorker};
+use crate::state::{Checkpoint, KeyRange};
+use crate::wire::control::ToWorker;
 
 use super::autoscaler::{Action, ScaleRates};
 use super::events::{EventKind, ScaleDirection};
@@ -574,21 +574,21 @@ impl Job<'_> {
         )
     }
 
-    /// Asks each of `instances` for a fresh checkpoint, all at once, and
-    /// waits for them; an instance that fails (or is replaced) before its
-    /// checkpoint arrives has none in the answer.
+    /// Asks each of `instances` for a fresh checkpoint, all at once, waits
+    /// until their holders have them, and fetches them whole. One that
+    /// takes none in time (it had nothing new) is split from its latest
+    /// backup; one that fails (or is replaced) first has none in the
+    /// answer.
     fn split_checkpoints(
         &mut self,
         instances: &[&InstancePlan],
     ) -> Result<HashMap<InstanceId, SplitFrom>, EngineError> {
-        let alive = |job: &Self, p: &InstancePlan| {
-            job.alive(p.worker)
-                && job.plan.instance(p.id).map(|(_, i)| i.incarnation) == Some(p.incarnation)
-        };
         let mut waiting: HashMap<InstanceId, (Incarnation, WorkerId)> = HashMap::new();
         let mut asked: Vec<WorkerId> = Vec::new();
+        let mut before: HashMap<InstanceId, Stamp> = HashMap::new();
         for p in instances {
-            if !alive(self, p) {
+            let current = self.plan.instance(p.id).map(|(_, i)| i.incarnation) == Some(p.incarnation);
+            if !current || !self.alive(p.worker) {
                 continue;
             }
             if !asked.contains(&p.worker) {
@@ -598,51 +598,42 @@ impl Job<'_> {
                 asked.push(p.worker);
             }
             waiting.insert(p.id, (p.incarnation, p.worker));
+            before.insert(p.id, self.backups.durable(p.id));
         }
+        let ids: Vec<InstanceId> = waiting.keys().copied().collect();
+        // An instance with nothing new since its latest backup takes no
+        // checkpoint: when every one has a backup, the wait is short.
+        let patience = if ids.iter().all(|id| self.backups.holder(*id).is_some()) {
+            (self.config.checkpoint_interval * 4)
+                .max(Duration::from_secs(2))
+                .min(self.config.startup_timeout)
+        } else {
+            self.config.startup_timeout
+        };
+        self.await_backups(
+            "checkpoints for a split",
+            waiting,
+            Instant::now() + patience,
+            |id, at| at >= before[&id],
+        )?;
+        let current: Vec<InstanceId> = instances
+            .iter()
+            .filter(|p| {
+                ids.contains(&p.id)
+                    && self.alive(p.worker)
+                    && self.plan.instance(p.id).map(|(_, i)| i.incarnation) == Some(p.incarnation)
+            })
+            .map(|p| p.id)
+            .collect();
+        let fetched = self.fetch_backups(&current)?;
         let mut got = HashMap::new();
-        let give_up = Instant::now() + self.config.startup_timeout;
-        while !waiting.is_empty() && Instant::now() < give_up {
-            let step = Instant::now() + Duration::from_millis(200);
-            let answer = self.wait_for("checkpoints for a split", step, |m| {
-                matches!(m, ToCoordinator::Checkpoint { instance, incarnation, .. }
-                    if waiting.get(instance).is_some_and(|(n, _)| n == incarnation))
-            });
-            match answer {
-                Ok(Some((
-                    _,
-                    ToCoordinator::Checkpoint {
-                        instance,
-                        frontier,
-                        bytes,
-                        ..
-                    },
-                ))) => match self.keep_whole_checkpoint(instance, frontier, bytes) {
-                    Ok(whole) => {
-                        waiting.remove(&instance);
-                        if let Some(bytes) = whole {
-                            got.insert(instance, (frontier, bytes));
-                        }
-                    }
-                    Err(ChainError::Gap { .. }) => {}
-                    Err(ChainError::Corrupt(e)) => {
-                        tracing::warn!(%instance, "a corrupt checkpoint for a split: {e}; asking again");
-                        let worker = waiting[&instance].1;
-                        if self.send(worker, &ToWorker::CheckpointNow).is_err() {
-                            waiting.remove(&instance);
-                        }
-                    }
-                },
-                Ok(_) | Err(EngineError::Timeout(_)) => {
-                    let gone: Vec<InstanceId> = instances
-                        .iter()
-                        .filter(|p| waiting.contains_key(&p.id) && !alive(self, p))
-                        .map(|p| p.id)
-                        .collect();
-                    for id in gone {
-                        waiting.remove(&id);
-                    }
+        for (id, bytes) in fetched {
+            let Some(bytes) = bytes else { continue };
+            match Checkpoint::frontier(&bytes) {
+                Ok(frontier) => {
+                    got.insert(id, (frontier, bytes));
                 }
-                Err(e) => return Err(e),
+                Err(e) => tracing::warn!(%id, "a backup fetched for a split is unreadable: {e}"),
             }
         }
         Ok(got)

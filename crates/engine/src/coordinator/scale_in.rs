@@ -302,48 +302,34 @@ impl Job<'_> {
         Ok(Some(frontier))
     }
 
-    /// The pair's whole checkpoints at `frontier`; fewer than two when one
-    /// fails, times out or cannot be made whole.
+    /// The pair's whole checkpoints at `frontier`, fetched from their
+    /// holders once they hold them; fewer than two when one fails, times
+    /// out or cannot be fetched at that frontier.
     fn aligned_checkpoints(
         &mut self,
         pair: &[&InstancePlan; 2],
         frontier: Stamp,
     ) -> Result<HashMap<InstanceId, Vec<u8>>, EngineError> {
-        let mut checkpoints = HashMap::new();
+        let waiting = pair
+            .iter()
+            .map(|p| (p.id, (p.incarnation, p.worker)))
+            .collect();
         let deadline = Instant::now() + ALIGN_TIMEOUT;
-        while checkpoints.len() < 2 {
-            // Every checkpoint of the pair, in order: a periodic one taken
-            // while paused comes before the aligned one, which changes it.
-            let answer = self.wait_for("checkpoints for a merge", deadline, |m| {
-                matches!(m, ToCoordinator::Checkpoint { instance, incarnation, .. }
-                    if pair.iter().any(|p| p.id == *instance && p.incarnation == *incarnation))
-            });
-            match answer {
-                Ok(Some((
-                    _,
-                    ToCoordinator::Checkpoint {
-                        instance,
-                        frontier: at,
-                        bytes,
-                        ..
-                    },
-                ))) => {
-                    let whole = self.keep_whole_checkpoint(instance, at, bytes);
-                    if at == frontier {
-                        match whole.ok().flatten() {
-                            Some(bytes) => {
-                                checkpoints.insert(instance, bytes);
-                            }
-                            None => break,
-                        }
-                    }
-                }
-                Ok(_) if pair.iter().all(|p| self.alive(p.worker)) => {}
-                Ok(_) | Err(EngineError::Timeout(_)) => break,
-                Err(e) => return Err(e),
-            }
+        let stored = self.await_backups("checkpoints for a merge", waiting, deadline, |_, at| {
+            at == frontier
+        })?;
+        if stored.len() < 2 {
+            return Ok(HashMap::new());
         }
-        Ok(checkpoints)
+        let ids: Vec<InstanceId> = pair.iter().map(|p| p.id).collect();
+        Ok(self
+            .fetch_backups(&ids)?
+            .into_iter()
+            .filter_map(|(id, bytes)| {
+                bytes.filter(|b| Checkpoint::frontier(b).is_ok_and(|at| at == frontier))
+                    .map(|b| (id, b))
+            })
+            .collect())
     }
 
     /// Calls a merge off: whichever partitions are still alive run on.

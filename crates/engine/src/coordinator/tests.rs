@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::backups::{choose_holder, Backups};
+use super::backups::{choose_holders, Backups};
 use super::links::memory::{pair, Network};
 use super::{run_job, EventKind, JobConfig, JobSummary, Provisioner, ScaleDirection, ScalePolicy};
 use crate::api::{
@@ -21,8 +21,12 @@ use crate::hash::key_hash;
 use crate::ids::{Incarnation, InstanceId, WorkerId};
 use crate::plan::Plan;
 use crate::stamp::Stamp;
-use crate::state::{BackupChain, Checkpoint, CheckpointParts, KeyRange, KeyedState, OutputBuffer};
-use crate::wire::control::{InstanceMetrics, InstanceStats, ToCoordinator, ToWorker};
+use crate::state::{Checkpoint, CheckpointParts, KeyRange, KeyedState, OutputBuffer};
+use crate::wire::control::{
+    BackupShipment, InstanceMetrics, InstanceStats, ToCoordinator, ToWorker,
+};
+use crate::worker::backup::Holdings;
+use crate::api::NodeKind;
 
 /// A source the coordinator never runs: only the graph matters here.
 struct Idle;
@@ -116,23 +120,23 @@ impl Provisioner for FakeProvisioner {
     }
 }
 
-/// A stored backup: the incarnation it is of, and the chain of its
-/// checkpoints, as a real holder keeps them.
-type Held = (Incarnation, BackupChain);
-
 /// Every worker, played by the test: answers the coordinator as a worker
 /// would and remembers what it was told.
 struct Cluster {
     net: Network,
     plan: Option<Plan>,
-    /// Backups each worker holds.
-    held: HashMap<(WorkerId, InstanceId), Held>,
+    /// Each worker's backups, kept as a real holder keeps them.
+    holdings: HashMap<WorkerId, Holdings>,
+    /// The backups held: (holder, instance).
+    held: HashSet<(WorkerId, InstanceId)>,
+    /// Each instance's holders, as its worker was told.
+    routes: HashMap<InstanceId, Vec<WorkerId>>,
     /// Everything the coordinator sent.
     log: Vec<(WorkerId, ToWorker)>,
     /// Each paused instance and its incarnation.
     paused: HashMap<InstanceId, Incarnation>,
-    /// Backups to answer as missing (a holder that lost its copy).
-    forget_backups: bool,
+    /// Holders that answer a fetch as if they had lost their copy.
+    forgetful: HashSet<WorkerId>,
     /// Checkpoints to corrupt before sending.
     corrupt: bool,
     /// Instances checkpoint incrementally (on their previous checkpoint),
@@ -152,10 +156,12 @@ impl Cluster {
         Cluster {
             net,
             plan: None,
-            held: HashMap::new(),
+            holdings: HashMap::new(),
+            held: HashSet::new(),
+            routes: HashMap::new(),
             log: Vec::new(),
             paused: HashMap::new(),
-            forget_backups: false,
+            forgetful: HashSet::new(),
             corrupt: false,
             incremental: false,
             taken: HashMap::new(),
@@ -195,37 +201,22 @@ impl Cluster {
                 self.net.say(w, ToCoordinator::Deployed);
             }
             ToWorker::Start => self.started = true,
-            ToWorker::StoreBackup {
-                instance,
-                incarnation,
-                frontier,
-                bytes,
-            } => {
-                let stored = match self.held.get_mut(&(w, instance)) {
-                    Some((held, chain)) if *held == incarnation => chain.push(frontier, bytes),
-                    _ => BackupChain::new(frontier, bytes).map(|chain| {
-                        self.held.insert((w, instance), (incarnation, chain));
-                    }),
-                };
-                let answer = match stored {
-                    Ok(()) => ToCoordinator::BackupStored {
-                        instance,
-                        incarnation,
-                        frontier,
-                    },
-                    Err(e) => ToCoordinator::BackupRefused {
-                        instance,
-                        reason: e.to_string(),
-                    },
-                };
-                self.net.say(w, answer);
+            ToWorker::BackupRoutes { routes } => {
+                for route in routes {
+                    let holders: Vec<WorkerId> = route.holders.iter().map(|h| h.worker).collect();
+                    let known = self.routes.get(&route.instance);
+                    if holders.iter().any(|h| known.is_none_or(|k| !k.contains(h))) {
+                        self.full_next.insert(route.instance);
+                    }
+                    self.routes.insert(route.instance, holders);
+                }
             }
             ToWorker::FetchBackup { instance } => {
                 let bytes = self
-                    .held
-                    .get(&(w, instance))
-                    .filter(|_| !self.forget_backups)
-                    .map(|(_, chain)| chain.encode());
+                    .holdings
+                    .get(&w)
+                    .filter(|_| !self.forgetful.contains(&w))
+                    .and_then(|h| h.fetch(instance));
                 self.net.say(w, ToCoordinator::Backup { instance, bytes });
             }
             ToWorker::Restore { instances, plan } => {
@@ -242,7 +233,6 @@ impl Cluster {
             }
             ToWorker::CheckpointFull { instance } => {
                 self.full_next.insert(instance);
-                self.checkpoint(instance, self.progress);
             }
             ToWorker::Pause { instance } => {
                 if let Some(incarnation) = self.incarnation(instance) {
@@ -302,7 +292,8 @@ impl Cluster {
 
     /// Instance `id` checkpoints at `frontier`, as its worker would: in
     /// full, or (when `incremental`) as the key `frontier` added since its
-    /// previous checkpoint.
+    /// previous checkpoint; a source's goes to the coordinator, a stateful
+    /// instance's or a sink's to its holders.
     fn checkpoint(&mut self, id: InstanceId, frontier: Stamp) {
         let Some((node, placed)) = self.plan().instance(id) else {
             return;
@@ -343,15 +334,61 @@ impl Cluster {
             let last = bytes.len() - 1;
             bytes[last] ^= 0xff;
         }
-        self.net.say(
-            placed.worker,
-            ToCoordinator::Checkpoint {
-                instance: id,
-                incarnation: placed.incarnation,
-                frontier,
-                bytes,
-            },
-        );
+        match self.kind(node) {
+            NodeKind::Source => self.net.say(
+                placed.worker,
+                ToCoordinator::Checkpoint {
+                    instance: id,
+                    incarnation: placed.incarnation,
+                    frontier,
+                    bytes,
+                },
+            ),
+            NodeKind::Stateless => {}
+            NodeKind::Stateful | NodeKind::Sink => {
+                let shipment = BackupShipment {
+                    instance: id,
+                    incarnation: placed.incarnation,
+                    frontier,
+                    bytes,
+                };
+                self.ship(&shipment);
+            }
+        }
+    }
+
+    /// Delivers a checkpoint to each live holder of its instance, which
+    /// answers the coordinator as a real holder does.
+    fn ship(&mut self, shipment: &BackupShipment) {
+        let holders = self
+            .routes
+            .get(&shipment.instance)
+            .cloned()
+            .unwrap_or_default();
+        for holder in holders {
+            if self.net.is_broken(holder) {
+                continue;
+            }
+            let answer = self
+                .holdings
+                .entry(holder)
+                .or_default()
+                .store(shipment.clone());
+            if matches!(answer, ToCoordinator::BackupStored { .. }) {
+                self.held.insert((holder, shipment.instance));
+            }
+            self.net.say(holder, answer);
+        }
+    }
+
+    /// The kind of operator `node` is.
+    fn kind(&self, node: usize) -> NodeKind {
+        match self.plan().nodes[node].name.as_str() {
+            "source" => NodeKind::Source,
+            "pass" => NodeKind::Stateless,
+            "count" => NodeKind::Stateful,
+            _ => NodeKind::Sink,
+        }
     }
 
     /// Every instance checkpoints at `frontier`, and the backups settle.
@@ -515,17 +552,24 @@ fn checkpoints_of_stateful_instances_are_backed_up_on_another_worker() {
         c.checkpointed(Stamp(10));
     });
     let summary = result.expect("finishes");
-    // Two count partitions and the sink are backed up; source and pass are not.
-    assert_eq!(cluster.held.len(), 3);
-    for (holder, id) in cluster.held.keys() {
+    // Two count partitions and the sink are backed up, each on two
+    // holders; source and pass are not.
+    assert_eq!(cluster.held.len(), 6);
+    for (holder, id) in &cluster.held {
         assert_ne!(
             *holder,
             cluster.host(*id),
             "instance {id} backed up on its own worker"
         );
     }
-    // Source positions count as checkpoints too.
-    assert_eq!(summary.checkpoints, 4);
+    // Each holder's copy counts, and source positions too.
+    assert_eq!(summary.checkpoints, 7);
+    // The coordinator sent no checkpoint anywhere: they went from worker
+    // to holder.
+    assert!(!cluster
+        .log
+        .iter()
+        .any(|(_, m)| matches!(m, ToWorker::Restore { .. })));
 }
 
 #[test]
@@ -617,16 +661,12 @@ fn a_stalled_channel_recovers_the_unreachable_worker_and_fences_it() {
 }
 
 #[test]
-fn losing_a_backup_holder_uses_the_coordinators_replica() {
+fn losing_an_instance_and_one_holder_restores_from_the_other() {
     let (result, cluster, _) = scenario(config(2), |c| {
         c.checkpointed(Stamp(10));
         let count = c.ids("count")[0];
-        let holder = c
-            .held
-            .keys()
-            .find(|(_, id)| *id == count)
-            .map(|(w, _)| *w)
-            .expect("held");
+        let holder = c.routes[&count][0];
+        assert_eq!(c.routes[&count].len(), 2);
         let host = c.host(count);
         // Instance and holder fail together.
         c.net.break_link(host);
@@ -665,16 +705,40 @@ fn two_simultaneous_failures_are_recovered_as_one() {
 }
 
 #[test]
-fn a_holder_without_a_good_copy_is_replaced_by_the_replica() {
+fn a_holder_without_a_good_copy_is_passed_over_for_the_next() {
     let (result, cluster, _) = scenario(config(1), |c| {
         c.checkpointed(Stamp(10));
-        c.forget_backups = true;
         let count = c.ids("count")[1];
+        // The holder asked first (the first to acknowledge) lost its copy.
+        let first = c.routes[&count][0];
+        c.forgetful.insert(first);
         c.crash_host_of(count);
     });
     result.expect("finishes");
     let count = cluster.ids("count")[1];
     assert_eq!(cluster.restored_frontiers()[&count], Some(Stamp(10)));
+    let asked: HashSet<WorkerId> = cluster
+        .log
+        .iter()
+        .filter(|(_, m)| matches!(m, ToWorker::FetchBackup { instance } if *instance == count))
+        .map(|(w, _)| *w)
+        .collect();
+    assert_eq!(asked.len(), 2, "{asked:?}");
+}
+
+#[test]
+fn an_instance_and_every_holder_lost_together_fail_the_job_clearly() {
+    let (result, _, _) = scenario(config(3), |c| {
+        c.checkpointed(Stamp(10));
+        let count = c.ids("count")[0];
+        for holder in c.routes[&count].clone() {
+            c.net.break_link(holder);
+        }
+        c.net.break_link(c.host(count));
+        c.settle(Duration::from_millis(500));
+    });
+    let error = result.expect_err("cannot recover").to_string();
+    assert!(error.contains("every copy"), "{error}");
 }
 
 #[test]
@@ -964,6 +1028,8 @@ fn backups_of_a_replaced_incarnation_are_ignored() {
                 instance: parent,
                 incarnation: Incarnation(0),
                 frontier: Stamp(99),
+                arrived_bytes: 1,
+                held_bytes: 1,
             },
         );
         c.settle(Duration::from_millis(50));
@@ -980,13 +1046,49 @@ fn backups_of_a_replaced_incarnation_are_ignored() {
 // The parts, tested on their own.
 
 #[test]
-fn a_backup_only_moves_forward() {
+fn upstreams_trim_only_what_every_holder_of_the_route_has() {
     let mut backups = Backups::default();
     let id = InstanceId(1);
-    assert!(backups.stored(id, WorkerId(0), Stamp(10)));
-    assert!(!backups.stored(id, WorkerId(1), Stamp(5)));
+    backups.set_route(id, vec![WorkerId(0), WorkerId(1)]);
+    assert_eq!(backups.stored(id, WorkerId(0), Stamp(10), (1, 1)), None);
+    assert_eq!(backups.durable(id), Stamp::ZERO);
+    assert_eq!(
+        backups.stored(id, WorkerId(1), Stamp(10), (1, 1)),
+        Some(Stamp(10))
+    );
+    assert_eq!(backups.stored(id, WorkerId(0), Stamp(20), (1, 1)), None);
+    // An acknowledgement overtaken by a newer one changes nothing.
+    assert_eq!(backups.stored(id, WorkerId(1), Stamp(5), (1, 1)), None);
     assert_eq!(backups.durable(id), Stamp(10));
+    assert_eq!(
+        backups.holders_by_recency(id),
+        vec![WorkerId(0), WorkerId(1)]
+    );
+    // A worker outside the route is not a holder.
+    assert_eq!(backups.stored(id, WorkerId(2), Stamp(30), (1, 1)), None);
     assert_eq!(backups.holder(id), Some(WorkerId(0)));
+}
+
+#[test]
+fn a_holder_dropped_from_the_route_no_longer_holds_trimming_back() {
+    let mut backups = Backups::default();
+    let id = InstanceId(1);
+    backups.set_route(id, vec![WorkerId(0), WorkerId(1)]);
+    backups.stored(id, WorkerId(0), Stamp(10), (1, 1));
+    backups.stored(id, WorkerId(1), Stamp(10), (1, 1));
+    backups.holders_failed(&[WorkerId(1)]);
+    assert_eq!(backups.route(id), &[WorkerId(0)]);
+    assert_eq!(
+        backups.stored(id, WorkerId(0), Stamp(20), (1, 1)),
+        Some(Stamp(20))
+    );
+    // Its replacement counts from its first copy on.
+    backups.set_route(id, vec![WorkerId(0), WorkerId(2)]);
+    assert_eq!(backups.stored(id, WorkerId(0), Stamp(30), (1, 1)), None);
+    assert_eq!(
+        backups.stored(id, WorkerId(2), Stamp(30), (1, 1)),
+        Some(Stamp(30))
+    );
 }
 
 /// An encoded checkpoint of `operator` at `frontier` with `keys`, full or
@@ -1013,79 +1115,39 @@ fn encoded(frontier: u64, keys: &[u64], base: Option<u64>) -> Vec<u8> {
 }
 
 #[test]
-fn a_reshaped_instance_forgets_its_whole_range_backup() {
+fn a_reshaped_instance_is_protected_by_its_part_until_its_holders_have_one() {
     let mut backups = Backups::default();
     let id = InstanceId(1);
-    backups.stored(id, WorkerId(0), Stamp(10));
+    backups.set_route(id, vec![WorkerId(0)]);
+    backups.stored(id, WorkerId(0), Stamp(10), (1, 1));
     let part = encoded(12, &[1], None);
     backups.reshaped(id, (Stamp(12), part.clone()));
     assert_eq!(backups.holder(id), None);
-    assert_eq!(backups.replica(id).expect("kept"), Some(part));
+    assert!(backups.route(id).is_empty());
+    assert_eq!(backups.fallback(id).expect("kept"), Some(part));
+    // Once its new holder has a copy at or above it, the part goes.
+    backups.set_route(id, vec![WorkerId(2)]);
+    assert_eq!(
+        backups.stored(id, WorkerId(2), Stamp(14), (1, 1)),
+        Some(Stamp(14))
+    );
+    backups.holders_failed(&[WorkerId(2)]);
+    let error = backups.fallback(id).expect_err("lost").to_string();
+    assert!(error.contains("every copy"), "{error}");
 }
 
 #[test]
-fn an_instance_whose_only_backup_died_cannot_restart_silently() {
+fn an_instance_whose_every_copy_died_cannot_restart_silently() {
     let mut backups = Backups::default();
     let id = InstanceId(1);
-    backups.stored(id, WorkerId(0), Stamp(10));
+    // Never backed up: it restarts from the beginning.
+    assert_eq!(backups.fallback(id).expect("fresh"), None);
+    backups.set_route(id, vec![WorkerId(0)]);
+    backups.stored(id, WorkerId(0), Stamp(10), (1, 1));
     backups.holders_failed(&[WorkerId(0)]);
-    let error = backups.replica(id).expect_err("lost").to_string();
-    assert!(error.contains("lost with its backup holder"), "{error}");
-    // A later good backup protects it again.
-    backups.stored(id, WorkerId(1), Stamp(20));
-    let good = encoded(20, &[7], None);
-    backups
-        .keep_replica(id, Stamp(20), good.clone())
-        .expect("kept");
-    assert_eq!(backups.replica(id).expect("kept"), Some(good));
-}
-
-#[test]
-fn an_increment_goes_alone_only_to_the_holder_of_its_base() {
-    let mut backups = Backups::default();
-    let id = InstanceId(1);
-    // Keeps checkpoint `bytes` at `at` and says what `holder` is sent.
-    let mut ship = |holder: u32, at: u64, bytes: &[u8]| {
-        backups
-            .keep_replica(id, Stamp(at), bytes.to_vec())
-            .expect("kept");
-        backups.shipment(id, WorkerId(holder), Stamp(at), bytes.to_vec())
-    };
-    let full = encoded(10, &[1, 2], None);
-    assert_eq!(ship(0, 10, &full), full);
-    // The holder of stamp 10 gets the increment alone.
-    let delta = encoded(20, &[2, 3], Some(10));
-    assert_eq!(ship(0, 20, &delta), delta);
-    // Another holder gets the whole backup, which folds to keys 1, 2, 3, 4.
-    let whole = ship(1, 30, &encoded(30, &[4], Some(20)));
-    let folded = Checkpoint::decode(&whole).expect("restorable");
-    assert_eq!((folded.frontier, folded.entries.len()), (Stamp(30), 4));
-    // After a refusal, even the holder it was meant for gets it all.
-    backups.refused(id);
-    let delta = encoded(40, &[5], Some(30));
-    backups
-        .keep_replica(id, Stamp(40), delta.clone())
-        .expect("kept");
-    assert_ne!(
-        backups.shipment(id, WorkerId(1), Stamp(40), delta.clone()),
-        delta
-    );
-}
-
-#[test]
-fn an_increment_on_a_checkpoint_the_replica_lacks_is_refused() {
-    let mut backups = Backups::default();
-    let id = InstanceId(1);
-    backups
-        .keep_replica(id, Stamp(10), encoded(10, &[1], None))
-        .expect("kept");
-    let gap = backups.keep_replica(id, Stamp(30), encoded(30, &[2], Some(20)));
-    assert!(
-        matches!(gap, Err(crate::state::ChainError::Gap { .. })),
-        "{gap:?}"
-    );
-    let replica = Checkpoint::decode(&backups.replica(id).expect("kept").expect("some"));
-    assert_eq!(replica.expect("decodes").frontier, Stamp(10));
+    let error = backups.fallback(id).expect_err("lost").to_string();
+    assert!(error.contains("lost with its backup holders"), "{error}");
+    assert!(backups.holders_by_recency(id).is_empty());
 }
 
 #[test]
@@ -1157,36 +1219,68 @@ fn floors_never_fall_and_prune_old_source_positions() {
     assert_eq!(backups.restart_position(id), Some(vec![15]));
 }
 
-#[test]
-fn a_holder_is_never_the_instances_own_worker() {
-    let live = [WorkerId(0), WorkerId(1), WorkerId(2)];
-    for raw in 0..50 {
-        let holder = choose_holder(InstanceId(raw), WorkerId(1), [WorkerId(1)], &live);
-        assert!(matches!(holder, Some(w) if w != WorkerId(1)));
-    }
+/// [`choose_holders`] where every worker is on one host but `other_host`.
+fn holders(
+    instance: u32,
+    own: u32,
+    current: &[u32],
+    upstream: &[u32],
+    live: &[u32],
+    other_host: &[u32],
+) -> Vec<u32> {
+    let ids = |ws: &[u32]| -> Vec<WorkerId> { ws.iter().copied().map(WorkerId).collect() };
+    choose_holders(
+        InstanceId(instance),
+        WorkerId(own),
+        &ids(current),
+        &ids(upstream),
+        &ids(live),
+        |w| !other_host.contains(&w.0),
+    )
+    .into_iter()
+    .map(|w| w.0)
+    .collect()
 }
 
 #[test]
-fn a_holder_prefers_live_upstream_hosts() {
-    let live = [WorkerId(0), WorkerId(1), WorkerId(2), WorkerId(3)];
-    let holder = choose_holder(
-        InstanceId(9),
-        WorkerId(0),
-        [WorkerId(2), WorkerId(7)],
-        &live,
-    );
-    assert_eq!(holder, Some(WorkerId(2)));
-    assert_eq!(
-        choose_holder(InstanceId(9), WorkerId(0), [], &[WorkerId(0)]),
-        None
-    );
+fn holders_are_two_other_live_workers() {
+    for raw in 0..50 {
+        let picked = holders(raw, 1, &[], &[1], &[0, 1, 2, 3], &[]);
+        assert_eq!(picked.len(), 2);
+        assert!(!picked.contains(&1), "{picked:?}");
+        assert_ne!(picked[0], picked[1]);
+    }
+    // One other live worker: one holder; none: no holder at all.
+    assert_eq!(holders(9, 0, &[], &[], &[0, 2], &[]), vec![2]);
+    assert!(holders(9, 0, &[], &[], &[0], &[]).is_empty());
+}
+
+#[test]
+fn holders_prefer_other_hosts_then_upstream_workers() {
+    let live = [0, 1, 2, 3, 4, 5];
+    // Upstreams on workers 2 and 7 (7 is dead); workers 4 and 5 on
+    // another host than the instance's.
+    assert_eq!(holders(9, 0, &[], &[2, 7], &live, &[4, 5]).len(), 2);
+    let picked = holders(9, 0, &[], &[2, 7], &live, &[4, 5]);
+    assert!(picked.iter().all(|w| [4, 5].contains(w)), "{picked:?}");
+    let picked = holders(9, 0, &[], &[2, 7], &live, &[5]);
+    assert_eq!(picked, vec![5, 2]);
+}
+
+#[test]
+fn a_route_keeps_its_live_holders() {
+    let live = [0, 1, 2, 3, 4];
+    assert_eq!(holders(9, 0, &[3, 4], &[1, 2], &live, &[]), vec![3, 4]);
+    // A holder that died, or that now hosts the instance, is replaced.
+    let picked = holders(9, 3, &[3, 4], &[1, 2], &[0, 1, 2, 3, 4], &[]);
+    assert_eq!(picked[0], 4);
+    assert!([1, 2].contains(&picked[1]), "{picked:?}");
 }
 
 #[test]
 fn holders_are_spread_by_instance() {
-    let live: Vec<WorkerId> = (0..4).map(WorkerId).collect();
-    let picked: HashSet<WorkerId> = (0..64)
-        .filter_map(|i| choose_holder(InstanceId(i), WorkerId(0), live.clone(), &live))
+    let picked: HashSet<u32> = (0..64)
+        .flat_map(|i| holders(i, 0, &[], &[], &[0, 1, 2, 3], &[]))
         .collect();
     assert_eq!(picked.len(), 3);
 }

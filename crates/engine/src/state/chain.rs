@@ -1,11 +1,13 @@
 //! A backup made of incremental checkpoints: the latest full checkpoint of
 //! an instance and the deltas taken on it since, kept by whoever holds the
-//! instance's backup (a worker, and the coordinator's replica).
+//! instance's backup (its holders).
 //!
 //! Invariants, kept here and nowhere else:
 //! - the chain starts with a full checkpoint, and each delta changes the
 //!   checkpoint right before it (its base is the previous frontier);
 //! - frontiers only move forward;
+//! - every delta covers the key range of the chain's full checkpoint (an
+//!   instance that was split or merged starts a new chain);
 //! - once the deltas weigh more than half the full checkpoint, they are
 //!   folded into it (compaction), so a chain never holds more than about
 //!   one and a half times its state, and a restore never folds more.
@@ -34,6 +36,15 @@ pub enum ChainError {
         base: u64,
         /// The chain's frontier.
         latest: u64,
+    },
+    /// A delta of another key range than the chain's: the instance was
+    /// split or merged since, and its holder needs a full checkpoint.
+    #[error("a delta of key range {delta} arrived at a backup of key range {held}: a full checkpoint is needed")]
+    Reshaped {
+        /// The delta's key range.
+        delta: String,
+        /// The chain's key range.
+        held: String,
     },
     /// The bytes are not a good checkpoint.
     #[error(transparent)]
@@ -86,6 +97,14 @@ impl BackupChain {
             return Err(ChainError::Gap {
                 base: base.0,
                 latest: self.frontier.0,
+            });
+        }
+        let (delta, _) = Checkpoint::range_and_frontier(&bytes)?;
+        let (held, _) = Checkpoint::range_and_frontier(&self.parts[0])?;
+        if delta != held {
+            return Err(ChainError::Reshaped {
+                delta: format!("{delta:?}"),
+                held: format!("{held:?}"),
             });
         }
         self.delta_bytes += bytes.len();

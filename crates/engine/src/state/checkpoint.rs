@@ -504,12 +504,19 @@ impl Checkpoint {
     /// The frontier of an encoded checkpoint (of a chain: of its last
     /// delta), read without decoding it.
     pub fn frontier(bytes: &[u8]) -> Result<Stamp, EngineError> {
+        Self::range_and_frontier(bytes).map(|(_, frontier)| frontier)
+    }
+
+    /// The key range and frontier of an encoded checkpoint (of a chain: of
+    /// its last delta), read without decoding it: a holder refuses an
+    /// increment on a backup of another range (a reshaped instance's).
+    pub fn range_and_frontier(bytes: &[u8]) -> Result<(KeyRange, Stamp), EngineError> {
         let start = match Self::kind(bytes)? {
             CheckpointKind::Full => HEADER,
             CheckpointKind::Delta { .. } => HEADER + 8,
             CheckpointKind::Chain => {
                 let parts = chain_parts(bytes)?;
-                return Self::frontier(parts[parts.len() - 1]);
+                return Self::range_and_frontier(parts[parts.len() - 1]);
             }
         };
         // The body starts with the operator's name (length, bytes), the key
@@ -523,10 +530,14 @@ impl Checkpoint {
         let name = usize::try_from(word(start)?)
             .map_err(|_| EngineError::Checkpoint("checkpoint corrupt".into()))?;
         let at = start
-            .checked_add(8 + 16)
+            .checked_add(8)
             .and_then(|a| a.checked_add(name))
             .ok_or_else(|| EngineError::Checkpoint("checkpoint corrupt".into()))?;
-        word(at).map(Stamp)
+        let range = KeyRange {
+            start: word(at)?,
+            end: word(at + 8)?,
+        };
+        Ok((range, Stamp(word(at + 16)?)))
     }
 
     /// Checks an encoded checkpoint's (or each checkpoint of a chain's)

@@ -13,7 +13,9 @@ use crate::plan::{AddedInstance, MergedInstance};
 use crate::plan::{Incarnation, InstanceId, Plan, WorkerId};
 use crate::stamp::Stamp;
 
-const MAGIC: &[u8; 4] = b"SPTC";
+/// The first bytes of the control handshake. A connection to a worker's
+/// data listener that starts with them carries backups, not tuples.
+pub const MAGIC: &[u8; 4] = b"SPTC";
 
 /// Counters an instance reports when it finishes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,7 +88,9 @@ pub enum ToCoordinator {
     Deployed,
     /// The worker is alive (sent every [`HEARTBEAT_EVERY`]).
     Heartbeat,
-    /// One of the worker's instances took a checkpoint: back it up.
+    /// One of the worker's sources checkpointed its input position (a few
+    /// bytes, kept by the coordinator). Stateful instances and sinks ship
+    /// their checkpoints to their holders directly ([`BackupShipment`]).
     Checkpoint {
         /// The instance.
         instance: InstanceId,
@@ -106,9 +110,16 @@ pub enum ToCoordinator {
         incarnation: Incarnation,
         /// The backup's frontier.
         frontier: Stamp,
+        /// Bytes of the checkpoint as it arrived (an increment, or full):
+        /// what checkpointing moves.
+        arrived_bytes: u64,
+        /// Bytes of the whole backup held now (the latest full checkpoint
+        /// and the increments since).
+        held_bytes: u64,
     },
     /// This worker refused a backup of `instance` (corrupt, or a delta on
-    /// a checkpoint it does not hold): send it the whole backup next.
+    /// a checkpoint it does not hold): the instance must checkpoint in
+    /// full next.
     BackupRefused {
         /// The instance.
         instance: InstanceId,
@@ -197,17 +208,12 @@ pub enum ToWorker {
     },
     /// Every worker is deployed: open data channels and start processing.
     Start,
-    /// Hold this checkpoint as the backup of `instance`.
-    StoreBackup {
-        /// The instance it belongs to.
-        instance: InstanceId,
-        /// The incarnation that took it.
-        incarnation: Incarnation,
-        /// Its frontier.
-        frontier: Stamp,
-        /// The encoded checkpoint.
-        #[serde(with = "serde_bytes")]
-        bytes: Vec<u8>,
+    /// Where the checkpoints of this worker's instances go from now on:
+    /// each listed instance's holders (a holder it did not ship to before
+    /// gets a full checkpoint first).
+    BackupRoutes {
+        /// The instances whose holders changed.
+        routes: Vec<BackupRoute>,
     },
     /// Send the backup of `instance` back to the coordinator.
     FetchBackup {
@@ -273,6 +279,40 @@ pub enum ToWorker {
     },
     /// The job is over (or aborted): exit.
     Shutdown,
+}
+
+/// The workers an instance's checkpoints go to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRoute {
+    /// The instance.
+    pub instance: InstanceId,
+    /// Its holders, first the preferred one; empty: none can be chosen now.
+    pub holders: Vec<BackupHolder>,
+}
+
+/// A worker holding backups, and the data address its peers reach it at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupHolder {
+    /// The holder.
+    pub worker: WorkerId,
+    /// Its data address: backups travel on a connection of their own to
+    /// its data listener, opened with the control handshake.
+    pub addr: String,
+}
+
+/// A checkpoint on its way from an instance's worker to a holder, on the
+/// backup connection between the two (never through the coordinator).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackupShipment {
+    /// The instance it belongs to.
+    pub instance: InstanceId,
+    /// The incarnation that took it.
+    pub incarnation: Incarnation,
+    /// Its frontier.
+    pub frontier: Stamp,
+    /// The encoded checkpoint (full or incremental).
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
 }
 
 /// Writes the control handshake.

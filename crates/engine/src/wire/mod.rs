@@ -7,15 +7,15 @@ pub mod data;
 
 /// Bumped whenever a frame layout changes; peers of another version are
 /// refused (3: leases, stalled links, incremental checkpoints; 4: the Fx
-/// routing hash).
-pub const PROTOCOL_VERSION: u16 = 4;
+/// routing hash; 5: checkpoints shipped from worker to holder directly).
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Upper bound on a data frame, so a corrupt length cannot make us allocate
 /// gigabytes.
 pub const MAX_FRAME: usize = 64 << 20;
 
 /// Upper bound on a control message (checkpoints travel as control
-/// messages): a gigabyte of keyed state makes a checkpoint of more than
+/// messages, to holders and for reconfigurations): a gigabyte of keyed state makes a checkpoint of more than
 /// 1 GiB, and a length beyond 3 GiB is taken for corruption.
 pub const MAX_CONTROL_FRAME: usize = 3 << 30;
 

@@ -1,5 +1,7 @@
 //! The receiving side of a worker: a listener for data channels and one
 //! reader thread per channel, feeding the target instance's bounded inbox.
+//! Backup connections from other workers come to the same listener and
+//! are told apart by their handshake.
 
 use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
@@ -12,7 +14,11 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::error::EngineError;
 use crate::plan::{AddedInstance, Incarnation, InstanceId, MergedInstance, Plan};
 use crate::stamp::Stamp;
+use crate::wire::control;
 use crate::wire::data::{read_batch, read_hello};
+
+use super::backup::{self, Holdings};
+use super::ControlWriter;
 
 /// Batches an inbox holds before readers block (and TCP pushes back upstream).
 pub(crate) const INBOX_BATCHES: usize = 64;
@@ -139,18 +145,30 @@ impl Inboxes {
     }
 }
 
-/// Accepts data channels until the process exits.
-pub(crate) fn spawn_acceptor(listener: TcpListener, inboxes: Inboxes) -> Result<(), EngineError> {
+/// What a backup connection needs: where backups are kept, and the
+/// connection to acknowledge them to the coordinator on.
+#[derive(Clone)]
+pub(crate) struct BackupDesk {
+    pub(crate) holdings: Holdings,
+    pub(crate) writer: ControlWriter,
+}
+
+/// Accepts data channels and backup connections until the process exits.
+pub(crate) fn spawn_acceptor(
+    listener: TcpListener,
+    inboxes: Inboxes,
+    desk: BackupDesk,
+) -> Result<(), EngineError> {
     thread::Builder::new()
         .name("spate-accept".into())
         .spawn(move || {
             for stream in listener.incoming() {
                 match stream {
                     Ok(stream) => {
-                        let inboxes = inboxes.clone();
+                        let (inboxes, desk) = (inboxes.clone(), desk.clone());
                         let spawned = thread::Builder::new()
                             .name("spate-reader".into())
-                            .spawn(move || read_channel(stream, &inboxes));
+                            .spawn(move || read_connection(stream, &inboxes, &desk));
                         if let Err(e) = spawned {
                             tracing::error!("cannot start a channel reader: {e}");
                         }
@@ -163,13 +181,37 @@ pub(crate) fn spawn_acceptor(listener: TcpListener, inboxes: Inboxes) -> Result<
         .map_err(|e| EngineError::io("starting the data listener thread", e))
 }
 
+/// Serves an accepted connection: a data channel, or backups when it
+/// opens with the control handshake.
+fn read_connection(stream: TcpStream, inboxes: &Inboxes, desk: &BackupDesk) {
+    // A peer that connects and says nothing must not hold a thread forever.
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    match peek_magic(&stream) {
+        Ok(magic) if &magic == control::MAGIC => {
+            backup::serve(stream, &desk.holdings, &desk.writer)
+        }
+        Ok(_) => read_channel(stream, inboxes),
+        Err(e) => tracing::warn!("dropping a connection that sent no handshake: {e}"),
+    }
+}
+
+/// The first four bytes of a connection, left unread.
+fn peek_magic(stream: &TcpStream) -> std::io::Result<[u8; 4]> {
+    let mut magic = [0u8; 4];
+    loop {
+        match stream.peek(&mut magic)? {
+            4 => return Ok(magic),
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            _ => thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
+
 fn read_channel(mut stream: TcpStream, inboxes: &Inboxes) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
-    // A peer that connects and says nothing must not hold a thread forever.
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let hello = match read_hello(&mut stream) {
         Ok(hello) => hello,
         Err(e) => {

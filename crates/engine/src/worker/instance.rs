@@ -34,6 +34,9 @@ pub(crate) enum Report {
         incarnation: Incarnation,
         frontier: Stamp,
         bytes: Vec<u8>,
+        /// To the instance's holders (a stateful instance or a sink), else
+        /// to the coordinator (a source's position).
+        to_holders: bool,
     },
     /// The instance paused at `done`, as asked (a merge is coming).
     Paused {
@@ -391,6 +394,7 @@ impl Runner {
             incarnation: self.me.incarnation,
             frontier,
             bytes,
+            to_holders: self.query.kind(self.node) != NodeKind::Source,
         });
         self.checkpointed = Some(frontier);
         if let Some(schedule) = &self.schedule {

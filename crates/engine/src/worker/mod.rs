@@ -1,14 +1,15 @@
 //! The worker process: hosts operator instances, one thread each, and the
 //! data channels between them. It joins a coordinator, receives a plan,
-//! creates and runs its instances, holds backups of other workers'
-//! checkpoints, and restores instances when the coordinator asks.
+//! creates and runs its instances, ships their checkpoints to their
+//! holders and holds backups of other workers' instances, and restores
+//! instances when the coordinator asks.
 
+pub(crate) mod backup;
 mod input;
 mod instance;
 pub mod output;
 mod watch;
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
@@ -17,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use crate::api::{InstanceContext, Query, QueryRegistry};
 use crate::error::EngineError;
-use crate::plan::{AddedInstance, Incarnation, InstanceId, MergedInstance, Plan, WorkerId};
-use crate::stamp::Stamp;
-use crate::state::{BackupChain, Checkpoint, CheckpointKind};
-use crate::wire::control::{self, ToCoordinator, ToWorker, HEARTBEAT_EVERY};
-use input::{ControlEvent, Inboxes};
+use crate::plan::{AddedInstance, InstanceId, MergedInstance, Plan, WorkerId};
+use crate::state::{Checkpoint, CheckpointKind};
+use crate::wire::control::{self, BackupShipment, ToCoordinator, ToWorker, HEARTBEAT_EVERY};
+use backup::{Holdings, Shipper};
+use input::{BackupDesk, ControlEvent, Inboxes};
 use instance::{Inputs, Instance, Report};
 use output::{Outbox, SenderIdentity};
 use watch::LinkWatch;
@@ -66,12 +67,18 @@ struct Deployment {
 pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(), EngineError> {
     let (listener, bound) = bind_data_listener(options)?;
     let inboxes = Inboxes::default();
-    input::spawn_acceptor(listener, inboxes.clone())?;
     let (mut control, writer, data_addr) = register(options, bound)?;
     tracing::info!(%data_addr, coordinator = %options.coordinator, "worker registered");
+    let holdings = Holdings::default();
+    let desk = BackupDesk {
+        holdings: holdings.clone(),
+        writer: writer.clone(),
+    };
+    input::spawn_acceptor(listener, inboxes.clone(), desk)?;
     spawn_heartbeat(options, data_addr)?;
-    let reports = spawn_reporter(writer.clone())?;
     let watch = LinkWatch::start(writer.clone())?;
+    let shipper = Shipper::new(watch.clone());
+    let reports = spawn_reporter(writer.clone(), shipper.clone())?;
     let mut worker = ControlLoop {
         registry,
         inboxes,
@@ -79,7 +86,8 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
         writer,
         reports,
         deployment: None,
-        backups: HashMap::new(),
+        holdings,
+        shipper,
     };
     loop {
         let Some(message) = control::recv::<ToWorker>(&mut control)? else {
@@ -152,9 +160,10 @@ struct ControlLoop<'r> {
     writer: ControlWriter,
     reports: crossbeam_channel::Sender<Report>,
     deployment: Option<Deployment>,
-    /// Other workers' instances' backups: each one's latest verified
-    /// checkpoint and the incremental ones since.
-    backups: HashMap<InstanceId, BackupChain>,
+    /// Other workers' instances' backups.
+    holdings: Holdings,
+    /// Where this worker's instances' checkpoints go.
+    shipper: Shipper,
 }
 
 impl ControlLoop<'_> {
@@ -181,14 +190,13 @@ impl ControlLoop<'_> {
                 checkpoint_ms,
             } => self.deploy(&query, &params, plan, worker, checkpoint_ms),
             ToWorker::Start => self.start()?,
-            ToWorker::StoreBackup {
-                instance,
-                incarnation,
-                frontier,
-                bytes,
-            } => self.store_backup(instance, incarnation, frontier, bytes),
+            ToWorker::BackupRoutes { routes } => {
+                for instance in self.shipper.set_routes(routes) {
+                    self.inboxes.control(instance, ControlEvent::CheckpointFull);
+                }
+            }
             ToWorker::FetchBackup { instance } => {
-                let bytes = self.backups.get(&instance).map(BackupChain::encode);
+                let bytes = self.holdings.fetch(instance);
                 tracing::debug!(%instance, bytes = bytes.as_ref().map(Vec::len), "backup fetched");
                 reply(&self.writer, &ToCoordinator::Backup { instance, bytes });
             }
@@ -271,42 +279,6 @@ impl ControlLoop<'_> {
             start_instance(instance, d, self.writer.clone(), &self.watch)?;
         }
         Ok(())
-    }
-
-    /// Keeps another worker's checkpoint (full, incremental or a chain),
-    /// acknowledged only once verified and joined to the instance's backup.
-    fn store_backup(
-        &mut self,
-        instance: InstanceId,
-        incarnation: Incarnation,
-        frontier: Stamp,
-        bytes: Vec<u8>,
-    ) {
-        let stored = match self.backups.get_mut(&instance) {
-            Some(chain) => chain.push(frontier, bytes),
-            None => BackupChain::new(frontier, bytes).map(|chain| {
-                self.backups.insert(instance, chain);
-            }),
-        };
-        // A backup refused (corrupted on the way, or a delta on a
-        // checkpoint this worker does not hold) is not acknowledged: the
-        // previous one stays the instance's durable checkpoint, and the
-        // coordinator sends the whole backup next.
-        let reply_message = match stored {
-            Ok(()) => ToCoordinator::BackupStored {
-                instance,
-                incarnation,
-                frontier,
-            },
-            Err(e) => {
-                tracing::warn!(%instance, "refusing a backup: {e}");
-                ToCoordinator::BackupRefused {
-                    instance,
-                    reason: e.to_string(),
-                }
-            }
-        };
-        reply(&self.writer, &reply_message);
     }
 
     /// Restarts each instance from its checkpoint (or empty) under the new
@@ -406,7 +378,7 @@ fn connect_coordinator(options: &WorkerOptions) -> Result<TcpStream, EngineError
 
 /// Sends from the control loop: when the coordinator is gone there is no one
 /// to tell, and the next read ends the loop cleanly.
-fn reply(writer: &ControlWriter, message: &ToCoordinator) {
+pub(crate) fn reply(writer: &ControlWriter, message: &ToCoordinator) {
     if let Err(e) = send(writer, message) {
         tracing::debug!("cannot reply to the coordinator: {e}");
     }
@@ -494,18 +466,38 @@ fn fence(why: &str) -> ! {
     std::process::exit(FENCED_EXIT_CODE)
 }
 
-/// Forwards instances' reports (checkpoints above all, which may be large)
-/// to the coordinator off the instances' threads.
-fn spawn_reporter(writer: ControlWriter) -> Result<crossbeam_channel::Sender<Report>, EngineError> {
+/// Forwards instances' reports off the instances' threads: checkpoints of
+/// stateful instances and sinks (which may be large) to their holders, the
+/// rest to the coordinator.
+fn spawn_reporter(
+    writer: ControlWriter,
+    shipper: Shipper,
+) -> Result<crossbeam_channel::Sender<Report>, EngineError> {
     let (tx, rx) = crossbeam_channel::unbounded::<Report>();
     let mut corrupt = CorruptionInjector::from_env();
     thread::Builder::new()
         .name("spate-reporter".into())
         .spawn(move || {
             while let Ok(first) = rx.recv() {
-                for mut report in coalesce(first, &rx) {
+                let batch: Vec<Report> = std::iter::once(first).chain(rx.try_iter()).collect();
+                for mut report in backup::latest(batch, superseding) {
                     corrupt.maybe(&mut report);
-                    if let Err(e) = send(&writer, &to_coordinator(report)) {
+                    let sent = match report {
+                        Report::Checkpoint {
+                            instance,
+                            incarnation,
+                            frontier,
+                            bytes,
+                            to_holders: true,
+                        } => shipper.ship(&BackupShipment {
+                            instance,
+                            incarnation,
+                            frontier,
+                            bytes,
+                        }),
+                        other => send(&writer, &to_coordinator(other)),
+                    };
+                    if let Err(e) = sent {
                         tracing::error!("cannot report to the coordinator: {e}");
                         return;
                     }
@@ -547,32 +539,17 @@ impl CorruptionInjector {
     }
 }
 
-/// Takes `first` and whatever else is queued, dropping every checkpoint that
-/// a newer full one of the same instance supersedes: when checkpoints are
-/// taken faster than they can be shipped, only the latest is worth
-/// shipping. Incremental ones are all kept: each changes the one before.
-fn coalesce(first: Report, rx: &crossbeam_channel::Receiver<Report>) -> Vec<Report> {
-    let batch: Vec<Report> = std::iter::once(first).chain(rx.try_iter()).collect();
-    let mut latest_full: HashMap<InstanceId, usize> = HashMap::new();
-    for (i, report) in batch.iter().enumerate() {
-        if let Report::Checkpoint {
+/// Which instance's checkpoint a report is, and whether it is full.
+fn superseding(report: &Report) -> Option<(InstanceId, bool)> {
+    match report {
+        Report::Checkpoint {
             instance, bytes, ..
-        } = report
-        {
-            if !matches!(Checkpoint::kind(bytes), Ok(CheckpointKind::Delta { .. })) {
-                latest_full.insert(*instance, i);
-            }
-        }
+        } => Some((
+            *instance,
+            !matches!(Checkpoint::kind(bytes), Ok(CheckpointKind::Delta { .. })),
+        )),
+        _ => None,
     }
-    batch
-        .into_iter()
-        .enumerate()
-        .filter(|(i, r)| match r {
-            Report::Checkpoint { instance, .. } => latest_full.get(instance).is_none_or(|l| l <= i),
-            _ => true,
-        })
-        .map(|(_, r)| r)
-        .collect()
 }
 
 fn to_coordinator(report: Report) -> ToCoordinator {
@@ -582,6 +559,7 @@ fn to_coordinator(report: Report) -> ToCoordinator {
             incarnation,
             frontier,
             bytes,
+            ..
         } => ToCoordinator::Checkpoint {
             instance,
             incarnation,

@@ -3,7 +3,6 @@
 //! that keeps sent batches for replay until downstream checkpoints cover them.
 
 use std::io::Write;
-use std::net::{TcpStream, ToSocketAddrs};
 
 use crate::api::{Emit, Query};
 use crate::error::EngineError;
@@ -13,7 +12,7 @@ use crate::stamp::Stamp;
 use crate::state::{OutputBuffer, RoutingTable};
 use crate::wire::data::{seal_batch, write_hello, ChannelHello, BATCH_HEADER};
 
-use super::watch::{LinkWatch, CONNECT_TIMEOUT};
+use super::watch::{open_peer, LinkWatch};
 
 /// A batch grows to about this many bytes before it is sent on its own.
 const FLUSH_BYTES: usize = 64 << 10;
@@ -37,28 +36,8 @@ fn connect(
     addr: &str,
     watch: Option<&LinkWatch>,
 ) -> Result<Box<dyn Write + Send>, EngineError> {
-    let context = || format!("opening data channel {}->{to} to {addr}", from.instance);
-    let target = addr
-        .to_socket_addrs()
-        .map_err(|e| EngineError::io(context(), e))?
-        .next()
-        .ok_or_else(|| EngineError::Protocol(format!("{}: no address", context())))?;
-    let stream = match TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) {
-        Ok(stream) => stream,
-        Err(e) => {
-            if let (Some(watch), std::io::ErrorKind::TimedOut) = (watch, e.kind()) {
-                watch.unreachable(addr, CONNECT_TIMEOUT);
-            }
-            return Err(EngineError::io(context(), e));
-        }
-    };
-    stream
-        .set_nodelay(true)
-        .map_err(|e| EngineError::io("setting TCP_NODELAY", e))?;
-    let mut stream: Box<dyn Write + Send> = match watch {
-        Some(watch) => Box::new(watch.watch(addr, stream)),
-        None => Box::new(stream),
-    };
+    let context = format!("opening data channel {}->{to} to {addr}", from.instance);
+    let mut stream = open_peer(addr, watch, &context)?;
     write_hello(
         &mut stream,
         ChannelHello {

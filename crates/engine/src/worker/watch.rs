@@ -12,7 +12,7 @@
 //! so backpressure is never mistaken for a stall either.
 
 use std::io::Write;
-use std::net::TcpStream;
+use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread;
 use std::time::Duration;
@@ -31,7 +31,38 @@ const CHECK_EVERY: Duration = Duration::from_millis(100);
 const MIN_RETRANSMITS: u8 = 2;
 /// How long opening a data channel may take before its peer counts as
 /// unreachable.
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Opens a connection to the peer worker at `addr` (a data channel or a
+/// backup connection; `context` says which, for errors), watched by
+/// `watch`: a peer that cannot be reached in time is reported to it.
+pub(crate) fn open_peer(
+    addr: &str,
+    watch: Option<&LinkWatch>,
+    context: &str,
+) -> Result<Box<dyn Write + Send>, EngineError> {
+    let target = addr
+        .to_socket_addrs()
+        .map_err(|e| EngineError::io(context, e))?
+        .next()
+        .ok_or_else(|| EngineError::Protocol(format!("{context}: no address")))?;
+    let stream = match TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) {
+        Ok(stream) => stream,
+        Err(e) => {
+            if let (Some(watch), std::io::ErrorKind::TimedOut) = (watch, e.kind()) {
+                watch.unreachable(addr, CONNECT_TIMEOUT);
+            }
+            return Err(EngineError::io(context, e));
+        }
+    };
+    stream
+        .set_nodelay(true)
+        .map_err(|e| EngineError::io("setting TCP_NODELAY", e))?;
+    Ok(match watch {
+        Some(watch) => Box::new(watch.watch(addr, stream)),
+        None => Box::new(stream),
+    })
+}
 
 /// A data channel's socket, shared between its writer and the watch.
 #[derive(Clone)]

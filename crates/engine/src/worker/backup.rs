@@ -1,0 +1,383 @@
+//! Backups between workers, with the coordinator off the data path. An
+//! instance's checkpoints go from its worker straight to its holders (the
+//! workers the coordinator routed it to, see `coordinator::backups`), on a
+//! backup connection of their own to each holder's data listener. A holder
+//! verifies each checkpoint, joins it to the instance's backup, and
+//! acknowledges it to the coordinator, which keeps only that metadata. The
+//! coordinator fetches a backup from its holder only to restore or
+//! repartition it.
+//!
+//! - Shipping side ([`Shipper`]): one lane (a thread and its connection)
+//!   per holder, so that a holder that is slow or cut off delays only its
+//!   own copies; a lane drops queued checkpoints a newer full one
+//!   supersedes. Its connections are watched like data channels: a stalled
+//!   one is reported to the coordinator.
+//! - Holding side ([`Holdings`]): refuses a checkpoint that is corrupt,
+//!   that changes one it does not hold (the instance then checkpoints in
+//!   full), or that comes from an incarnation older than the one it holds
+//!   (a worker declared failed and replaced).
+
+use std::collections::HashMap;
+use std::io::{BufReader, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::error::EngineError;
+use crate::plan::{Incarnation, InstanceId};
+use crate::state::{BackupChain, Checkpoint, CheckpointKind};
+use crate::wire::control::{self, BackupHolder, BackupRoute, BackupShipment, ToCoordinator};
+
+use super::watch::{open_peer, LinkWatch};
+use super::{reply, ControlWriter};
+
+/// The backups this worker holds for other workers' instances: each one's
+/// latest verified checkpoint and the incremental ones since, with the
+/// incarnation that sent them.
+#[derive(Clone, Default)]
+pub(crate) struct Holdings(Arc<Mutex<HashMap<InstanceId, (Incarnation, BackupChain)>>>);
+
+impl Holdings {
+    /// Keeps a shipment if it is good; returns what to tell the
+    /// coordinator: stored (with the sizes it shows) or refused.
+    pub(crate) fn store(&self, shipment: BackupShipment) -> ToCoordinator {
+        let BackupShipment {
+            instance,
+            incarnation,
+            frontier,
+            bytes,
+        } = shipment;
+        let arrived_bytes = bytes.len() as u64;
+        let mut held = self.lock();
+        let stored = match held.get_mut(&instance) {
+            Some((known, _)) if *known > incarnation => Err(format!(
+                "incarnation {} of instance {instance} was replaced by {}",
+                incarnation.0, known.0
+            )),
+            Some((known, chain)) => {
+                *known = incarnation;
+                chain
+                    .push(frontier, bytes)
+                    .map(|()| chain.bytes())
+                    .map_err(|e| e.to_string())
+            }
+            None => BackupChain::new(frontier, bytes)
+                .map(|chain| {
+                    let size = chain.bytes();
+                    held.insert(instance, (incarnation, chain));
+                    size
+                })
+                .map_err(|e| e.to_string()),
+        };
+        match stored {
+            Ok(held_bytes) => ToCoordinator::BackupStored {
+                instance,
+                incarnation,
+                frontier,
+                arrived_bytes,
+                held_bytes: held_bytes as u64,
+            },
+            Err(reason) => {
+                tracing::warn!(%instance, "refusing a backup: {reason}");
+                ToCoordinator::BackupRefused { instance, reason }
+            }
+        }
+    }
+
+    /// The whole backup of `instance` (its checkpoints folded), if held.
+    pub(crate) fn fetch(&self, instance: InstanceId) -> Option<Vec<u8>> {
+        self.lock().get(&instance).map(|(_, chain)| chain.encode())
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<InstanceId, (Incarnation, BackupChain)>> {
+        // A poisoned map only means a thread panicked between two
+        // statements that each leave it consistent.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Serves a backup connection (its handshake not yet read) until the
+/// shipping worker closes it: stores each checkpoint and answers the
+/// coordinator for it.
+pub(crate) fn serve(mut stream: TcpStream, holdings: &Holdings, writer: &ControlWriter) {
+    if let Err(e) = control::read_hello(&mut stream) {
+        tracing::warn!("dropping a backup connection: {e}");
+        return;
+    }
+    let _ = stream.set_read_timeout(None);
+    let mut reader = BufReader::with_capacity(256 << 10, stream);
+    loop {
+        match control::recv::<BackupShipment>(&mut reader) {
+            Ok(Some(shipment)) => reply(writer, &holdings.store(shipment)),
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!("backup connection ended: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// A checkpoint encoded for the wire once, shared by its holders' lanes.
+struct Outgoing {
+    instance: InstanceId,
+    /// Whether it is a full checkpoint (it supersedes everything queued
+    /// before it for its instance).
+    full: bool,
+    frame: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Routing {
+    /// Each instance's holders, as the coordinator last said.
+    routes: HashMap<InstanceId, Vec<BackupHolder>>,
+    /// A lane per holder address.
+    lanes: HashMap<String, Sender<Arc<Outgoing>>>,
+}
+
+/// Ships this worker's instances' checkpoints to their holders.
+#[derive(Clone)]
+pub(crate) struct Shipper {
+    routing: Arc<Mutex<Routing>>,
+    watch: LinkWatch,
+}
+
+impl Shipper {
+    /// Ships over connections watched by `watch`.
+    pub(crate) fn new(watch: LinkWatch) -> Self {
+        Shipper {
+            routing: Arc::default(),
+            watch,
+        }
+    }
+
+    /// Adopts the coordinator's routes. Returns the instances that gained
+    /// a holder: each must checkpoint in full next, since a new holder has
+    /// nothing an increment could change.
+    pub(crate) fn set_routes(&self, routes: Vec<BackupRoute>) -> Vec<InstanceId> {
+        let mut routing = self.lock();
+        let mut gained = Vec::new();
+        for route in routes {
+            let known = routing.routes.get(&route.instance);
+            let new_holder = route
+                .holders
+                .iter()
+                .any(|h| known.is_none_or(|k| !k.contains(h)));
+            if new_holder {
+                gained.push(route.instance);
+            }
+            routing.routes.insert(route.instance, route.holders);
+        }
+        gained
+    }
+
+    /// Sends a checkpoint to each of its instance's holders. With none
+    /// routed yet it goes nowhere: the instance checkpoints in full when
+    /// its first route comes.
+    pub(crate) fn ship(&self, shipment: &BackupShipment) -> Result<(), EngineError> {
+        let mut routing = self.lock();
+        let holders = routing
+            .routes
+            .get(&shipment.instance)
+            .cloned()
+            .unwrap_or_default();
+        if holders.is_empty() {
+            tracing::debug!(instance = %shipment.instance, "no holder routed yet; checkpoint not shipped");
+            return Ok(());
+        }
+        let outgoing = Arc::new(Outgoing {
+            instance: shipment.instance,
+            full: !matches!(
+                Checkpoint::kind(&shipment.bytes),
+                Ok(CheckpointKind::Delta { .. })
+            ),
+            frame: control::encode(shipment)?,
+        });
+        for holder in holders {
+            let lane = match routing.lanes.get(&holder.addr) {
+                Some(lane) => lane.clone(),
+                None => {
+                    let lane = self.open_lane(&holder.addr)?;
+                    routing.lanes.insert(holder.addr.clone(), lane.clone());
+                    lane
+                }
+            };
+            // A lane only ends with the process.
+            let _ = lane.send(outgoing.clone());
+        }
+        Ok(())
+    }
+
+    fn open_lane(&self, addr: &str) -> Result<Sender<Arc<Outgoing>>, EngineError> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (addr, watch) = (addr.to_string(), self.watch.clone());
+        thread::Builder::new()
+            .name("spate-backup-lane".into())
+            .spawn(move || run_lane(&addr, &rx, &watch))
+            .map_err(|e| EngineError::io("starting a backup lane", e))?;
+        Ok(tx)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Routing> {
+        self.routing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Ships what comes for the holder at `addr`, connecting (again) when
+/// needed. A checkpoint that cannot be sent is dropped: the holder never
+/// acknowledges it, the next increment does not fit what it holds, and the
+/// instance checkpoints in full after its refusal.
+fn run_lane(addr: &str, rx: &Receiver<Arc<Outgoing>>, watch: &LinkWatch) {
+    let mut connection: Option<Box<dyn Write + Send>> = None;
+    while let Ok(first) = rx.recv() {
+        let batch: Vec<Arc<Outgoing>> = std::iter::once(first).chain(rx.try_iter()).collect();
+        for outgoing in latest(batch, |o| Some((o.instance, o.full))) {
+            if connection.is_none() {
+                connection = open_backup_connection(addr, watch)
+                    .map_err(|e| tracing::debug!("cannot ship a backup to {addr}: {e}"))
+                    .ok();
+            }
+            let Some(stream) = connection.as_mut() else {
+                continue;
+            };
+            if let Err(e) = control::send_encoded(stream, &outgoing.frame) {
+                tracing::debug!(instance = %outgoing.instance, "shipping a backup to {addr} failed: {e}");
+                connection = None;
+            }
+        }
+    }
+}
+
+fn open_backup_connection(
+    addr: &str,
+    watch: &LinkWatch,
+) -> Result<Box<dyn Write + Send>, EngineError> {
+    let context = format!("opening a backup connection to {addr}");
+    let mut stream = open_peer(addr, Some(watch), &context)?;
+    control::write_hello(&mut stream).map_err(|e| EngineError::io(context, e))?;
+    Ok(stream)
+}
+
+/// Keeps the items of `batch` (in order) that no later full checkpoint of
+/// the same instance supersedes: when checkpoints come faster than they
+/// can be shipped, only the latest full one and the increments after it
+/// are worth shipping. `checkpoint` says of an item which instance's
+/// checkpoint it is and whether it is full (`None`: not a checkpoint).
+pub(crate) fn latest<T>(
+    batch: Vec<T>,
+    checkpoint: impl Fn(&T) -> Option<(InstanceId, bool)>,
+) -> Vec<T> {
+    let mut latest_full: HashMap<InstanceId, usize> = HashMap::new();
+    for (i, item) in batch.iter().enumerate() {
+        if let Some((instance, true)) = checkpoint(item) {
+            latest_full.insert(instance, i);
+        }
+    }
+    batch
+        .into_iter()
+        .enumerate()
+        .filter(|(i, item)| match checkpoint(item) {
+            Some((instance, _)) => latest_full.get(&instance).is_none_or(|l| l <= i),
+            None => true,
+        })
+        .map(|(_, item)| item)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stamp::Stamp;
+    use crate::state::{CheckpointParts, OutputBuffer};
+
+    fn checkpoint(frontier: u64, base: Option<u64>) -> Vec<u8> {
+        let parts = CheckpointParts {
+            operator: "count",
+            key_range: crate::state::KeyRange::FULL,
+            frontier: Stamp(frontier),
+            entries: &[],
+            output_buffer: &OutputBuffer::default(),
+            operator_state: &[],
+        };
+        match base {
+            Some(base) => parts.encode_delta(Stamp(base)),
+            None => parts.encode(),
+        }
+        .expect("encodes")
+    }
+
+    fn shipment(incarnation: u32, frontier: u64, base: Option<u64>) -> BackupShipment {
+        BackupShipment {
+            instance: InstanceId(7),
+            incarnation: Incarnation(incarnation),
+            frontier: Stamp(frontier),
+            bytes: checkpoint(frontier, base),
+        }
+    }
+
+    fn stored(answer: &ToCoordinator) -> bool {
+        matches!(answer, ToCoordinator::BackupStored { .. })
+    }
+
+    #[test]
+    fn a_holder_joins_increments_and_refuses_gaps_and_replaced_incarnations() {
+        let holdings = Holdings::default();
+        assert!(stored(&holdings.store(shipment(0, 10, None))));
+        assert!(stored(&holdings.store(shipment(0, 20, Some(10)))));
+        // An increment on a checkpoint it does not hold.
+        assert!(!stored(&holdings.store(shipment(0, 40, Some(30)))));
+        // A restored incarnation goes on from what it was restored from.
+        assert!(stored(&holdings.store(shipment(1, 30, Some(20)))));
+        // The replaced incarnation (a worker declared failed) is refused.
+        assert!(!stored(&holdings.store(shipment(0, 40, None))));
+        let whole = Checkpoint::decode(&holdings.fetch(InstanceId(7)).expect("held"));
+        assert_eq!(whole.expect("valid").frontier, Stamp(30));
+    }
+
+    #[test]
+    fn a_full_checkpoint_supersedes_what_was_queued_before_it() {
+        let a = InstanceId(1);
+        let b = InstanceId(2);
+        let batch = vec![(a, true, 1), (b, true, 2), (a, false, 3), (a, true, 4), (a, false, 5)];
+        let kept: Vec<u32> = latest(batch, |(i, full, _)| Some((*i, *full)))
+            .into_iter()
+            .map(|(_, _, n)| n)
+            .collect();
+        assert_eq!(kept, vec![2, 4, 5]);
+    }
+
+    #[test]
+    fn only_instances_that_gain_a_holder_checkpoint_in_full() {
+        let (writer, _peer) = loopback_writer();
+        let shipper = Shipper::new(LinkWatch::start(writer).expect("watch"));
+        let holder = |w: u32| BackupHolder {
+            worker: crate::plan::WorkerId(w),
+            addr: format!("127.0.0.1:{}", 1000 + w),
+        };
+        let route = |i: u32, holders: Vec<BackupHolder>| BackupRoute {
+            instance: InstanceId(i),
+            holders,
+        };
+        let gained = shipper.set_routes(vec![route(1, vec![holder(1)]), route(2, vec![holder(2)])]);
+        assert_eq!(gained, vec![InstanceId(1), InstanceId(2)]);
+        let gained = shipper.set_routes(vec![
+            route(1, vec![holder(1), holder(3)]),
+            route(2, vec![holder(2)]),
+        ]);
+        assert_eq!(gained, vec![InstanceId(1)]);
+        // Losing a holder leaves the other one's chain valid.
+        assert!(shipper.set_routes(vec![route(1, vec![holder(3)])]).is_empty());
+    }
+
+    /// A control writer on a loopback connection nobody reads.
+    fn loopback_writer() -> (ControlWriter, TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+        let stream = TcpStream::connect(listener.local_addr().expect("addr")).expect("connects");
+        let (peer, _) = listener.accept().expect("accepts");
+        (Arc::new(Mutex::new(stream)), peer)
+    }
+}
