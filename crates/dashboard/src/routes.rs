@@ -179,6 +179,7 @@ async fn view(
         scale_events,
         checkpoints,
         history: points,
+        control_traffic,
     } = &*guard;
     let keep = history.map_or(points.len(), |n| {
         usize::try_from(n).unwrap_or(usize::MAX).min(points.len())
@@ -196,6 +197,7 @@ async fn view(
         scale_events: scale_events.clone(),
         checkpoints: *checkpoints,
         history: points[points.len() - keep..].to_vec(),
+        control_traffic: *control_traffic,
     }))
 }
 

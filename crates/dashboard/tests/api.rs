@@ -7,7 +7,9 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 use serde_json::Value;
 use spate_dashboard::{serve, ClusterView, Dashboard, DashboardError, JobCommand, SharedView};
-use spate_engine::coordinator::view::{HistoryPoint, InstanceView, OperatorView, WorkerView};
+use spate_engine::coordinator::view::{
+    ControlTraffic, HistoryPoint, InstanceView, OperatorView, WorkerView,
+};
 use spate_engine::coordinator::{
     EventKind, JobEvent, JobState, PolicyKind, RecoveryTimeline, ScaleEvent, ScaleRates,
 };
@@ -135,6 +137,10 @@ fn sample_view() -> ClusterView {
         }],
         checkpoints: 7,
         history: (1..=5).map(point).collect(),
+        control_traffic: ControlTraffic {
+            received_bytes: 4_096,
+            sent_bytes: 1_024,
+        },
     }
 }
 
@@ -250,6 +256,7 @@ fn view_is_the_cluster_view_as_json() {
     assert_eq!(view.query, "linear_road");
     assert_eq!(view.state, JobState::Running);
     assert_eq!(view.operators.len(), 3);
+    assert_eq!(view.control_traffic.received_bytes, 4_096);
     assert_eq!(view.operators[1].instances[1].worker, WorkerId(2));
     assert_eq!(view.history.len(), 5);
     assert_eq!(view.events.len(), 4);

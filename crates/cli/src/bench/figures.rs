@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use spate_engine::coordinator::view::ControlTraffic;
 use spate_engine::plan::{Incarnation, InstanceId};
 use spate_examples::latency::{new_histogram, LatencyWindow};
 
@@ -128,6 +129,15 @@ pub fn status_kib(status: &str, name: &str) -> Option<u64> {
         .ok()
 }
 
+/// CPU seconds this process has used (user and system), from the text of
+/// `/proc/self/stat` (clock ticks of 1/100 s, as Linux reports them).
+pub fn process_cpu_secs(stat: &str) -> Option<f64> {
+    // The command name may hold spaces; the fields after it are fixed.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
+}
+
 /// Keys of `value_bytes` each that make `state_mb` megabytes (10^6 bytes)
 /// of encoded state: each key costs its value, the value's length (8
 /// bytes) and the key (8 bytes).
@@ -195,6 +205,41 @@ pub struct CheckpointFigures {
     pub cpu: CheckpointCpu,
 }
 
+/// What the coordinator spent in the steady stretch: with checkpoints going
+/// from workers to holders directly, none of it grows with state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CoordinatorFigures {
+    /// Bytes a second it received on control connections.
+    pub received_bytes_per_s: f64,
+    /// Bytes a second it sent on them.
+    pub sent_bytes_per_s: f64,
+    /// CPU seconds a second of the process hosting it (this one).
+    pub cpu_per_s: f64,
+}
+
+/// The coordinator's rates between `from_ms` and `to_ms`, from readings
+/// of (ms since start, its control traffic, this process's CPU seconds).
+pub fn coordinator_between(
+    readings: &[(u64, ControlTraffic, f64)],
+    from_ms: u64,
+    to_ms: u64,
+) -> CoordinatorFigures {
+    let first = readings.iter().find(|(at, ..)| *at >= from_ms);
+    let last = readings.iter().rev().find(|(at, ..)| *at <= to_ms);
+    let (Some((t0, a, cpu0)), Some((t1, b, cpu1))) = (first, last) else {
+        return CoordinatorFigures::default();
+    };
+    if t1 <= t0 {
+        return CoordinatorFigures::default();
+    }
+    let secs = (t1 - t0) as f64 / 1000.0;
+    CoordinatorFigures {
+        received_bytes_per_s: b.received_bytes.saturating_sub(a.received_bytes) as f64 / secs,
+        sent_bytes_per_s: b.sent_bytes.saturating_sub(a.sent_bytes) as f64 / secs,
+        cpu_per_s: (cpu1 - cpu0) / secs,
+    }
+}
+
 /// Peak resident sets, MiB.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MemoryFigures {
@@ -202,8 +247,7 @@ pub struct MemoryFigures {
     pub largest_worker_mib: f64,
     /// Each worker's peak, by process id.
     pub workers_mib: BTreeMap<u32, f64>,
-    /// This process (the coordinator, which keeps a replica of every
-    /// checkpoint).
+    /// This process (the coordinator).
     pub coordinator_mib: f64,
 }
 
@@ -241,6 +285,9 @@ pub struct StateBenchReport {
     pub recovery: RecoveryFigures,
     /// Checkpoints in the steady stretch.
     pub checkpoints: CheckpointFigures,
+    /// The coordinator in the steady stretch.
+    #[serde(default)]
+    pub coordinator: CoordinatorFigures,
     /// Peak memory.
     pub memory: MemoryFigures,
     /// The whole run, s.
@@ -331,6 +378,12 @@ impl StateBenchReport {
             c.cpu.share_of_cpu * 100.0,
         );
         t += &format!(
+            "coordinator: {:.3} MB/s in, {:.3} MB/s out, {:.3} CPU s/s\n",
+            mb(self.coordinator.received_bytes_per_s),
+            mb(self.coordinator.sent_bytes_per_s),
+            self.coordinator.cpu_per_s,
+        );
+        t += &format!(
             "peak RSS: largest worker {:.0} MiB, coordinator {:.0} MiB\n",
             m.largest_worker_mib, m.coordinator_mib
         );
@@ -341,6 +394,35 @@ impl StateBenchReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coordinator_rates_come_from_the_readings_inside_the_stretch() {
+        let traffic = |received_bytes, sent_bytes| ControlTraffic {
+            received_bytes,
+            sent_bytes,
+        };
+        let readings = [
+            (500, traffic(0, 0), 0.0),
+            (1_000, traffic(1_000, 100), 1.0),
+            (3_000, traffic(5_000, 300), 1.5),
+            (9_000, traffic(90_000, 900), 9.0),
+        ];
+        let figures = coordinator_between(&readings, 1_000, 4_000);
+        assert_eq!(figures.received_bytes_per_s, 2_000.0);
+        assert_eq!(figures.sent_bytes_per_s, 100.0);
+        assert_eq!(figures.cpu_per_s, 0.25);
+        assert_eq!(
+            coordinator_between(&readings, 2_000, 2_500),
+            CoordinatorFigures::default()
+        );
+    }
+
+    #[test]
+    fn process_cpu_is_read_past_a_command_name_with_spaces() {
+        let stat = "42 (spate bench) S 1 42 42 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 9 0";
+        assert_eq!(process_cpu_secs(stat), Some(3.0));
+        assert_eq!(process_cpu_secs("garbage"), None);
+    }
 
     fn window(start_ms: u64, latencies_us: &[u64]) -> LatencyWindow {
         let mut histogram = new_histogram();

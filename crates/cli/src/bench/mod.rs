@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use spate_engine::cluster::{current_program, run_local};
-use spate_engine::coordinator::view::{ClusterView, JobCommand, SharedView};
+use spate_engine::coordinator::view::{ClusterView, ControlTraffic, JobCommand, SharedView};
 use spate_engine::coordinator::{
     EventKind, JobConfig, JobState, JobSummary, RecoveryTimeline, ScaleDirection,
 };
@@ -29,9 +29,9 @@ use spate_examples::latency::{read_windows, LatencyWindow};
 
 use crate::progress::{Progress, Status};
 use figures::{
-    checkpoint_bytes_for, checkpoint_cpu, keys_for, latency_between, load_averages, status_kib,
-    CheckpointFigures, CounterSample, Machine, MemoryFigures, RecoveryFigures, ScaleFigures,
-    StateBenchReport,
+    checkpoint_bytes_for, checkpoint_cpu, coordinator_between, keys_for, latency_between,
+    load_averages, process_cpu_secs, status_kib, CheckpointFigures, CounterSample, Machine,
+    MemoryFigures, RecoveryFigures, ScaleFigures, StateBenchReport,
 };
 
 /// The engine's benchmarks.
@@ -312,6 +312,7 @@ fn report(
         bytes_per_s: per_s(steady.iter().sum::<u64>() as f64),
         cpu: checkpoint_cpu(&observed.counters, from, to),
     };
+    let coordinator_figures = coordinator_between(&observed.coordinator, from, to);
     let mib = |kib: u64| kib as f64 / 1024.0;
     let coordinator = std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -335,6 +336,7 @@ fn report(
         merge,
         recovery,
         checkpoints,
+        coordinator: coordinator_figures,
         memory,
         elapsed_s: summary.elapsed.as_secs_f64(),
         ..StateBenchReport::default()
@@ -362,6 +364,9 @@ struct Observed {
     counters: Vec<CounterSample>,
     /// Each new checkpoint of a store instance: (ms since start, bytes).
     checkpoints: Vec<(u64, u64)>,
+    /// The coordinator's control traffic and this process's CPU seconds,
+    /// at each reading (ms since start).
+    coordinator: Vec<(u64, ControlTraffic, f64)>,
     /// Latest checkpoint frontier seen per store instance.
     frontiers: BTreeMap<u32, u64>,
 }
@@ -377,6 +382,12 @@ impl Observed {
             .map_or(0, |d| d.as_millis() as u64);
         let start = now_ms.saturating_sub(view.elapsed_ms);
         self.job_start_epoch_ms = Some(self.job_start_epoch_ms.map_or(start, |s| s.min(start)));
+        let cpu = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|s| process_cpu_secs(&s))
+            .unwrap_or(0.0);
+        self.coordinator
+            .push((view.elapsed_ms, view.control_traffic, cpu));
         for w in view.workers.iter().filter(|w| w.alive && w.pid != 0) {
             let status = std::fs::read_to_string(format!("/proc/{}/status", w.pid));
             if let Some(kib) = status.ok().and_then(|s| status_kib(&s, "VmHWM")) {

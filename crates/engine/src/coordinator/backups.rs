@@ -100,11 +100,7 @@ impl Backups {
             .collect::<Option<Vec<Stamp>>>()?
             .into_iter()
             .min()?;
-        if self
-            .pending
-            .get(&id)
-            .is_some_and(|(at, _)| lowest >= *at)
-        {
+        if self.pending.get(&id).is_some_and(|(at, _)| lowest >= *at) {
             self.pending.remove(&id);
         }
         (lowest > trimmed).then(|| {
@@ -298,7 +294,13 @@ pub(super) fn choose_holders(
     let n = candidates.len();
     let offset = (mix64(u64::from(instance.0)) % n.max(1) as u64) as usize;
     let mut ranked: Vec<(usize, WorkerId)> = candidates.into_iter().enumerate().collect();
-    ranked.sort_by_key(|&(i, w)| (same_host(w), !upstream_hosts.contains(&w), (i + n - offset) % n));
+    ranked.sort_by_key(|&(i, w)| {
+        (
+            same_host(w),
+            !upstream_hosts.contains(&w),
+            (i + n - offset) % n,
+        )
+    });
     let wanted = HOLDERS.saturating_sub(holders.len());
     holders.extend(ranked.into_iter().take(wanted).map(|(_, w)| w));
     holders

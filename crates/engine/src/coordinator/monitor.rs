@@ -132,6 +132,7 @@ impl Job<'_> {
             scale_events: self.scale_events.clone(),
             checkpoints: self.checkpoints,
             history: self.monitor.history.clone(),
+            control_traffic: self.links.traffic(),
         }
     }
 

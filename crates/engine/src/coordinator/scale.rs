@@ -587,7 +587,8 @@ impl Job<'_> {
         let mut asked: Vec<WorkerId> = Vec::new();
         let mut before: HashMap<InstanceId, Stamp> = HashMap::new();
         for p in instances {
-            let current = self.plan.instance(p.id).map(|(_, i)| i.incarnation) == Some(p.incarnation);
+            let current =
+                self.plan.instance(p.id).map(|(_, i)| i.incarnation) == Some(p.incarnation);
             if !current || !self.alive(p.worker) {
                 continue;
             }

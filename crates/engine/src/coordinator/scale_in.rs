@@ -315,9 +315,10 @@ impl Job<'_> {
             .map(|p| (p.id, (p.incarnation, p.worker)))
             .collect();
         let deadline = Instant::now() + ALIGN_TIMEOUT;
-        let stored = self.await_backups("checkpoints for a merge", waiting, deadline, |_, at| {
-            at == frontier
-        })?;
+        let stored =
+            self.await_backups("checkpoints for a merge", waiting, deadline, |_, at| {
+                at == frontier
+            })?;
         if stored.len() < 2 {
             return Ok(HashMap::new());
         }
@@ -326,7 +327,8 @@ impl Job<'_> {
             .fetch_backups(&ids)?
             .into_iter()
             .filter_map(|(id, bytes)| {
-                bytes.filter(|b| Checkpoint::frontier(b).is_ok_and(|at| at == frontier))
+                bytes
+                    .filter(|b| Checkpoint::frontier(b).is_ok_and(|at| at == frontier))
                     .map(|b| (id, b))
             })
             .collect())

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::backups::{choose_holders, Backups};
 use super::links::memory::{pair, Network};
 use super::{run_job, EventKind, JobConfig, JobSummary, Provisioner, ScaleDirection, ScalePolicy};
+use crate::api::NodeKind;
 use crate::api::{
     Operator, OperatorError, Output, QueryBuilder, QueryRegistry, Sink, Source, SourceStep,
     StatefulOperator,
@@ -26,7 +27,6 @@ use crate::wire::control::{
     BackupShipment, InstanceMetrics, InstanceStats, ToCoordinator, ToWorker,
 };
 use crate::worker::backup::Holdings;
-use crate::api::NodeKind;
 
 /// A source the coordinator never runs: only the graph matters here.
 struct Idle;

@@ -42,6 +42,21 @@ pub struct ClusterView {
     pub checkpoints: u64,
     /// One point per second.
     pub history: Vec<HistoryPoint>,
+    /// Bytes on the coordinator's control connections so far: with
+    /// checkpoints going from workers to holders directly, they no longer
+    /// grow with state.
+    #[serde(default)]
+    pub control_traffic: ControlTraffic,
+}
+
+/// Bytes the coordinator received from and sent to its workers on their
+/// control connections (heartbeats and leases excluded).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlTraffic {
+    /// From workers.
+    pub received_bytes: u64,
+    /// To workers.
+    pub sent_bytes: u64,
 }
 
 /// One worker process.

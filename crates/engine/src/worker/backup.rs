@@ -91,9 +91,7 @@ impl Holdings {
         self.lock().get(&instance).map(|(_, chain)| chain.encode())
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<InstanceId, (Incarnation, BackupChain)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, (Incarnation, BackupChain)>> {
         // A poisoned map only means a thread panicked between two
         // statements that each leave it consistent.
         self.0.lock().unwrap_or_else(|p| p.into_inner())
@@ -342,7 +340,13 @@ mod tests {
     fn a_full_checkpoint_supersedes_what_was_queued_before_it() {
         let a = InstanceId(1);
         let b = InstanceId(2);
-        let batch = vec![(a, true, 1), (b, true, 2), (a, false, 3), (a, true, 4), (a, false, 5)];
+        let batch = vec![
+            (a, true, 1),
+            (b, true, 2),
+            (a, false, 3),
+            (a, true, 4),
+            (a, false, 5),
+        ];
         let kept: Vec<u32> = latest(batch, |(i, full, _)| Some((*i, *full)))
             .into_iter()
             .map(|(_, _, n)| n)
@@ -370,7 +374,9 @@ mod tests {
         ]);
         assert_eq!(gained, vec![InstanceId(1)]);
         // Losing a holder leaves the other one's chain valid.
-        assert!(shipper.set_routes(vec![route(1, vec![holder(3)])]).is_empty());
+        assert!(shipper
+            .set_routes(vec![route(1, vec![holder(3)])])
+            .is_empty());
     }
 
     /// A control writer on a loopback connection nobody reads.

@@ -9,16 +9,18 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::{LinkEvent, Links};
+use super::{ControlTraffic, LinkEvent, Links};
 use crate::error::EngineError;
 use crate::ids::WorkerId;
-use crate::wire::control::{ToCoordinator, ToWorker};
+use crate::wire::control::{self, ToCoordinator, ToWorker};
 
 /// The coordinator's end.
 pub(crate) struct MemoryLinks {
     events: Receiver<LinkEvent>,
     sent: Sender<(WorkerId, ToWorker)>,
     state: Arc<Mutex<Shared>>,
+    /// Messages counted at their encoded size, as over TCP.
+    traffic: ControlTraffic,
 }
 
 /// What both ends see: which workers are cut off or silent.
@@ -52,6 +54,7 @@ pub(crate) fn pair() -> (MemoryLinks, Network) {
             events,
             sent: sent_tx,
             state: state.clone(),
+            traffic: ControlTraffic::default(),
         },
         Network {
             events: events_tx,
@@ -123,6 +126,7 @@ impl Links for MemoryLinks {
                 "worker {worker}'s connection is broken"
             )));
         }
+        self.traffic.sent_bytes += control::encode(message).map_or(0, |f| f.len() as u64);
         self.sent
             .send((worker, message.clone()))
             .map_err(|_| EngineError::Protocol("the test network is gone".into()))
@@ -130,7 +134,13 @@ impl Links for MemoryLinks {
 
     fn next_event(&mut self, deadline: Instant) -> Result<Option<LinkEvent>, EngineError> {
         match self.events.recv_deadline(deadline) {
-            Ok(event) => Ok(Some(event)),
+            Ok(event) => {
+                if let LinkEvent::Message(_, message) = &event {
+                    self.traffic.received_bytes +=
+                        control::encode(message).map_or(0, |f| f.len() as u64);
+                }
+                Ok(Some(event))
+            }
             Err(RecvTimeoutError::Timeout) => Ok(None),
             Err(RecvTimeoutError::Disconnected) => {
                 Err(EngineError::Protocol("the test network is gone".into()))
@@ -144,6 +154,10 @@ impl Links for MemoryLinks {
             .unwrap_or_else(|p| p.into_inner())
             .fenced
             .insert(worker);
+    }
+
+    fn traffic(&self) -> ControlTraffic {
+        self.traffic
     }
 
     fn silent_for(&self, worker: WorkerId) -> Duration {

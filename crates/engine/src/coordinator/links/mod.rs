@@ -9,6 +9,7 @@ pub(super) mod memory;
 
 use std::time::{Duration, Instant};
 
+use super::view::ControlTraffic;
 use crate::error::EngineError;
 use crate::ids::WorkerId;
 use crate::wire::control::{ToCoordinator, ToWorker};
@@ -46,4 +47,6 @@ pub trait Links {
     /// coordinator, or one that comes back from a partition, stops on its
     /// own.
     fn fence(&mut self, worker: WorkerId);
+    /// Bytes of control messages received and sent so far.
+    fn traffic(&self) -> ControlTraffic;
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::{LinkEvent, Links};
+use super::{ControlTraffic, LinkEvent, Links};
 use crate::error::EngineError;
 use crate::ids::WorkerId;
 use crate::wire::control::{self, ToCoordinator, ToWorker, HEARTBEAT_EVERY};
@@ -33,6 +33,9 @@ pub struct TcpLinks {
     streams: Vec<TcpStream>,
     /// When each worker was last heard, and whether it is fenced.
     liveness: Vec<Arc<Liveness>>,
+    /// Bytes received on every control connection (by their readers).
+    received: Arc<AtomicU64>,
+    sent: u64,
 }
 
 /// What the threads of one worker's connections share.
@@ -61,6 +64,8 @@ impl TcpLinks {
             raw,
             streams: Vec::new(),
             liveness: Vec::new(),
+            received: Arc::default(),
+            sent: 0,
         })
     }
 
@@ -68,7 +73,13 @@ impl TcpLinks {
     fn add(&mut self, stream: TcpStream, liveness: Arc<Liveness>) -> Result<WorkerId, EngineError> {
         let worker = WorkerId(self.streams.len() as u32);
         liveness.heard.store(now_ms(), Ordering::Relaxed);
-        spawn_reader(worker, &stream, self.raw_tx.clone(), liveness.clone())?;
+        spawn_reader(
+            worker,
+            &stream,
+            self.raw_tx.clone(),
+            liveness.clone(),
+            self.received.clone(),
+        )?;
         self.streams.push(stream);
         self.liveness.push(liveness);
         Ok(worker)
@@ -81,7 +92,9 @@ impl Links for TcpLinks {
             .streams
             .get(worker.index())
             .ok_or_else(|| EngineError::Protocol(format!("no connection to worker {worker}")))?;
-        let sent = control::send(&mut &*stream, message);
+        let frame = control::encode(message)?;
+        self.sent += frame.len() as u64;
+        let sent = control::send_encoded(&mut &*stream, &frame);
         if let Err(e) = &sent {
             // A write that made no progress for the lease (or failed): the
             // stream may hold half a frame, so the link is lost.
@@ -118,6 +131,13 @@ impl Links for TcpLinks {
             Err(RecvTimeoutError::Disconnected) => Err(EngineError::Protocol(
                 "every worker connection closed".into(),
             )),
+        }
+    }
+
+    fn traffic(&self) -> ControlTraffic {
+        ControlTraffic {
+            received_bytes: self.received.load(Ordering::Relaxed),
+            sent_bytes: self.sent,
         }
     }
 
@@ -288,15 +308,33 @@ fn handshake(mut stream: TcpStream) -> Result<(TcpStream, ToCoordinator), Engine
     }
 }
 
+/// A reader that counts the bytes read through it.
+struct Counted<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: std::io::Read> std::io::Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
 fn spawn_reader(
     worker: WorkerId,
     stream: &TcpStream,
     events: Sender<Event>,
     liveness: Arc<Liveness>,
+    received: Arc<AtomicU64>,
 ) -> Result<(), EngineError> {
-    let mut stream = stream
-        .try_clone()
-        .map_err(|e| EngineError::io("cloning a worker connection", e))?;
+    let mut stream = Counted {
+        inner: stream
+            .try_clone()
+            .map_err(|e| EngineError::io("cloning a worker connection", e))?,
+        count: received,
+    };
     thread::Builder::new()
         .name(format!("spate-coord-w{worker}"))
         .spawn(move || loop {
