@@ -200,7 +200,7 @@ pub struct CoordinatorCost {
     /// CPU seconds of every coordinator thread while the job ran.
     pub cpu_secs: f64,
     /// CPU seconds of its main loop (the one thread every decision, report
-    /// and relayed checkpoint goes through).
+    /// and backup acknowledgement goes through).
     pub loop_cpu_secs: f64,
     /// Seconds of steady running (no reconfiguration) with at least 30
     /// workers alive, pool included, that the figures below are from.
@@ -210,7 +210,8 @@ pub struct CoordinatorCost {
     /// CPU per second then, all threads, milliseconds.
     pub ms_per_sec_at_30: Option<f64>,
     /// CPU per instance metrics report then (each instance reports once a
-    /// second; heartbeats and relayed checkpoints included), microseconds.
+    /// second; heartbeats and backup acknowledgements included),
+    /// microseconds.
     pub us_per_report_at_30: Option<f64>,
     /// The main loop's share of one core then.
     pub loop_share_at_30: Option<f64>,

@@ -153,10 +153,10 @@ fn state(args: &StateArgs) -> Result<()> {
     // One pool worker for the split's new part, one for the recovery.
     config.pool = 2;
     config.checkpoint_interval = Duration::from_millis(args.checkpoint_ms);
-    // Relaying gigabyte checkpoints on a loaded machine can hold up the
-    // coordinator's leases for longer than the default 500 ms, and a worker
-    // without its lease stops; the kill is detected by its broken
-    // connection, whatever this says.
+    // Moving a gigabyte backup through the coordinator for a split, a merge
+    // or a recovery on a loaded machine can hold up its leases for longer
+    // than the default 500 ms, and a worker without its lease stops; the
+    // kill is detected by its broken connection, whatever this says.
     config.heartbeat_timeout = HEARTBEAT_TIMEOUT;
     config.view = Some(view.clone());
     config.commands = Some(command_rx);

@@ -28,7 +28,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::error::EngineError;
 use crate::hash::mix64;
-use crate::ids::{InstanceId, WorkerId};
+use crate::ids::{Incarnation, InstanceId, WorkerId};
 use crate::stamp::Stamp;
 
 /// How many holders an instance's checkpoints go to, where that many other
@@ -40,6 +40,9 @@ pub(super) const HOLDERS: usize = 2;
 #[derive(Debug, Default)]
 pub(super) struct Backups {
     routes: HashMap<InstanceId, Vec<WorkerId>>,
+    /// The worker and incarnation each instance's route was last sent to:
+    /// a restored instance must be told its route anew.
+    routed_to: HashMap<InstanceId, (WorkerId, Incarnation)>,
     copies: HashMap<InstanceId, Vec<(WorkerId, Stamp)>>,
     trimmed: HashMap<InstanceId, Stamp>,
     pending: HashMap<InstanceId, (Stamp, Vec<u8>)>,
@@ -57,12 +60,20 @@ impl Backups {
         self.routes.get(&id).map_or(&[], Vec::as_slice)
     }
 
-    /// Routes `id`'s checkpoints to `holders` from now on; returns whether
-    /// that changed anything. A holder dropped from the route no longer
-    /// counts: its copy stops moving forward.
-    pub(super) fn set_route(&mut self, id: InstanceId, holders: Vec<WorkerId>) -> bool {
+    /// Routes the checkpoints of `id`, running as `on` (its worker and
+    /// incarnation), to `holders` from now on; returns whether its worker
+    /// must be told (the holders changed, or it runs anew). A holder
+    /// dropped from the route no longer counts: its copy stops moving
+    /// forward.
+    pub(super) fn set_route(
+        &mut self,
+        id: InstanceId,
+        on: (WorkerId, Incarnation),
+        holders: Vec<WorkerId>,
+    ) -> bool {
+        let moved = self.routed_to.insert(id, on) != Some(on);
         if self.route(id) == holders.as_slice() {
-            return false;
+            return moved;
         }
         if let Some(copies) = self.copies.get_mut(&id) {
             copies.retain(|(h, _)| holders.contains(h));
@@ -162,6 +173,7 @@ impl Backups {
     /// and `state` protects it until its new holders acknowledge one.
     pub(super) fn reshaped(&mut self, id: InstanceId, state: (Stamp, Vec<u8>)) {
         self.routes.remove(&id);
+        self.routed_to.remove(&id);
         self.copies.remove(&id);
         self.unprotected.remove(&id);
         self.trimmed.insert(id, state.0);
@@ -171,6 +183,7 @@ impl Backups {
     /// `id` no longer exists (merged into a neighbour).
     pub(super) fn forget(&mut self, id: InstanceId) {
         self.routes.remove(&id);
+        self.routed_to.remove(&id);
         self.copies.remove(&id);
         self.trimmed.remove(&id);
         self.pending.remove(&id);

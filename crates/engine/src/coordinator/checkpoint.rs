@@ -88,13 +88,13 @@ impl Job<'_> {
     pub(super) fn refresh_routes(&mut self) {
         let live = self.live_workers();
         let mut changed: HashMap<WorkerId, Vec<BackupRoute>> = HashMap::new();
-        let backed_up: Vec<(InstanceId, WorkerId)> = self
+        let backed_up: Vec<(InstanceId, WorkerId, Incarnation)> = self
             .plan
             .instances()
             .filter(|(node, _)| self.backed_up(*node))
-            .map(|(_, p)| (p.id, p.worker))
+            .map(|(_, p)| (p.id, p.worker, p.incarnation))
             .collect();
-        for (id, own) in backed_up {
+        for (id, own, incarnation) in backed_up {
             let Some(node) = self.plan.instance(id).map(|(n, _)| n) else {
                 continue;
             };
@@ -116,7 +116,10 @@ impl Job<'_> {
             if holders.is_empty() && self.backups.route(id).is_empty() {
                 continue;
             }
-            if self.backups.set_route(id, holders.clone()) {
+            if self
+                .backups
+                .set_route(id, (own, incarnation), holders.clone())
+            {
                 let holders = holders
                     .into_iter()
                     .map(|worker| BackupHolder {

@@ -129,8 +129,8 @@ struct Cluster {
     holdings: HashMap<WorkerId, Holdings>,
     /// The backups held: (holder, instance).
     held: HashSet<(WorkerId, InstanceId)>,
-    /// Each instance's holders, as its worker was told.
-    routes: HashMap<InstanceId, Vec<WorkerId>>,
+    /// Each instance's holders, as each worker was told.
+    routes: HashMap<(WorkerId, InstanceId), Vec<WorkerId>>,
     /// Everything the coordinator sent.
     log: Vec<(WorkerId, ToWorker)>,
     /// Each paused instance and its incarnation.
@@ -204,11 +204,11 @@ impl Cluster {
             ToWorker::BackupRoutes { routes } => {
                 for route in routes {
                     let holders: Vec<WorkerId> = route.holders.iter().map(|h| h.worker).collect();
-                    let known = self.routes.get(&route.instance);
+                    let known = self.routes.get(&(w, route.instance));
                     if holders.iter().any(|h| known.is_none_or(|k| !k.contains(h))) {
                         self.full_next.insert(route.instance);
                     }
-                    self.routes.insert(route.instance, holders);
+                    self.routes.insert((w, route.instance), holders);
                 }
             }
             ToWorker::FetchBackup { instance } => {
@@ -357,14 +357,10 @@ impl Cluster {
         }
     }
 
-    /// Delivers a checkpoint to each live holder of its instance, which
-    /// answers the coordinator as a real holder does.
+    /// Delivers a checkpoint to each live holder its worker was told of,
+    /// which answers the coordinator as a real holder does.
     fn ship(&mut self, shipment: &BackupShipment) {
-        let holders = self
-            .routes
-            .get(&shipment.instance)
-            .cloned()
-            .unwrap_or_default();
+        let holders = self.route(shipment.instance);
         for holder in holders {
             if self.net.is_broken(holder) {
                 continue;
@@ -379,6 +375,14 @@ impl Cluster {
             }
             self.net.say(holder, answer);
         }
+    }
+
+    /// The holders the worker hosting `id` was told of.
+    fn route(&self, id: InstanceId) -> Vec<WorkerId> {
+        self.routes
+            .get(&(self.host(id), id))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The kind of operator `node` is.
@@ -590,6 +594,24 @@ fn a_crashed_worker_is_restored_on_the_pool_worker_from_its_backup() {
 }
 
 #[test]
+fn a_restored_instance_is_told_its_route_and_its_backups_go_on() {
+    let (result, cluster, _) = scenario(config(1), |c| {
+        c.checkpointed(Stamp(10));
+        let count = c.ids("count")[0];
+        c.crash_host_of(count);
+        c.settle(Duration::from_millis(50));
+        assert_eq!(c.route(count).len(), 2, "no route on its new worker");
+        c.checkpointed(Stamp(20));
+    });
+    result.expect("finishes");
+    let count = cluster.ids("count")[0];
+    assert!(cluster.log.iter().any(|(_, m)| matches!(
+        m,
+        ToWorker::Trim { downstream, frontier } if *downstream == count && *frontier == Stamp(20)
+    )));
+}
+
+#[test]
 fn an_instance_without_a_checkpoint_restarts_from_the_beginning() {
     let (result, cluster, _) = scenario(config(1), |c| {
         let count = c.ids("count")[1];
@@ -665,8 +687,8 @@ fn losing_an_instance_and_one_holder_restores_from_the_other() {
     let (result, cluster, _) = scenario(config(2), |c| {
         c.checkpointed(Stamp(10));
         let count = c.ids("count")[0];
-        let holder = c.routes[&count][0];
-        assert_eq!(c.routes[&count].len(), 2);
+        let holder = c.route(count)[0];
+        assert_eq!(c.route(count).len(), 2);
         let host = c.host(count);
         // Instance and holder fail together.
         c.net.break_link(host);
@@ -710,7 +732,7 @@ fn a_holder_without_a_good_copy_is_passed_over_for_the_next() {
         c.checkpointed(Stamp(10));
         let count = c.ids("count")[1];
         // The holder asked first (the first to acknowledge) lost its copy.
-        let first = c.routes[&count][0];
+        let first = c.route(count)[0];
         c.forgetful.insert(first);
         c.crash_host_of(count);
     });
@@ -731,7 +753,7 @@ fn an_instance_and_every_holder_lost_together_fail_the_job_clearly() {
     let (result, _, _) = scenario(config(3), |c| {
         c.checkpointed(Stamp(10));
         let count = c.ids("count")[0];
-        for holder in c.routes[&count].clone() {
+        for holder in c.route(count) {
             c.net.break_link(holder);
         }
         c.net.break_link(c.host(count));
@@ -1045,11 +1067,14 @@ fn backups_of_a_replaced_incarnation_are_ignored() {
 
 // The parts, tested on their own.
 
+/// Where the instance of the `Backups` tests runs.
+const ON: (WorkerId, Incarnation) = (WorkerId(9), Incarnation(0));
+
 #[test]
 fn upstreams_trim_only_what_every_holder_of_the_route_has() {
     let mut backups = Backups::default();
     let id = InstanceId(1);
-    backups.set_route(id, vec![WorkerId(0), WorkerId(1)]);
+    backups.set_route(id, ON, vec![WorkerId(0), WorkerId(1)]);
     assert_eq!(backups.stored(id, WorkerId(0), Stamp(10), (1, 1)), None);
     assert_eq!(backups.durable(id), Stamp::ZERO);
     assert_eq!(
@@ -1073,7 +1098,7 @@ fn upstreams_trim_only_what_every_holder_of_the_route_has() {
 fn a_holder_dropped_from_the_route_no_longer_holds_trimming_back() {
     let mut backups = Backups::default();
     let id = InstanceId(1);
-    backups.set_route(id, vec![WorkerId(0), WorkerId(1)]);
+    backups.set_route(id, ON, vec![WorkerId(0), WorkerId(1)]);
     backups.stored(id, WorkerId(0), Stamp(10), (1, 1));
     backups.stored(id, WorkerId(1), Stamp(10), (1, 1));
     backups.holders_failed(&[WorkerId(1)]);
@@ -1083,7 +1108,14 @@ fn a_holder_dropped_from_the_route_no_longer_holds_trimming_back() {
         Some(Stamp(20))
     );
     // Its replacement counts from its first copy on.
-    backups.set_route(id, vec![WorkerId(0), WorkerId(2)]);
+    assert!(backups.set_route(id, ON, vec![WorkerId(0), WorkerId(2)]));
+    // A route sent is not sent again, unless the instance runs anew.
+    assert!(!backups.set_route(id, ON, vec![WorkerId(0), WorkerId(2)]));
+    assert!(backups.set_route(
+        id,
+        (WorkerId(8), Incarnation(1)),
+        vec![WorkerId(0), WorkerId(2)]
+    ));
     assert_eq!(backups.stored(id, WorkerId(0), Stamp(30), (1, 1)), None);
     assert_eq!(
         backups.stored(id, WorkerId(2), Stamp(30), (1, 1)),
@@ -1118,7 +1150,7 @@ fn encoded(frontier: u64, keys: &[u64], base: Option<u64>) -> Vec<u8> {
 fn a_reshaped_instance_is_protected_by_its_part_until_its_holders_have_one() {
     let mut backups = Backups::default();
     let id = InstanceId(1);
-    backups.set_route(id, vec![WorkerId(0)]);
+    backups.set_route(id, ON, vec![WorkerId(0)]);
     backups.stored(id, WorkerId(0), Stamp(10), (1, 1));
     let part = encoded(12, &[1], None);
     backups.reshaped(id, (Stamp(12), part.clone()));
@@ -1126,7 +1158,7 @@ fn a_reshaped_instance_is_protected_by_its_part_until_its_holders_have_one() {
     assert!(backups.route(id).is_empty());
     assert_eq!(backups.fallback(id).expect("kept"), Some(part));
     // Once its new holder has a copy at or above it, the part goes.
-    backups.set_route(id, vec![WorkerId(2)]);
+    backups.set_route(id, ON, vec![WorkerId(2)]);
     assert_eq!(
         backups.stored(id, WorkerId(2), Stamp(14), (1, 1)),
         Some(Stamp(14))
@@ -1142,7 +1174,7 @@ fn an_instance_whose_every_copy_died_cannot_restart_silently() {
     let id = InstanceId(1);
     // Never backed up: it restarts from the beginning.
     assert_eq!(backups.fallback(id).expect("fresh"), None);
-    backups.set_route(id, vec![WorkerId(0)]);
+    backups.set_route(id, ON, vec![WorkerId(0)]);
     backups.stored(id, WorkerId(0), Stamp(10), (1, 1));
     backups.holders_failed(&[WorkerId(0)]);
     let error = backups.fallback(id).expect_err("lost").to_string();
