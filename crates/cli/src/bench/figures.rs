@@ -215,28 +215,43 @@ pub struct CoordinatorFigures {
     pub sent_bytes_per_s: f64,
     /// CPU seconds a second of the process hosting it (this one).
     pub cpu_per_s: f64,
+    /// The largest resident set of that process in the stretch, MiB
+    /// (`VmRSS` at each reading; its peak over the whole run, with the
+    /// backups a split, merge or recovery moves through it, is in
+    /// [`MemoryFigures`]).
+    pub rss_mib: f64,
 }
 
-/// The coordinator's rates between `from_ms` and `to_ms`, from readings
-/// of (ms since start, its control traffic, this process's CPU seconds).
+/// One reading of the coordinator: ms since start, its control traffic,
+/// this process's CPU seconds and resident set (KiB).
+pub type CoordinatorReading = (u64, ControlTraffic, f64, u64);
+
+/// The coordinator's rates and memory between `from_ms` and `to_ms`.
 pub fn coordinator_between(
-    readings: &[(u64, ControlTraffic, f64)],
+    readings: &[CoordinatorReading],
     from_ms: u64,
     to_ms: u64,
 ) -> CoordinatorFigures {
     let first = readings.iter().find(|(at, ..)| *at >= from_ms);
     let last = readings.iter().rev().find(|(at, ..)| *at <= to_ms);
-    let (Some((t0, a, cpu0)), Some((t1, b, cpu1))) = (first, last) else {
+    let (Some((t0, a, cpu0, _)), Some((t1, b, cpu1, _))) = (first, last) else {
         return CoordinatorFigures::default();
     };
     if t1 <= t0 {
         return CoordinatorFigures::default();
     }
     let secs = (t1 - t0) as f64 / 1000.0;
+    let rss_kib = readings
+        .iter()
+        .filter(|(at, ..)| (from_ms..=to_ms).contains(at))
+        .map(|(.., rss)| *rss)
+        .max()
+        .unwrap_or(0);
     CoordinatorFigures {
         received_bytes_per_s: b.received_bytes.saturating_sub(a.received_bytes) as f64 / secs,
         sent_bytes_per_s: b.sent_bytes.saturating_sub(a.sent_bytes) as f64 / secs,
         cpu_per_s: (cpu1 - cpu0) / secs,
+        rss_mib: rss_kib as f64 / 1024.0,
     }
 }
 
@@ -378,10 +393,11 @@ impl StateBenchReport {
             c.cpu.share_of_cpu * 100.0,
         );
         t += &format!(
-            "coordinator: {:.3} MB/s in, {:.3} MB/s out, {:.3} CPU s/s\n",
+            "coordinator (steady): {:.3} MB/s in, {:.3} MB/s out, {:.3} CPU s/s, RSS {:.0} MiB\n",
             mb(self.coordinator.received_bytes_per_s),
             mb(self.coordinator.sent_bytes_per_s),
             self.coordinator.cpu_per_s,
+            self.coordinator.rss_mib,
         );
         t += &format!(
             "peak RSS: largest worker {:.0} MiB, coordinator {:.0} MiB\n",
@@ -402,15 +418,16 @@ mod tests {
             sent_bytes,
         };
         let readings = [
-            (500, traffic(0, 0), 0.0),
-            (1_000, traffic(1_000, 100), 1.0),
-            (3_000, traffic(5_000, 300), 1.5),
-            (9_000, traffic(90_000, 900), 9.0),
+            (500, traffic(0, 0), 0.0, 9_999),
+            (1_000, traffic(1_000, 100), 1.0, 1_024),
+            (3_000, traffic(5_000, 300), 1.5, 2_048),
+            (9_000, traffic(90_000, 900), 9.0, 99_999),
         ];
         let figures = coordinator_between(&readings, 1_000, 4_000);
         assert_eq!(figures.received_bytes_per_s, 2_000.0);
         assert_eq!(figures.sent_bytes_per_s, 100.0);
         assert_eq!(figures.cpu_per_s, 0.25);
+        assert_eq!(figures.rss_mib, 2.0);
         assert_eq!(
             coordinator_between(&readings, 2_000, 2_500),
             CoordinatorFigures::default()

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use spate_engine::cluster::{current_program, run_local};
-use spate_engine::coordinator::view::{ClusterView, ControlTraffic, JobCommand, SharedView};
+use spate_engine::coordinator::view::{ClusterView, JobCommand, SharedView};
 use spate_engine::coordinator::{
     EventKind, JobConfig, JobState, JobSummary, RecoveryTimeline, ScaleDirection,
 };
@@ -30,8 +30,8 @@ use spate_examples::latency::{read_windows, LatencyWindow};
 use crate::progress::{Progress, Status};
 use figures::{
     checkpoint_bytes_for, checkpoint_cpu, coordinator_between, keys_for, latency_between,
-    load_averages, process_cpu_secs, status_kib, CheckpointFigures, CounterSample, Machine,
-    MemoryFigures, RecoveryFigures, ScaleFigures, StateBenchReport,
+    load_averages, process_cpu_secs, status_kib, CheckpointFigures, CoordinatorReading,
+    CounterSample, Machine, MemoryFigures, RecoveryFigures, ScaleFigures, StateBenchReport,
 };
 
 /// The engine's benchmarks.
@@ -364,9 +364,8 @@ struct Observed {
     counters: Vec<CounterSample>,
     /// Each new checkpoint of a store instance: (ms since start, bytes).
     checkpoints: Vec<(u64, u64)>,
-    /// The coordinator's control traffic and this process's CPU seconds,
-    /// at each reading (ms since start).
-    coordinator: Vec<(u64, ControlTraffic, f64)>,
+    /// The coordinator at each reading.
+    coordinator: Vec<CoordinatorReading>,
     /// Latest checkpoint frontier seen per store instance.
     frontiers: BTreeMap<u32, u64>,
 }
@@ -386,8 +385,12 @@ impl Observed {
             .ok()
             .and_then(|s| process_cpu_secs(&s))
             .unwrap_or(0.0);
+        let rss = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| status_kib(&s, "VmRSS"))
+            .unwrap_or(0);
         self.coordinator
-            .push((view.elapsed_ms, view.control_traffic, cpu));
+            .push((view.elapsed_ms, view.control_traffic, cpu, rss));
         for w in view.workers.iter().filter(|w| w.alive && w.pid != 0) {
             let status = std::fs::read_to_string(format!("/proc/{}/status", w.pid));
             if let Some(kib) = status.ok().and_then(|s| status_kib(&s, "VmHWM")) {

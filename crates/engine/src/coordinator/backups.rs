@@ -43,6 +43,10 @@ pub(super) struct Backups {
     /// The worker and incarnation each instance's route was last sent to:
     /// a restored instance must be told its route anew.
     routed_to: HashMap<InstanceId, (WorkerId, Incarnation)>,
+    /// Former holders of each instance whose copies are void (dropped from
+    /// its route, or it was reshaped or merged away): they are told to
+    /// drop them, so that long elastic runs leave no stale backups.
+    void: HashMap<InstanceId, Vec<WorkerId>>,
     copies: HashMap<InstanceId, Vec<(WorkerId, Stamp)>>,
     trimmed: HashMap<InstanceId, Stamp>,
     pending: HashMap<InstanceId, (Stamp, Vec<u8>)>,
@@ -78,8 +82,24 @@ impl Backups {
         if let Some(copies) = self.copies.get_mut(&id) {
             copies.retain(|(h, _)| holders.contains(h));
         }
-        self.routes.insert(id, holders);
+        let former = self.routes.insert(id, holders.clone()).unwrap_or_default();
+        let void = self.void.entry(id).or_default();
+        void.extend(former);
+        void.retain(|h| !holders.contains(h));
         true
+    }
+
+    /// Takes the (holder, instance) copies that became void: each holder
+    /// may drop its copy.
+    pub(super) fn take_void(&mut self) -> Vec<(WorkerId, InstanceId)> {
+        let mut void: Vec<(WorkerId, InstanceId)> = self
+            .void
+            .drain()
+            .flat_map(|(id, holders)| holders.into_iter().map(move |h| (h, id)))
+            .collect();
+        void.sort_unstable();
+        void.dedup();
+        void
     }
 
     /// Holder `holder` acknowledged `id`'s backup at `frontier`, `sizes`
@@ -172,7 +192,7 @@ impl Backups {
     /// parallel recovery) from `state`: every earlier backup of it is void,
     /// and `state` protects it until its new holders acknowledge one.
     pub(super) fn reshaped(&mut self, id: InstanceId, state: (Stamp, Vec<u8>)) {
-        self.routes.remove(&id);
+        self.retire_route(id);
         self.routed_to.remove(&id);
         self.copies.remove(&id);
         self.unprotected.remove(&id);
@@ -182,7 +202,7 @@ impl Backups {
 
     /// `id` no longer exists (merged into a neighbour).
     pub(super) fn forget(&mut self, id: InstanceId) {
-        self.routes.remove(&id);
+        self.retire_route(id);
         self.routed_to.remove(&id);
         self.copies.remove(&id);
         self.trimmed.remove(&id);
@@ -191,6 +211,13 @@ impl Backups {
         self.unprotected.remove(&id);
         self.floors.remove(&id);
         self.positions.remove(&id);
+    }
+
+    /// Drops `id`'s route; its holders' copies are void.
+    fn retire_route(&mut self, id: InstanceId) {
+        if let Some(former) = self.routes.remove(&id) {
+            self.void.entry(id).or_default().extend(former);
+        }
     }
 
     /// What `id` restarts from when no holder can give a copy: its pending

@@ -84,7 +84,7 @@ impl Job<'_> {
 
     /// Step 1: routes every backed-up instance whose holders changed (a
     /// new instance, a holder that died or now hosts it), and tells each
-    /// instance's worker.
+    /// instance's worker; former holders drop their void copies.
     pub(super) fn refresh_routes(&mut self) {
         let live = self.live_workers();
         let mut changed: HashMap<WorkerId, Vec<BackupRoute>> = HashMap::new();
@@ -137,6 +137,12 @@ impl Job<'_> {
             if let Err(e) = self.send(worker, &ToWorker::BackupRoutes { routes }) {
                 // It is failing: its instances are recovered and routed anew.
                 tracing::warn!(%worker, "cannot send backup routes: {e}");
+            }
+        }
+        for (holder, instance) in self.backups.take_void() {
+            if self.alive(holder) {
+                // Best effort: a copy kept by mistake is memory, not data.
+                let _ = self.send(holder, &ToWorker::DropBackup { instance });
             }
         }
     }

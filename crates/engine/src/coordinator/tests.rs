@@ -211,6 +211,12 @@ impl Cluster {
                     self.routes.insert((w, route.instance), holders);
                 }
             }
+            ToWorker::DropBackup { instance } => {
+                if let Some(h) = self.holdings.get(&w) {
+                    h.drop_backup(instance);
+                }
+                self.held.remove(&(w, instance));
+            }
             ToWorker::FetchBackup { instance } => {
                 let bytes = self
                     .holdings
@@ -1109,6 +1115,7 @@ fn a_holder_dropped_from_the_route_no_longer_holds_trimming_back() {
     );
     // Its replacement counts from its first copy on.
     assert!(backups.set_route(id, ON, vec![WorkerId(0), WorkerId(2)]));
+    assert_eq!(backups.take_void(), vec![]);
     // A route sent is not sent again, unless the instance runs anew.
     assert!(!backups.set_route(id, ON, vec![WorkerId(0), WorkerId(2)]));
     assert!(backups.set_route(
@@ -1157,6 +1164,8 @@ fn a_reshaped_instance_is_protected_by_its_part_until_its_holders_have_one() {
     assert_eq!(backups.holder(id), None);
     assert!(backups.route(id).is_empty());
     assert_eq!(backups.fallback(id).expect("kept"), Some(part));
+    // Its former holder drops its whole-range copy.
+    assert_eq!(backups.take_void(), vec![(WorkerId(0), id)]);
     // Once its new holder has a copy at or above it, the part goes.
     backups.set_route(id, ON, vec![WorkerId(2)]);
     assert_eq!(

@@ -215,6 +215,12 @@ pub enum ToWorker {
         /// The instances whose holders changed.
         routes: Vec<BackupRoute>,
     },
+    /// Drop the backup of `instance`: this worker no longer holds it (the
+    /// instance was reshaped, merged away, or routed elsewhere).
+    DropBackup {
+        /// The instance.
+        instance: InstanceId,
+    },
     /// Send the backup of `instance` back to the coordinator.
     FetchBackup {
         /// The instance.

@@ -91,6 +91,11 @@ impl Holdings {
         self.lock().get(&instance).map(|(_, chain)| chain.encode())
     }
 
+    /// Forgets the backup of `instance`: it is void.
+    pub(crate) fn drop_backup(&self, instance: InstanceId) {
+        self.lock().remove(&instance);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, (Incarnation, BackupChain)>> {
         // A poisoned map only means a thread panicked between two
         // statements that each leave it consistent.
@@ -334,6 +339,8 @@ mod tests {
         assert!(!stored(&holdings.store(shipment(0, 40, None))));
         let whole = Checkpoint::decode(&holdings.fetch(InstanceId(7)).expect("held"));
         assert_eq!(whole.expect("valid").frontier, Stamp(30));
+        holdings.drop_backup(InstanceId(7));
+        assert!(holdings.fetch(InstanceId(7)).is_none());
     }
 
     #[test]

@@ -195,6 +195,7 @@ impl ControlLoop<'_> {
                     self.inboxes.control(instance, ControlEvent::CheckpointFull);
                 }
             }
+            ToWorker::DropBackup { instance } => self.holdings.drop_backup(instance),
             ToWorker::FetchBackup { instance } => {
                 let bytes = self.holdings.fetch(instance);
                 tracing::debug!(%instance, bytes = bytes.as_ref().map(Vec::len), "backup fetched");
