@@ -310,38 +310,45 @@ impl Backups {
 /// Where an instance's checkpoints go: its `current` holders that are
 /// still eligible (alive, and not its `own` worker, so one failure cannot
 /// take the instance and every copy), completed up to [`HOLDERS`] with
-/// other live workers: first those on another host than its own
-/// (`same_host` says which are not), then those hosting its upstreams
-/// (`upstream_hosts`), each pick a stable hash of the instance so that
-/// instances spread over the candidates.
-pub(super) fn choose_holders(
+/// other live workers, one at a time: first those on a host (`host` says
+/// which) with neither the instance nor a holder chosen so far, then those
+/// hosting its upstreams (`upstream_hosts`), each pick a stable hash of
+/// the instance so that instances spread over the candidates.
+pub(super) fn choose_holders<H: PartialEq>(
     instance: InstanceId,
     own: WorkerId,
     current: &[WorkerId],
     upstream_hosts: &[WorkerId],
     live: &[WorkerId],
-    same_host: impl Fn(WorkerId) -> bool,
+    host: impl Fn(WorkerId) -> H,
 ) -> Vec<WorkerId> {
     let eligible = |w: &WorkerId| *w != own && live.contains(w);
     let mut holders: Vec<WorkerId> = current.iter().copied().filter(eligible).collect();
-    let mut candidates: Vec<WorkerId> = live
-        .iter()
-        .copied()
-        .filter(|w| eligible(w) && !holders.contains(w))
-        .collect();
+    let mut candidates: Vec<WorkerId> = live.iter().copied().filter(eligible).collect();
     candidates.sort_unstable();
     candidates.dedup();
     let n = candidates.len();
     let offset = (mix64(u64::from(instance.0)) % n.max(1) as u64) as usize;
-    let mut ranked: Vec<(usize, WorkerId)> = candidates.into_iter().enumerate().collect();
-    ranked.sort_by_key(|&(i, w)| {
-        (
-            same_host(w),
-            !upstream_hosts.contains(&w),
-            (i + n - offset) % n,
-        )
-    });
-    let wanted = HOLDERS.saturating_sub(holders.len());
-    holders.extend(ranked.into_iter().take(wanted).map(|(_, w)| w));
+    while holders.len() < HOLDERS {
+        let taken: Vec<H> = std::iter::once(own)
+            .chain(holders.iter().copied())
+            .map(&host)
+            .collect();
+        let next = candidates
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| !holders.contains(w))
+            .min_by_key(|&(i, w)| {
+                (
+                    taken.contains(&host(*w)),
+                    !upstream_hosts.contains(w),
+                    (i + n - offset) % n,
+                )
+            });
+        match next {
+            Some((_, w)) => holders.push(*w),
+            None => break,
+        }
+    }
     holders
 }

@@ -104,14 +104,13 @@ impl Job<'_> {
                 .into_iter()
                 .filter_map(|up| self.plan.instance(up).map(|(_, p)| p.worker))
                 .collect();
-            let own_host = self.host_of(own);
             let holders = choose_holders(
                 id,
                 own,
                 self.backups.route(id),
                 &upstream_hosts,
                 &live,
-                |w| self.host_of(w) == own_host,
+                |w| self.host_of(w),
             );
             if holders.is_empty() && self.backups.route(id).is_empty() {
                 continue;

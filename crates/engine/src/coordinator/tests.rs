@@ -1260,7 +1260,8 @@ fn floors_never_fall_and_prune_old_source_positions() {
     assert_eq!(backups.restart_position(id), Some(vec![15]));
 }
 
-/// [`choose_holders`] where every worker is on one host but `other_host`.
+/// [`choose_holders`] where every worker is on one host but those of
+/// `other_host`, each on a host of its own.
 fn holders(
     instance: u32,
     own: u32,
@@ -1276,7 +1277,13 @@ fn holders(
         &ids(current),
         &ids(upstream),
         &ids(live),
-        |w| !other_host.contains(&w.0),
+        |w| {
+            if other_host.contains(&w.0) {
+                w.0
+            } else {
+                u32::MAX
+            }
+        },
     )
     .into_iter()
     .map(|w| w.0)
@@ -1306,6 +1313,9 @@ fn holders_prefer_other_hosts_then_upstream_workers() {
     assert!(picked.iter().all(|w| [4, 5].contains(w)), "{picked:?}");
     let picked = holders(9, 0, &[], &[2, 7], &live, &[5]);
     assert_eq!(picked, vec![5, 2]);
+    // Two holders never share a host while a third host has a candidate.
+    let picked = holders(9, 0, &[4], &[], &live, &[4, 5]);
+    assert_eq!(picked, vec![4, 5]);
 }
 
 #[test]
