@@ -8,9 +8,8 @@
 //! 2. an instance checkpoints (every interval), in full or incrementally
 //!    (the keys changed since its previous one), and its worker ships the
 //!    checkpoint to each holder directly (`worker::backup`). A holder that
-//!    cannot join an increment to what it holds refuses it, and the
-//!    instance checkpoints in full next; so does an instance that gains a
-//!    holder;
+//!    cannot join an increment to what it holds (a new holder) refuses it,
+//!    and the instance checkpoints in full next;
 //! 3. when a holder acknowledges, the coordinator records its copy; once
 //!    every holder of the route has a copy at or above a frontier, the
 //!    upstreams are told to trim their output buffers up to it. Any
@@ -43,7 +42,7 @@ use crate::error::EngineError;
 use crate::ids::{Incarnation, InstanceId, WorkerId};
 use crate::stamp::Stamp;
 use crate::state::{Checkpoint, CheckpointParts, OutputBuffer};
-use crate::wire::control::{BackupHolder, BackupRoute, ToCoordinator, ToWorker};
+use crate::wire::control::{BackupHolder, BackupRoute, Refusal, ToCoordinator, ToWorker};
 
 use super::backups::choose_holders;
 use super::events::EventKind;
@@ -186,14 +185,27 @@ impl Job<'_> {
         self.raise_floors();
     }
 
-    /// A holder refused `instance`'s checkpoint (corrupt on the way, or an
-    /// increment on a checkpoint it lacks): the instance checkpoints in
-    /// full next.
-    pub(super) fn backup_refused(&mut self, holder: WorkerId, instance: InstanceId, reason: &str) {
-        self.record(
-            EventKind::Refused,
-            format!("backup of instance {instance} on worker {holder}: {reason}; its previous checkpoint stays the one to restore, and it checkpoints in full next"),
-        );
+    /// A holder refused `instance`'s checkpoint: corrupt on the way (an
+    /// event for the user), or an increment on a checkpoint it lacks (a
+    /// new holder: routine). Either way the instance checkpoints in full
+    /// next; a replaced incarnation's is nobody's concern.
+    pub(super) fn backup_refused(
+        &mut self,
+        holder: WorkerId,
+        instance: InstanceId,
+        refusal: Refusal,
+        reason: &str,
+    ) {
+        match refusal {
+            Refusal::Replaced => return,
+            Refusal::Corrupt => self.record(
+                EventKind::Refused,
+                format!("backup of instance {instance} on worker {holder}: {reason}; its previous checkpoint stays the one to restore, and it checkpoints in full next"),
+            ),
+            Refusal::NotItsBase => {
+                tracing::debug!(%instance, %holder, "backup refused: {reason}; asking for a full checkpoint");
+            }
+        }
         if let Some((_, placed)) = self.plan.instance(instance) {
             let worker = placed.worker;
             if let Err(e) = self.send(worker, &ToWorker::CheckpointFull { instance }) {

@@ -471,8 +471,12 @@ impl Job<'_> {
                 );
                 Ok(())
             }
-            ToCoordinator::BackupRefused { instance, reason } => {
-                self.backup_refused(worker, instance, &reason);
+            ToCoordinator::BackupRefused {
+                instance,
+                refusal,
+                reason,
+            } => {
+                self.backup_refused(worker, instance, refusal, &reason);
                 Ok(())
             }
             ToCoordinator::InstanceFinished { instance, stats } => {

@@ -204,10 +204,6 @@ impl Cluster {
             ToWorker::BackupRoutes { routes } => {
                 for route in routes {
                     let holders: Vec<WorkerId> = route.holders.iter().map(|h| h.worker).collect();
-                    let known = self.routes.get(&(w, route.instance));
-                    if holders.iter().any(|h| known.is_none_or(|k| !k.contains(h))) {
-                        self.full_next.insert(route.instance);
-                    }
                     self.routes.insert((w, route.instance), holders);
                 }
             }

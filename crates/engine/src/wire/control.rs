@@ -117,13 +117,14 @@ pub enum ToCoordinator {
         /// and the increments since).
         held_bytes: u64,
     },
-    /// This worker refused a backup of `instance` (corrupt, or a delta on
-    /// a checkpoint it does not hold): the instance must checkpoint in
-    /// full next.
+    /// This worker refused a backup of `instance`: the instance must
+    /// checkpoint in full next.
     BackupRefused {
         /// The instance.
         instance: InstanceId,
-        /// Why, for the log.
+        /// Why.
+        refusal: Refusal,
+        /// Why, in words, for the log.
         reason: String,
     },
     /// The backup asked for with [`ToWorker::FetchBackup`].
@@ -209,8 +210,9 @@ pub enum ToWorker {
     /// Every worker is deployed: open data channels and start processing.
     Start,
     /// Where the checkpoints of this worker's instances go from now on:
-    /// each listed instance's holders (a holder it did not ship to before
-    /// gets a full checkpoint first).
+    /// each listed instance's holders (a holder that cannot join an
+    /// increment to what it holds refuses it, and gets a full checkpoint
+    /// next).
     BackupRoutes {
         /// The instances whose holders changed.
         routes: Vec<BackupRoute>,
@@ -285,6 +287,19 @@ pub enum ToWorker {
     },
     /// The job is over (or aborted): exit.
     Shutdown,
+}
+
+/// Why a holder refused a checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// Corrupted on the way: worth telling the user.
+    Corrupt,
+    /// An increment the holder cannot join to what it holds (a new holder,
+    /// one that missed a checkpoint, or a backup of the instance before it
+    /// was split or merged): routine.
+    NotItsBase,
+    /// From an incarnation since replaced (a worker declared failed).
+    Replaced,
 }
 
 /// The workers an instance's checkpoints go to.

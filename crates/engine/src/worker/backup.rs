@@ -27,8 +27,10 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::EngineError;
 use crate::plan::{Incarnation, InstanceId};
-use crate::state::{BackupChain, Checkpoint, CheckpointKind};
-use crate::wire::control::{self, BackupHolder, BackupRoute, BackupShipment, ToCoordinator};
+use crate::state::{BackupChain, ChainError, Checkpoint, CheckpointKind};
+use crate::wire::control::{
+    self, BackupHolder, BackupRoute, BackupShipment, Refusal, ToCoordinator,
+};
 
 use super::watch::{open_peer, LinkWatch};
 use super::{reply, ControlWriter};
@@ -52,16 +54,19 @@ impl Holdings {
         let arrived_bytes = bytes.len() as u64;
         let mut held = self.lock();
         let stored = match held.get_mut(&instance) {
-            Some((known, _)) if *known > incarnation => Err(format!(
-                "incarnation {} of instance {instance} was replaced by {}",
-                incarnation.0, known.0
+            Some((known, _)) if *known > incarnation => Err((
+                Refusal::Replaced,
+                format!(
+                    "incarnation {} of instance {instance} was replaced by {}",
+                    incarnation.0, known.0
+                ),
             )),
             Some((known, chain)) => {
                 *known = incarnation;
                 chain
                     .push(frontier, bytes)
                     .map(|()| chain.bytes())
-                    .map_err(|e| e.to_string())
+                    .map_err(refusal)
             }
             None => BackupChain::new(frontier, bytes)
                 .map(|chain| {
@@ -69,7 +74,7 @@ impl Holdings {
                     held.insert(instance, (incarnation, chain));
                     size
                 })
-                .map_err(|e| e.to_string()),
+                .map_err(refusal),
         };
         match stored {
             Ok(held_bytes) => ToCoordinator::BackupStored {
@@ -79,9 +84,13 @@ impl Holdings {
                 arrived_bytes,
                 held_bytes: held_bytes as u64,
             },
-            Err(reason) => {
-                tracing::warn!(%instance, "refusing a backup: {reason}");
-                ToCoordinator::BackupRefused { instance, reason }
+            Err((refusal, reason)) => {
+                tracing::debug!(%instance, "refusing a backup: {reason}");
+                ToCoordinator::BackupRefused {
+                    instance,
+                    refusal,
+                    reason,
+                }
             }
         }
     }
@@ -101,6 +110,15 @@ impl Holdings {
         // statements that each leave it consistent.
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Why a chain did not take a checkpoint, for the coordinator.
+fn refusal(e: ChainError) -> (Refusal, String) {
+    let kind = match e {
+        ChainError::Corrupt(_) => Refusal::Corrupt,
+        ChainError::Gap { .. } | ChainError::Reshaped { .. } => Refusal::NotItsBase,
+    };
+    (kind, e.to_string())
 }
 
 /// Serves a backup connection (its handshake not yet read) until the
@@ -158,24 +176,15 @@ impl Shipper {
         }
     }
 
-    /// Adopts the coordinator's routes. Returns the instances that gained
-    /// a holder: each must checkpoint in full next, since a new holder has
-    /// nothing an increment could change.
-    pub(crate) fn set_routes(&self, routes: Vec<BackupRoute>) -> Vec<InstanceId> {
+    /// Adopts the coordinator's routes. A new holder that cannot join the
+    /// next increment to what it holds refuses it, and the instance then
+    /// checkpoints in full; a restored instance whose holders hold what it
+    /// was restored from goes on with increments.
+    pub(crate) fn set_routes(&self, routes: Vec<BackupRoute>) {
         let mut routing = self.lock();
-        let mut gained = Vec::new();
         for route in routes {
-            let known = routing.routes.get(&route.instance);
-            let new_holder = route
-                .holders
-                .iter()
-                .any(|h| known.is_none_or(|k| !k.contains(h)));
-            if new_holder {
-                gained.push(route.instance);
-            }
             routing.routes.insert(route.instance, route.holders);
         }
-        gained
     }
 
     /// Sends a checkpoint to each of its instance's holders. With none
@@ -326,17 +335,34 @@ mod tests {
         matches!(answer, ToCoordinator::BackupStored { .. })
     }
 
+    fn refused(answer: &ToCoordinator) -> Option<Refusal> {
+        match answer {
+            ToCoordinator::BackupRefused { refusal, .. } => Some(*refusal),
+            _ => None,
+        }
+    }
+
     #[test]
     fn a_holder_joins_increments_and_refuses_gaps_and_replaced_incarnations() {
         let holdings = Holdings::default();
         assert!(stored(&holdings.store(shipment(0, 10, None))));
         assert!(stored(&holdings.store(shipment(0, 20, Some(10)))));
         // An increment on a checkpoint it does not hold.
-        assert!(!stored(&holdings.store(shipment(0, 40, Some(30)))));
+        assert_eq!(
+            refused(&holdings.store(shipment(0, 40, Some(30)))),
+            Some(Refusal::NotItsBase)
+        );
+        let mut corrupt = shipment(0, 40, None);
+        let last = corrupt.bytes.len() - 1;
+        corrupt.bytes[last] ^= 0xff;
+        assert_eq!(refused(&holdings.store(corrupt)), Some(Refusal::Corrupt));
         // A restored incarnation goes on from what it was restored from.
         assert!(stored(&holdings.store(shipment(1, 30, Some(20)))));
         // The replaced incarnation (a worker declared failed) is refused.
-        assert!(!stored(&holdings.store(shipment(0, 40, None))));
+        assert_eq!(
+            refused(&holdings.store(shipment(0, 40, None))),
+            Some(Refusal::Replaced)
+        );
         let whole = Checkpoint::decode(&holdings.fetch(InstanceId(7)).expect("held"));
         assert_eq!(whole.expect("valid").frontier, Stamp(30));
         holdings.drop_backup(InstanceId(7));
@@ -359,38 +385,5 @@ mod tests {
             .map(|(_, _, n)| n)
             .collect();
         assert_eq!(kept, vec![2, 4, 5]);
-    }
-
-    #[test]
-    fn only_instances_that_gain_a_holder_checkpoint_in_full() {
-        let (writer, _peer) = loopback_writer();
-        let shipper = Shipper::new(LinkWatch::start(writer).expect("watch"));
-        let holder = |w: u32| BackupHolder {
-            worker: crate::plan::WorkerId(w),
-            addr: format!("127.0.0.1:{}", 1000 + w),
-        };
-        let route = |i: u32, holders: Vec<BackupHolder>| BackupRoute {
-            instance: InstanceId(i),
-            holders,
-        };
-        let gained = shipper.set_routes(vec![route(1, vec![holder(1)]), route(2, vec![holder(2)])]);
-        assert_eq!(gained, vec![InstanceId(1), InstanceId(2)]);
-        let gained = shipper.set_routes(vec![
-            route(1, vec![holder(1), holder(3)]),
-            route(2, vec![holder(2)]),
-        ]);
-        assert_eq!(gained, vec![InstanceId(1)]);
-        // Losing a holder leaves the other one's chain valid.
-        assert!(shipper
-            .set_routes(vec![route(1, vec![holder(3)])])
-            .is_empty());
-    }
-
-    /// A control writer on a loopback connection nobody reads.
-    fn loopback_writer() -> (ControlWriter, TcpStream) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
-        let stream = TcpStream::connect(listener.local_addr().expect("addr")).expect("connects");
-        let (peer, _) = listener.accept().expect("accepts");
-        (Arc::new(Mutex::new(stream)), peer)
     }
 }

@@ -190,11 +190,7 @@ impl ControlLoop<'_> {
                 checkpoint_ms,
             } => self.deploy(&query, &params, plan, worker, checkpoint_ms),
             ToWorker::Start => self.start()?,
-            ToWorker::BackupRoutes { routes } => {
-                for instance in self.shipper.set_routes(routes) {
-                    self.inboxes.control(instance, ControlEvent::CheckpointFull);
-                }
-            }
+            ToWorker::BackupRoutes { routes } => self.shipper.set_routes(routes),
             ToWorker::DropBackup { instance } => self.holdings.drop_backup(instance),
             ToWorker::FetchBackup { instance } => {
                 let bytes = self.holdings.fetch(instance);
