@@ -312,7 +312,13 @@ fn report(
         bytes_per_s: per_s(steady.iter().sum::<u64>() as f64),
         cpu: checkpoint_cpu(&observed.counters, from, to),
     };
-    let coordinator_figures = coordinator_between(&observed.coordinator, from, to);
+    // The view lags the coordinator by up to its publishing period: the
+    // readings of the last second may already hold the split's backup.
+    let coordinator_figures = coordinator_between(
+        &observed.coordinator,
+        from,
+        to.saturating_sub(1000).max(from),
+    );
     let mib = |kib: u64| kib as f64 / 1024.0;
     let coordinator = std::fs::read_to_string("/proc/self/status")
         .ok()
