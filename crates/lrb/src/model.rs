@@ -34,15 +34,6 @@ pub struct Position {
 /// so sinks can measure each answer's latency.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Msg {
-    /// A raw input line, from the feeder.
-    Line {
-        /// 1-based line number, for error messages.
-        line_no: u64,
-        /// The line's text.
-        text: String,
-        /// When it was released.
-        released_us: u64,
-    },
     /// A position report for its own segment's statistics and tolls.
     Position {
         /// The report.
@@ -198,7 +189,7 @@ impl AnswerKind {
     }
 }
 
-/// What the forwarder makes of one input line.
+/// What the feeder makes of one input line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Parsed {
     /// Type 0.
