@@ -220,6 +220,18 @@ pub enum Parsed {
     Ignored,
 }
 
+impl Parsed {
+    /// The Time of a record, so that the feeder need not read it again;
+    /// `None` for an ignored line, whose Time [`line_time`] reads.
+    pub fn time(&self) -> Option<u32> {
+        match self {
+            Parsed::Position(report) => Some(report.time),
+            Parsed::Balance { time, .. } | Parsed::Expenditure { time, .. } => Some(*time),
+            Parsed::Ignored => None,
+        }
+    }
+}
+
 fn field<T: TryFrom<i64>>(
     fields: &[i64; 15],
     i: usize,
