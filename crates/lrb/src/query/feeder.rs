@@ -15,6 +15,11 @@ use spate_engine::{OperatorError, Source, SourceStep};
 use super::{stats_dir, LrbParams};
 use crate::model::{line_time, parse_line, Msg, Parsed};
 
+/// Lines with nothing to answer that one call reads past before it yields
+/// to the engine, so that a long run of them (a hostile input) cannot hold
+/// off a stop or a checkpoint.
+const SKIPPED_PER_CALL: u32 = 1024;
+
 /// Input counters the run report needs.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct FeederStats {
@@ -209,7 +214,7 @@ impl Source for Feeder {
             .start
             .get_or_insert_with(|| (Instant::now(), unix_micros()));
         // A line with nothing to answer is read past, not sent.
-        loop {
+        for _ in 0..SKIPPED_PER_CALL {
             let read = match self.pending.take() {
                 Some(read) => read,
                 None => match self.read_line()? {
@@ -254,6 +259,7 @@ impl Source for Feeder {
                 return Ok(SourceStep::Emit(message));
             }
         }
+        Ok(SourceStep::WaitUntil(Instant::now()))
     }
 }
 
@@ -311,6 +317,17 @@ mod tests {
         ));
         assert!(matches!(feeder.next().unwrap(), SourceStep::Done));
         assert_eq!(feeder.stats.lines, 6);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_long_run_of_lines_without_an_answer_yields_to_the_engine() {
+        let blank = "\n".repeat(SKIPPED_PER_CALL as usize + 10);
+        let input = format!("{blank}0,0,107,32,0,0,0,10,53320,-1,-1,-1,-1,-1,-1\n");
+        let (mut feeder, dir) = feeder("skipped", &input, 0.0);
+        assert!(matches!(feeder.next().unwrap(), SourceStep::WaitUntil(_)));
+        assert!(matches!(emit(&mut feeder), Msg::Position { report, .. } if report.vid == 107));
+        assert!(matches!(feeder.next().unwrap(), SourceStep::Done));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
