@@ -2,8 +2,9 @@
 //!
 //! - [`model`]: the tuples that flow through the query;
 //! - [`query`]: the query, written with the engine's public API as a user
-//!   would: feeder source, parser/forwarder, toll calculator (keyed by
-//!   segment), toll assessment (keyed by car), answer sinks;
+//!   would: feeder source (reads, paces and parses), forwarder, toll
+//!   calculator (keyed by segment), toll assessment (keyed by car), answer
+//!   sinks;
 //! - [`driver`]: `spate lrb run`: runs the query on a local cluster and writes
 //!   the answer files and `report.json`;
 //! - [`resources`]: the run's memory and buffers, sampled each second, and

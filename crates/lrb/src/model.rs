@@ -34,15 +34,6 @@ pub struct Position {
 /// so sinks can measure each answer's latency.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Msg {
-    /// A raw input line, from the feeder.
-    Line {
-        /// 1-based line number, for error messages.
-        line_no: u64,
-        /// The line's text.
-        text: String,
-        /// When it was released.
-        released_us: u64,
-    },
     /// A position report for its own segment's statistics and tolls.
     Position {
         /// The report.
@@ -198,7 +189,7 @@ impl AnswerKind {
     }
 }
 
-/// What the forwarder makes of one input line.
+/// What the feeder makes of one input line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Parsed {
     /// Type 0.
@@ -227,6 +218,18 @@ pub enum Parsed {
     },
     /// Type 4, or a Day 0 expenditure query: nothing to answer.
     Ignored,
+}
+
+impl Parsed {
+    /// The Time of a record, so that the feeder need not read it again;
+    /// `None` for an ignored line, whose Time [`line_time`] reads.
+    pub fn time(&self) -> Option<u32> {
+        match self {
+            Parsed::Position(report) => Some(report.time),
+            Parsed::Balance { time, .. } | Parsed::Expenditure { time, .. } => Some(*time),
+            Parsed::Ignored => None,
+        }
+    }
 }
 
 fn field<T: TryFrom<i64>>(

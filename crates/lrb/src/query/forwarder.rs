@@ -1,15 +1,15 @@
-//! The forwarder: parses lines and sends each kind of record where it is
-//! needed. Stateless, so it can run as many partitions as the parsing load
-//! needs.
+//! The forwarder: sends each record the feeder parsed where it is needed,
+//! and a stopped car's report to every segment whose accident zone holds
+//! it. Stateless, so it can run as many partitions as its load needs.
 
 use spate_engine::{Operator, OperatorError, Output};
 
-use crate::model::{parse_line, Msg, Parsed};
+use crate::model::Msg;
 
 /// How far upstream of an accident its zone reaches, in segments.
 pub const ACCIDENT_ZONE: u8 = 4;
 
-/// Parses and routes input lines.
+/// Routes parsed input records.
 pub struct Forwarder {
     /// Fail on a malformed line instead of reporting and skipping it.
     pub strict: bool,
@@ -30,22 +30,11 @@ impl Operator for Forwarder {
     type Out = Msg;
 
     fn process(&mut self, input: Msg, out: &mut Output<'_, Msg>) -> Result<(), OperatorError> {
-        let (line_no, text, released_us) = match input {
-            Msg::Line {
-                line_no,
-                text,
+        match input {
+            Msg::Position {
+                report,
                 released_us,
-            } => (line_no, text, released_us),
-            Msg::InputError { line_no, message } if self.strict => {
-                return Err(OperatorError::new(format!(
-                    "input line {line_no}: {message}"
-                )))
-            }
-            // Input errors found by the feeder pass straight through.
-            other => return out.emit(other),
-        };
-        match parse_line(&text) {
-            Ok(Parsed::Position(report)) => {
+            } => {
                 if report.spd == 0 {
                     for target_seg in zone_targets(report.seg, report.dir) {
                         out.emit(Msg::Stop {
@@ -59,31 +48,11 @@ impl Operator for Forwarder {
                     released_us,
                 })
             }
-            Ok(Parsed::Balance { time, vid, qid }) => out.emit(Msg::BalanceQuery {
-                time,
-                vid,
-                qid,
-                released_us,
-            }),
-            Ok(Parsed::Expenditure {
-                time,
-                vid,
-                xway,
-                qid,
-                day,
-            }) => out.emit(Msg::ExpenditureQuery {
-                time,
-                vid,
-                xway,
-                qid,
-                day,
-                released_us,
-            }),
-            Ok(Parsed::Ignored) => Ok(()),
-            Err(message) if self.strict => Err(OperatorError::new(format!(
+            Msg::InputError { line_no, message } if self.strict => Err(OperatorError::new(format!(
                 "input line {line_no}: {message} (run without --stop-on-bad-input to skip such lines)"
             ))),
-            Err(message) => out.emit(Msg::InputError { line_no, message }),
+            // Queries and skipped lines go on as they are.
+            other => out.emit(other),
         }
     }
 }
