@@ -12,10 +12,12 @@
 //!   be restored and replayed from. `trimmed` is the lowest frontier among
 //!   the copies of every holder of the route: with two holders, upstreams
 //!   keep what either may need;
-//! - `pending`: the whole state a split, merge or parallel recovery gave a
-//!   reshaped instance, kept until its holders acknowledge a backup at or
-//!   above it (the only state the coordinator holds, and only for the
-//!   length of a checkpoint interval);
+//! - `pending`: a whole backup the coordinator keeps while an instance has
+//!   fewer copies than its route asks for: the state a split, merge or
+//!   parallel recovery gave a reshaped instance, and the surviving copy of
+//!   an instance that lost a holder (or was restored), kept until every
+//!   holder of its route acknowledges a backup at or above it (the only
+//!   state the coordinator holds, and only until the next checkpoints);
 //! - `unprotected`: instances whose every copy died with its holders and
 //!   that have no pending state: recovering them is an error, not a silent
 //!   restart from the beginning;
@@ -141,17 +143,39 @@ impl Backups {
     }
 
     /// The workers in `failed` died: the copies they held are gone, and
-    /// routes through them must be replaced.
-    pub(super) fn holders_failed(&mut self, failed: &[WorkerId]) {
+    /// routes through them must be replaced. Returns the instances that
+    /// lost a copy and still have one: until their new holders have a
+    /// copy, the coordinator should keep one ([`Backups::keep_pending`]),
+    /// lest a second failure take the last.
+    pub(super) fn holders_failed(&mut self, failed: &[WorkerId]) -> Vec<InstanceId> {
         for holders in self.routes.values_mut() {
             holders.retain(|h| !failed.contains(h));
         }
+        let mut degraded = Vec::new();
         let ids: Vec<InstanceId> = self.copies.keys().copied().collect();
         for id in ids {
+            let before = self.copies.get(&id).map_or(0, Vec::len);
             for &holder in failed {
                 self.holder_lost(id, holder);
             }
+            let after = self.copies.get(&id).map_or(0, Vec::len);
+            if after > 0 && after < before {
+                degraded.push(id);
+            }
         }
+        degraded.sort_unstable();
+        degraded
+    }
+
+    /// The coordinator keeps `state` (a backup of `id`, whole) until every
+    /// holder of its route has a copy at or above it, unless it already
+    /// keeps a newer one.
+    pub(super) fn keep_pending(&mut self, id: InstanceId, state: (Stamp, Vec<u8>)) {
+        if self.pending.get(&id).is_some_and(|(at, _)| *at >= state.0) {
+            return;
+        }
+        self.unprotected.remove(&id);
+        self.pending.insert(id, state);
     }
 
     /// `holder`'s copy of `id` is gone (it died, or it answered without a

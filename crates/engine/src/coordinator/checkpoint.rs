@@ -42,7 +42,9 @@ use crate::error::EngineError;
 use crate::ids::{Incarnation, InstanceId, WorkerId};
 use crate::stamp::Stamp;
 use crate::state::{Checkpoint, CheckpointParts, OutputBuffer};
-use crate::wire::control::{BackupHolder, BackupRoute, Refusal, ToCoordinator, ToWorker};
+use crate::wire::control::{
+    BackupAck, BackupHolder, BackupRoute, Refusal, ToCoordinator, ToWorker,
+};
 
 use super::backups::choose_holders;
 use super::events::EventKind;
@@ -156,16 +158,16 @@ impl Job<'_> {
         hasher.finish()
     }
 
-    /// Step 3: `holder` holds `instance`'s backup at `frontier`; upstreams
-    /// may trim if every holder now has it.
-    pub(super) fn backup_stored(
-        &mut self,
-        holder: WorkerId,
-        instance: InstanceId,
-        incarnation: Incarnation,
-        frontier: Stamp,
-        sizes: (u64, u64),
-    ) {
+    /// Step 3: `holder` holds a backup (`ack`); upstreams may trim if
+    /// every holder now has it.
+    pub(super) fn backup_stored(&mut self, holder: WorkerId, ack: BackupAck) {
+        let BackupAck {
+            instance,
+            incarnation,
+            frontier,
+            arrived_bytes,
+            held_bytes,
+        } = ack;
         if !self.alive(holder) {
             return;
         }
@@ -175,6 +177,7 @@ impl Job<'_> {
             return;
         }
         self.checkpoints += 1;
+        let sizes = (arrived_bytes, held_bytes);
         let Some(trim_to) = self.backups.stored(instance, holder, frontier, sizes) else {
             return;
         };
@@ -229,30 +232,15 @@ impl Job<'_> {
         while !waiting.is_empty() && Instant::now() < deadline {
             let step = (Instant::now() + std::time::Duration::from_millis(200)).min(deadline);
             let answer = self.wait_for(what, step, |m| {
-                matches!(m, ToCoordinator::BackupStored { instance, incarnation, .. }
-                    if waiting.get(instance).is_some_and(|(n, _)| n == incarnation))
+                matches!(m, ToCoordinator::BackupStored(ack)
+                    if waiting.get(&ack.instance).is_some_and(|(n, _)| *n == ack.incarnation))
             });
             match answer {
-                Ok(Some((
-                    holder,
-                    ToCoordinator::BackupStored {
-                        instance,
-                        incarnation,
-                        frontier,
-                        arrived_bytes,
-                        held_bytes,
-                    },
-                ))) => {
-                    self.backup_stored(
-                        holder,
-                        instance,
-                        incarnation,
-                        frontier,
-                        (arrived_bytes, held_bytes),
-                    );
-                    if wanted(instance, frontier) {
-                        waiting.remove(&instance);
-                        got.insert(instance, frontier);
+                Ok(Some((holder, ToCoordinator::BackupStored(ack)))) => {
+                    self.backup_stored(holder, ack);
+                    if wanted(ack.instance, ack.frontier) {
+                        waiting.remove(&ack.instance);
+                        got.insert(ack.instance, ack.frontier);
                     }
                 }
                 Ok(_) | Err(EngineError::Timeout(_)) => waiting.retain(|id, (n, w)| {
@@ -316,6 +304,31 @@ impl Job<'_> {
             }
         }
         Ok(fetched)
+    }
+
+    /// Fetches the surviving copy of each of `ids` (running instances that
+    /// lost a holder) and keeps it until their new holders have one: a
+    /// second failure before then must not take the last copy. Best
+    /// effort: an instance whose copy cannot be had runs on, unprotected
+    /// until its next checkpoint reaches its new holders.
+    pub(super) fn rescue_copies(&mut self, ids: &[InstanceId]) {
+        if ids.is_empty() {
+            return;
+        }
+        match self.fetch_backups(ids) {
+            Ok(fetched) => {
+                for (id, bytes) in fetched {
+                    let Some(bytes) = bytes else { continue };
+                    if let Ok(frontier) = Checkpoint::frontier(&bytes) {
+                        self.backups.keep_pending(id, (frontier, bytes));
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(
+                ?ids,
+                "cannot keep the copies of instances that lost a holder: {e}"
+            ),
+        }
     }
 
     /// Asks `id`'s live holder with the newest copy for it; with none

@@ -455,20 +455,8 @@ impl Job<'_> {
                 }
                 self.checkpointed(instance, frontier, bytes)
             }
-            ToCoordinator::BackupStored {
-                instance,
-                incarnation,
-                frontier,
-                arrived_bytes,
-                held_bytes,
-            } => {
-                self.backup_stored(
-                    worker,
-                    instance,
-                    incarnation,
-                    frontier,
-                    (arrived_bytes, held_bytes),
-                );
+            ToCoordinator::BackupStored(ack) => {
+                self.backup_stored(worker, ack);
                 Ok(())
             }
             ToCoordinator::BackupRefused {

@@ -70,7 +70,7 @@ impl Job<'_> {
             EventKind::Failure,
             format!("workers {workers:?} failed: {reason}"),
         );
-        self.backups.holders_failed(&workers);
+        let degraded = self.backups.holders_failed(&workers);
         if self.config.pool > 0 {
             for _ in &workers {
                 self.provisioner.provision()?;
@@ -82,7 +82,14 @@ impl Job<'_> {
             .filter(|(_, i)| workers.contains(&i.worker))
             .map(|(_, i)| i.id)
             .collect();
+        // Instances that run on but lost a holder: the coordinator keeps
+        // their surviving copy until their new holders have one.
+        let alive: Vec<InstanceId> = degraded
+            .into_iter()
+            .filter(|id| !failed.contains(id))
+            .collect();
         if failed.is_empty() {
+            self.rescue_copies(&alive);
             return Ok(());
         }
         if self.config.checkpoint_interval.is_zero() {
@@ -91,8 +98,20 @@ impl Job<'_> {
                 reason: format!("{reason}; fault tolerance is off (checkpoint interval 0)"),
             });
         }
-        // 2. Fetch the latest checkpoints.
+        // 2. Fetch the latest checkpoints; the coordinator keeps each
+        // backed-up one until its new holders have a copy.
         let checkpoints = self.fetch_checkpoints(&failed)?;
+        for (id, bytes) in &checkpoints {
+            let backed_up = self
+                .plan
+                .instance(*id)
+                .is_some_and(|(node, _)| self.backed_up(node));
+            if let (true, Some(bytes)) = (backed_up, bytes) {
+                if let Ok(frontier) = Checkpoint::frontier(bytes) {
+                    self.backups.keep_pending(*id, (frontier, bytes.clone()));
+                }
+            }
+        }
         tracing::debug!(
             elapsed_ms = self.elapsed_ms(),
             "recovery: checkpoints fetched"
@@ -132,8 +151,9 @@ impl Job<'_> {
             rewired_ms,
             caught_up_ms: None,
         });
-        self.awaiting_catch_up.extend(failed);
+        self.awaiting_catch_up.extend(failed.iter().copied());
         self.awaiting_catch_up.extend(new_instances);
+        self.rescue_copies(&alive);
         Ok(())
     }
 

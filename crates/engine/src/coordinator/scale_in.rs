@@ -377,7 +377,8 @@ impl Job<'_> {
             self.pool.retain(|p| *p != w);
             self.idle_since.remove(&w);
             self.workers[w.index()].alive = false;
-            self.backups.holders_failed(&[w]);
+            let degraded = self.backups.holders_failed(&[w]);
+            self.rescue_copies(&degraded);
             // Best effort: it is ended through its provisioner anyway.
             let _ = self.links.send(w, &ToWorker::Shutdown);
             self.end_process(w);

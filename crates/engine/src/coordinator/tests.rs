@@ -22,9 +22,10 @@ use crate::hash::key_hash;
 use crate::ids::{Incarnation, InstanceId, WorkerId};
 use crate::plan::Plan;
 use crate::stamp::Stamp;
+use crate::state::testing::encoded;
 use crate::state::{Checkpoint, CheckpointParts, KeyRange, KeyedState, OutputBuffer};
 use crate::wire::control::{
-    BackupShipment, InstanceMetrics, InstanceStats, ToCoordinator, ToWorker,
+    BackupAck, BackupShipment, InstanceMetrics, InstanceStats, ToCoordinator, ToWorker,
 };
 use crate::worker::backup::Holdings;
 
@@ -372,7 +373,7 @@ impl Cluster {
                 .entry(holder)
                 .or_default()
                 .store(shipment.clone());
-            if matches!(answer, ToCoordinator::BackupStored { .. }) {
+            if matches!(answer, ToCoordinator::BackupStored(_)) {
                 self.held.insert((holder, shipment.instance));
             }
             self.net.say(holder, answer);
@@ -704,6 +705,35 @@ fn losing_an_instance_and_one_holder_restores_from_the_other() {
     let count = cluster.ids("count")[0];
     assert_eq!(cluster.restored_frontiers()[&count], Some(Stamp(10)));
     assert!(!summary.recoveries.is_empty());
+}
+
+#[test]
+fn the_last_copy_is_kept_until_new_holders_have_one() {
+    let (result, cluster, _) = scenario(config(3), |c| {
+        c.checkpointed(Stamp(10));
+        let count = c.ids("count")[0];
+        let [first, second] = [c.route(count)[0], c.route(count)[1]];
+        // One holder fails: the coordinator fetches the other's copy.
+        c.net.break_link(first);
+        assert!(c.run_until(Duration::from_secs(5), |c| {
+            c.log.iter().any(|(w, m)| {
+                *w == second
+                    && matches!(m, ToWorker::FetchBackup { instance } if *instance == count)
+            })
+        }));
+        c.settle(Duration::from_millis(50));
+        // Before any new holder has a copy, the other holder and the
+        // instance's worker fail together.
+        let host = c.host(count);
+        c.net.break_link(second);
+        c.net.break_link(host);
+        assert!(c.run_until(Duration::from_secs(5), |c| {
+            !c.net.is_broken(c.host(count))
+        }));
+    });
+    result.expect("finishes");
+    let count = cluster.ids("count")[0];
+    assert_eq!(cluster.restored_frontiers()[&count], Some(Stamp(10)));
 }
 
 #[test]
@@ -1048,13 +1078,13 @@ fn backups_of_a_replaced_incarnation_are_ignored() {
         let holder = WorkerId(0);
         c.net.say(
             holder,
-            ToCoordinator::BackupStored {
+            ToCoordinator::BackupStored(BackupAck {
                 instance: parent,
                 incarnation: Incarnation(0),
                 frontier: Stamp(99),
                 arrived_bytes: 1,
                 held_bytes: 1,
-            },
+            }),
         );
         c.settle(Duration::from_millis(50));
         // Then its worker fails: the half must restore from the split's
@@ -1124,29 +1154,6 @@ fn a_holder_dropped_from_the_route_no_longer_holds_trimming_back() {
         backups.stored(id, WorkerId(2), Stamp(30), (1, 1)),
         Some(Stamp(30))
     );
-}
-
-/// An encoded checkpoint of `operator` at `frontier` with `keys`, full or
-/// (with a `base`) incremental.
-fn encoded(frontier: u64, keys: &[u64], base: Option<u64>) -> Vec<u8> {
-    let mut state: KeyedState<u64, u64> = KeyedState::default();
-    for k in keys {
-        *state.get_or_default(*k) = frontier;
-    }
-    let entries = state.snapshot().expect("snapshots");
-    let parts = CheckpointParts {
-        operator: "count",
-        key_range: KeyRange::FULL,
-        frontier: Stamp(frontier),
-        entries: &entries,
-        output_buffer: &OutputBuffer::default(),
-        operator_state: &[],
-    };
-    match base {
-        Some(base) => parts.encode_delta(Stamp(base)),
-        None => parts.encode(),
-    }
-    .expect("encodes")
 }
 
 #[test]

@@ -20,3 +20,33 @@ pub use chain::{BackupChain, ChainError};
 pub use checkpoint::{Checkpoint, CheckpointKind, CheckpointParts, StateEntry};
 pub use keyed::KeyedState;
 pub use routing::{KeyRange, RoutingTable};
+
+/// Checkpoints made for tests of what holds and moves them.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{CheckpointParts, KeyRange, KeyedState, OutputBuffer};
+    use crate::stamp::Stamp;
+
+    /// An encoded checkpoint of operator `count` over the whole key range
+    /// at `frontier` with `keys`, full or (with a `base`) incremental.
+    pub(crate) fn encoded(frontier: u64, keys: &[u64], base: Option<u64>) -> Vec<u8> {
+        let mut state: KeyedState<u64, u64> = KeyedState::default();
+        for k in keys {
+            *state.get_or_default(*k) = frontier;
+        }
+        let entries = state.snapshot().expect("snapshots");
+        let parts = CheckpointParts {
+            operator: "count",
+            key_range: KeyRange::FULL,
+            frontier: Stamp(frontier),
+            entries: &entries,
+            output_buffer: &OutputBuffer::default(),
+            operator_state: &[],
+        };
+        match base {
+            Some(base) => parts.encode_delta(Stamp(base)),
+            None => parts.encode(),
+        }
+        .expect("encodes")
+    }
+}

@@ -102,21 +102,8 @@ pub enum ToCoordinator {
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
-    /// This worker now holds the backup of `instance` at `frontier`.
-    BackupStored {
-        /// The instance backed up.
-        instance: InstanceId,
-        /// The incarnation the backup belongs to.
-        incarnation: Incarnation,
-        /// The backup's frontier.
-        frontier: Stamp,
-        /// Bytes of the checkpoint as it arrived (an increment, or full):
-        /// what checkpointing moves.
-        arrived_bytes: u64,
-        /// Bytes of the whole backup held now (the latest full checkpoint
-        /// and the increments since).
-        held_bytes: u64,
-    },
+    /// This worker now holds a backup.
+    BackupStored(BackupAck),
     /// This worker refused a backup of `instance`: the instance must
     /// checkpoint in full next.
     BackupRefused {
@@ -287,6 +274,23 @@ pub enum ToWorker {
     },
     /// The job is over (or aborted): exit.
     Shutdown,
+}
+
+/// A holder's word that it holds the backup of `instance` at `frontier`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupAck {
+    /// The instance backed up.
+    pub instance: InstanceId,
+    /// The incarnation the backup belongs to.
+    pub incarnation: Incarnation,
+    /// The backup's frontier.
+    pub frontier: Stamp,
+    /// Bytes of the checkpoint as it arrived (an increment, or full): what
+    /// checkpointing moves.
+    pub arrived_bytes: u64,
+    /// Bytes of the whole backup held now (the latest full checkpoint and
+    /// the increments since).
+    pub held_bytes: u64,
 }
 
 /// Why a holder refused a checkpoint.

@@ -29,7 +29,7 @@ use crate::error::EngineError;
 use crate::plan::{Incarnation, InstanceId};
 use crate::state::{BackupChain, ChainError, Checkpoint, CheckpointKind};
 use crate::wire::control::{
-    self, BackupHolder, BackupRoute, BackupShipment, Refusal, ToCoordinator,
+    self, BackupAck, BackupHolder, BackupRoute, BackupShipment, Refusal, ToCoordinator,
 };
 
 use super::watch::{open_peer, LinkWatch};
@@ -77,13 +77,13 @@ impl Holdings {
                 .map_err(refusal),
         };
         match stored {
-            Ok(held_bytes) => ToCoordinator::BackupStored {
+            Ok(held_bytes) => ToCoordinator::BackupStored(BackupAck {
                 instance,
                 incarnation,
                 frontier,
                 arrived_bytes,
                 held_bytes: held_bytes as u64,
-            },
+            }),
             Err((refusal, reason)) => {
                 tracing::debug!(%instance, "refusing a backup: {reason}");
                 ToCoordinator::BackupRefused {
@@ -304,35 +304,19 @@ pub(crate) fn latest<T>(
 mod tests {
     use super::*;
     use crate::stamp::Stamp;
-    use crate::state::{CheckpointParts, OutputBuffer};
-
-    fn checkpoint(frontier: u64, base: Option<u64>) -> Vec<u8> {
-        let parts = CheckpointParts {
-            operator: "count",
-            key_range: crate::state::KeyRange::FULL,
-            frontier: Stamp(frontier),
-            entries: &[],
-            output_buffer: &OutputBuffer::default(),
-            operator_state: &[],
-        };
-        match base {
-            Some(base) => parts.encode_delta(Stamp(base)),
-            None => parts.encode(),
-        }
-        .expect("encodes")
-    }
+    use crate::state::testing::encoded;
 
     fn shipment(incarnation: u32, frontier: u64, base: Option<u64>) -> BackupShipment {
         BackupShipment {
             instance: InstanceId(7),
             incarnation: Incarnation(incarnation),
             frontier: Stamp(frontier),
-            bytes: checkpoint(frontier, base),
+            bytes: encoded(frontier, &[], base),
         }
     }
 
     fn stored(answer: &ToCoordinator) -> bool {
-        matches!(answer, ToCoordinator::BackupStored { .. })
+        matches!(answer, ToCoordinator::BackupStored(_))
     }
 
     fn refused(answer: &ToCoordinator) -> Option<Refusal> {
