@@ -98,20 +98,8 @@ impl Job<'_> {
                 reason: format!("{reason}; fault tolerance is off (checkpoint interval 0)"),
             });
         }
-        // 2. Fetch the latest checkpoints; the coordinator keeps each
-        // backed-up one until its new holders have a copy.
+        // 2. Fetch the latest checkpoints.
         let checkpoints = self.fetch_checkpoints(&failed)?;
-        for (id, bytes) in &checkpoints {
-            let backed_up = self
-                .plan
-                .instance(*id)
-                .is_some_and(|(node, _)| self.backed_up(node));
-            if let (true, Some(bytes)) = (backed_up, bytes) {
-                if let Ok(frontier) = Checkpoint::frontier(bytes) {
-                    self.backups.keep_pending(*id, (frontier, bytes.clone()));
-                }
-            }
-        }
         tracing::debug!(
             elapsed_ms = self.elapsed_ms(),
             "recovery: checkpoints fetched"
@@ -136,25 +124,28 @@ impl Job<'_> {
             merged: Vec::new(),
         });
         let rewired_ms = self.elapsed_ms();
-        let killed_ms = self
-            .timeline
-            .iter()
-            .rev()
-            .find(|e| e.kind == EventKind::Kill && e.at_ms <= detected_ms)
-            .map(|e| e.at_ms);
         self.recoveries.push(RecoveryTimeline {
             workers,
             instances: restores.names,
-            killed_ms,
+            killed_ms: self.kill_before(detected_ms),
             detected_ms,
             restored_ms,
             rewired_ms,
             caught_up_ms: None,
         });
-        self.awaiting_catch_up.extend(failed.iter().copied());
+        self.awaiting_catch_up.extend(failed);
         self.awaiting_catch_up.extend(new_instances);
         self.rescue_copies(&alive);
         Ok(())
+    }
+
+    /// When the latest injected kill at or before `detected_ms` fired.
+    fn kill_before(&self, detected_ms: u64) -> Option<u64> {
+        self.timeline
+            .iter()
+            .rev()
+            .find(|e| e.kind == EventKind::Kill && e.at_ms <= detected_ms)
+            .map(|e| e.at_ms)
     }
 
     /// A worker to restore on for each failed one: a pool worker, else the
@@ -298,7 +289,8 @@ impl Job<'_> {
     /// The failed instances' checkpoints: a backed-up one's from its
     /// holders (none: it never completed a backup and restarts from the
     /// beginning, which its upstreams can replay since they never trimmed
-    /// for it), the others' restart points.
+    /// for it), the others' restart points. The coordinator keeps each
+    /// backup fetched until the instance's holders have a copy again.
     fn fetch_checkpoints(&mut self, failed: &[InstanceId]) -> Result<Vec<Restorable>, EngineError> {
         let mut result = Vec::new();
         let mut backed_up = Vec::new();
@@ -314,6 +306,12 @@ impl Job<'_> {
             }
         }
         let mut fetched = self.fetch_backups(&backed_up)?;
+        for (id, bytes) in &fetched {
+            let Some(bytes) = bytes else { continue };
+            if let Ok(frontier) = Checkpoint::frontier(bytes) {
+                self.backups.keep_pending(*id, (frontier, bytes.clone()));
+            }
+        }
         result.extend(
             backed_up
                 .into_iter()
