@@ -245,11 +245,12 @@ impl Backups {
     }
 
     /// What `id` restarts from when no holder can give a copy: its pending
-    /// state (none: it never checkpointed and restarts from the beginning,
-    /// which its upstreams can replay since they never trimmed for it).
-    pub(super) fn fallback(&self, id: InstanceId) -> Result<Option<Vec<u8>>, EngineError> {
+    /// state and its frontier (none: it never checkpointed and restarts
+    /// from the beginning, which its upstreams can replay since they never
+    /// trimmed for it).
+    pub(super) fn fallback(&self, id: InstanceId) -> Result<Option<(Stamp, Vec<u8>)>, EngineError> {
         match self.pending.get(&id) {
-            Some((_, bytes)) => Ok(Some(bytes.clone())),
+            Some(state) => Ok(Some(state.clone())),
             None if self.unprotected.contains(&id) || self.durable(id) > Stamp::ZERO => {
                 Err(EngineError::Checkpoint(format!(
                     "cannot recover instance {id}: every copy of its latest checkpoint was lost with its backup holders"

@@ -50,6 +50,10 @@ use super::backups::choose_holders;
 use super::events::EventKind;
 use super::Job;
 
+/// Whole backups fetched from holders, by instance: each with its frontier,
+/// or `None` for an instance that never checkpointed.
+pub(super) type Fetched = HashMap<InstanceId, Option<(Stamp, Vec<u8>)>>;
+
 impl Job<'_> {
     /// A source's position checkpoint arrived from its current
     /// incarnation (stateful instances' checkpoints go to their holders).
@@ -89,16 +93,13 @@ impl Job<'_> {
     pub(super) fn refresh_routes(&mut self) {
         let live = self.live_workers();
         let mut changed: HashMap<WorkerId, Vec<BackupRoute>> = HashMap::new();
-        let backed_up: Vec<(InstanceId, WorkerId, Incarnation)> = self
+        let backed_up: Vec<(usize, InstanceId, WorkerId, Incarnation)> = self
             .plan
             .instances()
             .filter(|(node, _)| self.backed_up(*node))
-            .map(|(_, p)| (p.id, p.worker, p.incarnation))
+            .map(|(node, p)| (node, p.id, p.worker, p.incarnation))
             .collect();
-        for (id, own, incarnation) in backed_up {
-            let Some(node) = self.plan.instance(id).map(|(n, _)| n) else {
-                continue;
-            };
+        for (node, id, own, incarnation) in backed_up {
             let upstream_hosts: Vec<WorkerId> = self
                 .plan
                 .upstream_instances(&self.query, node)
@@ -243,25 +244,21 @@ impl Job<'_> {
                         got.insert(ack.instance, ack.frontier);
                     }
                 }
-                Ok(_) | Err(EngineError::Timeout(_)) => waiting.retain(|id, (n, w)| {
-                    self.alive(*w)
-                        && self.plan.instance(*id).map(|(_, p)| p.incarnation) == Some(*n)
-                }),
+                Ok(_) | Err(EngineError::Timeout(_)) => {
+                    waiting.retain(|id, (n, w)| self.runs(*id, *n, *w))
+                }
                 Err(e) => return Err(e),
             }
         }
         Ok(got)
     }
 
-    /// Fetches the whole backup of each of `ids` from its holders, the
-    /// newest copy first, falling back on the next holder when one fails
-    /// or has no good copy, and at last on its pending state (see
-    /// `Backups::fallback`). `None`: it never checkpointed.
-    pub(super) fn fetch_backups(
-        &mut self,
-        ids: &[InstanceId],
-    ) -> Result<HashMap<InstanceId, Option<Vec<u8>>>, EngineError> {
-        let mut fetched = HashMap::new();
+    /// Fetches the whole backup of each of `ids`, with its frontier, from
+    /// its holders, the newest copy first, falling back on the next holder
+    /// when one fails or has no good copy, and at last on its pending state
+    /// (see `Backups::fallback`). `None`: it never checkpointed.
+    pub(super) fn fetch_backups(&mut self, ids: &[InstanceId]) -> Result<Fetched, EngineError> {
+        let mut fetched = Fetched::new();
         // Instance -> the holder asked for its backup.
         let mut asked: HashMap<InstanceId, WorkerId> = HashMap::new();
         for &id in ids {
@@ -277,9 +274,12 @@ impl Job<'_> {
                         continue;
                     }
                     asked.remove(&instance);
-                    match bytes.filter(|b| Checkpoint::verify(b).is_ok()) {
-                        Some(bytes) => {
-                            fetched.insert(instance, Some(bytes));
+                    let good = bytes.filter(|b| Checkpoint::verify(b).is_ok()).and_then(|b| {
+                        Checkpoint::frontier(&b).ok().map(|frontier| (frontier, b))
+                    });
+                    match good {
+                        Some(state) => {
+                            fetched.insert(instance, Some(state));
                         }
                         None => {
                             tracing::warn!(%instance, %holder, "its holder has no good backup; trying the next copy");
@@ -306,6 +306,16 @@ impl Job<'_> {
         Ok(fetched)
     }
 
+    /// Keeps each backup in `fetched` until its instance's holders have a
+    /// copy at or above it (see `Backups::keep_pending`).
+    pub(super) fn keep_until_copied(&mut self, fetched: &Fetched) {
+        for (id, state) in fetched {
+            if let Some(state) = state {
+                self.backups.keep_pending(*id, state.clone());
+            }
+        }
+    }
+
     /// Fetches the surviving copy of each of `ids` (running instances that
     /// lost a holder) and keeps it until their new holders have one: a
     /// second failure before then must not take the last copy. Best
@@ -316,14 +326,7 @@ impl Job<'_> {
             return;
         }
         match self.fetch_backups(ids) {
-            Ok(fetched) => {
-                for (id, bytes) in fetched {
-                    let Some(bytes) = bytes else { continue };
-                    if let Ok(frontier) = Checkpoint::frontier(&bytes) {
-                        self.backups.keep_pending(id, (frontier, bytes));
-                    }
-                }
-            }
+            Ok(fetched) => self.keep_until_copied(&fetched),
             Err(e) => tracing::warn!(
                 ?ids,
                 "cannot keep the copies of instances that lost a holder: {e}"
@@ -337,7 +340,7 @@ impl Job<'_> {
         &mut self,
         id: InstanceId,
         asked: &mut HashMap<InstanceId, WorkerId>,
-        fetched: &mut HashMap<InstanceId, Option<Vec<u8>>>,
+        fetched: &mut Fetched,
     ) -> Result<(), EngineError> {
         for holder in self.backups.holders_by_recency(id) {
             if self.alive(holder)

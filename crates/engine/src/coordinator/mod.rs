@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{Query, QueryRegistry};
 use crate::error::EngineError;
-use crate::ids::{InstanceId, WorkerId};
+use crate::ids::{Incarnation, InstanceId, WorkerId};
 use crate::plan::Plan;
 use crate::wire::control::{InstanceStats, ToCoordinator, ToWorker};
 
@@ -346,6 +346,13 @@ impl<'a> Job<'a> {
     }
 
     /// Every worker not declared failed.
+    /// Whether `incarnation` of `id` is still the one planned, on `worker`
+    /// and alive: an answer a reconfiguration waits for can still come.
+    fn runs(&self, id: InstanceId, incarnation: Incarnation, worker: WorkerId) -> bool {
+        self.alive(worker)
+            && self.plan.instance(id).map(|(_, p)| p.incarnation) == Some(incarnation)
+    }
+
     fn live_workers(&self) -> Vec<WorkerId> {
         (0..self.workers.len() as u32)
             .map(WorkerId)

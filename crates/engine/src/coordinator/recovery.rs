@@ -306,17 +306,11 @@ impl Job<'_> {
             }
         }
         let mut fetched = self.fetch_backups(&backed_up)?;
-        for (id, bytes) in &fetched {
-            let Some(bytes) = bytes else { continue };
-            if let Ok(frontier) = Checkpoint::frontier(bytes) {
-                self.backups.keep_pending(*id, (frontier, bytes.clone()));
-            }
-        }
-        result.extend(
-            backed_up
-                .into_iter()
-                .map(|id| (id, fetched.remove(&id).flatten())),
-        );
+        self.keep_until_copied(&fetched);
+        result.extend(backed_up.into_iter().map(|id| {
+            let state = fetched.remove(&id).flatten();
+            (id, state.map(|(_, bytes)| bytes))
+        }));
         Ok(result)
     }
 

@@ -587,9 +587,7 @@ impl Job<'_> {
         let mut asked: Vec<WorkerId> = Vec::new();
         let mut before: HashMap<InstanceId, Stamp> = HashMap::new();
         for p in instances {
-            let current =
-                self.plan.instance(p.id).map(|(_, i)| i.incarnation) == Some(p.incarnation);
-            if !current || !self.alive(p.worker) {
+            if !self.runs(p.id, p.incarnation, p.worker) {
                 continue;
             }
             if !asked.contains(&p.worker) {
@@ -619,25 +617,14 @@ impl Job<'_> {
         )?;
         let current: Vec<InstanceId> = instances
             .iter()
-            .filter(|p| {
-                ids.contains(&p.id)
-                    && self.alive(p.worker)
-                    && self.plan.instance(p.id).map(|(_, i)| i.incarnation) == Some(p.incarnation)
-            })
+            .filter(|p| ids.contains(&p.id) && self.runs(p.id, p.incarnation, p.worker))
             .map(|p| p.id)
             .collect();
-        let fetched = self.fetch_backups(&current)?;
-        let mut got = HashMap::new();
-        for (id, bytes) in fetched {
-            let Some(bytes) = bytes else { continue };
-            match Checkpoint::frontier(&bytes) {
-                Ok(frontier) => {
-                    got.insert(id, (frontier, bytes));
-                }
-                Err(e) => tracing::warn!(%id, "a backup fetched for a split is unreadable: {e}"),
-            }
-        }
-        Ok(got)
+        Ok(self
+            .fetch_backups(&current)?
+            .into_iter()
+            .filter_map(|(id, state)| state.map(|state| (id, state)))
+            .collect())
     }
 
     /// The node of `operator`, or a refusal of the command (`what`)

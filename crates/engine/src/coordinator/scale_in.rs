@@ -326,10 +326,10 @@ impl Job<'_> {
         Ok(self
             .fetch_backups(&ids)?
             .into_iter()
-            .filter_map(|(id, bytes)| {
-                bytes
-                    .filter(|b| Checkpoint::frontier(b).is_ok_and(|at| at == frontier))
-                    .map(|b| (id, b))
+            .filter_map(|(id, state)| {
+                state
+                    .filter(|(at, _)| *at == frontier)
+                    .map(|(_, bytes)| (id, bytes))
             })
             .collect())
     }

@@ -12,10 +12,9 @@ use serde::{Deserialize, Serialize};
 use super::backups::{choose_holders, Backups};
 use super::links::memory::{pair, Network};
 use super::{run_job, EventKind, JobConfig, JobSummary, Provisioner, ScaleDirection, ScalePolicy};
-use crate::api::NodeKind;
 use crate::api::{
-    Operator, OperatorError, Output, QueryBuilder, QueryRegistry, Sink, Source, SourceStep,
-    StatefulOperator,
+    NodeKind, Operator, OperatorError, Output, Query, QueryBuilder, QueryRegistry, Sink, Source,
+    SourceStep, StatefulOperator,
 };
 use crate::error::EngineError;
 use crate::hash::key_hash;
@@ -125,6 +124,8 @@ impl Provisioner for FakeProvisioner {
 /// would and remembers what it was told.
 struct Cluster {
     net: Network,
+    /// The query the coordinator deployed, for its operators' kinds.
+    query: Query,
     plan: Option<Plan>,
     /// Each worker's backups, kept as a real holder keeps them.
     holdings: HashMap<WorkerId, Holdings>,
@@ -156,6 +157,9 @@ impl Cluster {
     fn new(net: Network) -> Self {
         Cluster {
             net,
+            query: registry()
+                .build("chain", &serde_json::json!({}))
+                .expect("builds"),
             plan: None,
             holdings: HashMap::new(),
             held: HashSet::new(),
@@ -337,7 +341,7 @@ impl Cluster {
             let last = bytes.len() - 1;
             bytes[last] ^= 0xff;
         }
-        match self.kind(node) {
+        match self.query.kind(node) {
             NodeKind::Source => self.net.say(
                 placed.worker,
                 ToCoordinator::Checkpoint {
@@ -386,16 +390,6 @@ impl Cluster {
             .get(&(self.host(id), id))
             .cloned()
             .unwrap_or_default()
-    }
-
-    /// The kind of operator `node` is.
-    fn kind(&self, node: usize) -> NodeKind {
-        match self.plan().nodes[node].name.as_str() {
-            "source" => NodeKind::Source,
-            "pass" => NodeKind::Stateless,
-            "count" => NodeKind::Stateful,
-            _ => NodeKind::Sink,
-        }
     }
 
     /// Every instance checkpoints at `frontier`, and the backups settle.
@@ -1166,7 +1160,7 @@ fn a_reshaped_instance_is_protected_by_its_part_until_its_holders_have_one() {
     backups.reshaped(id, (Stamp(12), part.clone()));
     assert_eq!(backups.holder(id), None);
     assert!(backups.route(id).is_empty());
-    assert_eq!(backups.fallback(id).expect("kept"), Some(part));
+    assert_eq!(backups.fallback(id).expect("kept"), Some((Stamp(12), part)));
     // Its former holder drops its whole-range copy.
     assert_eq!(backups.take_void(), vec![(WorkerId(0), id)]);
     // Once its new holder has a copy at or above it, the part goes.

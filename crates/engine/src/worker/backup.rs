@@ -203,10 +203,7 @@ impl Shipper {
         }
         let outgoing = Arc::new(Outgoing {
             instance: shipment.instance,
-            full: !matches!(
-                Checkpoint::kind(&shipment.bytes),
-                Ok(CheckpointKind::Delta { .. })
-            ),
+            full: is_full(&shipment.bytes),
             frame: control::encode(shipment)?,
         });
         for holder in holders {
@@ -272,6 +269,12 @@ fn open_backup_connection(
     let mut stream = open_peer(addr, Some(watch), &context)?;
     control::write_hello(&mut stream).map_err(|e| EngineError::io(context, e))?;
     Ok(stream)
+}
+
+/// Whether an encoded checkpoint stands on its own (full, or a chain): it
+/// supersedes every earlier one of its instance.
+pub(crate) fn is_full(bytes: &[u8]) -> bool {
+    !matches!(Checkpoint::kind(bytes), Ok(CheckpointKind::Delta { .. }))
 }
 
 /// Keeps the items of `batch` (in order) that no later full checkpoint of

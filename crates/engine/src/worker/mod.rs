@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::api::{InstanceContext, Query, QueryRegistry};
 use crate::error::EngineError;
 use crate::plan::{AddedInstance, InstanceId, MergedInstance, Plan, WorkerId};
-use crate::state::{Checkpoint, CheckpointKind};
+use crate::state::Checkpoint;
 use crate::wire::control::{self, BackupShipment, ToCoordinator, ToWorker, HEARTBEAT_EVERY};
 use backup::{Holdings, Shipper};
 use input::{BackupDesk, ControlEvent, Inboxes};
@@ -541,10 +541,7 @@ fn superseding(report: &Report) -> Option<(InstanceId, bool)> {
     match report {
         Report::Checkpoint {
             instance, bytes, ..
-        } => Some((
-            *instance,
-            !matches!(Checkpoint::kind(bytes), Ok(CheckpointKind::Delta { .. })),
-        )),
+        } => Some((*instance, backup::is_full(bytes))),
         _ => None,
     }
 }
