@@ -245,6 +245,13 @@ proptest! {
             let held = chain.as_ref().unwrap();
             let folded = Checkpoint::decode(&held.encode()).unwrap();
             prop_assert_eq!(&folded, &expected);
+            // What a holder sends a restoring worker (its bytes shared, not
+            // copied) is the same encoding, and decodes the same in place.
+            let mut sent = Vec::new();
+            held.shared().write_to(&mut sent).unwrap();
+            prop_assert_eq!(sent.len(), held.shared().len());
+            prop_assert_eq!(&sent, &held.encode());
+            prop_assert_eq!(&Checkpoint::decode_owned(sent).unwrap(), &expected);
             // A holder given the whole chain holds the same.
             let copy = BackupChain::new(held.frontier(), held.encode()).unwrap();
             prop_assert_eq!(Checkpoint::decode(&copy.encode()).unwrap(), folded.clone());

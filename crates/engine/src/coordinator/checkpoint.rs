@@ -121,13 +121,7 @@ impl Job<'_> {
                 .backups
                 .set_route(id, (own, incarnation), holders.clone())
             {
-                let holders = holders
-                    .into_iter()
-                    .map(|worker| BackupHolder {
-                        worker,
-                        addr: self.plan.workers[worker.index()].clone(),
-                    })
-                    .collect();
+                let holders = holders.into_iter().map(|w| self.holder_at(w)).collect();
                 changed.entry(own).or_default().push(BackupRoute {
                     instance: id,
                     holders,
@@ -355,6 +349,14 @@ impl Job<'_> {
         }
         fetched.insert(id, self.backups.fallback(id)?);
         Ok(())
+    }
+
+    /// Holder `worker` and where its peers reach it.
+    pub(super) fn holder_at(&self, worker: WorkerId) -> BackupHolder {
+        BackupHolder {
+            worker,
+            addr: self.plan.workers[worker.index()].clone(),
+        }
     }
 
     /// Whether `node`'s instances are backed up (the others regenerate).

@@ -1,12 +1,20 @@
 //! The recovery protocol: when workers fail,
 //! 1. detect: a broken control connection, an exited process or missed
 //!    heartbeats (gathering failures that happen together);
-//! 2. fetch each failed instance's latest checkpoint from its backup holder
-//!    (a source or stateless instance restarts at its replay floor instead);
+//! 2. choose where each failed instance's state comes from: a stateful
+//!    instance's latest backup, which its new worker fetches from a live
+//!    holder itself, so that the state moves once and never through the
+//!    coordinator. The coordinator fetches it instead, and keeps it until
+//!    the instance's holders have a copy again, where the recovery leaves
+//!    fewer copies than the route asks (a holder failed with the
+//!    instance, or the new worker is one of its holders) and where the
+//!    backup must be partitioned (parallel recovery). A source or
+//!    stateless instance restarts at its replay floor instead;
 //! 3. restore the instances on a pool worker (or the least loaded live
 //!    worker when the pool is empty), as a new incarnation; with a recovery
 //!    parallelism k, a stateful instance is restored as k partitions of its
-//!    checkpoint on k pool workers (a split folded into the recovery);
+//!    checkpoint on k pool workers (a split folded into the recovery). A
+//!    holder that cannot give a backup is passed over for the next copy;
 //! 4. rewire: every worker reconnects to the moved instances, and upstreams
 //!    replay their output buffers; downstreams drop duplicates by stamp;
 //! 5. refill the pool; each restored instance reports when it caught up.
@@ -18,24 +26,19 @@ use crate::api::NodeKind;
 use crate::error::EngineError;
 use crate::plan::{AddedInstance, InstanceId, InstancePlan, WorkerId};
 use crate::state::{Checkpoint, KeyRange};
-use crate::wire::control::{ToCoordinator, ToWorker};
+use crate::wire::control::{RestoreFrom, ToCoordinator, ToWorker};
 
 use super::events::EventKind;
 use super::{Job, RecoveryTimeline};
 
-/// An instance and the encoded checkpoint to restore it from (none: start
-/// from the beginning).
-type Restorable = (InstanceId, Option<Vec<u8>>);
-
-/// Per target worker, the instances it restores and their checkpoints
-/// (none: from the beginning): what one round of restores sends.
-pub(super) type RestoresByTarget =
-    HashMap<WorkerId, Vec<(InstanceId, Option<serde_bytes::ByteBuf>)>>;
+/// Per target worker, the instances it restores and where each one's state
+/// comes from: what one round of restores sends.
+pub(super) type RestoresByTarget = HashMap<WorkerId, Vec<(InstanceId, RestoreFrom)>>;
 
 /// What a recovery restores where.
 #[derive(Default)]
 struct Restores {
-    /// Per target worker, the instances it restores and their checkpoints.
+    /// Per target worker, the instances it restores and their states.
     by_target: RestoresByTarget,
     /// Instances a parallel recovery added.
     added: Vec<AddedInstance>,
@@ -85,8 +88,9 @@ impl Job<'_> {
         // Instances that run on but lost a holder: the coordinator keeps
         // their surviving copy until their new holders have one.
         let alive: Vec<InstanceId> = degraded
-            .into_iter()
+            .iter()
             .filter(|id| !failed.contains(id))
+            .copied()
             .collect();
         if failed.is_empty() {
             self.rescue_copies(&alive);
@@ -98,15 +102,12 @@ impl Job<'_> {
                 reason: format!("{reason}; fault tolerance is off (checkpoint interval 0)"),
             });
         }
-        // 2. Fetch the latest checkpoints.
-        let checkpoints = self.fetch_checkpoints(&failed)?;
-        tracing::debug!(
-            elapsed_ms = self.elapsed_ms(),
-            "recovery: checkpoints fetched"
-        );
-        // 3. Restore on replacement workers, one per failed worker.
+        // 2. Where each failed instance's state comes from, on which worker.
         let targets = self.replacements(&workers, &reason)?;
-        let restores = self.plan_restores(checkpoints, &targets)?;
+        let sources = self.restore_sources(&failed, &degraded, &targets)?;
+        tracing::debug!(elapsed_ms = self.elapsed_ms(), "recovery: sources chosen");
+        // 3. Restore on replacement workers, one per failed worker.
+        let restores = self.plan_restores(sources, &targets)?;
         tracing::debug!(elapsed_ms = self.elapsed_ms(), "recovery: restores planned");
         self.restore_on(restores.by_target, "a restore")?;
         let restored_ms = self.elapsed_ms();
@@ -174,26 +175,30 @@ impl Job<'_> {
     /// Takes a pool worker for `failed`'s instances, preferring one on a
     /// host (the address part of a worker's data address) where no worker
     /// failed in the last [`SUSPECT_FOR`], then one on another host than
-    /// `failed`'s: a fault that took a worker (a partition, a crash) often
-    /// takes its whole host, and may last.
+    /// `failed`'s (a fault that took a worker, a partition or a crash,
+    /// often takes its whole host, and may last), then one holding no
+    /// backup of those instances (they keep both copies, so the new worker
+    /// fetches its state from a holder itself).
     fn pool_worker_away_from(&mut self, failed: WorkerId) -> Option<WorkerId> {
         let failed_host = self.host_of(failed);
-        let suspect = |job: &Self, w: WorkerId| {
-            job.failed_hosts
-                .get(&job.host_of(w))
-                .is_some_and(|at| at.elapsed() < SUSPECT_FOR)
-        };
-        let away = self
-            .pool
-            .iter()
-            .position(|p| !suspect(self, *p))
-            .or_else(|| {
-                self.pool
-                    .iter()
-                    .position(|p| self.host_of(*p) != failed_host)
-            })
-            .unwrap_or(0);
-        self.pool.remove(away)
+        let holders: Vec<WorkerId> = self
+            .plan
+            .instances()
+            .filter(|(_, i)| i.worker == failed)
+            .flat_map(|(_, i)| self.backups.route(i.id).to_vec())
+            .collect();
+        let (position, _) = self.pool.iter().enumerate().min_by_key(|(_, p)| {
+            let suspect = self
+                .failed_hosts
+                .get(&self.host_of(**p))
+                .is_some_and(|at| at.elapsed() < SUSPECT_FOR);
+            (
+                suspect,
+                self.host_of(**p) == failed_host,
+                holders.contains(p),
+            )
+        })?;
+        self.pool.remove(position)
     }
 
     /// Moves each failed instance to its replacement worker in the plan (as
@@ -201,11 +206,11 @@ impl Job<'_> {
     /// each target restores.
     fn plan_restores(
         &mut self,
-        checkpoints: Vec<Restorable>,
+        sources: Vec<(InstanceId, RestoreFrom)>,
         targets: &HashMap<WorkerId, WorkerId>,
     ) -> Result<Restores, EngineError> {
         let mut restores = Restores::default();
-        for (id, bytes) in checkpoints {
+        for (id, from) in sources {
             let Some((node, placed)) = self.plan.instance(id).map(|(n, p)| (n, p.clone())) else {
                 continue;
             };
@@ -213,19 +218,18 @@ impl Job<'_> {
                 .names
                 .push(format!("{}[{}]", self.plan.nodes[node].name, placed.index));
             let target = targets[&placed.worker];
-            let (range, bytes) = match bytes {
-                Some(encoded) if self.parallel_recovery(node) => {
+            let (range, from) = match from {
+                RestoreFrom::Checkpoint(encoded) if self.parallel_recovery(node) => {
                     self.split_restore(node, id, &placed, &encoded, &mut restores)?
                 }
-                Some(encoded) => (placed.key_range, Some(encoded)),
-                None => (placed.key_range, None),
+                other => (placed.key_range, other),
             };
             self.plan.reincarnate(id, target, range);
             restores
                 .by_target
                 .entry(target)
                 .or_default()
-                .push((id, bytes.map(serde_bytes::ByteBuf::from)));
+                .push((id, from));
         }
         Ok(restores)
     }
@@ -253,7 +257,7 @@ impl Job<'_> {
         placed: &InstancePlan,
         encoded: &[u8],
         restores: &mut Restores,
-    ) -> Result<(KeyRange, Option<Vec<u8>>), EngineError> {
+    ) -> Result<(KeyRange, RestoreFrom), EngineError> {
         let k = self.config.recovery_parallelism.max(1);
         let checkpoint = Checkpoint::decode(encoded)?;
         let ranges = placed.key_range.split_even(k);
@@ -273,7 +277,7 @@ impl Job<'_> {
                 .by_target
                 .entry(worker)
                 .or_default()
-                .push((new_id, Some(serde_bytes::ByteBuf::from(encoded))));
+                .push((new_id, RestoreFrom::Checkpoint(encoded.into())));
             restores.added.push(AddedInstance {
                 id: new_id,
                 parent: id,
@@ -283,35 +287,73 @@ impl Job<'_> {
                 .names
                 .push(format!("{}[{index}]", self.plan.nodes[node].name));
         }
-        Ok((ranges[0], Some(first)))
+        Ok((ranges[0], RestoreFrom::Checkpoint(first.into())))
     }
 
-    /// The failed instances' checkpoints: a backed-up one's from its
-    /// holders (none: it never completed a backup and restarts from the
-    /// beginning, which its upstreams can replay since they never trimmed
-    /// for it), the others' restart points. The coordinator keeps each
-    /// backup fetched until the instance's holders have a copy again.
-    fn fetch_checkpoints(&mut self, failed: &[InstanceId]) -> Result<Vec<Restorable>, EngineError> {
-        let mut result = Vec::new();
-        let mut backed_up = Vec::new();
+    /// Where each failed instance's state comes from. A backed-up one
+    /// restores from its latest backup: fetched by its new worker from a
+    /// live holder, or by the coordinator (step 2 says when), which keeps
+    /// it until the instance's holders have a copy again (none: it never
+    /// completed a backup and restarts from the beginning, which its
+    /// upstreams can replay since they never trimmed for it). The others
+    /// restart at their restart points.
+    fn restore_sources(
+        &mut self,
+        failed: &[InstanceId],
+        degraded: &[InstanceId],
+        targets: &HashMap<WorkerId, WorkerId>,
+    ) -> Result<Vec<(InstanceId, RestoreFrom)>, EngineError> {
+        let mut sources = Vec::new();
+        let mut via_coordinator = Vec::new();
         for &id in failed {
-            if self
-                .plan
-                .instance(id)
-                .is_some_and(|(node, _)| self.backed_up(node))
-            {
-                backed_up.push(id);
-            } else {
-                result.push((id, self.restart_point(id)?));
+            let Some((node, placed)) = self.plan.instance(id) else {
+                continue;
+            };
+            if !self.backed_up(node) {
+                sources.push((id, encoded_or_nothing(self.restart_point(id)?)));
+                continue;
+            }
+            let target = targets[&placed.worker];
+            let direct = !degraded.contains(&id)
+                && !self.parallel_recovery(node)
+                && !self.backups.route(id).contains(&target);
+            match direct.then(|| self.live_holder(id, target)).flatten() {
+                Some(holder) => sources.push((id, RestoreFrom::Holder(self.holder_at(holder)))),
+                None => via_coordinator.push(id),
             }
         }
-        let mut fetched = self.fetch_backups(&backed_up)?;
+        let mut fetched = self.fetch_backups(&via_coordinator)?;
         self.keep_until_copied(&fetched);
-        result.extend(backed_up.into_iter().map(|id| {
+        sources.extend(via_coordinator.into_iter().map(|id| {
             let state = fetched.remove(&id).flatten();
-            (id, state.map(|(_, bytes)| bytes))
+            (id, encoded_or_nothing(state.map(|(_, bytes)| bytes)))
         }));
-        Ok(result)
+        Ok(sources)
+    }
+
+    /// The live holder, other than `target`, of `id`'s newest copy.
+    fn live_holder(&self, id: InstanceId, target: WorkerId) -> Option<WorkerId> {
+        self.backups
+            .holders_by_recency(id)
+            .into_iter()
+            .find(|h| *h != target && self.alive(*h))
+    }
+
+    /// Where `id`, being restored on `target`, restores from now that its
+    /// holder `holder` could not give its backup: the next live copy, else
+    /// what the coordinator keeps of it.
+    fn next_source(
+        &mut self,
+        id: InstanceId,
+        target: WorkerId,
+        holder: WorkerId,
+    ) -> Result<RestoreFrom, EngineError> {
+        self.backups.holder_lost(id, holder);
+        if let Some(next) = self.live_holder(id, target) {
+            return Ok(RestoreFrom::Holder(self.holder_at(next)));
+        }
+        let state = self.backups.fallback(id)?;
+        Ok(encoded_or_nothing(state.map(|(_, bytes)| bytes)))
     }
 
     /// Sends each target worker its instances to restore and waits until all
@@ -338,12 +380,36 @@ impl Job<'_> {
         let deadline = Instant::now() + self.config.startup_timeout;
         while !waiting.is_empty() {
             match self.wait_for(what, deadline, |m| match m {
-                ToCoordinator::Restored { instance } => waiting.contains_key(instance),
+                ToCoordinator::Restored { instance }
+                | ToCoordinator::RestoreUnavailable { instance, .. } => {
+                    waiting.contains_key(instance)
+                }
                 ToCoordinator::InstanceFailed { .. } => true,
                 _ => false,
             })? {
                 Some((_, ToCoordinator::Restored { instance })) => {
                     waiting.remove(&instance);
+                }
+                Some((
+                    target,
+                    ToCoordinator::RestoreUnavailable {
+                        instance,
+                        holder,
+                        reason,
+                    },
+                )) => {
+                    if waiting.get(&instance) != Some(&target) {
+                        continue;
+                    }
+                    tracing::warn!(%instance, %holder, "restoring from the next copy: {reason}");
+                    let from = self.next_source(instance, target, holder)?;
+                    let message = ToWorker::Restore {
+                        instances: vec![(instance, from)],
+                        plan: self.plan.clone(),
+                    };
+                    if let Err(e) = self.send(target, &message) {
+                        self.lose(target, format!("cannot send it {what}: {e}"));
+                    }
                 }
                 Some((w, other)) => self.unexpected(w, other)?,
                 None => waiting.retain(|_, target| self.workers[target.index()].alive),
@@ -402,4 +468,11 @@ impl Job<'_> {
             }
         }
     }
+}
+
+/// A restore from `encoded`, or from nothing.
+fn encoded_or_nothing(encoded: Option<Vec<u8>>) -> RestoreFrom {
+    encoded.map_or(RestoreFrom::Nothing, |bytes| {
+        RestoreFrom::Checkpoint(bytes.into())
+    })
 }

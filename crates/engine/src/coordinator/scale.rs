@@ -25,7 +25,7 @@ use crate::plan::InstancePlan;
 use crate::plan::{AddedInstance, Incarnation, InstanceId, WorkerId};
 use crate::stamp::Stamp;
 use crate::state::{Checkpoint, KeyRange};
-use crate::wire::control::ToWorker;
+use crate::wire::control::{RestoreFrom, ToWorker};
 
 use super::autoscaler::{Action, ScaleRates};
 use super::events::{EventKind, ScaleDirection};
@@ -535,7 +535,7 @@ impl Job<'_> {
             by_target
                 .entry(worker)
                 .or_default()
-                .push((id, Some(serde_bytes::ByteBuf::from(bytes))));
+                .push((id, RestoreFrom::Checkpoint(bytes.into())));
         }
         new_ids
     }

@@ -27,7 +27,7 @@ use crate::error::EngineError;
 use crate::plan::{InstanceId, InstancePlan, MergedInstance, WorkerId};
 use crate::stamp::Stamp;
 use crate::state::{Checkpoint, KeyRange};
-use crate::wire::control::{ToCoordinator, ToWorker};
+use crate::wire::control::{RestoreFrom, ToCoordinator, ToWorker};
 
 use super::autoscaler::ScaleRates;
 use super::events::{EventKind, ScaleDirection};
@@ -197,7 +197,7 @@ impl Job<'_> {
         }
         let restore = HashMap::from([(
             low.worker,
-            vec![(lower, Some(serde_bytes::ByteBuf::from(merged)))],
+            vec![(lower, RestoreFrom::Checkpoint(merged.into()))],
         )]);
         self.restore_on(restore, "a merge's restore")?;
         self.broadcast(&ToWorker::PlanUpdate {

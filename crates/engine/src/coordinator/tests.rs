@@ -24,7 +24,7 @@ use crate::stamp::Stamp;
 use crate::state::testing::encoded;
 use crate::state::{Checkpoint, CheckpointParts, KeyRange, KeyedState, OutputBuffer};
 use crate::wire::control::{
-    BackupAck, BackupShipment, InstanceMetrics, InstanceStats, ToCoordinator, ToWorker,
+    BackupAck, BackupShipment, InstanceMetrics, InstanceStats, RestoreFrom, ToCoordinator, ToWorker,
 };
 use crate::worker::backup::Holdings;
 
@@ -139,6 +139,9 @@ struct Cluster {
     paused: HashMap<InstanceId, Incarnation>,
     /// Holders that answer a fetch as if they had lost their copy.
     forgetful: HashSet<WorkerId>,
+    /// The checkpoint each restored instance last restored from (`None`:
+    /// it started empty).
+    restored: BTreeMap<InstanceId, Option<Checkpoint>>,
     /// Checkpoints to corrupt before sending.
     corrupt: bool,
     /// Instances checkpoint incrementally (on their previous checkpoint),
@@ -167,6 +170,7 @@ impl Cluster {
             log: Vec::new(),
             paused: HashMap::new(),
             forgetful: HashSet::new(),
+            restored: BTreeMap::new(),
             corrupt: false,
             incremental: false,
             taken: HashMap::new(),
@@ -219,17 +223,33 @@ impl Cluster {
                 self.held.remove(&(w, instance));
             }
             ToWorker::FetchBackup { instance } => {
-                let bytes = self
-                    .holdings
-                    .get(&w)
-                    .filter(|_| !self.forgetful.contains(&w))
-                    .and_then(|h| h.fetch(instance));
+                let bytes = self.held_backup(w, instance);
                 self.net.say(w, ToCoordinator::Backup { instance, bytes });
             }
             ToWorker::Restore { instances, plan } => {
                 self.plan = Some(plan);
-                for (instance, _) in instances {
-                    self.net.say(w, ToCoordinator::Restored { instance });
+                for (instance, from) in instances {
+                    let state = match from {
+                        RestoreFrom::Nothing => Ok(None),
+                        RestoreFrom::Checkpoint(bytes) => Ok(Some(bytes.into_vec())),
+                        RestoreFrom::Holder(holder) => self
+                            .held_backup(holder.worker, instance)
+                            .map(Some)
+                            .ok_or(holder.worker),
+                    };
+                    let answer = match state {
+                        Ok(bytes) => {
+                            let checkpoint = bytes.map(|b| Checkpoint::decode(&b).expect("valid"));
+                            self.restored.insert(instance, checkpoint);
+                            ToCoordinator::Restored { instance }
+                        }
+                        Err(holder) => ToCoordinator::RestoreUnavailable {
+                            instance,
+                            holder,
+                            reason: "it holds none".into(),
+                        },
+                    };
+                    self.net.say(w, answer);
                 }
             }
             ToWorker::PlanUpdate { plan, .. } => self.plan = Some(plan),
@@ -443,26 +463,38 @@ impl Cluster {
 
     /// The frontier of the checkpoint each restored instance got.
     fn restored_frontiers(&self) -> BTreeMap<InstanceId, Option<Stamp>> {
-        self.restored()
-            .into_iter()
-            .map(|(id, c)| (id, c.map(|c| c.frontier)))
+        self.restored
+            .iter()
+            .map(|(id, c)| (*id, c.as_ref().map(|c| c.frontier)))
             .collect()
     }
 
-    /// The checkpoint each restored instance got, decoded.
-    fn restored(&self) -> BTreeMap<InstanceId, Option<Checkpoint>> {
-        let mut out = BTreeMap::new();
-        for (_, m) in &self.log {
-            if let ToWorker::Restore { instances, .. } = m {
-                for (id, bytes) in instances {
-                    let checkpoint = bytes
-                        .as_ref()
-                        .map(|b| Checkpoint::decode(b).expect("valid"));
-                    out.insert(*id, checkpoint);
+    /// The holders asked for `id`'s backup, by the coordinator or in a
+    /// restore.
+    fn holders_asked(&self, id: InstanceId) -> HashSet<WorkerId> {
+        self.log
+            .iter()
+            .filter_map(|(w, m)| match m {
+                ToWorker::FetchBackup { instance } if *instance == id => Some(*w),
+                ToWorker::Restore { instances, .. } => {
+                    instances.iter().find_map(|(instance, from)| match from {
+                        RestoreFrom::Holder(h) if *instance == id => Some(h.worker),
+                        _ => None,
+                    })
                 }
-            }
-        }
-        out
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// What holder `holder` gives when asked for `instance`'s backup (by
+    /// the coordinator or by a restoring worker): nothing if it is cut off
+    /// or forgetful.
+    fn held_backup(&self, holder: WorkerId, instance: InstanceId) -> Option<Vec<u8>> {
+        self.holdings
+            .get(&holder)
+            .filter(|_| !self.forgetful.contains(&holder) && !self.net.is_broken(holder))
+            .and_then(|h| h.fetch(instance))
     }
 }
 
@@ -754,7 +786,8 @@ fn two_simultaneous_failures_are_recovered_as_one() {
 
 #[test]
 fn a_holder_without_a_good_copy_is_passed_over_for_the_next() {
-    let (result, cluster, _) = scenario(config(1), |c| {
+    // A pool of three: one of them holds no copy to restore on.
+    let (result, cluster, _) = scenario(config(3), |c| {
         c.checkpointed(Stamp(10));
         let count = c.ids("count")[1];
         // The holder asked first (the first to acknowledge) lost its copy.
@@ -765,13 +798,33 @@ fn a_holder_without_a_good_copy_is_passed_over_for_the_next() {
     result.expect("finishes");
     let count = cluster.ids("count")[1];
     assert_eq!(cluster.restored_frontiers()[&count], Some(Stamp(10)));
-    let asked: HashSet<WorkerId> = cluster
+    assert_eq!(cluster.holders_asked(count).len(), 2);
+    // The restoring worker was sent to the other holder.
+    let restores = cluster
         .log
         .iter()
-        .filter(|(_, m)| matches!(m, ToWorker::FetchBackup { instance } if *instance == count))
-        .map(|(w, _)| *w)
-        .collect();
-    assert_eq!(asked.len(), 2, "{asked:?}");
+        .filter(|(_, m)| matches!(m, ToWorker::Restore { instances, .. } if instances.iter().any(|(i, from)| *i == count && matches!(from, RestoreFrom::Holder(_)))))
+        .count();
+    assert_eq!(restores, 2);
+}
+
+#[test]
+fn a_recovered_instance_fetches_its_backup_from_a_holder_itself() {
+    let (result, cluster, _) = scenario(config(3), |c| {
+        c.checkpointed(Stamp(10));
+        let count = c.ids("count")[0];
+        c.crash_host_of(count);
+    });
+    result.expect("finishes");
+    let count = cluster.ids("count")[0];
+    assert_eq!(cluster.restored_frontiers()[&count], Some(Stamp(10)));
+    // The state went from the holder to the new worker, never through
+    // the coordinator, which asked no holder for it.
+    assert_eq!(cluster.holders_asked(count).len(), 1);
+    assert!(!cluster
+        .log
+        .iter()
+        .any(|(_, m)| matches!(m, ToWorker::FetchBackup { instance } if *instance == count)));
 }
 
 #[test]
@@ -1200,9 +1253,7 @@ fn incremental_checkpoints_restore_as_their_fold() {
     });
     result.expect("finishes");
     let count = cluster.ids("count")[0];
-    let restored = cluster.restored()[&count]
-        .clone()
-        .expect("from a checkpoint");
+    let restored = cluster.restored[&count].clone().expect("from a checkpoint");
     assert_eq!(restored.frontier, Stamp(30));
     // Every key below 30 in the partition's range, from the full
     // checkpoint at 10 and the increments at 20 and 30.
@@ -1236,9 +1287,7 @@ fn a_corrupt_increment_makes_the_instance_checkpoint_in_full() {
         .filter(|(_, m)| matches!(m, ToWorker::CheckpointFull { instance } if *instance == count))
         .count();
     assert!(asked >= 1, "no full checkpoint asked of instance {count}");
-    let restored = cluster.restored()[&count]
-        .clone()
-        .expect("from a checkpoint");
+    let restored = cluster.restored[&count].clone().expect("from a checkpoint");
     assert_eq!(restored.frontier, Stamp(30));
 }
 

@@ -12,15 +12,19 @@
 //!   folded into it (compaction), so a chain never holds more than about
 //!   one and a half times its state, and a restore never folds more.
 
-use super::checkpoint::{chain_parts, encode_chain, Checkpoint, CheckpointKind};
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use super::checkpoint::{chain_header, chain_parts, Checkpoint, CheckpointKind, CHAIN_HEADER};
 use crate::error::EngineError;
 use crate::stamp::Stamp;
 
 /// The backup of one instance: a full checkpoint and the deltas on it.
 #[derive(Debug, Clone)]
 pub struct BackupChain {
-    /// A full checkpoint, then deltas in order.
-    parts: Vec<Vec<u8>>,
+    /// A full checkpoint, then deltas in order, each shared with the
+    /// encodings handed out ([`BackupChain::shared`]).
+    parts: Vec<Arc<Vec<u8>>>,
     frontier: Stamp,
     delta_bytes: usize,
 }
@@ -58,16 +62,16 @@ impl BackupChain {
         Checkpoint::verify(&bytes)?;
         match Checkpoint::kind(&bytes)? {
             CheckpointKind::Full => Ok(BackupChain {
-                parts: vec![bytes],
+                parts: vec![Arc::new(bytes)],
                 frontier,
                 delta_bytes: 0,
             }),
             CheckpointKind::Chain => {
-                let parts: Vec<Vec<u8>> = chain_parts(&bytes)?
+                let parts: Vec<Arc<Vec<u8>>> = chain_parts(&bytes)?
                     .into_iter()
-                    .map(<[u8]>::to_vec)
+                    .map(|part| Arc::new(part.to_vec()))
                     .collect();
-                let delta_bytes = parts[1..].iter().map(Vec::len).sum();
+                let delta_bytes = parts[1..].iter().map(|part| part.len()).sum();
                 Ok(BackupChain {
                     parts,
                     frontier,
@@ -108,7 +112,7 @@ impl BackupChain {
             });
         }
         self.delta_bytes += bytes.len();
-        self.parts.push(bytes);
+        self.parts.push(Arc::new(bytes));
         self.frontier = frontier;
         if self.delta_bytes > self.parts[0].len() / 2 {
             self.compact()?;
@@ -130,17 +134,60 @@ impl BackupChain {
     /// when there are no deltas, else a chain ([`Checkpoint::decode`]
     /// folds it).
     pub fn encode(&self) -> Vec<u8> {
-        match self.parts.as_slice() {
-            [full] => full.clone(),
-            parts => encode_chain(parts),
-        }
+        let mut out = Vec::with_capacity(self.shared().len());
+        self.shared()
+            .write_to(&mut out)
+            .expect("writing to a vector cannot fail");
+        out
+    }
+
+    /// The same encoding, sharing the chain's bytes instead of copying
+    /// them: a holder sends gigabytes to a restoring worker without
+    /// holding its lock or a second copy.
+    pub fn shared(&self) -> SharedEncoding {
+        SharedEncoding(self.parts.clone())
     }
 
     /// Folds the deltas into one full checkpoint.
     fn compact(&mut self) -> Result<(), EngineError> {
-        let full = Checkpoint::decode(&encode_chain(&self.parts))?.encode()?;
-        self.parts = vec![full];
+        let full = Checkpoint::decode(&self.encode())?.encode()?;
+        self.parts = vec![Arc::new(full)];
         self.delta_bytes = 0;
         Ok(())
+    }
+}
+
+/// A backup's encoding ([`BackupChain::encode`]) over the chain's own
+/// bytes.
+#[derive(Debug, Clone)]
+pub struct SharedEncoding(Vec<Arc<Vec<u8>>>);
+
+impl SharedEncoding {
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        match self.0.as_slice() {
+            [full] => full.len(),
+            parts => CHAIN_HEADER + parts.iter().map(|p| 8 + p.len()).sum::<usize>(),
+        }
+    }
+
+    /// Whether it is empty (never: a backup holds a full checkpoint).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes it.
+    pub fn write_to(&self, w: &mut impl Write) -> io::Result<()> {
+        match self.0.as_slice() {
+            [full] => w.write_all(full),
+            parts => {
+                w.write_all(&chain_header(parts.len()))?;
+                for part in parts {
+                    w.write_all(&(part.len() as u64).to_le_bytes())?;
+                    w.write_all(part)?;
+                }
+                Ok(())
+            }
+        }
     }
 }

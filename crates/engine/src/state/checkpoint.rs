@@ -259,29 +259,47 @@ const FORMAT_VERSION: u16 = 5;
 /// Magic, version, checksum of what follows.
 const HEADER: usize = 14;
 
-/// Encodes a chain: `parts` are a full checkpoint and the deltas on it, in
-/// order.
-pub(super) fn encode_chain(parts: &[Vec<u8>]) -> Vec<u8> {
-    let size: usize = parts.iter().map(|p| 8 + p.len()).sum();
-    let mut out = Vec::with_capacity(10 + size);
-    out.extend_from_slice(CHAIN_MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&(parts.len() as u32).to_le_bytes());
-    for part in parts {
-        out.extend_from_slice(&(part.len() as u64).to_le_bytes());
-        out.extend_from_slice(part);
+/// Bytes before a chain's first part.
+pub(super) const CHAIN_HEADER: usize = 10;
+
+/// The start of a chain (a full checkpoint and the deltas on it, in
+/// order) of `count` parts: each part follows, after its length as eight
+/// bytes.
+pub(super) fn chain_header(count: usize) -> [u8; CHAIN_HEADER] {
+    let mut header = [0u8; CHAIN_HEADER];
+    header[..4].copy_from_slice(CHAIN_MAGIC);
+    header[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[6..].copy_from_slice(&(count as u32).to_le_bytes());
+    header
+}
+
+/// A chain's first part, which must be a full checkpoint.
+fn chain_base<'b>(parts: &[&'b [u8]]) -> Result<&'b [u8], EngineError> {
+    if Checkpoint::kind(parts[0])? != CheckpointKind::Full {
+        return Err(EngineError::Checkpoint(
+            "a checkpoint chain does not start with a full checkpoint".into(),
+        ));
     }
-    out
+    Ok(parts[0])
+}
+
+/// Why a delta alone cannot be restored.
+fn delta_alone(base: Stamp) -> EngineError {
+    EngineError::Checkpoint(format!(
+        "an incremental checkpoint (the changes since stamp {}) cannot be restored alone: \
+         fold it into the checkpoint it changes",
+        base.0
+    ))
 }
 
 /// The checkpoints of an encoded chain, checking only its framing.
 pub(super) fn chain_parts(bytes: &[u8]) -> Result<Vec<&[u8]>, EngineError> {
     let bad = || EngineError::Checkpoint("checkpoint chain truncated or corrupt".into());
     let count = bytes
-        .get(6..10)
+        .get(6..CHAIN_HEADER)
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .ok_or_else(bad)?;
-    let mut rest = &bytes[10..];
+    let mut rest = &bytes[CHAIN_HEADER..];
     let mut parts = Vec::new();
     for _ in 0..count {
         let (len, tail) = rest.split_first_chunk::<8>().ok_or_else(bad)?;
@@ -398,16 +416,23 @@ fn checksum(body: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(body)
 }
 
-/// Decodes the checkpoint body that starts at `start` of `bytes`, each
-/// entry straight over one shared copy of the body.
-fn decode_body(bytes: &[u8], start: usize) -> Result<Checkpoint, EngineError> {
-    let body = SharedBytes::new(bytes[start..].to_vec())?;
+/// Decodes the checkpoint body at `range` of `body`, each entry straight
+/// over `body`'s bytes (no copy).
+fn decode_body(body: &SharedBytes, range: Range<usize>) -> Result<Checkpoint, EngineError> {
+    let bytes = &body.bytes()[range];
     bincode::DefaultOptions::new()
         .with_fixint_encoding()
         .allow_trailing_bytes()
-        .with_limit(body.bytes().len() as u64)
-        .deserialize_seed(BodySeed { body: &body }, body.bytes())
+        .with_limit(bytes.len() as u64)
+        .deserialize_seed(BodySeed { body }, bytes)
         .map_err(|e| EngineError::Checkpoint(format!("decode: {e}")))
+}
+
+/// Decodes the checkpoint body that starts at `start` of `bytes`, over one
+/// shared copy of the body.
+fn decode_copied(bytes: &[u8], start: usize) -> Result<Checkpoint, EngineError> {
+    let body = SharedBytes::new(bytes[start..].to_vec())?;
+    decode_body(&body, 0..body.bytes().len())
 }
 
 impl Checkpoint {
@@ -430,41 +455,60 @@ impl Checkpoint {
     pub fn decode(bytes: &[u8]) -> Result<Checkpoint, EngineError> {
         Self::verify(bytes)?;
         match Self::kind(bytes)? {
-            CheckpointKind::Full => decode_body(bytes, HEADER),
-            CheckpointKind::Delta { base } => Err(EngineError::Checkpoint(format!(
-                "an incremental checkpoint (the changes since stamp {}) cannot be restored alone: \
-                 fold it into the checkpoint it changes",
-                base.0
-            ))),
+            CheckpointKind::Full => decode_copied(bytes, HEADER),
+            CheckpointKind::Delta { base } => Err(delta_alone(base)),
             CheckpointKind::Chain => {
                 let parts = chain_parts(bytes)?;
-                if Self::kind(parts[0])? != CheckpointKind::Full {
-                    return Err(EngineError::Checkpoint(
-                        "a checkpoint chain does not start with a full checkpoint".into(),
-                    ));
-                }
-                let checkpoint = decode_body(parts[0], HEADER)?;
-                let mut previous = checkpoint.frontier;
-                let mut deltas = Vec::with_capacity(parts.len() - 1);
-                for part in &parts[1..] {
-                    let CheckpointKind::Delta { base } = Self::kind(part)? else {
-                        return Err(EngineError::Checkpoint(
-                            "a checkpoint chain holds a full checkpoint after its first".into(),
-                        ));
-                    };
-                    if base != previous {
-                        return Err(EngineError::Checkpoint(format!(
-                            "a checkpoint chain's delta changes stamp {} but follows stamp {}",
-                            base.0, previous.0
-                        )));
-                    }
-                    let delta = decode_body(part, HEADER + 8)?;
-                    previous = delta.frontier;
-                    deltas.push(delta);
-                }
-                checkpoint.apply_all(deltas)
+                let checkpoint = decode_copied(chain_base(&parts)?, HEADER)?;
+                checkpoint.fold_deltas(&parts[1..])
             }
         }
+    }
+
+    /// [`Checkpoint::decode`], taking the bytes: the entries are decoded
+    /// over them where they lie, so restoring a large backup copies it
+    /// no more.
+    pub fn decode_owned(bytes: Vec<u8>) -> Result<Checkpoint, EngineError> {
+        Self::verify(&bytes)?;
+        let base = match Self::kind(&bytes)? {
+            CheckpointKind::Full => HEADER..bytes.len(),
+            CheckpointKind::Delta { base } => return Err(delta_alone(base)),
+            CheckpointKind::Chain => {
+                let parts = chain_parts(&bytes)?;
+                let start = chain_base(&parts)?.as_ptr() as usize - bytes.as_ptr() as usize;
+                start + HEADER..start + parts[0].len()
+            }
+        };
+        let body = SharedBytes::new(bytes)?;
+        let checkpoint = decode_body(&body, base)?;
+        match Self::kind(body.bytes())? {
+            CheckpointKind::Chain => checkpoint.fold_deltas(&chain_parts(body.bytes())?[1..]),
+            _ => Ok(checkpoint),
+        }
+    }
+
+    /// Folds `deltas` (encoded, in order) into this checkpoint, checking
+    /// that each changes the one before.
+    fn fold_deltas(self, deltas: &[&[u8]]) -> Result<Checkpoint, EngineError> {
+        let mut previous = self.frontier;
+        let mut decoded = Vec::with_capacity(deltas.len());
+        for part in deltas {
+            let CheckpointKind::Delta { base } = Self::kind(part)? else {
+                return Err(EngineError::Checkpoint(
+                    "a checkpoint chain holds a full checkpoint after its first".into(),
+                ));
+            };
+            if base != previous {
+                return Err(EngineError::Checkpoint(format!(
+                    "a checkpoint chain's delta changes stamp {} but follows stamp {}",
+                    base.0, previous.0
+                )));
+            }
+            let delta = decode_copied(part, HEADER + 8)?;
+            previous = delta.frontier;
+            decoded.push(delta);
+        }
+        self.apply_all(decoded)
     }
 
     /// What `bytes` hold, after checking their magic and format version

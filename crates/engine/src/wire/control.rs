@@ -122,6 +122,17 @@ pub enum ToCoordinator {
         #[serde(with = "serde_bytes")]
         bytes: Option<Vec<u8>>,
     },
+    /// The holder named in a [`RestoreFrom::Holder`] could not give the
+    /// backup of `instance` (it died, was cut off, or holds none): the
+    /// coordinator names another source.
+    RestoreUnavailable {
+        /// The instance being restored.
+        instance: InstanceId,
+        /// The holder that failed to give it.
+        holder: WorkerId,
+        /// What went wrong, for the log.
+        reason: String,
+    },
     /// An instance's counters.
     Metrics(InstanceMetrics),
     /// An instance told to [`ToWorker::Pause`] stopped at `done`.
@@ -223,11 +234,11 @@ pub enum ToWorker {
         /// Its frontier.
         frontier: Stamp,
     },
-    /// Create and start these instances from their checkpoints (none: from
-    /// the beginning), as placed in `plan`.
+    /// Create and start these instances from their checkpoints, as placed
+    /// in `plan`.
     Restore {
-        /// Instance ids and encoded checkpoints.
-        instances: Vec<(InstanceId, Option<serde_bytes::ByteBuf>)>,
+        /// Instance ids and where each one's state comes from.
+        instances: Vec<(InstanceId, RestoreFrom)>,
         /// The plan after the recovery.
         plan: Plan,
     },
@@ -274,6 +285,43 @@ pub enum ToWorker {
     },
     /// The job is over (or aborted): exit.
     Shutdown,
+}
+
+/// Where a restored instance's state comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestoreFrom {
+    /// Nowhere: it starts empty, from the beginning.
+    Nothing,
+    /// This encoded checkpoint, sent along (a part of a split or merge, a
+    /// restart point, or a copy the coordinator kept).
+    Checkpoint(serde_bytes::ByteBuf),
+    /// Its backup, which the restoring worker fetches from this holder
+    /// itself, so that a recovery moves the state once and never through
+    /// the coordinator.
+    Holder(BackupHolder),
+}
+
+/// What travels on a backup connection to a holder.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ToHolder {
+    /// Keep this checkpoint; acknowledge it to the coordinator.
+    Store(BackupShipment),
+    /// Send back the whole backup of `instance` ([`HeldBackup`], then its
+    /// bytes): a worker restoring it.
+    Fetch {
+        /// The instance.
+        instance: InstanceId,
+    },
+}
+
+/// A holder's answer to [`ToHolder::Fetch`]; the backup's bytes follow the
+/// frame raw, so that gigabytes are not copied into a frame and out again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldBackup {
+    /// The instance.
+    pub instance: InstanceId,
+    /// How many bytes follow; `None`: the holder has no backup of it.
+    pub bytes: Option<u64>,
 }
 
 /// A holder's word that it holds the backup of `instance` at `frontier`.

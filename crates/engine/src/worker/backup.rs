@@ -16,23 +16,29 @@
 //!   that changes one it does not hold (the instance then checkpoints in
 //!   full), or that comes from an incarnation older than the one it holds
 //!   (a worker declared failed and replaced).
+//! - Restoring side ([`fetch_from`]): a worker told to restore an instance
+//!   from a holder asks it for the whole backup on a backup connection of
+//!   its own, so that a recovery moves the state once.
 
 use std::collections::HashMap;
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::EngineError;
 use crate::plan::{Incarnation, InstanceId};
-use crate::state::{BackupChain, ChainError, Checkpoint, CheckpointKind};
+use crate::state::{BackupChain, ChainError, Checkpoint, CheckpointKind, SharedEncoding};
 use crate::wire::control::{
-    self, BackupAck, BackupHolder, BackupRoute, BackupShipment, Refusal, ToCoordinator,
+    self, BackupAck, BackupHolder, BackupRoute, BackupShipment, HeldBackup, Refusal, ToCoordinator,
+    ToHolder,
 };
+use crate::wire::MAX_CONTROL_FRAME;
 
-use super::watch::{open_peer, LinkWatch};
+use super::watch::{connect_peer, open_peer, LinkWatch};
 use super::{reply, ControlWriter};
 
 /// The backups this worker holds for other workers' instances: each one's
@@ -100,6 +106,12 @@ impl Holdings {
         self.lock().get(&instance).map(|(_, chain)| chain.encode())
     }
 
+    /// The same, sharing the held bytes: to send, once the lock is
+    /// released, without a copy.
+    fn shared(&self, instance: InstanceId) -> Option<SharedEncoding> {
+        self.lock().get(&instance).map(|(_, chain)| chain.shared())
+    }
+
     /// Forgets the backup of `instance`: it is void.
     pub(crate) fn drop_backup(&self, instance: InstanceId) {
         self.lock().remove(&instance);
@@ -122,8 +134,8 @@ fn refusal(e: ChainError) -> (Refusal, String) {
 }
 
 /// Serves a backup connection (its handshake not yet read) until the
-/// shipping worker closes it: stores each checkpoint and answers the
-/// coordinator for it.
+/// other worker closes it: stores each checkpoint shipped and answers the
+/// coordinator for it, and sends back each backup asked for.
 pub(crate) fn serve(mut stream: TcpStream, holdings: &Holdings, writer: &ControlWriter) {
     if let Err(e) = control::read_hello(&mut stream) {
         tracing::warn!("dropping a backup connection: {e}");
@@ -132,15 +144,82 @@ pub(crate) fn serve(mut stream: TcpStream, holdings: &Holdings, writer: &Control
     let _ = stream.set_read_timeout(None);
     let mut reader = BufReader::with_capacity(256 << 10, stream);
     loop {
-        match control::recv::<BackupShipment>(&mut reader) {
-            Ok(Some(shipment)) => reply(writer, &holdings.store(shipment)),
-            Ok(None) => return,
-            Err(e) => {
-                tracing::debug!("backup connection ended: {e}");
-                return;
+        let served = match control::recv::<ToHolder>(&mut reader) {
+            Ok(Some(ToHolder::Store(shipment))) => {
+                reply(writer, &holdings.store(shipment));
+                Ok(())
             }
+            Ok(Some(ToHolder::Fetch { instance })) => {
+                send_backup(reader.get_mut(), instance, holdings.shared(instance))
+            }
+            Ok(None) => return,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = served {
+            tracing::debug!("backup connection ended: {e}");
+            return;
         }
     }
+}
+
+/// Answers a fetch: the frame, then the backup's bytes raw.
+fn send_backup(
+    stream: &mut TcpStream,
+    instance: InstanceId,
+    backup: Option<SharedEncoding>,
+) -> Result<(), EngineError> {
+    let held = HeldBackup {
+        instance,
+        bytes: backup.as_ref().map(|b| b.len() as u64),
+    };
+    control::send(stream, &held)?;
+    backup
+        .map_or(Ok(()), |b| b.write_to(stream))
+        .and_then(|()| stream.flush())
+        .map_err(|e| EngineError::io("sending a backup to a restoring worker", e))
+}
+
+/// How long a fetch waits for the holder's next bytes: a holder cut off
+/// mid-transfer must not hold a restore forever, while a large backup that
+/// keeps coming (the holder folds it first) is waited for.
+const FETCH_SILENCE: Duration = Duration::from_secs(10);
+
+/// Fetches the whole backup of `instance` from `holder` (a worker about to
+/// restore it). An error says why the holder could not give it.
+pub(crate) fn fetch_from(
+    holder: &BackupHolder,
+    instance: InstanceId,
+) -> Result<Vec<u8>, EngineError> {
+    let context = format!(
+        "fetching the backup of instance {instance} from {}",
+        holder.addr
+    );
+    let io = |e| EngineError::io(context.clone(), e);
+    let mut stream = connect_peer(&holder.addr).map_err(io)?;
+    stream.set_read_timeout(Some(FETCH_SILENCE)).map_err(io)?;
+    control::write_hello(&mut stream).map_err(io)?;
+    control::send(&mut stream, &ToHolder::Fetch { instance })?;
+    let held: HeldBackup = control::recv(&mut stream)?.ok_or_else(|| {
+        EngineError::Protocol(format!("{context}: the holder closed the connection"))
+    })?;
+    let len = match held {
+        HeldBackup {
+            instance: answered,
+            bytes: Some(len),
+        } if answered == instance && len <= MAX_CONTROL_FRAME as u64 => len as usize,
+        HeldBackup { bytes: None, .. } => {
+            return Err(EngineError::Checkpoint(format!("{context}: it holds none")))
+        }
+        other => {
+            return Err(EngineError::Protocol(format!(
+                "{context}: answered {other:?}"
+            )))
+        }
+    };
+    let mut bytes = vec![0u8; len];
+    stream.read_exact(&mut bytes).map_err(io)?;
+    tracing::debug!(%instance, holder = %holder.worker, bytes = len, "backup fetched from its holder");
+    Ok(bytes)
 }
 
 /// A checkpoint encoded for the wire once, shared by its holders' lanes.
@@ -190,7 +269,7 @@ impl Shipper {
     /// Sends a checkpoint to each of its instance's holders. With none
     /// routed yet it goes nowhere: the instance checkpoints in full when
     /// its first route comes.
-    pub(crate) fn ship(&self, shipment: &BackupShipment) -> Result<(), EngineError> {
+    pub(crate) fn ship(&self, shipment: BackupShipment) -> Result<(), EngineError> {
         let mut routing = self.lock();
         let holders = routing
             .routes
@@ -204,7 +283,7 @@ impl Shipper {
         let outgoing = Arc::new(Outgoing {
             instance: shipment.instance,
             full: is_full(&shipment.bytes),
-            frame: control::encode(shipment)?,
+            frame: control::encode(&ToHolder::Store(shipment))?,
         });
         for holder in holders {
             let lane = match routing.lanes.get(&holder.addr) {
@@ -354,6 +433,38 @@ mod tests {
         assert_eq!(whole.expect("valid").frontier, Stamp(30));
         holdings.drop_backup(InstanceId(7));
         assert!(holdings.fetch(InstanceId(7)).is_none());
+    }
+
+    #[test]
+    fn a_restoring_worker_fetches_a_whole_backup_from_its_holder() {
+        let holdings = Holdings::default();
+        assert!(stored(&holdings.store(shipment(0, 10, None))));
+        assert!(stored(&holdings.store(shipment(0, 20, Some(10)))));
+        // The holder's control connection, whose answers nobody reads here.
+        let coordinator = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+        let writer: ControlWriter = Arc::new(Mutex::new(
+            TcpStream::connect(coordinator.local_addr().expect("bound")).expect("connects"),
+        ));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+        let holder = BackupHolder {
+            worker: crate::ids::WorkerId(3),
+            addr: listener.local_addr().expect("bound").to_string(),
+        };
+        let serving = {
+            let holdings = holdings.clone();
+            thread::spawn(move || {
+                for stream in listener.incoming().take(2) {
+                    serve(stream.expect("accepts"), &holdings, &writer);
+                }
+            })
+        };
+        let fetched = fetch_from(&holder, InstanceId(7)).expect("fetched");
+        assert_eq!(fetched, holdings.fetch(InstanceId(7)).expect("held"));
+        let restored = Checkpoint::decode_owned(fetched).expect("valid");
+        assert_eq!(restored.frontier, Stamp(20));
+        let error = fetch_from(&holder, InstanceId(8)).expect_err("none held");
+        assert!(error.to_string().contains("holds none"), "{error}");
+        serving.join().expect("served");
     }
 
     #[test]

@@ -20,7 +20,9 @@ use crate::api::{InstanceContext, Query, QueryRegistry};
 use crate::error::EngineError;
 use crate::plan::{AddedInstance, InstanceId, MergedInstance, Plan, WorkerId};
 use crate::state::Checkpoint;
-use crate::wire::control::{self, BackupShipment, ToCoordinator, ToWorker, HEARTBEAT_EVERY};
+use crate::wire::control::{
+    self, BackupShipment, RestoreFrom, ToCoordinator, ToWorker, HEARTBEAT_EVERY,
+};
 use backup::{Holdings, Shipper};
 use input::{BackupDesk, ControlEvent, Inboxes};
 use instance::{Inputs, Instance, Report};
@@ -279,10 +281,11 @@ impl ControlLoop<'_> {
     }
 
     /// Restarts each instance from its checkpoint (or empty) under the new
-    /// plan, and tells the coordinator how each went.
+    /// plan, and tells the coordinator how each went. Backups held by other
+    /// workers are fetched first, all at once.
     fn restore(
         &mut self,
-        instances: Vec<(InstanceId, Option<serde_bytes::ByteBuf>)>,
+        instances: Vec<(InstanceId, RestoreFrom)>,
         plan: Plan,
     ) -> Result<(), EngineError> {
         let d = deployed(
@@ -290,13 +293,27 @@ impl ControlLoop<'_> {
             "told to restore before any deployment",
         )?;
         d.plan = Arc::new(plan);
-        for (id, bytes) in instances {
+        for (id, state) in fetch_states(instances) {
+            let bytes = match state {
+                Ok(bytes) => bytes,
+                Err((holder, e)) => {
+                    reply(
+                        &self.writer,
+                        &ToCoordinator::RestoreUnavailable {
+                            instance: id,
+                            holder,
+                            reason: e.to_string(),
+                        },
+                    );
+                    continue;
+                }
+            };
             tracing::debug!(%id, "restoring");
             // A split restores the lower half in place of the running
             // instance: the old incarnation stops first.
             self.inboxes.stop(id);
             let restored = bytes
-                .map(|b| Checkpoint::decode(&b))
+                .map(Checkpoint::decode_owned)
                 .transpose()
                 .and_then(|checkpoint| {
                     create_instance(d, id, checkpoint, &self.inboxes, &self.reports)
@@ -338,6 +355,54 @@ impl ControlLoop<'_> {
         });
         Ok(())
     }
+}
+
+/// Each instance's encoded checkpoint (none: it starts empty), fetching
+/// those held by other workers in parallel; an error names the holder that
+/// could not give its backup.
+type FetchedState = Result<Option<Vec<u8>>, (WorkerId, EngineError)>;
+
+fn fetch_states(instances: Vec<(InstanceId, RestoreFrom)>) -> Vec<(InstanceId, FetchedState)> {
+    /// A state at hand, or being fetched from a holder.
+    enum Fetching<'s> {
+        Ready(FetchedState),
+        From(
+            WorkerId,
+            thread::ScopedJoinHandle<'s, Result<Vec<u8>, EngineError>>,
+        ),
+    }
+    thread::scope(|scope| {
+        let fetching: Vec<(InstanceId, Fetching)> = instances
+            .into_iter()
+            .map(|(id, from)| {
+                let fetch = match from {
+                    RestoreFrom::Nothing => Fetching::Ready(Ok(None)),
+                    RestoreFrom::Checkpoint(bytes) => Fetching::Ready(Ok(Some(bytes.into_vec()))),
+                    RestoreFrom::Holder(holder) => Fetching::From(
+                        holder.worker,
+                        scope.spawn(move || backup::fetch_from(&holder, id)),
+                    ),
+                };
+                (id, fetch)
+            })
+            .collect();
+        fetching
+            .into_iter()
+            .map(|(id, fetch)| {
+                let state = match fetch {
+                    Fetching::Ready(state) => state,
+                    Fetching::From(holder, fetching) => fetching
+                        .join()
+                        .unwrap_or_else(|_| {
+                            Err(EngineError::Protocol("a backup fetch panicked".into()))
+                        })
+                        .map(Some)
+                        .map_err(|e| (holder, e)),
+                };
+                (id, state)
+            })
+            .collect()
+    })
 }
 
 /// The deployment an order needs; an order that comes before any is a
@@ -486,7 +551,7 @@ fn spawn_reporter(
                             frontier,
                             bytes,
                             to_holders: true,
-                        } => shipper.ship(&BackupShipment {
+                        } => shipper.ship(BackupShipment {
                             instance,
                             incarnation,
                             frontier,

@@ -41,27 +41,28 @@ pub(crate) fn open_peer(
     watch: Option<&LinkWatch>,
     context: &str,
 ) -> Result<Box<dyn Write + Send>, EngineError> {
-    let target = addr
-        .to_socket_addrs()
-        .map_err(|e| EngineError::io(context, e))?
-        .next()
-        .ok_or_else(|| EngineError::Protocol(format!("{context}: no address")))?;
-    let stream = match TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) {
-        Ok(stream) => stream,
-        Err(e) => {
-            if let (Some(watch), std::io::ErrorKind::TimedOut) = (watch, e.kind()) {
-                watch.unreachable(addr, CONNECT_TIMEOUT);
-            }
-            return Err(EngineError::io(context, e));
+    let stream = connect_peer(addr).map_err(|e| {
+        if let (Some(watch), std::io::ErrorKind::TimedOut) = (watch, e.kind()) {
+            watch.unreachable(addr, CONNECT_TIMEOUT);
         }
-    };
-    stream
-        .set_nodelay(true)
-        .map_err(|e| EngineError::io("setting TCP_NODELAY", e))?;
+        EngineError::io(context, e)
+    })?;
     Ok(match watch {
         Some(watch) => Box::new(watch.watch(addr, stream)),
         None => Box::new(stream),
     })
+}
+
+/// Connects to the peer worker at `addr`, giving up after
+/// [`CONNECT_TIMEOUT`], with small writes sent at once.
+pub(crate) fn connect_peer(addr: &str) -> std::io::Result<TcpStream> {
+    let target = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address"))?;
+    let stream = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT)?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 /// A data channel's socket, shared between its writer and the watch.
