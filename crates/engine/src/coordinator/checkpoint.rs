@@ -310,21 +310,42 @@ impl Job<'_> {
         }
     }
 
-    /// Fetches the surviving copy of each of `ids` (running instances that
-    /// lost a holder) and keeps it until their new holders have one: a
-    /// second failure before then must not take the last copy. Best
-    /// effort: an instance whose copy cannot be had runs on, unprotected
-    /// until its next checkpoint reaches its new holders.
-    pub(super) fn rescue_copies(&mut self, ids: &[InstanceId]) {
+    /// Has the newest live copy of each of `ids` (instances that lost a
+    /// holder, or were restored on one) sent, holder to holder, to the
+    /// holders of its route that lack one: a second failure before their
+    /// next checkpoints must not take the last copy. Routes are brought up
+    /// to date first. Best effort: a copy that does not arrive is replaced
+    /// by the instance's next full checkpoint.
+    pub(super) fn replicate(&mut self, ids: &[InstanceId]) {
         if ids.is_empty() {
             return;
         }
-        match self.fetch_backups(ids) {
-            Ok(fetched) => self.keep_until_copied(&fetched),
-            Err(e) => tracing::warn!(
-                ?ids,
-                "cannot keep the copies of instances that lost a holder: {e}"
-            ),
+        self.refresh_routes();
+        for &id in ids {
+            let Some(incarnation) = self.plan.instance(id).map(|(_, p)| p.incarnation) else {
+                continue;
+            };
+            let held = self.backups.holders_by_recency(id);
+            let Some(&source) = held.iter().find(|h| self.alive(**h)) else {
+                continue;
+            };
+            let lacking: Vec<WorkerId> = self
+                .backups
+                .route(id)
+                .iter()
+                .filter(|h| !held.contains(h))
+                .copied()
+                .collect();
+            for holder in lacking {
+                let order = ToWorker::Replicate {
+                    instance: id,
+                    incarnation,
+                    to: self.holder_at(holder),
+                };
+                if let Err(e) = self.send(source, &order) {
+                    tracing::warn!(%id, %source, "cannot have a backup replicated: {e}");
+                }
+            }
         }
     }
 

@@ -4,12 +4,9 @@
 //! 2. choose where each failed instance's state comes from: a stateful
 //!    instance's latest backup, which its new worker fetches from a live
 //!    holder itself, so that the state moves once and never through the
-//!    coordinator. The coordinator fetches it instead, and keeps it until
-//!    the instance's holders have a copy again, where the recovery leaves
-//!    fewer copies than the route asks (a holder failed with the
-//!    instance, or the new worker is one of its holders) and where the
-//!    backup must be partitioned (parallel recovery). A source or
-//!    stateless instance restarts at its replay floor instead;
+//!    coordinator (the coordinator fetches it only to partition it for a
+//!    parallel recovery, or when no holder is left and it kept a copy).
+//!    A source or stateless instance restarts at its replay floor;
 //! 3. restore the instances on a pool worker (or the least loaded live
 //!    worker when the pool is empty), as a new incarnation; with a recovery
 //!    parallelism k, a stateful instance is restored as k partitions of its
@@ -17,7 +14,10 @@
 //!    holder that cannot give a backup is passed over for the next copy;
 //! 4. rewire: every worker reconnects to the moved instances, and upstreams
 //!    replay their output buffers; downstreams drop duplicates by stamp;
-//! 5. refill the pool; each restored instance reports when it caught up.
+//! 5. re-replicate: an instance that lost a holder (with the failed
+//!    workers, or because it now runs on it) gets a copy of its backup sent
+//!    from a surviving holder to its new one;
+//! 6. refill the pool; each restored instance reports when it caught up.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -85,15 +85,10 @@ impl Job<'_> {
             .filter(|(_, i)| workers.contains(&i.worker))
             .map(|(_, i)| i.id)
             .collect();
-        // Instances that run on but lost a holder: the coordinator keeps
-        // their surviving copy until their new holders have one.
-        let alive: Vec<InstanceId> = degraded
-            .iter()
-            .filter(|id| !failed.contains(id))
-            .copied()
-            .collect();
         if failed.is_empty() {
-            self.rescue_copies(&alive);
+            // Instances that run on but lost a holder: their surviving copy
+            // goes to their new holders.
+            self.replicate(&degraded);
             return Ok(());
         }
         if self.config.checkpoint_interval.is_zero() {
@@ -104,7 +99,7 @@ impl Job<'_> {
         }
         // 2. Where each failed instance's state comes from, on which worker.
         let targets = self.replacements(&workers, &reason)?;
-        let sources = self.restore_sources(&failed, &degraded, &targets)?;
+        let sources = self.restore_sources(&failed)?;
         tracing::debug!(elapsed_ms = self.elapsed_ms(), "recovery: sources chosen");
         // 3. Restore on replacement workers, one per failed worker.
         let restores = self.plan_restores(sources, &targets)?;
@@ -134,9 +129,13 @@ impl Job<'_> {
             rewired_ms,
             caught_up_ms: None,
         });
+        // 5. Instances that lost a holder, or were restored on one, get
+        // their copies back holder to holder.
+        let mut replicate = degraded;
+        replicate.extend(&failed);
+        self.replicate(&replicate);
         self.awaiting_catch_up.extend(failed);
         self.awaiting_catch_up.extend(new_instances);
-        self.rescue_copies(&alive);
         Ok(())
     }
 
@@ -175,30 +174,26 @@ impl Job<'_> {
     /// Takes a pool worker for `failed`'s instances, preferring one on a
     /// host (the address part of a worker's data address) where no worker
     /// failed in the last [`SUSPECT_FOR`], then one on another host than
-    /// `failed`'s (a fault that took a worker, a partition or a crash,
-    /// often takes its whole host, and may last), then one holding no
-    /// backup of those instances (they keep both copies, so the new worker
-    /// fetches its state from a holder itself).
+    /// `failed`'s: a fault that took a worker (a partition, a crash) often
+    /// takes its whole host, and may last.
     fn pool_worker_away_from(&mut self, failed: WorkerId) -> Option<WorkerId> {
         let failed_host = self.host_of(failed);
-        let holders: Vec<WorkerId> = self
-            .plan
-            .instances()
-            .filter(|(_, i)| i.worker == failed)
-            .flat_map(|(_, i)| self.backups.route(i.id).to_vec())
-            .collect();
-        let (position, _) = self.pool.iter().enumerate().min_by_key(|(_, p)| {
-            let suspect = self
-                .failed_hosts
-                .get(&self.host_of(**p))
-                .is_some_and(|at| at.elapsed() < SUSPECT_FOR);
-            (
-                suspect,
-                self.host_of(**p) == failed_host,
-                holders.contains(p),
-            )
-        })?;
-        self.pool.remove(position)
+        let suspect = |job: &Self, w: WorkerId| {
+            job.failed_hosts
+                .get(&job.host_of(w))
+                .is_some_and(|at| at.elapsed() < SUSPECT_FOR)
+        };
+        let away = self
+            .pool
+            .iter()
+            .position(|p| !suspect(self, *p))
+            .or_else(|| {
+                self.pool
+                    .iter()
+                    .position(|p| self.host_of(*p) != failed_host)
+            })
+            .unwrap_or(0);
+        self.pool.remove(away)
     }
 
     /// Moves each failed instance to its replacement worker in the plan (as
@@ -292,32 +287,28 @@ impl Job<'_> {
 
     /// Where each failed instance's state comes from. A backed-up one
     /// restores from its latest backup: fetched by its new worker from a
-    /// live holder, or by the coordinator (step 2 says when), which keeps
-    /// it until the instance's holders have a copy again (none: it never
-    /// completed a backup and restarts from the beginning, which its
-    /// upstreams can replay since they never trimmed for it). The others
-    /// restart at their restart points.
+    /// live holder, or, to be partitioned (parallel recovery) or with no
+    /// live copy, by the coordinator, which keeps it until the instance's
+    /// holders have a copy again (none: it never completed a backup and
+    /// restarts from the beginning, which its upstreams can replay since
+    /// they never trimmed for it). The others restart at their restart
+    /// points.
     fn restore_sources(
         &mut self,
         failed: &[InstanceId],
-        degraded: &[InstanceId],
-        targets: &HashMap<WorkerId, WorkerId>,
     ) -> Result<Vec<(InstanceId, RestoreFrom)>, EngineError> {
         let mut sources = Vec::new();
         let mut via_coordinator = Vec::new();
         for &id in failed {
-            let Some((node, placed)) = self.plan.instance(id) else {
+            let Some((node, _)) = self.plan.instance(id) else {
                 continue;
             };
             if !self.backed_up(node) {
                 sources.push((id, encoded_or_nothing(self.restart_point(id)?)));
                 continue;
             }
-            let target = targets[&placed.worker];
-            let direct = !degraded.contains(&id)
-                && !self.parallel_recovery(node)
-                && !self.backups.route(id).contains(&target);
-            match direct.then(|| self.live_holder(id, target)).flatten() {
+            let direct = !self.parallel_recovery(node);
+            match direct.then(|| self.live_holder(id)).flatten() {
                 Some(holder) => sources.push((id, RestoreFrom::Holder(self.holder_at(holder)))),
                 None => via_coordinator.push(id),
             }
@@ -331,25 +322,24 @@ impl Job<'_> {
         Ok(sources)
     }
 
-    /// The live holder, other than `target`, of `id`'s newest copy.
-    fn live_holder(&self, id: InstanceId, target: WorkerId) -> Option<WorkerId> {
+    /// The live holder of `id`'s newest copy.
+    fn live_holder(&self, id: InstanceId) -> Option<WorkerId> {
         self.backups
             .holders_by_recency(id)
             .into_iter()
-            .find(|h| *h != target && self.alive(*h))
+            .find(|h| self.alive(*h))
     }
 
-    /// Where `id`, being restored on `target`, restores from now that its
-    /// holder `holder` could not give its backup: the next live copy, else
-    /// what the coordinator keeps of it.
+    /// Where `id` restores from now that its holder `holder` could not
+    /// give its backup: the next live copy, else what the coordinator
+    /// keeps of it.
     fn next_source(
         &mut self,
         id: InstanceId,
-        target: WorkerId,
         holder: WorkerId,
     ) -> Result<RestoreFrom, EngineError> {
         self.backups.holder_lost(id, holder);
-        if let Some(next) = self.live_holder(id, target) {
+        if let Some(next) = self.live_holder(id) {
             return Ok(RestoreFrom::Holder(self.holder_at(next)));
         }
         let state = self.backups.fallback(id)?;
@@ -402,7 +392,7 @@ impl Job<'_> {
                         continue;
                     }
                     tracing::warn!(%instance, %holder, "restoring from the next copy: {reason}");
-                    let from = self.next_source(instance, target, holder)?;
+                    let from = self.next_source(instance, holder)?;
                     let message = ToWorker::Restore {
                         instances: vec![(instance, from)],
                         plan: self.plan.clone(),

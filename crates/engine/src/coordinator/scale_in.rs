@@ -378,7 +378,7 @@ impl Job<'_> {
             self.idle_since.remove(&w);
             self.workers[w.index()].alive = false;
             let degraded = self.backups.holders_failed(&[w]);
-            self.rescue_copies(&degraded);
+            self.replicate(&degraded);
             // Best effort: it is ended through its provisioner anyway.
             let _ = self.links.send(w, &ToWorker::Shutdown);
             self.end_process(w);

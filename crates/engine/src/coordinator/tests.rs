@@ -216,6 +216,32 @@ impl Cluster {
                     self.routes.insert((w, route.instance), holders);
                 }
             }
+            ToWorker::Replicate {
+                instance,
+                incarnation,
+                to,
+            } => {
+                let replica = self
+                    .held_backup(w, instance)
+                    .filter(|_| !self.net.is_broken(to.worker));
+                if let Some(bytes) = replica {
+                    let frontier = Checkpoint::frontier(&bytes).expect("valid");
+                    let answer =
+                        self.holdings
+                            .entry(to.worker)
+                            .or_default()
+                            .store(BackupShipment {
+                                instance,
+                                incarnation,
+                                frontier,
+                                bytes,
+                            });
+                    if matches!(answer, ToCoordinator::BackupStored(_)) {
+                        self.held.insert((to.worker, instance));
+                    }
+                    self.net.say(to.worker, answer);
+                }
+            }
             ToWorker::DropBackup { instance } => {
                 if let Some(h) = self.holdings.get(&w) {
                     h.drop_backup(instance);
@@ -731,25 +757,34 @@ fn losing_an_instance_and_one_holder_restores_from_the_other() {
     let count = cluster.ids("count")[0];
     assert_eq!(cluster.restored_frontiers()[&count], Some(Stamp(10)));
     assert!(!summary.recoveries.is_empty());
+    // Restored from the surviving holder, whose copy then went to the new
+    // holder; never through the coordinator.
+    let replicated =
+        |m: &ToWorker| matches!(m, ToWorker::Replicate { instance, .. } if *instance == count);
+    assert!(cluster.log.iter().any(|(_, m)| replicated(m)));
+    assert!(!cluster
+        .log
+        .iter()
+        .any(|(_, m)| matches!(m, ToWorker::FetchBackup { instance } if *instance == count)));
 }
 
 #[test]
-fn the_last_copy_is_kept_until_new_holders_have_one() {
+fn a_surviving_copy_is_replicated_holder_to_holder_to_the_new_holder() {
     let (result, cluster, _) = scenario(config(3), |c| {
         c.checkpointed(Stamp(10));
         let count = c.ids("count")[0];
         let [first, second] = [c.route(count)[0], c.route(count)[1]];
-        // One holder fails: the coordinator fetches the other's copy.
+        // One holder fails: the other sends its copy to the new holder.
         c.net.break_link(first);
         assert!(c.run_until(Duration::from_secs(5), |c| {
             c.log.iter().any(|(w, m)| {
                 *w == second
-                    && matches!(m, ToWorker::FetchBackup { instance } if *instance == count)
+                    && matches!(m, ToWorker::Replicate { instance, .. } if *instance == count)
             })
         }));
         c.settle(Duration::from_millis(50));
-        // Before any new holder has a copy, the other holder and the
-        // instance's worker fail together.
+        // Before the instance checkpoints again, the other holder and the
+        // instance's worker fail together: the replica restores it.
         let host = c.host(count);
         c.net.break_link(second);
         c.net.break_link(host);
@@ -760,6 +795,11 @@ fn the_last_copy_is_kept_until_new_holders_have_one() {
     result.expect("finishes");
     let count = cluster.ids("count")[0];
     assert_eq!(cluster.restored_frontiers()[&count], Some(Stamp(10)));
+    // The coordinator never held the state.
+    assert!(!cluster
+        .log
+        .iter()
+        .any(|(_, m)| matches!(m, ToWorker::FetchBackup { instance } if *instance == count)));
 }
 
 #[test]

@@ -221,6 +221,18 @@ pub enum ToWorker {
         /// The instance.
         instance: InstanceId,
     },
+    /// Send a copy of the backup of `instance` to `to`, a new holder of its
+    /// route, as a checkpoint of incarnation `incarnation` (the one that
+    /// runs): a route that lost a holder gets its second copy holder to
+    /// holder, never through the coordinator.
+    Replicate {
+        /// The instance.
+        instance: InstanceId,
+        /// Its running incarnation, which the copy is a restore point of.
+        incarnation: Incarnation,
+        /// The new holder.
+        to: BackupHolder,
+    },
     /// Send the backup of `instance` back to the coordinator.
     FetchBackup {
         /// The instance.

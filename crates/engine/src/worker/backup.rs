@@ -112,6 +112,26 @@ impl Holdings {
         self.lock().get(&instance).map(|(_, chain)| chain.shared())
     }
 
+    /// A copy of the backup of `instance`, as a checkpoint of
+    /// `incarnation` to ship to another holder.
+    fn replica(&self, instance: InstanceId, incarnation: Incarnation) -> Option<BackupShipment> {
+        let (frontier, shared) = {
+            let held = self.lock();
+            let (_, chain) = held.get(&instance)?;
+            (chain.frontier(), chain.shared())
+        };
+        let mut bytes = Vec::with_capacity(shared.len());
+        shared
+            .write_to(&mut bytes)
+            .expect("writing to a vector cannot fail");
+        Some(BackupShipment {
+            instance,
+            incarnation,
+            frontier,
+            bytes,
+        })
+    }
+
     /// Forgets the backup of `instance`: it is void.
     pub(crate) fn drop_backup(&self, instance: InstanceId) {
         self.lock().remove(&instance);
@@ -220,6 +240,40 @@ pub(crate) fn fetch_from(
     stream.read_exact(&mut bytes).map_err(io)?;
     tracing::debug!(%instance, holder = %holder.worker, bytes = len, "backup fetched from its holder");
     Ok(bytes)
+}
+
+/// Ships a copy of the backup of `instance` to `to`, a new holder of its
+/// route, on a thread of its own. Best effort: a copy that does not
+/// arrive leaves the new holder refusing the instance's next increment,
+/// and the instance then checkpoints in full to it.
+pub(crate) fn replicate(
+    holdings: &Holdings,
+    watch: &LinkWatch,
+    instance: InstanceId,
+    incarnation: Incarnation,
+    to: BackupHolder,
+) {
+    let (holdings, watch) = (holdings.clone(), watch.clone());
+    let started = thread::Builder::new()
+        .name("spate-backup-replica".into())
+        .spawn(move || {
+            let Some(replica) = holdings.replica(instance, incarnation) else {
+                tracing::debug!(%instance, "no backup held to replicate");
+                return;
+            };
+            let bytes = replica.bytes.len();
+            let sent = open_backup_connection(&to.addr, &watch)
+                .and_then(|mut stream| control::send(&mut stream, &ToHolder::Store(replica)));
+            match sent {
+                Ok(()) => tracing::debug!(%instance, to = %to.worker, bytes, "backup replicated"),
+                Err(e) => {
+                    tracing::debug!(%instance, to = %to.worker, "cannot replicate a backup: {e}")
+                }
+            }
+        });
+    if let Err(e) = started {
+        tracing::warn!(%instance, "cannot start replicating a backup: {e}");
+    }
 }
 
 /// A checkpoint encoded for the wire once, shared by its holders' lanes.

@@ -194,6 +194,11 @@ impl ControlLoop<'_> {
             ToWorker::Start => self.start()?,
             ToWorker::BackupRoutes { routes } => self.shipper.set_routes(routes),
             ToWorker::DropBackup { instance } => self.holdings.drop_backup(instance),
+            ToWorker::Replicate {
+                instance,
+                incarnation,
+                to,
+            } => backup::replicate(&self.holdings, &self.watch, instance, incarnation, to),
             ToWorker::FetchBackup { instance } => {
                 let bytes = self.holdings.fetch(instance);
                 tracing::debug!(%instance, bytes = bytes.as_ref().map(Vec::len), "backup fetched");
