@@ -189,6 +189,11 @@ pub struct RecoveryFigures {
     /// Latency from a second before the kill to the end of the settling
     /// time after it caught up.
     pub latency: Option<LatencyStats>,
+    /// What the coordinator moved and held from the kill to the store
+    /// caught up: a recovery that restores from a holder directly moves
+    /// no state through it.
+    #[serde(default)]
+    pub coordinator: CoordinatorFigures,
 }
 
 /// Checkpoints of the store in the steady stretch.
@@ -213,6 +218,12 @@ pub struct CoordinatorFigures {
     pub received_bytes_per_s: f64,
     /// Bytes a second it sent on them.
     pub sent_bytes_per_s: f64,
+    /// Bytes it received on control connections in the stretch.
+    #[serde(default)]
+    pub received_bytes: u64,
+    /// Bytes it sent on them in the stretch.
+    #[serde(default)]
+    pub sent_bytes: u64,
     /// CPU seconds a second of the process hosting it (this one).
     pub cpu_per_s: f64,
     /// The largest resident set of that process in the stretch, MiB
@@ -247,9 +258,13 @@ pub fn coordinator_between(
         .map(|(.., rss)| *rss)
         .max()
         .unwrap_or(0);
+    let received_bytes = b.received_bytes.saturating_sub(a.received_bytes);
+    let sent_bytes = b.sent_bytes.saturating_sub(a.sent_bytes);
     CoordinatorFigures {
-        received_bytes_per_s: b.received_bytes.saturating_sub(a.received_bytes) as f64 / secs,
-        sent_bytes_per_s: b.sent_bytes.saturating_sub(a.sent_bytes) as f64 / secs,
+        received_bytes_per_s: received_bytes as f64 / secs,
+        sent_bytes_per_s: sent_bytes as f64 / secs,
+        received_bytes,
+        sent_bytes,
         cpu_per_s: (cpu1 - cpu0) / secs,
         rss_mib: rss_kib as f64 / 1024.0,
     }
@@ -399,6 +414,13 @@ impl StateBenchReport {
             self.coordinator.cpu_per_s,
             self.coordinator.rss_mib,
         );
+        let during = &self.recovery.coordinator;
+        t += &format!(
+            "coordinator (recovery): {:.1} MB in, {:.1} MB out, RSS up to {:.0} MiB\n",
+            mb(during.received_bytes as f64),
+            mb(during.sent_bytes as f64),
+            during.rss_mib,
+        );
         t += &format!(
             "peak RSS: largest worker {:.0} MiB, coordinator {:.0} MiB\n",
             m.largest_worker_mib, m.coordinator_mib
@@ -426,6 +448,7 @@ mod tests {
         let figures = coordinator_between(&readings, 1_000, 4_000);
         assert_eq!(figures.received_bytes_per_s, 2_000.0);
         assert_eq!(figures.sent_bytes_per_s, 100.0);
+        assert_eq!((figures.received_bytes, figures.sent_bytes), (4_000, 200));
         assert_eq!(figures.cpu_per_s, 0.25);
         assert_eq!(figures.rss_mib, 2.0);
         assert_eq!(

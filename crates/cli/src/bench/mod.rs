@@ -294,6 +294,7 @@ fn report(
         caught_up_ms,
         recovery_ms: caught_up_ms.saturating_sub(killed_ms),
         latency: latency(killed_ms.saturating_sub(BEFORE_MS), caught_up_ms + after_ms),
+        coordinator: coordinator_between(&observed.coordinator, killed_ms, caught_up_ms + 1000),
     };
     // The steady stretch: every key stored, before the split.
     let (from, to) = (marks.loaded_ms, split.decided_ms.max(marks.loaded_ms));

@@ -12,12 +12,12 @@
 //!   be restored and replayed from. `trimmed` is the lowest frontier among
 //!   the copies of every holder of the route: with two holders, upstreams
 //!   keep what either may need;
-//! - `pending`: a whole backup the coordinator keeps while an instance has
-//!   fewer copies than its route asks for: the state a split, merge or
-//!   parallel recovery gave a reshaped instance, and the surviving copy of
-//!   an instance that lost a holder (or was restored), kept until every
-//!   holder of its route acknowledges a backup at or above it (the only
-//!   state the coordinator holds, and only until the next checkpoints);
+//! - `pending`: a whole backup the coordinator keeps while a reshaped
+//!   instance has no copy at its holders: the state a split, merge or
+//!   parallel recovery gave it, kept until every holder of its route
+//!   acknowledges a backup at or above it (the only state the coordinator
+//!   holds, and only until the next checkpoints). An instance that lost a
+//!   holder gets its copy back holder to holder instead;
 //! - `unprotected`: instances whose every copy died with its holders and
 //!   that have no pending state: recovering them is an error, not a silent
 //!   restart from the beginning;
@@ -144,9 +144,8 @@ impl Backups {
 
     /// The workers in `failed` died: the copies they held are gone, and
     /// routes through them must be replaced. Returns the instances that
-    /// lost a copy and still have one: until their new holders have a
-    /// copy, the coordinator should keep one ([`Backups::keep_pending`]),
-    /// lest a second failure take the last.
+    /// lost a copy and still have one: a surviving holder should send its
+    /// copy to their new holders, lest a second failure take the last.
     pub(super) fn holders_failed(&mut self, failed: &[WorkerId]) -> Vec<InstanceId> {
         for holders in self.routes.values_mut() {
             holders.retain(|h| !failed.contains(h));
