@@ -541,11 +541,18 @@ impl Driver {
         Ok(())
     }
 
-    /// Lets the job run for the settling time.
+    /// Lets the job run for the settling time, and until every store
+    /// instance has a backup at its holders newer than when it began: a
+    /// part the coordinator still keeps (after a split or a merge) would
+    /// otherwise be what the next step restores from.
     fn settle(&mut self, job: &JoinHandle<Result<JobSummary>>, stage: &str) -> Result<()> {
         self.stage = stage.into();
         let until = Instant::now() + self.settle;
-        self.wait_for(job, self.settle * 2, stage, |_| Instant::now() >= until)
+        let before = self.read(store_frontiers);
+        let limit = self.settle * 2 + Duration::from_secs(120);
+        self.wait_for(job, limit, stage, |v| {
+            Instant::now() >= until && backed_up_since(&before, &store_frontiers(v))
+        })
     }
 
     /// Observes the job until `done` holds; an error if the job ends first
@@ -621,6 +628,27 @@ impl Driver {
     }
 }
 
+/// Whether every instance in `now` has a durable frontier above the one
+/// it had in `before` (any, for an instance that had none).
+fn backed_up_since(before: &BTreeMap<u32, Option<u64>>, now: &BTreeMap<u32, Option<u64>>) -> bool {
+    now.iter()
+        .all(|(id, at)| match (before.get(id).copied().flatten(), at) {
+            (_, None) => false,
+            (Some(was), Some(at)) => *at > was,
+            (None, Some(_)) => true,
+        })
+}
+
+/// Each store instance's durable checkpoint frontier (every holder has a
+/// backup at or above it), by instance id.
+fn store_frontiers(view: &ClusterView) -> BTreeMap<u32, Option<u64>> {
+    view.operators
+        .iter()
+        .filter(|o| o.name == STORE)
+        .flat_map(|o| o.instances.iter().map(|i| (i.id.0, i.checkpoint_frontier)))
+        .collect()
+}
+
 /// Keys and encoded bytes in the store at its instances' latest checkpoints.
 fn store_state(view: &ClusterView) -> (u64, u64) {
     view.operators
@@ -666,4 +694,27 @@ fn latest_events(view: &ClusterView) -> String {
         .map(|e| format!("{} ms {} {}", e.at_ms, e.kind, e.detail))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_waits_for_a_backup_newer_than_its_start_for_every_instance() {
+        let at = |pairs: &[(u32, Option<u64>)]| pairs.iter().copied().collect::<BTreeMap<_, _>>();
+        let before = at(&[(1, Some(10)), (3, None)]);
+        assert!(!backed_up_since(&before, &at(&[(1, Some(10))])));
+        assert!(!backed_up_since(&before, &at(&[(1, Some(11)), (3, None)])));
+        assert!(backed_up_since(
+            &before,
+            &at(&[(1, Some(11)), (3, Some(5))])
+        ));
+        // A part new since the start needs a backup of its own.
+        assert!(!backed_up_since(&before, &at(&[(1, Some(11)), (4, None)])));
+        assert!(backed_up_since(
+            &before,
+            &at(&[(1, Some(11)), (4, Some(1))])
+        ));
+    }
 }

@@ -79,6 +79,10 @@ impl Job<'_> {
                 self.provisioner.provision()?;
             }
         }
+        tracing::debug!(
+            elapsed_ms = self.elapsed_ms(),
+            "recovery: failures gathered, pool refill started"
+        );
         let failed: Vec<InstanceId> = self
             .plan
             .instances()

@@ -236,8 +236,18 @@ pub(crate) fn fetch_from(
             )))
         }
     };
-    let mut bytes = vec![0u8; len];
-    stream.read_exact(&mut bytes).map_err(io)?;
+    // Read straight into the vector, without zeroing a gigabyte first.
+    let mut bytes = Vec::with_capacity(len);
+    (&mut stream)
+        .take(len as u64)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() != len {
+        return Err(EngineError::Protocol(format!(
+            "{context}: the holder closed the connection after {} of {len} bytes",
+            bytes.len()
+        )));
+    }
     tracing::debug!(%instance, holder = %holder.worker, bytes = len, "backup fetched from its holder");
     Ok(bytes)
 }
