@@ -8,7 +8,7 @@ pub mod data;
 /// Bumped whenever a frame layout changes; peers of another version are
 /// refused (3: leases, stalled links, incremental checkpoints; 4: the Fx
 /// routing hash; 5: checkpoints shipped from worker to holder directly).
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// Upper bound on a data frame, so a corrupt length cannot make us allocate
 /// gigabytes.
