@@ -431,13 +431,11 @@ impl Autoscaler {
         // Counters that went back: a new incarnation (restored, split or
         // merged) counts from zero, so its window starts over.
         let restarted = m.tuples_in < rates.sample.tuples_in || m.cpu_secs < rates.sample.cpu_secs;
-        // After a silence the window would average a stall into its rates.
-        let silent = rates
-            .window
-            .back()
-            .is_some_and(|(at, _)| now.duration_since(*at) > STALE_AFTER);
+        // A window spanning a silence still averages right: an instance in
+        // long rounds (saturated under a small quota, it reports only
+        // between them) must still be judged on it.
         let settling = self.settling_until.is_some_and(|until| now < until);
-        if restarted || silent || settling {
+        if restarted || settling {
             rates.window.clear();
         }
         if let Some((at, last)) = rates.window.back().filter(|_| !restarted) {
