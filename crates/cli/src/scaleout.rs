@@ -49,8 +49,9 @@ use crate::progress::{self, LrbGoal};
 /// What `spate lrb scaleout` runs.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ScaleoutArgs {
-    /// Expressways (L) of the generated input.
-    #[arg(long, default_value_t = 1)]
+    /// Expressways (L) of the generated input. The defaults are the run
+    /// docs/BENCH.md shows: tens of workers on a 2-core machine.
+    #[arg(long, default_value_t = 2)]
     pub xways: u32,
     /// Simulated seconds of the generated input: the generator's load rises
     /// for about the first 2,100 and then holds.
@@ -64,7 +65,7 @@ pub struct ScaleoutArgs {
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Replay speed-up.
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, default_value_t = 24.0)]
     pub speedup: f64,
     /// Workers the query starts on (its instances round-robin over them:
     /// with 4, the feeder and two sinks on the first, each other operator
@@ -72,20 +73,22 @@ pub struct ScaleoutArgs {
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
     /// Idle workers kept ready for splits (refilled after each).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     pub pool: usize,
     /// The most workers a run may have, pool included.
     #[arg(long, default_value_t = 48)]
     pub max_workers: usize,
     /// CPU quota of every worker but the feeder's, in cores.
-    #[arg(long, default_value_t = 0.03)]
+    #[arg(long, default_value_t = 0.05)]
     pub worker_cpu: f64,
     /// CPU quota of the worker hosting the feeder (which cannot be split),
     /// in cores.
     #[arg(long, default_value_t = 0.5)]
     pub io_worker_cpu: f64,
-    /// Target utilisation of a partition (of --worker-cpu).
-    #[arg(long, default_value_t = 0.7)]
+    /// Target utilisation of a partition (of --worker-cpu): low, so that a
+    /// partition absorbs the load's rise and a split's pause (the catching
+    /// up after it) before the next decision.
+    #[arg(long, default_value_t = 0.3)]
     pub scale_threshold: f64,
     /// Utilisation below which two adjacent partitions merge.
     #[arg(long, default_value_t = 0.15)]

@@ -98,6 +98,7 @@ fn a_truncated_or_foreign_frame_is_refused_with_a_reason() {
             incarnation: Incarnation(0),
             to: InstanceId(2),
             connection: 0,
+            to_incarnation: Incarnation(0),
         },
     )
     .unwrap();

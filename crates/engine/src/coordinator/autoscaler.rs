@@ -15,9 +15,21 @@
 //!   partitions merge only when together they stay under the (lower) scale-in
 //!   threshold, so a steady load never makes the policy oscillate: a split
 //!   leaves each adjacent pair above the target, hence above that threshold.
+//!
+//! Both read what the instances report each second, and a report says
+//! nothing while the pipeline is stalled: an instance blocked writing to a
+//! saturated downstream reports late (between rounds) or shows the time as
+//! blocked, and the instances behind the stall look idle. So the policies
+//! merge only while the whole job flows (every instance reported lately,
+//! none blocked on output, none saturated), a decision's rates are taken
+//! only after it was carried out (not from the backlog its pause built up),
+//! and an instance busy all the time with input waiting counts as
+//! saturated whatever its CPU counter says (under a quota of hundredths of
+//! a core, its worker's other threads and the quota's throttling take time
+//! that counter does not show).
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +43,18 @@ use super::scale::{PolicyKind, ScalePolicy};
 /// scheduling hiccup, short enough to answer a step in a few seconds.
 const WINDOW: usize = 3;
 
+/// An instance that has not reported for this long is stuck (blocked
+/// writing, or its worker held off the CPU): what it last said is stale.
+const STALE_AFTER: Duration = Duration::from_millis(2500);
+
+/// Share of its time an instance may spend blocked on output while the job
+/// still counts as flowing.
+const FLOWING_BLOCKED: f64 = 0.05;
+
+/// Share of wall-clock time busy (neither waiting for input nor blocked on
+/// output) from which an instance with input waiting is saturated.
+const SATURATED_BUSY: f64 = 0.9;
+
 /// The latest samples of an instance and what they say.
 #[derive(Clone, Debug, Default)]
 pub(super) struct InstanceRates {
@@ -43,12 +67,30 @@ pub(super) struct InstanceRates {
     pub(super) utilization: f64,
     pub(super) in_rate: f64,
     pub(super) out_rate: f64,
+    /// It reached the end of its input: it reports no more, and that is no
+    /// stall.
+    finished: bool,
+}
+
+/// What one instance's full window of samples says.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Window {
+    /// Tuples processed per second.
+    rate: f64,
+    /// CPU seconds per second.
+    cpu: f64,
+    /// Tuples offered per second.
+    offered: f64,
+    /// Share of wall-clock time neither waiting for input nor blocked on
+    /// output.
+    busy: f64,
+    /// Share of wall-clock time blocked writing to downstreams.
+    blocked: f64,
 }
 
 impl InstanceRates {
-    /// (tuples processed per second, CPU seconds per second, tuples offered
-    /// per second) over the full window; `None` until it is full.
-    fn windowed(&self) -> Option<(f64, f64, f64)> {
+    /// The rates over the full window; `None` until it is full.
+    fn windowed(&self) -> Option<Window> {
         if self.window.len() <= WINDOW {
             return None;
         }
@@ -62,7 +104,16 @@ impl InstanceRates {
         let queued = last.queued_batches as f64 - first.queued_batches as f64;
         let per_batch = last.tuples_in as f64 / last.batches_in.max(1) as f64;
         let offered = (tuples + (queued * per_batch).max(0.0)) / dt;
-        Some((tuples / dt, cpu, offered))
+        let share = |of: fn(&InstanceMetrics) -> f64| ((of(last) - of(first)) / dt).clamp(0.0, 1.0);
+        let idle = share(|m| m.idle_secs);
+        let blocked = share(|m| m.blocked_secs);
+        Some(Window {
+            rate: tuples / dt,
+            cpu,
+            offered,
+            busy: (1.0 - idle - blocked).max(0.0),
+            blocked,
+        })
     }
 }
 
@@ -78,6 +129,28 @@ pub(super) struct Observed {
     pub(super) hot: u32,
     /// Consecutive reports below the scale-in threshold.
     pub(super) cold: u32,
+    /// Over the rate window: share of wall-clock time busy (neither waiting
+    /// for input nor blocked on output), and share blocked on output.
+    pub(super) busy: f64,
+    pub(super) blocked: f64,
+    /// Input was waiting at its latest report.
+    pub(super) backlog: bool,
+    /// It has not reported lately (see [`STALE_AFTER`]).
+    pub(super) stale: bool,
+}
+
+impl Observed {
+    /// Busy all the time with input waiting: at its limit, whatever its CPU
+    /// counter says.
+    fn saturated(&self) -> bool {
+        self.rates.is_some() && self.backlog && self.busy >= SATURATED_BUSY
+    }
+
+    /// Reporting, with a full window, neither blocked on output nor
+    /// saturated: nothing about it says the job is stalled.
+    fn flowing(&self) -> bool {
+        !self.stale && self.rates.is_some() && self.blocked < FLOWING_BLOCKED && !self.saturated()
+    }
 }
 
 /// The rates that justified a decision, for reports: per instance split, or
@@ -178,11 +251,16 @@ fn threshold_split(policy: &ScalePolicy, s: &Snapshot<'_>) -> Vec<Action> {
 fn rates_of(policy: &ScalePolicy, o: &Observed, capacity: f64) -> ScaleRates {
     let (in_rate, cpu, offered) = o.rates.unwrap_or((0.0, o.utilization * capacity, 0.0));
     let true_rate = if cpu > 0.0 { in_rate / cpu } else { 0.0 };
-    let projected = if true_rate > 0.0 {
+    let mut projected = if true_rate > 0.0 {
         offered / true_rate / capacity
     } else {
         o.utilization
     };
+    if o.saturated() && in_rate > 0.0 {
+        // All the time it gets is not enough: it needs at least that time,
+        // more as its queue grows.
+        projected = projected.max(o.busy * offered / in_rate);
+    }
     ScaleRates {
         policy: policy.kind,
         in_rate,
@@ -236,11 +314,15 @@ fn rate_splits(policy: &ScalePolicy, s: &Snapshot<'_>) -> Vec<Action> {
     actions
 }
 
-/// Merges of adjacent partitions cold for `low_reports` reports in a row.
+/// Merges of adjacent partitions cold for `low_reports` reports in a row,
+/// only while the whole job flows (an instance looks cold behind a stall).
 /// The threshold policy merges the coldest such pair; the rate policy every
 /// disjoint pair (coldest first) whose rates together stay under the
 /// scale-in threshold.
 fn merges(policy: &ScalePolicy, s: &Snapshot<'_>) -> Vec<Action> {
+    if !s.observed.values().all(Observed::flowing) {
+        return Vec::new();
+    }
     let mut pairs: Vec<(InstanceId, InstanceId, ScaleRates)> = s
         .elastic
         .iter()
@@ -316,6 +398,9 @@ pub(super) struct Autoscaler {
     cold: HashMap<InstanceId, u32>,
     /// When the last decision was carried out.
     last_scale: Option<Instant>,
+    /// Until when samples only say how the job catches up after the last
+    /// decision's pause: no window starts before.
+    settling_until: Option<Instant>,
     /// Decisions made so far.
     decisions: u32,
 }
@@ -330,6 +415,7 @@ impl Autoscaler {
             hot: HashMap::new(),
             cold: HashMap::new(),
             last_scale: None,
+            settling_until: None,
             decisions: 0,
         }
     }
@@ -345,7 +431,11 @@ impl Autoscaler {
         // Counters that went back: a new incarnation (restored, split or
         // merged) counts from zero, so its window starts over.
         let restarted = m.tuples_in < rates.sample.tuples_in || m.cpu_secs < rates.sample.cpu_secs;
-        if restarted {
+        // A window spanning a silence still averages right: an instance in
+        // long rounds (saturated under a small quota, it reports only
+        // between them) must still be judged on it.
+        let settling = self.settling_until.is_some_and(|until| now < until);
+        if restarted || settling {
             rates.window.clear();
         }
         if let Some((at, last)) = rates.window.back().filter(|_| !restarted) {
@@ -356,9 +446,13 @@ impl Autoscaler {
             rates.in_rate = m.tuples_in.saturating_sub(last.tuples_in) as f64 / dt;
             rates.out_rate = m.tuples_out.saturating_sub(last.tuples_out) as f64 / dt;
         }
-        rates.window.push_back((now, m.clone()));
-        if rates.window.len() > WINDOW + 1 {
-            rates.window.pop_front();
+        // While the job catches up after a pause, no window starts: the
+        // first sample after it is the first of the next window.
+        if !settling {
+            rates.window.push_back((now, m.clone()));
+            if rates.window.len() > WINDOW + 1 {
+                rates.window.pop_front();
+            }
         }
         rates.sample = m;
         let (threshold, low) = self
@@ -374,6 +468,12 @@ impl Autoscaler {
             utilization > threshold,
         );
         count(self.cold.entry(instance).or_default(), utilization < low);
+    }
+
+    /// `id` reached the end of its input: it reports no more, and its
+    /// silence says nothing of the job.
+    pub(super) fn finished(&mut self, id: InstanceId) {
+        self.rates.entry(id).or_default().finished = true;
     }
 
     /// Forgets what was observed of `id`: it was reshaped (split, merged or
@@ -394,17 +494,27 @@ impl Autoscaler {
         self.rates.get(&id).map_or(0.0, |r| r.utilization)
     }
 
-    /// What the policy sees of every instance observed.
-    fn observed(&self) -> HashMap<InstanceId, Observed> {
+    /// What the policy sees, at `now`, of every instance observed that has
+    /// not finished.
+    fn observed(&self, now: Instant) -> HashMap<InstanceId, Observed> {
         self.rates
             .iter()
+            .filter(|(_, r)| !r.finished)
             .map(|(id, r)| {
                 let streak = |m: &HashMap<InstanceId, u32>| m.get(id).copied().unwrap_or(0);
+                let window = r.windowed();
                 let observed = Observed {
                     utilization: r.utilization,
-                    rates: r.windowed(),
+                    rates: window.map(|w| (w.rate, w.cpu, w.offered)),
                     hot: streak(&self.hot),
                     cold: streak(&self.cold),
+                    busy: window.map_or(0.0, |w| w.busy),
+                    blocked: window.map_or(0.0, |w| w.blocked),
+                    backlog: r.sample.queued_batches > 0,
+                    stale: r
+                        .window
+                        .back()
+                        .is_none_or(|(at, _)| now.duration_since(*at) > STALE_AFTER),
                 };
                 (*id, observed)
             })
@@ -429,7 +539,7 @@ impl Autoscaler {
         {
             return None;
         }
-        let observed = self.observed();
+        let observed = self.observed(now);
         let snapshot = Snapshot {
             plan,
             elastic,
@@ -448,10 +558,17 @@ impl Autoscaler {
         Some((self.decisions, actions))
     }
 
-    /// A decision was carried out at `now`: the cooldown counts from here,
-    /// so that the next one sees rates of the new partitioning.
-    pub(super) fn carried_out(&mut self, now: Instant) {
+    /// A decision was carried out at `now`, after a pause of `pause`: the
+    /// cooldown counts from here, and every window starts afresh once as
+    /// long again has passed, so that the next decision sees rates of the
+    /// new partitioning, not the catching up on the backlog its pause built
+    /// (every instance upstream of a paused one waited, then sent it all).
+    pub(super) fn carried_out(&mut self, now: Instant, pause: Duration) {
         self.last_scale = Some(now);
+        self.settling_until = Some(now + pause);
+        for rates in self.rates.values_mut() {
+            rates.window.clear();
+        }
     }
 
     /// The busiest of `instances` (ties: the widest range), to split on a

@@ -480,6 +480,7 @@ impl Job<'_> {
                     stats,
                 };
                 self.finished.insert(instance, report);
+                self.autoscaler.finished(instance);
                 Ok(())
             }
             ToCoordinator::Metrics(metrics) => {

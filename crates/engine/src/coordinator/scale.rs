@@ -672,6 +672,7 @@ impl Job<'_> {
             .autoscaler
             .decide(&self.plan, &elastic, self.pool.len(), Instant::now());
         if let Some((decision, actions)) = decided {
+            let started = Instant::now();
             let mut splits = Vec::new();
             let mut merges = Vec::new();
             for action in actions {
@@ -708,7 +709,8 @@ impl Job<'_> {
                 );
                 self.scale_in(lower, upper, &reason, Some((decision, rates)))?;
             }
-            self.autoscaler.carried_out(Instant::now());
+            self.autoscaler
+                .carried_out(Instant::now(), started.elapsed());
         }
         self.return_idle_workers();
         Ok(())

@@ -58,6 +58,14 @@ pub struct InstanceMetrics {
     /// checkpointing costs the instance.
     #[serde(default)]
     pub checkpoint_cpu_secs: f64,
+    /// Seconds its thread waited for input (or, a source, for its
+    /// schedule) so far: the share of time it had nothing to do.
+    #[serde(default)]
+    pub idle_secs: f64,
+    /// Seconds its thread spent in writes to downstreams so far: a slow
+    /// downstream blocks them, and that time is the downstream's load.
+    #[serde(default)]
+    pub blocked_secs: f64,
 }
 
 /// How often instances report metrics.

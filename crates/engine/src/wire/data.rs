@@ -13,7 +13,7 @@ use crate::plan::{Incarnation, InstanceId};
 use crate::stamp::Stamp;
 
 const MAGIC: &[u8; 4] = b"SPTD";
-const HELLO: usize = 22;
+const HELLO: usize = 26;
 
 /// Who is at each end of a data channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +25,12 @@ pub struct ChannelHello {
     pub incarnation: Incarnation,
     /// Downstream instance id.
     pub to: InstanceId,
+    /// The incarnation of `to` the upstream's plan names: a connection that
+    /// arrives while an older one still runs there (the part of a split
+    /// restored in its parent's place, the same decision's new upstream
+    /// part connecting first) waits for it rather than feed the instance
+    /// being replaced, whose inbox dies with it.
+    pub to_incarnation: Incarnation,
     /// How many connections this incarnation opened to `to` before this
     /// one. A reconnection (after a broken pipe) replays the whole output
     /// buffer, so the receiver starts the channel afresh rather than take
@@ -41,6 +47,7 @@ pub fn write_hello(w: &mut impl Write, hello: ChannelHello) -> io::Result<()> {
     buf[10..14].copy_from_slice(&hello.incarnation.0.to_le_bytes());
     buf[14..18].copy_from_slice(&hello.to.0.to_le_bytes());
     buf[18..22].copy_from_slice(&hello.connection.to_le_bytes());
+    buf[22..26].copy_from_slice(&hello.to_incarnation.0.to_le_bytes());
     w.write_all(&buf)
 }
 
@@ -66,6 +73,7 @@ pub fn read_hello(r: &mut impl Read) -> Result<ChannelHello, EngineError> {
         incarnation: Incarnation(word(10)),
         to: InstanceId(word(14)),
         connection: word(18),
+        to_incarnation: Incarnation(word(22)),
     })
 }
 
@@ -125,6 +133,7 @@ mod tests {
             incarnation: Incarnation(2),
             to: InstanceId(9),
             connection: 4,
+            to_incarnation: Incarnation(7),
         };
         write_hello(&mut buf, hello).unwrap();
         write_batch(&mut buf, b"abc", Stamp(42)).unwrap();

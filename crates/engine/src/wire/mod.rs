@@ -8,7 +8,8 @@ pub mod data;
 /// Bumped whenever a frame layout changes; peers of another version are
 /// refused (3: leases, stalled links, incremental checkpoints; 4: the Fx
 /// routing hash; 5: checkpoints shipped from worker to holder directly; 6:
-/// restoring workers fetch backups from holders).
+/// restoring workers fetch backups from holders, and a data channel's
+/// handshake names the receiver's incarnation).
 pub const PROTOCOL_VERSION: u16 = 6;
 
 /// Upper bound on a data frame, so a corrupt length cannot make us allocate

@@ -75,6 +75,8 @@ pub(crate) struct Inbox {
 
 #[derive(Clone)]
 struct InboxSenders {
+    /// The incarnation of the instance these queues feed.
+    incarnation: Incarnation,
     data: Sender<InputEvent>,
     control: Sender<ControlEvent>,
 }
@@ -91,13 +93,15 @@ impl Inboxes {
         self.control(instance, ControlEvent::Stop);
     }
 
-    /// Creates the queues of `instance` (replacing any earlier ones).
-    pub(crate) fn create(&self, instance: InstanceId) -> Inbox {
+    /// Creates the queues of `incarnation` of `instance` (replacing any
+    /// earlier ones).
+    pub(crate) fn create(&self, instance: InstanceId, incarnation: Incarnation) -> Inbox {
         let (data_tx, data) = crossbeam_channel::bounded(INBOX_BATCHES);
         let (control_tx, control) = crossbeam_channel::unbounded();
         self.lock().insert(
             instance,
             InboxSenders {
+                incarnation,
                 data: data_tx,
                 control: control_tx,
             },
@@ -119,16 +123,26 @@ impl Inboxes {
         }
     }
 
-    fn data(&self, instance: InstanceId) -> Option<Sender<InputEvent>> {
-        self.lock().get(&instance).map(|s| s.data.clone())
+    /// The data queue of `instance`, if it runs here as `incarnation` or a
+    /// later one.
+    fn data(&self, instance: InstanceId, incarnation: Incarnation) -> Option<Sender<InputEvent>> {
+        self.lock()
+            .get(&instance)
+            .filter(|s| s.incarnation >= incarnation)
+            .map(|s| s.data.clone())
     }
 
-    /// Waits a little for `instance`'s inbox: during a deployment or a
-    /// recovery an upstream may connect before the instance is created.
-    fn wait_for(&self, instance: InstanceId) -> Option<Sender<InputEvent>> {
+    /// Waits a little for the inbox of `incarnation` of `instance`: during a
+    /// deployment, a recovery or a split an upstream may connect before the
+    /// instance is created, or while the incarnation it replaces still runs.
+    fn wait_for(
+        &self,
+        instance: InstanceId,
+        incarnation: Incarnation,
+    ) -> Option<Sender<InputEvent>> {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
-            if let Some(inbox) = self.data(instance) {
+            if let Some(inbox) = self.data(instance, incarnation) {
                 return Some(inbox);
             }
             if std::time::Instant::now() > deadline {
@@ -220,7 +234,7 @@ fn read_channel(mut stream: TcpStream, inboxes: &Inboxes) {
         }
     };
     let _ = stream.set_read_timeout(None);
-    let Some(inbox) = inboxes.wait_for(hello.to) else {
+    let Some(inbox) = inboxes.wait_for(hello.to, hello.to_incarnation) else {
         tracing::warn!(
             "dropping data connection from {peer}: no instance {} here",
             hello.to
@@ -250,5 +264,47 @@ fn read_channel(mut stream: TcpStream, inboxes: &Inboxes) {
         if inbox.send(event).is_err() || last {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_channel_to_a_new_incarnation_waits_for_it_rather_than_feed_the_old_one() {
+        // The lower part of a split is restored in its parent's place; an
+        // upstream part of the same decision may connect first.
+        let inboxes = Inboxes::default();
+        let to = InstanceId(4);
+        let old = inboxes.create(to, Incarnation(1));
+        assert!(inboxes.data(to, Incarnation(1)).is_some());
+        assert!(inboxes.data(to, Incarnation(2)).is_none());
+        let waiting = {
+            let inboxes = inboxes.clone();
+            thread::spawn(move || inboxes.wait_for(to, Incarnation(2)))
+        };
+        let new = inboxes.create(to, Incarnation(2));
+        let channel = waiting
+            .join()
+            .unwrap()
+            .expect("the new incarnation's inbox");
+        channel
+            .send(InputEvent::Closed {
+                from: InstanceId(1),
+                error: None,
+            })
+            .unwrap();
+        assert!(matches!(
+            new.data.try_recv(),
+            Ok(InputEvent::Closed {
+                from: InstanceId(1),
+                ..
+            })
+        ));
+        assert!(old.data.try_recv().is_err());
+        // An upstream whose plan is older than this worker's joins the
+        // newer incarnation (it is rewired when its plan catches up).
+        assert!(inboxes.data(to, Incarnation(1)).is_some());
     }
 }

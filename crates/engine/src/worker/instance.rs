@@ -169,6 +169,8 @@ struct Runner {
     next_metrics: Instant,
     /// CPU seconds this thread spent taking checkpoints, for the metrics.
     checkpoint_cpu_secs: f64,
+    /// Seconds this thread waited for input or its schedule.
+    idle_secs: f64,
 }
 
 impl Instance {
@@ -202,6 +204,7 @@ impl Instance {
             restored_at: self.restore.as_ref().map(|c| c.frontier),
             next_metrics: Instant::now() + METRICS_EVERY,
             checkpoint_cpu_secs: 0.0,
+            idle_secs: 0.0,
         };
         match self.logic {
             Logic::Source(source) => {
@@ -333,6 +336,8 @@ impl Runner {
             state_keys: self.state_size.0,
             state_bytes: self.state_size.1,
             checkpoint_cpu_secs: self.checkpoint_cpu_secs,
+            idle_secs: self.idle_secs,
+            blocked_secs: outbox.blocked_secs(),
         }));
     }
 
@@ -580,14 +585,21 @@ impl Runner {
             if now >= at {
                 return Ok(true);
             }
-            select! {
-                recv(self.inbox.control) -> event => match event {
-                    Ok(event) => if let Outcome::Stop = self.control(event, outbox)? {
+            let event = select! {
+                recv(self.inbox.control) -> event => event.ok(),
+                default(at - now) => None,
+            };
+            self.idle_secs += now.elapsed().as_secs_f64();
+            match event {
+                Some(event) => {
+                    if let Outcome::Stop = self.control(event, outbox)? {
                         return Ok(false);
-                    },
-                    Err(_) => std::thread::sleep(at - now),
-                },
-                default(at - now) => return Ok(true),
+                    }
+                }
+                None if Instant::now() >= at => return Ok(true),
+                // The worker dropped the control channel: only the
+                // schedule is left to wait for.
+                None => std::thread::sleep(at.saturating_duration_since(Instant::now())),
             }
         }
     }
@@ -672,19 +684,19 @@ impl Runner {
     fn wait_round(&mut self, outbox: &mut Outbox) -> Result<ControlFlow<(), Wakeup>, EngineError> {
         let timeout = self.idle_timeout();
         let mut outcomes = Vec::new();
-        let first = select! {
-            recv(self.inbox.control) -> event => {
-                if let Ok(event) = event {
-                    outcomes.push(self.control(event, outbox)?);
-                }
-                None
-            },
+        let waiting = Instant::now();
+        let (control, first) = select! {
+            recv(self.inbox.control) -> event => (event.ok(), None),
             recv(self.inbox.data) -> event => match event {
-                Ok(event) => Some(event),
+                Ok(event) => (None, Some(event)),
                 Err(_) => return Ok(ControlFlow::Break(())),
             },
-            default(timeout) => None,
+            default(timeout) => (None, None),
         };
+        self.idle_secs += waiting.elapsed().as_secs_f64();
+        if let Some(event) = control {
+            outcomes.push(self.control(event, outbox)?);
+        }
         outcomes.extend(self.control_pending(outbox)?);
         Ok(ControlFlow::Continue(Wakeup { first, outcomes }))
     }

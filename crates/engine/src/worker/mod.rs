@@ -700,7 +700,7 @@ fn create_instance(
         key_range: placed.key_range,
         logic,
         inputs,
-        inbox: inboxes.create(id),
+        inbox: inboxes.create(id, placed.incarnation),
         source_slot: placed.source_slot,
         restore,
         checkpoint_every: d.checkpoint_every,

@@ -3,6 +3,9 @@
 //! that keeps sent batches for replay until downstream checkpoints cover them.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 use crate::api::{Emit, Query};
 use crate::error::EngineError;
@@ -26,12 +29,30 @@ pub(crate) struct SenderIdentity {
     pub(crate) incarnation: Incarnation,
 }
 
-/// Opens data channel number `connection` of `from` to instance `to` at
-/// `addr`, watched by `watch` (a peer that cannot be reached in time is
-/// reported to it).
+/// Time an outbox's writes took, shared by its channel writers: a write
+/// waits while a downstream that does not keep up has its window closed,
+/// and that time is load offered to the downstream, not work done here.
+#[derive(Clone, Debug, Default)]
+struct WriteTime(Arc<AtomicU64>);
+
+impl WriteTime {
+    fn add(&self, since: Instant) {
+        let nanos = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.0.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    fn secs(&self) -> f64 {
+        self.0.load(Ordering::Relaxed) as f64 / 1e9
+    }
+}
+
+/// Opens data channel number `connection` of `from` to incarnation
+/// `to_incarnation` of instance `to` at `addr`, watched by `watch` (a peer
+/// that cannot be reached in time is reported to it).
 fn connect(
     from: SenderIdentity,
     to: InstanceId,
+    to_incarnation: Incarnation,
     connection: u32,
     addr: &str,
     watch: Option<&LinkWatch>,
@@ -45,6 +66,7 @@ fn connect(
             incarnation: from.incarnation,
             to,
             connection,
+            to_incarnation,
         },
     )
     .map_err(|e| EngineError::io(format!("greeting instance {to} at {addr}"), e))?;
@@ -68,6 +90,7 @@ struct ChannelWriter {
     frame: Vec<u8>,
     frame_last: Stamp,
     sent_mark: Stamp,
+    written: WriteTime,
 }
 
 impl ChannelWriter {
@@ -75,6 +98,7 @@ impl ChannelWriter {
         to: InstanceId,
         incarnation: Incarnation,
         stream: Option<Box<dyn Write + Send>>,
+        written: WriteTime,
     ) -> Self {
         ChannelWriter {
             to,
@@ -86,12 +110,16 @@ impl ChannelWriter {
             frame: vec![0; BATCH_HEADER],
             frame_last: Stamp::ZERO,
             sent_mark: Stamp::ZERO,
+            written,
         }
     }
 
     fn write(&mut self, frame: &[u8]) {
         if let Some(stream) = &mut self.stream {
-            if let Err(e) = stream.write_all(frame) {
+            let started = Instant::now();
+            let written = stream.write_all(frame);
+            self.written.add(started);
+            if let Err(e) = written {
                 // The downstream died; the coordinator will restore it and
                 // rewire this channel, and the buffer will be replayed.
                 tracing::warn!(to = %self.to, "data channel broke: {e}");
@@ -136,6 +164,8 @@ pub struct Outbox {
     tuples_out: u64,
     /// Watches the channels for stalls, when running in a worker.
     watch: Option<LinkWatch>,
+    /// Time every channel's writes took.
+    written: WriteTime,
 }
 
 impl Outbox {
@@ -151,6 +181,7 @@ impl Outbox {
             encoded: Vec::with_capacity(256),
             tuples_out: 0,
             watch: None,
+            written: WriteTime::default(),
         }
     }
 
@@ -199,9 +230,13 @@ impl Outbox {
             let addr = plan.addr_of(to).unwrap_or_default().to_string();
             match self.channels.iter().position(|c| c.to == to) {
                 None => {
-                    let stream = self.try_connect(to, 0, &addr)?;
-                    self.channels
-                        .push(ChannelWriter::new(to, incarnation, stream));
+                    let stream = self.try_connect(to, incarnation, 0, &addr)?;
+                    self.channels.push(ChannelWriter::new(
+                        to,
+                        incarnation,
+                        stream,
+                        self.written.clone(),
+                    ));
                     let i = self.channels.len() - 1;
                     if let Some(parent) = added.iter().find(|a| a.id == to).map(|a| a.parent) {
                         self.inherit(i, parent);
@@ -215,7 +250,8 @@ impl Outbox {
                     // of this channel; only a replay may ask for that.
                     let replays = self.buffer.is_some();
                     let connection = self.channels[i].connection + u32::from(replays);
-                    self.channels[i].stream = self.try_connect(to, connection, &addr)?;
+                    self.channels[i].stream =
+                        self.try_connect(to, incarnation, connection, &addr)?;
                     self.channels[i].connection = connection;
                     self.channels[i].incarnation = incarnation;
                     self.replay(i, to);
@@ -250,10 +286,18 @@ impl Outbox {
     fn try_connect(
         &self,
         to: InstanceId,
+        incarnation: Incarnation,
         connection: u32,
         addr: &str,
     ) -> Result<Option<Box<dyn Write + Send>>, EngineError> {
-        match connect(self.me, to, connection, addr, self.watch.as_ref()) {
+        match connect(
+            self.me,
+            to,
+            incarnation,
+            connection,
+            addr,
+            self.watch.as_ref(),
+        ) {
             Ok(stream) => Ok(Some(stream)),
             Err(e) if self.buffer.is_some() => {
                 tracing::warn!(%to, "cannot reach downstream yet: {e}");
@@ -304,6 +348,12 @@ impl Outbox {
 
     pub(crate) fn tuples_out(&self) -> u64 {
         self.tuples_out
+    }
+
+    /// Seconds spent writing to downstreams so far, mostly blocked on
+    /// those that do not keep up.
+    pub(crate) fn blocked_secs(&self) -> f64 {
+        self.written.secs()
     }
 
     /// Sends every pending batch, and `mark` on every channel.
@@ -441,6 +491,45 @@ mod tests {
         }
     }
 
+    /// A downstream whose window stays closed for a while before each
+    /// write goes through.
+    struct Slow(std::time::Duration);
+
+    impl Write for Slow {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            std::thread::sleep(self.0);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn time_blocked_writing_to_a_slow_downstream_is_counted() {
+        let me = SenderIdentity {
+            instance: InstanceId(1),
+            incarnation: Incarnation(0),
+        };
+        let mut outbox = Outbox::new(me, false);
+        let wait = std::time::Duration::from_millis(20);
+        for to in [2, 3] {
+            let stream: Box<dyn Write + Send> = Box::new(Slow(wait));
+            let channel = ChannelWriter::new(
+                InstanceId(to),
+                Incarnation(0),
+                Some(stream),
+                outbox.written.clone(),
+            );
+            outbox.channels.push(channel);
+        }
+        assert_eq!(outbox.blocked_secs(), 0.0);
+        // A mark on each channel: two writes, each held 20 ms at least.
+        outbox.flush(Stamp(9));
+        assert!(outbox.blocked_secs() >= 0.04, "{}", outbox.blocked_secs());
+    }
+
     /// The stamps of the tuples sent on `wire`, and its last mark.
     fn sent(wire: &Wire) -> (Vec<u64>, Stamp) {
         let bytes = wire.0.lock().unwrap().clone();
@@ -478,7 +567,12 @@ mod tests {
             .zip(&wires)
         {
             let stream: Box<dyn Write + Send> = Box::new(wire.clone());
-            let mut channel = ChannelWriter::new(InstanceId(to), Incarnation(0), Some(stream));
+            let mut channel = ChannelWriter::new(
+                InstanceId(to),
+                Incarnation(0),
+                Some(stream),
+                outbox.written.clone(),
+            );
             (channel.node, channel.start) = (node, start);
             outbox.channels.push(channel);
         }

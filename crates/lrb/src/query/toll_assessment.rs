@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufReader, Read};
 use std::path::Path;
 use std::thread::JoinHandle;
 
@@ -121,33 +121,46 @@ impl TollAssessment {
 }
 
 /// Reads the lines of `file` (at `path`) whose cars `ctx` owns.
+///
+/// Every instance of a split reads the whole file, under its worker's
+/// quota, and its first expenditure query waits for it: so a line of a car
+/// it does not own costs only finding its end and reading its VID, and
+/// whether it owns a car is decided once per run of that car's lines (the
+/// generator writes them together). A malformed line is reported by the
+/// instance owning its VID, hence by exactly one.
 fn read_tolls(file: File, path: &Path, ctx: &InstanceContext) -> Result<Tolls, OperatorError> {
     let started = std::time::Instant::now();
-    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut text = Vec::new();
+    BufReader::with_capacity(1 << 20, file).read_to_end(&mut text)?;
     let mut rows = Vec::new();
-    let mut line = Vec::with_capacity(64);
-    let mut line_no = 0u64;
     let bad = |line_no: u64, why: &str| {
         OperatorError::new(format!(
             "{}:{line_no}: {why} (expected VID,Day,XWay,Toll)",
             path.display()
         ))
     };
-    loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line)? == 0 {
-            break;
-        }
-        line_no += 1;
+    let mut owner: Option<(u32, bool)> = None;
+    for (index, line) in text.split(|&b| b == b'\n').enumerate() {
+        let line_no = index as u64 + 1;
         let text = line.trim_ascii();
         if text.is_empty() {
             continue;
         }
-        let [vid, day, xway, toll] = history_fields(text).map_err(|why| bad(line_no, &why))?;
+        let first = text.split(|&b| b == b',').next().unwrap_or_default();
+        let vid = number(first).map_err(|why| bad(line_no, &why))?;
         let vid = u32::try_from(vid).map_err(|_| bad(line_no, "VID out of range"))?;
-        if !ctx.owns(&vid) {
+        let owned = match owner {
+            Some((car, owned)) if car == vid => owned,
+            _ => {
+                let owned = ctx.owns(&vid);
+                owner = Some((vid, owned));
+                owned
+            }
+        };
+        if !owned {
             continue;
         }
+        let [_, day, xway, toll] = history_fields(text).map_err(|why| bad(line_no, &why))?;
         if !(1..=69).contains(&day) || xway > 999 {
             return Err(bad(line_no, "Day must be 1..=69 and XWay 0..=999"));
         }
@@ -182,25 +195,28 @@ fn history_fields(text: &[u8]) -> Result<[u64; 4], String> {
         if n == 4 {
             return Err("more than 4 fields".into());
         }
-        let digits = field.trim_ascii();
-        let not_a_number = || {
-            format!(
-                "`{}` is not a non-negative integer",
-                String::from_utf8_lossy(field)
-            )
-        };
-        if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-            return Err(not_a_number());
-        }
-        values[n] = digits
-            .iter()
-            .fold(0u64, |v, &d| v * 10 + u64::from(d - b'0'));
+        values[n] = number(field)?;
         n += 1;
     }
     if n != 4 {
         return Err(format!("{n} fields"));
     }
     Ok(values)
+}
+
+/// The non-negative integer of one field (spaces around it allowed), or
+/// why it is not one.
+fn number(field: &[u8]) -> Result<u64, String> {
+    let digits = field.trim_ascii();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(format!(
+            "`{}` is not a non-negative integer",
+            String::from_utf8_lossy(field)
+        ));
+    }
+    Ok(digits
+        .iter()
+        .fold(0u64, |v, &d| v * 10 + u64::from(d - b'0')))
 }
 
 impl StatefulOperator for TollAssessment {
@@ -310,5 +326,51 @@ mod tests {
         assert!(error("1,2,3,4,5\n").contains("more than 4 fields"));
         assert!(error("1,70,3,4\n").contains("Day must be"));
         assert!(error("1,2,3,4\n5,6,7,8\n1,2,3,9\n").contains(":3: a second toll"));
+        assert!(error("1,2,3,4\nx,6,7,8\n").contains(":2: `x` is not"));
+    }
+
+    #[test]
+    fn each_line_is_read_by_the_instance_owning_its_car_only() {
+        // Cars 0..200, three lines each, over two halves of the key space:
+        // each car's tolls are found by exactly one, and a malformed line
+        // (car 7's) only by the one owning car 7.
+        let mut text = String::new();
+        for vid in 0..200 {
+            for day in 1..=3 {
+                text.push_str(&format!("{vid},{day},0,{}\n", vid * 10 + day));
+            }
+        }
+        let path = std::env::temp_dir().join(format!("tolls-split-{}.csv", std::process::id()));
+        std::fs::write(&path, &text).unwrap();
+        let halves = KeyRange::FULL.split_even(2);
+        let ctx = |key_range| InstanceContext {
+            operator: "toll_assessment".into(),
+            instance: 0,
+            index: 0,
+            parallelism: 2,
+            key_range,
+            restoring: false,
+            incarnation: Incarnation(0),
+        };
+        let loaded: Vec<Tolls> = halves
+            .iter()
+            .map(|r| read_tolls(File::open(&path).unwrap(), &path, &ctx(*r)).unwrap())
+            .collect();
+        for vid in 0..200u32 {
+            let owners: Vec<usize> = (0..2).filter(|&h| ctx(halves[h]).owns(&vid)).collect();
+            assert_eq!(owners.len(), 1);
+            for (h, tolls) in loaded.iter().enumerate() {
+                let expected = if owners[0] == h { vid * 10 + 2 } else { 0 };
+                assert_eq!(tolls.get(vid, 2, 0), expected, "car {vid}, half {h}");
+            }
+        }
+        std::fs::write(&path, text.replace("7,2,0,72\n", "7,2,zero,72\n")).unwrap();
+        let failed: Vec<bool> = halves
+            .iter()
+            .map(|r| read_tolls(File::open(&path).unwrap(), &path, &ctx(*r)).is_err())
+            .collect();
+        std::fs::remove_file(&path).unwrap();
+        let owner = (0..2).find(|&h| ctx(halves[h]).owns(&7u32)).unwrap();
+        assert_eq!(failed, [owner == 0, owner == 1]);
     }
 }

@@ -48,6 +48,8 @@ fn seen(rate: f64, offered: f64, true_rate: f64, reports: u32, policy: &ScalePol
         } else {
             0
         },
+        busy: cpu.min(1.0),
+        ..Observed::default()
     }
 }
 
@@ -161,7 +163,7 @@ fn an_instance_without_a_full_window_of_rates_is_not_judged() {
             utilization: 1.0,
             rates: None,
             hot: 9,
-            cold: 0,
+            ..Observed::default()
         },
     )]);
     assert!(decide_on(&policy, &plan, &observed, 4).is_empty());
@@ -204,6 +206,188 @@ fn cold_neighbours_merge_only_when_together_they_stay_cold() {
         .collect();
     // 0.05 + 0.06 fits under 0.15; 0.1 + 0.1 does not, nor 0.06 + 0.1.
     assert_eq!(merged, vec![(InstanceId(0), InstanceId(1))]);
+}
+
+#[test]
+fn no_merge_while_any_instance_is_silent_blocked_or_saturated() {
+    // Behind a stalled instance every other one looks cold: the job must
+    // flow before anything merges.
+    for policy in [rate_policy(), threshold_policy()] {
+        let plan = plan(2);
+        let cold = seen(20.0, 20.0, 1000.0, 5, &policy);
+        // Instance 9: elsewhere in the job (a source, say), at 30 %.
+        let elsewhere = seen(300.0, 300.0, 1000.0, 5, &policy);
+        let observe = |other: Observed| {
+            HashMap::from([
+                (InstanceId(0), cold.clone()),
+                (InstanceId(1), cold.clone()),
+                (InstanceId(9), other),
+            ])
+        };
+        let merges = |observed: &HashMap<InstanceId, Observed>| {
+            decide_on(&policy, &plan, observed, 0)
+                .iter()
+                .filter(|a| matches!(a, Action::Merge { .. }))
+                .count()
+        };
+        assert_eq!(merges(&observe(elsewhere.clone())), 1, "{policy:?}");
+        let silent = Observed {
+            stale: true,
+            ..elsewhere.clone()
+        };
+        let blocked = Observed {
+            blocked: 0.5,
+            busy: 0.3,
+            ..elsewhere.clone()
+        };
+        let saturated = Observed {
+            busy: 0.97,
+            backlog: true,
+            ..elsewhere.clone()
+        };
+        let unmeasured = Observed {
+            rates: None,
+            ..elsewhere
+        };
+        for other in [silent, blocked, saturated, unmeasured] {
+            assert_eq!(merges(&observe(other.clone())), 0, "{policy:?}: {other:?}");
+        }
+    }
+}
+
+#[test]
+fn a_saturated_instance_is_split_whatever_its_cpu_counter_says() {
+    // 30 % of its quota by its own CPU counter (its worker's other threads
+    // and the quota's throttling took the rest), busy all the time with
+    // input waiting: it needs at least all of its quota, so 2 parts at 70 %.
+    let policy = rate_policy();
+    let plan = plan(1);
+    let counted = seen(300.0, 300.0, 1000.0, 1, &policy);
+    let mut observed = HashMap::from([(InstanceId(0), counted.clone())]);
+    assert!(decide_on(&policy, &plan, &observed, 4).is_empty());
+    // Busy but with nothing waiting: a burst it kept up with.
+    observed.insert(
+        InstanceId(0),
+        Observed {
+            busy: 0.95,
+            ..counted.clone()
+        },
+    );
+    assert!(decide_on(&policy, &plan, &observed, 4).is_empty());
+    observed.insert(
+        InstanceId(0),
+        Observed {
+            busy: 0.95,
+            backlog: true,
+            ..counted.clone()
+        },
+    );
+    assert_eq!(
+        splits(&decide_on(&policy, &plan, &observed, 4)),
+        vec![(InstanceId(0), 2)]
+    );
+    // Its queue growing too: offered 600/s, twice what it takes.
+    observed.insert(
+        InstanceId(0),
+        Observed {
+            rates: Some((300.0, 0.3, 600.0)),
+            busy: 1.0,
+            backlog: true,
+            ..counted
+        },
+    );
+    assert_eq!(
+        splits(&decide_on(&policy, &plan, &observed, 4)),
+        vec![(InstanceId(0), 3)]
+    );
+}
+
+#[test]
+fn the_autoscaler_reads_blocked_and_idle_time_and_notices_silence() {
+    let mut autoscaler = Autoscaler::new(Some(rate_policy()), None);
+    let start = Instant::now();
+    // Each second: 0.1 s of CPU, 0.3 s waiting for input, 0.5 s blocked
+    // writing to a downstream.
+    let sample = |second: u64| InstanceMetrics {
+        instance: InstanceId(0),
+        tuples_in: 100 * second,
+        cpu_secs: 0.1 * second as f64,
+        idle_secs: 0.3 * second as f64,
+        blocked_secs: 0.5 * second as f64,
+        ..InstanceMetrics::default()
+    };
+    for second in 0..=WINDOW as u64 {
+        autoscaler.observe(sample(second), start + Duration::from_secs(second));
+    }
+    let now = start + Duration::from_secs(WINDOW as u64);
+    let seen = &autoscaler.observed(now)[&InstanceId(0)];
+    assert!((seen.blocked - 0.5).abs() < 1e-9, "{seen:?}");
+    assert!((seen.busy - 0.2).abs() < 1e-9, "{seen:?}");
+    assert!(!seen.stale && !seen.flowing(), "{seen:?}");
+    // Three seconds without a report: stale. The next report still extends
+    // the window (an instance in long rounds reports only between them),
+    // and its rates average over the silence.
+    let later = now + Duration::from_secs(3);
+    assert!(autoscaler.observed(later)[&InstanceId(0)].stale);
+    autoscaler.observe(sample(WINDOW as u64 + 3), later);
+    let seen = &autoscaler.observed(later)[&InstanceId(0)];
+    assert!(!seen.stale, "{seen:?}");
+    let (rate, cpu, _) = seen.rates.expect("a full window");
+    assert!(
+        (rate - 100.0).abs() < 1e-9 && (cpu - 0.1).abs() < 1e-9,
+        "{seen:?}"
+    );
+    // A finished instance reports no more, and is no stall.
+    autoscaler.finished(InstanceId(0));
+    assert!(autoscaler.observed(later + STALE_AFTER * 2).is_empty());
+}
+
+#[test]
+fn a_decision_carried_out_starts_every_window_afresh() {
+    let policy = ScalePolicy {
+        cooldown: Duration::from_secs(1),
+        ..rate_policy()
+    };
+    let mut autoscaler = Autoscaler::new(Some(policy), None);
+    let plan = plan(2);
+    let start = Instant::now();
+    // Instance 1 at 90 %: split. Instance 0 waited during the split's
+    // pause and catches up at 95 %: not a load to split for.
+    let sample = |id: u32, second: u64, share: f64| InstanceMetrics {
+        instance: InstanceId(id),
+        tuples_in: (1000.0 * share) as u64 * second,
+        cpu_secs: share * second as f64,
+        ..InstanceMetrics::default()
+    };
+    for second in 0..=WINDOW as u64 {
+        let at = start + Duration::from_secs(second);
+        autoscaler.observe(sample(0, second, 0.2), at);
+        autoscaler.observe(sample(1, second, 0.9), at);
+    }
+    let now = start + Duration::from_secs(WINDOW as u64);
+    let (_, actions) = autoscaler.decide(&plan, &[0], 4, now).unwrap();
+    assert_eq!(splits(&actions), vec![(InstanceId(1), 2)]);
+    autoscaler.forget(InstanceId(1));
+    // A pause of 2 s; for as long again instance 0 catches up at 95 %, and
+    // no window starts before: the next decision needs a full one after.
+    let done = now + Duration::from_secs(2);
+    autoscaler.carried_out(done, Duration::from_secs(2));
+    for tenth in 1..20 {
+        let at = done + Duration::from_millis(100 * tenth);
+        autoscaler.observe(sample(0, 10 + tenth, 0.95), at);
+        assert_eq!(autoscaler.decide(&plan, &[0], 4, at), None);
+    }
+    for second in 2..=(2 + WINDOW as u64) {
+        let at = done + Duration::from_secs(second);
+        autoscaler.observe(sample(0, 1000 + second, 0.2), at);
+        let decided = autoscaler.decide(&plan, &[0], 4, at);
+        if second < 2 + WINDOW as u64 {
+            assert_eq!(decided, None, "a window of the catch-up");
+        } else {
+            assert_eq!(decided, None, "0.2 needs no split");
+            assert!(autoscaler.observed(at)[&InstanceId(0)].rates.is_some());
+        }
+    }
 }
 
 #[test]
@@ -257,7 +441,7 @@ fn the_autoscaler_measures_true_rates_over_its_window_and_numbers_decisions() {
     assert!((autoscaler.utilization(InstanceId(0)) - 0.9).abs() < 1e-9);
     // The cooldown counts from when the decision was carried out.
     let done = start + Duration::from_secs(10);
-    autoscaler.carried_out(done);
+    autoscaler.carried_out(done, Duration::ZERO);
     assert_eq!(
         autoscaler.decide(&plan, &[0], 4, done + Duration::from_secs(4)),
         None
