@@ -226,20 +226,13 @@ impl Cluster {
                     .filter(|_| !self.net.is_broken(to.worker));
                 if let Some(bytes) = replica {
                     let frontier = Checkpoint::frontier(&bytes).expect("valid");
-                    let answer =
-                        self.holdings
-                            .entry(to.worker)
-                            .or_default()
-                            .store(BackupShipment {
-                                instance,
-                                incarnation,
-                                frontier,
-                                bytes,
-                            });
-                    if matches!(answer, ToCoordinator::BackupStored(_)) {
-                        self.held.insert((to.worker, instance));
-                    }
-                    self.net.say(to.worker, answer);
+                    let shipment = BackupShipment {
+                        instance,
+                        incarnation,
+                        frontier,
+                        bytes,
+                    };
+                    self.store_at(to.worker, shipment);
                 }
             }
             ToWorker::DropBackup { instance } => {
@@ -415,19 +408,21 @@ impl Cluster {
     fn ship(&mut self, shipment: &BackupShipment) {
         let holders = self.route(shipment.instance);
         for holder in holders {
-            if self.net.is_broken(holder) {
-                continue;
+            if !self.net.is_broken(holder) {
+                self.store_at(holder, shipment.clone());
             }
-            let answer = self
-                .holdings
-                .entry(holder)
-                .or_default()
-                .store(shipment.clone());
-            if matches!(answer, ToCoordinator::BackupStored(_)) {
-                self.held.insert((holder, shipment.instance));
-            }
-            self.net.say(holder, answer);
         }
+    }
+
+    /// Holder `holder` takes `shipment` and answers the coordinator, as a
+    /// real holder would.
+    fn store_at(&mut self, holder: WorkerId, shipment: BackupShipment) {
+        let instance = shipment.instance;
+        let answer = self.holdings.entry(holder).or_default().store(shipment);
+        if matches!(answer, ToCoordinator::BackupStored(_)) {
+            self.held.insert((holder, instance));
+        }
+        self.net.say(holder, answer);
     }
 
     /// The holders the worker hosting `id` was told of.

@@ -134,11 +134,7 @@ impl BackupChain {
     /// when there are no deltas, else a chain ([`Checkpoint::decode`]
     /// folds it).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.shared().len());
-        self.shared()
-            .write_to(&mut out)
-            .expect("writing to a vector cannot fail");
-        out
+        self.shared().to_vec()
     }
 
     /// The same encoding, sharing the chain's bytes instead of copying
@@ -174,6 +170,14 @@ impl SharedEncoding {
     /// Whether it is empty (never: a backup holds a full checkpoint).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Copies it into one vector.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len());
+        self.write_to(&mut out)
+            .expect("writing to a vector cannot fail");
+        out
     }
 
     /// Writes it.

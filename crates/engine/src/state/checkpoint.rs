@@ -470,21 +470,24 @@ impl Checkpoint {
     /// no more.
     pub fn decode_owned(bytes: Vec<u8>) -> Result<Checkpoint, EngineError> {
         Self::verify(&bytes)?;
-        let base = match Self::kind(&bytes)? {
-            CheckpointKind::Full => HEADER..bytes.len(),
+        // Where the full checkpoint and each delta lie in `bytes`.
+        let parts: Vec<Range<usize>> = match Self::kind(&bytes)? {
+            CheckpointKind::Full => std::iter::once(0..bytes.len()).collect(),
             CheckpointKind::Delta { base } => return Err(delta_alone(base)),
             CheckpointKind::Chain => {
                 let parts = chain_parts(&bytes)?;
-                let start = chain_base(&parts)?.as_ptr() as usize - bytes.as_ptr() as usize;
-                start + HEADER..start + parts[0].len()
+                chain_base(&parts)?;
+                let at = |part: &[u8]| part.as_ptr() as usize - bytes.as_ptr() as usize;
+                parts.iter().map(|p| at(p)..at(p) + p.len()).collect()
             }
         };
         let body = SharedBytes::new(bytes)?;
-        let checkpoint = decode_body(&body, base)?;
-        match Self::kind(body.bytes())? {
-            CheckpointKind::Chain => checkpoint.fold_deltas(&chain_parts(body.bytes())?[1..]),
-            _ => Ok(checkpoint),
-        }
+        let checkpoint = decode_body(&body, parts[0].start + HEADER..parts[0].end)?;
+        let deltas: Vec<&[u8]> = parts[1..]
+            .iter()
+            .map(|r| &body.bytes()[r.clone()])
+            .collect();
+        checkpoint.fold_deltas(&deltas)
     }
 
     /// Folds `deltas` (encoded, in order) into this checkpoint, checking

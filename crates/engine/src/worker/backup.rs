@@ -101,9 +101,10 @@ impl Holdings {
         }
     }
 
-    /// The whole backup of `instance` (its checkpoints folded), if held.
+    /// The whole backup of `instance` (its checkpoints folded), if held,
+    /// copied once the lock is released.
     pub(crate) fn fetch(&self, instance: InstanceId) -> Option<Vec<u8>> {
-        self.lock().get(&instance).map(|(_, chain)| chain.encode())
+        self.shared(instance).map(|shared| shared.to_vec())
     }
 
     /// The same, sharing the held bytes: to send, once the lock is
@@ -120,15 +121,11 @@ impl Holdings {
             let (_, chain) = held.get(&instance)?;
             (chain.frontier(), chain.shared())
         };
-        let mut bytes = Vec::with_capacity(shared.len());
-        shared
-            .write_to(&mut bytes)
-            .expect("writing to a vector cannot fail");
         Some(BackupShipment {
             instance,
             incarnation,
             frontier,
-            bytes,
+            bytes: shared.to_vec(),
         })
     }
 
@@ -201,7 +198,7 @@ fn send_backup(
 
 /// How long a fetch waits for the holder's next bytes: a holder cut off
 /// mid-transfer must not hold a restore forever, while a large backup that
-/// keeps coming (the holder folds it first) is waited for.
+/// keeps coming is waited for.
 const FETCH_SILENCE: Duration = Duration::from_secs(10);
 
 /// Fetches the whole backup of `instance` from `holder` (a worker about to
