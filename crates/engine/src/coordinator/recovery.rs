@@ -59,20 +59,9 @@ impl Job<'_> {
     /// reconfiguration is recovered once that reconfiguration is over.
     pub(super) fn recover(&mut self) -> Result<(), EngineError> {
         // 1. Detect, and gather failures that come together.
-        let gather_until = Instant::now() + GATHER_FAILURES;
-        while let Some(event) = self.links.next_event(gather_until)? {
-            self.absorb(event)?;
-        }
-        let failing = std::mem::take(&mut self.failing);
-        let Some(first) = failing.first() else {
+        let Some((workers, reason, detected_ms)) = self.gather_failures()? else {
             return Ok(());
         };
-        let (reason, detected_ms) = (first.reason.clone(), first.detected_ms);
-        let workers: Vec<WorkerId> = failing.iter().map(|f| f.worker).collect();
-        self.record(
-            EventKind::Failure,
-            format!("workers {workers:?} failed: {reason}"),
-        );
         let degraded = self.backups.holders_failed(&workers);
         if self.config.pool > 0 {
             for _ in &workers {
@@ -141,6 +130,27 @@ impl Job<'_> {
         self.awaiting_catch_up.extend(failed);
         self.awaiting_catch_up.extend(new_instances);
         Ok(())
+    }
+
+    /// The failures queued and those that come with them: the failed
+    /// workers, the first one's reason and when it was detected (none
+    /// queued: `None`). Records the failure.
+    fn gather_failures(&mut self) -> Result<Option<(Vec<WorkerId>, String, u64)>, EngineError> {
+        let gather_until = Instant::now() + GATHER_FAILURES;
+        while let Some(event) = self.links.next_event(gather_until)? {
+            self.absorb(event)?;
+        }
+        let failing = std::mem::take(&mut self.failing);
+        let Some(first) = failing.first() else {
+            return Ok(None);
+        };
+        let (reason, detected_ms) = (first.reason.clone(), first.detected_ms);
+        let workers: Vec<WorkerId> = failing.iter().map(|f| f.worker).collect();
+        self.record(
+            EventKind::Failure,
+            format!("workers {workers:?} failed: {reason}"),
+        );
+        Ok(Some((workers, reason, detected_ms)))
     }
 
     /// When the latest injected kill at or before `detected_ms` fired.
