@@ -271,7 +271,7 @@ fn checkpoint(c: &mut Criterion) {
                 output_buffer: &OutputBuffer::default(),
                 operator_state: &[],
             };
-            black_box(parts.encode_delta(Stamp(1)).expect("encodes").len())
+            black_box(parts.encode_delta(Stamp(1), None).expect("encodes").len())
         })
     });
     for &k in &changed {

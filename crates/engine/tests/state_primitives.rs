@@ -200,7 +200,7 @@ fn encode(entries: &[StateEntry], frontier: u64, base: Option<u64>) -> Vec<u8> {
         operator_state: &frontier.to_le_bytes(),
     };
     match base {
-        Some(base) => parts.encode_delta(Stamp(base)).unwrap(),
+        Some(base) => parts.encode_delta(Stamp(base), None).unwrap(),
         None => parts.encode().unwrap(),
     }
 }
@@ -263,6 +263,119 @@ proptest! {
             }
         }
     }
+}
+
+/// What happens to an output buffer between two checkpoints.
+#[derive(Clone, Debug)]
+enum BufferStep {
+    /// A batch of `len` bytes to downstream `to`.
+    Push { to: u32, len: usize },
+    /// Downstream `to` made its input durable up to `back` batches ago.
+    Trim { to: u32, back: u64 },
+    /// A downstream split: `to + 1` takes a copy of what `to` holds.
+    Copy { to: u32 },
+}
+
+/// Intervals of buffer steps, each ended by a checkpoint (in full when
+/// its flag is set).
+fn buffer_intervals() -> impl Strategy<Value = Vec<(Vec<BufferStep>, bool)>> {
+    let step = prop_oneof![
+        6 => (0u32..3, 1usize..40).prop_map(|(to, len)| BufferStep::Push { to, len }),
+        3 => (0u32..3, 0u64..6).prop_map(|(to, back)| BufferStep::Trim { to, back }),
+        1 => (0u32..3).prop_map(|to| BufferStep::Copy { to }),
+    ];
+    prop::collection::vec(
+        (
+            prop::collection::vec(step, 0..30),
+            prop::bool::weighted(0.15),
+        ),
+        1..10,
+    )
+}
+
+proptest! {
+    /// Incremental checkpoints carry only an output buffer's changes since
+    /// the previous checkpoint, and the chain a holder keeps folds them back
+    /// to the buffer the instance holds, whatever was pushed, trimmed or
+    /// copied in between.
+    #[test]
+    fn buffer_changes_fold_to_the_live_buffer(intervals in buffer_intervals()) {
+        let mut live = OutputBuffer::default();
+        let mut stamp = 0u64;
+        let mut mark = None;
+        let mut chain: Option<BackupChain> = None;
+        for (i, (steps, take_full)) in intervals.iter().enumerate() {
+            for step in steps {
+                match *step {
+                    BufferStep::Push { to, len } => {
+                        stamp += 1;
+                        live.push(to, Stamp(stamp), &vec![to as u8; len]);
+                    }
+                    BufferStep::Trim { to, back } => live.trim(to, Stamp(stamp.saturating_sub(back))),
+                    BufferStep::Copy { to } => live.copy(to, to + 1),
+                }
+            }
+            let frontier = 1000 * (i as u64 + 1);
+            let parts = CheckpointParts {
+                operator: "op",
+                key_range: KeyRange::FULL,
+                frontier: Stamp(frontier),
+                entries: &[],
+                output_buffer: &live,
+                operator_state: &[],
+            };
+            let bytes = match &chain {
+                Some(c) if !take_full => parts.encode_delta(c.frontier(), mark.as_ref()).unwrap(),
+                _ => parts.encode().unwrap(),
+            };
+            mark = Some(live.mark());
+            match &mut chain {
+                Some(c) => c.push(Stamp(frontier), bytes).unwrap(),
+                None => chain = Some(BackupChain::new(Stamp(frontier), bytes).unwrap()),
+            }
+            let folded = Checkpoint::decode(&chain.as_ref().unwrap().encode()).unwrap();
+            prop_assert_eq!(&folded.output_buffer, &live);
+            prop_assert_eq!(folded.output_buffer.bytes(), live.bytes());
+        }
+    }
+}
+
+#[test]
+fn a_delta_carries_only_the_buffer_pushed_since_its_base() {
+    let mut buffer = OutputBuffer::default();
+    for s in 1..=100 {
+        buffer.push(3, Stamp(s), &[0; 1000]);
+    }
+    fn parts(buffer: &OutputBuffer) -> CheckpointParts<'_> {
+        CheckpointParts {
+            operator: "op",
+            key_range: KeyRange::FULL,
+            frontier: Stamp(100),
+            entries: &[],
+            output_buffer: buffer,
+            operator_state: &[],
+        }
+    }
+    let full = parts(&buffer).encode().unwrap();
+    let mark = buffer.mark();
+    buffer.push(3, Stamp(101), &[0; 1000]);
+    buffer.trim(3, Stamp(50));
+    let delta = parts(&buffer)
+        .encode_delta(Stamp(100), Some(&mark))
+        .unwrap();
+    assert!(
+        full.len() > 100_000 && delta.len() < 1_200,
+        "{} then {}",
+        full.len(),
+        delta.len()
+    );
+    // A reshaped buffer goes whole.
+    let mark = buffer.mark();
+    buffer.copy(3, 4);
+    let whole = parts(&buffer)
+        .encode_delta(Stamp(100), Some(&mark))
+        .unwrap();
+    assert!(whole.len() > 100_000, "{}", whole.len());
 }
 
 #[test]

@@ -372,7 +372,7 @@ impl Cluster {
             operator_state: &[],
         };
         let mut bytes = match base {
-            Some(base) => parts.encode_delta(base),
+            Some(base) => parts.encode_delta(base, None),
             None => parts.encode(),
         }
         .expect("encodes");

@@ -7,8 +7,10 @@
 //! the receiver drops what it has already processed by stamp.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::{Deserialize, Serialize};
+use serde::ser::{SerializeMap, SerializeStruct};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::error::EngineError;
 use crate::stamp::merge::read_tuple;
@@ -28,16 +30,86 @@ pub struct BufferedBatch {
 }
 
 /// Per downstream instance, the batches sent to it, oldest first.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// A buffer only grows at the back and shrinks at the front between
+/// reshapes (a restore, a split's copy, a merge's interleaving), so what
+/// changed since a checkpoint is, per downstream, the frontier trimmed to
+/// and the batches pushed since: [`OutputBuffer::since`] marks a point and
+/// an incremental checkpoint carries only those changes
+/// ([`BufferEncoding`]). Without that, every checkpoint of an instance
+/// whose downstream lags carried its whole backlog of outputs again.
+#[derive(Clone, Debug, Deserialize)]
 pub struct OutputBuffer {
     channels: BTreeMap<u32, VecDeque<BufferedBatch>>,
     bytes: usize,
+    /// `Some` in a decoded incremental checkpoint: `channels` then hold
+    /// only the batches pushed since its base, and the base's batches to
+    /// each downstream at or below its trim frontier here are gone
+    /// ([`OutputBuffer::then`] folds it).
+    trims: Option<BTreeMap<u32, Stamp>>,
+    /// Per downstream, batches ever pushed and the highest frontier ever
+    /// trimmed to, for [`OutputBuffer::since`].
+    #[serde(skip)]
+    tally: BTreeMap<u32, (u64, Stamp)>,
+    /// Which buffer this is, and how many times it changed other than by
+    /// a push or a trim: a mark from another buffer, or from before a
+    /// reshape, does not describe this one.
+    #[serde(skip, default = "Lineage::fresh")]
+    lineage: Lineage,
 }
+
+/// See [`OutputBuffer::lineage`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Lineage {
+    buffer: u64,
+    reshapes: u64,
+}
+
+impl Lineage {
+    fn fresh() -> Lineage {
+        static BUFFERS: AtomicU64 = AtomicU64::new(0);
+        Lineage {
+            buffer: BUFFERS.fetch_add(1, Ordering::Relaxed),
+            reshapes: 0,
+        }
+    }
+}
+
+impl Default for OutputBuffer {
+    fn default() -> Self {
+        OutputBuffer {
+            channels: BTreeMap::new(),
+            bytes: 0,
+            trims: None,
+            tally: BTreeMap::new(),
+            lineage: Lineage::fresh(),
+        }
+    }
+}
+
+/// Where an output buffer stood at a checkpoint, so that the next one can
+/// carry only what changed since ([`OutputBuffer::since`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BufferMark {
+    pushed: BTreeMap<u32, u64>,
+    lineage: Lineage,
+}
+
+impl PartialEq for OutputBuffer {
+    /// Equal batches and trims; the bookkeeping of how they came to be
+    /// does not count.
+    fn eq(&self, other: &Self) -> bool {
+        (&self.channels, self.bytes, &self.trims) == (&other.channels, other.bytes, &other.trims)
+    }
+}
+
+impl Eq for OutputBuffer {}
 
 impl OutputBuffer {
     /// Records a batch sent to downstream instance `to`.
     pub fn push(&mut self, to: u32, last: Stamp, body: &[u8]) {
         self.bytes += body.len();
+        self.tally.entry(to).or_default().0 += 1;
         self.channels
             .entry(to)
             .or_default()
@@ -50,6 +122,8 @@ impl OutputBuffer {
     /// Drops the batches to `to` that its checkpoint at `frontier` covers.
     pub fn trim(&mut self, to: u32, frontier: Stamp) {
         if let Some(queue) = self.channels.get_mut(&to) {
+            let trimmed = &mut self.tally.entry(to).or_default().1;
+            *trimmed = (*trimmed).max(frontier);
             while queue.front().is_some_and(|b| b.last <= frontier) {
                 if let Some(batch) = queue.pop_front() {
                     self.bytes -= batch.body.len();
@@ -58,11 +132,58 @@ impl OutputBuffer {
         }
     }
 
+    /// Records a change other than a push or a trim: the next checkpoint
+    /// takes the buffer whole, and trims count again from here (a copy may
+    /// add batches below an earlier trim).
+    fn reshaped(&mut self) {
+        self.lineage.reshapes += 1;
+        for (_, trimmed) in self.tally.values_mut() {
+            *trimmed = Stamp::ZERO;
+        }
+    }
+
+    /// Where the buffer stands now: the base of the next checkpoint's
+    /// changes.
+    pub fn mark(&self) -> BufferMark {
+        BufferMark {
+            pushed: self.tally.iter().map(|(to, (n, _))| (*to, *n)).collect(),
+            lineage: self.lineage,
+        }
+    }
+
+    /// How to encode this buffer in a checkpoint on the one taken at
+    /// `mark`: only its changes since, unless it was reshaped since (or
+    /// there is no mark), then whole.
+    pub fn since<'a>(&'a self, mark: Option<&'a BufferMark>) -> BufferEncoding<'a> {
+        BufferEncoding {
+            buffer: self,
+            since: mark.filter(|m| m.lineage == self.lineage && self.trims.is_none()),
+        }
+    }
+
+    /// This buffer (a base's) with `changes` (a later checkpoint's buffer)
+    /// folded in: the changes' trims applied, then their batches added; a
+    /// whole buffer simply replaces this one.
+    pub fn then(mut self, changes: OutputBuffer) -> OutputBuffer {
+        let Some(trims) = changes.trims else {
+            return changes;
+        };
+        for (to, frontier) in trims {
+            self.trim(to, frontier);
+        }
+        for (to, batches) in changes.channels {
+            self.bytes += batches.iter().map(|b| b.body.len()).sum::<usize>();
+            self.channels.entry(to).or_default().extend(batches);
+        }
+        self
+    }
+
     /// Moves what is kept for `from` into what is kept for `into`, in stamp
     /// order, keeping only tuples above `above`: a scale in merged `from`
     /// into `into`, which starts at `above` and must be replayed both
     /// partitions' inputs in one ordered stream.
     pub fn absorb(&mut self, from: u32, into: u32, above: Stamp) -> Result<(), EngineError> {
+        self.reshaped();
         let queues: Vec<VecDeque<BufferedBatch>> = [into, from]
             .iter()
             .filter_map(|c| self.channels.remove(c))
@@ -73,6 +194,7 @@ impl OutputBuffer {
     /// Adds `other`'s batches to this buffer's, each downstream's in stamp
     /// order: the buffers of two partitions merged by a scale in.
     pub fn merge(&mut self, other: OutputBuffer) -> Result<(), EngineError> {
+        self.reshaped();
         // Counted here until interleaving re-counts them.
         self.bytes += other.bytes;
         for (to, queue) in other.channels {
@@ -141,6 +263,7 @@ impl OutputBuffer {
     /// from `from` takes over its part of those batches), creating the
     /// entry even when there is nothing to copy.
     pub fn copy(&mut self, from: u32, to: u32) {
+        self.reshaped();
         let batches = self.channels.get(&from).cloned().unwrap_or_default();
         self.bytes += batches.iter().map(|b| b.body.len()).sum::<usize>();
         self.channels.entry(to).or_default().extend(batches);
@@ -164,6 +287,89 @@ impl OutputBuffer {
     /// Bytes held, for metrics and bounds.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+}
+
+/// How an [`OutputBuffer`] goes into a checkpoint
+/// ([`OutputBuffer::since`]): whole, or only its changes since a mark.
+/// Either way it decodes as an `OutputBuffer` (with `trims` set for
+/// changes).
+pub struct BufferEncoding<'a> {
+    buffer: &'a OutputBuffer,
+    since: Option<&'a BufferMark>,
+}
+
+impl BufferEncoding<'_> {
+    /// Per downstream, how many batches at the back of its queue to write
+    /// (every downstream is listed, so that a fold knows of each one, even
+    /// with nothing for it: [`OutputBuffer::holds`]).
+    fn written(&self) -> impl Iterator<Item = (u32, &VecDeque<BufferedBatch>, usize)> + '_ {
+        self.buffer.channels.iter().map(move |(to, queue)| {
+            let n = match self.since {
+                None => queue.len(),
+                Some(mark) => {
+                    let pushed = self.buffer.tally.get(to).map_or(0, |t| t.0);
+                    let new = pushed - mark.pushed.get(to).copied().unwrap_or(0);
+                    queue.len().min(usize::try_from(new).unwrap_or(usize::MAX))
+                }
+            };
+            (*to, queue, n)
+        })
+    }
+}
+
+impl Serialize for BufferEncoding<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// The last `.1` batches of a queue, as a sequence.
+        struct Tail<'q>(&'q VecDeque<BufferedBatch>, usize);
+        impl Serialize for Tail<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(self.0.iter().skip(self.0.len() - self.1))
+            }
+        }
+        struct Channels<'e>(&'e BufferEncoding<'e>);
+        impl Serialize for Channels<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let written: Vec<_> = self.0.written().collect();
+                let mut map = serializer.serialize_map(Some(written.len()))?;
+                for (to, queue, n) in written {
+                    map.serialize_entry(&to, &Tail(queue, n))?;
+                }
+                map.end()
+            }
+        }
+        let (bytes, trims) = match self.since {
+            None => (self.buffer.bytes, self.buffer.trims.clone()),
+            Some(_) => (
+                self.written()
+                    .map(|(_, q, n)| {
+                        q.iter()
+                            .skip(q.len() - n)
+                            .map(|b| b.body.len())
+                            .sum::<usize>()
+                    })
+                    .sum(),
+                Some(
+                    self.buffer
+                        .tally
+                        .iter()
+                        .filter(|(_, (_, trimmed))| *trimmed > Stamp::ZERO)
+                        .map(|(to, (_, trimmed))| (*to, *trimmed))
+                        .collect(),
+                ),
+            ),
+        };
+        let mut s = serializer.serialize_struct("OutputBuffer", 3)?;
+        s.serialize_field("channels", &Channels(self))?;
+        s.serialize_field("bytes", &bytes)?;
+        s.serialize_field("trims", &trims)?;
+        s.end()
+    }
+}
+
+impl Serialize for OutputBuffer {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.since(None).serialize(serializer)
     }
 }
 

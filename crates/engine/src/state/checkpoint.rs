@@ -7,7 +7,7 @@ use bincode::Options;
 use serde::de::{DeserializeSeed, Deserializer, Error as _, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use super::buffer::OutputBuffer;
+use super::buffer::{BufferEncoding, BufferMark, OutputBuffer};
 use super::routing::KeyRange;
 use crate::error::EngineError;
 use crate::stamp::Stamp;
@@ -174,8 +174,7 @@ pub struct Checkpoint {
 }
 
 /// A checkpoint's parts by reference, so an instance can encode one without
-/// copying its state or buffers first. Serialises exactly as [`Checkpoint`].
-#[derive(Serialize)]
+/// copying its state or buffers first. Encodes exactly as [`Checkpoint`].
 pub struct CheckpointParts<'a> {
     /// See [`Checkpoint::operator`].
     pub operator: &'a str,
@@ -188,27 +187,57 @@ pub struct CheckpointParts<'a> {
     /// See [`Checkpoint::output_buffer`].
     pub output_buffer: &'a OutputBuffer,
     /// See [`Checkpoint::operator_state`].
-    #[serde(with = "serde_bytes")]
     pub operator_state: &'a [u8],
+}
+
+/// The body of an encoded checkpoint, in [`Checkpoint`]'s field order.
+#[derive(Serialize)]
+struct Body<'a> {
+    operator: &'a str,
+    key_range: KeyRange,
+    frontier: Stamp,
+    entries: &'a [StateEntry],
+    output_buffer: BufferEncoding<'a>,
+    #[serde(with = "serde_bytes")]
+    operator_state: &'a [u8],
 }
 
 impl CheckpointParts<'_> {
     /// Encodes the parts as [`Checkpoint::encode`] would encode the whole.
     pub fn encode(&self) -> Result<Vec<u8>, EngineError> {
-        self.encode_as(FULL_MAGIC, None)
+        self.encode_as(FULL_MAGIC, None, None)
     }
 
     /// Encodes the parts as an incremental checkpoint: `entries` are the
     /// keys changed since the checkpoint at `base`, which it must be folded
-    /// into ([`Checkpoint::apply`]) to be restored.
-    pub fn encode_delta(&self, base: Stamp) -> Result<Vec<u8>, EngineError> {
-        self.encode_as(DELTA_MAGIC, Some(base))
+    /// into ([`Checkpoint::apply`]) to be restored. The output buffer goes
+    /// in as its changes since `buffer_mark` (where it stood at `base`),
+    /// or whole without one.
+    pub fn encode_delta(
+        &self,
+        base: Stamp,
+        buffer_mark: Option<&BufferMark>,
+    ) -> Result<Vec<u8>, EngineError> {
+        self.encode_as(DELTA_MAGIC, Some(base), buffer_mark)
     }
 
-    fn encode_as(&self, magic: &[u8; 4], base: Option<Stamp>) -> Result<Vec<u8>, EngineError> {
+    fn encode_as(
+        &self,
+        magic: &[u8; 4],
+        base: Option<Stamp>,
+        buffer_mark: Option<&BufferMark>,
+    ) -> Result<Vec<u8>, EngineError> {
+        let body = Body {
+            operator: self.operator,
+            key_range: self.key_range,
+            frontier: self.frontier,
+            entries: self.entries,
+            output_buffer: self.output_buffer.since(buffer_mark),
+            operator_state: self.operator_state,
+        };
         // Sized exactly, so that a large checkpoint is written once rather
         // than copied as the buffer grows.
-        let size = bincode::serialized_size(self)
+        let size = bincode::serialized_size(&body)
             .map_err(|e| EngineError::Checkpoint(format!("encode: {e}")))?;
         let mut out = Vec::with_capacity(HEADER + 8 + size as usize);
         out.extend_from_slice(magic);
@@ -217,7 +246,7 @@ impl CheckpointParts<'_> {
         if let Some(base) = base {
             out.extend_from_slice(&base.0.to_le_bytes());
         }
-        bincode::serialize_into(&mut out, self)
+        bincode::serialize_into(&mut out, &body)
             .map_err(|e| EngineError::Checkpoint(format!("encode: {e}")))?;
         let sum = checksum(&out[HEADER..]);
         out[6..HEADER].copy_from_slice(&sum.to_le_bytes());
@@ -252,10 +281,11 @@ const DELTA_MAGIC: &[u8; 4] = b"SPCD";
 const CHAIN_MAGIC: &[u8; 4] = b"SPCC";
 /// The encoding of a [`Checkpoint`], bumped whenever it changes (3: entries
 /// carry their load; 4: incremental checkpoints and chains; 5: the XXH3
-/// checksum and the Fx key hash). Checkpoints live only as long as a job,
+/// checksum and the Fx key hash; 6: output buffers by their changes in
+/// deltas). Checkpoints live only as long as a job,
 /// among processes of one build, so other versions are refused with a
 /// reason rather than converted.
-const FORMAT_VERSION: u16 = 5;
+const FORMAT_VERSION: u16 = 6;
 /// Magic, version, checksum of what follows.
 const HEADER: usize = 14;
 
@@ -693,8 +723,8 @@ impl Checkpoint {
     /// Folds `delta`, an incremental checkpoint taken on top of this one,
     /// into it: the delta's entries replace (or add) theirs, every other
     /// entry's load halves (as the snapshot that took the delta halved the
-    /// loads of the keys it did not list), and the frontier, output buffer
-    /// and operator state become the delta's.
+    /// loads of the keys it did not list), the frontier and operator state
+    /// become the delta's, and the output buffer takes the delta's changes.
     pub fn apply(self, delta: Checkpoint) -> Result<Checkpoint, EngineError> {
         self.apply_all(vec![delta])
     }
@@ -726,13 +756,18 @@ impl Checkpoint {
         let halved = |load: u32, times: u32| load.checked_shr(times).unwrap_or(0);
         // Every change, the latest of each key only, in entry order.
         let mut changes: Vec<(usize, StateEntry)> = Vec::new();
-        let mut last = None;
+        let mut output_buffer = self.output_buffer;
+        let mut operator_state = None;
         for (i, delta) in deltas.into_iter().enumerate() {
             changes.extend(delta.entries.into_iter().map(|e| (i, e)));
-            last = Some((delta.output_buffer, delta.operator_state));
+            output_buffer = output_buffer.then(delta.output_buffer);
+            operator_state = Some(delta.operator_state);
         }
-        let Some((output_buffer, operator_state)) = last else {
-            return Ok(self);
+        let Some(operator_state) = operator_state else {
+            return Ok(Checkpoint {
+                output_buffer,
+                ..self
+            });
         };
         changes.sort_by(|(i, a), (j, b)| (a.hash, a.key(), j).cmp(&(b.hash, b.key(), i)));
         changes

@@ -15,7 +15,7 @@ mod checkpoint;
 mod keyed;
 mod routing;
 
-pub use buffer::{BufferedBatch, OutputBuffer};
+pub use buffer::{BufferEncoding, BufferMark, BufferedBatch, OutputBuffer};
 pub use chain::{BackupChain, ChainError, SharedEncoding};
 pub use checkpoint::{Checkpoint, CheckpointKind, CheckpointParts, StateEntry};
 pub use keyed::KeyedState;
@@ -44,7 +44,7 @@ pub(crate) mod testing {
             operator_state: &[],
         };
         match base {
-            Some(base) => parts.encode_delta(Stamp(base)),
+            Some(base) => parts.encode_delta(Stamp(base), None),
             None => parts.encode(),
         }
         .expect("encodes")

@@ -18,7 +18,7 @@ use crate::error::EngineError;
 use crate::plan::{AddedInstance, Incarnation, InstanceId, MergedInstance, Plan};
 use crate::stamp::merge::Merge;
 use crate::stamp::Stamp;
-use crate::state::{Checkpoint, CheckpointParts, KeyRange, OutputBuffer};
+use crate::state::{BufferMark, Checkpoint, CheckpointParts, KeyRange, OutputBuffer};
 use crate::wire::control::{InstanceMetrics, InstanceStats, METRICS_EVERY};
 
 /// A source flushes at least this often while it is producing.
@@ -160,6 +160,9 @@ struct Runner {
     /// The checkpoint the next incremental one changes: the latest taken,
     /// or the one restored from (none: the next one is full).
     base: Option<Stamp>,
+    /// Where the output buffer stood at the latest checkpoint: an
+    /// incremental one carries only the buffer's changes since.
+    buffer_mark: Option<BufferMark>,
     /// The backup asked for a full checkpoint next.
     full_next: bool,
     /// Keys and encoded bytes of the state at the latest checkpoint.
@@ -198,6 +201,7 @@ impl Instance {
             schedule,
             checkpointed: None,
             base: self.restore.as_ref().map(|c| c.frontier),
+            buffer_mark: None,
             full_next: false,
             state_size: (0, 0),
             reports: self.reports,
@@ -384,9 +388,10 @@ impl Runner {
             operator_state,
         };
         let bytes = match base {
-            Some(base) => parts.encode_delta(base)?,
+            Some(base) => parts.encode_delta(base, self.buffer_mark.as_ref())?,
             None => parts.encode()?,
         };
+        self.buffer_mark = Some(buffer.mark());
         tracing::debug!(
             instance = %self.me.instance,
             frontier = frontier.0,

@@ -9,13 +9,13 @@
 //! recovery, a split or a merge: only a daily-expenditure query that comes
 //! before the load has ended waits for it.
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use spate_engine::{InstanceContext, OperatorError, Output, StatefulOperator};
 
 use crate::model::Msg;
@@ -29,19 +29,26 @@ pub struct Account {
     notified: u64,
     /// The notifications a later query can still answer with, oldest
     /// first, as (Time, balance as of it): those of the last 60 s and the
-    /// latest one before them.
-    recent: VecDeque<(u32, u64)>,
+    /// latest one before them. A car reports every 30 s, so these are a
+    /// handful, kept inline: at L=8 there are over a million accounts, and
+    /// a pointer to a list of its own cost every query and checkpoint of
+    /// an account a second cache miss.
+    recent: SmallVec<[(u32, u64); 4]>,
 }
 
 impl Account {
     /// Records a notification at `time` (Times never decrease: inputs come
     /// in input order).
     fn notify(&mut self, time: u32, toll: u32) {
-        self.recent.push_back((time, self.notified));
+        self.recent.push((time, self.notified));
         self.notified += u64::from(toll);
-        while self.recent.get(1).is_some_and(|&(t, _)| t + 60 < time) {
-            self.recent.pop_front();
-        }
+        let expired = self
+            .recent
+            .iter()
+            .skip(1)
+            .take_while(|&&(t, _)| t + 60 < time)
+            .count();
+        self.recent.drain(..expired);
     }
 
     /// The answer (ResultTime, Bal) to a query at `time`: the car's earliest
@@ -53,7 +60,7 @@ impl Account {
         self.recent
             .iter()
             .find(|&&(t, _)| t + 60 >= time)
-            .or(self.recent.back())
+            .or(self.recent.last())
             .copied()
             .unwrap_or((time, 0))
     }
