@@ -492,13 +492,14 @@ pub(crate) fn print_report(r: &RunReport) {
     let mib = |bytes: u64| format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0));
     println!(
         "peaks: worker RSS {} (live workers together {}, coordinator {}); output buffers {} \
-         (one instance {}); checkpoints {}; {} batches queued",
+         (one instance {}); checkpoints held {}, as sent {}; {} batches queued",
         mib(p.worker_rss_kib * 1024),
         mib(p.workers_rss_kib * 1024),
         mib(p.coordinator_rss_kib * 1024),
         mib(p.buffered_bytes),
         mib(p.instance_buffered_bytes),
         mib(p.checkpoint_bytes),
+        mib(p.sent_checkpoint_bytes),
         p.queued_batches
     );
     print_state(p);

@@ -40,6 +40,11 @@ pub struct ResourcePoint {
     /// The latest checkpoint of every instance together, bytes: what the
     /// backup holders (and the coordinator's replica) keep.
     pub checkpoint_bytes: u64,
+    /// The latest checkpoint of every instance together as it was sent,
+    /// bytes: what checkpointing moves each interval (an increment, or a
+    /// full checkpoint).
+    #[serde(default)]
+    pub sent_checkpoint_bytes: u64,
     /// Batches waiting in inboxes, all instances together.
     pub queued_batches: u64,
     /// Keyed state per operator (those that have any), as of each
@@ -87,6 +92,9 @@ pub struct Peaks {
     pub instance_buffered_bytes: u64,
     /// Largest total of latest-checkpoint bytes in one sample.
     pub checkpoint_bytes: u64,
+    /// Largest total of latest-checkpoint bytes as sent in one sample.
+    #[serde(default)]
+    pub sent_checkpoint_bytes: u64,
     /// Most batches queued at once in one sample.
     pub queued_batches: u64,
     /// Each operator's largest keyed state in one sample (by keys).
@@ -106,6 +114,7 @@ impl Peaks {
             buffered_bytes: max(|p| p.buffered_bytes),
             instance_buffered_bytes: max(|p| p.max_instance_buffered_bytes),
             checkpoint_bytes: max(|p| p.checkpoint_bytes),
+            sent_checkpoint_bytes: max(|p| p.sent_checkpoint_bytes),
             queued_batches: max(|p| p.queued_batches),
             state: largest_states(samples),
         }
@@ -204,6 +213,7 @@ fn sample(view: &ClusterView) -> Option<(ResourcePoint, Vec<u32>)> {
             point.max_instance_buffered_bytes =
                 point.max_instance_buffered_bytes.max(i.buffered_bytes);
             point.checkpoint_bytes += i.checkpoint_bytes;
+            point.sent_checkpoint_bytes += i.last_checkpoint_bytes;
             point.queued_batches += i.queued_batches;
             if i.state_keys > 0 {
                 let size = point.state.entry(operator.name.clone()).or_default();

@@ -479,9 +479,20 @@ pub fn recv<T: DeserializeOwned>(r: &mut impl Read) -> Result<Option<T>, EngineE
             "control message of {len} bytes exceeds the {MAX_CONTROL_FRAME}-byte limit"
         )));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)
+    // Read into spare capacity rather than a zeroed buffer: a checkpoint
+    // shipped to a holder is megabytes, and zeroing it first cost the
+    // holder as much as receiving it.
+    let mut body = Vec::with_capacity(len);
+    let got = r
+        .take(len as u64)
+        .read_to_end(&mut body)
         .map_err(|e| EngineError::io("receiving control message body", e))?;
+    if got < len {
+        return Err(EngineError::io(
+            "receiving control message body",
+            io::ErrorKind::UnexpectedEof.into(),
+        ));
+    }
     bincode::DefaultOptions::new()
         .with_fixint_encoding()
         .allow_trailing_bytes()

@@ -415,8 +415,12 @@ impl Runner {
 
     /// Snapshots an operator's keyed state for a checkpoint at `frontier`
     /// and takes the checkpoint: incremental when the previous one is
-    /// known and fewer than half the keys changed (more, and a delta would
-    /// cost as much as a full one and weigh its backup down), else full.
+    /// known, unless more than half the keys changed and the output buffer
+    /// is smaller than the state (then a delta would cost about as much as
+    /// a full one and weigh its backup down), else full. A large buffer
+    /// keeps checkpoints incremental whatever changed: Linear Road's toll
+    /// calculator changes all its segments every second, and its full
+    /// checkpoints carried hundreds of MB of buffered output each time.
     fn checkpoint_process(
         &mut self,
         logic: &mut dyn ProcessLogic,
@@ -424,9 +428,11 @@ impl Runner {
         buffer: &OutputBuffer,
     ) -> Result<(), EngineError> {
         let size = logic.state_size();
+        let most_changed = size.changed.saturating_mul(2) > size.keys;
+        let small_buffer = buffer.bytes() as u64 <= size.bytes;
         let base = self
             .base
-            .filter(|_| !self.full_next && size.changed.saturating_mul(2) <= size.keys);
+            .filter(|_| !self.full_next && !(most_changed && small_buffer));
         let entries = match base {
             Some(_) => logic.snapshot_changes()?,
             None => logic.snapshot()?,
