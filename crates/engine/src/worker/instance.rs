@@ -430,9 +430,8 @@ impl Runner {
         let size = logic.state_size();
         let most_changed = size.changed.saturating_mul(2) > size.keys;
         let small_buffer = buffer.bytes() as u64 <= size.bytes;
-        let base = self
-            .base
-            .filter(|_| !self.full_next && !(most_changed && small_buffer));
+        let full = self.full_next || (most_changed && small_buffer);
+        let base = self.base.filter(|_| !full);
         let entries = match base {
             Some(_) => logic.snapshot_changes()?,
             None => logic.snapshot()?,
