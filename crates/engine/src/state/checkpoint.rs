@@ -282,7 +282,7 @@ const CHAIN_MAGIC: &[u8; 4] = b"SPCC";
 /// The encoding of a [`Checkpoint`], bumped whenever it changes (3: entries
 /// carry their load; 4: incremental checkpoints and chains; 5: the XXH3
 /// checksum and the Fx key hash; 6: output buffers by their changes in
-/// deltas). Checkpoints live only as long as a job,
+/// deltas, keys and values in variable-length integers). Checkpoints live only as long as a job,
 /// among processes of one build, so other versions are refused with a
 /// reason rather than converted.
 const FORMAT_VERSION: u16 = 6;
