@@ -3,9 +3,8 @@
 //! and answers each car entering the segment with its toll (and an accident
 //! alert when one affects the segment). Rules: `docs/LRB.md`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use spate_engine::{OperatorError, Output, StatefulOperator};
 
@@ -94,19 +93,19 @@ pub struct SegmentState {
     /// The minute being accumulated (0 before the first report).
     minute: u32,
     /// Per car in `minute`: (sum of speeds, reports).
-    cars: FxHashMap<u32, (u32, u32)>,
+    cars: HashMap<u32, (u32, u32)>,
     /// Finished minutes within the LAV window, oldest first.
     history: VecDeque<MinuteStats>,
     /// LAV(minute), computed when `minute` began.
     lav: i32,
     /// Per car, the Time of its latest report in this segment.
-    last_seen: FxHashMap<u32, u32>,
+    last_seen: HashMap<u32, u32>,
     /// Per car, its current run of zero-speed reports in the zone.
-    runs: FxHashMap<u32, StopRun>,
+    runs: HashMap<u32, StopRun>,
     /// Per place in the zone, per car, the Time of its latest stop report.
-    stop_reports: FxHashMap<Place, FxHashMap<u32, u32>>,
+    stop_reports: HashMap<Place, HashMap<u32, u32>>,
     /// Per place in the zone, the minutes in which it was active.
-    active: FxHashMap<Place, Vec<u32>>,
+    active: HashMap<Place, Vec<u32>>,
 }
 
 fn minute_of(time: u32) -> u32 {
