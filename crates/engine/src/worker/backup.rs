@@ -30,11 +30,14 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::EngineError;
-use crate::plan::{Incarnation, InstanceId};
-use crate::state::{BackupChain, ChainError, Checkpoint, CheckpointKind, SharedEncoding};
+use crate::plan::{Incarnation, InstanceId, WorkerId};
+use crate::stamp::Stamp;
+use crate::state::{
+    BackupChain, ChainError, Checkpoint, CheckpointKind, Cuts, KeyRange, RangeCut, SharedEncoding,
+};
 use crate::wire::control::{
-    self, BackupAck, BackupHolder, BackupRoute, BackupShipment, HeldBackup, Refusal, ToCoordinator,
-    ToHolder,
+    self, BackupAck, BackupHolder, BackupRoute, BackupShipment, HeldBackup, Refusal, ReshapedPart,
+    ToCoordinator, ToHolder,
 };
 use crate::wire::MAX_CONTROL_FRAME;
 
@@ -113,6 +116,30 @@ impl Holdings {
         self.lock().get(&instance).map(|(_, chain)| chain.shared())
     }
 
+    /// The part of the backup of `instance` that `range` owns, or its
+    /// changes since `since` ([`BackupChain::range_since`]), cut once the
+    /// lock is released; `None`: none held.
+    pub(crate) fn range_since(
+        &self,
+        instance: InstanceId,
+        range: KeyRange,
+        since: Option<Stamp>,
+    ) -> Option<Result<RangeCut, EngineError>> {
+        let chain = self.lock().get(&instance).map(|(_, chain)| chain.clone())?;
+        Some(chain.range_since(range, since))
+    }
+
+    /// Where to cut the backup of `instance` into `parts`
+    /// ([`BackupChain::cuts`]); `None`: none held.
+    pub(crate) fn cuts(
+        &self,
+        instance: InstanceId,
+        parts: usize,
+    ) -> Option<Result<Cuts, EngineError>> {
+        let chain = self.lock().get(&instance).map(|(_, chain)| chain.clone())?;
+        Some(chain.cuts(parts))
+    }
+
     /// A copy of the backup of `instance`, as a checkpoint of
     /// `incarnation` to ship to another holder.
     fn replica(&self, instance: InstanceId, incarnation: Incarnation) -> Option<BackupShipment> {
@@ -166,9 +193,20 @@ pub(crate) fn serve(mut stream: TcpStream, holdings: &Holdings, writer: &Control
                 reply(writer, &holdings.store(shipment));
                 Ok(())
             }
-            Ok(Some(ToHolder::Fetch { instance })) => {
-                send_backup(reader.get_mut(), instance, holdings.shared(instance))
-            }
+            Ok(Some(ToHolder::Fetch {
+                instance,
+                range: None,
+                ..
+            })) => send_backup(reader.get_mut(), instance, holdings.shared(instance)),
+            Ok(Some(ToHolder::Fetch {
+                instance,
+                range: Some(range),
+                since,
+            })) => send_range(
+                reader.get_mut(),
+                instance,
+                holdings.range_since(instance, range, since),
+            ),
             Ok(None) => return,
             Err(e) => Err(e),
         };
@@ -188,12 +226,36 @@ fn send_backup(
     let held = HeldBackup {
         instance,
         bytes: backup.as_ref().map(|b| b.len() as u64),
+        since: None,
     };
     control::send(stream, &held)?;
     backup
         .map_or(Ok(()), |b| b.write_to(stream))
         .and_then(|()| stream.flush())
         .map_err(|e| EngineError::io("sending a backup to a restoring worker", e))
+}
+
+/// Answers a fetch of one key range: the frame, then the part's (or the
+/// run of deltas') bytes raw. A range the holder cannot cut is answered
+/// as none held, so that the asking worker turns to another source.
+fn send_range(
+    stream: &mut TcpStream,
+    instance: InstanceId,
+    cut: Option<Result<RangeCut, EngineError>>,
+) -> Result<(), EngineError> {
+    let cut = cut.and_then(|cut| {
+        cut.map_err(|e| tracing::warn!(%instance, "cannot cut a range of a backup: {e}"))
+            .ok()
+    });
+    let held = HeldBackup {
+        instance,
+        bytes: cut.as_ref().map(|(_, bytes)| bytes.len() as u64),
+        since: cut.as_ref().and_then(|(since, _)| *since),
+    };
+    control::send(stream, &held)?;
+    cut.map_or(Ok(()), |(_, bytes)| stream.write_all(&bytes))
+        .and_then(|()| stream.flush())
+        .map_err(|e| EngineError::io("sending a backup's range to a staging worker", e))
 }
 
 /// How long a fetch waits for the holder's next bytes: a holder cut off
@@ -207,23 +269,61 @@ pub(crate) fn fetch_from(
     holder: &BackupHolder,
     instance: InstanceId,
 ) -> Result<Vec<u8>, EngineError> {
+    fetch(holder, instance, None, None).map(|(_, bytes)| bytes)
+}
+
+/// Fetches the part of the backup of `instance` that `range` owns from
+/// `holder`: with `since` (the frontier of a part staged before), only its
+/// changes since, if the holder still has them as deltas. Returns
+/// `Some(since)` with a run of deltas ([`Checkpoint::apply_run`]), or
+/// `None` with a restorable checkpoint of the range.
+pub(crate) fn fetch_range(
+    holder: &BackupHolder,
+    instance: InstanceId,
+    range: KeyRange,
+    since: Option<Stamp>,
+) -> Result<RangeCut, EngineError> {
+    fetch(holder, instance, Some(range), since)
+}
+
+fn fetch(
+    holder: &BackupHolder,
+    instance: InstanceId,
+    range: Option<KeyRange>,
+    since: Option<Stamp>,
+) -> Result<RangeCut, EngineError> {
+    let what = range.map_or_else(String::new, |r| format!("range {r:?} of "));
     let context = format!(
-        "fetching the backup of instance {instance} from {}",
+        "fetching {what}the backup of instance {instance} from {}",
         holder.addr
     );
     let io = |e| EngineError::io(context.clone(), e);
     let mut stream = connect_peer(&holder.addr).map_err(io)?;
     stream.set_read_timeout(Some(FETCH_SILENCE)).map_err(io)?;
     control::write_hello(&mut stream).map_err(io)?;
-    control::send(&mut stream, &ToHolder::Fetch { instance })?;
+    control::send(
+        &mut stream,
+        &ToHolder::Fetch {
+            instance,
+            range,
+            since,
+        },
+    )?;
     let held: HeldBackup = control::recv(&mut stream)?.ok_or_else(|| {
         EngineError::Protocol(format!("{context}: the holder closed the connection"))
     })?;
+    let answered_since = held.since;
     let len = match held {
         HeldBackup {
             instance: answered,
             bytes: Some(len),
-        } if answered == instance && len <= MAX_CONTROL_FRAME as u64 => len as usize,
+            since: answered_since,
+        } if answered == instance
+            && len <= MAX_CONTROL_FRAME as u64
+            && (answered_since.is_none() || answered_since == since) =>
+        {
+            len as usize
+        }
         HeldBackup { bytes: None, .. } => {
             return Err(EngineError::Checkpoint(format!("{context}: it holds none")))
         }
@@ -245,8 +345,8 @@ pub(crate) fn fetch_from(
             bytes.len()
         )));
     }
-    tracing::debug!(%instance, holder = %holder.worker, bytes = len, "backup fetched from its holder");
-    Ok(bytes)
+    tracing::debug!(%instance, holder = %holder.worker, bytes = len, ?range, ?since, "backup fetched from its holder");
+    Ok((answered_since, bytes))
 }
 
 /// Ships a copy of the backup of `instance` to `to`, a new holder of its
@@ -280,6 +380,199 @@ pub(crate) fn replicate(
         });
     if let Err(e) = started {
         tracing::warn!(%instance, "cannot start replicating a backup: {e}");
+    }
+}
+
+/// Answers [`ToWorker::CutBackup`] on a thread of its own (folding a
+/// large backup takes a while): where to cut the backup of `instance`.
+pub(crate) fn cut(holdings: &Holdings, writer: &ControlWriter, instance: InstanceId, parts: usize) {
+    let (holdings, writer) = (holdings.clone(), writer.clone());
+    spawn("spate-backup-cuts", move || {
+        let (frontier, parts) = match holdings.cuts(instance, parts) {
+            Some(Ok(cuts)) => cuts,
+            Some(Err(e)) => {
+                tracing::warn!(%instance, "cannot cut a backup: {e}");
+                (Stamp::ZERO, Vec::new())
+            }
+            None => (Stamp::ZERO, Vec::new()),
+        };
+        reply(
+            &writer,
+            &ToCoordinator::Cuts {
+                instance,
+                frontier,
+                parts,
+            },
+        );
+    });
+}
+
+/// Carries out [`ToWorker::ReshapeBackup`] on a thread of its own: cuts
+/// every part first (the lowest keeps the parent's id, so storing it
+/// replaces the backup cut), then stores each as its part's backup and
+/// answers for it as for a checkpoint shipped. A part that cannot be cut
+/// at `frontier` is refused, and its instance checkpoints in full.
+pub(crate) fn reshape(
+    holdings: &Holdings,
+    writer: &ControlWriter,
+    instance: InstanceId,
+    frontier: Stamp,
+    parts: Vec<ReshapedPart>,
+) {
+    let (holdings, writer) = (holdings.clone(), writer.clone());
+    spawn("spate-backup-reshape", move || {
+        let cut: Vec<(ReshapedPart, Result<Vec<u8>, String>)> = parts
+            .into_iter()
+            .map(|part| {
+                let bytes = match holdings.range_since(instance, part.range, None) {
+                    Some(Ok((_, bytes))) if Checkpoint::frontier(&bytes).ok() == Some(frontier) => {
+                        Ok(bytes)
+                    }
+                    Some(Ok(_)) => Err(format!(
+                        "the backup of instance {instance} moved past stamp {}",
+                        frontier.0
+                    )),
+                    Some(Err(e)) => Err(e.to_string()),
+                    None => Err(format!("no backup of instance {instance} held")),
+                };
+                (part, bytes)
+            })
+            .collect();
+        for (part, bytes) in cut {
+            let answer = match bytes {
+                Ok(bytes) => holdings.store(BackupShipment {
+                    instance: part.instance,
+                    incarnation: part.incarnation,
+                    frontier,
+                    bytes,
+                }),
+                Err(reason) => ToCoordinator::BackupRefused {
+                    instance: part.instance,
+                    refusal: Refusal::NotItsBase,
+                    reason,
+                },
+            };
+            reply(&writer, &answer);
+        }
+    });
+}
+
+/// Carries out [`ToWorker::Stage`] on a thread of its own: fetches the
+/// range of `instance`'s backup from the first holder that gives it,
+/// decodes it, keeps it in `staged` and answers the coordinator.
+pub(crate) fn stage(
+    staged: &Staging,
+    writer: &ControlWriter,
+    instance: InstanceId,
+    range: KeyRange,
+    holders: Vec<BackupHolder>,
+) {
+    let (staged, writer) = (staged.clone(), writer.clone());
+    spawn("spate-stage", move || {
+        let mut reasons = Vec::new();
+        let mut frontier = None;
+        for holder in &holders {
+            let fetched = fetch_range(holder, instance, range, None)
+                .and_then(|(_, bytes)| Checkpoint::decode_owned(bytes));
+            match fetched {
+                Ok(part) => {
+                    frontier = Some(part.frontier);
+                    staged.keep(instance, part);
+                    break;
+                }
+                Err(e) => reasons.push(e.to_string()),
+            }
+        }
+        if holders.is_empty() {
+            reasons.push("no holder named".into());
+        }
+        reply(
+            &writer,
+            &ToCoordinator::Staged {
+                instance,
+                range,
+                frontier,
+                reason: reasons.join("; "),
+            },
+        );
+    });
+}
+
+/// The parts of backups this worker staged for live splits, by the
+/// instance split, until restored or called off.
+#[derive(Clone, Default)]
+pub(crate) struct Staging(Arc<Mutex<HashMap<InstanceId, Vec<Checkpoint>>>>);
+
+impl Staging {
+    fn keep(&self, instance: InstanceId, part: Checkpoint) {
+        let mut staged = self.lock();
+        let parts = staged.entry(instance).or_default();
+        parts.retain(|p| p.key_range != part.key_range);
+        parts.push(part);
+    }
+
+    /// Forgets what was staged of `instance`.
+    pub(crate) fn drop_instance(&self, instance: InstanceId) {
+        self.lock().remove(&instance);
+    }
+
+    /// The part of `parent` staged for `range`, taken.
+    fn take(&self, parent: InstanceId, range: KeyRange) -> Option<Checkpoint> {
+        let mut staged = self.lock();
+        let parts = staged.get_mut(&parent)?;
+        let at = parts.iter().position(|p| p.key_range == range)?;
+        let part = parts.swap_remove(at);
+        if parts.is_empty() {
+            staged.remove(&parent);
+        }
+        Some(part)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Vec<Checkpoint>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The state of a part of a live split ([`RestoreFrom::Staged`]): what was
+/// staged at `since`, caught up with the range's changes from the first of
+/// `holders` that gives them; when nothing was staged, or a holder no
+/// longer has the changes as deltas, the range's part whole. An error
+/// names the last holder tried.
+pub(crate) fn catch_up(
+    staged: &Staging,
+    parent: InstanceId,
+    range: KeyRange,
+    since: Stamp,
+    holders: &[BackupHolder],
+) -> Result<Checkpoint, (WorkerId, EngineError)> {
+    let mut part = staged.take(parent, range).filter(|p| p.frontier == since);
+    let mut last = Err((
+        WorkerId(0),
+        EngineError::Checkpoint(format!("no holder of instance {parent} named")),
+    ));
+    for holder in holders {
+        let asked = part.as_ref().map(|p| p.frontier);
+        let caught_up =
+            fetch_range(holder, parent, range, asked).and_then(|(from, bytes)| {
+                match (from, part.take()) {
+                    (Some(_), Some(staged)) => staged.apply_run(&bytes),
+                    (_, staged) => {
+                        part = staged;
+                        Checkpoint::decode_owned(bytes)
+                    }
+                }
+            });
+        match caught_up {
+            Ok(checkpoint) => return Ok(checkpoint),
+            Err(e) => last = Err((holder.worker, e)),
+        }
+    }
+    last
+}
+
+fn spawn(name: &str, work: impl FnOnce() + Send + 'static) {
+    if let Err(e) = thread::Builder::new().name(name.into()).spawn(work) {
+        tracing::warn!("cannot start {name}: {e}");
     }
 }
 
@@ -446,7 +739,6 @@ pub(crate) fn latest<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stamp::Stamp;
     use crate::state::testing::encoded;
 
     fn shipment(incarnation: u32, frontier: u64, base: Option<u64>) -> BackupShipment {
@@ -501,6 +793,22 @@ mod tests {
         let holdings = Holdings::default();
         assert!(stored(&holdings.store(shipment(0, 10, None))));
         assert!(stored(&holdings.store(shipment(0, 20, Some(10)))));
+        let (holder, serving) = serve_fetches(&holdings, 2);
+        let fetched = fetch_from(&holder, InstanceId(7)).expect("fetched");
+        assert_eq!(fetched, holdings.fetch(InstanceId(7)).expect("held"));
+        let restored = Checkpoint::decode_owned(fetched).expect("valid");
+        assert_eq!(restored.frontier, Stamp(20));
+        let error = fetch_from(&holder, InstanceId(8)).expect_err("none held");
+        assert!(error.to_string().contains("holds none"), "{error}");
+        serving.join().expect("served");
+    }
+
+    /// Serves `fetches` backup connections to `holdings` on a thread: the
+    /// holder to fetch from and the thread to join.
+    fn serve_fetches(
+        holdings: &Holdings,
+        fetches: usize,
+    ) -> (BackupHolder, thread::JoinHandle<()>) {
         // The holder's control connection, whose answers nobody reads here.
         let coordinator = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
         let writer: ControlWriter = Arc::new(Mutex::new(
@@ -511,19 +819,57 @@ mod tests {
             worker: crate::ids::WorkerId(3),
             addr: listener.local_addr().expect("bound").to_string(),
         };
-        let serving = {
-            let holdings = holdings.clone();
-            thread::spawn(move || {
-                for stream in listener.incoming().take(2) {
-                    serve(stream.expect("accepts"), &holdings, &writer);
-                }
-            })
-        };
-        let fetched = fetch_from(&holder, InstanceId(7)).expect("fetched");
-        assert_eq!(fetched, holdings.fetch(InstanceId(7)).expect("held"));
-        let restored = Checkpoint::decode_owned(fetched).expect("valid");
-        assert_eq!(restored.frontier, Stamp(20));
-        let error = fetch_from(&holder, InstanceId(8)).expect_err("none held");
+        let holdings = holdings.clone();
+        let serving = thread::spawn(move || {
+            for stream in listener.incoming().take(fetches) {
+                serve(stream.expect("accepts"), &holdings, &writer);
+            }
+        });
+        (holder, serving)
+    }
+
+    #[test]
+    fn a_staging_worker_fetches_one_range_then_only_its_changes() {
+        let holdings = Holdings::default();
+        let keys: Vec<u64> = (0..200).collect();
+        let changed: Vec<u64> = (0..200).step_by(7).collect();
+        assert!(stored(&holdings.store(BackupShipment {
+            bytes: encoded(10, &keys, None),
+            ..shipment(0, 10, None)
+        })));
+        let (holder, serving) = serve_fetches(&holdings, 4);
+        let (upper, lower) = (
+            KeyRange::FULL.split_even(2)[1],
+            KeyRange::FULL.split_even(2)[0],
+        );
+        // Staged while the instance runs: its range only, in full.
+        let (since, bytes) = fetch_range(&holder, InstanceId(7), upper, None).expect("fetched");
+        assert_eq!(since, None);
+        let staged = Checkpoint::decode_owned(bytes).expect("valid");
+        assert_eq!((staged.frontier, staged.key_range), (Stamp(10), upper));
+        assert!(!staged.entries.is_empty());
+        assert!(staged.entries.iter().all(|e| upper.contains(e.hash)));
+        // The instance checkpoints again; the staging worker catches up.
+        assert!(stored(&holdings.store(BackupShipment {
+            bytes: encoded(20, &changed, Some(10)),
+            ..shipment(0, 20, Some(10))
+        })));
+        let (since, run) =
+            fetch_range(&holder, InstanceId(7), upper, Some(Stamp(10))).expect("fetched");
+        assert_eq!(since, Some(Stamp(10)));
+        let caught_up = staged.apply_run(&run).expect("applies");
+        let whole = Checkpoint::decode_owned(holdings.fetch(InstanceId(7)).expect("held"));
+        let expected = whole
+            .expect("valid")
+            .partition(&[lower, upper])
+            .expect("cut");
+        assert_eq!(caught_up, expected[1]);
+        // A range of an instance it does not hold.
+        let error = fetch_range(&holder, InstanceId(8), upper, None).expect_err("none held");
+        assert!(error.to_string().contains("holds none"), "{error}");
+        // A catch-up from beyond what it holds.
+        let error =
+            fetch_range(&holder, InstanceId(7), upper, Some(Stamp(30))).expect_err("behind");
         assert!(error.to_string().contains("holds none"), "{error}");
         serving.join().expect("served");
     }

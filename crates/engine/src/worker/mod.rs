@@ -23,7 +23,7 @@ use crate::state::Checkpoint;
 use crate::wire::control::{
     self, BackupShipment, RestoreFrom, ToCoordinator, ToWorker, HEARTBEAT_EVERY,
 };
-use backup::{Holdings, Shipper};
+use backup::{Holdings, Shipper, Staging};
 use input::{BackupDesk, ControlEvent, Inboxes};
 use instance::{Inputs, Instance, Report};
 use output::{Outbox, SenderIdentity};
@@ -90,6 +90,7 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
         deployment: None,
         holdings,
         shipper,
+        staging: Staging::default(),
     };
     loop {
         let Some(message) = control::recv::<ToWorker>(&mut control)? else {
@@ -166,6 +167,8 @@ struct ControlLoop<'r> {
     holdings: Holdings,
     /// Where this worker's instances' checkpoints go.
     shipper: Shipper,
+    /// Parts of other instances' backups staged for live splits.
+    staging: Staging,
 }
 
 impl ControlLoop<'_> {
@@ -219,6 +222,20 @@ impl ControlLoop<'_> {
                 added,
                 merged,
             } => self.plan_update(plan, added, merged)?,
+            ToWorker::CutBackup { instance, parts } => {
+                backup::cut(&self.holdings, &self.writer, instance, parts)
+            }
+            ToWorker::Stage {
+                instance,
+                range,
+                holders,
+            } => backup::stage(&self.staging, &self.writer, instance, range, holders),
+            ToWorker::Unstage { instance } => self.staging.drop_instance(instance),
+            ToWorker::ReshapeBackup {
+                instance,
+                frontier,
+                parts,
+            } => backup::reshape(&self.holdings, &self.writer, instance, frontier, parts),
             ToWorker::CheckpointNow => self.inboxes.broadcast(|| ControlEvent::CheckpointNow),
             ToWorker::CheckpointFull { instance } => {
                 self.inboxes.control(instance, ControlEvent::CheckpointFull)
@@ -298,9 +315,9 @@ impl ControlLoop<'_> {
             "told to restore before any deployment",
         )?;
         d.plan = Arc::new(plan);
-        for (id, state) in fetch_states(instances) {
-            let bytes = match state {
-                Ok(bytes) => bytes,
+        for (id, state) in fetch_states(instances, &self.staging) {
+            let state = match state {
+                Ok(state) => state,
                 Err((holder, e)) => {
                     reply(
                         &self.writer,
@@ -317,9 +334,8 @@ impl ControlLoop<'_> {
             // A split restores the lower half in place of the running
             // instance: the old incarnation stops first.
             self.inboxes.stop(id);
-            let restored = bytes
-                .map(Checkpoint::decode_owned)
-                .transpose()
+            let restored = state
+                .decode()
                 .and_then(|checkpoint| {
                     create_instance(d, id, checkpoint, &self.inboxes, &self.reports)
                 })
@@ -362,48 +378,61 @@ impl ControlLoop<'_> {
     }
 }
 
-/// Each instance's encoded checkpoint (none: it starts empty), fetching
-/// those held by other workers in parallel; an error names the holder that
-/// could not give its backup.
-type FetchedState = Result<Option<Vec<u8>>, (WorkerId, EngineError)>;
+/// A restoring instance's state: encoded (none: it starts empty), or
+/// already decoded (a part of a live split, caught up off this thread).
+enum State {
+    Encoded(Option<Vec<u8>>),
+    Decoded(Checkpoint),
+}
 
-fn fetch_states(instances: Vec<(InstanceId, RestoreFrom)>) -> Vec<(InstanceId, FetchedState)> {
-    /// A state at hand, or being fetched from a holder.
-    enum Fetching<'s> {
-        Ready(FetchedState),
-        From(
-            WorkerId,
-            thread::ScopedJoinHandle<'s, Result<Vec<u8>, EngineError>>,
-        ),
+impl State {
+    fn decode(self) -> Result<Option<Checkpoint>, EngineError> {
+        match self {
+            State::Encoded(bytes) => bytes.map(Checkpoint::decode_owned).transpose(),
+            State::Decoded(checkpoint) => Ok(Some(checkpoint)),
+        }
     }
+}
+
+/// Each instance's state, fetching those held by other workers (and
+/// catching up staged parts) in parallel; an error names the holder that
+/// could not give its backup.
+type FetchedState = Result<State, (WorkerId, EngineError)>;
+
+fn fetch_states(
+    instances: Vec<(InstanceId, RestoreFrom)>,
+    staging: &Staging,
+) -> Vec<(InstanceId, FetchedState)> {
     thread::scope(|scope| {
-        let fetching: Vec<(InstanceId, Fetching)> = instances
+        let fetching: Vec<(InstanceId, thread::ScopedJoinHandle<'_, FetchedState>)> = instances
             .into_iter()
             .map(|(id, from)| {
-                let fetch = match from {
-                    RestoreFrom::Nothing => Fetching::Ready(Ok(None)),
-                    RestoreFrom::Checkpoint(bytes) => Fetching::Ready(Ok(Some(bytes.into_vec()))),
-                    RestoreFrom::Holder(holder) => Fetching::From(
-                        holder.worker,
-                        scope.spawn(move || backup::fetch_from(&holder, id)),
-                    ),
-                };
+                let fetch = scope.spawn(move || match from {
+                    RestoreFrom::Nothing => Ok(State::Encoded(None)),
+                    RestoreFrom::Checkpoint(bytes) => Ok(State::Encoded(Some(bytes.into_vec()))),
+                    RestoreFrom::Holder(holder) => backup::fetch_from(&holder, id)
+                        .map(|bytes| State::Encoded(Some(bytes)))
+                        .map_err(|e| (holder.worker, e)),
+                    RestoreFrom::Staged {
+                        parent,
+                        range,
+                        since,
+                        holders,
+                    } => backup::catch_up(staging, parent, range, since, &holders)
+                        .map(State::Decoded),
+                });
                 (id, fetch)
             })
             .collect();
         fetching
             .into_iter()
-            .map(|(id, fetch)| {
-                let state = match fetch {
-                    Fetching::Ready(state) => state,
-                    Fetching::From(holder, fetching) => fetching
-                        .join()
-                        .unwrap_or_else(|_| {
-                            Err(EngineError::Protocol("a backup fetch panicked".into()))
-                        })
-                        .map(Some)
-                        .map_err(|e| (holder, e)),
-                };
+            .map(|(id, fetching)| {
+                let state = fetching.join().unwrap_or_else(|_| {
+                    Err((
+                        WorkerId(0),
+                        EngineError::Protocol("a backup fetch panicked".into()),
+                    ))
+                });
                 (id, state)
             })
             .collect()
