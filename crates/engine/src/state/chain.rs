@@ -367,6 +367,17 @@ mod tests {
                 let caught_up = match since {
                     Some(since) => {
                         prop_assert_eq!(since, at);
+                        // Staged as live state and caught up key by key,
+                        // it equals the state restored from the later fold.
+                        let mut live: KeyedState<u64, u64> =
+                            KeyedState::restore(&part.entries, *range).unwrap();
+                        for delta in Checkpoint::decode_run(&bytes, at).unwrap() {
+                            live.apply_changes(&delta.entries, *range).unwrap();
+                        }
+                        let mut restored: KeyedState<u64, u64> =
+                            KeyedState::restore(&expected.entries, *range).unwrap();
+                        prop_assert_eq!(live.encoded_bytes(), restored.encoded_bytes());
+                        prop_assert_eq!(live.snapshot().unwrap(), restored.snapshot().unwrap());
                         part.apply_run(&bytes).unwrap()
                     }
                     None => Checkpoint::decode(&bytes).unwrap(),

@@ -336,6 +336,29 @@ fn framed_parts(bytes: &[u8]) -> Result<Vec<&[u8]>, EngineError> {
     Ok(parts)
 }
 
+/// Decodes `deltas` (encoded, in order), checking that the first changes
+/// the checkpoint at `previous` and each the one before it.
+fn decode_deltas(mut previous: Stamp, deltas: &[&[u8]]) -> Result<Vec<Checkpoint>, EngineError> {
+    let mut decoded = Vec::with_capacity(deltas.len());
+    for part in deltas {
+        let CheckpointKind::Delta { base } = Checkpoint::kind(part)? else {
+            return Err(EngineError::Checkpoint(
+                "a checkpoint chain holds a full checkpoint after its first".into(),
+            ));
+        };
+        if base != previous {
+            return Err(EngineError::Checkpoint(format!(
+                "a checkpoint chain's delta changes stamp {} but follows stamp {}",
+                base.0, previous.0
+            )));
+        }
+        let delta = decode_copied(part, HEADER + 8)?;
+        previous = delta.frontier;
+        decoded.push(delta);
+    }
+    Ok(decoded)
+}
+
 /// Deltas in order (possibly none), framed as a chain's parts under a
 /// magic of their own: what a holder sends a worker that staged a key
 /// range at the first delta's base ([`Checkpoint::apply_run`]).
@@ -547,24 +570,7 @@ impl Checkpoint {
     /// Folds `deltas` (encoded, in order) into this checkpoint, checking
     /// that each changes the one before.
     fn fold_deltas(self, deltas: &[&[u8]]) -> Result<Checkpoint, EngineError> {
-        let mut previous = self.frontier;
-        let mut decoded = Vec::with_capacity(deltas.len());
-        for part in deltas {
-            let CheckpointKind::Delta { base } = Self::kind(part)? else {
-                return Err(EngineError::Checkpoint(
-                    "a checkpoint chain holds a full checkpoint after its first".into(),
-                ));
-            };
-            if base != previous {
-                return Err(EngineError::Checkpoint(format!(
-                    "a checkpoint chain's delta changes stamp {} but follows stamp {}",
-                    base.0, previous.0
-                )));
-            }
-            let delta = decode_copied(part, HEADER + 8)?;
-            previous = delta.frontier;
-            decoded.push(delta);
-        }
+        let decoded = decode_deltas(self.frontier, deltas)?;
         self.apply_all(decoded)
     }
 
@@ -796,6 +802,14 @@ impl Checkpoint {
     /// changes of this checkpoint's range since its frontier, possibly
     /// none) into this checkpoint.
     pub fn apply_run(self, run: &[u8]) -> Result<Checkpoint, EngineError> {
+        let deltas = Self::decode_run(run, self.frontier)?;
+        self.apply_all(deltas)
+    }
+
+    /// The deltas of a run ([`super::BackupChain::range_since`]) on the
+    /// checkpoint at `since`, decoded in order: what a part staged as live
+    /// keyed state folds in ([`super::KeyedState::apply_changes`]).
+    pub fn decode_run(run: &[u8], since: Stamp) -> Result<Vec<Checkpoint>, EngineError> {
         if run.get(..4) != Some(RUN_MAGIC) {
             return Err(EngineError::Checkpoint(
                 "not a run of incremental checkpoints (bad magic)".into(),
@@ -805,7 +819,7 @@ impl Checkpoint {
         for delta in &deltas {
             Self::verify(delta)?;
         }
-        self.fold_deltas(&deltas)
+        decode_deltas(since, &deltas)
     }
 }
 

@@ -20,6 +20,7 @@
 //!   from a holder asks it for the whole backup on a backup connection of
 //!   its own, so that a recovery moves the state once.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
@@ -29,6 +30,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::api::ProcessLogic;
 use crate::error::EngineError;
 use crate::plan::{Incarnation, InstanceId, WorkerId};
 use crate::stamp::Stamp;
@@ -459,28 +461,44 @@ pub(crate) fn reshape(
 
 /// Carries out [`ToWorker::Stage`] on a thread of its own: fetches the
 /// range of `instance`'s backup from the first holder that gives it,
-/// decodes it, keeps it in `staged` and answers the coordinator.
+/// restores it as live keyed state into a logic that `logic` makes (its
+/// operator's), keeps both in `staged` and answers the coordinator.
 pub(crate) fn stage(
     staged: &Staging,
     writer: &ControlWriter,
     instance: InstanceId,
     range: KeyRange,
     holders: Vec<BackupHolder>,
+    logic: impl FnOnce() -> Result<Box<dyn ProcessLogic>, EngineError> + Send + 'static,
 ) {
     let (staged, writer) = (staged.clone(), writer.clone());
     spawn("spate-stage", move || {
         let mut reasons = Vec::new();
         let mut frontier = None;
+        let mut logic = Some(logic);
         for holder in &holders {
             let fetched = fetch_range(holder, instance, range, None)
-                .and_then(|(_, bytes)| Checkpoint::decode_owned(bytes));
+                .and_then(|(_, bytes)| Checkpoint::decode_owned(bytes))
+                .and_then(|mut part| {
+                    let make = logic.take().ok_or_else(|| {
+                        EngineError::Protocol("the operator's logic was already made".into())
+                    })?;
+                    let mut live = make()?;
+                    live.restore(&part.entries, part.key_range)?;
+                    // Its bytes are in the live state now.
+                    part.entries = Vec::new();
+                    Ok(StagedPart { part, live })
+                });
             match fetched {
                 Ok(part) => {
-                    frontier = Some(part.frontier);
+                    frontier = Some(part.part.frontier);
                     staged.keep(instance, part);
                     break;
                 }
                 Err(e) => reasons.push(e.to_string()),
+            }
+            if logic.is_none() {
+                break;
             }
         }
         if holders.is_empty() {
@@ -498,16 +516,23 @@ pub(crate) fn stage(
     });
 }
 
+/// A part of a backup staged for a live split: its checkpoint but the
+/// entries, which are restored as live keyed state in `live`.
+pub(crate) struct StagedPart {
+    part: Checkpoint,
+    live: Box<dyn ProcessLogic>,
+}
+
 /// The parts of backups this worker staged for live splits, by the
 /// instance split, until restored or called off.
 #[derive(Clone, Default)]
-pub(crate) struct Staging(Arc<Mutex<HashMap<InstanceId, Vec<Checkpoint>>>>);
+pub(crate) struct Staging(Arc<Mutex<HashMap<InstanceId, Vec<StagedPart>>>>);
 
 impl Staging {
-    fn keep(&self, instance: InstanceId, part: Checkpoint) {
+    fn keep(&self, instance: InstanceId, part: StagedPart) {
         let mut staged = self.lock();
         let parts = staged.entry(instance).or_default();
-        parts.retain(|p| p.key_range != part.key_range);
+        parts.retain(|p| p.part.key_range != part.part.key_range);
         parts.push(part);
     }
 
@@ -517,10 +542,10 @@ impl Staging {
     }
 
     /// The part of `parent` staged for `range`, taken.
-    fn take(&self, parent: InstanceId, range: KeyRange) -> Option<Checkpoint> {
+    fn take(&self, parent: InstanceId, range: KeyRange) -> Option<StagedPart> {
         let mut staged = self.lock();
         let parts = staged.get_mut(&parent)?;
-        let at = parts.iter().position(|p| p.key_range == range)?;
+        let at = parts.iter().position(|p| p.part.key_range == range)?;
         let part = parts.swap_remove(at);
         if parts.is_empty() {
             staged.remove(&parent);
@@ -528,9 +553,20 @@ impl Staging {
         Some(part)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Vec<Checkpoint>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Vec<StagedPart>>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The state of a part of a live split ([`RestoreFrom::Staged`]).
+pub(crate) enum CaughtUp {
+    /// Its live state, staged and caught up: the checkpoint (without
+    /// entries: its frontier, output buffer and operator state) and the
+    /// keyed state for its instance to adopt.
+    Live(Checkpoint, Box<dyn Any + Send>),
+    /// Its checkpoint whole: nothing was staged, or no holder still had the
+    /// changes since as deltas.
+    Whole(Checkpoint),
 }
 
 /// The state of a part of a live split ([`RestoreFrom::Staged`]): what was
@@ -544,30 +580,49 @@ pub(crate) fn catch_up(
     range: KeyRange,
     since: Stamp,
     holders: &[BackupHolder],
-) -> Result<Checkpoint, (WorkerId, EngineError)> {
-    let mut part = staged.take(parent, range).filter(|p| p.frontier == since);
+) -> Result<CaughtUp, (WorkerId, EngineError)> {
+    let mut part = staged
+        .take(parent, range)
+        .filter(|p| p.part.frontier == since);
     let mut last = Err((
         WorkerId(0),
         EngineError::Checkpoint(format!("no holder of instance {parent} named")),
     ));
     for holder in holders {
-        let asked = part.as_ref().map(|p| p.frontier);
+        let asked = part.as_ref().map(|p| p.part.frontier);
         let caught_up =
             fetch_range(holder, parent, range, asked).and_then(|(from, bytes)| {
                 match (from, part.take()) {
-                    (Some(_), Some(staged)) => staged.apply_run(&bytes),
+                    (Some(since), Some(staged)) => apply(staged, &bytes, since, range),
                     (_, staged) => {
                         part = staged;
-                        Checkpoint::decode_owned(bytes)
+                        Checkpoint::decode_owned(bytes).map(CaughtUp::Whole)
                     }
                 }
             });
         match caught_up {
-            Ok(checkpoint) => return Ok(checkpoint),
+            Ok(state) => return Ok(state),
             Err(e) => last = Err((holder.worker, e)),
         }
     }
     last
+}
+
+/// Folds a run of deltas of `range` on `since` into a staged part.
+fn apply(
+    staged: StagedPart,
+    run: &[u8],
+    since: Stamp,
+    range: KeyRange,
+) -> Result<CaughtUp, EngineError> {
+    let StagedPart { mut part, mut live } = staged;
+    for delta in Checkpoint::decode_run(run, since)? {
+        live.apply_changes(&delta.entries, range)?;
+        part.frontier = delta.frontier;
+        part.output_buffer = delta.output_buffer;
+        part.operator_state = delta.operator_state;
+    }
+    Ok(CaughtUp::Live(part, live.take_state()))
 }
 
 fn spawn(name: &str, work: impl FnOnce() + Send + 'static) {

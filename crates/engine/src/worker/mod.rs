@@ -10,20 +10,21 @@ mod instance;
 pub mod output;
 mod watch;
 
+use std::any::Any;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::api::{InstanceContext, Query, QueryRegistry};
+use crate::api::{InstanceContext, Logic, ProcessLogic, Query, QueryRegistry};
 use crate::error::EngineError;
 use crate::plan::{AddedInstance, InstanceId, MergedInstance, Plan, WorkerId};
-use crate::state::Checkpoint;
+use crate::state::{Checkpoint, KeyRange};
 use crate::wire::control::{
     self, BackupShipment, RestoreFrom, ToCoordinator, ToWorker, HEARTBEAT_EVERY,
 };
-use backup::{Holdings, Shipper, Staging};
+use backup::{CaughtUp, Holdings, Shipper, Staging};
 use input::{BackupDesk, ControlEvent, Inboxes};
 use instance::{Inputs, Instance, Report};
 use output::{Outbox, SenderIdentity};
@@ -229,7 +230,10 @@ impl ControlLoop<'_> {
                 instance,
                 range,
                 holders,
-            } => backup::stage(&self.staging, &self.writer, instance, range, holders),
+            } => {
+                let logic = self.logic_for(instance, range);
+                backup::stage(&self.staging, &self.writer, instance, range, holders, logic)
+            }
             ToWorker::Unstage { instance } => self.staging.drop_instance(instance),
             ToWorker::ReshapeBackup {
                 instance,
@@ -336,8 +340,9 @@ impl ControlLoop<'_> {
             self.inboxes.stop(id);
             let restored = state
                 .decode()
-                .and_then(|checkpoint| {
+                .and_then(|(checkpoint, live)| {
                     create_instance(d, id, checkpoint, &self.inboxes, &self.reports)
+                        .map(|instance| Instance { live, ..instance })
                 })
                 .and_then(|instance| start_instance(instance, d, self.writer.clone(), &self.watch));
             match restored {
@@ -352,6 +357,40 @@ impl ControlLoop<'_> {
             }
         }
         Ok(())
+    }
+
+    /// What makes a logic of `instance`'s operator for a part of it that
+    /// owns `range`, to restore a staged part into off the control thread
+    /// (its state is adopted by the part's instance when it restores).
+    fn logic_for(
+        &self,
+        instance: InstanceId,
+        range: KeyRange,
+    ) -> impl FnOnce() -> Result<Box<dyn ProcessLogic>, EngineError> + Send + 'static {
+        let found = self.deployment.as_ref().and_then(|d| {
+            let (node, placed) = d.plan.instance(instance)?;
+            let ctx = InstanceContext {
+                operator: d.query.name(node).to_string(),
+                instance: instance.0,
+                index: placed.index,
+                parallelism: d.plan.nodes[node].instances.len() as u32,
+                key_range: range,
+                restoring: true,
+                incarnation: placed.incarnation,
+            };
+            Some((d.query.clone(), node, ctx))
+        });
+        move || {
+            let (query, node, ctx) = found.ok_or_else(|| {
+                EngineError::Protocol(format!("instance {instance} is not in this worker's plan"))
+            })?;
+            match query.instantiate(node, &ctx)? {
+                Logic::Process(logic) => Ok(logic),
+                Logic::Source(_) => Err(EngineError::Protocol(format!(
+                    "instance {instance} is a source: it cannot be staged"
+                ))),
+            }
+        }
     }
 
     /// Adopts a scaled plan: stops the instances merged away and passes the
@@ -378,18 +417,24 @@ impl ControlLoop<'_> {
     }
 }
 
-/// A restoring instance's state: encoded (none: it starts empty), or
-/// already decoded (a part of a live split, caught up off this thread).
+/// A restoring instance's state: encoded (none: it starts empty), or a
+/// part of a live split, caught up off this thread.
 enum State {
     Encoded(Option<Vec<u8>>),
-    Decoded(Checkpoint),
+    Staged(CaughtUp),
 }
 
+/// Live keyed state for a restored instance to adopt.
+type LiveState = Option<Box<dyn Any + Send>>;
+
 impl State {
-    fn decode(self) -> Result<Option<Checkpoint>, EngineError> {
+    /// The checkpoint to restore from, and the live keyed state to adopt
+    /// instead of its entries, if any.
+    fn decode(self) -> Result<(Option<Checkpoint>, LiveState), EngineError> {
         match self {
-            State::Encoded(bytes) => bytes.map(Checkpoint::decode_owned).transpose(),
-            State::Decoded(checkpoint) => Ok(Some(checkpoint)),
+            State::Encoded(bytes) => Ok((bytes.map(Checkpoint::decode_owned).transpose()?, None)),
+            State::Staged(CaughtUp::Whole(checkpoint)) => Ok((Some(checkpoint), None)),
+            State::Staged(CaughtUp::Live(checkpoint, live)) => Ok((Some(checkpoint), Some(live))),
         }
     }
 }
@@ -418,8 +463,9 @@ fn fetch_states(
                         range,
                         since,
                         holders,
-                    } => backup::catch_up(staging, parent, range, since, &holders)
-                        .map(State::Decoded),
+                    } => {
+                        backup::catch_up(staging, parent, range, since, &holders).map(State::Staged)
+                    }
                 });
                 (id, fetch)
             })
@@ -732,6 +778,7 @@ fn create_instance(
         inbox: inboxes.create(id, placed.incarnation),
         source_slot: placed.source_slot,
         restore,
+        live: None,
         checkpoint_every: d.checkpoint_every,
         reports: reports.clone(),
     })
