@@ -50,9 +50,56 @@ use super::{reply, ControlWriter};
 /// latest verified checkpoint and the incremental ones since, with the
 /// incarnation that sent them.
 #[derive(Clone, Default)]
-pub(crate) struct Holdings(Arc<Mutex<HashMap<InstanceId, (Incarnation, BackupChain)>>>);
+pub(crate) struct Holdings {
+    held: Arc<Mutex<HashMap<InstanceId, (Incarnation, BackupChain)>>>,
+    /// The parts of a live split whose backups this holder is cutting
+    /// ([`reshape`]), with the checkpoints that came for them meanwhile:
+    /// those wait, so that a part's first increments join its cut backup
+    /// instead of being refused. Locked before `held`, never after.
+    cutting: Arc<Mutex<HashMap<InstanceId, Vec<BackupShipment>>>>,
+}
 
 impl Holdings {
+    /// [`Holdings::store`], unless a backup of the shipment's instance is
+    /// being cut: then it waits for the cut (`None`), whose end stores it
+    /// and answers for it.
+    pub(crate) fn store_or_wait(&self, shipment: BackupShipment) -> Option<ToCoordinator> {
+        let mut cutting = lock(&self.cutting);
+        match cutting.get_mut(&shipment.instance) {
+            Some(waiting) => {
+                waiting.push(shipment);
+                None
+            }
+            None => Some(self.store(shipment)),
+        }
+    }
+
+    /// Checkpoints of `instances` wait from now on until [`Holdings::cut`]
+    /// stores their cut backups.
+    fn start_cutting(&self, instances: impl IntoIterator<Item = InstanceId>) {
+        let mut cutting = lock(&self.cutting);
+        for id in instances {
+            cutting.entry(id).or_default();
+        }
+    }
+
+    /// Stores each part's cut backup (or answers its refusal), then what
+    /// waited for it, in order; returns the answers.
+    fn cut(
+        &self,
+        parts: Vec<(InstanceId, Result<BackupShipment, ToCoordinator>)>,
+    ) -> Vec<ToCoordinator> {
+        let mut cutting = lock(&self.cutting);
+        let mut answers = Vec::new();
+        for (id, part) in parts {
+            answers.push(part.map_or_else(|refused| refused, |shipment| self.store(shipment)));
+            for waited in cutting.remove(&id).unwrap_or_default() {
+                answers.push(self.store(waited));
+            }
+        }
+        answers
+    }
+
     /// Keeps a shipment if it is good; returns what to tell the
     /// coordinator: stored (with the sizes it shows) or refused.
     pub(crate) fn store(&self, shipment: BackupShipment) -> ToCoordinator {
@@ -164,10 +211,14 @@ impl Holdings {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, (Incarnation, BackupChain)>> {
-        // A poisoned map only means a thread panicked between two
-        // statements that each leave it consistent.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.held)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned map only means a thread panicked between two statements
+    // that each leave it consistent.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Why a chain did not take a checkpoint, for the coordinator.
@@ -192,7 +243,9 @@ pub(crate) fn serve(mut stream: TcpStream, holdings: &Holdings, writer: &Control
     loop {
         let served = match control::recv::<ToHolder>(&mut reader) {
             Ok(Some(ToHolder::Store(shipment))) => {
-                reply(writer, &holdings.store(shipment));
+                if let Some(answer) = holdings.store_or_wait(shipment) {
+                    reply(writer, &answer);
+                }
                 Ok(())
             }
             Ok(Some(ToHolder::Fetch {
@@ -421,9 +474,12 @@ pub(crate) fn reshape(
     frontier: Stamp,
     parts: Vec<ReshapedPart>,
 ) {
-    let (holdings, writer) = (holdings.clone(), writer.clone());
-    spawn("spate-backup-reshape", move || {
-        let cut: Vec<(ReshapedPart, Result<Vec<u8>, String>)> = parts
+    let ids: Vec<InstanceId> = parts.iter().map(|p| p.instance).collect();
+    holdings.start_cutting(ids.iter().copied());
+    let (held, answers) = (holdings.clone(), writer.clone());
+    let cut_all = move || {
+        let (holdings, writer) = (held, answers);
+        let cut = parts
             .into_iter()
             .map(|part| {
                 let bytes = match holdings.range_since(instance, part.range, None) {
@@ -437,26 +493,45 @@ pub(crate) fn reshape(
                     Some(Err(e)) => Err(e.to_string()),
                     None => Err(format!("no backup of instance {instance} held")),
                 };
-                (part, bytes)
+                let cut = bytes
+                    .map(|bytes| BackupShipment {
+                        instance: part.instance,
+                        incarnation: part.incarnation,
+                        frontier,
+                        bytes,
+                    })
+                    .map_err(|reason| ToCoordinator::BackupRefused {
+                        instance: part.instance,
+                        refusal: Refusal::NotItsBase,
+                        reason,
+                    });
+                (part.instance, cut)
             })
             .collect();
-        for (part, bytes) in cut {
-            let answer = match bytes {
-                Ok(bytes) => holdings.store(BackupShipment {
-                    instance: part.instance,
-                    incarnation: part.incarnation,
-                    frontier,
-                    bytes,
-                }),
-                Err(reason) => ToCoordinator::BackupRefused {
-                    instance: part.instance,
-                    refusal: Refusal::NotItsBase,
-                    reason,
-                },
-            };
+        for answer in holdings.cut(cut) {
             reply(&writer, &answer);
         }
-    });
+    };
+    if let Err(e) = thread::Builder::new()
+        .name("spate-backup-reshape".into())
+        .spawn(cut_all)
+    {
+        tracing::warn!(%instance, "cannot cut a backup: {e}");
+        let refused = ids
+            .into_iter()
+            .map(|id| {
+                let refusal = ToCoordinator::BackupRefused {
+                    instance: id,
+                    refusal: Refusal::NotItsBase,
+                    reason: format!("cannot cut a backup: {e}"),
+                };
+                (id, Err(refusal))
+            })
+            .collect();
+        for answer in holdings.cut(refused) {
+            reply(writer, &answer);
+        }
+    }
 }
 
 /// Carries out [`ToWorker::Stage`] on a thread of its own: fetches the
@@ -795,6 +870,7 @@ pub(crate) fn latest<T>(
 mod tests {
     use super::*;
     use crate::state::testing::encoded;
+    use crate::state::CheckpointParts;
 
     fn shipment(incarnation: u32, frontier: u64, base: Option<u64>) -> BackupShipment {
         BackupShipment {
@@ -927,6 +1003,84 @@ mod tests {
             fetch_range(&holder, InstanceId(7), upper, Some(Stamp(30))).expect_err("behind");
         assert!(error.to_string().contains("holds none"), "{error}");
         serving.join().expect("served");
+    }
+
+    #[test]
+    fn a_holder_cuts_a_split_instance_backup_into_its_parts_and_their_increments_join() {
+        let holdings = Holdings::default();
+        let keys: Vec<u64> = (0..200).collect();
+        assert!(stored(&holdings.store(BackupShipment {
+            bytes: encoded(10, &keys, None),
+            ..shipment(0, 10, None)
+        })));
+        let coordinator = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+        let writer: ControlWriter = Arc::new(Mutex::new(
+            TcpStream::connect(coordinator.local_addr().expect("bound")).expect("connects"),
+        ));
+        let (mut answers, _) = coordinator.accept().expect("accepts");
+        let [lower, upper] = KeyRange::FULL.split_even(2)[..] else {
+            panic!("two halves");
+        };
+        let part = |instance: u32, incarnation: u32, range: KeyRange| ReshapedPart {
+            instance: InstanceId(instance),
+            incarnation: Incarnation(incarnation),
+            range,
+        };
+        reshape(
+            &holdings,
+            &writer,
+            InstanceId(7),
+            Stamp(10),
+            vec![part(7, 1, lower), part(8, 0, upper)],
+        );
+        // The upper part's first increment, on what it restored from, may
+        // come before the cut is done: it waits for it, then joins it.
+        let increment = CheckpointParts {
+            operator: "count",
+            key_range: upper,
+            frontier: Stamp(20),
+            entries: &[],
+            output_buffer: &crate::state::OutputBuffer::default(),
+            operator_state: &[],
+        }
+        .encode_delta(Stamp(10))
+        .expect("encodes");
+        let first = holdings.store_or_wait(BackupShipment {
+            instance: InstanceId(8),
+            incarnation: Incarnation(0),
+            frontier: Stamp(20),
+            bytes: increment,
+        });
+        let mut acks: Vec<ToCoordinator> = first.into_iter().collect();
+        while acks.len() < 3 {
+            acks.push(
+                control::recv(&mut answers)
+                    .expect("reads")
+                    .expect("answers"),
+            );
+        }
+        let mut stored_at: Vec<(InstanceId, Stamp)> = acks
+            .iter()
+            .map(|a| match a {
+                ToCoordinator::BackupStored(ack) => (ack.instance, ack.frontier),
+                other => panic!("refused: {other:?}"),
+            })
+            .collect();
+        stored_at.sort();
+        assert_eq!(
+            stored_at,
+            vec![
+                (InstanceId(7), Stamp(10)),
+                (InstanceId(8), Stamp(10)),
+                (InstanceId(8), Stamp(20))
+            ]
+        );
+        let held =
+            |id: u32| Checkpoint::decode_owned(holdings.fetch(InstanceId(id)).expect("held"));
+        let (low, high) = (held(7).expect("valid"), held(8).expect("valid"));
+        assert_eq!((low.key_range, low.frontier), (lower, Stamp(10)));
+        assert_eq!((high.key_range, high.frontier), (upper, Stamp(20)));
+        assert_eq!(low.entries.len() + high.entries.len(), keys.len());
     }
 
     #[test]
