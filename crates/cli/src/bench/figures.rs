@@ -163,9 +163,14 @@ pub fn checkpoint_bytes_for(keys: u64, value_bytes: u64) -> u64 {
 pub struct ScaleFigures {
     /// When it was decided, ms since the job started.
     pub decided_ms: u64,
-    /// The coordinator's processing pause: from the decision until every
-    /// part ran and every worker was rewired, ms.
+    /// The processing pause, ms: a live split's stop (from pausing the
+    /// store until every part ran and every worker was rewired); otherwise
+    /// from the decision until then.
     pub pause_ms: u64,
+    /// A live split: from the decision until every part was staged, the
+    /// store processing all along, ms (`None`: not staged).
+    #[serde(default)]
+    pub staged_ms: Option<u64>,
     /// Keys on each side (the two parts of a split; the two merged).
     pub keys: (usize, usize),
     /// Latency from a second before the decision to the end of the
@@ -387,6 +392,12 @@ impl StateBenchReport {
             self.split.pause_ms,
             lat(&self.split.latency)
         );
+        if let Some(staged) = self.split.staged_ms {
+            t += &format!(
+                "{:<26} {:>9} (the split's parts staged while the store ran)\n",
+                "split: staged live", staged
+            );
+        }
         t += &format!(
             "{:<26} {:>9} {}\n",
             "merge",

@@ -271,10 +271,11 @@ fn report(
         Ok(ScaleFigures {
             decided_ms: e.decided_ms,
             pause_ms: e.pause_ms,
+            staged_ms: e.staged_ms,
             keys: e.keys,
             latency: latency(
                 e.decided_ms.saturating_sub(BEFORE_MS),
-                e.decided_ms + e.pause_ms + after_ms,
+                e.decided_ms + e.staged_ms.unwrap_or(0) + e.pause_ms + after_ms,
             ),
         })
     };

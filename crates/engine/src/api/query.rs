@@ -484,6 +484,29 @@ pub(crate) trait ProcessLogic: Send {
             )))
         }
     }
+    /// Folds an incremental checkpoint's entries into the processing
+    /// state ([`KeyedState::apply_changes`]): a part of a live split,
+    /// restored ahead of its stop, catching up.
+    fn apply_changes(
+        &mut self,
+        entries: &[StateEntry],
+        range: KeyRange,
+    ) -> Result<(), EngineError> {
+        self.restore(entries, range)
+    }
+    /// Gives up the processing state, for another instance of the same
+    /// operator to adopt ([`ProcessLogic::adopt_state`]): a part of a live
+    /// split is restored ahead of its stop, off its instance's thread.
+    fn take_state(self: Box<Self>) -> Box<dyn Any + Send> {
+        Box::new(())
+    }
+    /// Takes the processing state another instance of the same operator
+    /// gave up ([`ProcessLogic::take_state`]) instead of restoring it.
+    fn adopt_state(&mut self, state: Box<dyn Any + Send>) -> Result<(), EngineError> {
+        state.downcast::<()>().map(|_| ()).map_err(|_| {
+            EngineError::Checkpoint("a stateless operator cannot adopt keyed state".into())
+        })
+    }
 }
 
 fn decode<T: Data>(payload: &[u8]) -> Result<T, OperatorError> {
@@ -576,6 +599,30 @@ impl<O: StatefulOperator> ProcessLogic for StatefulNode<O> {
 
     fn restore(&mut self, entries: &[StateEntry], range: KeyRange) -> Result<(), EngineError> {
         self.state = KeyedState::restore(entries, range)?;
+        Ok(())
+    }
+
+    fn apply_changes(
+        &mut self,
+        entries: &[StateEntry],
+        range: KeyRange,
+    ) -> Result<(), EngineError> {
+        self.state.apply_changes(entries, range)
+    }
+
+    fn take_state(self: Box<Self>) -> Box<dyn Any + Send> {
+        Box::new(self.state)
+    }
+
+    fn adopt_state(&mut self, state: Box<dyn Any + Send>) -> Result<(), EngineError> {
+        let state = state
+            .downcast::<KeyedState<O::Key, O::State>>()
+            .map_err(|_| {
+                EngineError::Checkpoint(
+                    "keyed state of another operator offered for adoption".into(),
+                )
+            })?;
+        self.state = *state;
         Ok(())
     }
 }

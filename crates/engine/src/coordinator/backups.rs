@@ -223,6 +223,44 @@ impl Backups {
         self.pending.insert(id, state);
     }
 
+    /// `id` restarts owning a different key range (a part of a live
+    /// split) at `frontier`, from a part of its parent's backup that
+    /// `holders` (the parent's) cut for it: they become its route, so that
+    /// their acknowledgements of the part count and its increments join
+    /// what they hold. Until one acknowledges, nothing protects it but the
+    /// parent's backup at those holders; the split waits for them.
+    pub(super) fn reshaped_at_holders(
+        &mut self,
+        id: InstanceId,
+        frontier: Stamp,
+        holders: Vec<WorkerId>,
+    ) {
+        self.retire_route(id);
+        self.routed_to.remove(&id);
+        self.copies.remove(&id);
+        self.pending.remove(&id);
+        self.unprotected.remove(&id);
+        self.trimmed.insert(id, frontier);
+        if let Some(void) = self.void.get_mut(&id) {
+            void.retain(|h| !holders.contains(h));
+        }
+        self.routes.insert(id, holders);
+    }
+
+    /// The holders whose copy of `id` is at `frontier` exactly.
+    pub(super) fn holders_at(&self, id: InstanceId, frontier: Stamp) -> Vec<WorkerId> {
+        self.copies
+            .get(&id)
+            .map(|copies| {
+                copies
+                    .iter()
+                    .filter(|(_, at)| *at == frontier)
+                    .map(|(h, _)| *h)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// `id` no longer exists (merged into a neighbour).
     pub(super) fn forget(&mut self, id: InstanceId) {
         self.retire_route(id);

@@ -495,10 +495,17 @@ impl Job<'_> {
                 self.link_stalled(worker, &peer, silent_ms);
                 Ok(())
             }
+            // A part staged for a split that was called off.
+            ToCoordinator::Staged { instance, .. } => {
+                // Best effort: a staged part left behind is memory, not data.
+                let _ = self.send(worker, &ToWorker::Unstage { instance });
+                Ok(())
+            }
             // Answers to a reconfiguration that already gave up waiting.
             ToCoordinator::Restored { .. }
             | ToCoordinator::Paused { .. }
             | ToCoordinator::Backup { .. }
+            | ToCoordinator::Cuts { .. }
             | ToCoordinator::Deployed => Ok(()),
             other => self.unexpected(worker, other),
         }

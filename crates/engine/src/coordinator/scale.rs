@@ -1,4 +1,41 @@
 //! The scale-out protocol: split one instance into k partitions.
+//!
+//! A stateful instance with a live backup holder splits *live*, by
+//! pre-copy (as a VM's live migration moves memory): the bulk of its state
+//! moves to the parts' workers while it keeps processing every key, and it
+//! stops only to hand over what changed since (steps in `scale_live`).
+//! 1. stage (no pause): a holder of the instance's backup says where to cut
+//!    it into k parts by recent load (`ToWorker::CutBackup`; the cuts are
+//!    computed where the state is, by `Checkpoint::split_points`); each
+//!    part's worker (the instance's own for the lowest part, a pool worker
+//!    for each other) fetches only its range from a holder, decodes it off
+//!    its control thread and keeps it (`ToWorker::Stage`, answered with
+//!    `Staged` and the staged frontier);
+//! 2. stop: the instance pauses, runs to exactly where it paused and
+//!    checkpoints there (incrementally), then stops releasing tuples; the
+//!    coordinator waits for a holder's acknowledgement of that checkpoint;
+//! 3. catch up: each part restores from what it staged plus the deltas of
+//!    its range since (`RestoreFrom::Staged`: the holder cuts the deltas
+//!    after the staged frontier to the range, or sends the range whole when
+//!    compaction folded them away), the lowest in place of the instance (a
+//!    new incarnation on its worker, which keeps the whole output buffer
+//!    and replays it, as for any split);
+//! 4. the plan is updated everywhere, as below; the holders of the
+//!    instance's backup cut each part's backup from it
+//!    (`ToWorker::ReshapeBackup`) and become the part's route, so that the
+//!    parts' increments join what they restored from instead of a full
+//!    checkpoint; the split waits until each part's backup is acknowledged
+//!    (until then only the instance's backup at those holders protects it).
+//!
+//! Its pause is the stop alone: the last increment, the catch-ups (the
+//! deltas since staging), the restores and the rewiring. A split that
+//! cannot stage (a stateless instance, no live holder, a holder or part
+//! worker lost, a part that could not be fetched) falls back to the
+//! whole-checkpoint split below; one whose instance fails or cannot stop is
+//! called off (the instance resumes, its staged parts are dropped) and the
+//! failure recovered after it, like any other.
+//!
+//! The whole-checkpoint split:
 //! 1. checkpoint the instance (a fresh checkpoint is requested; a stateless
 //!    one has nothing to checkpoint and restarts at its replay floor);
 //! 2. choose the k-1 cuts (where the recent load of the checkpoint's keys
@@ -11,8 +48,10 @@
 //!    accept the new instances as inputs that inherit the parent's frontier;
 //! 5. refill the pool, up to the policy's maximum of workers.
 //!
-//! The autoscaling policy decides when and into how many parts, from the
-//! autoscaler's rates; one decision may split several instances.
+//! All the splits of one decision are one reconfiguration: one stop or
+//! checkpoint round, one round of restores, one plan update. The
+//! autoscaling policy decides when and into how many parts, from the
+//! autoscaler's rates.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -153,7 +192,14 @@ pub struct ScaleEvent {
     /// Every new part of a split: instance, worker, first key hash, keys.
     #[serde(default)]
     pub added: Vec<AddedPart>,
-    /// From the decision until every part runs and everyone was rewired.
+    /// A live split: from the decision until every part was staged, the
+    /// instance running all along (`None`: not staged).
+    #[serde(default)]
+    pub staged_ms: Option<u64>,
+    /// How long the instance stopped processing: a live split's stop (its
+    /// last checkpoint, the parts catching up and restoring, the
+    /// rewiring); otherwise from the decision until every part runs and
+    /// everyone was rewired.
     pub pause_ms: u64,
 }
 
@@ -181,13 +227,6 @@ impl ScaleEvent {
     }
 }
 
-/// Where to cut an instance's range into `parts`: between the keys of its
-/// checkpoint (sorted by hash) where the cumulative recent load reaches each
-/// `parts`-th of the total, so that each part gets about as much work even
-/// when a few keys are hot; among equally balanced cuts, the one nearest the
-/// even share of keys (so the parts also hold similar state). Without load
-/// information (no key was accessed since the counters decayed) that is
-/// even shares of keys; with fewer keys than parts, even ranges.
 /// The parts of a split checkpoint, in key order: their key ranges, key
 /// counts and encodings.
 type Parts = (Vec<KeyRange>, Vec<usize>, Vec<Vec<u8>>);
@@ -195,7 +234,7 @@ type Parts = (Vec<KeyRange>, Vec<usize>, Vec<Vec<u8>>);
 /// Cuts an encoded checkpoint into `parts` by key load.
 fn partition_checkpoint(bytes: &[u8], parts: usize) -> Result<Parts, EngineError> {
     let checkpoint = Checkpoint::decode(bytes)?;
-    let ranges = split_points(&checkpoint, parts);
+    let ranges = checkpoint.split_points(parts);
     let split = checkpoint.partition(&ranges)?;
     let keys = split.iter().map(|p| p.entries.len()).collect();
     let encoded = split
@@ -226,52 +265,6 @@ fn added_parts(
         .collect()
 }
 
-fn split_points(checkpoint: &Checkpoint, parts: usize) -> Vec<KeyRange> {
-    let range = checkpoint.key_range;
-    let entries = &checkpoint.entries;
-    let even = || range.split_even(parts as u32);
-    if parts < 2 || entries.len() < parts {
-        return even();
-    }
-    let total: u64 = entries.iter().map(|e| u64::from(e.load)).sum();
-    // below[i]: the load of entries[..i].
-    let below: Vec<u64> = std::iter::once(0)
-        .chain(entries.iter().scan(0u64, |sum, e| {
-            *sum += u64::from(e.load);
-            Some(*sum)
-        }))
-        .collect();
-    let (n, k) = (entries.len() as u64, parts as u64);
-    let mut cuts = Vec::with_capacity(parts - 1);
-    let mut previous = 0usize;
-    for j in 1..k {
-        // Cutting before entry `i` keeps every part non-empty of keys.
-        let last = entries.len() - (parts - j as usize);
-        let best = (previous + 1..=last).min_by_key(|&i| {
-            (
-                (k * below[i]).abs_diff(j * total),
-                (k * i as u64).abs_diff(j * n),
-            )
-        });
-        let Some(i) = best else { return even() };
-        cuts.push(entries[i].hash);
-        previous = i;
-    }
-    let mut ranges = Vec::with_capacity(parts);
-    let mut rest = range;
-    for at in cuts {
-        match rest.split_at(at) {
-            Some((low, high)) => {
-                ranges.push(low);
-                rest = high;
-            }
-            None => return even(),
-        }
-    }
-    ranges.push(rest);
-    ranges
-}
-
 /// What a split partitions: a checkpoint's frontier and its encoding.
 type SplitFrom = (Stamp, Vec<u8>);
 
@@ -288,23 +281,26 @@ pub(super) struct SplitOrder {
 }
 
 /// A split under way, between its checks and its restores.
-struct Splitting {
+pub(super) struct Splitting {
     order: SplitOrder,
-    node: usize,
-    placed: InstancePlan,
-    operator: String,
+    pub(super) node: usize,
+    pub(super) placed: InstancePlan,
+    pub(super) operator: String,
     /// The pool workers its new parts go to.
-    targets: Vec<WorkerId>,
+    pub(super) targets: Vec<WorkerId>,
     /// The operator's partitions before.
     before: usize,
 }
 
 /// A split whose parts are placed, waiting for the restores.
-struct Placed {
-    splitting: Splitting,
-    ranges: Vec<KeyRange>,
-    keys: Vec<usize>,
-    new_ids: Vec<InstanceId>,
+pub(super) struct Placed {
+    pub(super) splitting: Splitting,
+    pub(super) ranges: Vec<KeyRange>,
+    pub(super) keys: Vec<usize>,
+    pub(super) new_ids: Vec<InstanceId>,
+    /// Whether its parts were staged while the instance ran (a live
+    /// split): its pause is then only the stop.
+    pub(super) staged: bool,
 }
 
 impl Job<'_> {
@@ -324,13 +320,25 @@ impl Job<'_> {
         if splitting.is_empty() {
             return Ok(());
         }
-        // 1. A fresh checkpoint of each instance (a stateless one restarts
-        // empty at its replay floor). If its worker fails meanwhile, the
-        // recovery comes first and its split is dropped.
+        // 0. Live splits: stage every part while the instance runs, then
+        // stop it for its last checkpoint (see the module's doc).
+        let (staged, splitting) = self.stage_splits(splitting)?;
+        let staged_ms = started.elapsed().as_millis() as u64;
+        let stopping = Instant::now();
+        let stopped = self.stop_staged(staged)?;
+        // 1. The others: a fresh checkpoint of each instance (a stateless
+        // one restarts empty at its replay floor). If its worker fails
+        // meanwhile, the recovery comes first and its split is dropped.
         let snapshots = self.snapshots_for_split(&splitting)?;
-        let mut placed = Vec::with_capacity(splitting.len());
+        let mut placed = Vec::with_capacity(splitting.len() + stopped.len());
         let mut by_target: RestoresByTarget = HashMap::new();
         let mut added = Vec::new();
+        let mut reshaping = Vec::with_capacity(stopped.len());
+        for s in stopped {
+            let (p, r) = self.place_staged(s, &mut by_target, &mut added);
+            placed.push(p);
+            reshaping.push(r);
+        }
         for (s, snapshot) in splitting.into_iter().zip(snapshots) {
             let Some((frontier, bytes)) = snapshot else {
                 for w in s.targets.iter().rev() {
@@ -354,26 +362,38 @@ impl Job<'_> {
                 ranges,
                 keys,
                 new_ids,
+                staged: false,
             });
         }
         if placed.is_empty() {
             return Ok(());
         }
-        // 3-4. Restore every part and rewire everyone, once for them all.
+        // 3-4. Restore every part and rewire everyone, once for them all;
+        // the holders of live splits' instances cut the parts' backups.
         self.restore_on(by_target, "a split's restores")?;
+        self.reshape_backups(&reshaping);
         let update = ToWorker::PlanUpdate {
             plan: self.plan.clone(),
             added,
             merged: Vec::new(),
         };
         self.broadcast(&update);
-        // The pause is over: every part runs and everyone was rewired.
+        // The pause is over: every part runs and everyone was rewired. A
+        // live split's instance ran until its stop.
         let pause_ms = started.elapsed().as_millis() as u64;
+        let stop_ms = stopping.elapsed().as_millis() as u64;
         let mut provisions = 0;
         for p in placed {
             provisions += p.new_ids.len();
-            self.record_placed(p, decided_ms, pause_ms);
+            let timing = if p.staged {
+                (Some(staged_ms), stop_ms)
+            } else {
+                (None, pause_ms)
+            };
+            self.record_placed(p, decided_ms, timing);
         }
+        // 5. No other reconfiguration before the parts are backed up.
+        self.await_part_backups(&reshaping)?;
         // 5. Refill the pool (in the background: new workers join later).
         if self.config.pool > 0 {
             for _ in 0..provisions {
@@ -415,13 +435,20 @@ impl Job<'_> {
         })
     }
 
-    /// Records a split whose parts all run.
-    fn record_placed(&mut self, p: Placed, decided_ms: u64, pause_ms: u64) {
+    /// Records a split whose parts all run, with how long its parts were
+    /// staged while the instance ran and how long it paused.
+    fn record_placed(
+        &mut self,
+        p: Placed,
+        decided_ms: u64,
+        (staged_ms, pause_ms): (Option<u64>, u64),
+    ) {
         let Placed {
             splitting: s,
             ranges,
             keys,
             new_ids,
+            ..
         } = p;
         for id in std::iter::once(s.placed.id).chain(new_ids.iter().copied()) {
             self.autoscaler.forget(id);
@@ -442,6 +469,7 @@ impl Job<'_> {
             split_at: ranges[1].start,
             keys: (keys[0], keys[1..].iter().sum()),
             added: added_parts(&new_ids, &s.targets, &ranges, &keys),
+            staged_ms,
             pause_ms,
         };
         self.record_split(event);
@@ -550,7 +578,7 @@ impl Job<'_> {
         self.record(
             EventKind::ScaleOut,
             format!(
-                "{}: {} -> {} partitions (instance {} split at {:#x}, {} + {} keys, new instances {}) in {} ms; {}",
+                "{}: {} -> {} partitions (instance {} split at {:#x}, {} + {} keys, new instances {}) in {} ms{}; {}",
                 event.operator,
                 event.partitions_before,
                 event.partitions_after,
@@ -560,6 +588,9 @@ impl Job<'_> {
                 event.keys.1,
                 parts.join(", "),
                 event.pause_ms,
+                event
+                    .staged_ms
+                    .map_or_else(String::new, |ms| format!(" after {ms} ms staged live")),
                 event.reason
             ),
         );
@@ -749,10 +780,10 @@ mod tests {
         }
     }
 
-    /// Splits where [`split_points`] says into `k` parts and restores each:
+    /// Splits where [`Checkpoint::split_points`] says into `k` parts and restores each:
     /// (load, state) of each.
     fn split_k(c: &Checkpoint, k: usize) -> Vec<(u64, KeyedState<u64, u64>)> {
-        c.partition(&split_points(c, k))
+        c.partition(&c.split_points(k))
             .unwrap()
             .iter()
             .map(|part| {
@@ -802,7 +833,7 @@ mod tests {
 
     #[test]
     fn falls_back_to_the_middle_of_the_range_without_keys() {
-        let ranges = split_points(&checkpoint(&keys_with_load(1, 5)), 2);
+        let ranges = checkpoint(&keys_with_load(1, 5)).split_points(2);
         assert_eq!(ranges, KeyRange::FULL.split_even(2));
     }
 
@@ -817,7 +848,7 @@ mod tests {
 
     #[test]
     fn fewer_keys_than_parts_split_the_range_evenly() {
-        let ranges = split_points(&checkpoint(&keys_with_load(3, 1)), 5);
+        let ranges = checkpoint(&keys_with_load(3, 1)).split_points(5);
         assert_eq!(ranges, KeyRange::FULL.split_even(5));
     }
 
@@ -853,7 +884,7 @@ mod tests {
             k in 2usize..12,
         ) {
             let c = checkpoint(&loads);
-            let ranges = split_points(&c, k);
+            let ranges = c.split_points(k);
             let parts = c.partition(&ranges).unwrap();
             prop_assert_eq!(parts.len(), k);
             // Every key in exactly one part, the part owning its hash.

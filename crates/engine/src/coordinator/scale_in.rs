@@ -122,6 +122,7 @@ impl Job<'_> {
             split_at: high.key_range.start,
             keys,
             added: Vec::new(),
+            staged_ms: None,
             pause_ms: started.elapsed().as_millis() as u64,
         };
         self.record_merge(event, idle);

@@ -24,7 +24,8 @@ use crate::stamp::Stamp;
 use crate::state::testing::encoded;
 use crate::state::{Checkpoint, CheckpointParts, KeyRange, KeyedState, OutputBuffer};
 use crate::wire::control::{
-    BackupAck, BackupShipment, InstanceMetrics, InstanceStats, RestoreFrom, ToCoordinator, ToWorker,
+    BackupAck, BackupShipment, InstanceMetrics, InstanceStats, Refusal, RestoreFrom, ToCoordinator,
+    ToWorker,
 };
 use crate::worker::backup::Holdings;
 
@@ -151,6 +152,12 @@ struct Cluster {
     taken: HashMap<(InstanceId, Incarnation), Stamp>,
     /// Instances asked for a full checkpoint next.
     full_next: HashSet<InstanceId>,
+    /// Parts staged for live splits: (worker, instance split, range).
+    staged: HashMap<(WorkerId, InstanceId, KeyRange), Checkpoint>,
+    /// Workers that fail to stage what they are asked to.
+    cannot_stage: HashSet<WorkerId>,
+    /// Where the instances get to while a live split stages its parts.
+    runs_on: Option<Stamp>,
     /// How far the fake instances got.
     progress: Stamp,
     started: bool,
@@ -175,6 +182,9 @@ impl Cluster {
             incremental: false,
             taken: HashMap::new(),
             full_next: HashSet::new(),
+            staged: HashMap::new(),
+            cannot_stage: HashSet::new(),
+            runs_on: None,
             progress: Stamp(100),
             started: false,
         }
@@ -250,15 +260,25 @@ impl Cluster {
                 for (instance, from) in instances {
                     let state = match from {
                         RestoreFrom::Nothing => Ok(None),
-                        RestoreFrom::Checkpoint(bytes) => Ok(Some(bytes.into_vec())),
+                        RestoreFrom::Checkpoint(bytes) => {
+                            Ok(Some(Checkpoint::decode(&bytes).expect("valid")))
+                        }
                         RestoreFrom::Holder(holder) => self
                             .held_backup(holder.worker, instance)
-                            .map(Some)
+                            .map(|b| Some(Checkpoint::decode(&b).expect("valid")))
                             .ok_or(holder.worker),
+                        RestoreFrom::Staged {
+                            parent,
+                            range,
+                            since,
+                            holders,
+                        } => {
+                            let holders: Vec<WorkerId> = holders.iter().map(|h| h.worker).collect();
+                            self.catch_up(w, parent, range, since, &holders).map(Some)
+                        }
                     };
                     let answer = match state {
-                        Ok(bytes) => {
-                            let checkpoint = bytes.map(|b| Checkpoint::decode(&b).expect("valid"));
+                        Ok(checkpoint) => {
                             self.restored.insert(instance, checkpoint);
                             ToCoordinator::Restored { instance }
                         }
@@ -300,8 +320,130 @@ impl Cluster {
                     self.checkpoint(instance, until);
                 }
             }
+            ToWorker::CutBackup { instance, parts } => {
+                let cuts = self
+                    .holdings
+                    .get(&w)
+                    .filter(|_| !self.forgetful.contains(&w))
+                    .and_then(|h| h.cuts(instance, parts))
+                    .map(|cuts| cuts.expect("cuts"));
+                let (frontier, parts) = cuts.unwrap_or((Stamp::ZERO, Vec::new()));
+                self.net.say(
+                    w,
+                    ToCoordinator::Cuts {
+                        instance,
+                        frontier,
+                        parts,
+                    },
+                );
+            }
+            ToWorker::Stage {
+                instance,
+                range,
+                holders,
+            } => {
+                let part = holders
+                    .iter()
+                    .find_map(|h| self.range_at(h.worker, instance, range, None))
+                    .filter(|_| !self.cannot_stage.contains(&w))
+                    .map(|(_, bytes)| Checkpoint::decode(&bytes).expect("valid"));
+                let frontier = part.as_ref().map(|p| p.frontier);
+                self.progress = self.progress.max(self.runs_on.unwrap_or(Stamp::ZERO));
+                if let Some(part) = part {
+                    self.staged.insert((w, instance, range), part);
+                }
+                let reason = "no holder gave it".to_string();
+                self.net.say(
+                    w,
+                    ToCoordinator::Staged {
+                        instance,
+                        range,
+                        frontier,
+                        reason,
+                    },
+                );
+            }
+            ToWorker::Unstage { instance } => {
+                self.staged
+                    .retain(|(at, i, _), _| (*at, *i) != (w, instance));
+            }
+            ToWorker::ReshapeBackup {
+                instance,
+                frontier,
+                parts,
+            } => {
+                let cut: Vec<_> = parts
+                    .iter()
+                    .map(|p| self.range_at(w, instance, p.range, None))
+                    .collect();
+                for (part, cut) in parts.into_iter().zip(cut) {
+                    match cut.filter(|(_, b)| Checkpoint::frontier(b).ok() == Some(frontier)) {
+                        Some((_, bytes)) => self.store_at(
+                            w,
+                            BackupShipment {
+                                instance: part.instance,
+                                incarnation: part.incarnation,
+                                frontier,
+                                bytes,
+                            },
+                        ),
+                        None => self.net.say(
+                            w,
+                            ToCoordinator::BackupRefused {
+                                instance: part.instance,
+                                refusal: Refusal::NotItsBase,
+                                reason: "cannot cut it".into(),
+                            },
+                        ),
+                    }
+                }
+            }
             ToWorker::Trim { .. } | ToWorker::Shutdown | ToWorker::Lease { .. } => {}
         }
+    }
+
+    /// What holder `holder` gives a staging worker for `range` of
+    /// `instance` (since `since`): nothing if it is cut off or forgetful.
+    fn range_at(
+        &self,
+        holder: WorkerId,
+        instance: InstanceId,
+        range: KeyRange,
+        since: Option<Stamp>,
+    ) -> Option<(Option<Stamp>, Vec<u8>)> {
+        self.holdings
+            .get(&holder)
+            .filter(|_| !self.forgetful.contains(&holder) && !self.net.is_broken(holder))
+            .and_then(|h| h.range_since(instance, range, since))
+            .and_then(Result::ok)
+    }
+
+    /// A live split's part restored on `w`, as a real worker catches it
+    /// up: what it staged, and the changes since from the first holder
+    /// that gives them; an error names the last holder tried.
+    fn catch_up(
+        &mut self,
+        w: WorkerId,
+        parent: InstanceId,
+        range: KeyRange,
+        since: Stamp,
+        holders: &[WorkerId],
+    ) -> Result<Checkpoint, WorkerId> {
+        let staged = self
+            .staged
+            .remove(&(w, parent, range))
+            .filter(|p| p.frontier == since);
+        let asked = staged.as_ref().map(|p| p.frontier);
+        for holder in holders {
+            match (self.range_at(*holder, parent, range, asked), &staged) {
+                (Some((Some(_), run)), Some(part)) => {
+                    return Ok(part.clone().apply_run(&run).expect("applies"))
+                }
+                (Some((_, bytes)), _) => return Ok(Checkpoint::decode(&bytes).expect("valid")),
+                (None, _) => {}
+            }
+        }
+        Err(holders.last().copied().unwrap_or(WorkerId(0)))
     }
 
     fn plan(&self) -> &Plan {
@@ -968,16 +1110,16 @@ fn a_failure_during_a_split_is_recovered_after_it_and_the_split_dropped() {
     config.scale_at = vec![(Duration::from_millis(100), "count".into())];
     let (result, cluster, _) = scenario(config, |c| {
         c.checkpointed(Stamp(10));
-        // The split asks for a fresh checkpoint; its worker dies at once.
+        // The split stops the instance for its last checkpoint; its worker
+        // dies at once.
+        let stop = |m: &ToWorker| matches!(m, ToWorker::CheckpointNow | ToWorker::Pause { .. });
         assert!(c.run_until(Duration::from_secs(5), |c| {
-            c.log
-                .iter()
-                .any(|(_, m)| matches!(m, ToWorker::CheckpointNow))
+            c.log.iter().any(|(_, m)| stop(m))
         }));
         let host = c
             .log
             .iter()
-            .find(|(_, m)| matches!(m, ToWorker::CheckpointNow))
+            .find(|(_, m)| stop(m))
             .map(|(w, _)| *w)
             .expect("asked");
         c.net.break_link(host);
@@ -999,6 +1141,189 @@ fn a_failure_during_a_split_is_recovered_after_it_and_the_split_dropped() {
     for pair in ranges.windows(2) {
         assert_eq!(pair[0].end + 1, pair[1].start);
     }
+}
+
+/// Where in the coordinator's log the first message `kind` accepts is.
+fn first(c: &Cluster, kind: impl Fn(&ToWorker) -> bool) -> Option<usize> {
+    c.log.iter().position(|(_, m)| kind(m))
+}
+
+/// Runs a requested split of `count` after checkpoints at 10 and 20 (the
+/// second incremental), and lets the cluster answer until it has three
+/// partitions; returns the job's result and the cluster.
+fn live_split(
+    prepare: impl FnOnce(&mut Cluster),
+    then: impl FnOnce(&mut Cluster),
+) -> (Result<JobSummary, EngineError>, Cluster) {
+    let mut config = config(1);
+    config.scale_at = vec![(Duration::from_millis(150), "count".into())];
+    let (result, cluster, _) = scenario(config, |c| {
+        c.incremental = true;
+        c.runs_on = Some(Stamp(100));
+        prepare(c);
+        c.checkpointed(Stamp(10));
+        c.checkpointed(Stamp(20));
+        assert!(c.run_until(Duration::from_secs(5), |c| c.ids("count").len() == 3));
+        then(c);
+    });
+    (result, cluster)
+}
+
+#[test]
+fn a_live_split_stages_its_parts_then_hands_over_only_the_changes() {
+    let (result, mut cluster) = live_split(|_| {}, |c| c.settle(Duration::from_millis(100)));
+    let summary = result.expect("finishes");
+    let split = &summary.scale_events[0];
+    let (parent, part) = (split.instance, split.new_instance);
+    // Cuts from a holder and staging come before the stop; the stop
+    // (pause, then run to where it paused) before the restores.
+    let cut = first(&cluster, |m| matches!(m, ToWorker::CutBackup { .. })).expect("cut");
+    let staged = first(&cluster, |m| matches!(m, ToWorker::Stage { .. })).expect("staged");
+    let paused = first(&cluster, |m| matches!(m, ToWorker::Pause { .. })).expect("paused");
+    let restored = first(&cluster, |m| {
+        matches!(m, ToWorker::Restore { instances, .. }
+            if instances.iter().all(|(_, from)| matches!(from, RestoreFrom::Staged { .. })))
+    })
+    .expect("restored from staged parts");
+    assert!(cut < staged && staged < paused && paused < restored);
+    // Both parts staged: the parent's own worker stages the lower.
+    let stagers: HashSet<WorkerId> = cluster
+        .log
+        .iter()
+        .filter(|(_, m)| matches!(m, ToWorker::Stage { .. }))
+        .map(|(w, _)| *w)
+        .collect();
+    assert_eq!(stagers, HashSet::from([split.worker, cluster.host(parent)]));
+    // The coordinator never fetched the state.
+    assert_eq!(
+        first(&cluster, |m| matches!(m, ToWorker::FetchBackup { .. })),
+        None
+    );
+    // Each part restored at the stop (the fake's progress), equal to the
+    // part of the parent's backup there.
+    let frontiers = cluster.restored_frontiers();
+    assert_eq!(frontiers[&parent], Some(Stamp(100)));
+    assert_eq!(frontiers[&part], Some(Stamp(100)));
+    let ranges: Vec<KeyRange> = [parent, part]
+        .iter()
+        .map(|id| cluster.plan().instance(*id).expect("planned").1.key_range)
+        .collect();
+    for (id, range) in [parent, part].iter().zip(&ranges) {
+        let restored = cluster.restored[id].clone().expect("restored");
+        assert_eq!(restored.key_range, *range);
+        let keys: Vec<u64> = (0..100).filter(|k| range.contains(key_hash(k))).collect();
+        let state: KeyedState<u64, u64> =
+            KeyedState::restore(&restored.entries, *range).expect("a part of the keys");
+        let held: Vec<u64> = (0..100).filter(|k| state.get(k).is_some()).collect();
+        assert_eq!((held, state.len()), (keys.clone(), keys.len()), "instance {id}");
+    }
+    // The holders cut each part's backup from the parent's, so that the
+    // parts' next increments join it rather than a full checkpoint.
+    let cut: Vec<(WorkerId, InstanceId)> = cluster
+        .log
+        .iter()
+        .filter_map(|(w, m)| match m {
+            ToWorker::ReshapeBackup {
+                instance, parts, ..
+            } if *instance == parent => {
+                Some(parts.iter().map(|p| (*w, p.instance)).collect::<Vec<_>>())
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    for id in [parent, part] {
+        let holders: Vec<WorkerId> = cut
+            .iter()
+            .filter(|(_, i)| *i == id)
+            .map(|(w, _)| *w)
+            .collect();
+        assert!(!holders.is_empty(), "no holder cut {id}'s backup");
+        // The part checkpoints incrementally on what it restored from.
+        let incarnation = cluster.incarnation(id).expect("planned");
+        cluster.taken.insert((id, incarnation), Stamp(100));
+        cluster.checkpoint(id, Stamp(110));
+        cluster.settle(Duration::from_millis(50));
+        for h in holders {
+            let held = cluster.held_backup(h, id).expect("held");
+            assert_eq!(Checkpoint::frontier(&held).expect("valid"), Stamp(110));
+        }
+    }
+}
+
+#[test]
+fn a_split_whose_staging_fails_falls_back_to_the_whole_checkpoint() {
+    let (result, cluster) = live_split(
+        |c| {
+            c.cannot_stage.insert(WorkerId(3));
+        },
+        |_| {},
+    );
+    let summary = result.expect("finishes");
+    let split = &summary.scale_events[0];
+    assert_eq!(split.staged_ms, None);
+    // The parent's worker dropped what it staged; the coordinator took a
+    // fresh checkpoint and partitioned it, as without staging.
+    assert!(cluster.log.iter().any(
+        |(w, m)| matches!(m, ToWorker::Unstage { instance } if *instance == split.instance && *w == cluster.host(split.instance))
+    ));
+    assert!(first(&cluster, |m| matches!(m, ToWorker::CheckpointNow)).is_some());
+    assert!(cluster
+        .log
+        .iter()
+        .any(|(_, m)| matches!(m, ToWorker::Restore { instances, .. }
+        if instances.iter().any(|(_, from)| matches!(from, RestoreFrom::Checkpoint(_))))));
+    assert!(cluster.restored[&split.new_instance].is_some());
+}
+
+#[test]
+fn a_part_lost_right_after_a_live_split_is_recovered_from_its_cut_backup() {
+    let (result, cluster) = live_split(
+        |_| {},
+        |c| {
+            let part = *c.ids("count").last().expect("a part");
+            let host = c.host(part);
+            // Its backup was cut at the holders before the split ended.
+            assert!(c.run_until(Duration::from_secs(5), |c| c
+                .route(part)
+                .iter()
+                .any(|h| c.held_backup(*h, part).is_some())));
+            c.net.break_link(host);
+            assert!(c.run_until(Duration::from_secs(5), |c| c.host(part) != host));
+        },
+    );
+    let summary = result.expect("finishes");
+    assert_eq!(summary.recoveries.len(), 1);
+    let part = summary.scale_events[0].new_instance;
+    assert_eq!(cluster.restored_frontiers()[&part], Some(Stamp(100)));
+}
+
+#[test]
+fn a_live_split_whose_instance_fails_while_stopped_is_dropped_and_recovered() {
+    let (result, cluster) = {
+        let mut config = config(2);
+        config.scale_at = vec![(Duration::from_millis(150), "count".into())];
+        let (result, cluster, _) = scenario(config, |c| {
+            c.incremental = true;
+            c.checkpointed(Stamp(10));
+            let paused = |c: &Cluster| first(c, |m| matches!(m, ToWorker::Pause { .. }));
+            assert!(c.run_until(Duration::from_secs(5), |c| paused(c).is_some()));
+            let host = c.log[paused(c).expect("paused")].0;
+            c.net.break_link(host);
+            assert!(c.run_until(Duration::from_secs(5), |c| {
+                c.ids("count").iter().all(|id| c.host(*id) != host)
+            }));
+        });
+        (result, cluster)
+    };
+    let summary = result.expect("finishes");
+    assert_eq!(summary.recoveries.len(), 1);
+    assert!(summary.scale_events.is_empty());
+    assert_eq!(cluster.ids("count").len(), 2);
+    assert!(summary
+        .events
+        .iter()
+        .any(|e| e.kind == EventKind::Refused && e.detail.contains("could not be stopped")));
 }
 
 #[test]
@@ -1486,7 +1811,16 @@ fn the_splits_of_one_decision_are_one_reconfiguration() {
         panic!("two splits expected: {:?}", summary.scale_events);
     };
     assert_eq!((a.decision, b.decision), (Some(1), Some(1)));
-    assert_eq!(a.pause_ms, b.pause_ms, "one pause for both");
+    // The count's parts were staged live and it paused only for its stop,
+    // within the pass's pause (the whole reconfiguration).
+    let (live, whole) = if a.staged_ms.is_some() {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    assert_eq!(live.operator, "count");
+    assert!(live.pause_ms <= whole.pause_ms, "{live:?} {whole:?}");
+    assert_eq!(whole.staged_ms, None);
     // One plan update for both splits, to every worker.
     for w in 0..5 {
         let updates = cluster.sent_to(WorkerId(w), |m| matches!(m, ToWorker::PlanUpdate { .. }));

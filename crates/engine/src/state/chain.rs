@@ -15,9 +15,22 @@
 use std::io::{self, Write};
 use std::sync::Arc;
 
-use super::checkpoint::{chain_header, chain_parts, Checkpoint, CheckpointKind, CHAIN_HEADER};
+use super::checkpoint::{
+    chain_header, chain_parts, decode_delta, decode_shared, delta_run, Checkpoint, CheckpointKind,
+    CheckpointParts, CHAIN_HEADER,
+};
+use super::routing::KeyRange;
 use crate::error::EngineError;
 use crate::stamp::Stamp;
+
+/// One key range of a backup as a holder gives it
+/// ([`BackupChain::range_since`]): `Some(since)` and a run of deltas on
+/// `since`, or `None` and the range's full checkpoint.
+pub type RangeCut = (Option<Stamp>, Vec<u8>);
+
+/// Where to cut a backup ([`BackupChain::cuts`]): its frontier, and each
+/// part's range and key count, in key order.
+pub type Cuts = (Stamp, Vec<(KeyRange, usize)>);
 
 /// The backup of one instance: a full checkpoint and the deltas on it.
 #[derive(Debug, Clone)]
@@ -144,6 +157,77 @@ impl BackupChain {
         SharedEncoding(self.parts.clone())
     }
 
+    /// One key range of the backup, for a worker that stages it ahead of a
+    /// split (`since: None`) or catches up on it (`since`: the frontier it
+    /// staged): with `since` still in the chain (the full checkpoint's
+    /// frontier or a delta's), a run of the deltas after it, each cut to
+    /// `range` ([`Checkpoint::apply_run`]), and `Some(since)`; otherwise
+    /// (nothing staged, or compaction folded `since` away) the full
+    /// checkpoint of `range` at the chain's frontier, and `None`. Folds
+    /// only what it sends: a catch-up decodes the deltas after `since`,
+    /// never the full checkpoint.
+    pub fn range_since(
+        &self,
+        range: KeyRange,
+        since: Option<Stamp>,
+    ) -> Result<RangeCut, EngineError> {
+        if since.is_some_and(|s| s > self.frontier) {
+            return Err(EngineError::Checkpoint(format!(
+                "this backup is at stamp {}, behind the {} asked from",
+                self.frontier.0,
+                since.map_or(0, |s| s.0)
+            )));
+        }
+        let frontiers = self
+            .parts
+            .iter()
+            .map(|p| Checkpoint::frontier(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(at) = since.and_then(|s| frontiers.iter().position(|f| *f == s)) {
+            let deltas = self.parts[at + 1..]
+                .iter()
+                .map(|part| {
+                    let (base, delta) = decode_delta(part)?;
+                    let cut = delta.restrict(range)?;
+                    CheckpointParts {
+                        operator: &cut.operator,
+                        key_range: cut.key_range,
+                        frontier: cut.frontier,
+                        entries: &cut.entries,
+                        output_buffer: &cut.output_buffer,
+                        operator_state: &cut.operator_state,
+                    }
+                    .encode_delta(base, None)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok((since, delta_run(&deltas)));
+        }
+        let deltas = self.parts[1..]
+            .iter()
+            .map(|part| decode_delta(part).and_then(|(_, delta)| delta.restrict(range)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let base = decode_shared(Arc::clone(&self.parts[0]))?.restrict(range)?;
+        Ok((None, base.apply_all(deltas)?.encode()?))
+    }
+
+    /// Where to cut the backup into `parts` by recent load
+    /// ([`Checkpoint::split_points`]): the frontier, and each part's range
+    /// and key count, in key order. Folds the chain over its own bytes
+    /// (no copy of the full checkpoint).
+    pub fn cuts(&self, parts: usize) -> Result<Cuts, EngineError> {
+        let deltas = self.parts[1..]
+            .iter()
+            .map(|part| decode_delta(part).map(|(_, delta)| delta))
+            .collect::<Result<Vec<_>, _>>()?;
+        let whole = decode_shared(Arc::clone(&self.parts[0]))?.apply_all(deltas)?;
+        let ranges = whole.split_points(parts);
+        let keys = ranges.iter().map(|r| {
+            let below = whole.entries.partition_point(|e| e.hash < r.start);
+            whole.entries.partition_point(|e| e.hash <= r.end) - below
+        });
+        Ok((whole.frontier, ranges.iter().copied().zip(keys).collect()))
+    }
+
     /// Folds the deltas into one full checkpoint.
     fn compact(&mut self) -> Result<(), EngineError> {
         let full = Checkpoint::decode(&self.encode())?.encode()?;
@@ -193,5 +277,137 @@ impl SharedEncoding {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::state::{KeyedState, OutputBuffer};
+
+    /// Encodes `state`'s next snapshot at `frontier`: full without a
+    /// `base`, else the keys changed since the snapshot at `base`.
+    fn snapshot(state: &mut KeyedState<u64, u64>, frontier: u64, base: Option<u64>) -> Vec<u8> {
+        let entries = match base {
+            Some(_) => state.snapshot_changes(),
+            None => state.snapshot(),
+        }
+        .expect("snapshots");
+        let parts = CheckpointParts {
+            operator: "count",
+            key_range: KeyRange::FULL,
+            frontier: Stamp(frontier),
+            entries: &entries,
+            output_buffer: &OutputBuffer::default(),
+            operator_state: &frontier.to_le_bytes(),
+        };
+        match base {
+            Some(base) => parts.encode_delta(Stamp(base), None),
+            None => parts.encode(),
+        }
+        .expect("encodes")
+    }
+
+    /// Ranges cutting the whole range at `cuts`.
+    fn ranges(mut cuts: Vec<u64>) -> Vec<KeyRange> {
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut out = Vec::new();
+        let mut rest = KeyRange::FULL;
+        for at in cuts {
+            if let Some((low, high)) = rest.split_at(at) {
+                out.push(low);
+                rest = high;
+            }
+        }
+        out.push(rest);
+        out
+    }
+
+    proptest! {
+        /// A worker that staged a range at one frontier and caught up on
+        /// it at a later one holds exactly the part of the backup that a
+        /// split at the later frontier would cut, whatever the chain
+        /// (full checkpoints, deltas, compactions) in between.
+        #[test]
+        fn a_staged_range_caught_up_equals_the_partition_of_the_later_backup(
+            steps in prop::collection::vec(
+                (prop::collection::vec(0u64..400, 0..60), prop::bool::weighted(0.15)),
+                1..14,
+            ),
+            staged_after in 0usize..14,
+            cuts in prop::collection::vec(any::<u64>(), 0..5),
+        ) {
+            let mut state: KeyedState<u64, u64> = KeyedState::default();
+            for k in 0..50 {
+                *state.get_or_default(k) = k;
+            }
+            let mut chain = BackupChain::new(Stamp(1), snapshot(&mut state, 1, None)).unwrap();
+            let ranges = ranges(cuts);
+            let staged_after = staged_after.min(steps.len());
+            let mut staged = None;
+            for (i, (keys, full)) in steps.into_iter().enumerate() {
+                if i == staged_after {
+                    staged = Some(stage(&chain, &ranges));
+                }
+                let frontier = i as u64 + 2;
+                for k in keys {
+                    *state.get_or_default(k) += frontier;
+                }
+                let base = (!full).then(|| chain.frontier().0);
+                chain.push(Stamp(frontier), snapshot(&mut state, frontier, base)).unwrap();
+            }
+            let staged = staged.unwrap_or_else(|| stage(&chain, &ranges));
+            let whole = Checkpoint::decode(&chain.encode()).unwrap();
+            let expected = whole.partition(&ranges).unwrap();
+            for ((range, (at, part)), expected) in ranges.iter().zip(staged).zip(expected) {
+                let (since, bytes) = chain.range_since(*range, Some(at)).unwrap();
+                let caught_up = match since {
+                    Some(since) => {
+                        prop_assert_eq!(since, at);
+                        // Staged as live state and caught up key by key,
+                        // it equals the state restored from the later fold.
+                        let mut live: KeyedState<u64, u64> =
+                            KeyedState::restore(&part.entries, *range).unwrap();
+                        for delta in Checkpoint::decode_run(&bytes, at).unwrap() {
+                            live.apply_changes(&delta.entries, *range).unwrap();
+                        }
+                        let mut restored: KeyedState<u64, u64> =
+                            KeyedState::restore(&expected.entries, *range).unwrap();
+                        prop_assert_eq!(live.encoded_bytes(), restored.encoded_bytes());
+                        prop_assert_eq!(live.snapshot().unwrap(), restored.snapshot().unwrap());
+                        part.apply_run(&bytes).unwrap()
+                    }
+                    None => Checkpoint::decode(&bytes).unwrap(),
+                };
+                prop_assert_eq!(caught_up, expected);
+            }
+        }
+    }
+
+    /// Each range of `chain` as a worker stages it: its frontier and part.
+    fn stage(chain: &BackupChain, ranges: &[KeyRange]) -> Vec<(Stamp, Checkpoint)> {
+        ranges
+            .iter()
+            .map(|range| {
+                let (since, bytes) = chain.range_since(*range, None).unwrap();
+                assert_eq!(since, None);
+                let part = Checkpoint::decode(&bytes).unwrap();
+                (part.frontier, part)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_catch_up_from_beyond_the_backup_is_refused() {
+        let mut state: KeyedState<u64, u64> = KeyedState::default();
+        *state.get_or_default(1) = 1;
+        let chain = BackupChain::new(Stamp(5), snapshot(&mut state, 5, None)).unwrap();
+        let error = chain
+            .range_since(KeyRange::FULL, Some(Stamp(9)))
+            .unwrap_err();
+        assert!(error.to_string().contains("behind"), "{error}");
     }
 }

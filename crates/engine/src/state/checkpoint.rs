@@ -56,13 +56,18 @@ impl SharedBytes {
     /// or more could not be sent anyway: control messages carry at most
     /// [`crate::wire::MAX_CONTROL_FRAME`] bytes.
     pub(super) fn new(bytes: Vec<u8>) -> Result<Self, EngineError> {
+        Self::shared(Arc::new(bytes))
+    }
+
+    /// [`SharedBytes::new`] over bytes already shared (a holder's chain).
+    fn shared(bytes: Arc<Vec<u8>>) -> Result<Self, EngineError> {
         if u32::try_from(bytes.len()).is_err() {
             return Err(EngineError::Checkpoint(format!(
                 "{} bytes of keyed state: too large for one checkpoint",
                 bytes.len()
             )));
         }
-        Ok(SharedBytes(Arc::new(bytes)))
+        Ok(SharedBytes(bytes))
     }
 
     /// The entry whose encoded key and value are the `key` and `value`
@@ -279,6 +284,9 @@ const FULL_MAGIC: &[u8; 4] = b"SPCK";
 const DELTA_MAGIC: &[u8; 4] = b"SPCD";
 /// A chain: count (u32), then each checkpoint's length (u64) and bytes.
 const CHAIN_MAGIC: &[u8; 4] = b"SPCC";
+/// A run of deltas, framed as a chain but not restorable alone: the
+/// changes of one key range since a staged checkpoint.
+const RUN_MAGIC: &[u8; 4] = b"SPCR";
 /// The encoding of a [`Checkpoint`], bumped whenever it changes (3: entries
 /// carry their load; 4: incremental checkpoints and chains; 5: the XXH3
 /// checksum and the Fx key hash; 6: output buffers by their changes in
@@ -324,6 +332,18 @@ fn delta_alone(base: Stamp) -> EngineError {
 
 /// The checkpoints of an encoded chain, checking only its framing.
 pub(super) fn chain_parts(bytes: &[u8]) -> Result<Vec<&[u8]>, EngineError> {
+    let parts = framed_parts(bytes)?;
+    if parts.is_empty() {
+        return Err(EngineError::Checkpoint(
+            "checkpoint chain truncated or corrupt".into(),
+        ));
+    }
+    Ok(parts)
+}
+
+/// The checkpoints framed as a chain's (possibly none), checking only the
+/// framing.
+fn framed_parts(bytes: &[u8]) -> Result<Vec<&[u8]>, EngineError> {
     let bad = || EngineError::Checkpoint("checkpoint chain truncated or corrupt".into());
     let count = bytes
         .get(6..CHAIN_HEADER)
@@ -340,10 +360,48 @@ pub(super) fn chain_parts(bytes: &[u8]) -> Result<Vec<&[u8]>, EngineError> {
         parts.push(&tail[..len]);
         rest = &tail[len..];
     }
-    if !rest.is_empty() || parts.is_empty() {
+    if !rest.is_empty() {
         return Err(bad());
     }
     Ok(parts)
+}
+
+/// Decodes `deltas` (encoded, in order), checking that the first changes
+/// the checkpoint at `previous` and each the one before it.
+fn decode_deltas(mut previous: Stamp, deltas: &[&[u8]]) -> Result<Vec<Checkpoint>, EngineError> {
+    let mut decoded = Vec::with_capacity(deltas.len());
+    for part in deltas {
+        let CheckpointKind::Delta { base } = Checkpoint::kind(part)? else {
+            return Err(EngineError::Checkpoint(
+                "a checkpoint chain holds a full checkpoint after its first".into(),
+            ));
+        };
+        if base != previous {
+            return Err(EngineError::Checkpoint(format!(
+                "a checkpoint chain's delta changes stamp {} but follows stamp {}",
+                base.0, previous.0
+            )));
+        }
+        let delta = decode_copied(part, HEADER + 8)?;
+        previous = delta.frontier;
+        decoded.push(delta);
+    }
+    Ok(decoded)
+}
+
+/// Deltas in order (possibly none), framed as a chain's parts under a
+/// magic of their own: what a holder sends a worker that staged a key
+/// range at the first delta's base ([`Checkpoint::apply_run`]).
+pub(super) fn delta_run(deltas: &[Vec<u8>]) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(CHAIN_HEADER + deltas.iter().map(|d| 8 + d.len()).sum::<usize>());
+    out.extend_from_slice(&chain_header(deltas.len()));
+    out[..4].copy_from_slice(RUN_MAGIC);
+    for delta in deltas {
+        out.extend_from_slice(&(delta.len() as u64).to_le_bytes());
+        out.extend_from_slice(delta);
+    }
+    out
 }
 
 /// Decodes a checkpoint's body, each entry straight into a [`StateEntry`]
@@ -458,6 +516,25 @@ fn decode_body(body: &SharedBytes, range: Range<usize>) -> Result<Checkpoint, En
         .map_err(|e| EngineError::Checkpoint(format!("decode: {e}")))
 }
 
+/// Decodes the full checkpoint `bytes` over those very bytes (no copy).
+pub(super) fn decode_shared(bytes: Arc<Vec<u8>>) -> Result<Checkpoint, EngineError> {
+    if Checkpoint::kind(&bytes)? != CheckpointKind::Full {
+        return Err(EngineError::Checkpoint("expected a full checkpoint".into()));
+    }
+    let body = SharedBytes::shared(bytes)?;
+    decode_body(&body, HEADER..body.bytes().len())
+}
+
+/// Decodes the body of the delta `bytes` (copied once: deltas are small).
+pub(super) fn decode_delta(bytes: &[u8]) -> Result<(Stamp, Checkpoint), EngineError> {
+    let CheckpointKind::Delta { base } = Checkpoint::kind(bytes)? else {
+        return Err(EngineError::Checkpoint(
+            "expected an incremental checkpoint".into(),
+        ));
+    };
+    Ok((base, decode_copied(bytes, HEADER + 8)?))
+}
+
 /// Decodes the checkpoint body that starts at `start` of `bytes`, over one
 /// shared copy of the body.
 fn decode_copied(bytes: &[u8], start: usize) -> Result<Checkpoint, EngineError> {
@@ -523,24 +600,7 @@ impl Checkpoint {
     /// Folds `deltas` (encoded, in order) into this checkpoint, checking
     /// that each changes the one before.
     fn fold_deltas(self, deltas: &[&[u8]]) -> Result<Checkpoint, EngineError> {
-        let mut previous = self.frontier;
-        let mut decoded = Vec::with_capacity(deltas.len());
-        for part in deltas {
-            let CheckpointKind::Delta { base } = Self::kind(part)? else {
-                return Err(EngineError::Checkpoint(
-                    "a checkpoint chain holds a full checkpoint after its first".into(),
-                ));
-            };
-            if base != previous {
-                return Err(EngineError::Checkpoint(format!(
-                    "a checkpoint chain's delta changes stamp {} but follows stamp {}",
-                    base.0, previous.0
-                )));
-            }
-            let delta = decode_copied(part, HEADER + 8)?;
-            previous = delta.frontier;
-            decoded.push(delta);
-        }
+        let decoded = decode_deltas(self.frontier, deltas)?;
         self.apply_all(decoded)
     }
 
@@ -677,6 +737,119 @@ impl Checkpoint {
             }
         }
         Ok(parts)
+    }
+}
+
+impl Checkpoint {
+    /// Where to cut an instance's range into `parts`: between the keys of its
+    /// checkpoint (sorted by hash) where the cumulative recent load reaches each
+    /// `parts`-th of the total, so that each part gets about as much work even
+    /// when a few keys are hot; among equally balanced cuts, the one nearest the
+    /// even share of keys (so the parts also hold similar state). Without load
+    /// information (no key was accessed since the counters decayed) that is
+    /// even shares of keys; with fewer keys than parts, even ranges.
+    pub fn split_points(&self, parts: usize) -> Vec<KeyRange> {
+        let range = self.key_range;
+        let entries = &self.entries;
+        let even = || range.split_even(parts as u32);
+        if parts < 2 || entries.len() < parts {
+            return even();
+        }
+        let total: u64 = entries.iter().map(|e| u64::from(e.load)).sum();
+        // below[i]: the load of entries[..i].
+        let below: Vec<u64> = std::iter::once(0)
+            .chain(entries.iter().scan(0u64, |sum, e| {
+                *sum += u64::from(e.load);
+                Some(*sum)
+            }))
+            .collect();
+        let (n, k) = (entries.len() as u64, parts as u64);
+        let mut cuts = Vec::with_capacity(parts - 1);
+        let mut previous = 0usize;
+        for j in 1..k {
+            // Cutting before entry `i` keeps every part non-empty of keys.
+            let last = entries.len() - (parts - j as usize);
+            let best = (previous + 1..=last).min_by_key(|&i| {
+                (
+                    (k * below[i]).abs_diff(j * total),
+                    (k * i as u64).abs_diff(j * n),
+                )
+            });
+            let Some(i) = best else { return even() };
+            cuts.push(entries[i].hash);
+            previous = i;
+        }
+        let mut ranges = Vec::with_capacity(parts);
+        let mut rest = range;
+        for at in cuts {
+            match rest.split_at(at) {
+                Some((low, high)) => {
+                    ranges.push(low);
+                    rest = high;
+                }
+                None => return even(),
+            }
+        }
+        ranges.push(rest);
+        ranges
+    }
+
+    /// The part of this checkpoint (full, or a delta's body) that `range`
+    /// owns, as [`Checkpoint::partition`] would cut it: the entries whose
+    /// hash lies in `range`, the frontier, and the output buffer and
+    /// operator state only if `range` starts where this checkpoint's range
+    /// does (the part that stays on the instance split). `range` must lie
+    /// within this checkpoint's range.
+    pub fn restrict(&self, range: KeyRange) -> Result<Checkpoint, EngineError> {
+        if range.start < self.key_range.start || range.end > self.key_range.end {
+            return Err(EngineError::Checkpoint(format!(
+                "range {range:?} is not within the checkpoint's range {:?}",
+                self.key_range
+            )));
+        }
+        let from = self.entries.partition_point(|e| e.hash < range.start);
+        let to = self.entries.partition_point(|e| e.hash <= range.end);
+        let first = range.start == self.key_range.start;
+        Ok(Checkpoint {
+            operator: self.operator.clone(),
+            key_range: range,
+            frontier: self.frontier,
+            entries: self.entries[from..to.max(from)].to_vec(),
+            output_buffer: if first {
+                self.output_buffer.clone()
+            } else {
+                OutputBuffer::default()
+            },
+            operator_state: if first {
+                self.operator_state.clone()
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
+    /// Folds a run of deltas ([`super::BackupChain::range_since`]: the
+    /// changes of this checkpoint's range since its frontier, possibly
+    /// none) into this checkpoint.
+    pub fn apply_run(self, run: &[u8]) -> Result<Checkpoint, EngineError> {
+        let deltas = Self::decode_run(run, self.frontier)?;
+        self.apply_all(deltas)
+    }
+
+    /// The deltas of a run ([`super::BackupChain::range_since`]) on the
+    /// checkpoint at `since`, decoded in order: what a part staged as live
+    /// keyed state folds in ([`super::KeyedState::apply_changes`]).
+    pub fn decode_run(run: &[u8], since: Stamp) -> Result<Vec<Checkpoint>, EngineError> {
+        if run.get(..4) != Some(RUN_MAGIC) {
+            return Err(EngineError::Checkpoint(
+                "not a run of incremental checkpoints (bad magic)".into(),
+            ));
+        }
+        let deltas = framed_parts(run)?;
+        for delta in &deltas {
+            Self::verify(delta)?;
+        }
+        decode_deltas(since, &deltas)
     }
 }
 

@@ -203,33 +203,74 @@ where
         };
         state.map.reserve(entries.len());
         for entry in entries {
-            let key: K = decode(entry.key())?;
-            let hash = key_hash(&key);
-            if hash != entry.hash {
-                return Err(EngineError::Checkpoint(format!(
-                    "entry hash {:#x} does not match its key (hash {hash:#x}); \
-                     was the checkpoint written by another build?",
-                    entry.hash
-                )));
-            }
-            if !range.contains(hash) {
-                return Err(EngineError::Checkpoint(format!(
-                    "entry hash {hash:#x} is outside the instance's range {range:?}"
-                )));
-            }
-            let encoded = entry.key().len() + entry.value().len();
-            state.encoded_bytes += encoded as u64;
-            let slot = Slot {
-                value: decode(entry.value())?,
-                load: entry.load,
-                epoch: 0,
-                changed: false,
-                encoded: encoded as u32,
-            };
+            let (key, slot) = decode_entry(entry, range)?;
+            state.encoded_bytes += u64::from(slot.encoded);
             state.map.insert(key, slot);
         }
         Ok(state)
     }
+
+    /// Folds the entries of an incremental checkpoint taken after what
+    /// this state was restored from (and after any applied before it) into
+    /// the state: its keys take their values and loads, the others' loads
+    /// halve, exactly as restoring the checkpoint folded with it
+    /// ([`super::Checkpoint::apply`]) would give. A part of a live split is
+    /// restored ahead of its stop this way, then caught up with the
+    /// changes since.
+    pub fn apply_changes(
+        &mut self,
+        entries: &[StateEntry],
+        range: KeyRange,
+    ) -> Result<(), EngineError> {
+        // A new epoch halves every load not listed, lazily.
+        self.epoch += 1;
+        self.map.reserve(entries.len());
+        for entry in entries {
+            let (key, slot) = decode_entry::<K, V>(entry, range)?;
+            let encoded = u64::from(slot.encoded);
+            let slot = Slot {
+                epoch: self.epoch - 1,
+                ..slot
+            };
+            if let Some(old) = self.map.insert(key, slot) {
+                self.encoded_bytes -= u64::from(old.encoded);
+            }
+            self.encoded_bytes += encoded;
+        }
+        Ok(())
+    }
+}
+
+/// Decodes a checkpoint entry into its key and slot (at epoch 0), refusing
+/// an entry outside `range` or whose hash is not its key's.
+fn decode_entry<K, V>(entry: &StateEntry, range: KeyRange) -> Result<(K, Slot<V>), EngineError>
+where
+    K: Hash + Serialize + DeserializeOwned,
+    V: DeserializeOwned,
+{
+    let key: K = decode(entry.key())?;
+    let hash = key_hash(&key);
+    if hash != entry.hash {
+        return Err(EngineError::Checkpoint(format!(
+            "entry hash {:#x} does not match its key (hash {hash:#x}); \
+             was the checkpoint written by another build?",
+            entry.hash
+        )));
+    }
+    if !range.contains(hash) {
+        return Err(EngineError::Checkpoint(format!(
+            "entry hash {hash:#x} is outside the instance's range {range:?}"
+        )));
+    }
+    let encoded = entry.key().len() + entry.value().len();
+    let slot = Slot {
+        value: decode(entry.value())?,
+        load: entry.load,
+        epoch: 0,
+        changed: false,
+        encoded: encoded as u32,
+    };
+    Ok((key, slot))
 }
 
 /// Encodes the entries of one snapshot into one buffer that they share: no

@@ -16,7 +16,7 @@ mod keyed;
 mod routing;
 
 pub use buffer::{BufferEncoding, BufferMark, BufferedBatch, OutputBuffer};
-pub use chain::{BackupChain, ChainError, SharedEncoding};
+pub use chain::{BackupChain, ChainError, Cuts, RangeCut, SharedEncoding};
 pub use checkpoint::{Checkpoint, CheckpointKind, CheckpointParts, StateEntry};
 pub use keyed::KeyedState;
 pub use routing::{KeyRange, RoutingTable};

@@ -12,6 +12,7 @@ use crate::error::EngineError;
 use crate::plan::{AddedInstance, MergedInstance};
 use crate::plan::{Incarnation, InstanceId, Plan, WorkerId};
 use crate::stamp::Stamp;
+use crate::state::KeyRange;
 
 /// The first bytes of the control handshake. A connection to a worker's
 /// data listener that starts with them carries backups, not tuples.
@@ -139,6 +140,30 @@ pub enum ToCoordinator {
         /// The holder that failed to give it.
         holder: WorkerId,
         /// What went wrong, for the log.
+        reason: String,
+    },
+    /// Where to cut the backup of `instance`, as asked with
+    /// [`ToWorker::CutBackup`]: the ranges in key order and the keys of
+    /// each, at the backup's `frontier`; no ranges: this holder cannot say
+    /// (it holds none).
+    Cuts {
+        /// The instance.
+        instance: InstanceId,
+        /// The frontier of the backup cut.
+        frontier: Stamp,
+        /// The parts' ranges and key counts.
+        parts: Vec<(KeyRange, usize)>,
+    },
+    /// A part of `instance`'s backup is staged here ([`ToWorker::Stage`]),
+    /// at `frontier`; `None`: no holder could give it (`reason`).
+    Staged {
+        /// The instance being split.
+        instance: InstanceId,
+        /// The part's range.
+        range: KeyRange,
+        /// The frontier of what was staged.
+        frontier: Option<Stamp>,
+        /// Why not, when not.
         reason: String,
     },
     /// An instance's counters.
@@ -288,6 +313,45 @@ pub enum ToWorker {
         /// Where to stop again.
         until: Stamp,
     },
+    /// Say where to cut the backup of `instance` into `parts` by recent
+    /// load ([`ToCoordinator::Cuts`]): asked of a holder of it ahead of a
+    /// live split, so that the cuts are chosen where the state is.
+    CutBackup {
+        /// The instance to split.
+        instance: InstanceId,
+        /// Into how many parts.
+        parts: usize,
+    },
+    /// Fetch the part of the backup of `instance` that `range` owns from
+    /// one of `holders` (in order) and keep it decoded, ready for a
+    /// restore from it ([`RestoreFrom::Staged`]): the bulk of a live
+    /// split, moved while the instance runs. Answered with
+    /// [`ToCoordinator::Staged`].
+    Stage {
+        /// The instance being split.
+        instance: InstanceId,
+        /// The part this worker will restore.
+        range: KeyRange,
+        /// Holders of the instance's backup, the newest copy first.
+        holders: Vec<BackupHolder>,
+    },
+    /// Forget what was staged of `instance`: its split was called off.
+    Unstage {
+        /// The instance.
+        instance: InstanceId,
+    },
+    /// Cut the backup of `instance`, which must be at `frontier`, into a
+    /// backup of each part of its split, each stored and acknowledged as
+    /// that part's own: the parts' holders then hold what the parts
+    /// restored from, and the parts' increments join it.
+    ReshapeBackup {
+        /// The instance split.
+        instance: InstanceId,
+        /// The frontier every part restored at.
+        frontier: Stamp,
+        /// The parts whose backup this holder keeps.
+        parts: Vec<ReshapedPart>,
+    },
     /// Every instance should checkpoint now (an operator asked).
     CheckpointNow,
     /// Take `instance`'s next checkpoint in full, soon: its backup lost
@@ -319,6 +383,32 @@ pub enum RestoreFrom {
     /// itself, so that a recovery moves the state once and never through
     /// the coordinator.
     Holder(BackupHolder),
+    /// A part of a live split: the range `range` of `parent`'s backup that
+    /// this worker staged at `since` ([`ToWorker::Stage`]), caught up with
+    /// its changes since, fetched from the first of `holders` that can
+    /// give them (or, when none can, the range's part whole).
+    Staged {
+        /// The instance split.
+        parent: InstanceId,
+        /// The part's range.
+        range: KeyRange,
+        /// The frontier of what was staged.
+        since: Stamp,
+        /// Holders of the parent's backup at the split's frontier.
+        holders: Vec<BackupHolder>,
+    },
+}
+
+/// One part of a live split whose backup a holder cuts from the parent's
+/// ([`ToWorker::ReshapeBackup`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReshapedPart {
+    /// The part (the parent's own id for the lowest part).
+    pub instance: InstanceId,
+    /// Its incarnation.
+    pub incarnation: Incarnation,
+    /// Its key range.
+    pub range: KeyRange,
 }
 
 /// What travels on a backup connection to a holder.
@@ -326,11 +416,17 @@ pub enum RestoreFrom {
 pub enum ToHolder {
     /// Keep this checkpoint; acknowledge it to the coordinator.
     Store(BackupShipment),
-    /// Send back the whole backup of `instance` ([`HeldBackup`], then its
-    /// bytes): a worker restoring it.
+    /// Send back the backup of `instance` ([`HeldBackup`], then its
+    /// bytes): a worker restoring it (whole), or staging or catching up on
+    /// one key range of it ahead of a split.
     Fetch {
         /// The instance.
         instance: InstanceId,
+        /// Only this key range of it (`None`: the whole backup, as held).
+        range: Option<KeyRange>,
+        /// With a `range`: only the changes since this frontier, which the
+        /// asking worker staged, if the holder still has them as deltas.
+        since: Option<Stamp>,
     },
 }
 
@@ -340,8 +436,14 @@ pub enum ToHolder {
 pub struct HeldBackup {
     /// The instance.
     pub instance: InstanceId,
-    /// How many bytes follow; `None`: the holder has no backup of it.
+    /// How many bytes follow; `None`: the holder has no backup of it (or
+    /// cannot cut the range asked for).
     pub bytes: Option<u64>,
+    /// `Some(since)`: the bytes are a run of deltas of the range asked for,
+    /// on the frontier `since` ([`crate::state::Checkpoint::apply_run`]);
+    /// `None`: a restorable checkpoint (the whole backup or the range's
+    /// part of it).
+    pub since: Option<Stamp>,
 }
 
 /// A holder's word that it holds the backup of `instance` at `frontier`.

@@ -9,8 +9,9 @@ pub mod data;
 /// refused (3: leases, stalled links, incremental checkpoints; 4: the Fx
 /// routing hash; 5: checkpoints shipped from worker to holder directly; 6:
 /// restoring workers fetch backups from holders, and a data channel's
-/// handshake names the receiver's incarnation).
-pub const PROTOCOL_VERSION: u16 = 6;
+/// handshake names the receiver's incarnation; 7: holders give one key
+/// range of a backup, or its changes since a staged frontier).
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// Upper bound on a data frame, so a corrupt length cannot make us allocate
 /// gigabytes.

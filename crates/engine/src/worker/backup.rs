@@ -20,6 +20,7 @@
 //!   from a holder asks it for the whole backup on a backup connection of
 //!   its own, so that a recovery moves the state once.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
@@ -29,12 +30,16 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::api::ProcessLogic;
 use crate::error::EngineError;
-use crate::plan::{Incarnation, InstanceId};
-use crate::state::{BackupChain, ChainError, Checkpoint, CheckpointKind, SharedEncoding};
+use crate::plan::{Incarnation, InstanceId, WorkerId};
+use crate::stamp::Stamp;
+use crate::state::{
+    BackupChain, ChainError, Checkpoint, CheckpointKind, Cuts, KeyRange, RangeCut, SharedEncoding,
+};
 use crate::wire::control::{
-    self, BackupAck, BackupHolder, BackupRoute, BackupShipment, HeldBackup, Refusal, ToCoordinator,
-    ToHolder,
+    self, BackupAck, BackupHolder, BackupRoute, BackupShipment, HeldBackup, Refusal, ReshapedPart,
+    ToCoordinator, ToHolder,
 };
 use crate::wire::MAX_CONTROL_FRAME;
 
@@ -45,9 +50,56 @@ use super::{reply, ControlWriter};
 /// latest verified checkpoint and the incremental ones since, with the
 /// incarnation that sent them.
 #[derive(Clone, Default)]
-pub(crate) struct Holdings(Arc<Mutex<HashMap<InstanceId, (Incarnation, BackupChain)>>>);
+pub(crate) struct Holdings {
+    held: Arc<Mutex<HashMap<InstanceId, (Incarnation, BackupChain)>>>,
+    /// The parts of a live split whose backups this holder is cutting
+    /// ([`reshape`]), with the checkpoints that came for them meanwhile:
+    /// those wait, so that a part's first increments join its cut backup
+    /// instead of being refused. Locked before `held`, never after.
+    cutting: Arc<Mutex<HashMap<InstanceId, Vec<BackupShipment>>>>,
+}
 
 impl Holdings {
+    /// [`Holdings::store`], unless a backup of the shipment's instance is
+    /// being cut: then it waits for the cut (`None`), whose end stores it
+    /// and answers for it.
+    pub(crate) fn store_or_wait(&self, shipment: BackupShipment) -> Option<ToCoordinator> {
+        let mut cutting = lock(&self.cutting);
+        match cutting.get_mut(&shipment.instance) {
+            Some(waiting) => {
+                waiting.push(shipment);
+                None
+            }
+            None => Some(self.store(shipment)),
+        }
+    }
+
+    /// Checkpoints of `instances` wait from now on until [`Holdings::cut`]
+    /// stores their cut backups.
+    fn start_cutting(&self, instances: impl IntoIterator<Item = InstanceId>) {
+        let mut cutting = lock(&self.cutting);
+        for id in instances {
+            cutting.entry(id).or_default();
+        }
+    }
+
+    /// Stores each part's cut backup (or answers its refusal), then what
+    /// waited for it, in order; returns the answers.
+    fn cut(
+        &self,
+        parts: Vec<(InstanceId, Result<BackupShipment, ToCoordinator>)>,
+    ) -> Vec<ToCoordinator> {
+        let mut cutting = lock(&self.cutting);
+        let mut answers = Vec::new();
+        for (id, part) in parts {
+            answers.push(part.map_or_else(|refused| refused, |shipment| self.store(shipment)));
+            for waited in cutting.remove(&id).unwrap_or_default() {
+                answers.push(self.store(waited));
+            }
+        }
+        answers
+    }
+
     /// Keeps a shipment if it is good; returns what to tell the
     /// coordinator: stored (with the sizes it shows) or refused.
     pub(crate) fn store(&self, shipment: BackupShipment) -> ToCoordinator {
@@ -113,6 +165,30 @@ impl Holdings {
         self.lock().get(&instance).map(|(_, chain)| chain.shared())
     }
 
+    /// The part of the backup of `instance` that `range` owns, or its
+    /// changes since `since` ([`BackupChain::range_since`]), cut once the
+    /// lock is released; `None`: none held.
+    pub(crate) fn range_since(
+        &self,
+        instance: InstanceId,
+        range: KeyRange,
+        since: Option<Stamp>,
+    ) -> Option<Result<RangeCut, EngineError>> {
+        let chain = self.lock().get(&instance).map(|(_, chain)| chain.clone())?;
+        Some(chain.range_since(range, since))
+    }
+
+    /// Where to cut the backup of `instance` into `parts`
+    /// ([`BackupChain::cuts`]); `None`: none held.
+    pub(crate) fn cuts(
+        &self,
+        instance: InstanceId,
+        parts: usize,
+    ) -> Option<Result<Cuts, EngineError>> {
+        let chain = self.lock().get(&instance).map(|(_, chain)| chain.clone())?;
+        Some(chain.cuts(parts))
+    }
+
     /// A copy of the backup of `instance`, as a checkpoint of
     /// `incarnation` to ship to another holder.
     fn replica(&self, instance: InstanceId, incarnation: Incarnation) -> Option<BackupShipment> {
@@ -135,10 +211,14 @@ impl Holdings {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, (Incarnation, BackupChain)>> {
-        // A poisoned map only means a thread panicked between two
-        // statements that each leave it consistent.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.held)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned map only means a thread panicked between two statements
+    // that each leave it consistent.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Why a chain did not take a checkpoint, for the coordinator.
@@ -163,12 +243,25 @@ pub(crate) fn serve(mut stream: TcpStream, holdings: &Holdings, writer: &Control
     loop {
         let served = match control::recv::<ToHolder>(&mut reader) {
             Ok(Some(ToHolder::Store(shipment))) => {
-                reply(writer, &holdings.store(shipment));
+                if let Some(answer) = holdings.store_or_wait(shipment) {
+                    reply(writer, &answer);
+                }
                 Ok(())
             }
-            Ok(Some(ToHolder::Fetch { instance })) => {
-                send_backup(reader.get_mut(), instance, holdings.shared(instance))
-            }
+            Ok(Some(ToHolder::Fetch {
+                instance,
+                range: None,
+                ..
+            })) => send_backup(reader.get_mut(), instance, holdings.shared(instance)),
+            Ok(Some(ToHolder::Fetch {
+                instance,
+                range: Some(range),
+                since,
+            })) => send_range(
+                reader.get_mut(),
+                instance,
+                holdings.range_since(instance, range, since),
+            ),
             Ok(None) => return,
             Err(e) => Err(e),
         };
@@ -188,12 +281,36 @@ fn send_backup(
     let held = HeldBackup {
         instance,
         bytes: backup.as_ref().map(|b| b.len() as u64),
+        since: None,
     };
     control::send(stream, &held)?;
     backup
         .map_or(Ok(()), |b| b.write_to(stream))
         .and_then(|()| stream.flush())
         .map_err(|e| EngineError::io("sending a backup to a restoring worker", e))
+}
+
+/// Answers a fetch of one key range: the frame, then the part's (or the
+/// run of deltas') bytes raw. A range the holder cannot cut is answered
+/// as none held, so that the asking worker turns to another source.
+fn send_range(
+    stream: &mut TcpStream,
+    instance: InstanceId,
+    cut: Option<Result<RangeCut, EngineError>>,
+) -> Result<(), EngineError> {
+    let cut = cut.and_then(|cut| {
+        cut.map_err(|e| tracing::warn!(%instance, "cannot cut a range of a backup: {e}"))
+            .ok()
+    });
+    let held = HeldBackup {
+        instance,
+        bytes: cut.as_ref().map(|(_, bytes)| bytes.len() as u64),
+        since: cut.as_ref().and_then(|(since, _)| *since),
+    };
+    control::send(stream, &held)?;
+    cut.map_or(Ok(()), |(_, bytes)| stream.write_all(&bytes))
+        .and_then(|()| stream.flush())
+        .map_err(|e| EngineError::io("sending a backup's range to a staging worker", e))
 }
 
 /// How long a fetch waits for the holder's next bytes: a holder cut off
@@ -207,23 +324,61 @@ pub(crate) fn fetch_from(
     holder: &BackupHolder,
     instance: InstanceId,
 ) -> Result<Vec<u8>, EngineError> {
+    fetch(holder, instance, None, None).map(|(_, bytes)| bytes)
+}
+
+/// Fetches the part of the backup of `instance` that `range` owns from
+/// `holder`: with `since` (the frontier of a part staged before), only its
+/// changes since, if the holder still has them as deltas. Returns
+/// `Some(since)` with a run of deltas ([`Checkpoint::apply_run`]), or
+/// `None` with a restorable checkpoint of the range.
+pub(crate) fn fetch_range(
+    holder: &BackupHolder,
+    instance: InstanceId,
+    range: KeyRange,
+    since: Option<Stamp>,
+) -> Result<RangeCut, EngineError> {
+    fetch(holder, instance, Some(range), since)
+}
+
+fn fetch(
+    holder: &BackupHolder,
+    instance: InstanceId,
+    range: Option<KeyRange>,
+    since: Option<Stamp>,
+) -> Result<RangeCut, EngineError> {
+    let what = range.map_or_else(String::new, |r| format!("range {r:?} of "));
     let context = format!(
-        "fetching the backup of instance {instance} from {}",
+        "fetching {what}the backup of instance {instance} from {}",
         holder.addr
     );
     let io = |e| EngineError::io(context.clone(), e);
     let mut stream = connect_peer(&holder.addr).map_err(io)?;
     stream.set_read_timeout(Some(FETCH_SILENCE)).map_err(io)?;
     control::write_hello(&mut stream).map_err(io)?;
-    control::send(&mut stream, &ToHolder::Fetch { instance })?;
+    control::send(
+        &mut stream,
+        &ToHolder::Fetch {
+            instance,
+            range,
+            since,
+        },
+    )?;
     let held: HeldBackup = control::recv(&mut stream)?.ok_or_else(|| {
         EngineError::Protocol(format!("{context}: the holder closed the connection"))
     })?;
+    let answered_since = held.since;
     let len = match held {
         HeldBackup {
             instance: answered,
             bytes: Some(len),
-        } if answered == instance && len <= MAX_CONTROL_FRAME as u64 => len as usize,
+            since: answered_since,
+        } if answered == instance
+            && len <= MAX_CONTROL_FRAME as u64
+            && (answered_since.is_none() || answered_since == since) =>
+        {
+            len as usize
+        }
         HeldBackup { bytes: None, .. } => {
             return Err(EngineError::Checkpoint(format!("{context}: it holds none")))
         }
@@ -245,8 +400,8 @@ pub(crate) fn fetch_from(
             bytes.len()
         )));
     }
-    tracing::debug!(%instance, holder = %holder.worker, bytes = len, "backup fetched from its holder");
-    Ok(bytes)
+    tracing::debug!(%instance, holder = %holder.worker, bytes = len, ?range, ?since, "backup fetched from its holder");
+    Ok((answered_since, bytes))
 }
 
 /// Ships a copy of the backup of `instance` to `to`, a new holder of its
@@ -280,6 +435,274 @@ pub(crate) fn replicate(
         });
     if let Err(e) = started {
         tracing::warn!(%instance, "cannot start replicating a backup: {e}");
+    }
+}
+
+/// Answers [`ToWorker::CutBackup`] on a thread of its own (folding a
+/// large backup takes a while): where to cut the backup of `instance`.
+pub(crate) fn cut(holdings: &Holdings, writer: &ControlWriter, instance: InstanceId, parts: usize) {
+    let (holdings, writer) = (holdings.clone(), writer.clone());
+    spawn("spate-backup-cuts", move || {
+        let (frontier, parts) = match holdings.cuts(instance, parts) {
+            Some(Ok(cuts)) => cuts,
+            Some(Err(e)) => {
+                tracing::warn!(%instance, "cannot cut a backup: {e}");
+                (Stamp::ZERO, Vec::new())
+            }
+            None => (Stamp::ZERO, Vec::new()),
+        };
+        reply(
+            &writer,
+            &ToCoordinator::Cuts {
+                instance,
+                frontier,
+                parts,
+            },
+        );
+    });
+}
+
+/// Carries out [`ToWorker::ReshapeBackup`] on a thread of its own: cuts
+/// every part first (the lowest keeps the parent's id, so storing it
+/// replaces the backup cut), then stores each as its part's backup and
+/// answers for it as for a checkpoint shipped. A part that cannot be cut
+/// at `frontier` is refused, and its instance checkpoints in full.
+pub(crate) fn reshape(
+    holdings: &Holdings,
+    writer: &ControlWriter,
+    instance: InstanceId,
+    frontier: Stamp,
+    parts: Vec<ReshapedPart>,
+) {
+    let ids: Vec<InstanceId> = parts.iter().map(|p| p.instance).collect();
+    holdings.start_cutting(ids.iter().copied());
+    let (held, answers) = (holdings.clone(), writer.clone());
+    let cut_all = move || {
+        let (holdings, writer) = (held, answers);
+        let cut = parts
+            .into_iter()
+            .map(|part| {
+                let bytes = match holdings.range_since(instance, part.range, None) {
+                    Some(Ok((_, bytes))) if Checkpoint::frontier(&bytes).ok() == Some(frontier) => {
+                        Ok(bytes)
+                    }
+                    Some(Ok(_)) => Err(format!(
+                        "the backup of instance {instance} moved past stamp {}",
+                        frontier.0
+                    )),
+                    Some(Err(e)) => Err(e.to_string()),
+                    None => Err(format!("no backup of instance {instance} held")),
+                };
+                let cut = bytes
+                    .map(|bytes| BackupShipment {
+                        instance: part.instance,
+                        incarnation: part.incarnation,
+                        frontier,
+                        bytes,
+                    })
+                    .map_err(|reason| ToCoordinator::BackupRefused {
+                        instance: part.instance,
+                        refusal: Refusal::NotItsBase,
+                        reason,
+                    });
+                (part.instance, cut)
+            })
+            .collect();
+        for answer in holdings.cut(cut) {
+            reply(&writer, &answer);
+        }
+    };
+    if let Err(e) = thread::Builder::new()
+        .name("spate-backup-reshape".into())
+        .spawn(cut_all)
+    {
+        tracing::warn!(%instance, "cannot cut a backup: {e}");
+        let refused = ids
+            .into_iter()
+            .map(|id| {
+                let refusal = ToCoordinator::BackupRefused {
+                    instance: id,
+                    refusal: Refusal::NotItsBase,
+                    reason: format!("cannot cut a backup: {e}"),
+                };
+                (id, Err(refusal))
+            })
+            .collect();
+        for answer in holdings.cut(refused) {
+            reply(writer, &answer);
+        }
+    }
+}
+
+/// Carries out [`ToWorker::Stage`] on a thread of its own: fetches the
+/// range of `instance`'s backup from the first holder that gives it,
+/// restores it as live keyed state into a logic that `logic` makes (its
+/// operator's), keeps both in `staged` and answers the coordinator.
+pub(crate) fn stage(
+    staged: &Staging,
+    writer: &ControlWriter,
+    instance: InstanceId,
+    range: KeyRange,
+    holders: Vec<BackupHolder>,
+    logic: impl FnOnce() -> Result<Box<dyn ProcessLogic>, EngineError> + Send + 'static,
+) {
+    let (staged, writer) = (staged.clone(), writer.clone());
+    spawn("spate-stage", move || {
+        let mut reasons = Vec::new();
+        let mut frontier = None;
+        let mut logic = Some(logic);
+        for holder in &holders {
+            let fetched = fetch_range(holder, instance, range, None)
+                .and_then(|(_, bytes)| Checkpoint::decode_owned(bytes))
+                .and_then(|mut part| {
+                    let make = logic.take().ok_or_else(|| {
+                        EngineError::Protocol("the operator's logic was already made".into())
+                    })?;
+                    let mut live = make()?;
+                    live.restore(&part.entries, part.key_range)?;
+                    // Its bytes are in the live state now.
+                    part.entries = Vec::new();
+                    Ok(StagedPart { part, live })
+                });
+            match fetched {
+                Ok(part) => {
+                    frontier = Some(part.part.frontier);
+                    staged.keep(instance, part);
+                    break;
+                }
+                Err(e) => reasons.push(e.to_string()),
+            }
+            if logic.is_none() {
+                break;
+            }
+        }
+        if holders.is_empty() {
+            reasons.push("no holder named".into());
+        }
+        reply(
+            &writer,
+            &ToCoordinator::Staged {
+                instance,
+                range,
+                frontier,
+                reason: reasons.join("; "),
+            },
+        );
+    });
+}
+
+/// A part of a backup staged for a live split: its checkpoint but the
+/// entries, which are restored as live keyed state in `live`.
+pub(crate) struct StagedPart {
+    part: Checkpoint,
+    live: Box<dyn ProcessLogic>,
+}
+
+/// The parts of backups this worker staged for live splits, by the
+/// instance split, until restored or called off.
+#[derive(Clone, Default)]
+pub(crate) struct Staging(Arc<Mutex<HashMap<InstanceId, Vec<StagedPart>>>>);
+
+impl Staging {
+    fn keep(&self, instance: InstanceId, part: StagedPart) {
+        let mut staged = self.lock();
+        let parts = staged.entry(instance).or_default();
+        parts.retain(|p| p.part.key_range != part.part.key_range);
+        parts.push(part);
+    }
+
+    /// Forgets what was staged of `instance`.
+    pub(crate) fn drop_instance(&self, instance: InstanceId) {
+        self.lock().remove(&instance);
+    }
+
+    /// The part of `parent` staged for `range`, taken.
+    fn take(&self, parent: InstanceId, range: KeyRange) -> Option<StagedPart> {
+        let mut staged = self.lock();
+        let parts = staged.get_mut(&parent)?;
+        let at = parts.iter().position(|p| p.part.key_range == range)?;
+        let part = parts.swap_remove(at);
+        if parts.is_empty() {
+            staged.remove(&parent);
+        }
+        Some(part)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Vec<StagedPart>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The state of a part of a live split ([`RestoreFrom::Staged`]).
+pub(crate) enum CaughtUp {
+    /// Its live state, staged and caught up: the checkpoint (without
+    /// entries: its frontier, output buffer and operator state) and the
+    /// keyed state for its instance to adopt.
+    Live(Checkpoint, Box<dyn Any + Send>),
+    /// Its checkpoint whole: nothing was staged, or no holder still had the
+    /// changes since as deltas.
+    Whole(Checkpoint),
+}
+
+/// The state of a part of a live split ([`RestoreFrom::Staged`]): what was
+/// staged at `since`, caught up with the range's changes from the first of
+/// `holders` that gives them; when nothing was staged, or a holder no
+/// longer has the changes as deltas, the range's part whole. An error
+/// names the last holder tried.
+pub(crate) fn catch_up(
+    staged: &Staging,
+    parent: InstanceId,
+    range: KeyRange,
+    since: Stamp,
+    holders: &[BackupHolder],
+) -> Result<CaughtUp, (WorkerId, EngineError)> {
+    let mut part = staged
+        .take(parent, range)
+        .filter(|p| p.part.frontier == since);
+    let mut last = Err((
+        WorkerId(0),
+        EngineError::Checkpoint(format!("no holder of instance {parent} named")),
+    ));
+    for holder in holders {
+        let asked = part.as_ref().map(|p| p.part.frontier);
+        let caught_up =
+            fetch_range(holder, parent, range, asked).and_then(|(from, bytes)| {
+                match (from, part.take()) {
+                    (Some(since), Some(staged)) => apply(staged, &bytes, since, range),
+                    (_, staged) => {
+                        part = staged;
+                        Checkpoint::decode_owned(bytes).map(CaughtUp::Whole)
+                    }
+                }
+            });
+        match caught_up {
+            Ok(state) => return Ok(state),
+            Err(e) => last = Err((holder.worker, e)),
+        }
+    }
+    last
+}
+
+/// Folds a run of deltas of `range` on `since` into a staged part.
+fn apply(
+    staged: StagedPart,
+    run: &[u8],
+    since: Stamp,
+    range: KeyRange,
+) -> Result<CaughtUp, EngineError> {
+    let StagedPart { mut part, mut live } = staged;
+    for delta in Checkpoint::decode_run(run, since)? {
+        live.apply_changes(&delta.entries, range)?;
+        part.frontier = delta.frontier;
+        part.output_buffer = std::mem::take(&mut part.output_buffer).then(delta.output_buffer);
+        part.operator_state = delta.operator_state;
+    }
+    Ok(CaughtUp::Live(part, live.take_state()))
+}
+
+fn spawn(name: &str, work: impl FnOnce() + Send + 'static) {
+    if let Err(e) = thread::Builder::new().name(name.into()).spawn(work) {
+        tracing::warn!("cannot start {name}: {e}");
     }
 }
 
@@ -446,8 +869,8 @@ pub(crate) fn latest<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stamp::Stamp;
     use crate::state::testing::encoded;
+    use crate::state::CheckpointParts;
 
     fn shipment(incarnation: u32, frontier: u64, base: Option<u64>) -> BackupShipment {
         BackupShipment {
@@ -501,6 +924,22 @@ mod tests {
         let holdings = Holdings::default();
         assert!(stored(&holdings.store(shipment(0, 10, None))));
         assert!(stored(&holdings.store(shipment(0, 20, Some(10)))));
+        let (holder, serving) = serve_fetches(&holdings, 2);
+        let fetched = fetch_from(&holder, InstanceId(7)).expect("fetched");
+        assert_eq!(fetched, holdings.fetch(InstanceId(7)).expect("held"));
+        let restored = Checkpoint::decode_owned(fetched).expect("valid");
+        assert_eq!(restored.frontier, Stamp(20));
+        let error = fetch_from(&holder, InstanceId(8)).expect_err("none held");
+        assert!(error.to_string().contains("holds none"), "{error}");
+        serving.join().expect("served");
+    }
+
+    /// Serves `fetches` backup connections to `holdings` on a thread: the
+    /// holder to fetch from and the thread to join.
+    fn serve_fetches(
+        holdings: &Holdings,
+        fetches: usize,
+    ) -> (BackupHolder, thread::JoinHandle<()>) {
         // The holder's control connection, whose answers nobody reads here.
         let coordinator = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
         let writer: ControlWriter = Arc::new(Mutex::new(
@@ -511,21 +950,137 @@ mod tests {
             worker: crate::ids::WorkerId(3),
             addr: listener.local_addr().expect("bound").to_string(),
         };
-        let serving = {
-            let holdings = holdings.clone();
-            thread::spawn(move || {
-                for stream in listener.incoming().take(2) {
-                    serve(stream.expect("accepts"), &holdings, &writer);
-                }
-            })
-        };
-        let fetched = fetch_from(&holder, InstanceId(7)).expect("fetched");
-        assert_eq!(fetched, holdings.fetch(InstanceId(7)).expect("held"));
-        let restored = Checkpoint::decode_owned(fetched).expect("valid");
-        assert_eq!(restored.frontier, Stamp(20));
-        let error = fetch_from(&holder, InstanceId(8)).expect_err("none held");
+        let holdings = holdings.clone();
+        let serving = thread::spawn(move || {
+            for stream in listener.incoming().take(fetches) {
+                serve(stream.expect("accepts"), &holdings, &writer);
+            }
+        });
+        (holder, serving)
+    }
+
+    #[test]
+    fn a_staging_worker_fetches_one_range_then_only_its_changes() {
+        let holdings = Holdings::default();
+        let keys: Vec<u64> = (0..200).collect();
+        let changed: Vec<u64> = (0..200).step_by(7).collect();
+        assert!(stored(&holdings.store(BackupShipment {
+            bytes: encoded(10, &keys, None),
+            ..shipment(0, 10, None)
+        })));
+        let (holder, serving) = serve_fetches(&holdings, 4);
+        let (upper, lower) = (
+            KeyRange::FULL.split_even(2)[1],
+            KeyRange::FULL.split_even(2)[0],
+        );
+        // Staged while the instance runs: its range only, in full.
+        let (since, bytes) = fetch_range(&holder, InstanceId(7), upper, None).expect("fetched");
+        assert_eq!(since, None);
+        let staged = Checkpoint::decode_owned(bytes).expect("valid");
+        assert_eq!((staged.frontier, staged.key_range), (Stamp(10), upper));
+        assert!(!staged.entries.is_empty());
+        assert!(staged.entries.iter().all(|e| upper.contains(e.hash)));
+        // The instance checkpoints again; the staging worker catches up.
+        assert!(stored(&holdings.store(BackupShipment {
+            bytes: encoded(20, &changed, Some(10)),
+            ..shipment(0, 20, Some(10))
+        })));
+        let (since, run) =
+            fetch_range(&holder, InstanceId(7), upper, Some(Stamp(10))).expect("fetched");
+        assert_eq!(since, Some(Stamp(10)));
+        let caught_up = staged.apply_run(&run).expect("applies");
+        let whole = Checkpoint::decode_owned(holdings.fetch(InstanceId(7)).expect("held"));
+        let expected = whole
+            .expect("valid")
+            .partition(&[lower, upper])
+            .expect("cut");
+        assert_eq!(caught_up, expected[1]);
+        // A range of an instance it does not hold.
+        let error = fetch_range(&holder, InstanceId(8), upper, None).expect_err("none held");
+        assert!(error.to_string().contains("holds none"), "{error}");
+        // A catch-up from beyond what it holds.
+        let error =
+            fetch_range(&holder, InstanceId(7), upper, Some(Stamp(30))).expect_err("behind");
         assert!(error.to_string().contains("holds none"), "{error}");
         serving.join().expect("served");
+    }
+
+    #[test]
+    fn a_holder_cuts_a_split_instance_backup_into_its_parts_and_their_increments_join() {
+        let holdings = Holdings::default();
+        let keys: Vec<u64> = (0..200).collect();
+        assert!(stored(&holdings.store(BackupShipment {
+            bytes: encoded(10, &keys, None),
+            ..shipment(0, 10, None)
+        })));
+        let coordinator = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+        let writer: ControlWriter = Arc::new(Mutex::new(
+            TcpStream::connect(coordinator.local_addr().expect("bound")).expect("connects"),
+        ));
+        let (mut answers, _) = coordinator.accept().expect("accepts");
+        let [lower, upper] = KeyRange::FULL.split_even(2)[..] else {
+            panic!("two halves");
+        };
+        let part = |instance: u32, incarnation: u32, range: KeyRange| ReshapedPart {
+            instance: InstanceId(instance),
+            incarnation: Incarnation(incarnation),
+            range,
+        };
+        reshape(
+            &holdings,
+            &writer,
+            InstanceId(7),
+            Stamp(10),
+            vec![part(7, 1, lower), part(8, 0, upper)],
+        );
+        // The upper part's first increment, on what it restored from, may
+        // come before the cut is done: it waits for it, then joins it.
+        let increment = CheckpointParts {
+            operator: "count",
+            key_range: upper,
+            frontier: Stamp(20),
+            entries: &[],
+            output_buffer: &crate::state::OutputBuffer::default(),
+            operator_state: &[],
+        }
+        .encode_delta(Stamp(10), None)
+        .expect("encodes");
+        let first = holdings.store_or_wait(BackupShipment {
+            instance: InstanceId(8),
+            incarnation: Incarnation(0),
+            frontier: Stamp(20),
+            bytes: increment,
+        });
+        let mut acks: Vec<ToCoordinator> = first.into_iter().collect();
+        while acks.len() < 3 {
+            acks.push(
+                control::recv(&mut answers)
+                    .expect("reads")
+                    .expect("answers"),
+            );
+        }
+        let mut stored_at: Vec<(InstanceId, Stamp)> = acks
+            .iter()
+            .map(|a| match a {
+                ToCoordinator::BackupStored(ack) => (ack.instance, ack.frontier),
+                other => panic!("refused: {other:?}"),
+            })
+            .collect();
+        stored_at.sort();
+        assert_eq!(
+            stored_at,
+            vec![
+                (InstanceId(7), Stamp(10)),
+                (InstanceId(8), Stamp(10)),
+                (InstanceId(8), Stamp(20))
+            ]
+        );
+        let held =
+            |id: u32| Checkpoint::decode_owned(holdings.fetch(InstanceId(id)).expect("held"));
+        let (low, high) = (held(7).expect("valid"), held(8).expect("valid"));
+        assert_eq!((low.key_range, low.frontier), (lower, Stamp(10)));
+        assert_eq!((high.key_range, high.frontier), (upper, Stamp(20)));
+        assert_eq!(low.entries.len() + high.entries.len(), keys.len());
     }
 
     #[test]

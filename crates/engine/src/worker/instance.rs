@@ -3,6 +3,7 @@
 //! and paces the source), takes periodic checkpoints, and applies the
 //! coordinator's trims and rewirings.
 
+use std::any::Any;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -84,6 +85,9 @@ pub(crate) struct Instance {
     pub(crate) source_slot: u32,
     /// The checkpoint to start from, when recovering.
     pub(crate) restore: Option<Checkpoint>,
+    /// Keyed state restored ahead, off this instance's thread (a part of a
+    /// live split), to adopt instead of `restore`'s entries.
+    pub(crate) live: Option<Box<dyn Any + Send>>,
     /// How often to checkpoint; `None` turns fault tolerance off.
     pub(crate) checkpoint_every: Option<Duration>,
     pub(crate) reports: crossbeam_channel::Sender<Report>,
@@ -215,7 +219,8 @@ impl Instance {
                 runner.run_source(source, self.source_slot, outbox, self.restore)
             }
             Logic::Process(process) => {
-                runner.run_process(process, self.inputs, outbox, self.restore)
+                let restore = self.restore.map(|checkpoint| (checkpoint, self.live));
+                runner.run_process(process, self.inputs, outbox, restore)
             }
         }
     }
@@ -619,11 +624,11 @@ impl Runner {
         mut logic: Box<dyn ProcessLogic>,
         mut inputs: Inputs,
         mut outbox: Outbox,
-        restore: Option<Checkpoint>,
+        restore: Option<(Checkpoint, Option<Box<dyn Any + Send>>)>,
     ) -> Result<(), EngineError> {
         let merge = match restore {
-            Some(checkpoint) => {
-                self.restore_process(logic.as_mut(), &inputs, &mut outbox, checkpoint)?
+            Some((checkpoint, live)) => {
+                self.restore_process(logic.as_mut(), &inputs, &mut outbox, checkpoint, live)?
             }
             None => Merge::new(inputs.channels.len(), Stamp::ZERO),
         };
@@ -671,16 +676,21 @@ impl Runner {
         self.linger(&mut outbox)
     }
 
-    /// Puts a recovering operator back at its checkpoint: state, operator
-    /// state and output buffer; returns the merge, complete up to there.
+    /// Puts a recovering operator back at its checkpoint: state (or the
+    /// `live` state restored ahead, adopted), operator state and output
+    /// buffer; returns the merge, complete up to there.
     fn restore_process(
         &self,
         logic: &mut dyn ProcessLogic,
         inputs: &Inputs,
         outbox: &mut Outbox,
         checkpoint: Checkpoint,
+        live: Option<Box<dyn Any + Send>>,
     ) -> Result<Merge, EngineError> {
-        logic.restore(&checkpoint.entries, checkpoint.key_range)?;
+        match live {
+            Some(state) => logic.adopt_state(state)?,
+            None => logic.restore(&checkpoint.entries, checkpoint.key_range)?,
+        }
         logic
             .restore_operator_state(&checkpoint.operator_state)
             .map_err(|e| self.fail(e))?;

@@ -10,20 +10,21 @@ mod instance;
 pub mod output;
 mod watch;
 
+use std::any::Any;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::api::{InstanceContext, Query, QueryRegistry};
+use crate::api::{InstanceContext, Logic, ProcessLogic, Query, QueryRegistry};
 use crate::error::EngineError;
 use crate::plan::{AddedInstance, InstanceId, MergedInstance, Plan, WorkerId};
-use crate::state::Checkpoint;
+use crate::state::{Checkpoint, KeyRange};
 use crate::wire::control::{
     self, BackupShipment, RestoreFrom, ToCoordinator, ToWorker, HEARTBEAT_EVERY,
 };
-use backup::{Holdings, Shipper};
+use backup::{CaughtUp, Holdings, Shipper, Staging};
 use input::{BackupDesk, ControlEvent, Inboxes};
 use instance::{Inputs, Instance, Report};
 use output::{Outbox, SenderIdentity};
@@ -90,6 +91,7 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
         deployment: None,
         holdings,
         shipper,
+        staging: Staging::default(),
     };
     loop {
         let Some(message) = control::recv::<ToWorker>(&mut control)? else {
@@ -166,6 +168,8 @@ struct ControlLoop<'r> {
     holdings: Holdings,
     /// Where this worker's instances' checkpoints go.
     shipper: Shipper,
+    /// Parts of other instances' backups staged for live splits.
+    staging: Staging,
 }
 
 impl ControlLoop<'_> {
@@ -219,6 +223,23 @@ impl ControlLoop<'_> {
                 added,
                 merged,
             } => self.plan_update(plan, added, merged)?,
+            ToWorker::CutBackup { instance, parts } => {
+                backup::cut(&self.holdings, &self.writer, instance, parts)
+            }
+            ToWorker::Stage {
+                instance,
+                range,
+                holders,
+            } => {
+                let logic = self.logic_for(instance, range);
+                backup::stage(&self.staging, &self.writer, instance, range, holders, logic)
+            }
+            ToWorker::Unstage { instance } => self.staging.drop_instance(instance),
+            ToWorker::ReshapeBackup {
+                instance,
+                frontier,
+                parts,
+            } => backup::reshape(&self.holdings, &self.writer, instance, frontier, parts),
             ToWorker::CheckpointNow => self.inboxes.broadcast(|| ControlEvent::CheckpointNow),
             ToWorker::CheckpointFull { instance } => {
                 self.inboxes.control(instance, ControlEvent::CheckpointFull)
@@ -298,9 +319,9 @@ impl ControlLoop<'_> {
             "told to restore before any deployment",
         )?;
         d.plan = Arc::new(plan);
-        for (id, state) in fetch_states(instances) {
-            let bytes = match state {
-                Ok(bytes) => bytes,
+        for (id, state) in fetch_states(instances, &self.staging) {
+            let state = match state {
+                Ok(state) => state,
                 Err((holder, e)) => {
                     reply(
                         &self.writer,
@@ -317,11 +338,11 @@ impl ControlLoop<'_> {
             // A split restores the lower half in place of the running
             // instance: the old incarnation stops first.
             self.inboxes.stop(id);
-            let restored = bytes
-                .map(Checkpoint::decode_owned)
-                .transpose()
-                .and_then(|checkpoint| {
+            let restored = state
+                .decode()
+                .and_then(|(checkpoint, live)| {
                     create_instance(d, id, checkpoint, &self.inboxes, &self.reports)
+                        .map(|instance| Instance { live, ..instance })
                 })
                 .and_then(|instance| start_instance(instance, d, self.writer.clone(), &self.watch));
             match restored {
@@ -336,6 +357,40 @@ impl ControlLoop<'_> {
             }
         }
         Ok(())
+    }
+
+    /// What makes a logic of `instance`'s operator for a part of it that
+    /// owns `range`, to restore a staged part into off the control thread
+    /// (its state is adopted by the part's instance when it restores).
+    fn logic_for(
+        &self,
+        instance: InstanceId,
+        range: KeyRange,
+    ) -> impl FnOnce() -> Result<Box<dyn ProcessLogic>, EngineError> + Send + 'static {
+        let found = self.deployment.as_ref().and_then(|d| {
+            let (node, placed) = d.plan.instance(instance)?;
+            let ctx = InstanceContext {
+                operator: d.query.name(node).to_string(),
+                instance: instance.0,
+                index: placed.index,
+                parallelism: d.plan.nodes[node].instances.len() as u32,
+                key_range: range,
+                restoring: true,
+                incarnation: placed.incarnation,
+            };
+            Some((d.query.clone(), node, ctx))
+        });
+        move || {
+            let (query, node, ctx) = found.ok_or_else(|| {
+                EngineError::Protocol(format!("instance {instance} is not in this worker's plan"))
+            })?;
+            match query.instantiate(node, &ctx)? {
+                Logic::Process(logic) => Ok(logic),
+                Logic::Source(_) => Err(EngineError::Protocol(format!(
+                    "instance {instance} is a source: it cannot be staged"
+                ))),
+            }
+        }
     }
 
     /// Adopts a scaled plan: stops the instances merged away and passes the
@@ -362,48 +417,68 @@ impl ControlLoop<'_> {
     }
 }
 
-/// Each instance's encoded checkpoint (none: it starts empty), fetching
-/// those held by other workers in parallel; an error names the holder that
-/// could not give its backup.
-type FetchedState = Result<Option<Vec<u8>>, (WorkerId, EngineError)>;
+/// A restoring instance's state: encoded (none: it starts empty), or a
+/// part of a live split, caught up off this thread.
+enum State {
+    Encoded(Option<Vec<u8>>),
+    Staged(CaughtUp),
+}
 
-fn fetch_states(instances: Vec<(InstanceId, RestoreFrom)>) -> Vec<(InstanceId, FetchedState)> {
-    /// A state at hand, or being fetched from a holder.
-    enum Fetching<'s> {
-        Ready(FetchedState),
-        From(
-            WorkerId,
-            thread::ScopedJoinHandle<'s, Result<Vec<u8>, EngineError>>,
-        ),
+/// Live keyed state for a restored instance to adopt.
+type LiveState = Option<Box<dyn Any + Send>>;
+
+impl State {
+    /// The checkpoint to restore from, and the live keyed state to adopt
+    /// instead of its entries, if any.
+    fn decode(self) -> Result<(Option<Checkpoint>, LiveState), EngineError> {
+        match self {
+            State::Encoded(bytes) => Ok((bytes.map(Checkpoint::decode_owned).transpose()?, None)),
+            State::Staged(CaughtUp::Whole(checkpoint)) => Ok((Some(checkpoint), None)),
+            State::Staged(CaughtUp::Live(checkpoint, live)) => Ok((Some(checkpoint), Some(live))),
+        }
     }
+}
+
+/// Each instance's state, fetching those held by other workers (and
+/// catching up staged parts) in parallel; an error names the holder that
+/// could not give its backup.
+type FetchedState = Result<State, (WorkerId, EngineError)>;
+
+fn fetch_states(
+    instances: Vec<(InstanceId, RestoreFrom)>,
+    staging: &Staging,
+) -> Vec<(InstanceId, FetchedState)> {
     thread::scope(|scope| {
-        let fetching: Vec<(InstanceId, Fetching)> = instances
+        let fetching: Vec<(InstanceId, thread::ScopedJoinHandle<'_, FetchedState>)> = instances
             .into_iter()
             .map(|(id, from)| {
-                let fetch = match from {
-                    RestoreFrom::Nothing => Fetching::Ready(Ok(None)),
-                    RestoreFrom::Checkpoint(bytes) => Fetching::Ready(Ok(Some(bytes.into_vec()))),
-                    RestoreFrom::Holder(holder) => Fetching::From(
-                        holder.worker,
-                        scope.spawn(move || backup::fetch_from(&holder, id)),
-                    ),
-                };
+                let fetch = scope.spawn(move || match from {
+                    RestoreFrom::Nothing => Ok(State::Encoded(None)),
+                    RestoreFrom::Checkpoint(bytes) => Ok(State::Encoded(Some(bytes.into_vec()))),
+                    RestoreFrom::Holder(holder) => backup::fetch_from(&holder, id)
+                        .map(|bytes| State::Encoded(Some(bytes)))
+                        .map_err(|e| (holder.worker, e)),
+                    RestoreFrom::Staged {
+                        parent,
+                        range,
+                        since,
+                        holders,
+                    } => {
+                        backup::catch_up(staging, parent, range, since, &holders).map(State::Staged)
+                    }
+                });
                 (id, fetch)
             })
             .collect();
         fetching
             .into_iter()
-            .map(|(id, fetch)| {
-                let state = match fetch {
-                    Fetching::Ready(state) => state,
-                    Fetching::From(holder, fetching) => fetching
-                        .join()
-                        .unwrap_or_else(|_| {
-                            Err(EngineError::Protocol("a backup fetch panicked".into()))
-                        })
-                        .map(Some)
-                        .map_err(|e| (holder, e)),
-                };
+            .map(|(id, fetching)| {
+                let state = fetching.join().unwrap_or_else(|_| {
+                    Err((
+                        WorkerId(0),
+                        EngineError::Protocol("a backup fetch panicked".into()),
+                    ))
+                });
                 (id, state)
             })
             .collect()
@@ -703,6 +778,7 @@ fn create_instance(
         inbox: inboxes.create(id, placed.incarnation),
         source_slot: placed.source_slot,
         restore,
+        live: None,
         checkpoint_every: d.checkpoint_every,
         reports: reports.clone(),
     })
