@@ -1215,7 +1215,11 @@ fn a_live_split_stages_its_parts_then_hands_over_only_the_changes() {
         let state: KeyedState<u64, u64> =
             KeyedState::restore(&restored.entries, *range).expect("a part of the keys");
         let held: Vec<u64> = (0..100).filter(|k| state.get(k).is_some()).collect();
-        assert_eq!((held, state.len()), (keys.clone(), keys.len()), "instance {id}");
+        assert_eq!(
+            (held, state.len()),
+            (keys.clone(), keys.len()),
+            "instance {id}"
+        );
     }
     // The holders cut each part's backup from the parent's, so that the
     // parts' next increments join it rather than a full checkpoint.
