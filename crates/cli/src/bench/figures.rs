@@ -139,14 +139,34 @@ pub fn process_cpu_secs(stat: &str) -> Option<f64> {
 }
 
 /// Keys of `value_bytes` each that make `state_mb` megabytes (10^6 bytes)
-/// of encoded state: each key costs its value, the value's length (8
-/// bytes) and the key (8 bytes).
+/// of encoded state: each key costs its value, the value's length and the
+/// key (numbered from 0), in the engine's variable-length integers.
 pub fn keys_for(state_mb: u64, value_bytes: u64) -> u64 {
-    state_mb * 1_000_000 / (value_bytes + STATE_BYTES_PER_KEY)
+    let bytes = state_mb * 1_000_000;
+    // The key's own size depends on how many there are: settle it.
+    let mut keys = bytes / (value_bytes + 1);
+    for _ in 0..3 {
+        keys = bytes / (value_bytes + state_bytes_per_key(keys, value_bytes));
+    }
+    keys
 }
 
-/// Encoded bytes of a kvstore key beside its value's characters.
-pub const STATE_BYTES_PER_KEY: u64 = 16;
+/// Encoded bytes of a kvstore key beside its value's characters: the
+/// value's length and the key, the largest of `keys` keys numbered from 0.
+pub fn state_bytes_per_key(keys: u64, value_bytes: u64) -> u64 {
+    varint_bytes(value_bytes) + varint_bytes(keys.saturating_sub(1))
+}
+
+/// Bytes of `n` as a variable-length integer, as bincode's default
+/// options (the engine's encoding of keyed state) write it.
+fn varint_bytes(n: u64) -> u64 {
+    match n {
+        0..=250 => 1,
+        251..=0xFFFF => 3,
+        0x1_0000..=0xFFFF_FFFF => 5,
+        _ => 9,
+    }
+}
 
 /// What a checkpoint adds per key to its encoded key and value (its hash
 /// and where the two lie), measured: 110.3 MB for 100 MB of state in
@@ -155,7 +175,7 @@ pub const CHECKPOINT_BYTES_PER_ENTRY: u64 = 28;
 
 /// About how large a checkpoint of `keys` kvstore keys is.
 pub fn checkpoint_bytes_for(keys: u64, value_bytes: u64) -> u64 {
-    keys * (value_bytes + STATE_BYTES_PER_KEY + CHECKPOINT_BYTES_PER_ENTRY)
+    keys * (value_bytes + state_bytes_per_key(keys, value_bytes) + CHECKPOINT_BYTES_PER_ENTRY)
 }
 
 /// Figures of one split or merge.
@@ -552,8 +572,10 @@ mod tests {
 
     #[test]
     fn keys_make_the_state_asked_for() {
-        assert_eq!(keys_for(100, 256), 367_647);
-        let bytes = keys_for(1_000, 64) * (64 + STATE_BYTES_PER_KEY);
+        // 256-byte values: 3 bytes of length, keys from 65,536 on: 5 bytes.
+        assert_eq!(keys_for(100, 256), 100_000_000 / (256 + 3 + 5));
+        let keys = keys_for(1_000, 64);
+        let bytes = keys * (64 + state_bytes_per_key(keys, 64));
         assert!(bytes <= 1_000_000_000 && bytes > 999_999_000);
         // 1,000 MB in 256-byte values checkpoints as about 1.1 GB.
         let checkpoint = checkpoint_bytes_for(keys_for(1_000, 256), 256);

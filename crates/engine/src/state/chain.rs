@@ -285,7 +285,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::state::{KeyedState, OutputBuffer};
+    use crate::state::testing::encode_count;
+    use crate::state::KeyedState;
 
     /// Encodes `state`'s next snapshot at `frontier`: full without a
     /// `base`, else the keys changed since the snapshot at `base`.
@@ -295,19 +296,7 @@ mod tests {
             None => state.snapshot(),
         }
         .expect("snapshots");
-        let parts = CheckpointParts {
-            operator: "count",
-            key_range: KeyRange::FULL,
-            frontier: Stamp(frontier),
-            entries: &entries,
-            output_buffer: &OutputBuffer::default(),
-            operator_state: &frontier.to_le_bytes(),
-        };
-        match base {
-            Some(base) => parts.encode_delta(Stamp(base), None),
-            None => parts.encode(),
-        }
-        .expect("encodes")
+        encode_count(&entries, frontier, base, &frontier.to_le_bytes())
     }
 
     /// Ranges cutting the whole range at `cuts`.

@@ -24,7 +24,7 @@ pub use routing::{KeyRange, RoutingTable};
 /// Checkpoints made for tests of what holds and moves them.
 #[cfg(test)]
 pub(crate) mod testing {
-    use super::{CheckpointParts, KeyRange, KeyedState, OutputBuffer};
+    use super::{CheckpointParts, KeyRange, KeyedState, OutputBuffer, StateEntry};
     use crate::stamp::Stamp;
 
     /// An encoded checkpoint of operator `count` over the whole key range
@@ -35,13 +35,24 @@ pub(crate) mod testing {
             *state.get_or_default(*k) = frontier;
         }
         let entries = state.snapshot().expect("snapshots");
+        encode_count(&entries, frontier, base, &[])
+    }
+
+    /// A checkpoint of operator `count` over the whole key range at
+    /// `frontier` holding `entries`, full or (with a `base`) incremental.
+    pub(crate) fn encode_count(
+        entries: &[StateEntry],
+        frontier: u64,
+        base: Option<u64>,
+        operator_state: &[u8],
+    ) -> Vec<u8> {
         let parts = CheckpointParts {
             operator: "count",
             key_range: KeyRange::FULL,
             frontier: Stamp(frontier),
-            entries: &entries,
+            entries,
             output_buffer: &OutputBuffer::default(),
-            operator_state: &[],
+            operator_state,
         };
         match base {
             Some(base) => parts.encode_delta(Stamp(base), None),
