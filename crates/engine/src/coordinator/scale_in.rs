@@ -335,18 +335,24 @@ impl Job<'_> {
             .collect())
     }
 
+    /// Lets a paused instance run on after a rescaling was called off,
+    /// if its worker still lives (`what`: the rescaling, for the log).
+    pub(super) fn resume_if_alive(&mut self, p: &InstancePlan, what: &str) {
+        if self.alive(p.worker) {
+            let resume = ToWorker::Resume {
+                instance: p.id,
+                until: Stamp::END,
+            };
+            if let Err(e) = self.send(p.worker, &resume) {
+                tracing::warn!(instance = %p.id, "cannot resume after {what}: {e}");
+            }
+        }
+    }
+
     /// Calls a merge off: whichever partitions are still alive run on.
     fn call_off<T>(&mut self, pair: &[&InstancePlan; 2]) -> Option<T> {
         for p in pair {
-            if self.alive(p.worker) {
-                let resume = ToWorker::Resume {
-                    instance: p.id,
-                    until: Stamp::END,
-                };
-                if let Err(e) = self.send(p.worker, &resume) {
-                    tracing::warn!(instance = %p.id, "cannot resume after a merge: {e}");
-                }
-            }
+            self.resume_if_alive(p, "a merge");
         }
         None
     }

@@ -337,16 +337,7 @@ impl Job<'_> {
     /// Calls a staged split off: its instance runs on, its pool workers
     /// go back, its staged parts are dropped.
     fn call_off_staged(&mut self, s: StagedSplit) {
-        let p = s.splitting.placed.clone();
-        if self.alive(p.worker) {
-            let resume = ToWorker::Resume {
-                instance: p.id,
-                until: Stamp::END,
-            };
-            if let Err(e) = self.send(p.worker, &resume) {
-                tracing::warn!(instance = %p.id, "cannot resume after a split: {e}");
-            }
-        }
+        self.resume_if_alive(&s.splitting.placed, "a split");
         self.unstage(&s.splitting, s.parts.len());
         for w in s.splitting.targets.iter().rev() {
             if self.alive(*w) {
@@ -357,7 +348,7 @@ impl Job<'_> {
             EventKind::Refused,
             format!(
                 "scale {}: instance {} could not be stopped for its split (it failed, finished or took no checkpoint in time)",
-                s.splitting.operator, p.id
+                s.splitting.operator, s.splitting.placed.id
             ),
         );
     }
