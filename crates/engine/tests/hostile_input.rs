@@ -6,7 +6,9 @@ use spate_engine::plan::{Incarnation, InstanceId};
 use spate_engine::stamp::merge::{write_tuple, Merge};
 use spate_engine::stamp::Stamp;
 use spate_engine::state::{Checkpoint, KeyRange, KeyedState, OutputBuffer};
-use spate_engine::wire::control::{self, ToCoordinator, ToWorker};
+use spate_engine::wire::control::{
+    self, BackupShipment, ShipmentHeader, ToCoordinator, ToHolder, ToWorker,
+};
 use spate_engine::wire::data::{read_batch, read_hello, write_batch, write_hello, ChannelHello};
 
 fn checkpoint() -> Checkpoint {
@@ -114,5 +116,58 @@ fn an_oversized_control_length_is_refused_before_allocating() {
     let err = control::recv::<ToWorker>(&mut &bytes[..])
         .unwrap_err()
         .to_string();
+    assert!(err.contains("exceeds"), "{err}");
+}
+
+fn shipment() -> BackupShipment {
+    BackupShipment {
+        instance: InstanceId(4),
+        incarnation: Incarnation(2),
+        frontier: Stamp(9),
+        bytes: checkpoint().encode().unwrap(),
+    }
+}
+
+/// What a holder reads off a backup connection: the header, then the
+/// bytes it announces.
+fn receive_shipment(mut wire: &[u8]) -> Result<BackupShipment, String> {
+    match control::recv::<ToHolder>(&mut wire).map_err(|e| e.to_string())? {
+        Some(ToHolder::Store(header)) => {
+            control::recv_shipment(&mut wire, header).map_err(|e| e.to_string())
+        }
+        other => panic!("not a shipment: {other:?}"),
+    }
+}
+
+#[test]
+fn a_shipped_checkpoint_arrives_whole_behind_its_header() {
+    let sent = shipment();
+    let mut wire = Vec::new();
+    control::send_shipment(&mut wire, &sent).unwrap();
+    let got = receive_shipment(&wire).unwrap();
+    assert_eq!(
+        (got.instance, got.incarnation, got.frontier),
+        (sent.instance, sent.incarnation, sent.frontier)
+    );
+    assert_eq!(got.bytes, sent.bytes);
+}
+
+#[test]
+fn a_shipment_cut_short_or_announcing_too_much_is_refused() {
+    let mut wire = Vec::new();
+    control::send_shipment(&mut wire, &shipment()).unwrap();
+    wire.truncate(wire.len() - 5);
+    let err = receive_shipment(&wire).unwrap_err();
+    assert!(err.contains("after"), "{err}");
+
+    let mut wire = control::encode(&ToHolder::Store(ShipmentHeader {
+        instance: InstanceId(4),
+        incarnation: Incarnation(2),
+        frontier: Stamp(9),
+        bytes: u64::MAX,
+    }))
+    .unwrap();
+    wire.extend_from_slice(&[0; 16]);
+    let err = receive_shipment(&wire).unwrap_err();
     assert!(err.contains("exceeds"), "{err}");
 }

@@ -414,8 +414,9 @@ pub struct ReshapedPart {
 /// What travels on a backup connection to a holder.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ToHolder {
-    /// Keep this checkpoint; acknowledge it to the coordinator.
-    Store(BackupShipment),
+    /// Keep the checkpoint whose bytes follow this frame raw
+    /// ([`send_shipment`]); acknowledge it to the coordinator.
+    Store(ShipmentHeader),
     /// Send back the backup of `instance` ([`HeldBackup`], then its
     /// bytes): a worker restoring it (whole), or staging or catching up on
     /// one key range of it ahead of a split.
@@ -497,7 +498,7 @@ pub struct BackupHolder {
 
 /// A checkpoint on its way from an instance's worker to a holder, on the
 /// backup connection between the two (never through the coordinator).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug)]
 pub struct BackupShipment {
     /// The instance it belongs to.
     pub instance: InstanceId,
@@ -506,8 +507,76 @@ pub struct BackupShipment {
     /// Its frontier.
     pub frontier: Stamp,
     /// The encoded checkpoint (full or incremental).
-    #[serde(with = "serde_bytes")]
     pub bytes: Vec<u8>,
+}
+
+/// What a holder is told of a [`BackupShipment`] ahead of its bytes, which
+/// follow raw: a checkpoint is neither copied into a frame nor out of one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipmentHeader {
+    /// The instance it belongs to.
+    pub instance: InstanceId,
+    /// The incarnation that took it.
+    pub incarnation: Incarnation,
+    /// Its frontier.
+    pub frontier: Stamp,
+    /// How many bytes follow.
+    pub bytes: u64,
+}
+
+/// Refuses a checkpoint too large for a holder to take
+/// ([`MAX_CONTROL_FRAME`]), saying what to do about it.
+pub fn check_shipment(shipment: &BackupShipment) -> Result<(), EngineError> {
+    let len = shipment.bytes.len();
+    if len > MAX_CONTROL_FRAME {
+        return Err(EngineError::Protocol(format!(
+            "a checkpoint of instance {} has {len} bytes, over the {MAX_CONTROL_FRAME}-byte \
+             limit: give the operator more partitions so that each instance's state stays \
+             under it",
+            shipment.instance
+        )));
+    }
+    Ok(())
+}
+
+/// Sends `shipment` on a backup connection: its header, then its bytes.
+pub fn send_shipment(w: &mut impl Write, shipment: &BackupShipment) -> Result<(), EngineError> {
+    check_shipment(shipment)?;
+    let header = ShipmentHeader {
+        instance: shipment.instance,
+        incarnation: shipment.incarnation,
+        frontier: shipment.frontier,
+        bytes: shipment.bytes.len() as u64,
+    };
+    w.write_all(&encode(&ToHolder::Store(header))?)
+        .and_then(|()| w.write_all(&shipment.bytes))
+        .and_then(|()| w.flush())
+        .map_err(|e| EngineError::io("shipping a checkpoint to its holder", e))
+}
+
+/// Receives the bytes announced by `header`, which follow it on `r`.
+pub fn recv_shipment(
+    r: &mut impl Read,
+    header: ShipmentHeader,
+) -> Result<BackupShipment, EngineError> {
+    let context = || format!("receiving a checkpoint of instance {}", header.instance);
+    let len = usize::try_from(header.bytes)
+        .ok()
+        .filter(|&len| len <= MAX_CONTROL_FRAME)
+        .ok_or_else(|| {
+            EngineError::Protocol(format!(
+                "{}: {} bytes exceeds the {MAX_CONTROL_FRAME}-byte limit",
+                context(),
+                header.bytes
+            ))
+        })?;
+    let bytes = super::read_exactly(r, len).map_err(|e| EngineError::io(context(), e))?;
+    Ok(BackupShipment {
+        instance: header.instance,
+        incarnation: header.incarnation,
+        frontier: header.frontier,
+        bytes,
+    })
 }
 
 /// Writes the control handshake.
@@ -581,20 +650,8 @@ pub fn recv<T: DeserializeOwned>(r: &mut impl Read) -> Result<Option<T>, EngineE
             "control message of {len} bytes exceeds the {MAX_CONTROL_FRAME}-byte limit"
         )));
     }
-    // Read into spare capacity rather than a zeroed buffer: a checkpoint
-    // shipped to a holder is megabytes, and zeroing it first cost the
-    // holder as much as receiving it.
-    let mut body = Vec::with_capacity(len);
-    let got = r
-        .take(len as u64)
-        .read_to_end(&mut body)
+    let body = super::read_exactly(r, len)
         .map_err(|e| EngineError::io("receiving control message body", e))?;
-    if got < len {
-        return Err(EngineError::io(
-            "receiving control message body",
-            io::ErrorKind::UnexpectedEof.into(),
-        ));
-    }
     bincode::DefaultOptions::new()
         .with_fixint_encoding()
         .allow_trailing_bytes()

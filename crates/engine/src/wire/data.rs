@@ -115,9 +115,8 @@ pub fn read_batch(r: &mut impl Read) -> Result<Option<(Vec<u8>, Stamp)>, EngineE
     }
     let mut mark = [0u8; 8];
     mark.copy_from_slice(&header[4..]);
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)
-        .map_err(|e| EngineError::io("reading data frame body", e))?;
+    let body =
+        super::read_exactly(r, len).map_err(|e| EngineError::io("reading data frame body", e))?;
     Ok(Some((body, Stamp(u64::from_le_bytes(mark)))))
 }
 

@@ -2,6 +2,8 @@
 //! messages between coordinator and workers. Every connection starts with a
 //! versioned handshake and every length is checked before it is trusted.
 
+use std::io::{self, Read};
+
 pub mod control;
 pub mod data;
 
@@ -10,8 +12,9 @@ pub mod data;
 /// routing hash; 5: checkpoints shipped from worker to holder directly; 6:
 /// restoring workers fetch backups from holders, and a data channel's
 /// handshake names the receiver's incarnation; 7: holders give one key
-/// range of a backup, or its changes since a staged frontier).
-pub const PROTOCOL_VERSION: u16 = 7;
+/// range of a backup, or its changes since a staged frontier; 8: a
+/// checkpoint shipped to a holder follows its header raw).
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// Upper bound on a data frame, so a corrupt length cannot make us allocate
 /// gigabytes.
@@ -24,3 +27,22 @@ pub const MAX_CONTROL_FRAME: usize = 3 << 30;
 
 // A control frame's length travels as 32 bits.
 const _: () = assert!(MAX_CONTROL_FRAME <= u32::MAX as usize);
+
+/// Reads exactly `len` bytes into a new vector, straight into its spare
+/// capacity: zeroing a buffer first costs as much as receiving into it,
+/// and checkpoints are megabytes. A peer that stops short is an
+/// `UnexpectedEof`.
+pub(crate) fn read_exactly(r: &mut impl Read, len: usize) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(len);
+    r.take(len as u64).read_to_end(&mut bytes)?;
+    if bytes.len() < len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "the peer closed the connection after {} of {len} bytes",
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(bytes)
+}

@@ -22,7 +22,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -242,11 +242,12 @@ pub(crate) fn serve(mut stream: TcpStream, holdings: &Holdings, writer: &Control
     let mut reader = BufReader::with_capacity(256 << 10, stream);
     loop {
         let served = match control::recv::<ToHolder>(&mut reader) {
-            Ok(Some(ToHolder::Store(shipment))) => {
-                if let Some(answer) = holdings.store_or_wait(shipment) {
-                    reply(writer, &answer);
-                }
-                Ok(())
+            Ok(Some(ToHolder::Store(header))) => {
+                control::recv_shipment(&mut reader, header).map(|shipment| {
+                    if let Some(answer) = holdings.store_or_wait(shipment) {
+                        reply(writer, &answer);
+                    }
+                })
             }
             Ok(Some(ToHolder::Fetch {
                 instance,
@@ -388,18 +389,7 @@ fn fetch(
             )))
         }
     };
-    // Read straight into the vector, without zeroing a gigabyte first.
-    let mut bytes = Vec::with_capacity(len);
-    (&mut stream)
-        .take(len as u64)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    if bytes.len() != len {
-        return Err(EngineError::Protocol(format!(
-            "{context}: the holder closed the connection after {} of {len} bytes",
-            bytes.len()
-        )));
-    }
+    let bytes = crate::wire::read_exactly(&mut stream, len).map_err(io)?;
     tracing::debug!(%instance, holder = %holder.worker, bytes = len, ?range, ?since, "backup fetched from its holder");
     Ok((answered_since, bytes))
 }
@@ -425,7 +415,7 @@ pub(crate) fn replicate(
             };
             let bytes = replica.bytes.len();
             let sent = open_backup_connection(&to.addr, &watch)
-                .and_then(|mut stream| control::send(&mut stream, &ToHolder::Store(replica)));
+                .and_then(|mut stream| control::send_shipment(&mut stream, &replica));
             match sent {
                 Ok(()) => tracing::debug!(%instance, to = %to.worker, bytes, "backup replicated"),
                 Err(e) => {
@@ -712,7 +702,7 @@ struct Outgoing {
     /// Whether it is a full checkpoint (it supersedes everything queued
     /// before it for its instance).
     full: bool,
-    frame: Vec<u8>,
+    shipment: BackupShipment,
 }
 
 #[derive(Default)]
@@ -721,6 +711,34 @@ struct Routing {
     routes: HashMap<InstanceId, Vec<BackupHolder>>,
     /// A lane per holder address.
     lanes: HashMap<String, Sender<Arc<Outgoing>>>,
+    /// Checkpoints taken before their instance had a holder, in order: a
+    /// part of a live split checkpoints before the coordinator routes it,
+    /// and its holders already hold what it restored from, so its first
+    /// increments must reach them (each lost one would cost a full
+    /// checkpoint of the part on its thread).
+    unrouted: HashMap<InstanceId, Vec<Arc<Outgoing>>>,
+}
+
+/// Bytes of checkpoints held back for one instance that has no holder yet;
+/// beyond it they are dropped, and the instance checkpoints in full once
+/// its holders refuse an increment they cannot join.
+const UNROUTED_MAX_BYTES: usize = 256 << 20;
+
+impl Routing {
+    /// Keeps `outgoing` until its instance is routed; a full checkpoint
+    /// supersedes what waited before it.
+    fn hold_back(&mut self, outgoing: Arc<Outgoing>) {
+        let waiting = self.unrouted.entry(outgoing.instance).or_default();
+        if outgoing.full {
+            waiting.clear();
+        }
+        waiting.push(outgoing);
+        let bytes: usize = waiting.iter().map(|o| o.shipment.bytes.len()).sum();
+        if bytes > UNROUTED_MAX_BYTES {
+            tracing::debug!(instance = %waiting[0].instance, bytes, "no holder routed for too long; checkpoints dropped");
+            waiting.clear();
+        }
+    }
 }
 
 /// Ships this worker's instances' checkpoints to their holders.
@@ -739,36 +757,54 @@ impl Shipper {
         }
     }
 
-    /// Adopts the coordinator's routes. A new holder that cannot join the
-    /// next increment to what it holds refuses it, and the instance then
-    /// checkpoints in full; a restored instance whose holders hold what it
-    /// was restored from goes on with increments.
+    /// Adopts the coordinator's routes, and ships to them what waited for
+    /// them. A new holder that cannot join the next increment to what it
+    /// holds refuses it, and the instance then checkpoints in full; a
+    /// restored instance whose holders hold what it was restored from goes
+    /// on with increments.
     pub(crate) fn set_routes(&self, routes: Vec<BackupRoute>) {
         let mut routing = self.lock();
         for route in routes {
+            if !route.holders.is_empty() {
+                for waited in routing.unrouted.remove(&route.instance).unwrap_or_default() {
+                    if let Err(e) = self.send_to(&mut routing, &route.holders, &waited) {
+                        tracing::warn!(instance = %route.instance, "cannot ship a checkpoint that waited for its route: {e}");
+                    }
+                }
+            }
             routing.routes.insert(route.instance, route.holders);
         }
     }
 
     /// Sends a checkpoint to each of its instance's holders. With none
-    /// routed yet it goes nowhere: the instance checkpoints in full when
-    /// its first route comes.
+    /// routed yet it waits for its route ([`Shipper::set_routes`]).
     pub(crate) fn ship(&self, shipment: BackupShipment) -> Result<(), EngineError> {
-        let mut routing = self.lock();
-        let holders = routing
-            .routes
-            .get(&shipment.instance)
-            .cloned()
-            .unwrap_or_default();
-        if holders.is_empty() {
-            tracing::debug!(instance = %shipment.instance, "no holder routed yet; checkpoint not shipped");
-            return Ok(());
-        }
+        control::check_shipment(&shipment)?;
         let outgoing = Arc::new(Outgoing {
             instance: shipment.instance,
             full: is_full(&shipment.bytes),
-            frame: control::encode(&ToHolder::Store(shipment))?,
+            shipment,
         });
+        let mut routing = self.lock();
+        let holders = routing
+            .routes
+            .get(&outgoing.instance)
+            .cloned()
+            .unwrap_or_default();
+        if holders.is_empty() {
+            tracing::debug!(instance = %outgoing.instance, "no holder routed yet; checkpoint held back");
+            routing.hold_back(outgoing);
+            return Ok(());
+        }
+        self.send_to(&mut routing, &holders, &outgoing)
+    }
+
+    fn send_to(
+        &self,
+        routing: &mut Routing,
+        holders: &[BackupHolder],
+        outgoing: &Arc<Outgoing>,
+    ) -> Result<(), EngineError> {
         for holder in holders {
             let lane = match routing.lanes.get(&holder.addr) {
                 Some(lane) => lane.clone(),
@@ -816,7 +852,7 @@ fn run_lane(addr: &str, rx: &Receiver<Arc<Outgoing>>, watch: &LinkWatch) {
             let Some(stream) = connection.as_mut() else {
                 continue;
             };
-            if let Err(e) = control::send_encoded(stream, &outgoing.frame) {
+            if let Err(e) = control::send_shipment(stream, &outgoing.shipment) {
                 tracing::debug!(instance = %outgoing.instance, "shipping a backup to {addr} failed: {e}");
                 connection = None;
             }
@@ -1099,5 +1135,63 @@ mod tests {
             .map(|(_, _, n)| n)
             .collect();
         assert_eq!(kept, vec![2, 4, 5]);
+    }
+
+    fn outgoing(frontier: u64, base: Option<u64>) -> Arc<Outgoing> {
+        let shipment = shipment(0, frontier, base);
+        Arc::new(Outgoing {
+            instance: shipment.instance,
+            full: is_full(&shipment.bytes),
+            shipment,
+        })
+    }
+
+    #[test]
+    fn checkpoints_without_a_route_wait_and_a_full_one_supersedes_them() {
+        let mut routing = Routing::default();
+        routing.hold_back(outgoing(20, Some(10)));
+        routing.hold_back(outgoing(30, Some(20)));
+        let waiting = |r: &Routing| -> Vec<Stamp> {
+            r.unrouted[&InstanceId(7)]
+                .iter()
+                .map(|o| o.shipment.frontier)
+                .collect()
+        };
+        assert_eq!(waiting(&routing), vec![Stamp(20), Stamp(30)]);
+        routing.hold_back(outgoing(40, None));
+        routing.hold_back(outgoing(50, Some(40)));
+        assert_eq!(waiting(&routing), vec![Stamp(40), Stamp(50)]);
+    }
+
+    #[test]
+    fn checkpoints_taken_before_a_route_reach_the_holder_once_it_comes() {
+        let holdings = Holdings::default();
+        assert!(stored(&holdings.store(shipment(0, 10, None))));
+        let (holder, _serving) = serve_fetches(&holdings, 1);
+        let coordinator = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+        let writer: ControlWriter = Arc::new(Mutex::new(
+            TcpStream::connect(coordinator.local_addr().expect("bound")).expect("connects"),
+        ));
+        let shipper = Shipper::new(LinkWatch::start(writer).expect("watches"));
+        shipper.ship(shipment(0, 20, Some(10))).expect("held back");
+        shipper.ship(shipment(0, 30, Some(20))).expect("held back");
+        shipper.set_routes(vec![BackupRoute {
+            instance: InstanceId(7),
+            holders: vec![holder],
+        }]);
+        let held = || {
+            Checkpoint::decode_owned(holdings.fetch(InstanceId(7)).expect("held"))
+                .expect("valid")
+                .frontier
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while held() != Stamp(30) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the held-back increments never joined the backup (at {:?})",
+                held()
+            );
+            thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 }

@@ -687,10 +687,13 @@ impl Runner {
         checkpoint: Checkpoint,
         live: Option<Box<dyn Any + Send>>,
     ) -> Result<Merge, EngineError> {
+        let started = Instant::now();
+        let keys = checkpoint.entries.len();
         match live {
             Some(state) => logic.adopt_state(state)?,
             None => logic.restore(&checkpoint.entries, checkpoint.key_range)?,
         }
+        tracing::debug!(instance = %self.me.instance, keys, ms = started.elapsed().as_millis() as u64, "keyed state restored");
         logic
             .restore_operator_state(&checkpoint.operator_state)
             .map_err(|e| self.fail(e))?;
