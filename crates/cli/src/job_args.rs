@@ -17,7 +17,9 @@ use anyhow::{bail, Context, Result};
 use clap::parser::ValueSource;
 use clap::ArgMatches;
 use serde::{Deserialize, Deserializer};
-use spate_engine::coordinator::{JobConfig, KillSpec, PolicyKind, ScalePolicy};
+use spate_engine::coordinator::{
+    JobConfig, KillSpec, PolicyKind, ScalePolicy, DEFAULT_STANDBY_MIN_BYTES,
+};
 use spate_engine::wire::control::HEARTBEAT_EVERY;
 use spate_engine::{Query, QueryRegistry};
 
@@ -79,6 +81,11 @@ pub struct FaultToleranceArgs {
     /// pool workers (parallel recovery).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub recovery_parallelism: u32,
+    /// Keep a warm copy of each stateful instance whose backup holds at
+    /// least this many megabytes on a pool worker, so that it recovers
+    /// there without rebuilding its state; 0 keeps none.
+    #[arg(long, default_value_t = DEFAULT_STANDBY_MIN_BYTES / 1_000_000)]
+    pub standby_mb: u64,
     /// A worker silent this many milliseconds is declared failed (workers
     /// send a heartbeat every 100 ms).
     #[arg(long, default_value_t = 500)]
@@ -165,6 +172,7 @@ impl JobArgs {
         config.startup_timeout = Duration::from_secs(ft.startup_timeout_secs);
         config.kills = ft.kill.clone();
         config.recovery_parallelism = ft.recovery_parallelism;
+        config.standby_min_bytes = (ft.standby_mb > 0).then_some(ft.standby_mb * 1_000_000);
         config.autoscale = self.elasticity.policy();
         config.scale_at = self.elasticity.scale_at.clone();
         config.split_parts = self.elasticity.split_parts as usize;
@@ -332,6 +340,7 @@ struct FaultToleranceFile {
     #[serde(default, deserialize_with = "parsed_list")]
     kill: Option<Vec<KillSpec>>,
     recovery_parallelism: Option<u32>,
+    standby_mb: Option<u64>,
     heartbeat_timeout_ms: Option<u64>,
     startup_timeout_secs: Option<u64>,
 }
@@ -459,6 +468,7 @@ impl JobArgs {
             ft.recovery_parallelism,
             flagged("recovery_parallelism"),
         );
+        take(&mut own.standby_mb, ft.standby_mb, flagged("standby_mb"));
         take(
             &mut own.heartbeat_timeout_ms,
             ft.heartbeat_timeout_ms,

@@ -52,6 +52,10 @@ impl std::str::FromStr for KillSpec {
     }
 }
 
+/// Backups from this size up get a warm standby by default: below it a
+/// restore rebuilds the state in well under a second.
+pub const DEFAULT_STANDBY_MIN_BYTES: u64 = 64_000_000;
+
 /// What to run and on how many workers.
 #[derive(Clone, Debug)]
 pub struct JobConfig {
@@ -74,6 +78,10 @@ pub struct JobConfig {
     /// Restore a failed stateful instance as this many partitions (parallel
     /// recovery), when the pool has enough workers.
     pub recovery_parallelism: u32,
+    /// Keep a warm copy of each stateful instance whose backup holds at
+    /// least this many bytes on a pool worker, so that it recovers there
+    /// without rebuilding its state (`None`: never).
+    pub standby_min_bytes: Option<u64>,
     /// Split hot instances automatically (`None`: only on request).
     pub autoscale: Option<ScalePolicy>,
     /// Scale-outs to force: (after, operator).
@@ -110,6 +118,7 @@ impl JobConfig {
             heartbeat_timeout: Duration::from_millis(500),
             kills: Vec::new(),
             recovery_parallelism: 1,
+            standby_min_bytes: Some(DEFAULT_STANDBY_MIN_BYTES),
             autoscale: None,
             scale_at: Vec::new(),
             split_parts: 2,

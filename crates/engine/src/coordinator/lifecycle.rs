@@ -457,6 +457,7 @@ impl Job<'_> {
             }
             ToCoordinator::BackupStored(ack) => {
                 self.backup_stored(worker, ack);
+                self.keep_standbys();
                 Ok(())
             }
             ToCoordinator::BackupRefused {
@@ -495,10 +496,18 @@ impl Job<'_> {
                 self.link_stalled(worker, &peer, silent_ms);
                 Ok(())
             }
-            // A part staged for a split that was called off.
-            ToCoordinator::Staged { instance, .. } => {
-                // Best effort: a staged part left behind is memory, not data.
-                let _ = self.send(worker, &ToWorker::Unstage { instance });
+            ToCoordinator::Staged {
+                instance,
+                range,
+                frontier,
+                ..
+            } => {
+                // A standby, or a part staged for a split that was called
+                // off: best effort, a staged part left behind is memory,
+                // not data.
+                if !self.standby_staged(worker, instance, range, frontier) {
+                    let _ = self.send(worker, &ToWorker::Unstage { instance });
+                }
                 Ok(())
             }
             // Answers to a reconfiguration that already gave up waiting.

@@ -27,12 +27,13 @@ mod recovery;
 mod scale;
 mod scale_in;
 mod scale_live;
+mod standby;
 #[cfg(test)]
 mod tests;
 pub mod view;
 
 pub use autoscaler::ScaleRates;
-pub use config::{JobConfig, KillSpec};
+pub use config::{JobConfig, KillSpec, DEFAULT_STANDBY_MIN_BYTES};
 pub use events::{EventKind, JobState, ScaleDirection};
 pub use links::{LinkEvent, Links};
 pub use scale::{AddedPart, PolicyKind, ScaleEvent, ScalePolicy};
@@ -272,6 +273,8 @@ struct Job<'a> {
     scale_at: Vec<(Duration, String)>,
     scale_in_at: Vec<(Duration, String)>,
     monitor: monitor::Monitor,
+    /// Warm copies of large instances' state on pool workers.
+    standbys: standby::Standbys,
 }
 
 impl<'a> Job<'a> {
@@ -312,6 +315,7 @@ impl<'a> Job<'a> {
             scale_at: config.scale_at.clone(),
             scale_in_at: config.scale_in_at.clone(),
             monitor: monitor::Monitor::default(),
+            standbys: standby::Standbys::new(),
         }
     }
 

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::api::NodeKind;
 use crate::error::EngineError;
-use crate::plan::{AddedInstance, InstanceId, InstancePlan, WorkerId};
+use crate::plan::{AddedInstance, InstanceId, InstancePlan, Plan, WorkerId};
 use crate::state::{Checkpoint, KeyRange};
 use crate::wire::control::{RestoreFrom, ToCoordinator, ToWorker};
 
@@ -44,6 +44,22 @@ struct Restores {
     added: Vec<AddedInstance>,
     /// `operator[index]` of everything restored, for the timeline.
     names: Vec<String>,
+}
+
+impl Restores {
+    /// Restores `id` on `worker` from `from` as a new incarnation over
+    /// `range`.
+    fn place(
+        &mut self,
+        plan: &mut Plan,
+        id: InstanceId,
+        worker: WorkerId,
+        range: KeyRange,
+        from: RestoreFrom,
+    ) {
+        plan.reincarnate(id, worker, range);
+        self.by_target.entry(worker).or_default().push((id, from));
+    }
 }
 
 /// Failures this close together are recovered as one.
@@ -90,17 +106,40 @@ impl Job<'_> {
                 reason: format!("{reason}; fault tolerance is off (checkpoint interval 0)"),
             });
         }
-        // 2. Where each failed instance's state comes from, on which worker.
-        let targets = self.replacements(&workers, &reason)?;
-        let sources = self.restore_sources(&failed)?;
+        // 2. Where each failed instance's state comes from, on which
+        // worker: its standby's, else a replacement for its failed worker.
+        let standbys = self.standbys_for(&failed);
+        let replaced: Vec<WorkerId> = workers
+            .iter()
+            .copied()
+            .filter(|w| {
+                failed.iter().any(|id| {
+                    !standbys.contains_key(id)
+                        && self.plan.instance(*id).is_some_and(|(_, p)| p.worker == *w)
+                })
+            })
+            .collect();
+        let targets = self.replacements(&replaced, &reason)?;
+        let from_backups: Vec<InstanceId> = failed
+            .iter()
+            .copied()
+            .filter(|id| !standbys.contains_key(id))
+            .collect();
+        let sources = self.restore_sources(&from_backups)?;
         tracing::debug!(elapsed_ms = self.elapsed_ms(), "recovery: sources chosen");
         // 3. Restore on replacement workers, one per failed worker.
-        let restores = self.plan_restores(sources, &targets)?;
+        let mut restores = self.plan_restores(sources, &targets)?;
+        for (id, (worker, from)) in standbys {
+            if let Some((node, placed)) = self.plan.instance(id).map(|(n, p)| (n, p.clone())) {
+                restores.names.push(self.instance_name(node, placed.index));
+                restores.place(&mut self.plan, id, worker, placed.key_range, from);
+            }
+        }
         tracing::debug!(elapsed_ms = self.elapsed_ms(), "recovery: restores planned");
+        let mut hosts: Vec<WorkerId> = restores.by_target.keys().copied().collect();
+        hosts.sort_unstable();
         self.restore_on(restores.by_target, "a restore")?;
         let restored_ms = self.elapsed_ms();
-        let mut hosts: Vec<WorkerId> = targets.values().copied().collect();
-        hosts.sort_unstable();
         self.record(
             EventKind::Restored,
             format!("{} on workers {hosts:?}", restores.names.join(", ")),
@@ -223,9 +262,7 @@ impl Job<'_> {
             let Some((node, placed)) = self.plan.instance(id).map(|(n, p)| (n, p.clone())) else {
                 continue;
             };
-            restores
-                .names
-                .push(format!("{}[{}]", self.plan.nodes[node].name, placed.index));
+            restores.names.push(self.instance_name(node, placed.index));
             let target = targets[&placed.worker];
             let (range, from) = match from {
                 RestoreFrom::Checkpoint(encoded) if self.parallel_recovery(node) => {
@@ -233,14 +270,33 @@ impl Job<'_> {
                 }
                 other => (placed.key_range, other),
             };
-            self.plan.reincarnate(id, target, range);
-            restores
-                .by_target
-                .entry(target)
-                .or_default()
-                .push((id, from));
+            restores.place(&mut self.plan, id, target, range, from);
         }
         Ok(restores)
+    }
+
+    /// `operator[index]`, as timelines name an instance.
+    fn instance_name(&self, node: usize, index: u32) -> String {
+        format!("{}[{index}]", self.plan.nodes[node].name)
+    }
+
+    /// The failed instances that restore on their standbys' workers
+    /// (those restored whole: a parallel recovery partitions instead), and
+    /// from what.
+    fn standbys_for(&mut self, failed: &[InstanceId]) -> HashMap<InstanceId, (WorkerId, RestoreFrom)> {
+        let whole: Vec<InstanceId> = failed
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.plan
+                    .instance(*id)
+                    .is_some_and(|(node, _)| !self.parallel_recovery(node))
+            })
+            .collect();
+        whole
+            .into_iter()
+            .filter_map(|id| self.take_standby(id).map(|s| (id, s)))
+            .collect()
     }
 
     /// Whether a failed instance of `node` is restored as several
@@ -292,9 +348,7 @@ impl Job<'_> {
                 parent: id,
                 frontier: checkpoint.frontier,
             });
-            restores
-                .names
-                .push(format!("{}[{index}]", self.plan.nodes[node].name));
+            restores.names.push(self.instance_name(node, index));
         }
         Ok((ranges[0], RestoreFrom::Checkpoint(first.into())))
     }

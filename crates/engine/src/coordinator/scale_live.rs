@@ -54,7 +54,7 @@ fn part_worker(s: &Splitting, i: usize) -> WorkerId {
 
 impl Job<'_> {
     /// The live holders of `id`'s backup, the newest copy first.
-    fn live_holders(&self, id: InstanceId) -> Vec<WorkerId> {
+    pub(super) fn live_holders(&self, id: InstanceId) -> Vec<WorkerId> {
         self.backups
             .holders_by_recency(id)
             .into_iter()

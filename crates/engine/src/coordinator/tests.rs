@@ -1004,6 +1004,92 @@ fn a_recovered_instance_fetches_its_backup_from_a_holder_itself() {
         .any(|(_, m)| matches!(m, ToWorker::FetchBackup { instance } if *instance == count)));
 }
 
+/// The instances staged on a standby worker, and where.
+fn standbys_staged(cluster: &Cluster) -> Vec<(InstanceId, WorkerId)> {
+    cluster
+        .log
+        .iter()
+        .filter_map(|(w, m)| match m {
+            ToWorker::Stage { instance, .. } => Some((*instance, *w)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_large_instance_recovers_on_its_standby_from_the_changes_since_staging() {
+    let mut config = config(2);
+    config.standby_min_bytes = Some(1);
+    let (result, cluster, _) = scenario(config, |c| {
+        c.checkpointed(Stamp(10));
+        assert!(c.run_until(Duration::from_secs(5), |c| !standbys_staged(c).is_empty()));
+        c.settle(Duration::from_millis(50));
+        c.checkpointed(Stamp(20));
+        let (instance, standby) = standbys_staged(c)[0];
+        c.crash_host_of(instance);
+        assert!(c.run_until(Duration::from_secs(5), |c| c.host(instance) == standby));
+    });
+    result.expect("finishes");
+    let (instance, standby) = standbys_staged(&cluster)[0];
+    // It restored on its standby, from the copy staged at 10 and the
+    // changes since, to the backup's latest frontier.
+    assert_eq!(cluster.restored_frontiers()[&instance], Some(Stamp(20)));
+    assert!(cluster.log.iter().any(|(w, m)| *w == standby
+        && matches!(m, ToWorker::Restore { instances, .. } if instances.iter().any(|(id, from)| *id == instance
+            && matches!(from, RestoreFrom::Staged { since, .. } if *since == Stamp(10))))));
+}
+
+#[test]
+fn small_instances_get_no_standby_by_default() {
+    let (result, cluster, _) = scenario(config(2), |c| {
+        c.checkpointed(Stamp(10));
+        c.checkpointed(Stamp(20));
+    });
+    result.expect("finishes");
+    assert!(standbys_staged(&cluster).is_empty());
+}
+
+#[test]
+fn a_standby_whose_worker_leaves_the_pool_is_dropped_and_staged_again() {
+    let mut config = config(2);
+    config.standby_min_bytes = Some(1);
+    let (result, cluster, _) = scenario(config, |c| {
+        c.checkpointed(Stamp(10));
+        assert!(c.run_until(Duration::from_secs(5), |c| standbys_staged(c).len() >= 2));
+        // A stateful instance without a standby, on a worker hosting no
+        // instance that has one: its recovery takes a pool worker.
+        let staged = standbys_staged(c);
+        let with_standby: Vec<InstanceId> = staged.iter().map(|(id, _)| *id).collect();
+        let standby_hosts: Vec<WorkerId> = with_standby.iter().map(|id| c.host(*id)).collect();
+        let lone = ["count", "sink"]
+            .iter()
+            .flat_map(|op| c.ids(op))
+            .find(|id| !with_standby.contains(id) && !standby_hosts.contains(&c.host(*id)))
+            .expect("an instance without a standby on a worker of its own");
+        c.crash_host_of(lone);
+        c.settle(Duration::from_millis(50));
+        c.checkpointed(Stamp(20));
+        c.settle(Duration::from_millis(100));
+    });
+    result.expect("finishes");
+    // The standby on the worker the recovery took was dropped, and its
+    // instance staged again on a pool worker.
+    let staged = standbys_staged(&cluster);
+    let (moved, taken) = staged
+        .iter()
+        .copied()
+        .find(|(id, w)| {
+            cluster.log.iter().any(|(at, m)| {
+                at == w && matches!(m, ToWorker::Unstage { instance } if instance == id)
+            })
+        })
+        .expect("a standby was dropped");
+    assert!(
+        staged.iter().any(|(id, w)| *id == moved && *w != taken),
+        "instance {moved} was not staged again: {staged:?}"
+    );
+}
+
 #[test]
 fn an_instance_and_every_holder_lost_together_fail_the_job_clearly() {
     let (result, _, _) = scenario(config(3), |c| {
