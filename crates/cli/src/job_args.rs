@@ -17,9 +17,7 @@ use anyhow::{bail, Context, Result};
 use clap::parser::ValueSource;
 use clap::ArgMatches;
 use serde::{Deserialize, Deserializer};
-use spate_engine::coordinator::{
-    JobConfig, KillSpec, PolicyKind, ScalePolicy, DEFAULT_STANDBY_MIN_BYTES,
-};
+use spate_engine::coordinator::{JobConfig, KillSpec, PolicyKind, ScalePolicy};
 use spate_engine::wire::control::HEARTBEAT_EVERY;
 use spate_engine::{Query, QueryRegistry};
 
@@ -84,8 +82,8 @@ pub struct FaultToleranceArgs {
     /// Keep a warm copy of each stateful instance whose backup holds at
     /// least this many megabytes on a pool worker, so that it recovers
     /// there without rebuilding its state; 0 keeps none.
-    #[arg(long, default_value_t = DEFAULT_STANDBY_MIN_BYTES / 1_000_000)]
-    pub standby_mb: u64,
+    #[arg(long, default_value_t = 0.0)]
+    pub standby_mb: f64,
     /// A worker silent this many milliseconds is declared failed (workers
     /// send a heartbeat every 100 ms).
     #[arg(long, default_value_t = 500)]
@@ -172,7 +170,7 @@ impl JobArgs {
         config.startup_timeout = Duration::from_secs(ft.startup_timeout_secs);
         config.kills = ft.kill.clone();
         config.recovery_parallelism = ft.recovery_parallelism;
-        config.standby_min_bytes = (ft.standby_mb > 0).then_some(ft.standby_mb * 1_000_000);
+        config.standby_min_bytes = (ft.standby_mb > 0.0).then_some((ft.standby_mb * 1e6) as u64);
         config.autoscale = self.elasticity.policy();
         config.scale_at = self.elasticity.scale_at.clone();
         config.split_parts = self.elasticity.split_parts as usize;
@@ -191,6 +189,12 @@ impl JobArgs {
             bail!(
                 "--workers must be between 1 and {MAX_WORKERS}, not {}",
                 self.workers
+            );
+        }
+        if !(ft.standby_mb >= 0.0 && ft.standby_mb.is_finite()) {
+            bail!(
+                "--standby-mb must be a size in megabytes, 0 for no standby, not {}",
+                ft.standby_mb
             );
         }
         if ft.checkpoint_ms == 0 {
@@ -340,7 +344,7 @@ struct FaultToleranceFile {
     #[serde(default, deserialize_with = "parsed_list")]
     kill: Option<Vec<KillSpec>>,
     recovery_parallelism: Option<u32>,
-    standby_mb: Option<u64>,
+    standby_mb: Option<f64>,
     heartbeat_timeout_ms: Option<u64>,
     startup_timeout_secs: Option<u64>,
 }

@@ -108,3 +108,25 @@ fn corrupt_checkpoints_are_refused_and_the_previous_good_one_restores() {
         "{report}"
     );
 }
+
+#[test]
+fn recovering_on_a_warm_standby_changes_nothing() {
+    // Every stateful instance is large enough for a standby here.
+    let report = survives(
+        "ft-standby",
+        &["4:toll_assessment"],
+        &["--standby-mb", "0.000001", "--pool", "4"],
+    );
+    let events = report["events"].as_array().unwrap();
+    assert!(
+        events.iter().any(|e| e["kind"] == "standby"),
+        "no standby was staged: {report}"
+    );
+    assert!(
+        events.iter().any(|e| e["kind"] == "restored"
+            && e["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("toll_assessment[0] from a standby"))),
+        "the toll assessment did not restore from its standby: {report}"
+    );
+}

@@ -323,6 +323,10 @@ pub struct StateBenchReport {
     pub checkpoint_ms: u64,
     /// Seconds each step was given to settle before the next.
     pub settle_secs: f64,
+    /// Backup size from which the store kept a warm standby, MB (0: none;
+    /// with one, the kill waited for it).
+    #[serde(default)]
+    pub standby_mb: u64,
     /// When the job started, ms since the Unix epoch: the latency windows'
     /// clock, to look at `latency.jsonl` against the figures.
     pub job_start_epoch_ms: u64,
@@ -426,7 +430,11 @@ impl StateBenchReport {
         );
         t += &format!(
             "{:<26} {:>9} {}\n",
-            "recovery (kill->caught up)",
+            if self.standby_mb > 0 {
+                "recovery, from a standby"
+            } else {
+                "recovery (kill->caught up)"
+            },
             self.recovery.recovery_ms,
             lat(&self.recovery.latency)
         );

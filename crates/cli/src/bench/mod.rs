@@ -66,6 +66,11 @@ pub struct StateArgs {
     /// [default: 5, plus 1 per 100 MB of state].
     #[arg(long)]
     pub settle_secs: Option<f64>,
+    /// Keep a warm standby of the store on a pool worker once its backup
+    /// holds this many megabytes, and wait for it before the kill, so that
+    /// the recovery restores from it (0: no standby).
+    #[arg(long, default_value_t = 0)]
+    pub standby_mb: u64,
     /// Output directory: state-bench.json and the latency windows.
     #[arg(long, default_value = "state-bench")]
     pub out: PathBuf,
@@ -158,6 +163,7 @@ fn state(args: &StateArgs) -> Result<()> {
     // than the default 500 ms, and a worker without its lease stops; the
     // kill is detected by its broken connection, whatever this says.
     config.heartbeat_timeout = HEARTBEAT_TIMEOUT;
+    config.standby_min_bytes = (args.standby_mb > 0).then_some(args.standby_mb * 1_000_000);
     config.view = Some(view.clone());
     config.commands = Some(command_rx);
     config.cancel = crate::cancel_on_ctrl_c();
@@ -181,6 +187,7 @@ fn state(args: &StateArgs) -> Result<()> {
         keys,
         settle: Duration::from_secs_f64(settle),
         state_mb: args.state_mb,
+        standby: args.standby_mb > 0,
         observed: Observed::default(),
         progress: Progress::new(),
         stage: "starting".into(),
@@ -236,6 +243,7 @@ fn write_report(
     report.rate = args.rate;
     report.checkpoint_ms = args.checkpoint_ms;
     report.settle_secs = settle;
+    report.standby_mb = args.standby_mb;
     report.machine = Machine {
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_before: machine_before,
@@ -443,6 +451,8 @@ struct Driver {
     keys: u64,
     settle: Duration,
     state_mb: u64,
+    /// Wait for the store's standby before the kill.
+    standby: bool,
     observed: Observed,
     progress: Progress,
     stage: String,
@@ -486,7 +496,14 @@ impl Driver {
                 operator: STORE.into(),
             },
         )?;
+        let standbys = self.read(|v| count_events(v, EventKind::Standby));
         self.settle(job, "after the merge")?;
+        if self.standby {
+            self.stage = "staging a standby".into();
+            self.wait_for(job, step_limit, "the merged store's standby", |v| {
+                count_events(v, EventKind::Standby) > standbys
+            })?;
+        }
         let recoveries = self.read(|v| v.recoveries.len());
         self.commands
             .send(JobCommand::KillInstance {

@@ -52,10 +52,6 @@ impl std::str::FromStr for KillSpec {
     }
 }
 
-/// Backups from this size up get a warm standby by default: below it a
-/// restore rebuilds the state in well under a second.
-pub const DEFAULT_STANDBY_MIN_BYTES: u64 = 64_000_000;
-
 /// What to run and on how many workers.
 #[derive(Clone, Debug)]
 pub struct JobConfig {
@@ -80,7 +76,10 @@ pub struct JobConfig {
     pub recovery_parallelism: u32,
     /// Keep a warm copy of each stateful instance whose backup holds at
     /// least this many bytes on a pool worker, so that it recovers there
-    /// without rebuilding its state (`None`: never).
+    /// without rebuilding its state (`None`: never). Off by default:
+    /// staging a copy costs a holder and the pool worker a restore's work,
+    /// which on a small machine competes with the job and its
+    /// reconfigurations.
     pub standby_min_bytes: Option<u64>,
     /// Split hot instances automatically (`None`: only on request).
     pub autoscale: Option<ScalePolicy>,
@@ -118,7 +117,7 @@ impl JobConfig {
             heartbeat_timeout: Duration::from_millis(500),
             kills: Vec::new(),
             recovery_parallelism: 1,
-            standby_min_bytes: Some(DEFAULT_STANDBY_MIN_BYTES),
+            standby_min_bytes: None,
             autoscale: None,
             scale_at: Vec::new(),
             split_parts: 2,

@@ -21,6 +21,9 @@ pub enum EventKind {
     Restored,
     /// Restored instances worked off their backlog.
     CaughtUp,
+    /// A pool worker staged a warm copy of a large instance's state, to
+    /// restore it from should its worker fail.
+    Standby,
     /// A partition was split.
     ScaleOut,
     /// Two partitions were merged.
@@ -45,6 +48,7 @@ impl EventKind {
             EventKind::Failure => "failure",
             EventKind::Restored => "restored",
             EventKind::CaughtUp => "caught-up",
+            EventKind::Standby => "standby",
             EventKind::ScaleOut => "scale-out",
             EventKind::ScaleIn => "scale-in",
             EventKind::Released => "released",

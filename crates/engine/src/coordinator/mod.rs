@@ -33,7 +33,7 @@ mod tests;
 pub mod view;
 
 pub use autoscaler::ScaleRates;
-pub use config::{JobConfig, KillSpec, DEFAULT_STANDBY_MIN_BYTES};
+pub use config::{JobConfig, KillSpec};
 pub use events::{EventKind, JobState, ScaleDirection};
 pub use links::{LinkEvent, Links};
 pub use scale::{AddedPart, PolicyKind, ScaleEvent, ScalePolicy};

@@ -44,6 +44,8 @@ struct Restores {
     added: Vec<AddedInstance>,
     /// `operator[index]` of everything restored, for the timeline.
     names: Vec<String>,
+    /// Those of them restored from a standby.
+    from_standby: Vec<String>,
 }
 
 impl Restores {
@@ -131,7 +133,9 @@ impl Job<'_> {
         let mut restores = self.plan_restores(sources, &targets)?;
         for (id, (worker, from)) in standbys {
             if let Some((node, placed)) = self.plan.instance(id).map(|(n, p)| (n, p.clone())) {
-                restores.names.push(self.instance_name(node, placed.index));
+                let name = self.instance_name(node, placed.index);
+                restores.names.push(name.clone());
+                restores.from_standby.push(name);
                 restores.place(&mut self.plan, id, worker, placed.key_range, from);
             }
         }
@@ -142,7 +146,15 @@ impl Job<'_> {
         let restored_ms = self.elapsed_ms();
         self.record(
             EventKind::Restored,
-            format!("{} on workers {hosts:?}", restores.names.join(", ")),
+            format!(
+                "{} on workers {hosts:?}{}",
+                restores.names.join(", "),
+                if restores.from_standby.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({} from a standby)", restores.from_standby.join(", "))
+                }
+            ),
         );
         // 4. Rewire upstreams and downstreams; replay follows.
         let new_instances: Vec<InstanceId> = restores.added.iter().map(|a| a.id).collect();
@@ -283,7 +295,10 @@ impl Job<'_> {
     /// The failed instances that restore on their standbys' workers
     /// (those restored whole: a parallel recovery partitions instead), and
     /// from what.
-    fn standbys_for(&mut self, failed: &[InstanceId]) -> HashMap<InstanceId, (WorkerId, RestoreFrom)> {
+    fn standbys_for(
+        &mut self,
+        failed: &[InstanceId],
+    ) -> HashMap<InstanceId, (WorkerId, RestoreFrom)> {
         let whole: Vec<InstanceId> = failed
             .iter()
             .copied()

@@ -6,7 +6,7 @@
 //! gigabytes of keyed state from a checkpoint while its input waits.
 //!
 //! - an instance whose backup holds at least
-//!   [`super::JobConfig::standby_min_bytes`] gets a standby on a pool
+//!   [`super::JobConfig::standby_min_bytes`] (if set) gets a standby on a pool
 //!   worker that holds none (one per pool worker: each holds a copy);
 //! - a standby belongs to one incarnation and key range of its instance,
 //!   and to a worker still in the pool: once a split, merge or recovery
@@ -27,6 +27,7 @@ use crate::stamp::Stamp;
 use crate::state::KeyRange;
 use crate::wire::control::{RestoreFrom, ToWorker};
 
+use super::events::EventKind;
 use super::Job;
 
 /// A copy of an instance's state kept on a pool worker.
@@ -127,8 +128,14 @@ impl Job<'_> {
         }
         match frontier {
             Some(at) => {
-                tracing::debug!(%instance, %worker, frontier = at.0, "standby staged");
                 standby.staged_at = Some(at);
+                self.record(
+                    EventKind::Standby,
+                    format!(
+                        "instance {instance} staged on worker {worker} at stamp {}",
+                        at.0
+                    ),
+                );
             }
             // Staging failed (no holder could give the range): another
             // try comes with the next backup.
@@ -169,7 +176,10 @@ impl Job<'_> {
     /// Whether `standby` is still a copy of `id` as it runs, on a worker
     /// still waiting in the pool.
     fn standby_fits(&self, id: InstanceId, standby: &Standby) -> bool {
-        let instance = self.plan.instance(id).map(|(_, p)| (p.incarnation, p.key_range));
+        let instance = self
+            .plan
+            .instance(id)
+            .map(|(_, p)| (p.incarnation, p.key_range));
         instance == Some((standby.incarnation, standby.range))
             && self.alive(standby.worker)
             && self.pool.contains(&standby.worker)

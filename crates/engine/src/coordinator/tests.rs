@@ -1040,7 +1040,7 @@ fn a_large_instance_recovers_on_its_standby_from_the_changes_since_staging() {
 }
 
 #[test]
-fn small_instances_get_no_standby_by_default() {
+fn no_standby_is_kept_unless_asked_for() {
     let (result, cluster, _) = scenario(config(2), |c| {
         c.checkpointed(Stamp(10));
         c.checkpointed(Stamp(20));
