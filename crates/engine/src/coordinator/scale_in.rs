@@ -31,10 +31,15 @@ use crate::wire::control::{RestoreFrom, ToCoordinator, ToWorker};
 
 use super::autoscaler::ScaleRates;
 use super::events::{EventKind, ScaleDirection};
+use super::scale_in_live::StagedMerge;
 use super::{Job, ScaleEvent};
 
 /// Two partitions' checkpoints at one frontier: (frontier, lower, upper).
 type Aligned = (Stamp, Vec<u8>, Vec<u8>);
+
+/// A merge made: the keys of each partition, and whether the upper's
+/// worker went back to the pool.
+type Merged = ((usize, usize), bool);
 
 /// How long one step of the alignment may take before the merge is called
 /// off (a partition far behind, or stuck behind a failure).
@@ -83,8 +88,19 @@ impl Job<'_> {
         };
         let operator = self.plan.nodes[node].name.clone();
         let before = self.plan.nodes[node].instances.len();
-        // 1. Bring both partitions to one frontier.
-        let Some((frontier, low_bytes, high_bytes)) = self.aligned(node, &low, &high)? else {
+        let staged = match self.query.kind(node) {
+            NodeKind::Stateful => self.stage_merge(node, [&low, &high])?,
+            _ => None,
+        };
+        let staged_ms = staged
+            .as_ref()
+            .map(|_| started.elapsed().as_millis() as u64);
+        let stopped = Instant::now();
+        let merged = match staged {
+            Some(staged) => self.merge_live([&low, &high], range, staged)?,
+            None => self.merge_whole(node, &low, &high, range)?,
+        };
+        let Some((keys, idle)) = merged else {
             self.record(
                 EventKind::Refused,
                 format!(
@@ -93,17 +109,6 @@ impl Job<'_> {
             );
             return Ok(());
         };
-        // 2. Merge the checkpoints.
-        let (mut low_checkpoint, mut high_checkpoint) = (
-            Checkpoint::decode(&low_bytes)?,
-            Checkpoint::decode(&high_bytes)?,
-        );
-        low_checkpoint.frontier = frontier;
-        high_checkpoint.frontier = frontier;
-        let keys = (low_checkpoint.entries.len(), high_checkpoint.entries.len());
-        let merged = Checkpoint::merge(low_checkpoint, high_checkpoint)?.encode()?;
-        // 3-5. Restore, rewire, free the worker.
-        let idle = self.install_merged(node, &low, &high, range, frontier, merged)?;
         self.autoscaler.forget(lower);
         self.autoscaler.forget(upper);
         let (decision, rates) = decided.unzip();
@@ -122,11 +127,63 @@ impl Job<'_> {
             split_at: high.key_range.start,
             keys,
             added: Vec::new(),
-            staged_ms: None,
-            pause_ms: started.elapsed().as_millis() as u64,
+            staged_ms,
+            pause_ms: stopped.elapsed().as_millis() as u64,
         };
         self.record_merge(event, idle);
         Ok(())
+    }
+
+    /// A live merge from its staging on: the stop (both partitions
+    /// aligned, each taking an incremental checkpoint there), then steps 3
+    /// to 5. The keys staged of each and whether the upper's worker went
+    /// back to the pool; `None` when it was called off (both partitions
+    /// run on, what was staged is dropped).
+    fn merge_live(
+        &mut self,
+        pair: [&InstancePlan; 2],
+        range: KeyRange,
+        staged: StagedMerge,
+    ) -> Result<Option<Merged>, EngineError> {
+        let stopped_at = match self.pause_pair(&pair)? {
+            Some(frontier) if self.await_aligned(&pair, frontier)? => Some(frontier),
+            _ => None,
+        };
+        let Some(frontier) = stopped_at else {
+            self.unstage_merge(pair);
+            return Ok(self.call_off(&pair));
+        };
+        let idle = self.install_staged_merge(pair, range, frontier, &staged)?;
+        Ok(Some((staged.keys, idle)))
+    }
+
+    /// A merge the whole-checkpoint way: both partitions' checkpoints at
+    /// one frontier, fetched and merged here, and restored. The keys of
+    /// each and whether the upper's worker went back to the pool; `None`
+    /// when it was called off.
+    fn merge_whole(
+        &mut self,
+        node: usize,
+        low: &InstancePlan,
+        high: &InstancePlan,
+        range: KeyRange,
+    ) -> Result<Option<Merged>, EngineError> {
+        // 1. Bring both partitions to one frontier.
+        let Some((frontier, low_bytes, high_bytes)) = self.aligned(node, low, high)? else {
+            return Ok(None);
+        };
+        // 2. Merge the checkpoints.
+        let (mut low_checkpoint, mut high_checkpoint) = (
+            Checkpoint::decode(&low_bytes)?,
+            Checkpoint::decode(&high_bytes)?,
+        );
+        low_checkpoint.frontier = frontier;
+        high_checkpoint.frontier = frontier;
+        let keys = (low_checkpoint.entries.len(), high_checkpoint.entries.len());
+        let merged = Checkpoint::merge(low_checkpoint, high_checkpoint)?.encode()?;
+        // 3-5. Restore, rewire, free the worker.
+        let idle = self.install_merged(node, low, high, range, frontier, merged)?;
+        Ok(Some((keys, idle)))
     }
 
     /// The two partitions and the range they will own together, if they can
@@ -262,7 +319,10 @@ impl Job<'_> {
     /// Pauses both partitions and resumes each until the larger of their
     /// pause points, which it returns; `None` when one fails, is gone or has
     /// finished.
-    fn pause_pair(&mut self, pair: &[&InstancePlan; 2]) -> Result<Option<Stamp>, EngineError> {
+    pub(super) fn pause_pair(
+        &mut self,
+        pair: &[&InstancePlan; 2],
+    ) -> Result<Option<Stamp>, EngineError> {
         for p in pair {
             if self
                 .send(p.worker, &ToWorker::Pause { instance: p.id })
@@ -303,14 +363,13 @@ impl Job<'_> {
         Ok(Some(frontier))
     }
 
-    /// The pair's whole checkpoints at `frontier`, fetched from their
-    /// holders once they hold them; fewer than two when one fails, times
-    /// out or cannot be fetched at that frontier.
-    fn aligned_checkpoints(
+    /// Whether both partitions' checkpoints at `frontier` are stored at a
+    /// holder; `false` when one fails or times out.
+    pub(super) fn await_aligned(
         &mut self,
         pair: &[&InstancePlan; 2],
         frontier: Stamp,
-    ) -> Result<HashMap<InstanceId, Vec<u8>>, EngineError> {
+    ) -> Result<bool, EngineError> {
         let waiting = pair
             .iter()
             .map(|p| (p.id, (p.incarnation, p.worker)))
@@ -320,7 +379,18 @@ impl Job<'_> {
             self.await_backups("checkpoints for a merge", waiting, deadline, |_, at| {
                 at == frontier
             })?;
-        if stored.len() < 2 {
+        Ok(stored.len() == 2)
+    }
+
+    /// The pair's whole checkpoints at `frontier`, fetched from their
+    /// holders once they hold them; fewer than two when one fails, times
+    /// out or cannot be fetched at that frontier.
+    fn aligned_checkpoints(
+        &mut self,
+        pair: &[&InstancePlan; 2],
+        frontier: Stamp,
+    ) -> Result<HashMap<InstanceId, Vec<u8>>, EngineError> {
+        if !self.await_aligned(pair, frontier)? {
             return Ok(HashMap::new());
         }
         let ids: Vec<InstanceId> = pair.iter().map(|p| p.id).collect();
@@ -350,7 +420,7 @@ impl Job<'_> {
     }
 
     /// Calls a merge off: whichever partitions are still alive run on.
-    fn call_off<T>(&mut self, pair: &[&InstancePlan; 2]) -> Option<T> {
+    pub(super) fn call_off<T>(&mut self, pair: &[&InstancePlan; 2]) -> Option<T> {
         for p in pair {
             self.resume_if_alive(p, "a merge");
         }

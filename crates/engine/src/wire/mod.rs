@@ -10,8 +10,9 @@ pub mod data;
 /// routing hash; 5: checkpoints shipped from worker to holder directly; 6:
 /// restoring workers fetch backups from holders, and a data channel's
 /// handshake names the receiver's incarnation; 7: holders give one key
-/// range of a backup, or its changes since a staged frontier).
-pub const PROTOCOL_VERSION: u16 = 7;
+/// range of a backup, or its changes since a staged frontier; 8: live
+/// merges, `RestoreFrom::StagedMerge` and `ToWorker::MergeBackups`).
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// Upper bound on a data frame, so a corrupt length cannot make us allocate
 /// gigabytes.
