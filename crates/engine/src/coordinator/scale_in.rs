@@ -1,11 +1,58 @@
 //! The scale-in protocol: merge two adjacent partitions of an operator into
 //! one and return the freed worker to the pool.
+//!
+//! Two stateful partitions with live backup holders merge *live*, by
+//! pre-copy, as a split does (steps in `scale_in_live`, reusing the live
+//! split's staging and catch-up of `scale_live`):
+//! 1. stage (no pause): the lower partition's worker fetches each
+//!    partition's whole range from a live holder of its backup, decodes it
+//!    off its control thread and keeps it as live keyed state of the
+//!    operator (`ToWorker::Stage`, once per partition, answered with
+//!    `Staged`, the staged frontier and keys), while both run;
+//! 2. stop: both pause, run to exactly the larger of the two places they
+//!    paused at and checkpoint there (incrementally), then stop releasing
+//!    tuples; the coordinator waits for a holder's acknowledgement of each
+//!    checkpoint, never for the state itself;
+//! 3. catch up: the merged instance restores in place of the lower (a new
+//!    incarnation on its worker) from what was staged
+//!    (`RestoreFrom::StagedMerge`): each partition's part caught up with
+//!    its deltas since its staged frontier, fetched from its holders (or
+//!    its range whole when compaction folded them away), then one part's
+//!    keyed state absorbed into the other's (`KeyedState::absorb`: the
+//!    smaller moves, every key keeping its value and load). The output
+//!    buffers travel the same way, inside the two partitions' checkpoints
+//!    from their holders, and are merged on that worker exactly as a whole
+//!    merge merges them (`Checkpoint::merge`: each downstream's batches
+//!    interleaved back into stamp order). Until the holders merged the
+//!    backups (step 5) the merged instance has no route, so that no
+//!    fallback restores it from the lower's backup alone: if every holder
+//!    named fails during the catch-up, the job fails rather than lose keys;
+//! 4. update the plan everywhere, as below;
+//! 5. the lower's live holders merge the two backups at the stop into the
+//!    merged instance's (`ToWorker::MergeBackups`; one that does not hold
+//!    the upper's fetches it from the upper's holders) and become its
+//!    route, so that its increments join what it restored from; they hold
+//!    back its checkpoints that arrive meanwhile and join them after. The
+//!    merge ends once a holder acknowledges the merged backup (one that
+//!    cannot merge refuses, and the instance checkpoints in full); then
+//!    the upper's backup goes.
+//!
+//! Its pause is the stop alone: the last increments, the catch-up of the
+//! changes since staging, absorbing the smaller part and the rewiring. A
+//! merge that cannot stage (a stateless operator, no live holder, a range
+//! that could not be staged) goes the whole-checkpoint way below; one
+//! whose partition fails, finishes or takes no checkpoint while stopped is
+//! called off (both run on, what was staged is dropped) and the failure
+//! recovered after it.
+//!
+//! The whole-checkpoint merge:
 //! 1. align: pause both partitions, then let each run to exactly the larger
 //!    of the two places they paused at and checkpoint there (with output
 //!    buffers); a stateless pair needs no checkpoint and restarts at its
 //!    replay floor;
-//! 2. merge the two checkpoints: state, key range, output buffers (each
-//!    downstream's batches interleaved back into stamp order);
+//! 2. merge the two checkpoints, fetched from their holders: state, key
+//!    range, output buffers (each downstream's batches interleaved back
+//!    into stamp order);
 //! 3. restore the merged checkpoint in place of the lower partition (a new
 //!    incarnation on its worker);
 //! 4. update the plan everywhere: the upper partition stops; upstreams route
@@ -135,10 +182,11 @@ impl Job<'_> {
     }
 
     /// A live merge from its staging on: the stop (both partitions
-    /// aligned, each taking an incremental checkpoint there), then steps 3
-    /// to 5. The keys staged of each and whether the upper's worker went
-    /// back to the pool; `None` when it was called off (both partitions
-    /// run on, what was staged is dropped).
+    /// aligned, each taking an incremental checkpoint there that a live
+    /// holder acknowledges), then steps 3 to 5. The keys staged of each
+    /// and whether the upper's worker went back to the pool; `None` when
+    /// it was called off (both partitions run on, what was staged is
+    /// dropped).
     fn merge_live(
         &mut self,
         pair: [&InstancePlan; 2],
@@ -146,14 +194,16 @@ impl Job<'_> {
         staged: StagedMerge,
     ) -> Result<Option<Merged>, EngineError> {
         let stopped_at = match self.pause_pair(&pair)? {
-            Some(frontier) if self.await_aligned(&pair, frontier)? => Some(frontier),
+            Some(frontier) if self.await_aligned(&pair, frontier)? => self
+                .staged_sources(pair, frontier, &staged)
+                .map(|sources| (frontier, sources)),
             _ => None,
         };
-        let Some(frontier) = stopped_at else {
+        let Some((frontier, sources)) = stopped_at else {
             self.unstage_merge(pair);
             return Ok(self.call_off(&pair));
         };
-        let idle = self.install_staged_merge(pair, range, frontier, &staged)?;
+        let idle = self.install_staged_merge(pair, range, frontier, sources)?;
         Ok(Some((staged.keys, idle)))
     }
 
@@ -279,7 +329,7 @@ impl Job<'_> {
         self.record(
             EventKind::ScaleIn,
             format!(
-                "{}: {} -> {} partitions (instance {} merged into {} at {:#x}, {} + {} keys, worker {} {}) in {} ms; {}",
+                "{}: {} -> {} partitions (instance {} merged into {} at {:#x}, {} + {} keys, worker {} {}) in {} ms{}; {}",
                 event.operator,
                 event.partitions_before,
                 event.partitions_after,
@@ -291,6 +341,9 @@ impl Job<'_> {
                 event.worker,
                 if idle { "back in the pool" } else { "still busy" },
                 event.pause_ms,
+                event
+                    .staged_ms
+                    .map_or_else(String::new, |ms| format!(" after {ms} ms staged live")),
                 event.reason
             ),
         );

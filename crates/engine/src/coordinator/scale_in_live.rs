@@ -81,16 +81,10 @@ impl Job<'_> {
         pair: [&InstancePlan; 2],
         range: KeyRange,
         frontier: Stamp,
-        staged: &StagedMerge,
+        [low_from, high_from]: [StagedSource; 2],
     ) -> Result<bool, EngineError> {
         let [low, high] = pair;
         let (lower, upper) = (low.id, high.id);
-        let [low_from, high_from] = [0, 1].map(|i| StagedSource {
-            parent: pair[i].id,
-            range: pair[i].key_range,
-            since: staged.since[i],
-            holders: self.holders_named_at(pair[i].id, frontier),
-        });
         let upper_holders = high_from.holders.clone();
         let route: Vec<WorkerId> = self
             .backups
@@ -177,14 +171,30 @@ impl Job<'_> {
         }
     }
 
-    /// The live holders of `id`'s backup at `frontier`, named for a
-    /// worker to fetch from.
-    fn holders_named_at(&self, id: InstanceId, frontier: Stamp) -> Vec<BackupHolder> {
-        self.backups
-            .holders_at(id, frontier)
-            .into_iter()
-            .filter(|h| self.alive(*h))
-            .map(|h| self.holder_at(h))
-            .collect()
+    /// Where the merged instance catches up from after a stop at
+    /// `frontier`: each partition's staged part and the live holders of
+    /// its backup there; `None` when one has none left.
+    pub(super) fn staged_sources(
+        &self,
+        pair: [&InstancePlan; 2],
+        frontier: Stamp,
+        staged: &StagedMerge,
+    ) -> Option<[StagedSource; 2]> {
+        let [low, high] = [0, 1].map(|i| {
+            let holders: Vec<BackupHolder> = self
+                .backups
+                .holders_at(pair[i].id, frontier)
+                .into_iter()
+                .filter(|h| self.alive(*h))
+                .map(|h| self.holder_at(h))
+                .collect();
+            (!holders.is_empty()).then(|| StagedSource {
+                parent: pair[i].id,
+                range: pair[i].key_range,
+                since: staged.since[i],
+                holders,
+            })
+        });
+        Some([low?, high?])
     }
 }
