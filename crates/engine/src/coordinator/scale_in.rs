@@ -308,6 +308,13 @@ impl Job<'_> {
             vec![(lower, RestoreFrom::Checkpoint(merged.into()))],
         )]);
         self.restore_on(restore, "a merge's restore")?;
+        self.rewire_merged(upper, lower, frontier);
+        Ok(self.free_worker(high.worker))
+    }
+
+    /// Step 4: tells everyone of the plan in which `upper` merged into
+    /// `lower` at `frontier`.
+    pub(super) fn rewire_merged(&mut self, upper: InstanceId, lower: InstanceId, frontier: Stamp) {
         self.broadcast(&ToWorker::PlanUpdate {
             plan: self.plan.clone(),
             added: Vec::new(),
@@ -317,11 +324,16 @@ impl Job<'_> {
                 frontier,
             }],
         });
-        let idle = !self.plan.instances().any(|(_, i)| i.worker == high.worker);
-        if idle && self.alive(high.worker) && !self.pool.contains(&high.worker) {
-            self.pool.push_back(high.worker);
+    }
+
+    /// The last step: `worker`, the upper partition's, joins the pool if it hosts
+    /// nothing else (returned).
+    pub(super) fn free_worker(&mut self, worker: WorkerId) -> bool {
+        let idle = !self.plan.instances().any(|(_, i)| i.worker == worker);
+        if idle && self.alive(worker) && !self.pool.contains(&worker) {
+            self.pool.push_back(worker);
         }
-        Ok(idle)
+        idle
     }
 
     /// Records a finished merge.

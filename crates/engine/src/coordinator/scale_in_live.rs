@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use crate::error::EngineError;
-use crate::plan::{Incarnation, InstanceId, InstancePlan, MergedInstance, WorkerId};
+use crate::plan::{Incarnation, InstanceId, InstancePlan, WorkerId};
 use crate::stamp::Stamp;
 use crate::state::KeyRange;
 use crate::wire::control::{BackupHolder, ReshapedPart, RestoreFrom, StagedSource, ToWorker};
@@ -110,15 +110,7 @@ impl Job<'_> {
             )],
         )]);
         self.restore_on(restore, "a live merge's restore")?;
-        self.broadcast(&ToWorker::PlanUpdate {
-            plan: self.plan.clone(),
-            added: Vec::new(),
-            merged: vec![MergedInstance {
-                id: upper,
-                into: lower,
-                frontier,
-            }],
-        });
+        self.rewire_merged(upper, lower, frontier);
         let incarnation = self
             .plan
             .instance(lower)
@@ -138,14 +130,10 @@ impl Job<'_> {
             self.await_part_backups(&[Reshaping::merged(lower, incarnation, frontier)])?;
         }
         self.backups.forget(upper);
-        let idle = !self.plan.instances().any(|(_, i)| i.worker == high.worker);
-        if idle && self.alive(high.worker) && !self.pool.contains(&high.worker) {
-            self.pool.push_back(high.worker);
-        }
-        Ok(idle)
+        Ok(self.free_worker(high.worker))
     }
 
-    /// Step 4: the lower's holders on `route` merge the two partitions'
+    /// Step 5: the lower's holders on `route` merge the two partitions'
     /// backups at `frontier` into the merged instance's, and become its
     /// route, so that its increments join what it restored from.
     fn merge_backups(
