@@ -84,9 +84,10 @@ use super::{Job, ScaleEvent};
 /// Two partitions' checkpoints at one frontier: (frontier, lower, upper).
 type Aligned = (Stamp, Vec<u8>, Vec<u8>);
 
-/// A merge made: the keys of each partition, and whether the upper's
-/// worker went back to the pool.
-type Merged = ((usize, usize), bool);
+/// A merge made: the keys of each partition, whether the upper's worker
+/// went back to the pool, and when the merged instance ran with everyone
+/// rewired.
+type Merged = ((usize, usize), bool, Instant);
 
 /// How long one step of the alignment may take before the merge is called
 /// off (a partition far behind, or stuck behind a failure).
@@ -147,7 +148,7 @@ impl Job<'_> {
             Some(staged) => self.merge_live([&low, &high], range, staged)?,
             None => self.merge_whole(node, &low, &high, range)?,
         };
-        let Some((keys, idle)) = merged else {
+        let Some((keys, idle, resumed)) = merged else {
             self.record(
                 EventKind::Refused,
                 format!(
@@ -174,8 +175,15 @@ impl Job<'_> {
             split_at: high.key_range.start,
             keys,
             added: Vec::new(),
+            // A live merge pauses for its stop; otherwise from the decision.
+            pause_ms: resumed
+                .duration_since(if staged_ms.is_some() {
+                    stopped
+                } else {
+                    started
+                })
+                .as_millis() as u64,
             staged_ms,
-            pause_ms: stopped.elapsed().as_millis() as u64,
         };
         self.record_merge(event, idle);
         Ok(())
@@ -183,10 +191,8 @@ impl Job<'_> {
 
     /// A live merge from its staging on: the stop (both partitions
     /// aligned, each taking an incremental checkpoint there that a live
-    /// holder acknowledges), then steps 3 to 5. The keys staged of each
-    /// and whether the upper's worker went back to the pool; `None` when
-    /// it was called off (both partitions run on, what was staged is
-    /// dropped).
+    /// holder acknowledges), then steps 3 to 5. `None` when it was called
+    /// off (both partitions run on, what was staged is dropped).
     fn merge_live(
         &mut self,
         pair: [&InstancePlan; 2],
@@ -203,14 +209,13 @@ impl Job<'_> {
             self.unstage_merge(pair);
             return Ok(self.call_off(&pair));
         };
-        let idle = self.install_staged_merge(pair, range, frontier, sources)?;
-        Ok(Some((staged.keys, idle)))
+        let (idle, resumed) = self.install_staged_merge(pair, range, frontier, sources)?;
+        Ok(Some((staged.keys, idle, resumed)))
     }
 
     /// A merge the whole-checkpoint way: both partitions' checkpoints at
-    /// one frontier, fetched and merged here, and restored. The keys of
-    /// each and whether the upper's worker went back to the pool; `None`
-    /// when it was called off.
+    /// one frontier, fetched and merged here, and restored. `None` when it
+    /// was called off.
     fn merge_whole(
         &mut self,
         node: usize,
@@ -233,7 +238,7 @@ impl Job<'_> {
         let merged = Checkpoint::merge(low_checkpoint, high_checkpoint)?.encode()?;
         // 3-5. Restore, rewire, free the worker.
         let idle = self.install_merged(node, low, high, range, frontier, merged)?;
-        Ok(Some((keys, idle)))
+        Ok(Some((keys, idle, Instant::now())))
     }
 
     /// The two partitions and the range they will own together, if they can

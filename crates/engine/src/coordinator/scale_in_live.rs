@@ -4,6 +4,7 @@
 //! the live split's staging and catch-up ([`super::scale_live`]).
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use crate::error::EngineError;
 use crate::plan::{Incarnation, InstanceId, InstancePlan, WorkerId};
@@ -75,14 +76,15 @@ impl Job<'_> {
     /// worker staged of both, caught up from their holders; everyone is
     /// rewired; the lower's holders merge the two backups into the merged
     /// instance's, which the merge waits for. Returns whether the upper's
-    /// worker went back to the pool.
+    /// worker went back to the pool, and when the merged instance ran
+    /// with everyone rewired (the stop's end).
     pub(super) fn install_staged_merge(
         &mut self,
         pair: [&InstancePlan; 2],
         range: KeyRange,
         frontier: Stamp,
         [low_from, high_from]: [StagedSource; 2],
-    ) -> Result<bool, EngineError> {
+    ) -> Result<(bool, Instant), EngineError> {
         let [low, high] = pair;
         let (lower, upper) = (low.id, high.id);
         let upper_holders = high_from.holders.clone();
@@ -111,6 +113,7 @@ impl Job<'_> {
         )]);
         self.restore_on(restore, "a live merge's restore")?;
         self.rewire_merged(upper, lower, frontier);
+        let resumed = Instant::now();
         let incarnation = self
             .plan
             .instance(lower)
@@ -130,7 +133,7 @@ impl Job<'_> {
             self.await_part_backups(&[Reshaping::merged(lower, incarnation, frontier)])?;
         }
         self.backups.forget(upper);
-        Ok(self.free_worker(high.worker))
+        Ok((self.free_worker(high.worker), resumed))
     }
 
     /// Step 5: the lower's holders on `route` merge the two partitions'
