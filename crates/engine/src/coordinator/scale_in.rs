@@ -199,7 +199,11 @@ impl Job<'_> {
         range: KeyRange,
         staged: StagedMerge,
     ) -> Result<Option<Merged>, EngineError> {
-        let stopped_at = match self.pause_pair(&pair)? {
+        let stopping = Instant::now();
+        let ms = |since: Instant| since.elapsed().as_millis();
+        let paused = self.pause_pair(&pair)?;
+        let aligned_ms = ms(stopping);
+        let stopped_at = match paused {
             Some(frontier) if self.await_aligned(&pair, frontier)? => self
                 .staged_sources(pair, frontier, &staged)
                 .map(|sources| (frontier, sources)),
@@ -209,7 +213,14 @@ impl Job<'_> {
             self.unstage_merge(pair);
             return Ok(self.call_off(&pair));
         };
+        let stored_ms = ms(stopping);
         let (idle, resumed) = self.install_staged_merge(pair, range, frontier, sources)?;
+        tracing::info!(
+            lower = %pair[0].id,
+            upper = %pair[1].id,
+            "live merge stop: aligned after {aligned_ms} ms, checkpoints stored after {stored_ms} ms, restored and rewired after {} ms",
+            resumed.duration_since(stopping).as_millis()
+        );
         Ok(Some((staged.keys, idle, resumed)))
     }
 

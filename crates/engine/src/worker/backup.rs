@@ -656,7 +656,11 @@ pub(crate) fn stage(
                     live.restore(&part.entries, part.key_range)?;
                     // Its bytes are in the live state now.
                     part.entries = Vec::new();
-                    Ok(StagedPart { part, live })
+                    Ok(StagedPart {
+                        part,
+                        live,
+                        holder: holder.worker,
+                    })
                 });
             match fetched {
                 Ok(part) => {
@@ -692,6 +696,8 @@ pub(crate) fn stage(
 pub(crate) struct StagedPart {
     part: Checkpoint,
     live: Box<dyn ProcessLogic>,
+    /// The holder it was fetched from.
+    holder: WorkerId,
 }
 
 /// The parts of backups this worker staged for live splits, by the
@@ -753,7 +759,7 @@ pub(crate) fn catch_up(
 }
 
 /// The state of a live merge ([`RestoreFrom::StagedMerge`]): each
-/// partition's staged part caught up, then made one: the keyed state of
+/// partition's staged part caught up (both at once), then made one: the keyed state of
 /// one absorbed into the other's, the checkpoints (frontier, output
 /// buffers interleaved into stamp order) merged as a whole-checkpoint
 /// merge merges them. An error names the last holder tried.
@@ -762,7 +768,22 @@ pub(crate) fn catch_up_merge(
     lower: &StagedSource,
     upper: &StagedSource,
 ) -> Result<CaughtUp, (WorkerId, EngineError)> {
-    let (low, high) = (caught_up(staged, lower)?, caught_up(staged, upper)?);
+    // The two partitions catch up at once, from their own holders.
+    let started = std::time::Instant::now();
+    let (low, high) = thread::scope(|scope| {
+        let high = scope.spawn(|| caught_up(staged, upper));
+        let low = caught_up(staged, lower);
+        let high = high.join().unwrap_or_else(|_| {
+            Err((
+                WorkerId(0),
+                EngineError::Protocol("a catch-up panicked".into()),
+            ))
+        });
+        (low, high)
+    });
+    let (low, high) = (low?, high?);
+    let caught_up_ms = started.elapsed().as_millis();
+    let whole = [&low, &high].map(|c| matches!(c, Caught::Whole(_)));
     let merged = match (low, high) {
         (Caught::Whole(low), Caught::Whole(high)) => low.merge(high).map(CaughtUp::Whole),
         (Caught::Live(low, mut live), Caught::Live(high, other)) => live
@@ -772,6 +793,13 @@ pub(crate) fn catch_up_merge(
         (Caught::Live(part, live), Caught::Whole(whole))
         | (Caught::Whole(whole), Caught::Live(part, live)) => join_whole(part, live, whole),
     };
+    tracing::info!(
+        lower = %lower.parent,
+        upper = %upper.parent,
+        ?whole,
+        "live merge caught up in {caught_up_ms} ms, made one after {} ms",
+        started.elapsed().as_millis()
+    );
     merged.map_err(|e| (WorkerId(0), e))
 }
 
@@ -817,6 +845,13 @@ fn caught_up(staged: &Staging, from: &StagedSource) -> Result<Caught, (WorkerId,
         WorkerId(0),
         EngineError::Checkpoint(format!("no holder of instance {parent} named")),
     ));
+    // The holder it was staged from first: it has the changes since as
+    // deltas, where a copy that began later (a replica) could only send
+    // the range whole.
+    let mut holders: Vec<&BackupHolder> = holders.iter().collect();
+    if let Some(first) = part.as_ref().map(|p| p.holder) {
+        holders.sort_by_key(|h| h.worker != first);
+    }
     for holder in holders {
         let asked = part.as_ref().map(|p| p.part.frontier);
         let caught_up =
@@ -844,7 +879,9 @@ fn apply(
     since: Stamp,
     range: KeyRange,
 ) -> Result<Caught, EngineError> {
-    let StagedPart { mut part, mut live } = staged;
+    let StagedPart {
+        mut part, mut live, ..
+    } = staged;
     for delta in Checkpoint::decode_run(run, since)? {
         live.apply_changes(&delta.entries, range)?;
         part.frontier = delta.frontier;
