@@ -167,6 +167,8 @@ fn merging_split_partitions_back_changes_nothing_and_frees_a_worker() {
         events(&report, "scale-in", "back in the pool") >= 2,
         "{report}"
     );
+    // Stateful partitions with backups merge live: staged while they ran.
+    assert_eq!(events(&report, "scale-in", "staged live"), 3, "{report}");
 }
 
 #[test]

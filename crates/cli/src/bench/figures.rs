@@ -416,18 +416,19 @@ impl StateBenchReport {
             self.split.pause_ms,
             lat(&self.split.latency)
         );
-        if let Some(staged) = self.split.staged_ms {
-            t += &format!(
-                "{:<26} {:>9} (the split's parts staged while the store ran)\n",
-                "split: staged live", staged
-            );
-        }
+        let staged = |name: &str, scale: &ScaleFigures| {
+            scale.staged_ms.map_or_else(String::new, |ms| {
+                format!("{name:<26} {ms:>9} (staged while the store ran)\n")
+            })
+        };
+        t += &staged("split: staged live", &self.split);
         t += &format!(
             "{:<26} {:>9} {}\n",
             "merge",
             self.merge.pause_ms,
             lat(&self.merge.latency)
         );
+        t += &staged("merge: staged live", &self.merge);
         t += &format!(
             "{:<26} {:>9} {}\n",
             if self.standby_mb > 0 {

@@ -507,6 +507,13 @@ pub(crate) trait ProcessLogic: Send {
             EngineError::Checkpoint("a stateless operator cannot adopt keyed state".into())
         })
     }
+    /// Adds the processing state of the partition next to this one's range
+    /// that another instance of the same operator gave up
+    /// ([`ProcessLogic::take_state`], [`KeyedState::absorb`]): the two
+    /// halves of a live merge become one.
+    fn absorb_state(&mut self, state: Box<dyn Any + Send>) -> Result<(), EngineError> {
+        self.adopt_state(state)
+    }
 }
 
 fn decode<T: Data>(payload: &[u8]) -> Result<T, OperatorError> {
@@ -615,16 +622,26 @@ impl<O: StatefulOperator> ProcessLogic for StatefulNode<O> {
     }
 
     fn adopt_state(&mut self, state: Box<dyn Any + Send>) -> Result<(), EngineError> {
-        let state = state
-            .downcast::<KeyedState<O::Key, O::State>>()
-            .map_err(|_| {
-                EngineError::Checkpoint(
-                    "keyed state of another operator offered for adoption".into(),
-                )
-            })?;
-        self.state = *state;
+        self.state = keyed_state::<O>(state)?;
         Ok(())
     }
+
+    fn absorb_state(&mut self, state: Box<dyn Any + Send>) -> Result<(), EngineError> {
+        self.state.absorb(keyed_state::<O>(state)?);
+        Ok(())
+    }
+}
+
+/// The keyed state of `O` that another instance gave up.
+fn keyed_state<O: StatefulOperator>(
+    state: Box<dyn Any + Send>,
+) -> Result<KeyedState<O::Key, O::State>, EngineError> {
+    state
+        .downcast::<KeyedState<O::Key, O::State>>()
+        .map(|state| *state)
+        .map_err(|_| {
+            EngineError::Checkpoint("keyed state of another operator offered for adoption".into())
+        })
 }
 
 struct SinkNode<S: Sink> {

@@ -26,6 +26,7 @@ mod monitor;
 mod recovery;
 mod scale;
 mod scale_in;
+mod scale_in_live;
 mod scale_live;
 mod standby;
 #[cfg(test)]

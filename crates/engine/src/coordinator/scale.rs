@@ -187,17 +187,17 @@ pub struct ScaleEvent {
     /// away).
     pub split_at: u64,
     /// Keys in the checkpoint split (the part kept, the others together),
-    /// or in the two merged.
+    /// or in the two merged (a live merge: as staged).
     pub keys: (usize, usize),
     /// Every new part of a split: instance, worker, first key hash, keys.
     #[serde(default)]
     pub added: Vec<AddedPart>,
-    /// A live split: from the decision until every part was staged, the
-    /// instance running all along (`None`: not staged).
+    /// A live split or merge: from the decision until every part was
+    /// staged, the instances running all along (`None`: not staged).
     #[serde(default)]
     pub staged_ms: Option<u64>,
-    /// How long the instance stopped processing: a live split's stop (its
-    /// last checkpoint, the parts catching up and restoring, the
+    /// How long the instance stopped processing: a live split's or
+    /// merge's stop (the last checkpoints, catching up and restoring, the
     /// rewiring); otherwise from the decision until every part runs and
     /// everyone was rewired.
     pub pause_ms: u64,

@@ -1,11 +1,58 @@
 //! The scale-in protocol: merge two adjacent partitions of an operator into
 //! one and return the freed worker to the pool.
+//!
+//! Two stateful partitions with live backup holders merge *live*, by
+//! pre-copy, as a split does (steps in `scale_in_live`, reusing the live
+//! split's staging and catch-up of `scale_live`):
+//! 1. stage (no pause): the lower partition's worker fetches each
+//!    partition's whole range from a live holder of its backup, decodes it
+//!    off its control thread and keeps it as live keyed state of the
+//!    operator (`ToWorker::Stage`, once per partition, answered with
+//!    `Staged`, the staged frontier and keys), while both run;
+//! 2. stop: both pause, run to exactly the larger of the two places they
+//!    paused at and checkpoint there (incrementally), then stop releasing
+//!    tuples; the coordinator waits for a holder's acknowledgement of each
+//!    checkpoint, never for the state itself;
+//! 3. catch up: the merged instance restores in place of the lower (a new
+//!    incarnation on its worker) from what was staged
+//!    (`RestoreFrom::StagedMerge`): each partition's part caught up with
+//!    its deltas since its staged frontier, fetched from its holders (or
+//!    its range whole when compaction folded them away), then one part's
+//!    keyed state absorbed into the other's (`KeyedState::absorb`: the
+//!    smaller moves, every key keeping its value and load). The output
+//!    buffers travel the same way, inside the two partitions' checkpoints
+//!    from their holders, and are merged on that worker exactly as a whole
+//!    merge merges them (`Checkpoint::merge`: each downstream's batches
+//!    interleaved back into stamp order). Until the holders merged the
+//!    backups (step 5) the merged instance has no route, so that no
+//!    fallback restores it from the lower's backup alone: if every holder
+//!    named fails during the catch-up, the job fails rather than lose keys;
+//! 4. update the plan everywhere, as below;
+//! 5. the lower's live holders merge the two backups at the stop into the
+//!    merged instance's (`ToWorker::MergeBackups`; one that does not hold
+//!    the upper's fetches it from the upper's holders) and become its
+//!    route, so that its increments join what it restored from; they hold
+//!    back its checkpoints that arrive meanwhile and join them after. The
+//!    merge ends once a holder acknowledges the merged backup (one that
+//!    cannot merge refuses, and the instance checkpoints in full); then
+//!    the upper's backup goes.
+//!
+//! Its pause is the stop alone: the last increments, the catch-up of the
+//! changes since staging, absorbing the smaller part and the rewiring. A
+//! merge that cannot stage (a stateless operator, no live holder, a range
+//! that could not be staged) goes the whole-checkpoint way below; one
+//! whose partition fails, finishes or takes no checkpoint while stopped is
+//! called off (both run on, what was staged is dropped) and the failure
+//! recovered after it.
+//!
+//! The whole-checkpoint merge:
 //! 1. align: pause both partitions, then let each run to exactly the larger
 //!    of the two places they paused at and checkpoint there (with output
 //!    buffers); a stateless pair needs no checkpoint and restarts at its
 //!    replay floor;
-//! 2. merge the two checkpoints: state, key range, output buffers (each
-//!    downstream's batches interleaved back into stamp order);
+//! 2. merge the two checkpoints, fetched from their holders: state, key
+//!    range, output buffers (each downstream's batches interleaved back
+//!    into stamp order);
 //! 3. restore the merged checkpoint in place of the lower partition (a new
 //!    incarnation on its worker);
 //! 4. update the plan everywhere: the upper partition stops; upstreams route
@@ -31,10 +78,16 @@ use crate::wire::control::{RestoreFrom, ToCoordinator, ToWorker};
 
 use super::autoscaler::ScaleRates;
 use super::events::{EventKind, ScaleDirection};
+use super::scale_in_live::StagedMerge;
 use super::{Job, ScaleEvent};
 
 /// Two partitions' checkpoints at one frontier: (frontier, lower, upper).
 type Aligned = (Stamp, Vec<u8>, Vec<u8>);
+
+/// A merge made: the keys of each partition, whether the upper's worker
+/// went back to the pool, and when the merged instance ran with everyone
+/// rewired.
+type Merged = ((usize, usize), bool, Instant);
 
 /// How long one step of the alignment may take before the merge is called
 /// off (a partition far behind, or stuck behind a failure).
@@ -83,8 +136,19 @@ impl Job<'_> {
         };
         let operator = self.plan.nodes[node].name.clone();
         let before = self.plan.nodes[node].instances.len();
-        // 1. Bring both partitions to one frontier.
-        let Some((frontier, low_bytes, high_bytes)) = self.aligned(node, &low, &high)? else {
+        let staged = match self.query.kind(node) {
+            NodeKind::Stateful => self.stage_merge(node, [&low, &high])?,
+            _ => None,
+        };
+        let staged_ms = staged
+            .as_ref()
+            .map(|_| started.elapsed().as_millis() as u64);
+        let stopped = Instant::now();
+        let merged = match staged {
+            Some(staged) => self.merge_live([&low, &high], range, staged)?,
+            None => self.merge_whole(node, &low, &high, range)?,
+        };
+        let Some((keys, idle, resumed)) = merged else {
             self.record(
                 EventKind::Refused,
                 format!(
@@ -93,17 +157,6 @@ impl Job<'_> {
             );
             return Ok(());
         };
-        // 2. Merge the checkpoints.
-        let (mut low_checkpoint, mut high_checkpoint) = (
-            Checkpoint::decode(&low_bytes)?,
-            Checkpoint::decode(&high_bytes)?,
-        );
-        low_checkpoint.frontier = frontier;
-        high_checkpoint.frontier = frontier;
-        let keys = (low_checkpoint.entries.len(), high_checkpoint.entries.len());
-        let merged = Checkpoint::merge(low_checkpoint, high_checkpoint)?.encode()?;
-        // 3-5. Restore, rewire, free the worker.
-        let idle = self.install_merged(node, &low, &high, range, frontier, merged)?;
         self.autoscaler.forget(lower);
         self.autoscaler.forget(upper);
         let (decision, rates) = decided.unzip();
@@ -122,11 +175,81 @@ impl Job<'_> {
             split_at: high.key_range.start,
             keys,
             added: Vec::new(),
-            staged_ms: None,
-            pause_ms: started.elapsed().as_millis() as u64,
+            // A live merge pauses for its stop; otherwise from the decision.
+            pause_ms: resumed
+                .duration_since(if staged_ms.is_some() {
+                    stopped
+                } else {
+                    started
+                })
+                .as_millis() as u64,
+            staged_ms,
         };
         self.record_merge(event, idle);
         Ok(())
+    }
+
+    /// A live merge from its staging on: the stop (both partitions
+    /// aligned, each taking an incremental checkpoint there that a live
+    /// holder acknowledges), then steps 3 to 5. `None` when it was called
+    /// off (both partitions run on, what was staged is dropped).
+    fn merge_live(
+        &mut self,
+        pair: [&InstancePlan; 2],
+        range: KeyRange,
+        staged: StagedMerge,
+    ) -> Result<Option<Merged>, EngineError> {
+        let stopping = Instant::now();
+        let ms = |since: Instant| since.elapsed().as_millis();
+        let paused = self.pause_pair(&pair)?;
+        let aligned_ms = ms(stopping);
+        let stopped_at = match paused {
+            Some(frontier) if self.await_aligned(&pair, frontier)? => self
+                .staged_sources(pair, frontier, &staged)
+                .map(|sources| (frontier, sources)),
+            _ => None,
+        };
+        let Some((frontier, sources)) = stopped_at else {
+            self.unstage_merge(pair);
+            return Ok(self.call_off(&pair));
+        };
+        let stored_ms = ms(stopping);
+        let (idle, resumed) = self.install_staged_merge(pair, range, frontier, sources)?;
+        tracing::info!(
+            lower = %pair[0].id,
+            upper = %pair[1].id,
+            "live merge stop: aligned after {aligned_ms} ms, checkpoints stored after {stored_ms} ms, restored and rewired after {} ms",
+            resumed.duration_since(stopping).as_millis()
+        );
+        Ok(Some((staged.keys, idle, resumed)))
+    }
+
+    /// A merge the whole-checkpoint way: both partitions' checkpoints at
+    /// one frontier, fetched and merged here, and restored. `None` when it
+    /// was called off.
+    fn merge_whole(
+        &mut self,
+        node: usize,
+        low: &InstancePlan,
+        high: &InstancePlan,
+        range: KeyRange,
+    ) -> Result<Option<Merged>, EngineError> {
+        // 1. Bring both partitions to one frontier.
+        let Some((frontier, low_bytes, high_bytes)) = self.aligned(node, low, high)? else {
+            return Ok(None);
+        };
+        // 2. Merge the checkpoints.
+        let (mut low_checkpoint, mut high_checkpoint) = (
+            Checkpoint::decode(&low_bytes)?,
+            Checkpoint::decode(&high_bytes)?,
+        );
+        low_checkpoint.frontier = frontier;
+        high_checkpoint.frontier = frontier;
+        let keys = (low_checkpoint.entries.len(), high_checkpoint.entries.len());
+        let merged = Checkpoint::merge(low_checkpoint, high_checkpoint)?.encode()?;
+        // 3-5. Restore, rewire, free the worker.
+        let idle = self.install_merged(node, low, high, range, frontier, merged)?;
+        Ok(Some((keys, idle, Instant::now())))
     }
 
     /// The two partitions and the range they will own together, if they can
@@ -201,6 +324,13 @@ impl Job<'_> {
             vec![(lower, RestoreFrom::Checkpoint(merged.into()))],
         )]);
         self.restore_on(restore, "a merge's restore")?;
+        self.rewire_merged(upper, lower, frontier);
+        Ok(self.free_worker(high.worker))
+    }
+
+    /// Step 4: tells everyone of the plan in which `upper` merged into
+    /// `lower` at `frontier`.
+    pub(super) fn rewire_merged(&mut self, upper: InstanceId, lower: InstanceId, frontier: Stamp) {
         self.broadcast(&ToWorker::PlanUpdate {
             plan: self.plan.clone(),
             added: Vec::new(),
@@ -210,11 +340,16 @@ impl Job<'_> {
                 frontier,
             }],
         });
-        let idle = !self.plan.instances().any(|(_, i)| i.worker == high.worker);
-        if idle && self.alive(high.worker) && !self.pool.contains(&high.worker) {
-            self.pool.push_back(high.worker);
+    }
+
+    /// The last step: `worker`, the upper partition's, joins the pool if it hosts
+    /// nothing else (returned).
+    pub(super) fn free_worker(&mut self, worker: WorkerId) -> bool {
+        let idle = !self.plan.instances().any(|(_, i)| i.worker == worker);
+        if idle && self.alive(worker) && !self.pool.contains(&worker) {
+            self.pool.push_back(worker);
         }
-        Ok(idle)
+        idle
     }
 
     /// Records a finished merge.
@@ -222,7 +357,7 @@ impl Job<'_> {
         self.record(
             EventKind::ScaleIn,
             format!(
-                "{}: {} -> {} partitions (instance {} merged into {} at {:#x}, {} + {} keys, worker {} {}) in {} ms; {}",
+                "{}: {} -> {} partitions (instance {} merged into {} at {:#x}, {} + {} keys, worker {} {}) in {} ms{}; {}",
                 event.operator,
                 event.partitions_before,
                 event.partitions_after,
@@ -234,6 +369,9 @@ impl Job<'_> {
                 event.worker,
                 if idle { "back in the pool" } else { "still busy" },
                 event.pause_ms,
+                event
+                    .staged_ms
+                    .map_or_else(String::new, |ms| format!(" after {ms} ms staged live")),
                 event.reason
             ),
         );
@@ -262,7 +400,10 @@ impl Job<'_> {
     /// Pauses both partitions and resumes each until the larger of their
     /// pause points, which it returns; `None` when one fails, is gone or has
     /// finished.
-    fn pause_pair(&mut self, pair: &[&InstancePlan; 2]) -> Result<Option<Stamp>, EngineError> {
+    pub(super) fn pause_pair(
+        &mut self,
+        pair: &[&InstancePlan; 2],
+    ) -> Result<Option<Stamp>, EngineError> {
         for p in pair {
             if self
                 .send(p.worker, &ToWorker::Pause { instance: p.id })
@@ -303,14 +444,13 @@ impl Job<'_> {
         Ok(Some(frontier))
     }
 
-    /// The pair's whole checkpoints at `frontier`, fetched from their
-    /// holders once they hold them; fewer than two when one fails, times
-    /// out or cannot be fetched at that frontier.
-    fn aligned_checkpoints(
+    /// Whether both partitions' checkpoints at `frontier` are stored at a
+    /// holder; `false` when one fails or times out.
+    pub(super) fn await_aligned(
         &mut self,
         pair: &[&InstancePlan; 2],
         frontier: Stamp,
-    ) -> Result<HashMap<InstanceId, Vec<u8>>, EngineError> {
+    ) -> Result<bool, EngineError> {
         let waiting = pair
             .iter()
             .map(|p| (p.id, (p.incarnation, p.worker)))
@@ -320,7 +460,18 @@ impl Job<'_> {
             self.await_backups("checkpoints for a merge", waiting, deadline, |_, at| {
                 at == frontier
             })?;
-        if stored.len() < 2 {
+        Ok(stored.len() == 2)
+    }
+
+    /// The pair's whole checkpoints at `frontier`, fetched from their
+    /// holders once they hold them; fewer than two when one fails, times
+    /// out or cannot be fetched at that frontier.
+    fn aligned_checkpoints(
+        &mut self,
+        pair: &[&InstancePlan; 2],
+        frontier: Stamp,
+    ) -> Result<HashMap<InstanceId, Vec<u8>>, EngineError> {
+        if !self.await_aligned(pair, frontier)? {
             return Ok(HashMap::new());
         }
         let ids: Vec<InstanceId> = pair.iter().map(|p| p.id).collect();
@@ -350,7 +501,7 @@ impl Job<'_> {
     }
 
     /// Calls a merge off: whichever partitions are still alive run on.
-    fn call_off<T>(&mut self, pair: &[&InstancePlan; 2]) -> Option<T> {
+    pub(super) fn call_off<T>(&mut self, pair: &[&InstancePlan; 2]) -> Option<T> {
         for p in pair {
             self.resume_if_alive(p, "a merge");
         }

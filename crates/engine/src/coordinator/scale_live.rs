@@ -9,12 +9,17 @@ use crate::error::EngineError;
 use crate::plan::{AddedInstance, Incarnation, InstanceId, WorkerId};
 use crate::stamp::Stamp;
 use crate::state::KeyRange;
-use crate::wire::control::{BackupHolder, ReshapedPart, RestoreFrom, ToCoordinator, ToWorker};
+use crate::wire::control::{
+    BackupHolder, ReshapedPart, RestoreFrom, StagedSource, ToCoordinator, ToWorker,
+};
 
 use super::events::EventKind;
 use super::recovery::RestoresByTarget;
 use super::scale::{Placed, Splitting};
 use super::Job;
+
+/// Each range staged (by instance and range): its frontier and keys.
+pub(super) type StagedRanges = HashMap<(InstanceId, KeyRange), (Stamp, usize)>;
 
 /// A split whose parts are staged on their workers while its instance
 /// still runs.
@@ -34,12 +39,24 @@ pub(super) struct StoppedSplit {
     holders: Vec<WorkerId>,
 }
 
-/// The backups a live split's holders cut for its parts, to wait for.
+/// The backups a live split's or merge's holders make for its instances
+/// (cut or merged), to wait for.
 pub(super) struct Reshaping {
     instance: InstanceId,
     frontier: Stamp,
     /// Each part's id and incarnation.
     parts: Vec<(InstanceId, Incarnation)>,
+}
+
+impl Reshaping {
+    /// The backup of `instance` (`incarnation`), merged at `frontier`.
+    pub(super) fn merged(instance: InstanceId, incarnation: Incarnation, frontier: Stamp) -> Self {
+        Reshaping {
+            instance,
+            frontier,
+            parts: vec![(instance, incarnation)],
+        }
+    }
 }
 
 /// Which worker restores part `i` of a split: the instance's own for the
@@ -138,36 +155,71 @@ impl Job<'_> {
         &mut self,
         cut: Vec<(Splitting, Vec<(KeyRange, usize)>)>,
     ) -> Result<(Vec<StagedSplit>, Vec<Splitting>), EngineError> {
+        let asks: Vec<(WorkerId, InstanceId, KeyRange)> = cut
+            .iter()
+            .flat_map(|(s, parts)| {
+                parts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (range, _))| (part_worker(s, i), s.placed.id, *range))
+            })
+            .collect();
+        let (staged_at, failed) = self.stage_ranges(&asks, "a live split's staging")?;
+        let mut staged = Vec::new();
+        let mut classic = Vec::new();
+        for (s, parts) in cut {
+            let id = s.placed.id;
+            if failed.contains(&id) || !self.runs(id, s.placed.incarnation, s.placed.worker) {
+                self.unstage(&s, parts.len());
+                classic.push(s);
+                continue;
+            }
+            let at = parts.iter().map(|(r, _)| staged_at[&(id, *r)].0).collect();
+            staged.push(StagedSplit {
+                splitting: s,
+                parts,
+                staged_at: at,
+            });
+        }
+        Ok((staged, classic))
+    }
+
+    /// Has each worker of `asks` (worker, instance, range) stage that range
+    /// of the instance's backup from the instance's live holders, while it
+    /// runs (`what`: the rescaling, for the log). Returns the frontier each
+    /// range was staged at with its keys, and the instances one of whose
+    /// ranges was not.
+    pub(super) fn stage_ranges(
+        &mut self,
+        asks: &[(WorkerId, InstanceId, KeyRange)],
+        what: &str,
+    ) -> Result<(StagedRanges, HashSet<InstanceId>), EngineError> {
         let mut waiting: HashMap<(InstanceId, KeyRange), WorkerId> = HashMap::new();
         let mut failed: HashSet<InstanceId> = HashSet::new();
-        for (s, parts) in &cut {
-            let id = s.placed.id;
+        for &(worker, id, range) in asks {
             let holders: Vec<BackupHolder> = self
                 .live_holders(id)
                 .into_iter()
                 .map(|w| self.holder_at(w))
                 .collect();
-            for (i, (range, _)) in parts.iter().enumerate() {
-                let worker = part_worker(s, i);
-                let stage = ToWorker::Stage {
-                    instance: id,
-                    range: *range,
-                    holders: holders.clone(),
-                };
-                match self.send(worker, &stage) {
-                    Ok(()) => {
-                        waiting.insert((id, *range), worker);
-                    }
-                    Err(_) => {
-                        failed.insert(id);
-                    }
+            let stage = ToWorker::Stage {
+                instance: id,
+                range,
+                holders,
+            };
+            match self.send(worker, &stage) {
+                Ok(()) => {
+                    waiting.insert((id, range), worker);
+                }
+                Err(_) => {
+                    failed.insert(id);
                 }
             }
         }
-        let mut staged_at: HashMap<(InstanceId, KeyRange), Stamp> = HashMap::new();
+        let mut staged_at = StagedRanges::new();
         let deadline = Instant::now() + self.config.startup_timeout;
         while !waiting.is_empty() {
-            let answer = self.wait_for("a live split's staging", deadline, |m| {
+            let answer = self.wait_for(what, deadline, |m| {
                 matches!(m, ToCoordinator::Staged { instance, range, .. }
                     if waiting.contains_key(&(*instance, *range)))
             });
@@ -178,6 +230,7 @@ impl Job<'_> {
                         instance,
                         range,
                         frontier,
+                        keys,
                         reason,
                     },
                 ))) => {
@@ -187,10 +240,10 @@ impl Job<'_> {
                     waiting.remove(&(instance, range));
                     match frontier {
                         Some(at) => {
-                            staged_at.insert((instance, range), at);
+                            staged_at.insert((instance, range), (at, keys));
                         }
                         None => {
-                            tracing::warn!(%instance, worker = %w, "cannot stage a part: {reason}");
+                            tracing::warn!(%instance, worker = %w, "cannot stage {range:?}: {reason}");
                             failed.insert(instance);
                         }
                     }
@@ -213,23 +266,7 @@ impl Job<'_> {
                 Err(e) => return Err(e),
             }
         }
-        let mut staged = Vec::new();
-        let mut classic = Vec::new();
-        for (s, parts) in cut {
-            let id = s.placed.id;
-            if failed.contains(&id) || !self.runs(id, s.placed.incarnation, s.placed.worker) {
-                self.unstage(&s, parts.len());
-                classic.push(s);
-                continue;
-            }
-            let at = parts.iter().map(|(r, _)| staged_at[&(id, *r)]).collect();
-            staged.push(StagedSplit {
-                splitting: s,
-                parts,
-                staged_at: at,
-            });
-        }
-        Ok((staged, classic))
+        Ok((staged_at, failed))
     }
 
     /// Drops what the `parts` workers of split `s` staged.
@@ -407,12 +444,12 @@ impl Job<'_> {
             reshaping.parts.push((id, incarnation));
             by_target.entry(worker).or_default().push((
                 id,
-                RestoreFrom::Staged {
+                RestoreFrom::Staged(StagedSource {
                     parent: instance,
                     range: *range,
                     since: *since,
                     holders: named.clone(),
-                },
+                }),
             ));
         }
         let placed = Placed {

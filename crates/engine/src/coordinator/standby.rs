@@ -25,7 +25,7 @@ use crate::api::NodeKind;
 use crate::ids::{Incarnation, InstanceId, WorkerId};
 use crate::stamp::Stamp;
 use crate::state::KeyRange;
-use crate::wire::control::{RestoreFrom, ToWorker};
+use crate::wire::control::{RestoreFrom, StagedSource, ToWorker};
 
 use super::events::EventKind;
 use super::Job;
@@ -164,12 +164,12 @@ impl Job<'_> {
             .collect();
         Some((
             standby.worker,
-            RestoreFrom::Staged {
+            RestoreFrom::Staged(StagedSource {
                 parent: id,
                 range: standby.range,
                 since,
                 holders,
-            },
+            }),
         ))
     }
 

@@ -24,8 +24,8 @@ use crate::stamp::Stamp;
 use crate::state::testing::encoded;
 use crate::state::{Checkpoint, CheckpointParts, KeyRange, KeyedState, OutputBuffer};
 use crate::wire::control::{
-    BackupAck, BackupShipment, InstanceMetrics, InstanceStats, Refusal, RestoreFrom, ToCoordinator,
-    ToWorker,
+    BackupAck, BackupShipment, InstanceMetrics, InstanceStats, Refusal, RestoreFrom, StagedSource,
+    ToCoordinator, ToWorker,
 };
 use crate::worker::backup::Holdings;
 
@@ -267,15 +267,11 @@ impl Cluster {
                             .held_backup(holder.worker, instance)
                             .map(|b| Some(Checkpoint::decode(&b).expect("valid")))
                             .ok_or(holder.worker),
-                        RestoreFrom::Staged {
-                            parent,
-                            range,
-                            since,
-                            holders,
-                        } => {
-                            let holders: Vec<WorkerId> = holders.iter().map(|h| h.worker).collect();
-                            self.catch_up(w, parent, range, since, &holders).map(Some)
-                        }
+                        RestoreFrom::Staged(from) => self.catch_up(w, &from).map(Some),
+                        RestoreFrom::StagedMerge { lower, upper } => self
+                            .catch_up(w, &lower)
+                            .and_then(|low| Ok(low.merge(self.catch_up(w, &upper)?)))
+                            .map(|merged| Some(merged.expect("merges"))),
                     };
                     let answer = match state {
                         Ok(checkpoint) => {
@@ -348,6 +344,7 @@ impl Cluster {
                     .filter(|_| !self.cannot_stage.contains(&w))
                     .map(|(_, bytes)| Checkpoint::decode(&bytes).expect("valid"));
                 let frontier = part.as_ref().map(|p| p.frontier);
+                let keys = part.as_ref().map_or(0, |p| p.entries.len());
                 self.progress = self.progress.max(self.runs_on.unwrap_or(Stamp::ZERO));
                 if let Some(part) = part {
                     self.staged.insert((w, instance, range), part);
@@ -359,6 +356,7 @@ impl Cluster {
                         instance,
                         range,
                         frontier,
+                        keys,
                         reason,
                     },
                 );
@@ -398,6 +396,45 @@ impl Cluster {
                     }
                 }
             }
+            ToWorker::MergeBackups {
+                upper,
+                frontier,
+                merged,
+                upper_holders,
+            } => {
+                let backup = |c: &Cluster, at: WorkerId, id: InstanceId| {
+                    c.held_backup(at, id)
+                        .map(|b| Checkpoint::decode(&b).expect("valid"))
+                        .filter(|b| b.frontier == frontier)
+                };
+                let high = backup(self, w, upper).or_else(|| {
+                    upper_holders
+                        .iter()
+                        .find_map(|h| backup(self, h.worker, upper))
+                });
+                match (backup(self, w, merged.instance), high) {
+                    (Some(low), Some(high)) => {
+                        let bytes = low.merge(high).expect("merges").encode().expect("encodes");
+                        self.store_at(
+                            w,
+                            BackupShipment {
+                                instance: merged.instance,
+                                incarnation: merged.incarnation,
+                                frontier,
+                                bytes,
+                            },
+                        );
+                    }
+                    _ => self.net.say(
+                        w,
+                        ToCoordinator::BackupRefused {
+                            instance: merged.instance,
+                            refusal: Refusal::NotItsBase,
+                            reason: "cannot merge them".into(),
+                        },
+                    ),
+                }
+            }
             ToWorker::Trim { .. } | ToWorker::Shutdown | ToWorker::Lease { .. } => {}
         }
     }
@@ -421,20 +458,15 @@ impl Cluster {
     /// A live split's part restored on `w`, as a real worker catches it
     /// up: what it staged, and the changes since from the first holder
     /// that gives them; an error names the last holder tried.
-    fn catch_up(
-        &mut self,
-        w: WorkerId,
-        parent: InstanceId,
-        range: KeyRange,
-        since: Stamp,
-        holders: &[WorkerId],
-    ) -> Result<Checkpoint, WorkerId> {
+    fn catch_up(&mut self, w: WorkerId, from: &StagedSource) -> Result<Checkpoint, WorkerId> {
+        let (parent, range) = (from.parent, from.range);
+        let holders: Vec<WorkerId> = from.holders.iter().map(|h| h.worker).collect();
         let staged = self
             .staged
             .remove(&(w, parent, range))
-            .filter(|p| p.frontier == since);
+            .filter(|p| p.frontier == from.since);
         let asked = staged.as_ref().map(|p| p.frontier);
-        for holder in holders {
+        for holder in &holders {
             match (self.range_at(*holder, parent, range, asked), &staged) {
                 (Some((Some(_), run)), Some(part)) => {
                     return Ok(part.clone().apply_run(&run).expect("applies"))
@@ -1036,7 +1068,7 @@ fn a_large_instance_recovers_on_its_standby_from_the_changes_since_staging() {
     assert_eq!(cluster.restored_frontiers()[&instance], Some(Stamp(20)));
     assert!(cluster.log.iter().any(|(w, m)| *w == standby
         && matches!(m, ToWorker::Restore { instances, .. } if instances.iter().any(|(id, from)| *id == instance
-            && matches!(from, RestoreFrom::Staged { since, .. } if *since == Stamp(10))))));
+            && matches!(from, RestoreFrom::Staged(s) if s.since == Stamp(10))))));
 }
 
 #[test]
@@ -1243,13 +1275,38 @@ fn live_split(
 ) -> (Result<JobSummary, EngineError>, Cluster) {
     let mut config = config(1);
     config.scale_at = vec![(Duration::from_millis(150), "count".into())];
+    live_rescale(config, 3, prepare, then)
+}
+
+/// Runs a requested merge of `count`'s two partitions after checkpoints
+/// at 10 and 20 (the second incremental), and lets the cluster answer
+/// until it has one; returns the job's result and the cluster.
+fn live_merge(
+    prepare: impl FnOnce(&mut Cluster),
+    then: impl FnOnce(&mut Cluster),
+) -> (Result<JobSummary, EngineError>, Cluster) {
+    let mut config = config(0);
+    config.scale_in_at = vec![(Duration::from_millis(150), "count".into())];
+    live_rescale(config, 1, prepare, then)
+}
+
+/// Runs the rescaling `config` asks for after checkpoints at 10 and 20
+/// (the second incremental), the instances getting to 100 while it
+/// stages, until `count` has `partitions`.
+fn live_rescale(
+    config: JobConfig,
+    partitions: usize,
+    prepare: impl FnOnce(&mut Cluster),
+    then: impl FnOnce(&mut Cluster),
+) -> (Result<JobSummary, EngineError>, Cluster) {
     let (result, cluster, _) = scenario(config, |c| {
         c.incremental = true;
         c.runs_on = Some(Stamp(100));
         prepare(c);
         c.checkpointed(Stamp(10));
         c.checkpointed(Stamp(20));
-        assert!(c.run_until(Duration::from_secs(5), |c| c.ids("count").len() == 3));
+        assert!(c.run_until(Duration::from_secs(5), |c| c.ids("count").len()
+            == partitions));
         then(c);
     });
     (result, cluster)
@@ -1414,6 +1471,154 @@ fn a_live_split_whose_instance_fails_while_stopped_is_dropped_and_recovered() {
         .events
         .iter()
         .any(|e| e.kind == EventKind::Refused && e.detail.contains("could not be stopped")));
+}
+
+#[test]
+fn a_live_merge_stages_both_partitions_then_hands_over_only_the_changes() {
+    let (result, mut cluster) = live_merge(|_| {}, |c| c.settle(Duration::from_millis(100)));
+    let summary = result.expect("finishes");
+    let merge = &summary.scale_events[0];
+    let (lower, upper) = (merge.instance, merge.new_instance);
+    assert!(merge.staged_ms.is_some());
+    let host = cluster.host(lower);
+    // Both partitions staged on the lower's worker before the stop (both
+    // paused, run to one frontier); then the merged restore from what was
+    // staged, the plan update, and the holders' merge of the backups.
+    let stagers: Vec<(WorkerId, InstanceId)> = cluster
+        .log
+        .iter()
+        .filter_map(|(w, m)| match m {
+            ToWorker::Stage { instance, .. } => Some((*w, *instance)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stagers, vec![(host, lower), (host, upper)]);
+    let staged = first(&cluster, |m| matches!(m, ToWorker::Stage { .. })).expect("staged");
+    let paused = first(&cluster, |m| matches!(m, ToWorker::Pause { .. })).expect("paused");
+    let restored = first(&cluster, |m| {
+        matches!(m, ToWorker::Restore { instances, .. }
+            if matches!(instances[..], [(id, RestoreFrom::StagedMerge { .. })] if id == lower))
+    })
+    .expect("restored from what was staged");
+    let rewired = first(
+        &cluster,
+        |m| matches!(m, ToWorker::PlanUpdate { merged, .. } if merged.len() == 1),
+    )
+    .expect("rewired");
+    let backups_merged =
+        first(&cluster, |m| matches!(m, ToWorker::MergeBackups { .. })).expect("backups merged");
+    assert!(staged < paused && paused < restored && restored < rewired);
+    assert!(rewired < backups_merged);
+    assert_eq!(
+        cluster.sent_to(host, |m| matches!(m, ToWorker::Pause { .. })),
+        1
+    );
+    // The coordinator never fetched the state.
+    assert_eq!(
+        first(&cluster, |m| matches!(m, ToWorker::FetchBackup { .. })),
+        None
+    );
+    // The merged instance restored at the stop with every key of both.
+    let restored = cluster.restored[&lower].clone().expect("restored");
+    assert_eq!(restored.frontier, Stamp(100));
+    assert_eq!(restored.key_range, KeyRange::FULL);
+    let state: KeyedState<u64, u64> =
+        KeyedState::restore(&restored.entries, KeyRange::FULL).expect("the keys");
+    assert_eq!(state.len(), 100);
+    assert!((0..100).all(|k| state.get(&k) == Some(&k)));
+    // Its holders merged the two backups into its own: its next increment
+    // joins it.
+    let holders: Vec<WorkerId> = cluster
+        .log
+        .iter()
+        .filter(|(_, m)| matches!(m, ToWorker::MergeBackups { .. }))
+        .map(|(w, _)| *w)
+        .collect();
+    assert!(!holders.is_empty());
+    let incarnation = cluster.incarnation(lower).expect("planned");
+    cluster.taken.insert((lower, incarnation), Stamp(100));
+    cluster.checkpoint(lower, Stamp(110));
+    cluster.settle(Duration::from_millis(50));
+    for h in holders {
+        let held =
+            Checkpoint::decode(&cluster.held_backup(h, lower).expect("held")).expect("valid");
+        assert_eq!(
+            (held.frontier, held.key_range),
+            (Stamp(110), KeyRange::FULL)
+        );
+        assert_eq!(held.entries.len(), 110);
+    }
+}
+
+#[test]
+fn a_merge_whose_staging_fails_falls_back_to_the_whole_checkpoints() {
+    let (result, cluster) = live_merge(
+        |c| {
+            let lower = c.ids("count")[0];
+            c.cannot_stage.insert(c.host(lower));
+        },
+        |_| {},
+    );
+    let summary = result.expect("finishes");
+    let merge = &summary.scale_events[0];
+    assert_eq!(merge.staged_ms, None);
+    // What was staged was dropped; the coordinator fetched both
+    // checkpoints, merged them and restored the merge, as without staging.
+    let host = cluster.host(merge.instance);
+    for id in [merge.instance, merge.new_instance] {
+        assert!(cluster
+            .log
+            .iter()
+            .any(|(w, m)| *w == host
+                && matches!(m, ToWorker::Unstage { instance } if *instance == id)));
+    }
+    assert!(first(&cluster, |m| matches!(m, ToWorker::FetchBackup { .. })).is_some());
+    assert!(cluster
+        .log
+        .iter()
+        .any(|(_, m)| matches!(m, ToWorker::Restore { instances, .. }
+        if instances.iter().any(|(_, from)| matches!(from, RestoreFrom::Checkpoint(_))))));
+    assert_eq!(
+        first(&cluster, |m| matches!(m, ToWorker::MergeBackups { .. })),
+        None
+    );
+    let restored = cluster.restored[&merge.instance].clone().expect("restored");
+    assert_eq!(restored.key_range, KeyRange::FULL);
+}
+
+#[test]
+fn a_live_merge_whose_partition_fails_while_stopped_is_called_off_and_recovered() {
+    let mut config = config(1);
+    config.scale_in_at = vec![(Duration::from_millis(150), "count".into())];
+    let (result, cluster, _) = scenario(config, |c| {
+        c.checkpointed(Stamp(10));
+        let upper = c.ids("count")[1];
+        let host = c.host(upper);
+        assert!(c.run_until(Duration::from_secs(5), |c| !c.paused.is_empty()));
+        c.net.break_link(host);
+        assert!(c.run_until(Duration::from_secs(15), |c| c.host(upper) != host));
+    });
+    let summary = result.expect("finishes");
+    assert_eq!(summary.recoveries.len(), 1);
+    assert!(summary.scale_events.is_empty());
+    assert_eq!(cluster.ids("count").len(), 2);
+    // It had staged; the lower's worker dropped what it staged, and
+    // nothing was restored from it.
+    let lower = cluster.ids("count")[0];
+    let host = cluster.host(lower);
+    let staged = first(&cluster, |m| matches!(m, ToWorker::Stage { .. })).expect("staged");
+    let paused = first(&cluster, |m| matches!(m, ToWorker::Pause { .. })).expect("paused");
+    assert!(staged < paused);
+    assert!(cluster
+        .log
+        .iter()
+        .any(|(w, m)| *w == host
+            && matches!(m, ToWorker::Unstage { instance } if *instance == lower)));
+    assert!(!cluster
+        .log
+        .iter()
+        .any(|(_, m)| matches!(m, ToWorker::Restore { instances, .. }
+        if instances.iter().any(|(_, from)| matches!(from, RestoreFrom::StagedMerge { .. })))));
 }
 
 #[test]

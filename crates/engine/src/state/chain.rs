@@ -285,7 +285,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::state::testing::encode_count;
+    use crate::hash::key_hash;
+    use crate::state::testing::{encode_count, encode_count_over};
     use crate::state::KeyedState;
 
     /// Encodes `state`'s next snapshot at `frontier`: full without a
@@ -373,6 +374,113 @@ mod tests {
                 };
                 prop_assert_eq!(caught_up, expected);
             }
+        }
+    }
+
+    proptest! {
+        /// A live merge's state: each partition staged at one frontier,
+        /// caught up with its own deltas since (the two checkpointing on
+        /// their own schedules, full or incremental), then one absorbed
+        /// into the other, equals the state restored from the merge of the
+        /// two partitions' folded backups at their common stop: values,
+        /// loads and sizes.
+        #[test]
+        fn two_partitions_staged_caught_up_and_absorbed_equal_their_merged_backups(
+            steps in prop::collection::vec(
+                (
+                    prop::collection::vec(0u64..400, 0..60),
+                    prop::array::uniform2(prop::option::weighted(0.6, prop::bool::weighted(0.15))),
+                ),
+                1..14,
+            ),
+            staged_after in prop::array::uniform2(0usize..14),
+            cut in any::<u64>(),
+            lower_keys in 0u64..200,
+        ) {
+            let ranges = ranges(vec![cut]);
+            let mut states: Vec<KeyedState<u64, u64>> = ranges
+                .iter()
+                .enumerate()
+                .map(|(i, range)| {
+                    let mut state = KeyedState::default();
+                    let keys = if i == 0 { 0..lower_keys } else { 0..200 };
+                    for k in keys.filter(|k| range.contains(key_hash(k))) {
+                        *state.get_or_default(k) = k;
+                    }
+                    state
+                })
+                .collect();
+            let mut chains: Vec<BackupChain> = states
+                .iter_mut()
+                .zip(&ranges)
+                .map(|(state, range)| {
+                    let entries = state.snapshot().expect("snapshots");
+                    let bytes = encode_count_over(*range, &entries, 1, None, &[]);
+                    BackupChain::new(Stamp(1), bytes).unwrap()
+                })
+                .collect();
+            let last = steps.len() - 1;
+            let mut staged: Vec<Option<(Stamp, Checkpoint)>> = vec![None, None];
+            for (i, (keys, checkpoints)) in steps.into_iter().enumerate() {
+                for p in 0..2 {
+                    if i == staged_after[p].min(last) {
+                        staged[p] = Some(stage(&chains[p], &ranges[p..=p]).remove(0));
+                    }
+                }
+                let frontier = i as u64 + 2;
+                for k in keys {
+                    let p = usize::from(ranges[1].contains(key_hash(&k)));
+                    *states[p].get_or_default(k) += frontier;
+                }
+                for p in 0..2 {
+                    // Both checkpoint at the stop, the last step.
+                    let Some(full) = checkpoints[p].or((i == last).then_some(false)) else {
+                        continue;
+                    };
+                    let base = (!full).then(|| chains[p].frontier().0);
+                    let entries = match base {
+                        Some(_) => states[p].snapshot_changes(),
+                        None => states[p].snapshot(),
+                    }
+                    .expect("snapshots");
+                    let bytes = encode_count_over(ranges[p], &entries, frontier, base, &[]);
+                    chains[p].push(Stamp(frontier), bytes).unwrap();
+                }
+            }
+            let caught_up: Vec<KeyedState<u64, u64>> = (0..2)
+                .map(|p| {
+                    let (at, part) = staged[p].clone().expect("staged");
+                    let (since, bytes) = chains[p].range_since(ranges[p], Some(at)).unwrap();
+                    match since {
+                        Some(_) => {
+                            let mut live = KeyedState::restore(&part.entries, ranges[p]).unwrap();
+                            for delta in Checkpoint::decode_run(&bytes, at).unwrap() {
+                                live.apply_changes(&delta.entries, ranges[p]).unwrap();
+                            }
+                            live
+                        }
+                        None => {
+                            let whole = Checkpoint::decode(&bytes).unwrap();
+                            KeyedState::restore(&whole.entries, ranges[p]).unwrap()
+                        }
+                    }
+                })
+                .collect();
+            let [mut merged, upper]: [KeyedState<u64, u64>; 2] =
+                caught_up.try_into().unwrap_or_else(|_| unreachable!());
+            merged.absorb(upper);
+            let folded: Vec<Checkpoint> = chains
+                .iter()
+                .map(|chain| Checkpoint::decode(&chain.encode()).unwrap())
+                .collect();
+            let [lower, upper]: [Checkpoint; 2] =
+                folded.try_into().unwrap_or_else(|_| unreachable!());
+            let whole = lower.merge(upper).unwrap();
+            let mut restored: KeyedState<u64, u64> =
+                KeyedState::restore(&whole.entries, whole.key_range).unwrap();
+            prop_assert_eq!(merged.len(), restored.len());
+            prop_assert_eq!(merged.encoded_bytes(), restored.encoded_bytes());
+            prop_assert_eq!(merged.snapshot().unwrap(), restored.snapshot().unwrap());
         }
     }
 

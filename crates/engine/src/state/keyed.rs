@@ -239,6 +239,32 @@ where
         }
         Ok(())
     }
+
+    /// Takes every key of `other`, the caught-up state of the partition
+    /// next to this one's range (a live merge): each key keeps its value,
+    /// size and load as of its own state's epoch, so that the merged state
+    /// equals what restoring the two partitions' merged checkpoint gives
+    /// ([`super::Checkpoint::merge`]). The smaller map moves into the
+    /// larger: it costs time in proportion to the smaller's keys.
+    pub fn absorb(&mut self, mut other: KeyedState<K, V>) {
+        if other.map.len() > self.map.len() {
+            std::mem::swap(self, &mut other);
+        }
+        let (epoch, theirs) = (self.epoch, other.epoch);
+        self.map.reserve(other.map.len());
+        for (key, slot) in other.map {
+            let slot = Slot {
+                load: slot.load_at(theirs),
+                epoch,
+                ..slot
+            };
+            self.encoded_bytes += u64::from(slot.encoded);
+            if let Some(old) = self.map.insert(key, slot) {
+                self.encoded_bytes -= u64::from(old.encoded);
+            }
+        }
+        self.changed.extend(other.changed);
+    }
 }
 
 /// Decodes a checkpoint entry into its key and slot (at epoch 0), refusing

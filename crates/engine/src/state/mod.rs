@@ -46,9 +46,20 @@ pub(crate) mod testing {
         base: Option<u64>,
         operator_state: &[u8],
     ) -> Vec<u8> {
+        encode_count_over(KeyRange::FULL, entries, frontier, base, operator_state)
+    }
+
+    /// The same, of a partition owning `key_range`.
+    pub(crate) fn encode_count_over(
+        key_range: KeyRange,
+        entries: &[StateEntry],
+        frontier: u64,
+        base: Option<u64>,
+        operator_state: &[u8],
+    ) -> Vec<u8> {
         let parts = CheckpointParts {
             operator: "count",
-            key_range: KeyRange::FULL,
+            key_range,
             frontier: Stamp(frontier),
             entries,
             output_buffer: &OutputBuffer::default(),

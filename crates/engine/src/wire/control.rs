@@ -163,6 +163,8 @@ pub enum ToCoordinator {
         range: KeyRange,
         /// The frontier of what was staged.
         frontier: Option<Stamp>,
+        /// The keys staged.
+        keys: usize,
         /// Why not, when not.
         reason: String,
     },
@@ -352,6 +354,22 @@ pub enum ToWorker {
         /// The parts whose backup this holder keeps.
         parts: Vec<ReshapedPart>,
     },
+    /// Merge the backups of a live merge's two partitions, both at
+    /// `frontier`, into the backup of the merged instance (the lower's id,
+    /// a new incarnation, both ranges), stored and acknowledged as its own:
+    /// its increments then join it. The upper's backup comes from this
+    /// holder if it holds it, else from the first of `upper_holders` that
+    /// gives it.
+    MergeBackups {
+        /// The upper partition, merged into the lower.
+        upper: InstanceId,
+        /// The frontier both partitions stopped at.
+        frontier: Stamp,
+        /// The merged instance.
+        merged: ReshapedPart,
+        /// Holders of the upper's backup at `frontier`.
+        upper_holders: Vec<BackupHolder>,
+    },
     /// Every instance should checkpoint now (an operator asked).
     CheckpointNow,
     /// Take `instance`'s next checkpoint in full, soon: its backup lost
@@ -383,20 +401,34 @@ pub enum RestoreFrom {
     /// itself, so that a recovery moves the state once and never through
     /// the coordinator.
     Holder(BackupHolder),
-    /// A part of a live split: the range `range` of `parent`'s backup that
-    /// this worker staged at `since` ([`ToWorker::Stage`]), caught up with
-    /// its changes since, fetched from the first of `holders` that can
-    /// give them (or, when none can, the range's part whole).
-    Staged {
-        /// The instance split.
-        parent: InstanceId,
-        /// The part's range.
-        range: KeyRange,
-        /// The frontier of what was staged.
-        since: Stamp,
-        /// Holders of the parent's backup at the split's frontier.
-        holders: Vec<BackupHolder>,
+    /// A part of a live split: what this worker staged of its parent,
+    /// caught up.
+    Staged(StagedSource),
+    /// A live merge: what this worker staged of both partitions, each
+    /// caught up, made one (keyed state joined, output buffers interleaved
+    /// back into stamp order).
+    StagedMerge {
+        /// The lower partition (whose id the merged instance keeps).
+        lower: StagedSource,
+        /// The upper partition.
+        upper: StagedSource,
     },
+}
+
+/// A key range of an instance's backup that a worker staged
+/// ([`ToWorker::Stage`]) and catches up on at a split's or merge's stop:
+/// with its changes since, fetched from the first of `holders` that can
+/// give them (or, when none can, the range's part whole).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedSource {
+    /// The instance whose backup it is (split or merged).
+    pub parent: InstanceId,
+    /// The range staged.
+    pub range: KeyRange,
+    /// The frontier of what was staged.
+    pub since: Stamp,
+    /// Holders of the parent's backup at the stop's frontier.
+    pub holders: Vec<BackupHolder>,
 }
 
 /// One part of a live split whose backup a holder cuts from the parent's

@@ -12,9 +12,10 @@ pub mod data;
 /// routing hash; 5: checkpoints shipped from worker to holder directly; 6:
 /// restoring workers fetch backups from holders, and a data channel's
 /// handshake names the receiver's incarnation; 7: holders give one key
-/// range of a backup, or its changes since a staged frontier; 8: a
+/// range of a backup, or its changes since a staged frontier; 8: live
+/// merges, `RestoreFrom::StagedMerge` and `ToWorker::MergeBackups`; 9: a
 /// checkpoint shipped to a holder follows its header raw).
-pub const PROTOCOL_VERSION: u16 = 8;
+pub const PROTOCOL_VERSION: u16 = 9;
 
 /// Upper bound on a data frame, so a corrupt length cannot make us allocate
 /// gigabytes.

@@ -39,7 +39,7 @@ use crate::state::{
 };
 use crate::wire::control::{
     self, BackupAck, BackupHolder, BackupRoute, BackupShipment, HeldBackup, Refusal, ReshapedPart,
-    ToCoordinator, ToHolder,
+    StagedSource, ToCoordinator, ToHolder,
 };
 use crate::wire::MAX_CONTROL_FRAME;
 
@@ -465,48 +465,142 @@ pub(crate) fn reshape(
     parts: Vec<ReshapedPart>,
 ) {
     let ids: Vec<InstanceId> = parts.iter().map(|p| p.instance).collect();
+    store_cut(
+        holdings,
+        writer,
+        ids,
+        "spate-backup-reshape",
+        move |holdings| {
+            parts
+                .into_iter()
+                .map(|part| {
+                    let bytes = match holdings.range_since(instance, part.range, None) {
+                        Some(Ok((_, bytes)))
+                            if Checkpoint::frontier(&bytes).ok() == Some(frontier) =>
+                        {
+                            Ok(bytes)
+                        }
+                        Some(Ok(_)) => Err(format!(
+                            "the backup of instance {instance} moved past stamp {}",
+                            frontier.0
+                        )),
+                        Some(Err(e)) => Err(e.to_string()),
+                        None => Err(format!("no backup of instance {instance} held")),
+                    };
+                    (part.instance, shipment(part, frontier, bytes))
+                })
+                .collect()
+        },
+    );
+}
+
+/// Carries out [`ToWorker::MergeBackups`] on a thread of its own: merges
+/// the lower partition's backup held here with the upper's (held here too,
+/// or fetched from the first of `upper_holders` that gives it), both at
+/// `frontier`, then stores the result as the merged instance's backup (the
+/// lower's id: it replaces the lower's) and answers for it as for a
+/// checkpoint shipped. One that cannot be merged is refused, and the
+/// merged instance checkpoints in full.
+pub(crate) fn merge_backups(
+    holdings: &Holdings,
+    writer: &ControlWriter,
+    upper: InstanceId,
+    frontier: Stamp,
+    merged: ReshapedPart,
+    upper_holders: Vec<BackupHolder>,
+) {
+    let lower = merged.instance;
+    store_cut(
+        holdings,
+        writer,
+        vec![lower],
+        "spate-backup-merge",
+        move |holdings| {
+            let at_frontier = |id: InstanceId, bytes: Vec<u8>| {
+                let checkpoint = Checkpoint::decode_owned(bytes).map_err(|e| e.to_string())?;
+                if checkpoint.frontier == frontier {
+                    Ok(checkpoint)
+                } else {
+                    Err(format!(
+                        "the backup of instance {id} is at stamp {}, not {}",
+                        checkpoint.frontier.0, frontier.0
+                    ))
+                }
+            };
+            let upper_bytes = || {
+                holdings.fetch(upper).map_or_else(
+                    || {
+                        let mut reasons = vec![format!("no backup of instance {upper} held")];
+                        for holder in &upper_holders {
+                            match fetch_from(holder, upper) {
+                                Ok(bytes) => return Ok(bytes),
+                                Err(e) => reasons.push(e.to_string()),
+                            }
+                        }
+                        Err(reasons.join("; "))
+                    },
+                    Ok,
+                )
+            };
+            let bytes = holdings
+                .fetch(lower)
+                .ok_or_else(|| format!("no backup of instance {lower} held"))
+                .and_then(|bytes| at_frontier(lower, bytes))
+                .and_then(|low| {
+                    let high = at_frontier(upper, upper_bytes()?)?;
+                    low.merge(high)
+                        .and_then(|merged| merged.encode())
+                        .map_err(|e| e.to_string())
+                });
+            vec![(lower, shipment(merged, frontier, bytes))]
+        },
+    );
+}
+
+/// The backup a holder made for `part` at `frontier` as a shipment to
+/// store, or, when it could not (`Err`: why), its refusal.
+fn shipment(
+    part: ReshapedPart,
+    frontier: Stamp,
+    bytes: Result<Vec<u8>, String>,
+) -> Result<BackupShipment, ToCoordinator> {
+    bytes
+        .map(|bytes| BackupShipment {
+            instance: part.instance,
+            incarnation: part.incarnation,
+            frontier,
+            bytes,
+        })
+        .map_err(|reason| ToCoordinator::BackupRefused {
+            instance: part.instance,
+            refusal: Refusal::NotItsBase,
+            reason,
+        })
+}
+
+/// Makes the backups of `ids` from those held (`make`, on a thread named
+/// `name`) and stores each as its instance's own, answering for it; their
+/// checkpoints that arrive meanwhile wait and join it. If the thread
+/// cannot start, each is refused (its instance checkpoints in full).
+fn store_cut(
+    holdings: &Holdings,
+    writer: &ControlWriter,
+    ids: Vec<InstanceId>,
+    name: &str,
+    make: impl FnOnce(&Holdings) -> Vec<(InstanceId, Result<BackupShipment, ToCoordinator>)>
+        + Send
+        + 'static,
+) {
     holdings.start_cutting(ids.iter().copied());
     let (held, answers) = (holdings.clone(), writer.clone());
     let cut_all = move || {
-        let (holdings, writer) = (held, answers);
-        let cut = parts
-            .into_iter()
-            .map(|part| {
-                let bytes = match holdings.range_since(instance, part.range, None) {
-                    Some(Ok((_, bytes))) if Checkpoint::frontier(&bytes).ok() == Some(frontier) => {
-                        Ok(bytes)
-                    }
-                    Some(Ok(_)) => Err(format!(
-                        "the backup of instance {instance} moved past stamp {}",
-                        frontier.0
-                    )),
-                    Some(Err(e)) => Err(e.to_string()),
-                    None => Err(format!("no backup of instance {instance} held")),
-                };
-                let cut = bytes
-                    .map(|bytes| BackupShipment {
-                        instance: part.instance,
-                        incarnation: part.incarnation,
-                        frontier,
-                        bytes,
-                    })
-                    .map_err(|reason| ToCoordinator::BackupRefused {
-                        instance: part.instance,
-                        refusal: Refusal::NotItsBase,
-                        reason,
-                    });
-                (part.instance, cut)
-            })
-            .collect();
-        for answer in holdings.cut(cut) {
-            reply(&writer, &answer);
+        let cut = make(&held);
+        for answer in held.cut(cut) {
+            reply(&answers, &answer);
         }
     };
-    if let Err(e) = thread::Builder::new()
-        .name("spate-backup-reshape".into())
-        .spawn(cut_all)
-    {
-        tracing::warn!(%instance, "cannot cut a backup: {e}");
+    if let Err(e) = thread::Builder::new().name(name.into()).spawn(cut_all) {
+        tracing::warn!("cannot start {name}: {e}");
         let refused = ids
             .into_iter()
             .map(|id| {
@@ -539,7 +633,7 @@ pub(crate) fn stage(
     let (staged, writer) = (staged.clone(), writer.clone());
     spawn("spate-stage", move || {
         let mut reasons = Vec::new();
-        let mut frontier = None;
+        let (mut frontier, mut keys) = (None, 0);
         let mut logic = Some(logic);
         for holder in &holders {
             let fetched = fetch_range(holder, instance, range, None)
@@ -552,11 +646,16 @@ pub(crate) fn stage(
                     live.restore(&part.entries, part.key_range)?;
                     // Its bytes are in the live state now.
                     part.entries = Vec::new();
-                    Ok(StagedPart { part, live })
+                    Ok(StagedPart {
+                        part,
+                        live,
+                        holder: holder.worker,
+                    })
                 });
             match fetched {
                 Ok(part) => {
                     frontier = Some(part.part.frontier);
+                    keys = part.live.state_size().keys as usize;
                     staged.keep(instance, part);
                     break;
                 }
@@ -575,6 +674,7 @@ pub(crate) fn stage(
                 instance,
                 range,
                 frontier,
+                keys,
                 reason: reasons.join("; "),
             },
         );
@@ -586,6 +686,8 @@ pub(crate) fn stage(
 pub(crate) struct StagedPart {
     part: Checkpoint,
     live: Box<dyn ProcessLogic>,
+    /// The holder it was fetched from.
+    holder: WorkerId,
 }
 
 /// The parts of backups this worker staged for live splits, by the
@@ -635,17 +737,97 @@ pub(crate) enum CaughtUp {
 }
 
 /// The state of a part of a live split ([`RestoreFrom::Staged`]): what was
-/// staged at `since`, caught up with the range's changes from the first of
-/// `holders` that gives them; when nothing was staged, or a holder no
-/// longer has the changes as deltas, the range's part whole. An error
-/// names the last holder tried.
+/// staged of `from`, caught up. An error names the last holder tried.
 pub(crate) fn catch_up(
     staged: &Staging,
-    parent: InstanceId,
-    range: KeyRange,
-    since: Stamp,
-    holders: &[BackupHolder],
+    from: &StagedSource,
 ) -> Result<CaughtUp, (WorkerId, EngineError)> {
+    Ok(match caught_up(staged, from)? {
+        Caught::Live(part, live) => CaughtUp::Live(part, live.take_state()),
+        Caught::Whole(part) => CaughtUp::Whole(part),
+    })
+}
+
+/// The state of a live merge ([`RestoreFrom::StagedMerge`]): each
+/// partition's staged part caught up (both at once), then made one: the keyed state of
+/// one absorbed into the other's, the checkpoints (frontier, output
+/// buffers interleaved into stamp order) merged as a whole-checkpoint
+/// merge merges them. An error names the last holder tried.
+pub(crate) fn catch_up_merge(
+    staged: &Staging,
+    lower: &StagedSource,
+    upper: &StagedSource,
+) -> Result<CaughtUp, (WorkerId, EngineError)> {
+    // The two partitions catch up at once, from their own holders.
+    let started = std::time::Instant::now();
+    let (low, high) = thread::scope(|scope| {
+        let high = scope.spawn(|| caught_up(staged, upper));
+        let low = caught_up(staged, lower);
+        let high = high.join().unwrap_or_else(|_| {
+            Err((
+                WorkerId(0),
+                EngineError::Protocol("a catch-up panicked".into()),
+            ))
+        });
+        (low, high)
+    });
+    let (low, high) = (low?, high?);
+    let caught_up_ms = started.elapsed().as_millis();
+    let whole = [&low, &high].map(|c| matches!(c, Caught::Whole(_)));
+    let merged = match (low, high) {
+        (Caught::Whole(low), Caught::Whole(high)) => low.merge(high).map(CaughtUp::Whole),
+        (Caught::Live(low, mut live), Caught::Live(high, other)) => live
+            .absorb_state(other.take_state())
+            .and_then(|()| low.merge(high))
+            .map(|merged| CaughtUp::Live(merged, live.take_state())),
+        (Caught::Live(part, live), Caught::Whole(whole))
+        | (Caught::Whole(whole), Caught::Live(part, live)) => join_whole(part, live, whole),
+    };
+    tracing::info!(
+        lower = %lower.parent,
+        upper = %upper.parent,
+        ?whole,
+        "live merge caught up in {caught_up_ms} ms, made one after {} ms",
+        started.elapsed().as_millis()
+    );
+    merged.map_err(|e| (WorkerId(0), e))
+}
+
+/// A live merge's caught-up partitions when one came whole (its holder
+/// had folded the deltas away): its entries join the other's live state as
+/// changes (so the live keys' loads halve once more than a restore's).
+fn join_whole(
+    part: Checkpoint,
+    mut live: Box<dyn ProcessLogic>,
+    mut whole: Checkpoint,
+) -> Result<CaughtUp, EngineError> {
+    let entries = std::mem::take(&mut whole.entries);
+    live.apply_changes(&entries, whole.key_range)?;
+    let merged = if whole.key_range.start < part.key_range.start {
+        whole.merge(part)
+    } else {
+        part.merge(whole)
+    }?;
+    Ok(CaughtUp::Live(merged, live.take_state()))
+}
+
+/// A staged part caught up: live, or whole.
+enum Caught {
+    Live(Checkpoint, Box<dyn ProcessLogic>),
+    Whole(Checkpoint),
+}
+
+/// What was staged of `from` at its `since`, caught up with the range's
+/// changes from the first of its holders that gives them; when nothing was
+/// staged, or a holder no longer has the changes as deltas, the range's
+/// part whole. An error names the last holder tried.
+fn caught_up(staged: &Staging, from: &StagedSource) -> Result<Caught, (WorkerId, EngineError)> {
+    let StagedSource {
+        parent,
+        range,
+        since,
+        ref holders,
+    } = *from;
     let mut part = staged
         .take(parent, range)
         .filter(|p| p.part.frontier == since);
@@ -653,6 +835,13 @@ pub(crate) fn catch_up(
         WorkerId(0),
         EngineError::Checkpoint(format!("no holder of instance {parent} named")),
     ));
+    // The holder it was staged from first: it has the changes since as
+    // deltas, where a copy that began later (a replica) could only send
+    // the range whole.
+    let mut holders: Vec<&BackupHolder> = holders.iter().collect();
+    if let Some(first) = part.as_ref().map(|p| p.holder) {
+        holders.sort_by_key(|h| h.worker != first);
+    }
     for holder in holders {
         let asked = part.as_ref().map(|p| p.part.frontier);
         let caught_up =
@@ -661,7 +850,7 @@ pub(crate) fn catch_up(
                     (Some(since), Some(staged)) => apply(staged, &bytes, since, range),
                     (_, staged) => {
                         part = staged;
-                        Checkpoint::decode_owned(bytes).map(CaughtUp::Whole)
+                        Checkpoint::decode_owned(bytes).map(Caught::Whole)
                     }
                 }
             });
@@ -679,15 +868,17 @@ fn apply(
     run: &[u8],
     since: Stamp,
     range: KeyRange,
-) -> Result<CaughtUp, EngineError> {
-    let StagedPart { mut part, mut live } = staged;
+) -> Result<Caught, EngineError> {
+    let StagedPart {
+        mut part, mut live, ..
+    } = staged;
     for delta in Checkpoint::decode_run(run, since)? {
         live.apply_changes(&delta.entries, range)?;
         part.frontier = delta.frontier;
         part.output_buffer = std::mem::take(&mut part.output_buffer).then(delta.output_buffer);
         part.operator_state = delta.operator_state;
     }
-    Ok(CaughtUp::Live(part, live.take_state()))
+    Ok(Caught::Live(part, live))
 }
 
 fn spawn(name: &str, work: impl FnOnce() + Send + 'static) {

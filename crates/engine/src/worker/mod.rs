@@ -240,6 +240,19 @@ impl ControlLoop<'_> {
                 frontier,
                 parts,
             } => backup::reshape(&self.holdings, &self.writer, instance, frontier, parts),
+            ToWorker::MergeBackups {
+                upper,
+                frontier,
+                merged,
+                upper_holders,
+            } => backup::merge_backups(
+                &self.holdings,
+                &self.writer,
+                upper,
+                frontier,
+                merged,
+                upper_holders,
+            ),
             ToWorker::CheckpointNow => self.inboxes.broadcast(|| ControlEvent::CheckpointNow),
             ToWorker::CheckpointFull { instance } => {
                 self.inboxes.control(instance, ControlEvent::CheckpointFull)
@@ -458,13 +471,11 @@ fn fetch_states(
                     RestoreFrom::Holder(holder) => backup::fetch_from(&holder, id)
                         .map(|bytes| State::Encoded(Some(bytes)))
                         .map_err(|e| (holder.worker, e)),
-                    RestoreFrom::Staged {
-                        parent,
-                        range,
-                        since,
-                        holders,
-                    } => {
-                        backup::catch_up(staging, parent, range, since, &holders).map(State::Staged)
+                    RestoreFrom::Staged(from) => {
+                        backup::catch_up(staging, &from).map(State::Staged)
+                    }
+                    RestoreFrom::StagedMerge { lower, upper } => {
+                        backup::catch_up_merge(staging, &lower, &upper).map(State::Staged)
                     }
                 });
                 (id, fetch)
