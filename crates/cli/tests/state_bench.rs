@@ -100,6 +100,35 @@ fn the_state_bench_reports_a_split_a_merge_and_a_recovery() {
     assert!(windows.lines().count() > 5);
 }
 
+#[test]
+fn with_a_standby_the_killed_store_recovers_from_it() {
+    let out = scratch("state-bench-standby");
+    let mut command = spate();
+    command
+        .args(["bench", "state", "--state-mb", "2", "--value-bytes", "100"])
+        .args(["--rate", "500", "--checkpoint-ms", "300"])
+        .args(["--settle-secs", "1", "--standby-mb", "1"])
+        .arg("--out")
+        .arg(&out);
+    let output = run_with_timeout(command, Duration::from_secs(240));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        common::stderr(&output)
+    );
+    assert!(
+        stdout.contains("recovery, from a standby"),
+        "no standby recovery in the table:\n{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("state-bench.json")).unwrap()).unwrap();
+    assert_eq!(report["standby_mb"], 1, "{report}");
+    let recovery = &report["recovery"];
+    assert!(recovery["caught_up_ms"].as_f64().is_some(), "{recovery}");
+    assert_latency(&recovery["latency"], "recovery");
+}
+
 /// Latency figures that measured something, in order.
 fn assert_latency(latency: &serde_json::Value, what: &str) {
     let n = |k: &str| latency[k].as_f64().unwrap_or(-1.0);

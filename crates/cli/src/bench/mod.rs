@@ -496,12 +496,14 @@ impl Driver {
                 operator: STORE.into(),
             },
         )?;
-        let standbys = self.read(|v| count_events(v, EventKind::Standby));
+        let merged_at = self.read(|v| last_event_ms(v, EventKind::ScaleIn));
         self.settle(job, "after the merge")?;
         if self.standby {
+            // The job drops a standby staged for what the merge replaced:
+            // one staged since is the merged store's.
             self.stage = "staging a standby".into();
             self.wait_for(job, step_limit, "the merged store's standby", |v| {
-                count_events(v, EventKind::Standby) > standbys
+                last_event_ms(v, EventKind::Standby) >= merged_at
             })?;
         }
         let recoveries = self.read(|v| v.recoveries.len());
@@ -702,6 +704,15 @@ fn scale_refusals(view: &ClusterView) -> Vec<String> {
 
 fn count_events(view: &ClusterView, kind: EventKind) -> usize {
     view.events.iter().filter(|e| e.kind == kind).count()
+}
+
+/// When the latest event of `kind` happened (none: `None`, before any).
+fn last_event_ms(view: &ClusterView, kind: EventKind) -> Option<u64> {
+    view.events
+        .iter()
+        .rev()
+        .find(|e| e.kind == kind)
+        .map(|e| e.at_ms)
 }
 
 /// The last few events, for an error message.

@@ -126,6 +126,15 @@ impl Job<'_> {
         if standby.worker != worker || standby.range != range || standby.staged_at.is_some() {
             return false;
         }
+        let standby = standby.clone();
+        if !self.standby_fits(instance, &standby) {
+            // Staged for what a reconfiguration replaced since.
+            self.drop_standby(instance);
+            return true;
+        }
+        let Some(standby) = self.standbys.get_mut(&instance) else {
+            return false;
+        };
         match frontier {
             Some(at) => {
                 standby.staged_at = Some(at);
