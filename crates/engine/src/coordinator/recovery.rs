@@ -129,7 +129,7 @@ impl Job<'_> {
             .collect();
         let sources = self.restore_sources(&from_backups)?;
         tracing::debug!(elapsed_ms = self.elapsed_ms(), "recovery: sources chosen");
-        // 3. Restore on replacement workers, one per failed worker.
+        // 3. Restore on the standbys and the replacement workers.
         let mut restores = self.plan_restores(sources, &targets)?;
         for (id, (worker, from)) in standbys {
             if let Some((node, placed)) = self.plan.instance(id).map(|(n, p)| (n, p.clone())) {
