@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use common::{run_with_timeout, scratch, spate};
 
-#[test]
-fn the_state_bench_reports_a_split_a_merge_and_a_recovery() {
-    let out = scratch("state-bench");
+/// Runs the bench on a tiny store (2 MB of 100-byte values, 500 puts/s,
+/// checkpoints every 300 ms, 1 s to settle) with `extra` flags into the
+/// scratch directory `name`; returns what it printed and its JSON report.
+fn bench(name: &str, extra: &[&str]) -> (String, std::path::PathBuf, serde_json::Value) {
+    let out = scratch(name);
     let mut command = spate();
     command
         .args(["bench", "state", "--state-mb", "2", "--value-bytes", "100"])
@@ -24,15 +26,24 @@ fn the_state_bench_reports_a_split_a_merge_and_a_recovery() {
             "--settle-secs",
             "1",
         ])
+        .args(extra)
         .arg("--out")
         .arg(&out);
     let output = run_with_timeout(command, Duration::from_secs(240));
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "{stdout}\n{}",
         common::stderr(&output)
     );
+    let report =
+        serde_json::from_slice(&std::fs::read(out.join("state-bench.json")).unwrap()).unwrap();
+    (stdout, out, report)
+}
+
+#[test]
+fn the_state_bench_reports_a_split_a_merge_and_a_recovery() {
+    let (stdout, out, report) = bench("state-bench", &[]);
     for line in [
         "split",
         "merge",
@@ -41,8 +52,6 @@ fn the_state_bench_reports_a_split_a_merge_and_a_recovery() {
     ] {
         assert!(stdout.contains(line), "no `{line}` in the table:\n{stdout}");
     }
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("state-bench.json")).unwrap()).unwrap();
     let n = |v: &serde_json::Value| v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"));
     let keys = n(&report["keys"]);
     // 100-byte values: 1 byte of length, keys below 65,536: 3 bytes each.
@@ -102,27 +111,11 @@ fn the_state_bench_reports_a_split_a_merge_and_a_recovery() {
 
 #[test]
 fn with_a_standby_the_killed_store_recovers_from_it() {
-    let out = scratch("state-bench-standby");
-    let mut command = spate();
-    command
-        .args(["bench", "state", "--state-mb", "2", "--value-bytes", "100"])
-        .args(["--rate", "500", "--checkpoint-ms", "300"])
-        .args(["--settle-secs", "1", "--standby-mb", "1"])
-        .arg("--out")
-        .arg(&out);
-    let output = run_with_timeout(command, Duration::from_secs(240));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        common::stderr(&output)
-    );
+    let (stdout, _, report) = bench("state-bench-standby", &["--standby-mb", "1"]);
     assert!(
         stdout.contains("recovery, from a standby"),
         "no standby recovery in the table:\n{stdout}"
     );
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("state-bench.json")).unwrap()).unwrap();
     assert_eq!(report["standby_mb"], 1, "{report}");
     let recovery = &report["recovery"];
     assert!(recovery["caught_up_ms"].as_f64().is_some(), "{recovery}");
