@@ -514,6 +514,10 @@ pub(crate) trait ProcessLogic: Send {
     fn absorb_state(&mut self, state: Box<dyn Any + Send>) -> Result<(), EngineError> {
         self.adopt_state(state)
     }
+    /// Makes room for `additional` more keys in the processing state ahead
+    /// of when they come: a live merge's staged lower partition, before
+    /// the stop absorbs the other's ([`ProcessLogic::absorb_state`]).
+    fn reserve_keys(&mut self, _additional: usize) {}
 }
 
 fn decode<T: Data>(payload: &[u8]) -> Result<T, OperatorError> {
@@ -629,6 +633,10 @@ impl<O: StatefulOperator> ProcessLogic for StatefulNode<O> {
     fn absorb_state(&mut self, state: Box<dyn Any + Send>) -> Result<(), EngineError> {
         self.state.absorb(keyed_state::<O>(state)?);
         Ok(())
+    }
+
+    fn reserve_keys(&mut self, additional: usize) {
+        self.state.reserve(additional);
     }
 }
 

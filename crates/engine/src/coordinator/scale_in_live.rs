@@ -38,7 +38,25 @@ impl Job<'_> {
             return Ok(None);
         }
         let worker = pair[0].worker;
-        let asks: Vec<_> = pair.iter().map(|p| (worker, p.id, p.key_range)).collect();
+        // The larger partition (by its latest metrics) gets room for the
+        // smaller's keys, which the stop moves into it.
+        let keys: Vec<u64> = pair
+            .iter()
+            .map(|p| {
+                self.autoscaler
+                    .rates(p.id)
+                    .map_or(0, |r| r.sample.state_keys)
+            })
+            .collect();
+        let larger = usize::from(keys[1] > keys[0]);
+        let asks: Vec<_> = pair
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let room = if i == larger { keys[1 - larger] } else { 0 };
+                (worker, p.id, p.key_range, room)
+            })
+            .collect();
         let (staged_at, failed) = self.stage_ranges(&asks, "a live merge's staging")?;
         let staged: Vec<(Stamp, usize)> = pair
             .iter()

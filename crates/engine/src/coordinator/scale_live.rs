@@ -155,13 +155,13 @@ impl Job<'_> {
         &mut self,
         cut: Vec<(Splitting, Vec<(KeyRange, usize)>)>,
     ) -> Result<(Vec<StagedSplit>, Vec<Splitting>), EngineError> {
-        let asks: Vec<(WorkerId, InstanceId, KeyRange)> = cut
+        let asks: Vec<(WorkerId, InstanceId, KeyRange, u64)> = cut
             .iter()
             .flat_map(|(s, parts)| {
                 parts
                     .iter()
                     .enumerate()
-                    .map(|(i, (range, _))| (part_worker(s, i), s.placed.id, *range))
+                    .map(|(i, (range, _))| (part_worker(s, i), s.placed.id, *range, 0))
             })
             .collect();
         let (staged_at, failed) = self.stage_ranges(&asks, "a live split's staging")?;
@@ -184,19 +184,20 @@ impl Job<'_> {
         Ok((staged, classic))
     }
 
-    /// Has each worker of `asks` (worker, instance, range) stage that range
-    /// of the instance's backup from the instance's live holders, while it
-    /// runs (`what`: the rescaling, for the log). Returns the frontier each
+    /// Has each worker of `asks` (worker, instance, range, room) stage that
+    /// range of the instance's backup from the instance's live holders,
+    /// while it runs, with room for as many more keys (`what`: the
+    /// rescaling, for the log). Returns the frontier each
     /// range was staged at with its keys, and the instances one of whose
     /// ranges was not.
     pub(super) fn stage_ranges(
         &mut self,
-        asks: &[(WorkerId, InstanceId, KeyRange)],
+        asks: &[(WorkerId, InstanceId, KeyRange, u64)],
         what: &str,
     ) -> Result<(StagedRanges, HashSet<InstanceId>), EngineError> {
         let mut waiting: HashMap<(InstanceId, KeyRange), WorkerId> = HashMap::new();
         let mut failed: HashSet<InstanceId> = HashSet::new();
-        for &(worker, id, range) in asks {
+        for &(worker, id, range, room) in asks {
             let holders: Vec<BackupHolder> = self
                 .live_holders(id)
                 .into_iter()
@@ -206,6 +207,7 @@ impl Job<'_> {
                 instance: id,
                 range,
                 holders,
+                room,
             };
             match self.send(worker, &stage) {
                 Ok(()) => {

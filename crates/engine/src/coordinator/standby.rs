@@ -94,6 +94,7 @@ impl Job<'_> {
                 instance: id,
                 range,
                 holders,
+                room: 0,
             };
             if self.send(worker, &stage).is_ok() {
                 tracing::debug!(instance = %id, %worker, "staging a standby");

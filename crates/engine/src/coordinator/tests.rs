@@ -337,6 +337,7 @@ impl Cluster {
                 instance,
                 range,
                 holders,
+                ..
             } => {
                 let part = holders
                     .iter()

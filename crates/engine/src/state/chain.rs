@@ -383,7 +383,7 @@ mod tests {
         /// their own schedules, full or incremental), then one absorbed
         /// into the other, equals the state restored from the merge of the
         /// two partitions' folded backups at their common stop: values,
-        /// loads and sizes.
+        /// loads and sizes (with room made ahead in either, or neither).
         #[test]
         fn two_partitions_staged_caught_up_and_absorbed_equal_their_merged_backups(
             steps in prop::collection::vec(
@@ -396,6 +396,7 @@ mod tests {
             staged_after in prop::array::uniform2(0usize..14),
             cut in any::<u64>(),
             lower_keys in 0u64..200,
+            room_in in 0usize..3,
         ) {
             let ranges = ranges(vec![cut]);
             let mut states: Vec<KeyedState<u64, u64>> = ranges
@@ -466,8 +467,13 @@ mod tests {
                     }
                 })
                 .collect();
-            let [mut merged, upper]: [KeyedState<u64, u64>; 2] =
+            let [mut merged, mut upper]: [KeyedState<u64, u64>; 2] =
                 caught_up.try_into().unwrap_or_else(|_| unreachable!());
+            match room_in {
+                1 => merged.reserve(upper.len()),
+                2 => upper.reserve(merged.len()),
+                _ => {}
+            }
             merged.absorb(upper);
             let folded: Vec<Checkpoint> = chains
                 .iter()

@@ -240,6 +240,12 @@ where
         Ok(())
     }
 
+    /// Makes room for `additional` more keys ahead of when they come, so
+    /// that taking them ([`KeyedState::absorb`]) does not grow the map then.
+    pub fn reserve(&mut self, additional: usize) {
+        self.map.reserve(additional);
+    }
+
     /// Takes every key of `other`, the caught-up state of the partition
     /// next to this one's range (a live merge): each key keeps its value,
     /// size and load as of its own state's epoch, so that the merged state
@@ -247,7 +253,16 @@ where
     /// ([`super::Checkpoint::merge`]). The smaller map moves into the
     /// larger: it costs time in proportion to the smaller's keys.
     pub fn absorb(&mut self, mut other: KeyedState<K, V>) {
-        if other.map.len() > self.map.len() {
+        let room = |s: &Self| s.map.capacity() - s.map.len();
+        // Into the one with room for the other's keys (made ahead:
+        // [`KeyedState::reserve`]), else the larger: growing the map here
+        // would rehash it.
+        let into_other = if room(self) >= other.map.len() {
+            false
+        } else {
+            room(&other) >= self.map.len() || other.map.len() > self.map.len()
+        };
+        if into_other {
             std::mem::swap(self, &mut other);
         }
         let (epoch, theirs) = (self.epoch, other.epoch);

@@ -336,6 +336,10 @@ pub enum ToWorker {
         range: KeyRange,
         /// Holders of the instance's backup, the newest copy first.
         holders: Vec<BackupHolder>,
+        /// Keys beyond the range's own to make room for: a live merge's
+        /// lower partition takes the other's keys at the stop, where
+        /// growing its map would rehash it.
+        room: u64,
     },
     /// Forget what was staged of `instance`: its split was called off.
     Unstage {

@@ -14,8 +14,9 @@ pub mod data;
 /// handshake names the receiver's incarnation; 7: holders give one key
 /// range of a backup, or its changes since a staged frontier; 8: live
 /// merges, `RestoreFrom::StagedMerge` and `ToWorker::MergeBackups`; 9: a
-/// checkpoint shipped to a holder follows its header raw).
-pub const PROTOCOL_VERSION: u16 = 9;
+/// checkpoint shipped to a holder follows its header raw; 10: staging
+/// makes room for a merge's other partition).
+pub const PROTOCOL_VERSION: u16 = 10;
 
 /// Upper bound on a data frame, so a corrupt length cannot make us allocate
 /// gigabytes.

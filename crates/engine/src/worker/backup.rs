@@ -621,12 +621,14 @@ fn store_cut(
 /// Carries out [`ToWorker::Stage`] on a thread of its own: fetches the
 /// range of `instance`'s backup from the first holder that gives it,
 /// restores it as live keyed state into a logic that `logic` makes (its
-/// operator's), keeps both in `staged` and answers the coordinator.
+/// operator's), with `room` for as many more keys, keeps both in `staged`
+/// and answers the coordinator.
 pub(crate) fn stage(
     staged: &Staging,
     writer: &ControlWriter,
     instance: InstanceId,
     range: KeyRange,
+    room: usize,
     holders: Vec<BackupHolder>,
     logic: impl FnOnce() -> Result<Box<dyn ProcessLogic>, EngineError> + Send + 'static,
 ) {
@@ -644,6 +646,7 @@ pub(crate) fn stage(
                     })?;
                     let mut live = make()?;
                     live.restore(&part.entries, part.key_range)?;
+                    live.reserve_keys(room);
                     // Its bytes are in the live state now.
                     part.entries = Vec::new();
                     Ok(StagedPart {

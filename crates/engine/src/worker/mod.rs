@@ -230,9 +230,12 @@ impl ControlLoop<'_> {
                 instance,
                 range,
                 holders,
+                room,
             } => {
                 let logic = self.logic_for(instance, range);
-                backup::stage(&self.staging, &self.writer, instance, range, holders, logic)
+                let room = usize::try_from(room).unwrap_or(usize::MAX);
+                let (staging, writer) = (&self.staging, &self.writer);
+                backup::stage(staging, writer, instance, range, room, holders, logic)
             }
             ToWorker::Unstage { instance } => self.staging.drop_instance(instance),
             ToWorker::ReshapeBackup {
