@@ -62,6 +62,18 @@ impl Restores {
         plan.reincarnate(id, worker, range);
         self.by_target.entry(worker).or_default().push((id, from));
     }
+
+    /// What the timeline says was restored where.
+    fn describe(&self) -> String {
+        let mut hosts: Vec<WorkerId> = self.by_target.keys().copied().collect();
+        hosts.sort_unstable();
+        let standbys = if self.from_standby.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} from a standby)", self.from_standby.join(", "))
+        };
+        format!("{} on workers {hosts:?}{standbys}", self.names.join(", "))
+    }
 }
 
 /// Failures this close together are recovered as one.
@@ -108,54 +120,13 @@ impl Job<'_> {
                 reason: format!("{reason}; fault tolerance is off (checkpoint interval 0)"),
             });
         }
-        // 2. Where each failed instance's state comes from, on which
-        // worker: its standby's, else a replacement for its failed worker.
-        let standbys = self.standbys_for(&failed);
-        let replaced: Vec<WorkerId> = workers
-            .iter()
-            .copied()
-            .filter(|w| {
-                failed.iter().any(|id| {
-                    !standbys.contains_key(id)
-                        && self.plan.instance(*id).is_some_and(|(_, p)| p.worker == *w)
-                })
-            })
-            .collect();
-        let targets = self.replacements(&replaced, &reason)?;
-        let from_backups: Vec<InstanceId> = failed
-            .iter()
-            .copied()
-            .filter(|id| !standbys.contains_key(id))
-            .collect();
-        let sources = self.restore_sources(&from_backups)?;
-        tracing::debug!(elapsed_ms = self.elapsed_ms(), "recovery: sources chosen");
-        // 3. Restore on the standbys and the replacement workers.
-        let mut restores = self.plan_restores(sources, &targets)?;
-        for (id, (worker, from)) in standbys {
-            if let Some((node, placed)) = self.plan.instance(id).map(|(n, p)| (n, p.clone())) {
-                let name = self.instance_name(node, placed.index);
-                restores.names.push(name.clone());
-                restores.from_standby.push(name);
-                restores.place(&mut self.plan, id, worker, placed.key_range, from);
-            }
-        }
-        tracing::debug!(elapsed_ms = self.elapsed_ms(), "recovery: restores planned");
-        let mut hosts: Vec<WorkerId> = restores.by_target.keys().copied().collect();
-        hosts.sort_unstable();
+        // 2-3. Where each failed instance's state comes from, and where it
+        // restores.
+        let restores = self.plan_recovery(&workers, &failed, &reason)?;
+        let restored = restores.describe();
         self.restore_on(restores.by_target, "a restore")?;
         let restored_ms = self.elapsed_ms();
-        self.record(
-            EventKind::Restored,
-            format!(
-                "{} on workers {hosts:?}{}",
-                restores.names.join(", "),
-                if restores.from_standby.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({} from a standby)", restores.from_standby.join(", "))
-                }
-            ),
-        );
+        self.record(EventKind::Restored, restored);
         // 4. Rewire upstreams and downstreams; replay follows.
         let new_instances: Vec<InstanceId> = restores.added.iter().map(|a| a.id).collect();
         self.broadcast(&ToWorker::PlanUpdate {
@@ -181,6 +152,46 @@ impl Job<'_> {
         self.awaiting_catch_up.extend(failed);
         self.awaiting_catch_up.extend(new_instances);
         Ok(())
+    }
+
+    /// Steps 2 and 3 of a recovery: where each failed instance's state
+    /// comes from, and on which worker it restores (its standby's, else a
+    /// replacement for its failed worker), with the plan updated to match.
+    fn plan_recovery(
+        &mut self,
+        workers: &[WorkerId],
+        failed: &[InstanceId],
+        reason: &str,
+    ) -> Result<Restores, EngineError> {
+        let standbys = self.standbys_for(failed);
+        let from_backups: Vec<InstanceId> = failed
+            .iter()
+            .copied()
+            .filter(|id| !standbys.contains_key(id))
+            .collect();
+        let replaced: Vec<WorkerId> = workers
+            .iter()
+            .copied()
+            .filter(|w| {
+                from_backups
+                    .iter()
+                    .any(|id| self.plan.instance(*id).is_some_and(|(_, p)| p.worker == *w))
+            })
+            .collect();
+        let targets = self.replacements(&replaced, reason)?;
+        let sources = self.restore_sources(&from_backups)?;
+        tracing::debug!(elapsed_ms = self.elapsed_ms(), "recovery: sources chosen");
+        let mut restores = self.plan_restores(sources, &targets)?;
+        for (id, (worker, from)) in standbys {
+            if let Some((node, placed)) = self.plan.instance(id).map(|(n, p)| (n, p.clone())) {
+                let name = self.instance_name(node, placed.index);
+                restores.names.push(name.clone());
+                restores.from_standby.push(name);
+                restores.place(&mut self.plan, id, worker, placed.key_range, from);
+            }
+        }
+        tracing::debug!(elapsed_ms = self.elapsed_ms(), "recovery: restores planned");
+        Ok(restores)
     }
 
     /// The failures queued and those that come with them: the failed
