@@ -339,32 +339,7 @@ impl Job<'_> {
             placed.push(p);
             reshaping.push(r);
         }
-        for (s, snapshot) in splitting.into_iter().zip(snapshots) {
-            let Some((frontier, bytes)) = snapshot else {
-                for w in s.targets.iter().rev() {
-                    self.pool.push_front(*w);
-                }
-                self.record(
-                    EventKind::Refused,
-                    format!(
-                        "scale {}: instance {} failed before it could be split",
-                        s.operator, s.placed.id
-                    ),
-                );
-                continue;
-            };
-            // 2. Choose the cuts and partition the checkpoint there.
-            let (ranges, keys, encoded) = partition_checkpoint(&bytes, s.targets.len() + 1)?;
-            let parts = ranges.iter().copied().zip(encoded).collect();
-            let new_ids = self.place_parts(&s, frontier, parts, &mut by_target, &mut added);
-            placed.push(Placed {
-                splitting: s,
-                ranges,
-                keys,
-                new_ids,
-                staged: false,
-            });
-        }
+        placed.extend(self.place_whole(splitting, snapshots, &mut by_target, &mut added)?);
         if placed.is_empty() {
             return Ok(());
         }
@@ -392,7 +367,8 @@ impl Job<'_> {
             };
             self.record_placed(p, decided_ms, timing);
         }
-        // 5. No other reconfiguration before the parts are backed up.
+        // No other reconfiguration before a live split's parts are backed
+        // up.
         self.await_part_backups(&reshaping)?;
         // 5. Refill the pool (in the background: new workers join later).
         if self.config.pool > 0 {
@@ -403,6 +379,47 @@ impl Job<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Steps 2 and 3 of the whole-checkpoint splits: each instance's
+    /// checkpoint cut by load and partitioned, and its parts placed
+    /// (an instance that failed before its checkpoint is not split, and
+    /// gives its pool workers back).
+    fn place_whole(
+        &mut self,
+        splitting: Vec<Splitting>,
+        snapshots: Vec<Option<SplitFrom>>,
+        by_target: &mut RestoresByTarget,
+        added: &mut Vec<AddedInstance>,
+    ) -> Result<Vec<Placed>, EngineError> {
+        let mut placed = Vec::with_capacity(splitting.len());
+        for (s, snapshot) in splitting.into_iter().zip(snapshots) {
+            let Some((frontier, bytes)) = snapshot else {
+                for w in s.targets.iter().rev() {
+                    self.pool.push_front(*w);
+                }
+                self.record(
+                    EventKind::Refused,
+                    format!(
+                        "scale {}: instance {} failed before it could be split",
+                        s.operator, s.placed.id
+                    ),
+                );
+                continue;
+            };
+            // 2. Choose the cuts and partition the checkpoint there.
+            let (ranges, keys, encoded) = partition_checkpoint(&bytes, s.targets.len() + 1)?;
+            let parts = ranges.iter().copied().zip(encoded).collect();
+            let new_ids = self.place_parts(&s, frontier, parts, by_target, added);
+            placed.push(Placed {
+                splitting: s,
+                ranges,
+                keys,
+                new_ids,
+                staged: false,
+            });
+        }
+        Ok(placed)
     }
 
     /// Checks a split and reserves its pool workers; `None` (with an
