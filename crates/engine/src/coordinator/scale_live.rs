@@ -79,6 +79,15 @@ impl Job<'_> {
             .collect()
     }
 
+    /// The same, with the addresses a worker fetches from
+    /// ([`Job::holder_at`]).
+    pub(super) fn named_live_holders(&self, id: InstanceId) -> Vec<BackupHolder> {
+        self.live_holders(id)
+            .into_iter()
+            .map(|w| self.holder_at(w))
+            .collect()
+    }
+
     /// Step 1, no pause: for each backed-up instance with a live holder,
     /// asks the holder where to cut its backup, then has each part's
     /// worker stage its range from the holders. Returns the staged splits
@@ -198,11 +207,7 @@ impl Job<'_> {
         let mut waiting: HashMap<(InstanceId, KeyRange), WorkerId> = HashMap::new();
         let mut failed: HashSet<InstanceId> = HashSet::new();
         for &(worker, id, range, room) in asks {
-            let holders: Vec<BackupHolder> = self
-                .live_holders(id)
-                .into_iter()
-                .map(|w| self.holder_at(w))
-                .collect();
+            let holders = self.named_live_holders(id);
             let stage = ToWorker::Stage {
                 instance: id,
                 range,

@@ -82,11 +82,7 @@ impl Job<'_> {
             else {
                 return;
             };
-            let holders: Vec<_> = self
-                .live_holders(id)
-                .into_iter()
-                .map(|h| self.holder_at(h))
-                .collect();
+            let holders = self.named_live_holders(id);
             if holders.is_empty() {
                 continue;
             }
@@ -121,24 +117,22 @@ impl Job<'_> {
         range: KeyRange,
         frontier: Option<Stamp>,
     ) -> bool {
-        let Some(standby) = self.standbys.get_mut(&instance) else {
+        let Some(standby) = self.standbys.get(&instance) else {
             return false;
         };
         if standby.worker != worker || standby.range != range || standby.staged_at.is_some() {
             return false;
         }
-        let standby = standby.clone();
-        if !self.standby_fits(instance, &standby) {
+        if !self.standby_fits(instance, standby) {
             // Staged for what a reconfiguration replaced since.
             self.drop_standby(instance);
             return true;
         }
-        let Some(standby) = self.standbys.get_mut(&instance) else {
-            return false;
-        };
         match frontier {
             Some(at) => {
-                standby.staged_at = Some(at);
+                if let Some(standby) = self.standbys.get_mut(&instance) {
+                    standby.staged_at = Some(at);
+                }
                 self.record(
                     EventKind::Standby,
                     format!(
@@ -167,11 +161,7 @@ impl Job<'_> {
             return None;
         }
         self.pool.retain(|w| *w != standby.worker);
-        let holders = self
-            .live_holders(id)
-            .into_iter()
-            .map(|h| self.holder_at(h))
-            .collect();
+        let holders = self.named_live_holders(id);
         Some((
             standby.worker,
             RestoreFrom::Staged(StagedSource {
