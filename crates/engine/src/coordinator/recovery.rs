@@ -76,8 +76,13 @@ impl Restores {
     }
 }
 
-/// Failures this close together are recovered as one.
+/// Failures this close together are recovered as one: gathering ends
+/// once no other came for [`GATHER_QUIET`], or after this at most.
 const GATHER_FAILURES: Duration = Duration::from_millis(30);
+
+/// A failure gathered waits this long for another before its recovery
+/// starts (the processes of one machine end within a few milliseconds).
+const GATHER_QUIET: Duration = Duration::from_millis(5);
 
 /// How long a host where a worker failed stays a last choice for
 /// replacements.
@@ -198,9 +203,17 @@ impl Job<'_> {
     /// workers, the first one's reason and when it was detected (none
     /// queued: `None`). Records the failure.
     fn gather_failures(&mut self) -> Result<Option<(Vec<WorkerId>, String, u64)>, EngineError> {
-        let gather_until = Instant::now() + GATHER_FAILURES;
-        while let Some(event) = self.links.next_event(gather_until)? {
+        let started = Instant::now();
+        let mut quiet_until = started + GATHER_QUIET;
+        while let Some(event) = self
+            .links
+            .next_event(quiet_until.min(started + GATHER_FAILURES))?
+        {
+            let failures = self.failing.len();
             self.absorb(event)?;
+            if self.failing.len() > failures {
+                quiet_until = Instant::now() + GATHER_QUIET;
+            }
         }
         let failing = std::mem::take(&mut self.failing);
         let Some(first) = failing.first() else {

@@ -17,9 +17,16 @@
 //!   frontier, which a holder cuts from the backup, into the copy; when
 //!   the copy is gone or the holders folded those changes away, it
 //!   restores the range whole. A standby so changes how fast an instance
-//!   restores, never what it restores.
+//!   restores, never what it restores;
+//! - a staged standby catches up with its instance's backup every
+//!   [`STANDBY_REFRESH`] (the same `ToWorker::Stage`, which a worker that
+//!   staged the range before answers by folding in the changes since, in
+//!   place), so that a recovery folds in at most about that much; the
+//!   holder keeps those changes as deltas through its compactions (its
+//!   chain is pinned where the standby last caught up).
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use crate::api::NodeKind;
 use crate::ids::{Incarnation, InstanceId, WorkerId};
@@ -30,6 +37,9 @@ use crate::wire::control::{RestoreFrom, StagedSource, ToWorker};
 use super::events::EventKind;
 use super::Job;
 
+/// How often a staged standby catches up with its instance's backup.
+const STANDBY_REFRESH: Duration = Duration::from_secs(1);
+
 /// A copy of an instance's state kept on a pool worker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Standby {
@@ -38,6 +48,10 @@ pub(super) struct Standby {
     range: KeyRange,
     /// The frontier staged; `None` while staging.
     staged_at: Option<Stamp>,
+    /// Whether it is catching up, asked when it was last staged or caught up.
+    refreshing: bool,
+    /// When it was last staged or caught up.
+    updated: Instant,
 }
 
 /// Each instance's standby, if it has one.
@@ -60,6 +74,7 @@ impl Job<'_> {
         for id in stale {
             self.drop_standby(id);
         }
+        self.refresh_standbys();
         let large: Vec<(InstanceId, Incarnation, KeyRange)> = self
             .plan
             .nodes
@@ -101,15 +116,47 @@ impl Job<'_> {
                         incarnation,
                         range,
                         staged_at: None,
+                        refreshing: false,
+                        updated: Instant::now(),
                     },
                 );
             }
         }
     }
 
+    /// Asks each staged standby last brought up to date
+    /// [`STANDBY_REFRESH`] ago or more to catch up.
+    fn refresh_standbys(&mut self) {
+        let due: Vec<InstanceId> = self
+            .standbys
+            .iter()
+            .filter(|(_, s)| {
+                s.staged_at.is_some() && !s.refreshing && s.updated.elapsed() >= STANDBY_REFRESH
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let holders = self.named_live_holders(id);
+            let Some(&Standby { worker, range, .. }) = self.standbys.get(&id) else {
+                continue;
+            };
+            let stage = ToWorker::Stage {
+                instance: id,
+                range,
+                holders,
+                room: 0,
+            };
+            if self.send(worker, &stage).is_ok() {
+                if let Some(standby) = self.standbys.get_mut(&id) {
+                    standby.refreshing = true;
+                }
+            }
+        }
+    }
+
     /// Takes a worker's word that it staged `range` of `instance` (at
-    /// `frontier`; `None`: it could not) for a standby; `false` when no
-    /// standby waited for it.
+    /// `frontier`; `None`: it could not) for a standby, or caught it up;
+    /// `false` when no standby waited for it.
     pub(super) fn standby_staged(
         &mut self,
         worker: WorkerId,
@@ -120,7 +167,8 @@ impl Job<'_> {
         let Some(standby) = self.standbys.get(&instance) else {
             return false;
         };
-        if standby.worker != worker || standby.range != range || standby.staged_at.is_some() {
+        let waited = standby.staged_at.is_none() || standby.refreshing;
+        if standby.worker != worker || standby.range != range || !waited {
             return false;
         }
         if !self.standby_fits(instance, standby) {
@@ -130,8 +178,16 @@ impl Job<'_> {
         }
         match frontier {
             Some(at) => {
-                if let Some(standby) = self.standbys.get_mut(&instance) {
-                    standby.staged_at = Some(at);
+                let Some(standby) = self.standbys.get_mut(&instance) else {
+                    return true;
+                };
+                let first = !standby.refreshing;
+                standby.staged_at = Some(at);
+                standby.refreshing = false;
+                standby.updated = Instant::now();
+                if !first {
+                    tracing::debug!(%instance, %worker, at = at.0, "standby caught up");
+                    return true;
                 }
                 self.record(
                     EventKind::Standby,
@@ -141,8 +197,9 @@ impl Job<'_> {
                     ),
                 );
             }
-            // Staging failed (no holder could give the range): another
-            // try comes with the next backup.
+            // Staging or catching up failed (no holder could give the
+            // range, or the changes since): another try comes with the
+            // next backup.
             None => {
                 self.standbys.remove(&instance);
             }

@@ -1073,6 +1073,41 @@ fn a_large_instance_recovers_on_its_standby_from_the_changes_since_staging() {
 }
 
 #[test]
+fn a_standby_catches_up_every_so_often_and_recovers_from_there() {
+    let mut config = config(2);
+    config.standby_min_bytes = Some(1);
+    let stages =
+        |c: &Cluster, id: InstanceId| standbys_staged(c).iter().filter(|(i, _)| *i == id).count();
+    let (result, cluster, _) = scenario(config, |c| {
+        c.checkpointed(Stamp(10));
+        assert!(c.run_until(Duration::from_secs(5), |c| !standbys_staged(c).is_empty()));
+        let (instance, _) = standbys_staged(c)[0];
+        // Not asked again before a second has passed since it staged.
+        c.checkpointed(Stamp(20));
+        assert_eq!(stages(c, instance), 1);
+        c.settle(Duration::from_millis(1_100));
+        c.checkpointed(Stamp(30));
+        assert!(c.run_until(Duration::from_secs(5), |c| stages(c, instance) == 2));
+        c.settle(Duration::from_millis(50));
+        c.crash_host_of(instance);
+    });
+    result.expect("finishes");
+    let (instance, standby) = standbys_staged(&cluster)[0];
+    // The standby was asked to catch up on the same worker, and the
+    // recovery folds in only the changes since it did (stamp 30).
+    let asked: Vec<WorkerId> = standbys_staged(&cluster)
+        .iter()
+        .filter(|(i, _)| *i == instance)
+        .map(|(_, w)| *w)
+        .take(2)
+        .collect();
+    assert_eq!(asked, [standby, standby]);
+    assert!(cluster.log.iter().any(|(w, m)| *w == standby
+        && matches!(m, ToWorker::Restore { instances, .. } if instances.iter().any(|(id, from)| *id == instance
+            && matches!(from, RestoreFrom::Staged(s) if s.since == Stamp(30))))));
+}
+
+#[test]
 fn no_standby_is_kept_unless_asked_for() {
     let (result, cluster, _) = scenario(config(2), |c| {
         c.checkpointed(Stamp(10));

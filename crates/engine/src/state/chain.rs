@@ -10,7 +10,12 @@
 //!   instance that was split or merged starts a new chain);
 //! - once the deltas weigh more than half the full checkpoint, they are
 //!   folded into it (compaction), so a chain never holds more than about
-//!   one and a half times its state, and a restore never folds more.
+//!   one and a half times its state, and a restore never folds more;
+//! - compaction keeps the deltas after the pinned frontier (where a worker
+//!   last staged or caught up a range of the backup), as long as they
+//!   weigh at most half the full checkpoint: that worker's next catch-up
+//!   then gets deltas, not the range whole. A pin no longer moved is
+//!   folded away with the rest at the next compaction.
 
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -40,6 +45,8 @@ pub struct BackupChain {
     parts: Vec<Arc<Vec<u8>>>,
     frontier: Stamp,
     delta_bytes: usize,
+    /// The frontier a worker last staged a range at ([`BackupChain::pin`]).
+    pinned: Option<Stamp>,
 }
 
 /// Why a checkpoint could not join a chain.
@@ -78,6 +85,7 @@ impl BackupChain {
                 parts: vec![Arc::new(bytes)],
                 frontier,
                 delta_bytes: 0,
+                pinned: None,
             }),
             CheckpointKind::Chain => {
                 let parts: Vec<Arc<Vec<u8>>> = chain_parts(&bytes)?
@@ -89,6 +97,7 @@ impl BackupChain {
                     parts,
                     frontier,
                     delta_bytes,
+                    pinned: None,
                 })
             }
             CheckpointKind::Delta { base } => Err(ChainError::Gap {
@@ -228,12 +237,41 @@ impl BackupChain {
         Ok((whole.frontier, ranges.iter().copied().zip(keys).collect()))
     }
 
-    /// Folds the deltas into one full checkpoint.
+    /// Keeps the deltas after the chain's latest frontier through
+    /// compactions: a worker staged or caught up a range here, and comes
+    /// back for the changes since (a warm standby, a live split's part).
+    pub fn pin(&mut self) {
+        self.pinned = Some(self.frontier);
+    }
+
+    /// Folds the deltas into one full checkpoint, but those after the pin
+    /// while they weigh at most half of it.
     fn compact(&mut self) -> Result<(), EngineError> {
+        let fold = self.folded_parts()?;
+        let kept = self.parts.split_off(fold);
         let full = Checkpoint::decode(&self.encode())?.encode()?;
-        self.parts = vec![Arc::new(full)];
-        self.delta_bytes = 0;
+        self.delta_bytes = kept.iter().map(|part| part.len()).sum();
+        self.parts = std::iter::once(Arc::new(full)).chain(kept).collect();
         Ok(())
+    }
+
+    /// How many parts, from the first, a compaction folds.
+    fn folded_parts(&self) -> Result<usize, EngineError> {
+        let all = self.parts.len();
+        let Some(pin) = self.pinned else {
+            return Ok(all);
+        };
+        for (at, part) in self.parts.iter().enumerate().skip(1) {
+            if Checkpoint::frontier(part)? == pin {
+                let after: usize = self.parts[at + 1..].iter().map(|p| p.len()).sum();
+                return Ok(if after <= self.parts[0].len() / 2 {
+                    at + 1
+                } else {
+                    all
+                });
+            }
+        }
+        Ok(all)
     }
 }
 
@@ -340,7 +378,7 @@ mod tests {
             let mut staged = None;
             for (i, (keys, full)) in steps.into_iter().enumerate() {
                 if i == staged_after {
-                    staged = Some(stage(&chain, &ranges));
+                    staged = Some(stage(&mut chain, &ranges));
                 }
                 let frontier = i as u64 + 2;
                 for k in keys {
@@ -349,7 +387,7 @@ mod tests {
                 let base = (!full).then(|| chain.frontier().0);
                 chain.push(Stamp(frontier), snapshot(&mut state, frontier, base)).unwrap();
             }
-            let staged = staged.unwrap_or_else(|| stage(&chain, &ranges));
+            let staged = staged.unwrap_or_else(|| stage(&mut chain, &ranges));
             let whole = Checkpoint::decode(&chain.encode()).unwrap();
             let expected = whole.partition(&ranges).unwrap();
             for ((range, (at, part)), expected) in ranges.iter().zip(staged).zip(expected) {
@@ -425,7 +463,7 @@ mod tests {
             for (i, (keys, checkpoints)) in steps.into_iter().enumerate() {
                 for p in 0..2 {
                     if i == staged_after[p].min(last) {
-                        staged[p] = Some(stage(&chains[p], &ranges[p..=p]).remove(0));
+                        staged[p] = Some(stage(&mut chains[p], &ranges[p..=p]).remove(0));
                     }
                 }
                 let frontier = i as u64 + 2;
@@ -490,8 +528,10 @@ mod tests {
         }
     }
 
-    /// Each range of `chain` as a worker stages it: its frontier and part.
-    fn stage(chain: &BackupChain, ranges: &[KeyRange]) -> Vec<(Stamp, Checkpoint)> {
+    /// Each range of `chain` as a worker stages it (pinning the chain, as
+    /// a holder does): its frontier and part.
+    fn stage(chain: &mut BackupChain, ranges: &[KeyRange]) -> Vec<(Stamp, Checkpoint)> {
+        chain.pin();
         ranges
             .iter()
             .map(|range| {
@@ -501,6 +541,49 @@ mod tests {
                 (part.frontier, part)
             })
             .collect()
+    }
+
+    /// A chain whose deltas since its pin stay small keeps them through
+    /// compactions (a standby catching up every so often always gets
+    /// deltas), and stays within one and a half times its full checkpoint.
+    #[test]
+    fn compaction_keeps_the_deltas_after_the_pin() {
+        let mut state: KeyedState<u64, u64> = KeyedState::default();
+        for k in 0..1_000 {
+            *state.get_or_default(k) = k;
+        }
+        let mut chain = BackupChain::new(Stamp(1), snapshot(&mut state, 1, None)).unwrap();
+        let mut staged = Checkpoint::decode(&chain.encode()).unwrap();
+        chain.pin();
+        for frontier in 2..60u64 {
+            for k in (frontier * 40..frontier * 40 + 40).map(|k| k % 1_000) {
+                *state.get_or_default(k) += frontier;
+            }
+            let base = chain.frontier().0;
+            chain
+                .push(Stamp(frontier), snapshot(&mut state, frontier, Some(base)))
+                .unwrap();
+            assert!(
+                chain.bytes()
+                    <= chain.parts[0].len() * 3 / 2
+                        + chain.parts[1..].last().map_or(0, |p| p.len())
+            );
+            if frontier % 3 == 0 {
+                // The standby catches up, and the holder pins where it is.
+                let (since, run) = chain
+                    .range_since(KeyRange::FULL, Some(staged.frontier))
+                    .unwrap();
+                assert_eq!(since, Some(staged.frontier), "deltas kept since the pin");
+                staged = staged.apply_run(&run).unwrap();
+                chain.pin();
+            }
+        }
+        let (since, run) = chain
+            .range_since(KeyRange::FULL, Some(staged.frontier))
+            .unwrap();
+        assert_eq!(since, Some(staged.frontier));
+        let staged = staged.apply_run(&run).unwrap();
+        assert_eq!(staged, Checkpoint::decode(&chain.encode()).unwrap());
     }
 
     #[test]

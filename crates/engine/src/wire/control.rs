@@ -327,8 +327,9 @@ pub enum ToWorker {
     /// Fetch the part of the backup of `instance` that `range` owns from
     /// one of `holders` (in order) and keep it decoded, ready for a
     /// restore from it ([`RestoreFrom::Staged`]): the bulk of a live
-    /// split, moved while the instance runs. Answered with
-    /// [`ToCoordinator::Staged`].
+    /// split, moved while the instance runs. A range this worker staged
+    /// before (a warm standby) is caught up in place instead, from the
+    /// holder it came from. Answered with [`ToCoordinator::Staged`].
     Stage {
         /// The instance being split.
         instance: InstanceId,

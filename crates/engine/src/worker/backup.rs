@@ -20,7 +20,6 @@
 //!   from a holder asks it for the whole backup on a backup connection of
 //!   its own, so that a recovery moves the state once.
 
-use std::any::Any;
 use std::collections::HashMap;
 use std::io::{BufReader, Write};
 use std::net::TcpStream;
@@ -167,14 +166,20 @@ impl Holdings {
 
     /// The part of the backup of `instance` that `range` owns, or its
     /// changes since `since` ([`BackupChain::range_since`]), cut once the
-    /// lock is released; `None`: none held.
+    /// lock is released; `None`: none held. The chain is pinned where the
+    /// fetcher will be, so that its next catch-up gets deltas.
     pub(crate) fn range_since(
         &self,
         instance: InstanceId,
         range: KeyRange,
         since: Option<Stamp>,
     ) -> Option<Result<RangeCut, EngineError>> {
-        let chain = self.lock().get(&instance).map(|(_, chain)| chain.clone())?;
+        let chain = {
+            let mut held = self.lock();
+            let (_, chain) = held.get_mut(&instance)?;
+            chain.pin();
+            chain.clone()
+        };
         Some(chain.range_since(range, since))
     }
 
@@ -622,7 +627,9 @@ fn store_cut(
 /// range of `instance`'s backup from the first holder that gives it,
 /// restores it as live keyed state into a logic that `logic` makes (its
 /// operator's), with `room` for as many more keys, keeps both in `staged`
-/// and answers the coordinator.
+/// and answers the coordinator. A range staged here before (a warm
+/// standby kept current) is caught up in place instead, when the holder
+/// it came from still has the changes since as deltas.
 pub(crate) fn stage(
     staged: &Staging,
     writer: &ControlWriter,
@@ -634,6 +641,24 @@ pub(crate) fn stage(
 ) {
     let (staged, writer) = (staged.clone(), writer.clone());
     spawn("spate-stage", move || {
+        if let Some(refreshed) = refresh(&staged, instance, range, &holders) {
+            let (frontier, keys, reason) = match refreshed {
+                Ok((frontier, keys)) => (Some(frontier), keys, String::new()),
+                Err(e) => {
+                    staged.drop_instance(instance);
+                    (None, 0, format!("could not catch up: {e}"))
+                }
+            };
+            let answer = ToCoordinator::Staged {
+                instance,
+                range,
+                frontier,
+                keys,
+                reason,
+            };
+            reply(&writer, &answer);
+            return;
+        }
         let mut reasons = Vec::new();
         let (mut frontier, mut keys) = (None, 0);
         let mut logic = Some(logic);
@@ -684,6 +709,33 @@ pub(crate) fn stage(
     });
 }
 
+/// Catches up the part of `instance` staged for `range`, in place, from
+/// the holder it came from: its new frontier and keys. `None` when none is
+/// staged; an error when that holder is not named or can no longer give
+/// the changes since as deltas (its caller drops the part: the
+/// coordinator stages it whole again).
+fn refresh(
+    staged: &Staging,
+    instance: InstanceId,
+    range: KeyRange,
+    holders: &[BackupHolder],
+) -> Option<Result<(Stamp, usize), EngineError>> {
+    let (since, from) = staged.peek(instance, range)?;
+    let Some(holder) = holders.iter().find(|h| h.worker == from) else {
+        let error = format!("worker {from}, which it was staged from, no longer holds its backup");
+        return Some(Err(EngineError::Protocol(error)));
+    };
+    let deltas = match fetch_range(holder, instance, range, Some(since)) {
+        Ok((Some(at), run)) if at == since => Checkpoint::decode_run(&run, since),
+        Ok(_) => Err(EngineError::Checkpoint(format!(
+            "its holder folded the changes since stamp {} away",
+            since.0
+        ))),
+        Err(e) => Err(e),
+    };
+    Some(deltas.and_then(|deltas| staged.fold(instance, range, since, deltas)))
+}
+
 /// A part of a backup staged for a live split: its checkpoint but the
 /// entries, which are restored as live keyed state in `live`.
 pub(crate) struct StagedPart {
@@ -704,6 +756,52 @@ impl Staging {
         let parts = staged.entry(instance).or_default();
         parts.retain(|p| p.part.key_range != part.part.key_range);
         parts.push(part);
+    }
+
+    /// The frontier of the part of `instance` staged for `range`, and the
+    /// holder it came from.
+    fn peek(&self, instance: InstanceId, range: KeyRange) -> Option<(Stamp, WorkerId)> {
+        let staged = self.lock();
+        let part = staged
+            .get(&instance)?
+            .iter()
+            .find(|p| p.part.key_range == range)?;
+        Some((part.part.frontier, part.holder))
+    }
+
+    /// Folds `deltas`, the changes on `since`, into the part of `instance`
+    /// staged for `range` if it is still at `since`: its new frontier and
+    /// keys. A part that failed halfway is dropped.
+    fn fold(
+        &self,
+        instance: InstanceId,
+        range: KeyRange,
+        since: Stamp,
+        deltas: Vec<Checkpoint>,
+    ) -> Result<(Stamp, usize), EngineError> {
+        let mut staged = self.lock();
+        let parts = staged.get_mut(&instance);
+        let Some(at) = parts.as_ref().and_then(|parts| {
+            parts
+                .iter()
+                .position(|p| p.part.key_range == range && p.part.frontier == since)
+        }) else {
+            return Err(EngineError::Protocol(format!(
+                "the part of instance {instance} staged at stamp {} was taken meanwhile",
+                since.0
+            )));
+        };
+        let parts = parts.expect("found above");
+        match fold(&mut parts[at], deltas, range) {
+            Ok(()) => Ok((
+                parts[at].part.frontier,
+                parts[at].live.state_size().keys as usize,
+            )),
+            Err(e) => {
+                parts.swap_remove(at);
+                Err(e)
+            }
+        }
     }
 
     /// Forgets what was staged of `instance`.
@@ -732,8 +830,10 @@ impl Staging {
 pub(crate) enum CaughtUp {
     /// Its live state, staged and caught up: the checkpoint (without
     /// entries: its frontier, output buffer and operator state) and the
-    /// keyed state for its instance to adopt.
-    Live(Checkpoint, Box<dyn Any + Send>),
+    /// logic holding the keyed state for its instance to adopt (kept
+    /// whole until then, with whatever its operator prepared: reference
+    /// data it loaded stays loaded for the instance's own logic).
+    Live(Checkpoint, Box<dyn ProcessLogic>),
     /// Its checkpoint whole: nothing was staged, or no holder still had the
     /// changes since as deltas.
     Whole(Checkpoint),
@@ -746,7 +846,7 @@ pub(crate) fn catch_up(
     from: &StagedSource,
 ) -> Result<CaughtUp, (WorkerId, EngineError)> {
     Ok(match caught_up(staged, from)? {
-        Caught::Live(part, live) => CaughtUp::Live(part, live.take_state()),
+        Caught::Live(part, live) => CaughtUp::Live(part, live),
         Caught::Whole(part) => CaughtUp::Whole(part),
     })
 }
@@ -782,7 +882,7 @@ pub(crate) fn catch_up_merge(
         (Caught::Live(low, mut live), Caught::Live(high, other)) => live
             .absorb_state(other.take_state())
             .and_then(|()| low.merge(high))
-            .map(|merged| CaughtUp::Live(merged, live.take_state())),
+            .map(|merged| CaughtUp::Live(merged, live)),
         (Caught::Live(part, live), Caught::Whole(whole))
         | (Caught::Whole(whole), Caught::Live(part, live)) => join_whole(part, live, whole),
     };
@@ -811,7 +911,7 @@ fn join_whole(
     } else {
         part.merge(whole)
     }?;
-    Ok(CaughtUp::Live(merged, live.take_state()))
+    Ok(CaughtUp::Live(merged, live))
 }
 
 /// A staged part caught up: live, or whole.
@@ -831,9 +931,10 @@ fn caught_up(staged: &Staging, from: &StagedSource) -> Result<Caught, (WorkerId,
         since,
         ref holders,
     } = *from;
+    // A standby kept current may be ahead of the frontier named.
     let mut part = staged
         .take(parent, range)
-        .filter(|p| p.part.frontier == since);
+        .filter(|p| p.part.frontier >= since);
     let mut last = Err((
         WorkerId(0),
         EngineError::Checkpoint(format!("no holder of instance {parent} named")),
@@ -867,21 +968,29 @@ fn caught_up(staged: &Staging, from: &StagedSource) -> Result<Caught, (WorkerId,
 
 /// Folds a run of deltas of `range` on `since` into a staged part.
 fn apply(
-    staged: StagedPart,
+    mut staged: StagedPart,
     run: &[u8],
     since: Stamp,
     range: KeyRange,
 ) -> Result<Caught, EngineError> {
-    let StagedPart {
-        mut part, mut live, ..
-    } = staged;
-    for delta in Checkpoint::decode_run(run, since)? {
+    fold(&mut staged, Checkpoint::decode_run(run, since)?, range)?;
+    Ok(Caught::Live(staged.part, staged.live))
+}
+
+/// Folds decoded deltas of `range`, in order, into a staged part.
+fn fold(
+    staged: &mut StagedPart,
+    deltas: Vec<Checkpoint>,
+    range: KeyRange,
+) -> Result<(), EngineError> {
+    let StagedPart { part, live, .. } = staged;
+    for delta in deltas {
         live.apply_changes(&delta.entries, range)?;
         part.frontier = delta.frontier;
         part.output_buffer = std::mem::take(&mut part.output_buffer).then(delta.output_buffer);
         part.operator_state = delta.operator_state;
     }
-    Ok(Caught::Live(part, live))
+    Ok(())
 }
 
 fn spawn(name: &str, work: impl FnOnce() + Send + 'static) {

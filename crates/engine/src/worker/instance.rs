@@ -3,7 +3,6 @@
 //! and paces the source), takes periodic checkpoints, and applies the
 //! coordinator's trims and rewirings.
 
-use std::any::Any;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -85,9 +84,10 @@ pub(crate) struct Instance {
     pub(crate) source_slot: u32,
     /// The checkpoint to start from, when recovering.
     pub(crate) restore: Option<Checkpoint>,
-    /// Keyed state restored ahead, off this instance's thread (a part of a
-    /// live split), to adopt instead of `restore`'s entries.
-    pub(crate) live: Option<Box<dyn Any + Send>>,
+    /// A logic whose keyed state was restored ahead, off this instance's
+    /// thread (a part of a live split, a standby), to adopt instead of
+    /// `restore`'s entries.
+    pub(crate) live: Option<Box<dyn ProcessLogic>>,
     /// How often to checkpoint; `None` turns fault tolerance off.
     pub(crate) checkpoint_every: Option<Duration>,
     pub(crate) reports: crossbeam_channel::Sender<Report>,
@@ -624,7 +624,7 @@ impl Runner {
         mut logic: Box<dyn ProcessLogic>,
         mut inputs: Inputs,
         mut outbox: Outbox,
-        restore: Option<(Checkpoint, Option<Box<dyn Any + Send>>)>,
+        restore: Option<(Checkpoint, Option<Box<dyn ProcessLogic>>)>,
     ) -> Result<(), EngineError> {
         let merge = match restore {
             Some((checkpoint, live)) => {
@@ -685,12 +685,12 @@ impl Runner {
         inputs: &Inputs,
         outbox: &mut Outbox,
         checkpoint: Checkpoint,
-        live: Option<Box<dyn Any + Send>>,
+        live: Option<Box<dyn ProcessLogic>>,
     ) -> Result<Merge, EngineError> {
         let started = Instant::now();
         let keys = checkpoint.entries.len();
         match live {
-            Some(state) => logic.adopt_state(state)?,
+            Some(staged) => logic.adopt_state(staged.take_state())?,
             None => logic.restore(&checkpoint.entries, checkpoint.key_range)?,
         }
         tracing::debug!(instance = %self.me.instance, keys, ms = started.elapsed().as_millis() as u64, "keyed state restored");

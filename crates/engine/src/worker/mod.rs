@@ -10,7 +10,6 @@ mod instance;
 pub mod output;
 mod watch;
 
-use std::any::Any;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
@@ -440,8 +439,8 @@ enum State {
     Staged(CaughtUp),
 }
 
-/// Live keyed state for a restored instance to adopt.
-type LiveState = Option<Box<dyn Any + Send>>;
+/// A staged logic whose keyed state a restored instance adopts.
+type LiveState = Option<Box<dyn ProcessLogic>>;
 
 impl State {
     /// The checkpoint to restore from, and the live keyed state to adopt

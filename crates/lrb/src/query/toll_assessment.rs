@@ -7,15 +7,20 @@
 //! starts, and reloads it (rather than checkpointing it) when restored. It
 //! loads on a thread of its own, off the critical path of a start, a
 //! recovery, a split or a merge: only a daily-expenditure query that comes
-//! before the load has ended waits for it.
+//! before the load has ended waits for it. Instances of one process that
+//! own the same share of the same file share one load: an instance
+//! restored on the worker that kept its warm standby (whose logic loaded
+//! the share while staging) finds it loaded.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
+use spate_engine::state::KeyRange;
 use spate_engine::{InstanceContext, OperatorError, Output, StatefulOperator};
 
 use crate::model::Msg;
@@ -87,43 +92,84 @@ impl Tolls {
     }
 }
 
+/// One share of the historical tolls, loading or loaded, shared by the
+/// instances of this process that own it.
+struct SharedTolls {
+    /// The load in progress, until the first query that needs it joins it.
+    loading: Mutex<Option<JoinHandle<Result<Tolls, OperatorError>>>>,
+    loaded: OnceLock<Result<Tolls, OperatorError>>,
+}
+
+impl SharedTolls {
+    /// The tolls, waiting for the load on first use.
+    fn get(&self) -> Result<&Tolls, OperatorError> {
+        let loaded = self.loaded.get_or_init(|| {
+            let loading = self
+                .loading
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            loading
+                .ok_or_else(|| OperatorError::new("the historical tolls were never loaded"))?
+                .join()
+                .map_err(|_| {
+                    OperatorError::new("the thread loading the historical tolls panicked")
+                })?
+        });
+        loaded.as_ref().map_err(Clone::clone)
+    }
+}
+
+/// The shares of this process, by file and key range, while an instance
+/// holds them.
+type Shares = Vec<(PathBuf, KeyRange, Weak<SharedTolls>)>;
+
+static SHARES: Mutex<Shares> = Mutex::new(Vec::new());
+
 /// Answers balance and expenditure queries.
 pub struct TollAssessment {
-    /// The load in progress, until the first query that needs it joins it.
-    loading: Option<JoinHandle<Result<Tolls, OperatorError>>>,
-    tolls: Tolls,
+    tolls: Arc<SharedTolls>,
 }
 
 impl TollAssessment {
-    /// Starts loading this instance's share of the historical tolls. A file
-    /// that cannot be opened fails here, at once; a malformed line fails the
-    /// first expenditure query, with its line number.
+    /// Starts loading this instance's share of the historical tolls, or
+    /// takes it from another instance of this process that owns the same
+    /// share. A file that cannot be opened fails here, at once; a
+    /// malformed line fails the first expenditure query, with its line
+    /// number.
     pub fn load(path: &Path, ctx: &InstanceContext) -> Result<Self, OperatorError> {
+        let mut shares = SHARES.lock().unwrap_or_else(PoisonError::into_inner);
+        shares.retain(|(_, _, share)| share.strong_count() > 0);
+        let held = shares
+            .iter()
+            .filter(|(file, range, _)| file == path && *range == ctx.key_range)
+            .find_map(|(_, _, share)| share.upgrade());
+        if let Some(tolls) = held {
+            return Ok(TollAssessment { tolls });
+        }
         let file = File::open(path).map_err(|e| {
             OperatorError::new(format!(
                 "cannot open historical tolls {}: {e}",
                 path.display()
             ))
         })?;
-        let (path, ctx) = (path.to_path_buf(), ctx.clone());
+        let range = ctx.key_range;
+        let (owned, ctx) = (path.to_path_buf(), ctx.clone());
         let loading = std::thread::Builder::new()
             .name(format!("spate-{}-tolls", ctx.operator))
-            .spawn(move || read_tolls(file, &path, &ctx))
+            .spawn(move || read_tolls(file, &owned, &ctx))
             .map_err(|e| OperatorError::new(format!("cannot start loading the tolls: {e}")))?;
-        Ok(TollAssessment {
-            loading: Some(loading),
-            tolls: Tolls::default(),
-        })
+        let tolls = Arc::new(SharedTolls {
+            loading: Mutex::new(Some(loading)),
+            loaded: OnceLock::new(),
+        });
+        shares.push((path.to_path_buf(), range, Arc::downgrade(&tolls)));
+        Ok(TollAssessment { tolls })
     }
 
     /// The historical tolls, waiting for the load on first use.
-    fn tolls(&mut self) -> Result<&Tolls, OperatorError> {
-        if let Some(loading) = self.loading.take() {
-            self.tolls = loading.join().map_err(|_| {
-                OperatorError::new("the thread loading the historical tolls panicked")
-            })??;
-        }
-        Ok(&self.tolls)
+    fn tolls(&self) -> Result<&Tolls, OperatorError> {
+        self.tolls.get()
     }
 }
 
@@ -301,18 +347,44 @@ mod tests {
             text.len()
         ));
         std::fs::write(&path, text).unwrap();
-        let ctx = InstanceContext {
+        let tolls = read_tolls(File::open(&path).unwrap(), &path, &context(KeyRange::FULL));
+        std::fs::remove_file(&path).unwrap();
+        tolls
+    }
+
+    fn context(key_range: KeyRange) -> InstanceContext {
+        InstanceContext {
             operator: "toll_assessment".into(),
             instance: 0,
             index: 0,
             parallelism: 1,
-            key_range: KeyRange::FULL,
+            key_range,
             restoring: false,
             incarnation: Incarnation(0),
-        };
-        let tolls = read_tolls(File::open(&path).unwrap(), &path, &ctx);
+        }
+    }
+
+    #[test]
+    fn instances_owning_the_same_share_share_one_load() {
+        let path =
+            std::env::temp_dir().join(format!("lrb-shared-tolls-{}.csv", std::process::id()));
+        std::fs::write(&path, "7,1,1,20\n").unwrap();
+        let whole = context(KeyRange::FULL);
+        let (first, second) = (
+            TollAssessment::load(&path, &whole).unwrap(),
+            TollAssessment::load(&path, &whole).unwrap(),
+        );
+        assert!(Arc::ptr_eq(&first.tolls, &second.tolls));
+        let half = context(KeyRange::FULL.split_even(2)[0]);
+        let other = TollAssessment::load(&path, &half).unwrap();
+        assert!(!Arc::ptr_eq(&first.tolls, &other.tolls));
+        assert_eq!(second.tolls().unwrap().get(7, 1, 1), 20);
+        // Once no instance holds a share, the next one reads the file again.
+        drop((first, second));
+        std::fs::write(&path, "7,1,1,30\n").unwrap();
+        let again = TollAssessment::load(&path, &whole).unwrap();
+        assert_eq!(again.tolls().unwrap().get(7, 1, 1), 30);
         std::fs::remove_file(&path).unwrap();
-        tolls
     }
 
     #[test]
