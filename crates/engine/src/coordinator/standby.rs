@@ -97,17 +97,7 @@ impl Job<'_> {
             else {
                 return;
             };
-            let holders = self.named_live_holders(id);
-            if holders.is_empty() {
-                continue;
-            }
-            let stage = ToWorker::Stage {
-                instance: id,
-                range,
-                holders,
-                room: 0,
-            };
-            if self.send(worker, &stage).is_ok() {
+            if self.stage_on(worker, id, range) {
                 tracing::debug!(instance = %id, %worker, "staging a standby");
                 self.standbys.insert(
                     id,
@@ -136,22 +126,32 @@ impl Job<'_> {
             .map(|(id, _)| *id)
             .collect();
         for id in due {
-            let holders = self.named_live_holders(id);
             let Some(&Standby { worker, range, .. }) = self.standbys.get(&id) else {
                 continue;
             };
-            let stage = ToWorker::Stage {
-                instance: id,
-                range,
-                holders,
-                room: 0,
-            };
-            if self.send(worker, &stage).is_ok() {
+            if self.stage_on(worker, id, range) {
                 if let Some(standby) = self.standbys.get_mut(&id) {
                     standby.refreshing = true;
                 }
             }
         }
+    }
+
+    /// Asks `worker` to stage `range` of `id` from its live holders (or
+    /// to catch up what it staged); `false` when there is none to stage
+    /// from or the order could not be sent.
+    fn stage_on(&mut self, worker: WorkerId, id: InstanceId, range: KeyRange) -> bool {
+        let holders = self.named_live_holders(id);
+        if holders.is_empty() {
+            return false;
+        }
+        let stage = ToWorker::Stage {
+            instance: id,
+            range,
+            holders,
+            room: 0,
+        };
+        self.send(worker, &stage).is_ok()
     }
 
     /// Takes a worker's word that it staged `range` of `instance` (at
