@@ -90,7 +90,7 @@ impl Job<'_> {
                 instance: id,
                 range,
                 holders,
-                room: 0,
+                merge: None,
             };
             if self.send(worker, &stage).is_ok() {
                 tracing::debug!(instance = %id, %worker, "staging a standby");

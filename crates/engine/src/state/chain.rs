@@ -287,7 +287,7 @@ mod tests {
     use super::*;
     use crate::hash::key_hash;
     use crate::state::testing::{encode_count, encode_count_over};
-    use crate::state::KeyedState;
+    use crate::state::{catch_up_steps, KeyedState, StateEntry};
 
     /// Encodes `state`'s next snapshot at `frontier`: full without a
     /// `base`, else the keys changed since the snapshot at `base`.
@@ -362,7 +362,7 @@ mod tests {
                         let mut live: KeyedState<u64, u64> =
                             KeyedState::restore(&part.entries, *range).unwrap();
                         for delta in Checkpoint::decode_run(&bytes, at).unwrap() {
-                            live.apply_changes(&delta.entries, *range).unwrap();
+                            live.apply_changes(&[(&delta.entries, *range)]).unwrap();
                         }
                         let mut restored: KeyedState<u64, u64> =
                             KeyedState::restore(&expected.entries, *range).unwrap();
@@ -378,14 +378,17 @@ mod tests {
     }
 
     proptest! {
-        /// A live merge's state: each partition staged at one frontier,
-        /// caught up with its own deltas since (the two checkpointing on
-        /// their own schedules, full or incremental), then one absorbed
-        /// into the other, equals the state restored from the merge of the
-        /// two partitions' folded backups at their common stop: values,
-        /// loads and sizes (with room made ahead in either, or neither).
+        /// A live merge's state: each partition staged at one frontier
+        /// (the two checkpointing on their own schedules, full or
+        /// incremental), the two joined into one map (with room made ahead
+        /// in either, or neither), then caught up with each one's changes
+        /// since in the steps of `catch_up_steps`, equals the state
+        /// restored from the merge of the two partitions' folded backups at
+        /// their common stop in values and sizes; each key's load is the
+        /// restored one or, for a key its partition's changes did not
+        /// list, that halved once for each step its partition lacks.
         #[test]
-        fn two_partitions_staged_caught_up_and_absorbed_equal_their_merged_backups(
+        fn two_partitions_staged_joined_and_caught_up_equal_their_merged_backups(
             steps in prop::collection::vec(
                 (
                     prop::collection::vec(0u64..400, 0..60),
@@ -431,7 +434,10 @@ mod tests {
                 let frontier = i as u64 + 2;
                 for k in keys {
                     let p = usize::from(ranges[1].contains(key_hash(&k)));
-                    *states[p].get_or_default(k) += frontier;
+                    // Hot keys and cold ones: loads that survive halvings.
+                    for _ in 0..=k % 40 {
+                        *states[p].get_or_default(k) += frontier;
+                    }
                 }
                 for p in 0..2 {
                     // Both checkpoint at the stop, the last step.
@@ -448,33 +454,36 @@ mod tests {
                     chains[p].push(Stamp(frontier), bytes).unwrap();
                 }
             }
-            let caught_up: Vec<KeyedState<u64, u64>> = (0..2)
-                .map(|p| {
-                    let (at, part) = staged[p].clone().expect("staged");
-                    let (since, bytes) = chains[p].range_since(ranges[p], Some(at)).unwrap();
-                    match since {
-                        Some(_) => {
-                            let mut live = KeyedState::restore(&part.entries, ranges[p]).unwrap();
-                            for delta in Checkpoint::decode_run(&bytes, at).unwrap() {
-                                live.apply_changes(&delta.entries, ranges[p]).unwrap();
-                            }
-                            live
-                        }
-                        None => {
-                            let whole = Checkpoint::decode(&bytes).unwrap();
-                            KeyedState::restore(&whole.entries, ranges[p]).unwrap()
-                        }
-                    }
-                })
-                .collect();
-            let [mut merged, mut upper]: [KeyedState<u64, u64>; 2] =
-                caught_up.try_into().unwrap_or_else(|_| unreachable!());
+            let staged: Vec<(Stamp, Checkpoint)> =
+                staged.into_iter().map(|s| s.expect("staged")).collect();
+            let [mut merged, mut upper]: [KeyedState<u64, u64>; 2] = [0, 1]
+                .map(|p| KeyedState::restore(&staged[p].1.entries, ranges[p]).unwrap());
             match room_in {
                 1 => merged.reserve(upper.len()),
                 2 => upper.reserve(merged.len()),
                 _ => {}
             }
             merged.absorb(upper);
+            let runs: Vec<(Vec<Vec<StateEntry>>, KeyRange)> = (0..2)
+                .map(|p| {
+                    let at = staged[p].0;
+                    let (since, bytes) = chains[p].range_since(ranges[p], Some(at)).unwrap();
+                    let run = match since {
+                        Some(_) => Checkpoint::decode_run(&bytes, at)
+                            .unwrap()
+                            .into_iter()
+                            .map(|delta| delta.entries)
+                            .collect(),
+                        None => vec![Checkpoint::decode(&bytes).unwrap().entries],
+                    };
+                    (run, ranges[p])
+                })
+                .collect();
+            let steps = runs.iter().map(|(run, _)| run.len()).max().unwrap_or(0);
+            let lacks: Vec<u32> = runs.iter().map(|(run, _)| (steps - run.len()) as u32).collect();
+            for step in catch_up_steps(&runs) {
+                merged.apply_changes(&step).unwrap();
+            }
             let folded: Vec<Checkpoint> = chains
                 .iter()
                 .map(|chain| Checkpoint::decode(&chain.encode()).unwrap())
@@ -486,7 +495,23 @@ mod tests {
                 KeyedState::restore(&whole.entries, whole.key_range).unwrap();
             prop_assert_eq!(merged.len(), restored.len());
             prop_assert_eq!(merged.encoded_bytes(), restored.encoded_bytes());
-            prop_assert_eq!(merged.snapshot().unwrap(), restored.snapshot().unwrap());
+            let (got, expected) = (merged.snapshot().unwrap(), restored.snapshot().unwrap());
+            prop_assert_eq!(got.len(), expected.len());
+            for (got, expected) in got.iter().zip(&expected) {
+                prop_assert_eq!(
+                    (got.hash, got.key(), got.value()),
+                    (expected.hash, expected.key(), expected.value())
+                );
+                let lacks = lacks[usize::from(ranges[1].contains(got.hash))];
+                let halved = expected.load.checked_shr(lacks).unwrap_or(0);
+                prop_assert!(
+                    got.load == expected.load || got.load == halved,
+                    "load {} where the holders' fold gives {} ({} steps lacking)",
+                    got.load,
+                    expected.load,
+                    lacks
+                );
+            }
         }
     }
 

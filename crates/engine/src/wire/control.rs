@@ -336,10 +336,9 @@ pub enum ToWorker {
         range: KeyRange,
         /// Holders of the instance's backup, the newest copy first.
         holders: Vec<BackupHolder>,
-        /// Keys beyond the range's own to make room for: a live merge's
-        /// lower partition takes the other's keys at the stop, where
-        /// growing its map would rehash it.
-        room: u64,
+        /// For a live merge's partition: the other partition, staged on
+        /// this worker too, to join it with.
+        merge: Option<StagedJoin>,
     },
     /// Forget what was staged of `instance`: its split was called off.
     Unstage {
@@ -433,6 +432,20 @@ pub struct StagedSource {
     pub since: Stamp,
     /// Holders of the parent's backup at the stop's frontier.
     pub holders: Vec<BackupHolder>,
+}
+
+/// A live merge's partition staged ([`ToWorker::Stage`]) to be joined
+/// with the other's: whichever of the two is staged second moves the
+/// smaller's keys into the map with room for them, so that the merge's
+/// stop only folds each partition's changes since into that one map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedJoin {
+    /// The other partition.
+    pub with: InstanceId,
+    /// Keys beyond the range's own to make room for (the other's, when
+    /// this partition is the larger), so that joining them does not grow
+    /// the map, which would rehash it.
+    pub room: u64,
 }
 
 /// One part of a live split whose backup a holder cuts from the parent's

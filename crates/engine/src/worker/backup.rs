@@ -35,11 +35,12 @@ use crate::error::EngineError;
 use crate::plan::{Incarnation, InstanceId, WorkerId};
 use crate::stamp::Stamp;
 use crate::state::{
-    BackupChain, ChainError, Checkpoint, CheckpointKind, Cuts, KeyRange, RangeCut, SharedEncoding,
+    catch_up_steps, BackupChain, ChainError, Checkpoint, CheckpointKind, Cuts, KeyRange, RangeCut,
+    SharedEncoding, StateEntry,
 };
 use crate::wire::control::{
     self, BackupAck, BackupHolder, BackupRoute, BackupShipment, HeldBackup, Refusal, ReshapedPart,
-    StagedSource, ToCoordinator, ToHolder,
+    StagedJoin, StagedSource, ToCoordinator, ToHolder,
 };
 use crate::wire::MAX_CONTROL_FRAME;
 
@@ -621,14 +622,14 @@ fn store_cut(
 /// Carries out [`ToWorker::Stage`] on a thread of its own: fetches the
 /// range of `instance`'s backup from the first holder that gives it,
 /// restores it as live keyed state into a logic that `logic` makes (its
-/// operator's), with `room` for as many more keys, keeps both in `staged`
-/// and answers the coordinator.
+/// operator's), keeps both in `staged` (a live merge's partition joined
+/// with the other's once both are: `merge`) and answers the coordinator.
 pub(crate) fn stage(
     staged: &Staging,
     writer: &ControlWriter,
     instance: InstanceId,
     range: KeyRange,
-    room: usize,
+    merge: Option<StagedJoin>,
     holders: Vec<BackupHolder>,
     logic: impl FnOnce() -> Result<Box<dyn ProcessLogic>, EngineError> + Send + 'static,
 ) {
@@ -637,6 +638,7 @@ pub(crate) fn stage(
         let mut reasons = Vec::new();
         let (mut frontier, mut keys) = (None, 0);
         let mut logic = Some(logic);
+        let room = merge.map_or(0, |m| usize::try_from(m.room).unwrap_or(usize::MAX));
         for holder in &holders {
             let fetched = fetch_range(holder, instance, range, None)
                 .and_then(|(_, bytes)| Checkpoint::decode_owned(bytes))
@@ -653,13 +655,17 @@ pub(crate) fn stage(
                         part,
                         live,
                         holder: holder.worker,
+                        merge_with: merge.map(|m| m.with),
                     })
                 });
             match fetched {
                 Ok(part) => {
-                    frontier = Some(part.part.frontier);
                     keys = part.live.state_size().keys as usize;
-                    staged.keep(instance, part);
+                    frontier = Some(part.part.frontier);
+                    if let Err(e) = staged.keep(instance, part) {
+                        frontier = None;
+                        reasons.push(e.to_string());
+                    }
                     break;
                 }
                 Err(e) => reasons.push(e.to_string()),
@@ -684,48 +690,135 @@ pub(crate) fn stage(
     });
 }
 
-/// A part of a backup staged for a live split: its checkpoint but the
-/// entries, which are restored as live keyed state in `live`.
+/// A part of a backup staged for a live split, a standby or a live
+/// merge: its checkpoint but the entries, which are restored as live
+/// keyed state in `live`.
 pub(crate) struct StagedPart {
     part: Checkpoint,
     live: Box<dyn ProcessLogic>,
     /// The holder it was fetched from.
     holder: WorkerId,
+    /// For a live merge's partition: the other partition, to join with
+    /// once it is staged too.
+    merge_with: Option<InstanceId>,
 }
 
-/// The parts of backups this worker staged for live splits, by the
-/// instance split, until restored or called off.
+/// A live merge's two partitions staged and joined into one keyed state
+/// ([`ToWorker::Stage`]'s `merge`), until the merge's stop catches it up.
+struct JoinedMerge {
+    /// The lower partition and the upper.
+    parents: [InstanceId; 2],
+    /// Each one's staged checkpoint without entries, and the holder it
+    /// was staged from.
+    parts: [(Checkpoint, WorkerId); 2],
+    /// The keyed state of both.
+    live: Box<dyn ProcessLogic>,
+}
+
+/// What this worker staged of other instances' backups, until restored
+/// or called off.
 #[derive(Clone, Default)]
-pub(crate) struct Staging(Arc<Mutex<HashMap<InstanceId, Vec<StagedPart>>>>);
+pub(crate) struct Staging(Arc<Mutex<Staged>>);
+
+#[derive(Default)]
+struct Staged {
+    /// Parts staged on their own, by the instance whose backup they are
+    /// (a live merge's partition until the other is staged).
+    parts: HashMap<InstanceId, Vec<StagedPart>>,
+    /// Live merges' partitions joined.
+    joined: Vec<JoinedMerge>,
+}
 
 impl Staging {
-    fn keep(&self, instance: InstanceId, part: StagedPart) {
+    /// Keeps what was staged of `instance`; a live merge's partition
+    /// whose other is staged already is joined with it (off the lock: it
+    /// moves the smaller's keys into the other's map).
+    fn keep(&self, instance: InstanceId, part: StagedPart) -> Result<(), EngineError> {
+        let waiting = {
+            let mut staged = self.lock();
+            let other = part.merge_with.and_then(|other| {
+                let parts = staged.parts.get_mut(&other)?;
+                let at = parts.iter().position(|p| p.merge_with == Some(instance))?;
+                Some((other, parts.swap_remove(at)))
+            });
+            match other {
+                Some(other) => other,
+                None => {
+                    let parts = staged.parts.entry(instance).or_default();
+                    parts.retain(|p| p.part.key_range != part.part.key_range);
+                    parts.push(part);
+                    return Ok(());
+                }
+            }
+        };
+        let joined = join((instance, part), waiting)?;
         let mut staged = self.lock();
-        let parts = staged.entry(instance).or_default();
-        parts.retain(|p| p.part.key_range != part.part.key_range);
-        parts.push(part);
+        staged.parts.retain(|_, parts| !parts.is_empty());
+        staged.joined.retain(|j| j.parents != joined.parents);
+        staged.joined.push(joined);
+        Ok(())
     }
 
     /// Forgets what was staged of `instance`.
     pub(crate) fn drop_instance(&self, instance: InstanceId) {
-        self.lock().remove(&instance);
+        let mut staged = self.lock();
+        staged.parts.remove(&instance);
+        staged.joined.retain(|j| !j.parents.contains(&instance));
     }
 
     /// The part of `parent` staged for `range`, taken.
     fn take(&self, parent: InstanceId, range: KeyRange) -> Option<StagedPart> {
         let mut staged = self.lock();
-        let parts = staged.get_mut(&parent)?;
+        let parts = staged.parts.get_mut(&parent)?;
         let at = parts.iter().position(|p| p.part.key_range == range)?;
         let part = parts.swap_remove(at);
         if parts.is_empty() {
-            staged.remove(&parent);
+            staged.parts.remove(&parent);
         }
         Some(part)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Vec<StagedPart>>> {
+    /// The joined partitions of the live merge of `parents`, taken.
+    fn take_joined(&self, parents: [InstanceId; 2]) -> Option<JoinedMerge> {
+        let mut staged = self.lock();
+        let at = staged.joined.iter().position(|j| j.parents == parents)?;
+        Some(staged.joined.swap_remove(at))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Staged> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// A live merge's two staged partitions made one, the smaller's keys
+/// moving into the map with room for them ([`KeyedState::absorb`]).
+///
+/// [`KeyedState::absorb`]: crate::state::KeyedState::absorb
+fn join(
+    a: (InstanceId, StagedPart),
+    b: (InstanceId, StagedPart),
+) -> Result<JoinedMerge, EngineError> {
+    let started = std::time::Instant::now();
+    let ((lower, mut low), (upper, high)) = if a.1.part.key_range.start < b.1.part.key_range.start {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let keys = [&low, &high].map(|p| p.live.state_size().keys);
+    low.live.absorb_state(high.live.take_state())?;
+    tracing::info!(
+        %lower,
+        %upper,
+        "live merge: staged partitions joined ({} + {} keys) in {} ms",
+        keys[0],
+        keys[1],
+        started.elapsed().as_millis()
+    );
+    Ok(JoinedMerge {
+        parents: [lower, upper],
+        parts: [(low.part, low.holder), (high.part, high.holder)],
+        live: low.live,
+    })
 }
 
 /// The state of a part of a live split ([`RestoreFrom::Staged`]).
@@ -740,32 +833,57 @@ pub(crate) enum CaughtUp {
 }
 
 /// The state of a part of a live split ([`RestoreFrom::Staged`]): what was
-/// staged of `from`, caught up. An error names the last holder tried.
+/// staged of `from`, caught up with the range's changes since; when
+/// nothing was staged, or a holder no longer has the changes as deltas,
+/// the range's part whole. An error names the last holder tried.
 pub(crate) fn catch_up(
     staged: &Staging,
     from: &StagedSource,
 ) -> Result<CaughtUp, (WorkerId, EngineError)> {
-    Ok(match caught_up(staged, from)? {
-        Caught::Live(part, live) => CaughtUp::Live(part, live.take_state()),
-        Caught::Whole(part) => CaughtUp::Whole(part),
-    })
+    let part = staged
+        .take(from.parent, from.range)
+        .filter(|p| p.part.frontier == from.since);
+    let (holder, changes) =
+        changes_since(from, part.as_ref().map(|p| (p.part.frontier, p.holder)))?;
+    match (changes, part) {
+        (Changes::Whole(whole), _) => Ok(CaughtUp::Whole(whole)),
+        (
+            changes,
+            Some(StagedPart {
+                mut part, mut live, ..
+            }),
+        ) => {
+            fold_changes(live.as_mut(), vec![(&mut part, from.range, changes)])
+                .map_err(|e| (holder, e))?;
+            Ok(CaughtUp::Live(part, live.take_state()))
+        }
+        (Changes::Since(_), None) => Err((holder, unasked_changes())),
+    }
 }
 
-/// The state of a live merge ([`RestoreFrom::StagedMerge`]): each
-/// partition's staged part caught up (both at once), then made one: the keyed state of
-/// one absorbed into the other's, the checkpoints (frontier, output
-/// buffers interleaved into stamp order) merged as a whole-checkpoint
-/// merge merges them. An error names the last holder tried.
+/// The state of a live merge ([`RestoreFrom::StagedMerge`]): the two
+/// partitions joined while staged, caught up with each one's changes
+/// since (fetched at once, each from its own holders) in the steps of
+/// [`catch_up_steps`]; their checkpoints (frontier, output buffers
+/// interleaved into stamp order) merged as a whole-checkpoint merge merges
+/// them. Without what was staged, both ranges whole, merged. An error
+/// names the last holder tried.
 pub(crate) fn catch_up_merge(
     staged: &Staging,
     lower: &StagedSource,
     upper: &StagedSource,
 ) -> Result<CaughtUp, (WorkerId, EngineError)> {
-    // The two partitions catch up at once, from their own holders.
     let started = std::time::Instant::now();
+    let joined = staged.take_joined([lower.parent, upper.parent]);
+    let sources = [lower, upper];
+    let staged_at = [0, 1].map(|i| {
+        let (part, holder) = &joined.as_ref()?.parts[i];
+        (part.frontier == sources[i].since && part.key_range == sources[i].range)
+            .then_some((part.frontier, *holder))
+    });
     let (low, high) = thread::scope(|scope| {
-        let high = scope.spawn(|| caught_up(staged, upper));
-        let low = caught_up(staged, lower);
+        let high = scope.spawn(|| changes_since(upper, staged_at[1]));
+        let low = changes_since(lower, staged_at[0]);
         let high = high.join().unwrap_or_else(|_| {
             Err((
                 WorkerId(0),
@@ -774,114 +892,140 @@ pub(crate) fn catch_up_merge(
         });
         (low, high)
     });
-    let (low, high) = (low?, high?);
-    let caught_up_ms = started.elapsed().as_millis();
-    let whole = [&low, &high].map(|c| matches!(c, Caught::Whole(_)));
-    let merged = match (low, high) {
-        (Caught::Whole(low), Caught::Whole(high)) => low.merge(high).map(CaughtUp::Whole),
-        (Caught::Live(low, mut live), Caught::Live(high, other)) => live
-            .absorb_state(other.take_state())
-            .and_then(|()| low.merge(high))
-            .map(|merged| CaughtUp::Live(merged, live.take_state())),
-        (Caught::Live(part, live), Caught::Whole(whole))
-        | (Caught::Whole(whole), Caught::Live(part, live)) => join_whole(part, live, whole),
+    let ((_, low), (_, high)) = (low?, high?);
+    let fetched_ms = started.elapsed().as_millis();
+    let increments = [&low, &high].map(Changes::increments);
+    let merged = match (joined, low, high) {
+        (Some(joined), low, high) => {
+            let JoinedMerge {
+                parts: [(mut low_part, _), (mut high_part, _)],
+                mut live,
+                ..
+            } = joined;
+            fold_changes(
+                live.as_mut(),
+                vec![
+                    (&mut low_part, lower.range, low),
+                    (&mut high_part, upper.range, high),
+                ],
+            )
+            .and_then(|()| low_part.merge(high_part))
+            .map(|merged| CaughtUp::Live(merged, live.take_state()))
+        }
+        (None, Changes::Whole(low), Changes::Whole(high)) => low.merge(high).map(CaughtUp::Whole),
+        (None, _, _) => Err(unasked_changes()),
     };
     tracing::info!(
         lower = %lower.parent,
         upper = %upper.parent,
-        ?whole,
-        "live merge caught up in {caught_up_ms} ms, made one after {} ms",
+        ?increments,
+        "live merge caught up: changes since staging fetched in {fetched_ms} ms, folded in after {} ms",
         started.elapsed().as_millis()
     );
     merged.map_err(|e| (WorkerId(0), e))
 }
 
-/// A live merge's caught-up partitions when one came whole (its holder
-/// had folded the deltas away): its entries join the other's live state as
-/// changes (so the live keys' loads halve once more than a restore's).
-fn join_whole(
-    part: Checkpoint,
-    mut live: Box<dyn ProcessLogic>,
-    mut whole: Checkpoint,
-) -> Result<CaughtUp, EngineError> {
-    let entries = std::mem::take(&mut whole.entries);
-    live.apply_changes(&entries, whole.key_range)?;
-    let merged = if whole.key_range.start < part.key_range.start {
-        whole.merge(part)
-    } else {
-        part.merge(whole)
-    }?;
-    Ok(CaughtUp::Live(merged, live.take_state()))
+fn unasked_changes() -> EngineError {
+    EngineError::Protocol("a holder sent changes since a frontier not asked for".into())
 }
 
-/// A staged part caught up: live, or whole.
-enum Caught {
-    Live(Checkpoint, Box<dyn ProcessLogic>),
+/// A staged range's changes since it was staged, as a holder sent them.
+enum Changes {
+    /// The increments since the staged frontier, in order.
+    Since(Vec<Checkpoint>),
+    /// The range whole, at the backup's frontier: nothing was staged, or
+    /// the holder had folded the increments away.
     Whole(Checkpoint),
 }
 
-/// What was staged of `from` at its `since`, caught up with the range's
-/// changes from the first of its holders that gives them; when nothing was
-/// staged, or a holder no longer has the changes as deltas, the range's
-/// part whole. An error names the last holder tried.
-fn caught_up(staged: &Staging, from: &StagedSource) -> Result<Caught, (WorkerId, EngineError)> {
-    let StagedSource {
-        parent,
-        range,
-        since,
-        ref holders,
-    } = *from;
-    let mut part = staged
-        .take(parent, range)
-        .filter(|p| p.part.frontier == since);
-    let mut last = Err((
-        WorkerId(0),
-        EngineError::Checkpoint(format!("no holder of instance {parent} named")),
-    ));
-    // The holder it was staged from first: it has the changes since as
-    // deltas, where a copy that began later (a replica) could only send
-    // the range whole.
-    let mut holders: Vec<&BackupHolder> = holders.iter().collect();
-    if let Some(first) = part.as_ref().map(|p| p.holder) {
+impl Changes {
+    /// How many increments came (`None`: the range came whole), for the
+    /// log.
+    fn increments(&self) -> Option<usize> {
+        match self {
+            Changes::Since(deltas) => Some(deltas.len()),
+            Changes::Whole(_) => None,
+        }
+    }
+}
+
+/// The changes of `from`'s range since `staged_at` (the frontier it was
+/// staged at and the holder it was staged from), or without it the range
+/// whole, from the first of its holders that gives them, and that holder.
+/// The holder it was staged from is asked first: it has the changes as
+/// deltas, where a copy that began later (a replica) could only send the
+/// range whole. An error names the last holder tried.
+fn changes_since(
+    from: &StagedSource,
+    staged_at: Option<(Stamp, WorkerId)>,
+) -> Result<(WorkerId, Changes), (WorkerId, EngineError)> {
+    let mut holders: Vec<&BackupHolder> = from.holders.iter().collect();
+    if let Some((_, first)) = staged_at {
         holders.sort_by_key(|h| h.worker != first);
     }
+    let mut last = Err((
+        WorkerId(0),
+        EngineError::Checkpoint(format!("no holder of instance {} named", from.parent)),
+    ));
     for holder in holders {
-        let asked = part.as_ref().map(|p| p.part.frontier);
-        let caught_up =
-            fetch_range(holder, parent, range, asked).and_then(|(from, bytes)| {
-                match (from, part.take()) {
-                    (Some(since), Some(staged)) => apply(staged, &bytes, since, range),
-                    (_, staged) => {
-                        part = staged;
-                        Checkpoint::decode_owned(bytes).map(Caught::Whole)
-                    }
+        let asked = staged_at.map(|(at, _)| at);
+        let changes =
+            fetch_range(holder, from.parent, from.range, asked).and_then(|(since, bytes)| {
+                match since {
+                    Some(since) => Checkpoint::decode_run(&bytes, since).map(Changes::Since),
+                    None => Checkpoint::decode_owned(bytes).map(Changes::Whole),
                 }
             });
-        match caught_up {
-            Ok(state) => return Ok(state),
+        match changes {
+            Ok(changes) => return Ok((holder.worker, changes)),
             Err(e) => last = Err((holder.worker, e)),
         }
     }
     last
 }
 
-/// Folds a run of deltas of `range` on `since` into a staged part.
-fn apply(
-    staged: StagedPart,
-    run: &[u8],
-    since: Stamp,
-    range: KeyRange,
-) -> Result<Caught, EngineError> {
-    let StagedPart {
-        mut part, mut live, ..
-    } = staged;
-    for delta in Checkpoint::decode_run(run, since)? {
-        live.apply_changes(&delta.entries, range)?;
-        part.frontier = delta.frontier;
-        part.output_buffer = std::mem::take(&mut part.output_buffer).then(delta.output_buffer);
-        part.operator_state = delta.operator_state;
+/// Folds each staged range's changes into its checkpoint (frontier,
+/// output buffer, operator state; a range that came whole replaces it)
+/// and into `live`, the keyed state staged of them all, in the steps of
+/// [`catch_up_steps`].
+fn fold_changes(
+    live: &mut dyn ProcessLogic,
+    ranges: Vec<(&mut Checkpoint, KeyRange, Changes)>,
+) -> Result<(), EngineError> {
+    let runs: Vec<(Vec<Vec<StateEntry>>, KeyRange)> = ranges
+        .into_iter()
+        .map(|(part, range, changes)| {
+            let run = match changes {
+                Changes::Whole(mut whole) => {
+                    let entries = std::mem::take(&mut whole.entries);
+                    *part = whole;
+                    vec![entries]
+                }
+                Changes::Since(deltas) => deltas
+                    .into_iter()
+                    .map(|delta| {
+                        let Checkpoint {
+                            frontier,
+                            entries,
+                            output_buffer,
+                            operator_state,
+                            ..
+                        } = delta;
+                        part.frontier = frontier;
+                        part.output_buffer =
+                            std::mem::take(&mut part.output_buffer).then(output_buffer);
+                        part.operator_state = operator_state;
+                        entries
+                    })
+                    .collect(),
+            };
+            (run, range)
+        })
+        .collect();
+    for step in catch_up_steps(&runs) {
+        live.apply_changes(&step)?;
     }
-    Ok(Caught::Live(part, live))
+    Ok(())
 }
 
 fn spawn(name: &str, work: impl FnOnce() + Send + 'static) {
