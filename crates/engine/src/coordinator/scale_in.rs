@@ -8,18 +8,30 @@
 //!    partition's whole range from a live holder of its backup, decodes it
 //!    off its control thread and keeps it as live keyed state of the
 //!    operator (`ToWorker::Stage`, once per partition, answered with
-//!    `Staged`, the staged frontier and keys), while both run;
+//!    `Staged`, the staged frontier and keys), while both run; the
+//!    partition staged second joins the two into one map before it
+//!    answers (`Stage { merge }`, `KeyedState::absorb`: the smaller's
+//!    keys move into the larger's map, staged with room for them), so
+//!    that no key moves at the stop;
 //! 2. stop: both pause, run to exactly the larger of the two places they
 //!    paused at and checkpoint there (incrementally), then stop releasing
 //!    tuples; the coordinator waits for a holder's acknowledgement of each
 //!    checkpoint, never for the state itself;
 //! 3. catch up: the merged instance restores in place of the lower (a new
 //!    incarnation on its worker) from what was staged
-//!    (`RestoreFrom::StagedMerge`): each partition's part caught up with
-//!    its deltas since its staged frontier, fetched from its holders (or
-//!    its range whole when compaction folded them away), then one part's
-//!    keyed state absorbed into the other's (`KeyedState::absorb`: the
-//!    smaller moves, every key keeping its value and load). The output
+//!    (`RestoreFrom::StagedMerge`): the joined map caught up with each
+//!    partition's increments since its staged frontier, fetched from its
+//!    holders at once (or its range whole when compaction folded them
+//!    away); the ranges are disjoint, so each partition's changes apply to
+//!    the joined map directly. The two runs go in lockstep, aligned at the
+//!    stop (`state::catch_up_steps`: the last increment of each in the
+//!    last step, each step one epoch of load decay). Values and sizes are
+//!    exactly those of restoring the merged backups; so are the loads of
+//!    the partition with more increments and of every key an increment
+//!    lists, while a key of the other partition that none lists halves
+//!    once more per increment that partition lacks (the holders halve
+//!    each partition's loads once per its own checkpoint; loads only
+//!    steer split points). The output
 //!    buffers travel the same way, inside the two partitions' checkpoints
 //!    from their holders, and are merged on that worker exactly as a whole
 //!    merge merges them (`Checkpoint::merge`: each downstream's batches
@@ -38,7 +50,7 @@
 //!    the upper's backup goes.
 //!
 //! Its pause is the stop alone: the last increments, the catch-up of the
-//! changes since staging, absorbing the smaller part and the rewiring. A
+//! changes since staging and the rewiring. A
 //! merge that cannot stage (a stateless operator, no live holder, a range
 //! that could not be staged) goes the whole-checkpoint way below; one
 //! whose partition fails, finishes or takes no checkpoint while stopped is

@@ -407,9 +407,9 @@ pub enum RestoreFrom {
     /// A part of a live split: what this worker staged of its parent,
     /// caught up.
     Staged(StagedSource),
-    /// A live merge: what this worker staged of both partitions, each
-    /// caught up, made one (keyed state joined, output buffers interleaved
-    /// back into stamp order).
+    /// A live merge: what this worker staged of both partitions, joined
+    /// into one keyed state while staged, caught up with each one's
+    /// changes since (output buffers interleaved back into stamp order).
     StagedMerge {
         /// The lower partition (whose id the merged instance keeps).
         lower: StagedSource,

@@ -654,7 +654,7 @@ pub(crate) fn stage(
                     Ok(StagedPart {
                         part,
                         live,
-                        holder: holder.worker,
+                        holder: holder.clone(),
                         merge_with: merge.map(|m| m.with),
                     })
                 });
@@ -697,7 +697,7 @@ pub(crate) struct StagedPart {
     part: Checkpoint,
     live: Box<dyn ProcessLogic>,
     /// The holder it was fetched from.
-    holder: WorkerId,
+    holder: BackupHolder,
     /// For a live merge's partition: the other partition, to join with
     /// once it is staged too.
     merge_with: Option<InstanceId>,
@@ -708,9 +708,9 @@ pub(crate) struct StagedPart {
 struct JoinedMerge {
     /// The lower partition and the upper.
     parents: [InstanceId; 2],
-    /// Each one's staged checkpoint without entries, and the holder it
-    /// was staged from.
-    parts: [(Checkpoint, WorkerId); 2],
+    /// Each one's staged checkpoint without entries (caught up since),
+    /// and the holder it was staged from.
+    parts: [(Checkpoint, BackupHolder); 2],
     /// The keyed state of both.
     live: Box<dyn ProcessLogic>,
 }
@@ -731,8 +731,8 @@ struct Staged {
 
 impl Staging {
     /// Keeps what was staged of `instance`; a live merge's partition
-    /// whose other is staged already is joined with it (off the lock: it
-    /// moves the smaller's keys into the other's map).
+    /// whose other is staged already is joined with it and the two caught
+    /// up (off the lock: it moves the smaller's keys into the other's map).
     fn keep(&self, instance: InstanceId, part: StagedPart) -> Result<(), EngineError> {
         let waiting = {
             let mut staged = self.lock();
@@ -751,7 +751,8 @@ impl Staging {
                 }
             }
         };
-        let joined = join((instance, part), waiting)?;
+        let mut joined = join((instance, part), waiting)?;
+        joined.catch_up()?;
         let mut staged = self.lock();
         staged.parts.retain(|_, parts| !parts.is_empty());
         staged.joined.retain(|j| j.parents != joined.parents);
@@ -821,6 +822,45 @@ fn join(
     })
 }
 
+impl JoinedMerge {
+    /// Folds in each partition's changes since it was staged, from the
+    /// holder it was staged from, while both partitions still run: the
+    /// first partition staged waited for the second, and whatever changed
+    /// meanwhile need not be folded in at the merge's stop, which then
+    /// asks only for the changes since.
+    fn catch_up(&mut self) -> Result<(), EngineError> {
+        let started = std::time::Instant::now();
+        let mut changes = Vec::new();
+        for (parent, (part, holder)) in self.parents.iter().zip(&self.parts) {
+            let from = StagedSource {
+                parent: *parent,
+                range: part.key_range,
+                since: part.frontier,
+                holders: vec![holder.clone()],
+            };
+            let (_, since) =
+                changes_since(&from, Some((part.frontier, holder.worker))).map_err(|(_, e)| e)?;
+            changes.push((part.key_range, since));
+        }
+        let increments: Vec<Option<usize>> = changes.iter().map(|(_, c)| c.increments()).collect();
+        let ranges = self
+            .parts
+            .iter_mut()
+            .zip(changes)
+            .map(|((part, _), (range, changes))| (part, range, changes))
+            .collect();
+        fold_changes(self.live.as_mut(), ranges)?;
+        tracing::info!(
+            lower = %self.parents[0],
+            upper = %self.parents[1],
+            ?increments,
+            "live merge: joined partitions caught up while staged in {} ms",
+            started.elapsed().as_millis()
+        );
+        Ok(())
+    }
+}
+
 /// The state of a part of a live split ([`RestoreFrom::Staged`]).
 pub(crate) enum CaughtUp {
     /// Its live state, staged and caught up: the checkpoint (without
@@ -843,8 +883,10 @@ pub(crate) fn catch_up(
     let part = staged
         .take(from.parent, from.range)
         .filter(|p| p.part.frontier == from.since);
-    let (holder, changes) =
-        changes_since(from, part.as_ref().map(|p| (p.part.frontier, p.holder)))?;
+    let (holder, changes) = changes_since(
+        from,
+        part.as_ref().map(|p| (p.part.frontier, p.holder.worker)),
+    )?;
     match (changes, part) {
         (Changes::Whole(whole), _) => Ok(CaughtUp::Whole(whole)),
         (
@@ -876,10 +918,11 @@ pub(crate) fn catch_up_merge(
     let started = std::time::Instant::now();
     let joined = staged.take_joined([lower.parent, upper.parent]);
     let sources = [lower, upper];
+    // Caught up since its staging (to `part.frontier`) while staged.
     let staged_at = [0, 1].map(|i| {
         let (part, holder) = &joined.as_ref()?.parts[i];
-        (part.frontier == sources[i].since && part.key_range == sources[i].range)
-            .then_some((part.frontier, *holder))
+        (part.frontier >= sources[i].since && part.key_range == sources[i].range)
+            .then_some((part.frontier, holder.worker))
     });
     let (low, high) = thread::scope(|scope| {
         let high = scope.spawn(|| changes_since(upper, staged_at[1]));
@@ -895,6 +938,7 @@ pub(crate) fn catch_up_merge(
     let ((_, low), (_, high)) = (low?, high?);
     let fetched_ms = started.elapsed().as_millis();
     let increments = [&low, &high].map(Changes::increments);
+    let mut folded_ms = fetched_ms;
     let merged = match (joined, low, high) {
         (Some(joined), low, high) => {
             let JoinedMerge {
@@ -909,7 +953,10 @@ pub(crate) fn catch_up_merge(
                     (&mut high_part, upper.range, high),
                 ],
             )
-            .and_then(|()| low_part.merge(high_part))
+            .and_then(|()| {
+                folded_ms = started.elapsed().as_millis();
+                low_part.merge(high_part)
+            })
             .map(|merged| CaughtUp::Live(merged, live.take_state()))
         }
         (None, Changes::Whole(low), Changes::Whole(high)) => low.merge(high).map(CaughtUp::Whole),
@@ -919,7 +966,7 @@ pub(crate) fn catch_up_merge(
         lower = %lower.parent,
         upper = %upper.parent,
         ?increments,
-        "live merge caught up: changes since staging fetched in {fetched_ms} ms, folded in after {} ms",
+        "live merge caught up: changes since staging fetched in {fetched_ms} ms, folded in after {folded_ms} ms, checkpoints merged after {} ms",
         started.elapsed().as_millis()
     );
     merged.map_err(|e| (WorkerId(0), e))
