@@ -12,7 +12,9 @@
 //!    partition staged second joins the two into one map before it
 //!    answers (`Stage { merge }`, `KeyedState::absorb`: the smaller's
 //!    keys move into the larger's map, staged with room for them), so
-//!    that no key moves at the stop;
+//!    that no key moves at the stop, then catches that map up with both
+//!    partitions' changes since they were staged (as in step 3), so that
+//!    the stop folds in only what changed after;
 //! 2. stop: both pause, run to exactly the larger of the two places they
 //!    paused at and checkpoint there (incrementally), then stop releasing
 //!    tuples; the coordinator waits for a holder's acknowledgement of each
@@ -20,18 +22,20 @@
 //! 3. catch up: the merged instance restores in place of the lower (a new
 //!    incarnation on its worker) from what was staged
 //!    (`RestoreFrom::StagedMerge`): the joined map caught up with each
-//!    partition's increments since its staged frontier, fetched from its
-//!    holders at once (or its range whole when compaction folded them
+//!    partition's increments since the frontier it was caught up to while
+//!    staged (at or after the `since` the coordinator names), fetched from
+//!    its holders at once (or its range whole when compaction folded them
 //!    away); the ranges are disjoint, so each partition's changes apply to
-//!    the joined map directly. The two runs go in lockstep, aligned at the
-//!    stop (`state::catch_up_steps`: the last increment of each in the
-//!    last step, each step one epoch of load decay). Values and sizes are
-//!    exactly those of restoring the merged backups; so are the loads of
-//!    the partition with more increments and of every key an increment
-//!    lists, while a key of the other partition that none lists halves
-//!    once more per increment that partition lacks (the holders halve
-//!    each partition's loads once per its own checkpoint; loads only
-//!    steer split points). The output
+//!    the joined map directly. In each catch-up (while staged, and here)
+//!    the two runs go in lockstep, aligned at their ends
+//!    (`state::catch_up_steps`: the last increment of each in the last
+//!    step, each step one epoch of load decay). Values and sizes are
+//!    exactly those of restoring the merged backups; a key's load is the
+//!    holders' halved at most once per increment its partition lacked
+//!    against the other's in a catch-up, so exact when both took as many
+//!    (the holders halve each partition's loads once per its own
+//!    checkpoint, the joined map has one clock; loads only steer split
+//!    points). The output
 //!    buffers travel the same way, inside the two partitions' checkpoints
 //!    from their holders, and are merged on that worker exactly as a whole
 //!    merge merges them (`Checkpoint::merge`: each downstream's batches

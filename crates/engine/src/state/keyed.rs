@@ -290,15 +290,15 @@ where
 
 /// The steps in which keyed state staged of several key ranges and joined
 /// into one map (a live merge's two partitions) catches up on each range's
-/// run of increments since it was staged ([`KeyedState::apply_changes`]),
-/// each run with its range: the runs aligned at their ends (the last
-/// increment of each, taken at the stop, in the last step), each step
-/// holding the increment each run has there. A key of the longest run
-/// ends with its load exactly as its holders fold it, and so does any key
-/// that a shorter run lists; a key a shorter run does not list has its
-/// load halved once more for each step that run lacks (the joined map's
-/// epochs are shared). Loads only steer split points; values and sizes
-/// are exact.
+/// run of increments since it was staged or last caught up
+/// ([`KeyedState::apply_changes`]), each run with its range: the runs
+/// aligned at their ends (the latest increment of each in the last step),
+/// each step holding the increment each run has there. A key of the
+/// longest run ends with its load exactly as its holders fold it, and so
+/// does any key that a shorter run lists; a key a shorter run does not
+/// list has its load halved once more for each step that run lacks (the
+/// joined map's epochs are shared). Loads only steer split points; values
+/// and sizes are exact.
 pub fn catch_up_steps(
     runs: &[(Vec<Vec<StateEntry>>, KeyRange)],
 ) -> Vec<Vec<(&[StateEntry], KeyRange)>> {

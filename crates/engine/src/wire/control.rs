@@ -428,7 +428,8 @@ pub struct StagedSource {
     pub parent: InstanceId,
     /// The range staged.
     pub range: KeyRange,
-    /// The frontier of what was staged.
+    /// The frontier of what was staged (a live merge's joined partitions
+    /// may have been caught up beyond it while staged).
     pub since: Stamp,
     /// Holders of the parent's backup at the stop's frontier.
     pub holders: Vec<BackupHolder>,
@@ -436,8 +437,10 @@ pub struct StagedSource {
 
 /// A live merge's partition staged ([`ToWorker::Stage`]) to be joined
 /// with the other's: whichever of the two is staged second moves the
-/// smaller's keys into the map with room for them, so that the merge's
-/// stop only folds each partition's changes since into that one map.
+/// smaller's keys into the map with room for them and catches that map up
+/// with both partitions' changes since they were staged, so that the
+/// merge's stop only folds each partition's latest changes into that one
+/// map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StagedJoin {
     /// The other partition.

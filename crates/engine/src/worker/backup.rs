@@ -1579,4 +1579,166 @@ mod tests {
             thread::sleep(std::time::Duration::from_millis(10));
         }
     }
+
+    /// A keyed count over `u64`s, whose state encodes as
+    /// [`crate::state::testing::encode_count_over`]'s.
+    struct Count;
+
+    impl crate::api::StatefulOperator for Count {
+        type In = u64;
+        type Key = u64;
+        type State = u64;
+        type Out = u64;
+        fn key(input: &u64) -> u64 {
+            *input
+        }
+        fn process(
+            &mut self,
+            _input: u64,
+            state: &mut u64,
+            out: &mut crate::api::Output<'_, u64>,
+        ) -> Result<(), crate::api::OperatorError> {
+            *state += 1;
+            out.emit(*state)
+        }
+    }
+
+    struct Nothing;
+
+    impl crate::api::Source for Nothing {
+        type Out = u64;
+        fn next(&mut self) -> Result<crate::api::SourceStep<u64>, crate::api::OperatorError> {
+            Ok(crate::api::SourceStep::Done)
+        }
+    }
+
+    /// A fresh logic of operator `count` owning `range`.
+    fn count_logic(range: KeyRange) -> Box<dyn ProcessLogic> {
+        let mut q = crate::api::QueryBuilder::new();
+        let source = q.source("source", 1, |_| Ok(Nothing));
+        q.stateful("count", 2, &[source], |_| Ok(Count));
+        let query = q.build().expect("builds");
+        let ctx = crate::api::InstanceContext {
+            operator: "count".into(),
+            instance: 7,
+            index: 0,
+            parallelism: 2,
+            key_range: range,
+            restoring: true,
+            incarnation: Incarnation(0),
+        };
+        match query.instantiate(query.find("count").expect("count"), &ctx) {
+            Ok(crate::api::Logic::Process(logic)) => logic,
+            _ => panic!("count is a processing operator"),
+        }
+    }
+
+    #[test]
+    fn a_live_merge_joins_its_partitions_when_staged_and_catches_them_up_twice() {
+        use crate::hash::key_hash;
+        use crate::state::testing::encode_count_over;
+        use crate::state::KeyedState;
+
+        let ranges = KeyRange::FULL.split_even(2);
+        let ids = [InstanceId(7), InstanceId(8)];
+        let holdings = Holdings::default();
+        let mut states: Vec<KeyedState<u64, u64>> = ranges
+            .iter()
+            .map(|range| {
+                let mut state = KeyedState::default();
+                for k in (0..300u64).filter(|k| range.contains(key_hash(k))) {
+                    *state.get_or_default(k) = k;
+                }
+                state
+            })
+            .collect();
+        // Each partition checkpoints at `frontier`, touching `keys` first.
+        let mut checkpoint = |frontier: u64, keys: &[u64], base: Option<u64>| {
+            for k in keys {
+                let p = usize::from(ranges[1].contains(key_hash(k)));
+                *states[p].get_or_default(*k) += frontier;
+            }
+            for p in 0..2 {
+                let entries = match base {
+                    Some(_) => states[p].snapshot_changes(),
+                    None => states[p].snapshot(),
+                }
+                .expect("snapshots");
+                let bytes = encode_count_over(ranges[p], &entries, frontier, base, &[]);
+                assert!(stored(&holdings.store(BackupShipment {
+                    instance: ids[p],
+                    incarnation: Incarnation(0),
+                    frontier: Stamp(frontier),
+                    bytes,
+                })));
+            }
+        };
+        checkpoint(10, &[], None);
+        // Two fetches to stage, two to catch up while staged, two at the stop.
+        let (holder, serving) = serve_fetches(&holdings, 6);
+        let staging = Staging::default();
+        let stage = |p: usize| {
+            let (_, bytes) = fetch_range(&holder, ids[p], ranges[p], None).expect("fetched");
+            let mut part = Checkpoint::decode_owned(bytes).expect("valid");
+            let mut live = count_logic(ranges[p]);
+            live.restore(&part.entries, part.key_range)
+                .expect("restores");
+            part.entries = Vec::new();
+            let part = StagedPart {
+                part,
+                live,
+                holder: holder.clone(),
+                merge_with: Some(ids[1 - p]),
+            };
+            staging.keep(ids[p], part).expect("kept");
+        };
+        // The upper is staged first and waits; both change; the lower's
+        // staging joins the two and catches both up.
+        stage(1);
+        checkpoint(20, &(0..300).step_by(3).collect::<Vec<_>>(), Some(10));
+        stage(0);
+        assert!(staging.lock().parts.is_empty());
+        assert_eq!(staging.lock().joined[0].parents, ids);
+        let frontiers = staging.lock().joined[0]
+            .parts
+            .each_ref()
+            .map(|(part, _)| part.frontier);
+        assert_eq!(frontiers, [Stamp(20); 2]);
+        // The stop: both change again; the catch-up asks for what changed
+        // since 20, though the coordinator names the frontier staged.
+        checkpoint(30, &(0..300).step_by(7).collect::<Vec<_>>(), Some(20));
+        let sources = [0, 1].map(|p| StagedSource {
+            parent: ids[p],
+            range: ranges[p],
+            since: Stamp(10),
+            holders: vec![holder.clone()],
+        });
+        let CaughtUp::Live(merged, state) =
+            catch_up_merge(&staging, &sources[0], &sources[1]).expect("caught up")
+        else {
+            panic!("the joined state was caught up live");
+        };
+        assert!(staging.lock().joined.is_empty());
+        assert_eq!(
+            (merged.frontier, merged.key_range),
+            (Stamp(30), KeyRange::FULL)
+        );
+        // The state of restoring the merge of the two folded backups,
+        // loads too: both partitions took as many increments.
+        let folded = ids
+            .map(|id| Checkpoint::decode_owned(holdings.fetch(id).expect("held")).expect("valid"));
+        let [lower, upper] = folded;
+        let whole = lower.merge(upper).expect("merges");
+        let mut expected: KeyedState<u64, u64> =
+            KeyedState::restore(&whole.entries, whole.key_range).expect("restores");
+        let mut state = *state
+            .downcast::<KeyedState<u64, u64>>()
+            .expect("count's keyed state");
+        assert_eq!(state.encoded_bytes(), expected.encoded_bytes());
+        assert_eq!(
+            state.snapshot().expect("snapshots"),
+            expected.snapshot().expect("snapshots")
+        );
+        serving.join().expect("served");
+    }
 }
