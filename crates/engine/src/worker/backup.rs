@@ -827,7 +827,9 @@ impl JoinedMerge {
     /// holder it was staged from, while both partitions still run: the
     /// first partition staged waited for the second, and whatever changed
     /// meanwhile need not be folded in at the merge's stop, which then
-    /// asks only for the changes since.
+    /// asks only for the changes since. A holder that cannot give them
+    /// leaves them to the stop; an error is one folding them in (the
+    /// joined state is then unusable).
     fn catch_up(&mut self) -> Result<(), EngineError> {
         let started = std::time::Instant::now();
         let mut changes = Vec::new();
@@ -838,9 +840,13 @@ impl JoinedMerge {
                 since: part.frontier,
                 holders: vec![holder.clone()],
             };
-            let (_, since) =
-                changes_since(&from, Some((part.frontier, holder.worker))).map_err(|(_, e)| e)?;
-            changes.push((part.key_range, since));
+            match changes_since(&from, Some((part.frontier, holder.worker))) {
+                Ok((_, since)) => changes.push((part.key_range, since)),
+                Err((_, e)) => {
+                    tracing::warn!(instance = %parent, "a live merge's staged partitions are caught up at its stop only: {e}");
+                    return Ok(());
+                }
+            }
         }
         let increments: Vec<Option<usize>> = changes.iter().map(|(_, c)| c.increments()).collect();
         let ranges = self
