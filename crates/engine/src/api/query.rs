@@ -484,15 +484,14 @@ pub(crate) trait ProcessLogic: Send {
             )))
         }
     }
-    /// Folds an incremental checkpoint's entries into the processing
-    /// state ([`KeyedState::apply_changes`]): a part of a live split,
-    /// restored ahead of its stop, catching up.
-    fn apply_changes(
-        &mut self,
-        entries: &[StateEntry],
-        range: KeyRange,
-    ) -> Result<(), EngineError> {
-        self.restore(entries, range)
+    /// Folds one step of incremental checkpoints' entries into the
+    /// processing state ([`KeyedState::apply_changes`]): a part of a live
+    /// split, or a live merge's joined partitions, restored ahead of the
+    /// stop, catching up.
+    fn apply_changes(&mut self, changes: &[(&[StateEntry], KeyRange)]) -> Result<(), EngineError> {
+        changes
+            .iter()
+            .try_for_each(|(entries, range)| self.restore(entries, *range))
     }
     /// Gives up the processing state, for another instance of the same
     /// operator to adopt ([`ProcessLogic::adopt_state`]): a part of a live
@@ -515,8 +514,8 @@ pub(crate) trait ProcessLogic: Send {
         self.adopt_state(state)
     }
     /// Makes room for `additional` more keys in the processing state ahead
-    /// of when they come: a live merge's staged lower partition, before
-    /// the stop absorbs the other's ([`ProcessLogic::absorb_state`]).
+    /// of when they come: a live merge's larger staged partition, before
+    /// the other's keys join it ([`ProcessLogic::absorb_state`]).
     fn reserve_keys(&mut self, _additional: usize) {}
 }
 
@@ -613,12 +612,8 @@ impl<O: StatefulOperator> ProcessLogic for StatefulNode<O> {
         Ok(())
     }
 
-    fn apply_changes(
-        &mut self,
-        entries: &[StateEntry],
-        range: KeyRange,
-    ) -> Result<(), EngineError> {
-        self.state.apply_changes(entries, range)
+    fn apply_changes(&mut self, changes: &[(&[StateEntry], KeyRange)]) -> Result<(), EngineError> {
+        self.state.apply_changes(changes)
     }
 
     fn take_state(self: Box<Self>) -> Box<dyn Any + Send> {

@@ -8,18 +8,34 @@
 //!    partition's whole range from a live holder of its backup, decodes it
 //!    off its control thread and keeps it as live keyed state of the
 //!    operator (`ToWorker::Stage`, once per partition, answered with
-//!    `Staged`, the staged frontier and keys), while both run;
+//!    `Staged`, the staged frontier and keys), while both run; the
+//!    partition staged second joins the two into one map before it
+//!    answers (`Stage { merge }`, `KeyedState::absorb`: the smaller's
+//!    keys move into the larger's map, staged with room for them), so
+//!    that no key moves at the stop, then catches that map up with both
+//!    partitions' changes since they were staged (as in step 3), so that
+//!    the stop folds in only what changed after;
 //! 2. stop: both pause, run to exactly the larger of the two places they
 //!    paused at and checkpoint there (incrementally), then stop releasing
 //!    tuples; the coordinator waits for a holder's acknowledgement of each
 //!    checkpoint, never for the state itself;
 //! 3. catch up: the merged instance restores in place of the lower (a new
 //!    incarnation on its worker) from what was staged
-//!    (`RestoreFrom::StagedMerge`): each partition's part caught up with
-//!    its deltas since its staged frontier, fetched from its holders (or
-//!    its range whole when compaction folded them away), then one part's
-//!    keyed state absorbed into the other's (`KeyedState::absorb`: the
-//!    smaller moves, every key keeping its value and load). The output
+//!    (`RestoreFrom::StagedMerge`): the joined map caught up with each
+//!    partition's increments since the frontier it was caught up to while
+//!    staged (at or after the `since` the coordinator names), fetched from
+//!    its holders at once (or its range whole when compaction folded them
+//!    away); the ranges are disjoint, so each partition's changes apply to
+//!    the joined map directly. In each catch-up (while staged, and here)
+//!    the two runs go in lockstep, aligned at their ends
+//!    (`state::catch_up_steps`: the last increment of each in the last
+//!    step, each step one epoch of load decay). Values and sizes are
+//!    exactly those of restoring the merged backups; a key's load is the
+//!    holders' halved at most once per increment its partition lacked
+//!    against the other's in a catch-up, so exact when both took as many
+//!    (the holders halve each partition's loads once per its own
+//!    checkpoint, the joined map has one clock; loads only steer split
+//!    points). The output
 //!    buffers travel the same way, inside the two partitions' checkpoints
 //!    from their holders, and are merged on that worker exactly as a whole
 //!    merge merges them (`Checkpoint::merge`: each downstream's batches
@@ -38,7 +54,7 @@
 //!    the upper's backup goes.
 //!
 //! Its pause is the stop alone: the last increments, the catch-up of the
-//! changes since staging, absorbing the smaller part and the rewiring. A
+//! changes since staging and the rewiring. A
 //! merge that cannot stage (a stateless operator, no live holder, a range
 //! that could not be staged) goes the whole-checkpoint way below; one
 //! whose partition fails, finishes or takes no checkpoint while stopped is

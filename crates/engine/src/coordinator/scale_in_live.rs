@@ -10,7 +10,9 @@ use crate::error::EngineError;
 use crate::plan::{Incarnation, InstanceId, InstancePlan, WorkerId};
 use crate::stamp::Stamp;
 use crate::state::KeyRange;
-use crate::wire::control::{BackupHolder, ReshapedPart, RestoreFrom, StagedSource, ToWorker};
+use crate::wire::control::{
+    BackupHolder, ReshapedPart, RestoreFrom, StagedJoin, StagedSource, ToWorker,
+};
 
 use super::scale_live::Reshaping;
 use super::Job;
@@ -38,8 +40,8 @@ impl Job<'_> {
             return Ok(None);
         }
         let worker = pair[0].worker;
-        // The larger partition (by its latest metrics) gets room for the
-        // smaller's keys, which the stop moves into it.
+        // The two are joined once both are staged: the larger partition
+        // (by its latest metrics) gets room for the smaller's keys.
         let keys: Vec<u64> = pair
             .iter()
             .map(|p| {
@@ -53,8 +55,11 @@ impl Job<'_> {
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                let room = if i == larger { keys[1 - larger] } else { 0 };
-                (worker, p.id, p.key_range, room)
+                let merge = StagedJoin {
+                    with: pair[1 - i].id,
+                    room: if i == larger { keys[1 - larger] } else { 0 },
+                };
+                (worker, p.id, p.key_range, Some(merge))
             })
             .collect();
         let (staged_at, failed) = self.stage_ranges(&asks, "a live merge's staging")?;

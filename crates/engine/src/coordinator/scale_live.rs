@@ -10,7 +10,7 @@ use crate::plan::{AddedInstance, Incarnation, InstanceId, WorkerId};
 use crate::stamp::Stamp;
 use crate::state::KeyRange;
 use crate::wire::control::{
-    BackupHolder, ReshapedPart, RestoreFrom, StagedSource, ToCoordinator, ToWorker,
+    BackupHolder, ReshapedPart, RestoreFrom, StagedJoin, StagedSource, ToCoordinator, ToWorker,
 };
 
 use super::events::EventKind;
@@ -164,13 +164,13 @@ impl Job<'_> {
         &mut self,
         cut: Vec<(Splitting, Vec<(KeyRange, usize)>)>,
     ) -> Result<(Vec<StagedSplit>, Vec<Splitting>), EngineError> {
-        let asks: Vec<(WorkerId, InstanceId, KeyRange, u64)> = cut
+        let asks: Vec<(WorkerId, InstanceId, KeyRange, Option<StagedJoin>)> = cut
             .iter()
             .flat_map(|(s, parts)| {
                 parts
                     .iter()
                     .enumerate()
-                    .map(|(i, (range, _))| (part_worker(s, i), s.placed.id, *range, 0))
+                    .map(|(i, (range, _))| (part_worker(s, i), s.placed.id, *range, None))
             })
             .collect();
         let (staged_at, failed) = self.stage_ranges(&asks, "a live split's staging")?;
@@ -193,26 +193,26 @@ impl Job<'_> {
         Ok((staged, classic))
     }
 
-    /// Has each worker of `asks` (worker, instance, range, room) stage that
-    /// range of the instance's backup from the instance's live holders,
-    /// while it runs, with room for as many more keys (`what`: the
-    /// rescaling, for the log). Returns the frontier each
+    /// Has each worker of `asks` (worker, instance, range, merge) stage
+    /// that range of the instance's backup from the instance's live
+    /// holders, while it runs, joined with a merge's other partition
+    /// (`what`: the rescaling, for the log). Returns the frontier each
     /// range was staged at with its keys, and the instances one of whose
     /// ranges was not.
     pub(super) fn stage_ranges(
         &mut self,
-        asks: &[(WorkerId, InstanceId, KeyRange, u64)],
+        asks: &[(WorkerId, InstanceId, KeyRange, Option<StagedJoin>)],
         what: &str,
     ) -> Result<(StagedRanges, HashSet<InstanceId>), EngineError> {
         let mut waiting: HashMap<(InstanceId, KeyRange), WorkerId> = HashMap::new();
         let mut failed: HashSet<InstanceId> = HashSet::new();
-        for &(worker, id, range, room) in asks {
+        for &(worker, id, range, merge) in asks {
             let holders = self.named_live_holders(id);
             let stage = ToWorker::Stage {
                 instance: id,
                 range,
                 holders,
-                room,
+                merge,
             };
             match self.send(worker, &stage) {
                 Ok(()) => {

@@ -149,7 +149,7 @@ impl Job<'_> {
             instance: id,
             range,
             holders,
-            room: 0,
+            merge: None,
         };
         self.send(worker, &stage).is_ok()
     }

@@ -325,7 +325,7 @@ mod tests {
     use super::*;
     use crate::hash::key_hash;
     use crate::state::testing::{encode_count, encode_count_over};
-    use crate::state::KeyedState;
+    use crate::state::{catch_up_steps, KeyedState, StateEntry};
 
     /// Encodes `state`'s next snapshot at `frontier`: full without a
     /// `base`, else the keys changed since the snapshot at `base`.
@@ -400,7 +400,7 @@ mod tests {
                         let mut live: KeyedState<u64, u64> =
                             KeyedState::restore(&part.entries, *range).unwrap();
                         for delta in Checkpoint::decode_run(&bytes, at).unwrap() {
-                            live.apply_changes(&delta.entries, *range).unwrap();
+                            live.apply_changes(&[(&delta.entries, *range)]).unwrap();
                         }
                         let mut restored: KeyedState<u64, u64> =
                             KeyedState::restore(&expected.entries, *range).unwrap();
@@ -416,14 +416,17 @@ mod tests {
     }
 
     proptest! {
-        /// A live merge's state: each partition staged at one frontier,
-        /// caught up with its own deltas since (the two checkpointing on
-        /// their own schedules, full or incremental), then one absorbed
-        /// into the other, equals the state restored from the merge of the
-        /// two partitions' folded backups at their common stop: values,
-        /// loads and sizes (with room made ahead in either, or neither).
+        /// A live merge's state: each partition staged at one frontier
+        /// (the two checkpointing on their own schedules, full or
+        /// incremental), the two joined into one map once both are staged
+        /// (with room made ahead in either, or neither) and caught up with
+        /// each one's changes since then and again at the stop, each time
+        /// in the steps of `catch_up_steps`, equals the state restored from
+        /// the merge of the two partitions' folded backups at their common
+        /// stop in values and sizes; each key's load is the restored one
+        /// halved at most once for each step its partition lacked.
         #[test]
-        fn two_partitions_staged_caught_up_and_absorbed_equal_their_merged_backups(
+        fn two_partitions_staged_joined_and_caught_up_equal_their_merged_backups(
             steps in prop::collection::vec(
                 (
                     prop::collection::vec(0u64..400, 0..60),
@@ -460,16 +463,34 @@ mod tests {
                 .collect();
             let last = steps.len() - 1;
             let mut staged: Vec<Option<(Stamp, Checkpoint)>> = vec![None, None];
+            let (mut joined, mut frontiers, mut lacks) = (None, [Stamp::ZERO; 2], [0u32; 2]);
             for (i, (keys, checkpoints)) in steps.into_iter().enumerate() {
                 for p in 0..2 {
                     if i == staged_after[p].min(last) {
                         staged[p] = Some(stage(&mut chains[p], &ranges[p..=p]).remove(0));
                     }
                 }
+                if let (None, [Some(low), Some(high)]) = (&joined, &staged[..]) {
+                    // The second partition staged joins the two.
+                    let [mut lower, mut upper]: [KeyedState<u64, u64>; 2] = [low, high]
+                        .map(|(_, part)| KeyedState::restore(&part.entries, part.key_range).unwrap());
+                    match room_in {
+                        1 => lower.reserve(upper.len()),
+                        2 => upper.reserve(lower.len()),
+                        _ => {}
+                    }
+                    lower.absorb(upper);
+                    frontiers = [low.0, high.0];
+                    catch_up(&mut lower, &chains, &ranges, &mut frontiers, &mut lacks);
+                    joined = Some(lower);
+                }
                 let frontier = i as u64 + 2;
                 for k in keys {
                     let p = usize::from(ranges[1].contains(key_hash(&k)));
-                    *states[p].get_or_default(k) += frontier;
+                    // Hot keys and cold ones: loads that survive halvings.
+                    for _ in 0..=k % 40 {
+                        *states[p].get_or_default(k) += frontier;
+                    }
                 }
                 for p in 0..2 {
                     // Both checkpoint at the stop, the last step.
@@ -486,33 +507,9 @@ mod tests {
                     chains[p].push(Stamp(frontier), bytes).unwrap();
                 }
             }
-            let caught_up: Vec<KeyedState<u64, u64>> = (0..2)
-                .map(|p| {
-                    let (at, part) = staged[p].clone().expect("staged");
-                    let (since, bytes) = chains[p].range_since(ranges[p], Some(at)).unwrap();
-                    match since {
-                        Some(_) => {
-                            let mut live = KeyedState::restore(&part.entries, ranges[p]).unwrap();
-                            for delta in Checkpoint::decode_run(&bytes, at).unwrap() {
-                                live.apply_changes(&delta.entries, ranges[p]).unwrap();
-                            }
-                            live
-                        }
-                        None => {
-                            let whole = Checkpoint::decode(&bytes).unwrap();
-                            KeyedState::restore(&whole.entries, ranges[p]).unwrap()
-                        }
-                    }
-                })
-                .collect();
-            let [mut merged, mut upper]: [KeyedState<u64, u64>; 2] =
-                caught_up.try_into().unwrap_or_else(|_| unreachable!());
-            match room_in {
-                1 => merged.reserve(upper.len()),
-                2 => upper.reserve(merged.len()),
-                _ => {}
-            }
-            merged.absorb(upper);
+            // The stop.
+            let mut merged = joined.expect("both staged");
+            catch_up(&mut merged, &chains, &ranges, &mut frontiers, &mut lacks);
             let folded: Vec<Checkpoint> = chains
                 .iter()
                 .map(|chain| Checkpoint::decode(&chain.encode()).unwrap())
@@ -524,7 +521,58 @@ mod tests {
                 KeyedState::restore(&whole.entries, whole.key_range).unwrap();
             prop_assert_eq!(merged.len(), restored.len());
             prop_assert_eq!(merged.encoded_bytes(), restored.encoded_bytes());
-            prop_assert_eq!(merged.snapshot().unwrap(), restored.snapshot().unwrap());
+            let (got, expected) = (merged.snapshot().unwrap(), restored.snapshot().unwrap());
+            prop_assert_eq!(got.len(), expected.len());
+            for (got, expected) in got.iter().zip(&expected) {
+                prop_assert_eq!(
+                    (got.hash, got.key(), got.value()),
+                    (expected.hash, expected.key(), expected.value())
+                );
+                let lacks = lacks[usize::from(ranges[1].contains(got.hash))];
+                prop_assert!(
+                    (0..=lacks).any(|k| got.load == expected.load.checked_shr(k).unwrap_or(0)),
+                    "load {} where the holders' fold gives {} ({} steps lacking)",
+                    got.load,
+                    expected.load,
+                    lacks
+                );
+            }
+        }
+    }
+
+    /// One catch-up of a live merge's joined state: each partition's
+    /// changes since `frontiers` (which move on to its backup's) folded in
+    /// the steps of [`catch_up_steps`]; adds the steps each lacked to
+    /// `lacks`.
+    fn catch_up(
+        joined: &mut KeyedState<u64, u64>,
+        chains: &[BackupChain],
+        ranges: &[KeyRange],
+        frontiers: &mut [Stamp; 2],
+        lacks: &mut [u32; 2],
+    ) {
+        let runs: Vec<(Vec<Vec<StateEntry>>, KeyRange)> = (0..2)
+            .map(|p| {
+                let at = frontiers[p];
+                let (since, bytes) = chains[p].range_since(ranges[p], Some(at)).unwrap();
+                frontiers[p] = chains[p].frontier();
+                let run = match since {
+                    Some(_) => Checkpoint::decode_run(&bytes, at)
+                        .unwrap()
+                        .into_iter()
+                        .map(|delta| delta.entries)
+                        .collect(),
+                    None => vec![Checkpoint::decode(&bytes).unwrap().entries],
+                };
+                (run, ranges[p])
+            })
+            .collect();
+        let steps = runs.iter().map(|(run, _)| run.len()).max().unwrap_or(0);
+        for (lack, (run, _)) in lacks.iter_mut().zip(&runs) {
+            *lack += (steps - run.len()) as u32;
+        }
+        for step in catch_up_steps(&runs) {
+            joined.apply_changes(&step).unwrap();
         }
     }
 

@@ -217,32 +217,37 @@ where
         Ok(state)
     }
 
-    /// Folds the entries of an incremental checkpoint taken after what
-    /// this state was restored from (and after any applied before it) into
-    /// the state: its keys take their values and loads, the others' loads
-    /// halve, exactly as restoring the checkpoint folded with it
-    /// ([`super::Checkpoint::apply`]) would give. A part of a live split is
-    /// restored ahead of its stop this way, then caught up with the
-    /// changes since.
+    /// Folds one step of changes into the state: the entries of an
+    /// incremental checkpoint taken after what this state was restored
+    /// from (and after any step before it), each list with the range its
+    /// keys must lie in. Listed keys take their values and loads, the
+    /// others' loads halve. With one list, the state then equals restoring
+    /// the checkpoint folded with it ([`super::Checkpoint::apply`]): a
+    /// part of a live split is restored ahead of its stop this way, then
+    /// caught up with the changes since. A live merge's two partitions,
+    /// joined while staged, catch up in steps of one increment of each
+    /// ([`catch_up_steps`]).
     pub fn apply_changes(
         &mut self,
-        entries: &[StateEntry],
-        range: KeyRange,
+        changes: &[(&[StateEntry], KeyRange)],
     ) -> Result<(), EngineError> {
         // A new epoch halves every load not listed, lazily.
         self.epoch += 1;
-        self.map.reserve(entries.len());
-        for entry in entries {
-            let (key, slot) = decode_entry::<K, V>(entry, range)?;
-            let encoded = u64::from(slot.encoded);
-            let slot = Slot {
-                epoch: self.epoch - 1,
-                ..slot
-            };
-            if let Some(old) = self.map.insert(key, slot) {
-                self.encoded_bytes -= u64::from(old.encoded);
+        self.map
+            .reserve(changes.iter().map(|(entries, _)| entries.len()).sum());
+        for (entries, range) in changes {
+            for entry in *entries {
+                let (key, slot) = decode_entry::<K, V>(entry, *range)?;
+                let encoded = u64::from(slot.encoded);
+                let slot = Slot {
+                    epoch: self.epoch - 1,
+                    ..slot
+                };
+                if let Some(old) = self.map.insert(key, slot) {
+                    self.encoded_bytes -= u64::from(old.encoded);
+                }
+                self.encoded_bytes += encoded;
             }
-            self.encoded_bytes += encoded;
         }
         Ok(())
     }
@@ -253,12 +258,13 @@ where
         self.map.reserve(additional);
     }
 
-    /// Takes every key of `other`, the caught-up state of the partition
-    /// next to this one's range (a live merge): each key keeps its value,
-    /// size and load as of its own state's epoch, so that the merged state
-    /// equals what restoring the two partitions' merged checkpoint gives
-    /// ([`super::Checkpoint::merge`]). The smaller map moves into the
-    /// larger: it costs time in proportion to the smaller's keys.
+    /// Takes every key of `other`, the state of the partition next to
+    /// this one's range (a live merge's, joined while both are staged):
+    /// each key keeps its value, size and load as of its own state's
+    /// epoch, so that the joined state equals what restoring the two
+    /// partitions' merged checkpoint gives ([`super::Checkpoint::merge`]).
+    /// The smaller map moves into the larger: it costs time in proportion
+    /// to the smaller's keys.
     pub fn absorb(&mut self, mut other: KeyedState<K, V>) {
         let room = |s: &Self| s.map.capacity() - s.map.len();
         // Into the one with room for the other's keys (made ahead:
@@ -287,6 +293,33 @@ where
         }
         self.changed.extend(other.changed);
     }
+}
+
+/// The steps in which keyed state staged of several key ranges and joined
+/// into one map (a live merge's two partitions) catches up on each range's
+/// run of increments since it was staged or last caught up
+/// ([`KeyedState::apply_changes`]), each run with its range: the runs
+/// aligned at their ends (the latest increment of each in the last step),
+/// each step holding the increment each run has there. A key of the
+/// longest run ends with its load exactly as its holders fold it, and so
+/// does any key that a shorter run lists; a key a shorter run does not
+/// list has its load halved once more for each step that run lacks (the
+/// joined map's epochs are shared). Loads only steer split points; values
+/// and sizes are exact.
+pub fn catch_up_steps(
+    runs: &[(Vec<Vec<StateEntry>>, KeyRange)],
+) -> Vec<Vec<(&[StateEntry], KeyRange)>> {
+    let steps = runs.iter().map(|(run, _)| run.len()).max().unwrap_or(0);
+    (0..steps)
+        .map(|step| {
+            runs.iter()
+                .filter_map(|(run, range)| {
+                    let at = (step + run.len()).checked_sub(steps)?;
+                    Some((run[at].as_slice(), *range))
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// Decodes a checkpoint entry into its key and slot (at epoch 0), refusing

@@ -18,7 +18,7 @@ mod routing;
 pub use buffer::{BufferEncoding, BufferMark, BufferedBatch, OutputBuffer};
 pub use chain::{BackupChain, ChainError, Cuts, RangeCut, SharedEncoding};
 pub use checkpoint::{Checkpoint, CheckpointKind, CheckpointParts, StateEntry};
-pub use keyed::KeyedState;
+pub use keyed::{catch_up_steps, KeyedState};
 pub use routing::{KeyRange, RoutingTable};
 
 /// Checkpoints made for tests of what holds and moves them.

@@ -337,10 +337,9 @@ pub enum ToWorker {
         range: KeyRange,
         /// Holders of the instance's backup, the newest copy first.
         holders: Vec<BackupHolder>,
-        /// Keys beyond the range's own to make room for: a live merge's
-        /// lower partition takes the other's keys at the stop, where
-        /// growing its map would rehash it.
-        room: u64,
+        /// For a live merge's partition: the other partition, staged on
+        /// this worker too, to join it with.
+        merge: Option<StagedJoin>,
     },
     /// Forget what was staged of `instance`: its split was called off.
     Unstage {
@@ -409,9 +408,9 @@ pub enum RestoreFrom {
     /// A part of a live split: what this worker staged of its parent,
     /// caught up.
     Staged(StagedSource),
-    /// A live merge: what this worker staged of both partitions, each
-    /// caught up, made one (keyed state joined, output buffers interleaved
-    /// back into stamp order).
+    /// A live merge: what this worker staged of both partitions, joined
+    /// into one keyed state while staged, caught up with each one's
+    /// changes since (output buffers interleaved back into stamp order).
     StagedMerge {
         /// The lower partition (whose id the merged instance keeps).
         lower: StagedSource,
@@ -430,10 +429,27 @@ pub struct StagedSource {
     pub parent: InstanceId,
     /// The range staged.
     pub range: KeyRange,
-    /// The frontier of what was staged.
+    /// The frontier of what was staged (a live merge's joined partitions
+    /// may have been caught up beyond it while staged).
     pub since: Stamp,
     /// Holders of the parent's backup at the stop's frontier.
     pub holders: Vec<BackupHolder>,
+}
+
+/// A live merge's partition staged ([`ToWorker::Stage`]) to be joined
+/// with the other's: whichever of the two is staged second moves the
+/// smaller's keys into the map with room for them and catches that map up
+/// with both partitions' changes since they were staged, so that the
+/// merge's stop only folds each partition's latest changes into that one
+/// map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedJoin {
+    /// The other partition.
+    pub with: InstanceId,
+    /// Keys beyond the range's own to make room for (the other's, when
+    /// this partition is the larger), so that joining them does not grow
+    /// the map, which would rehash it.
+    pub room: u64,
 }
 
 /// One part of a live split whose backup a holder cuts from the parent's

@@ -15,8 +15,9 @@ pub mod data;
 /// range of a backup, or its changes since a staged frontier; 8: live
 /// merges, `RestoreFrom::StagedMerge` and `ToWorker::MergeBackups`; 9: a
 /// checkpoint shipped to a holder follows its header raw; 10: staging
-/// makes room for a merge's other partition).
-pub const PROTOCOL_VERSION: u16 = 10;
+/// makes room for a merge's other partition; 11: a live merge's two
+/// partitions are joined while staged, `ToWorker::Stage { merge }`).
+pub const PROTOCOL_VERSION: u16 = 11;
 
 /// Upper bound on a data frame, so a corrupt length cannot make us allocate
 /// gigabytes.

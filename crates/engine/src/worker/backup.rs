@@ -34,11 +34,12 @@ use crate::error::EngineError;
 use crate::plan::{Incarnation, InstanceId, WorkerId};
 use crate::stamp::Stamp;
 use crate::state::{
-    BackupChain, ChainError, Checkpoint, CheckpointKind, Cuts, KeyRange, RangeCut, SharedEncoding,
+    catch_up_steps, BackupChain, ChainError, Checkpoint, CheckpointKind, Cuts, KeyRange, RangeCut,
+    SharedEncoding, StateEntry,
 };
 use crate::wire::control::{
     self, BackupAck, BackupHolder, BackupRoute, BackupShipment, HeldBackup, Refusal, ReshapedPart,
-    StagedSource, ToCoordinator, ToHolder,
+    StagedJoin, StagedSource, ToCoordinator, ToHolder,
 };
 use crate::wire::MAX_CONTROL_FRAME;
 
@@ -626,22 +627,25 @@ fn store_cut(
 /// Carries out [`ToWorker::Stage`] on a thread of its own: fetches the
 /// range of `instance`'s backup from the first holder that gives it,
 /// restores it as live keyed state into a logic that `logic` makes (its
-/// operator's), with `room` for as many more keys, keeps both in `staged`
-/// and answers the coordinator. A range staged here before (a warm
-/// standby kept current) is caught up in place instead, when the holder
-/// it came from still has the changes since as deltas.
+/// operator's), keeps both in `staged` (a live merge's partition joined
+/// with the other's once both are: `merge`) and answers the coordinator.
+/// A range staged here before (a warm standby kept current) is caught up
+/// in place instead, when the holder it came from still has the changes
+/// since as deltas.
 pub(crate) fn stage(
     staged: &Staging,
     writer: &ControlWriter,
     instance: InstanceId,
     range: KeyRange,
-    room: usize,
+    merge: Option<StagedJoin>,
     holders: Vec<BackupHolder>,
     logic: impl FnOnce() -> Result<Box<dyn ProcessLogic>, EngineError> + Send + 'static,
 ) {
     let (staged, writer) = (staged.clone(), writer.clone());
     spawn("spate-stage", move || {
-        if let Some(refreshed) = refresh(&staged, instance, range, &holders) {
+        // A live merge's partition is staged afresh, to be joined.
+        let refreshed = merge.is_none().then(|| refresh(&staged, instance, range));
+        if let Some(refreshed) = refreshed.flatten() {
             let (frontier, keys, reason) = match refreshed {
                 Ok((frontier, keys)) => (Some(frontier), keys, String::new()),
                 Err(e) => {
@@ -662,6 +666,7 @@ pub(crate) fn stage(
         let mut reasons = Vec::new();
         let (mut frontier, mut keys) = (None, 0);
         let mut logic = Some(logic);
+        let room = merge.map_or(0, |m| usize::try_from(m.room).unwrap_or(usize::MAX));
         for holder in &holders {
             let fetched = fetch_range(holder, instance, range, None)
                 .and_then(|(_, bytes)| Checkpoint::decode_owned(bytes))
@@ -677,14 +682,18 @@ pub(crate) fn stage(
                     Ok(StagedPart {
                         part,
                         live,
-                        holder: holder.worker,
+                        holder: holder.clone(),
+                        merge_with: merge.map(|m| m.with),
                     })
                 });
             match fetched {
                 Ok(part) => {
-                    frontier = Some(part.part.frontier);
                     keys = part.live.state_size().keys as usize;
-                    staged.keep(instance, part);
+                    frontier = Some(part.part.frontier);
+                    if let Err(e) = staged.keep(instance, part) {
+                        frontier = None;
+                        reasons.push(e.to_string());
+                    }
                     break;
                 }
                 Err(e) => reasons.push(e.to_string()),
@@ -711,62 +720,112 @@ pub(crate) fn stage(
 
 /// Catches up the part of `instance` staged for `range`, in place, from
 /// the holder it came from: its new frontier and keys. `None` when none is
-/// staged; an error when that holder is not named or can no longer give
-/// the changes since as deltas (its caller drops the part: the
-/// coordinator stages it whole again).
+/// staged; an error when that holder can no longer give the changes since
+/// as deltas (its caller drops the part: the coordinator stages it whole
+/// again).
 fn refresh(
     staged: &Staging,
     instance: InstanceId,
     range: KeyRange,
-    holders: &[BackupHolder],
 ) -> Option<Result<(Stamp, usize), EngineError>> {
-    let (since, from) = staged.peek(instance, range)?;
-    let Some(holder) = holders.iter().find(|h| h.worker == from) else {
-        let error = format!("worker {from}, which it was staged from, no longer holds its backup");
-        return Some(Err(EngineError::Protocol(error)));
+    let (since, holder) = staged.peek(instance, range)?;
+    let from = StagedSource {
+        parent: instance,
+        range,
+        since,
+        holders: vec![holder.clone()],
     };
-    let deltas = match fetch_range(holder, instance, range, Some(since)) {
-        Ok((Some(at), run)) if at == since => Checkpoint::decode_run(&run, since),
-        Ok(_) => Err(EngineError::Checkpoint(format!(
+    let deltas = match changes_since(&from, Some((since, holder.worker))) {
+        Ok((_, Changes::Since(deltas))) => Ok(deltas),
+        Ok((_, Changes::Whole(_))) => Err(EngineError::Checkpoint(format!(
             "its holder folded the changes since stamp {} away",
             since.0
         ))),
-        Err(e) => Err(e),
+        Err((_, e)) => Err(e),
     };
     Some(deltas.and_then(|deltas| staged.fold(instance, range, since, deltas)))
 }
 
-/// A part of a backup staged for a live split: its checkpoint but the
-/// entries, which are restored as live keyed state in `live`.
+/// A part of a backup staged for a live split, a standby or a live
+/// merge: its checkpoint but the entries, which are restored as live
+/// keyed state in `live`.
 pub(crate) struct StagedPart {
     part: Checkpoint,
     live: Box<dyn ProcessLogic>,
     /// The holder it was fetched from.
-    holder: WorkerId,
+    holder: BackupHolder,
+    /// For a live merge's partition: the other partition, to join with
+    /// once it is staged too.
+    merge_with: Option<InstanceId>,
 }
 
-/// The parts of backups this worker staged for live splits, by the
-/// instance split, until restored or called off.
+/// A live merge's two partitions staged and joined into one keyed state
+/// ([`ToWorker::Stage`]'s `merge`), until the merge's stop catches it up.
+struct JoinedMerge {
+    /// The lower partition and the upper.
+    parents: [InstanceId; 2],
+    /// Each one's staged checkpoint without entries (caught up since),
+    /// and the holder it was staged from.
+    parts: [(Checkpoint, BackupHolder); 2],
+    /// The keyed state of both.
+    live: Box<dyn ProcessLogic>,
+}
+
+/// What this worker staged of other instances' backups, until restored
+/// or called off.
 #[derive(Clone, Default)]
-pub(crate) struct Staging(Arc<Mutex<HashMap<InstanceId, Vec<StagedPart>>>>);
+pub(crate) struct Staging(Arc<Mutex<Staged>>);
+
+#[derive(Default)]
+struct Staged {
+    /// Parts staged on their own, by the instance whose backup they are
+    /// (a live merge's partition until the other is staged).
+    parts: HashMap<InstanceId, Vec<StagedPart>>,
+    /// Live merges' partitions joined.
+    joined: Vec<JoinedMerge>,
+}
 
 impl Staging {
-    fn keep(&self, instance: InstanceId, part: StagedPart) {
+    /// Keeps what was staged of `instance`; a live merge's partition
+    /// whose other is staged already is joined with it and the two caught
+    /// up (off the lock: it moves the smaller's keys into the other's map).
+    fn keep(&self, instance: InstanceId, part: StagedPart) -> Result<(), EngineError> {
+        let waiting = {
+            let mut staged = self.lock();
+            let other = part.merge_with.and_then(|other| {
+                let parts = staged.parts.get_mut(&other)?;
+                let at = parts.iter().position(|p| p.merge_with == Some(instance))?;
+                Some((other, parts.swap_remove(at)))
+            });
+            match other {
+                Some(other) => other,
+                None => {
+                    let parts = staged.parts.entry(instance).or_default();
+                    parts.retain(|p| p.part.key_range != part.part.key_range);
+                    parts.push(part);
+                    return Ok(());
+                }
+            }
+        };
+        let mut joined = join((instance, part), waiting)?;
+        joined.catch_up()?;
         let mut staged = self.lock();
-        let parts = staged.entry(instance).or_default();
-        parts.retain(|p| p.part.key_range != part.part.key_range);
-        parts.push(part);
+        staged.parts.retain(|_, parts| !parts.is_empty());
+        staged.joined.retain(|j| j.parents != joined.parents);
+        staged.joined.push(joined);
+        Ok(())
     }
 
     /// The frontier of the part of `instance` staged for `range`, and the
     /// holder it came from.
-    fn peek(&self, instance: InstanceId, range: KeyRange) -> Option<(Stamp, WorkerId)> {
+    fn peek(&self, instance: InstanceId, range: KeyRange) -> Option<(Stamp, BackupHolder)> {
         let staged = self.lock();
         let part = staged
+            .parts
             .get(&instance)?
             .iter()
             .find(|p| p.part.key_range == range)?;
-        Some((part.part.frontier, part.holder))
+        Some((part.part.frontier, part.holder.clone()))
     }
 
     /// Folds `deltas`, the changes on `since`, into the part of `instance`
@@ -780,7 +839,7 @@ impl Staging {
         deltas: Vec<Checkpoint>,
     ) -> Result<(Stamp, usize), EngineError> {
         let mut staged = self.lock();
-        let parts = staged.get_mut(&instance);
+        let parts = staged.parts.get_mut(&instance);
         let Some(at) = parts.as_ref().and_then(|parts| {
             parts
                 .iter()
@@ -792,7 +851,8 @@ impl Staging {
             )));
         };
         let parts = parts.expect("found above");
-        match fold(&mut parts[at], deltas, range) {
+        let StagedPart { part, live, .. } = &mut parts[at];
+        match fold_changes(live.as_mut(), vec![(part, range, Changes::Since(deltas))]) {
             Ok(()) => Ok((
                 parts[at].part.frontier,
                 parts[at].live.state_size().keys as usize,
@@ -806,23 +866,108 @@ impl Staging {
 
     /// Forgets what was staged of `instance`.
     pub(crate) fn drop_instance(&self, instance: InstanceId) {
-        self.lock().remove(&instance);
+        let mut staged = self.lock();
+        staged.parts.remove(&instance);
+        staged.joined.retain(|j| !j.parents.contains(&instance));
     }
 
     /// The part of `parent` staged for `range`, taken.
     fn take(&self, parent: InstanceId, range: KeyRange) -> Option<StagedPart> {
         let mut staged = self.lock();
-        let parts = staged.get_mut(&parent)?;
+        let parts = staged.parts.get_mut(&parent)?;
         let at = parts.iter().position(|p| p.part.key_range == range)?;
         let part = parts.swap_remove(at);
         if parts.is_empty() {
-            staged.remove(&parent);
+            staged.parts.remove(&parent);
         }
         Some(part)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Vec<StagedPart>>> {
+    /// The joined partitions of the live merge of `parents`, taken.
+    fn take_joined(&self, parents: [InstanceId; 2]) -> Option<JoinedMerge> {
+        let mut staged = self.lock();
+        let at = staged.joined.iter().position(|j| j.parents == parents)?;
+        Some(staged.joined.swap_remove(at))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Staged> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A live merge's two staged partitions made one, the smaller's keys
+/// moving into the map with room for them ([`KeyedState::absorb`]).
+///
+/// [`KeyedState::absorb`]: crate::state::KeyedState::absorb
+fn join(
+    a: (InstanceId, StagedPart),
+    b: (InstanceId, StagedPart),
+) -> Result<JoinedMerge, EngineError> {
+    let started = std::time::Instant::now();
+    let ((lower, mut low), (upper, high)) = if a.1.part.key_range.start < b.1.part.key_range.start {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let keys = [&low, &high].map(|p| p.live.state_size().keys);
+    low.live.absorb_state(high.live.take_state())?;
+    tracing::info!(
+        %lower,
+        %upper,
+        "live merge: staged partitions joined ({} + {} keys) in {} ms",
+        keys[0],
+        keys[1],
+        started.elapsed().as_millis()
+    );
+    Ok(JoinedMerge {
+        parents: [lower, upper],
+        parts: [(low.part, low.holder), (high.part, high.holder)],
+        live: low.live,
+    })
+}
+
+impl JoinedMerge {
+    /// Folds in each partition's changes since it was staged, from the
+    /// holder it was staged from, while both partitions still run: the
+    /// first partition staged waited for the second, and whatever changed
+    /// meanwhile need not be folded in at the merge's stop, which then
+    /// asks only for the changes since. A holder that cannot give them
+    /// leaves them to the stop; an error is one folding them in (the
+    /// joined state is then unusable).
+    fn catch_up(&mut self) -> Result<(), EngineError> {
+        let started = std::time::Instant::now();
+        let mut changes = Vec::new();
+        for (parent, (part, holder)) in self.parents.iter().zip(&self.parts) {
+            let from = StagedSource {
+                parent: *parent,
+                range: part.key_range,
+                since: part.frontier,
+                holders: vec![holder.clone()],
+            };
+            match changes_since(&from, Some((part.frontier, holder.worker))) {
+                Ok((_, since)) => changes.push((part.key_range, since)),
+                Err((_, e)) => {
+                    tracing::warn!(instance = %parent, "a live merge's staged partitions are caught up at its stop only: {e}");
+                    return Ok(());
+                }
+            }
+        }
+        let increments: Vec<Option<usize>> = changes.iter().map(|(_, c)| c.increments()).collect();
+        let ranges = self
+            .parts
+            .iter_mut()
+            .zip(changes)
+            .map(|((part, _), (range, changes))| (part, range, changes))
+            .collect();
+        fold_changes(self.live.as_mut(), ranges)?;
+        tracing::info!(
+            lower = %self.parents[0],
+            upper = %self.parents[1],
+            ?increments,
+            "live merge: joined partitions caught up while staged in {} ms",
+            started.elapsed().as_millis()
+        );
+        Ok(())
     }
 }
 
@@ -840,32 +985,61 @@ pub(crate) enum CaughtUp {
 }
 
 /// The state of a part of a live split ([`RestoreFrom::Staged`]): what was
-/// staged of `from`, caught up. An error names the last holder tried.
+/// staged of `from`, caught up with the range's changes since; when
+/// nothing was staged, or a holder no longer has the changes as deltas,
+/// the range's part whole. An error names the last holder tried.
 pub(crate) fn catch_up(
     staged: &Staging,
     from: &StagedSource,
 ) -> Result<CaughtUp, (WorkerId, EngineError)> {
-    Ok(match caught_up(staged, from)? {
-        Caught::Live(part, live) => CaughtUp::Live(part, live),
-        Caught::Whole(part) => CaughtUp::Whole(part),
-    })
+    // A standby kept current may be ahead of the frontier named.
+    let part = staged
+        .take(from.parent, from.range)
+        .filter(|p| p.part.frontier >= from.since);
+    let (holder, changes) = changes_since(
+        from,
+        part.as_ref().map(|p| (p.part.frontier, p.holder.worker)),
+    )?;
+    match (changes, part) {
+        (Changes::Whole(whole), _) => Ok(CaughtUp::Whole(whole)),
+        (
+            changes,
+            Some(StagedPart {
+                mut part, mut live, ..
+            }),
+        ) => {
+            fold_changes(live.as_mut(), vec![(&mut part, from.range, changes)])
+                .map_err(|e| (holder, e))?;
+            Ok(CaughtUp::Live(part, live))
+        }
+        (Changes::Since(_), None) => Err((holder, unasked_changes())),
+    }
 }
 
-/// The state of a live merge ([`RestoreFrom::StagedMerge`]): each
-/// partition's staged part caught up (both at once), then made one: the keyed state of
-/// one absorbed into the other's, the checkpoints (frontier, output
-/// buffers interleaved into stamp order) merged as a whole-checkpoint
-/// merge merges them. An error names the last holder tried.
+/// The state of a live merge ([`RestoreFrom::StagedMerge`]): the two
+/// partitions joined while staged, caught up with each one's changes
+/// since (fetched at once, each from its own holders) in the steps of
+/// [`catch_up_steps`]; their checkpoints (frontier, output buffers
+/// interleaved into stamp order) merged as a whole-checkpoint merge merges
+/// them. Without what was staged, both ranges whole, merged. An error
+/// names the last holder tried.
 pub(crate) fn catch_up_merge(
     staged: &Staging,
     lower: &StagedSource,
     upper: &StagedSource,
 ) -> Result<CaughtUp, (WorkerId, EngineError)> {
-    // The two partitions catch up at once, from their own holders.
     let started = std::time::Instant::now();
+    let joined = staged.take_joined([lower.parent, upper.parent]);
+    let sources = [lower, upper];
+    // Caught up since its staging (to `part.frontier`) while staged.
+    let staged_at = [0, 1].map(|i| {
+        let (part, holder) = &joined.as_ref()?.parts[i];
+        (part.frontier >= sources[i].since && part.key_range == sources[i].range)
+            .then_some((part.frontier, holder.worker))
+    });
     let (low, high) = thread::scope(|scope| {
-        let high = scope.spawn(|| caught_up(staged, upper));
-        let low = caught_up(staged, lower);
+        let high = scope.spawn(|| changes_since(upper, staged_at[1]));
+        let low = changes_since(lower, staged_at[0]);
         let high = high.join().unwrap_or_else(|_| {
             Err((
                 WorkerId(0),
@@ -874,121 +1048,142 @@ pub(crate) fn catch_up_merge(
         });
         (low, high)
     });
-    let (low, high) = (low?, high?);
-    let caught_up_ms = started.elapsed().as_millis();
-    let whole = [&low, &high].map(|c| matches!(c, Caught::Whole(_)));
-    let merged = match (low, high) {
-        (Caught::Whole(low), Caught::Whole(high)) => low.merge(high).map(CaughtUp::Whole),
-        (Caught::Live(low, mut live), Caught::Live(high, other)) => live
-            .absorb_state(other.take_state())
-            .and_then(|()| low.merge(high))
-            .map(|merged| CaughtUp::Live(merged, live)),
-        (Caught::Live(part, live), Caught::Whole(whole))
-        | (Caught::Whole(whole), Caught::Live(part, live)) => join_whole(part, live, whole),
+    let ((_, low), (_, high)) = (low?, high?);
+    let fetched_ms = started.elapsed().as_millis();
+    let increments = [&low, &high].map(Changes::increments);
+    let mut folded_ms = fetched_ms;
+    let merged = match (joined, low, high) {
+        (Some(joined), low, high) => {
+            let JoinedMerge {
+                parts: [(mut low_part, _), (mut high_part, _)],
+                mut live,
+                ..
+            } = joined;
+            fold_changes(
+                live.as_mut(),
+                vec![
+                    (&mut low_part, lower.range, low),
+                    (&mut high_part, upper.range, high),
+                ],
+            )
+            .and_then(|()| {
+                folded_ms = started.elapsed().as_millis();
+                low_part.merge(high_part)
+            })
+            .map(|merged| CaughtUp::Live(merged, live))
+        }
+        (None, Changes::Whole(low), Changes::Whole(high)) => low.merge(high).map(CaughtUp::Whole),
+        (None, _, _) => Err(unasked_changes()),
     };
     tracing::info!(
         lower = %lower.parent,
         upper = %upper.parent,
-        ?whole,
-        "live merge caught up in {caught_up_ms} ms, made one after {} ms",
+        ?increments,
+        "live merge caught up: changes since staging fetched in {fetched_ms} ms, folded in after {folded_ms} ms, checkpoints merged after {} ms",
         started.elapsed().as_millis()
     );
     merged.map_err(|e| (WorkerId(0), e))
 }
 
-/// A live merge's caught-up partitions when one came whole (its holder
-/// had folded the deltas away): its entries join the other's live state as
-/// changes (so the live keys' loads halve once more than a restore's).
-fn join_whole(
-    part: Checkpoint,
-    mut live: Box<dyn ProcessLogic>,
-    mut whole: Checkpoint,
-) -> Result<CaughtUp, EngineError> {
-    let entries = std::mem::take(&mut whole.entries);
-    live.apply_changes(&entries, whole.key_range)?;
-    let merged = if whole.key_range.start < part.key_range.start {
-        whole.merge(part)
-    } else {
-        part.merge(whole)
-    }?;
-    Ok(CaughtUp::Live(merged, live))
+fn unasked_changes() -> EngineError {
+    EngineError::Protocol("a holder sent changes since a frontier not asked for".into())
 }
 
-/// A staged part caught up: live, or whole.
-enum Caught {
-    Live(Checkpoint, Box<dyn ProcessLogic>),
+/// A staged range's changes since it was staged, as a holder sent them.
+enum Changes {
+    /// The increments since the staged frontier, in order.
+    Since(Vec<Checkpoint>),
+    /// The range whole, at the backup's frontier: nothing was staged, or
+    /// the holder had folded the increments away.
     Whole(Checkpoint),
 }
 
-/// What was staged of `from` at its `since`, caught up with the range's
-/// changes from the first of its holders that gives them; when nothing was
-/// staged, or a holder no longer has the changes as deltas, the range's
-/// part whole. An error names the last holder tried.
-fn caught_up(staged: &Staging, from: &StagedSource) -> Result<Caught, (WorkerId, EngineError)> {
-    let StagedSource {
-        parent,
-        range,
-        since,
-        ref holders,
-    } = *from;
-    // A standby kept current may be ahead of the frontier named.
-    let mut part = staged
-        .take(parent, range)
-        .filter(|p| p.part.frontier >= since);
-    let mut last = Err((
-        WorkerId(0),
-        EngineError::Checkpoint(format!("no holder of instance {parent} named")),
-    ));
-    // The holder it was staged from first: it has the changes since as
-    // deltas, where a copy that began later (a replica) could only send
-    // the range whole.
-    let mut holders: Vec<&BackupHolder> = holders.iter().collect();
-    if let Some(first) = part.as_ref().map(|p| p.holder) {
+impl Changes {
+    /// How many increments came (`None`: the range came whole), for the
+    /// log.
+    fn increments(&self) -> Option<usize> {
+        match self {
+            Changes::Since(deltas) => Some(deltas.len()),
+            Changes::Whole(_) => None,
+        }
+    }
+}
+
+/// The changes of `from`'s range since `staged_at` (the frontier it was
+/// staged at and the holder it was staged from), or without it the range
+/// whole, from the first of its holders that gives them, and that holder.
+/// The holder it was staged from is asked first: it has the changes as
+/// deltas, where a copy that began later (a replica) could only send the
+/// range whole. An error names the last holder tried.
+fn changes_since(
+    from: &StagedSource,
+    staged_at: Option<(Stamp, WorkerId)>,
+) -> Result<(WorkerId, Changes), (WorkerId, EngineError)> {
+    let mut holders: Vec<&BackupHolder> = from.holders.iter().collect();
+    if let Some((_, first)) = staged_at {
         holders.sort_by_key(|h| h.worker != first);
     }
+    let mut last = Err((
+        WorkerId(0),
+        EngineError::Checkpoint(format!("no holder of instance {} named", from.parent)),
+    ));
     for holder in holders {
-        let asked = part.as_ref().map(|p| p.part.frontier);
-        let caught_up =
-            fetch_range(holder, parent, range, asked).and_then(|(from, bytes)| {
-                match (from, part.take()) {
-                    (Some(since), Some(staged)) => apply(staged, &bytes, since, range),
-                    (_, staged) => {
-                        part = staged;
-                        Checkpoint::decode_owned(bytes).map(Caught::Whole)
-                    }
+        let asked = staged_at.map(|(at, _)| at);
+        let changes =
+            fetch_range(holder, from.parent, from.range, asked).and_then(|(since, bytes)| {
+                match since {
+                    Some(since) => Checkpoint::decode_run(&bytes, since).map(Changes::Since),
+                    None => Checkpoint::decode_owned(bytes).map(Changes::Whole),
                 }
             });
-        match caught_up {
-            Ok(state) => return Ok(state),
+        match changes {
+            Ok(changes) => return Ok((holder.worker, changes)),
             Err(e) => last = Err((holder.worker, e)),
         }
     }
     last
 }
 
-/// Folds a run of deltas of `range` on `since` into a staged part.
-fn apply(
-    mut staged: StagedPart,
-    run: &[u8],
-    since: Stamp,
-    range: KeyRange,
-) -> Result<Caught, EngineError> {
-    fold(&mut staged, Checkpoint::decode_run(run, since)?, range)?;
-    Ok(Caught::Live(staged.part, staged.live))
-}
-
-/// Folds decoded deltas of `range`, in order, into a staged part.
-fn fold(
-    staged: &mut StagedPart,
-    deltas: Vec<Checkpoint>,
-    range: KeyRange,
+/// Folds each staged range's changes into its checkpoint (frontier,
+/// output buffer, operator state; a range that came whole replaces it)
+/// and into `live`, the keyed state staged of them all, in the steps of
+/// [`catch_up_steps`].
+fn fold_changes(
+    live: &mut dyn ProcessLogic,
+    ranges: Vec<(&mut Checkpoint, KeyRange, Changes)>,
 ) -> Result<(), EngineError> {
-    let StagedPart { part, live, .. } = staged;
-    for delta in deltas {
-        live.apply_changes(&delta.entries, range)?;
-        part.frontier = delta.frontier;
-        part.output_buffer = std::mem::take(&mut part.output_buffer).then(delta.output_buffer);
-        part.operator_state = delta.operator_state;
+    let runs: Vec<(Vec<Vec<StateEntry>>, KeyRange)> = ranges
+        .into_iter()
+        .map(|(part, range, changes)| {
+            let run = match changes {
+                Changes::Whole(mut whole) => {
+                    let entries = std::mem::take(&mut whole.entries);
+                    *part = whole;
+                    vec![entries]
+                }
+                Changes::Since(deltas) => deltas
+                    .into_iter()
+                    .map(|delta| {
+                        let Checkpoint {
+                            frontier,
+                            entries,
+                            output_buffer,
+                            operator_state,
+                            ..
+                        } = delta;
+                        part.frontier = frontier;
+                        part.output_buffer =
+                            std::mem::take(&mut part.output_buffer).then(output_buffer);
+                        part.operator_state = operator_state;
+                        entries
+                    })
+                    .collect(),
+            };
+            (run, range)
+        })
+        .collect();
+    for step in catch_up_steps(&runs) {
+        live.apply_changes(&step)?;
     }
     Ok(())
 }
@@ -1496,5 +1691,168 @@ mod tests {
             );
             thread::sleep(std::time::Duration::from_millis(10));
         }
+    }
+
+    /// A keyed count over `u64`s, whose state encodes as
+    /// [`crate::state::testing::encode_count_over`]'s.
+    struct Count;
+
+    impl crate::api::StatefulOperator for Count {
+        type In = u64;
+        type Key = u64;
+        type State = u64;
+        type Out = u64;
+        fn key(input: &u64) -> u64 {
+            *input
+        }
+        fn process(
+            &mut self,
+            _input: u64,
+            state: &mut u64,
+            out: &mut crate::api::Output<'_, u64>,
+        ) -> Result<(), crate::api::OperatorError> {
+            *state += 1;
+            out.emit(*state)
+        }
+    }
+
+    struct Nothing;
+
+    impl crate::api::Source for Nothing {
+        type Out = u64;
+        fn next(&mut self) -> Result<crate::api::SourceStep<u64>, crate::api::OperatorError> {
+            Ok(crate::api::SourceStep::Done)
+        }
+    }
+
+    /// A fresh logic of operator `count` owning `range`.
+    fn count_logic(range: KeyRange) -> Box<dyn ProcessLogic> {
+        let mut q = crate::api::QueryBuilder::new();
+        let source = q.source("source", 1, |_| Ok(Nothing));
+        q.stateful("count", 2, &[source], |_| Ok(Count));
+        let query = q.build().expect("builds");
+        let ctx = crate::api::InstanceContext {
+            operator: "count".into(),
+            instance: 7,
+            index: 0,
+            parallelism: 2,
+            key_range: range,
+            restoring: true,
+            incarnation: Incarnation(0),
+        };
+        match query.instantiate(query.find("count").expect("count"), &ctx) {
+            Ok(crate::api::Logic::Process(logic)) => logic,
+            _ => panic!("count is a processing operator"),
+        }
+    }
+
+    #[test]
+    fn a_live_merge_joins_its_partitions_when_staged_and_catches_them_up_twice() {
+        use crate::hash::key_hash;
+        use crate::state::testing::encode_count_over;
+        use crate::state::KeyedState;
+
+        let ranges = KeyRange::FULL.split_even(2);
+        let ids = [InstanceId(7), InstanceId(8)];
+        let holdings = Holdings::default();
+        let mut states: Vec<KeyedState<u64, u64>> = ranges
+            .iter()
+            .map(|range| {
+                let mut state = KeyedState::default();
+                for k in (0..300u64).filter(|k| range.contains(key_hash(k))) {
+                    *state.get_or_default(k) = k;
+                }
+                state
+            })
+            .collect();
+        // Each partition checkpoints at `frontier`, touching `keys` first.
+        let mut checkpoint = |frontier: u64, keys: &[u64], base: Option<u64>| {
+            for k in keys {
+                let p = usize::from(ranges[1].contains(key_hash(k)));
+                *states[p].get_or_default(*k) += frontier;
+            }
+            for p in 0..2 {
+                let entries = match base {
+                    Some(_) => states[p].snapshot_changes(),
+                    None => states[p].snapshot(),
+                }
+                .expect("snapshots");
+                let bytes = encode_count_over(ranges[p], &entries, frontier, base, &[]);
+                assert!(stored(&holdings.store(BackupShipment {
+                    instance: ids[p],
+                    incarnation: Incarnation(0),
+                    frontier: Stamp(frontier),
+                    bytes,
+                })));
+            }
+        };
+        checkpoint(10, &[], None);
+        // Two fetches to stage, two to catch up while staged, two at the stop.
+        let (holder, serving) = serve_fetches(&holdings, 6);
+        let staging = Staging::default();
+        let stage = |p: usize| {
+            let (_, bytes) = fetch_range(&holder, ids[p], ranges[p], None).expect("fetched");
+            let mut part = Checkpoint::decode_owned(bytes).expect("valid");
+            let mut live = count_logic(ranges[p]);
+            live.restore(&part.entries, part.key_range)
+                .expect("restores");
+            part.entries = Vec::new();
+            let part = StagedPart {
+                part,
+                live,
+                holder: holder.clone(),
+                merge_with: Some(ids[1 - p]),
+            };
+            staging.keep(ids[p], part).expect("kept");
+        };
+        // The upper is staged first and waits; both change; the lower's
+        // staging joins the two and catches both up.
+        stage(1);
+        checkpoint(20, &(0..300).step_by(3).collect::<Vec<_>>(), Some(10));
+        stage(0);
+        assert!(staging.lock().parts.is_empty());
+        assert_eq!(staging.lock().joined[0].parents, ids);
+        let frontiers = staging.lock().joined[0]
+            .parts
+            .each_ref()
+            .map(|(part, _)| part.frontier);
+        assert_eq!(frontiers, [Stamp(20); 2]);
+        // The stop: both change again; the catch-up asks for what changed
+        // since 20, though the coordinator names the frontier staged.
+        checkpoint(30, &(0..300).step_by(7).collect::<Vec<_>>(), Some(20));
+        let sources = [0, 1].map(|p| StagedSource {
+            parent: ids[p],
+            range: ranges[p],
+            since: Stamp(10),
+            holders: vec![holder.clone()],
+        });
+        let CaughtUp::Live(merged, state) =
+            catch_up_merge(&staging, &sources[0], &sources[1]).expect("caught up")
+        else {
+            panic!("the joined state was caught up live");
+        };
+        assert!(staging.lock().joined.is_empty());
+        assert_eq!(
+            (merged.frontier, merged.key_range),
+            (Stamp(30), KeyRange::FULL)
+        );
+        // The state of restoring the merge of the two folded backups,
+        // loads too: both partitions took as many increments.
+        let folded = ids
+            .map(|id| Checkpoint::decode_owned(holdings.fetch(id).expect("held")).expect("valid"));
+        let [lower, upper] = folded;
+        let whole = lower.merge(upper).expect("merges");
+        let mut expected: KeyedState<u64, u64> =
+            KeyedState::restore(&whole.entries, whole.key_range).expect("restores");
+        let mut state = *state
+            .take_state()
+            .downcast::<KeyedState<u64, u64>>()
+            .expect("count's keyed state");
+        assert_eq!(state.encoded_bytes(), expected.encoded_bytes());
+        assert_eq!(
+            state.snapshot().expect("snapshots"),
+            expected.snapshot().expect("snapshots")
+        );
+        serving.join().expect("served");
     }
 }

@@ -229,12 +229,11 @@ impl ControlLoop<'_> {
                 instance,
                 range,
                 holders,
-                room,
+                merge,
             } => {
                 let logic = self.logic_for(instance, range);
-                let room = usize::try_from(room).unwrap_or(usize::MAX);
                 let (staging, writer) = (&self.staging, &self.writer);
-                backup::stage(staging, writer, instance, range, room, holders, logic)
+                backup::stage(staging, writer, instance, range, merge, holders, logic)
             }
             ToWorker::Unstage { instance } => self.staging.drop_instance(instance),
             ToWorker::ReshapeBackup {
