@@ -720,9 +720,11 @@ pub(crate) fn stage(
 
 /// Catches up the part of `instance` staged for `range`, in place, from
 /// the holder it came from: its new frontier and keys. `None` when none is
-/// staged; an error when that holder can no longer give the changes since
-/// as deltas (its caller drops the part: the coordinator stages it whole
-/// again).
+/// staged. A holder that no longer has the changes since as deltas (a
+/// full checkpoint came since) sends the range whole, whose entries are
+/// folded in as changes (keyed state only ever adds or updates keys). An
+/// error (the holder is gone) makes its caller drop the part: the
+/// coordinator stages it again.
 fn refresh(
     staged: &Staging,
     instance: InstanceId,
@@ -735,15 +737,10 @@ fn refresh(
         since,
         holders: vec![holder.clone()],
     };
-    let deltas = match changes_since(&from, Some((since, holder.worker))) {
-        Ok((_, Changes::Since(deltas))) => Ok(deltas),
-        Ok((_, Changes::Whole(_))) => Err(EngineError::Checkpoint(format!(
-            "its holder folded the changes since stamp {} away",
-            since.0
-        ))),
-        Err((_, e)) => Err(e),
-    };
-    Some(deltas.and_then(|deltas| staged.fold(instance, range, since, deltas)))
+    let changes = changes_since(&from, Some((since, holder.worker)))
+        .map(|(_, changes)| changes)
+        .map_err(|(_, e)| e);
+    Some(changes.and_then(|changes| staged.fold(instance, range, since, changes)))
 }
 
 /// A part of a backup staged for a live split, a standby or a live
@@ -828,7 +825,7 @@ impl Staging {
         Some((part.part.frontier, part.holder.clone()))
     }
 
-    /// Folds `deltas`, the changes on `since`, into the part of `instance`
+    /// Folds `changes`, those since `since`, into the part of `instance`
     /// staged for `range` if it is still at `since`: its new frontier and
     /// keys. A part that failed halfway is dropped.
     fn fold(
@@ -836,7 +833,7 @@ impl Staging {
         instance: InstanceId,
         range: KeyRange,
         since: Stamp,
-        deltas: Vec<Checkpoint>,
+        changes: Changes,
     ) -> Result<(Stamp, usize), EngineError> {
         let mut staged = self.lock();
         let parts = staged.parts.get_mut(&instance);
@@ -852,7 +849,7 @@ impl Staging {
         };
         let parts = parts.expect("found above");
         let StagedPart { part, live, .. } = &mut parts[at];
-        match fold_changes(live.as_mut(), vec![(part, range, Changes::Since(deltas))]) {
+        match fold_changes(live.as_mut(), vec![(part, range, changes)]) {
             Ok(()) => Ok((
                 parts[at].part.frontier,
                 parts[at].live.state_size().keys as usize,
