@@ -630,8 +630,7 @@ fn store_cut(
 /// operator's), keeps both in `staged` (a live merge's partition joined
 /// with the other's once both are: `merge`) and answers the coordinator.
 /// A range staged here before (a warm standby kept current) is caught up
-/// in place instead, when the holder it came from still has the changes
-/// since as deltas.
+/// in place instead, from the holder it came from ([`refresh`]).
 pub(crate) fn stage(
     staged: &Staging,
     writer: &ControlWriter,
