@@ -224,11 +224,7 @@ impl BackupChain {
     /// and key count, in key order. Folds the chain over its own bytes
     /// (no copy of the full checkpoint).
     pub fn cuts(&self, parts: usize) -> Result<Cuts, EngineError> {
-        let deltas = self.parts[1..]
-            .iter()
-            .map(|part| decode_delta(part).map(|(_, delta)| delta))
-            .collect::<Result<Vec<_>, _>>()?;
-        let whole = decode_shared(Arc::clone(&self.parts[0]))?.apply_all(deltas)?;
+        let whole = self.folded()?;
         let ranges = whole.split_points(parts);
         let keys = ranges.iter().map(|r| {
             let below = whole.entries.partition_point(|e| e.hash < r.start);
@@ -249,10 +245,20 @@ impl BackupChain {
     fn compact(&mut self) -> Result<(), EngineError> {
         let fold = self.folded_parts()?;
         let kept = self.parts.split_off(fold);
-        let full = Checkpoint::decode(&self.encode())?.encode()?;
+        let full = self.folded()?.encode()?;
         self.delta_bytes = kept.iter().map(|part| part.len()).sum();
         self.parts = std::iter::once(Arc::new(full)).chain(kept).collect();
         Ok(())
+    }
+
+    /// The chain folded into one checkpoint over its own bytes: no copy
+    /// of the full checkpoint (its parts were verified as they came).
+    fn folded(&self) -> Result<Checkpoint, EngineError> {
+        let deltas = self.parts[1..]
+            .iter()
+            .map(|part| decode_delta(part).map(|(_, delta)| delta))
+            .collect::<Result<Vec<_>, _>>()?;
+        decode_shared(Arc::clone(&self.parts[0]))?.apply_all(deltas)
     }
 
     /// How many parts, from the first, a compaction folds.
