@@ -643,78 +643,83 @@ pub(crate) fn stage(
     let (staged, writer) = (staged.clone(), writer.clone());
     spawn("spate-stage", move || {
         // A live merge's partition is staged afresh, to be joined.
-        let refreshed = merge.is_none().then(|| refresh(&staged, instance, range));
-        if let Some(refreshed) = refreshed.flatten() {
-            let (frontier, keys, reason) = match refreshed {
-                Ok((frontier, keys)) => (Some(frontier), keys, String::new()),
-                Err(e) => {
-                    staged.drop_instance(instance);
-                    (None, 0, format!("could not catch up: {e}"))
-                }
-            };
-            let answer = ToCoordinator::Staged {
-                instance,
-                range,
-                frontier,
-                keys,
-                reason,
-            };
-            reply(&writer, &answer);
-            return;
-        }
-        let mut reasons = Vec::new();
-        let (mut frontier, mut keys) = (None, 0);
-        let mut logic = Some(logic);
-        let room = merge.map_or(0, |m| usize::try_from(m.room).unwrap_or(usize::MAX));
-        for holder in &holders {
-            let fetched = fetch_range(holder, instance, range, None)
-                .and_then(|(_, bytes)| Checkpoint::decode_owned(bytes))
-                .and_then(|mut part| {
-                    let make = logic.take().ok_or_else(|| {
-                        EngineError::Protocol("the operator's logic was already made".into())
-                    })?;
-                    let mut live = make()?;
-                    live.restore(&part.entries, part.key_range)?;
-                    live.reserve_keys(room);
-                    // Its bytes are in the live state now.
-                    part.entries = Vec::new();
-                    Ok(StagedPart {
-                        part,
-                        live,
-                        holder: holder.clone(),
-                        merge_with: merge.map(|m| m.with),
-                    })
-                });
-            match fetched {
-                Ok(part) => {
-                    keys = part.live.state_size().keys as usize;
-                    frontier = Some(part.part.frontier);
-                    if let Err(e) = staged.keep(instance, part) {
-                        frontier = None;
-                        reasons.push(e.to_string());
-                    }
-                    break;
-                }
-                Err(e) => reasons.push(e.to_string()),
+        let refreshed = merge
+            .is_none()
+            .then(|| refresh(&staged, instance, range))
+            .flatten();
+        let (frontier, keys, reason) = match refreshed {
+            Some(Ok((frontier, keys))) => (Some(frontier), keys, String::new()),
+            Some(Err(e)) => {
+                staged.drop_instance(instance);
+                (None, 0, format!("could not catch up: {e}"))
             }
-            if logic.is_none() {
+            None => stage_whole(&staged, instance, range, merge, &holders, logic),
+        };
+        let answer = ToCoordinator::Staged {
+            instance,
+            range,
+            frontier,
+            keys,
+            reason,
+        };
+        reply(&writer, &answer);
+    });
+}
+
+/// Stages `range` of `instance` whole, from the first of `holders` that
+/// gives it ([`stage`]): the frontier staged (`None`: it could not), the
+/// keys, and why not.
+fn stage_whole(
+    staged: &Staging,
+    instance: InstanceId,
+    range: KeyRange,
+    merge: Option<StagedJoin>,
+    holders: &[BackupHolder],
+    logic: impl FnOnce() -> Result<Box<dyn ProcessLogic>, EngineError>,
+) -> (Option<Stamp>, usize, String) {
+    let mut reasons = Vec::new();
+    let (mut frontier, mut keys) = (None, 0);
+    let mut logic = Some(logic);
+    let room = merge.map_or(0, |m| usize::try_from(m.room).unwrap_or(usize::MAX));
+    for holder in holders {
+        let fetched = fetch_range(holder, instance, range, None)
+            .and_then(|(_, bytes)| Checkpoint::decode_owned(bytes))
+            .and_then(|mut part| {
+                let make = logic.take().ok_or_else(|| {
+                    EngineError::Protocol("the operator's logic was already made".into())
+                })?;
+                let mut live = make()?;
+                live.restore(&part.entries, part.key_range)?;
+                live.reserve_keys(room);
+                // Its bytes are in the live state now.
+                part.entries = Vec::new();
+                Ok(StagedPart {
+                    part,
+                    live,
+                    holder: holder.clone(),
+                    merge_with: merge.map(|m| m.with),
+                })
+            });
+        match fetched {
+            Ok(part) => {
+                keys = part.live.state_size().keys as usize;
+                frontier = Some(part.part.frontier);
+                if let Err(e) = staged.keep(instance, part) {
+                    frontier = None;
+                    reasons.push(e.to_string());
+                }
                 break;
             }
+            Err(e) => reasons.push(e.to_string()),
         }
-        if holders.is_empty() {
-            reasons.push("no holder named".into());
+        if logic.is_none() {
+            break;
         }
-        reply(
-            &writer,
-            &ToCoordinator::Staged {
-                instance,
-                range,
-                frontier,
-                keys,
-                reason: reasons.join("; "),
-            },
-        );
-    });
+    }
+    if holders.is_empty() {
+        reasons.push("no holder named".into());
+    }
+    (frontier, keys, reasons.join("; "))
 }
 
 /// Catches up the part of `instance` staged for `range`, in place, from
