@@ -259,13 +259,35 @@ fn integer(text: &str) -> Option<i64> {
     text.parse().ok()
 }
 
-/// Parses one input line: 15 comma-separated integers. A blank line is
-/// ignored.
-pub fn parse_line(text: &str) -> Result<Parsed, String> {
-    let text = text.trim_end_matches(['\r', '\n']);
-    if text.trim().is_empty() {
-        return Ok(Parsed::Ignored);
+/// The fields of a line as every generated line is written: exactly 15
+/// integers of at most 18 digits, an optional leading `-`, nothing else.
+/// One pass over the bytes, with no text to validate or trim: the feeder
+/// parses every input line, so this is its hot path. `None` sends the line
+/// to [`general_fields`], which accepts what else is allowed and explains
+/// what is not.
+fn plain_fields(line: &[u8]) -> Option<[i64; 15]> {
+    let mut fields = [0i64; 15];
+    let mut parts = line.split(|&b| b == b',');
+    for slot in &mut fields {
+        let part = parts.next()?;
+        let (negative, digits) = match part.split_first() {
+            Some((b'-', rest)) => (true, rest),
+            _ => (false, part),
+        };
+        if digits.is_empty() || digits.len() > 18 {
+            return None;
+        }
+        let magnitude = digits.iter().try_fold(0i64, |value, &b| {
+            b.is_ascii_digit().then(|| value * 10 + i64::from(b - b'0'))
+        })?;
+        *slot = if negative { -magnitude } else { magnitude };
     }
+    parts.next().is_none().then_some(fields)
+}
+
+/// The fields of any line that is not plain: spaces around fields, long
+/// numbers, and the reasons a line has no 15 integer fields.
+fn general_fields(text: &str) -> Result<[i64; 15], String> {
     let mut fields = [0i64; 15];
     let mut n = 0;
     for part in text.split(',') {
@@ -279,6 +301,24 @@ pub fn parse_line(text: &str) -> Result<Parsed, String> {
     if n != 15 {
         return Err(format!("{n} fields, expected 15"));
     }
+    Ok(fields)
+}
+
+/// Parses one input line (a `&str` or the raw bytes the feeder reads, with
+/// or without its line ending): 15 comma-separated integers. A blank line
+/// is ignored.
+pub fn parse_line(line: impl AsRef<[u8]>) -> Result<Parsed, String> {
+    let line = line.as_ref().trim_ascii_end();
+    let fields = match plain_fields(line) {
+        Some(fields) => fields,
+        None => {
+            let text = String::from_utf8_lossy(line);
+            if text.trim().is_empty() {
+                return Ok(Parsed::Ignored);
+            }
+            general_fields(&text)?
+        }
+    };
     let time = field(&fields, 1, "Time", 0, MAX_TIME)?;
     let vid = field(&fields, 2, "VID", 0, i64::from(u32::MAX))?;
     match fields[0] {
@@ -329,8 +369,9 @@ pub fn parse_line(text: &str) -> Result<Parsed, String> {
 /// The Time field of a line when it is a simulation second, without parsing
 /// the rest: the feeder paces by it and checks the Time order with it, on
 /// every line whose Time it can read, bad or not (docs/LRB.md, "Input").
-pub fn line_time(text: &str) -> Option<u32> {
-    let time = integer(text.split(',').nth(1)?)?;
+pub fn line_time(line: &[u8]) -> Option<u32> {
+    let field = line.split(|&b| b == b',').nth(1)?;
+    let time = integer(std::str::from_utf8(field).ok()?)?;
     u32::try_from(time)
         .ok()
         .filter(|&t| i64::from(t) <= MAX_TIME)
@@ -394,5 +435,55 @@ mod tests {
         assert!(parse_line("7,0,107,32,0,0,0,10,53320,-1,-1,-1,-1,-1,-1")
             .unwrap_err()
             .contains("Type"));
+    }
+
+    /// The fields as the general path reads them, for lines on either side
+    /// of the plain path's limits.
+    fn general(line: &str) -> Result<[i64; 15], String> {
+        general_fields(line.trim_end())
+    }
+
+    #[test]
+    fn odd_lines_take_the_general_path_and_read_the_same() {
+        let plain = "0,0,107,32,0,0,0,10,53320,-1,-1,-1,-1,-1,-1";
+        assert_eq!(plain_fields(plain.as_bytes()), general(plain).ok());
+        for odd in [
+            " 0,0,107,32,0,0,0,10,53320,-1,-1,-1,-1,-1,-1",
+            "0,0,107,32,0,0,0,10,53320,-1,-1,-1,-1,-1, -1",
+            "0,0,1234567890123456789,32,0,0,0,10,53320,-1,-1,-1,-1,-1,-1",
+            "0,0,+107,32,0,0,0,10,53320,-1,-1,-1,-1,-1,-1",
+            "0,0,--107,32,0,0,0,10,53320,-1,-1,-1,-1,-1,-1",
+            "0,0,-,32,0,0,0,10,53320,-1,-1,-1,-1,-1,-1",
+            "0,0,,32,0,0,0,10,53320,-1,-1,-1,-1,-1,-1",
+            "0,0,107,32,0,0,0,10,53320,-1,-1,-1,-1,-1",
+            "0,0,107,32,0,0,0,10,53320,-1,-1,-1,-1,-1,-1,",
+            "0,0,107,32,0,0,0,10,53320,-1,-1,-1,-1,-1,-1,7",
+        ] {
+            assert_eq!(plain_fields(odd.as_bytes()), None, "{odd}");
+        }
+        assert_eq!(
+            parse_line(" 0, 0,107,32,0,0,0,10,53320,-1,-1,-1,-1,-1,-1 \r\n"),
+            parse_line(plain)
+        );
+        assert_eq!(parse_line("  \r\n"), Ok(Parsed::Ignored));
+        assert!(
+            parse_line(b"0,0,1\xff7,32,0,0,0,10,53320,-1,-1,-1,-1,-1,-1")
+                .unwrap_err()
+                .contains("field 3")
+        );
+    }
+
+    proptest::proptest! {
+        /// Every line of 15 integers reads the same on the plain path as on
+        /// the general one, whatever their signs and lengths.
+        #[test]
+        fn the_plain_path_reads_what_the_general_one_reads(
+            fields in proptest::collection::vec(-999_999_999_999_999_999i64..=999_999_999_999_999_999, 15),
+        ) {
+            let line = fields.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+            let expected: [i64; 15] = fields.clone().try_into().unwrap();
+            proptest::prop_assert_eq!(plain_fields(line.as_bytes()), Some(expected));
+            proptest::prop_assert_eq!(general(&line), Ok(expected));
+        }
     }
 }

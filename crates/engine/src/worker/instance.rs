@@ -359,15 +359,17 @@ impl Runner {
         next.saturating_duration_since(Instant::now())
     }
 
-    fn checkpoint_due(&mut self, frontier: Stamp) -> bool {
-        if self.checkpoint_every.is_none() || Instant::now() < self.next_checkpoint {
+    /// Whether to checkpoint at `frontier` now, as of `now` (a source reads
+    /// the clock once per tuple for this and its flushes).
+    fn checkpoint_due(&mut self, frontier: Stamp, now: Instant) -> bool {
+        if self.checkpoint_every.is_none() || now < self.next_checkpoint {
             return false;
         }
         if self.checkpointed == Some(frontier) {
             // Nothing new since the last one (an upstream is busy): look
             // again shortly, rather than wake up at once, again and again,
             // which spun a core while a large upstream checkpointed.
-            self.next_checkpoint = Instant::now() + CHECKPOINT_RECHECK;
+            self.next_checkpoint = now + CHECKPOINT_RECHECK;
             return false;
         }
         true
@@ -496,7 +498,8 @@ impl Runner {
             {
                 return Ok(());
             }
-            if self.checkpoint_due(mark) {
+            let now = Instant::now();
+            if self.checkpoint_due(mark, now) {
                 outbox.flush(mark);
                 // A source checkpoints its position only: after a failure
                 // it re-reads its outputs (see coordinator::checkpoint).
@@ -510,9 +513,9 @@ impl Runner {
             match source.poll(&mut outbox).map_err(|e| self.fail(e))? {
                 SourcePoll::Emitted => {
                     seq += 1;
-                    if last_flush.elapsed() >= SOURCE_FLUSH_EVERY {
+                    if now.saturating_duration_since(last_flush) >= SOURCE_FLUSH_EVERY {
                         outbox.flush(next);
-                        last_flush = Instant::now();
+                        last_flush = now;
                     }
                 }
                 SourcePoll::WaitUntil(at) => {
@@ -797,7 +800,7 @@ impl Runner {
             self.checkpoint_process(logic, done, buffer)?;
             round.checkpoint_at = None;
         }
-        if round.finished || self.checkpoint_due(done) {
+        if round.finished || self.checkpoint_due(done, Instant::now()) {
             if round.finished {
                 logic.finish().map_err(|e| self.fail(e))?;
             }

@@ -20,6 +20,11 @@ use crate::model::{line_time, parse_line, Msg, Parsed};
 /// off a stop or a checkpoint.
 const SKIPPED_PER_CALL: u32 = 1024;
 
+/// Lines released between two readings of the clock when no line's
+/// release needs one: the per-second counts and an unpaced run's release
+/// instants are then at most this many lines stale.
+const LINES_PER_CLOCK_READING: u32 = 64;
+
 /// Input counters the run report needs.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct FeederStats {
@@ -31,6 +36,19 @@ pub struct FeederStats {
     pub elapsed_secs: f64,
 }
 
+/// When a line of Time `t` is due, from `last` (the Time and due instant
+/// of the line before) when it has the same Time.
+fn due(last: &mut Option<(u32, Duration)>, params: &LrbParams, t: u32) -> Duration {
+    match *last {
+        Some((time, offset)) if time == t => offset,
+        _ => {
+            let offset = params.due(t);
+            *last = Some((t, offset));
+            offset
+        }
+    }
+}
+
 /// Reads and paces the input.
 pub struct Feeder {
     reader: BufReader<File>,
@@ -39,13 +57,60 @@ pub struct Feeder {
     offset: u64,
     line_no: u64,
     last_time: u32,
-    /// The text of the line last read, one buffer reused for every line;
+    /// The bytes of the line last read, one buffer reused for every line;
     /// a checkpoint taken while that line waits for its release records it.
-    line: String,
+    line: Vec<u8>,
     /// The line last read, while it waits for its release.
     pending: Option<ParsedLine>,
-    start: Option<(Instant, u64)>,
+    /// The run's clock, from the first line on.
+    clock: Option<RunClock>,
+    /// The Time of the line last released, and when it was due: lines come
+    /// in Time order, so one computation serves a whole simulated second.
+    due: Option<(u32, Duration)>,
     stats: FeederStats,
+}
+
+/// The run's elapsed time as last read. Reading the clock for every line
+/// cost the feeder, which parses every input line on one thread, as much as
+/// a fifth of its parsing; it is read when a line is due later than the
+/// last reading, and every [`LINES_PER_CLOCK_READING`] lines.
+#[derive(Clone, Copy)]
+struct RunClock {
+    start: Instant,
+    /// The start as a UNIX instant, microseconds: release instants are
+    /// wall-clock times that other processes compare with their own.
+    start_us: u64,
+    elapsed: Duration,
+    lines_since_reading: u32,
+}
+
+impl RunClock {
+    fn starting_at(start: Instant, start_us: u64) -> Self {
+        RunClock {
+            start,
+            start_us,
+            elapsed: start.elapsed(),
+            lines_since_reading: 0,
+        }
+    }
+
+    /// Reads the clock.
+    fn read(&mut self) -> Duration {
+        self.elapsed = self.start.elapsed();
+        self.lines_since_reading = 0;
+        self.elapsed
+    }
+
+    /// The elapsed time for one more line: the last reading, unless it is
+    /// [`LINES_PER_CLOCK_READING`] lines old.
+    fn recent(&mut self) -> Duration {
+        self.lines_since_reading += 1;
+        if self.lines_since_reading >= LINES_PER_CLOCK_READING {
+            self.read()
+        } else {
+            self.elapsed
+        }
+    }
 }
 
 /// Everything needed to resume the feeder exactly where a checkpoint left it.
@@ -54,8 +119,9 @@ struct Position {
     offset: u64,
     line_no: u64,
     last_time: u32,
-    /// The text of the line waiting for its release; parsed again on restore.
-    pending: Option<String>,
+    /// The bytes of the line waiting for its release; parsed again on
+    /// restore.
+    pending: Option<Vec<u8>>,
     start_unix_us: Option<u64>,
     stats: FeederStats,
 }
@@ -69,14 +135,14 @@ struct ParsedLine {
 }
 
 impl ParsedLine {
-    fn parse(text: &str) -> Self {
-        let parsed = parse_line(text);
+    fn parse(line: &[u8]) -> Self {
+        let parsed = parse_line(line);
         // Only lines without a record need the Time read on its own.
         let time = parsed
             .as_ref()
             .ok()
             .and_then(Parsed::time)
-            .or_else(|| line_time(text));
+            .or_else(|| line_time(line));
         ParsedLine { time, parsed }
     }
 }
@@ -100,9 +166,10 @@ impl Feeder {
             offset: 0,
             line_no: 0,
             last_time: 0,
-            line: String::with_capacity(128),
+            line: Vec::with_capacity(128),
             pending: None,
-            start: None,
+            clock: None,
+            due: None,
             stats: FeederStats::default(),
         })
     }
@@ -111,14 +178,12 @@ impl Feeder {
     /// `None` at the end of the input.
     fn read_line(&mut self) -> Result<Option<ParsedLine>, OperatorError> {
         self.line.clear();
-        let read = self.reader.read_line(&mut self.line)?;
+        let read = self.reader.read_until(b'\n', &mut self.line)?;
         if read == 0 {
             return Ok(None);
         }
         self.offset += read as u64;
         self.line_no += 1;
-        let len = self.line.trim_end_matches(['\n', '\r']).len();
-        self.line.truncate(len);
         Ok(Some(ParsedLine::parse(&self.line)))
     }
 
@@ -160,8 +225,8 @@ impl Feeder {
 
     fn finish(&mut self) -> Result<(), OperatorError> {
         self.stats.lines = self.line_no;
-        if let Some((start, _)) = self.start {
-            self.stats.elapsed_secs = start.elapsed().as_secs_f64();
+        if let Some(clock) = &mut self.clock {
+            self.stats.elapsed_secs = clock.read().as_secs_f64();
         }
         let dir = stats_dir(&self.params.out_dir);
         std::fs::create_dir_all(&dir)?;
@@ -180,7 +245,7 @@ impl Source for Feeder {
             line_no: self.line_no,
             last_time: self.last_time,
             pending: self.pending.as_ref().map(|_| self.line.clone()),
-            start_unix_us: self.start.map(|(_, us)| us),
+            start_unix_us: self.clock.map(|c| c.start_us),
             stats: self.stats.clone(),
         };
         serde_json::to_vec(&position)
@@ -202,17 +267,14 @@ impl Source for Feeder {
         });
         self.stats = p.stats;
         // Keep the original schedule: the run's start is a wall-clock instant.
-        self.start = p.start_unix_us.map(|us| {
+        self.clock = p.start_unix_us.map(|us| {
             let behind = Duration::from_micros(unix_micros().saturating_sub(us));
-            (Instant::now() - behind, us)
+            RunClock::starting_at(Instant::now() - behind, us)
         });
         Ok(())
     }
 
     fn next(&mut self) -> Result<SourceStep<Msg>, OperatorError> {
-        let (start, start_us) = *self
-            .start
-            .get_or_insert_with(|| (Instant::now(), unix_micros()));
         // A line with nothing to answer is read past, not sent.
         for _ in 0..SKIPPED_PER_CALL {
             let read = match self.pending.take() {
@@ -237,20 +299,22 @@ impl Source for Feeder {
                 }
                 self.last_time = t;
             }
-            // One clock reading per line serves both the pacing and the count.
-            let elapsed = start.elapsed();
+            let clock = self
+                .clock
+                .get_or_insert_with(|| RunClock::starting_at(Instant::now(), unix_micros()));
+            let recent = clock.recent();
             let released_us = match read.time {
                 Some(t) if self.params.speedup > 0.0 => {
-                    let offset = self.params.due(t);
-                    if elapsed < offset {
+                    let offset = due(&mut self.due, &self.params, t);
+                    if recent < offset && clock.read() < offset {
                         self.pending = Some(read);
-                        return Ok(SourceStep::WaitUntil(start + offset));
+                        return Ok(SourceStep::WaitUntil(clock.start + offset));
                     }
-                    start_us + offset.as_micros() as u64
+                    clock.start_us + offset.as_micros() as u64
                 }
-                _ => start_us + elapsed.as_micros() as u64,
+                _ => clock.start_us + recent.as_micros() as u64,
             };
-            let second = elapsed.as_secs() as usize;
+            let second = clock.elapsed.as_secs() as usize;
             if self.stats.per_second.len() <= second {
                 self.stats.per_second.resize(second + 1, 0);
             }
