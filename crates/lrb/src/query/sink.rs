@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use smallvec::{smallvec, SmallVec};
 use spate_engine::api::sink_file;
 use spate_engine::{InstanceContext, OperatorError, Sink};
 use spate_postgres::{operator_error, Column, ColumnType, PgError, PgSinkConfig, PgWriter, Value};
@@ -98,28 +99,34 @@ fn columns(kind: AnswerKind) -> Vec<Column> {
         .collect()
 }
 
-/// The answer's line in its file: the type, then the columns; an input
-/// error is its line number and quoted message.
-fn csv_line(kind: AnswerKind, row: &[Value]) -> String {
-    let mut line = match kind {
-        AnswerKind::Tolls => "0",
-        AnswerKind::Accidents => "1",
-        AnswerKind::Balances => "2",
-        AnswerKind::Expenditures => "3",
-        AnswerKind::InputErrors => "",
-    }
-    .to_string();
-    for value in row {
-        if !line.is_empty() {
-            line.push(',');
+/// An answer's columns: at most five, kept inline (the file sink writes
+/// one for every answer, and a vector each cost it an allocation).
+type Row = SmallVec<[Value; 5]>;
+
+/// Writes the answer's line in its file: the type, then the columns; an
+/// input error is its line number and quoted message. Straight into `out`,
+/// with no text of its own: the tolls sink writes one for most input lines.
+fn write_csv_line(out: &mut impl Write, kind: AnswerKind, row: &[Value]) -> std::io::Result<()> {
+    let prefix: &[u8] = match kind {
+        AnswerKind::Tolls => b"0,",
+        AnswerKind::Accidents => b"1,",
+        AnswerKind::Balances => b"2,",
+        AnswerKind::Expenditures => b"3,",
+        AnswerKind::InputErrors => b"",
+    };
+    out.write_all(prefix)?;
+    let mut digits = itoa::Buffer::new();
+    for (i, value) in row.iter().enumerate() {
+        if i > 0 {
+            out.write_all(b",")?;
         }
         match value {
-            Value::Text(text) => line.push_str(&format!("\"{}\"", text.replace('"', "'"))),
-            Value::BigInt(n) => line.push_str(&n.to_string()),
-            other => line.push_str(&format!("{other:?}")),
+            Value::Text(text) => write!(out, "\"{}\"", text.replace('"', "'"))?,
+            Value::BigInt(n) => out.write_all(digits.format(*n).as_bytes())?,
+            other => write!(out, "{other:?}")?,
         }
     }
-    line
+    out.write_all(b"\n")
 }
 
 /// A column value of a small integer field.
@@ -172,7 +179,7 @@ pub fn export_tables(url: &str, dir: &Path) -> Result<u64, PgError> {
                     _ => Value::BigInt(row.get(i)),
                 })
                 .collect();
-            writeln!(out, "{}", csv_line(kind, &values)).map_err(|e| export_error(&path, e))?;
+            write_csv_line(&mut out, kind, &values).map_err(|e| export_error(&path, e))?;
         }
         out.flush().map_err(|e| export_error(&path, e))?;
         if kind != AnswerKind::InputErrors {
@@ -247,7 +254,7 @@ impl AnswerSink {
     }
 
     /// The answer's columns (see [`columns`]), its latency recorded.
-    fn row(&mut self, msg: Msg) -> Result<Vec<Value>, OperatorError> {
+    fn row(&mut self, msg: Msg) -> Result<Row, OperatorError> {
         // Emit seconds, balances and line numbers: u64 far below i64::MAX.
         let big = |v: u64| Value::BigInt(v as i64);
         Ok(match msg {
@@ -259,7 +266,7 @@ impl AnswerSink {
                 released_us,
             } => {
                 let emit = self.emit_time(time, released_us);
-                vec![int(vid), int(time), big(emit), int(lav), int(toll)]
+                smallvec![int(vid), int(time), big(emit), int(lav), int(toll)]
             }
             Msg::Alert {
                 time,
@@ -268,7 +275,7 @@ impl AnswerSink {
                 released_us,
             } => {
                 let emit = self.emit_time(time, released_us);
-                vec![int(time), big(emit), int(vid), int(seg)]
+                smallvec![int(time), big(emit), int(vid), int(seg)]
             }
             Msg::Balance {
                 time,
@@ -278,7 +285,7 @@ impl AnswerSink {
                 released_us,
             } => {
                 let emit = self.emit_time(time, released_us);
-                vec![int(time), big(emit), int(qid), int(result_time), big(bal)]
+                smallvec![int(time), big(emit), int(qid), int(result_time), big(bal)]
             }
             Msg::Expenditure {
                 time,
@@ -287,9 +294,9 @@ impl AnswerSink {
                 released_us,
             } => {
                 let emit = self.emit_time(time, released_us);
-                vec![int(time), big(emit), int(qid), int(bal)]
+                smallvec![int(time), big(emit), int(qid), int(bal)]
             }
-            Msg::InputError { line_no, message } => vec![big(line_no), Value::Text(message)],
+            Msg::InputError { line_no, message } => smallvec![big(line_no), Value::Text(message)],
             other => {
                 return Err(OperatorError::new(format!(
                     "the {} sink received an unexpected {other:?}",
@@ -306,8 +313,8 @@ impl Sink for AnswerSink {
     fn write(&mut self, msg: Msg) -> Result<(), OperatorError> {
         let row = self.row(msg)?;
         match &mut self.out {
-            Answers::File(out) => writeln!(out, "{}", csv_line(self.kind, &row))?,
-            Answers::Table(writer) => writer.push(row).map_err(operator_error)?,
+            Answers::File(out) => write_csv_line(out, self.kind, &row)?,
+            Answers::Table(writer) => writer.push(row.into_vec()).map_err(operator_error)?,
         }
         self.written += 1;
         Ok(())
