@@ -267,22 +267,32 @@ fn integer(text: &str) -> Option<i64> {
 /// what is not.
 fn plain_fields(line: &[u8]) -> Option<[i64; 15]> {
     let mut fields = [0i64; 15];
-    let mut parts = line.split(|&b| b == b',');
-    for slot in &mut fields {
-        let part = parts.next()?;
-        let (negative, digits) = match part.split_first() {
-            Some((b'-', rest)) => (true, rest),
-            _ => (false, part),
-        };
-        if digits.is_empty() || digits.len() > 18 {
+    let mut bytes = line.iter().copied();
+    for (i, slot) in fields.iter_mut().enumerate() {
+        let mut first = bytes.next()?;
+        let negative = first == b'-';
+        if negative {
+            first = bytes.next()?;
+        }
+        if !first.is_ascii_digit() {
             return None;
         }
-        let magnitude = digits.iter().try_fold(0i64, |value, &b| {
-            b.is_ascii_digit().then(|| value * 10 + i64::from(b - b'0'))
-        })?;
-        *slot = if negative { -magnitude } else { magnitude };
+        let (mut value, mut digits) = (i64::from(first - b'0'), 1);
+        loop {
+            match bytes.next() {
+                Some(b',') if i < 14 => break,
+                None if i == 14 => break,
+                // At most 18 digits: no overflow.
+                Some(b) if b.is_ascii_digit() && digits < 18 => {
+                    value = value * 10 + i64::from(b - b'0');
+                    digits += 1;
+                }
+                _ => return None,
+            }
+        }
+        *slot = if negative { -value } else { value };
     }
-    parts.next().is_none().then_some(fields)
+    Some(fields)
 }
 
 /// The fields of any line that is not plain: spaces around fields, long
