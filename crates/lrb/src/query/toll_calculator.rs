@@ -87,6 +87,15 @@ struct StopRun {
     count: u32,
 }
 
+/// The answer to a car entering a segment: its toll notification, and an
+/// accident alert when `accident` names the affecting segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Notice {
+    lav: i32,
+    toll: u32,
+    accident: Option<u8>,
+}
+
 /// Everything the calculator keeps for one segment.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentState {
@@ -187,6 +196,37 @@ impl SegmentState {
             .min_by_key(|s| s.abs_diff(seg))
     }
 
+    /// A position report of this segment: adds it to the statistics and,
+    /// when it is the car's entry into the segment off the exit ramp, says
+    /// what to answer it with. Kept apart from the engine's `Output` so that
+    /// the per-report work can be replayed and measured on its own.
+    fn position(&mut self, report: &Position) -> Result<Option<Notice>, OperatorError> {
+        let t = report.time;
+        let minute = minute_of(t);
+        self.roll(minute, t)?;
+        let entered = t < 30 || self.last_seen.get(&report.vid) != Some(&(t - 30));
+        let notice = (entered && report.lane != 4).then(|| {
+            let lav = self.lav;
+            let nov = self.nov(minute);
+            let accident = self.accident(report.seg, minute);
+            let toll = if accident.is_some() || lav >= 40 || nov <= 50 {
+                0
+            } else {
+                2 * (nov - 50) * (nov - 50)
+            };
+            Notice {
+                lav,
+                toll,
+                accident,
+            }
+        });
+        self.last_seen.insert(report.vid, t);
+        let car = self.cars.entry(report.vid).or_default();
+        car.0 += u32::from(report.spd);
+        car.1 += 1;
+        Ok(notice)
+    }
+
     /// A zero-speed report of a place in this segment's zone.
     fn stop(&mut self, report: &Position) -> Result<(), OperatorError> {
         let place = (report.lane, report.pos);
@@ -253,39 +293,130 @@ impl StatefulOperator for TollCalculator {
                 )))
             }
         };
-        let t = report.time;
-        let minute = minute_of(t);
-        state.roll(minute, t)?;
-        let entered = t < 30 || state.last_seen.get(&report.vid) != Some(&(t - 30));
-        if entered && report.lane != 4 {
-            let lav = state.lav;
-            let nov = state.nov(minute);
-            let accident = state.accident(report.seg, minute);
-            let toll = if accident.is_some() || lav >= 40 || nov <= 50 {
-                0
-            } else {
-                2 * (nov - 50) * (nov - 50)
-            };
+        if let Some(notice) = state.position(&report)? {
             out.emit(Msg::Toll {
                 vid: report.vid,
-                time: t,
-                lav,
-                toll,
+                time: report.time,
+                lav: notice.lav,
+                toll: notice.toll,
                 released_us,
             })?;
-            if let Some(seg) = accident {
+            if let Some(seg) = notice.accident {
                 out.emit(Msg::Alert {
-                    time: t,
+                    time: report.time,
                     vid: report.vid,
                     seg,
                     released_us,
                 })?;
             }
         }
-        state.last_seen.insert(report.vid, t);
-        let car = state.cars.entry(report.vid).or_default();
-        car.0 += u32::from(report.spd);
-        car.1 += 1;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hint::black_box;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::model::{parse_line, Parsed};
+    use crate::query::forwarder::zone_targets;
+
+    /// What a replay answered: counts and a digest of every answer in order,
+    /// so that two builds can be compared on the same input.
+    #[derive(Debug, Default, PartialEq, Eq)]
+    struct Answers {
+        tolls: u64,
+        toll_sum: u64,
+        alerts: u64,
+        digest: u64,
+    }
+
+    /// The calculator's inputs for an input file's position reports, as the
+    /// forwarder sends them.
+    fn inputs(text: &str) -> Vec<Msg> {
+        let mut inputs = Vec::new();
+        for line in text.lines() {
+            let Ok(Parsed::Position(report)) = parse_line(line) else {
+                continue;
+            };
+            if report.spd == 0 {
+                for target_seg in zone_targets(report.seg, report.dir) {
+                    inputs.push(Msg::Stop {
+                        target_seg,
+                        report: report.clone(),
+                    });
+                }
+            }
+            inputs.push(Msg::Position {
+                report,
+                released_us: 0,
+            });
+        }
+        inputs
+    }
+
+    /// Runs every input through its segment's state, as the engine does
+    /// without the encoding of outputs. States sit in a vector by segment and
+    /// answers fold into a cheap digest, so that nearly all the work measured
+    /// is the calculator's.
+    #[inline(never)]
+    fn replay(inputs: &[Msg]) -> Answers {
+        let mut states: Vec<SegmentState> = Vec::new();
+        let mut answers = Answers::default();
+        for input in inputs {
+            let (xway, dir, seg) = TollCalculator::key(input);
+            let index = (usize::from(xway) * 2 + usize::from(dir)) * 100 + usize::from(seg);
+            if index >= states.len() {
+                states.resize_with(index + 1, SegmentState::default);
+            }
+            let state = &mut states[index];
+            match input {
+                Msg::Position { report, .. } => {
+                    if let Some(notice) = state.position(report).unwrap() {
+                        answers.tolls += 1;
+                        answers.toll_sum += u64::from(notice.toll);
+                        answers.alerts += u64::from(notice.accident.is_some());
+                        for value in [
+                            u64::from(report.vid),
+                            u64::from(report.time),
+                            notice.lav as u64,
+                            u64::from(notice.toll),
+                            notice.accident.map_or(u64::MAX, u64::from),
+                        ] {
+                            answers.digest = answers
+                                .digest
+                                .rotate_left(7)
+                                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                                ^ value;
+                        }
+                    }
+                }
+                Msg::Stop { report, .. } => state.stop(report).unwrap(),
+                other => panic!("not a calculator input: {other:?}"),
+            }
+        }
+        black_box(states);
+        answers
+    }
+
+    /// Replays the input file named by `SPATE_TC_REPLAY` and prints what it
+    /// answered and how long the calculator took: a load-independent measure
+    /// of its per-report work under `valgrind --tool=callgrind
+    /// --toggle-collect='*tests::replay'`, with the answers to compare
+    /// between builds.
+    #[test]
+    #[ignore = "a measurement: needs SPATE_TC_REPLAY=<input.csv>"]
+    fn replay_file() {
+        let path = std::env::var("SPATE_TC_REPLAY").expect("SPATE_TC_REPLAY=<input.csv>");
+        let inputs = inputs(&std::fs::read_to_string(path).unwrap());
+        let start = Instant::now();
+        let answers = replay(&inputs);
+        println!(
+            "{} inputs in {:?}: {answers:?}",
+            inputs.len(),
+            start.elapsed()
+        );
     }
 }
