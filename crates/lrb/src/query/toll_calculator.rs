@@ -185,13 +185,21 @@ fn minute_of(time: u32) -> u32 {
 }
 
 impl SegmentState {
-    /// Closes the accumulated minute when a report of a later one arrives,
-    /// computes the new minute's LAV, and forgets what no later rule can
-    /// need.
+    /// Moves on to `minute` when a report of a later one arrives: a check
+    /// that every report makes, apart from the work once a minute.
     fn roll(&mut self, minute: u32, time: u32) -> Result<(), OperatorError> {
-        if minute <= self.minute {
-            return Ok(());
+        if minute > self.minute {
+            self.begin(minute, time)
+        } else {
+            Ok(())
         }
+    }
+
+    /// Closes the accumulated minute, computes LAV(`minute`), and forgets
+    /// what no later rule can need. Out of line, so that the check in
+    /// `roll` inlines into the handling of every report.
+    #[inline(never)]
+    fn begin(&mut self, minute: u32, time: u32) -> Result<(), OperatorError> {
         let horizon = time.saturating_sub(30);
         let mut speeds = MinuteSpeeds::default();
         self.cars.retain(|_, car| {
