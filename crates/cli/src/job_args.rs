@@ -18,6 +18,7 @@ use clap::parser::ValueSource;
 use clap::ArgMatches;
 use serde::{Deserialize, Deserializer};
 use spate_engine::coordinator::{JobConfig, KillSpec, PolicyKind, ScalePolicy};
+use spate_engine::plan::Placement;
 use spate_engine::wire::control::HEARTBEAT_EVERY;
 use spate_engine::{Query, QueryRegistry};
 
@@ -44,6 +45,13 @@ pub struct JobArgs {
     /// Partitions of an operator, `OPERATOR=N` (repeatable).
     #[arg(long = "partitions", value_name = "OPERATOR=N", value_parser = parse_partitions)]
     pub partitions: Vec<(String, u32)>,
+    /// How instances are spread over the workers: `spread` puts instance
+    /// after instance on worker after worker; `pipelines` puts instance i
+    /// of every operator on worker i, so that a partition's operators pass
+    /// tuples in process (faster when the workers share a few cores; a
+    /// worker's failure then takes its whole pipeline).
+    #[arg(long, default_value = "spread", value_name = "spread|pipelines")]
+    pub placement: Placement,
     /// The cluster's shared secret, which workers present to join and the
     /// dashboard's commands must carry [default: a local run makes a fresh
     /// one and prints it with the dashboard's address; a coordinator
@@ -165,6 +173,7 @@ impl JobArgs {
         let mut config = JobConfig::new(query, params, self.workers);
         config.pool = self.pool;
         config.partitions = self.partitions.iter().cloned().collect::<BTreeMap<_, _>>();
+        config.placement = self.placement;
         config.checkpoint_interval = Duration::from_millis(ft.checkpoint_ms);
         config.heartbeat_timeout = Duration::from_millis(ft.heartbeat_timeout_ms);
         config.startup_timeout = Duration::from_secs(ft.startup_timeout_secs);
@@ -327,6 +336,7 @@ pub struct JobFile {
     params: Option<toml::Table>,
     workers: Option<usize>,
     pool: Option<usize>,
+    placement: Option<Placement>,
     /// Partitions per operator (a --partitions flag overrides its
     /// operator's).
     partitions: Option<BTreeMap<String, u32>>,
@@ -453,6 +463,7 @@ impl JobArgs {
         }
         take(&mut self.workers, file.workers, flagged("workers"));
         take(&mut self.pool, file.pool, flagged("pool"));
+        take(&mut self.placement, file.placement, flagged("placement"));
         if let Some(partitions) = file.partitions {
             // The file's, then each flag's over them.
             let mut merged: BTreeMap<String, u32> = partitions;
@@ -830,6 +841,36 @@ mod tests {
         assert_eq!((job.workers, job.pool), (3, 2));
         assert!(job.elasticity.autoscale);
         assert_eq!(job.partitions, [("toll_calculator".to_string(), 2)]);
+    }
+
+    #[test]
+    fn a_job_file_places_pipelines_unless_the_flag_says_otherwise() {
+        let lrb_run = ["spate", "lrb", "run", "--input=i", "--tolls=t", "--out=o"];
+        let placement = |args: &[&str]| {
+            let command = with_job_file("placement = \"pipelines\"\n", args).unwrap();
+            let SpateCommand::Benchmark(BenchmarkCommand::Lrb(crate::lrb::LrbCommand::Run {
+                job,
+                ..
+            })) = command
+            else {
+                unreachable!("parsed `spate lrb run`");
+            };
+            job.placement
+        };
+        assert_eq!(placement(&lrb_run), Placement::Pipelines);
+        let flagged: Vec<&str> = lrb_run
+            .iter()
+            .copied()
+            .chain(["--placement=spread"])
+            .collect();
+        assert_eq!(placement(&flagged), Placement::Spread);
+        let err = format!(
+            "{:#}",
+            with_job_file("placement = \"pipeline\"\n", &lrb_run)
+                .err()
+                .expect("refused")
+        );
+        assert!(err.contains("line 1") && err.contains("pipelines"), "{err}");
     }
 
     #[test]

@@ -118,6 +118,9 @@ pub enum LrbCommand {
         /// Partitions of an operator, `OPERATOR=N` (repeatable).
         #[arg(long = "partitions", value_name = "OPERATOR=N", value_parser = parse_partitions)]
         partitions: Vec<(String, u32)>,
+        /// How instances are spread over the workers (see `lrb run --help`).
+        #[arg(long, default_value = "spread", value_name = "spread|pipelines")]
+        placement: spate_engine::plan::Placement,
         /// Output directory: bench.json, bench.svg and one directory per run.
         #[arg(long, default_value = "lrb-bench")]
         out: PathBuf,
@@ -330,6 +333,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
             data,
             workers,
             partitions,
+            placement,
             out,
             speedups,
             bisect,
@@ -353,6 +357,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
                 out_dir: out.clone(),
                 workers,
                 partitions,
+                placement,
                 checkpoint_ms,
                 speedups,
                 bisect,

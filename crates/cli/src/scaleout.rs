@@ -36,6 +36,7 @@ use spate_engine::coordinator::view::{ClusterView, SharedView};
 use spate_engine::coordinator::{
     Coordinator, JobConfig, JobSummary, PolicyKind, ScaleDirection, ScalePolicy,
 };
+use spate_engine::plan::Placement;
 use spate_engine::EngineError;
 use spate_lrb::bench::{BenchOptions, BenchProgress, InputInfo};
 use spate_lrb::driver::{self, RunOptions, RunReport};
@@ -275,6 +276,7 @@ pub fn run(args: &ScaleoutArgs) -> Result<()> {
         out_dir: args.out.clone(),
         workers: args.workers,
         partitions: BTreeMap::new(),
+        placement: Placement::Spread,
         checkpoint_ms: args.checkpoint_ms,
         speedups: vec![args.speedup],
         bisect: 0,

@@ -35,6 +35,38 @@ fn killing_a_sink_changes_nothing() {
 }
 
 #[test]
+fn losing_a_worker_that_runs_a_whole_pipeline_changes_nothing() {
+    // Placed by pipelines on two workers, worker 0 runs the first instance
+    // of every operator, passing tuples between them in process: its loss
+    // takes the source, the forwarder, a toll calculator, the toll
+    // assessment and every sink at once, and the other toll calculator
+    // then fails too.
+    let report = survives(
+        "ft-pipeline",
+        &["3:toll_assessment", "5:toll_calculator:1"],
+        &["--workers", "2", "--placement", "pipelines"],
+    );
+    let recovered: Vec<&str> = report["recoveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["instances"].as_array().unwrap())
+        .filter_map(|i| i.as_str())
+        .collect();
+    for operator in [
+        "feeder[0]",
+        "toll_assessment[0]",
+        "tolls[0]",
+        "toll_calculator[1]",
+    ] {
+        assert!(
+            recovered.contains(&operator),
+            "{operator} not recovered: {report}"
+        );
+    }
+}
+
+#[test]
 fn killing_during_checkpoints_changes_nothing() {
     // With a checkpoint every 20 ms a kill lands during one.
     survives(

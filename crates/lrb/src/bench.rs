@@ -34,6 +34,7 @@ use plotters::style::text_anchor::{HPos, VPos};
 use serde::{Deserialize, Serialize};
 use spate_engine::coordinator::view::{ClusterView, SharedView};
 use spate_engine::coordinator::JobConfig;
+use spate_engine::plan::Placement;
 use spate_engine::QueryRegistry;
 
 use crate::driver::{self, RunOptions, RunReport};
@@ -68,6 +69,8 @@ pub struct BenchOptions {
     pub workers: usize,
     /// Partitions per operator.
     pub partitions: BTreeMap<String, u32>,
+    /// How instances are spread over the workers.
+    pub placement: Placement,
     /// Checkpoint interval of every instance, milliseconds; 0 measures the
     /// query without fault tolerance, so the two can be compared.
     pub checkpoint_ms: u64,
@@ -279,6 +282,9 @@ pub struct BenchSummary {
     pub workers: usize,
     /// Partitions per operator as asked (operators not named have 1).
     pub partitions: BTreeMap<String, u32>,
+    /// How instances were spread over the workers.
+    #[serde(default)]
+    pub placement: Placement,
     /// Checkpoint interval, milliseconds (0: fault tolerance off).
     pub checkpoint_ms: u64,
     /// CPUs this machine offers.
@@ -311,6 +317,7 @@ pub fn run(
         input,
         workers: options.workers,
         partitions: options.partitions.clone(),
+        placement: options.placement,
         checkpoint_ms: options.checkpoint_ms,
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         runs: Vec::new(),
@@ -553,6 +560,7 @@ fn run_one(
     // No failures are injected, so no standby worker (the pool stays 0).
     let mut job = JobConfig::new(crate::query::NAME, serde_json::Value::Null, options.workers);
     job.partitions = options.partitions.clone();
+    job.placement = options.placement;
     job.checkpoint_interval = std::time::Duration::from_millis(options.checkpoint_ms);
     job.cancel = options.cancel.clone();
     job.view = Some(options.progress.view.clone());
@@ -1093,6 +1101,7 @@ mod tests {
             out_dir: PathBuf::from("o"),
             workers: 1,
             partitions: BTreeMap::new(),
+            placement: Placement::Spread,
             checkpoint_ms: 1000,
             speedups: vec![0.0, 200.0, 50.0, 50.0],
             bisect: 0,
@@ -1130,6 +1139,7 @@ mod tests {
             },
             workers: 3,
             partitions: BTreeMap::new(),
+            placement: Placement::Spread,
             checkpoint_ms: 1000,
             cpus: 2,
             runs: vec![run_at(50.0, true), run_at(100.0, false), run_at(0.0, true)],

@@ -102,9 +102,12 @@ pub fn run(dir: &Path, out: &str, extra: &[&str]) -> serde_json::Value {
 
 /// As [`run`], with environment variables for the run and its workers.
 /// `extra` may set its own `--speedup` (a slower replay gives scheduled
-/// scale operations room on a loaded machine).
+/// scale operations room on a loaded machine) and `--workers`.
 pub fn run_with(dir: &Path, out: &str, extra: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
-    let mut args = vec!["--workers", WORKERS];
+    let mut args = Vec::new();
+    if !extra.contains(&"--workers") {
+        args.extend(["--workers", WORKERS]);
+    }
     if !extra.contains(&"--speedup") {
         args.extend(["--speedup", SPEEDUP]);
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::scale::ScalePolicy;
 use super::view;
+use crate::plan::Placement;
 
 /// An injected failure: kill the worker hosting `operator`'s instance
 /// `index` at `at` after the start.
@@ -65,6 +66,8 @@ pub struct JobConfig {
     pub pool: usize,
     /// Parallelism overrides per operator name.
     pub partitions: BTreeMap<String, u32>,
+    /// How instances are spread over the workers.
+    pub placement: Placement,
     /// Checkpoint interval; zero turns fault tolerance off.
     pub checkpoint_interval: Duration,
     /// A worker silent for this long is declared failed.
@@ -113,6 +116,7 @@ impl JobConfig {
             workers,
             pool: 0,
             partitions: BTreeMap::new(),
+            placement: Placement::default(),
             checkpoint_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_millis(500),
             kills: Vec::new(),

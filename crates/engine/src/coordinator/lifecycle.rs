@@ -107,6 +107,7 @@ impl Job<'_> {
             workers,
             self.config.workers,
             &self.config.partitions,
+            self.config.placement,
         )?;
         let total = self.workers.len() as u32;
         self.pool = (self.config.workers as u32..total).map(WorkerId).collect();

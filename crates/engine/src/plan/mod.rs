@@ -46,6 +46,55 @@ pub struct NodePlan {
     pub instances: Vec<InstancePlan>,
 }
 
+/// How a deployment spreads the query's instances over its workers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// Instance after instance on worker after worker, across operators:
+    /// each operator's load, and what one worker's failure takes, is spread
+    /// over as many workers as there are instances.
+    #[default]
+    Spread,
+    /// Instance `i` of every operator on worker `i` (modulo the workers):
+    /// each partition's pipeline shares a worker, whose instances pass
+    /// tuples in process instead of over TCP (Flink's slot sharing). The
+    /// choice when the workers share a few cores; a worker's failure then
+    /// takes its pipeline's every operator with it.
+    Pipelines,
+}
+
+impl Placement {
+    /// The worker of `index`th instance of an operator, whose `id` counts
+    /// instances across operators, on `workers` workers.
+    fn worker(self, id: u32, index: u32, workers: u32) -> WorkerId {
+        match self {
+            Placement::Spread => WorkerId(id % workers),
+            Placement::Pipelines => WorkerId(index % workers),
+        }
+    }
+}
+
+impl std::str::FromStr for Placement {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "spread" => Ok(Placement::Spread),
+            "pipelines" => Ok(Placement::Pipelines),
+            _ => Err(format!("`{s}` is not a placement: use spread or pipelines")),
+        }
+    }
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Placement::Spread => "spread",
+            Placement::Pipelines => "pipelines",
+        })
+    }
+}
+
 /// The whole deployment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
@@ -56,14 +105,16 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Places every operator's instances round-robin over the first `active`
-    /// workers (the others form the pool), with key ranges split evenly.
-    /// `partitions` overrides the parallelism of named operators.
+    /// Places every operator's instances over the first `active` workers
+    /// (the others form the pool) as `placement` says, with key ranges
+    /// split evenly. `partitions` overrides the parallelism of named
+    /// operators.
     pub fn place(
         query: &Query,
         workers: Vec<String>,
         active: usize,
         partitions: &BTreeMap<String, u32>,
+        placement: Placement,
     ) -> Result<Plan, EngineError> {
         let active = active.min(workers.len()) as u32;
         if active == 0 {
@@ -107,7 +158,7 @@ impl Plan {
                     InstancePlan {
                         id: InstanceId(id),
                         index: index as u32,
-                        worker: WorkerId(id % active),
+                        worker: placement.worker(id, index as u32, active),
                         key_range,
                         source_slot,
                         incarnation: Incarnation::default(),
@@ -237,5 +288,46 @@ impl Plan {
             .iter()
             .flat_map(|&up| self.nodes[up].instances.iter().map(|i| i.id))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::QueryBuilder;
+    use crate::connectors::{Generator, StdoutSink};
+
+    /// One source instance feeding a sink of three partitions, placed on
+    /// two of three workers.
+    fn placed(placement: Placement) -> Vec<Vec<u32>> {
+        let mut q = QueryBuilder::new();
+        let numbers = q.source("numbers", 1, |_| Ok(Generator::new(|n| n)));
+        q.sink("print", 3, &[numbers], |ctx| Ok(StdoutSink::new(ctx)));
+        let query = q.build().expect("builds");
+        let workers = vec!["a:1".into(), "b:1".into(), "pool:1".into()];
+        let plan = Plan::place(&query, workers, 2, &BTreeMap::new(), placement).expect("placed");
+        plan.nodes
+            .iter()
+            .map(|n| n.instances.iter().map(|i| i.worker.0).collect())
+            .collect()
+    }
+
+    #[test]
+    fn spread_deals_instances_out_across_operators() {
+        assert_eq!(placed(Placement::Spread), vec![vec![0], vec![1, 0, 1]]);
+    }
+
+    #[test]
+    fn pipelines_put_every_operator_s_instance_i_on_worker_i() {
+        assert_eq!(placed(Placement::Pipelines), vec![vec![0], vec![0, 1, 0]]);
+    }
+
+    #[test]
+    fn placements_read_as_their_flag_writes_them() {
+        for placement in [Placement::Spread, Placement::Pipelines] {
+            assert_eq!(placement.to_string().parse(), Ok(placement));
+        }
+        let error = "pipeline".parse::<Placement>().unwrap_err();
+        assert!(error.contains("spread or pipelines"), "{error}");
     }
 }

@@ -88,6 +88,16 @@ pub fn seal_batch(frame: &mut [u8], mark: Stamp) {
     frame[4..BATCH_HEADER].copy_from_slice(&mark.0.to_le_bytes());
 }
 
+/// The body and mark of a whole frame sealed by [`seal_batch`], or `None`
+/// if its header does not announce exactly the bytes that follow it.
+pub fn open_frame(frame: &[u8]) -> Option<(&[u8], Stamp)> {
+    let header = frame.get(..BATCH_HEADER)?;
+    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
+    let mark = u64::from_le_bytes(header[4..].try_into().ok()?);
+    let body = &frame[BATCH_HEADER..];
+    (body.len() == len).then_some((body, Stamp(mark)))
+}
+
 /// Writes one batch frame: `body` holds encoded tuples, `mark` the progress
 /// after them.
 pub fn write_batch(w: &mut impl Write, body: &[u8], mark: Stamp) -> io::Result<()> {
@@ -143,6 +153,16 @@ mod tests {
             Some((b"abc".to_vec(), Stamp(42)))
         );
         assert_eq!(read_batch(&mut r).unwrap(), None);
+    }
+
+    #[test]
+    fn a_sealed_frame_opens_to_its_body_and_mark() {
+        let mut frame = vec![0u8; BATCH_HEADER];
+        frame.extend_from_slice(b"tuples");
+        seal_batch(&mut frame, Stamp(42));
+        assert_eq!(open_frame(&frame), Some((&b"tuples"[..], Stamp(42))));
+        assert_eq!(open_frame(&frame[..frame.len() - 1]), None);
+        assert_eq!(open_frame(&frame[..5]), None);
     }
 
     #[test]

@@ -135,7 +135,7 @@ impl Inboxes {
     /// Waits a little for the inbox of `incarnation` of `instance`: during a
     /// deployment, a recovery or a split an upstream may connect before the
     /// instance is created, or while the incarnation it replaces still runs.
-    fn wait_for(
+    pub(super) fn wait_for(
         &self,
         instance: InstanceId,
         incarnation: Incarnation,

@@ -7,6 +7,7 @@
 pub(crate) mod backup;
 mod input;
 mod instance;
+mod local;
 pub mod output;
 mod watch;
 
@@ -26,6 +27,7 @@ use crate::wire::control::{
 use backup::{CaughtUp, Holdings, Shipper, Staging};
 use input::{BackupDesk, ControlEvent, Inboxes};
 use instance::{Inputs, Instance, Report};
+use local::Locality;
 use output::{Outbox, SenderIdentity};
 use watch::LinkWatch;
 
@@ -61,6 +63,8 @@ struct Deployment {
     query: Arc<Query>,
     plan: Arc<Plan>,
     checkpoint_every: Option<Duration>,
+    /// This worker, as the plan names it.
+    worker: WorkerId,
     /// Created at deployment, started by `Start`.
     pending: Vec<Instance>,
 }
@@ -283,7 +287,7 @@ impl ControlLoop<'_> {
         worker: WorkerId,
         checkpoint_ms: u64,
     ) {
-        let deployed = build_deployment(self.registry, query, params, plan, checkpoint_ms)
+        let deployed = build_deployment(self.registry, query, params, plan, worker, checkpoint_ms)
             .and_then(|mut d| {
                 let placed: Vec<InstanceId> = d
                     .plan
@@ -315,7 +319,7 @@ impl ControlLoop<'_> {
     fn start(&mut self) -> Result<(), EngineError> {
         let d = deployed(&mut self.deployment, "told to start before any deployment")?;
         for instance in std::mem::take(&mut d.pending) {
-            start_instance(instance, d, self.writer.clone(), &self.watch)?;
+            start_instance(instance, d, self.writer.clone(), &self.watch, &self.inboxes)?;
         }
         Ok(())
     }
@@ -358,7 +362,9 @@ impl ControlLoop<'_> {
                     create_instance(d, id, checkpoint, &self.inboxes, &self.reports)
                         .map(|instance| Instance { live, ..instance })
                 })
-                .and_then(|instance| start_instance(instance, d, self.writer.clone(), &self.watch));
+                .and_then(|instance| {
+                    start_instance(instance, d, self.writer.clone(), &self.watch, &self.inboxes)
+                });
             match restored {
                 Ok(()) => reply(&self.writer, &ToCoordinator::Restored { instance: id }),
                 Err(e) => reply(
@@ -738,6 +744,7 @@ fn build_deployment(
     query_name: &str,
     params: &str,
     plan: Plan,
+    worker: WorkerId,
     checkpoint_ms: u64,
 ) -> Result<Deployment, EngineError> {
     let params: serde_json::Value = serde_json::from_str(params)
@@ -748,6 +755,7 @@ fn build_deployment(
         query: Arc::new(query),
         plan: Arc::new(plan),
         checkpoint_every: (checkpoint_ms > 0).then(|| Duration::from_millis(checkpoint_ms)),
+        worker,
         pending: Vec::new(),
     })
 }
@@ -796,16 +804,24 @@ fn create_instance(
     })
 }
 
-/// Opens one channel per downstream instance and routing tables per edge.
+/// Opens one channel per downstream instance (in process to those on this
+/// worker) and routing tables per edge.
 fn connect_outbox(
     d: &Deployment,
     me: SenderIdentity,
     watch: LinkWatch,
+    inboxes: Inboxes,
 ) -> Result<Outbox, EngineError> {
     let (node, _) = d.plan.instance(me.instance).ok_or_else(|| {
         EngineError::InvalidQuery(format!("instance {} is not in the plan", me.instance))
     })?;
-    let mut outbox = Outbox::new(me, d.checkpoint_every.is_some()).with_watch(watch);
+    let local = Locality {
+        worker: d.worker,
+        inboxes,
+    };
+    let mut outbox = Outbox::new(me, d.checkpoint_every.is_some())
+        .with_watch(watch)
+        .with_locality(local);
     outbox.reconcile(&d.plan, &d.query, node, &[], &[])?;
     Ok(outbox)
 }
@@ -815,20 +831,24 @@ fn start_instance(
     d: &Deployment,
     writer: ControlWriter,
     watch: &LinkWatch,
+    inboxes: &Inboxes,
 ) -> Result<(), EngineError> {
     let watch = watch.clone();
+    let inboxes = inboxes.clone();
     let name = format!("spate-{}-{}", instance.operator, instance.me.instance);
     let me = instance.me;
     let d = Deployment {
         query: d.query.clone(),
         plan: d.plan.clone(),
         checkpoint_every: d.checkpoint_every,
+        worker: d.worker,
         pending: Vec::new(),
     };
     thread::Builder::new()
         .name(name)
         .spawn(move || {
-            let result = connect_outbox(&d, me, watch).and_then(|outbox| instance.run(outbox));
+            let result =
+                connect_outbox(&d, me, watch, inboxes).and_then(|outbox| instance.run(outbox));
             if let Err(e) = result {
                 tracing::error!(instance = %me.instance, "instance failed: {e}");
                 let failed = ToCoordinator::InstanceFailed {

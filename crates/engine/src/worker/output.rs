@@ -9,12 +9,13 @@ use std::time::Instant;
 
 use crate::api::{Emit, Query};
 use crate::error::EngineError;
-use crate::plan::{AddedInstance, Incarnation, InstanceId, MergedInstance, Plan};
+use crate::plan::{AddedInstance, Incarnation, InstanceId, MergedInstance, Plan, WorkerId};
 use crate::stamp::merge::write_tuple;
 use crate::stamp::Stamp;
 use crate::state::{OutputBuffer, RoutingTable};
 use crate::wire::data::{seal_batch, write_hello, ChannelHello, BATCH_HEADER};
 
+use super::local::Locality;
 use super::watch::{open_peer, LinkWatch};
 
 /// A batch grows to about this many bytes before it is sent on its own.
@@ -43,6 +44,20 @@ impl WriteTime {
 
     fn secs(&self) -> f64 {
         self.0.load(Ordering::Relaxed) as f64 / 1e9
+    }
+}
+
+/// Where a data channel's frames go: a connection to another worker, or
+/// the inbox of an instance in this worker (`super::local`).
+pub(crate) trait FrameLink: Send {
+    /// Sends one whole frame, header and body, blocking while the receiver
+    /// does not keep up; an error means the channel broke.
+    fn send_frame(&mut self, frame: &[u8]) -> std::io::Result<()>;
+}
+
+impl<W: Write + Send> FrameLink for W {
+    fn send_frame(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        self.write_all(frame)
     }
 }
 
@@ -86,7 +101,7 @@ struct ChannelWriter {
     connection: u32,
     /// `None` while the downstream is down: batches then only go to the
     /// output buffer, and are replayed when the channel is rewired.
-    stream: Option<Box<dyn Write + Send>>,
+    stream: Option<Box<dyn FrameLink>>,
     frame: Vec<u8>,
     frame_last: Stamp,
     sent_mark: Stamp,
@@ -97,7 +112,7 @@ impl ChannelWriter {
     fn new(
         to: InstanceId,
         incarnation: Incarnation,
-        stream: Option<Box<dyn Write + Send>>,
+        stream: Option<Box<dyn FrameLink>>,
         written: WriteTime,
     ) -> Self {
         ChannelWriter {
@@ -117,7 +132,7 @@ impl ChannelWriter {
     fn write(&mut self, frame: &[u8]) {
         if let Some(stream) = &mut self.stream {
             let started = Instant::now();
-            let written = stream.write_all(frame);
+            let written = stream.send_frame(frame);
             self.written.add(started);
             if let Err(e) = written {
                 // The downstream died; the coordinator will restore it and
@@ -148,6 +163,12 @@ impl ChannelWriter {
     }
 }
 
+/// The worker a downstream instance runs on, and its data address.
+struct Peer {
+    worker: WorkerId,
+    addr: String,
+}
+
 /// Everything an instance sends: one routing table per output edge, one
 /// writer per downstream instance, and (with fault tolerance on) the output
 /// buffer.
@@ -164,6 +185,9 @@ pub struct Outbox {
     tuples_out: u64,
     /// Watches the channels for stalls, when running in a worker.
     watch: Option<LinkWatch>,
+    /// The worker this outbox runs in, whose instances it reaches without
+    /// TCP; `None` connects to every downstream over TCP.
+    local: Option<Locality>,
     /// Time every channel's writes took.
     written: WriteTime,
 }
@@ -181,6 +205,7 @@ impl Outbox {
             encoded: Vec::with_capacity(256),
             tuples_out: 0,
             watch: None,
+            local: None,
             written: WriteTime::default(),
         }
     }
@@ -188,6 +213,12 @@ impl Outbox {
     /// Has `watch` watch every channel this outbox opens from now on.
     pub(crate) fn with_watch(mut self, watch: LinkWatch) -> Self {
         self.watch = Some(watch);
+        self
+    }
+
+    /// Sends to the instances of the worker `local` describes in process.
+    pub(crate) fn with_locality(mut self, local: Locality) -> Self {
+        self.local = Some(local);
         self
     }
 
@@ -227,10 +258,13 @@ impl Outbox {
                 EngineError::InvalidQuery(format!("instance {to} is not in the plan"))
             })?;
             let incarnation = placed.incarnation;
-            let addr = plan.addr_of(to).unwrap_or_default().to_string();
+            let at = Peer {
+                worker: placed.worker,
+                addr: plan.addr_of(to).unwrap_or_default().to_string(),
+            };
             match self.channels.iter().position(|c| c.to == to) {
                 None => {
-                    let stream = self.try_connect(to, incarnation, 0, &addr)?;
+                    let stream = self.try_connect(to, incarnation, 0, &at)?;
                     self.channels.push(ChannelWriter::new(
                         to,
                         incarnation,
@@ -250,8 +284,7 @@ impl Outbox {
                     // of this channel; only a replay may ask for that.
                     let replays = self.buffer.is_some();
                     let connection = self.channels[i].connection + u32::from(replays);
-                    self.channels[i].stream =
-                        self.try_connect(to, incarnation, connection, &addr)?;
+                    self.channels[i].stream = self.try_connect(to, incarnation, connection, &at)?;
                     self.channels[i].connection = connection;
                     self.channels[i].incarnation = incarnation;
                     self.replay(i, to);
@@ -288,16 +321,23 @@ impl Outbox {
         to: InstanceId,
         incarnation: Incarnation,
         connection: u32,
-        addr: &str,
-    ) -> Result<Option<Box<dyn Write + Send>>, EngineError> {
-        match connect(
-            self.me,
-            to,
-            incarnation,
-            connection,
-            addr,
-            self.watch.as_ref(),
-        ) {
+        at: &Peer,
+    ) -> Result<Option<Box<dyn FrameLink>>, EngineError> {
+        let opened: Result<Box<dyn FrameLink>, EngineError> = match &self.local {
+            Some(local) if local.worker == at.worker => local
+                .open(self.me, to, incarnation, connection)
+                .map(|link| Box::new(link) as Box<dyn FrameLink>),
+            _ => connect(
+                self.me,
+                to,
+                incarnation,
+                connection,
+                &at.addr,
+                self.watch.as_ref(),
+            )
+            .map(|stream| Box::new(stream) as Box<dyn FrameLink>),
+        };
+        match opened {
             Ok(stream) => Ok(Some(stream)),
             Err(e) if self.buffer.is_some() => {
                 tracing::warn!(%to, "cannot reach downstream yet: {e}");
@@ -515,7 +555,7 @@ mod tests {
         let mut outbox = Outbox::new(me, false);
         let wait = std::time::Duration::from_millis(20);
         for to in [2, 3] {
-            let stream: Box<dyn Write + Send> = Box::new(Slow(wait));
+            let stream: Box<dyn FrameLink> = Box::new(Slow(wait));
             let channel = ChannelWriter::new(
                 InstanceId(to),
                 Incarnation(0),
@@ -566,7 +606,7 @@ mod tests {
             .into_iter()
             .zip(&wires)
         {
-            let stream: Box<dyn Write + Send> = Box::new(wire.clone());
+            let stream: Box<dyn FrameLink> = Box::new(wire.clone());
             let mut channel = ChannelWriter::new(
                 InstanceId(to),
                 Incarnation(0),
