@@ -53,6 +53,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         speedup: args.speedup,
         step: None,
         stop_on_bad_input: false,
+        chain_forwarder: false,
         sink: None,
         job: Box::new(args.job),
     })?;

@@ -306,6 +306,7 @@ fn lrb(mut args: LrbArgs) -> Result<()> {
         out_dir: answers.clone(),
         speedup: args.speedup,
         forwarders: 1,
+        chain_forwarder: false,
         toll_calculators: 2,
         assessors: 1,
         stop_on_bad_input: false,

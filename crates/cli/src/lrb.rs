@@ -49,8 +49,9 @@ pub enum LrbCommand {
     },
     /// Run the query on a local cluster and write the answer files and report.json.
     ///
-    /// Its operators: feeder, forwarder, toll_calculator (2 partitions unless
-    /// --partitions says otherwise), toll_assessment, and the answer sinks.
+    /// Its operators: feeder, forwarder (unless --chain-forwarder),
+    /// toll_calculator (2 partitions unless --partitions says otherwise),
+    /// toll_assessment, and the answer sinks.
     #[command(mut_arg("pool", |pool| pool.default_value("1")))]
     Run {
         #[command(flatten)]
@@ -65,6 +66,11 @@ pub enum LrbCommand {
         /// Stop at the first malformed input line instead of skipping it.
         #[arg(long)]
         stop_on_bad_input: bool,
+        /// Route on the feeder's thread what the forwarder would (as Flink
+        /// chains it): one hop and one thread fewer, and no forwarder
+        /// operator to kill or scale.
+        #[arg(long)]
+        chain_forwarder: bool,
         /// Write the answers exactly once to PostgreSQL tables (lrb_tolls,
         /// lrb_accidents, lrb_balances, lrb_expenditures, lrb_input_errors;
         /// emptied first) instead of answer files in --out:
@@ -121,6 +127,10 @@ pub enum LrbCommand {
         /// How instances are spread over the workers (see `lrb run --help`).
         #[arg(long, default_value = "spread", value_name = "spread|pipelines")]
         placement: spate_engine::plan::Placement,
+        /// Route on the feeder's thread instead of a forwarder operator (see
+        /// `lrb run --help`).
+        #[arg(long)]
+        chain_forwarder: bool,
         /// Output directory: bench.json, bench.svg and one directory per run.
         #[arg(long, default_value = "lrb-bench")]
         out: PathBuf,
@@ -212,6 +222,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
             speedup,
             step,
             stop_on_bad_input,
+            chain_forwarder,
             sink,
             mut job,
         } => {
@@ -236,6 +247,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
                 speedup,
                 speedup_step: step,
                 forwarders: 1,
+                chain_forwarder,
                 toll_calculators: 2,
                 assessors: 1,
                 stop_on_bad_input,
@@ -334,6 +346,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
             workers,
             partitions,
             placement,
+            chain_forwarder,
             out,
             speedups,
             bisect,
@@ -358,6 +371,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
                 workers,
                 partitions,
                 placement,
+                chain_forwarder,
                 checkpoint_ms,
                 speedups,
                 bisect,

@@ -277,6 +277,7 @@ pub fn run(args: &ScaleoutArgs) -> Result<()> {
         workers: args.workers,
         partitions: BTreeMap::new(),
         placement: Placement::Spread,
+        chain_forwarder: false,
         checkpoint_ms: args.checkpoint_ms,
         speedups: vec![args.speedup],
         bisect: 0,

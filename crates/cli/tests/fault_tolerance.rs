@@ -67,6 +67,17 @@ fn losing_a_worker_that_runs_a_whole_pipeline_changes_nothing() {
 }
 
 #[test]
+fn a_forwarder_chained_to_the_feeder_recovers_with_it() {
+    // With a checkpoint every 20 ms some fall between a stopped car's
+    // zone copies, which the feeder's checkpoint then carries.
+    survives(
+        "ft-chained",
+        &["3:feeder"],
+        &["--chain-forwarder", "--checkpoint-ms", "20"],
+    );
+}
+
+#[test]
 fn killing_during_checkpoints_changes_nothing() {
     // With a checkpoint every 20 ms a kill lands during one.
     survives(

@@ -71,6 +71,8 @@ pub struct BenchOptions {
     pub partitions: BTreeMap<String, u32>,
     /// How instances are spread over the workers.
     pub placement: Placement,
+    /// Route on the feeder's thread instead of a forwarder operator.
+    pub chain_forwarder: bool,
     /// Checkpoint interval of every instance, milliseconds; 0 measures the
     /// query without fault tolerance, so the two can be compared.
     pub checkpoint_ms: u64,
@@ -285,6 +287,9 @@ pub struct BenchSummary {
     /// How instances were spread over the workers.
     #[serde(default)]
     pub placement: Placement,
+    /// Whether the feeder routed in place of a forwarder operator.
+    #[serde(default)]
+    pub chain_forwarder: bool,
     /// Checkpoint interval, milliseconds (0: fault tolerance off).
     pub checkpoint_ms: u64,
     /// CPUs this machine offers.
@@ -318,6 +323,7 @@ pub fn run(
         workers: options.workers,
         partitions: options.partitions.clone(),
         placement: options.placement,
+        chain_forwarder: options.chain_forwarder,
         checkpoint_ms: options.checkpoint_ms,
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         runs: Vec::new(),
@@ -556,7 +562,10 @@ fn run_one(
     let dir = options.out_dir.join(run_dir_name(speedup));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(io_error(format!("creating {}", dir.display())))?;
-    let params = LrbParams::one_partition_each(&options.data_dir, dir.clone(), speedup);
+    let params = LrbParams {
+        chain_forwarder: options.chain_forwarder,
+        ..LrbParams::one_partition_each(&options.data_dir, dir.clone(), speedup)
+    };
     // No failures are injected, so no standby worker (the pool stays 0).
     let mut job = JobConfig::new(crate::query::NAME, serde_json::Value::Null, options.workers);
     job.partitions = options.partitions.clone();
@@ -1102,6 +1111,7 @@ mod tests {
             workers: 1,
             partitions: BTreeMap::new(),
             placement: Placement::Spread,
+            chain_forwarder: false,
             checkpoint_ms: 1000,
             speedups: vec![0.0, 200.0, 50.0, 50.0],
             bisect: 0,
@@ -1140,6 +1150,7 @@ mod tests {
             workers: 3,
             partitions: BTreeMap::new(),
             placement: Placement::Spread,
+            chain_forwarder: false,
             checkpoint_ms: 1000,
             cpus: 2,
             runs: vec![run_at(50.0, true), run_at(100.0, false), run_at(0.0, true)],

@@ -3,8 +3,10 @@
 //! travels on is the parsed record (about 30 bytes encoded against 70 for
 //! the line's text, and no string to allocate, copy and decode downstream)
 //! or the reason the line is skipped; a line with nothing to answer (type
-//! 4, blank) sends nothing.
+//! 4, blank) sends nothing. With the forwarder chained, what goes out is
+//! what the forwarder would send for each record.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use spate_engine::{OperatorError, Source, SourceStep};
 
+use super::forwarder::forward;
 use super::{stats_dir, LrbParams};
 use crate::model::{line_time, parse_line, Msg, Parsed};
 
@@ -68,6 +71,9 @@ pub struct Feeder {
     /// in Time order, so one computation serves a whole simulated second.
     due: Option<(u32, Duration)>,
     stats: FeederStats,
+    /// With the forwarder chained, the messages it made of the last record
+    /// that are still to go out, oldest first.
+    forwarded: VecDeque<Msg>,
 }
 
 /// The run's elapsed time as last read. Reading the clock for every line
@@ -124,6 +130,9 @@ struct Position {
     pending: Option<Vec<u8>>,
     start_unix_us: Option<u64>,
     stats: FeederStats,
+    /// What the chained forwarder made of a line and is not sent yet.
+    #[serde(default)]
+    forwarded: Vec<Msg>,
 }
 
 /// A line read and parsed once: its Time paces it and orders the input.
@@ -171,6 +180,7 @@ impl Feeder {
             clock: None,
             due: None,
             stats: FeederStats::default(),
+            forwarded: VecDeque::new(),
         })
     }
 
@@ -223,6 +233,22 @@ impl Feeder {
         }
     }
 
+    /// Sends `message`, through the forwarder when it is chained here.
+    fn send(&mut self, message: Msg) -> Result<SourceStep<Msg>, OperatorError> {
+        if !self.params.chain_forwarder {
+            return Ok(SourceStep::Emit(message));
+        }
+        let forwarded = &mut self.forwarded;
+        forward(message, self.params.stop_on_bad_input, |m| {
+            forwarded.push_back(m);
+            Ok(())
+        })?;
+        Ok(match forwarded.pop_front() {
+            Some(first) => SourceStep::Emit(first),
+            None => SourceStep::WaitUntil(Instant::now()),
+        })
+    }
+
     fn finish(&mut self) -> Result<(), OperatorError> {
         self.stats.lines = self.line_no;
         if let Some(clock) = &mut self.clock {
@@ -247,6 +273,7 @@ impl Source for Feeder {
             pending: self.pending.as_ref().map(|_| self.line.clone()),
             start_unix_us: self.clock.map(|c| c.start_us),
             stats: self.stats.clone(),
+            forwarded: self.forwarded.iter().cloned().collect(),
         };
         serde_json::to_vec(&position)
             .map(Some)
@@ -266,6 +293,7 @@ impl Source for Feeder {
             read
         });
         self.stats = p.stats;
+        self.forwarded = p.forwarded.into();
         // Keep the original schedule: the run's start is a wall-clock instant.
         self.clock = p.start_unix_us.map(|us| {
             let behind = Duration::from_micros(unix_micros().saturating_sub(us));
@@ -275,6 +303,9 @@ impl Source for Feeder {
     }
 
     fn next(&mut self) -> Result<SourceStep<Msg>, OperatorError> {
+        if let Some(message) = self.forwarded.pop_front() {
+            return Ok(SourceStep::Emit(message));
+        }
         // A line with nothing to answer is read past, not sent.
         for _ in 0..SKIPPED_PER_CALL {
             let read = match self.pending.take() {
@@ -289,13 +320,13 @@ impl Source for Feeder {
             };
             if let Some(t) = read.time {
                 if t < self.last_time {
-                    return Ok(SourceStep::Emit(Msg::InputError {
+                    return self.send(Msg::InputError {
                         line_no: self.line_no,
                         message: format!(
                             "Time {t} goes backwards (an earlier line has Time {}); the input must be in Time order",
                             self.last_time
                         ),
-                    }));
+                    });
                 }
                 self.last_time = t;
             }
@@ -320,7 +351,7 @@ impl Source for Feeder {
             }
             self.stats.per_second[second] += 1;
             if let Some(message) = self.message(read.parsed, released_us) {
-                return Ok(SourceStep::Emit(message));
+                return self.send(message);
             }
         }
         Ok(SourceStep::WaitUntil(Instant::now()))
@@ -426,6 +457,89 @@ mod tests {
         }
         assert!(matches!(restored.next().unwrap(), SourceStep::Done));
         assert_eq!(restored.stats.lines, 2);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Every message `feeder` sends, up to the end of its input.
+    fn drain(feeder: &mut Feeder) -> Vec<Msg> {
+        let mut sent = Vec::new();
+        loop {
+            match feeder.next().unwrap() {
+                SourceStep::Emit(msg) => sent.push(msg),
+                SourceStep::WaitUntil(_) => {}
+                SourceStep::Done => return sent,
+            }
+        }
+    }
+
+    #[test]
+    fn a_chained_forwarder_sends_what_the_forwarder_would_even_across_a_checkpoint() {
+        // A stopped car (speed 0), a moving one, a balance query, a bad line.
+        let input = "0,0,107,0,0,0,0,10,53320,-1,-1,-1,-1,-1,-1
+                     0,1,108,55,0,1,1,12,63360,-1,-1,-1,-1,-1,-1
+                     2,2,5,-1,-1,-1,-1,-1,-1,7,-1,-1,-1,-1,-1
+                     0,3,x,0,0,0,0,10,53320,-1,-1,-1,-1,-1,-1
+";
+        let (mut plain, dir) = feeder("unchained", input, 0.0);
+        let mut expected = Vec::new();
+        for msg in drain(&mut plain) {
+            forward(msg, false, |m| {
+                expected.push(m);
+                Ok(())
+            })
+            .unwrap();
+        }
+        // The stop's five zone copies, then the five records.
+        assert_eq!(expected.len(), 9);
+
+        let chained_params = LrbParams {
+            chain_forwarder: true,
+            ..plain.params.clone()
+        };
+        let mut chained = Feeder::open(&chained_params).unwrap();
+        // A checkpoint after the first zone copy holds the other four.
+        let first = emit(&mut chained);
+        let position = chained.checkpoint().unwrap().unwrap();
+        let mut restored = Feeder::open(&chained_params).unwrap();
+        restored.restore(&position).unwrap();
+        let mut sent = vec![first];
+        sent.extend(drain(&mut restored));
+        let released = |m: &Msg| match m {
+            Msg::Position { released_us, .. } | Msg::BalanceQuery { released_us, .. } => {
+                Some(*released_us)
+            }
+            _ => None,
+        };
+        // Release instants are wall-clock readings: compare the rest.
+        assert_eq!(sent.len(), expected.len());
+        for (got, want) in sent.iter().zip(&expected) {
+            let mut got = got.clone();
+            if let (Some(_), Some(want_us)) = (released(&got), released(want)) {
+                match &mut got {
+                    Msg::Position { released_us, .. } | Msg::BalanceQuery { released_us, .. } => {
+                        *released_us = want_us
+                    }
+                    _ => unreachable!("released only on these"),
+                }
+            }
+            assert_eq!(&got, want);
+        }
+
+        // Strict, the bad line stops the chained feeder as it stops the
+        // forwarder.
+        let strict = LrbParams {
+            stop_on_bad_input: true,
+            ..chained_params
+        };
+        let mut strict = Feeder::open(&strict).unwrap();
+        let error = loop {
+            match strict.next() {
+                Ok(SourceStep::Done) => panic!("the bad line went through"),
+                Ok(_) => {}
+                Err(e) => break e.to_string(),
+            }
+        };
+        assert!(error.contains("input line 4"), "{error}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -48,6 +48,11 @@ pub struct LrbParams {
     /// Parallelism of the forwarder.
     #[serde(default = "one")]
     pub forwarders: u32,
+    /// Run the forwarder's routing on the feeder's thread instead of as an
+    /// operator of its own (as Flink chains it): one hop, one thread and
+    /// one output buffer fewer, but no forwarder to scale or recover alone.
+    #[serde(default)]
+    pub chain_forwarder: bool,
     /// Parallelism of the toll calculator.
     #[serde(default = "one")]
     pub toll_calculators: u32,
@@ -80,6 +85,7 @@ impl LrbParams {
             speedup,
             speedup_step: None,
             forwarders: 1,
+            chain_forwarder: false,
             toll_calculators: 1,
             assessors: 1,
             stop_on_bad_input: false,
@@ -138,9 +144,13 @@ pub fn build(params: &LrbParams) -> Result<Query, EngineError> {
     let p = params.clone();
     let lines = q.source("feeder", 1, move |_| Feeder::open(&p));
     let strict = params.stop_on_bad_input;
-    let parsed = q.operator("forwarder", params.forwarders, &[lines], move |_| {
-        Ok(Forwarder { strict })
-    });
+    let parsed = if params.chain_forwarder {
+        lines
+    } else {
+        q.operator("forwarder", params.forwarders, &[lines], move |_| {
+            Ok(Forwarder { strict })
+        })
+    };
     let reports = parsed.filter(|m| matches!(m, Msg::Position { .. } | Msg::Stop { .. }));
     let calculated = q.stateful(
         "toll_calculator",
