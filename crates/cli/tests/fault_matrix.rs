@@ -1,7 +1,10 @@
 //! The fault matrix (opt-in, slow): many runs, each with random kills of
 //! random operators' workers at random times (some during checkpoints, since
 //! instances checkpoint every 100 ms here), sometimes with a split and
-//! sometimes a merge (scale in) in the middle. Every run must produce exactly the failure-free answers.
+//! sometimes a merge (scale in) in the middle, and half of them placed by
+//! pipelines (one worker runs every operator's first instance, passing
+//! tuples in process). Every run must produce exactly the failure-free
+//! answers.
 //!
 //! `SPATE_FAULT_RUNS=100 cargo test --release -p spate --test fault_matrix -- --ignored --nocapture`
 
@@ -51,6 +54,9 @@ fn random_kills_never_lose_or_duplicate_an_answer() {
         );
         if next(&mut rng).is_multiple_of(3) {
             extra.extend(["--scale-in", merge_at.as_str()]);
+        }
+        if next(&mut rng).is_multiple_of(2) {
+            extra.extend(["--workers", "3", "--placement", "pipelines"]);
         }
         let kill_refs: Vec<&str> = kills.iter().map(String::as_str).collect();
         println!("run {seed}: kills {kills:?} options {extra:?}");
