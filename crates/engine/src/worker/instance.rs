@@ -13,6 +13,7 @@ use crossbeam_channel::select;
 
 use super::input::{ControlEvent, Inbox, InputEvent};
 use super::output::{Outbox, SenderIdentity};
+use super::schedule::{CheckpointSchedule, GridPoint};
 use crate::api::{Logic, NodeKind, OperatorError, ProcessLogic, Query, SourceLogic, SourcePoll};
 use crate::error::EngineError;
 use crate::plan::{AddedInstance, Incarnation, InstanceId, MergedInstance, Plan};
@@ -99,61 +100,9 @@ pub(crate) struct Instance {
     pub(crate) reports: crossbeam_channel::Sender<Report>,
 }
 
-/// When an instance checkpoints: on the same wall-clock grid as every other
-/// instance (the interval's multiples of UNIX time), each operator later the
-/// further upstream it is. A downstream's checkpoint is then backed up just
-/// before its upstream's, whose output buffer (outputs the downstream's
-/// latest backup does not cover, which a checkpoint carries) is therefore a
-/// fraction of an interval rather than one or two whole intervals.
-pub(crate) struct CheckpointSchedule {
-    every: Duration,
-    offset: Duration,
-}
-
-/// Offset between the checkpoints of an operator and of those it feeds: time
-/// for the downstream's backup to be stored and its trims to arrive.
-const CHECKPOINT_STAGGER: Duration = Duration::from_millis(60);
-
 /// How soon an instance whose checkpoint is due, but whose frontier has not
 /// moved since its last one, looks again.
 const CHECKPOINT_RECHECK: Duration = Duration::from_millis(10);
-
-impl CheckpointSchedule {
-    fn new(every: Duration, query: &Query, node: usize) -> Self {
-        let steps = depth(query, node) as u32;
-        let stagger = CHECKPOINT_STAGGER.min(every / 8);
-        CheckpointSchedule {
-            every,
-            offset: (stagger * steps).min(every / 2),
-        }
-    }
-
-    /// The next point of this instance's grid.
-    fn next(&self) -> Instant {
-        let every = self.every.as_micros().max(1) as u64;
-        // The wall clock, which every process (and, closely enough, every
-        // machine) shares; before 1970 means a broken clock: no grid.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        let offset = self.offset.as_micros() as u64;
-        let mut at = (now / every) * every + offset;
-        if at <= now {
-            at += every;
-        }
-        Instant::now() + Duration::from_micros(at - now)
-    }
-}
-
-/// How many operators lie between `node` and the farthest sink it feeds.
-fn depth(query: &Query, node: usize) -> usize {
-    query
-        .edge_targets(node)
-        .iter()
-        .map(|&t| 1 + depth(query, t))
-        .max()
-        .unwrap_or(0)
-}
 
 /// State shared by the source and operator loops.
 struct Runner {
@@ -166,6 +115,9 @@ struct Runner {
     checkpoint_every: Option<Duration>,
     next_checkpoint: Instant,
     schedule: Option<CheckpointSchedule>,
+    /// The grid point `next_checkpoint` came from; `None` when the
+    /// coordinator asked for a checkpoint now, which never waits.
+    grid: Option<GridPoint>,
     checkpointed: Option<Stamp>,
     /// The checkpoint the next incremental one changes: the latest taken,
     /// or the one restored from (none: the next one is full).
@@ -197,6 +149,7 @@ impl Instance {
             .filter(|_| self.query.kind(self.node) != NodeKind::Stateless);
         let schedule =
             checkpoint_every.map(|every| CheckpointSchedule::new(every, &self.query, self.node));
+        let grid = schedule.as_ref().map(CheckpointSchedule::next);
         let runner = Runner {
             me: self.me,
             query: self.query,
@@ -205,10 +158,9 @@ impl Instance {
             key_range: self.key_range,
             inbox: self.inbox,
             checkpoint_every,
-            next_checkpoint: schedule
-                .as_ref()
-                .map_or_else(Instant::now, CheckpointSchedule::next),
+            next_checkpoint: grid.map_or_else(Instant::now, |g| g.at),
             schedule,
+            grid,
             checkpointed: None,
             base: self.restore.as_ref().map(|c| c.frontier),
             buffer_mark: None,
@@ -272,10 +224,10 @@ impl Runner {
                 outbox.reconcile(&plan, &self.query, self.node, &added, &merged)?;
                 return Ok(Outcome::Replanned(plan, added, merged));
             }
-            ControlEvent::CheckpointNow => self.next_checkpoint = Instant::now(),
+            ControlEvent::CheckpointNow => self.checkpoint_now(),
             ControlEvent::CheckpointFull => {
                 self.full_next = true;
-                self.next_checkpoint = Instant::now();
+                self.checkpoint_now();
             }
             ControlEvent::Pause => return Ok(Outcome::Pause),
             ControlEvent::Resume(until) => return Ok(Outcome::Resume(until)),
@@ -365,6 +317,26 @@ impl Runner {
         next.saturating_duration_since(Instant::now())
     }
 
+    /// Has the next checkpoint taken as soon as possible, without waiting
+    /// for trims: the coordinator is waiting for it.
+    fn checkpoint_now(&mut self) {
+        self.next_checkpoint = Instant::now();
+        self.grid = None;
+    }
+
+    /// Whether a due checkpoint should wait for the trims of its
+    /// downstreams' checkpoints of this round (see `super::schedule`);
+    /// if so, it looks again shortly.
+    fn waits_for_trims(&mut self, outbox: &Outbox, now: Instant) -> bool {
+        let waits = self
+            .grid
+            .is_some_and(|grid| grid.waits(now, |since| outbox.untrimmed_since(since)));
+        if waits {
+            self.next_checkpoint = now + CHECKPOINT_RECHECK;
+        }
+        waits
+    }
+
     /// Whether to checkpoint at `frontier` now, as of `now` (a source reads
     /// the clock once for this and its flushes).
     fn checkpoint_due(&mut self, frontier: Stamp, now: Instant) -> bool {
@@ -421,7 +393,9 @@ impl Runner {
         });
         self.checkpointed = Some(frontier);
         if let Some(schedule) = &self.schedule {
-            self.next_checkpoint = schedule.next();
+            let grid = schedule.next();
+            self.next_checkpoint = grid.at;
+            self.grid = Some(grid);
         }
         Ok(())
     }
@@ -814,7 +788,9 @@ impl Runner {
             self.checkpoint_process(logic, done, buffer)?;
             round.checkpoint_at = None;
         }
-        if round.finished || self.checkpoint_due(done, Instant::now()) {
+        let now = Instant::now();
+        if round.finished || (self.checkpoint_due(done, now) && !self.waits_for_trims(outbox, now))
+        {
             if round.finished {
                 logic.finish().map_err(|e| self.fail(e))?;
             }

@@ -9,6 +9,7 @@ mod input;
 mod instance;
 mod local;
 pub mod output;
+mod schedule;
 mod watch;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

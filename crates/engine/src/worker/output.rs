@@ -105,6 +105,9 @@ struct ChannelWriter {
     frame: Vec<u8>,
     frame_last: Stamp,
     sent_mark: Stamp,
+    /// When `to` last had this instance trim its batches: its latest
+    /// checkpoint was backed up then.
+    trimmed_at: Option<Instant>,
     written: WriteTime,
 }
 
@@ -125,6 +128,7 @@ impl ChannelWriter {
             frame: vec![0; BATCH_HEADER],
             frame_last: Stamp::ZERO,
             sent_mark: Stamp::ZERO,
+            trimmed_at: None,
             written,
         }
     }
@@ -418,6 +422,21 @@ impl Outbox {
         if let Some(buffer) = &mut self.buffer {
             buffer.trim(to.0, frontier);
         }
+        if let Some(channel) = self.channels.iter_mut().find(|c| c.to == to) {
+            channel.trimmed_at = Some(Instant::now());
+        }
+    }
+
+    /// Whether the buffer holds batches for a downstream that has not had
+    /// them trimmed since `since`: a checkpoint now would carry them,
+    /// though that downstream's next backup may cover them.
+    pub(crate) fn untrimmed_since(&self, since: Instant) -> bool {
+        let Some(buffer) = &self.buffer else {
+            return false;
+        };
+        self.channels.iter().any(|c| {
+            c.trimmed_at.is_none_or(|at| at < since) && buffer.replay(c.to.0).next().is_some()
+        })
     }
 
     /// Takes over the output buffer of a restored checkpoint and resends it
@@ -568,6 +587,41 @@ mod tests {
         // A mark on each channel: two writes, each held 20 ms at least.
         outbox.flush(Stamp(9));
         assert!(outbox.blocked_secs() >= 0.04, "{}", outbox.blocked_secs());
+    }
+
+    #[test]
+    fn batches_count_as_untrimmed_until_their_downstream_trims_after_the_round_began() {
+        let me = SenderIdentity {
+            instance: InstanceId(1),
+            incarnation: Incarnation(0),
+        };
+        let mut outbox = Outbox::new(me, true);
+        for to in [2, 3] {
+            let stream: Box<dyn FrameLink> = Box::new(Wire::default());
+            let channel = ChannelWriter::new(
+                InstanceId(to),
+                Incarnation(0),
+                Some(stream),
+                outbox.written.clone(),
+            );
+            outbox.channels.push(channel);
+        }
+        let round = Instant::now();
+        assert!(!outbox.untrimmed_since(round), "nothing buffered yet");
+        let mut body = Vec::new();
+        write_tuple(&mut body, Stamp(4), b"x");
+        outbox.buffer.as_mut().unwrap().push(2, Stamp(4), &body);
+        assert!(outbox.untrimmed_since(round));
+        // Trimmed after the round began, though not below its batch: the
+        // downstream's checkpoint of the round is backed up.
+        outbox.trim(InstanceId(2), Stamp(3));
+        assert!(!outbox.untrimmed_since(round));
+        // A later round waits for a later trim.
+        let next_round = Instant::now() + std::time::Duration::from_secs(1);
+        assert!(outbox.untrimmed_since(next_round));
+        // Instance 3 holds nothing, so it is never waited for.
+        outbox.trim(InstanceId(2), Stamp(4));
+        assert!(!outbox.untrimmed_since(next_round));
     }
 
     /// The stamps of the tuples sent on `wire`, and its last mark.
