@@ -79,6 +79,12 @@ pub struct FaultToleranceArgs {
     /// tolerance off.
     #[arg(long, default_value_t = 1000)]
     pub checkpoint_ms: u64,
+    /// Workers (other than its own) that hold each stateful instance's
+    /// checkpoints: 2 keep a copy when an instance's worker and one holder
+    /// fail together; 1 (SEEP's upstream backup) ships and holds half as
+    /// much.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub backup_copies: u32,
     /// End the worker hosting an instance, as a crash would,
     /// `AT_SECS:OPERATOR[:INSTANCE]` (repeatable), to watch it recover.
     #[arg(long, value_name = "AT_SECS:OPERATOR[:INSTANCE]")]
@@ -175,6 +181,7 @@ impl JobArgs {
         config.partitions = self.partitions.iter().cloned().collect::<BTreeMap<_, _>>();
         config.placement = self.placement;
         config.checkpoint_interval = Duration::from_millis(ft.checkpoint_ms);
+        config.backup_copies = ft.backup_copies as usize;
         config.heartbeat_timeout = Duration::from_millis(ft.heartbeat_timeout_ms);
         config.startup_timeout = Duration::from_secs(ft.startup_timeout_secs);
         config.kills = ft.kill.clone();
@@ -351,6 +358,7 @@ pub struct JobFile {
 #[serde(deny_unknown_fields)]
 struct FaultToleranceFile {
     checkpoint_ms: Option<u64>,
+    backup_copies: Option<u32>,
     #[serde(default, deserialize_with = "parsed_list")]
     kill: Option<Vec<KillSpec>>,
     recovery_parallelism: Option<u32>,
@@ -477,6 +485,14 @@ impl JobArgs {
             ft.checkpoint_ms,
             flagged("checkpoint_ms"),
         );
+        take(
+            &mut own.backup_copies,
+            ft.backup_copies,
+            flagged("backup_copies"),
+        );
+        if !(1..=8).contains(&own.backup_copies) {
+            bail!("{}: `backup_copies` must be in 1..=8", path.display());
+        }
         take(&mut own.kill, ft.kill, flagged("kill"));
         take(
             &mut own.recovery_parallelism,
@@ -626,6 +642,7 @@ mod tests {
             "--pool=3",
             "--partitions=count=3",
             "--checkpoint-ms=50",
+            "--backup-copies=1",
             "--kill=1.5:count:1",
             "--recovery-parallelism=2",
             "--heartbeat-timeout-ms=300",
@@ -643,6 +660,7 @@ mod tests {
         assert_eq!(c.params["input"], "in.txt");
         assert_eq!(c.partitions, BTreeMap::from([("count".to_string(), 3)]));
         assert_eq!(c.checkpoint_interval, Duration::from_millis(50));
+        assert_eq!(c.backup_copies, 1);
         assert_eq!(c.kills, vec!["1.5:count:1".parse::<KillSpec>().unwrap()]);
         assert_eq!(c.recovery_parallelism, 2);
         assert_eq!(c.heartbeat_timeout, Duration::from_millis(300));
@@ -668,6 +686,7 @@ mod tests {
         assert_eq!(c.workers, engine.workers);
         assert_eq!(c.pool, engine.pool);
         assert_eq!(c.checkpoint_interval, engine.checkpoint_interval);
+        assert_eq!(c.backup_copies, engine.backup_copies);
         assert_eq!(c.heartbeat_timeout, engine.heartbeat_timeout);
         assert_eq!(c.startup_timeout, engine.startup_timeout);
         assert_eq!(c.recovery_parallelism, engine.recovery_parallelism);
@@ -875,7 +894,7 @@ mod tests {
 
     #[test]
     fn job_file_mistakes_name_the_key_and_its_line() {
-        let cases: [(&str, &[&str], &str); 5] = [
+        let cases: [(&str, &[&str], &str); 6] = [
             (
                 "query = \"keycount\"\nwokers = 3\n",
                 &["spate", "run"],
@@ -885,6 +904,11 @@ mod tests {
                 "[fault_tolerance]\ncheckpoint_ms = 100\nkill = [\"soon:count\"]\n",
                 &["spate", "run", "keycount"],
                 "line 3",
+            ),
+            (
+                "[fault_tolerance]\nbackup_copies = 0\n",
+                &["spate", "run", "keycount"],
+                "`backup_copies` must be in 1..=8",
             ),
             (
                 "[elasticity]\nscale_reports = 0\n",

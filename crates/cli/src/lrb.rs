@@ -148,6 +148,10 @@ pub enum LrbCommand {
         /// without fault tolerance.
         #[arg(long, default_value_t = 1000)]
         checkpoint_ms: u64,
+        /// Workers holding each stateful instance's checkpoints (see
+        /// `lrb run --help`).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
+        backup_copies: u32,
     },
     /// SEEP's scale-out experiment: Linear Road from one partition per
     /// operator under a rising load on small workers (a CPU quota each),
@@ -352,6 +356,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
             bisect,
             keep_answers,
             checkpoint_ms,
+            backup_copies,
         } => {
             let mut partitions: std::collections::BTreeMap<_, _> = partitions.into_iter().collect();
             partitions.entry("toll_calculator".into()).or_insert(2);
@@ -373,6 +378,7 @@ pub fn run(command: LrbCommand) -> Result<()> {
                 placement,
                 chain_forwarder,
                 checkpoint_ms,
+                backup_copies: backup_copies as usize,
                 speedups,
                 bisect,
                 keep_answers,

@@ -279,6 +279,7 @@ pub fn run(args: &ScaleoutArgs) -> Result<()> {
         placement: Placement::Spread,
         chain_forwarder: false,
         checkpoint_ms: args.checkpoint_ms,
+        backup_copies: 2,
         speedups: vec![args.speedup],
         bisect: 0,
         keep_answers: args.keep_answers,

@@ -35,6 +35,17 @@ fn killing_a_sink_changes_nothing() {
 }
 
 #[test]
+fn one_backup_copy_recovers_the_same_answers() {
+    // Each stateful instance's checkpoints go to one holder only (SEEP's
+    // upstream backup): a failure restores from that copy.
+    survives(
+        "ft-one-copy",
+        &["3:toll_assessment", "5:toll_calculator:1"],
+        &["--backup-copies", "1"],
+    );
+}
+
+#[test]
 fn losing_a_worker_that_runs_a_whole_pipeline_changes_nothing() {
     // Placed by pipelines on two workers, worker 0 runs the first instance
     // of every operator, passing tuples between them in process: its loss

@@ -76,6 +76,8 @@ pub struct BenchOptions {
     /// Checkpoint interval of every instance, milliseconds; 0 measures the
     /// query without fault tolerance, so the two can be compared.
     pub checkpoint_ms: u64,
+    /// Workers holding each stateful instance's checkpoints.
+    pub backup_copies: usize,
     /// Speed-ups to try, in any order; 0 (as fast as possible) counts as the
     /// highest.
     pub speedups: Vec<f64>,
@@ -164,6 +166,12 @@ pub enum BenchError {
         #[source]
         source: serde_json::Error,
     },
+}
+
+/// The engine's default number of backup copies, for summaries written
+/// before the bench recorded it.
+fn two() -> usize {
+    2
 }
 
 fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> BenchError {
@@ -292,6 +300,9 @@ pub struct BenchSummary {
     pub chain_forwarder: bool,
     /// Checkpoint interval, milliseconds (0: fault tolerance off).
     pub checkpoint_ms: u64,
+    /// Workers holding each stateful instance's checkpoints.
+    #[serde(default = "two")]
+    pub backup_copies: usize,
     /// CPUs this machine offers.
     pub cpus: usize,
     /// Every run, in the order they ran.
@@ -325,6 +336,7 @@ pub fn run(
         placement: options.placement,
         chain_forwarder: options.chain_forwarder,
         checkpoint_ms: options.checkpoint_ms,
+        backup_copies: options.backup_copies,
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         runs: Vec::new(),
         best: None,
@@ -571,6 +583,7 @@ fn run_one(
     job.partitions = options.partitions.clone();
     job.placement = options.placement;
     job.checkpoint_interval = std::time::Duration::from_millis(options.checkpoint_ms);
+    job.backup_copies = options.backup_copies;
     job.cancel = options.cancel.clone();
     job.view = Some(options.progress.view.clone());
     let run_options = RunOptions {
@@ -1113,6 +1126,7 @@ mod tests {
             placement: Placement::Spread,
             chain_forwarder: false,
             checkpoint_ms: 1000,
+            backup_copies: 2,
             speedups: vec![0.0, 200.0, 50.0, 50.0],
             bisect: 0,
             keep_answers: false,
@@ -1152,6 +1166,7 @@ mod tests {
             placement: Placement::Spread,
             chain_forwarder: false,
             checkpoint_ms: 1000,
+            backup_copies: 2,
             cpus: 2,
             runs: vec![run_at(50.0, true), run_at(100.0, false), run_at(0.0, true)],
             best: Some(0),

@@ -3,7 +3,7 @@
 //! the instance's worker to its holders directly (`worker::backup`), and the
 //! coordinator keeps what the holders acknowledge.
 //! - `routes`: each backed-up instance's holders, at most
-//!   [`HOLDERS`] workers other than its own; a route keeps its holders for
+//!   `JobConfig::backup_copies` workers other than its own; a route keeps its holders for
 //!   as long as they live and host nothing of the instance, so that their
 //!   increments keep fitting;
 //! - `copies`: for each instance, the holders that acknowledged a backup
@@ -32,11 +32,6 @@ use crate::error::EngineError;
 use crate::hash::mix64;
 use crate::ids::{Incarnation, InstanceId, WorkerId};
 use crate::stamp::Stamp;
-
-/// How many holders an instance's checkpoints go to, where that many other
-/// workers live: two, so that a failure taking an instance and one holder
-/// together (one host with both) still leaves a copy.
-pub(super) const HOLDERS: usize = 2;
 
 /// The coordinator's record of every instance's backups.
 #[derive(Debug, Default)]
@@ -371,7 +366,7 @@ impl Backups {
 
 /// Where an instance's checkpoints go: its `current` holders that are
 /// still eligible (alive, and not its `own` worker, so one failure cannot
-/// take the instance and every copy), completed up to [`HOLDERS`] with
+/// take the instance and every copy), completed up to `copies` with
 /// other live workers, one at a time: first those on a host (`host` says
 /// which) with neither the instance nor a holder chosen so far, then those
 /// hosting its upstreams (`upstream_hosts`), each pick a stable hash of
@@ -382,16 +377,18 @@ pub(super) fn choose_holders<H: PartialEq>(
     current: &[WorkerId],
     upstream_hosts: &[WorkerId],
     live: &[WorkerId],
+    copies: usize,
     host: impl Fn(WorkerId) -> H,
 ) -> Vec<WorkerId> {
     let eligible = |w: &WorkerId| *w != own && live.contains(w);
     let mut holders: Vec<WorkerId> = current.iter().copied().filter(eligible).collect();
+    holders.truncate(copies);
     let mut candidates: Vec<WorkerId> = live.iter().copied().filter(eligible).collect();
     candidates.sort_unstable();
     candidates.dedup();
     let n = candidates.len();
     let offset = (mix64(u64::from(instance.0)) % n.max(1) as u64) as usize;
-    while holders.len() < HOLDERS {
+    while holders.len() < copies {
         let taken: Vec<H> = std::iter::once(own)
             .chain(holders.iter().copied())
             .map(&host)

@@ -1,7 +1,8 @@
 //! The checkpoint protocol, coordinator side. The coordinator is off the
 //! data path: it routes, and keeps what holders acknowledge.
 //! 1. the coordinator routes each stateful instance's checkpoints to its
-//!    holders ([`choose_holders`]): up to two workers other than its own,
+//!    holders ([`choose_holders`]): up to `JobConfig::backup_copies` (two
+//!    by default) workers other than its own,
 //!    on other hosts first, then workers hosting its upstreams, each pick
 //!    a stable hash of the instance. A route changes only when a holder
 //!    dies or comes to host the instance;
@@ -112,6 +113,7 @@ impl Job<'_> {
                 self.backups.route(id),
                 &upstream_hosts,
                 &live,
+                self.config.backup_copies,
                 |w| self.host_of(w),
             );
             if holders.is_empty() && self.backups.route(id).is_empty() {

@@ -70,6 +70,12 @@ pub struct JobConfig {
     pub placement: Placement,
     /// Checkpoint interval; zero turns fault tolerance off.
     pub checkpoint_interval: Duration,
+    /// How many workers other than its own hold each stateful instance's
+    /// checkpoints, where that many live: two (the default) keep a copy
+    /// through the loss of an instance's worker together with one holder
+    /// (one host with both); one is SEEP's upstream backup, and halves
+    /// what checkpoints cost to ship and to hold.
+    pub backup_copies: usize,
     /// A worker silent for this long is declared failed.
     pub heartbeat_timeout: Duration,
     /// Failures to inject.
@@ -118,6 +124,7 @@ impl JobConfig {
             partitions: BTreeMap::new(),
             placement: Placement::default(),
             checkpoint_interval: Duration::from_secs(1),
+            backup_copies: 2,
             heartbeat_timeout: Duration::from_millis(500),
             kills: Vec::new(),
             recovery_parallelism: 1,
@@ -137,8 +144,14 @@ impl JobConfig {
 }
 
 impl JobConfig {
-    /// Refuses options that name what `query` does not have.
+    /// Refuses options that name what `query` does not have, and a job
+    /// that checkpoints without anywhere to keep the checkpoints.
     pub(super) fn check(&self, query: &crate::api::Query) -> Result<(), crate::EngineError> {
+        if self.backup_copies == 0 && !self.checkpoint_interval.is_zero() {
+            return Err(crate::EngineError::InvalidQuery(
+                "backup copies must be at least 1 (or turn checkpoints off)".into(),
+            ));
+        }
         for kill in &self.kills {
             if query.find(&kill.operator).is_none() {
                 return Err(crate::EngineError::InvalidQuery(format!(

@@ -1997,9 +1997,22 @@ fn floors_never_fall_and_prune_old_source_positions() {
     assert_eq!(backups.restart_position(id), Some(vec![15]));
 }
 
-/// [`choose_holders`] where every worker is on one host but those of
-/// `other_host`, each on a host of its own.
+/// [`choose_holders`] of two copies where every worker is on one host
+/// but those of `other_host`, each on a host of its own.
 fn holders(
+    instance: u32,
+    own: u32,
+    current: &[u32],
+    upstream: &[u32],
+    live: &[u32],
+    other_host: &[u32],
+) -> Vec<u32> {
+    holders_of(2, instance, own, current, upstream, live, other_host)
+}
+
+/// [`choose_holders`] of `copies` copies, as [`holders`].
+fn holders_of(
+    copies: usize,
     instance: u32,
     own: u32,
     current: &[u32],
@@ -2014,6 +2027,7 @@ fn holders(
         &ids(current),
         &ids(upstream),
         &ids(live),
+        copies,
         |w| {
             if other_host.contains(&w.0) {
                 w.0
@@ -2038,6 +2052,18 @@ fn holders_are_two_other_live_workers() {
     // One other live worker: one holder; none: no holder at all.
     assert_eq!(holders(9, 0, &[], &[], &[0, 2], &[]), vec![2]);
     assert!(holders(9, 0, &[], &[], &[0], &[]).is_empty());
+}
+
+#[test]
+fn one_backup_copy_means_one_holder_kept_from_the_route() {
+    let live = [0, 1, 2, 3];
+    for raw in 0..20 {
+        let picked = holders_of(1, raw, 1, &[], &[], &live, &[]);
+        assert_eq!(picked.len(), 1);
+        assert_ne!(picked[0], 1);
+    }
+    // A route of two (the job asked for two before) keeps its first.
+    assert_eq!(holders_of(1, 9, 0, &[3, 2], &[], &live, &[]), vec![3]);
 }
 
 #[test]
