@@ -2007,19 +2007,6 @@ fn holders(
     live: &[u32],
     other_host: &[u32],
 ) -> Vec<u32> {
-    holders_of(2, instance, own, current, upstream, live, other_host)
-}
-
-/// [`choose_holders`] of `copies` copies, as [`holders`].
-fn holders_of(
-    copies: usize,
-    instance: u32,
-    own: u32,
-    current: &[u32],
-    upstream: &[u32],
-    live: &[u32],
-    other_host: &[u32],
-) -> Vec<u32> {
     let ids = |ws: &[u32]| -> Vec<WorkerId> { ws.iter().copied().map(WorkerId).collect() };
     choose_holders(
         InstanceId(instance),
@@ -2027,7 +2014,7 @@ fn holders_of(
         &ids(current),
         &ids(upstream),
         &ids(live),
-        copies,
+        2,
         |w| {
             if other_host.contains(&w.0) {
                 w.0
@@ -2056,14 +2043,25 @@ fn holders_are_two_other_live_workers() {
 
 #[test]
 fn one_backup_copy_means_one_holder_kept_from_the_route() {
-    let live = [0, 1, 2, 3];
+    let live: Vec<WorkerId> = (0..4).map(WorkerId).collect();
+    let one = |instance: u32, own: u32, current: &[WorkerId]| {
+        choose_holders(
+            InstanceId(instance),
+            WorkerId(own),
+            current,
+            &[],
+            &live,
+            1,
+            |w| w,
+        )
+    };
     for raw in 0..20 {
-        let picked = holders_of(1, raw, 1, &[], &[], &live, &[]);
+        let picked = one(raw, 1, &[]);
         assert_eq!(picked.len(), 1);
-        assert_ne!(picked[0], 1);
+        assert_ne!(picked[0], WorkerId(1));
     }
     // A route of two (the job asked for two before) keeps its first.
-    assert_eq!(holders_of(1, 9, 0, &[3, 2], &[], &live, &[]), vec![3]);
+    assert_eq!(one(9, 0, &[WorkerId(3), WorkerId(2)]), vec![WorkerId(3)]);
 }
 
 #[test]

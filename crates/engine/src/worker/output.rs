@@ -565,16 +565,14 @@ mod tests {
         }
     }
 
-    #[test]
-    fn time_blocked_writing_to_a_slow_downstream_is_counted() {
+    /// An outbox of instance 1 with a channel to each of `links`.
+    fn outbox_to(buffering: bool, links: Vec<(u32, Box<dyn FrameLink>)>) -> Outbox {
         let me = SenderIdentity {
             instance: InstanceId(1),
             incarnation: Incarnation(0),
         };
-        let mut outbox = Outbox::new(me, false);
-        let wait = std::time::Duration::from_millis(20);
-        for to in [2, 3] {
-            let stream: Box<dyn FrameLink> = Box::new(Slow(wait));
+        let mut outbox = Outbox::new(me, buffering);
+        for (to, stream) in links {
             let channel = ChannelWriter::new(
                 InstanceId(to),
                 Incarnation(0),
@@ -583,6 +581,14 @@ mod tests {
             );
             outbox.channels.push(channel);
         }
+        outbox
+    }
+
+    #[test]
+    fn time_blocked_writing_to_a_slow_downstream_is_counted() {
+        let wait = std::time::Duration::from_millis(20);
+        let slow = |to| (to, Box::new(Slow(wait)) as Box<dyn FrameLink>);
+        let mut outbox = outbox_to(false, vec![slow(2), slow(3)]);
         assert_eq!(outbox.blocked_secs(), 0.0);
         // A mark on each channel: two writes, each held 20 ms at least.
         outbox.flush(Stamp(9));
@@ -591,21 +597,8 @@ mod tests {
 
     #[test]
     fn batches_count_as_untrimmed_until_their_downstream_trims_after_the_round_began() {
-        let me = SenderIdentity {
-            instance: InstanceId(1),
-            incarnation: Incarnation(0),
-        };
-        let mut outbox = Outbox::new(me, true);
-        for to in [2, 3] {
-            let stream: Box<dyn FrameLink> = Box::new(Wire::default());
-            let channel = ChannelWriter::new(
-                InstanceId(to),
-                Incarnation(0),
-                Some(stream),
-                outbox.written.clone(),
-            );
-            outbox.channels.push(channel);
-        }
+        let wire = |to| (to, Box::new(Wire::default()) as Box<dyn FrameLink>);
+        let mut outbox = outbox_to(true, vec![wire(2), wire(3)]);
         let round = Instant::now();
         assert!(!outbox.untrimmed_since(round), "nothing buffered yet");
         let mut body = Vec::new();
