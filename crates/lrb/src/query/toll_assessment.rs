@@ -365,6 +365,24 @@ mod tests {
     }
 
     #[test]
+    fn a_balance_is_the_tolls_before_the_notification_it_names() {
+        assert_eq!(Account::default().balance(50), (50, 0));
+        let mut account = Account::default();
+        for (time, toll) in [(10, 5), (40, 7), (70, 0), (130, 3)] {
+            account.notify(time, toll);
+        }
+        // The one at 10 has expired: 40 is the latest before 130 - 60.
+        assert_eq!(account.recent.len(), 3);
+        // The earliest notification in [t - 60, t], with the tolls before it.
+        assert_eq!(account.balance(135), (130, 12));
+        assert_eq!(account.balance(125), (70, 12));
+        assert_eq!(account.balance(100), (40, 5));
+        assert_eq!(account.balance(90), (40, 5));
+        // None in the window: the latest one.
+        assert_eq!(account.balance(300), (130, 12));
+    }
+
+    #[test]
     fn instances_owning_the_same_share_share_one_load() {
         let path =
             std::env::temp_dir().join(format!("lrb-shared-tolls-{}.csv", std::process::id()));
