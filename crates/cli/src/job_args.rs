@@ -17,7 +17,9 @@ use anyhow::{bail, Context, Result};
 use clap::parser::ValueSource;
 use clap::ArgMatches;
 use serde::{Deserialize, Deserializer};
-use spate_engine::coordinator::{JobConfig, KillSpec, PolicyKind, ScalePolicy};
+use spate_engine::coordinator::{
+    JobConfig, KillSpec, PolicyKind, ScalePolicy, DEFAULT_BACKUP_COPIES, MAX_BACKUP_COPIES,
+};
 use spate_engine::plan::Placement;
 use spate_engine::wire::control::HEARTBEAT_EVERY;
 use spate_engine::{Query, QueryRegistry};
@@ -83,7 +85,11 @@ pub struct FaultToleranceArgs {
     /// checkpoints: 2 keep a copy when an instance's worker and one holder
     /// fail together; 1 (SEEP's upstream backup) ships and holds half as
     /// much.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
+    #[arg(
+        long,
+        default_value_t = DEFAULT_BACKUP_COPIES as u32,
+        value_parser = clap::value_parser!(u32).range(1..=MAX_BACKUP_COPIES as i64)
+    )]
     pub backup_copies: u32,
     /// End the worker hosting an instance, as a crash would,
     /// `AT_SECS:OPERATOR[:INSTANCE]` (repeatable), to watch it recover.
@@ -490,8 +496,11 @@ impl JobArgs {
             ft.backup_copies,
             flagged("backup_copies"),
         );
-        if !(1..=8).contains(&own.backup_copies) {
-            bail!("{}: `backup_copies` must be in 1..=8", path.display());
+        if !(1..=MAX_BACKUP_COPIES as u32).contains(&own.backup_copies) {
+            bail!(
+                "{}: `backup_copies` must be in 1..={MAX_BACKUP_COPIES}",
+                path.display()
+            );
         }
         take(&mut own.kill, ft.kill, flagged("kill"));
         take(

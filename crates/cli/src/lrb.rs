@@ -150,7 +150,12 @@ pub enum LrbCommand {
         checkpoint_ms: u64,
         /// Workers holding each stateful instance's checkpoints (see
         /// `lrb run --help`).
-        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
+        #[arg(
+            long,
+            default_value_t = spate_engine::coordinator::DEFAULT_BACKUP_COPIES as u32,
+            value_parser = clap::value_parser!(u32)
+                .range(1..=spate_engine::coordinator::MAX_BACKUP_COPIES as i64)
+        )]
         backup_copies: u32,
     },
     /// SEEP's scale-out experiment: Linear Road from one partition per

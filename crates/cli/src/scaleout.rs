@@ -279,7 +279,7 @@ pub fn run(args: &ScaleoutArgs) -> Result<()> {
         placement: Placement::Spread,
         chain_forwarder: false,
         checkpoint_ms: args.checkpoint_ms,
-        backup_copies: 2,
+        backup_copies: spate_engine::coordinator::DEFAULT_BACKUP_COPIES,
         speedups: vec![args.speedup],
         bisect: 0,
         keep_answers: args.keep_answers,

@@ -33,7 +33,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, VPos};
 use serde::{Deserialize, Serialize};
 use spate_engine::coordinator::view::{ClusterView, SharedView};
-use spate_engine::coordinator::JobConfig;
+use spate_engine::coordinator::{JobConfig, DEFAULT_BACKUP_COPIES};
 use spate_engine::plan::Placement;
 use spate_engine::QueryRegistry;
 
@@ -170,8 +170,8 @@ pub enum BenchError {
 
 /// The engine's default number of backup copies, for summaries written
 /// before the bench recorded it.
-fn two() -> usize {
-    2
+fn default_backup_copies() -> usize {
+    DEFAULT_BACKUP_COPIES
 }
 
 fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> BenchError {
@@ -301,7 +301,7 @@ pub struct BenchSummary {
     /// Checkpoint interval, milliseconds (0: fault tolerance off).
     pub checkpoint_ms: u64,
     /// Workers holding each stateful instance's checkpoints.
-    #[serde(default = "two")]
+    #[serde(default = "default_backup_copies")]
     pub backup_copies: usize,
     /// CPUs this machine offers.
     pub cpus: usize,
@@ -1126,7 +1126,7 @@ mod tests {
             placement: Placement::Spread,
             chain_forwarder: false,
             checkpoint_ms: 1000,
-            backup_copies: 2,
+            backup_copies: DEFAULT_BACKUP_COPIES,
             speedups: vec![0.0, 200.0, 50.0, 50.0],
             bisect: 0,
             keep_answers: false,
@@ -1166,7 +1166,7 @@ mod tests {
             placement: Placement::Spread,
             chain_forwarder: false,
             checkpoint_ms: 1000,
-            backup_copies: 2,
+            backup_copies: DEFAULT_BACKUP_COPIES,
             cpus: 2,
             runs: vec![run_at(50.0, true), run_at(100.0, false), run_at(0.0, true)],
             best: Some(0),

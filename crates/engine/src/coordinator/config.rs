@@ -10,6 +10,12 @@ use super::scale::ScalePolicy;
 use super::view;
 use crate::plan::Placement;
 
+/// Backup copies of a job that does not say (`JobConfig::backup_copies`).
+pub const DEFAULT_BACKUP_COPIES: usize = 2;
+/// The most backup copies a job may ask for: each one ships and holds
+/// every checkpoint once more.
+pub const MAX_BACKUP_COPIES: usize = 8;
+
 /// An injected failure: kill the worker hosting `operator`'s instance
 /// `index` at `at` after the start.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,7 +130,7 @@ impl JobConfig {
             partitions: BTreeMap::new(),
             placement: Placement::default(),
             checkpoint_interval: Duration::from_secs(1),
-            backup_copies: 2,
+            backup_copies: DEFAULT_BACKUP_COPIES,
             heartbeat_timeout: Duration::from_millis(500),
             kills: Vec::new(),
             recovery_parallelism: 1,

@@ -34,7 +34,7 @@ mod tests;
 pub mod view;
 
 pub use autoscaler::ScaleRates;
-pub use config::{JobConfig, KillSpec};
+pub use config::{JobConfig, KillSpec, DEFAULT_BACKUP_COPIES, MAX_BACKUP_COPIES};
 pub use events::{EventKind, JobState, ScaleDirection};
 pub use links::{LinkEvent, Links};
 pub use scale::{AddedPart, PolicyKind, ScaleEvent, ScalePolicy};
