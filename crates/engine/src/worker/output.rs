@@ -258,44 +258,7 @@ impl Outbox {
         let mut targets = plan.downstream_instances(query, node);
         targets.dedup();
         for to in targets {
-            let (_, placed) = plan.instance(to).ok_or_else(|| {
-                EngineError::InvalidQuery(format!("instance {to} is not in the plan"))
-            })?;
-            let incarnation = placed.incarnation;
-            let at = Peer {
-                worker: placed.worker,
-                addr: plan.addr_of(to).unwrap_or_default().to_string(),
-            };
-            match self.channels.iter().position(|c| c.to == to) {
-                None => {
-                    let stream = self.try_connect(to, incarnation, 0, &at)?;
-                    self.channels.push(ChannelWriter::new(
-                        to,
-                        incarnation,
-                        stream,
-                        self.written.clone(),
-                    ));
-                    let i = self.channels.len() - 1;
-                    if let Some(parent) = added.iter().find(|a| a.id == to).map(|a| a.parent) {
-                        self.inherit(i, parent);
-                    }
-                }
-                Some(i)
-                    if self.channels[i].incarnation != incarnation
-                        || self.channels[i].stream.is_none() =>
-                {
-                    // A new number makes the receiver drop what it holds
-                    // of this channel; only a replay may ask for that.
-                    let replays = self.buffer.is_some();
-                    let connection = self.channels[i].connection + u32::from(replays);
-                    self.channels[i].stream = self.try_connect(to, incarnation, connection, &at)?;
-                    self.channels[i].connection = connection;
-                    self.channels[i].incarnation = incarnation;
-                    self.replay(i, to);
-                    self.reannounce(i);
-                }
-                Some(_) => {}
-            }
+            self.wire(plan, to, added)?;
         }
         for channel in &mut self.channels {
             if let Some((node, placed)) = plan.instance(channel.to) {
@@ -313,6 +276,56 @@ impl Outbox {
                     .position(|c| c.to == *to)
                     .expect("every routed instance has a channel")
             }));
+        }
+        Ok(())
+    }
+
+    /// Opens the channel to downstream `to` if it has none (a new
+    /// instance of a split takes over its parent's buffered batches), or
+    /// reconnects and replays it if `to` was restored or the channel broke.
+    fn wire(
+        &mut self,
+        plan: &Plan,
+        to: InstanceId,
+        added: &[AddedInstance],
+    ) -> Result<(), EngineError> {
+        let (_, placed) = plan.instance(to).ok_or_else(|| {
+            EngineError::InvalidQuery(format!("instance {to} is not in the plan"))
+        })?;
+        let incarnation = placed.incarnation;
+        let at = Peer {
+            worker: placed.worker,
+            addr: plan.addr_of(to).unwrap_or_default().to_string(),
+        };
+        match self.channels.iter().position(|c| c.to == to) {
+            None => {
+                let stream = self.try_connect(to, incarnation, 0, &at)?;
+                self.channels.push(ChannelWriter::new(
+                    to,
+                    incarnation,
+                    stream,
+                    self.written.clone(),
+                ));
+                let i = self.channels.len() - 1;
+                if let Some(parent) = added.iter().find(|a| a.id == to).map(|a| a.parent) {
+                    self.inherit(i, parent);
+                }
+            }
+            Some(i)
+                if self.channels[i].incarnation != incarnation
+                    || self.channels[i].stream.is_none() =>
+            {
+                // A new number makes the receiver drop what it holds
+                // of this channel; only a replay may ask for that.
+                let replays = self.buffer.is_some();
+                let connection = self.channels[i].connection + u32::from(replays);
+                self.channels[i].stream = self.try_connect(to, incarnation, connection, &at)?;
+                self.channels[i].connection = connection;
+                self.channels[i].incarnation = incarnation;
+                self.replay(i, to);
+                self.reannounce(i);
+            }
+            Some(_) => {}
         }
         Ok(())
     }
