@@ -95,7 +95,7 @@ mod tests {
 
     use super::*;
     use crate::stamp::Stamp;
-    use crate::wire::data::{seal_batch, BATCH_HEADER};
+    use crate::wire::data::write_batch;
 
     fn sender(instance: u32) -> SenderIdentity {
         SenderIdentity {
@@ -105,20 +105,24 @@ mod tests {
     }
 
     fn frame(body: &[u8], mark: u64) -> Vec<u8> {
-        let mut frame = vec![0; BATCH_HEADER];
-        frame.extend_from_slice(body);
-        seal_batch(&mut frame, Stamp(mark));
+        let mut frame = Vec::new();
+        write_batch(&mut frame, body, Stamp(mark)).expect("written to memory");
         frame
+    }
+
+    /// Worker 0, whose instances have `inboxes`.
+    fn worker_zero(inboxes: Inboxes) -> Locality {
+        Locality {
+            worker: WorkerId(0),
+            inboxes,
+        }
     }
 
     #[test]
     fn a_batch_reaches_the_inbox_as_a_tcp_reader_would_hand_it_over() {
         let inboxes = Inboxes::default();
         let inbox = inboxes.create(InstanceId(7), Incarnation(1));
-        let local = Locality {
-            worker: WorkerId(0),
-            inboxes,
-        };
+        let local = worker_zero(inboxes);
         let mut link = local
             .open(sender(3), InstanceId(7), Incarnation(1), 4)
             .expect("the downstream runs here");
@@ -156,10 +160,7 @@ mod tests {
     #[test]
     fn a_link_opened_before_its_downstream_exists_waits_for_it() {
         let inboxes = Inboxes::default();
-        let local = Locality {
-            worker: WorkerId(0),
-            inboxes: inboxes.clone(),
-        };
+        let local = worker_zero(inboxes.clone());
         let opening = thread::spawn(move || {
             let mut link = local
                 .open(sender(1), InstanceId(5), Incarnation(3), 0)
@@ -179,10 +180,7 @@ mod tests {
     fn sending_to_a_stopped_downstream_breaks_the_channel() {
         let inboxes = Inboxes::default();
         let inbox = inboxes.create(InstanceId(5), Incarnation(0));
-        let local = Locality {
-            worker: WorkerId(0),
-            inboxes,
-        };
+        let local = worker_zero(inboxes);
         let mut link = local
             .open(sender(1), InstanceId(5), Incarnation(0), 0)
             .expect("opened");
