@@ -5,6 +5,8 @@
 //! its cars with exactly k reports so far, so the minute average A(m) =
 //! mean over cars of (their speed sum / k) is exact when the minute closes.
 
+use num_integer::Integer;
+
 /// A non-negative rational in lowest terms: means stay exact and LAV is
 /// truncated once (docs/LRB.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,16 +15,9 @@ struct Ratio {
     den: u128,
 }
 
-fn gcd(mut a: u128, mut b: u128) -> u128 {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a
-}
-
 impl Ratio {
     fn new(num: u128, den: u128) -> Ratio {
-        let g = gcd(num, den).max(1);
+        let g = num.gcd(&den).max(1);
         Ratio {
             num: num / g,
             den: den / g,
@@ -30,7 +25,7 @@ impl Ratio {
     }
 
     fn add(self, other: Ratio) -> Option<Ratio> {
-        let g = gcd(self.den, other.den);
+        let g = self.den.gcd(&other.den);
         let den = (self.den / g).checked_mul(other.den)?;
         let num = self
             .num
