@@ -77,6 +77,47 @@ impl ChannelQueue {
     fn front_body(&self) -> &[u8] {
         self.frames.front().map_or(&[], |(b, _)| b)
     }
+
+    /// The stamp of the tuple after the front one, which ends at `end`:
+    /// the next in the front batch, else the first of the next batch.
+    fn stamp_after(&self, end: usize) -> Option<Stamp> {
+        let (body, pos) = match self.frames.front() {
+            Some((body, _)) if end < body.len() => (body, end),
+            _ => self.frames.get(1).map(|(body, pos)| (body, *pos))?,
+        };
+        read_tuple(body, pos).ok().map(|(stamp, _)| stamp)
+    }
+
+    /// Releases this channel's tuples in order, each alone, while their
+    /// stamps are at most `limit` and below `others` (the other channels'
+    /// heads). Stops at a stamp that more than one tuple carries, even
+    /// across batches, and returns it for [`Merge::release_group`] to sort.
+    fn release_run(
+        &mut self,
+        limit: Stamp,
+        others: Stamp,
+        f: &mut impl FnMut(Stamp, &[u8]) -> Result<(), EngineError>,
+    ) -> Result<Option<Stamp>, EngineError> {
+        while let Some((stamp, range)) = self.peek() {
+            if stamp > limit || stamp >= others {
+                break;
+            }
+            if self.stamp_after(range.end) == Some(stamp) {
+                return Ok(Some(stamp));
+            }
+            f(stamp, &self.front_body()[range.clone()])?;
+            self.advance(range.end);
+        }
+        Ok(None)
+    }
+}
+
+/// Where the merge stands: see [`Merge::heads`].
+struct Heads {
+    stamp: Stamp,
+    holder: usize,
+    shared: bool,
+    others: Stamp,
 }
 
 /// Merges input channels into one deterministic, stamp-ordered stream.
@@ -207,52 +248,64 @@ impl Merge {
         mut f: impl FnMut(Stamp, &[u8]) -> Result<(), EngineError>,
     ) -> Result<Stamp, EngineError> {
         let limit = self.frontier().min(cap);
-        loop {
-            let mut min: Option<Stamp> = None;
-            let mut holders = 0;
-            let mut holder = 0;
-            for (i, c) in self.channels.iter_mut().enumerate() {
-                let Some((s, _)) = c.peek() else { continue };
-                if s > limit {
-                    continue;
-                }
-                match min {
-                    Some(m) if s > m => {}
-                    Some(m) if s == m => holders += 1,
-                    _ => {
-                        min = Some(s);
-                        holders = 1;
-                        holder = i;
-                    }
-                }
-            }
-            let Some(stamp) = min else { break };
-            if stamp <= self.done {
+        while let Some(heads) = self.heads(limit) {
+            if heads.stamp <= self.done {
                 // A replayed duplicate: drop every copy of this stamp.
                 for c in &mut self.channels {
-                    while let Some((_, r)) = c.peek().filter(|(s, _)| *s == stamp) {
+                    while let Some((_, r)) = c.peek().filter(|(s, _)| *s == heads.stamp) {
                         c.advance(r.end);
                     }
                 }
                 continue;
             }
-            if holders == 1 {
-                let c = &mut self.channels[holder];
-                let (_, range) = c.peek().expect("holder has a tuple");
-                let single = match read_tuple(c.front_body(), range.end) {
-                    Ok((next, _)) => next != stamp,
-                    Err(_) => true,
-                };
-                if single {
-                    f(stamp, &c.front_body()[range.clone()])?;
-                    c.advance(range.end);
-                    continue;
+            let group = if heads.shared {
+                heads.stamp
+            } else {
+                // Below every other channel's head, nothing else can
+                // interleave: release the holder's tuples in a run.
+                match self.channels[heads.holder].release_run(limit, heads.others, &mut f)? {
+                    Some(stamp) => stamp,
+                    None => continue,
                 }
-            }
-            self.release_group(stamp, &mut f)?;
+            };
+            self.release_group(group, &mut f)?;
         }
         self.done = self.done.max(limit);
         Ok(self.done)
+    }
+
+    /// The smallest stamp at the head of a channel at or below `limit`,
+    /// which channel holds it and whether another does too, and the
+    /// smallest head of the other channels.
+    fn heads(&mut self, limit: Stamp) -> Option<Heads> {
+        let mut heads: Option<Heads> = None;
+        for (i, c) in self.channels.iter_mut().enumerate() {
+            let Some((s, _)) = c.peek() else { continue };
+            if s > limit {
+                continue;
+            }
+            match &mut heads {
+                None => {
+                    heads = Some(Heads {
+                        stamp: s,
+                        holder: i,
+                        shared: false,
+                        others: Stamp::END,
+                    })
+                }
+                Some(h) if s < h.stamp => {
+                    *h = Heads {
+                        stamp: s,
+                        holder: i,
+                        shared: false,
+                        others: h.others.min(h.stamp),
+                    }
+                }
+                Some(h) if s == h.stamp => h.shared = true,
+                Some(h) => h.others = h.others.min(s),
+            }
+        }
+        heads
     }
 
     /// Releases all tuples carrying `stamp`, sorted by their bytes.
@@ -283,6 +336,8 @@ impl Merge {
 
 #[cfg(test)]
 mod tests {
+    use proptest::strategy::Strategy;
+
     use super::*;
 
     fn batch(tuples: &[(u64, &[u8])]) -> Vec<u8> {
@@ -327,6 +382,100 @@ mod tests {
         b.push(0, batch(&[(5, b"m"), (5, b"b"), (5, b"z")]), Stamp(5))
             .unwrap();
         assert_eq!(drain_all(&mut a), drain_all(&mut b));
+    }
+
+    #[test]
+    fn a_stamp_split_across_batches_is_released_in_byte_order() {
+        // The same outputs, batched differently by their upstream (a
+        // flush in the middle of one input's outputs, or not), must come
+        // out in the same order.
+        let mut split = Merge::new(1, Stamp::ZERO);
+        split.push(0, batch(&[(5, b"z")]), Stamp(4)).unwrap();
+        split
+            .push(0, batch(&[(5, b"b"), (6, b"a")]), Stamp(6))
+            .unwrap();
+        let mut whole = Merge::new(1, Stamp::ZERO);
+        whole
+            .push(0, batch(&[(5, b"z"), (5, b"b"), (6, b"a")]), Stamp(6))
+            .unwrap();
+        let out = drain_all(&mut split);
+        assert_eq!(out, drain_all(&mut whole));
+        assert_eq!(
+            out,
+            vec![(5, b"b".to_vec()), (5, b"z".to_vec()), (6, b"a".to_vec())]
+        );
+    }
+
+    /// One channel's tuples (stamps ascending), cut into batches.
+    type Batches = Vec<Vec<(u64, Vec<u8>)>>;
+
+    /// Channels' tuples, each cut into batches.
+    fn channels() -> impl Strategy<Value = Vec<Batches>> {
+        let tuple = (1u64..4, proptest::collection::vec(0u8..3, 0..3));
+        let channel = proptest::collection::vec(proptest::collection::vec(tuple, 0..5), 0..5)
+            .prop_map(|batches| {
+                // Steps between stamps, 0 for a repeated stamp.
+                let mut stamp = 0;
+                batches
+                    .into_iter()
+                    .map(|batch| {
+                        batch
+                            .into_iter()
+                            .map(|(step, payload)| {
+                                stamp += step / 2;
+                                (stamp.max(1), payload)
+                            })
+                            .collect()
+                    })
+                    .collect()
+            });
+        proptest::collection::vec(channel, 1..4)
+    }
+
+    /// Pushes channel `c`'s next batch, if any is left; its mark is one
+    /// below the next batch's first stamp (which may repeat this batch's
+    /// last), as an upstream flushing in the middle of one input's outputs
+    /// marks it.
+    fn push_next(m: &mut Merge, channels: &[Batches], next: &mut [usize], c: usize) -> bool {
+        let batches = &channels[c];
+        let Some(b) = batches.get(next[c]) else {
+            return false;
+        };
+        next[c] += 1;
+        let mark = batches[next[c]..]
+            .iter()
+            .flatten()
+            .next()
+            .map_or(Stamp::END, |(s, _)| Stamp(s - 1));
+        let tuples: Vec<(u64, &[u8])> = b.iter().map(|(s, p)| (*s, &p[..])).collect();
+        m.push(c, batch(&tuples), mark).unwrap();
+        true
+    }
+
+    proptest::proptest! {
+        /// Whatever the batching and the interleaving of channels, the
+        /// merge releases every tuple once, by stamp, then by bytes.
+        #[test]
+        fn releases_by_stamp_then_bytes_whatever_the_batching(
+            channels in channels(),
+            order in proptest::collection::vec(0usize..4, 0..40),
+        ) {
+            let mut expected: Vec<(u64, Vec<u8>)> = channels.iter().flatten().flatten().cloned().collect();
+            expected.sort();
+            let mut m = Merge::new(channels.len(), Stamp::ZERO);
+            let mut next = vec![0; channels.len()];
+            let mut out = Vec::new();
+            for c in order.into_iter().chain(0..channels.len()).chain(0..channels.len()) {
+                push_next(&mut m, &channels, &mut next, c % channels.len());
+                out.extend(drain_all(&mut m));
+            }
+            for c in 0..channels.len() {
+                while push_next(&mut m, &channels, &mut next, c) {}
+                m.push(c, Vec::new(), Stamp::END).unwrap();
+            }
+            out.extend(drain_all(&mut m));
+            proptest::prop_assert_eq!(out, expected);
+        }
     }
 
     #[test]
