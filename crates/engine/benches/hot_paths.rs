@@ -154,43 +154,52 @@ fn routing(c: &mut Criterion) {
 }
 
 fn merge(c: &mut Criterion) {
-    const CHANNELS: usize = 4;
+    let mut g = quick(c);
+    g.throughput(Throughput::Elements(BATCH as u64));
+    // One channel: an operator with one upstream instance, the common case.
+    // Four: channel c carries stamps c+1, c+1+4, ...: a round-robin
+    // interleaving, the worst case (the minimum moves channel every tuple).
+    for channels in [1, 4] {
+        let batches = merge_batches(channels);
+        let name = format!("merge {channels} channel(s) (push + drain), 1k");
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || batches.clone(),
+                |batches| {
+                    let mut m = Merge::new(channels, Stamp::ZERO);
+                    for (channel, (body, mark)) in batches.into_iter().enumerate() {
+                        m.push(channel, body, mark).expect("valid batch");
+                    }
+                    let mut n = 0usize;
+                    m.drain(|_, p| {
+                        n += p.len();
+                        Ok(())
+                    })
+                    .expect("drains");
+                    black_box(n)
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+/// [`BATCH`] tuples of 40 bytes dealt round-robin over `channels` batches,
+/// each with its last stamp as its mark.
+fn merge_batches(channels: usize) -> Vec<(Vec<u8>, Stamp)> {
     let payload = [7u8; 40];
-    // Channel c carries stamps c+1, c+1+4, ...: a round-robin interleaving,
-    // the worst case for the merge (the minimum moves channel every tuple).
-    let batches: Vec<(Vec<u8>, Stamp)> = (0..CHANNELS)
+    (0..channels)
         .map(|c| {
             let mut body = Vec::new();
             let mut last = Stamp::ZERO;
-            for i in 0..BATCH / CHANNELS {
-                last = Stamp((i * CHANNELS + c + 1) as u64);
+            for i in 0..BATCH / channels {
+                last = Stamp((i * channels + c + 1) as u64);
                 write_tuple(&mut body, last, &payload);
             }
             (body, last)
         })
-        .collect();
-    let mut g = quick(c);
-    g.throughput(Throughput::Elements(BATCH as u64));
-    g.bench_function("merge 4 channels (push + drain), 1k", |b| {
-        b.iter_batched(
-            || batches.clone(),
-            |batches| {
-                let mut m = Merge::new(CHANNELS, Stamp::ZERO);
-                for (channel, (body, mark)) in batches.into_iter().enumerate() {
-                    m.push(channel, body, mark).expect("valid batch");
-                }
-                let mut n = 0usize;
-                m.drain(|_, p| {
-                    n += p.len();
-                    Ok(())
-                })
-                .expect("drains");
-                black_box(n)
-            },
-            BatchSize::SmallInput,
-        )
-    });
-    g.finish();
+        .collect()
 }
 
 fn keyed_state(c: &mut Criterion) {

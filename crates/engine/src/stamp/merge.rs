@@ -80,6 +80,7 @@ impl ChannelQueue {
 
     /// The stamp of the tuple after the front one, which ends at `end`:
     /// the next in the front batch, else the first of the next batch.
+    #[inline]
     fn stamp_after(&self, end: usize) -> Option<Stamp> {
         let (body, pos) = match self.frames.front() {
             Some((body, _)) if end < body.len() => (body, end),
@@ -88,25 +89,32 @@ impl ChannelQueue {
         read_tuple(body, pos).ok().map(|(stamp, _)| stamp)
     }
 
-    /// Releases this channel's tuples in order, each alone, while their
-    /// stamps are at most `limit` and below `others` (the other channels'
-    /// heads). Stops at a stamp that more than one tuple carries, even
+    /// Releases this channel's tuples in order from its `head`, each
+    /// alone, while their stamps are at most `limit` and below `others`
+    /// (the other channels' heads). Stops at a stamp that more than one tuple carries, even
     /// across batches, and returns it for [`Merge::release_group`] to sort.
+    #[inline]
     fn release_run(
         &mut self,
+        head: (Stamp, Range<usize>),
         limit: Stamp,
         others: Stamp,
         f: &mut impl FnMut(Stamp, &[u8]) -> Result<(), EngineError>,
     ) -> Result<Option<Stamp>, EngineError> {
-        while let Some((stamp, range)) = self.peek() {
-            if stamp > limit || stamp >= others {
-                break;
-            }
-            if self.stamp_after(range.end) == Some(stamp) {
+        let below = |stamp: Stamp| stamp <= limit && stamp < others;
+        let mut head = Some(head);
+        while let Some((stamp, range)) = head {
+            let next = self.stamp_after(range.end);
+            if next == Some(stamp) {
                 return Ok(Some(stamp));
             }
             f(stamp, &self.front_body()[range.clone()])?;
             self.advance(range.end);
+            // Where the run ends, the next head is not read twice.
+            head = match next {
+                Some(next) if below(next) => self.peek(),
+                _ => None,
+            };
         }
         Ok(None)
     }
@@ -116,6 +124,8 @@ impl ChannelQueue {
 struct Heads {
     stamp: Stamp,
     holder: usize,
+    /// Where the holder's head tuple's payload lies in its front batch.
+    range: Range<usize>,
     shared: bool,
     others: Stamp,
 }
@@ -263,7 +273,8 @@ impl Merge {
             } else {
                 // Below every other channel's head, nothing else can
                 // interleave: release the holder's tuples in a run.
-                match self.channels[heads.holder].release_run(limit, heads.others, &mut f)? {
+                let head = (heads.stamp, heads.range);
+                match self.channels[heads.holder].release_run(head, limit, heads.others, &mut f)? {
                     Some(stamp) => stamp,
                     None => continue,
                 }
@@ -277,35 +288,28 @@ impl Merge {
     /// The smallest stamp at the head of a channel at or below `limit`,
     /// which channel holds it and whether another does too, and the
     /// smallest head of the other channels.
+    #[inline]
     fn heads(&mut self, limit: Stamp) -> Option<Heads> {
-        let mut heads: Option<Heads> = None;
+        let mut min = Stamp::END;
+        let (mut holder, mut shared, mut others) = (None, false, Stamp::END);
         for (i, c) in self.channels.iter_mut().enumerate() {
-            let Some((s, _)) = c.peek() else { continue };
-            if s > limit {
-                continue;
-            }
-            match &mut heads {
-                None => {
-                    heads = Some(Heads {
-                        stamp: s,
-                        holder: i,
-                        shared: false,
-                        others: Stamp::END,
-                    })
-                }
-                Some(h) if s < h.stamp => {
-                    *h = Heads {
-                        stamp: s,
-                        holder: i,
-                        shared: false,
-                        others: h.others.min(h.stamp),
-                    }
-                }
-                Some(h) if s == h.stamp => h.shared = true,
-                Some(h) => h.others = h.others.min(s),
+            let Some((s, range)) = c.peek() else { continue };
+            if s > limit || s > min {
+                others = others.min(s);
+            } else if s == min && holder.is_some() {
+                shared = true;
+            } else {
+                others = min;
+                (min, holder, shared) = (s, Some((i, range)), false);
             }
         }
-        heads
+        holder.map(|(holder, range)| Heads {
+            stamp: min,
+            holder,
+            range,
+            shared,
+            others,
+        })
     }
 
     /// Releases all tuples carrying `stamp`, sorted by their bytes.
