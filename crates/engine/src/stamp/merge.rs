@@ -80,7 +80,6 @@ impl ChannelQueue {
 
     /// The stamp of the tuple after the front one, which ends at `end`:
     /// the next in the front batch, else the first of the next batch.
-    #[inline]
     fn stamp_after(&self, end: usize) -> Option<Stamp> {
         let (body, pos) = match self.frames.front() {
             Some((body, _)) if end < body.len() => (body, end),
@@ -88,46 +87,6 @@ impl ChannelQueue {
         };
         read_tuple(body, pos).ok().map(|(stamp, _)| stamp)
     }
-
-    /// Releases this channel's tuples in order from its `head`, each
-    /// alone, while their stamps are at most `limit` and below `others`
-    /// (the other channels' heads). Stops at a stamp that more than one tuple carries, even
-    /// across batches, and returns it for [`Merge::release_group`] to sort.
-    #[inline]
-    fn release_run(
-        &mut self,
-        head: (Stamp, Range<usize>),
-        limit: Stamp,
-        others: Stamp,
-        f: &mut impl FnMut(Stamp, &[u8]) -> Result<(), EngineError>,
-    ) -> Result<Option<Stamp>, EngineError> {
-        let below = |stamp: Stamp| stamp <= limit && stamp < others;
-        let mut head = Some(head);
-        while let Some((stamp, range)) = head {
-            let next = self.stamp_after(range.end);
-            if next == Some(stamp) {
-                return Ok(Some(stamp));
-            }
-            f(stamp, &self.front_body()[range.clone()])?;
-            self.advance(range.end);
-            // Where the run ends, the next head is not read twice.
-            head = match next {
-                Some(next) if below(next) => self.peek(),
-                _ => None,
-            };
-        }
-        Ok(None)
-    }
-}
-
-/// Where the merge stands: see [`Merge::heads`].
-struct Heads {
-    stamp: Stamp,
-    holder: usize,
-    /// Where the holder's head tuple's payload lies in its front batch.
-    range: Range<usize>,
-    shared: bool,
-    others: Stamp,
 }
 
 /// Merges input channels into one deterministic, stamp-ordered stream.
@@ -258,58 +217,51 @@ impl Merge {
         mut f: impl FnMut(Stamp, &[u8]) -> Result<(), EngineError>,
     ) -> Result<Stamp, EngineError> {
         let limit = self.frontier().min(cap);
-        while let Some(heads) = self.heads(limit) {
-            if heads.stamp <= self.done {
+        loop {
+            let mut min: Option<Stamp> = None;
+            let mut holders = 0;
+            let mut holder = 0;
+            for (i, c) in self.channels.iter_mut().enumerate() {
+                let Some((s, _)) = c.peek() else { continue };
+                if s > limit {
+                    continue;
+                }
+                match min {
+                    Some(m) if s > m => {}
+                    Some(m) if s == m => holders += 1,
+                    _ => {
+                        min = Some(s);
+                        holders = 1;
+                        holder = i;
+                    }
+                }
+            }
+            let Some(stamp) = min else { break };
+            if stamp <= self.done {
                 // A replayed duplicate: drop every copy of this stamp.
                 for c in &mut self.channels {
-                    while let Some((_, r)) = c.peek().filter(|(s, _)| *s == heads.stamp) {
+                    while let Some((_, r)) = c.peek().filter(|(s, _)| *s == stamp) {
                         c.advance(r.end);
                     }
                 }
                 continue;
             }
-            let group = if heads.shared {
-                heads.stamp
-            } else {
-                // Below every other channel's head, nothing else can
-                // interleave: release the holder's tuples in a run.
-                let head = (heads.stamp, heads.range);
-                match self.channels[heads.holder].release_run(head, limit, heads.others, &mut f)? {
-                    Some(stamp) => stamp,
-                    None => continue,
+            if holders == 1 {
+                let c = &mut self.channels[holder];
+                let (_, range) = c.peek().expect("holder has a tuple");
+                // The next tuple may be in the next batch: an upstream
+                // flush can split one input's outputs over two.
+                let single = c.stamp_after(range.end) != Some(stamp);
+                if single {
+                    f(stamp, &c.front_body()[range.clone()])?;
+                    c.advance(range.end);
+                    continue;
                 }
-            };
-            self.release_group(group, &mut f)?;
+            }
+            self.release_group(stamp, &mut f)?;
         }
         self.done = self.done.max(limit);
         Ok(self.done)
-    }
-
-    /// The smallest stamp at the head of a channel at or below `limit`,
-    /// which channel holds it and whether another does too, and the
-    /// smallest head of the other channels.
-    #[inline]
-    fn heads(&mut self, limit: Stamp) -> Option<Heads> {
-        let mut min = Stamp::END;
-        let (mut holder, mut shared, mut others) = (None, false, Stamp::END);
-        for (i, c) in self.channels.iter_mut().enumerate() {
-            let Some((s, range)) = c.peek() else { continue };
-            if s > limit || s > min {
-                others = others.min(s);
-            } else if s == min && holder.is_some() {
-                shared = true;
-            } else {
-                others = min;
-                (min, holder, shared) = (s, Some((i, range)), false);
-            }
-        }
-        holder.map(|(holder, range)| Heads {
-            stamp: min,
-            holder,
-            range,
-            shared,
-            others,
-        })
     }
 
     /// Releases all tuples carrying `stamp`, sorted by their bytes.
