@@ -40,10 +40,9 @@ struct Fraction {
     den: u128,
 }
 
-/// The least common multiple, `None` past 128 bits. Stein's binary gcd
-/// (`num_integer`): Euclid's `%` on `u128` is a library division each
-/// step, and the minute averages' gcds were a third of the calculator's
-/// time.
+/// The least common multiple, `None` past 128 bits. The gcd is
+/// `num_integer`'s binary one (Stein's), which needs no `u128` division,
+/// a library call on x86-64.
 fn lcm(a: u128, b: u128) -> Option<u128> {
     (a / a.gcd(&b)).checked_mul(b)
 }
