@@ -233,17 +233,24 @@ impl Feeder {
         }
     }
 
-    /// Sends `message`, through the forwarder when it is chained here.
+    /// Sends `message`, through the forwarder when it is chained here. The
+    /// first message the forwarder makes goes out at once and only the rest
+    /// (a stopped car's zone copies) wait in `forwarded`: most lines make
+    /// one, which then never passes through the queue.
     fn send(&mut self, message: Msg) -> Result<SourceStep<Msg>, OperatorError> {
         if !self.params.chain_forwarder {
             return Ok(SourceStep::Emit(message));
         }
+        let mut first = None;
         let forwarded = &mut self.forwarded;
         forward(message, self.params.stop_on_bad_input, |m| {
-            forwarded.push_back(m);
+            match first {
+                None => first = Some(m),
+                Some(_) => forwarded.push_back(m),
+            }
             Ok(())
         })?;
-        Ok(match forwarded.pop_front() {
+        Ok(match first {
             Some(first) => SourceStep::Emit(first),
             None => SourceStep::WaitUntil(Instant::now()),
         })
