@@ -24,7 +24,6 @@ pub use query::{Edge, NodeKind, Query, QueryBuilder, Stream};
 pub(crate) use query::{Logic, ProcessLogic, SourceLogic, SourcePoll};
 pub use registry::{QueryFactory, QueryRegistry};
 
-use crate::error::EngineError;
 use crate::hash::key_hash;
 use crate::stamp::Stamp;
 use crate::state::KeyRange;
@@ -297,12 +296,14 @@ impl InstanceContext {
 pub(crate) trait Emit {
     /// The stamp of the input being processed.
     fn stamp(&self) -> Stamp;
-    /// The buffer to encode the next output into (cleared by the caller),
-    /// so one encoding serves every edge the output goes on.
-    fn encoding_buffer(&mut self) -> &mut Vec<u8>;
-    /// Sends the last encoded output on output edge `port`, to the instance
-    /// owning `hash`.
-    fn send_encoded(&mut self, port: usize, hash: u64) -> Result<(), EngineError>;
+    /// Sends an output on output edge `port`, to the instance owning
+    /// `hash`: `encode` writes it straight into that channel's batch.
+    fn send_with(
+        &mut self,
+        port: usize,
+        hash: u64,
+        encode: &mut dyn FnMut(&mut Vec<u8>) -> Result<(), OperatorError>,
+    ) -> Result<(), OperatorError>;
 }
 
 /// The handle through which an operator emits its outputs. Every output
@@ -317,24 +318,19 @@ impl<'a, T: Data> Output<'a, T> {
         Output { edges, outbox }
     }
 
-    /// Sends `value` along every outgoing edge whose filter accepts it.
+    /// Sends `value` along every outgoing edge whose filter accepts it,
+    /// encoded straight into each edge's batch (a second edge encodes it
+    /// again rather than copy a first encoding).
     pub fn emit(&mut self, value: T) -> Result<(), OperatorError> {
-        let mut encoded = false;
         for (i, edge) in self.edges.iter().enumerate() {
             if !edge.accepts(&value) {
                 continue;
             }
-            if !encoded {
-                let buffer = self.outbox.encoding_buffer();
-                buffer.clear();
-                bincode::serialize_into(buffer, &value)
-                    .map_err(|e| OperatorError(format!("encoding output: {e}")))?;
-                encoded = true;
-            }
             let hash = edge.route_hash(&value, self.outbox.stamp());
-            self.outbox
-                .send_encoded(i, hash)
-                .map_err(|e| OperatorError(e.to_string()))?;
+            self.outbox.send_with(i, hash, &mut |batch| {
+                bincode::serialize_into(batch, &value)
+                    .map_err(|e| OperatorError(format!("encoding output: {e}")))
+            })?;
         }
         Ok(())
     }

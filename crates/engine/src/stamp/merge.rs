@@ -9,6 +9,7 @@
 //! of timing, so a replay, a recovery or a split reproduces it exactly.
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::ops::Range;
 
 use super::Stamp;
@@ -39,9 +40,34 @@ pub fn read_tuple(body: &[u8], pos: usize) -> Result<(Stamp, Range<usize>), Engi
 
 /// Appends one tuple to a batch body.
 pub fn write_tuple(body: &mut Vec<u8>, stamp: Stamp, payload: &[u8]) {
+    let appended = encode_tuple(body, stamp, |body| {
+        body.extend_from_slice(payload);
+        Ok::<(), Infallible>(())
+    });
+    match appended {
+        Ok(()) => {}
+        Err(never) => match never {},
+    }
+}
+
+/// Appends one tuple to a batch body, its payload written by `encode`
+/// straight into the body, so that no encoding is made elsewhere and
+/// copied in. If `encode` fails, the body is left as it was.
+pub fn encode_tuple<E>(
+    body: &mut Vec<u8>,
+    stamp: Stamp,
+    encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<(), E> {
+    let start = body.len();
     body.extend_from_slice(&stamp.0.to_le_bytes());
-    body.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    body.extend_from_slice(payload);
+    body.extend_from_slice(&[0; 4]);
+    if let Err(e) = encode(body) {
+        body.truncate(start);
+        return Err(e);
+    }
+    let len = (body.len() - start - TUPLE_HEADER) as u32;
+    body[start + 8..start + TUPLE_HEADER].copy_from_slice(&len.to_le_bytes());
+    Ok(())
 }
 
 #[derive(Default)]
@@ -302,6 +328,25 @@ mod tests {
             write_tuple(&mut b, Stamp(*s), p);
         }
         b
+    }
+
+    #[test]
+    fn a_tuple_encoded_in_place_reads_back_and_a_failed_one_leaves_nothing() {
+        let mut body = batch(&[(3, b"abc")]);
+        encode_tuple(&mut body, Stamp(4), |b| {
+            b.extend_from_slice(b"de");
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_eq!(body, batch(&[(3, b"abc"), (4, b"de")]));
+        let (stamp, payload) = read_tuple(&body, 15).unwrap();
+        assert_eq!((stamp, &body[payload]), (Stamp(4), &b"de"[..]));
+        let failed = encode_tuple(&mut body, Stamp(5), |b| {
+            b.extend_from_slice(b"half");
+            Err("cannot encode")
+        });
+        assert_eq!(failed, Err("cannot encode"));
+        assert_eq!(body, batch(&[(3, b"abc"), (4, b"de")]));
     }
 
     fn drain_all(m: &mut Merge) -> Vec<(u64, Vec<u8>)> {

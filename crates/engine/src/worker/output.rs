@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::api::{Emit, Query};
+use crate::api::{Emit, OperatorError, Query};
 use crate::error::EngineError;
 use crate::plan::{AddedInstance, Incarnation, InstanceId, MergedInstance, Plan, WorkerId};
-use crate::stamp::merge::write_tuple;
+use crate::stamp::merge::encode_tuple;
 use crate::stamp::Stamp;
 use crate::state::{OutputBuffer, RoutingTable};
 use crate::wire::data::{seal_batch, write_hello, ChannelHello, BATCH_HEADER};
@@ -185,7 +185,6 @@ pub struct Outbox {
     ports: Vec<RoutingTable<usize>>,
     channels: Vec<ChannelWriter>,
     buffer: Option<OutputBuffer>,
-    encoded: Vec<u8>,
     tuples_out: u64,
     /// Watches the channels for stalls, when running in a worker.
     watch: Option<LinkWatch>,
@@ -206,7 +205,6 @@ impl Outbox {
             ports: Vec::new(),
             channels: Vec::new(),
             buffer: buffering.then(OutputBuffer::default),
-            encoded: Vec::with_capacity(256),
             tuples_out: 0,
             watch: None,
             local: None,
@@ -519,18 +517,19 @@ impl Emit for Outbox {
         self.stamp
     }
 
-    fn encoding_buffer(&mut self) -> &mut Vec<u8> {
-        &mut self.encoded
-    }
-
-    fn send_encoded(&mut self, port: usize, hash: u64) -> Result<(), EngineError> {
+    fn send_with(
+        &mut self,
+        port: usize,
+        hash: u64,
+        encode: &mut dyn FnMut(&mut Vec<u8>) -> Result<(), OperatorError>,
+    ) -> Result<(), OperatorError> {
         let channel = *self
             .ports
             .get(port)
-            .ok_or_else(|| EngineError::InvalidQuery(format!("no output edge {port}")))?
+            .ok_or_else(|| OperatorError::new(format!("no output edge {port}")))?
             .route(hash);
         let writer = &mut self.channels[channel];
-        write_tuple(&mut writer.frame, self.stamp, &self.encoded);
+        encode_tuple(&mut writer.frame, self.stamp, encode)?;
         writer.frame_last = self.stamp;
         self.tuples_out += 1;
         if writer.frame.len() >= FLUSH_BYTES {
@@ -545,7 +544,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::stamp::merge::read_tuple;
+    use crate::stamp::merge::{read_tuple, write_tuple};
     use crate::wire::data::read_batch;
 
     /// A data channel that keeps what is written to it.
