@@ -40,14 +40,10 @@ pub fn read_tuple(body: &[u8], pos: usize) -> Result<(Stamp, Range<usize>), Engi
 
 /// Appends one tuple to a batch body.
 pub fn write_tuple(body: &mut Vec<u8>, stamp: Stamp, payload: &[u8]) {
-    let appended = encode_tuple(body, stamp, |body| {
+    let Ok(()) = encode_tuple(body, stamp, |body| {
         body.extend_from_slice(payload);
         Ok::<(), Infallible>(())
     });
-    match appended {
-        Ok(()) => {}
-        Err(never) => match never {},
-    }
 }
 
 /// Appends one tuple to a batch body, its payload written by `encode`
