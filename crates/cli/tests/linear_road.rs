@@ -43,16 +43,20 @@ fn twenty_minutes_of_one_expressway_validate_with_a_partitioned_toll_calculator(
     let tolls = std::fs::read_to_string(dir.join("out/tolls.csv")).unwrap();
     assert!(tolls.lines().any(|l| !l.ends_with(",0")));
     assert!(report["latency"]["accidents"]["count"].as_u64().unwrap() > 0);
-    // The one-thread baseline gives the same answers and prints its rate.
-    let command = lrb_command(&["baseline"], &dir, "baseline");
-    let result = run_with_timeout(command, Duration::from_secs(300));
-    let stdout = String::from_utf8_lossy(&result.stdout);
-    assert!(result.status.success(), "{}", stderr(&result));
-    assert!(stdout.contains(" tuples/s"), "{stdout}");
-    assert!(
-        answers(&dir.join("baseline")) == answers(&dir.join("out")),
-        "the baseline's answers differ from the query's"
-    );
+    // The baseline, one thread or parsing on a second, gives the same
+    // answers and prints its rate.
+    for (mode, out) in [(None, "baseline"), (Some("--parse-thread"), "baseline-two")] {
+        let args: Vec<&str> = std::iter::once("baseline").chain(mode).collect();
+        let result = run_with_timeout(lrb_command(&args, &dir, out), Duration::from_secs(300));
+        let stdout = String::from_utf8_lossy(&result.stdout);
+        assert!(result.status.success(), "{}", stderr(&result));
+        assert!(stdout.contains(" tuples/s"), "{stdout}");
+        assert!(
+            answers(&dir.join(out)) == answers(&dir.join("out")),
+            "the answers of `lrb baseline {}` differ from the query's",
+            mode.unwrap_or("")
+        );
+    }
 }
 
 #[test]

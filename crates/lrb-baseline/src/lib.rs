@@ -4,8 +4,10 @@
 //! parse the input, compute the four answer kinds of docs/LRB.md and write
 //! them, with no processes, channels, checkpoints or partitioning. Spate's
 //! throughput on a machine is judged against this program's on the same
-//! input. It shares no code with the query (`spate-lrb`) or the reference
-//! validator (`lrb-reference`), which checks its answers like any run's.
+//! input. With [`BaselineOptions::parse_thread`] a second thread reads and
+//! parses while the first computes the answers: what a pipeline written
+//! by hand makes of two cores, with no engine either. It shares no code
+//! with the query (`spate-lrb`) or the reference validator (`lrb-reference`), which checks its answers like any run's.
 //!
 //! Answers are written as a run writes them, with Emit = Time: the program
 //! reads as fast as it can, so simulation time has no wall-clock meaning.
@@ -18,6 +20,7 @@
 //!         input: "lrb/input.csv".into(),
 //!         tolls: "lrb/historical-tolls.csv".into(),
 //!         out_dir: "lrb/baseline".into(),
+//!         parse_thread: false,
 //!     },
 //!     &mut |_bytes| {},
 //! )?;
@@ -31,7 +34,9 @@ mod segments;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::Instant;
 
 use rustc_hash::FxHashMap;
@@ -49,6 +54,11 @@ pub struct BaselineOptions {
     /// Where `tolls.csv`, `accidents.csv`, `balances.csv`,
     /// `expenditures.csv` and `input-errors.csv` go (created if missing).
     pub out_dir: PathBuf,
+    /// Read and parse the input on a thread of its own, handing parsed
+    /// lines to the query's thread in batches: the best a two-stage
+    /// pipeline written by hand does on two cores, against which an
+    /// engine that parses apart from the query can be judged too.
+    pub parse_thread: bool,
 }
 
 /// What a run did and how fast, for the throughput ratio.
@@ -137,15 +147,57 @@ pub fn run(
         cars: Cars::default(),
         stops: FxHashMap::default(),
         minute: 0,
+        skipped: 0,
     };
     let started = Instant::now();
     let file = File::open(&options.input).map_err(|source| BaselineError::Read {
         path: options.input.clone(),
         source,
     })?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let reader = BufReader::with_capacity(1 << 20, file);
+    let (tuples, bytes) = if options.parse_thread {
+        parse_apart(reader, &options.input, &mut road, progress)?
+    } else {
+        read_lines(reader, &options.input, progress, |line, _, record| {
+            road.take(line, record).map(|()| ControlFlow::Continue(()))
+        })?
+    };
+    progress(bytes);
+    let skipped = road.skipped;
+    let answers = road.answers.finish()?;
+    Ok(Summary {
+        tuples,
+        skipped,
+        tolls: answers[0],
+        alerts: answers[1],
+        balances: answers[2],
+        expenditures: answers[3],
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Progress is reported about every this many input bytes.
+const PROGRESS_BYTES: u64 = 16 << 20;
+
+/// A parsed input line, by its 1-based number, or why it is skipped.
+type ParsedLine = (u64, Result<Record, &'static str>);
+
+/// Reads and parses the input line by line, handing `take` each non-blank
+/// line's number, the input bytes read up to its end, and its record or
+/// why it is skipped, until the input ends or `take` breaks off. Returns
+/// the tuples (non-blank lines) and bytes read.
+fn read_lines(
+    mut reader: BufReader<File>,
+    path: &Path,
+    progress: &mut dyn FnMut(u64),
+    mut take: impl FnMut(
+        u64,
+        u64,
+        Result<Record, &'static str>,
+    ) -> Result<ControlFlow<()>, BaselineError>,
+) -> Result<(u64, u64), BaselineError> {
     let mut buf = Vec::with_capacity(256);
-    let (mut line, mut tuples, mut skipped, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    let (mut line, mut tuples, mut bytes) = (0u64, 0u64, 0u64);
     let mut next_progress = 0u64;
     // The largest Time of any earlier line that reads as one (the order rule).
     let mut latest: Option<u32> = None;
@@ -154,7 +206,7 @@ pub fn run(
         let read = reader
             .read_until(b'\n', &mut buf)
             .map_err(|source| BaselineError::Read {
-                path: options.input.clone(),
+                path: path.to_path_buf(),
                 source,
             })?;
         if read == 0 {
@@ -164,7 +216,7 @@ pub fn run(
         bytes += read as u64;
         if bytes >= next_progress {
             progress(bytes);
-            next_progress = bytes + (16 << 20);
+            next_progress = bytes + PROGRESS_BYTES;
         }
         let text = buf.trim_ascii();
         if text.is_empty() {
@@ -181,24 +233,87 @@ pub fn run(
                 fields.record()
             }
         };
-        match record {
-            Ok(record) => road.apply(record, line)?,
-            Err(reason) => {
-                skipped += 1;
-                road.answers.errors.error(line, reason)?;
-            }
+        if take(line, bytes, record)?.is_break() {
+            break;
         }
     }
-    progress(bytes);
-    let answers = road.answers.finish()?;
-    Ok(Summary {
-        tuples,
-        skipped,
-        tolls: answers[0],
-        alerts: answers[1],
-        balances: answers[2],
-        expenditures: answers[3],
-        seconds: started.elapsed().as_secs_f64(),
+    Ok((tuples, bytes))
+}
+
+/// Parsed lines handed from the parsing thread to the query's at once.
+const LINES_PER_BATCH: usize = 1024;
+
+/// Batches on their way to the query's thread: enough to ride out a
+/// hiccup of either thread, few enough to stay in cache.
+const BATCHES_IN_FLIGHT: usize = 16;
+
+/// Parsed lines on their way to the query's thread, with the input bytes
+/// read up to the last of them.
+struct Batch {
+    lines: Vec<ParsedLine>,
+    bytes: u64,
+}
+
+/// Reads and parses the input on a thread of its own while this thread
+/// applies its lines to `road`, in input order. Returns the tuples and
+/// bytes read.
+fn parse_apart(
+    reader: BufReader<File>,
+    path: &Path,
+    road: &mut Road,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(u64, u64), BaselineError> {
+    std::thread::scope(|scope| {
+        let (to_query, batches) = mpsc::sync_channel::<Batch>(BATCHES_IN_FLIGHT);
+        // Emptied batches go back, so that the parser allocates none after
+        // the first few.
+        let (to_parser, emptied) = mpsc::channel::<Vec<ParsedLine>>();
+        let parser = scope.spawn(move || {
+            let mut batch = Vec::with_capacity(LINES_PER_BATCH);
+            let send = |batch: &mut Vec<ParsedLine>, bytes| {
+                let spare = emptied
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(LINES_PER_BATCH));
+                let full = Batch {
+                    lines: std::mem::replace(batch, spare),
+                    bytes,
+                };
+                // A failed send means the query's thread stopped on an
+                // error of its own, which is the one to report.
+                match to_query.send(full) {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(_) => ControlFlow::Break(()),
+                }
+            };
+            let (tuples, bytes) = read_lines(reader, path, &mut |_| {}, |line, bytes, record| {
+                batch.push((line, record));
+                Ok(if batch.len() == LINES_PER_BATCH {
+                    send(&mut batch, bytes)
+                } else {
+                    ControlFlow::Continue(())
+                })
+            })?;
+            if !batch.is_empty() {
+                // The last batch: nothing is left to stop if it is refused.
+                let _ = send(&mut batch, bytes);
+            }
+            Ok((tuples, bytes))
+        });
+        let mut next_progress = 0;
+        for mut batch in batches {
+            for (line, record) in batch.lines.drain(..) {
+                road.take(line, record)?;
+            }
+            if batch.bytes >= next_progress {
+                progress(batch.bytes);
+                next_progress = batch.bytes + PROGRESS_BYTES;
+            }
+            // The parser may have finished and gone: then nothing needs it.
+            let _ = to_parser.send(batch.lines);
+        }
+        parser
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
 }
 
@@ -366,9 +481,26 @@ struct Road {
     stops: FxHashMap<u64, Vec<(u32, i64)>>,
     /// The minute of the latest position report.
     minute: u32,
+    /// Bad input lines skipped.
+    skipped: u64,
 }
 
 impl Road {
+    /// Answers input line `line`, or lists why it is skipped.
+    fn take(
+        &mut self,
+        line: u64,
+        record: Result<Record, &'static str>,
+    ) -> Result<(), BaselineError> {
+        match record {
+            Ok(record) => self.apply(record, line),
+            Err(reason) => {
+                self.skipped += 1;
+                self.answers.errors.error(line, reason)
+            }
+        }
+    }
+
     fn apply(&mut self, record: Record, line: u64) -> Result<(), BaselineError> {
         match record {
             Record::Position(p) => self.position(&p, line)?,
