@@ -25,7 +25,12 @@ fn unchanged_across_hosts(name: &str, faults: &[&str]) -> serde_json::Value {
         args.extend(["--fault".into(), fault.to_string()]);
     }
     let result = hosts_lrb(&dir, base, &args, Duration::from_secs(600));
-    assert!(result.status.success(), "run failed: {}", stderr(&result));
+    assert!(
+        result.status.success(),
+        "run failed ({}): {}",
+        result.status,
+        stderr(&result)
+    );
     if let Some(difference) = difference(&base.join("out"), &dir.join("shared").join("answers")) {
         panic!("{difference}");
     }

@@ -30,10 +30,16 @@ pub fn supported() -> bool {
 /// ended and failed after `limit`. The answers land in
 /// `DIR/shared/answers`, the events in `DIR/hosts.json`; its output (and
 /// its workers', however long) goes to `DIR/stdout.txt` and
-/// `DIR/stderr.txt`, and comes back in the result.
+/// `DIR/stderr.txt`, and comes back in the result. The engine logs at
+/// `info` unless `RUST_LOG` says otherwise, so that a run that fails or
+/// hangs leaves the coordinator's decisions (failures declared, instances
+/// restored) beside its warnings.
 pub fn hosts_lrb(dir: &Path, data: &Path, args: &[String], limit: Duration) -> Output {
     let file = |name: &str| std::fs::File::create(dir.join(name)).expect("create an output file");
     let mut command = spate();
+    if std::env::var_os("RUST_LOG").is_none() {
+        command.env("RUST_LOG", "spate_engine=info");
+    }
     command
         .args(["hosts", "lrb", "--data"])
         .arg(data)
