@@ -335,38 +335,23 @@ impl Job<'_> {
     }
 
     /// Whom to recover for the stalled channels reported, once the first
-    /// report is [`STALL_SETTLE`] old: a worker on the host whose stalled
-    /// channels reach the most other hosts (a host cut off from its peers
-    /// stalls with all of theirs, each of them only with it); on a tie, the
-    /// unreachable side of the first report. One decision per call; reports
-    /// involving a worker declared failed are settled with it.
+    /// report is [`STALL_SETTLE`] old ([`stall_victim`] decides). One
+    /// decision per call; reports involving a worker declared failed are
+    /// settled with it.
     fn stalled_worker(&mut self) -> Option<(WorkerId, String)> {
         let stalls = std::mem::take(&mut self.stalls);
         self.stalls = stalls
             .into_iter()
             .filter(|s| self.alive(s.reporter) && self.alive(s.peer))
             .collect();
-        let first = self.stalls.first()?;
-        if first.at.elapsed() < STALL_SETTLE {
+        if self.stalls.first()?.at.elapsed() < STALL_SETTLE {
             return None;
         }
-        let first_peer = first.peer;
-        let mut counterparts: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for s in &self.stalls {
-            let (a, b) = (self.host_of(s.reporter), self.host_of(s.peer));
-            counterparts.entry(a.clone()).or_default().insert(b.clone());
-            counterparts.entry(b).or_default().insert(a);
-        }
-        let score = |w: WorkerId| counterparts.get(&self.host_of(w)).map_or(0, BTreeSet::len);
-        let most = counterparts.values().map(BTreeSet::len).max().unwrap_or(0);
-        let victim = if score(first_peer) == most {
-            first_peer
-        } else {
-            self.stalls
-                .iter()
-                .flat_map(|s| [s.peer, s.reporter])
-                .find(|w| score(*w) == most)?
-        };
+        let victim = stall_victim(
+            &self.stalls,
+            |w| self.host_of(w),
+            |w| self.on_suspect_host(w),
+        )?;
         let mut others: Vec<String> = self
             .stalls
             .iter()
@@ -558,4 +543,96 @@ impl Job<'_> {
 
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(365 * 24 * 3600)
+}
+
+/// The worker to recover for `stalls` (oldest first): one on the host whose
+/// stalled channels reach the most other hosts (a host cut off from its
+/// peers stalls with all of theirs, each of them only with it). On a tie,
+/// one on a suspect host (where a worker failed lately: a host just found
+/// cut off is the likelier side again, as when the one worker left there
+/// reports the only channel it has, to a healthy host), else the
+/// unreachable side of the first report.
+pub(super) fn stall_victim(
+    stalls: &[Stall],
+    host_of: impl Fn(WorkerId) -> String,
+    suspect: impl Fn(WorkerId) -> bool,
+) -> Option<WorkerId> {
+    let first_peer = stalls.first()?.peer;
+    let mut counterparts: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for s in stalls {
+        let (a, b) = (host_of(s.reporter), host_of(s.peer));
+        counterparts.entry(a.clone()).or_default().insert(b.clone());
+        counterparts.entry(b).or_default().insert(a);
+    }
+    let score = |w: WorkerId| counterparts.get(&host_of(w)).map_or(0, BTreeSet::len);
+    let most = counterparts.values().map(BTreeSet::len).max().unwrap_or(0);
+    let tied: Vec<WorkerId> = std::iter::once(first_peer)
+        .chain(stalls.iter().flat_map(|s| [s.peer, s.reporter]))
+        .filter(|w| score(*w) == most)
+        .collect();
+    tied.iter()
+        .copied()
+        .find(|w| suspect(*w))
+        .or(tied.first().copied())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    /// Workers 1-3 on host a, 4-6 on b, 7-9 on c, 10-12 on d.
+    fn host_of(w: WorkerId) -> String {
+        ["a", "b", "c", "d"][(w.0 as usize - 1) / 3].to_string()
+    }
+
+    fn stalls(pairs: &[(u32, u32)]) -> Vec<Stall> {
+        pairs
+            .iter()
+            .map(|&(reporter, peer)| Stall {
+                reporter: WorkerId(reporter),
+                peer: WorkerId(peer),
+                at: Instant::now(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_host_stalled_with_the_most_others_is_the_cut_off_one() {
+        // Workers on b, c and d cannot reach worker 2 on a; 2 cannot reach 5.
+        let reported = stalls(&[(4, 2), (7, 2), (2, 5), (10, 2)]);
+        assert_eq!(
+            stall_victim(&reported, host_of, |_| false),
+            Some(WorkerId(2))
+        );
+        // Reported the other way round, it is still the worker on a.
+        let reported = stalls(&[(2, 4), (2, 7), (2, 10)]);
+        assert_eq!(
+            stall_victim(&reported, host_of, |_| false),
+            Some(WorkerId(2))
+        );
+    }
+
+    #[test]
+    fn a_tie_goes_to_a_suspect_host_else_to_the_unreachable_side() {
+        // Worker 1 on a reports worker 4 on b: one host each.
+        let reported = stalls(&[(1, 4)]);
+        assert_eq!(
+            stall_victim(&reported, host_of, |_| false),
+            Some(WorkerId(4))
+        );
+        // A worker on a failed lately (it was cut off, and 1 is left there):
+        // the reporter is the likelier side.
+        let suspect = |w: WorkerId| host_of(w) == "a";
+        assert_eq!(stall_victim(&reported, host_of, suspect), Some(WorkerId(1)));
+        // Suspicion never overrides the count of hosts.
+        let reported = stalls(&[(1, 4), (7, 4), (10, 4)]);
+        assert_eq!(stall_victim(&reported, host_of, suspect), Some(WorkerId(4)));
+    }
+
+    #[test]
+    fn no_report_no_victim() {
+        assert_eq!(stall_victim(&[], host_of, |_| true), None);
+    }
 }

@@ -267,15 +267,10 @@ impl Job<'_> {
     /// takes its whole host, and may last.
     fn pool_worker_away_from(&mut self, failed: WorkerId) -> Option<WorkerId> {
         let failed_host = self.host_of(failed);
-        let suspect = |job: &Self, w: WorkerId| {
-            job.failed_hosts
-                .get(&job.host_of(w))
-                .is_some_and(|at| at.elapsed() < SUSPECT_FOR)
-        };
         let away = self
             .pool
             .iter()
-            .position(|p| !suspect(self, *p))
+            .position(|p| !self.on_suspect_host(*p))
             .or_else(|| {
                 self.pool
                     .iter()
@@ -283,6 +278,13 @@ impl Job<'_> {
             })
             .unwrap_or(0);
         self.pool.remove(away)
+    }
+
+    /// Whether a worker on `w`'s host failed in the last [`SUSPECT_FOR`].
+    pub(super) fn on_suspect_host(&self, w: WorkerId) -> bool {
+        self.failed_hosts
+            .get(&self.host_of(w))
+            .is_some_and(|at| at.elapsed() < SUSPECT_FOR)
     }
 
     /// Moves each failed instance to its replacement worker in the plan (as

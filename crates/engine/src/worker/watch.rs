@@ -8,8 +8,14 @@
 //! Loss alone does not stall a channel: the peer acknowledges the packets
 //! that do arrive (duplicate acknowledgements included), so the time since
 //! the last acknowledgement stays near one round trip. A receiver that is
-//! merely slow advertises a zero window: nothing is in flight unacknowledged,
-//! so backpressure is never mistaken for a stall either.
+//! merely slow advertises a zero window and answers each of the sender's
+//! window probes, so backpressure is never mistaken for a stall either. A
+//! peer cut off while it holds the window shut answers none: nothing is in
+//! flight then, so unanswered probes count as the retransmissions would
+//! (they come further apart the longer the window stayed shut, so such a
+//! cut takes a few seconds to notice, and longer after minutes of
+//! backpressure). Without that, a channel cut during backpressure blocked
+//! its writer for good and nobody reported it: a whole job stood still.
 
 use std::io::Write;
 use std::net::{TcpStream, ToSocketAddrs};
@@ -27,7 +33,8 @@ pub const STALL: Duration = Duration::from_millis(1000);
 /// How often channels are looked at.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
 /// Retransmission timeouts a stalled channel has fired at least (with the
-/// minimum timeout of 200 ms, two take 600 ms).
+/// minimum timeout of 200 ms, two take 600 ms), or window probes gone
+/// unanswered while the peer's window is shut.
 const MIN_RETRANSMITS: u8 = 2;
 /// How long opening a data channel may take before its peer counts as
 /// unreachable.
@@ -165,8 +172,9 @@ impl LinkWatch {
     }
 }
 
-/// How long `stream` has had data in flight with no acknowledgement while
-/// retransmitting; `None` when it is making progress (or cannot tell).
+/// How long `stream` has heard no acknowledgement while retransmitting data
+/// in flight or probing a shut window; `None` when it is making progress
+/// (or cannot tell).
 #[cfg(target_os = "linux")]
 fn tcp_stall(stream: &TcpStream) -> Option<Duration> {
     use std::os::fd::AsRawFd;
@@ -183,11 +191,102 @@ fn tcp_stall(stream: &TcpStream) -> Option<Duration> {
             &mut len,
         )
     };
-    (got == 0 && info.tcpi_unacked > 0 && info.tcpi_retransmits >= MIN_RETRANSMITS)
+    let retransmitting = info.tcpi_unacked > 0 && info.tcpi_retransmits >= MIN_RETRANSMITS;
+    let probing_unanswered = info.tcpi_probes >= MIN_RETRANSMITS;
+    (got == 0 && (retransmitting || probing_unanswered))
         .then(|| Duration::from_millis(u64::from(info.tcpi_last_ack_recv)))
 }
 
 #[cfg(not(target_os = "linux"))]
 fn tcp_stall(_stream: &TcpStream) -> Option<Duration> {
     None
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::io::{ErrorKind, Write};
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+    use std::time::{Duration, Instant};
+
+    use spate_hosts::{Fault, HostId, HostsError, HostsOptions, SimulatedHosts};
+
+    use super::{tcp_stall, STALL};
+
+    /// Writes to `sender` until the receiver's window and both buffers are
+    /// full: the receiver never reads.
+    fn shut_the_window(sender: &TcpStream) {
+        sender.set_nonblocking(true).expect("non-blocking");
+        let chunk = vec![7u8; 64 << 10];
+        let mut writer = sender;
+        loop {
+            match writer.write(&chunk) {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => panic!("filling the window: {e}"),
+            }
+        }
+    }
+
+    /// The first stall `tcp_stall` sees on `sender` within `time`, sampled
+    /// as the watch samples.
+    fn first_stall(sender: &TcpStream, time: Duration) -> Option<Duration> {
+        let until = Instant::now() + time;
+        while Instant::now() < until {
+            if let Some(silent) = tcp_stall(sender).filter(|silent| *silent >= STALL) {
+                return Some(silent);
+            }
+            std::thread::sleep(super::CHECK_EVERY);
+        }
+        None
+    }
+
+    #[test]
+    fn a_receiver_holding_its_window_shut_is_not_a_stall() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let sender = TcpStream::connect(listener.local_addr().expect("bound")).expect("connect");
+        let (_receiver, _) = listener.accept().expect("accept");
+        shut_the_window(&sender);
+        // Long enough for several window probes, each answered.
+        let stall = first_stall(&sender, 3 * STALL);
+        assert!(stall.is_none(), "backpressure taken for a stall: {stall:?}");
+    }
+
+    #[test]
+    fn a_receiver_cut_off_while_its_window_is_shut_is_a_stall() {
+        let dir = std::env::temp_dir().join(format!("spate-watch-cut-{}", std::process::id()));
+        let hosts = match SimulatedHosts::create(&HostsOptions {
+            hosts: 2,
+            dir: dir.clone(),
+            cpu_per_host: None,
+        }) {
+            Ok(hosts) => hosts,
+            Err(HostsError::Unsupported(why)) => {
+                eprintln!("skipped: simulated hosts need network namespaces ({why})");
+                return;
+            }
+            Err(e) => panic!("making simulated hosts: {e}"),
+        };
+        let (receiving, sending) = (HostId(1), HostId(2));
+        let ip = IpAddr::V4(hosts.ip(receiving));
+        let listener = hosts
+            .in_host_namespace(receiving, || TcpListener::bind((ip, 0)))
+            .expect("enter the namespace")
+            .expect("bind");
+        let to = SocketAddr::new(ip, listener.local_addr().expect("bound").port());
+        let sender = hosts
+            .in_host_namespace(sending, || TcpStream::connect(to))
+            .expect("enter the namespace")
+            .expect("connect");
+        let (_receiver, _) = listener.accept().expect("accept");
+        shut_the_window(&sender);
+        assert_eq!(first_stall(&sender, 2 * STALL), None);
+
+        hosts.inject(Fault::CutFromPeers(receiving)).expect("cut");
+        // Unanswered probes back off from the round trip's timeout: the
+        // second is due a few seconds after the cut.
+        let stall = first_stall(&sender, 20 * STALL);
+        assert!(stall.is_some(), "a cut under backpressure went unnoticed");
+        drop(hosts);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
