@@ -155,14 +155,16 @@ pub fn run(
         source,
     })?;
     let reader = BufReader::with_capacity(1 << 20, file);
+    let mut every = ProgressEvery { progress, next: 0 };
     let (tuples, bytes) = if options.parse_thread {
-        parse_apart(reader, &options.input, &mut road, progress)?
+        parse_apart(reader, &options.input, &mut road, &mut every)?
     } else {
-        read_lines(reader, &options.input, progress, |line, _, record| {
+        read_lines(reader, &options.input, |line, bytes, record| {
+            every.report(bytes);
             road.take(line, record).map(|()| ControlFlow::Continue(()))
         })?
     };
-    progress(bytes);
+    (every.progress)(bytes);
     let skipped = road.skipped;
     let answers = road.answers.finish()?;
     Ok(Summary {
@@ -179,6 +181,23 @@ pub fn run(
 /// Progress is reported about every this many input bytes.
 const PROGRESS_BYTES: u64 = 16 << 20;
 
+/// `progress`, called with the input bytes read about every
+/// [`PROGRESS_BYTES`].
+struct ProgressEvery<'a> {
+    progress: &'a mut dyn FnMut(u64),
+    /// The bytes read at which it is called next.
+    next: u64,
+}
+
+impl ProgressEvery<'_> {
+    fn report(&mut self, bytes: u64) {
+        if bytes >= self.next {
+            (self.progress)(bytes);
+            self.next = bytes + PROGRESS_BYTES;
+        }
+    }
+}
+
 /// A parsed input line, by its 1-based number, or why it is skipped.
 type ParsedLine = (u64, Result<Record, &'static str>);
 
@@ -189,7 +208,6 @@ type ParsedLine = (u64, Result<Record, &'static str>);
 fn read_lines(
     mut reader: BufReader<File>,
     path: &Path,
-    progress: &mut dyn FnMut(u64),
     mut take: impl FnMut(
         u64,
         u64,
@@ -198,7 +216,6 @@ fn read_lines(
 ) -> Result<(u64, u64), BaselineError> {
     let mut buf = Vec::with_capacity(256);
     let (mut line, mut tuples, mut bytes) = (0u64, 0u64, 0u64);
-    let mut next_progress = 0u64;
     // The largest Time of any earlier line that reads as one (the order rule).
     let mut latest: Option<u32> = None;
     loop {
@@ -214,10 +231,6 @@ fn read_lines(
         }
         line += 1;
         bytes += read as u64;
-        if bytes >= next_progress {
-            progress(bytes);
-            next_progress = bytes + PROGRESS_BYTES;
-        }
         let text = buf.trim_ascii();
         if text.is_empty() {
             continue;
@@ -261,7 +274,7 @@ fn parse_apart(
     reader: BufReader<File>,
     path: &Path,
     road: &mut Road,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut ProgressEvery<'_>,
 ) -> Result<(u64, u64), BaselineError> {
     std::thread::scope(|scope| {
         let (to_query, batches) = mpsc::sync_channel::<Batch>(BATCHES_IN_FLIGHT);
@@ -285,7 +298,7 @@ fn parse_apart(
                     Err(_) => ControlFlow::Break(()),
                 }
             };
-            let (tuples, bytes) = read_lines(reader, path, &mut |_| {}, |line, bytes, record| {
+            let (tuples, bytes) = read_lines(reader, path, |line, bytes, record| {
                 batch.push((line, record));
                 Ok(if batch.len() == LINES_PER_BATCH {
                     send(&mut batch, bytes)
@@ -299,15 +312,11 @@ fn parse_apart(
             }
             Ok((tuples, bytes))
         });
-        let mut next_progress = 0;
         for mut batch in batches {
             for (line, record) in batch.lines.drain(..) {
                 road.take(line, record)?;
             }
-            if batch.bytes >= next_progress {
-                progress(batch.bytes);
-                next_progress = batch.bytes + PROGRESS_BYTES;
-            }
+            progress.report(batch.bytes);
             // The parser may have finished and gone: then nothing needs it.
             let _ = to_parser.send(batch.lines);
         }

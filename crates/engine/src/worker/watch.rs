@@ -210,7 +210,7 @@ mod tests {
 
     use spate_hosts::{Fault, HostId, HostsError, HostsOptions, SimulatedHosts};
 
-    use super::{tcp_stall, STALL};
+    use super::{tcp_stall, CHECK_EVERY, STALL};
 
     /// Writes to `sender` until the receiver's window and both buffers are
     /// full: the receiver never reads.
@@ -235,7 +235,7 @@ mod tests {
             if let Some(silent) = tcp_stall(sender).filter(|silent| *silent >= STALL) {
                 return Some(silent);
             }
-            std::thread::sleep(super::CHECK_EVERY);
+            std::thread::sleep(CHECK_EVERY);
         }
         None
     }
