@@ -117,10 +117,12 @@ pub(crate) fn apply(
                 rule(&format!("ip saddr {c}"), &format!("ip daddr {c}"));
             }
             Fault::CutFromPeers(h) if h == host => {
+                // Only what crosses the wire: a host cut off still reaches
+                // its own address (over loopback), as a real one would.
                 let (c, net) = (hosts.coordinator_ip(), hosts.network());
                 rule(
-                    &format!("ip saddr {net} ip saddr != {c}"),
-                    &format!("ip daddr {net} ip daddr != {c}"),
+                    &format!("iifname \"eth0\" ip saddr {net} ip saddr != {c}"),
+                    &format!("oifname \"eth0\" ip daddr {net} ip daddr != {c}"),
                 );
             }
             Fault::Loss(h, percent) if h == host => {
