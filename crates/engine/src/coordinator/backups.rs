@@ -366,12 +366,18 @@ impl Backups {
 
 /// Where an instance's checkpoints go: its `current` holders that are
 /// still eligible (alive, and not its `own` worker, so one failure cannot
-/// take the instance and every copy), completed up to `copies` with
+/// take the instance and every copy; nor on its worker's host while
+/// another host has a candidate to take its place, as after the instance
+/// was restored next to its holder), completed up to `copies` with
 /// other live workers, one at a time: first those on a host (`host` says
 /// which) with neither the instance nor a holder chosen so far, then those
+/// on the least suspect hosts (`suspicion`: a holder on a host lately at
+/// either end of a failure may be the next one lost, or unreachable
+/// already), then those
 /// hosting its upstreams (`upstream_hosts`), each pick a stable hash of
 /// the instance so that instances spread over the candidates.
-pub(super) fn choose_holders<H: PartialEq>(
+#[allow(clippy::too_many_arguments)]
+pub(super) fn choose_holders<H: PartialEq, S: Ord>(
     instance: InstanceId,
     own: WorkerId,
     current: &[WorkerId],
@@ -379,9 +385,19 @@ pub(super) fn choose_holders<H: PartialEq>(
     live: &[WorkerId],
     copies: usize,
     host: impl Fn(WorkerId) -> H,
+    suspicion: impl Fn(WorkerId) -> S,
 ) -> Vec<WorkerId> {
     let eligible = |w: &WorkerId| *w != own && live.contains(w);
-    let mut holders: Vec<WorkerId> = current.iter().copied().filter(eligible).collect();
+    let own_host = host(own);
+    let elsewhere = |w: &WorkerId| host(*w) != own_host;
+    let some_elsewhere = live
+        .iter()
+        .any(|w| eligible(w) && elsewhere(w) && !current.contains(w));
+    let mut holders: Vec<WorkerId> = current
+        .iter()
+        .copied()
+        .filter(|w| eligible(w) && (elsewhere(w) || !some_elsewhere))
+        .collect();
     holders.truncate(copies);
     let mut candidates: Vec<WorkerId> = live.iter().copied().filter(eligible).collect();
     candidates.sort_unstable();
@@ -400,6 +416,7 @@ pub(super) fn choose_holders<H: PartialEq>(
             .min_by_key(|&(i, w)| {
                 (
                     taken.contains(&host(*w)),
+                    suspicion(*w),
                     !upstream_hosts.contains(w),
                     (i + n - offset) % n,
                 )

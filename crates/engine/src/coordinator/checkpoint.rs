@@ -3,7 +3,8 @@
 //! 1. the coordinator routes each stateful instance's checkpoints to its
 //!    holders ([`choose_holders`]): up to `JobConfig::backup_copies` (two
 //!    by default) workers other than its own,
-//!    on other hosts first, then workers hosting its upstreams, each pick
+//!    on other hosts first, then on hosts not lately suspect, then
+//!    workers hosting its upstreams, each pick
 //!    a stable hash of the instance. A route changes only when a holder
 //!    dies or comes to host the instance;
 //! 2. an instance checkpoints (every interval), in full or incrementally
@@ -115,6 +116,7 @@ impl Job<'_> {
                 &live,
                 self.config.backup_copies,
                 |w| self.host_of(w),
+                |w| self.suspicion(w),
             );
             if holders.is_empty() && self.backups.route(id).is_empty() {
                 continue;
@@ -123,6 +125,7 @@ impl Job<'_> {
                 .backups
                 .set_route(id, (own, incarnation), holders.clone())
             {
+                tracing::debug!(%id, worker = %own, ?holders, "backup route");
                 let holders = holders.into_iter().map(|w| self.holder_at(w)).collect();
                 changed.entry(own).or_default().push(BackupRoute {
                     instance: id,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::events::{EventKind, JobState};
+use super::suspects::Suspicion;
 use super::{
     Failure, InstanceReport, Job, JobEvent, JobSummary, KillSpec, LinkEvent, Stall, WorkerEntry,
 };
@@ -278,8 +279,7 @@ impl Job<'_> {
         self.links.fence(w);
         self.end_process(w);
         self.pool.retain(|p| *p != w);
-        let host = self.host_of(w);
-        self.failed_hosts.insert(host, Instant::now());
+        self.suspect_host_of(w, Suspicion::Failed);
         let detected_ms = self.elapsed_ms();
         self.failing.push(Failure {
             worker: w,
@@ -347,12 +347,8 @@ impl Job<'_> {
         if self.stalls.first()?.at.elapsed() < STALL_SETTLE {
             return None;
         }
-        let victim = stall_victim(
-            &self.stalls,
-            |w| self.host_of(w),
-            |w| self.on_suspect_host(w),
-        )?;
-        let mut others: Vec<String> = self
+        let victim = stall_victim(&self.stalls, |w| self.host_of(w), |w| self.suspicion(w))?;
+        let mut others: Vec<WorkerId> = self
             .stalls
             .iter()
             .filter_map(|s| {
@@ -360,12 +356,18 @@ impl Job<'_> {
                     .then_some(s.reporter)
                     .or((s.reporter == victim).then_some(s.peer))
             })
-            .map(|w| w.to_string())
             .collect();
-        others.sort();
+        others.sort_unstable();
         others.dedup();
         self.stalls
             .retain(|s| s.reporter != victim && s.peer != victim);
+        // Either end of a stalled channel may be the one cut off: the
+        // survivors' hosts are no place for replacements or new holders
+        // either, for a while.
+        for &other in &others {
+            self.suspect_host_of(other, Suspicion::Counterpart);
+        }
+        let others: Vec<String> = others.iter().map(WorkerId::to_string).collect();
         Some((
             victim,
             format!(
@@ -548,14 +550,14 @@ fn far_future() -> Instant {
 /// The worker to recover for `stalls` (oldest first): one on the host whose
 /// stalled channels reach the most other hosts (a host cut off from its
 /// peers stalls with all of theirs, each of them only with it). On a tie,
-/// one on a suspect host (where a worker failed lately: a host just found
-/// cut off is the likelier side again, as when the one worker left there
-/// reports the only channel it has, to a healthy host), else the
-/// unreachable side of the first report.
+/// one on the most suspect host (see `coordinator::suspects`: a host just
+/// found cut off is the likelier side again, as when the one worker left
+/// there reports the only channel it has, to a healthy host), the
+/// unreachable side of the first report first among equals.
 pub(super) fn stall_victim(
     stalls: &[Stall],
     host_of: impl Fn(WorkerId) -> String,
-    suspect: impl Fn(WorkerId) -> bool,
+    suspicion: impl Fn(WorkerId) -> Suspicion,
 ) -> Option<WorkerId> {
     let first_peer = stalls.first()?.peer;
     let mut counterparts: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -570,10 +572,8 @@ pub(super) fn stall_victim(
         .chain(stalls.iter().flat_map(|s| [s.peer, s.reporter]))
         .filter(|w| score(*w) == most)
         .collect();
-    tied.iter()
-        .copied()
-        .find(|w| suspect(*w))
-        .or(tied.first().copied())
+    let most_suspect = tied.iter().map(|w| suspicion(*w)).max()?;
+    tied.into_iter().find(|w| suspicion(*w) == most_suspect)
 }
 
 #[cfg(test)]
@@ -603,13 +603,13 @@ mod tests {
         // Workers on b, c and d cannot reach worker 2 on a; 2 cannot reach 5.
         let reported = stalls(&[(4, 2), (7, 2), (2, 5), (10, 2)]);
         assert_eq!(
-            stall_victim(&reported, host_of, |_| false),
+            stall_victim(&reported, host_of, |_| Suspicion::Clear),
             Some(WorkerId(2))
         );
         // Reported the other way round, it is still the worker on a.
         let reported = stalls(&[(2, 4), (2, 7), (2, 10)]);
         assert_eq!(
-            stall_victim(&reported, host_of, |_| false),
+            stall_victim(&reported, host_of, |_| Suspicion::Clear),
             Some(WorkerId(2))
         );
     }
@@ -619,20 +619,36 @@ mod tests {
         // Worker 1 on a reports worker 4 on b: one host each.
         let reported = stalls(&[(1, 4)]);
         assert_eq!(
-            stall_victim(&reported, host_of, |_| false),
+            stall_victim(&reported, host_of, |_| Suspicion::Clear),
             Some(WorkerId(4))
         );
         // A worker on a failed lately (it was cut off, and 1 is left there):
         // the reporter is the likelier side.
-        let suspect = |w: WorkerId| host_of(w) == "a";
-        assert_eq!(stall_victim(&reported, host_of, suspect), Some(WorkerId(1)));
+        let failed_on_a = |w: WorkerId| match host_of(w).as_str() {
+            "a" => Suspicion::Failed,
+            _ => Suspicion::Clear,
+        };
+        assert_eq!(
+            stall_victim(&reported, host_of, failed_on_a),
+            Some(WorkerId(1))
+        );
+        // A worker failed on a, and b was the other end of that channel:
+        // a is still the likelier side.
+        let both = |w: WorkerId| match host_of(w).as_str() {
+            "a" => Suspicion::Failed,
+            _ => Suspicion::Counterpart,
+        };
+        assert_eq!(stall_victim(&reported, host_of, both), Some(WorkerId(1)));
         // Suspicion never overrides the count of hosts.
         let reported = stalls(&[(1, 4), (7, 4), (10, 4)]);
-        assert_eq!(stall_victim(&reported, host_of, suspect), Some(WorkerId(4)));
+        assert_eq!(
+            stall_victim(&reported, host_of, failed_on_a),
+            Some(WorkerId(4))
+        );
     }
 
     #[test]
     fn no_report_no_victim() {
-        assert_eq!(stall_victim(&[], host_of, |_| true), None);
+        assert_eq!(stall_victim(&[], host_of, |_| Suspicion::Failed), None);
     }
 }

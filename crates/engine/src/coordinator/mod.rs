@@ -29,6 +29,7 @@ mod scale_in;
 mod scale_in_live;
 mod scale_live;
 mod standby;
+mod suspects;
 #[cfg(test)]
 mod tests;
 pub mod view;
@@ -251,9 +252,9 @@ struct Job<'a> {
     failing: Vec<Failure>,
     /// Stalled data channels reported and not yet decided on.
     stalls: Vec<Stall>,
-    /// When a worker on each host was last declared failed: replacements
-    /// go elsewhere while it is recent.
-    failed_hosts: HashMap<String, Instant>,
+    /// Hosts lately distrusted: replacements and new backup holders go
+    /// elsewhere while it is recent.
+    suspects: suspects::SuspectHosts,
     started: Instant,
     pool: VecDeque<WorkerId>,
     /// Since when each pool worker has been idle.
@@ -299,7 +300,7 @@ impl<'a> Job<'a> {
             deferred: VecDeque::new(),
             failing: Vec::new(),
             stalls: Vec::new(),
-            failed_hosts: HashMap::new(),
+            suspects: suspects::SuspectHosts::default(),
             started: Instant::now(),
             pool: VecDeque::new(),
             idle_since: HashMap::new(),

@@ -29,6 +29,7 @@ use crate::state::{Checkpoint, KeyRange};
 use crate::wire::control::{RestoreFrom, ToCoordinator, ToWorker};
 
 use super::events::EventKind;
+use super::suspects::Suspicion;
 use super::{Job, RecoveryTimeline};
 
 /// Per target worker, the instances it restores and where each one's state
@@ -84,10 +85,6 @@ const GATHER_FAILURES: Duration = Duration::from_millis(30);
 /// starts (the processes of one machine end within a few milliseconds).
 const GATHER_QUIET: Duration = Duration::from_millis(5);
 
-/// How long a host where a worker failed stays a last choice for
-/// replacements.
-const SUSPECT_FOR: std::time::Duration = std::time::Duration::from_secs(30);
-
 impl Job<'_> {
     /// Recovers from the failures queued in `failing` (and from any that
     /// come with them). Runs from the main loop only: a failure during a
@@ -97,7 +94,25 @@ impl Job<'_> {
         let Some((workers, reason, detected_ms)) = self.gather_failures()? else {
             return Ok(());
         };
+        let had_copy: Vec<InstanceId> = self
+            .plan
+            .instances()
+            .map(|(_, i)| i.id)
+            .filter(|id| self.backups.holder(*id).is_some())
+            .collect();
         let degraded = self.backups.holders_failed(&workers);
+        let bared: Vec<InstanceId> = had_copy
+            .into_iter()
+            .filter(|id| self.backups.holder(*id).is_none())
+            .collect();
+        if !bared.is_empty() {
+            tracing::warn!(
+                ?bared,
+                ?workers,
+                "every copy of these instances' checkpoints was held by the failed workers: \
+                 they are one failure from unrecoverable until their next checkpoint is stored"
+            );
+        }
         if self.config.pool > 0 {
             for _ in &workers {
                 self.provisioner.provision()?;
@@ -260,31 +275,29 @@ impl Job<'_> {
         Ok(targets)
     }
 
-    /// Takes a pool worker for `failed`'s instances, preferring one on a
-    /// host (the address part of a worker's data address) where no worker
-    /// failed in the last [`SUSPECT_FOR`], then one on another host than
-    /// `failed`'s: a fault that took a worker (a partition, a crash) often
-    /// takes its whole host, and may last.
+    /// Takes a pool worker for `failed`'s instances: one on the least
+    /// suspect host (the address part of a worker's data address; see
+    /// `coordinator::suspects`), another host than `failed`'s first among
+    /// equals, the longest waiting first after that.
     fn pool_worker_away_from(&mut self, failed: WorkerId) -> Option<WorkerId> {
         let failed_host = self.host_of(failed);
-        let away = self
+        let (away, _) = self
             .pool
             .iter()
-            .position(|p| !self.on_suspect_host(*p))
-            .or_else(|| {
-                self.pool
-                    .iter()
-                    .position(|p| self.host_of(*p) != failed_host)
-            })
-            .unwrap_or(0);
+            .enumerate()
+            .min_by_key(|(_, p)| (self.suspicion(**p), self.host_of(**p) == failed_host))?;
         self.pool.remove(away)
     }
 
-    /// Whether a worker on `w`'s host failed in the last [`SUSPECT_FOR`].
-    pub(super) fn on_suspect_host(&self, w: WorkerId) -> bool {
-        self.failed_hosts
-            .get(&self.host_of(w))
-            .is_some_and(|at| at.elapsed() < SUSPECT_FOR)
+    /// How suspect `w`'s host is now.
+    pub(super) fn suspicion(&self, w: WorkerId) -> Suspicion {
+        self.suspects.of(&self.host_of(w), Instant::now())
+    }
+
+    /// `w`'s host gave reason `level` for suspicion just now.
+    pub(super) fn suspect_host_of(&mut self, w: WorkerId, level: Suspicion) {
+        let host = self.host_of(w);
+        self.suspects.mark(host, level, Instant::now());
     }
 
     /// Moves each failed instance to its replacement worker in the plan (as
@@ -440,13 +453,22 @@ impl Job<'_> {
     }
 
     /// Where `id` restores from now that its holder `holder` could not
-    /// give its backup: the next live copy, else what the coordinator
-    /// keeps of it.
+    /// give its backup to the restoring worker. A holder that still lives
+    /// may only be out of that worker's reach (a cut between them), so
+    /// the coordinator fetches the backup itself, from the newest live
+    /// copy on, and passes it on: a copy counts as lost only when its
+    /// holder died or has no good one. With `holder` dead, the next live
+    /// copy, else what the coordinator keeps of it.
     fn next_source(
         &mut self,
         id: InstanceId,
         holder: WorkerId,
     ) -> Result<RestoreFrom, EngineError> {
+        if self.alive(holder) {
+            let mut fetched = self.fetch_backups(&[id])?;
+            let state = fetched.remove(&id).flatten();
+            return Ok(encoded_or_nothing(state.map(|(_, bytes)| bytes)));
+        }
         self.backups.holder_lost(id, holder);
         if let Some(next) = self.live_holder(id) {
             return Ok(RestoreFrom::Holder(self.holder_at(next)));

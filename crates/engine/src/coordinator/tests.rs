@@ -140,6 +140,9 @@ struct Cluster {
     paused: HashMap<InstanceId, Incarnation>,
     /// Holders that answer a fetch as if they had lost their copy.
     forgetful: HashSet<WorkerId>,
+    /// Workers whose data network cannot reach these holders (a cut
+    /// between them), though both reach the coordinator.
+    out_of_reach: HashSet<WorkerId>,
     /// The checkpoint each restored instance last restored from (`None`:
     /// it started empty).
     restored: BTreeMap<InstanceId, Option<Checkpoint>>,
@@ -177,6 +180,7 @@ impl Cluster {
             log: Vec::new(),
             paused: HashMap::new(),
             forgetful: HashSet::new(),
+            out_of_reach: HashSet::new(),
             restored: BTreeMap::new(),
             corrupt: false,
             incremental: false,
@@ -265,6 +269,7 @@ impl Cluster {
                         }
                         RestoreFrom::Holder(holder) => self
                             .held_backup(holder.worker, instance)
+                            .filter(|_| !self.out_of_reach.contains(&holder.worker))
                             .map(|b| Some(Checkpoint::decode(&b).expect("valid")))
                             .ok_or(holder.worker),
                         RestoreFrom::Staged(from) => self.catch_up(w, &from).map(Some),
@@ -1009,13 +1014,38 @@ fn a_holder_without_a_good_copy_is_passed_over_for_the_next() {
     let count = cluster.ids("count")[1];
     assert_eq!(cluster.restored_frontiers()[&count], Some(Stamp(10)));
     assert_eq!(cluster.holders_asked(count).len(), 2);
-    // The restoring worker was sent to the other holder.
-    let restores = cluster
-        .log
-        .iter()
-        .filter(|(_, m)| matches!(m, ToWorker::Restore { instances, .. } if instances.iter().any(|(i, from)| *i == count && matches!(from, RestoreFrom::Holder(_)))))
-        .count();
-    assert_eq!(restores, 2);
+    // The restoring worker was sent to the first holder, which failed it
+    // while alive; the coordinator then got the copy from the other
+    // holder and passed it on.
+    let from_holder = |m: &ToWorker| matches!(m, ToWorker::Restore { instances, .. } if instances.iter().any(|(i, from)| *i == count && matches!(from, RestoreFrom::Holder(_))));
+    assert_eq!(
+        cluster.log.iter().filter(|(_, m)| from_holder(m)).count(),
+        1
+    );
+}
+
+#[test]
+fn a_live_holder_out_of_the_restoring_workers_reach_is_not_a_lost_copy() {
+    // One copy, held by a worker that lives on but that no other worker
+    // reaches: the coordinator fetches the backup and passes it on.
+    let mut config = config(1);
+    config.backup_copies = 1;
+    let (result, cluster, _) = scenario(config, |c| {
+        c.checkpointed(Stamp(10));
+        let count = c.ids("count")[0];
+        let holder = c.route(count)[0];
+        c.out_of_reach.insert(holder);
+        c.crash_host_of(count);
+        c.settle(Duration::from_millis(100));
+    });
+    result.expect("finishes");
+    let count = cluster.ids("count")[0];
+    assert_eq!(cluster.restored_frontiers()[&count], Some(Stamp(10)));
+    let passed_on = cluster.log.iter().any(|(_, m)| {
+        matches!(m, ToWorker::Restore { instances, .. }
+            if instances.iter().any(|(i, from)| *i == count && matches!(from, RestoreFrom::Checkpoint(_))))
+    });
+    assert!(passed_on, "the coordinator did not pass the backup on");
 }
 
 #[test]
@@ -2022,6 +2052,7 @@ fn holders(
                 u32::MAX
             }
         },
+        |_| false,
     )
     .into_iter()
     .map(|w| w.0)
@@ -2053,6 +2084,7 @@ fn one_backup_copy_means_one_holder_kept_from_the_route() {
             &live,
             1,
             |w| w,
+            |_| false,
         )
     };
     for raw in 0..20 {
@@ -2080,9 +2112,49 @@ fn holders_prefer_other_hosts_then_upstream_workers() {
 }
 
 #[test]
+fn new_holders_avoid_suspect_hosts_but_never_the_instances_own() {
+    // Worker w on host w / 2: 0-1 on host 0 (the instance's), 2-3 on host
+    // 1 (its upstream's, suspect: at one end of a stalled channel), 4-5
+    // on host 2.
+    let live: Vec<WorkerId> = (0..6).map(WorkerId).collect();
+    let pick = |current: &[WorkerId], suspect: &[u32]| -> Vec<u32> {
+        choose_holders(
+            InstanceId(9),
+            WorkerId(0),
+            current,
+            &[WorkerId(2)],
+            &live,
+            2,
+            |w| w.0 / 2,
+            |w| suspect.contains(&(w.0 / 2)),
+        )
+        .into_iter()
+        .map(|w| w.0)
+        .collect()
+    };
+    // Unsuspected, the upstream's worker is the first pick.
+    assert_eq!(pick(&[], &[])[0], 2);
+    // Suspect, its host comes after the healthy one, yet before the
+    // instance's own host: a second copy there dies with the instance.
+    let picked = pick(&[], &[1]);
+    assert!([4, 5].contains(&picked[0]), "{picked:?}");
+    assert!([2, 3].contains(&picked[1]), "{picked:?}");
+    // A holder already in the route stays (its increments still fit).
+    assert_eq!(pick(&[WorkerId(3)], &[1])[0], 3);
+    // Every other host suspect: still other hosts first.
+    let picked = pick(&[], &[1, 2]);
+    assert!(picked.iter().all(|w| *w >= 2), "{picked:?}");
+}
+
+#[test]
 fn a_route_keeps_its_live_holders() {
     let live = [0, 1, 2, 3, 4];
     assert_eq!(holders(9, 0, &[3, 4], &[1, 2], &live, &[]), vec![3, 4]);
+    // Restored next to holder 3 (both on the shared host) while 4 and 2
+    // have hosts of their own: 3 makes way for 2.
+    assert_eq!(holders(9, 0, &[3, 4], &[], &live, &[4, 2]), vec![4, 2]);
+    // With no other host to go to, it stays.
+    assert_eq!(holders(9, 0, &[3, 4], &[], &live, &[4]), vec![3, 4]);
     // A holder that died, or that now hosts the instance, is replaced.
     let picked = holders(9, 3, &[3, 4], &[1, 2], &[0, 1, 2, 3, 4], &[]);
     assert_eq!(picked[0], 4);
