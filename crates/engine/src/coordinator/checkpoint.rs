@@ -56,6 +56,17 @@ use super::Job;
 /// or `None` for an instance that never checkpointed.
 pub(super) type Fetched = HashMap<InstanceId, Option<(Stamp, Vec<u8>)>>;
 
+/// What a wait for several instances' backups does when one of them
+/// fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum OnFailure {
+    /// The others' backups are still of use (each part of a split).
+    WaitForTheRest,
+    /// Only all of them are (the two partitions of a merge): a failure
+    /// calls the wait off at once, so that its recovery does not wait.
+    GiveUp,
+}
+
 impl Job<'_> {
     /// A source's position checkpoint arrived from its current
     /// incarnation (stateful instances' checkpoints go to their holders).
@@ -219,13 +230,15 @@ impl Job<'_> {
 
     /// Waits until each of `waiting` (an instance, its incarnation and its
     /// worker) has a backup acknowledged that `wanted` accepts (given its
-    /// frontier), or fails, or `deadline` passes. Returns the frontier of
-    /// each one acknowledged.
+    /// frontier), or fails, or `deadline` passes; with
+    /// [`OnFailure::GiveUp`], until the first one fails. Returns the
+    /// frontier of each one acknowledged.
     pub(super) fn await_backups(
         &mut self,
         what: &str,
         mut waiting: HashMap<InstanceId, (Incarnation, WorkerId)>,
         deadline: Instant,
+        on_failure: OnFailure,
         wanted: impl Fn(InstanceId, Stamp) -> bool,
     ) -> Result<HashMap<InstanceId, Stamp>, EngineError> {
         let mut got = HashMap::new();
@@ -244,7 +257,11 @@ impl Job<'_> {
                     }
                 }
                 Ok(_) | Err(EngineError::Timeout(_)) => {
-                    waiting.retain(|id, (n, w)| self.runs(*id, *n, *w))
+                    let before = waiting.len();
+                    waiting.retain(|id, (n, w)| self.runs(*id, *n, *w));
+                    if on_failure == OnFailure::GiveUp && waiting.len() < before {
+                        break;
+                    }
                 }
                 Err(e) => return Err(e),
             }

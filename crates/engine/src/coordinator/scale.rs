@@ -67,6 +67,7 @@ use crate::state::{Checkpoint, KeyRange};
 use crate::wire::control::{RestoreFrom, ToWorker};
 
 use super::autoscaler::{Action, ScaleRates};
+use super::checkpoint::OnFailure;
 use super::events::{EventKind, ScaleDirection};
 use super::recovery::RestoresByTarget;
 use super::Job;
@@ -661,6 +662,7 @@ impl Job<'_> {
             "checkpoints for a split",
             waiting,
             Instant::now() + patience,
+            OnFailure::WaitForTheRest,
             |id, at| at >= before[&id],
         )?;
         let current: Vec<InstanceId> = instances

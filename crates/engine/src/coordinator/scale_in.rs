@@ -93,6 +93,7 @@ use crate::state::{Checkpoint, KeyRange};
 use crate::wire::control::{RestoreFrom, ToCoordinator, ToWorker};
 
 use super::autoscaler::ScaleRates;
+use super::checkpoint::OnFailure;
 use super::events::{EventKind, ScaleDirection};
 use super::scale_in_live::StagedMerge;
 use super::{Job, ScaleEvent};
@@ -107,7 +108,7 @@ type Merged = ((usize, usize), bool, Instant);
 
 /// How long one step of the alignment may take before the merge is called
 /// off (a partition far behind, or stuck behind a failure).
-const ALIGN_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const ALIGN_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Job<'_> {
     /// Merges the coldest adjacent pair of `operator`'s partitions (a
@@ -472,10 +473,13 @@ impl Job<'_> {
             .map(|p| (p.id, (p.incarnation, p.worker)))
             .collect();
         let deadline = Instant::now() + ALIGN_TIMEOUT;
-        let stored =
-            self.await_backups("checkpoints for a merge", waiting, deadline, |_, at| {
-                at == frontier
-            })?;
+        let stored = self.await_backups(
+            "checkpoints for a merge",
+            waiting,
+            deadline,
+            OnFailure::GiveUp,
+            |_, at| at == frontier,
+        )?;
         Ok(stored.len() == 2)
     }
 

@@ -13,6 +13,7 @@ use crate::wire::control::{
     BackupHolder, ReshapedPart, RestoreFrom, StagedJoin, StagedSource, ToCoordinator, ToWorker,
 };
 
+use super::checkpoint::OnFailure;
 use super::events::EventKind;
 use super::recovery::RestoresByTarget;
 use super::scale::{Placed, Splitting};
@@ -357,6 +358,7 @@ impl Job<'_> {
             "a live split's last checkpoint",
             waiting,
             deadline,
+            OnFailure::WaitForTheRest,
             |id, at| stops.get(&id) == Some(&at),
         )?;
         let mut stopped = Vec::new();

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::backups::{choose_holders, Backups};
 use super::links::memory::{pair, Network};
+use super::scale_in::ALIGN_TIMEOUT;
 use super::{run_job, EventKind, JobConfig, JobSummary, Provisioner, ScaleDirection, ScalePolicy};
 use crate::api::{
     NodeKind, Operator, OperatorError, Output, Query, QueryBuilder, QueryRegistry, Sink, Source,
@@ -159,6 +160,9 @@ struct Cluster {
     staged: HashMap<(WorkerId, InstanceId, KeyRange), Checkpoint>,
     /// Workers that fail to stage what they are asked to.
     cannot_stage: HashSet<WorkerId>,
+    /// Resumed instances never reach where they were told to run to
+    /// (held up behind a fault), so they take no checkpoint there.
+    stuck_on_resume: bool,
     /// Where the instances get to while a live split stages its parts.
     runs_on: Option<Stamp>,
     /// How far the fake instances got.
@@ -188,6 +192,7 @@ impl Cluster {
             full_next: HashSet::new(),
             staged: HashMap::new(),
             cannot_stage: HashSet::new(),
+            stuck_on_resume: false,
             runs_on: None,
             progress: Stamp(100),
             started: false,
@@ -317,7 +322,7 @@ impl Cluster {
             }
             ToWorker::Resume { instance, until } => {
                 self.paused.remove(&instance);
-                if !until.is_end() {
+                if !until.is_end() && !self.stuck_on_resume {
                     self.checkpoint(instance, until);
                 }
             }
@@ -1727,6 +1732,39 @@ fn a_failure_during_a_merge_calls_it_off_and_recovers() {
         assert!(c.run_until(Duration::from_secs(5), |c| !c.paused.is_empty()));
         c.net.break_link(host);
         assert!(c.run_until(Duration::from_secs(15), |c| c.host(upper) != host));
+    });
+    let summary = result.expect("finishes");
+    assert_eq!(summary.recoveries.len(), 1);
+    assert!(summary.scale_events.is_empty());
+    assert_eq!(cluster.ids("count").len(), 2);
+}
+
+#[test]
+fn a_failure_while_a_merge_aligns_is_recovered_without_waiting_for_the_other() {
+    // Both partitions resumed to one frontier and neither got there; one
+    // fails: the merge is off, whatever the other does, and the failure
+    // is recovered long before the alignment would time out.
+    let mut config = config(1);
+    config.scale_in_at = vec![(Duration::from_millis(100), "count".into())];
+    let (result, cluster, _) = scenario(config, |c| {
+        c.checkpoint_all(Stamp(10));
+        c.settle(Duration::from_millis(30));
+        c.stuck_on_resume = true;
+        let lower = c.ids("count")[0];
+        let host = c.host(lower);
+        let resumed = |c: &Cluster| {
+            c.log
+                .iter()
+                .filter(|(_, m)| matches!(m, ToWorker::Resume { .. }))
+                .count()
+                == 2
+        };
+        assert!(c.run_until(Duration::from_secs(5), resumed));
+        c.net.break_link(host);
+        assert!(
+            c.run_until(ALIGN_TIMEOUT / 2, |c| c.host(lower) != host),
+            "the recovery waited for the merge's alignment"
+        );
     });
     let summary = result.expect("finishes");
     assert_eq!(summary.recoveries.len(), 1);
