@@ -231,8 +231,8 @@ impl Job<'_> {
     /// Waits until each of `waiting` (an instance, its incarnation and its
     /// worker) has a backup acknowledged that `wanted` accepts (given its
     /// frontier), or fails, or `deadline` passes; with
-    /// [`OnFailure::GiveUp`], until the first one fails. Returns the
-    /// frontier of each one acknowledged.
+    /// [`OnFailure::GiveUp`], until the first one fails, acknowledged or
+    /// not. Returns the frontier of each one acknowledged.
     pub(super) fn await_backups(
         &mut self,
         what: &str,
@@ -242,6 +242,7 @@ impl Job<'_> {
         wanted: impl Fn(InstanceId, Stamp) -> bool,
     ) -> Result<HashMap<InstanceId, Stamp>, EngineError> {
         let mut got = HashMap::new();
+        let all = waiting.clone();
         while !waiting.is_empty() && Instant::now() < deadline {
             let step = (Instant::now() + std::time::Duration::from_millis(200)).min(deadline);
             let answer = self.wait_for(what, step, |m| {
@@ -257,9 +258,9 @@ impl Job<'_> {
                     }
                 }
                 Ok(_) | Err(EngineError::Timeout(_)) => {
-                    let before = waiting.len();
                     waiting.retain(|id, (n, w)| self.runs(*id, *n, *w));
-                    if on_failure == OnFailure::GiveUp && waiting.len() < before {
+                    let one_failed = || all.iter().any(|(id, (n, w))| !self.runs(*id, *n, *w));
+                    if on_failure == OnFailure::GiveUp && one_failed() {
                         break;
                     }
                 }

@@ -273,6 +273,7 @@ impl Job<'_> {
             return;
         }
         self.workers[w.index()].alive = false;
+        tracing::debug!(worker = %w, "declared failed: {reason}");
         // Best effort: a crashed worker cannot be told. A worker cut off
         // stops on its own once its lease runs out.
         let _ = self.links.send(w, &ToWorker::Shutdown);

@@ -220,6 +220,7 @@ impl Job<'_> {
         let ms = |since: Instant| since.elapsed().as_millis();
         let paused = self.pause_pair(&pair)?;
         let aligned_ms = ms(stopping);
+        tracing::debug!(?paused, aligned_ms, "live merge: paused");
         let stopped_at = match paused {
             Some(frontier) if self.await_aligned(&pair, frontier)? => self
                 .staged_sources(pair, frontier, &staged)

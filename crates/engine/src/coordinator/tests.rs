@@ -160,9 +160,9 @@ struct Cluster {
     staged: HashMap<(WorkerId, InstanceId, KeyRange), Checkpoint>,
     /// Workers that fail to stage what they are asked to.
     cannot_stage: HashSet<WorkerId>,
-    /// Resumed instances never reach where they were told to run to
-    /// (held up behind a fault), so they take no checkpoint there.
-    stuck_on_resume: bool,
+    /// Instances that, resumed, never reach where they were told to run
+    /// to (held up behind a fault), so they take no checkpoint there.
+    stuck_on_resume: HashSet<InstanceId>,
     /// Where the instances get to while a live split stages its parts.
     runs_on: Option<Stamp>,
     /// How far the fake instances got.
@@ -192,7 +192,7 @@ impl Cluster {
             full_next: HashSet::new(),
             staged: HashMap::new(),
             cannot_stage: HashSet::new(),
-            stuck_on_resume: false,
+            stuck_on_resume: HashSet::new(),
             runs_on: None,
             progress: Stamp(100),
             started: false,
@@ -322,7 +322,7 @@ impl Cluster {
             }
             ToWorker::Resume { instance, until } => {
                 self.paused.remove(&instance);
-                if !until.is_end() && !self.stuck_on_resume {
+                if !until.is_end() && !self.stuck_on_resume.contains(&instance) {
                     self.checkpoint(instance, until);
                 }
             }
@@ -1741,16 +1741,17 @@ fn a_failure_during_a_merge_calls_it_off_and_recovers() {
 
 #[test]
 fn a_failure_while_a_merge_aligns_is_recovered_without_waiting_for_the_other() {
-    // Both partitions resumed to one frontier and neither got there; one
-    // fails: the merge is off, whatever the other does, and the failure
-    // is recovered long before the alignment would time out.
+    // Both partitions resumed to one frontier; the lower got there, the
+    // upper did not, and then the lower fails: the merge is off, whatever
+    // the upper does, and the failure is recovered long before the
+    // alignment would time out.
     let mut config = config(1);
     config.scale_in_at = vec![(Duration::from_millis(100), "count".into())];
     let (result, cluster, _) = scenario(config, |c| {
         c.checkpoint_all(Stamp(10));
         c.settle(Duration::from_millis(30));
-        c.stuck_on_resume = true;
-        let lower = c.ids("count")[0];
+        let (lower, upper) = (c.ids("count")[0], c.ids("count")[1]);
+        c.stuck_on_resume.insert(upper);
         let host = c.host(lower);
         let resumed = |c: &Cluster| {
             c.log
