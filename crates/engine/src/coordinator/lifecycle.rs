@@ -348,7 +348,12 @@ impl Job<'_> {
         if self.stalls.first()?.at.elapsed() < STALL_SETTLE {
             return None;
         }
-        let victim = stall_victim(&self.stalls, |w| self.host_of(w), |w| self.suspicion(w))?;
+        let victim = stall_victim(
+            &self.stalls,
+            |w| self.host_of(w),
+            |w| self.hosts_sent_to(w),
+            |w| self.suspicion(w),
+        )?;
         let mut others: Vec<WorkerId> = self
             .stalls
             .iter()
@@ -376,6 +381,16 @@ impl Job<'_> {
                 others.join(", ")
             ),
         ))
+    }
+
+    /// The hosts that `w`'s instances send data to.
+    fn hosts_sent_to(&self, w: WorkerId) -> BTreeSet<String> {
+        self.plan
+            .instances()
+            .filter(|(_, i)| i.worker == w)
+            .flat_map(|(node, _)| self.plan.downstream_instances(&self.query, node))
+            .filter_map(|id| self.plan.instance(id).map(|(_, p)| self.host_of(p.worker)))
+            .collect()
     }
 
     /// The host of worker `w`: the address part of its data address.
@@ -550,14 +565,17 @@ fn far_future() -> Instant {
 
 /// The worker to recover for `stalls` (oldest first): one on the host whose
 /// stalled channels reach the most other hosts (a host cut off from its
-/// peers stalls with all of theirs, each of them only with it). On a tie,
-/// one on the most suspect host (see `coordinator::suspects`: a host just
-/// found cut off is the likelier side again, as when the one worker left
-/// there reports the only channel it has, to a healthy host), the
-/// unreachable side of the first report first among equals.
+/// peers stalls with all of theirs, each of them only with it). On a tie
+/// (one worker reporting the only channel it has, say), first one that
+/// gives no sign of reaching a third host: a worker that sends to a host
+/// (`sends_to`) its host has no stall with would have stalled there too
+/// were its host cut off. Then one on the most suspect host (see
+/// `coordinator::suspects`: a host just found cut off is the likelier side
+/// again), the unreachable side of the first report first among equals.
 pub(super) fn stall_victim(
     stalls: &[Stall],
     host_of: impl Fn(WorkerId) -> String,
+    sends_to: impl Fn(WorkerId) -> BTreeSet<String>,
     suspicion: impl Fn(WorkerId) -> Suspicion,
 ) -> Option<WorkerId> {
     let first_peer = stalls.first()?.peer;
@@ -573,8 +591,16 @@ pub(super) fn stall_victim(
         .chain(stalls.iter().flat_map(|s| [s.peer, s.reporter]))
         .filter(|w| score(*w) == most)
         .collect();
-    let most_suspect = tied.iter().map(|w| suspicion(*w)).max()?;
-    tied.into_iter().find(|w| suspicion(*w) == most_suspect)
+    let reaches_a_third_host = |w: WorkerId| {
+        let own = host_of(w);
+        let stalled_with = counterparts.get(&own);
+        sends_to(w)
+            .iter()
+            .any(|h| *h != own && !stalled_with.is_some_and(|s| s.contains(h)))
+    };
+    let likelihood = |w: WorkerId| (!reaches_a_third_host(w), suspicion(w));
+    let likeliest = tied.iter().map(|w| likelihood(*w)).max()?;
+    tied.into_iter().find(|w| likelihood(*w) == likeliest)
 }
 
 #[cfg(test)]
@@ -586,6 +612,11 @@ mod tests {
     /// Workers 1-3 on host a, 4-6 on b, 7-9 on c, 10-12 on d.
     fn host_of(w: WorkerId) -> String {
         ["a", "b", "c", "d"][(w.0 as usize - 1) / 3].to_string()
+    }
+
+    /// Workers that send to no other host than the ones reported.
+    fn nowhere(_: WorkerId) -> BTreeSet<String> {
+        BTreeSet::new()
     }
 
     fn stalls(pairs: &[(u32, u32)]) -> Vec<Stall> {
@@ -604,13 +635,13 @@ mod tests {
         // Workers on b, c and d cannot reach worker 2 on a; 2 cannot reach 5.
         let reported = stalls(&[(4, 2), (7, 2), (2, 5), (10, 2)]);
         assert_eq!(
-            stall_victim(&reported, host_of, |_| Suspicion::Clear),
+            stall_victim(&reported, host_of, nowhere, |_| Suspicion::Clear),
             Some(WorkerId(2))
         );
         // Reported the other way round, it is still the worker on a.
         let reported = stalls(&[(2, 4), (2, 7), (2, 10)]);
         assert_eq!(
-            stall_victim(&reported, host_of, |_| Suspicion::Clear),
+            stall_victim(&reported, host_of, nowhere, |_| Suspicion::Clear),
             Some(WorkerId(2))
         );
     }
@@ -620,7 +651,7 @@ mod tests {
         // Worker 1 on a reports worker 4 on b: one host each.
         let reported = stalls(&[(1, 4)]);
         assert_eq!(
-            stall_victim(&reported, host_of, |_| Suspicion::Clear),
+            stall_victim(&reported, host_of, nowhere, |_| Suspicion::Clear),
             Some(WorkerId(4))
         );
         // A worker on a failed lately (it was cut off, and 1 is left there):
@@ -630,7 +661,7 @@ mod tests {
             _ => Suspicion::Clear,
         };
         assert_eq!(
-            stall_victim(&reported, host_of, failed_on_a),
+            stall_victim(&reported, host_of, nowhere, failed_on_a),
             Some(WorkerId(1))
         );
         // A worker failed on a, and b was the other end of that channel:
@@ -639,17 +670,65 @@ mod tests {
             "a" => Suspicion::Failed,
             _ => Suspicion::Counterpart,
         };
-        assert_eq!(stall_victim(&reported, host_of, both), Some(WorkerId(1)));
+        assert_eq!(
+            stall_victim(&reported, host_of, nowhere, both),
+            Some(WorkerId(1))
+        );
         // Suspicion never overrides the count of hosts.
         let reported = stalls(&[(1, 4), (7, 4), (10, 4)]);
         assert_eq!(
-            stall_victim(&reported, host_of, failed_on_a),
+            stall_victim(&reported, host_of, nowhere, failed_on_a),
+            Some(WorkerId(4))
+        );
+    }
+
+    #[test]
+    fn a_tie_goes_to_the_end_that_gives_no_sign_of_reaching_a_third_host() {
+        // Worker 1 on a reports its only channel, to worker 4 on b, which
+        // also sends to c and reported nothing: a is the one cut off.
+        let reported = stalls(&[(1, 4)]);
+        let sends_to = |w: WorkerId| -> BTreeSet<String> {
+            match w.0 {
+                1 => ["b"].map(String::from).into(),
+                4 => ["b", "c"].map(String::from).into(),
+                _ => BTreeSet::new(),
+            }
+        };
+        assert_eq!(
+            stall_victim(&reported, host_of, sends_to, |_| Suspicion::Clear),
+            Some(WorkerId(1))
+        );
+        // This sign comes before suspicion...
+        let failed_on_b = |w: WorkerId| match host_of(w).as_str() {
+            "b" => Suspicion::Failed,
+            _ => Suspicion::Clear,
+        };
+        assert_eq!(
+            stall_victim(&reported, host_of, sends_to, failed_on_b),
+            Some(WorkerId(1))
+        );
+        // ...but a channel to c that stalled too is no sign of reaching c
+        // (a, b and c each stalled with both others: a tie of three).
+        let reported = stalls(&[(1, 4), (4, 7), (1, 7)]);
+        assert_eq!(
+            stall_victim(&reported, host_of, sends_to, |_| Suspicion::Clear),
+            Some(WorkerId(4))
+        );
+        // Both ends reach a third host (a cut between two hosts): the
+        // unreachable side, as without the sign.
+        let reported = stalls(&[(1, 4)]);
+        let both = |_: WorkerId| -> BTreeSet<String> { ["c"].map(String::from).into() };
+        assert_eq!(
+            stall_victim(&reported, host_of, both, |_| Suspicion::Clear),
             Some(WorkerId(4))
         );
     }
 
     #[test]
     fn no_report_no_victim() {
-        assert_eq!(stall_victim(&[], host_of, |_| Suspicion::Failed), None);
+        assert_eq!(
+            stall_victim(&[], host_of, nowhere, |_| Suspicion::Failed),
+            None
+        );
     }
 }
