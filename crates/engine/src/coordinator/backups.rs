@@ -139,13 +139,18 @@ impl Backups {
 
     /// The workers in `failed` died: the copies they held are gone, and
     /// routes through them must be replaced. Returns the instances that
-    /// lost a copy and still have one: a surviving holder should send its
-    /// copy to their new holders, lest a second failure take the last.
-    pub(super) fn holders_failed(&mut self, failed: &[WorkerId]) -> Vec<InstanceId> {
+    /// lost a copy and still have one (a surviving holder should send its
+    /// copy to their new holders, lest a second failure take the last),
+    /// and those that lost their last (one failure from unrecoverable
+    /// until their next checkpoint is stored).
+    pub(super) fn holders_failed(
+        &mut self,
+        failed: &[WorkerId],
+    ) -> (Vec<InstanceId>, Vec<InstanceId>) {
         for holders in self.routes.values_mut() {
             holders.retain(|h| !failed.contains(h));
         }
-        let mut degraded = Vec::new();
+        let (mut degraded, mut bared) = (Vec::new(), Vec::new());
         let ids: Vec<InstanceId> = self.copies.keys().copied().collect();
         for id in ids {
             let before = self.copies.get(&id).map_or(0, Vec::len);
@@ -155,10 +160,13 @@ impl Backups {
             let after = self.copies.get(&id).map_or(0, Vec::len);
             if after > 0 && after < before {
                 degraded.push(id);
+            } else if after == 0 && before > 0 {
+                bared.push(id);
             }
         }
         degraded.sort_unstable();
-        degraded
+        bared.sort_unstable();
+        (degraded, bared)
     }
 
     /// The coordinator keeps `state` (a backup of `id`, whole) until every

@@ -94,17 +94,7 @@ impl Job<'_> {
         let Some((workers, reason, detected_ms)) = self.gather_failures()? else {
             return Ok(());
         };
-        let had_copy: Vec<InstanceId> = self
-            .plan
-            .instances()
-            .map(|(_, i)| i.id)
-            .filter(|id| self.backups.holder(*id).is_some())
-            .collect();
-        let degraded = self.backups.holders_failed(&workers);
-        let bared: Vec<InstanceId> = had_copy
-            .into_iter()
-            .filter(|id| self.backups.holder(*id).is_none())
-            .collect();
+        let (degraded, bared) = self.backups.holders_failed(&workers);
         if !bared.is_empty() {
             tracing::warn!(
                 ?bared,

@@ -556,7 +556,7 @@ impl Job<'_> {
             self.pool.retain(|p| *p != w);
             self.idle_since.remove(&w);
             self.workers[w.index()].alive = false;
-            let degraded = self.backups.holders_failed(&[w]);
+            let (degraded, _) = self.backups.holders_failed(&[w]);
             self.replicate(&degraded);
             // Best effort: it is ended through its provisioner anyway.
             let _ = self.links.send(w, &ToWorker::Shutdown);
