@@ -215,7 +215,9 @@ impl Job<'_> {
             }
             match self.links.next_event(Instant::now() + TICK)? {
                 Some(LinkEvent::Message(w, message)) if self.alive(w) => {
-                    return Ok(Some((w, message)))
+                    if let Some(message) = self.note_stall(w, message) {
+                        return Ok(Some((w, message)));
+                    }
                 }
                 // A worker declared failed never affects the job again,
                 // whatever it still said before it was fenced.
@@ -242,7 +244,11 @@ impl Job<'_> {
     pub(super) fn absorb(&mut self, event: LinkEvent) -> Result<(), EngineError> {
         match event {
             LinkEvent::Lost(w, reason) => self.lose(w, reason),
-            LinkEvent::Message(w, m) if self.alive(w) => self.deferred.push_back((w, m)),
+            LinkEvent::Message(w, m) if self.alive(w) => {
+                if let Some(m) = self.note_stall(w, m) {
+                    self.deferred.push_back((w, m));
+                }
+            }
             LinkEvent::Message(..) => {}
             LinkEvent::Joined {
                 worker,
@@ -311,6 +317,21 @@ impl Job<'_> {
                 tracing::warn!(worker = %w, "cannot end the worker's process: {e}");
                 false
             }
+        }
+    }
+
+    /// Takes a stall report as it arrives, whatever the coordinator waits
+    /// for, and hands any other message back. A report kept for after a
+    /// reconfiguration let the reconfiguration wait on the very worker cut
+    /// off (its neighbours shut their channels to it when they report),
+    /// and was decided on seconds after the cut had healed.
+    fn note_stall(&mut self, reporter: WorkerId, message: ToCoordinator) -> Option<ToCoordinator> {
+        match message {
+            ToCoordinator::LinkStalled { peer, silent_ms } => {
+                self.link_stalled(reporter, &peer, silent_ms);
+                None
+            }
+            other => Some(other),
         }
     }
 
@@ -494,10 +515,6 @@ impl Job<'_> {
             }
             ToCoordinator::CaughtUp { instance } => {
                 self.caught_up(instance);
-                Ok(())
-            }
-            ToCoordinator::LinkStalled { peer, silent_ms } => {
-                self.link_stalled(worker, &peer, silent_ms);
                 Ok(())
             }
             ToCoordinator::Staged {

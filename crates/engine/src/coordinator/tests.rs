@@ -1775,6 +1775,39 @@ fn a_failure_while_a_merge_aligns_is_recovered_without_waiting_for_the_other() {
 }
 
 #[test]
+fn a_stall_reported_while_a_merge_aligns_is_decided_at_once() {
+    // The upper partition is cut off from its neighbours before it reaches
+    // the frontier: one of them reports the stalled channel, and the
+    // coordinator recovers it then, not after the alignment gave up.
+    merge_called_off_by_a_failure(|c| {
+        let upper = c.ids("count")[1];
+        c.stuck_on_resume.insert(upper);
+        let host = c.host(upper);
+        let reporter = c.host(c.ids("pass")[0]);
+        assert_ne!(reporter, host, "one instance per worker");
+        let resumed = |c: &Cluster| {
+            c.log
+                .iter()
+                .filter(|(_, m)| matches!(m, ToWorker::Resume { .. }))
+                .count()
+                == 2
+        };
+        assert!(c.run_until(Duration::from_secs(5), resumed));
+        c.net.say(
+            reporter,
+            ToCoordinator::LinkStalled {
+                peer: format!("memory:{host}"),
+                silent_ms: 1000,
+            },
+        );
+        assert!(
+            c.run_until(ALIGN_TIMEOUT / 2, |c| c.host(upper) != host),
+            "the stall waited for the merge's alignment"
+        );
+    });
+}
+
+#[test]
 fn a_scale_command_while_recovering_waits_for_the_recovery() {
     let mut config = config(2);
     config.scale_at = vec![(Duration::from_millis(150), "count".into())];
