@@ -275,7 +275,11 @@ fn lrb(mut args: LrbArgs) -> Result<()> {
     );
     let shared = hosts.shared_dir();
     let data = match &args.data {
-        Some(dir) => dir.clone(),
+        // Workers run in their hosts' disks: a relative path would not
+        // name this directory there.
+        Some(dir) => {
+            std::path::absolute(dir).with_context(|| format!("cannot resolve {}", dir.display()))?
+        }
         None => {
             let dir = shared.join("input");
             eprintln!("generating {} s of Linear Road input", args.duration_secs);

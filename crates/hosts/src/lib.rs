@@ -88,11 +88,15 @@ impl SimulatedHosts {
                 options.hosts
             )));
         }
+        // Processes on a host run in its disk: a relative path handed to
+        // them (the shared directory's) would name a directory of each.
+        let dir = std::path::absolute(&options.dir)
+            .map_err(|e| HostsError::io(format!("resolving {}", options.dir.display()), e))?;
         let slot = reserve_slot()?;
         let mut made = SimulatedHosts {
             slot,
             hosts: options.hosts,
-            dir: options.dir.clone(),
+            dir,
             cgroups: Vec::new(),
             faults: Mutex::new(Vec::new()),
         };

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use spate_hosts::{Fault, HostId, HostsError, HostsOptions, SimulatedHosts};
 
 fn hosts(name: &str, n: usize) -> Option<SimulatedHosts> {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    hosts_in(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name), n)
+}
+
+fn hosts_in(dir: PathBuf, n: usize) -> Option<SimulatedHosts> {
     let _ = std::fs::remove_dir_all(&dir);
     match SimulatedHosts::create(&HostsOptions {
         hosts: n,
@@ -211,4 +214,26 @@ fn a_crash_kills_and_wipes_and_drop_removes_everything() {
             "{name} left behind: {left}"
         );
     }
+}
+
+#[test]
+fn a_relative_directory_names_one_shared_directory_on_every_host() {
+    // Processes on a host run in its disk, so the shared directory a
+    // relative path names must be resolved before it is handed to them.
+    let absolute = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hosts-relative");
+    let here = std::env::current_dir().unwrap();
+    let up: PathBuf = here.components().skip(1).map(|_| "..").collect();
+    let relative = up.join(absolute.strip_prefix("/").unwrap());
+    let Some(hosts) = hosts_in(relative, 1) else {
+        return;
+    };
+    let shared = hosts.shared_dir();
+    assert!(shared.is_absolute(), "{}", shared.display());
+    let touched = std::process::Command::new(hosts.launcher(HostId(1)))
+        .arg("touch")
+        .arg(shared.join("seen-from-h1"))
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    assert!(absolute.join("shared").join("seen-from-h1").is_file());
 }
