@@ -295,6 +295,13 @@ impl Job<'_> {
         });
     }
 
+    /// Whether a worker was declared failed and waits for its recovery: a
+    /// rescaling under way gives up at its next wait, rather than keep the
+    /// failed instances' pipelines standing behind its own.
+    pub(super) fn failure_pending(&self) -> bool {
+        !self.failing.is_empty()
+    }
+
     /// Ends worker `w`'s process through its provisioner.
     pub(super) fn end_process(&mut self, w: WorkerId) -> bool {
         let entry = &self.workers[w.index()];

@@ -324,6 +324,10 @@ impl Job<'_> {
         // 0. Live splits: stage every part while the instance runs, then
         // stop it for its last checkpoint (see the module's doc).
         let (staged, splitting) = self.stage_splits(splitting)?;
+        if self.failure_pending() {
+            self.call_off_for_failure(staged, splitting);
+            return Ok(());
+        }
         let staged_ms = started.elapsed().as_millis() as u64;
         let stopping = Instant::now();
         let stopped = self.stop_staged(staged)?;
@@ -396,9 +400,7 @@ impl Job<'_> {
         let mut placed = Vec::with_capacity(splitting.len());
         for (s, snapshot) in splitting.into_iter().zip(snapshots) {
             let Some((frontier, bytes)) = snapshot else {
-                for w in s.targets.iter().rev() {
-                    self.pool.push_front(*w);
-                }
+                self.return_targets(&s);
                 self.record(
                     EventKind::Refused,
                     format!(

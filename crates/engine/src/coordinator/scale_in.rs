@@ -157,6 +157,16 @@ impl Job<'_> {
             NodeKind::Stateful => self.stage_merge(node, [&low, &high])?,
             _ => None,
         };
+        if self.failure_pending() {
+            if staged.is_some() {
+                self.unstage_merge([&low, &high]);
+            }
+            self.record(
+                EventKind::Refused,
+                format!("scale in {operator}: called off, a failure is recovered first"),
+            );
+            return Ok(());
+        }
         let staged_ms = staged
             .as_ref()
             .map(|_| started.elapsed().as_millis() as u64);

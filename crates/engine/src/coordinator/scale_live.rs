@@ -145,7 +145,7 @@ impl Job<'_> {
                 Ok(None) => {
                     let gone: Vec<InstanceId> = asked
                         .iter()
-                        .filter(|(_, (h, _))| !self.alive(*h))
+                        .filter(|(_, (h, _))| !self.alive(*h) || self.failure_pending())
                         .map(|(id, _)| *id)
                         .collect();
                     classic.extend(gone.iter().filter_map(|id| asked.remove(id)).map(|a| a.1));
@@ -260,7 +260,7 @@ impl Job<'_> {
                 Ok(None) => {
                     let gone: Vec<(InstanceId, KeyRange)> = waiting
                         .iter()
-                        .filter(|(_, w)| !self.alive(**w))
+                        .filter(|(_, w)| !self.alive(**w) || self.failure_pending())
                         .map(|(key, _)| *key)
                         .collect();
                     for key in gone {
@@ -275,6 +275,39 @@ impl Job<'_> {
             }
         }
         Ok((staged_at, failed))
+    }
+
+    /// Calls off the splits of a rescaling that a failure interrupted
+    /// while they staged: the failure is recovered first, and a policy
+    /// that still wants them decides again after it.
+    pub(super) fn call_off_for_failure(
+        &mut self,
+        staged: Vec<StagedSplit>,
+        splitting: Vec<Splitting>,
+    ) {
+        for s in &staged {
+            self.unstage(&s.splitting, s.parts.len());
+        }
+        for s in staged.iter().map(|s| &s.splitting).chain(&splitting) {
+            self.return_targets(s);
+            self.record(
+                EventKind::Refused,
+                format!(
+                    "scale {}: called off, a failure is recovered first",
+                    s.operator
+                ),
+            );
+        }
+    }
+
+    /// Gives the live pool workers reserved for split `s` back, first in
+    /// line again.
+    pub(super) fn return_targets(&mut self, s: &Splitting) {
+        for w in s.targets.iter().rev() {
+            if self.alive(*w) {
+                self.pool.push_front(*w);
+            }
+        }
     }
 
     /// Drops what the `parts` workers of split `s` staged.
@@ -385,11 +418,7 @@ impl Job<'_> {
     fn call_off_staged(&mut self, s: StagedSplit) {
         self.resume_if_alive(&s.splitting.placed, "a split");
         self.unstage(&s.splitting, s.parts.len());
-        for w in s.splitting.targets.iter().rev() {
-            if self.alive(*w) {
-                self.pool.push_front(*w);
-            }
-        }
+        self.return_targets(&s.splitting);
         self.record(
             EventKind::Refused,
             format!(

@@ -163,6 +163,9 @@ struct Cluster {
     /// Instances that, resumed, never reach where they were told to run
     /// to (held up behind a fault), so they take no checkpoint there.
     stuck_on_resume: HashSet<InstanceId>,
+    /// Staging never ends: no worker answers a request to stage (each
+    /// fetch held up behind a slow link).
+    staging_held: bool,
     /// Where the instances get to while a live split stages its parts.
     runs_on: Option<Stamp>,
     /// How far the fake instances got.
@@ -193,6 +196,7 @@ impl Cluster {
             staged: HashMap::new(),
             cannot_stage: HashSet::new(),
             stuck_on_resume: HashSet::new(),
+            staging_held: false,
             runs_on: None,
             progress: Stamp(100),
             started: false,
@@ -343,6 +347,7 @@ impl Cluster {
                     },
                 );
             }
+            ToWorker::Stage { .. } if self.staging_held => {}
             ToWorker::Stage {
                 instance,
                 range,
@@ -1805,6 +1810,54 @@ fn a_stall_reported_while_a_merge_aligns_is_decided_at_once() {
             "the stall waited for the merge's alignment"
         );
     });
+}
+
+/// Runs the rescaling `config` asks for with its staging held up, and
+/// fails the `pass` instance's worker while it stages: the failure must be
+/// recovered long before the staging would time out, and the rescaling is
+/// called off.
+fn rescaling_interrupted_while_it_stages(config: JobConfig) {
+    let (result, cluster, _) = scenario(config, |c| {
+        c.incremental = true;
+        c.staging_held = true;
+        c.checkpoint_all(Stamp(10));
+        c.checkpoint_all(Stamp(20));
+        let staging = |c: &Cluster| {
+            c.log
+                .iter()
+                .any(|(_, m)| matches!(m, ToWorker::Stage { .. }))
+        };
+        assert!(c.run_until(Duration::from_secs(5), staging));
+        let pass = c.ids("pass")[0];
+        let host = c.host(pass);
+        c.net.break_link(host);
+        assert!(
+            c.run_until(Duration::from_secs(2), |c| c.host(pass) != host),
+            "the recovery waited for the staging"
+        );
+    });
+    let summary = result.expect("finishes");
+    assert_eq!(summary.recoveries.len(), 1);
+    assert!(summary.scale_events.is_empty());
+    assert!(summary
+        .events
+        .iter()
+        .any(|e| e.kind == EventKind::Refused && e.detail.contains("called off")));
+    assert_eq!(cluster.ids("count").len(), 2);
+}
+
+#[test]
+fn a_failure_while_a_split_stages_calls_it_off_and_is_recovered_at_once() {
+    let mut config = config(1);
+    config.scale_at = vec![(Duration::from_millis(150), "count".into())];
+    rescaling_interrupted_while_it_stages(config);
+}
+
+#[test]
+fn a_failure_while_a_merge_stages_calls_it_off_and_is_recovered_at_once() {
+    let mut config = config(0);
+    config.scale_in_at = vec![(Duration::from_millis(150), "count".into())];
+    rescaling_interrupted_while_it_stages(config);
 }
 
 #[test]
