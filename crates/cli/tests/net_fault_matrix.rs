@@ -14,7 +14,10 @@
 //!
 //! `SPATE_NET_FAULT_FIRST=S` starts at seed S (to run the matrix in
 //! batches, or to replay a failing seed with `SPATE_NET_FAULT_RUNS=1`). A
-//! failing run's directory is kept, with the output of `spate hosts lrb`.
+//! failing run's directory is kept, with the output of `spate hosts lrb`,
+//! and so is that of a run that passed with late answers or a failure no
+//! fault explains (run with `RUST_LOG=spate_engine=info,spate_engine::coordinator=debug`
+//! for the coordinator's decisions), since a replay may not repeat it.
 
 mod common;
 
@@ -238,6 +241,26 @@ fn quantile(values: &[u64], q: f64) -> Value {
     json!(values[((values.len() - 1) as f64 * q).round() as usize])
 }
 
+/// The failures of a run's record that no fault or kill explains.
+fn unexplained_failures(record: &Value) -> impl Iterator<Item = &Value> {
+    record["hosts"]["failures"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["cause"].is_null())
+}
+
+/// Why a run that passed is worth a look, if it is.
+fn notable(record: &Value) -> Option<&'static str> {
+    if record["run"]["late_answers"].as_u64().unwrap_or(0) > 0 {
+        Some("late answers")
+    } else if unexplained_failures(record).next().is_some() {
+        Some("a failure no fault or kill explains")
+    } else {
+        None
+    }
+}
+
 /// The matrix's figures from its runs' records.
 fn summarize(records: &[Value], wall_secs: f64) -> Value {
     #[derive(Default)]
@@ -270,11 +293,11 @@ fn summarize(records: &[Value], wall_secs: f64) -> Value {
                     .or_default() += 1;
             }
         }
-        for f in r["hosts"]["failures"].as_array().into_iter().flatten() {
-            *totals.entry("failures_declared").or_default() += 1;
-            if f["cause"].is_null() {
-                unexplained.push(json!({ "seed": r["seed"], "failure": f }));
-            }
+        *totals.entry("failures_declared").or_default() += r["hosts"]["failures"]
+            .as_array()
+            .map_or(0, |f| f.len() as u64);
+        for f in unexplained_failures(r) {
+            unexplained.push(json!({ "seed": r["seed"], "failure": f }));
         }
         for field in ["recoveries", "kills", "splits", "merges", "late_answers"] {
             *totals.entry(field).or_default() += r["run"][field].as_u64().unwrap_or(0);
@@ -383,7 +406,12 @@ fn network_faults_never_change_an_answer() {
         let dir = scratch(&format!("net-matrix-{seed}"));
         let record = one_run(seed, &data, &dir);
         if record["passed"] == true {
-            let _ = std::fs::remove_dir_all(&dir);
+            match notable(&record) {
+                Some(why) => println!("run {seed} passed with {why}; kept {}", dir.display()),
+                None => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            }
         } else {
             println!(
                 "run {seed} FAILED: {}\n  kept {}; replay with SPATE_NET_FAULT_FIRST={seed} SPATE_NET_FAULT_RUNS=1",
