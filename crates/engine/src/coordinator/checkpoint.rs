@@ -56,14 +56,15 @@ use super::Job;
 /// or `None` for an instance that never checkpointed.
 pub(super) type Fetched = HashMap<InstanceId, Option<(Stamp, Vec<u8>)>>;
 
-/// What a wait for several instances' backups does when one of them
-/// fails.
+/// What a wait for several instances' backups does when a worker fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum OnFailure {
-    /// The others' backups are still of use (each part of a split).
+    /// The others' backups are still of use (each split of a
+    /// whole-checkpoint rescaling).
     WaitForTheRest,
-    /// Only all of them are (the two partitions of a merge): a failure
-    /// calls the wait off at once, so that its recovery does not wait.
+    /// The wait is a rescaling's stop, which a failure calls off: any
+    /// worker declared failed, one of these or not, ends the wait at once,
+    /// so that its recovery does not wait.
     GiveUp,
 }
 
@@ -231,8 +232,9 @@ impl Job<'_> {
     /// Waits until each of `waiting` (an instance, its incarnation and its
     /// worker) has a backup acknowledged that `wanted` accepts (given its
     /// frontier), or fails, or `deadline` passes; with
-    /// [`OnFailure::GiveUp`], until the first one fails, acknowledged or
-    /// not. Returns the frontier of each one acknowledged.
+    /// [`OnFailure::GiveUp`], until any worker is declared failed (one of
+    /// these, acknowledged or not, or another). Returns the frontier of
+    /// each one acknowledged.
     pub(super) fn await_backups(
         &mut self,
         what: &str,
@@ -260,7 +262,7 @@ impl Job<'_> {
                 Ok(_) | Err(EngineError::Timeout(_)) => {
                     waiting.retain(|id, (n, w)| self.runs(*id, *n, *w));
                     let one_failed = || all.iter().any(|(id, (n, w))| !self.runs(*id, *n, *w));
-                    if on_failure == OnFailure::GiveUp && one_failed() {
+                    if on_failure == OnFailure::GiveUp && (one_failed() || self.failure_pending()) {
                         break;
                     }
                 }

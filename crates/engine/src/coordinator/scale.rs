@@ -33,7 +33,10 @@
 //! worker lost, a part that could not be fetched) falls back to the
 //! whole-checkpoint split below; one whose instance fails or cannot stop is
 //! called off (the instance resumes, its staged parts are dropped) and the
-//! failure recovered after it, like any other.
+//! failure recovered after it, like any other. So is every split of the
+//! rescaling when any worker is declared failed while they stage or stop:
+//! the failed worker's instances are recovered first, not after the
+//! rescaling.
 //!
 //! The whole-checkpoint split:
 //! 1. checkpoint the instance (a fresh checkpoint is requested; a stateless
@@ -70,6 +73,7 @@ use super::autoscaler::{Action, ScaleRates};
 use super::checkpoint::OnFailure;
 use super::events::{EventKind, ScaleDirection};
 use super::recovery::RestoresByTarget;
+use super::scale_live::CALLED_OFF;
 use super::Job;
 
 /// Which policy decides when to scale.
@@ -331,6 +335,13 @@ impl Job<'_> {
         let staged_ms = started.elapsed().as_millis() as u64;
         let stopping = Instant::now();
         let stopped = self.stop_staged(staged)?;
+        if self.failure_pending() {
+            for s in stopped {
+                self.call_off_staged(s.staged, CALLED_OFF);
+            }
+            self.call_off_for_failure(Vec::new(), splitting);
+            return Ok(());
+        }
         // 1. The others: a fresh checkpoint of each instance (a stateless
         // one restarts empty at its replay floor). If its worker fails
         // meanwhile, the recovery comes first and its split is dropped.

@@ -96,6 +96,7 @@ use super::autoscaler::ScaleRates;
 use super::checkpoint::OnFailure;
 use super::events::{EventKind, ScaleDirection};
 use super::scale_in_live::StagedMerge;
+use super::scale_live::CALLED_OFF;
 use super::{Job, ScaleEvent};
 
 /// Two partitions' checkpoints at one frontier: (frontier, lower, upper).
@@ -163,7 +164,7 @@ impl Job<'_> {
             }
             self.record(
                 EventKind::Refused,
-                format!("scale in {operator}: called off, a failure is recovered first"),
+                format!("scale in {operator}: {CALLED_OFF}"),
             );
             return Ok(());
         }

@@ -34,7 +34,7 @@ pub(super) struct StagedSplit {
 
 /// A staged split whose instance stopped at `frontier`, its backup there.
 pub(super) struct StoppedSplit {
-    staged: StagedSplit,
+    pub(super) staged: StagedSplit,
     frontier: Stamp,
     /// The holders of the instance's backup at `frontier`.
     holders: Vec<WorkerId>,
@@ -69,6 +69,9 @@ fn part_worker(s: &Splitting, i: usize) -> WorkerId {
         s.targets[i - 1]
     }
 }
+
+/// Why a rescaling was called off before its restores, for its event.
+pub(super) const CALLED_OFF: &str = "called off, a failure is recovered first";
 
 impl Job<'_> {
     /// The live holders of `id`'s backup, the newest copy first.
@@ -278,8 +281,8 @@ impl Job<'_> {
     }
 
     /// Calls off the splits of a rescaling that a failure interrupted
-    /// while they staged: the failure is recovered first, and a policy
-    /// that still wants them decides again after it.
+    /// while they staged (none stopped yet): the failure is recovered
+    /// first, and a policy that still wants them decides again after it.
     pub(super) fn call_off_for_failure(
         &mut self,
         staged: Vec<StagedSplit>,
@@ -292,10 +295,7 @@ impl Job<'_> {
             self.return_targets(s);
             self.record(
                 EventKind::Refused,
-                format!(
-                    "scale {}: called off, a failure is recovered first",
-                    s.operator
-                ),
+                format!("scale {}: {CALLED_OFF}", s.operator),
             );
         }
     }
@@ -391,7 +391,7 @@ impl Job<'_> {
             "a live split's last checkpoint",
             waiting,
             deadline,
-            OnFailure::WaitForTheRest,
+            OnFailure::GiveUp,
             |id, at| stops.get(&id) == Some(&at),
         )?;
         let mut stopped = Vec::new();
@@ -407,22 +407,26 @@ impl Job<'_> {
                     holders,
                     staged: s,
                 }),
-                _ => self.call_off_staged(s),
+                _ if self.failure_pending() => self.call_off_staged(s, CALLED_OFF),
+                _ => self.call_off_staged(
+                    s,
+                    "could not be stopped for its split (it failed, finished or took no checkpoint in time)",
+                ),
             }
         }
         Ok(stopped)
     }
 
-    /// Calls a staged split off: its instance runs on, its pool workers
-    /// go back, its staged parts are dropped.
-    fn call_off_staged(&mut self, s: StagedSplit) {
+    /// Calls a staged split off (`why`, for the event): its instance runs
+    /// on, its pool workers go back, its staged parts are dropped.
+    pub(super) fn call_off_staged(&mut self, s: StagedSplit, why: &str) {
         self.resume_if_alive(&s.splitting.placed, "a split");
         self.unstage(&s.splitting, s.parts.len());
         self.return_targets(&s.splitting);
         self.record(
             EventKind::Refused,
             format!(
-                "scale {}: instance {} could not be stopped for its split (it failed, finished or took no checkpoint in time)",
+                "scale {}: instance {} {why}",
                 s.splitting.operator, s.splitting.placed.id
             ),
         );
