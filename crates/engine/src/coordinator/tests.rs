@@ -1753,6 +1753,15 @@ fn a_failure_during_a_merge_calls_it_off_and_recovers() {
     });
 }
 
+/// Both partitions of a merge were resumed to run to one frontier.
+fn both_resumed(c: &Cluster) -> bool {
+    c.log
+        .iter()
+        .filter(|(_, m)| matches!(m, ToWorker::Resume { .. }))
+        .count()
+        == 2
+}
+
 #[test]
 fn a_failure_while_a_merge_aligns_is_recovered_without_waiting_for_the_other() {
     // Both partitions resumed to one frontier; the lower got there, the
@@ -1763,14 +1772,7 @@ fn a_failure_while_a_merge_aligns_is_recovered_without_waiting_for_the_other() {
         let (lower, upper) = (c.ids("count")[0], c.ids("count")[1]);
         c.stuck_on_resume.insert(upper);
         let host = c.host(lower);
-        let resumed = |c: &Cluster| {
-            c.log
-                .iter()
-                .filter(|(_, m)| matches!(m, ToWorker::Resume { .. }))
-                .count()
-                == 2
-        };
-        assert!(c.run_until(Duration::from_secs(5), resumed));
+        assert!(c.run_until(Duration::from_secs(5), both_resumed));
         c.net.break_link(host);
         assert!(
             c.run_until(ALIGN_TIMEOUT / 2, |c| c.host(lower) != host),
@@ -1790,14 +1792,7 @@ fn a_stall_reported_while_a_merge_aligns_is_decided_at_once() {
         let host = c.host(upper);
         let reporter = c.host(c.ids("pass")[0]);
         assert_ne!(reporter, host, "one instance per worker");
-        let resumed = |c: &Cluster| {
-            c.log
-                .iter()
-                .filter(|(_, m)| matches!(m, ToWorker::Resume { .. }))
-                .count()
-                == 2
-        };
-        assert!(c.run_until(Duration::from_secs(5), resumed));
+        assert!(c.run_until(Duration::from_secs(5), both_resumed));
         c.net.say(
             reporter,
             ToCoordinator::LinkStalled {
