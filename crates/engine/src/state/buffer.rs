@@ -181,14 +181,17 @@ impl OutputBuffer {
     /// Moves what is kept for `from` into what is kept for `into`, in stamp
     /// order, keeping only tuples above `above`: a scale in merged `from`
     /// into `into`, which starts at `above` and must be replayed both
-    /// partitions' inputs in one ordered stream.
+    /// partitions' inputs in one ordered stream. `from` may still hold the
+    /// copy it took of `into`'s batches when it split off (`copy`), with
+    /// tuples above `above` when the merge came before the parts had
+    /// worked through it: those are kept once.
     pub fn absorb(&mut self, from: u32, into: u32, above: Stamp) -> Result<(), EngineError> {
         self.reshaped();
-        let queues: Vec<VecDeque<BufferedBatch>> = [into, from]
-            .iter()
-            .filter_map(|c| self.channels.remove(c))
-            .collect();
-        self.insert_interleaved(into, queues, above)
+        if !self.holds(into) && !self.holds(from) {
+            return Ok(());
+        }
+        let queues = [into, from].map(|c| self.channels.remove(&c).unwrap_or_default());
+        self.insert_interleaved(into, queues, above, Combine::Copies)
     }
 
     /// Adds `other`'s batches to this buffer's, each downstream's in stamp
@@ -199,36 +202,36 @@ impl OutputBuffer {
         self.bytes += other.bytes;
         for (to, queue) in other.channels {
             let mine = self.channels.remove(&to).unwrap_or_default();
-            self.insert_interleaved(to, vec![mine, queue], Stamp::ZERO)?;
+            self.insert_interleaved(to, [mine, queue], Stamp::ZERO, Combine::Both)?;
         }
         Ok(())
     }
 
-    /// Keeps for `to` the tuples of `queues` above `above`, interleaved in
-    /// stamp order and cut into batches again.
+    /// Keeps for `to` the tuples of `queues` above `above`, combined as
+    /// `combine` says, interleaved in stamp order and cut into batches
+    /// again.
     fn insert_interleaved(
         &mut self,
         to: u32,
-        queues: Vec<VecDeque<BufferedBatch>>,
+        queues: [VecDeque<BufferedBatch>; 2],
         above: Stamp,
+        combine: Combine,
     ) -> Result<(), EngineError> {
         for batch in queues.iter().flatten() {
             self.bytes -= batch.body.len();
         }
-        let mut tuples: Vec<(Stamp, &[u8])> = Vec::new();
-        for batch in queues.iter().flatten() {
-            let mut pos = 0;
-            while pos < batch.body.len() {
-                let (stamp, payload) = read_tuple(&batch.body, pos)?;
-                if stamp > above {
-                    tuples.push((stamp, &batch.body[pos..payload.end]));
-                }
-                pos = payload.end;
+        let [first, second] = [&queues[0], &queues[1]].map(|q| tuples_above(q, above));
+        let tuples = match combine {
+            Combine::Both => {
+                let mut tuples = first?;
+                tuples.extend(second?);
+                // Stable: tuples that share a stamp keep their order (the
+                // receiver sorts those by bytes anyway).
+                tuples.sort_by_key(|(stamp, _)| *stamp);
+                tuples
             }
-        }
-        // Stable: tuples that share a stamp keep their order (the receiver
-        // sorts those by bytes anyway).
-        tuples.sort_by_key(|(stamp, _)| *stamp);
+            Combine::Copies => union_of_copies(&first?, &second?),
+        };
         let mut merged = VecDeque::new();
         let mut body = Vec::new();
         let mut last = Stamp::ZERO;
@@ -288,6 +291,66 @@ impl OutputBuffer {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+}
+
+/// How the tuples two queues keep for one downstream combine into one.
+enum Combine {
+    /// Every tuple of both: two partitions' own outputs.
+    Both,
+    /// One queue began as a copy of the other's batches (a partition split
+    /// off and took over its parent's), so a tuple both hold is one tuple:
+    /// each is kept as often as the queue holding it more often holds it.
+    /// An upstream routes each output to one partition, so outside the
+    /// copy no tuple is in both.
+    Copies,
+}
+
+/// The tuples of `queue` above `above` with their stamps, in order.
+fn tuples_above(
+    queue: &VecDeque<BufferedBatch>,
+    above: Stamp,
+) -> Result<Vec<(Stamp, &[u8])>, EngineError> {
+    let mut tuples = Vec::new();
+    for batch in queue {
+        let mut pos = 0;
+        while pos < batch.body.len() {
+            let (stamp, payload) = read_tuple(&batch.body, pos)?;
+            if stamp > above {
+                tuples.push((stamp, &batch.body[pos..payload.end]));
+            }
+            pos = payload.end;
+        }
+    }
+    Ok(tuples)
+}
+
+/// `a` and `b` (each in stamp order) as one, in stamp order, a tuple in
+/// both kept as often as the one holding it more often does
+/// ([`Combine::Copies`]).
+fn union_of_copies<'a>(a: &[(Stamp, &'a [u8])], b: &[(Stamp, &'a [u8])]) -> Vec<(Stamp, &'a [u8])> {
+    let mut out = Vec::with_capacity(a.len().max(b.len()));
+    let (mut i, mut j) = (0, 0);
+    while let Some(stamp) = [a.get(i), b.get(j)]
+        .into_iter()
+        .flatten()
+        .map(|t| t.0)
+        .min()
+    {
+        let a_end = i + a[i..].iter().take_while(|t| t.0 == stamp).count();
+        let b_end = j + b[j..].iter().take_while(|t| t.0 == stamp).count();
+        out.extend_from_slice(&a[i..a_end]);
+        let mut unmatched: Vec<&[u8]> = a[i..a_end].iter().map(|t| t.1).collect();
+        for tuple in &b[j..b_end] {
+            match unmatched.iter().position(|u| *u == tuple.1) {
+                Some(k) => {
+                    unmatched.swap_remove(k);
+                }
+                None => out.push(*tuple),
+            }
+        }
+        (i, j) = (a_end, b_end);
+    }
+    out
 }
 
 /// How an [`OutputBuffer`] goes into a checkpoint
@@ -405,5 +468,53 @@ mod tests {
         assert_eq!(b.bytes(), 4);
         b.trim(8, Stamp(2));
         assert_eq!((b.len(), b.bytes()), (1, 2));
+    }
+
+    /// The tuples kept for `to`, in order.
+    fn tuples(b: &OutputBuffer, to: u32) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        for batch in b.replay(to) {
+            let mut pos = 0;
+            while pos < batch.body.len() {
+                let (stamp, payload) = read_tuple(&batch.body, pos).unwrap();
+                out.push((stamp.0, batch.body[payload.clone()].to_vec()));
+                pos = payload.end;
+            }
+        }
+        out
+    }
+
+    fn body(tuples: &[(u64, u8)]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (stamp, byte) in tuples {
+            crate::stamp::merge::write_tuple(&mut body, Stamp(*stamp), &[*byte]);
+        }
+        body
+    }
+
+    #[test]
+    fn a_merge_right_after_a_split_replays_what_the_split_copied_once() {
+        // Sent to partition 3 before its split was known here, for both of
+        // its future halves; two identical outputs of one input included.
+        let mut b = OutputBuffer::default();
+        b.push(3, Stamp(12), &body(&[(10, 1), (11, 2), (11, 2), (12, 3)]));
+        // The split: part 10 inherits a copy, then each gets its own.
+        b.copy(3, 10);
+        b.push(3, Stamp(13), &body(&[(13, 4)]));
+        b.push(10, Stamp(14), &body(&[(14, 5)]));
+        // Merged back at stamp 10, before either part got past the copy.
+        b.absorb(10, 3, Stamp(10)).unwrap();
+        assert_eq!(
+            tuples(&b, 3),
+            vec![
+                (11, vec![2]),
+                (11, vec![2]),
+                (12, vec![3]),
+                (13, vec![4]),
+                (14, vec![5])
+            ]
+        );
+        assert!(!b.holds(10));
+        assert_eq!(b.bytes(), b.replay(3).map(|t| t.body.len()).sum::<usize>());
     }
 }
