@@ -25,7 +25,7 @@ use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -72,6 +72,32 @@ impl Holdings {
             }
             None => Some(self.store(shipment)),
         }
+    }
+
+    /// The frontier of the latest checkpoint of `instance` held here.
+    fn frontier_of(&self, instance: InstanceId) -> Option<Stamp> {
+        self.lock()
+            .get(&instance)
+            .map(|(_, chain)| chain.frontier())
+    }
+
+    /// Stores, in order, the checkpoints of `instance` from incarnations
+    /// before `before` that came while its backup waits to be cut (a
+    /// split instance's own, not its parts'); returns the answers.
+    fn store_waiting_before(
+        &self,
+        instance: InstanceId,
+        before: Incarnation,
+    ) -> Vec<ToCoordinator> {
+        let mut cutting = lock(&self.cutting);
+        let Some(waiting) = cutting.get_mut(&instance) else {
+            return Vec::new();
+        };
+        let (earlier, later): (Vec<_>, Vec<_>) = std::mem::take(waiting)
+            .into_iter()
+            .partition(|s| s.incarnation < before);
+        *waiting = later;
+        earlier.into_iter().map(|s| self.store(s)).collect()
     }
 
     /// Checkpoints of `instances` wait from now on until [`Holdings::cut`]
@@ -458,6 +484,37 @@ pub(crate) fn cut(holdings: &Holdings, writer: &ControlWriter, instance: Instanc
     });
 }
 
+/// How long a holder told to cut a split instance's backup waits for the
+/// instance's checkpoint at the split's stop to reach it.
+const STOP_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Waits, up to [`STOP_PATIENCE`], until the backup of `instance` held
+/// here reaches `frontier`, storing the checkpoints of its incarnations
+/// before `before` as they come. The coordinator orders the cut once one
+/// holder stored the checkpoint at the stop; this one's copy may still be
+/// on its way, and cutting without it left the split's parts one copy
+/// short until their next full checkpoints.
+fn await_stop_checkpoint(
+    holdings: &Holdings,
+    writer: &ControlWriter,
+    instance: InstanceId,
+    before: Incarnation,
+    frontier: Stamp,
+) {
+    let deadline = Instant::now() + STOP_PATIENCE;
+    loop {
+        for answer in holdings.store_waiting_before(instance, before) {
+            reply(writer, &answer);
+        }
+        match holdings.frontier_of(instance) {
+            Some(at) if at < frontier && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(5));
+            }
+            _ => return,
+        }
+    }
+}
+
 /// Carries out [`ToWorker::ReshapeBackup`] on a thread of its own: cuts
 /// every part first (the lowest keeps the parent's id, so storing it
 /// replaces the backup cut), then stores each as its part's backup and
@@ -471,12 +528,20 @@ pub(crate) fn reshape(
     parts: Vec<ReshapedPart>,
 ) {
     let ids: Vec<InstanceId> = parts.iter().map(|p| p.instance).collect();
+    let split_off = parts
+        .iter()
+        .find(|p| p.instance == instance)
+        .map(|p| p.incarnation);
+    let answers = writer.clone();
     store_cut(
         holdings,
         writer,
         ids,
         "spate-backup-reshape",
         move |holdings| {
+            if let Some(before) = split_off {
+                await_stop_checkpoint(holdings, &answers, instance, before, frontier);
+            }
             parts
                 .into_iter()
                 .map(|part| {
@@ -486,8 +551,9 @@ pub(crate) fn reshape(
                         {
                             Ok(bytes)
                         }
-                        Some(Ok(_)) => Err(format!(
-                            "the backup of instance {instance} moved past stamp {}",
+                        Some(Ok((_, bytes))) => Err(format!(
+                            "the backup of instance {instance} is at stamp {}, not at the split's stop at {}",
+                            Checkpoint::frontier(&bytes).map_or(0, |at| at.0),
                             frontier.0
                         )),
                         Some(Err(e)) => Err(e.to_string()),
@@ -1538,6 +1604,68 @@ mod tests {
             fetch_range(&holder, InstanceId(7), upper, Some(Stamp(30))).expect_err("behind");
         assert!(error.to_string().contains("holds none"), "{error}");
         serving.join().expect("served");
+    }
+
+    #[test]
+    fn a_holder_told_to_cut_before_the_stop_checkpoint_came_waits_for_it() {
+        let holdings = Holdings::default();
+        let keys: Vec<u64> = (0..200).collect();
+        assert!(stored(&holdings.store(BackupShipment {
+            bytes: encoded(10, &keys, None),
+            ..shipment(0, 10, None)
+        })));
+        let coordinator = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+        let writer: ControlWriter = Arc::new(Mutex::new(
+            TcpStream::connect(coordinator.local_addr().expect("bound")).expect("connects"),
+        ));
+        let (mut answers, _) = coordinator.accept().expect("accepts");
+        let [lower, upper] = KeyRange::FULL.split_even(2)[..] else {
+            panic!("two halves");
+        };
+        let part = |instance: u32, incarnation: u32, range: KeyRange| ReshapedPart {
+            instance: InstanceId(instance),
+            incarnation: Incarnation(incarnation),
+            range,
+        };
+        // Another holder stored the instance's checkpoint at the stop, 20;
+        // this one's copy comes after the order to cut there.
+        reshape(
+            &holdings,
+            &writer,
+            InstanceId(7),
+            Stamp(20),
+            vec![part(7, 1, lower), part(8, 0, upper)],
+        );
+        thread::sleep(Duration::from_millis(30));
+        let late = holdings.store_or_wait(BackupShipment {
+            bytes: encoded(20, &[3, 150], Some(10)),
+            ..shipment(0, 20, Some(10))
+        });
+        assert!(late.is_none(), "it waits for the cut");
+        let mut stored_at = Vec::new();
+        while stored_at.len() < 3 {
+            match control::recv(&mut answers)
+                .expect("reads")
+                .expect("answers")
+            {
+                ToCoordinator::BackupStored(ack) => stored_at.push((ack.instance, ack.frontier)),
+                other => panic!("refused: {other:?}"),
+            }
+        }
+        stored_at.sort();
+        assert_eq!(
+            stored_at,
+            vec![
+                (InstanceId(7), Stamp(20)),
+                (InstanceId(7), Stamp(20)),
+                (InstanceId(8), Stamp(20))
+            ]
+        );
+        let held =
+            |id: u32| Checkpoint::decode_owned(holdings.fetch(InstanceId(id)).expect("held"));
+        let (low, high) = (held(7).expect("valid"), held(8).expect("valid"));
+        assert_eq!((low.key_range, low.frontier), (lower, Stamp(20)));
+        assert_eq!((high.key_range, high.frontier), (upper, Stamp(20)));
     }
 
     #[test]
