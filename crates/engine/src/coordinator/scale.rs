@@ -297,6 +297,14 @@ pub(super) struct Splitting {
     before: usize,
 }
 
+impl Splitting {
+    /// Whether the split was asked for (`--scale`, a command) rather than
+    /// decided by the autoscaling policy, which decides again by itself.
+    pub(super) fn requested(&self) -> bool {
+        self.order.decided.is_none()
+    }
+}
+
 /// A split whose parts are placed, waiting for the restores.
 pub(super) struct Placed {
     pub(super) splitting: Splitting,

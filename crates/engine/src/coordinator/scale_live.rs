@@ -71,7 +71,8 @@ fn part_worker(s: &Splitting, i: usize) -> WorkerId {
 }
 
 /// Why a rescaling was called off before its restores, for its event.
-pub(super) const CALLED_OFF: &str = "called off, a failure is recovered first";
+pub(super) const CALLED_OFF: &str =
+    "called off, a failure is recovered first (a requested one is made after it)";
 
 impl Job<'_> {
     /// The live holders of `id`'s backup, the newest copy first.
@@ -293,10 +294,21 @@ impl Job<'_> {
         }
         for s in staged.iter().map(|s| &s.splitting).chain(&splitting) {
             self.return_targets(s);
+            self.retry_requested(s);
             self.record(
                 EventKind::Refused,
                 format!("scale {}: {CALLED_OFF}", s.operator),
             );
+        }
+    }
+
+    /// Makes split `s`, called off for a failure, again once the failure
+    /// is recovered, if it was requested: whoever asked for it still wants
+    /// it.
+    fn retry_requested(&mut self, s: &Splitting) {
+        if s.requested() {
+            let now = self.started.elapsed();
+            self.scale_at.push((now, s.operator.clone()));
         }
     }
 
@@ -423,6 +435,9 @@ impl Job<'_> {
         self.resume_if_alive(&s.splitting.placed, "a split");
         self.unstage(&s.splitting, s.parts.len());
         self.return_targets(&s.splitting);
+        if self.failure_pending() {
+            self.retry_requested(&s.splitting);
+        }
         self.record(
             EventKind::Refused,
             format!(

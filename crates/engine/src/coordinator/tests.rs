@@ -1673,28 +1673,27 @@ fn a_live_merge_whose_partition_fails_while_stopped_is_called_off_and_recovered(
         assert!(c.run_until(Duration::from_secs(5), |c| !c.paused.is_empty()));
         c.net.break_link(host);
         assert!(c.run_until(Duration::from_secs(15), |c| c.host(upper) != host));
+        assert!(c.run_until(Duration::from_secs(5), |c| c.ids("count").len() == 1));
     });
     let summary = result.expect("finishes");
     assert_eq!(summary.recoveries.len(), 1);
-    assert!(summary.scale_events.is_empty());
-    assert_eq!(cluster.ids("count").len(), 2);
+    made_again_after_the_recovery(&summary);
     // It had staged; the lower's worker dropped what it staged, and
-    // nothing was restored from it.
+    // nothing was restored from it (the merge made again stages anew).
     let lower = cluster.ids("count")[0];
-    let host = cluster.host(lower);
     let staged = first(&cluster, |m| matches!(m, ToWorker::Stage { .. })).expect("staged");
     let paused = first(&cluster, |m| matches!(m, ToWorker::Pause { .. })).expect("paused");
     assert!(staged < paused);
-    assert!(cluster
-        .log
-        .iter()
-        .any(|(w, m)| *w == host
-            && matches!(m, ToWorker::Unstage { instance } if *instance == lower)));
-    assert!(!cluster
-        .log
-        .iter()
-        .any(|(_, m)| matches!(m, ToWorker::Restore { instances, .. }
-        if instances.iter().any(|(_, from)| matches!(from, RestoreFrom::StagedMerge { .. })))));
+    let unstaged = first(
+        &cluster,
+        |m| matches!(m, ToWorker::Unstage { instance } if *instance == lower),
+    )
+    .expect("unstaged");
+    let from_staged = first(&cluster, |m| {
+        matches!(m, ToWorker::Restore { instances, .. }
+            if instances.iter().any(|(_, from)| matches!(from, RestoreFrom::StagedMerge { .. })))
+    });
+    assert!(from_staged.is_none_or(|at| at > unstaged));
 }
 
 #[test]
@@ -1735,11 +1734,29 @@ fn merge_called_off_by_a_failure(fail: impl FnOnce(&mut Cluster)) {
         c.checkpoint_all(Stamp(10));
         c.settle(Duration::from_millis(30));
         fail(c);
+        c.stuck_on_resume.clear();
+        assert!(c.run_until(Duration::from_secs(5), |c| c.ids("count").len() == 1));
     });
     let summary = result.expect("finishes");
     assert_eq!(summary.recoveries.len(), 1);
-    assert!(summary.scale_events.is_empty());
-    assert_eq!(cluster.ids("count").len(), 2);
+    made_again_after_the_recovery(&summary);
+    assert_eq!(cluster.ids("count").len(), 1);
+}
+
+/// The requested rescaling a failure called off was made once the failure
+/// was recovered.
+fn made_again_after_the_recovery(summary: &JobSummary) {
+    let at = |kind: fn(&EventKind) -> bool| summary.events.iter().position(|e| kind(&e.kind));
+    let called_off = at(|k| *k == EventKind::Refused).expect("called off");
+    let restored = at(|k| *k == EventKind::Restored).expect("recovered");
+    let rescaled =
+        at(|k| matches!(k, EventKind::ScaleOut | EventKind::ScaleIn)).expect("made again");
+    assert!(
+        called_off < restored && restored < rescaled,
+        "{:?}",
+        summary.events
+    );
+    assert_eq!(summary.scale_events.len(), 1);
 }
 
 #[test]
@@ -1810,9 +1827,10 @@ fn a_stall_reported_while_a_merge_aligns_is_decided_at_once() {
 /// Runs the rescaling `config` asks for, held up by `hold` at the step
 /// `under_way` shows, and fails the `pass` instance's worker there: the
 /// failure must be recovered long before the held step would time out,
-/// and the rescaling is called off.
+/// and the rescaling called off, then made (to `partitions`) after it.
 fn rescaling_interrupted(
     config: JobConfig,
+    partitions: usize,
     hold: impl FnOnce(&mut Cluster),
     under_way: impl Fn(&ToWorker) -> bool,
 ) {
@@ -1832,15 +1850,19 @@ fn rescaling_interrupted(
             c.run_until(Duration::from_secs(2), |c| c.host(pass) != host),
             "the recovery waited for the rescaling"
         );
+        c.staging_held = false;
+        c.stuck_on_resume.clear();
+        assert!(c.run_until(Duration::from_secs(5), |c| c.ids("count").len()
+            == partitions));
     });
     let summary = result.expect("finishes");
     assert_eq!(summary.recoveries.len(), 1);
-    assert!(summary.scale_events.is_empty());
     assert!(summary
         .events
         .iter()
         .any(|e| e.kind == EventKind::Refused && e.detail.contains("called off")));
-    assert_eq!(cluster.ids("count").len(), 2);
+    made_again_after_the_recovery(&summary);
+    assert_eq!(cluster.ids("count").len(), partitions);
 }
 
 fn staging(m: &ToWorker) -> bool {
@@ -1851,14 +1873,14 @@ fn staging(m: &ToWorker) -> bool {
 fn a_failure_while_a_split_stages_calls_it_off_and_is_recovered_at_once() {
     let mut config = config(1);
     config.scale_at = vec![(Duration::from_millis(150), "count".into())];
-    rescaling_interrupted(config, |c| c.staging_held = true, staging);
+    rescaling_interrupted(config, 3, |c| c.staging_held = true, staging);
 }
 
 #[test]
 fn a_failure_while_a_merge_stages_calls_it_off_and_is_recovered_at_once() {
     let mut config = config(0);
     config.scale_in_at = vec![(Duration::from_millis(150), "count".into())];
-    rescaling_interrupted(config, |c| c.staging_held = true, staging);
+    rescaling_interrupted(config, 1, |c| c.staging_held = true, staging);
 }
 
 #[test]
@@ -1869,6 +1891,7 @@ fn a_failure_while_a_split_stops_calls_it_off_and_is_recovered_at_once() {
     config.scale_at = vec![(Duration::from_millis(150), "count".into())];
     rescaling_interrupted(
         config,
+        3,
         |c| c.stuck_on_resume.extend(c.ids("count")),
         |m| matches!(m, ToWorker::Resume { until, .. } if !until.is_end()),
     );
