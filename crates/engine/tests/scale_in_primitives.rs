@@ -107,6 +107,41 @@ proptest! {
     }
 }
 
+/// One batch body of `tuples` (stamp, payload byte).
+fn body(tuples: &[(u64, u8)]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (stamp, byte) in tuples {
+        write_tuple(&mut body, Stamp(*stamp), &[*byte]);
+    }
+    body
+}
+
+#[test]
+fn a_merge_right_after_a_split_replays_what_the_split_copied_once() {
+    // Sent to partition 3 before its split was known upstream, for both
+    // of its future halves; two identical outputs of one input included.
+    let mut b = OutputBuffer::default();
+    b.push(3, Stamp(12), &body(&[(10, 1), (11, 2), (11, 2), (12, 3)]));
+    // The split: part 10 inherits a copy, then each gets its own.
+    b.copy(3, 10);
+    b.push(3, Stamp(13), &body(&[(13, 4)]));
+    b.push(10, Stamp(14), &body(&[(14, 5)]));
+    // Merged back at stamp 10, before either part got past the copy.
+    b.absorb(10, 3, Stamp(10)).unwrap();
+    assert_eq!(
+        tuples(&b, 3),
+        vec![
+            (11, vec![2]),
+            (11, vec![2]),
+            (12, vec![3]),
+            (13, vec![4]),
+            (14, vec![5])
+        ]
+    );
+    assert!(!b.holds(10));
+    assert_eq!(b.bytes(), b.replay(3).map(|t| t.body.len()).sum::<usize>());
+}
+
 #[test]
 fn merging_refuses_different_frontiers_and_gaps() {
     let part = |start, end, frontier| Checkpoint {

@@ -1606,8 +1606,9 @@ mod tests {
         serving.join().expect("served");
     }
 
-    #[test]
-    fn a_holder_told_to_cut_before_the_stop_checkpoint_came_waits_for_it() {
+    /// A holder of instance 7's backup at 10 (200 keys), which answers the
+    /// coordinator on `writer`, read at the returned stream; and the keys.
+    fn holding_a_split_instance() -> (Holdings, ControlWriter, TcpStream, Vec<u64>) {
         let holdings = Holdings::default();
         let keys: Vec<u64> = (0..200).collect();
         assert!(stored(&holdings.store(BackupShipment {
@@ -1618,7 +1619,25 @@ mod tests {
         let writer: ControlWriter = Arc::new(Mutex::new(
             TcpStream::connect(coordinator.local_addr().expect("bound")).expect("connects"),
         ));
-        let (mut answers, _) = coordinator.accept().expect("accepts");
+        let (answers, _) = coordinator.accept().expect("accepts");
+        (holdings, writer, answers, keys)
+    }
+
+    /// The backups held of parts 7 and 8.
+    fn held_parts(holdings: &Holdings) -> (Checkpoint, Checkpoint) {
+        let held = |id: u32| {
+            Checkpoint::decode_owned(holdings.fetch(InstanceId(id)).expect("held")).expect("valid")
+        };
+        (held(7), held(8))
+    }
+
+    /// Orders `holdings` to cut instance 7's backup at `at` into two
+    /// halves: 7 (incarnation 1) keeps the lower, new part 8 the upper.
+    fn reshape_halves(
+        holdings: &Holdings,
+        writer: &ControlWriter,
+        at: u64,
+    ) -> (KeyRange, KeyRange) {
         let [lower, upper] = KeyRange::FULL.split_even(2)[..] else {
             panic!("two halves");
         };
@@ -1627,15 +1646,22 @@ mod tests {
             incarnation: Incarnation(incarnation),
             range,
         };
-        // Another holder stored the instance's checkpoint at the stop, 20;
-        // this one's copy comes after the order to cut there.
         reshape(
-            &holdings,
-            &writer,
+            holdings,
+            writer,
             InstanceId(7),
-            Stamp(20),
+            Stamp(at),
             vec![part(7, 1, lower), part(8, 0, upper)],
         );
+        (lower, upper)
+    }
+
+    #[test]
+    fn a_holder_told_to_cut_before_the_stop_checkpoint_came_waits_for_it() {
+        let (holdings, writer, mut answers, _) = holding_a_split_instance();
+        // Another holder stored the instance's checkpoint at the stop, 20;
+        // this one's copy comes after the order to cut there.
+        let (lower, upper) = reshape_halves(&holdings, &writer, 20);
         thread::sleep(Duration::from_millis(30));
         let late = holdings.store_or_wait(BackupShipment {
             bytes: encoded(20, &[3, 150], Some(10)),
@@ -1661,41 +1687,15 @@ mod tests {
                 (InstanceId(8), Stamp(20))
             ]
         );
-        let held =
-            |id: u32| Checkpoint::decode_owned(holdings.fetch(InstanceId(id)).expect("held"));
-        let (low, high) = (held(7).expect("valid"), held(8).expect("valid"));
+        let (low, high) = held_parts(&holdings);
         assert_eq!((low.key_range, low.frontier), (lower, Stamp(20)));
         assert_eq!((high.key_range, high.frontier), (upper, Stamp(20)));
     }
 
     #[test]
     fn a_holder_cuts_a_split_instance_backup_into_its_parts_and_their_increments_join() {
-        let holdings = Holdings::default();
-        let keys: Vec<u64> = (0..200).collect();
-        assert!(stored(&holdings.store(BackupShipment {
-            bytes: encoded(10, &keys, None),
-            ..shipment(0, 10, None)
-        })));
-        let coordinator = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
-        let writer: ControlWriter = Arc::new(Mutex::new(
-            TcpStream::connect(coordinator.local_addr().expect("bound")).expect("connects"),
-        ));
-        let (mut answers, _) = coordinator.accept().expect("accepts");
-        let [lower, upper] = KeyRange::FULL.split_even(2)[..] else {
-            panic!("two halves");
-        };
-        let part = |instance: u32, incarnation: u32, range: KeyRange| ReshapedPart {
-            instance: InstanceId(instance),
-            incarnation: Incarnation(incarnation),
-            range,
-        };
-        reshape(
-            &holdings,
-            &writer,
-            InstanceId(7),
-            Stamp(10),
-            vec![part(7, 1, lower), part(8, 0, upper)],
-        );
+        let (holdings, writer, mut answers, keys) = holding_a_split_instance();
+        let (lower, upper) = reshape_halves(&holdings, &writer, 10);
         // The upper part's first increment, on what it restored from, may
         // come before the cut is done: it waits for it, then joins it.
         let increment = CheckpointParts {
@@ -1738,9 +1738,7 @@ mod tests {
                 (InstanceId(8), Stamp(20))
             ]
         );
-        let held =
-            |id: u32| Checkpoint::decode_owned(holdings.fetch(InstanceId(id)).expect("held"));
-        let (low, high) = (held(7).expect("valid"), held(8).expect("valid"));
+        let (low, high) = held_parts(&holdings);
         assert_eq!((low.key_range, low.frontier), (lower, Stamp(10)));
         assert_eq!((high.key_range, high.frontier), (upper, Stamp(20)));
         assert_eq!(low.entries.len() + high.entries.len(), keys.len());
