@@ -73,7 +73,6 @@ use super::autoscaler::{Action, ScaleRates};
 use super::checkpoint::OnFailure;
 use super::events::{EventKind, ScaleDirection};
 use super::recovery::RestoresByTarget;
-use super::scale_live::CALLED_OFF;
 use super::Job;
 
 /// Which policy decides when to scale.
@@ -345,7 +344,7 @@ impl Job<'_> {
         let stopped = self.stop_staged(staged)?;
         if self.failure_pending() {
             for s in stopped {
-                self.call_off_staged(s.staged, CALLED_OFF);
+                self.call_off_staged(s.staged);
             }
             self.call_off_for_failure(Vec::new(), splitting);
             return Ok(());

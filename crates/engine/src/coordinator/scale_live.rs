@@ -419,25 +419,25 @@ impl Job<'_> {
                     holders,
                     staged: s,
                 }),
-                _ if self.failure_pending() => self.call_off_staged(s, CALLED_OFF),
-                _ => self.call_off_staged(
-                    s,
-                    "could not be stopped for its split (it failed, finished or took no checkpoint in time)",
-                ),
+                _ => self.call_off_staged(s),
             }
         }
         Ok(stopped)
     }
 
-    /// Calls a staged split off (`why`, for the event): its instance runs
-    /// on, its pool workers go back, its staged parts are dropped.
-    pub(super) fn call_off_staged(&mut self, s: StagedSplit, why: &str) {
+    /// Calls a staged split off: its instance runs on, its pool workers
+    /// go back, its staged parts are dropped. With a failure pending, that
+    /// is why, and a requested split is made again after the recovery.
+    pub(super) fn call_off_staged(&mut self, s: StagedSplit) {
         self.resume_if_alive(&s.splitting.placed, "a split");
         self.unstage(&s.splitting, s.parts.len());
         self.return_targets(&s.splitting);
-        if self.failure_pending() {
+        let why = if self.failure_pending() {
             self.retry_requested(&s.splitting);
-        }
+            CALLED_OFF
+        } else {
+            "could not be stopped for its split (it failed, finished or took no checkpoint in time)"
+        };
         self.record(
             EventKind::Refused,
             format!(

@@ -187,9 +187,6 @@ impl OutputBuffer {
     /// worked through it: those are kept once.
     pub fn absorb(&mut self, from: u32, into: u32, above: Stamp) -> Result<(), EngineError> {
         self.reshaped();
-        if !self.holds(into) && !self.holds(from) {
-            return Ok(());
-        }
         let queues = [into, from].map(|c| self.channels.remove(&c).unwrap_or_default());
         self.insert_interleaved(into, queues, above, Combine::Copies)
     }

@@ -546,16 +546,14 @@ pub(crate) fn reshape(
                 .into_iter()
                 .map(|part| {
                     let bytes = match holdings.range_since(instance, part.range, None) {
-                        Some(Ok((_, bytes)))
-                            if Checkpoint::frontier(&bytes).ok() == Some(frontier) =>
-                        {
-                            Ok(bytes)
-                        }
-                        Some(Ok((_, bytes))) => Err(format!(
-                            "the backup of instance {instance} is at stamp {}, not at the split's stop at {}",
-                            Checkpoint::frontier(&bytes).map_or(0, |at| at.0),
-                            frontier.0
-                        )),
+                        Some(Ok((_, bytes))) => match Checkpoint::frontier(&bytes) {
+                            Ok(at) if at == frontier => Ok(bytes),
+                            Ok(at) => Err(format!(
+                                "the backup of instance {instance} is at stamp {}, not at the split's stop at {}",
+                                at.0, frontier.0
+                            )),
+                            Err(e) => Err(e.to_string()),
+                        },
                         Some(Err(e)) => Err(e.to_string()),
                         None => Err(format!("no backup of instance {instance} held")),
                     };
