@@ -138,23 +138,11 @@ impl Job<'_> {
             self.routed_for = fingerprint;
             self.refresh_routes();
         }
-        let now = self.started.elapsed();
-        if let Some(i) = self.scale_at.iter().position(|(at, _)| *at <= now) {
-            let (_, operator) = self.scale_at.remove(i);
-            return self.scale_operator(&operator, "requested");
+        if let Some(made) = self.make_due_request() {
+            return made;
         }
-        if let Some(i) = self.scale_in_at.iter().position(|(at, _)| *at <= now) {
-            let (_, operator) = self.scale_in_at.remove(i);
-            return self.scale_in_operator(&operator, "requested");
-        }
-        // Wake up for the next forced scale event even if nothing comes.
-        let wake = self
-            .scale_at
-            .iter()
-            .chain(&self.scale_in_at)
-            .map(|(at, _)| self.started + *at)
-            .min()
-            .unwrap_or_else(far_future);
+        // Wake up for the next requested rescaling even if nothing comes.
+        let wake = self.next_request_at().unwrap_or_else(far_future);
         match self.wait("the job", wake) {
             Ok(Some((w, message))) => self.handle(w, message),
             Ok(None) | Err(EngineError::Timeout(_)) => Ok(()),

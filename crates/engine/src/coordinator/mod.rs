@@ -24,6 +24,7 @@ mod lifecycle;
 pub mod links;
 mod monitor;
 mod recovery;
+mod requested;
 mod scale;
 mod scale_in;
 mod scale_in_live;
@@ -52,6 +53,7 @@ use crate::error::EngineError;
 use crate::ids::{Incarnation, InstanceId, WorkerId};
 use crate::plan::Plan;
 use crate::wire::control::{InstanceStats, ToCoordinator, ToWorker};
+use requested::RequestedRescale;
 
 /// Starts, watches and ends worker processes (the local cluster does it
 /// with child processes; another provisioner could use ssh or a cloud API).
@@ -272,8 +274,9 @@ struct Job<'a> {
     /// Restored instances that have not yet reported catching up.
     awaiting_catch_up: HashSet<InstanceId>,
     scale_events: Vec<ScaleEvent>,
-    scale_at: Vec<(Duration, String)>,
-    scale_in_at: Vec<(Duration, String)>,
+    /// Rescalings asked for (`--scale`, `--scale-in`, commands, and those
+    /// a failure called off), in the order they came.
+    requested: Vec<RequestedRescale>,
     monitor: monitor::Monitor,
     /// Warm copies of large instances' state on pool workers.
     standbys: standby::Standbys,
@@ -314,8 +317,7 @@ impl<'a> Job<'a> {
             routed_for: 0,
             awaiting_catch_up: HashSet::new(),
             scale_events: Vec::new(),
-            scale_at: config.scale_at.clone(),
-            scale_in_at: config.scale_in_at.clone(),
+            requested: RequestedRescale::from_config(config),
             monitor: monitor::Monitor::default(),
             standbys: standby::Standbys::new(),
         }

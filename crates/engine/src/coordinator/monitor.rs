@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::ids::WorkerId;
 use crate::wire::control::{InstanceMetrics, ToWorker};
 
-use super::events::{EventKind, JobState};
+use super::events::{EventKind, JobState, ScaleDirection};
 use super::view::{ClusterView, HistoryPoint, InstanceView, JobCommand, OperatorView, WorkerView};
 use super::{Job, KillSpec};
 
@@ -244,10 +244,8 @@ impl Job<'_> {
                     });
                 }
                 // Run by the main loop, never inside another reconfiguration.
-                JobCommand::ScaleOut { operator } => self.scale_at.push((Duration::ZERO, operator)),
-                JobCommand::ScaleIn { operator } => {
-                    self.scale_in_at.push((Duration::ZERO, operator))
-                }
+                JobCommand::ScaleOut { operator } => self.request(ScaleDirection::Out, operator),
+                JobCommand::ScaleIn { operator } => self.request(ScaleDirection::In, operator),
                 JobCommand::Checkpoint => {
                     self.broadcast(&ToWorker::CheckpointNow);
                     self.record(

@@ -162,7 +162,9 @@ impl Job<'_> {
             if staged.is_some() {
                 self.unstage_merge([&low, &high]);
             }
-            self.retry_requested_merge(&operator, &decided);
+            if decided.is_none() {
+                self.request_again(ScaleDirection::In, &operator);
+            }
             self.record(
                 EventKind::Refused,
                 format!("scale in {operator}: {CALLED_OFF}"),
@@ -178,8 +180,8 @@ impl Job<'_> {
             None => self.merge_whole(node, &low, &high, range)?,
         };
         let Some((keys, idle, resumed)) = merged else {
-            if self.failure_pending() {
-                self.retry_requested_merge(&operator, &decided);
+            if self.failure_pending() && decided.is_none() {
+                self.request_again(ScaleDirection::In, &operator);
             }
             self.record(
                 EventKind::Refused,
@@ -520,16 +522,6 @@ impl Job<'_> {
                     .map(|(_, bytes)| (id, bytes))
             })
             .collect())
-    }
-
-    /// Makes a merge of `operator` called off for a failure again once the
-    /// failure is recovered, if it was requested (`decided` is none):
-    /// whoever asked for it still wants it.
-    fn retry_requested_merge(&mut self, operator: &str, decided: &Option<(u32, ScaleRates)>) {
-        if decided.is_none() {
-            let now = self.started.elapsed();
-            self.scale_in_at.push((now, operator.to_string()));
-        }
     }
 
     /// Lets a paused instance run on after a rescaling was called off,

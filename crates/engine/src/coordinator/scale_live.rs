@@ -14,7 +14,7 @@ use crate::wire::control::{
 };
 
 use super::checkpoint::OnFailure;
-use super::events::EventKind;
+use super::events::{EventKind, ScaleDirection};
 use super::recovery::RestoresByTarget;
 use super::scale::{Placed, Splitting};
 use super::Job;
@@ -302,13 +302,11 @@ impl Job<'_> {
         }
     }
 
-    /// Makes split `s`, called off for a failure, again once the failure
-    /// is recovered, if it was requested: whoever asked for it still wants
-    /// it.
+    /// Makes split `s`, called off for a failure, again after the
+    /// recovery if it was requested.
     fn retry_requested(&mut self, s: &Splitting) {
         if s.requested() {
-            let now = self.started.elapsed();
-            self.scale_at.push((now, s.operator.clone()));
+            self.request_again(ScaleDirection::Out, &s.operator);
         }
     }
 
