@@ -73,6 +73,7 @@ use super::autoscaler::{Action, ScaleRates};
 use super::checkpoint::OnFailure;
 use super::events::{EventKind, ScaleDirection};
 use super::recovery::RestoresByTarget;
+use super::scale_live::StagedAndStopped;
 use super::Job;
 
 /// Which policy decides when to scale.
@@ -334,21 +335,15 @@ impl Job<'_> {
         }
         // 0. Live splits: stage every part while the instance runs, then
         // stop it for its last checkpoint (see the module's doc).
-        let (staged, splitting) = self.stage_splits(splitting)?;
-        if self.failure_pending() {
-            self.call_off_for_failure(staged, splitting);
+        let Some(StagedAndStopped {
+            stopped,
+            whole: splitting,
+            staged_ms,
+            stopping,
+        }) = self.stage_and_stop(splitting, started)?
+        else {
             return Ok(());
-        }
-        let staged_ms = started.elapsed().as_millis() as u64;
-        let stopping = Instant::now();
-        let stopped = self.stop_staged(staged)?;
-        if self.failure_pending() {
-            for s in stopped {
-                self.call_off_staged(s.staged);
-            }
-            self.call_off_for_failure(Vec::new(), splitting);
-            return Ok(());
-        }
+        };
         // 1. The others: a fresh checkpoint of each instance (a stateless
         // one restarts empty at its replay floor). If its worker fails
         // meanwhile, the recovery comes first and its split is dropped.

@@ -162,13 +162,7 @@ impl Job<'_> {
             if staged.is_some() {
                 self.unstage_merge([&low, &high]);
             }
-            if decided.is_none() {
-                self.request_again(ScaleDirection::In, &operator);
-            }
-            self.record(
-                EventKind::Refused,
-                format!("scale in {operator}: {CALLED_OFF}"),
-            );
+            self.merge_not_made(&operator, [lower, upper], decided.is_none());
             return Ok(());
         }
         let staged_ms = staged
@@ -180,15 +174,7 @@ impl Job<'_> {
             None => self.merge_whole(node, &low, &high, range)?,
         };
         let Some((keys, idle, resumed)) = merged else {
-            if self.failure_pending() && decided.is_none() {
-                self.request_again(ScaleDirection::In, &operator);
-            }
-            self.record(
-                EventKind::Refused,
-                format!(
-                    "scale in {operator}: instances {lower} and {upper} could not be brought to one frontier (one failed or finished)"
-                ),
-            );
+            self.merge_not_made(&operator, [lower, upper], decided.is_none());
             return Ok(());
         };
         self.autoscaler.forget(lower);
@@ -221,6 +207,24 @@ impl Job<'_> {
         };
         self.record_merge(event, idle);
         Ok(())
+    }
+
+    /// Records why a merge of `pair` (partitions of `operator`) was not
+    /// made. With a failure pending, that is why, and a `requested` merge
+    /// is made again after the recovery.
+    fn merge_not_made(&mut self, operator: &str, pair: [InstanceId; 2], requested: bool) {
+        let why = if self.failure_pending() {
+            if requested {
+                self.request_again(ScaleDirection::In, operator);
+            }
+            CALLED_OFF.to_string()
+        } else {
+            let [lower, upper] = pair;
+            format!(
+                "instances {lower} and {upper} could not be brought to one frontier (one failed or finished)"
+            )
+        };
+        self.record(EventKind::Refused, format!("scale in {operator}: {why}"));
     }
 
     /// A live merge from its staging on: the stop (both partitions

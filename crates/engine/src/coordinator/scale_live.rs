@@ -32,6 +32,18 @@ pub(super) struct StagedSplit {
     staged_at: Vec<Stamp>,
 }
 
+/// What staging and stopping left to finish.
+pub(super) struct StagedAndStopped {
+    /// The live splits, stopped at their last checkpoint.
+    pub(super) stopped: Vec<StoppedSplit>,
+    /// The splits that could not stage: whole-checkpoint splits.
+    pub(super) whole: Vec<Splitting>,
+    /// From the rescaling's start until every live part was staged.
+    pub(super) staged_ms: u64,
+    /// When the live splits' instances were told to stop.
+    pub(super) stopping: Instant,
+}
+
 /// A staged split whose instance stopped at `frontier`, its backup there.
 pub(super) struct StoppedSplit {
     pub(super) staged: StagedSplit,
@@ -93,12 +105,44 @@ impl Job<'_> {
             .collect()
     }
 
+    /// Stages the live splits of `splitting` and stops their instances
+    /// (steps 1 and 2; `started`: when the rescaling began). `None` when
+    /// a failure came meanwhile: every split is then called off, so that
+    /// the recovery comes first.
+    pub(super) fn stage_and_stop(
+        &mut self,
+        splitting: Vec<Splitting>,
+        started: Instant,
+    ) -> Result<Option<StagedAndStopped>, EngineError> {
+        let (staged, whole) = self.stage_splits(splitting)?;
+        if self.failure_pending() {
+            self.call_off_for_failure(staged, whole);
+            return Ok(None);
+        }
+        let staged_ms = started.elapsed().as_millis() as u64;
+        let stopping = Instant::now();
+        let stopped = self.stop_staged(staged)?;
+        if self.failure_pending() {
+            for s in stopped {
+                self.call_off_staged(s.staged);
+            }
+            self.call_off_for_failure(Vec::new(), whole);
+            return Ok(None);
+        }
+        Ok(Some(StagedAndStopped {
+            stopped,
+            whole,
+            staged_ms,
+            stopping,
+        }))
+    }
+
     /// Step 1, no pause: for each backed-up instance with a live holder,
     /// asks the holder where to cut its backup, then has each part's
     /// worker stage its range from the holders. Returns the staged splits
     /// and those to make the whole-checkpoint way (stateless, no holder,
     /// or staging failed).
-    pub(super) fn stage_splits(
+    fn stage_splits(
         &mut self,
         splitting: Vec<Splitting>,
     ) -> Result<(Vec<StagedSplit>, Vec<Splitting>), EngineError> {
@@ -284,11 +328,7 @@ impl Job<'_> {
     /// Calls off the splits of a rescaling that a failure interrupted
     /// while they staged (none stopped yet): the failure is recovered
     /// first, and a policy that still wants them decides again after it.
-    pub(super) fn call_off_for_failure(
-        &mut self,
-        staged: Vec<StagedSplit>,
-        splitting: Vec<Splitting>,
-    ) {
+    fn call_off_for_failure(&mut self, staged: Vec<StagedSplit>, splitting: Vec<Splitting>) {
         for s in &staged {
             self.unstage(&s.splitting, s.parts.len());
         }
@@ -341,10 +381,7 @@ impl Job<'_> {
     /// holder. A split whose instance fails, finishes or takes no
     /// checkpoint in time is called off (its instance resumes, its pool
     /// workers go back, its staged parts are dropped).
-    pub(super) fn stop_staged(
-        &mut self,
-        staged: Vec<StagedSplit>,
-    ) -> Result<Vec<StoppedSplit>, EngineError> {
+    fn stop_staged(&mut self, staged: Vec<StagedSplit>) -> Result<Vec<StoppedSplit>, EngineError> {
         let mut paused: HashMap<InstanceId, Option<Stamp>> = HashMap::new();
         for s in &staged {
             let p = &s.splitting.placed;
