@@ -7,7 +7,11 @@
 
 mod common;
 
-use common::lrb::{survives, unchanged_with};
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use common::lrb::{baseline, difference, lrb_command, survives, unchanged_with, SPEEDUP, WORKERS};
 
 #[test]
 fn killing_the_toll_calculator_changes_nothing() {
@@ -183,4 +187,76 @@ fn recovering_on_a_warm_standby_changes_nothing() {
                 .is_some_and(|d| d.contains("toll_assessment[0] from a standby"))),
         "the toll assessment did not restore from its standby: {report}"
     );
+}
+
+#[test]
+fn a_coordinator_paused_for_longer_than_the_heartbeat_timeout_changes_nothing() {
+    // The coordinator stops for 800 ms mid-run, longer than the 500 ms
+    // heartbeat timeout but within the workers' lease (twice it). No
+    // worker may stop for want of a lease, and the coordinator, back, may
+    // not blame the workers for heartbeats it did not read: no failure,
+    // the same answers.
+    let (dir, output) = run_with_the_coordinator_paused("ft-coordinator-paused", 800);
+    assert!(
+        output.status.success(),
+        "run failed: {}",
+        common::stderr(&output)
+    );
+    if let Some(difference) = difference(&baseline().join("out"), &dir.join("out")) {
+        panic!("{difference}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("out/report.json")).unwrap())
+            .unwrap();
+    let failures: Vec<&serde_json::Value> = report["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "failure")
+        .collect();
+    assert!(failures.is_empty(), "workers declared failed: {failures:?}");
+}
+
+#[test]
+fn a_coordinator_paused_past_the_lease_fails_the_run_and_says_why() {
+    // Paused for 1.5 s, past the workers' 1 s lease: every worker stops,
+    // as it must when it may have been declared failed, and the run fails
+    // with what happened and what to change.
+    let (_, output) = run_with_the_coordinator_paused("ft-coordinator-paused-long", 1_500);
+    assert!(!output.status.success(), "the run did not fail");
+    let stderr = common::stderr(&output);
+    assert!(
+        stderr.contains("the coordinator itself was paused for")
+            && stderr.contains("raise --heartbeat-timeout-ms"),
+        "{stderr}"
+    );
+}
+
+/// Runs the shared input and stops the coordinator (SIGSTOP, as a
+/// starved machine or a paused virtual machine would) for `pause_ms`,
+/// 3 s into the run; returns the run's directory and its output.
+fn run_with_the_coordinator_paused(name: &str, pause_ms: u64) -> (PathBuf, Output) {
+    let base = baseline();
+    let dir = common::scratch(name);
+    for file in ["input.csv", "historical-tolls.csv"] {
+        std::fs::copy(base.join(file), dir.join(file)).unwrap();
+    }
+    let mut command = lrb_command(&["run"], &dir, "out");
+    command
+        .args(["--workers", WORKERS, "--pool", "2", "--speedup", SPEEDUP])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = command.spawn().expect("start spate");
+    let pid = child.id() as libc::pid_t;
+    let signal = |sig| {
+        // SAFETY: kill only sends a signal to the process this test started.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "cannot signal the run");
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(pause_ms));
+    signal(libc::SIGCONT);
+    let output = common::wait_with_timeout(child, Duration::from_secs(600));
+    (dir, output)
 }

@@ -56,6 +56,19 @@ pub enum EngineError {
         /// Why, and what to do.
         reason: String,
     },
+    /// The job failed soon after the coordinator itself was paused for
+    /// longer than the workers' lease, which stops every worker: the pause,
+    /// not the workers, is what to look at.
+    #[error("{source} (the coordinator itself was paused for {pause_ms} ms, by a machine starved of CPU or a stopped process or virtual machine, longer than the workers' {lease_ms} ms lease, so they stopped; where such pauses happen, raise --heartbeat-timeout-ms: the lease is twice it)")]
+    CoordinatorPaused {
+        /// How long the coordinator was paused.
+        pause_ms: u64,
+        /// The workers' lease.
+        lease_ms: u64,
+        /// How the job failed.
+        #[source]
+        source: Box<EngineError>,
+    },
     /// A deadline passed while waiting for the cluster.
     #[error("timed out: {0}")]
     Timeout(String),

@@ -150,6 +150,15 @@ impl JobConfig {
 }
 
 impl JobConfig {
+    /// How long a worker runs on without hearing the coordinator's lease
+    /// before it stops itself: twice the heartbeat timeout, so that a
+    /// coordinator paused for longer than the timeout (a starved machine,
+    /// a paused virtual machine) does not stop every worker at once, while
+    /// a worker it declared failed still stops soon after.
+    pub fn lease(&self) -> Duration {
+        self.heartbeat_timeout * 2
+    }
+
     /// Refuses options that name what `query` does not have, and a job
     /// that checkpoints without anywhere to keep the checkpoints.
     pub(super) fn check(&self, query: &crate::api::Query) -> Result<(), crate::EngineError> {

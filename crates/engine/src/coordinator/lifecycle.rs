@@ -417,10 +417,29 @@ impl Job<'_> {
             .to_string()
     }
 
+    /// `failure`, said to follow a pause of the coordinator's own longer
+    /// than the workers' lease if one came lately: every worker then
+    /// stopped, and the pause is the cause to look at.
+    pub(super) fn after_own_pause(&self, failure: EngineError) -> EngineError {
+        let lease = self.config.lease();
+        match self.awake.recent_pause(lease * 4) {
+            Some(pause) if pause > lease => EngineError::CoordinatorPaused {
+                pause_ms: pause.as_millis() as u64,
+                lease_ms: lease.as_millis() as u64,
+                source: Box::new(failure),
+            },
+            _ => failure,
+        }
+    }
+
+    /// A worker silent for longer than the heartbeat timeout while the
+    /// coordinator ran to hear it: silence during a pause of the
+    /// coordinator's own is not the worker's (see `awake.rs`).
     fn silent_worker(&self) -> Option<WorkerId> {
+        let awake = self.awake.awake_for();
         self.live_workers()
             .into_iter()
-            .find(|w| self.links.silent_for(*w) > self.config.heartbeat_timeout)
+            .find(|w| self.links.silent_for(*w).min(awake) > self.config.heartbeat_timeout)
     }
 
     /// Kills the workers hosting the instances whose `--kill` is due.

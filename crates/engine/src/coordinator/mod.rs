@@ -16,6 +16,7 @@
 //! - `scale` and `scale_in`: split one partition, merge two.
 
 mod autoscaler;
+mod awake;
 mod backups;
 mod checkpoint;
 mod config;
@@ -179,7 +180,7 @@ impl Coordinator {
             acceptor,
             config.cancel.clone(),
             config.token.clone(),
-            config.heartbeat_timeout,
+            config.lease(),
         )?;
         run_job(registry, config, &mut links, provisioner)
     }
@@ -197,7 +198,7 @@ pub fn run_job(
     let query = registry.build(&config.query, &config.params)?;
     config.check(&query)?;
     let mut job = Job::new(config, query, links, provisioner);
-    let result = job.run();
+    let result = job.run().map_err(|e| job.after_own_pause(e));
     job.publish(true);
     if let Err(e) = &result {
         job.publish_failure(e);
@@ -280,6 +281,9 @@ struct Job<'a> {
     monitor: monitor::Monitor,
     /// Warm copies of large instances' state on pool workers.
     standbys: standby::Standbys,
+    /// How long the coordinator has run since its latest pause: the
+    /// longest silence it can have heard.
+    awake: awake::AwakeClock,
 }
 
 impl<'a> Job<'a> {
@@ -320,6 +324,7 @@ impl<'a> Job<'a> {
             requested: RequestedRescale::from_config(config),
             monitor: monitor::Monitor::default(),
             standbys: standby::Standbys::new(),
+            awake: awake::AwakeClock::start(config.heartbeat_timeout / 4),
         }
     }
 

@@ -386,7 +386,7 @@ pub enum ToWorker {
     /// connection every [`HEARTBEAT_EVERY`]): a worker that hears none for
     /// `ms` milliseconds may have been declared failed, and stops.
     Lease {
-        /// The lease: the coordinator's failure timeout.
+        /// The lease (`JobConfig::lease`).
         ms: u64,
     },
     /// The job is over (or aborted): exit.

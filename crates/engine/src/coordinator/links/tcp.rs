@@ -50,7 +50,7 @@ struct Liveness {
 impl TcpLinks {
     /// Starts accepting workers on `listener` (which must be non-blocking);
     /// connections without `token` are refused. Workers hold a lease of
-    /// `lease` (the failure timeout). Stops when `cancel` is set.
+    /// `lease` (`JobConfig::lease`). Stops when `cancel` is set.
     pub fn start(
         listener: TcpListener,
         cancel: Arc<AtomicBool>,
