@@ -592,11 +592,11 @@ mod tests {
                     ..InstanceView::default()
                 }],
             }],
-            events: vec![JobEvent {
-                at_ms: 1200,
-                kind: spate_engine::coordinator::EventKind::Kill,
-                detail: "killed worker 2".into(),
-            }],
+            events: vec![JobEvent::new(
+                1200,
+                spate_engine::coordinator::EventKind::Kill,
+                "killed worker 2",
+            )],
             ..ClusterView::default()
         };
         let text = render_status(&view);

@@ -20,7 +20,7 @@ use lrb_reference::validate::{validate, BadInput, ValidateOptions};
 use serde::Serialize;
 use spate_engine::cluster::{current_program, CommandProvisioner};
 use spate_engine::coordinator::view::SharedView;
-use spate_engine::coordinator::{Coordinator, EventKind, JobState, Provisioner};
+use spate_engine::coordinator::{Coordinator, EventKind, FailureCause, JobState, Provisioner};
 use spate_hosts::{Fault, HostId, HostsOptions, SimulatedHosts};
 use spate_lrb::driver::{self, RunOptions};
 use spate_lrb::query::LrbParams;
@@ -203,9 +203,11 @@ pub struct Injected {
     /// Milliseconds from the event to the first failure the coordinator
     /// declared that it explains (see [`Declared::cause`]), if any.
     pub detected_after_ms: Option<u64>,
-    /// Why the coordinator declared that failure (missed heartbeats,
-    /// stalled channels, a broken connection).
+    /// Why the coordinator declared that failure, as it said it.
     pub detected_by: Option<String>,
+    /// How it found that failure (missed heartbeats, stalled channels, a
+    /// broken connection).
+    pub found_by: Option<FailureCause>,
 }
 
 /// A failure the coordinator declared, in `hosts.json`.
@@ -219,6 +221,8 @@ pub struct Declared {
     pub hosts: Vec<String>,
     /// Why, as the coordinator said.
     pub reason: String,
+    /// How the coordinator found it.
+    pub found_by: Option<FailureCause>,
     /// What explains it: `kill` (an injected kill of one of its workers in
     /// the seconds before), the index in `events` of the network fault on
     /// one of its hosts in force then (or lifted or crashed up to
@@ -485,6 +489,7 @@ fn inject_on_schedule(
                     lifted_at_ms: None,
                     detected_after_ms: None,
                     detected_by: None,
+                    found_by: None,
                 }
             }
             None => {
@@ -520,6 +525,7 @@ fn fire(
             lifted_at_ms: None,
             detected_after_ms: None,
             detected_by: None,
+            found_by: None,
         };
     let resolve = |t: &Target| -> Result<HostId, String> {
         match t {
@@ -621,10 +627,7 @@ fn declared_failures(
         .events
         .iter()
         .filter(|e| e.kind == EventKind::Kill)
-        .filter_map(|e| {
-            let worker = e.detail.strip_prefix("killed worker ")?.split(' ').next()?;
-            Some((e.at_ms, worker.parse().ok()?))
-        })
+        .flat_map(|e| e.workers.iter().map(|w| (e.at_ms, w.0)))
         .collect();
     let ends: Vec<Option<u64>> = (0..events.len()).map(|i| fault_end(events, i)).collect();
     let explains_ms = EXPLAINS_FOR.as_millis() as u64;
@@ -635,7 +638,7 @@ fn declared_failures(
         .iter()
         .filter(|e| e.kind == EventKind::Failure)
     {
-        let workers = worker_ids(&event.detail);
+        let workers: Vec<u32> = event.workers.iter().map(|w| w.0).collect();
         let reason = event
             .detail
             .split_once("failed: ")
@@ -678,6 +681,7 @@ fn declared_failures(
             workers,
             hosts: hit,
             reason,
+            found_by: event.cause,
             cause,
         });
     }
@@ -689,6 +693,7 @@ fn declared_failures(
         {
             e.detected_after_ms = Some(d.at_ms.saturating_sub(e.at_ms));
             e.detected_by = Some(d.reason.clone());
+            e.found_by = d.found_by;
         }
     }
     declared
@@ -716,15 +721,6 @@ fn fault_end(events: &[Injected], i: usize) -> Option<u64> {
             })
             .map(|h| h.at_ms)
     })
-}
-
-/// The worker ids in a failure event's detail (`workers [WorkerId(3)] failed: ...`).
-fn worker_ids(detail: &str) -> Vec<u32> {
-    detail
-        .split("WorkerId(")
-        .skip(1)
-        .filter_map(|rest| rest.split(')').next()?.parse().ok())
-        .collect()
 }
 
 #[cfg(test)]
@@ -757,6 +753,7 @@ mod tests {
             lifted_at_ms: None,
             detected_after_ms: None,
             detected_by: None,
+            found_by: None,
         }
     }
 
@@ -776,14 +773,5 @@ mod tests {
         assert_eq!(fault_end(&events, 1), Some(3_000));
         assert_eq!(fault_end(&events, 2), Some(1_600));
         assert_eq!(fault_end(&events, 3), None);
-    }
-
-    #[test]
-    fn a_failure_event_names_its_workers() {
-        assert_eq!(
-            worker_ids("workers [WorkerId(3), WorkerId(12)] failed: it missed its heartbeats"),
-            vec![3, 12]
-        );
-        assert!(worker_ids("something else").is_empty());
     }
 }

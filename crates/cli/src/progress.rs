@@ -564,11 +564,7 @@ mod tests {
     }
 
     fn event(kind: EventKind) -> JobEvent {
-        JobEvent {
-            at_ms: 0,
-            kind,
-            detail: String::new(),
-        }
+        JobEvent::new(0, kind, "")
     }
 
     #[test]

@@ -64,5 +64,19 @@ fn a_partition_and_a_host_cut_from_its_peers_change_nothing() {
             );
         }
     }
+    // A partition silences the host (its channels stall too, later); a
+    // host cut from its peers only, which the coordinator still hears, can
+    // be found by its stalled channels alone.
+    let found_by: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["found_by"].as_str())
+        .collect();
+    assert!(
+        matches!(
+            found_by[..],
+            ["heartbeats" | "stalled-channels", "stalled-channels"]
+        ),
+        "{report}"
+    );
     assert!(report["validated"].as_bool().unwrap(), "{report}");
 }

@@ -163,17 +163,6 @@ fn options(seed: u64) -> Vec<String> {
     args
 }
 
-/// How a failure was detected, from the coordinator's reason.
-fn mechanism(reason: &str) -> &'static str {
-    if reason.contains("heartbeats") {
-        "heartbeats"
-    } else if reason.contains("stalled") {
-        "stalled channels"
-    } else {
-        "connection"
-    }
-}
-
 /// Runs seed `seed` in `dir`; returns its record, `passed` false with the
 /// reason when it failed.
 fn one_run(seed: u64, data: &Path, dir: &Path) -> Value {
@@ -268,7 +257,7 @@ fn summarize(records: &[Value], wall_secs: f64) -> Value {
         injected: u64,
         not_done: u64,
         detected: Vec<u64>,
-        by: BTreeMap<&'static str, u64>,
+        by: BTreeMap<String, u64>,
     }
     let mut kinds: BTreeMap<String, Kind> = BTreeMap::new();
     let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
@@ -289,7 +278,7 @@ fn summarize(records: &[Value], wall_secs: f64) -> Value {
             if let Some(ms) = e["detected_after_ms"].as_u64() {
                 k.detected.push(ms);
                 *k.by
-                    .entry(mechanism(e["detected_by"].as_str().unwrap_or("")))
+                    .entry(e["found_by"].as_str().unwrap_or("unknown").to_string())
                     .or_default() += 1;
             }
         }

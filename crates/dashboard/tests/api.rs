@@ -49,11 +49,7 @@ fn sample_view() -> ClusterView {
         utilization: BTreeMap::from([("toll_calculator".to_string(), 0.5)]),
         partitions: BTreeMap::from([("toll_calculator".to_string(), 2)]),
     };
-    let event = |at_ms: u64, kind: EventKind, detail: &str| JobEvent {
-        at_ms,
-        kind,
-        detail: detail.into(),
-    };
+    let event = |at_ms: u64, kind: EventKind, detail: &str| JobEvent::new(at_ms, kind, detail);
     ClusterView {
         query: "linear_road".into(),
         state: JobState::Running,

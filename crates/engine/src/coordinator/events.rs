@@ -1,9 +1,34 @@
 //! What the coordinator tells the outside world happened: typed kinds of
-//! events, the job's state and scale directions. They serialise as the
+//! events, how failures were found, the job's state and scale directions. They serialise as the
 //! short lowercase words that report.json, the HTTP API and the dashboard
 //! page use (`kill`, `scale-out`, `running`, `in`, ...).
 
 use serde::{Deserialize, Serialize};
+
+/// How the coordinator found that a worker failed: what tools that explain
+/// failures (the network fault matrix, `spate hosts`) read instead of the
+/// event's text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureCause {
+    /// Its control connection closed or broke, or could not be written to.
+    Connection,
+    /// It missed its heartbeats for the heartbeat timeout.
+    Heartbeats,
+    /// Data channels between it and other workers stalled, and it was
+    /// judged the end cut off.
+    StalledChannels,
+}
+
+impl std::fmt::Display for FailureCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            FailureCause::Connection => "connection",
+            FailureCause::Heartbeats => "heartbeats",
+            FailureCause::StalledChannels => "stalled channels",
+        })
+    }
+}
 
 /// What kind of thing happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::events::{EventKind, JobState};
+use super::events::{EventKind, FailureCause, JobState};
 use super::suspects::Suspicion;
 use super::{
     Failure, InstanceReport, Job, JobEvent, JobSummary, KillSpec, LinkEvent, Stall, WorkerEntry,
@@ -194,11 +194,15 @@ impl Job<'_> {
             }
             self.publish(false);
             if let Some(silent) = self.silent_worker().filter(|_| self.running) {
-                self.lose(silent, "it missed its heartbeats".into());
+                self.lose(
+                    silent,
+                    FailureCause::Heartbeats,
+                    "it missed its heartbeats".into(),
+                );
                 return Ok(None);
             }
             if let Some((cut_off, reason)) = self.stalled_worker() {
-                self.lose(cut_off, reason);
+                self.lose(cut_off, FailureCause::StalledChannels, reason);
                 return Ok(None);
             }
             match self.links.next_event(Instant::now() + TICK)? {
@@ -219,7 +223,7 @@ impl Job<'_> {
                     if !self.running {
                         return Err(EngineError::WorkerFailed { worker: w, reason });
                     }
-                    self.lose(w, reason);
+                    self.lose(w, FailureCause::Connection, reason);
                     return Ok(None);
                 }
                 Some(LinkEvent::Lost(..)) | None => {}
@@ -231,7 +235,7 @@ impl Job<'_> {
     /// declared, joins admitted, messages kept for later.
     pub(super) fn absorb(&mut self, event: LinkEvent) -> Result<(), EngineError> {
         match event {
-            LinkEvent::Lost(w, reason) => self.lose(w, reason),
+            LinkEvent::Lost(w, reason) => self.lose(w, FailureCause::Connection, reason),
             LinkEvent::Message(w, m) if self.alive(w) => {
                 if let Some(m) = self.note_stall(w, m) {
                     self.deferred.push_back((w, m));
@@ -262,7 +266,7 @@ impl Job<'_> {
     /// Declares worker `w` failed: it is ordered to exit and ended by its
     /// provisioner (a hung worker must not come back and interfere), leaves
     /// the pool and waits for recovery.
-    pub(super) fn lose(&mut self, w: WorkerId, reason: String) {
+    pub(super) fn lose(&mut self, w: WorkerId, cause: FailureCause, reason: String) {
         if !self.alive(w) {
             return;
         }
@@ -278,6 +282,7 @@ impl Job<'_> {
         let detected_ms = self.elapsed_ms();
         self.failing.push(Failure {
             worker: w,
+            cause,
             reason,
             detected_ms,
         });
@@ -462,7 +467,7 @@ impl Job<'_> {
                         kill.index
                     );
                     if self.end_process(w) {
-                        self.record(EventKind::Kill, format!("killed {what}"));
+                        self.record_about(EventKind::Kill, format!("killed {what}"), vec![w], None);
                     } else {
                         self.record(
                             EventKind::Refused,
@@ -581,11 +586,8 @@ impl Job<'_> {
         let at_ms = self.elapsed_ms();
         if let Some(Ok(mut v)) = self.config.view.as_ref().map(|v| v.write()) {
             v.state = JobState::Failed;
-            v.events.push(JobEvent {
-                at_ms,
-                kind: EventKind::Error,
-                detail: error.to_string(),
-            });
+            v.events
+                .push(JobEvent::new(at_ms, EventKind::Error, error.to_string()));
         }
     }
 }

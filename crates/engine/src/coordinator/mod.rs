@@ -38,7 +38,7 @@ pub mod view;
 
 pub use autoscaler::ScaleRates;
 pub use config::{JobConfig, KillSpec, DEFAULT_BACKUP_COPIES, MAX_BACKUP_COPIES};
-pub use events::{EventKind, JobState, ScaleDirection};
+pub use events::{EventKind, FailureCause, JobState, ScaleDirection};
 pub use links::{LinkEvent, Links};
 pub use scale::{AddedPart, PolicyKind, ScaleEvent, ScalePolicy};
 
@@ -95,6 +95,25 @@ pub struct JobEvent {
     pub kind: EventKind,
     /// Human-readable details.
     pub detail: String,
+    /// The workers it is about: the one killed, those declared failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<WorkerId>,
+    /// How a failure was found (the first worker's, as `detail` says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<FailureCause>,
+}
+
+impl JobEvent {
+    /// An event about no worker in particular.
+    pub fn new(at_ms: u64, kind: EventKind, detail: impl Into<String>) -> Self {
+        JobEvent {
+            at_ms,
+            kind,
+            detail: detail.into(),
+            workers: Vec::new(),
+            cause: None,
+        }
+    }
 }
 
 /// The timeline of one recovery, in milliseconds since the job started.
@@ -231,6 +250,7 @@ struct Stall {
 /// A worker declared failed, waiting for its recovery.
 struct Failure {
     worker: WorkerId,
+    cause: FailureCause,
     reason: String,
     /// Milliseconds since the job started.
     detected_ms: u64,
@@ -333,12 +353,23 @@ impl<'a> Job<'a> {
     }
 
     fn record(&mut self, kind: EventKind, detail: String) {
+        self.record_about(kind, detail, Vec::new(), None);
+    }
+
+    /// Records an event about `workers` (a kill, failures found by `cause`).
+    fn record_about(
+        &mut self,
+        kind: EventKind,
+        detail: String,
+        workers: Vec<WorkerId>,
+        cause: Option<FailureCause>,
+    ) {
         tracing::info!(kind = kind.as_str(), "{detail}");
         let at_ms = self.elapsed_ms();
         self.timeline.push(JobEvent {
-            at_ms,
-            kind,
-            detail,
+            workers,
+            cause,
+            ..JobEvent::new(at_ms, kind, detail)
         });
     }
 

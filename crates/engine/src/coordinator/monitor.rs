@@ -222,9 +222,11 @@ impl Job<'_> {
                 JobCommand::KillWorker(w) if self.alive(w) => {
                     let pid = self.workers[w.index()].pid;
                     if self.end_process(w) {
-                        self.record(
+                        self.record_about(
                             EventKind::Kill,
                             format!("killed worker {w} (pid {pid}) on request"),
+                            vec![w],
+                            None,
                         );
                     } else {
                         self.record(

@@ -28,7 +28,7 @@ use crate::plan::{AddedInstance, InstanceId, InstancePlan, Plan, WorkerId};
 use crate::state::{Checkpoint, KeyRange};
 use crate::wire::control::{RestoreFrom, ToCoordinator, ToWorker};
 
-use super::events::EventKind;
+use super::events::{EventKind, FailureCause};
 use super::suspects::Suspicion;
 use super::{Job, RecoveryTimeline};
 
@@ -224,11 +224,13 @@ impl Job<'_> {
         let Some(first) = failing.first() else {
             return Ok(None);
         };
-        let (reason, detected_ms) = (first.reason.clone(), first.detected_ms);
+        let (reason, cause, detected_ms) = (first.reason.clone(), first.cause, first.detected_ms);
         let workers: Vec<WorkerId> = failing.iter().map(|f| f.worker).collect();
-        self.record(
+        self.record_about(
             EventKind::Failure,
             format!("workers {workers:?} failed: {reason}"),
+            workers.clone(),
+            Some(cause),
         );
         Ok(Some((workers, reason, detected_ms)))
     }
@@ -485,7 +487,11 @@ impl Job<'_> {
             };
             match self.send(target, &message) {
                 Ok(()) => waiting.extend(ids.into_iter().map(|id| (id, target))),
-                Err(e) => self.lose(target, format!("cannot send it {what}: {e}")),
+                Err(e) => self.lose(
+                    target,
+                    FailureCause::Connection,
+                    format!("cannot send it {what}: {e}"),
+                ),
             }
         }
         let deadline = Instant::now() + self.config.startup_timeout;
@@ -519,7 +525,11 @@ impl Job<'_> {
                         plan: self.plan.clone(),
                     };
                     if let Err(e) = self.send(target, &message) {
-                        self.lose(target, format!("cannot send it {what}: {e}"));
+                        self.lose(
+                            target,
+                            FailureCause::Connection,
+                            format!("cannot send it {what}: {e}"),
+                        );
                     }
                 }
                 Some((w, other)) => self.unexpected(w, other)?,

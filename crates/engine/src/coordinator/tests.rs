@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 use super::backups::{choose_holders, Backups};
 use super::links::memory::{pair, Network};
 use super::scale_in::ALIGN_TIMEOUT;
-use super::{run_job, EventKind, JobConfig, JobSummary, Provisioner, ScaleDirection, ScalePolicy};
+use super::{
+    run_job, EventKind, FailureCause, JobConfig, JobSummary, Provisioner, ScaleDirection,
+    ScalePolicy,
+};
 use crate::api::{
     NodeKind, Operator, OperatorError, Output, Query, QueryBuilder, QueryRegistry, Sink, Source,
     SourceStep, StatefulOperator,
@@ -769,6 +772,16 @@ fn kinds(summary: &JobSummary, kind: EventKind) -> usize {
     summary.events.iter().filter(|e| e.kind == kind).count()
 }
 
+/// The failure events: the workers each declared failed, and how.
+fn failures(summary: &JobSummary) -> Vec<(Vec<WorkerId>, Option<FailureCause>)> {
+    summary
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::Failure)
+        .map(|e| (e.workers.clone(), e.cause))
+        .collect()
+}
+
 fn is_restore(m: &ToWorker) -> bool {
     matches!(m, ToWorker::Restore { .. })
 }
@@ -874,12 +887,12 @@ fn a_silent_worker_is_declared_failed_ended_and_recovered() {
     });
     let summary = result.expect("finishes");
     assert_eq!(summary.recoveries.len(), 1);
-    assert!(summary
-        .events
-        .iter()
-        .any(|e| e.detail.contains("heartbeats")));
     // The silent worker was ordered to exit and ended by its provisioner.
     let silent = summary.recoveries[0].workers[0];
+    assert_eq!(
+        failures(&summary),
+        [(vec![silent], Some(FailureCause::Heartbeats))]
+    );
     assert!(stopped.contains(&silent));
     assert_eq!(
         cluster.sent_to(silent, |m| matches!(m, ToWorker::Shutdown)),
@@ -919,7 +932,10 @@ fn a_stalled_channel_recovers_the_unreachable_worker_and_fences_it() {
     assert_eq!(summary.recoveries.len(), 1);
     let failed = summary.recoveries[0].workers[0];
     assert!(stopped.contains(&failed));
-    assert!(summary.events.iter().any(|e| e.detail.contains("stalled")));
+    assert_eq!(
+        failures(&summary),
+        [(vec![failed], Some(FailureCause::StalledChannels))]
+    );
 }
 
 #[test]
@@ -1980,6 +1996,15 @@ fn an_injected_kill_goes_through_the_provisioner() {
     assert_eq!(kinds(&summary, EventKind::Kill), 1);
     assert_eq!(summary.recoveries.len(), 1);
     assert!(summary.recoveries[0].killed_ms.is_some());
+    // The kill names its worker, and so does the failure it caused, found
+    // by the worker's closed connection.
+    let killed = summary.recoveries[0].workers.clone();
+    let kill = summary.events.iter().find(|e| e.kind == EventKind::Kill);
+    assert_eq!(kill.map(|e| e.workers.clone()), Some(killed.clone()));
+    assert_eq!(
+        failures(&summary),
+        [(killed, Some(FailureCause::Connection))]
+    );
 }
 
 #[test]
