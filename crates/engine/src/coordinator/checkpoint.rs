@@ -56,18 +56,6 @@ use super::Job;
 /// or `None` for an instance that never checkpointed.
 pub(super) type Fetched = HashMap<InstanceId, Option<(Stamp, Vec<u8>)>>;
 
-/// What a wait for several instances' backups does when a worker fails.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum OnFailure {
-    /// The others' backups are still of use (each split of a
-    /// whole-checkpoint rescaling).
-    WaitForTheRest,
-    /// The wait is a rescaling's stop, which a failure calls off: any
-    /// worker declared failed, one of these or not, ends the wait at once,
-    /// so that its recovery does not wait.
-    GiveUp,
-}
-
 impl Job<'_> {
     /// A source's position checkpoint arrived from its current
     /// incarnation (stateful instances' checkpoints go to their holders).
@@ -231,16 +219,15 @@ impl Job<'_> {
 
     /// Waits until each of `waiting` (an instance, its incarnation and its
     /// worker) has a backup acknowledged that `wanted` accepts (given its
-    /// frontier), or fails, or `deadline` passes; with
-    /// [`OnFailure::GiveUp`], until any worker is declared failed (one of
-    /// these, acknowledged or not, or another). Returns the frontier of
-    /// each one acknowledged.
+    /// frontier), or `deadline` passes, or any worker is declared failed
+    /// (one of these, acknowledged or not, or another): the waits are
+    /// rescalings', which a failure calls off, so that its recovery does
+    /// not wait. Returns the frontier of each one acknowledged.
     pub(super) fn await_backups(
         &mut self,
         what: &str,
         mut waiting: HashMap<InstanceId, (Incarnation, WorkerId)>,
         deadline: Instant,
-        on_failure: OnFailure,
         wanted: impl Fn(InstanceId, Stamp) -> bool,
     ) -> Result<HashMap<InstanceId, Stamp>, EngineError> {
         let mut got = HashMap::new();
@@ -260,9 +247,8 @@ impl Job<'_> {
                     }
                 }
                 Ok(_) | Err(EngineError::Timeout(_)) => {
-                    waiting.retain(|id, (n, w)| self.runs(*id, *n, *w));
-                    let one_failed = || all.iter().any(|(id, (n, w))| !self.runs(*id, *n, *w));
-                    if on_failure == OnFailure::GiveUp && (one_failed() || self.failure_pending()) {
+                    let one_failed = all.iter().any(|(id, (n, w))| !self.runs(*id, *n, *w));
+                    if one_failed || self.failure_pending() {
                         break;
                     }
                 }

@@ -34,9 +34,9 @@
 //! whole-checkpoint split below; one whose instance fails or cannot stop is
 //! called off (the instance resumes, its staged parts are dropped) and the
 //! failure recovered after it, like any other. So is every split of the
-//! rescaling when any worker is declared failed while they stage or stop:
-//! the failed worker's instances are recovered first, not after the
-//! rescaling.
+//! rescaling when any worker is declared failed while they stage or stop,
+//! or while a whole-checkpoint split waits for its checkpoint: the failed
+//! worker's instances are recovered first, not after the rescaling.
 //!
 //! The whole-checkpoint split:
 //! 1. checkpoint the instance (a fresh checkpoint is requested; a stateless
@@ -70,10 +70,9 @@ use crate::state::{Checkpoint, KeyRange};
 use crate::wire::control::{RestoreFrom, ToWorker};
 
 use super::autoscaler::{Action, ScaleRates};
-use super::checkpoint::OnFailure;
 use super::events::{EventKind, ScaleDirection};
 use super::recovery::RestoresByTarget;
-use super::scale_live::StagedAndStopped;
+use super::scale_live::ReadyToSplit;
 use super::Job;
 
 /// Which policy decides when to scale.
@@ -271,7 +270,7 @@ fn added_parts(
 }
 
 /// What a split partitions: a checkpoint's frontier and its encoding.
-type SplitFrom = (Stamp, Vec<u8>);
+pub(super) type SplitFrom = (Stamp, Vec<u8>);
 
 /// A split to carry out: which instance, into how many parts, and why.
 pub(super) struct SplitOrder {
@@ -333,21 +332,20 @@ impl Job<'_> {
         if splitting.is_empty() {
             return Ok(());
         }
-        // 0. Live splits: stage every part while the instance runs, then
-        // stop it for its last checkpoint (see the module's doc).
-        let Some(StagedAndStopped {
+        // Live splits: stage every part while the instance runs, then stop
+        // it for its last checkpoint (see the module's doc). The others: a
+        // fresh checkpoint of each instance (a stateless one restarts
+        // empty at its replay floor).
+        let Some(ReadyToSplit {
             stopped,
             whole: splitting,
+            snapshots,
             staged_ms,
             stopping,
-        }) = self.stage_and_stop(splitting, started)?
+        }) = self.ready_to_split(splitting, started)?
         else {
             return Ok(());
         };
-        // 1. The others: a fresh checkpoint of each instance (a stateless
-        // one restarts empty at its replay floor). If its worker fails
-        // meanwhile, the recovery comes first and its split is dropped.
-        let snapshots = self.snapshots_for_split(&splitting)?;
         let mut placed = Vec::with_capacity(splitting.len() + stopped.len());
         let mut by_target: RestoresByTarget = HashMap::new();
         let mut added = Vec::new();
@@ -535,7 +533,7 @@ impl Job<'_> {
     /// The checkpoint to split each instance from: a fresh one for a
     /// backed-up instance, the replay floor for a stateless one. `None`:
     /// the instance failed first.
-    fn snapshots_for_split(
+    pub(super) fn snapshots_for_split(
         &mut self,
         splitting: &[Splitting],
     ) -> Result<Vec<Option<SplitFrom>>, EngineError> {
@@ -677,9 +675,12 @@ impl Job<'_> {
             "checkpoints for a split",
             waiting,
             Instant::now() + patience,
-            OnFailure::WaitForTheRest,
             |id, at| at >= before[&id],
         )?;
+        if self.failure_pending() {
+            // The split is called off: the recovery comes first.
+            return Ok(HashMap::new());
+        }
         let current: Vec<InstanceId> = instances
             .iter()
             .filter(|p| ids.contains(&p.id) && self.runs(p.id, p.incarnation, p.worker))

@@ -93,7 +93,6 @@ use crate::state::{Checkpoint, KeyRange};
 use crate::wire::control::{RestoreFrom, ToCoordinator, ToWorker};
 
 use super::autoscaler::ScaleRates;
-use super::checkpoint::OnFailure;
 use super::events::{EventKind, ScaleDirection};
 use super::scale_in_live::StagedMerge;
 use super::scale_live::CALLED_OFF;
@@ -495,13 +494,10 @@ impl Job<'_> {
             .map(|p| (p.id, (p.incarnation, p.worker)))
             .collect();
         let deadline = Instant::now() + ALIGN_TIMEOUT;
-        let stored = self.await_backups(
-            "checkpoints for a merge",
-            waiting,
-            deadline,
-            OnFailure::GiveUp,
-            |_, at| at == frontier,
-        )?;
+        let stored =
+            self.await_backups("checkpoints for a merge", waiting, deadline, |_, at| {
+                at == frontier
+            })?;
         Ok(stored.len() == 2)
     }
 

@@ -13,10 +13,9 @@ use crate::wire::control::{
     BackupHolder, ReshapedPart, RestoreFrom, StagedJoin, StagedSource, ToCoordinator, ToWorker,
 };
 
-use super::checkpoint::OnFailure;
 use super::events::{EventKind, ScaleDirection};
 use super::recovery::RestoresByTarget;
-use super::scale::{Placed, Splitting};
+use super::scale::{Placed, SplitFrom, Splitting};
 use super::Job;
 
 /// Each range staged (by instance and range): its frontier and keys.
@@ -32,12 +31,14 @@ pub(super) struct StagedSplit {
     staged_at: Vec<Stamp>,
 }
 
-/// What staging and stopping left to finish.
-pub(super) struct StagedAndStopped {
+/// Splits ready to be restored.
+pub(super) struct ReadyToSplit {
     /// The live splits, stopped at their last checkpoint.
     pub(super) stopped: Vec<StoppedSplit>,
     /// The splits that could not stage: whole-checkpoint splits.
     pub(super) whole: Vec<Splitting>,
+    /// What each of `whole` splits (`None`: its instance failed first).
+    pub(super) snapshots: Vec<Option<SplitFrom>>,
     /// From the rescaling's start until every live part was staged.
     pub(super) staged_ms: u64,
     /// When the live splits' instances were told to stop.
@@ -105,15 +106,16 @@ impl Job<'_> {
             .collect()
     }
 
-    /// Stages the live splits of `splitting` and stops their instances
-    /// (steps 1 and 2; `started`: when the rescaling began). `None` when
-    /// a failure came meanwhile: every split is then called off, so that
-    /// the recovery comes first.
-    pub(super) fn stage_and_stop(
+    /// Gets the splits of `splitting` ready to be restored: the live ones
+    /// staged and stopped (steps 1 and 2; `started`: when the rescaling
+    /// began), a fresh checkpoint of each other one (the whole-checkpoint
+    /// split's step 1). `None` when a failure came meanwhile: every split
+    /// is then called off, so that the recovery comes first.
+    pub(super) fn ready_to_split(
         &mut self,
         splitting: Vec<Splitting>,
         started: Instant,
-    ) -> Result<Option<StagedAndStopped>, EngineError> {
+    ) -> Result<Option<ReadyToSplit>, EngineError> {
         let (staged, whole) = self.stage_splits(splitting)?;
         if self.failure_pending() {
             self.call_off_for_failure(staged, whole);
@@ -122,6 +124,7 @@ impl Job<'_> {
         let staged_ms = started.elapsed().as_millis() as u64;
         let stopping = Instant::now();
         let stopped = self.stop_staged(staged)?;
+        let snapshots = self.snapshots_for_split(&whole)?;
         if self.failure_pending() {
             for s in stopped {
                 self.call_off_staged(s.staged);
@@ -129,9 +132,10 @@ impl Job<'_> {
             self.call_off_for_failure(Vec::new(), whole);
             return Ok(None);
         }
-        Ok(Some(StagedAndStopped {
+        Ok(Some(ReadyToSplit {
             stopped,
             whole,
+            snapshots,
             staged_ms,
             stopping,
         }))
@@ -438,7 +442,6 @@ impl Job<'_> {
             "a live split's last checkpoint",
             waiting,
             deadline,
-            OnFailure::GiveUp,
             |id, at| stops.get(&id) == Some(&at),
         )?;
         let mut stopped = Vec::new();

@@ -169,6 +169,9 @@ struct Cluster {
     /// Staging never ends: no worker answers a request to stage (each
     /// fetch held up behind a slow link).
     staging_held: bool,
+    /// No instance takes a checkpoint when asked to (each held up behind
+    /// a slow downstream).
+    checkpoints_held: bool,
     /// Where the instances get to while a live split stages its parts.
     runs_on: Option<Stamp>,
     /// How far the fake instances got.
@@ -200,6 +203,7 @@ impl Cluster {
             cannot_stage: HashSet::new(),
             stuck_on_resume: HashSet::new(),
             staging_held: false,
+            checkpoints_held: false,
             runs_on: None,
             progress: Stamp(100),
             started: false,
@@ -305,6 +309,7 @@ impl Cluster {
                 }
             }
             ToWorker::PlanUpdate { plan, .. } => self.plan = Some(plan),
+            ToWorker::CheckpointNow if self.checkpoints_held => {}
             ToWorker::CheckpointNow => {
                 for id in self.hosted(w) {
                     self.checkpoint(id, self.progress);
@@ -1867,6 +1872,7 @@ fn rescaling_interrupted(
             "the recovery waited for the rescaling"
         );
         c.staging_held = false;
+        c.checkpoints_held = false;
         c.stuck_on_resume.clear();
         assert!(c.run_until(Duration::from_secs(5), |c| c.ids("count").len()
             == partitions));
@@ -1910,6 +1916,23 @@ fn a_failure_while_a_split_stops_calls_it_off_and_is_recovered_at_once() {
         3,
         |c| c.stuck_on_resume.extend(c.ids("count")),
         |m| matches!(m, ToWorker::Resume { until, .. } if !until.is_end()),
+    );
+}
+
+#[test]
+fn a_failure_while_a_whole_checkpoint_split_waits_for_its_checkpoint_calls_it_off() {
+    // No part can stage, so the split takes a fresh checkpoint of the
+    // whole instance, which does not come.
+    let mut config = config(1);
+    config.scale_at = vec![(Duration::from_millis(150), "count".into())];
+    rescaling_interrupted(
+        config,
+        3,
+        |c| {
+            c.cannot_stage.extend((0..8).map(WorkerId));
+            c.checkpoints_held = true;
+        },
+        |m| matches!(m, ToWorker::CheckpointNow),
     );
 }
 
