@@ -105,7 +105,8 @@ pub struct FaultToleranceArgs {
     #[arg(long, default_value_t = 0.0)]
     pub standby_mb: f64,
     /// A worker silent this many milliseconds is declared failed (workers
-    /// send a heartbeat every 100 ms).
+    /// send a heartbeat every 100 ms); a worker that hears nothing from
+    /// the coordinator for twice this stops itself.
     #[arg(long, default_value_t = 500)]
     pub heartbeat_timeout_ms: u64,
     /// Seconds workers have to join, deploy and restore before the job
