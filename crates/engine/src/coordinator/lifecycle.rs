@@ -25,6 +25,11 @@ const TICK: Duration = Duration::from_millis(20);
 /// from them has had time to report it.
 const STALL_SETTLE: Duration = Duration::from_millis(200);
 
+/// How long a stall report decided on still counts as evidence in later
+/// decisions: a cut off end that one report spared is reported again by
+/// its other peers in the seconds after.
+const STALL_MEMORY: Duration = Duration::from_secs(5);
+
 impl Job<'_> {
     /// Runs the job to its end.
     pub(super) fn run(&mut self) -> Result<JobSummary, EngineError> {
@@ -369,8 +374,11 @@ impl Job<'_> {
         if self.stalls.first()?.at.elapsed() < STALL_SETTLE {
             return None;
         }
+        self.decided_stalls
+            .retain(|s| s.at.elapsed() < STALL_MEMORY);
         let victim = stall_victim(
             &self.stalls,
+            &self.decided_stalls,
             |w| self.host_of(w),
             |w| self.hosts_sent_to(w),
             |w| self.suspicion(w),
@@ -386,8 +394,11 @@ impl Job<'_> {
             .collect();
         others.sort_unstable();
         others.dedup();
-        self.stalls
-            .retain(|s| s.reporter != victim && s.peer != victim);
+        let (decided, pending) = std::mem::take(&mut self.stalls)
+            .into_iter()
+            .partition(|s| s.reporter == victim || s.peer == victim);
+        self.stalls = pending;
+        self.decided_stalls.extend::<Vec<Stall>>(decided);
         // Either end of a stalled channel may be the one cut off: the
         // survivors' hosts are no place for replacements or new holders
         // either, for a while.
@@ -598,7 +609,9 @@ fn far_future() -> Instant {
 
 /// The worker to recover for `stalls` (oldest first): one on the host whose
 /// stalled channels reach the most other hosts (a host cut off from its
-/// peers stalls with all of theirs, each of them only with it). On a tie
+/// peers stalls with all of theirs, each of them only with it), counting
+/// the stalls `decided` on lately too (a cut off end that one report
+/// spared is reported again by its other peers). On a tie
 /// (one worker reporting the only channel it has, say), first one that
 /// gives no sign of reaching a third host: a worker that sends to a host
 /// (`sends_to`) its host has no stall with would have stalled there too
@@ -607,21 +620,27 @@ fn far_future() -> Instant {
 /// again), the unreachable side of the first report first among equals.
 pub(super) fn stall_victim(
     stalls: &[Stall],
+    decided: &[Stall],
     host_of: impl Fn(WorkerId) -> String,
     sends_to: impl Fn(WorkerId) -> BTreeSet<String>,
     suspicion: impl Fn(WorkerId) -> Suspicion,
 ) -> Option<WorkerId> {
     let first_peer = stalls.first()?.peer;
     let mut counterparts: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for s in stalls {
+    for s in stalls.iter().chain(decided) {
         let (a, b) = (host_of(s.reporter), host_of(s.peer));
         counterparts.entry(a.clone()).or_default().insert(b.clone());
         counterparts.entry(b).or_default().insert(a);
     }
     let score = |w: WorkerId| counterparts.get(&host_of(w)).map_or(0, BTreeSet::len);
-    let most = counterparts.values().map(BTreeSet::len).max().unwrap_or(0);
-    let tied: Vec<WorkerId> = std::iter::once(first_peer)
+    // Only the ends of undecided stalls are candidates: the ends of those
+    // decided were recovered or spared already.
+    let candidates: Vec<WorkerId> = std::iter::once(first_peer)
         .chain(stalls.iter().flat_map(|s| [s.peer, s.reporter]))
+        .collect();
+    let most = candidates.iter().map(|w| score(*w)).max()?;
+    let tied: Vec<WorkerId> = candidates
+        .into_iter()
         .filter(|w| score(*w) == most)
         .collect();
     let reaches_a_third_host = |w: WorkerId| {
@@ -668,13 +687,13 @@ mod tests {
         // Workers on b, c and d cannot reach worker 2 on a; 2 cannot reach 5.
         let reported = stalls(&[(4, 2), (7, 2), (2, 5), (10, 2)]);
         assert_eq!(
-            stall_victim(&reported, host_of, nowhere, |_| Suspicion::Clear),
+            stall_victim(&reported, &[], host_of, nowhere, |_| Suspicion::Clear),
             Some(WorkerId(2))
         );
         // Reported the other way round, it is still the worker on a.
         let reported = stalls(&[(2, 4), (2, 7), (2, 10)]);
         assert_eq!(
-            stall_victim(&reported, host_of, nowhere, |_| Suspicion::Clear),
+            stall_victim(&reported, &[], host_of, nowhere, |_| Suspicion::Clear),
             Some(WorkerId(2))
         );
     }
@@ -684,7 +703,7 @@ mod tests {
         // Worker 1 on a reports worker 4 on b: one host each.
         let reported = stalls(&[(1, 4)]);
         assert_eq!(
-            stall_victim(&reported, host_of, nowhere, |_| Suspicion::Clear),
+            stall_victim(&reported, &[], host_of, nowhere, |_| Suspicion::Clear),
             Some(WorkerId(4))
         );
         // A worker on a failed lately (it was cut off, and 1 is left there):
@@ -694,7 +713,7 @@ mod tests {
             _ => Suspicion::Clear,
         };
         assert_eq!(
-            stall_victim(&reported, host_of, nowhere, failed_on_a),
+            stall_victim(&reported, &[], host_of, nowhere, failed_on_a),
             Some(WorkerId(1))
         );
         // A worker failed on a, and b was the other end of that channel:
@@ -704,13 +723,13 @@ mod tests {
             _ => Suspicion::Counterpart,
         };
         assert_eq!(
-            stall_victim(&reported, host_of, nowhere, both),
+            stall_victim(&reported, &[], host_of, nowhere, both),
             Some(WorkerId(1))
         );
         // Suspicion never overrides the count of hosts.
         let reported = stalls(&[(1, 4), (7, 4), (10, 4)]);
         assert_eq!(
-            stall_victim(&reported, host_of, nowhere, failed_on_a),
+            stall_victim(&reported, &[], host_of, nowhere, failed_on_a),
             Some(WorkerId(4))
         );
     }
@@ -728,7 +747,7 @@ mod tests {
             }
         };
         assert_eq!(
-            stall_victim(&reported, host_of, sends_to, |_| Suspicion::Clear),
+            stall_victim(&reported, &[], host_of, sends_to, |_| Suspicion::Clear),
             Some(WorkerId(1))
         );
         // This sign comes before suspicion...
@@ -737,14 +756,14 @@ mod tests {
             _ => Suspicion::Clear,
         };
         assert_eq!(
-            stall_victim(&reported, host_of, sends_to, failed_on_b),
+            stall_victim(&reported, &[], host_of, sends_to, failed_on_b),
             Some(WorkerId(1))
         );
         // ...but a channel to c that stalled too is no sign of reaching c
         // (a, b and c each stalled with both others: a tie of three).
         let reported = stalls(&[(1, 4), (4, 7), (1, 7)]);
         assert_eq!(
-            stall_victim(&reported, host_of, sends_to, |_| Suspicion::Clear),
+            stall_victim(&reported, &[], host_of, sends_to, |_| Suspicion::Clear),
             Some(WorkerId(4))
         );
         // Both ends reach a third host (a cut between two hosts): the
@@ -752,15 +771,54 @@ mod tests {
         let reported = stalls(&[(1, 4)]);
         let both = |_: WorkerId| -> BTreeSet<String> { ["c"].map(String::from).into() };
         assert_eq!(
-            stall_victim(&reported, host_of, both, |_| Suspicion::Clear),
+            stall_victim(&reported, &[], host_of, both, |_| Suspicion::Clear),
             Some(WorkerId(4))
+        );
+    }
+
+    #[test]
+    fn stalls_decided_lately_still_count() {
+        // Host a was cut off from its peers. Worker 10 on d reported
+        // worker 2 on a, a one-to-one tie decided against 10 (its host's
+        // other workers had nothing to say). Now 4 on b reports 2: alone
+        // a tie again, but with the decided report a stalled with two
+        // hosts, b with one.
+        // Worker 2 sends to c too, where nothing stalled yet (it had
+        // nothing to send, its input cut off).
+        let sends_to_c = |w: WorkerId| -> BTreeSet<String> {
+            match w.0 {
+                2 => ["b", "c"].map(String::from).into(),
+                _ => ["a"].map(String::from).into(),
+            }
+        };
+        let decided = stalls(&[(10, 2)]);
+        let reported = stalls(&[(4, 2)]);
+        assert_eq!(
+            stall_victim(&reported, &decided, host_of, sends_to_c, |_| {
+                Suspicion::Clear
+            }),
+            Some(WorkerId(2))
+        );
+        assert_eq!(
+            stall_victim(&reported, &[], host_of, sends_to_c, |_| Suspicion::Clear),
+            Some(WorkerId(4)),
+            "alone, the report is decided by worker 2's sign of reaching c"
+        );
+        // A decided stall's host with more counterparts than any end of
+        // the reports to decide is no candidate: the reports are still
+        // decided.
+        let decided = stalls(&[(4, 10), (7, 10), (1, 10)]);
+        let reported = stalls(&[(2, 5)]);
+        assert_eq!(
+            stall_victim(&reported, &decided, host_of, nowhere, |_| Suspicion::Clear),
+            Some(WorkerId(5))
         );
     }
 
     #[test]
     fn no_report_no_victim() {
         assert_eq!(
-            stall_victim(&[], host_of, nowhere, |_| Suspicion::Failed),
+            stall_victim(&[], &[], host_of, nowhere, |_| Suspicion::Failed),
             None
         );
     }

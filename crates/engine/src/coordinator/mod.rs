@@ -275,6 +275,9 @@ struct Job<'a> {
     failing: Vec<Failure>,
     /// Stalled data channels reported and not yet decided on.
     stalls: Vec<Stall>,
+    /// Those decided on lately, which still count as evidence (see
+    /// `lifecycle::stall_victim`).
+    decided_stalls: Vec<Stall>,
     /// Hosts lately distrusted: replacements and new backup holders go
     /// elsewhere while it is recent.
     suspects: suspects::SuspectHosts,
@@ -327,6 +330,7 @@ impl<'a> Job<'a> {
             deferred: VecDeque::new(),
             failing: Vec::new(),
             stalls: Vec::new(),
+            decided_stalls: Vec::new(),
             suspects: suspects::SuspectHosts::default(),
             started: Instant::now(),
             pool: VecDeque::new(),
