@@ -394,11 +394,11 @@ impl Job<'_> {
             .collect();
         others.sort_unstable();
         others.dedup();
-        let (decided, pending) = std::mem::take(&mut self.stalls)
+        let (decided, pending): (Vec<Stall>, Vec<Stall>) = std::mem::take(&mut self.stalls)
             .into_iter()
             .partition(|s| s.reporter == victim || s.peer == victim);
         self.stalls = pending;
-        self.decided_stalls.extend::<Vec<Stall>>(decided);
+        self.decided_stalls.extend(decided);
         // Either end of a stalled channel may be the one cut off: the
         // survivors' hosts are no place for replacements or new holders
         // either, for a while.
