@@ -123,11 +123,9 @@ fn pause_before_tick(before: u64, now: u64, pause: u64) -> Option<u64> {
 /// `pause` old, as the coordinator may be coming back from a pause its
 /// clock has not woken to see yet.
 fn awake_for_us(now: u64, last_tick: u64, since: u64, pause: u64) -> u64 {
-    let due = last_tick + TICK.as_micros() as u64;
-    if now.saturating_sub(due) > pause {
-        0
-    } else {
-        now.saturating_sub(since)
+    match pause_before_tick(last_tick, now, pause) {
+        Some(_) => 0,
+        None => now.saturating_sub(since),
     }
 }
 

@@ -43,23 +43,16 @@ impl RequestedRescale {
 }
 
 impl Job<'_> {
-    /// Asks for a rescaling of `operator` now (a command).
-    pub(super) fn request(&mut self, direction: ScaleDirection, operator: String) {
+    /// Asks for a rescaling of `operator` now: a command, or a requested
+    /// rescaling that a failure called off, made again since whoever asked
+    /// for it still wants it (the policy's own decisions are not: it
+    /// decides again). The main loop recovers pending failures before it
+    /// makes any.
+    pub(super) fn request(&mut self, direction: ScaleDirection, operator: impl Into<String>) {
         self.requested.push(RequestedRescale {
             at: Duration::ZERO,
             direction,
-            operator,
-        });
-    }
-
-    /// Makes a requested rescaling of `operator` that a failure called off
-    /// again once the failure is recovered: whoever asked for it still
-    /// wants it. (The policy's own decisions are not: it decides again.)
-    pub(super) fn request_again(&mut self, direction: ScaleDirection, operator: &str) {
-        self.requested.push(RequestedRescale {
-            at: self.started.elapsed(),
-            direction,
-            operator: operator.to_string(),
+            operator: operator.into(),
         });
     }
 

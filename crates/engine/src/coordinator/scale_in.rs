@@ -214,7 +214,7 @@ impl Job<'_> {
     fn merge_not_made(&mut self, operator: &str, pair: [InstanceId; 2], requested: bool) {
         let why = if self.failure_pending() {
             if requested {
-                self.request_again(ScaleDirection::In, operator);
+                self.request(ScaleDirection::In, operator);
             }
             CALLED_OFF.to_string()
         } else {

@@ -350,7 +350,7 @@ impl Job<'_> {
     /// recovery if it was requested.
     fn retry_requested(&mut self, s: &Splitting) {
         if s.requested() {
-            self.request_again(ScaleDirection::Out, &s.operator);
+            self.request(ScaleDirection::Out, s.operator.as_str());
         }
     }
 

@@ -1654,6 +1654,28 @@ mod tests {
         (lower, upper)
     }
 
+    /// What the holder stored for the cut into halves, sorted: `first`,
+    /// if storing answered at once, and the rest of three answers read
+    /// from `answers`. Fails on a refusal.
+    fn stored_at(
+        first: Option<ToCoordinator>,
+        answers: &mut TcpStream,
+    ) -> Vec<(InstanceId, Stamp)> {
+        let mut acks: Vec<ToCoordinator> = first.into_iter().collect();
+        while acks.len() < 3 {
+            acks.push(control::recv(answers).expect("reads").expect("answers"));
+        }
+        let mut stored: Vec<(InstanceId, Stamp)> = acks
+            .iter()
+            .map(|a| match a {
+                ToCoordinator::BackupStored(ack) => (ack.instance, ack.frontier),
+                other => panic!("refused: {other:?}"),
+            })
+            .collect();
+        stored.sort();
+        stored
+    }
+
     #[test]
     fn a_holder_told_to_cut_before_the_stop_checkpoint_came_waits_for_it() {
         let (holdings, writer, mut answers, _) = holding_a_split_instance();
@@ -1666,19 +1688,8 @@ mod tests {
             ..shipment(0, 20, Some(10))
         });
         assert!(late.is_none(), "it waits for the cut");
-        let mut stored_at = Vec::new();
-        while stored_at.len() < 3 {
-            match control::recv(&mut answers)
-                .expect("reads")
-                .expect("answers")
-            {
-                ToCoordinator::BackupStored(ack) => stored_at.push((ack.instance, ack.frontier)),
-                other => panic!("refused: {other:?}"),
-            }
-        }
-        stored_at.sort();
         assert_eq!(
-            stored_at,
+            stored_at(None, &mut answers),
             vec![
                 (InstanceId(7), Stamp(20)),
                 (InstanceId(7), Stamp(20)),
@@ -1712,24 +1723,8 @@ mod tests {
             frontier: Stamp(20),
             bytes: increment,
         });
-        let mut acks: Vec<ToCoordinator> = first.into_iter().collect();
-        while acks.len() < 3 {
-            acks.push(
-                control::recv(&mut answers)
-                    .expect("reads")
-                    .expect("answers"),
-            );
-        }
-        let mut stored_at: Vec<(InstanceId, Stamp)> = acks
-            .iter()
-            .map(|a| match a {
-                ToCoordinator::BackupStored(ack) => (ack.instance, ack.frontier),
-                other => panic!("refused: {other:?}"),
-            })
-            .collect();
-        stored_at.sort();
         assert_eq!(
-            stored_at,
+            stored_at(first, &mut answers),
             vec![
                 (InstanceId(7), Stamp(10)),
                 (InstanceId(8), Stamp(10)),
