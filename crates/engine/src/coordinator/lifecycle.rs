@@ -16,14 +16,25 @@ use crate::error::EngineError;
 use crate::ids::WorkerId;
 use crate::plan::Plan;
 use crate::wire::control::{ToCoordinator, ToWorker};
+use crate::wire::host_part;
 
 /// How long one wait for a link event lasts before the periodic duties run.
 const TICK: Duration = Duration::from_millis(20);
 
 /// How long reports of stalled data channels gather before the coordinator
 /// decides whom to recover, so that every neighbour of a worker cut off
-/// from them has had time to report it.
-const STALL_SETTLE: Duration = Duration::from_millis(200);
+/// from them has had time to report it, and a reporter that its stalled
+/// channel held back (a report shuts the channel) has heard from its other
+/// peers again and said so in a heartbeat (two heartbeats and a look of
+/// the watch take 300 ms).
+const STALL_SETTLE: Duration = Duration::from_millis(500);
+
+/// How long before the first report of a stall a worker's news from a host
+/// still shows that it reaches that host. An end cut off heard its last at
+/// the cut, and a channel reports a stall at the earliest two
+/// retransmission timeouts (600 ms) after its first unacknowledged send,
+/// itself after the cut.
+const HEARD_BEFORE_REPORT: Duration = Duration::from_millis(400);
 
 /// How long a stall report decided on still counts as evidence in later
 /// decisions: a cut off end that one report spared is reported again by
@@ -376,11 +387,15 @@ impl Job<'_> {
         }
         self.decided_stalls
             .retain(|s| s.at.elapsed() < STALL_MEMORY);
+        let first_report = self.stalls.first()?.at;
+        let since = first_report
+            .checked_sub(HEARD_BEFORE_REPORT)
+            .unwrap_or(first_report);
         let victim = stall_victim(
             &self.stalls,
             &self.decided_stalls,
             |w| self.host_of(w),
-            |w| self.hosts_sent_to(w),
+            |w| self.links.heard_since(w, since),
             |w| self.suspicion(w),
         )?;
         let mut others: Vec<WorkerId> = self
@@ -415,22 +430,10 @@ impl Job<'_> {
         ))
     }
 
-    /// The hosts that `w`'s instances send data to.
-    fn hosts_sent_to(&self, w: WorkerId) -> BTreeSet<String> {
-        self.plan
-            .instances()
-            .filter(|(_, i)| i.worker == w)
-            .flat_map(|(node, _)| self.plan.downstream_instances(&self.query, node))
-            .filter_map(|id| self.plan.instance(id).map(|(_, p)| self.host_of(p.worker)))
-            .collect()
-    }
-
     /// The host of worker `w`: the address part of its data address.
     pub(super) fn host_of(&self, w: WorkerId) -> String {
         let addr = self.plan.workers.get(w.index()).map_or("", String::as_str);
-        addr.rsplit_once(':')
-            .map_or(addr, |(host, _)| host)
-            .to_string()
+        host_part(addr).to_string()
     }
 
     /// `failure`, said to follow a pause of the coordinator's own longer
@@ -613,16 +616,16 @@ fn far_future() -> Instant {
 /// the stalls `decided` on lately too (a cut off end that one report
 /// spared is reported again by its other peers). On a tie
 /// (one worker reporting the only channel it has, say), first one that
-/// gives no sign of reaching a third host: a worker that sends to a host
-/// (`sends_to`) its host has no stall with would have stalled there too
-/// were its host cut off. Then one on the most suspect host (see
-/// `coordinator::suspects`: a host just found cut off is the likelier side
-/// again), the unreachable side of the first report first among equals.
+/// has not `heard` lately from a third host (one its host has no stall
+/// with): a worker cut off from its peers hears from none of them. Then
+/// one on the most suspect host (see `coordinator::suspects`: a host just
+/// found cut off is the likelier side again), the unreachable side of the
+/// first report first among equals.
 pub(super) fn stall_victim(
     stalls: &[Stall],
     decided: &[Stall],
     host_of: impl Fn(WorkerId) -> String,
-    sends_to: impl Fn(WorkerId) -> BTreeSet<String>,
+    heard: impl Fn(WorkerId) -> BTreeSet<String>,
     suspicion: impl Fn(WorkerId) -> Suspicion,
 ) -> Option<WorkerId> {
     let first_peer = stalls.first()?.peer;
@@ -646,7 +649,7 @@ pub(super) fn stall_victim(
     let reaches_a_third_host = |w: WorkerId| {
         let own = host_of(w);
         let stalled_with = counterparts.get(&own);
-        sends_to(w)
+        heard(w)
             .iter()
             .any(|h| *h != own && !stalled_with.is_some_and(|s| s.contains(h)))
     };
@@ -666,9 +669,18 @@ mod tests {
         ["a", "b", "c", "d"][(w.0 as usize - 1) / 3].to_string()
     }
 
-    /// Workers that send to no other host than the ones reported.
+    /// Workers that heard lately from no other host than the ones reported.
     fn nowhere(_: WorkerId) -> BTreeSet<String> {
         BTreeSet::new()
+    }
+
+    /// What workers heard from lately, by worker.
+    fn heard(by: &[(u32, &[&str])]) -> impl Fn(WorkerId) -> BTreeSet<String> {
+        let by: BTreeMap<u32, BTreeSet<String>> = by
+            .iter()
+            .map(|(w, hosts)| (*w, hosts.iter().map(|h| h.to_string()).collect()))
+            .collect();
+        move |w| by.get(&w.0).cloned().unwrap_or_default()
     }
 
     fn stalls(pairs: &[(u32, u32)]) -> Vec<Stall> {
@@ -735,19 +747,13 @@ mod tests {
     }
 
     #[test]
-    fn a_tie_goes_to_the_end_that_gives_no_sign_of_reaching_a_third_host() {
+    fn a_tie_goes_to_the_end_that_heard_from_no_third_host() {
         // Worker 1 on a reports its only channel, to worker 4 on b, which
-        // also sends to c and reported nothing: a is the one cut off.
+        // heard lately from c: a is the one cut off.
         let reported = stalls(&[(1, 4)]);
-        let sends_to = |w: WorkerId| -> BTreeSet<String> {
-            match w.0 {
-                1 => ["b"].map(String::from).into(),
-                4 => ["b", "c"].map(String::from).into(),
-                _ => BTreeSet::new(),
-            }
-        };
+        let four_hears_c = heard(&[(1, &["b"]), (4, &["a", "c"])]);
         assert_eq!(
-            stall_victim(&reported, &[], host_of, sends_to, |_| Suspicion::Clear),
+            stall_victim(&reported, &[], host_of, &four_hears_c, |_| Suspicion::Clear),
             Some(WorkerId(1))
         );
         // This sign comes before suspicion...
@@ -756,17 +762,17 @@ mod tests {
             _ => Suspicion::Clear,
         };
         assert_eq!(
-            stall_victim(&reported, &[], host_of, sends_to, failed_on_b),
+            stall_victim(&reported, &[], host_of, &four_hears_c, failed_on_b),
             Some(WorkerId(1))
         );
-        // ...but a channel to c that stalled too is no sign of reaching c
-        // (a, b and c each stalled with both others: a tie of three).
+        // ...but a host it stalled with too is no sign of reaching it (a,
+        // b and c each stalled with both others: a tie of three).
         let reported = stalls(&[(1, 4), (4, 7), (1, 7)]);
         assert_eq!(
-            stall_victim(&reported, &[], host_of, sends_to, |_| Suspicion::Clear),
+            stall_victim(&reported, &[], host_of, &four_hears_c, |_| Suspicion::Clear),
             Some(WorkerId(4))
         );
-        // Both ends reach a third host (a cut between two hosts): the
+        // Both ends heard from a third host (a cut between two hosts): the
         // unreachable side, as without the sign.
         let reported = stalls(&[(1, 4)]);
         let both = |_: WorkerId| -> BTreeSet<String> { ["c"].map(String::from).into() };
@@ -777,32 +783,51 @@ mod tests {
     }
 
     #[test]
+    fn an_end_with_nothing_to_send_is_judged_by_what_it_heard() {
+        // Host a was cut off from its peers. Worker 4 on b reports worker
+        // 2 on a, whose input came through that very channel: 2 had
+        // nothing to send to its downstream on c, so no channel of its own
+        // stalled, but it heard from nobody either. 4 heard from its
+        // upstream on c all along.
+        let reported = stalls(&[(4, 2)]);
+        let by_news = heard(&[(2, &[]), (4, &["c"])]);
+        assert_eq!(
+            stall_victim(&reported, &[], host_of, by_news, |_| Suspicion::Clear),
+            Some(WorkerId(2))
+        );
+        // Even when 4's host is the more suspect one.
+        let by_news = heard(&[(2, &[]), (4, &["c"])]);
+        let failed_on_b = |w: WorkerId| match host_of(w).as_str() {
+            "b" => Suspicion::Failed,
+            _ => Suspicion::Clear,
+        };
+        assert_eq!(
+            stall_victim(&reported, &[], host_of, by_news, failed_on_b),
+            Some(WorkerId(2))
+        );
+    }
+
+    #[test]
     fn stalls_decided_lately_still_count() {
         // Host a was cut off from its peers. Worker 10 on d reported
-        // worker 2 on a, a one-to-one tie decided against 10 (its host's
-        // other workers had nothing to say). Now 4 on b reports 2: alone
-        // a tie again, but with the decided report a stalled with two
-        // hosts, b with one.
-        // Worker 2 sends to c too, where nothing stalled yet (it had
-        // nothing to send, its input cut off).
-        let sends_to_c = |w: WorkerId| -> BTreeSet<String> {
-            match w.0 {
-                2 => ["b", "c"].map(String::from).into(),
-                _ => ["a"].map(String::from).into(),
-            }
-        };
+        // worker 2 on a, a one-to-one tie decided against 10. Now 4 on b
+        // reports 2: alone a tie again, but with the decided report a
+        // stalled with two hosts, b with one.
+        // What they heard misleads: 2 heard from c just before the cut, 4
+        // from nobody but a (its only upstream).
+        let misleading = heard(&[(2, &["c"]), (4, &["a"])]);
         let decided = stalls(&[(10, 2)]);
         let reported = stalls(&[(4, 2)]);
         assert_eq!(
-            stall_victim(&reported, &decided, host_of, sends_to_c, |_| {
+            stall_victim(&reported, &decided, host_of, &misleading, |_| {
                 Suspicion::Clear
             }),
             Some(WorkerId(2))
         );
         assert_eq!(
-            stall_victim(&reported, &[], host_of, sends_to_c, |_| Suspicion::Clear),
+            stall_victim(&reported, &[], host_of, &misleading, |_| Suspicion::Clear),
             Some(WorkerId(4)),
-            "alone, the report is decided by worker 2's sign of reaching c"
+            "alone, the report is decided by what worker 2 heard from c"
         );
         // A decided stall's host with more counterparts than any end of
         // the reports to decide is no candidate: the reports are still

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::backups::{choose_holders, Backups};
-use super::links::memory::{pair, Network};
+use super::links::memory::{pair, pair_one_host_each, MemoryLinks, Network};
 use super::scale_in::ALIGN_TIMEOUT;
 use super::{
     run_job, EventKind, FailureCause, JobConfig, JobSummary, Provisioner, ScaleDirection,
@@ -733,8 +733,17 @@ fn scenario(
     config: JobConfig,
     script: impl FnOnce(&mut Cluster),
 ) -> (Result<JobSummary, EngineError>, Cluster, Vec<WorkerId>) {
+    scenario_over(pair(), config, script)
+}
+
+/// [`scenario`] over the links and network of `ends`.
+fn scenario_over(
+    ends: (MemoryLinks, Network),
+    config: JobConfig,
+    script: impl FnOnce(&mut Cluster),
+) -> (Result<JobSummary, EngineError>, Cluster, Vec<WorkerId>) {
     let registry = registry();
-    let (mut links, net) = pair();
+    let (mut links, net) = ends;
     let mut provisioner = FakeProvisioner {
         net: net.clone(),
         stopped: Vec::new(),
@@ -916,7 +925,7 @@ fn a_stalled_channel_recovers_the_unreachable_worker_and_fences_it() {
         c.net.say(
             reporter,
             ToCoordinator::LinkStalled {
-                peer: format!("memory:{host}"),
+                peer: c.net.addr(host),
                 silent_ms: 1000,
             },
         );
@@ -941,6 +950,74 @@ fn a_stalled_channel_recovers_the_unreachable_worker_and_fences_it() {
         failures(&summary),
         [(vec![failed], Some(FailureCause::StalledChannels))]
     );
+}
+
+#[test]
+fn a_one_to_one_stall_recovers_the_end_that_heard_from_no_third_host() {
+    // The worker of `pass` reports its channel to the worker of `count`,
+    // each on a host of its own; what each heard from a third host lately
+    // (or long before the report, which proves nothing) tells who is cut
+    // off.
+    struct Case {
+        reporter_heard: bool,
+        peer_heard: bool,
+        heard_before_report: Duration,
+        cut_off_reporter: bool,
+    }
+    let cases = [
+        Case {
+            reporter_heard: true,
+            peer_heard: false,
+            heard_before_report: Duration::ZERO,
+            cut_off_reporter: false,
+        },
+        Case {
+            reporter_heard: false,
+            peer_heard: true,
+            heard_before_report: Duration::ZERO,
+            cut_off_reporter: true,
+        },
+        Case {
+            reporter_heard: false,
+            peer_heard: true,
+            heard_before_report: Duration::from_millis(700),
+            cut_off_reporter: false,
+        },
+    ];
+    for case in cases {
+        let (result, _, _) = scenario_over(pair_one_host_each(), config(1), |c| {
+            c.checkpointed(Stamp(10));
+            let count = c.ids("count")[0];
+            let (reporter, peer) = (c.host(c.ids("pass")[0]), c.host(count));
+            let third = (0..4)
+                .map(WorkerId)
+                .find(|w| ![reporter, peer].contains(w))
+                .expect("four workers");
+            let third_host = c.net.host(third);
+            if case.reporter_heard {
+                c.net.hear(reporter, &third_host);
+            }
+            if case.peer_heard {
+                c.net.hear(peer, &third_host);
+            }
+            c.settle(case.heard_before_report);
+            c.net.say(
+                reporter,
+                ToCoordinator::LinkStalled {
+                    peer: c.net.addr(peer),
+                    silent_ms: 1000,
+                },
+            );
+            let (cut_off, spared) = if case.cut_off_reporter {
+                (reporter, peer)
+            } else {
+                (peer, reporter)
+            };
+            assert!(c.run_until(Duration::from_secs(5), |c| c.net.is_fenced(cut_off)));
+            assert!(!c.net.is_fenced(spared));
+        });
+        result.expect("finishes");
+    }
 }
 
 #[test]
@@ -1834,7 +1911,7 @@ fn a_stall_reported_while_a_merge_aligns_is_decided_at_once() {
         c.net.say(
             reporter,
             ToCoordinator::LinkStalled {
-                peer: format!("memory:{host}"),
+                peer: c.net.addr(host),
                 silent_ms: 1000,
             },
         );

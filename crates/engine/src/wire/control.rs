@@ -72,6 +72,18 @@ pub struct InstanceMetrics {
 /// How often instances report metrics.
 pub const METRICS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How far back a heartbeat's [`HeardFrom`] list reaches.
+pub const HEARD_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A host that a worker's data channels heard from, and how long ago.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeardFrom {
+    /// The host part of the peer's address (as in its data address).
+    pub host: String,
+    /// Milliseconds between hearing from it and sending the heartbeat.
+    pub ms_ago: u64,
+}
+
 /// Worker to coordinator.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ToCoordinator {
@@ -95,8 +107,15 @@ pub enum ToCoordinator {
     },
     /// The worker created its instances and is ready to start.
     Deployed,
-    /// The worker is alive (sent every [`HEARTBEAT_EVERY`]).
-    Heartbeat,
+    /// The worker is alive (sent every [`HEARTBEAT_EVERY`]), and the
+    /// hosts its data channels heard from lately: which end of a stalled
+    /// channel is cut off from its peers is a question of what each end
+    /// still hears, not of what the plan says it sends.
+    Heartbeat {
+        /// Hosts that sent data, or acknowledged it, on this worker's
+        /// data channels lately (within [`HEARD_WINDOW`]).
+        heard: Vec<HeardFrom>,
+    },
     /// One of the worker's sources checkpointed its input position (a few
     /// bytes, kept by the coordinator). Stateful instances and sinks ship
     /// their checkpoints to their holders directly ([`BackupShipment`]).

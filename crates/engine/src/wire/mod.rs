@@ -16,8 +16,9 @@ pub mod data;
 /// merges, `RestoreFrom::StagedMerge` and `ToWorker::MergeBackups`; 9: a
 /// checkpoint shipped to a holder follows its header raw; 10: staging
 /// makes room for a merge's other partition; 11: a live merge's two
-/// partitions are joined while staged, `ToWorker::Stage { merge }`).
-pub const PROTOCOL_VERSION: u16 = 11;
+/// partitions are joined while staged, `ToWorker::Stage { merge }`; 12:
+/// heartbeats list the hosts a worker's data channels heard from lately).
+pub const PROTOCOL_VERSION: u16 = 12;
 
 /// Upper bound on a data frame, so a corrupt length cannot make us allocate
 /// gigabytes.
@@ -30,6 +31,13 @@ pub const MAX_CONTROL_FRAME: usize = 3 << 30;
 
 // A control frame's length travels as 32 bits.
 const _: () = assert!(MAX_CONTROL_FRAME <= u32::MAX as usize);
+
+/// The host part of a network address (`10.213.0.2` of
+/// `10.213.0.2:4000`, `[::1]` of `[::1]:4000`): workers on one host share
+/// it, and faults of the network come between hosts.
+pub(crate) fn host_part(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(host, _)| host)
+}
 
 /// Reads exactly `len` bytes into a new vector, straight into its spare
 /// capacity: zeroing a buffer first costs as much as receiving into it,

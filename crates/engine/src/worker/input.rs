@@ -18,6 +18,7 @@ use crate::wire::control;
 use crate::wire::data::{read_batch, read_hello};
 
 use super::backup::{self, Holdings};
+use super::watch::{LinkWatch, WatchedStream};
 use super::ControlWriter;
 
 /// Batches an inbox holds before readers block (and TCP pushes back upstream).
@@ -167,11 +168,13 @@ pub(crate) struct BackupDesk {
     pub(crate) writer: ControlWriter,
 }
 
-/// Accepts data channels and backup connections until the process exits.
+/// Accepts data channels and backup connections until the process exits;
+/// `watch` notes when each data channel last brought data.
 pub(crate) fn spawn_acceptor(
     listener: TcpListener,
     inboxes: Inboxes,
     desk: BackupDesk,
+    watch: LinkWatch,
 ) -> Result<(), EngineError> {
     thread::Builder::new()
         .name("spate-accept".into())
@@ -179,10 +182,10 @@ pub(crate) fn spawn_acceptor(
             for stream in listener.incoming() {
                 match stream {
                     Ok(stream) => {
-                        let (inboxes, desk) = (inboxes.clone(), desk.clone());
+                        let (inboxes, desk, watch) = (inboxes.clone(), desk.clone(), watch.clone());
                         let spawned = thread::Builder::new()
                             .name("spate-reader".into())
-                            .spawn(move || read_connection(stream, &inboxes, &desk));
+                            .spawn(move || read_connection(stream, &inboxes, &desk, &watch));
                         if let Err(e) = spawned {
                             tracing::error!("cannot start a channel reader: {e}");
                         }
@@ -197,14 +200,14 @@ pub(crate) fn spawn_acceptor(
 
 /// Serves an accepted connection: a data channel, or backups when it
 /// opens with the control handshake.
-fn read_connection(stream: TcpStream, inboxes: &Inboxes, desk: &BackupDesk) {
+fn read_connection(stream: TcpStream, inboxes: &Inboxes, desk: &BackupDesk, watch: &LinkWatch) {
     // A peer that connects and says nothing must not hold a thread forever.
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     match peek_magic(&stream) {
         Ok(magic) if &magic == control::MAGIC => {
             backup::serve(stream, &desk.holdings, &desk.writer)
         }
-        Ok(_) => read_channel(stream, inboxes),
+        Ok(_) => read_channel(watch.watch_incoming(stream), inboxes),
         Err(e) => tracing::warn!("dropping a connection that sent no handshake: {e}"),
     }
 }
@@ -221,7 +224,7 @@ fn peek_magic(stream: &TcpStream) -> std::io::Result<[u8; 4]> {
     }
 }
 
-fn read_channel(mut stream: TcpStream, inboxes: &Inboxes) {
+fn read_channel(mut stream: WatchedStream, inboxes: &Inboxes) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())

@@ -81,9 +81,9 @@ pub fn run_worker(registry: &QueryRegistry, options: &WorkerOptions) -> Result<(
         holdings: holdings.clone(),
         writer: writer.clone(),
     };
-    input::spawn_acceptor(listener, inboxes.clone(), desk)?;
-    spawn_heartbeat(options, data_addr)?;
     let watch = LinkWatch::start(writer.clone())?;
+    input::spawn_acceptor(listener, inboxes.clone(), desk, watch.clone())?;
+    spawn_heartbeat(options, data_addr, watch.clone())?;
     let shipper = Shipper::new(watch.clone());
     let reports = spawn_reporter(writer.clone(), shipper.clone())?;
     let mut worker = ControlLoop {
@@ -558,8 +558,12 @@ pub const FENCED_EXIT_CODE: i32 = 3;
 
 /// Heartbeats go on a connection of their own so that they never wait
 /// behind a large checkpoint on the control connection; the coordinator's
-/// leases come back on it.
-fn spawn_heartbeat(options: &WorkerOptions, data_addr: String) -> Result<(), EngineError> {
+/// leases come back on it. Each carries the hosts `watch` heard from lately.
+fn spawn_heartbeat(
+    options: &WorkerOptions,
+    data_addr: String,
+    watch: LinkWatch,
+) -> Result<(), EngineError> {
     let mut stream = connect_coordinator(options)?;
     control::write_hello(&mut stream)
         .map_err(|e| EngineError::io("greeting the coordinator", e))?;
@@ -571,7 +575,6 @@ fn spawn_heartbeat(options: &WorkerOptions, data_addr: String) -> Result<(), Eng
             token: options.token.clone(),
         },
     )?;
-    let beat = control::encode(&ToCoordinator::Heartbeat)?;
     let leases = stream
         .try_clone()
         .map_err(|e| EngineError::io("cloning the heartbeat connection", e))?;
@@ -583,7 +586,10 @@ fn spawn_heartbeat(options: &WorkerOptions, data_addr: String) -> Result<(), Eng
     thread::Builder::new()
         .name("spate-heartbeat".into())
         .spawn(move || {
-            while control::send_encoded(&mut stream, &beat).is_ok() {
+            let beat = || ToCoordinator::Heartbeat {
+                heard: watch.heard_lately(),
+            };
+            while control::send(&mut stream, &beat()).is_ok() {
                 thread::sleep(HEARTBEAT_EVERY);
             }
         })

@@ -16,15 +16,23 @@
 //! cut takes a few seconds to notice, and longer after minutes of
 //! backpressure). Without that, a channel cut during backpressure blocked
 //! its writer for good and nobody reported it: a whole job stood still.
+//!
+//! The same thread notes when each peer host was last heard from: data
+//! received on an incoming channel, an acknowledgement on an outgoing one.
+//! Heartbeats carry that to the coordinator, which tells by it the end of a
+//! stalled channel cut off from its peers (it hears from nobody) from the
+//! end that still reaches others.
 
-use std::io::Write;
+use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::EngineError;
-use crate::wire::control::ToCoordinator;
+use crate::wire::control::{HeardFrom, ToCoordinator, HEARD_WINDOW};
+use crate::wire::host_part;
 
 use super::{send, ControlWriter};
 
@@ -72,7 +80,8 @@ pub(crate) fn connect_peer(addr: &str) -> std::io::Result<TcpStream> {
     Ok(stream)
 }
 
-/// A data channel's socket, shared between its writer and the watch.
+/// A data channel's socket, shared between its writer (or reader) and the
+/// watch.
 #[derive(Clone)]
 pub(crate) struct WatchedStream(Arc<TcpStream>);
 
@@ -86,16 +95,43 @@ impl Write for WatchedStream {
     }
 }
 
+impl std::ops::Deref for WatchedStream {
+    type Target = TcpStream;
+
+    fn deref(&self) -> &TcpStream {
+        &self.0
+    }
+}
+
+impl Read for WatchedStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+/// Which way a watched channel's data goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// This worker sends: the channel may stall, and acknowledgements are
+    /// news from the peer.
+    Outgoing,
+    /// This worker receives: data is news from the peer.
+    Incoming,
+}
+
 struct Watched {
-    /// The peer's data address.
+    /// The peer's address (its data address for an outgoing channel).
     peer: String,
+    direction: Direction,
     stream: Weak<TcpStream>,
 }
 
-/// The watch over this worker's outgoing data channels.
+/// The watch over this worker's data channels.
 #[derive(Clone)]
 pub(crate) struct LinkWatch {
     watched: Arc<Mutex<Vec<Watched>>>,
+    /// When each peer host was last heard from on a data channel.
+    heard: Arc<Mutex<HashMap<String, Instant>>>,
     writer: ControlWriter,
 }
 
@@ -104,6 +140,7 @@ impl LinkWatch {
     pub(crate) fn start(writer: ControlWriter) -> Result<Self, EngineError> {
         let watch = LinkWatch {
             watched: Arc::default(),
+            heard: Arc::default(),
             writer,
         };
         let looking = watch.clone();
@@ -120,12 +157,41 @@ impl LinkWatch {
     /// Watches `stream`, a data channel to `peer`, for as long as its
     /// writer keeps it.
     pub(crate) fn watch(&self, peer: &str, stream: TcpStream) -> WatchedStream {
+        self.add(peer.to_string(), Direction::Outgoing, stream)
+    }
+
+    /// Notes when `stream`, a data channel from a peer, last brought data,
+    /// for as long as its reader keeps it.
+    pub(crate) fn watch_incoming(&self, stream: TcpStream) -> WatchedStream {
+        let peer = stream
+            .peer_addr()
+            .map_or_else(|_| "?".to_string(), |a| a.to_string());
+        self.add(peer, Direction::Incoming, stream)
+    }
+
+    fn add(&self, peer: String, direction: Direction, stream: TcpStream) -> WatchedStream {
         let stream = Arc::new(stream);
         self.lock().push(Watched {
-            peer: peer.to_string(),
+            peer,
+            direction,
             stream: Arc::downgrade(&stream),
         });
         WatchedStream(stream)
+    }
+
+    /// The peer hosts heard from within [`HEARD_WINDOW`], for a heartbeat.
+    pub(crate) fn heard_lately(&self) -> Vec<HeardFrom> {
+        let now = Instant::now();
+        let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        heard
+            .iter()
+            .map(|(host, at)| (host, now.saturating_duration_since(*at)))
+            .filter(|(_, ago)| *ago <= HEARD_WINDOW)
+            .map(|(host, ago)| HeardFrom {
+                host: host.clone(),
+                ms_ago: ago.as_millis() as u64,
+            })
+            .collect()
     }
 
     /// `peer` could not be reached at all.
@@ -135,11 +201,22 @@ impl LinkWatch {
 
     fn look(&self) {
         let mut stalled = Vec::new();
+        let mut heard = Vec::new();
+        let now = Instant::now();
         self.lock().retain(|w| {
             let Some(stream) = w.stream.upgrade() else {
                 return false;
             };
-            match tcp_stall(&stream) {
+            let Some(state) = ChannelState::of(&stream) else {
+                return true;
+            };
+            if let Some(at) = state
+                .heard(w.direction)
+                .and_then(|ago| now.checked_sub(ago))
+            {
+                heard.push((host_part(&w.peer).to_string(), at));
+            }
+            match state.stall().filter(|_| w.direction == Direction::Outgoing) {
                 Some(silent) if silent >= STALL => {
                     // Unblocks the writer (its channel goes down, its
                     // batches stay buffered for the replay after the
@@ -151,9 +228,18 @@ impl LinkWatch {
                 _ => true,
             }
         });
+        self.note_heard(heard);
         for (peer, silent) in stalled {
             tracing::warn!(%peer, "data channel stalled for {} ms", silent.as_millis());
             self.report(&peer, silent);
+        }
+    }
+
+    fn note_heard(&self, heard: Vec<(String, Instant)>) {
+        let mut latest = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        for (host, at) in heard {
+            let last = latest.entry(host).or_insert(at);
+            *last = (*last).max(at);
         }
     }
 
@@ -172,45 +258,82 @@ impl LinkWatch {
     }
 }
 
-/// How long `stream` has heard no acknowledgement while retransmitting data
-/// in flight or probing a shut window; `None` when it is making progress
-/// (or cannot tell).
-#[cfg(target_os = "linux")]
-fn tcp_stall(stream: &TcpStream) -> Option<Duration> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes
-    // into it.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    let got = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    let retransmitting = info.tcpi_unacked > 0 && info.tcpi_retransmits >= MIN_RETRANSMITS;
-    let probing_unanswered = info.tcpi_probes >= MIN_RETRANSMITS;
-    (got == 0 && (retransmitting || probing_unanswered))
-        .then(|| Duration::from_millis(u64::from(info.tcpi_last_ack_recv)))
+/// What the kernel knows of a data channel's connection.
+struct ChannelState {
+    #[cfg(target_os = "linux")]
+    info: libc::tcp_info,
 }
 
-#[cfg(not(target_os = "linux"))]
-fn tcp_stall(_stream: &TcpStream) -> Option<Duration> {
-    None
+impl ChannelState {
+    /// `stream`'s state now; `None` where the kernel does not say.
+    #[cfg(target_os = "linux")]
+    fn of(stream: &TcpStream) -> Option<Self> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: tcp_info is plain data; getsockopt writes at most `len`
+        // bytes into it.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let got = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        (got == 0).then_some(ChannelState { info })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn of(_stream: &TcpStream) -> Option<Self> {
+        None
+    }
+
+    /// How long the channel has heard no acknowledgement while
+    /// retransmitting data in flight or probing a shut window; `None` when
+    /// it is making progress.
+    #[cfg(target_os = "linux")]
+    fn stall(&self) -> Option<Duration> {
+        let info = &self.info;
+        let retransmitting = info.tcpi_unacked > 0 && info.tcpi_retransmits >= MIN_RETRANSMITS;
+        let probing_unanswered = info.tcpi_probes >= MIN_RETRANSMITS;
+        (retransmitting || probing_unanswered)
+            .then(|| Duration::from_millis(u64::from(info.tcpi_last_ack_recv)))
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn stall(&self) -> Option<Duration> {
+        None
+    }
+
+    /// How long ago the peer was last heard from: data on a channel this
+    /// worker receives on, an acknowledgement on one it sends on.
+    #[cfg(target_os = "linux")]
+    fn heard(&self, direction: Direction) -> Option<Duration> {
+        let ms = match direction {
+            Direction::Outgoing => self.info.tcpi_last_ack_recv,
+            Direction::Incoming => self.info.tcpi_last_data_recv,
+        };
+        Some(Duration::from_millis(u64::from(ms)))
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn heard(&self, _direction: Direction) -> Option<Duration> {
+        None
+    }
 }
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
-    use std::io::{ErrorKind, Write};
+    use std::io::{ErrorKind, Read, Write};
     use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+    use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
     use spate_hosts::{Fault, HostId, HostsError, HostsOptions, SimulatedHosts};
 
-    use super::{tcp_stall, CHECK_EVERY, STALL};
+    use super::{ChannelState, LinkWatch, CHECK_EVERY, STALL};
 
     /// Writes to `sender` until the receiver's window and both buffers are
     /// full: the receiver never reads.
@@ -227,17 +350,70 @@ mod tests {
         }
     }
 
-    /// The first stall `tcp_stall` sees on `sender` within `time`, sampled
+    /// The first stall `ChannelState::stall` sees on `sender` within `time`, sampled
     /// as the watch samples.
     fn first_stall(sender: &TcpStream, time: Duration) -> Option<Duration> {
         let until = Instant::now() + time;
         while Instant::now() < until {
-            if let Some(silent) = tcp_stall(sender).filter(|silent| *silent >= STALL) {
+            if let Some(silent) = ChannelState::of(sender)
+                .and_then(|state| state.stall())
+                .filter(|silent| *silent >= STALL)
+            {
                 return Some(silent);
             }
             std::thread::sleep(CHECK_EVERY);
         }
         None
+    }
+
+    /// What `watch` heard from `host` lately, in milliseconds ago.
+    fn heard_from(watch: &LinkWatch, host: &str) -> Option<u64> {
+        watch.look();
+        watch
+            .heard_lately()
+            .into_iter()
+            .find(|h| h.host == host)
+            .map(|h| h.ms_ago)
+    }
+
+    #[test]
+    fn data_in_and_acknowledgements_out_are_news_from_the_peer() {
+        let coordinator = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let control =
+            TcpStream::connect(coordinator.local_addr().expect("bound")).expect("connect");
+        let watch = LinkWatch {
+            watched: Arc::default(),
+            heard: Arc::default(),
+            writer: Arc::new(Mutex::new(control)),
+        };
+        // A peer on another loopback address, so that its host differs
+        // from the one this end connects from.
+        let peer = TcpListener::bind((Ipv4Addr::new(127, 0, 0, 2), 0)).expect("bind");
+        let peer_addr = peer.local_addr().expect("bound");
+        let mut outgoing = watch.watch(
+            &peer_addr.to_string(),
+            TcpStream::connect(peer_addr).expect("connect"),
+        );
+        let (accepted, _) = peer.accept().expect("accept");
+        let mut incoming = watch.watch_incoming(accepted);
+        let sender_host = incoming.peer_addr().expect("connected").ip().to_string();
+        assert_ne!(sender_host, "127.0.0.2");
+
+        // Silence ages the news (the handshake was the last).
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(heard_from(&watch, "127.0.0.2").expect("within the window") >= 250);
+        assert!(heard_from(&watch, &sender_host).expect("within the window") >= 250);
+
+        outgoing.write_all(b"a batch").expect("sent");
+        let mut received = [0u8; 7];
+        incoming.read_exact(&mut received).expect("received");
+        // The peer acknowledged what went out, and the data came in.
+        let acknowledged = heard_from(&watch, "127.0.0.2").expect("acknowledged");
+        let brought_data = heard_from(&watch, &sender_host).expect("data came in");
+        assert!(
+            acknowledged < 200 && brought_data < 200,
+            "{acknowledged} {brought_data}"
+        );
     }
 
     #[test]

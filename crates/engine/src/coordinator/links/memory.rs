@@ -2,7 +2,7 @@
 //! test plays every worker through a [`Network`], the coordinator talks to
 //! a [`MemoryLinks`] exactly as it would over TCP.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,6 +32,8 @@ struct Shared {
     silent: HashSet<WorkerId>,
     /// Workers the coordinator fenced.
     fenced: HashSet<WorkerId>,
+    /// The hosts each worker's data channels heard from, and when.
+    heard: HashMap<WorkerId, Vec<(String, Instant)>>,
 }
 
 /// The workers' end, driven by a test.
@@ -42,10 +44,22 @@ pub(crate) struct Network {
     pub(crate) sent: Receiver<(WorkerId, ToWorker)>,
     state: Arc<Mutex<Shared>>,
     next: Arc<AtomicU32>,
+    /// Each worker on a host of its own, not all on one.
+    one_host_each: bool,
 }
 
-/// A connected pair of ends.
+/// A connected pair of ends, every worker on one host.
 pub(crate) fn pair() -> (MemoryLinks, Network) {
+    pair_on_hosts(false)
+}
+
+/// A connected pair of ends, each worker on a host of its own (what
+/// stalled channels between hosts are judged by).
+pub(crate) fn pair_one_host_each() -> (MemoryLinks, Network) {
+    pair_on_hosts(true)
+}
+
+fn pair_on_hosts(one_host_each: bool) -> (MemoryLinks, Network) {
     let (events_tx, events) = crossbeam_channel::unbounded();
     let (sent_tx, sent) = crossbeam_channel::unbounded();
     let state = Arc::new(Mutex::new(Shared::default()));
@@ -61,6 +75,7 @@ pub(crate) fn pair() -> (MemoryLinks, Network) {
             sent,
             state,
             next: Arc::new(AtomicU32::new(0)),
+            one_host_each,
         },
     )
 }
@@ -71,11 +86,25 @@ impl Network {
         let worker = WorkerId(self.next.fetch_add(1, Ordering::SeqCst));
         let joined = LinkEvent::Joined {
             worker,
-            data_addr: format!("memory:{worker}"),
+            data_addr: self.addr(worker),
             pid: 10_000 + worker.0,
         };
         let _ = self.events.send(joined);
         worker
+    }
+
+    /// `worker`'s data address.
+    pub(crate) fn addr(&self, worker: WorkerId) -> String {
+        if self.one_host_each {
+            format!("host{}:{worker}", worker.0)
+        } else {
+            format!("memory:{worker}")
+        }
+    }
+
+    /// The host part of `worker`'s data address.
+    pub(crate) fn host(&self, worker: WorkerId) -> String {
+        crate::wire::host_part(&self.addr(worker)).to_string()
     }
 
     /// `worker` says `message`.
@@ -96,6 +125,16 @@ impl Network {
     /// `worker` stops sending heartbeats but stays connected.
     pub(crate) fn silence(&self, worker: WorkerId) {
         self.lock().silent.insert(worker);
+    }
+
+    /// `worker`'s data channels heard from `host` just now, as its next
+    /// heartbeat says.
+    pub(crate) fn hear(&self, worker: WorkerId, host: &str) {
+        self.lock()
+            .heard
+            .entry(worker)
+            .or_default()
+            .push((host.to_string(), Instant::now()));
     }
 
     /// Whether the coordinator fenced `worker`.
@@ -158,6 +197,20 @@ impl Links for MemoryLinks {
 
     fn traffic(&self) -> ControlTraffic {
         self.traffic
+    }
+
+    fn heard_since(&self, worker: WorkerId, since: Instant) -> BTreeSet<String> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .heard
+            .get(&worker)
+            .map_or_else(BTreeSet::new, |heard| {
+                heard
+                    .iter()
+                    .filter(|(_, at)| *at >= since)
+                    .map(|(host, _)| host.clone())
+                    .collect()
+            })
     }
 
     fn silent_for(&self, worker: WorkerId) -> Duration {

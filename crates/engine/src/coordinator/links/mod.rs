@@ -7,6 +7,7 @@ pub(super) mod tcp;
 #[cfg(test)]
 pub(super) mod memory;
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use super::view::ControlTraffic;
@@ -42,6 +43,10 @@ pub trait Links {
     fn next_event(&mut self, deadline: Instant) -> Result<Option<LinkEvent>, EngineError>;
     /// How long `worker` has been silent (no message, no heartbeat).
     fn silent_for(&self, worker: WorkerId) -> Duration;
+    /// The hosts `worker`'s data channels heard from at or after `since`
+    /// (data in, acknowledgements of data out), as of its latest
+    /// heartbeat: evidence of whom it still reaches.
+    fn heard_since(&self, worker: WorkerId, since: Instant) -> BTreeSet<String>;
     /// Stops vouching for `worker`, declared failed: its lease is no longer
     /// renewed and its connections close, so that a worker cut off from the
     /// coordinator, or one that comes back from a partition, stops on its

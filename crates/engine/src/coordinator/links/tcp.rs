@@ -12,10 +12,10 @@
 //! worker that make no progress for the lease fail, and its link is then
 //! lost: a partitioned worker never blocks the coordinator.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,9 @@ struct Liveness {
     /// Milliseconds after [`epoch`] the worker was last heard, kept by its
     /// reader threads.
     heard: AtomicU64,
+    /// The hosts its data channels heard from lately, as of its latest
+    /// heartbeat, with when (milliseconds after [`epoch`]).
+    peers_heard: Mutex<Vec<(String, u64)>>,
     /// Declared failed: its lease is no longer renewed.
     fenced: AtomicBool,
 }
@@ -141,6 +144,22 @@ impl Links for TcpLinks {
         }
     }
 
+    fn heard_since(&self, worker: WorkerId, since: Instant) -> BTreeSet<String> {
+        let since = since.saturating_duration_since(epoch()).as_millis() as u64;
+        let Some(liveness) = self.liveness.get(worker.index()) else {
+            return BTreeSet::new();
+        };
+        let heard = liveness
+            .peers_heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        heard
+            .iter()
+            .filter(|(_, at)| *at >= since)
+            .map(|(host, _)| host.clone())
+            .collect()
+    }
+
     fn silent_for(&self, worker: WorkerId) -> Duration {
         let heard = self
             .liveness
@@ -200,6 +219,7 @@ fn spawn_acceptor(
                     Ok((stream, ToCoordinator::Register { data_addr, pid, .. })) => {
                         let liveness = Arc::new(Liveness {
                             heard: AtomicU64::new(now_ms()),
+                            peers_heard: Mutex::default(),
                             fenced: AtomicBool::new(false),
                         });
                         workers.insert(data_addr.clone(), liveness.clone());
@@ -255,10 +275,15 @@ fn spawn_heartbeat(stream: TcpStream, liveness: Arc<Liveness>, lease: Duration) 
         .name("spate-coord-beat".into())
         .spawn(move || {
             let mut stream = stream;
-            while let Ok(Some(ToCoordinator::Heartbeat)) =
+            while let Ok(Some(ToCoordinator::Heartbeat { heard })) =
                 control::recv::<ToCoordinator>(&mut stream)
             {
-                reader.heard.store(now_ms(), Ordering::Relaxed);
+                let now = now_ms();
+                reader.heard.store(now, Ordering::Relaxed);
+                *reader.peers_heard.lock().unwrap_or_else(|p| p.into_inner()) = heard
+                    .into_iter()
+                    .map(|h| (h.host, now.saturating_sub(h.ms_ago)))
+                    .collect();
             }
         })
         .and_then(|_| {
