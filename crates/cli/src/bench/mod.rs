@@ -22,7 +22,7 @@ use clap::Subcommand;
 use spate_engine::cluster::{current_program, run_local};
 use spate_engine::coordinator::view::{ClusterView, JobCommand, SharedView};
 use spate_engine::coordinator::{
-    EventKind, JobConfig, JobState, JobSummary, RecoveryTimeline, ScaleDirection,
+    EventKind, JobConfig, JobState, JobSummary, RecoveryTimeline, Refused, ScaleDirection,
 };
 use spate_engine::wire::MAX_CONTROL_FRAME;
 use spate_examples::latency::{read_windows, LatencyWindow};
@@ -697,7 +697,7 @@ fn is_store_recovery(r: &RecoveryTimeline) -> bool {
 fn scale_refusals(view: &ClusterView) -> Vec<String> {
     view.events
         .iter()
-        .filter(|e| e.kind == EventKind::Refused && e.detail.starts_with("scale"))
+        .filter(|e| matches!(e.refused, Some(Refused::ScaleOut | Refused::ScaleIn)))
         .map(|e| e.detail.clone())
         .collect()
 }

@@ -49,7 +49,7 @@ use crate::wire::control::{
 };
 
 use super::backups::choose_holders;
-use super::events::EventKind;
+use super::events::Refused;
 use super::Job;
 
 /// Whole backups fetched from holders, by instance: each with its frontier,
@@ -74,8 +74,8 @@ impl Job<'_> {
             )));
         }
         if let Err(e) = Checkpoint::verify(&bytes) {
-            self.record(
-                EventKind::Refused,
+            self.refuse(
+                Refused::Checkpoint,
                 format!(
                     "checkpoint of instance {instance} at stamp {}: {e}; its previous checkpoint stays the one to restore",
                     frontier.0
@@ -201,8 +201,8 @@ impl Job<'_> {
     ) {
         match refusal {
             Refusal::Replaced => return,
-            Refusal::Corrupt => self.record(
-                EventKind::Refused,
+            Refusal::Corrupt => self.refuse(
+                Refused::Backup,
                 format!("backup of instance {instance} on worker {holder}: {reason}; its previous checkpoint stays the one to restore, and it checkpoints in full next"),
             ),
             Refusal::NotItsBase => {

@@ -30,6 +30,36 @@ impl std::fmt::Display for FailureCause {
     }
 }
 
+/// What the coordinator refused, or gave up on: what tools that count
+/// refusals (the benchmarks) read instead of the event's text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Refused {
+    /// A checkpoint that could not be taken or recorded.
+    Checkpoint,
+    /// A backup that its holder would not store.
+    Backup,
+    /// A kill that could not be made.
+    Kill,
+    /// A split of a partition (scale out).
+    ScaleOut,
+    /// A merge of two partitions (scale in).
+    ScaleIn,
+}
+
+impl std::fmt::Display for Refused {
+    /// The word that opens the refusal's text.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Refused::Checkpoint => "checkpoint",
+            Refused::Backup => "backup",
+            Refused::Kill => "kill",
+            Refused::ScaleOut => "scale",
+            Refused::ScaleIn => "scale in",
+        })
+    }
+}
+
 /// What kind of thing happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

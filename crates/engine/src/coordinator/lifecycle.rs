@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::events::{EventKind, FailureCause, JobState};
+use super::events::{EventKind, FailureCause, JobState, Refused};
 use super::suspects::Suspicion;
 use super::{
     Failure, InstanceReport, Job, JobEvent, JobSummary, KillSpec, LinkEvent, Stall, WorkerEntry,
@@ -483,8 +483,8 @@ impl Job<'_> {
                     if self.end_process(w) {
                         self.record_about(EventKind::Kill, format!("killed {what}"), vec![w], None);
                     } else {
-                        self.record(
-                            EventKind::Refused,
+                        self.refuse(
+                            Refused::Kill,
                             format!("kill {what}: its provisioner cannot end it"),
                         );
                     }

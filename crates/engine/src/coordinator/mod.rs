@@ -38,7 +38,7 @@ pub mod view;
 
 pub use autoscaler::ScaleRates;
 pub use config::{JobConfig, KillSpec, DEFAULT_BACKUP_COPIES, MAX_BACKUP_COPIES};
-pub use events::{EventKind, FailureCause, JobState, ScaleDirection};
+pub use events::{EventKind, FailureCause, JobState, Refused, ScaleDirection};
 pub use links::{LinkEvent, Links};
 pub use scale::{AddedPart, PolicyKind, ScaleEvent, ScalePolicy};
 
@@ -101,6 +101,9 @@ pub struct JobEvent {
     /// How a failure was found (the first worker's, as `detail` says).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<FailureCause>,
+    /// What a refusal refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<Refused>,
 }
 
 impl JobEvent {
@@ -112,6 +115,7 @@ impl JobEvent {
             detail: detail.into(),
             workers: Vec::new(),
             cause: None,
+            refused: None,
         }
     }
 }
@@ -374,6 +378,16 @@ impl<'a> Job<'a> {
             workers,
             cause,
             ..JobEvent::new(at_ms, kind, detail)
+        });
+    }
+
+    /// Records that the coordinator refused `what`, and why (`detail`).
+    fn refuse(&mut self, what: Refused, detail: String) {
+        tracing::info!(kind = EventKind::Refused.as_str(), "{detail}");
+        let at_ms = self.elapsed_ms();
+        self.timeline.push(JobEvent {
+            refused: Some(what),
+            ..JobEvent::new(at_ms, EventKind::Refused, detail)
         });
     }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::ids::WorkerId;
 use crate::wire::control::{InstanceMetrics, ToWorker};
 
-use super::events::{EventKind, JobState, ScaleDirection};
+use super::events::{EventKind, JobState, Refused, ScaleDirection};
 use super::view::{ClusterView, HistoryPoint, InstanceView, JobCommand, OperatorView, WorkerView};
 use super::{Job, KillSpec};
 
@@ -229,14 +229,14 @@ impl Job<'_> {
                             None,
                         );
                     } else {
-                        self.record(
-                            EventKind::Refused,
+                        self.refuse(
+                            Refused::Kill,
                             format!("kill: worker {w}'s provisioner cannot end it"),
                         );
                     }
                 }
                 JobCommand::KillWorker(w) => {
-                    self.record(EventKind::Refused, format!("kill: no live worker {w}"))
+                    self.refuse(Refused::Kill, format!("kill: no live worker {w}"))
                 }
                 JobCommand::KillInstance { operator, index } => {
                     self.kills.push(KillSpec {

@@ -70,7 +70,7 @@ use crate::state::{Checkpoint, KeyRange};
 use crate::wire::control::{RestoreFrom, ToWorker};
 
 use super::autoscaler::{Action, ScaleRates};
-use super::events::{EventKind, ScaleDirection};
+use super::events::{EventKind, Refused, ScaleDirection};
 use super::recovery::RestoresByTarget;
 use super::scale_live::ReadyToSplit;
 use super::Job;
@@ -412,8 +412,8 @@ impl Job<'_> {
         for (s, snapshot) in splitting.into_iter().zip(snapshots) {
             let Some((frontier, bytes)) = snapshot else {
                 self.return_targets(&s);
-                self.record(
-                    EventKind::Refused,
+                self.refuse(
+                    Refused::ScaleOut,
                     format!(
                         "scale {}: instance {} failed before it could be split",
                         s.operator, s.placed.id
@@ -445,13 +445,13 @@ impl Job<'_> {
             .map(|(n, p)| (n, p.clone()))?;
         let operator = self.plan.nodes[node].name.clone();
         if let Some(why) = self.cannot_split(node, &placed) {
-            self.record(EventKind::Refused, format!("scale {operator}: {why}"));
+            self.refuse(Refused::ScaleOut, format!("scale {operator}: {why}"));
             return None;
         }
         let extra = (order.parts.max(2) - 1).min(self.pool.len());
         if extra == 0 {
-            self.record(
-                EventKind::Refused,
+            self.refuse(
+                Refused::ScaleOut,
                 format!("scale {operator}: no idle worker in the pool (start with --pool N)"),
             );
             return None;
@@ -695,13 +695,10 @@ impl Job<'_> {
 
     /// The node of `operator`, or a refusal of the command (`what`)
     /// recorded when the query has no such operator.
-    pub(super) fn operator_node(&mut self, operator: &str, what: &str) -> Option<usize> {
+    pub(super) fn operator_node(&mut self, operator: &str, what: Refused) -> Option<usize> {
         let node = self.query.find(operator);
         if node.is_none() {
-            self.record(
-                EventKind::Refused,
-                format!("{what}: no operator `{operator}`"),
-            );
+            self.refuse(what, format!("{what}: no operator `{operator}`"));
         }
         node
     }
@@ -713,7 +710,7 @@ impl Job<'_> {
         operator: &str,
         reason: &str,
     ) -> Result<(), EngineError> {
-        let Some(node) = self.operator_node(operator, "scale") else {
+        let Some(node) = self.operator_node(operator, Refused::ScaleOut) else {
             return Ok(());
         };
         match self.autoscaler.busiest(&self.plan.nodes[node].instances) {

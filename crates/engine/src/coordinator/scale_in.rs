@@ -93,7 +93,7 @@ use crate::state::{Checkpoint, KeyRange};
 use crate::wire::control::{RestoreFrom, ToCoordinator, ToWorker};
 
 use super::autoscaler::ScaleRates;
-use super::events::{EventKind, ScaleDirection};
+use super::events::{EventKind, Refused, ScaleDirection};
 use super::scale_in_live::StagedMerge;
 use super::scale_live::CALLED_OFF;
 use super::{Job, ScaleEvent};
@@ -118,7 +118,7 @@ impl Job<'_> {
         operator: &str,
         reason: &str,
     ) -> Result<(), EngineError> {
-        let Some(node) = self.operator_node(operator, "scale in") else {
+        let Some(node) = self.operator_node(operator, Refused::ScaleIn) else {
             return Ok(());
         };
         match self
@@ -127,8 +127,8 @@ impl Job<'_> {
         {
             Some((lower, upper)) => self.scale_in(lower, upper, reason, None),
             None => {
-                self.record(
-                    EventKind::Refused,
+                self.refuse(
+                    Refused::ScaleIn,
                     format!("scale in {operator}: it has a single partition"),
                 );
                 Ok(())
@@ -223,7 +223,7 @@ impl Job<'_> {
                 "instances {lower} and {upper} could not be brought to one frontier (one failed or finished)"
             )
         };
-        self.record(EventKind::Refused, format!("scale in {operator}: {why}"));
+        self.refuse(Refused::ScaleIn, format!("scale in {operator}: {why}"));
     }
 
     /// A live merge from its staging on: the stop (both partitions
@@ -312,10 +312,7 @@ impl Job<'_> {
         } else {
             format!("instances {lower} and {upper} are not adjacent")
         };
-        self.record(
-            EventKind::Refused,
-            format!("scale in {operator}: {refusal}"),
-        );
+        self.refuse(Refused::ScaleIn, format!("scale in {operator}: {refusal}"));
         None
     }
 

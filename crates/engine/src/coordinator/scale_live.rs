@@ -13,7 +13,7 @@ use crate::wire::control::{
     BackupHolder, ReshapedPart, RestoreFrom, StagedJoin, StagedSource, ToCoordinator, ToWorker,
 };
 
-use super::events::{EventKind, ScaleDirection};
+use super::events::{Refused, ScaleDirection};
 use super::recovery::RestoresByTarget;
 use super::scale::{Placed, SplitFrom, Splitting};
 use super::Job;
@@ -339,8 +339,8 @@ impl Job<'_> {
         for s in staged.iter().map(|s| &s.splitting).chain(&splitting) {
             self.return_targets(s);
             self.retry_requested(s);
-            self.record(
-                EventKind::Refused,
+            self.refuse(
+                Refused::ScaleOut,
                 format!("scale {}: {CALLED_OFF}", s.operator),
             );
         }
@@ -476,8 +476,8 @@ impl Job<'_> {
         } else {
             "could not be stopped for its split (it failed, finished or took no checkpoint in time)"
         };
-        self.record(
-            EventKind::Refused,
+        self.refuse(
+            Refused::ScaleOut,
             format!(
                 "scale {}: instance {} {why}",
                 s.splitting.operator, s.splitting.placed.id

@@ -13,7 +13,7 @@ use super::backups::{choose_holders, Backups};
 use super::links::memory::{pair, pair_one_host_each, MemoryLinks, Network};
 use super::scale_in::ALIGN_TIMEOUT;
 use super::{
-    run_job, EventKind, FailureCause, JobConfig, JobSummary, Provisioner, ScaleDirection,
+    run_job, EventKind, FailureCause, JobConfig, JobSummary, Provisioner, Refused, ScaleDirection,
     ScalePolicy,
 };
 use crate::api::{
@@ -1324,6 +1324,11 @@ fn a_corrupt_checkpoint_is_refused_and_the_previous_one_restored() {
     });
     let summary = result.expect("finishes");
     assert!(kinds(&summary, EventKind::Refused) >= 3);
+    assert!(summary
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::Refused)
+        .all(|e| matches!(e.refused, Some(Refused::Checkpoint | Refused::Backup))));
     let count = cluster.ids("count")[0];
     assert_eq!(cluster.restored_frontiers()[&count], Some(Stamp(10)));
 }
@@ -1380,7 +1385,7 @@ fn a_split_without_a_pool_worker_is_refused() {
     assert!(summary
         .events
         .iter()
-        .any(|e| e.kind == EventKind::Refused && e.detail.contains("pool")));
+        .any(|e| e.refused == Some(Refused::ScaleOut) && e.detail.contains("pool")));
     assert_eq!(cluster.ids("count").len(), 2);
 }
 
@@ -1641,10 +1646,13 @@ fn a_live_split_whose_instance_fails_while_stopped_is_dropped_and_recovered() {
     assert_eq!(summary.recoveries.len(), 1);
     assert!(summary.scale_events.is_empty());
     assert_eq!(cluster.ids("count").len(), 2);
-    assert!(summary
-        .events
-        .iter()
-        .any(|e| e.kind == EventKind::Refused && e.detail.contains("could not be stopped")));
+    assert!(
+        summary
+            .events
+            .iter()
+            .any(|e| e.refused == Some(Refused::ScaleOut)
+                && e.detail.contains("could not be stopped"))
+    );
 }
 
 #[test]
@@ -1956,10 +1964,10 @@ fn rescaling_interrupted(
     });
     let summary = result.expect("finishes");
     assert_eq!(summary.recoveries.len(), 1);
-    assert!(summary
-        .events
-        .iter()
-        .any(|e| e.kind == EventKind::Refused && e.detail.contains("called off")));
+    assert!(summary.events.iter().any(|e| matches!(
+        e.refused,
+        Some(Refused::ScaleOut | Refused::ScaleIn)
+    ) && e.detail.contains("called off")));
     made_again_after_the_recovery(&summary);
     assert_eq!(cluster.ids("count").len(), partitions);
 }
