@@ -391,11 +391,18 @@ impl Job<'_> {
         let since = first_report
             .checked_sub(HEARD_BEFORE_REPORT)
             .unwrap_or(first_report);
+        let heard: BTreeMap<WorkerId, BTreeSet<String>> = self
+            .stalls
+            .iter()
+            .flat_map(|s| [s.reporter, s.peer])
+            .map(|w| (w, self.links.heard_since(w, since)))
+            .collect();
+        tracing::debug!(?heard, "the ends of the stalled channels heard lately from");
         let victim = stall_victim(
             &self.stalls,
             &self.decided_stalls,
             |w| self.host_of(w),
-            |w| self.links.heard_since(w, since),
+            |w| heard.get(&w).cloned().unwrap_or_default(),
             |w| self.suspicion(w),
         )?;
         let mut others: Vec<WorkerId> = self

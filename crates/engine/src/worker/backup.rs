@@ -22,7 +22,6 @@
 
 use std::collections::HashMap;
 use std::io::{BufReader, Write};
-use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -43,7 +42,7 @@ use crate::wire::control::{
 };
 use crate::wire::MAX_CONTROL_FRAME;
 
-use super::watch::{connect_peer, open_peer, LinkWatch};
+use super::watch::{connect_peer, open_peer, LinkWatch, WatchedStream};
 use super::{reply, ControlWriter};
 
 /// The backups this worker holds for other workers' instances: each one's
@@ -265,7 +264,7 @@ fn refusal(e: ChainError) -> (Refusal, String) {
 /// Serves a backup connection (its handshake not yet read) until the
 /// other worker closes it: stores each checkpoint shipped and answers the
 /// coordinator for it, and sends back each backup asked for.
-pub(crate) fn serve(mut stream: TcpStream, holdings: &Holdings, writer: &ControlWriter) {
+pub(crate) fn serve(mut stream: WatchedStream, holdings: &Holdings, writer: &ControlWriter) {
     if let Err(e) = control::read_hello(&mut stream) {
         tracing::warn!("dropping a backup connection: {e}");
         return;
@@ -307,7 +306,7 @@ pub(crate) fn serve(mut stream: TcpStream, holdings: &Holdings, writer: &Control
 
 /// Answers a fetch: the frame, then the backup's bytes raw.
 fn send_backup(
-    stream: &mut TcpStream,
+    stream: &mut impl Write,
     instance: InstanceId,
     backup: Option<SharedEncoding>,
 ) -> Result<(), EngineError> {
@@ -327,7 +326,7 @@ fn send_backup(
 /// run of deltas') bytes raw. A range the holder cannot cut is answered
 /// as none held, so that the asking worker turns to another source.
 fn send_range(
-    stream: &mut TcpStream,
+    stream: &mut impl Write,
     instance: InstanceId,
     cut: Option<Result<RangeCut, EngineError>>,
 ) -> Result<(), EngineError> {
@@ -1467,6 +1466,8 @@ pub(crate) fn latest<T>(
 
 #[cfg(test)]
 mod tests {
+    use std::net::TcpStream;
+
     use super::*;
     use crate::state::testing::encoded;
     use crate::state::CheckpointParts;
@@ -1550,9 +1551,14 @@ mod tests {
             addr: listener.local_addr().expect("bound").to_string(),
         };
         let holdings = holdings.clone();
+        let watch = LinkWatch::start(writer.clone()).expect("watches");
         let serving = thread::spawn(move || {
             for stream in listener.incoming().take(fetches) {
-                serve(stream.expect("accepts"), &holdings, &writer);
+                serve(
+                    watch.watch_incoming(stream.expect("accepts")),
+                    &holdings,
+                    &writer,
+                );
             }
         });
         (holder, serving)

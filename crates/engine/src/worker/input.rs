@@ -169,7 +169,7 @@ pub(crate) struct BackupDesk {
 }
 
 /// Accepts data channels and backup connections until the process exits;
-/// `watch` notes when each data channel last brought data.
+/// `watch` notes when each last brought data.
 pub(crate) fn spawn_acceptor(
     listener: TcpListener,
     inboxes: Inboxes,
@@ -205,7 +205,7 @@ fn read_connection(stream: TcpStream, inboxes: &Inboxes, desk: &BackupDesk, watc
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     match peek_magic(&stream) {
         Ok(magic) if &magic == control::MAGIC => {
-            backup::serve(stream, &desk.holdings, &desk.writer)
+            backup::serve(watch.watch_incoming(stream), &desk.holdings, &desk.writer)
         }
         Ok(_) => read_channel(watch.watch_incoming(stream), inboxes),
         Err(e) => tracing::warn!("dropping a connection that sent no handshake: {e}"),

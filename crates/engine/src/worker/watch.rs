@@ -18,7 +18,8 @@
 //! its writer for good and nobody reported it: a whole job stood still.
 //!
 //! The same thread notes when each peer host was last heard from: data
-//! received on an incoming channel, an acknowledgement on an outgoing one.
+//! received on an incoming channel or backup connection (checkpoints come
+//! every interval), an acknowledgement on an outgoing one.
 //! Heartbeats carry that to the coordinator, which tells by it the end of a
 //! stalled channel cut off from its peers (it hears from nobody) from the
 //! end that still reaches others.
@@ -160,8 +161,8 @@ impl LinkWatch {
         self.add(peer.to_string(), Direction::Outgoing, stream)
     }
 
-    /// Notes when `stream`, a data channel from a peer, last brought data,
-    /// for as long as its reader keeps it.
+    /// Notes when `stream`, a data channel or a backup connection from a
+    /// peer, last brought data, for as long as its reader keeps it.
     pub(crate) fn watch_incoming(&self, stream: TcpStream) -> WatchedStream {
         let peer = stream
             .peer_addr()
