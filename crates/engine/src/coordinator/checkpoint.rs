@@ -222,7 +222,10 @@ impl Job<'_> {
     /// frontier), or `deadline` passes, or any worker is declared failed
     /// (one of these, acknowledged or not, or another): the waits are
     /// rescalings', which a failure calls off, so that its recovery does
-    /// not wait. Returns the frontier of each one acknowledged.
+    /// not wait. A holder's refusal of one of them is answered at once
+    /// (the instance checkpoints in full), not after the wait: the
+    /// checkpoint waited for may be the refused one. Returns the frontier
+    /// of each one acknowledged.
     pub(super) fn await_backups(
         &mut self,
         what: &str,
@@ -234,9 +237,12 @@ impl Job<'_> {
         let all = waiting.clone();
         while !waiting.is_empty() && Instant::now() < deadline {
             let step = (Instant::now() + std::time::Duration::from_millis(200)).min(deadline);
-            let answer = self.wait_for(what, step, |m| {
-                matches!(m, ToCoordinator::BackupStored(ack)
-                    if waiting.get(&ack.instance).is_some_and(|(n, _)| *n == ack.incarnation))
+            let answer = self.wait_for(what, step, |m| match m {
+                ToCoordinator::BackupStored(ack) => waiting
+                    .get(&ack.instance)
+                    .is_some_and(|(n, _)| *n == ack.incarnation),
+                ToCoordinator::BackupRefused { instance, .. } => waiting.contains_key(instance),
+                _ => false,
             });
             match answer {
                 Ok(Some((holder, ToCoordinator::BackupStored(ack)))) => {
@@ -246,6 +252,14 @@ impl Job<'_> {
                         got.insert(ack.instance, ack.frontier);
                     }
                 }
+                Ok(Some((
+                    holder,
+                    ToCoordinator::BackupRefused {
+                        instance,
+                        refusal,
+                        reason,
+                    },
+                ))) => self.backup_refused(holder, instance, refusal, &reason),
                 Ok(_) | Err(EngineError::Timeout(_)) => {
                     let one_failed = all.iter().any(|(id, (n, w))| !self.runs(*id, *n, *w));
                     if one_failed || self.failure_pending() {

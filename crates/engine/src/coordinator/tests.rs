@@ -166,6 +166,11 @@ struct Cluster {
     /// Instances that, resumed, never reach where they were told to run
     /// to (held up behind a fault), so they take no checkpoint there.
     stuck_on_resume: HashSet<InstanceId>,
+    /// Instances whose holders lack the base of the checkpoint a resume
+    /// stops them at (new holders after a recovery, say), so they refuse
+    /// it; then where each of them stopped.
+    refused_on_resume: HashSet<InstanceId>,
+    stopped_at: HashMap<InstanceId, Stamp>,
     /// Staging never ends: no worker answers a request to stage (each
     /// fetch held up behind a slow link).
     staging_held: bool,
@@ -202,6 +207,8 @@ impl Cluster {
             staged: HashMap::new(),
             cannot_stage: HashSet::new(),
             stuck_on_resume: HashSet::new(),
+            refused_on_resume: HashSet::new(),
+            stopped_at: HashMap::new(),
             staging_held: false,
             checkpoints_held: false,
             runs_on: None,
@@ -317,6 +324,11 @@ impl Cluster {
             }
             ToWorker::CheckpointFull { instance } => {
                 self.full_next.insert(instance);
+                // A stopped instance checkpoints where it is at once, as a
+                // worker does.
+                if let Some(at) = self.stopped_at.remove(&instance) {
+                    self.checkpoint(instance, at);
+                }
             }
             ToWorker::Pause { instance } => {
                 if let Some(incarnation) = self.incarnation(instance) {
@@ -334,7 +346,20 @@ impl Cluster {
             }
             ToWorker::Resume { instance, until } => {
                 self.paused.remove(&instance);
-                if !until.is_end() && !self.stuck_on_resume.contains(&instance) {
+                if until.is_end() || self.stuck_on_resume.contains(&instance) {
+                    return;
+                }
+                if self.refused_on_resume.remove(&instance) {
+                    self.stopped_at.insert(instance, until);
+                    for holder in self.route(instance) {
+                        let refusal = ToCoordinator::BackupRefused {
+                            instance,
+                            refusal: Refusal::NotItsBase,
+                            reason: "it lacks the checkpoint's base".into(),
+                        };
+                        self.net.say(holder, refusal);
+                    }
+                } else {
                     self.checkpoint(instance, until);
                 }
             }
@@ -2002,6 +2027,23 @@ fn a_failure_while_a_split_stops_calls_it_off_and_is_recovered_at_once() {
         |c| c.stuck_on_resume.extend(c.ids("count")),
         |m| matches!(m, ToWorker::Resume { until, .. } if !until.is_end()),
     );
+}
+
+#[test]
+fn a_live_split_whose_last_checkpoint_is_refused_asks_for_a_full_one_at_once() {
+    // The holders refuse the checkpoint that stops the instance: the split
+    // has it checkpoint in full there and goes on (it waited out its
+    // deadline, the job standing still behind the stopped instance, and
+    // was called off).
+    let (result, cluster) = live_split(
+        |c| c.refused_on_resume.extend(c.ids("count")),
+        |c| c.settle(Duration::from_millis(50)),
+    );
+    let summary = result.expect("finishes");
+    assert_eq!(summary.scale_events.len(), 1);
+    let full = first(&cluster, |m| matches!(m, ToWorker::CheckpointFull { .. }));
+    let restored = first(&cluster, is_restore);
+    assert!(full.expect("a full checkpoint asked for") < restored.expect("restored"));
 }
 
 #[test]
