@@ -237,13 +237,7 @@ impl Job<'_> {
         let all = waiting.clone();
         while !waiting.is_empty() && Instant::now() < deadline {
             let step = (Instant::now() + std::time::Duration::from_millis(200)).min(deadline);
-            let answer = self.wait_for(what, step, |m| match m {
-                ToCoordinator::BackupStored(ack) => waiting
-                    .get(&ack.instance)
-                    .is_some_and(|(n, _)| *n == ack.incarnation),
-                ToCoordinator::BackupRefused { instance, .. } => waiting.contains_key(instance),
-                _ => false,
-            });
+            let answer = self.wait_for(what, step, |m| answers_backup_of(m, &waiting));
             match answer {
                 Ok(Some((holder, ToCoordinator::BackupStored(ack)))) => {
                     self.backup_stored(holder, ack);
@@ -481,5 +475,20 @@ impl Job<'_> {
         }
         .encode()
         .map(Some)
+    }
+}
+
+/// Whether `m` is a holder's answer to a checkpoint of one of `waiting`
+/// (by its incarnation, where the answer names it): stored or refused.
+pub(super) fn answers_backup_of<T>(
+    m: &ToCoordinator,
+    waiting: &HashMap<InstanceId, (Incarnation, T)>,
+) -> bool {
+    match m {
+        ToCoordinator::BackupStored(ack) => waiting
+            .get(&ack.instance)
+            .is_some_and(|(n, _)| *n == ack.incarnation),
+        ToCoordinator::BackupRefused { instance, .. } => waiting.contains_key(instance),
+        _ => false,
     }
 }

@@ -13,6 +13,7 @@ use crate::wire::control::{
     BackupHolder, ReshapedPart, RestoreFrom, StagedJoin, StagedSource, ToCoordinator, ToWorker,
 };
 
+use super::checkpoint::answers_backup_of;
 use super::events::{Refused, ScaleDirection};
 use super::recovery::RestoresByTarget;
 use super::scale::{Placed, SplitFrom, Splitting};
@@ -602,12 +603,8 @@ impl Job<'_> {
             .collect();
         let deadline = Instant::now() + self.config.startup_timeout;
         while !waiting.is_empty() {
-            let answer = self.wait_for("a live split's part backups", deadline, |m| match m {
-                ToCoordinator::BackupStored(ack) => waiting
-                    .get(&ack.instance)
-                    .is_some_and(|(n, _)| *n == ack.incarnation),
-                ToCoordinator::BackupRefused { instance, .. } => waiting.contains_key(instance),
-                _ => false,
+            let answer = self.wait_for("a live split's part backups", deadline, |m| {
+                answers_backup_of(m, &waiting)
             });
             match answer {
                 Ok(Some((holder, ToCoordinator::BackupStored(ack)))) => {
