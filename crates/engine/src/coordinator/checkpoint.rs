@@ -239,22 +239,14 @@ impl Job<'_> {
             let step = (Instant::now() + std::time::Duration::from_millis(200)).min(deadline);
             let answer = self.wait_for(what, step, |m| answers_backup_of(m, &waiting));
             match answer {
-                Ok(Some((holder, ToCoordinator::BackupStored(ack)))) => {
-                    self.backup_stored(holder, ack);
-                    if wanted(ack.instance, ack.frontier) {
+                Ok(Some((holder, answer))) => {
+                    let stored = self.take_backup_answer(holder, answer)?;
+                    if let Some(ack) = stored.filter(|a| wanted(a.instance, a.frontier)) {
                         waiting.remove(&ack.instance);
                         got.insert(ack.instance, ack.frontier);
                     }
                 }
-                Ok(Some((
-                    holder,
-                    ToCoordinator::BackupRefused {
-                        instance,
-                        refusal,
-                        reason,
-                    },
-                ))) => self.backup_refused(holder, instance, refusal, &reason),
-                Ok(_) | Err(EngineError::Timeout(_)) => {
+                Ok(None) | Err(EngineError::Timeout(_)) => {
                     let one_failed = all.iter().any(|(id, (n, w))| !self.runs(*id, *n, *w));
                     if one_failed || self.failure_pending() {
                         break;
@@ -264,6 +256,32 @@ impl Job<'_> {
             }
         }
         Ok(got)
+    }
+
+    /// Takes a holder's answer to a checkpoint, as [`answers_backup_of`]
+    /// picks them: the acknowledgement of one stored (recorded, and
+    /// returned), or a refusal (answered at once: the instance checkpoints
+    /// in full).
+    pub(super) fn take_backup_answer(
+        &mut self,
+        holder: WorkerId,
+        answer: ToCoordinator,
+    ) -> Result<Option<BackupAck>, EngineError> {
+        match answer {
+            ToCoordinator::BackupStored(ack) => {
+                self.backup_stored(holder, ack);
+                Ok(Some(ack))
+            }
+            ToCoordinator::BackupRefused {
+                instance,
+                refusal,
+                reason,
+            } => {
+                self.backup_refused(holder, instance, refusal, &reason);
+                Ok(None)
+            }
+            other => self.unexpected(holder, other).map(|()| None),
+        }
     }
 
     /// Fetches the whole backup of each of `ids`, with its frontier, from

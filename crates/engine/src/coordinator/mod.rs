@@ -372,23 +372,27 @@ impl<'a> Job<'a> {
         workers: Vec<WorkerId>,
         cause: Option<FailureCause>,
     ) {
-        tracing::info!(kind = kind.as_str(), "{detail}");
-        let at_ms = self.elapsed_ms();
-        self.timeline.push(JobEvent {
+        let event = JobEvent::new(self.elapsed_ms(), kind, detail);
+        self.push_event(JobEvent {
             workers,
             cause,
-            ..JobEvent::new(at_ms, kind, detail)
+            ..event
         });
     }
 
     /// Records that the coordinator refused `what`, and why (`detail`).
     fn refuse(&mut self, what: Refused, detail: String) {
-        tracing::info!(kind = EventKind::Refused.as_str(), "{detail}");
-        let at_ms = self.elapsed_ms();
-        self.timeline.push(JobEvent {
+        let event = JobEvent::new(self.elapsed_ms(), EventKind::Refused, detail);
+        self.push_event(JobEvent {
             refused: Some(what),
-            ..JobEvent::new(at_ms, EventKind::Refused, detail)
+            ..event
         });
+    }
+
+    /// Logs `event` and adds it to the job's timeline.
+    fn push_event(&mut self, event: JobEvent) {
+        tracing::info!(kind = event.kind.as_str(), "{}", event.detail);
+        self.timeline.push(event);
     }
 
     fn send(&mut self, worker: WorkerId, message: &ToWorker) -> Result<(), EngineError> {

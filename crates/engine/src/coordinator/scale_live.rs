@@ -607,8 +607,10 @@ impl Job<'_> {
                 answers_backup_of(m, &waiting)
             });
             match answer {
-                Ok(Some((holder, ToCoordinator::BackupStored(ack)))) => {
-                    self.backup_stored(holder, ack);
+                Ok(Some((holder, answer))) => {
+                    let Some(ack) = self.take_backup_answer(holder, answer)? else {
+                        continue;
+                    };
                     let at = waiting.get(&ack.instance).map(|(_, at)| *at);
                     if at.is_some_and(|at| ack.frontier >= at)
                         && self.backups.holder(ack.instance).is_some()
@@ -616,15 +618,6 @@ impl Job<'_> {
                         waiting.remove(&ack.instance);
                     }
                 }
-                Ok(Some((
-                    holder,
-                    ToCoordinator::BackupRefused {
-                        instance,
-                        refusal,
-                        reason,
-                    },
-                ))) => self.backup_refused(holder, instance, refusal, &reason),
-                Ok(Some((w, other))) => self.unexpected(w, other)?,
                 // The holders' cut does not need the part's worker: wait
                 // while one of them lives.
                 Ok(None) => {
