@@ -206,12 +206,15 @@ fn one_run(seed: u64, data: &Path, dir: &Path) -> Value {
                 s.iter().filter(|e| e["direction"] == direction).count()
             })
         };
-        let kills = report["events"]
-            .as_array()
-            .map_or(0, |e| e.iter().filter(|e| e["kind"] == "kill").count());
+        let events = |kind: &str| {
+            report["events"]
+                .as_array()
+                .map_or(0, |e| e.iter().filter(|e| e["kind"] == kind).count())
+        };
         record["run"] = json!({
             "recoveries": report["recoveries"].as_array().map_or(0, Vec::len),
-            "kills": kills,
+            "kills": events("kill"),
+            "rewires": events("rewired"),
             "splits": scale("out"),
             "merges": scale("in"),
             "late_answers": report["deadline_misses"],
@@ -288,7 +291,14 @@ fn summarize(records: &[Value], wall_secs: f64) -> Value {
         for f in unexplained_failures(r) {
             unexplained.push(json!({ "seed": r["seed"], "failure": f }));
         }
-        for field in ["recoveries", "kills", "splits", "merges", "late_answers"] {
+        for field in [
+            "recoveries",
+            "kills",
+            "rewires",
+            "splits",
+            "merges",
+            "late_answers",
+        ] {
             *totals.entry(field).or_default() += r["run"][field].as_u64().unwrap_or(0);
         }
         let late = r["run"]["late_answers"].as_u64().unwrap_or(0);

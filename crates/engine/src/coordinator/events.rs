@@ -76,6 +76,9 @@ pub enum EventKind {
     Restored,
     /// Restored instances worked off their backlog.
     CaughtUp,
+    /// A stalled data channel whose ends hear each other again was
+    /// reconnected and replayed, with nobody recovered.
+    Rewired,
     /// A pool worker staged a warm copy of a large instance's state, to
     /// restore it from should its worker fail.
     Standby,
@@ -103,6 +106,7 @@ impl EventKind {
             EventKind::Failure => "failure",
             EventKind::Restored => "restored",
             EventKind::CaughtUp => "caught-up",
+            EventKind::Rewired => "rewired",
             EventKind::Standby => "standby",
             EventKind::ScaleOut => "scale-out",
             EventKind::ScaleIn => "scale-in",

@@ -39,7 +39,12 @@ const HEARD_BEFORE_REPORT: Duration = Duration::from_millis(400);
 /// How long a stall report decided on still counts as evidence in later
 /// decisions: a cut off end that one report spared is reported again by
 /// its other peers in the seconds after.
-const STALL_MEMORY: Duration = Duration::from_secs(5);
+const STALL_MEMORY: Duration = Duration::from_secs(3);
+
+/// How long a stall answered by reconnecting its channel is remembered:
+/// the same two workers stalling again within it are no healed cut but a
+/// path that keeps failing (a bandwidth cap), decided on like any stall.
+const REWIRE_MEMORY: Duration = Duration::from_secs(10);
 
 impl Job<'_> {
     /// Runs the job to its end.
@@ -387,6 +392,7 @@ impl Job<'_> {
         }
         self.decided_stalls
             .retain(|s| s.at.elapsed() < STALL_MEMORY);
+        self.rewired.retain(|s| s.at.elapsed() < REWIRE_MEMORY);
         let first_report = self.stalls.first()?.at;
         let since = first_report
             .checked_sub(HEARD_BEFORE_REPORT)
@@ -398,13 +404,28 @@ impl Job<'_> {
             .map(|w| (w, self.links.heard_since(w, since)))
             .collect();
         tracing::debug!(?heard, "the ends of the stalled channels heard lately from");
+        let (healed, stalls) = healed_stalls(
+            std::mem::take(&mut self.stalls),
+            &self.rewired,
+            |w| self.host_of(w),
+            |w| heard.get(&w).cloned().unwrap_or_default(),
+        );
+        self.stalls = stalls;
         let victim = stall_victim(
             &self.stalls,
             &self.decided_stalls,
             |w| self.host_of(w),
             |w| heard.get(&w).cloned().unwrap_or_default(),
             |w| self.suspicion(w),
-        )?;
+        );
+        // The recovery of the victim rewires its channels anyway.
+        self.rewire(
+            healed
+                .into_iter()
+                .filter(|s| victim.is_none_or(|v| v != s.reporter && v != s.peer))
+                .collect(),
+        );
+        let victim = victim?;
         let mut others: Vec<WorkerId> = self
             .stalls
             .iter()
@@ -435,6 +456,29 @@ impl Job<'_> {
                 others.join(", ")
             ),
         ))
+    }
+
+    /// Has the reporter of each stall in `healed` reconnect and replay its
+    /// channels to the peer, instead of recovering either.
+    fn rewire(&mut self, healed: Vec<Stall>) {
+        let mut pairs: Vec<(WorkerId, WorkerId)> =
+            healed.iter().map(|s| (s.reporter, s.peer)).collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        for (reporter, peer) in pairs {
+            if let Err(e) = self.send(reporter, &ToWorker::Rewire { peer }) {
+                tracing::warn!(worker = %reporter, "cannot reach worker: {e}");
+            }
+            self.record_about(
+                EventKind::Rewired,
+                format!(
+                    "worker {reporter}'s data channels to worker {peer} stalled, and each hears the other's host again: reconnected and replayed, nobody recovered"
+                ),
+                vec![reporter, peer],
+                None,
+            );
+        }
+        self.rewired.extend(healed);
     }
 
     /// The host of worker `w`: the address part of its data address.
@@ -617,6 +661,34 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(365 * 24 * 3600)
 }
 
+/// Splits `stalls` into those that healed and the rest. A stall healed
+/// when each end heard from the other's host since shortly before the
+/// reports (per `heard`): an end cut off from the other hears nothing from
+/// its host after the cut, which comes a second of silence before the
+/// report. Reconnecting the channel is then all it takes. Ends on one host
+/// prove nothing of each other, and two workers in `rewired` (answered so
+/// lately) that stall again are a path that keeps failing, not a cut that
+/// healed.
+pub(super) fn healed_stalls(
+    stalls: Vec<Stall>,
+    rewired: &[Stall],
+    host_of: impl Fn(WorkerId) -> String,
+    heard: impl Fn(WorkerId) -> BTreeSet<String>,
+) -> (Vec<Stall>, Vec<Stall>) {
+    let ends = |s: &Stall| {
+        let mut ends = [s.reporter, s.peer];
+        ends.sort_unstable();
+        ends
+    };
+    stalls.into_iter().partition(|s| {
+        let (a, b) = (host_of(s.reporter), host_of(s.peer));
+        a != b
+            && heard(s.reporter).contains(&b)
+            && heard(s.peer).contains(&a)
+            && !rewired.iter().any(|r| ends(r) == ends(s))
+    })
+}
+
 /// The worker to recover for `stalls` (oldest first): one on the host whose
 /// stalled channels reach the most other hosts (a host cut off from its
 /// peers stalls with all of theirs, each of them only with it), counting
@@ -699,6 +771,32 @@ mod tests {
                 at: Instant::now(),
             })
             .collect()
+    }
+
+    /// The reporter and peer of each stall.
+    fn ends(stalls: &[Stall]) -> Vec<(u32, u32)> {
+        stalls.iter().map(|s| (s.reporter.0, s.peer.0)).collect()
+    }
+
+    #[test]
+    fn a_stall_healed_when_each_end_hears_the_others_host() {
+        // Worker 2 on host a reported its channel to worker 5 on b; 7 on c
+        // reported its channel to 8 on c.
+        let reported = || stalls(&[(2, 5), (7, 8)]);
+        let both_ways = heard(&[(2, &["b"]), (5, &["a"]), (7, &["c"]), (8, &["c"])]);
+        let (healed, rest) = healed_stalls(reported(), &[], host_of, &both_ways);
+        assert_eq!(ends(&healed), [(2, 5)]);
+        // Two workers on one host prove nothing of each other.
+        assert_eq!(ends(&rest), [(7, 8)]);
+        // Heard one way only (a cut one way, or news from before the cut).
+        let one_way = heard(&[(2, &["b"]), (5, &["c"])]);
+        let (healed, rest) = healed_stalls(reported(), &[], host_of, one_way);
+        assert!(healed.is_empty());
+        assert_eq!(ends(&rest), [(2, 5), (7, 8)]);
+        // Rewired lately, either way round: a path that keeps failing.
+        let (healed, rest) = healed_stalls(reported(), &stalls(&[(5, 2)]), host_of, &both_ways);
+        assert!(healed.is_empty());
+        assert_eq!(ends(&rest), [(2, 5), (7, 8)]);
     }
 
     #[test]

@@ -282,6 +282,9 @@ struct Job<'a> {
     /// Those decided on lately, which still count as evidence (see
     /// `lifecycle::stall_victim`).
     decided_stalls: Vec<Stall>,
+    /// Those answered lately by reconnecting the channel, as healed (see
+    /// `lifecycle::healed_stalls`).
+    rewired: Vec<Stall>,
     /// Hosts lately distrusted: replacements and new backup holders go
     /// elsewhere while it is recent.
     suspects: suspects::SuspectHosts,
@@ -335,6 +338,7 @@ impl<'a> Job<'a> {
             failing: Vec::new(),
             stalls: Vec::new(),
             decided_stalls: Vec::new(),
+            rewired: Vec::new(),
             suspects: suspects::SuspectHosts::default(),
             started: Instant::now(),
             pool: VecDeque::new(),

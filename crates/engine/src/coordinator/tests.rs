@@ -484,7 +484,10 @@ impl Cluster {
                     ),
                 }
             }
-            ToWorker::Trim { .. } | ToWorker::Shutdown | ToWorker::Lease { .. } => {}
+            ToWorker::Trim { .. }
+            | ToWorker::Shutdown
+            | ToWorker::Lease { .. }
+            | ToWorker::Rewire { .. } => {}
         }
     }
 
@@ -1043,6 +1046,49 @@ fn a_one_to_one_stall_recovers_the_end_that_heard_from_no_third_host() {
         });
         result.expect("finishes");
     }
+}
+
+#[test]
+fn a_stall_whose_ends_hear_each_other_again_is_rewired_until_it_stalls_again() {
+    // A cut between the two workers' hosts that healed by the decision
+    // (each hears the other's host): the reporter reconnects its channel
+    // and nobody is recovered. The same two stalling again soon after are
+    // a path that keeps failing, and one of them is recovered.
+    let (result, _, _) = scenario_over(pair_one_host_each(), config(1), |c| {
+        c.checkpointed(Stamp(10));
+        let (reporter, peer) = (c.host(c.ids("pass")[0]), c.host(c.ids("count")[0]));
+        let stall = |c: &Cluster| {
+            c.net.hear(reporter, &c.net.host(peer));
+            c.net.hear(peer, &c.net.host(reporter));
+            c.net.say(
+                reporter,
+                ToCoordinator::LinkStalled {
+                    peer: c.net.addr(peer),
+                    silent_ms: 1000,
+                },
+            );
+        };
+        let rewired = |c: &Cluster| {
+            c.log
+                .iter()
+                .filter(|(to, m)| {
+                    *to == reporter && matches!(m, ToWorker::Rewire { peer: p } if *p == peer)
+                })
+                .count()
+        };
+        stall(c);
+        assert!(c.run_until(Duration::from_secs(5), |c| rewired(c) == 1));
+        c.settle(Duration::from_millis(700));
+        assert!(!c.net.is_fenced(reporter) && !c.net.is_fenced(peer));
+        stall(c);
+        assert!(c.run_until(Duration::from_secs(5), |c| {
+            c.net.is_fenced(reporter) || c.net.is_fenced(peer)
+        }));
+        assert_eq!(rewired(c), 1);
+    });
+    let summary = result.expect("finishes");
+    assert_eq!(kinds(&summary, EventKind::Rewired), 1);
+    assert_eq!(summary.recoveries.len(), 1);
 }
 
 #[test]

@@ -319,6 +319,14 @@ pub enum ToWorker {
         /// Instances merged into a neighbour by a scale in.
         merged: Vec<MergedInstance>,
     },
+    /// Reconnect every data channel to an instance on worker `peer`, and
+    /// replay it: one of them stalled, and both ends hear each other again
+    /// (a cut that healed), so nobody is recovered. A channel its stall
+    /// shut may look open to its writer, which had nothing to send since.
+    Rewire {
+        /// The worker the stalled channel went to.
+        peer: WorkerId,
+    },
     /// `instance` should stop processing where it is and say where
     /// ([`ToCoordinator::Paused`]): it is about to be merged.
     Pause {

@@ -17,8 +17,9 @@ pub mod data;
 /// checkpoint shipped to a holder follows its header raw; 10: staging
 /// makes room for a merge's other partition; 11: a live merge's two
 /// partitions are joined while staged, `ToWorker::Stage { merge }`; 12:
-/// heartbeats list the hosts a worker's data channels heard from lately).
-pub const PROTOCOL_VERSION: u16 = 12;
+/// heartbeats list the hosts a worker's data channels heard from lately;
+/// 13: `ToWorker::Rewire`, a healed stall reconnected without a recovery).
+pub const PROTOCOL_VERSION: u16 = 13;
 
 /// Upper bound on a data frame, so a corrupt length cannot make us allocate
 /// gigabytes.

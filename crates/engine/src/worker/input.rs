@@ -12,7 +12,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::EngineError;
-use crate::plan::{AddedInstance, Incarnation, InstanceId, MergedInstance, Plan};
+use crate::plan::{AddedInstance, Incarnation, InstanceId, MergedInstance, Plan, WorkerId};
 use crate::stamp::Stamp;
 use crate::wire::control;
 use crate::wire::data::{read_batch, read_hello};
@@ -54,6 +54,9 @@ pub(crate) enum ControlEvent {
         added: Arc<Vec<AddedInstance>>,
         merged: Arc<Vec<MergedInstance>>,
     },
+    /// Reconnect and replay every channel to an instance on this worker
+    /// (`ToWorker::Rewire`).
+    Rewire(WorkerId),
     /// A newer incarnation of this instance replaces it here: stop.
     Stop,
     /// Checkpoint at the next opportunity.

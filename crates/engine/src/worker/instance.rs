@@ -224,6 +224,7 @@ impl Runner {
                 outbox.reconcile(&plan, &self.query, self.node, &added, &merged)?;
                 return Ok(Outcome::Replanned(plan, added, merged));
             }
+            ControlEvent::Rewire(peer) => outbox.rewire(peer)?,
             ControlEvent::CheckpointNow => self.checkpoint_now(),
             ControlEvent::CheckpointFull => {
                 self.full_next = true;

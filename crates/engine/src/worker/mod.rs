@@ -259,6 +259,7 @@ impl ControlLoop<'_> {
                 merged,
                 upper_holders,
             ),
+            ToWorker::Rewire { peer } => self.inboxes.broadcast(|| ControlEvent::Rewire(peer)),
             ToWorker::CheckpointNow => self.inboxes.broadcast(|| ControlEvent::CheckpointNow),
             ToWorker::CheckpointFull { instance } => {
                 self.inboxes.control(instance, ControlEvent::CheckpointFull)

@@ -95,8 +95,10 @@ struct ChannelWriter {
     /// range: where its batches were kept before it was split off.
     node: usize,
     start: u64,
-    /// The incarnation of `to` the current connection goes to.
+    /// The incarnation of `to` the current connection goes to, and where
+    /// it runs.
     incarnation: Incarnation,
+    at: Peer,
     /// The number of the current connection (0 for the first).
     connection: u32,
     /// `None` while the downstream is down: batches then only go to the
@@ -115,6 +117,7 @@ impl ChannelWriter {
     fn new(
         to: InstanceId,
         incarnation: Incarnation,
+        at: Peer,
         stream: Option<Box<dyn FrameLink>>,
         written: WriteTime,
     ) -> Self {
@@ -123,6 +126,7 @@ impl ChannelWriter {
             node: usize::MAX,
             start: 0,
             incarnation,
+            at,
             connection: 0,
             stream,
             frame: vec![0; BATCH_HEADER],
@@ -168,6 +172,7 @@ impl ChannelWriter {
 }
 
 /// The worker a downstream instance runs on, and its data address.
+#[derive(Clone)]
 struct Peer {
     worker: WorkerId,
     addr: String,
@@ -301,6 +306,7 @@ impl Outbox {
                 self.channels.push(ChannelWriter::new(
                     to,
                     incarnation,
+                    at,
                     stream,
                     self.written.clone(),
                 ));
@@ -313,18 +319,49 @@ impl Outbox {
                 if self.channels[i].incarnation != incarnation
                     || self.channels[i].stream.is_none() =>
             {
-                // A new number makes the receiver drop what it holds
-                // of this channel; only a replay may ask for that.
-                let replays = self.buffer.is_some();
-                let connection = self.channels[i].connection + u32::from(replays);
-                self.channels[i].stream = self.try_connect(to, incarnation, connection, &at)?;
-                self.channels[i].connection = connection;
                 self.channels[i].incarnation = incarnation;
-                self.replay(i, to);
-                self.reannounce(i);
+                self.channels[i].at = at;
+                self.reconnect(i)?;
             }
-            Some(_) => {}
+            Some(i) => self.channels[i].at = at,
         }
+        Ok(())
+    }
+
+    /// Reconnects and replays every channel to an instance on `worker`
+    /// over TCP, open or not: one of them stalled and the coordinator found
+    /// that the stall healed. A channel the stall shut looks open here
+    /// until its next write, and one with nothing to send makes none.
+    pub(crate) fn rewire(&mut self, worker: WorkerId) -> Result<(), EngineError> {
+        if self.local.as_ref().is_some_and(|l| l.worker == worker) {
+            return Ok(());
+        }
+        for i in 0..self.channels.len() {
+            if self.channels[i].at.worker != worker {
+                continue;
+            }
+            let mark = self.channels[i].sent_mark;
+            self.channels[i].flush(mark, self.buffer.as_mut());
+            tracing::info!(to = %self.channels[i].to, "reconnecting a data channel whose stall healed");
+            self.reconnect(i)?;
+        }
+        Ok(())
+    }
+
+    /// Opens channel `i` afresh to the incarnation and place it names, and
+    /// replays what the buffer holds for it.
+    fn reconnect(&mut self, i: usize) -> Result<(), EngineError> {
+        // A new number makes the receiver drop what it holds of this
+        // channel; only a replay may ask for that.
+        let replays = self.buffer.is_some();
+        let channel = &self.channels[i];
+        let (to, incarnation) = (channel.to, channel.incarnation);
+        let connection = channel.connection + u32::from(replays);
+        let stream = self.try_connect(to, incarnation, connection, &channel.at)?;
+        self.channels[i].stream = stream;
+        self.channels[i].connection = connection;
+        self.replay(i, to);
+        self.reannounce(i);
         Ok(())
     }
 
@@ -541,6 +578,7 @@ impl Emit for Outbox {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
     use std::sync::{Arc, Mutex};
 
     use super::*;
@@ -577,7 +615,16 @@ mod tests {
         }
     }
 
-    /// An outbox of instance 1 with a channel to each of `links`.
+    /// Worker `worker`, listening at `addr`.
+    fn on_worker(worker: u32, addr: &str) -> Peer {
+        Peer {
+            worker: WorkerId(worker),
+            addr: addr.to_string(),
+        }
+    }
+
+    /// An outbox of instance 1 with a channel to each of `links`, each
+    /// instance on the worker of its own number.
     fn outbox_to(buffering: bool, links: Vec<(u32, Box<dyn FrameLink>)>) -> Outbox {
         let me = SenderIdentity {
             instance: InstanceId(1),
@@ -588,6 +635,7 @@ mod tests {
             let channel = ChannelWriter::new(
                 InstanceId(to),
                 Incarnation(0),
+                on_worker(to, ""),
                 Some(stream),
                 outbox.written.clone(),
             );
@@ -669,6 +717,7 @@ mod tests {
             let mut channel = ChannelWriter::new(
                 InstanceId(to),
                 Incarnation(0),
+                on_worker(to, ""),
                 Some(stream),
                 outbox.written.clone(),
             );
@@ -682,5 +731,44 @@ mod tests {
         // Kept for the new half too, trimmed by its own checkpoints.
         outbox.trim(InstanceId(4), Stamp(7));
         assert_eq!(outbox.buffer().unwrap().replay(11).count(), 1);
+    }
+
+    #[test]
+    fn a_rewired_channel_connects_afresh_and_replays_what_it_sent() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (stalled, untouched) = (Wire::default(), Wire::default());
+        let mut outbox = outbox_to(
+            true,
+            vec![
+                (4, Box::new(stalled.clone()) as Box<dyn FrameLink>),
+                (5, Box::new(untouched.clone()) as Box<dyn FrameLink>),
+            ],
+        );
+        outbox.channels[0].at = on_worker(4, &addr);
+        write_tuple(&mut outbox.channels[0].frame, Stamp(5), b"a");
+        write_tuple(&mut outbox.channels[0].frame, Stamp(7), b"b");
+        outbox.channels[0].frame_last = Stamp(7);
+        outbox.flush(Stamp(7));
+        assert_eq!(sent(&stalled), (vec![5, 7], Stamp(7)));
+        let before = untouched.0.lock().unwrap().len();
+
+        outbox.rewire(WorkerId(4)).unwrap();
+        let (mut accepted, _) = listener.accept().unwrap();
+        let hello = crate::wire::data::read_hello(&mut accepted).unwrap();
+        assert_eq!((hello.from, hello.to), (InstanceId(1), InstanceId(4)));
+        assert_eq!(hello.connection, 1, "a replay takes the next number");
+        drop(outbox);
+        let mut replayed = Vec::new();
+        accepted.read_to_end(&mut replayed).unwrap();
+        assert_eq!(
+            sent(&Wire(Arc::new(Mutex::new(replayed)))),
+            (vec![5, 7], Stamp(7))
+        );
+        assert_eq!(
+            untouched.0.lock().unwrap().len(),
+            before,
+            "other workers' channels stay"
+        );
     }
 }
