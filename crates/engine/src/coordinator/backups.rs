@@ -198,9 +198,18 @@ impl Backups {
     /// The holders of `id`'s copies, the newest first: where to fetch it
     /// from, in order.
     pub(super) fn holders_by_recency(&self, id: InstanceId) -> Vec<WorkerId> {
+        self.copies_by_recency(id)
+            .into_iter()
+            .map(|(h, _)| h)
+            .collect()
+    }
+
+    /// `id`'s copies, each holder with its copy's frontier, the newest
+    /// first.
+    pub(super) fn copies_by_recency(&self, id: InstanceId) -> Vec<(WorkerId, Stamp)> {
         let mut copies = self.copies.get(&id).cloned().unwrap_or_default();
         copies.sort_by_key(|(_, at)| std::cmp::Reverse(*at));
-        copies.into_iter().map(|(h, _)| h).collect()
+        copies
     }
 
     /// The holder of `id`'s newest copy.

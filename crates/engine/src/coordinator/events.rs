@@ -76,7 +76,7 @@ pub enum EventKind {
     Restored,
     /// Restored instances worked off their backlog.
     CaughtUp,
-    /// A stalled data channel whose ends hear each other again was
+    /// A stalled data channel whose hosts hear each other again was
     /// reconnected and replayed, with nobody recovered.
     Rewired,
     /// A pool worker staged a warm copy of a large instance's state, to

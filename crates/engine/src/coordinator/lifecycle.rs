@@ -472,7 +472,7 @@ impl Job<'_> {
             self.record_about(
                 EventKind::Rewired,
                 format!(
-                    "worker {reporter}'s data channels to worker {peer} stalled, and each hears the other's host again: reconnected and replayed, nobody recovered"
+                    "worker {reporter}'s data channels to worker {peer} stalled, and one of them heard from the other's host since: reconnected and replayed, nobody recovered"
                 ),
                 vec![reporter, peer],
                 None,
@@ -662,13 +662,14 @@ fn far_future() -> Instant {
 }
 
 /// Splits `stalls` into those that healed and the rest. A stall healed
-/// when each end heard from the other's host since shortly before the
-/// reports (per `heard`): an end cut off from the other hears nothing from
-/// its host after the cut, which comes a second of silence before the
-/// report. Reconnecting the channel is then all it takes. Ends on one host
-/// prove nothing of each other, and two workers in `rewired` (answered so
-/// lately) that stall again are a path that keeps failing, not a cut that
-/// healed.
+/// when either end heard from the other's host since shortly before the
+/// reports (per `heard`): no packet crosses a cut, which comes a second of
+/// silence before the report. One end is enough: the reporter's channel
+/// to the peer's host may be its only one, shut by the report itself.
+/// Reconnecting the channel is then all it takes; should the fault be one
+/// way only and last, the reconnection fails and is reported, and the pair,
+/// now in `rewired` (answered lately), is decided on as a path that keeps
+/// failing. Ends on one host prove nothing of each other.
 pub(super) fn healed_stalls(
     stalls: Vec<Stall>,
     rewired: &[Stall],
@@ -683,8 +684,7 @@ pub(super) fn healed_stalls(
     stalls.into_iter().partition(|s| {
         let (a, b) = (host_of(s.reporter), host_of(s.peer));
         a != b
-            && heard(s.reporter).contains(&b)
-            && heard(s.peer).contains(&a)
+            && (heard(s.reporter).contains(&b) || heard(s.peer).contains(&a))
             && !rewired.iter().any(|r| ends(r) == ends(s))
     })
 }
@@ -779,7 +779,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stall_healed_when_each_end_hears_the_others_host() {
+    fn a_stall_healed_when_either_end_hears_the_others_host() {
         // Worker 2 on host a reported its channel to worker 5 on b; 7 on c
         // reported its channel to 8 on c.
         let reported = || stalls(&[(2, 5), (7, 8)]);
@@ -788,9 +788,15 @@ mod tests {
         assert_eq!(ends(&healed), [(2, 5)]);
         // Two workers on one host prove nothing of each other.
         assert_eq!(ends(&rest), [(7, 8)]);
-        // Heard one way only (a cut one way, or news from before the cut).
-        let one_way = heard(&[(2, &["b"]), (5, &["c"])]);
-        let (healed, rest) = healed_stalls(reported(), &[], host_of, one_way);
+        // One end heard the other's host: the reporter's channel there,
+        // shut by its report, may have been its only one.
+        for one_way in [heard(&[(5, &["a"])]), heard(&[(2, &["b", "c"])])] {
+            let (healed, _) = healed_stalls(reported(), &[], host_of, one_way);
+            assert_eq!(ends(&healed), [(2, 5)]);
+        }
+        // Neither did (third hosts prove nothing of the two).
+        let third_hosts_only = heard(&[(2, &["c"]), (5, &["d"])]);
+        let (healed, rest) = healed_stalls(reported(), &[], host_of, third_hosts_only);
         assert!(healed.is_empty());
         assert_eq!(ends(&rest), [(2, 5), (7, 8)]);
         // Rewired lately, either way round: a path that keeps failing.

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use crate::api::NodeKind;
 use crate::error::EngineError;
 use crate::plan::{AddedInstance, InstanceId, InstancePlan, Plan, WorkerId};
+use crate::stamp::Stamp;
 use crate::state::{Checkpoint, KeyRange};
 use crate::wire::control::{RestoreFrom, ToCoordinator, ToWorker};
 
@@ -436,12 +437,40 @@ impl Job<'_> {
         Ok(sources)
     }
 
-    /// The live holder of `id`'s newest copy.
+    /// The live holder of `id`'s newest copy. Among holders of copies as
+    /// new, the one with the latest news from a host other than its own: a
+    /// holder cut off from its peers (whose heartbeats may still come)
+    /// holds the restoring worker up for a connect timeout, by when the
+    /// other holder may be gone too.
     fn live_holder(&self, id: InstanceId) -> Option<WorkerId> {
-        self.backups
-            .holders_by_recency(id)
+        let live: Vec<(WorkerId, Stamp)> = self
+            .backups
+            .copies_by_recency(id)
             .into_iter()
-            .find(|h| self.alive(*h))
+            .filter(|(h, _)| self.alive(*h))
+            .collect();
+        let newest = live.first()?.1;
+        let newest: Vec<WorkerId> = live
+            .into_iter()
+            .take_while(|(_, at)| *at == newest)
+            .map(|(h, _)| h)
+            .collect();
+        // The first among equals, as the copies are ordered, on a tie.
+        newest
+            .into_iter()
+            .rev()
+            .max_by_key(|h| self.latest_news_from_peers(*h))
+    }
+
+    /// When `w` last heard from a host other than its own.
+    fn latest_news_from_peers(&self, w: WorkerId) -> Option<Instant> {
+        let own = self.host_of(w);
+        self.links
+            .heard(w)
+            .into_iter()
+            .filter(|(host, _)| *host != own)
+            .map(|(_, at)| at)
+            .max()
     }
 
     /// Where `id` restores from now that its holder `holder` could not

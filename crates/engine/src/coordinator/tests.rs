@@ -1051,7 +1051,7 @@ fn a_one_to_one_stall_recovers_the_end_that_heard_from_no_third_host() {
 #[test]
 fn a_stall_whose_ends_hear_each_other_again_is_rewired_until_it_stalls_again() {
     // A cut between the two workers' hosts that healed by the decision
-    // (each hears the other's host): the reporter reconnects its channel
+    // (they hear from each other's host): the reporter reconnects its channel
     // and nobody is recovered. The same two stalling again soon after are
     // a path that keeps failing, and one of them is recovered.
     let (result, _, _) = scenario_over(pair_one_host_each(), config(1), |c| {
@@ -1120,6 +1120,36 @@ fn losing_an_instance_and_one_holder_restores_from_the_other() {
         .log
         .iter()
         .any(|(_, m)| matches!(m, ToWorker::FetchBackup { instance } if *instance == count)));
+}
+
+#[test]
+fn a_restore_asks_the_holder_with_the_latest_news_among_equally_new_copies() {
+    // Both holders have the checkpoint at 10; the one that heard from
+    // another host last is not cut off from its peers, whatever its
+    // heartbeats say, and is asked first.
+    for recent in [0, 1] {
+        let mut with_news = None;
+        let (result, cluster, _) = scenario_over(pair_one_host_each(), config(2), |c| {
+            c.checkpointed(Stamp(10));
+            let count = c.ids("count")[0];
+            let holders = c.route(count);
+            with_news = Some(holders[recent]);
+            let elsewhere = c.net.host(c.host(count));
+            c.net.hear(holders[1 - recent], &elsewhere);
+            c.settle(Duration::from_millis(100));
+            c.net.hear(holders[recent], &elsewhere);
+            let host = c.host(count);
+            c.net.break_link(host);
+            assert!(c.run_until(Duration::from_secs(5), |c| {
+                let h = c.host(count);
+                h != host && !c.net.is_broken(h)
+            }));
+        });
+        result.expect("finishes");
+        let count = cluster.ids("count")[0];
+        let asked = cluster.holders_asked(count);
+        assert_eq!(asked, HashSet::from([with_news.expect("two holders")]));
+    }
 }
 
 #[test]

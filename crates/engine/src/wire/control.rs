@@ -320,7 +320,7 @@ pub enum ToWorker {
         merged: Vec<MergedInstance>,
     },
     /// Reconnect every data channel to an instance on worker `peer`, and
-    /// replay it: one of them stalled, and both ends hear each other again
+    /// replay it: one of them stalled, and the two hosts hear each other again
     /// (a cut that healed), so nobody is recovered. A channel its stall
     /// shut may look open to its writer, which had nothing to send since.
     Rewire {

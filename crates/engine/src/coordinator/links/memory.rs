@@ -2,7 +2,7 @@
 //! test plays every worker through a [`Network`], the coordinator talks to
 //! a [`MemoryLinks`] exactly as it would over TCP.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -199,18 +199,9 @@ impl Links for MemoryLinks {
         self.traffic
     }
 
-    fn heard_since(&self, worker: WorkerId, since: Instant) -> BTreeSet<String> {
+    fn heard(&self, worker: WorkerId) -> Vec<(String, Instant)> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state
-            .heard
-            .get(&worker)
-            .map_or_else(BTreeSet::new, |heard| {
-                heard
-                    .iter()
-                    .filter(|(_, at)| *at >= since)
-                    .map(|(host, _)| host.clone())
-                    .collect()
-            })
+        state.heard.get(&worker).cloned().unwrap_or_default()
     }
 
     fn silent_for(&self, worker: WorkerId) -> Duration {

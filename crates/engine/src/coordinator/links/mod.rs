@@ -43,10 +43,18 @@ pub trait Links {
     fn next_event(&mut self, deadline: Instant) -> Result<Option<LinkEvent>, EngineError>;
     /// How long `worker` has been silent (no message, no heartbeat).
     fn silent_for(&self, worker: WorkerId) -> Duration;
-    /// The hosts `worker`'s data channels heard from at or after `since`
-    /// (data in, acknowledgements of data out), as of its latest
-    /// heartbeat: evidence of whom it still reaches.
-    fn heard_since(&self, worker: WorkerId, since: Instant) -> BTreeSet<String>;
+    /// The hosts `worker`'s data channels heard from lately (data in,
+    /// acknowledgements of data out), each with when it last did, as of its
+    /// latest heartbeat: evidence of whom it still reaches.
+    fn heard(&self, worker: WorkerId) -> Vec<(String, Instant)>;
+    /// The hosts [`Links::heard`] lists at or after `since`.
+    fn heard_since(&self, worker: WorkerId, since: Instant) -> BTreeSet<String> {
+        self.heard(worker)
+            .into_iter()
+            .filter(|(_, at)| *at >= since)
+            .map(|(host, _)| host)
+            .collect()
+    }
     /// Stops vouching for `worker`, declared failed: its lease is no longer
     /// renewed and its connections close, so that a worker cut off from the
     /// coordinator, or one that comes back from a partition, stops on its

@@ -12,7 +12,7 @@
 //! worker that make no progress for the lease fail, and its link is then
 //! lost: a partitioned worker never blocks the coordinator.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -144,10 +144,9 @@ impl Links for TcpLinks {
         }
     }
 
-    fn heard_since(&self, worker: WorkerId, since: Instant) -> BTreeSet<String> {
-        let since = since.saturating_duration_since(epoch()).as_millis() as u64;
+    fn heard(&self, worker: WorkerId) -> Vec<(String, Instant)> {
         let Some(liveness) = self.liveness.get(worker.index()) else {
-            return BTreeSet::new();
+            return Vec::new();
         };
         let heard = liveness
             .peers_heard
@@ -155,8 +154,7 @@ impl Links for TcpLinks {
             .unwrap_or_else(|p| p.into_inner());
         heard
             .iter()
-            .filter(|(_, at)| *at >= since)
-            .map(|(host, _)| host.clone())
+            .map(|(host, at)| (host.clone(), epoch() + Duration::from_millis(*at)))
             .collect()
     }
 
