@@ -95,9 +95,9 @@ struct ChannelWriter {
     /// range: where its batches were kept before it was split off.
     node: usize,
     start: u64,
-    /// The incarnation of `to` the current connection goes to, and where
-    /// it runs.
+    /// The incarnation of `to` the current connection goes to.
     incarnation: Incarnation,
+    /// Where that incarnation runs: a rewire picks channels by worker.
     at: Peer,
     /// The number of the current connection (0 for the first).
     connection: u32,
