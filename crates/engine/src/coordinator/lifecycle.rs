@@ -404,18 +404,19 @@ impl Job<'_> {
             .map(|w| (w, self.links.heard_since(w, since)))
             .collect();
         tracing::debug!(?heard, "the ends of the stalled channels heard lately from");
+        let heard_by = |w| heard.get(&w).cloned().unwrap_or_default();
         let (healed, stalls) = healed_stalls(
             std::mem::take(&mut self.stalls),
             &self.rewired,
             |w| self.host_of(w),
-            |w| heard.get(&w).cloned().unwrap_or_default(),
+            heard_by,
         );
         self.stalls = stalls;
         let victim = stall_victim(
             &self.stalls,
             &self.decided_stalls,
             |w| self.host_of(w),
-            |w| heard.get(&w).cloned().unwrap_or_default(),
+            heard_by,
             |w| self.suspicion(w),
         );
         // The recovery of the victim rewires its channels anyway.

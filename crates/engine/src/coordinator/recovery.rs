@@ -450,16 +450,12 @@ impl Job<'_> {
             .filter(|(h, _)| self.alive(*h))
             .collect();
         let newest = live.first()?.1;
-        let newest: Vec<WorkerId> = live
-            .into_iter()
-            .take_while(|(_, at)| *at == newest)
-            .map(|(h, _)| h)
-            .collect();
         // The first among equals, as the copies are ordered, on a tie.
-        newest
-            .into_iter()
+        live.into_iter()
+            .filter(|(_, at)| *at == newest)
             .rev()
-            .max_by_key(|h| self.latest_news_from_peers(*h))
+            .max_by_key(|(h, _)| self.latest_news_from_peers(*h))
+            .map(|(h, _)| h)
     }
 
     /// When `w` last heard from a host other than its own.
