@@ -202,6 +202,11 @@ impl SegmentState {
             car.reports = 0;
             car.last >= horizon
         });
+        // A table keeps the capacity of its busiest minute; in a long run
+        // the segments' tables then add up to several times the cars they
+        // hold, and each report's lookup misses the cache (docs/BENCH.md,
+        // "The toll calculator's car tables").
+        self.cars.shrink_to_fit();
         if speeds.cars > 0 {
             self.history.push_back(MinuteStats {
                 minute: self.minute,
@@ -469,6 +474,24 @@ mod tests {
         // A new car at Time 30 enters although no report was at Time 0.
         let mut state = SegmentState::default();
         assert!(state.position(&report(30, 8, 50)).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_new_minute_gives_back_the_car_table_of_a_busy_one() {
+        let mut state = SegmentState::default();
+        for vid in 0..4096 {
+            state.position(&report(0, vid, 50)).unwrap();
+        }
+        let busy = state.cars.capacity();
+        // Minute 3 keeps only the car that reported in its last 30 s.
+        state.position(&report(100, 1, 50)).unwrap();
+        state.position(&report(130, 2, 50)).unwrap();
+        assert_eq!(state.cars.len(), 2);
+        assert!(
+            state.cars.capacity() < busy / 100,
+            "{} of {busy} slots kept",
+            state.cars.capacity()
+        );
     }
 
     /// What a replay answered: counts and a digest of every answer in order,
