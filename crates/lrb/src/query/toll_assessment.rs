@@ -33,19 +33,21 @@ pub struct Account {
     /// The sum of the tolls of all its notifications so far.
     notified: u64,
     /// The notifications a later query can still answer with, oldest
-    /// first, as (Time, balance as of it): those of the last 60 s and the
-    /// latest one before them. A car reports every 30 s, so these are a
-    /// handful, kept inline: at L=8 there are over a million accounts, and
-    /// a pointer to a list of its own cost every query and checkpoint of
-    /// an account a second cache miss.
-    recent: SmallVec<[(u32, u64); 4]>,
+    /// first, as (Time, toll): those of the last 60 s and the latest one
+    /// before them. The balance as of one is `notified` less its toll and
+    /// the tolls after it. A car reports every 30 s, so these are a handful,
+    /// kept inline and small: every notification looks its account up, and
+    /// with hundreds of thousands of accounts each lookup misses the cache;
+    /// 48 bytes an account (not 80 with a balance per entry) make the table
+    /// a third smaller (docs/BENCH.md, "State that fits the cache").
+    recent: SmallVec<[(u32, u32); 4]>,
 }
 
 impl Account {
     /// Records a notification at `time` (Times never decrease: inputs come
     /// in input order).
     fn notify(&mut self, time: u32, toll: u32) {
-        self.recent.push((time, self.notified));
+        self.recent.push((time, toll));
         self.notified += u64::from(toll);
         let expired = self
             .recent
@@ -62,12 +64,19 @@ impl Account {
     /// one of the same second on a later line cannot change this answer's
     /// acceptance (docs/LRB.md), so it does not depend on timing.
     fn balance(&self, time: u32) -> (u32, u64) {
-        self.recent
+        let Some(last) = self.recent.len().checked_sub(1) else {
+            return (time, 0);
+        };
+        let named = self
+            .recent
             .iter()
-            .find(|&&(t, _)| t + 60 >= time)
-            .or(self.recent.last())
-            .copied()
-            .unwrap_or((time, 0))
+            .position(|&(t, _)| t + 60 >= time)
+            .unwrap_or(last);
+        let since: u64 = self.recent[named..]
+            .iter()
+            .map(|&(_, toll)| u64::from(toll))
+            .sum();
+        (self.recent[named].0, self.notified - since)
     }
 }
 
@@ -380,6 +389,8 @@ mod tests {
         assert_eq!(account.balance(90), (40, 5));
         // None in the window: the latest one.
         assert_eq!(account.balance(300), (130, 12));
+        // Kept small: every notification's lookup of it misses the cache.
+        assert!(std::mem::size_of::<Account>() <= 48);
     }
 
     #[test]

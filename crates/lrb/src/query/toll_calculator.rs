@@ -205,7 +205,7 @@ impl SegmentState {
         // A table keeps the capacity of its busiest minute; in a long run
         // the segments' tables then add up to several times the cars they
         // hold, and each report's lookup misses the cache (docs/BENCH.md,
-        // "The toll calculator's car tables").
+        // "State that fits the cache").
         self.cars.shrink_to_fit();
         if speeds.cars > 0 {
             self.history.push_back(MinuteStats {
