@@ -37,7 +37,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::api::NodeKind;
 use crate::error::EngineError;
@@ -50,11 +50,26 @@ use crate::wire::control::{
 
 use super::backups::choose_holders;
 use super::events::Refused;
-use super::Job;
+use super::{Job, LinkEvent};
 
 /// Whole backups fetched from holders, by instance: each with its frontier,
 /// or `None` for an instance that never checkpointed.
 pub(super) type Fetched = HashMap<InstanceId, Option<(Stamp, Vec<u8>)>>;
+
+/// How long the coordinator waits for a worker about to be fenced to hand
+/// over the last copies it holds (`Job::salvage_last_copies`): the stall
+/// decision, and so the recovery, waits that much longer at most.
+const SALVAGE_WAIT: Duration = Duration::from_secs(1);
+
+/// How often the salvage's wait looks at the clock when nothing arrives.
+const SALVAGE_TICK: Duration = Duration::from_millis(20);
+
+/// A backup a holder sent, with its frontier, if it is whole and sound.
+fn good_backup(bytes: Option<Vec<u8>>) -> Option<(Stamp, Vec<u8>)> {
+    bytes
+        .filter(|b| Checkpoint::verify(b).is_ok())
+        .and_then(|b| Checkpoint::frontier(&b).ok().map(|frontier| (frontier, b)))
+}
 
 impl Job<'_> {
     /// A source's position checkpoint arrived from its current
@@ -305,10 +320,7 @@ impl Job<'_> {
                         continue;
                     }
                     asked.remove(&instance);
-                    let good = bytes.filter(|b| Checkpoint::verify(b).is_ok()).and_then(|b| {
-                        Checkpoint::frontier(&b).ok().map(|frontier| (frontier, b))
-                    });
-                    match good {
+                    match good_backup(bytes) {
                         Some(state) => {
                             fetched.insert(instance, Some(state));
                         }
@@ -335,6 +347,59 @@ impl Job<'_> {
             }
         }
         Ok(fetched)
+    }
+
+    /// Before `worker`, which still answers the coordinator, is declared
+    /// failed for its stalled channels: fetches the backups of which it
+    /// holds the last live copy and keeps them until copied, so that a
+    /// failure of those instances before their next checkpoints finds a
+    /// copy instead of none (a host cut from its peers while a partition
+    /// took the other holder lost one that way). Waits at most
+    /// [`SALVAGE_WAIT`], handling what else arrives as a recovery gathering
+    /// failures does (`Job::absorb`): no stall is decided meanwhile.
+    pub(super) fn salvage_last_copies(&mut self, worker: WorkerId) -> Result<(), EngineError> {
+        let last_copies: Vec<InstanceId> = self
+            .plan
+            .instances()
+            .map(|(_, instance)| instance.id)
+            .filter(|id| {
+                let mut live = self
+                    .backups
+                    .holders_by_recency(*id)
+                    .into_iter()
+                    .filter(|h| self.alive(*h));
+                live.next() == Some(worker) && live.next().is_none()
+            })
+            .collect();
+        let mut asked: Vec<InstanceId> = last_copies
+            .into_iter()
+            .filter(|id| {
+                self.send(worker, &ToWorker::FetchBackup { instance: *id })
+                    .is_ok()
+            })
+            .collect();
+        let deadline = Instant::now() + SALVAGE_WAIT;
+        while !asked.is_empty() && self.alive(worker) {
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::warn!(%worker, instances = ?asked, "the last copies of these backups did not arrive in time");
+                break;
+            }
+            match self.links.next_event(deadline.min(now + SALVAGE_TICK))? {
+                Some(LinkEvent::Message(from, ToCoordinator::Backup { instance, bytes }))
+                    if from == worker && asked.contains(&instance) =>
+                {
+                    asked.retain(|id| *id != instance);
+                    if let Some(state) = good_backup(bytes) {
+                        tracing::info!(%worker, %instance, frontier = state.0 .0, "the last copy of a backup taken before its holder is fenced");
+                        self.backups.keep_pending(instance, state);
+                    }
+                }
+                Some(event) => self.absorb(event)?,
+                None => {}
+            }
+        }
+        Ok(())
     }
 
     /// Keeps each backup in `fetched` until its instance's holders have a

@@ -223,6 +223,7 @@ impl Job<'_> {
                 return Ok(None);
             }
             if let Some((cut_off, reason)) = self.stalled_worker() {
+                self.salvage_last_copies(cut_off)?;
                 self.lose(cut_off, FailureCause::StalledChannels, reason);
                 return Ok(None);
             }

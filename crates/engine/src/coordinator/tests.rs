@@ -981,6 +981,42 @@ fn a_stalled_channel_recovers_the_unreachable_worker_and_fences_it() {
 }
 
 #[test]
+fn a_worker_fenced_for_stalled_channels_first_hands_over_the_last_copies_it_holds() {
+    // One backup copy each: the holder of `count` is cut off and fenced,
+    // and `count` fails before it checkpoints again. The holder still
+    // answered the coordinator, which took the copy before fencing it.
+    let mut config = config(1);
+    config.backup_copies = 1;
+    let (result, cluster, _) = scenario(config, |c| {
+        c.checkpointed(Stamp(10));
+        let count = c.ids("count")[0];
+        let (host, holder) = (c.host(count), c.route(count)[0]);
+        let reporter = (0..3)
+            .map(WorkerId)
+            .find(|w| ![host, holder].contains(w))
+            .expect("three workers");
+        c.net.say(
+            reporter,
+            ToCoordinator::LinkStalled {
+                peer: c.net.addr(holder),
+                silent_ms: 1000,
+            },
+        );
+        assert!(c.run_until(Duration::from_secs(5), |c| c.net.is_fenced(holder)));
+        assert!(c.log.iter().any(|(to, m)| *to == holder
+            && matches!(m, ToWorker::FetchBackup { instance } if *instance == count)));
+        c.net.break_link(host);
+        assert!(c.run_until(Duration::from_secs(5), |c| {
+            let h = c.host(count);
+            h != host && !c.net.is_broken(h)
+        }));
+    });
+    result.expect("finishes: the copy taken from the fenced holder restores `count`");
+    let count = cluster.ids("count")[0];
+    assert_eq!(cluster.restored_frontiers()[&count], Some(Stamp(10)));
+}
+
+#[test]
 fn a_one_to_one_stall_recovers_the_end_that_heard_from_no_third_host() {
     // The worker of `pass` reports its channel to the worker of `count`,
     // each on a host of its own; what each heard from a third host lately
