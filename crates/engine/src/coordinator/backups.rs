@@ -141,8 +141,9 @@ impl Backups {
     /// routes through them must be replaced. Returns the instances that
     /// lost a copy and still have one (a surviving holder should send its
     /// copy to their new holders, lest a second failure take the last),
-    /// and those that lost their last (one failure from unrecoverable
-    /// until their next checkpoint is stored).
+    /// and those that lost their last with no pending state kept here
+    /// (one failure from unrecoverable until their next checkpoint is
+    /// stored).
     pub(super) fn holders_failed(
         &mut self,
         failed: &[WorkerId],
@@ -160,7 +161,7 @@ impl Backups {
             let after = self.copies.get(&id).map_or(0, Vec::len);
             if after > 0 && after < before {
                 degraded.push(id);
-            } else if after == 0 && before > 0 {
+            } else if after == 0 && before > 0 && !self.pending.contains_key(&id) {
                 bared.push(id);
             }
         }

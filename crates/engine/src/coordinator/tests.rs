@@ -2413,6 +2413,26 @@ fn an_instance_whose_every_copy_died_cannot_restart_silently() {
 }
 
 #[test]
+fn a_last_copy_taken_before_its_holder_died_keeps_the_instance_recoverable() {
+    let mut backups = Backups::default();
+    let (kept, bare) = (InstanceId(1), InstanceId(2));
+    for id in [kept, bare] {
+        backups.set_route(id, ON, vec![WorkerId(0)]);
+        backups.stored(id, WorkerId(0), Stamp(10), (1, 1));
+    }
+    let copy = encoded(10, &[1], None);
+    backups.keep_pending(kept, (Stamp(10), copy.clone()));
+    let (degraded, bared) = backups.holders_failed(&[WorkerId(0)]);
+    assert!(degraded.is_empty());
+    assert_eq!(bared, [bare]);
+    assert_eq!(
+        backups.fallback(kept).expect("kept"),
+        Some((Stamp(10), copy))
+    );
+    assert!(backups.fallback(bare).is_err());
+}
+
+#[test]
 fn incremental_checkpoints_restore_as_their_fold() {
     let (result, cluster, _) = scenario(config(1), |c| {
         c.incremental = true;
