@@ -61,9 +61,6 @@ pub(super) type Fetched = HashMap<InstanceId, Option<(Stamp, Vec<u8>)>>;
 /// decision, and so the recovery, waits that much longer at most.
 const SALVAGE_WAIT: Duration = Duration::from_secs(1);
 
-/// How often the salvage's wait looks at the clock when nothing arrives.
-const SALVAGE_TICK: Duration = Duration::from_millis(20);
-
 /// A backup a holder sent, with its frontier, if it is whole and sound.
 fn good_backup(bytes: Option<Vec<u8>>) -> Option<(Stamp, Vec<u8>)> {
     bytes
@@ -380,12 +377,7 @@ impl Job<'_> {
             .collect();
         let deadline = Instant::now() + SALVAGE_WAIT;
         while !asked.is_empty() && self.alive(worker) {
-            let now = Instant::now();
-            if now >= deadline {
-                tracing::warn!(%worker, instances = ?asked, "the last copies of these backups did not arrive in time");
-                break;
-            }
-            match self.links.next_event(deadline.min(now + SALVAGE_TICK))? {
+            match self.links.next_event(deadline)? {
                 Some(LinkEvent::Message(from, ToCoordinator::Backup { instance, bytes }))
                     if from == worker && asked.contains(&instance) =>
                 {
@@ -396,7 +388,10 @@ impl Job<'_> {
                     }
                 }
                 Some(event) => self.absorb(event)?,
-                None => {}
+                None => {
+                    tracing::warn!(%worker, instances = ?asked, "the last copies of these backups did not arrive in time");
+                    break;
+                }
             }
         }
         Ok(())
