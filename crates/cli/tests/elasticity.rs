@@ -219,3 +219,36 @@ fn scaling_without_fault_tolerance_is_refused_not_fatal() {
         "{report}"
     );
 }
+
+#[test]
+fn a_merge_right_after_its_partitions_lost_their_only_holder_is_made() {
+    // One backup copy, held on the forwarder's worker, which the kill
+    // takes: the partitions' first checkpoints after the recovery are the
+    // merge's, deltas that their new holder refuses for want of a base.
+    // Paused at the merge's frontier, they must checkpoint there in full.
+    let report = unchanged(
+        "scale-in-new-holder",
+        &[
+            "--speedup",
+            "15",
+            "--pool",
+            "2",
+            "--partitions",
+            "toll_calculator=2",
+            "--backup-copies",
+            "1",
+            "--checkpoint-ms",
+            "5000",
+            "--kill",
+            "3:forwarder",
+            "--scale-in",
+            "3.5:toll_calculator",
+        ],
+    );
+    assert_eq!(
+        scale_events(&report),
+        vec![("toll_calculator".to_string(), 2, 1)],
+        "{report}"
+    );
+    assert_eq!(events(&report, "refused", "one frontier"), 0, "{report}");
+}

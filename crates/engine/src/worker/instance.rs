@@ -344,7 +344,11 @@ impl Runner {
         if self.checkpoint_every.is_none() || now < self.next_checkpoint {
             return false;
         }
-        if self.checkpointed == Some(frontier) {
+        // A holder that refused the last one (a new holder without its
+        // base) wants it again in full, at the same frontier if nothing
+        // came since: a merge's alignment holds both partitions there
+        // until their checkpoints there are stored.
+        if self.checkpointed == Some(frontier) && !self.full_next {
             // Nothing new since the last one (an upstream is busy): look
             // again shortly, rather than wake up at once, again and again,
             // which spun a core while a large upstream checkpointed.
