@@ -18,6 +18,7 @@ use crate::wire::control;
 use crate::wire::data::{read_batch, read_hello};
 
 use super::backup::{self, Holdings};
+use super::output::OpenedLink;
 use super::watch::{LinkWatch, WatchedStream};
 use super::ControlWriter;
 
@@ -69,6 +70,8 @@ pub(crate) enum ControlEvent {
     /// Process up to exactly this stamp, checkpoint there (unless it is
     /// the end: the merge was called off) and stay paused.
     Resume(Stamp),
+    /// A data channel this instance asked for is open (or failed to open).
+    LinkOpened(OpenedLink),
 }
 
 /// The receiving ends of an instance's queues.

@@ -233,6 +233,7 @@ impl Runner {
             ControlEvent::Pause => return Ok(Outcome::Pause),
             ControlEvent::Resume(until) => return Ok(Outcome::Resume(until)),
             ControlEvent::Stop => return Ok(Outcome::Stop),
+            ControlEvent::LinkOpened(opened) => outbox.link_opened(opened),
         }
         Ok(Outcome::Continue)
     }

@@ -15,6 +15,7 @@ use crate::stamp::Stamp;
 use crate::state::{OutputBuffer, RoutingTable};
 use crate::wire::data::{seal_batch, write_hello, ChannelHello, BATCH_HEADER};
 
+use super::input::ControlEvent;
 use super::local::Locality;
 use super::watch::{open_peer, LinkWatch};
 
@@ -88,6 +89,28 @@ fn connect(
     Ok(stream)
 }
 
+/// A data channel opened off the instance's thread, handed back to the
+/// instance through its control queue ([`ControlEvent::LinkOpened`]): a
+/// downstream that cannot be reached (its host was just cut off) must not
+/// hold the instance up for the whole connect timeout.
+pub(crate) struct OpenedLink {
+    /// The incarnation of this instance that asked: one that replaced it
+    /// on this worker drops the link.
+    by: Incarnation,
+    to: InstanceId,
+    connection: u32,
+    link: Result<Box<dyn FrameLink>, EngineError>,
+}
+
+/// What opening a channel gave.
+enum Link {
+    Open(Box<dyn FrameLink>),
+    /// Being opened off the instance's thread.
+    Opening,
+    /// Unreachable for now: a recovery or a rewire opens it again.
+    Down,
+}
+
 /// One outgoing data channel (this instance -> one downstream instance).
 struct ChannelWriter {
     to: InstanceId,
@@ -104,6 +127,9 @@ struct ChannelWriter {
     /// `None` while the downstream is down: batches then only go to the
     /// output buffer, and are replayed when the channel is rewired.
     stream: Option<Box<dyn FrameLink>>,
+    /// Connection number `connection` is being opened off this thread;
+    /// its batches are replayed once it is handed back.
+    opening: bool,
     frame: Vec<u8>,
     frame_last: Stamp,
     sent_mark: Stamp,
@@ -114,13 +140,7 @@ struct ChannelWriter {
 }
 
 impl ChannelWriter {
-    fn new(
-        to: InstanceId,
-        incarnation: Incarnation,
-        at: Peer,
-        stream: Option<Box<dyn FrameLink>>,
-        written: WriteTime,
-    ) -> Self {
+    fn new(to: InstanceId, incarnation: Incarnation, at: Peer, written: WriteTime) -> Self {
         ChannelWriter {
             to,
             node: usize::MAX,
@@ -128,13 +148,22 @@ impl ChannelWriter {
             incarnation,
             at,
             connection: 0,
-            stream,
+            stream: None,
+            opening: false,
             frame: vec![0; BATCH_HEADER],
             frame_last: Stamp::ZERO,
             sent_mark: Stamp::ZERO,
             trimmed_at: None,
             written,
         }
+    }
+
+    fn attach(&mut self, link: Link) {
+        (self.stream, self.opening) = match link {
+            Link::Open(stream) => (Some(stream), false),
+            Link::Opening => (None, true),
+            Link::Down => (None, false),
+        };
     }
 
     fn write(&mut self, frame: &[u8]) {
@@ -302,14 +331,10 @@ impl Outbox {
         };
         match self.channels.iter().position(|c| c.to == to) {
             None => {
-                let stream = self.try_connect(to, incarnation, 0, &at)?;
-                self.channels.push(ChannelWriter::new(
-                    to,
-                    incarnation,
-                    at,
-                    stream,
-                    self.written.clone(),
-                ));
+                let link = self.try_connect(to, incarnation, 0, &at)?;
+                let mut channel = ChannelWriter::new(to, incarnation, at, self.written.clone());
+                channel.attach(link);
+                self.channels.push(channel);
                 let i = self.channels.len() - 1;
                 if let Some(parent) = added.iter().find(|a| a.id == to).map(|a| a.parent) {
                     self.inherit(i, parent);
@@ -317,7 +342,7 @@ impl Outbox {
             }
             Some(i)
                 if self.channels[i].incarnation != incarnation
-                    || self.channels[i].stream.is_none() =>
+                    || (self.channels[i].stream.is_none() && !self.channels[i].opening) =>
             {
                 self.channels[i].incarnation = incarnation;
                 self.channels[i].at = at;
@@ -357,28 +382,64 @@ impl Outbox {
         let channel = &self.channels[i];
         let (to, incarnation) = (channel.to, channel.incarnation);
         let connection = channel.connection + u32::from(replays);
-        let stream = self.try_connect(to, incarnation, connection, &channel.at)?;
-        self.channels[i].stream = stream;
+        let link = self.try_connect(to, incarnation, connection, &channel.at)?;
+        self.channels[i].attach(link);
         self.channels[i].connection = connection;
         self.replay(i, to);
         self.reannounce(i);
         Ok(())
     }
 
+    /// Installs a channel opened off this thread, unless a later plan or
+    /// rewire replaced it (the link then closes unused), and replays what
+    /// the buffer holds for it, what came while it was opened included.
+    pub(crate) fn link_opened(&mut self, opened: OpenedLink) {
+        if opened.by != self.me.incarnation {
+            return;
+        }
+        let Some(i) = self
+            .channels
+            .iter()
+            .position(|c| c.to == opened.to && c.opening && c.connection == opened.connection)
+        else {
+            return;
+        };
+        match opened.link {
+            Ok(link) => {
+                // What waits in the batch goes to the buffer first, so
+                // that the replay sends it in order.
+                let mark = self.channels[i].sent_mark;
+                self.channels[i].flush(mark, self.buffer.as_mut());
+                self.channels[i].attach(Link::Open(link));
+                self.replay(i, opened.to);
+                self.reannounce(i);
+            }
+            Err(e) => {
+                tracing::warn!(to = %opened.to, "cannot reach downstream yet: {e}");
+                self.channels[i].attach(Link::Down);
+            }
+        }
+    }
+
     /// Connects to a downstream; with fault tolerance on, a downstream that
     /// cannot be reached (it is failing, and its recovery will rewire us) is
-    /// a broken channel whose batches wait in the buffer, not an error.
+    /// a broken channel whose batches wait in the buffer, not an error, and
+    /// in a worker a connection over TCP is opened off this thread
+    /// ([`Outbox::link_opened`]).
     fn try_connect(
         &self,
         to: InstanceId,
         incarnation: Incarnation,
         connection: u32,
         at: &Peer,
-    ) -> Result<Option<Box<dyn FrameLink>>, EngineError> {
+    ) -> Result<Link, EngineError> {
         let opened: Result<Box<dyn FrameLink>, EngineError> = match &self.local {
             Some(local) if local.worker == at.worker => local
                 .open(self.me, to, incarnation, connection)
                 .map(|link| Box::new(link) as Box<dyn FrameLink>),
+            Some(local) if self.buffer.is_some() => {
+                return Ok(self.open_remote(local, to, incarnation, connection, at));
+            }
             _ => connect(
                 self.me,
                 to,
@@ -390,12 +451,50 @@ impl Outbox {
             .map(|stream| Box::new(stream) as Box<dyn FrameLink>),
         };
         match opened {
-            Ok(stream) => Ok(Some(stream)),
+            Ok(stream) => Ok(Link::Open(stream)),
             Err(e) if self.buffer.is_some() => {
                 tracing::warn!(%to, "cannot reach downstream yet: {e}");
-                Ok(None)
+                Ok(Link::Down)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Opens a TCP channel on a thread of its own, which hands it to this
+    /// instance through its control queue.
+    fn open_remote(
+        &self,
+        local: &Locality,
+        to: InstanceId,
+        incarnation: Incarnation,
+        connection: u32,
+        at: &Peer,
+    ) -> Link {
+        let (me, addr, watch, inboxes) = (
+            self.me,
+            at.addr.clone(),
+            self.watch.clone(),
+            local.inboxes.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name(format!("spate-connect-{}", me.instance))
+            .spawn(move || {
+                let link = connect(me, to, incarnation, connection, &addr, watch.as_ref())
+                    .map(|stream| Box::new(stream) as Box<dyn FrameLink>);
+                let opened = OpenedLink {
+                    by: me.incarnation,
+                    to,
+                    connection,
+                    link,
+                };
+                inboxes.control(me.instance, ControlEvent::LinkOpened(opened));
+            });
+        match spawned {
+            Ok(_) => Link::Opening,
+            Err(e) => {
+                tracing::warn!(%to, "cannot start opening a data channel: {e}");
+                Link::Down
+            }
         }
     }
 
@@ -632,13 +731,13 @@ mod tests {
         };
         let mut outbox = Outbox::new(me, buffering);
         for (to, stream) in links {
-            let channel = ChannelWriter::new(
+            let mut channel = ChannelWriter::new(
                 InstanceId(to),
                 Incarnation(0),
                 on_worker(to, ""),
-                Some(stream),
                 outbox.written.clone(),
             );
+            channel.attach(Link::Open(stream));
             outbox.channels.push(channel);
         }
         outbox
@@ -718,9 +817,9 @@ mod tests {
                 InstanceId(to),
                 Incarnation(0),
                 on_worker(to, ""),
-                Some(stream),
                 outbox.written.clone(),
             );
+            channel.attach(Link::Open(stream));
             (channel.node, channel.start) = (node, start);
             outbox.channels.push(channel);
         }
@@ -769,6 +868,70 @@ mod tests {
             untouched.0.lock().unwrap().len(),
             before,
             "other workers' channels stay"
+        );
+    }
+
+    #[test]
+    fn a_channel_opened_off_the_thread_replays_what_was_sent_meanwhile() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let me = SenderIdentity {
+            instance: InstanceId(1),
+            incarnation: Incarnation(2),
+        };
+        let inboxes = crate::worker::input::Inboxes::default();
+        let inbox = inboxes.create(me.instance, me.incarnation);
+        let mut outbox = Outbox::new(me, true).with_locality(Locality {
+            worker: WorkerId(0),
+            inboxes,
+        });
+        let channel = ChannelWriter::new(
+            InstanceId(4),
+            Incarnation(0),
+            on_worker(4, &addr),
+            outbox.written.clone(),
+        );
+        outbox.channels.push(channel);
+
+        outbox.reconnect(0).unwrap();
+        assert!(outbox.channels[0].opening && outbox.channels[0].stream.is_none());
+        // Sent while the channel opens: kept in the buffer, and one tuple
+        // still in the batch when it is handed back.
+        write_tuple(&mut outbox.channels[0].frame, Stamp(5), b"a");
+        write_tuple(&mut outbox.channels[0].frame, Stamp(7), b"b");
+        outbox.channels[0].frame_last = Stamp(7);
+        outbox.flush(Stamp(7));
+        write_tuple(&mut outbox.channels[0].frame, Stamp(9), b"c");
+        outbox.channels[0].frame_last = Stamp(9);
+
+        let (mut accepted, _) = listener.accept().unwrap();
+        let hello = crate::wire::data::read_hello(&mut accepted).unwrap();
+        assert_eq!((hello.from, hello.to), (InstanceId(1), InstanceId(4)));
+        assert_eq!(hello.connection, 1);
+        let event = inbox
+            .control
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        let ControlEvent::LinkOpened(opened) = event else {
+            panic!("expected the opened link");
+        };
+        outbox.link_opened(opened);
+        assert!(!outbox.channels[0].opening && outbox.channels[0].stream.is_some());
+        // A link of a connection since replaced is dropped unused.
+        let stale = Wire::default();
+        outbox.link_opened(OpenedLink {
+            by: me.incarnation,
+            to: InstanceId(4),
+            connection: 0,
+            link: Ok(Box::new(stale.clone())),
+        });
+        assert!(stale.0.lock().unwrap().is_empty());
+        drop(outbox);
+        let mut replayed = Vec::new();
+        accepted.read_to_end(&mut replayed).unwrap();
+        assert_eq!(
+            sent(&Wire(Arc::new(Mutex::new(replayed)))),
+            (vec![5, 7, 9], Stamp(7))
         );
     }
 }
