@@ -413,11 +413,30 @@ impl Job<'_> {
             heard_by,
         );
         self.stalls = stalls;
+        // A cut separates hosts: an end with no news of its own (nothing
+        // to send, nothing sent to it) is judged by what the live workers
+        // beside it heard.
+        let mut host_heard: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for w in self.live_workers() {
+            host_heard
+                .entry(self.host_of(w))
+                .or_default()
+                .extend(self.links.heard_since(w, since));
+        }
+        tracing::debug!(
+            ?host_heard,
+            "the hosts of the stalled channels heard lately from"
+        );
         let victim = stall_victim(
             &self.stalls,
             &self.decided_stalls,
             |w| self.host_of(w),
-            heard_by,
+            |w| {
+                host_heard
+                    .get(&self.host_of(w))
+                    .cloned()
+                    .unwrap_or_default()
+            },
             |w| self.suspicion(w),
         );
         // The recovery of the victim rewires its channels anyway.
@@ -696,9 +715,10 @@ pub(super) fn healed_stalls(
 /// peers stalls with all of theirs, each of them only with it), counting
 /// the stalls `decided` on lately too (a cut off end that one report
 /// spared is reported again by its other peers). On a tie
-/// (one worker reporting the only channel it has, say), first one that
-/// has not `heard` lately from a third host (one its host has no stall
-/// with): a worker cut off from its peers hears from none of them. Then
+/// (one worker reporting the only channel it has, say), first one whose
+/// host has not `heard` lately from a third host (one it has no stall
+/// with) through any of its workers: a host cut off from its peers hears
+/// from none of them. Then
 /// one on the most suspect host (see `coordinator::suspects`: a host just
 /// found cut off is the likelier side again), the unreachable side of the
 /// first report first among equals.

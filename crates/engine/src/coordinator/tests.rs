@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::backups::{choose_holders, Backups};
-use super::links::memory::{pair, pair_one_host_each, MemoryLinks, Network};
+use super::links::memory::{pair, pair_one_host_each, pair_over_hosts, MemoryLinks, Network};
 use super::scale_in::ALIGN_TIMEOUT;
 use super::{
     run_job, EventKind, FailureCause, JobConfig, JobSummary, Provisioner, Refused, ScaleDirection,
@@ -1079,6 +1079,47 @@ fn a_one_to_one_stall_recovers_the_end_that_heard_from_no_third_host() {
             };
             assert!(c.run_until(Duration::from_secs(5), |c| c.net.is_fenced(cut_off)));
             assert!(!c.net.is_fenced(spared));
+        });
+        result.expect("finishes");
+    }
+}
+
+#[test]
+fn a_stall_with_no_news_at_either_end_is_judged_by_what_their_hosts_heard() {
+    // Six workers over three hosts, worker w on host w % 3: the three
+    // running instances each on a host of its own, each beside a pool
+    // worker. Neither end of the stall heard from a third host (the
+    // reporter's upstream, say, cut off, had nothing to send), but a
+    // worker beside one of them did: that end's host is not the one cut
+    // off.
+    for neighbour_of_reporter_heard in [false, true] {
+        let (result, _, _) = scenario_over(pair_over_hosts(3), config(3), |c| {
+            c.checkpointed(Stamp(10));
+            let (reporter, peer) = (c.host(c.ids("pass")[0]), c.host(c.ids("count")[0]));
+            assert_ne!(c.net.host(reporter), c.net.host(peer));
+            let third_host = (0..3)
+                .map(|w| c.net.host(WorkerId(w)))
+                .find(|h| ![c.net.host(reporter), c.net.host(peer)].contains(h))
+                .expect("three hosts");
+            let (heard, cut_off) = if neighbour_of_reporter_heard {
+                (reporter, peer)
+            } else {
+                (peer, reporter)
+            };
+            let neighbour = (0..6)
+                .map(WorkerId)
+                .find(|w| *w != heard && c.net.host(*w) == c.net.host(heard))
+                .expect("two workers a host");
+            c.net.hear(neighbour, &third_host);
+            c.net.say(
+                reporter,
+                ToCoordinator::LinkStalled {
+                    peer: c.net.addr(peer),
+                    silent_ms: 1000,
+                },
+            );
+            assert!(c.run_until(Duration::from_secs(5), |c| c.net.is_fenced(cut_off)));
+            assert!(!c.net.is_fenced(heard));
         });
         result.expect("finishes");
     }

@@ -44,22 +44,38 @@ pub(crate) struct Network {
     pub(crate) sent: Receiver<(WorkerId, ToWorker)>,
     state: Arc<Mutex<Shared>>,
     next: Arc<AtomicU32>,
-    /// Each worker on a host of its own, not all on one.
-    one_host_each: bool,
+    hosts: Hosts,
+}
+
+/// How a network's workers are spread over hosts.
+#[derive(Clone, Copy)]
+enum Hosts {
+    /// All on one.
+    One,
+    /// Each on a host of its own.
+    Each,
+    /// Worker `w` on host `w % n`.
+    RoundRobin(u32),
 }
 
 /// A connected pair of ends, every worker on one host.
 pub(crate) fn pair() -> (MemoryLinks, Network) {
-    pair_on_hosts(false)
+    pair_on_hosts(Hosts::One)
 }
 
 /// A connected pair of ends, each worker on a host of its own (what
 /// stalled channels between hosts are judged by).
 pub(crate) fn pair_one_host_each() -> (MemoryLinks, Network) {
-    pair_on_hosts(true)
+    pair_on_hosts(Hosts::Each)
 }
 
-fn pair_on_hosts(one_host_each: bool) -> (MemoryLinks, Network) {
+/// A connected pair of ends, worker `w` on host `w % hosts` (hosts with
+/// more than one worker each).
+pub(crate) fn pair_over_hosts(hosts: u32) -> (MemoryLinks, Network) {
+    pair_on_hosts(Hosts::RoundRobin(hosts))
+}
+
+fn pair_on_hosts(hosts: Hosts) -> (MemoryLinks, Network) {
     let (events_tx, events) = crossbeam_channel::unbounded();
     let (sent_tx, sent) = crossbeam_channel::unbounded();
     let state = Arc::new(Mutex::new(Shared::default()));
@@ -75,7 +91,7 @@ fn pair_on_hosts(one_host_each: bool) -> (MemoryLinks, Network) {
             sent,
             state,
             next: Arc::new(AtomicU32::new(0)),
-            one_host_each,
+            hosts,
         },
     )
 }
@@ -95,10 +111,10 @@ impl Network {
 
     /// `worker`'s data address.
     pub(crate) fn addr(&self, worker: WorkerId) -> String {
-        if self.one_host_each {
-            format!("host{}:{worker}", worker.0)
-        } else {
-            format!("memory:{worker}")
+        match self.hosts {
+            Hosts::One => format!("memory:{worker}"),
+            Hosts::Each => format!("host{}:{worker}", worker.0),
+            Hosts::RoundRobin(n) => format!("host{}:{worker}", worker.0 % n),
         }
     }
 
