@@ -10,11 +10,24 @@ use std::time::Duration;
 
 use common::{run_with_timeout, scratch, spate};
 
-/// Runs `query` over a small paced input with `extra` options; returns
-/// the report and the sorted answer lines, after checking it PASSED.
-fn run(name: &str, query: &str, extra: &[&str]) -> (serde_json::Value, Vec<String>) {
+/// What a run gave: its report, its sorted answer lines and its log (the
+/// coordinator's at debug level, so that a rescaling that was not made
+/// says why).
+struct Run {
+    report: serde_json::Value,
+    answers: Vec<String>,
+    log: String,
+}
+
+/// Runs `query` over a small paced input with `extra` options, after
+/// checking it PASSED.
+fn run(name: &str, query: &str, extra: &[&str]) -> Run {
     let out = scratch(name);
     let mut command = spate();
+    command.env(
+        "RUST_LOG",
+        "spate_engine=info,spate_engine::coordinator=debug",
+    );
     command.args(["nexmark", "run", "--query", query, "--events", "200000"]);
     command.args(["--event-rate", "4000", "--rate", "50000", "--workers", "2"]);
     command
@@ -30,7 +43,11 @@ fn run(name: &str, query: &str, extra: &[&str]) -> (serde_json::Value, Vec<Strin
     );
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
-    (report, answers(&out, query))
+    Run {
+        report,
+        answers: answers(&out, query),
+        log: common::stderr(&output),
+    }
 }
 
 fn answers(out: &Path, query: &str) -> Vec<String> {
@@ -45,7 +62,7 @@ fn faults(query: &str, killed: &str, split: &str, merged: &str) {
     let kill = format!("1.2:{killed}");
     let scale = format!("2:{split}");
     let scale_in = format!("2.8:{merged}");
-    let (report, faulty) = run(
+    let faulty = run(
         &format!("nexmark-{query}-faults"),
         query,
         &[
@@ -59,7 +76,8 @@ fn faults(query: &str, killed: &str, split: &str, merged: &str) {
             &scale_in,
         ],
     );
-    assert!(!faulty.is_empty(), "{query} gave no answers");
+    let report = &faulty.report;
+    assert!(!faulty.answers.is_empty(), "{query} gave no answers");
     assert!(
         !report["recoveries"].as_array().unwrap().is_empty(),
         "no recovery: {report}"
@@ -72,11 +90,12 @@ fn faults(query: &str, killed: &str, split: &str, merged: &str) {
         .collect();
     assert!(
         directions.contains(&"out") && directions.contains(&"in"),
-        "expected a split and a merge: {report}"
+        "expected a split and a merge: {report}\n{}",
+        faulty.log
     );
-    let (_, clean) = run(&format!("nexmark-{query}-clean"), query, &[]);
+    let clean = run(&format!("nexmark-{query}-clean"), query, &[]);
     assert_eq!(
-        faulty, clean,
+        faulty.answers, clean.answers,
         "{query}: answers differ from a failure-free run"
     );
 }
