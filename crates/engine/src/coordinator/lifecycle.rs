@@ -718,10 +718,10 @@ pub(super) fn healed_stalls(
 /// (one worker reporting the only channel it has, say), first one whose
 /// host has not `heard` lately from a third host (one it has no stall
 /// with) through any of its workers: a host cut off from its peers hears
-/// from none of them. Then
-/// one on the most suspect host (see `coordinator::suspects`: a host just
-/// found cut off is the likelier side again), the unreachable side of the
-/// first report first among equals.
+/// from none of them. Then one on the most suspect host (see
+/// `coordinator::suspects`: a host just found cut off is the likelier
+/// side again), the unreachable side of the first report first among
+/// equals.
 pub(super) fn stall_victim(
     stalls: &[Stall],
     decided: &[Stall],

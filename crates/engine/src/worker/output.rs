@@ -158,6 +158,8 @@ impl ChannelWriter {
         }
     }
 
+    /// Takes what opening the channel gave: an open link, one still
+    /// being opened, or none for now.
     fn attach(&mut self, link: Link) {
         (self.stream, self.opening) = match link {
             Link::Open(stream) => (Some(stream), false),
