@@ -111,6 +111,13 @@ enum Link {
     Down,
 }
 
+/// A downstream `to` that could not be connected to: with fault
+/// tolerance on, a channel down until a recovery or a rewire opens it.
+fn unreachable(to: InstanceId, e: &EngineError) -> Link {
+    tracing::warn!(%to, "cannot reach downstream yet: {e}");
+    Link::Down
+}
+
 /// One outgoing data channel (this instance -> one downstream instance).
 struct ChannelWriter {
     to: InstanceId,
@@ -416,10 +423,7 @@ impl Outbox {
                 self.replay(i, opened.to);
                 self.reannounce(i);
             }
-            Err(e) => {
-                tracing::warn!(to = %opened.to, "cannot reach downstream yet: {e}");
-                self.channels[i].attach(Link::Down);
-            }
+            Err(e) => self.channels[i].attach(unreachable(opened.to, &e)),
         }
     }
 
@@ -454,10 +458,7 @@ impl Outbox {
         };
         match opened {
             Ok(stream) => Ok(Link::Open(stream)),
-            Err(e) if self.buffer.is_some() => {
-                tracing::warn!(%to, "cannot reach downstream yet: {e}");
-                Ok(Link::Down)
-            }
+            Err(e) if self.buffer.is_some() => Ok(unreachable(to, &e)),
             Err(e) => Err(e),
         }
     }
@@ -639,6 +640,12 @@ impl Outbox {
     fn replay(&mut self, channel: usize, of: InstanceId) {
         let Some(buffer) = &self.buffer else { return };
         let writer = &mut self.channels[channel];
+        // A channel that is down or still opening is replayed once it is
+        // open ([`Outbox::link_opened`], a rewire); framing the buffer for
+        // it now would only be thrown away.
+        if writer.stream.is_none() {
+            return;
+        }
         let mut frame = Vec::new();
         for batch in buffer.replay(of.0) {
             frame.clear();
