@@ -154,7 +154,7 @@ pub fn run(
         path: options.input.clone(),
         source,
     })?;
-    let reader = BufReader::with_capacity(1 << 20, file);
+    let reader = BufReader::with_capacity(INPUT_BUFFER_BYTES, file);
     let mut every = ProgressEvery { progress, next: 0 };
     let (tuples, bytes) = if options.parse_thread {
         parse_apart(reader, &options.input, &mut road, &mut every)?
@@ -180,6 +180,10 @@ pub fn run(
 
 /// Progress is reported about every this many input bytes.
 const PROGRESS_BYTES: u64 = 16 << 20;
+
+/// The input reader's buffer: the size Spate's feeder reads with, so that
+/// the two programs read alike (a 1 MiB buffer measured no faster here).
+const INPUT_BUFFER_BYTES: usize = 64 << 10;
 
 /// `progress`, called with the input bytes read about every
 /// [`PROGRESS_BYTES`].

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use spate_engine::{OperatorError, Source, SourceStep};
 
 use super::forwarder::forward;
-use super::{stats_dir, LrbParams};
+use super::{stats_dir, LrbParams, FILE_BUFFER_BYTES};
 use crate::model::{line_time, parse_line, Msg, Parsed};
 
 /// Lines with nothing to answer that one call reads past before it yields
@@ -170,7 +170,7 @@ impl Feeder {
             OperatorError::new(format!("cannot open input {}: {e}", params.input.display()))
         })?;
         Ok(Feeder {
-            reader: BufReader::with_capacity(1 << 20, file),
+            reader: BufReader::with_capacity(FILE_BUFFER_BYTES, file),
             params: params.clone(),
             offset: 0,
             line_no: 0,

@@ -15,7 +15,7 @@ use spate_engine::{InstanceContext, OperatorError, Sink};
 use spate_postgres::{operator_error, Column, ColumnType, PgError, PgSinkConfig, PgWriter, Value};
 
 use super::feeder::unix_micros;
-use super::{stats_dir, LrbParams};
+use super::{stats_dir, LrbParams, FILE_BUFFER_BYTES};
 use crate::model::{AnswerKind, Msg};
 
 /// Latency figures of one answer kind, for the run report.
@@ -223,7 +223,7 @@ impl AnswerSink {
             None => {
                 let path = params.out_dir.join(format!("{}.csv", kind.name()));
                 let file = sink_file::open(&path, ctx.restoring)?;
-                Answers::File(BufWriter::with_capacity(1 << 20, file))
+                Answers::File(BufWriter::with_capacity(FILE_BUFFER_BYTES, file))
             }
         };
         let latency_us = Histogram::new_with_bounds(1, 3_600_000_000, 3)
