@@ -17,7 +17,7 @@ fn checkpoint() -> Checkpoint {
         *state.get_or_default(k) = format!("value {k}");
     }
     let mut buffer = OutputBuffer::default();
-    buffer.push(3, Stamp(9), b"batch");
+    buffer.push(3, Stamp(9), &b"batch"[..]);
     Checkpoint {
         operator: "op".into(),
         key_range: KeyRange::FULL,

@@ -30,7 +30,7 @@ fn buffer_of(stamps: &[u64], tag: u8) -> OutputBuffer {
         for &s in run {
             write_tuple(&mut body, Stamp(s), &[tag]);
         }
-        buffer.push(9, Stamp(*run.last().unwrap()), &body);
+        buffer.push(9, Stamp(*run.last().unwrap()), body);
     }
     buffer
 }
@@ -96,7 +96,7 @@ proptest! {
     ) {
         let mut buffer = buffer_of(&into_stamps, 1);
         for batch in buffer_of(&from_stamps, 2).replay(9) {
-            buffer.push(4, batch.last, &batch.body);
+            buffer.push(4, batch.last, batch.body.clone());
         }
         buffer.absorb(4, 9, Stamp(frontier)).unwrap();
         prop_assert_eq!(buffer.replay(4).count(), 0);
@@ -121,11 +121,11 @@ fn a_merge_right_after_a_split_replays_what_the_split_copied_once() {
     // Sent to partition 3 before its split was known upstream, for both
     // of its future halves; two identical outputs of one input included.
     let mut b = OutputBuffer::default();
-    b.push(3, Stamp(12), &body(&[(10, 1), (11, 2), (11, 2), (12, 3)]));
+    b.push(3, Stamp(12), body(&[(10, 1), (11, 2), (11, 2), (12, 3)]));
     // The split: part 10 inherits a copy, then each gets its own.
     b.copy(3, 10);
-    b.push(3, Stamp(13), &body(&[(13, 4)]));
-    b.push(10, Stamp(14), &body(&[(14, 5)]));
+    b.push(3, Stamp(13), body(&[(13, 4)]));
+    b.push(10, Stamp(14), body(&[(14, 5)]));
     // Merged back at stamp 10, before either part got past the copy.
     b.absorb(10, 3, Stamp(10)).unwrap();
     assert_eq!(

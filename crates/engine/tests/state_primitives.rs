@@ -309,7 +309,7 @@ proptest! {
                 match *step {
                     BufferStep::Push { to, len } => {
                         stamp += 1;
-                        live.push(to, Stamp(stamp), &vec![to as u8; len]);
+                        live.push(to, Stamp(stamp), vec![to as u8; len]);
                     }
                     BufferStep::Trim { to, back } => live.trim(to, Stamp(stamp.saturating_sub(back))),
                     BufferStep::Copy { to } => live.copy(to, to + 1),
@@ -344,7 +344,7 @@ proptest! {
 fn a_delta_carries_only_the_buffer_pushed_since_its_base() {
     let mut buffer = OutputBuffer::default();
     for s in 1..=100 {
-        buffer.push(3, Stamp(s), &[0; 1000]);
+        buffer.push(3, Stamp(s), vec![0; 1000]);
     }
     fn parts(buffer: &OutputBuffer) -> CheckpointParts<'_> {
         CheckpointParts {
@@ -358,7 +358,7 @@ fn a_delta_carries_only_the_buffer_pushed_since_its_base() {
     }
     let full = parts(&buffer).encode().unwrap();
     let mark = buffer.mark();
-    buffer.push(3, Stamp(101), &[0; 1000]);
+    buffer.push(3, Stamp(101), vec![0; 1000]);
     buffer.trim(3, Stamp(50));
     let delta = parts(&buffer)
         .encode_delta(Stamp(100), Some(&mark))

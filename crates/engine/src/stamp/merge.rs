@@ -12,6 +12,8 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::ops::Range;
 
+use bytes::Bytes;
+
 use super::Stamp;
 use crate::error::EngineError;
 
@@ -69,7 +71,7 @@ pub fn encode_tuple<E>(
 #[derive(Default)]
 struct ChannelQueue {
     /// Batch bodies (tuples only), each with the offset of its next tuple.
-    frames: VecDeque<(Vec<u8>, usize)>,
+    frames: VecDeque<(Bytes, usize)>,
     /// Everything at or below this stamp has arrived on the channel.
     mark: Stamp,
     /// The last stamp accepted, to check the FIFO stamp order.
@@ -134,7 +136,13 @@ impl Merge {
     /// Accepts a batch body from `channel` followed by progress `mark`,
     /// checking framing and stamp order so that a bad peer cannot corrupt
     /// the merge.
-    pub fn push(&mut self, channel: usize, body: Vec<u8>, mark: Stamp) -> Result<(), EngineError> {
+    pub fn push(
+        &mut self,
+        channel: usize,
+        body: impl Into<Bytes>,
+        mark: Stamp,
+    ) -> Result<(), EngineError> {
+        let body = body.into();
         let done = self.done;
         let queue = self
             .channels

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
 use serde::ser::{SerializeMap, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -24,9 +25,9 @@ const INTERLEAVED_BATCH_BYTES: usize = 64 * 1024;
 pub struct BufferedBatch {
     /// The highest stamp in `body`.
     pub last: Stamp,
-    /// Encoded tuples, as sent.
-    #[serde(with = "serde_bytes")]
-    pub body: Vec<u8>,
+    /// Encoded tuples, as sent: the very bytes an in-process channel
+    /// handed downstream, shared rather than copied.
+    pub body: Bytes,
 }
 
 /// Per downstream instance, the batches sent to it, oldest first.
@@ -107,16 +108,14 @@ impl Eq for OutputBuffer {}
 
 impl OutputBuffer {
     /// Records a batch sent to downstream instance `to`.
-    pub fn push(&mut self, to: u32, last: Stamp, body: &[u8]) {
+    pub fn push(&mut self, to: u32, last: Stamp, body: impl Into<Bytes>) {
+        let body = body.into();
         self.bytes += body.len();
         self.tally.entry(to).or_default().0 += 1;
         self.channels
             .entry(to)
             .or_default()
-            .push_back(BufferedBatch {
-                last,
-                body: body.to_vec(),
-            });
+            .push_back(BufferedBatch { last, body });
     }
 
     /// Drops the batches to `to` that its checkpoint at `frontier` covers.
@@ -239,13 +238,16 @@ impl OutputBuffer {
                 self.bytes += body.len();
                 merged.push_back(BufferedBatch {
                     last,
-                    body: std::mem::take(&mut body),
+                    body: std::mem::take(&mut body).into(),
                 });
             }
         }
         if !body.is_empty() {
             self.bytes += body.len();
-            merged.push_back(BufferedBatch { last, body });
+            merged.push_back(BufferedBatch {
+                last,
+                body: body.into(),
+            });
         }
         if !merged.is_empty() {
             self.channels.insert(to, merged);
@@ -440,9 +442,9 @@ mod tests {
     #[test]
     fn trim_keeps_batches_not_fully_covered() {
         let mut b = OutputBuffer::default();
-        b.push(7, Stamp(2), &[1, 2]);
-        b.push(7, Stamp(5), &[3]);
-        b.push(8, Stamp(3), &[0]);
+        b.push(7, Stamp(2), vec![1, 2]);
+        b.push(7, Stamp(5), vec![3]);
+        b.push(8, Stamp(3), vec![0]);
         b.trim(7, Stamp(4));
         let left: Vec<u64> = b.replay(7).map(|t| t.last.0).collect();
         assert_eq!(left, vec![5]);
@@ -454,7 +456,7 @@ mod tests {
     #[test]
     fn a_copy_holds_the_same_batches_even_when_there_are_none() {
         let mut b = OutputBuffer::default();
-        b.push(7, Stamp(2), &[1, 2]);
+        b.push(7, Stamp(2), vec![1, 2]);
         b.copy(7, 8);
         b.copy(5, 6);
         assert_eq!(

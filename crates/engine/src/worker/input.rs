@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::EngineError;
@@ -33,7 +34,7 @@ pub(crate) enum InputEvent {
         from: InstanceId,
         incarnation: Incarnation,
         connection: u32,
-        body: Vec<u8>,
+        body: Bytes,
         mark: Stamp,
     },
     /// The channel from `from` ended; `error` says why if not cleanly.
@@ -260,7 +261,7 @@ fn read_channel(mut stream: WatchedStream, inboxes: &Inboxes) {
                 from,
                 incarnation,
                 connection,
-                body,
+                body: body.into(),
                 mark,
             },
             Ok(None) => InputEvent::Closed { from, error: None },

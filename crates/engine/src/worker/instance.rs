@@ -9,6 +9,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use crossbeam_channel::select;
 
 use super::input::{ControlEvent, Inbox, InputEvent};
@@ -869,7 +870,7 @@ struct Batch {
     /// The upstream's incarnation and its connection number: a later
     /// connection of the same incarnation replays the buffer afresh.
     sender: Sender,
-    body: Vec<u8>,
+    body: Bytes,
     mark: Stamp,
 }
 
@@ -1017,7 +1018,7 @@ mod tests {
         Batch {
             from: InstanceId(1),
             sender: (Incarnation(0), connection),
-            body,
+            body: body.into(),
             mark: Stamp(mark),
         }
     }

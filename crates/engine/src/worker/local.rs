@@ -1,6 +1,7 @@
 //! In-process data channels: an instance whose downstream runs in the same
 //! worker hands it each batch through the downstream's inbox, with no
-//! socket, no reader thread and no copies through the kernel. Frames,
+//! socket, no reader thread and no copy: the downstream reads the very
+//! bytes the output buffer keeps for replay. Frames,
 //! marks, replays and connection numbers are those of a TCP channel, so
 //! the receiving instance cannot tell the two apart; only the transport
 //! differs, and a downstream that moves to another worker is reached over
@@ -8,6 +9,7 @@
 
 use std::io;
 
+use bytes::Bytes;
 use crossbeam_channel::Sender;
 
 use crate::error::EngineError;
@@ -62,14 +64,14 @@ pub(crate) struct LocalLink {
 impl FrameLink for LocalLink {
     /// Blocks while the inbox is full, as a TCP write blocks on a closed
     /// window; fails like a broken connection once the downstream stopped.
-    fn send_frame(&mut self, frame: &[u8]) -> io::Result<()> {
-        let (body, mark) = open_frame(frame)
+    fn send_frame(&mut self, frame: Bytes) -> io::Result<()> {
+        let (body, mark) = open_frame(&frame)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "a data frame cut short"))?;
         let batch = InputEvent::Batch {
             from: self.from,
             incarnation: self.incarnation,
             connection: self.connection,
-            body: body.to_vec(),
+            body: frame.slice_ref(body),
             mark,
         };
         self.inbox.send(batch).map_err(|_| {
@@ -104,10 +106,10 @@ mod tests {
         }
     }
 
-    fn frame(body: &[u8], mark: u64) -> Vec<u8> {
+    fn frame(body: &[u8], mark: u64) -> Bytes {
         let mut frame = Vec::new();
         write_batch(&mut frame, body, Stamp(mark)).expect("written to memory");
-        frame
+        frame.into()
     }
 
     /// Worker 0, whose instances have `inboxes`.
@@ -126,7 +128,7 @@ mod tests {
         let mut link = local
             .open(sender(3), InstanceId(7), Incarnation(1), 4)
             .expect("the downstream runs here");
-        link.send_frame(&frame(b"tuples", 42)).expect("sent");
+        link.send_frame(frame(b"tuples", 42)).expect("sent");
         match inbox.data.try_recv() {
             Ok(InputEvent::Batch {
                 from,
@@ -139,12 +141,12 @@ mod tests {
                     (from, incarnation, connection),
                     (InstanceId(3), Incarnation(2), 4)
                 );
-                assert_eq!((body.as_slice(), mark), (&b"tuples"[..], Stamp(42)));
+                assert_eq!((&body[..], mark), (&b"tuples"[..], Stamp(42)));
             }
             _ => panic!("no batch"),
         }
         assert!(
-            link.send_frame(&frame(b"x", 1)[..5]).is_err(),
+            link.send_frame(frame(b"x", 1).slice(..5)).is_err(),
             "a cut frame"
         );
         drop(link);
@@ -165,7 +167,7 @@ mod tests {
             let mut link = local
                 .open(sender(1), InstanceId(5), Incarnation(3), 0)
                 .expect("the inbox came");
-            link.send_frame(&frame(b"a", 9))
+            link.send_frame(frame(b"a", 9))
         });
         thread::sleep(std::time::Duration::from_millis(20));
         let inbox = inboxes.create(InstanceId(5), Incarnation(3));
@@ -185,7 +187,7 @@ mod tests {
             .open(sender(1), InstanceId(5), Incarnation(0), 0)
             .expect("opened");
         drop(inbox);
-        let e = link.send_frame(&frame(b"a", 1)).unwrap_err();
+        let e = link.send_frame(frame(b"a", 1)).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
     }
 }
