@@ -23,9 +23,9 @@ use super::watch::{open_peer, LinkWatch};
 
 /// A batch grows to about this many bytes before it is sent on its own.
 /// Fewer, larger batches mean fewer hand-overs, wake-ups and merge steps
-/// per tuple: on two cores, Linear Road ran 2 to 22 % faster with 256 KiB
-/// than with 64 KiB in nine alternating pairs (docs/BENCH.md, "Larger
-/// batches, shared not copied").
+/// per tuple: on two cores, Linear Road ran about 9 % faster with 256 KiB
+/// than with 64 KiB (docs/BENCH.md, "The feeder's read buffer, and larger
+/// batches shared not copied").
 const FLUSH_BYTES: usize = 256 << 10;
 
 /// Room a batch's frame is allocated with: a full batch plus the tuple that

@@ -34,7 +34,8 @@ pub const NAME: &str = "linear-road";
 /// Small enough to stay in a core's L2 cache beside the operator's own data:
 /// with 1 MiB buffers, on two cores shared by four busy threads, the
 /// kernel's copy into the feeder's buffer took a third of its thread
-/// (docs/BENCH.md, "An input buffer that fits the cache").
+/// (docs/BENCH.md, "The feeder's read buffer, and larger batches shared
+/// not copied").
 const FILE_BUFFER_BYTES: usize = 64 << 10;
 
 /// Parameters of the Linear Road query.
