@@ -1,10 +1,12 @@
 //! Output buffers: what an instance has sent downstream and must keep for
 //! replay until the downstream's checkpoint covers it.
 //!
-//! The buffer keeps whole batches exactly as they were sent (one copy per
-//! batch, none per tuple). Trimming drops the batches whose every tuple is
-//! covered by the downstream's checkpoint; a replay resends the rest, and
-//! the receiver drops what it has already processed by stamp.
+//! The buffer keeps whole batches exactly as they were sent: a full batch's
+//! very bytes, shared with an in-process downstream that reads them, a
+//! small batch copied once, never a copy per tuple. Trimming drops the
+//! batches whose every tuple is covered by the downstream's checkpoint; a
+//! replay resends the rest, and the receiver drops what it has already
+//! processed by stamp.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -746,6 +746,18 @@ mod tests {
         }
     }
 
+    /// A downstream in the same worker, as the outbox sees it: it keeps
+    /// the frames handed to it.
+    #[derive(Clone, Default)]
+    struct Handed(Arc<Mutex<Vec<Bytes>>>);
+
+    impl FrameLink for Handed {
+        fn send_frame(&mut self, frame: Bytes) -> std::io::Result<()> {
+            self.0.lock().unwrap().push(frame);
+            Ok(())
+        }
+    }
+
     /// Worker `worker`, listening at `addr`.
     fn on_worker(worker: u32, addr: &str) -> Peer {
         Peer {
@@ -773,6 +785,49 @@ mod tests {
             outbox.channels.push(channel);
         }
         outbox
+    }
+
+    #[test]
+    fn a_flushed_batch_is_one_allocation_that_the_output_buffer_and_the_downstream_share() {
+        let handed = Handed::default();
+        let link = Box::new(handed.clone()) as Box<dyn FrameLink>;
+        let mut outbox = outbox_to(true, vec![(2, link)]);
+        let mut stamp = 0;
+        // A full batch, then a round's tail of one tuple.
+        for tuples in [FLUSH_BYTES / 100, 1] {
+            let writer = &mut outbox.channels[0];
+            for _ in 0..tuples {
+                stamp += 1;
+                write_tuple(&mut writer.frame, Stamp(stamp), &[7; 100]);
+            }
+            writer.frame_last = Stamp(stamp);
+            outbox.flush(Stamp(stamp));
+        }
+        let handed = handed.0.lock().unwrap();
+        let kept: Vec<Bytes> = outbox
+            .buffer()
+            .unwrap()
+            .replay(2)
+            .map(|b| b.body.clone())
+            .collect();
+        assert_eq!((handed.len(), kept.len()), (2, 2));
+        for (frame, kept) in handed.iter().zip(&kept) {
+            let body = &frame[BATCH_HEADER..];
+            assert_eq!(
+                (body, body.as_ptr()),
+                (&kept[..], kept.as_ptr()),
+                "shared, not copied"
+            );
+        }
+        // The tail was copied out of the frame, which stays for the next
+        // batch with a full batch's room.
+        let writer = &outbox.channels[0];
+        assert_eq!(writer.frame.len(), BATCH_HEADER);
+        assert!(writer.frame.capacity() >= FLUSH_BYTES);
+        assert!(
+            handed[1].len() < 200,
+            "the tail's frame holds the tail alone"
+        );
     }
 
     #[test]
