@@ -413,3 +413,24 @@ fn an_incremental_snapshot_lists_only_the_changed_keys() {
     assert_eq!(changes.len(), 2);
     assert!(state.snapshot_changes().unwrap().is_empty());
 }
+
+#[test]
+fn warming_a_key_is_neither_load_nor_a_change_and_pays_only_for_large_state() {
+    let mut state: KeyedState<u64, u64> = KeyedState::default();
+    *state.get_or_default(1) += 1;
+    state.snapshot().unwrap();
+    state.warm(&1);
+    state.warm(&2);
+    assert_eq!(state.changed(), 0, "warming changes nothing");
+    assert_eq!(state.len(), 1, "warming creates no key");
+    let loads: Vec<u32> = state.snapshot().unwrap().iter().map(|e| e.load).collect();
+    assert_eq!(loads, vec![0], "the one access halved, nothing added");
+    assert!(!state.outgrows_cache());
+    for k in 0..100_000 {
+        *state.get_or_default(k) = k;
+    }
+    assert!(
+        state.outgrows_cache(),
+        "100,000 keys of 32 bytes exceed 1 MiB"
+    );
+}

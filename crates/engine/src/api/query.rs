@@ -447,6 +447,16 @@ pub(crate) trait ProcessLogic: Send {
     /// Processes one input; `false` when the instance dropped it as not its
     /// own (a split's replay), so that it does not count as processed.
     fn process(&mut self, payload: &[u8], outbox: &mut dyn Emit) -> Result<bool, OperatorError>;
+    /// Whether looking the keys of the next few inputs up before
+    /// processing them ([`ProcessLogic::warm`]) saves more than it costs:
+    /// only for keyed state too large for the cache.
+    fn warms(&self) -> bool {
+        false
+    }
+    /// Brings the state `payload` will use into the cache, ahead of
+    /// processing it (`crate::worker::lookahead`). A malformed payload is
+    /// left for [`ProcessLogic::process`] to report.
+    fn warm(&self, _payload: &[u8]) {}
     fn finish(&mut self) -> Result<(), OperatorError> {
         Ok(())
     }
@@ -589,6 +599,16 @@ impl<O: StatefulOperator> ProcessLogic for StatefulNode<O> {
         self.op
             .process(input, state, &mut Output::new(&self.edges, outbox))?;
         Ok(true)
+    }
+
+    fn warms(&self) -> bool {
+        self.state.outgrows_cache()
+    }
+
+    fn warm(&self, payload: &[u8]) {
+        if let Ok(input) = decode::<O::In>(payload) {
+            self.state.warm(&O::key(&input));
+        }
     }
 
     fn snapshot(&mut self) -> Result<Vec<StateEntry>, EngineError> {

@@ -118,6 +118,22 @@ where
         self.map.get(key).map(|slot| &slot.value)
     }
 
+    /// Reads the slot of `key` without using it, so that a
+    /// [`KeyedState::get_or_default`] soon after finds it in the cache.
+    /// Several warmed in a row have their cache misses overlap, where each
+    /// one processed in turn would stall on its own (docs/BENCH.md, "Keys
+    /// looked up ahead"). Inspection, not processing: not counted as load.
+    pub fn warm(&self, key: &K) {
+        std::hint::black_box(self.map.get(key).map(|slot| slot.load));
+    }
+
+    /// Whether the map outgrows a core's cache, so that most lookups miss
+    /// it and warming keys ahead ([`KeyedState::warm`]) pays for itself.
+    pub fn outgrows_cache(&self) -> bool {
+        const CACHE_BYTES: usize = 1 << 20;
+        self.map.capacity() * std::mem::size_of::<(K, Slot<V>)>() > CACHE_BYTES
+    }
+
     /// Number of keys held.
     pub fn len(&self) -> usize {
         self.map.len()

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use crossbeam_channel::select;
 
 use super::input::{ControlEvent, Inbox, InputEvent};
+use super::lookahead::Lookahead;
 use super::output::{Outbox, SenderIdentity};
 use super::schedule::{CheckpointSchedule, GridPoint};
 use crate::api::{Logic, NodeKind, OperatorError, ProcessLogic, Query, SourceLogic, SourcePoll};
@@ -633,6 +634,7 @@ impl Runner {
         let mut round = ProcessLoop {
             finished: merge.done().is_end(),
             merge,
+            lookahead: Lookahead::default(),
             cap: Stamp::END,
             checkpoint_at: None,
             tuples_in: 0,
@@ -763,7 +765,7 @@ impl Runner {
         if merge.frontier().min(round.cap) > merge.done() {
             outbox.set_mark_floor(merge.done());
             let tuples_in = &mut round.tuples_in;
-            let done = merge.drain_until(round.cap, |stamp, payload| {
+            let mut process = |logic: &mut dyn ProcessLogic, stamp, payload: &[u8]| {
                 outbox.set_stamp(stamp);
                 // A split's replay brings a part its siblings' inputs too:
                 // only its own count, or the policy would see the parent's
@@ -771,7 +773,17 @@ impl Runner {
                 let owned = logic.process(payload, outbox).map_err(|e| self.fail(e))?;
                 *tuples_in += u64::from(owned);
                 Ok(())
+            };
+            let lookahead = &mut round.lookahead;
+            let warms = logic.warms();
+            let done = merge.drain_until(round.cap, |stamp, payload| {
+                if warms {
+                    lookahead.push(stamp, payload, logic, &mut process)
+                } else {
+                    process(logic, stamp, payload)
+                }
             })?;
+            lookahead.release(logic, &mut process)?;
             outbox.flush(done);
             round.finished = done.is_end();
         }
@@ -828,6 +840,9 @@ impl Runner {
 /// What the operator loop carries from one round to the next.
 struct ProcessLoop {
     merge: Merge,
+    /// Released inputs whose state is being warmed, when the operator's
+    /// state outgrows the cache.
+    lookahead: Lookahead,
     /// Nothing above `cap` is processed: a merge brings the two
     /// partitions to one exact frontier, `checkpoint_at`.
     cap: Stamp,

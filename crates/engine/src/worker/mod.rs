@@ -8,6 +8,7 @@ pub(crate) mod backup;
 mod input;
 mod instance;
 mod local;
+mod lookahead;
 pub mod output;
 mod schedule;
 mod watch;
