@@ -225,6 +225,96 @@ fn keyed_state(c: &mut Criterion) {
     g.finish();
 }
 
+/// One hop of a stateful operator whose state is far larger than the
+/// cache, each input on a key not touched for long (as the toll
+/// assessment's accounts): decode the input, update its key's state,
+/// encode an output. One by one, every lookup stalls on a cache miss;
+/// warmed eight at a time first ([`KeyedState::warm`] after decoding, as
+/// an instance's lookahead does), the misses of the eight overlap.
+fn keyed_state_beyond_the_cache(c: &mut Criterion) {
+    const KEYS: usize = 1_000_000;
+    const WARMED_TOGETHER: usize = 8;
+    let mut state: KeyedState<u32, SegmentStats> = KeyedState::default();
+    for k in 0..KEYS as u32 {
+        state.get_or_default(k).cars = 1;
+    }
+    let mut rng = 11;
+    let (mut body, mut windows, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, mut r) in reports(KEYS).into_iter().enumerate() {
+        if i % BATCH == 0 {
+            windows.push(body.len());
+        }
+        r.vid = (splitmix(&mut rng) % KEYS as u64) as u32;
+        scratch.clear();
+        bincode::serialize_into(&mut scratch, &r).expect("encodes");
+        write_tuple(&mut body, Stamp(i as u64 + 1), &scratch);
+    }
+    windows.push(body.len());
+    // Each iteration takes the next 1,000 inputs, so that their keys are
+    // not in the cache from the iteration before.
+    let mut window = 0;
+    let mut next_window = || {
+        window = (window + 1) % (windows.len() - 1);
+        windows[window]..windows[window + 1]
+    };
+    let decode = |range: std::ops::Range<usize>| -> PositionReport {
+        bincode::deserialize(&body[range]).expect("decodes")
+    };
+    let process =
+        |state: &mut KeyedState<u32, SegmentStats>, out: &mut Vec<u8>, r: PositionReport| {
+            let s = state.get_or_default(r.vid);
+            s.reports += 1;
+            s.speed_sum += u64::from(r.spd);
+            encode_tuple(out, Stamp(u64::from(r.time)), |batch| {
+                bincode::serialize_into(batch, &*s)
+            })
+            .expect("encodes");
+        };
+    let mut g = quick(c);
+    g.throughput(Throughput::Elements(BATCH as u64));
+    let mut out = Vec::new();
+    g.bench_function("stateful hop (1M keys), 1k, one by one", |b| {
+        b.iter_batched(
+            &mut next_window,
+            |tuples| {
+                out.clear();
+                let mut pos = tuples.start;
+                while pos < tuples.end {
+                    let (_, range) = read_tuple(&body, pos).expect("well framed");
+                    pos = range.end;
+                    process(&mut state, &mut out, decode(range));
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("stateful hop (1M keys), 1k, warmed 8 at a time", |b| {
+        b.iter_batched(
+            &mut next_window,
+            |tuples| {
+                out.clear();
+                let mut pos = tuples.start;
+                while pos < tuples.end {
+                    let mut run = Vec::with_capacity(WARMED_TOGETHER);
+                    while run.len() < WARMED_TOGETHER && pos < tuples.end {
+                        let (_, range) = read_tuple(&body, pos).expect("well framed");
+                        pos = range.end;
+                        run.push(range);
+                    }
+                    for range in &run {
+                        state.warm(&decode(range.clone()).vid);
+                    }
+                    for range in run {
+                        process(&mut state, &mut out, decode(range));
+                    }
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
 fn million_key_checkpoint() -> (KeyedState<u64, SegmentStats>, Checkpoint) {
     let mut state: KeyedState<u64, SegmentStats> = KeyedState::default();
     for k in 0..1_000_000u64 {
@@ -330,6 +420,7 @@ fn benches() {
     routing(&mut c);
     merge(&mut c);
     keyed_state(&mut c);
+    keyed_state_beyond_the_cache(&mut c);
     checkpoint(&mut c);
 }
 
