@@ -273,45 +273,34 @@ fn keyed_state_beyond_the_cache(c: &mut Criterion) {
     let mut g = quick(c);
     g.throughput(Throughput::Elements(BATCH as u64));
     let mut out = Vec::new();
-    g.bench_function("stateful hop (1M keys), 1k, one by one", |b| {
-        b.iter_batched(
-            &mut next_window,
-            |tuples| {
-                out.clear();
-                let mut pos = tuples.start;
-                while pos < tuples.end {
-                    let (_, range) = read_tuple(&body, pos).expect("well framed");
-                    pos = range.end;
-                    process(&mut state, &mut out, decode(range));
-                }
-            },
-            BatchSize::SmallInput,
-        )
-    });
-    g.bench_function("stateful hop (1M keys), 1k, warmed 8 at a time", |b| {
-        b.iter_batched(
-            &mut next_window,
-            |tuples| {
-                out.clear();
-                let mut pos = tuples.start;
-                while pos < tuples.end {
-                    let mut run = Vec::with_capacity(WARMED_TOGETHER);
-                    while run.len() < WARMED_TOGETHER && pos < tuples.end {
-                        let (_, range) = read_tuple(&body, pos).expect("well framed");
-                        pos = range.end;
-                        run.push(range);
+    for (how, together) in [("one by one", 1), ("warmed 8 at a time", WARMED_TOGETHER)] {
+        g.bench_function(format!("stateful hop (1M keys), 1k, {how}"), |b| {
+            b.iter_batched(
+                &mut next_window,
+                |tuples| {
+                    out.clear();
+                    let mut pos = tuples.start;
+                    while pos < tuples.end {
+                        let mut run = Vec::with_capacity(together);
+                        while run.len() < together && pos < tuples.end {
+                            let (_, range) = read_tuple(&body, pos).expect("well framed");
+                            pos = range.end;
+                            run.push(range);
+                        }
+                        if together > 1 {
+                            for range in &run {
+                                state.warm(&decode(range.clone()).vid);
+                            }
+                        }
+                        for range in run {
+                            process(&mut state, &mut out, decode(range));
+                        }
                     }
-                    for range in &run {
-                        state.warm(&decode(range.clone()).vid);
-                    }
-                    for range in run {
-                        process(&mut state, &mut out, decode(range));
-                    }
-                }
-            },
-            BatchSize::SmallInput,
-        )
-    });
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
     g.finish();
 }
 
